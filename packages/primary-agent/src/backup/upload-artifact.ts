@@ -1,0 +1,56 @@
+import { PassThrough, Transform, type Readable, type Duplex } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { HashCounter, type Filestore } from '@tandem/shared';
+
+export interface UploadedArtifact {
+  storedSize: number;
+  storedSha256: string;
+  plainSize: number;
+}
+
+/** Counts bytes flowing through without touching them. */
+class ByteCounter extends Transform {
+  bytes = 0;
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null, data?: Buffer) => void): void {
+    this.bytes += chunk.length;
+    cb(null, chunk);
+  }
+}
+
+/**
+ * producer → (count) → compression → encryption → SHA-256 → filestore, streamed end to end:
+ * nothing is held whole in memory or written unencrypted to disk. If either side fails, the
+ * other is aborted, and the filestore's put leaves nothing visible.
+ */
+export async function uploadArtifact(opts: {
+  filestore: Filestore;
+  key: string;
+  source: Readable;
+  stages: Duplex[];
+  signal?: AbortSignal;
+}): Promise<UploadedArtifact> {
+  const plain = new ByteCounter();
+  const stored = new HashCounter();
+  const body = new PassThrough({ highWaterMark: 1 << 20 });
+  const ac = new AbortController();
+  const onOuterAbort = () => ac.abort(opts.signal?.reason);
+  opts.signal?.addEventListener('abort', onOuterAbort, { once: true });
+  try {
+    const produce = pipeline([opts.source, plain, ...opts.stages, stored, body], { signal: ac.signal });
+    const consume = opts.filestore.put(opts.key, body, { signal: ac.signal });
+    // Whichever side fails first stops the other, so a dead filestore does not leave pg_dump running.
+    // Both sides are awaited to the end so that cleanup (tmp files, aborted uploads) is finished
+    // before the caller reports; the first failure is the one reported.
+    let first: unknown;
+    const settle = (p: Promise<unknown>) =>
+      p.catch((err: unknown) => {
+        first ??= err;
+        ac.abort(err);
+      });
+    await Promise.all([settle(produce), settle(consume)]);
+    if (first !== undefined) throw first;
+  } finally {
+    opts.signal?.removeEventListener('abort', onOuterAbort);
+  }
+  return { storedSize: stored.bytes, storedSha256: stored.digest(), plainSize: plain.bytes };
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env node
+import { TOOL_VERSION, main } from '@tandem/shared';
+import { backupCommand } from './commands/backup.js';
+import { initCommand } from './commands/init.js';
+import { listCommand } from './commands/list.js';
+
+main({
+  bin: 'tandem-primary',
+  version: TOOL_VERSION,
+  description: 'makes encrypted, signed backup sets of a site and uploads them to a filestore',
+  commands: [initCommand, backupCommand, listCommand],
+});

@@ -1,0 +1,125 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { TandemError, describeError } from './errors.js';
+import { createLogger, type Logger } from './logger.js';
+
+/**
+ * The command-line frame shared by both agents: subcommand dispatch, --help on every command,
+ * and the one place where thrown errors become a message and an exit code. Commands throw;
+ * they never call process.exit.
+ */
+export type Options = NonNullable<ParseArgsConfig['options']>;
+
+export interface CommandContext {
+  values: Record<string, string | boolean | string[] | boolean[] | undefined>;
+  positionals: string[];
+  logger: Logger;
+  out: (line: string) => void;
+}
+
+export interface Command {
+  name: string;
+  summary: string;
+  /** Full help: usage line, description, options. */
+  help: string;
+  options: Options;
+  positionals?: { min: number; max: number };
+  /** Returns the exit code (default 0). */
+  run(ctx: CommandContext): Promise<number | void>;
+}
+
+export interface Program {
+  bin: string;
+  version: string;
+  description: string;
+  commands: Command[];
+}
+
+function programHelp(p: Program): string {
+  const width = Math.max(...p.commands.map((c) => c.name.length));
+  const lines = p.commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`);
+  return `${p.bin} ${p.version}: ${p.description}\n\nUsage: ${p.bin} <command> [options]\n\nCommands:\n${lines.join('\n')}\n\nRun \`${p.bin} <command> --help\` for a command's options.\nEnvironment: TANDEM_LOG_LEVEL (info), TANDEM_LOG_FORMAT=json, TANDEM_STATE_DIR.\n`;
+}
+
+export function formatError(bin: string, err: unknown): string {
+  if (err instanceof TandemError) {
+    let text = `${bin}: error: ${err.message}`;
+    if (err.hint) text += `\n  hint: ${err.hint}`;
+    return text;
+  }
+  return `${bin}: internal error: ${describeError(err)}\n  this is a bug in tandem; the log above has details`;
+}
+
+export async function runCli(p: Program, argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(programHelp(p));
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '--version' || name === '-V') {
+    process.stdout.write(`${p.version}\n`);
+    return 0;
+  }
+  const cmd = p.commands.find((c) => c.name === name);
+  if (!cmd) {
+    process.stderr.write(`${p.bin}: unknown command "${name}"\n\n${programHelp(p)}`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${cmd.help.trimEnd()}\n`);
+    return 0;
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({ args: rest, options: cmd.options, allowPositionals: true, strict: true });
+  } catch (err) {
+    process.stderr.write(`${p.bin} ${cmd.name}: ${describeError(err)}\n  see \`${p.bin} ${cmd.name} --help\`\n`);
+    return 2;
+  }
+  const pos = cmd.positionals ?? { min: 0, max: 0 };
+  if (parsed.positionals.length < pos.min || parsed.positionals.length > pos.max) {
+    const want = pos.min === pos.max ? `${pos.min}` : `${pos.min} to ${pos.max}`;
+    process.stderr.write(
+      `${p.bin} ${cmd.name}: expected ${want} argument(s), got ${parsed.positionals.length}\n  see \`${p.bin} ${cmd.name} --help\`\n`,
+    );
+    return 2;
+  }
+  const logger = createLogger({ name: p.bin });
+  try {
+    const code = await cmd.run({
+      values: parsed.values,
+      positionals: parsed.positionals,
+      logger: logger.child({ command: cmd.name }),
+      out: (line) => process.stdout.write(`${line}\n`),
+    });
+    return code ?? 0;
+  } catch (err) {
+    if (err instanceof TandemError) {
+      logger.debug({ err, code: err.code, kind: err.kind }, 'command failed');
+    } else {
+      logger.error({ err }, 'unexpected failure');
+    }
+    process.stderr.write(`${formatError(p.bin, err)}\n`);
+    return err instanceof TandemError ? err.exitCode : 70;
+  }
+}
+
+/** Entry point helper: run, flush, exit with the code. */
+export function main(p: Program): void {
+  runCli(p, process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`${formatError(p.bin, err)}\n`);
+      process.exitCode = 70;
+    },
+  );
+}
+
+export function requireString(values: CommandContext['values'], key: string, cmd: string): string {
+  const v = values[key];
+  if (typeof v !== 'string' || v === '') {
+    throw new TandemError('config', 'MISSING_OPTION', `${cmd}: --${key} is required`, { hint: `see \`${cmd} --help\`` });
+  }
+  return v;
+}

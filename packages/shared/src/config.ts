@@ -1,0 +1,211 @@
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import { TandemError } from './errors.js';
+
+/**
+ * Configuration: YAML that operators write, validated up front and normalised into typed config.
+ * Every problem is reported at once, each with its key path and what was expected. Unknown keys
+ * are errors: a misspelt key silently ignored is how a backup quietly stops covering something.
+ * Relative paths are resolved against the config file's directory.
+ */
+
+const siteName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'expected a site name: lowercase letters, digits, "-" or "_" (max 63)');
+
+const nonEmpty = z.string().min(1, 'expected a non-empty string');
+
+const postgresUrl = z.string().refine(
+  (s) => {
+    try {
+      const u = new URL(s);
+      return u.protocol === 'postgres:' || u.protocol === 'postgresql:';
+    } catch {
+      return false;
+    }
+  },
+  { message: 'expected a postgres:// URL such as postgres://postgres@127.0.0.1:5432/demo' },
+).refine(
+  (s) => {
+    try {
+      return new URL(s).password === '';
+    } catch {
+      return true;
+    }
+  },
+  {
+    message:
+      'the URL contains a password; secrets never live in the YAML: put it in database.passwordFile, PGPASSWORD or ~/.pgpass',
+  },
+);
+
+const databaseSchema = z.strictObject({
+  url: postgresUrl,
+  passwordFile: nonEmpty.optional(),
+  /** Directory holding pg_dump/pg_restore/psql; default: found on PATH. */
+  binDir: nonEmpty.optional(),
+});
+
+const filestoreSchema = z.strictObject({
+  url: z.string().regex(/^(file|s3):\/\//, 'expected file:///absolute/path or s3://bucket/prefix'),
+});
+
+const compressionSchema = z.strictObject({
+  level: z.number().int().min(1).max(19).default(3),
+  threads: z.number().int().min(1).max(64).default(1),
+});
+
+export const primaryConfigSchema = z.strictObject({
+  site: siteName,
+  database: databaseSchema,
+  paths: z.strictObject({ config: nonEmpty, security: nonEmpty, files: nonEmpty }),
+  filestore: filestoreSchema,
+  encryption: z.enum(['age', 'none'], { message: 'expected "age" (the default) or "none"' }).default('age'),
+  keys: z.strictObject({ recipientFile: nonEmpty.optional(), signingKeyFile: nonEmpty }),
+  compression: compressionSchema.default({ level: 3, threads: 1 }),
+  stateDir: nonEmpty.optional(),
+  hostname: nonEmpty.optional(),
+});
+
+export const standbyConfigSchema = z.strictObject({
+  site: siteName,
+  database: databaseSchema.extend({
+    /** Parallel pg_restore jobs; >1 stages the decrypted dump in the state dir (pg_restore -j needs a file). */
+    restoreJobs: z.number().int().min(1).max(64).default(2),
+    /** Database to connect to for CREATE/ALTER/DROP DATABASE; default "postgres". */
+    maintenanceDb: nonEmpty.default('postgres'),
+  }),
+  paths: z.strictObject({
+    config: nonEmpty,
+    security: nonEmpty,
+    files: nonEmpty,
+    sentinel: nonEmpty.optional(),
+  }),
+  config: z.strictObject({ preserve: z.array(nonEmpty).default([]) }).default({ preserve: [] }),
+  filestore: filestoreSchema,
+  encryption: z.enum(['age', 'none'], { message: 'expected "age" (the default) or "none"' }).default('age'),
+  keys: z.strictObject({ identityFile: nonEmpty.optional(), verifyKeyFile: nonEmpty }),
+  restartCommand: nonEmpty.optional(),
+  stateDir: nonEmpty.optional(),
+});
+
+export type PrimaryConfig = z.infer<typeof primaryConfigSchema> & { configFile: string; stateDir: string };
+export type StandbyConfig = z.infer<typeof standbyConfigSchema> & {
+  configFile: string;
+  stateDir: string;
+  paths: { sentinel: string };
+};
+
+function formatPath(path: ReadonlyArray<PropertyKey>): string {
+  return path.length === 0 ? '(top level)' : path.map(String).join('.');
+}
+
+/** Parse YAML and validate; throws one TandemError listing every problem with its key path. */
+export function parseConfigText<S extends z.ZodType>(text: string, schema: S, source: string): z.infer<S> {
+  const doc = parseDocument(text, { prettyErrors: true });
+  if (doc.errors.length > 0) {
+    const lines = doc.errors.map((e) => `  - ${e.message.split('\n')[0]}`);
+    throw new TandemError('config', 'CONFIG_YAML', `${source}: not valid YAML:\n${lines.join('\n')}`);
+  }
+  const raw: unknown = doc.toJS();
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new TandemError('config', 'CONFIG_INVALID', `${source}: expected a mapping of keys (site:, database:, ...) at the top level`);
+  }
+  const result = schema.safeParse(raw);
+  if (!result.success) {
+    const problems: string[] = [];
+    for (const issue of result.error.issues) {
+      if (issue.code === 'unrecognized_keys') {
+        for (const key of issue.keys) {
+          problems.push(`  - ${formatPath([...issue.path, key])}: unknown key (misspelt, or meant for the other agent?)`);
+        }
+      } else {
+        problems.push(`  - ${formatPath(issue.path)}: ${issue.message}`);
+      }
+    }
+    throw new TandemError(
+      'config',
+      'CONFIG_INVALID',
+      `${source}: ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n${problems.join('\n')}`,
+      { hint: 'see the commented sample configs in etc/' },
+    );
+  }
+  return result.data;
+}
+
+function readConfigFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String(err);
+    throw new TandemError('config', 'CONFIG_UNREADABLE', `config file ${file}: ${why}`, {
+      hint: 'pass the path of the agent config with --config FILE',
+    });
+  }
+}
+
+const abs = (base: string, p: string): string => (isAbsolute(p) ? p : resolve(base, p));
+const absOpt = (base: string, p: string | undefined): string | undefined => (p === undefined ? undefined : abs(base, p));
+
+export function defaultStateDir(site: string): string {
+  if (process.env.TANDEM_STATE_DIR) return resolve(process.env.TANDEM_STATE_DIR, site);
+  if (process.getuid?.() === 0) return `/var/lib/tandem/${site}`;
+  const base = process.env.XDG_STATE_HOME ?? resolve(process.env.HOME ?? '.', '.local/state');
+  return resolve(base, 'tandem', site);
+}
+
+function resolveFilestoreUrl(base: string, url: string): string {
+  // file://./relative is not a URL form anyone should rely on, but a relative path after file:// is
+  // resolved against the config dir so that sample configs work from a checkout.
+  if (url.startsWith('file://') && !url.startsWith('file:///')) return `file://${abs(base, url.slice(7))}`;
+  return url;
+}
+
+export function loadPrimaryConfig(file: string): PrimaryConfig {
+  const configFile = resolve(file);
+  const c = parseConfigText(readConfigFile(configFile), primaryConfigSchema, configFile);
+  const base = dirname(configFile);
+  if (c.encryption === 'age' && c.keys.recipientFile === undefined) {
+    throw new TandemError('config', 'CONFIG_INVALID', `${configFile}: 1 problem:\n  - keys.recipientFile: required while encryption is "age"`, {
+      hint: 'run `tandem-primary init --keys-dir DIR` to create the keys, or set `encryption: none` to upload unencrypted sets',
+    });
+  }
+  return {
+    ...c,
+    configFile,
+    database: { ...c.database, passwordFile: absOpt(base, c.database.passwordFile), binDir: absOpt(base, c.database.binDir) },
+    paths: { config: abs(base, c.paths.config), security: abs(base, c.paths.security), files: abs(base, c.paths.files) },
+    filestore: { url: resolveFilestoreUrl(base, c.filestore.url) },
+    keys: { recipientFile: absOpt(base, c.keys.recipientFile), signingKeyFile: abs(base, c.keys.signingKeyFile) },
+    stateDir: c.stateDir ? abs(base, c.stateDir) : defaultStateDir(c.site),
+  };
+}
+
+export function loadStandbyConfig(file: string): StandbyConfig {
+  const configFile = resolve(file);
+  const c = parseConfigText(readConfigFile(configFile), standbyConfigSchema, configFile);
+  const base = dirname(configFile);
+  if (c.encryption === 'age' && c.keys.identityFile === undefined) {
+    throw new TandemError('config', 'CONFIG_INVALID', `${configFile}: 1 problem:\n  - keys.identityFile: required while encryption is "age"`, {
+      hint: 'copy backup.agekey from the primary\'s `tandem-primary init` to this server (mode 0600) and point keys.identityFile at it',
+    });
+  }
+  const config = abs(base, c.paths.config);
+  return {
+    ...c,
+    configFile,
+    database: { ...c.database, passwordFile: absOpt(base, c.database.passwordFile), binDir: absOpt(base, c.database.binDir) },
+    paths: {
+      config,
+      security: abs(base, c.paths.security),
+      files: abs(base, c.paths.files),
+      sentinel: c.paths.sentinel ? abs(base, c.paths.sentinel) : resolve(config, 'BACKUP'),
+    },
+    filestore: { url: resolveFilestoreUrl(base, c.filestore.url) },
+    keys: { identityFile: absOpt(base, c.keys.identityFile), verifyKeyFile: abs(base, c.keys.verifyKeyFile) },
+    stateDir: c.stateDir ? abs(base, c.stateDir) : defaultStateDir(c.site),
+  };
+}

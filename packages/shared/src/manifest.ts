@@ -1,0 +1,84 @@
+import type { KeyObject } from 'node:crypto';
+import { z } from 'zod';
+import { TandemError } from './errors.js';
+import { ARTIFACT_NAMES } from './layout.js';
+import { signDocument, verifyDocument } from './signed-doc.js';
+
+/**
+ * The manifest lists a set's artifacts with the size and SHA-256 of their stored (encrypted) bytes.
+ * Uploading it commits the set: a set without a valid manifest does not exist for anyone.
+ */
+export const MANIFEST_VERSION = 1;
+
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
+const isoTime = z.iso.datetime();
+
+export const artifactEntrySchema = z.strictObject({
+  name: z.enum(ARTIFACT_NAMES),
+  kind: z.enum(['postgres-custom', 'tar']),
+  file: z.string().regex(/^[a-z0-9.]+$/),
+  storedSize: z.number().int().nonnegative(),
+  storedSha256: sha256Hex,
+  plainSize: z.number().int().nonnegative(),
+  compression: z.enum(['zstd']),
+  encryption: z.enum(['age', 'none']),
+});
+
+export const manifestSchema = z.strictObject({
+  format: z.literal('tandem-manifest'),
+  version: z.literal(MANIFEST_VERSION),
+  setId: z.string().min(1),
+  site: z.string().min(1),
+  epoch: z.number().int().positive(),
+  seq: z.number().int().positive(),
+  createdAt: isoTime,
+  completedAt: isoTime,
+  primaryHost: z.string(),
+  toolVersion: z.string(),
+  database: z.strictObject({ name: z.string(), serverVersion: z.string() }),
+  encryption: z.strictObject({ scheme: z.enum(['age-x25519', 'none']), recipients: z.array(z.string()) }),
+  artifacts: z.array(artifactEntrySchema),
+});
+
+export type ArtifactEntry = z.infer<typeof artifactEntrySchema>;
+export type Manifest = z.infer<typeof manifestSchema>;
+
+/** latest.json: the signed pointer to the newest committed set. */
+export const latestSchema = z.strictObject({
+  format: z.literal('tandem-latest'),
+  version: z.literal(1),
+  site: z.string(),
+  setId: z.string(),
+  epoch: z.number().int().positive(),
+  seq: z.number().int().positive(),
+  createdAt: isoTime,
+  committedAt: isoTime,
+  manifestSha256: sha256Hex,
+});
+export type LatestPointer = z.infer<typeof latestSchema>;
+
+function validated<S extends z.ZodType>(schema: S, body: unknown, label: string): z.infer<S> {
+  const r = schema.safeParse(body);
+  if (!r.success) {
+    const first = r.error.issues[0];
+    const where = first ? `${first.path.join('.') || '(top level)'}: ${first.message}` : 'invalid';
+    const version = (body as { version?: unknown }).version;
+    const hint =
+      typeof version === 'number' && version > MANIFEST_VERSION
+        ? 'it was written by a newer tandem: upgrade this agent'
+        : undefined;
+    throw new TandemError('integrity', 'DOC_INVALID', `${label}: signed, but not a valid document (${where})`, { hint });
+  }
+  return r.data;
+}
+
+export const signManifest = (m: Manifest, key: KeyObject): Buffer => signDocument(validated(manifestSchema, m, 'manifest'), key);
+export const signLatest = (p: LatestPointer, key: KeyObject): Buffer => signDocument(validated(latestSchema, p, 'latest.json'), key);
+
+export function verifyManifest(raw: Buffer, key: KeyObject, label: string): Manifest {
+  return validated(manifestSchema, verifyDocument(raw, key, label), label);
+}
+
+export function verifyLatest(raw: Buffer, key: KeyObject, label: string): LatestPointer {
+  return validated(latestSchema, verifyDocument(raw, key, label), label);
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs before tandem builds, runs or tests: system tools from Debian,
+# a running PostgreSQL, and the npm dependencies. Idempotent and quick when all is in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# System tools: pg_dump/pg_restore (postgresql-client), zstd, age (interop tests, decrypt by hand),
+# GNU tar, restic (the file-backup reference in the benchmarks).
+need=()
+command -v pg_dump >/dev/null || need+=(postgresql-client)
+command -v zstd >/dev/null || need+=(zstd)
+command -v age >/dev/null || need+=(age)
+command -v tar >/dev/null || need+=(tar)
+command -v restic >/dev/null || need+=(restic)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    SUDO=sudo
+    command -v sudo >/dev/null || { say "missing: ${need[*]}; install them with apt-get as root"; exit 1; }
+  else
+    SUDO=
+  fi
+  say "installing ${need[*]} from Debian"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The local PostgreSQL the demo and the tests use (trust auth on 127.0.0.1:5432).
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null; then
+    ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    if [ -n "$ver" ]; then
+      say "starting PostgreSQL $ver"
+      pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+    fi
+  fi
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+  pg_isready -q -h 127.0.0.1 -p 5432 || { say "PostgreSQL is not reachable on 127.0.0.1:5432"; exit 1; }
+fi
+
+# npm dependencies, when missing or older than the lock file.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing npm dependencies"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
