@@ -1,0 +1,478 @@
+import { randomBytes, randomInt } from 'node:crypto';
+import type { BigIntStats } from 'node:fs';
+import { link, mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable, Transform, Writable, addAbortSignal } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pathToFileURL } from 'node:url';
+import { TandemError } from '../errors.js';
+import type {
+  ConditionalGetResult,
+  Filestore,
+  ObjectInfo,
+  OpOptions,
+  PutOptions,
+  WriteCondition,
+} from './filestore.js';
+
+/**
+ * Any key segment containing this marks an in-flight temporary or a lock, in every store, so
+ * user keys may not contain it and `list` never returns such objects.
+ */
+export const RESERVED_MARK = '.tmp-';
+
+/** Validates a key and returns its segments; the same rules hold for every store. */
+export function checkKey(key: string): string[] {
+  const bad = (why: string): never => {
+    throw new TandemError('permanent', 'FILESTORE_BAD_KEY', `invalid filestore key ${JSON.stringify(key)}: ${why}`);
+  };
+  if (typeof key !== 'string' || key === '') bad('empty');
+  if (key.startsWith('/')) bad('must be relative (no leading "/")');
+  if (key.includes('\\')) bad('backslashes are not allowed');
+  if (key.includes('\0')) bad('NUL bytes are not allowed');
+  if (Buffer.byteLength(key) > 1024) bad('longer than 1024 bytes');
+  const segments = key.split('/');
+  for (const s of segments) {
+    if (s === '') bad('empty path segment');
+    if (s === '.' || s === '..') bad(`"${s}" segments are not allowed`);
+    if (s.includes(RESERVED_MARK)) bad(`"${RESERVED_MARK}" is reserved for temporary files`);
+  }
+  return segments;
+}
+
+/** A list prefix: like a key, except that its last segment may be partial or empty. */
+export function checkPrefix(prefix: string): void {
+  if (prefix === '') return;
+  const bad = (why: string): never => {
+    throw new TandemError('permanent', 'FILESTORE_BAD_KEY', `invalid filestore prefix ${JSON.stringify(prefix)}: ${why}`);
+  };
+  if (prefix.startsWith('/')) bad('must be relative (no leading "/")');
+  if (prefix.includes('\\') || prefix.includes('\0')) bad('backslashes and NUL bytes are not allowed');
+  for (const s of prefix.split('/').slice(0, -1)) {
+    if (s === '' || s === '.' || s === '..') bad(`"${s}" segments are not allowed`);
+  }
+}
+
+export function abortError(signal: AbortSignal): unknown {
+  return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
+}
+
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw abortError(signal);
+}
+
+/** S3 lists in UTF-8 byte order; JS string order differs for astral characters. */
+export const byteOrder = (a: string, b: string): number => Buffer.compare(Buffer.from(a), Buffer.from(b));
+
+/** Fails the stream (before it ends) when the byte count differs from a declared length. */
+export function lengthCheck(expected: number | undefined, what: string): Transform & { bytes: number } {
+  const t = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      t.bytes += chunk.length;
+      cb(null, chunk);
+    },
+    flush(cb) {
+      if (expected === undefined || t.bytes === expected) return cb();
+      cb(new TandemError('permanent', 'FILESTORE_LENGTH_MISMATCH', `${what}: body has ${t.bytes} bytes, declared contentLength is ${expected}`));
+    },
+  }) as Transform & { bytes: number };
+  t.bytes = 0;
+  return t;
+}
+
+const TRANSIENT_ERRNO = new Set(['EIO', 'EAGAIN', 'EMFILE', 'ENFILE', 'EBUSY', 'ETIMEDOUT', 'ESTALE', 'EINTR', 'ENOMEM']);
+const PERMANENT_ERRNO: Record<string, string> = {
+  ENOSPC: 'disk full',
+  EDQUOT: 'disk quota exceeded',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  EROFS: 'read-only file system',
+  ENOTDIR: 'a parent of the path is a file, not a directory',
+  EISDIR: 'is a directory',
+  ENAMETOOLONG: 'name too long',
+  ELOOP: 'too many symbolic links',
+  EXDEV: 'crosses file systems',
+};
+
+/** Classifies a file-system error; the message names the path and says what is wrong. */
+export function fsError(err: unknown, action: string, p: string): unknown {
+  if (err instanceof TandemError || (err instanceof Error && err.name === 'AbortError')) return err;
+  const code = (err as NodeJS.ErrnoException | undefined)?.code ?? 'UNKNOWN';
+  const cause = { cause: err };
+  if (code === 'ENOENT') return new TandemError('not-found', 'FILESTORE_NOT_FOUND', `${p} does not exist`, cause);
+  if (TRANSIENT_ERRNO.has(code)) {
+    return new TandemError('transient', `FILESTORE_${code}`, `cannot ${action} ${p}: ${code} (${(err as Error).message})`, cause);
+  }
+  const what = PERMANENT_ERRNO[code] ?? (err instanceof Error ? err.message : String(err));
+  const hint =
+    code === 'EACCES' || code === 'EPERM' || code === 'EROFS'
+      ? 'check that the filestore directory is writable by the agent user'
+      : code === 'ENOSPC' || code === 'EDQUOT'
+        ? 'free space on the filestore volume or lower retention'
+        : undefined;
+  return new TandemError('permanent', `FILESTORE_${code}`, `cannot ${action} ${p}: ${what} (${code})`, { ...cause, hint });
+}
+
+const versionOf = (st: BigIntStats): string =>
+  `${st.ino.toString(36)}-${st.size.toString(36)}-${st.mtimeNs.toString(36)}`;
+
+const infoOf = (key: string, st: BigIntStats): ObjectInfo => ({
+  key,
+  size: Number(st.size),
+  version: versionOf(st),
+  modified: new Date(Number(st.mtimeMs)),
+});
+
+// ext4 reuses freed inode numbers and stamps mtime from a coarse (jiffy) clock, so two quick
+// replacements of equal size could share inode+size+mtime. Stamping a per-process sequence into
+// the microseconds keeps versions apart.
+let mtimeSeq = randomInt(1000);
+function uniqueMtime(): number {
+  mtimeSeq = (mtimeSeq + 1) % 1000;
+  return Date.now() / 1000 + mtimeSeq / 1e6;
+}
+
+async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
+  for (let off = 0; off < buf.length; ) off += (await fh.write(buf, off, buf.length - off)).bytesWritten;
+}
+
+export interface DirFilestoreOptions {
+  /** A conditional-write lock older than this is presumed left by a crashed writer and taken over. */
+  lockStaleMs?: number;
+  /** How long a conditional writer waits for the lock before failing with a transient error. */
+  lockWaitMs?: number;
+}
+
+/**
+ * A filestore in a local (or NFS) directory. Objects become visible by rename(2) of a fsynced
+ * temporary in the same directory, so readers never see a partial object.
+ */
+export class DirFilestore implements Filestore {
+  readonly description: string;
+  readonly root: string;
+  private readonly lockStaleMs: number;
+  private readonly lockWaitMs: number;
+
+  constructor(root: string, opts: DirFilestoreOptions = {}) {
+    if (!path.isAbsolute(root)) {
+      throw new TandemError('config', 'FILESTORE_RELATIVE_PATH', `filestore directory must be absolute: ${root}`);
+    }
+    this.root = path.resolve(root);
+    this.description = pathToFileURL(this.root).href;
+    this.lockStaleMs = opts.lockStaleMs ?? 30_000;
+    this.lockWaitMs = opts.lockWaitMs ?? this.lockStaleMs + 5_000;
+  }
+
+  private pathOf(key: string): string {
+    return path.join(this.root, ...checkKey(key));
+  }
+
+  async put(key: string, body: Readable, opts: PutOptions = {}): Promise<ObjectInfo> {
+    let final: string;
+    try {
+      final = this.pathOf(key);
+      throwIfAborted(opts.signal);
+    } catch (err) {
+      body.destroy();
+      throw err;
+    }
+    const { tmp, st } = await this.writeTemp(final, body, opts);
+    try {
+      await rename(tmp, final);
+    } catch (err) {
+      await unlink(tmp).catch(() => {});
+      throw fsError(err, 'write', final);
+    }
+    await this.syncDir(path.dirname(final));
+    return infoOf(key, st);
+  }
+
+  async putBuffer(key: string, body: Buffer, opts: PutOptions = {}): Promise<ObjectInfo> {
+    return this.put(key, Readable.from([body]), { ...opts, contentLength: opts.contentLength ?? body.length });
+  }
+
+  async get(key: string, opts: OpOptions = {}): Promise<{ body: Readable; info: ObjectInfo }> {
+    const p = this.pathOf(key);
+    const { fh, st } = await this.openForRead(key, p, opts.signal);
+    const raw = fh.createReadStream();
+    // Read errors (EIO on a failing disk) must be classified like every other filestore error.
+    const body = new Transform({ transform: (chunk, _e, cb) => cb(null, chunk) });
+    raw.on('error', (err) => body.destroy(fsError(err, 'read', p) as Error));
+    body.on('close', () => raw.destroy());
+    raw.pipe(body);
+    if (opts.signal) addAbortSignal(opts.signal, body);
+    return { body, info: infoOf(key, st) };
+  }
+
+  async getBuffer(key: string, opts: OpOptions = {}): Promise<{ body: Buffer; info: ObjectInfo }> {
+    const p = this.pathOf(key);
+    const { fh, st } = await this.openForRead(key, p, opts.signal);
+    try {
+      return { body: await fh.readFile({ signal: opts.signal }), info: infoOf(key, st) };
+    } catch (err) {
+      throw fsError(err, 'read', p);
+    } finally {
+      await fh.close().catch(() => {});
+    }
+  }
+
+  async getIfChanged(key: string, knownVersion: string | undefined, opts: OpOptions = {}): Promise<ConditionalGetResult> {
+    const p = this.pathOf(key);
+    const { fh, st } = await this.openForRead(key, p, opts.signal);
+    try {
+      if (knownVersion !== undefined && versionOf(st) === knownVersion) return { changed: false };
+      return { changed: true, body: await fh.readFile({ signal: opts.signal }), info: infoOf(key, st) };
+    } catch (err) {
+      throw fsError(err, 'read', p);
+    } finally {
+      await fh.close().catch(() => {});
+    }
+  }
+
+  async stat(key: string, opts: OpOptions = {}): Promise<ObjectInfo | null> {
+    const p = this.pathOf(key);
+    throwIfAborted(opts.signal);
+    try {
+      const st = await stat(p, { bigint: true });
+      return st.isFile() ? infoOf(key, st) : null;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw fsError(err, 'stat', p);
+    }
+  }
+
+  async list(prefix: string, opts: OpOptions = {}): Promise<ObjectInfo[]> {
+    checkPrefix(prefix);
+    throwIfAborted(opts.signal);
+    try {
+      if (!(await stat(this.root)).isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw fsError(err, 'list', this.root);
+    }
+    const out: ObjectInfo[] = [];
+    const base = prefix.slice(0, prefix.lastIndexOf('/') + 1); // '' or 'a/b/'
+    await this.walk(base, prefix, out, opts.signal);
+    return out.sort((a, b) => byteOrder(a.key, b.key));
+  }
+
+  private async walk(rel: string, prefix: string, out: ObjectInfo[], signal?: AbortSignal): Promise<void> {
+    throwIfAborted(signal);
+    const dir = path.join(this.root, rel);
+    let entries;
+    try {
+      entries = await readdir(dir, { withFileTypes: true });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return; // the prefix names no directory: no keys
+      throw fsError(err, 'list', dir);
+    }
+    for (const e of entries) {
+      if (e.name.includes(RESERVED_MARK)) continue;
+      const key = rel + e.name;
+      if (e.isDirectory()) {
+        const sub = `${key}/`;
+        if (sub.startsWith(prefix) || prefix.startsWith(sub)) await this.walk(sub, prefix, out, signal);
+      } else if (e.isFile() && key.startsWith(prefix)) {
+        try {
+          out.push(infoOf(key, await stat(path.join(dir, e.name), { bigint: true })));
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw fsError(err, 'list', path.join(dir, e.name));
+        }
+      }
+    }
+  }
+
+  async delete(key: string, opts: OpOptions = {}): Promise<void> {
+    const p = this.pathOf(key);
+    throwIfAborted(opts.signal);
+    try {
+      await unlink(p);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'EISDIR') return;
+      throw fsError(err, 'delete', p);
+    }
+    // Retention deletes whole sets; drop directories it empties. Writers recreate them as needed.
+    for (let dir = path.dirname(p); dir.startsWith(this.root + path.sep); dir = path.dirname(dir)) {
+      if (!(await rmdir(dir).then(() => true, () => false))) break;
+    }
+  }
+
+  async writeConditional(key: string, body: Buffer, cond: WriteCondition, opts: OpOptions = {}): Promise<ObjectInfo> {
+    const final = this.pathOf(key);
+    throwIfAborted(opts.signal);
+    const { tmp, st } = await this.writeTemp(final, Readable.from([body]), { ...opts, contentLength: body.length });
+    try {
+      // The lock serialises conditional writers, so compare-then-rename below is atomic among them.
+      const release = await this.lock(final, opts.signal);
+      try {
+        if ('ifAbsent' in cond) await this.linkIfAbsent(tmp, final, key);
+        else {
+          const cur = await stat(final, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
+            if (err.code === 'ENOENT') return null;
+            throw fsError(err, 'stat', final);
+          });
+          if (cur === null || versionOf(cur) !== cond.ifVersion) {
+            throw preconditionError(key, cur === null ? 'it does not exist' : 'its version changed');
+          }
+          await rename(tmp, final).catch((err) => {
+            throw fsError(err, 'write', final);
+          });
+        }
+      } finally {
+        await release();
+      }
+    } finally {
+      await unlink(tmp).catch(() => {}); // still there after link(), or after a lost race
+    }
+    await this.syncDir(path.dirname(final));
+    return infoOf(key, st);
+  }
+
+  private async linkIfAbsent(tmp: string, final: string, key: string): Promise<void> {
+    try {
+      await link(tmp, final); // atomic create-if-absent, even against unconditional writers
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') throw preconditionError(key, 'it already exists');
+      if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw fsError(err, 'write', final);
+      // No hard links on this file system: check-then-rename is still safe among lock holders.
+      if (await stat(final).then(() => true, () => false)) throw preconditionError(key, 'it already exists');
+      await rename(tmp, final).catch((e) => {
+        throw fsError(e, 'write', final);
+      });
+    }
+  }
+
+  async close(): Promise<void> {}
+
+  private async openForRead(key: string, p: string, signal?: AbortSignal): Promise<{ fh: FileHandle; st: BigIntStats }> {
+    throwIfAborted(signal);
+    let fh: FileHandle;
+    try {
+      fh = await open(p, 'r');
+    } catch (err) {
+      throw fsError(err, 'read', p);
+    }
+    try {
+      const st = await fh.stat({ bigint: true });
+      if (!st.isFile()) throw new TandemError('not-found', 'FILESTORE_NOT_FOUND', `${p} is not a file (key ${key})`);
+      return { fh, st };
+    } catch (err) {
+      await fh.close().catch(() => {});
+      throw fsError(err, 'read', p);
+    }
+  }
+
+  /** Creates `file` exclusively, making parent directories; retries if a concurrent delete removes them. */
+  private async createExclusive(file: string): Promise<FileHandle> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+        return await open(file, 'wx', 0o600);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && attempt < 5) continue;
+        throw err;
+      }
+    }
+  }
+
+  /** Streams `body` into a fsynced temporary beside `final`; removes it on any failure. */
+  private async writeTemp(final: string, body: Readable, opts: PutOptions): Promise<{ tmp: string; st: BigIntStats }> {
+    const tmp = `${final}${RESERVED_MARK}${randomBytes(6).toString('hex')}`;
+    let fh: FileHandle;
+    try {
+      fh = await this.createExclusive(tmp);
+    } catch (err) {
+      body.destroy();
+      throw fsError(err, 'write', final);
+    }
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        writeAll(fh, chunk).then(
+          () => cb(),
+          (err: unknown) => cb(fsError(err, 'write', final) as Error),
+        );
+      },
+    });
+    let failure: unknown;
+    try {
+      await pipeline(body, lengthCheck(opts.contentLength, `put ${final}`), sink, { signal: opts.signal });
+    } catch (err) {
+      // Sink errors are already classified; anything else is the source's own (a failed pg_dump,
+      // say) and passes through unchanged.
+      failure = opts.signal?.aborted ? abortError(opts.signal) : err;
+    }
+    if (failure === undefined) {
+      try {
+        const t = uniqueMtime();
+        await fh.utimes(t, t);
+        await fh.sync();
+        const st = await fh.stat({ bigint: true });
+        await fh.close();
+        return { tmp, st };
+      } catch (err) {
+        failure = fsError(err, 'write', final);
+      }
+    }
+    await fh.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+    throw failure;
+  }
+
+  /** Makes a rename durable; some file systems cannot fsync a directory, which is no error. */
+  private async syncDir(dir: string): Promise<void> {
+    let fh: FileHandle | undefined;
+    try {
+      fh = await open(dir, 'r');
+      await fh.sync();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EBADF') throw fsError(err, 'sync', dir);
+    } finally {
+      await fh?.close().catch(() => {});
+    }
+  }
+
+  /** An exclusive lock file beside the object; returns its release function. */
+  private async lock(final: string, signal?: AbortSignal): Promise<() => Promise<void>> {
+    const lockPath = `${final}${RESERVED_MARK}lock`;
+    const deadline = Date.now() + this.lockWaitMs;
+    for (let delay = 5; ; delay = Math.min(delay * 2, 250)) {
+      throwIfAborted(signal);
+      try {
+        const fh = await this.createExclusive(lockPath);
+        const { ino } = await fh.stat();
+        await fh.writeFile(`${process.pid}\n`);
+        await fh.close();
+        return async () => {
+          // After a stale takeover the file may be someone else's by now; leave theirs alone.
+          const now = await stat(lockPath).catch(() => null);
+          if (now?.ino === ino) await unlink(lockPath).catch(() => {});
+        };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw fsError(err, 'lock', lockPath);
+      }
+      const held = await stat(lockPath).catch(() => null);
+      if (held && Date.now() - held.mtimeMs > this.lockStaleMs) {
+        // Presumed crashed holder. Two writers taking over at the same instant can still race;
+        // that needs a crash plus a tie, and costs a precondition error at worst for one of them.
+        await unlink(lockPath).catch(() => {});
+        continue;
+      }
+      if (Date.now() > deadline) {
+        throw new TandemError('transient', 'FILESTORE_LOCKED', `timed out waiting for lock ${lockPath}`, {
+          hint: `another writer holds it; a lock older than ${this.lockStaleMs} ms is taken over`,
+        });
+      }
+      await sleep(delay + randomInt(delay), undefined, { signal }).catch(() => {});
+    }
+  }
+}
+
+export function preconditionError(key: string, why: string): TandemError {
+  return new TandemError('precondition', 'FILESTORE_PRECONDITION', `conditional write of ${key} lost: ${why}`);
+}
