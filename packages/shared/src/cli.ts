@@ -10,7 +10,7 @@ import { createLogger, type Logger } from './logger.js';
 export type Options = NonNullable<ParseArgsConfig['options']>;
 
 export interface CommandContext {
-  values: Record<string, string | boolean | string[] | boolean[] | undefined>;
+  values: Record<string, string | boolean | Array<string | boolean> | undefined>;
   positionals: string[];
   logger: Logger;
   out: (line: string) => void;
@@ -105,11 +105,25 @@ export async function runCli(p: Program, argv: string[]): Promise<number> {
 
 /** Entry point helper: run, flush, exit with the code. */
 export function main(p: Program): void {
+  // The AWS SDK prints a 9-line NodeVersionSupportWarning to stderr on every S3 run under Node 20,
+  // burying the agent's one-line error (and filling cron mail). Node 20 is a supported target;
+  // an operator who wants the warning back can set the variable to "false".
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+  let settled = false;
+  // A command waiting on something that can never happen (a promise nobody settles) ends with an
+  // empty event loop, which Node reports as exit status 0: never let that pass for success.
+  process.once('beforeExit', () => {
+    if (settled) return;
+    process.stderr.write(`${p.bin}: internal error: the command stopped before it finished (an operation never completed)\n  this is a bug in tandem; the log above shows how far it got\n`);
+    process.exitCode = 70;
+  });
   runCli(p, process.argv.slice(2)).then(
     (code) => {
+      settled = true;
       process.exitCode = code;
     },
     (err: unknown) => {
+      settled = true;
       process.stderr.write(`${formatError(p.bin, err)}\n`);
       process.exitCode = 70;
     },

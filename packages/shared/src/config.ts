@@ -103,7 +103,10 @@ function formatPath(path: ReadonlyArray<PropertyKey>): string {
 }
 
 /** Parse YAML and validate; throws one TandemError listing every problem with its key path. */
-export function parseConfigText<S extends z.ZodType>(text: string, schema: S, source: string): z.infer<S> {
+/** A check across keys, run on the raw document so that its problems join the schema's. */
+export type CrossCheck = (raw: Record<string, unknown>) => Array<{ path: string; message: string }>;
+
+export function parseConfigText<S extends z.ZodType>(text: string, schema: S, source: string, cross?: CrossCheck): z.infer<S> {
   const doc = parseDocument(text, { prettyErrors: true });
   if (doc.errors.length > 0) {
     const lines = doc.errors.map((e) => `  - ${e.message.split('\n')[0]}`);
@@ -114,9 +117,10 @@ export function parseConfigText<S extends z.ZodType>(text: string, schema: S, so
     throw new TandemError('config', 'CONFIG_INVALID', `${source}: expected a mapping of keys (site:, database:, ...) at the top level`);
   }
   const result = schema.safeParse(raw);
-  if (!result.success) {
+  const crossProblems = (cross?.(raw as Record<string, unknown>) ?? []).map((p) => `  - ${p.path}: ${p.message}`);
+  if (!result.success || crossProblems.length > 0) {
     const problems: string[] = [];
-    for (const issue of result.error.issues) {
+    for (const issue of result.success ? [] : result.error.issues) {
       if (issue.code === 'unrecognized_keys') {
         for (const key of issue.keys) {
           problems.push(`  - ${formatPath([...issue.path, key])}: unknown key (misspelt, or meant for the other agent?)`);
@@ -125,6 +129,7 @@ export function parseConfigText<S extends z.ZodType>(text: string, schema: S, so
         problems.push(`  - ${formatPath(issue.path)}: ${issue.message}`);
       }
     }
+    problems.push(...crossProblems);
     throw new TandemError(
       'config',
       'CONFIG_INVALID',
@@ -147,6 +152,15 @@ function readConfigFile(file: string): string {
   }
 }
 
+/** Encryption is on unless the config says `encryption: none` in so many words. */
+function requireKeyWhileEncrypted(raw: Record<string, unknown>, key: string, what: string): Array<{ path: string; message: string }> {
+  const encryption = raw.encryption ?? 'age';
+  const keys = raw.keys;
+  const has = keys !== null && typeof keys === 'object' && (keys as Record<string, unknown>)[key] !== undefined;
+  if (encryption !== 'age' || has) return [];
+  return [{ path: `keys.${key}`, message: `required while encryption is "age" (the default): ${what}` }];
+}
+
 const abs = (base: string, p: string): string => (isAbsolute(p) ? p : resolve(base, p));
 const absOpt = (base: string, p: string | undefined): string | undefined => (p === undefined ? undefined : abs(base, p));
 
@@ -166,13 +180,10 @@ function resolveFilestoreUrl(base: string, url: string): string {
 
 export function loadPrimaryConfig(file: string): PrimaryConfig {
   const configFile = resolve(file);
-  const c = parseConfigText(readConfigFile(configFile), primaryConfigSchema, configFile);
+  const c = parseConfigText(readConfigFile(configFile), primaryConfigSchema, configFile, (raw) =>
+    requireKeyWhileEncrypted(raw, 'recipientFile', 'run `tandem-primary init --keys-dir DIR`, or say `encryption: none` to upload unencrypted sets'),
+  );
   const base = dirname(configFile);
-  if (c.encryption === 'age' && c.keys.recipientFile === undefined) {
-    throw new TandemError('config', 'CONFIG_INVALID', `${configFile}: 1 problem:\n  - keys.recipientFile: required while encryption is "age"`, {
-      hint: 'run `tandem-primary init --keys-dir DIR` to create the keys, or set `encryption: none` to upload unencrypted sets',
-    });
-  }
   return {
     ...c,
     configFile,
@@ -186,13 +197,10 @@ export function loadPrimaryConfig(file: string): PrimaryConfig {
 
 export function loadStandbyConfig(file: string): StandbyConfig {
   const configFile = resolve(file);
-  const c = parseConfigText(readConfigFile(configFile), standbyConfigSchema, configFile);
+  const c = parseConfigText(readConfigFile(configFile), standbyConfigSchema, configFile, (raw) =>
+    requireKeyWhileEncrypted(raw, 'identityFile', 'copy backup.agekey made by `tandem-primary init` to this server (mode 0600)'),
+  );
   const base = dirname(configFile);
-  if (c.encryption === 'age' && c.keys.identityFile === undefined) {
-    throw new TandemError('config', 'CONFIG_INVALID', `${configFile}: 1 problem:\n  - keys.identityFile: required while encryption is "age"`, {
-      hint: 'copy backup.agekey from the primary\'s `tandem-primary init` to this server (mode 0600) and point keys.identityFile at it',
-    });
-  }
   const config = abs(base, c.paths.config);
   return {
     ...c,

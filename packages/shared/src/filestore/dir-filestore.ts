@@ -1,5 +1,6 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
+import { hostname } from 'node:os';
 import { link, mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
@@ -22,6 +23,30 @@ import type {
  * user keys may not contain it and `list` never returns such objects.
  */
 export const RESERVED_MARK = '.tmp-';
+
+/** Temporary files carry their writer (pid@host), so a dead writer's leftovers can be told apart. */
+const TMP_OWNER = `${process.pid}@${hostname().replace(/[^A-Za-z0-9.-]/g, '_')}`;
+const DEAD_TEMP_AGE_MS = 60 * 60 * 1000;
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * A temporary file is dead when its writer on this host is gone, or (other hosts sharing the
+ * directory over NFS, whose processes cannot be checked) when it has not been written for an hour.
+ */
+function isDeadTemp(name: string, mtimeMs: number): boolean {
+  if (Date.now() - mtimeMs > DEAD_TEMP_AGE_MS) return true;
+  const m = /\.tmp-(\d+)@(.+)-[0-9a-f]{12}$/.exec(name);
+  if (!m) return false;
+  return m[2] === TMP_OWNER.split('@')[1] && !pidAlive(Number(m[1]));
+}
 
 /** Validates a key and returns its segments; the same rules hold for every store. */
 export function checkKey(key: string): string[] {
@@ -269,8 +294,14 @@ export class DirFilestore implements Filestore {
       if (code === 'ENOENT' || code === 'ENOTDIR') return; // the prefix names no directory: no keys
       throw fsError(err, 'list', dir);
     }
+    let removedTemps = 0;
     for (const e of entries) {
-      if (e.name.includes(RESERVED_MARK)) continue;
+      if (e.name.includes(RESERVED_MARK)) {
+        // Listing is where a writer that was killed mid-upload is noticed: its temporary file is
+        // invisible to every reader, so nothing else would ever remove it.
+        if (e.isFile() && (await this.removeIfDeadTemp(path.join(dir, e.name)))) removedTemps++;
+        continue;
+      }
       const key = rel + e.name;
       if (e.isDirectory()) {
         const sub = `${key}/`;
@@ -283,6 +314,14 @@ export class DirFilestore implements Filestore {
         }
       }
     }
+    if (removedTemps > 0 && removedTemps === entries.length && rel !== '') await rmdir(dir).catch(() => {});
+  }
+
+  private async removeIfDeadTemp(file: string): Promise<boolean> {
+    const st = await stat(file).catch(() => null);
+    if (!st || !isDeadTemp(path.basename(file), st.mtimeMs)) return false;
+    await unlink(file).catch(() => {});
+    return true;
   }
 
   async delete(key: string, opts: OpOptions = {}): Promise<void> {
@@ -296,9 +335,18 @@ export class DirFilestore implements Filestore {
       throw fsError(err, 'delete', p);
     }
     // Retention deletes whole sets; drop directories it empties. Writers recreate them as needed.
+    // Temporary files of writers that died (SIGKILL mid-upload) would keep such a directory, and
+    // gigabytes, forever: they are removed once nothing else is left beside them.
+    await this.removeDeadTemps(path.dirname(p));
     for (let dir = path.dirname(p); dir.startsWith(this.root + path.sep); dir = path.dirname(dir)) {
       if (!(await rmdir(dir).then(() => true, () => false))) break;
     }
+  }
+
+  private async removeDeadTemps(dir: string): Promise<void> {
+    const entries = await readdir(dir).catch(() => [] as string[]);
+    if (entries.length === 0 || !entries.every((name) => name.includes(RESERVED_MARK))) return;
+    for (const name of entries) await this.removeIfDeadTemp(path.join(dir, name));
   }
 
   async writeConditional(key: string, body: Buffer, cond: WriteCondition, opts: OpOptions = {}): Promise<ObjectInfo> {
@@ -382,7 +430,7 @@ export class DirFilestore implements Filestore {
 
   /** Streams `body` into a fsynced temporary beside `final`; removes it on any failure. */
   private async writeTemp(final: string, body: Readable, opts: PutOptions): Promise<{ tmp: string; st: BigIntStats }> {
-    const tmp = `${final}${RESERVED_MARK}${randomBytes(6).toString('hex')}`;
+    const tmp = `${final}${RESERVED_MARK}${TMP_OWNER}-${randomBytes(6).toString('hex')}`;
     let fh: FileHandle;
     try {
       fh = await this.createExclusive(tmp);
