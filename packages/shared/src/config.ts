@@ -2,6 +2,8 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
+import { CronExpressionParser } from 'cron-parser';
+import { parseDuration } from './duration.js';
 import { TandemError } from './errors.js';
 
 /**
@@ -52,8 +54,50 @@ const filestoreSchema = z.strictObject({
   url: z.string().regex(/^(file|s3):\/\//, 'expected file:///absolute/path or s3://bucket/prefix'),
 });
 
+/** "30s", "5m", ... as milliseconds; min bounds the value. */
+const duration = (min: number) =>
+  z
+    .string()
+    .transform((s, ctx) => {
+      const ms = parseDuration(s);
+      if (ms === null || ms < min) {
+        ctx.addIssue({ code: 'custom', message: `expected a duration of at least ${min / 1000}s such as "30s", "5m" or "1h"` });
+        return z.NEVER;
+      }
+      return ms;
+    });
+
+/** host:port to listen on. */
+const listenAddress = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port such as 127.0.0.1:7070');
+
+const cronExpression = z.string().refine(
+  (s) => {
+    try {
+      CronExpressionParser.parse(s);
+      return s.trim().split(/\s+/).length === 5;
+    } catch {
+      return false;
+    }
+  },
+  { message: 'expected a 5-field cron expression such as "0 3 * * *" (minute hour day month weekday)' },
+);
+
+const timezone = z.string().refine(
+  (tz) => {
+    try {
+      new Intl.DateTimeFormat('en', { timeZone: tz });
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  { message: 'expected an IANA time zone such as Europe/Amsterdam or UTC' },
+);
+
 const compressionSchema = z.strictObject({
-  level: z.number().int().min(1).max(19).default(3),
+  level: z.number().int().min(1).max(19).default(1),
   threads: z.number().int().min(1).max(64).default(1),
 });
 
@@ -64,9 +108,23 @@ export const primaryConfigSchema = z.strictObject({
   filestore: filestoreSchema,
   encryption: z.enum(['age', 'none'], { message: 'expected "age" (the default) or "none"' }).default('age'),
   keys: z.strictObject({ recipientFile: nonEmpty.optional(), signingKeyFile: nonEmpty }),
-  compression: compressionSchema.default({ level: 3, threads: 1 }),
+  compression: compressionSchema.default({ level: 1, threads: 1 }),
   stateDir: nonEmpty.optional(),
   hostname: nonEmpty.optional(),
+  /** When `tandem-primary run` backs up; default nightly 03:00. */
+  schedule: cronExpression.default('0 3 * * *'),
+  /** Time zone of the schedule; default the machine's. */
+  timezone: timezone.optional(),
+  retention: z
+    .strictObject({ daily: z.number().int().min(1).max(366).default(7), weekly: z.number().int().min(0).max(520).default(4) })
+    .default({ daily: 7, weekly: 4 }),
+  /** /v1/stream (WebSocket), /status, /metrics, /healthz. */
+  server: z
+    .strictObject({ listen: listenAddress.default('127.0.0.1:7070'), tokenFile: nonEmpty.optional() })
+    .default({ listen: '127.0.0.1:7070' }),
+  heartbeatInterval: duration(1000).default(30_000),
+  /** Run when this primary finds it has been fenced (a higher epoch exists), e.g. maintenance mode. */
+  onFenced: nonEmpty.optional(),
 });
 
 export const standbyConfigSchema = z.strictObject({
@@ -89,6 +147,18 @@ export const standbyConfigSchema = z.strictObject({
   keys: z.strictObject({ identityFile: nonEmpty.optional(), verifyKeyFile: nonEmpty }),
   restartCommand: nonEmpty.optional(),
   stateDir: nonEmpty.optional(),
+  /** The primary's push channel; without it the standby relies on polling alone. */
+  primary: z
+    .strictObject({
+      url: z.string().regex(/^wss?:\/\/[^/]+/, 'expected ws://host:port or wss://host:port'),
+      tokenFile: nonEmpty.optional(),
+    })
+    .optional(),
+  pollInterval: duration(1000).default(60_000),
+  /** /status, /metrics, /healthz. */
+  server: z.strictObject({ listen: listenAddress.default('127.0.0.1:7071') }).default({ listen: '127.0.0.1:7071' }),
+  /** Name this standby reports to the primary and in the filestore; default the host name. */
+  standbyId: z.string().regex(/^[A-Za-z0-9._-]{1,63}$/, 'expected letters, digits, ".", "_" or "-"').optional(),
 });
 
 export type PrimaryConfig = z.infer<typeof primaryConfigSchema> & { configFile: string; stateDir: string };
@@ -191,6 +261,7 @@ export function loadPrimaryConfig(file: string): PrimaryConfig {
     paths: { config: abs(base, c.paths.config), security: abs(base, c.paths.security), files: abs(base, c.paths.files) },
     filestore: { url: resolveFilestoreUrl(base, c.filestore.url) },
     keys: { recipientFile: absOpt(base, c.keys.recipientFile), signingKeyFile: abs(base, c.keys.signingKeyFile) },
+    server: { ...c.server, tokenFile: absOpt(base, c.server.tokenFile) },
     stateDir: c.stateDir ? abs(base, c.stateDir) : defaultStateDir(c.site),
   };
 }
@@ -214,6 +285,7 @@ export function loadStandbyConfig(file: string): StandbyConfig {
     },
     filestore: { url: resolveFilestoreUrl(base, c.filestore.url) },
     keys: { identityFile: absOpt(base, c.keys.identityFile), verifyKeyFile: abs(base, c.keys.verifyKeyFile) },
+    primary: c.primary ? { ...c.primary, tokenFile: absOpt(base, c.primary.tokenFile) } : undefined,
     stateDir: c.stateDir ? abs(base, c.stateDir) : defaultStateDir(c.site),
   };
 }

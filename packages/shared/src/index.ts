@@ -17,3 +17,4 @@ export * from './keys.js';
 export * from './version.js';
 export * from './postgres.js';
 export * from './lock.js';
+export * from './duration.js';

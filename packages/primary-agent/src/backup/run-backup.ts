@@ -96,7 +96,7 @@ async function nextSeq(fs: Filestore, site: string): Promise<number> {
   return max + 1;
 }
 
-function artifactSource(name: ArtifactName, config: PrimaryConfig): Readable {
+function artifactSource(name: ArtifactName, config: PrimaryConfig, log: Logger): Readable {
   if (name === 'db') {
     // Uncompressed custom format (-Z0): pg_dump's own gzip is its bottleneck; zstd does it faster
     // and better. Custom format keeps `pg_restore -j` possible on the standby.
@@ -106,7 +106,11 @@ function artifactSource(name: ArtifactName, config: PrimaryConfig): Readable {
       package: 'postgresql-client',
     });
   }
-  return createTarStream(config.paths[name], { label: `paths.${name} (${config.paths[name]})` });
+  const tar = createTarStream(config.paths[name], { label: `paths.${name} (${config.paths[name]})` });
+  // A file written while it was archived is normal on a live site; the set stays consistent with
+  // the dump (files are write-once), so this is worth a line in the log, not a failed backup.
+  tar.on('child-warning', (text: string) => log.warn({ artifact: name, tar: text }, 'files changed while being archived'));
+  return tar;
 }
 
 export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Promise<BackupResult> {
@@ -142,7 +146,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       const stages: Duplex[] = [zstdCompress({ level: config.compression.level, threads: config.compression.threads })];
       if (keys.recipients) stages.push(createAgeEncryptStream(keys.recipients));
       uploaded.push(key);
-      const r = await uploadArtifact({ filestore: fs, key, source: artifactSource(name, config), stages, signal: opts.signal });
+      const r = await uploadArtifact({ filestore: fs, key, source: artifactSource(name, config, log), stages, signal: opts.signal });
       durations[name] = round((performance.now() - t) / 1000);
       artifacts.push({
         name,

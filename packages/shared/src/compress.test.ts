@@ -1,0 +1,78 @@
+import { randomBytes } from 'node:crypto';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { describe, expect, it } from 'vitest';
+import { zstdCompress, zstdDecompress } from './compress.js';
+import { TandemError } from './errors.js';
+
+function collector(): Writable & { data(): Buffer } {
+  const chunks: Buffer[] = [];
+  const w = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      chunks.push(chunk);
+      cb();
+    },
+  });
+  return Object.assign(w, { data: () => Buffer.concat(chunks) });
+}
+
+function sqlText(bytes: number): Buffer {
+  const lines: string[] = [];
+  let n = 0;
+  for (let i = 0; n < bytes; i++) {
+    const line = `${i}\tpage_${i % 977}\t2026-11-22 03:00:${String(i % 60).padStart(2, '0')}+00\t{"lang": ["en"], "author": ${i % 50}}\tsome body text ${i * 7919}\n`;
+    lines.push(line);
+    n += line.length;
+  }
+  return Buffer.from(lines.join(''));
+}
+
+async function roundTrip(data: Buffer, opts?: { level?: number; threads?: number }): Promise<{ out: Buffer; packed: number }> {
+  const packed = collector();
+  await pipeline(Readable.from([data]), zstdCompress(opts), packed);
+  const out = collector();
+  await pipeline(Readable.from([packed.data()]), zstdDecompress(), out);
+  return { out: out.data(), packed: packed.data().length };
+}
+
+describe('zstd', () => {
+  it('round-trips text (and compresses it) and random data', async () => {
+    const text = sqlText(4 * 1024 * 1024);
+    const t = await roundTrip(text);
+    expect(t.out.equals(text)).toBe(true);
+    expect(t.packed).toBeLessThan(text.length / 4);
+
+    const rnd = randomBytes(3 * 1024 * 1024);
+    const r = await roundTrip(rnd, { level: 3, threads: 2 });
+    expect(r.out.equals(rnd)).toBe(true);
+  });
+
+  it('round-trips empty input', async () => {
+    const e = await roundTrip(Buffer.alloc(0));
+    expect(e.out.length).toBe(0);
+    expect(e.packed).toBeGreaterThan(0); // a valid (empty) frame, not nothing
+  });
+
+  it('rejects corrupt input with a clear message', async () => {
+    const err = await pipeline(Readable.from([randomBytes(100_000)]), zstdDecompress(), collector()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TandemError);
+    expect((err as TandemError).code).toBe('CHILD_FAILED');
+    expect((err as TandemError).message).toMatch(/zstd decompression: zstd exited with code \d+: .*(unsupported format|unknown header|not in zstd format)/);
+    expect((err as TandemError).hint).toContain('corrupt');
+  });
+
+  it('rejects truncated input', async () => {
+    const packed = collector();
+    await pipeline(Readable.from([randomBytes(1024 * 1024)]), zstdCompress(), packed);
+    const half = packed.data().subarray(0, packed.data().length >> 1);
+    const out = collector();
+    const err = await pipeline(Readable.from([half]), zstdDecompress(), out).catch((e: unknown) => e);
+    expect((err as TandemError).code).toBe('CHILD_FAILED');
+    expect((err as TandemError).message).toMatch(/premature end|truncated/i);
+  });
+
+  it('validates the level', () => {
+    expect(() => zstdCompress({ level: 0 })).toThrow(RangeError);
+    expect(() => zstdCompress({ level: 2.5 })).toThrow(RangeError);
+  });
+});

@@ -1,0 +1,35 @@
+/**
+ * zstd through the `zstd` CLI: node:zlib has no zstd on Node 20, and the CLI is fast, streams,
+ * and runs on another core than the event loop.
+ *
+ * Default level 1, measured on this machine kind (300 MB of synthetic SQL COPY data, zstd 1.5.4):
+ *   -1 -T1: 165 MB/s, 38% of input     -1 -T2: 278 MB/s
+ *   -3 -T1: 114 MB/s, 30% of input     -3 -T2: 141 MB/s
+ * and on incompressible media (random bytes) -1: ~600 MB/s, -3: ~400 MB/s.
+ * Level 3 saves ~20% of the bytes of a dump but would be slower than `pg_dump -Z0` (~175 MB/s)
+ * and than the file-backup target (~160 MB/s), so it would set the pace of a backup. Callers with
+ * slow uplinks can ask for a higher level.
+ */
+import type { Duplex } from 'node:stream';
+import { spawnFilter } from './streams.js';
+
+export const DEFAULT_ZSTD_LEVEL = 1;
+
+export function zstdCompress(opts: { level?: number; threads?: number } = {}): Duplex {
+  const level = opts.level ?? DEFAULT_ZSTD_LEVEL;
+  if (!Number.isInteger(level) || level < 1 || level > 19) {
+    throw new RangeError(`zstd level must be an integer from 1 to 19, got ${level}`);
+  }
+  const args = ['-q', '-c', '--no-progress', `-${level}`];
+  if (opts.threads !== undefined && opts.threads > 1) args.push(`-T${Math.floor(opts.threads)}`);
+  return spawnFilter('zstd', args, { label: 'zstd compression', package: 'zstd' });
+}
+
+/** A corrupt, truncated or non-zstd input makes the stream error with zstd's own diagnosis. */
+export function zstdDecompress(): Duplex {
+  return spawnFilter('zstd', ['-d', '-q', '-c', '--no-progress'], {
+    label: 'zstd decompression',
+    package: 'zstd',
+    hint: 'the compressed data is corrupt, truncated, or not zstd at all; check the artifact checksum',
+  });
+}
