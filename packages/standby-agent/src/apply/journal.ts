@@ -1,0 +1,48 @@
+import { TandemError } from '@tandem/shared';
+import { readJsonFile, removeStateFile, stateFiles, writeJsonFile } from './state.js';
+import type { PartName, Targets } from './targets.js';
+
+/**
+ * The apply journal: what an apply in progress has done, so that a killed apply is finished or
+ * rolled back by the next one.
+ *
+ * - phase 'staging': nothing live has changed. Everything made so far (staging dir, "next" dirs, the
+ *   "next" database) is disposable: recovery rolls back.
+ * - phase 'switching': every part is staged and verified, and parts are being switched in. Recovery
+ *   rolls forward: it switches every part not yet in `switched`, using the staged next dir/database.
+ *
+ * The journal carries the names it works on, so recovery does not depend on the config staying the same.
+ */
+export interface Journal {
+  format: 'tandem-apply-journal';
+  version: 1;
+  site: string;
+  setId: string;
+  epoch: number;
+  seq: number;
+  createdAt: string;
+  bytes: number;
+  phase: 'staging' | 'switching';
+  startedAt: string;
+  stagingDir: string;
+  targets: Targets;
+  switched: PartName[];
+  /** Seconds per stage so far, carried into applied.json. */
+  durations: Record<string, number>;
+}
+
+export async function readJournal(stateDir: string): Promise<Journal | null> {
+  const file = stateFiles(stateDir).journal;
+  const j = await readJsonFile<Journal>(file, 'apply journal');
+  if (j !== null && (j.format !== 'tandem-apply-journal' || j.version !== 1 || (j.phase !== 'staging' && j.phase !== 'switching'))) {
+    throw new TandemError('internal', 'JOURNAL_UNKNOWN', `apply journal ${file}: not a journal this version of tandem understands`, {
+      hint: 'finish it with the tandem version that wrote it',
+    });
+  }
+  return j;
+}
+
+/** Written atomically and fsynced: after this returns, a crash recovers to this journal. */
+export const writeJournal = (stateDir: string, j: Journal): Promise<void> => writeJsonFile(stateFiles(stateDir).journal, j);
+
+export const removeJournal = (stateDir: string): Promise<void> => removeStateFile(stateFiles(stateDir).journal);

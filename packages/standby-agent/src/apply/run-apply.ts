@@ -1,0 +1,140 @@
+import {
+  TandemError,
+  acquireLock,
+  describeError,
+  loadVerifyKeyFile,
+  type Filestore,
+  type Logger,
+  type StandbyConfig,
+} from '@tandem/shared';
+import { faultPoint } from './fault.js';
+import { finishApply, restartAfterApply } from './finish.js';
+import { writeJournal, type Journal } from './journal.js';
+import { identitiesFor } from './keys.js';
+import { checkMaintenanceDb } from './pg.js';
+import { recover, rollBack, type Recovery } from './recover.js';
+import { decide, resolveSet } from './resolve-set.js';
+import { restoreDatabase } from './restore-db.js';
+import { ensureSentinel } from './sentinel.js';
+import { stageSet } from './stage.js';
+import { readApplied, readPromoted, stateFiles, type AppliedState } from './state.js';
+import { switchParts } from './switch.js';
+import { stagingDir, targetsFor } from './targets.js';
+
+export interface ApplyOptions {
+  filestore: Filestore;
+  logger: Logger;
+  /** Apply this set instead of the one latest.json names. */
+  setId?: string;
+  /** With setId: allow a set older than the applied one. */
+  allowOlder?: boolean;
+  /** Apply the already-applied set again. */
+  force?: boolean;
+  /** Aborts staging (rolled back); once switching has begun, the apply finishes regardless. */
+  signal?: AbortSignal;
+}
+
+export interface ApplyResult {
+  status: 'applied' | 'already-applied';
+  applied: AppliedState;
+  recovered: Recovery;
+  /** The restart command failed: the set is applied and recorded all the same. */
+  restartError?: unknown;
+}
+
+/** Refuses to turn a promoted server (now the primary) back into a copy of the filestore. */
+async function refuseIfPromoted(config: StandbyConfig): Promise<void> {
+  const promoted = await readPromoted(config.stateDir);
+  if (promoted !== null) {
+    throw new TandemError(
+      'precondition',
+      'PROMOTED',
+      `site "${config.site}" on this server was promoted to primary at ${promoted.promotedAt}; applying a set would overwrite the primary's data`,
+      { hint: `to make this server a standby again on purpose, remove ${stateFiles(config.stateDir).promoted} first` },
+    );
+  }
+}
+
+export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promise<ApplyResult> {
+  const { filestore: fs, logger } = opts;
+  await refuseIfPromoted(config);
+  const targets = await targetsFor(config);
+  checkMaintenanceDb(config, targets.db.live);
+  const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
+  const lock = await acquireLock(stateFiles(config.stateDir).lock, 'apply', `an apply or promote of site "${config.site}"`);
+  try {
+    const recovered = await recover(config, logger);
+    const { manifest } = await resolveSet(fs, config.site, verifyKey, opts.setId);
+    const log = logger.child({ site: config.site, setId: manifest.setId });
+    const applied = await readApplied(config.stateDir);
+    const decision = decide(manifest, applied, { named: opts.setId !== undefined, allowOlder: opts.allowOlder === true, force: opts.force === true });
+    if (decision === 'already-applied' && applied !== null) {
+      log.info('set already applied; nothing to do');
+      // An apply killed between its record and its restart left the restart to us.
+      const restart = applied.restart === 'pending' ? await restartAfterApply(config, applied, log) : {};
+      return { status: 'already-applied', applied, recovered, ...restart };
+    }
+    const identities = identitiesFor(config, manifest, log);
+
+    const t0 = performance.now();
+    const journal: Journal = {
+      format: 'tandem-apply-journal',
+      version: 1,
+      site: config.site,
+      setId: manifest.setId,
+      epoch: manifest.epoch,
+      seq: manifest.seq,
+      createdAt: manifest.createdAt,
+      bytes: manifest.artifacts.reduce((n, a) => n + a.storedSize, 0),
+      phase: 'staging',
+      startedAt: new Date().toISOString(),
+      stagingDir: stagingDir(config.stateDir, manifest.setId),
+      targets,
+      switched: [],
+      durations: {},
+    };
+    log.info({ filestore: fs.description, bytes: journal.bytes }, 'apply started');
+    await writeJournal(config.stateDir, journal);
+    faultPoint('journal-written');
+    try {
+      const staged = await stageSet({
+        filestore: fs,
+        manifest,
+        identities,
+        targets,
+        stagingDir: journal.stagingDir,
+        restoreJobs: config.database.restoreJobs,
+        logger: log,
+        signal: opts.signal,
+      });
+      Object.assign(journal.durations, staged.durations);
+      // Ordering rule 4: the sentinel before the first live change.
+      if (await ensureSentinel(config.paths.sentinel, config.site, manifest.setId)) {
+        log.info({ sentinel: config.paths.sentinel }, 'sentinel written: the site is in backup mode');
+      }
+      faultPoint('sentinel-written');
+      journal.durations.restore = await restoreDatabase(config, targets.db, staged.db, { setId: manifest.setId, identities, logger: log });
+      faultPoint('db-restored');
+      opts.signal?.throwIfAborted();
+    } catch (err) {
+      await rollBack(config, journal, log).catch((e: unknown) =>
+        log.error({ err: e }, 'could not remove everything the failed apply staged; the next apply retries'),
+      );
+      if (opts.signal?.aborted) {
+        throw new TandemError('transient', 'INTERRUPTED', `the apply of set ${manifest.setId} was ${describeError(opts.signal.reason)}: rolled back, nothing live changed`, {
+          cause: err,
+        });
+      }
+      throw err;
+    }
+
+    journal.phase = 'switching';
+    await writeJournal(config.stateDir, journal);
+    faultPoint('switching');
+    await switchParts(config, journal, log);
+    const fin = await finishApply(config, journal, log, t0);
+    return { status: 'applied', recovered, ...fin };
+  } finally {
+    await lock.release();
+  }
+}

@@ -1,0 +1,125 @@
+import { createWriteStream } from 'node:fs';
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import {
+  ARTIFACT_NAMES,
+  TandemError,
+  extractTarSafe,
+  type ArtifactEntry,
+  type ArtifactName,
+  type Filestore,
+  type Logger,
+  type Manifest,
+} from '@tandem/shared';
+import { artifactLabel, streamArtifact } from './artifact-stream.js';
+import { faultPoint } from './fault.js';
+import type { Targets } from './targets.js';
+
+/**
+ * Staging: every artifact is downloaded, checked against the signed manifest, decrypted and
+ * decompressed into a place beside the live site, before anything live changes (ordering rule 3).
+ *
+ * - db: `pg_restore -j` needs a seekable file, so with restoreJobs > 1 the plain dump goes to
+ *   <staging>/db.dump (0600 in a 0700 dir). With one job the stored (encrypted) bytes are kept
+ *   instead and decrypted again on the way into pg_restore: no plaintext dump on disk; the
+ *   verification pass still decrypts and decompresses everything once.
+ * - config/security/files: extracted into `<live>.tandem-new` (security: files 0600, dirs 0700).
+ */
+export type StagedDb =
+  | { form: 'plain'; file: string }
+  | { form: 'stored'; file: string; entry: ArtifactEntry };
+
+export interface StagedSet {
+  db: StagedDb;
+  /** Seconds per artifact. */
+  durations: Record<ArtifactName, number>;
+}
+
+export interface StageOptions {
+  filestore: Filestore;
+  manifest: Manifest;
+  identities: string[];
+  targets: Targets;
+  stagingDir: string;
+  restoreJobs: number;
+  logger: Logger;
+  signal?: AbortSignal;
+}
+
+export function artifactEntries(manifest: Manifest): Record<ArtifactName, ArtifactEntry> {
+  const out: Partial<Record<ArtifactName, ArtifactEntry>> = {};
+  for (const e of manifest.artifacts) {
+    if (out[e.name]) throw new TandemError('integrity', 'MANIFEST_INVALID', `set ${manifest.setId}: manifest lists the ${e.name} artifact twice`);
+    out[e.name] = e;
+  }
+  const missing = ARTIFACT_NAMES.filter((n) => out[n] === undefined);
+  if (missing.length > 0) {
+    throw new TandemError('integrity', 'MANIFEST_INVALID', `set ${manifest.setId}: manifest has no ${missing.join(', ')} artifact`);
+  }
+  return out as Record<ArtifactName, ArtifactEntry>;
+}
+
+const discard = async (plain: Readable): Promise<void> => {
+  for await (const _ of plain);
+};
+
+const toFile = (file: string) => (plain: Readable) => pipeline(plain, createWriteStream(file, { flags: 'wx', mode: 0o600 }));
+
+export async function stageSet(opts: StageOptions): Promise<StagedSet> {
+  const { manifest, targets, stagingDir, logger } = opts;
+  const entries = artifactEntries(manifest);
+  await mkdir(dirname(stagingDir), { recursive: true, mode: 0o700 });
+  await rm(stagingDir, { recursive: true, force: true });
+  await mkdir(stagingDir, { mode: 0o700 });
+  await chmod(stagingDir, 0o700);
+
+  const durations = {} as Record<ArtifactName, number>;
+  let db: StagedDb | undefined;
+  for (const name of ARTIFACT_NAMES) {
+    const entry = entries[name];
+    const src = { filestore: opts.filestore, manifest, entry, identities: opts.identities, signal: opts.signal };
+    try {
+      let r;
+      if (name === 'db') {
+        if (opts.restoreJobs > 1) {
+          const file = join(stagingDir, 'db.dump');
+          r = await streamArtifact(src, toFile(file));
+          db = { form: 'plain', file };
+        } else {
+          const file = join(stagingDir, entry.file);
+          r = await streamArtifact(src, discard, createWriteStream(file, { flags: 'wx', mode: 0o600 }));
+          db = { form: 'stored', file, entry };
+        }
+      } else {
+        const dir = targets.dirs[name].next;
+        await mkdir(dirname(dir), { recursive: true });
+        await rm(dir, { recursive: true, force: true });
+        const modes = name === 'security' ? { fileMode: 0o600, dirMode: 0o700 } : {};
+        r = await streamArtifact(src, (plain) => extractTarSafe(plain, dir, { label: artifactLabel(manifest, entry), ...modes }));
+      }
+      durations[name] = r.seconds;
+      logger.info({ artifact: name, storedBytes: r.storedBytes, seconds: r.seconds }, 'artifact verified and staged');
+    } catch (err) {
+      throw diskFull(err, manifest, entry, name === 'db' ? stagingDir : targets.dirs[name].next) ?? err;
+    }
+    faultPoint(`staged-${name}`);
+  }
+  return { db: db!, durations };
+}
+
+/** ENOSPC anywhere in the cause chain becomes one clear message (the caller removes the staging). */
+function diskFull(err: unknown, manifest: Manifest, entry: ArtifactEntry, where: string): TandemError | undefined {
+  for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 10; e = (e as Error).cause, depth++) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOSPC') {
+      return new TandemError(
+        'permanent',
+        'DISK_FULL',
+        `disk full while staging set ${manifest.setId} (${entry.name} artifact) in ${where}: the staging was removed and the live site is untouched`,
+        { hint: `free space on the file system of ${where} (the apply needs room for one more copy of the site beside the live one)`, cause: err },
+      );
+    }
+  }
+  return undefined;
+}

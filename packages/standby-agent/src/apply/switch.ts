@@ -1,0 +1,43 @@
+import { rm } from 'node:fs/promises';
+import type { Logger, StandbyConfig } from '@tandem/shared';
+import { faultPoint } from './fault.js';
+import { writeJournal, type Journal } from './journal.js';
+import { carryOver, relativeInside } from './preserve.js';
+import { swapDatabase } from './swap-db.js';
+import { swapDir } from './swap-dirs.js';
+import { PART_ORDER, type PartName } from './targets.js';
+
+/**
+ * Switches every staged part not switched yet, in PART_ORDER, recording each in the journal.
+ * Used by a normal apply and by roll-forward after a crash alike.
+ */
+export async function switchParts(config: StandbyConfig, journal: Journal, logger: Logger): Promise<void> {
+  for (const part of PART_ORDER) {
+    if (journal.switched.includes(part)) continue;
+    const t0 = performance.now();
+    const outcome = await switchPart(config, journal, part, logger);
+    faultPoint(`${part}-swapped`);
+    journal.switched.push(part);
+    journal.durations[`switch_${part}`] = Math.round(performance.now() - t0) / 1000;
+    await writeJournal(config.stateDir, journal);
+    logger.info({ part, outcome }, 'switched');
+  }
+}
+
+function switchPart(config: StandbyConfig, journal: Journal, part: PartName, logger: Logger) {
+  if (part === 'db') return swapDatabase(config, journal.targets.db, logger);
+  const names = journal.targets.dirs[part];
+  if (part !== 'config') return swapDir(names);
+  const sentinel = relativeInside(config.paths.config, config.paths.sentinel);
+  return swapDir(names, async (live, next) => {
+    const kept = await carryOver(live, next, { globs: config.config.preserve, paths: sentinel ? [sentinel] : [] });
+    if (kept.length > 0) logger.info({ kept }, "kept the standby's own config files");
+  });
+}
+
+/** Removes what an apply made beside the live site; best effort, each failure logged. */
+export async function removeAll(paths: string[], logger: Logger): Promise<void> {
+  for (const p of paths) {
+    await rm(p, { recursive: true, force: true }).catch((err: unknown) => logger.warn({ err, path: p }, 'could not remove; remove it by hand'));
+  }
+}

@@ -1,0 +1,67 @@
+import { realpath } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { TandemError, databaseName, type StandbyConfig } from '@tandem/shared';
+
+/**
+ * The names of everything an apply creates beside the live site: a part is staged under its "next"
+ * name and the live one is kept under its "old" name until the apply has finished.
+ */
+export type DirPartName = 'config' | 'security' | 'files';
+export type PartName = 'db' | DirPartName;
+export const DIR_PARTS: readonly DirPartName[] = ['config', 'security', 'files'];
+/** The order in which parts are switched (and rolled forward). */
+export const PART_ORDER: readonly PartName[] = ['db', ...DIR_PARTS];
+
+export interface Names {
+  live: string;
+  next: string;
+  old: string;
+}
+
+export interface Targets {
+  db: Names;
+  dirs: Record<DirPartName, Names>;
+}
+
+/** PostgreSQL silently truncates identifiers to 63 bytes; a truncated name could hit another database. */
+const MAX_IDENT_BYTES = 63;
+
+export function dbNames(live: string): Names {
+  const names = { live, next: `${live}__tandem_new`, old: `${live}__tandem_old` };
+  if (Buffer.byteLength(names.old) > MAX_IDENT_BYTES) {
+    throw new TandemError('config', 'DB_NAME_TOO_LONG', `database name "${live}" is too long: tandem needs room for "${live}__tandem_old" (63 bytes at most)`, {
+      hint: 'use a database name of at most 50 bytes in database.url',
+    });
+  }
+  return names;
+}
+
+export function dirNames(live: string): Names {
+  const parent = dirname(live);
+  const base = basename(live);
+  return { live, next: join(parent, `${base}.tandem-new`), old: join(parent, `${base}.tandem-old`) };
+}
+
+/** A live dir that is a symlink is replaced where it really is, so next and old share its file system. */
+async function real(p: string): Promise<string> {
+  try {
+    return await realpath(p);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return p;
+    throw err;
+  }
+}
+
+export async function targetsFor(config: StandbyConfig): Promise<Targets> {
+  return {
+    db: dbNames(databaseName(config.database.url)),
+    dirs: {
+      config: dirNames(await real(config.paths.config)),
+      security: dirNames(await real(config.paths.security)),
+      files: dirNames(await real(config.paths.files)),
+    },
+  };
+}
+
+export const stagingRoot = (stateDir: string): string => join(stateDir, 'staging');
+export const stagingDir = (stateDir: string, setId: string): string => join(stagingRoot(stateDir), setId);

@@ -1,0 +1,74 @@
+import { TandemError, loadStandbyConfig, openFilestore, requireString, type Command } from '@tandem/shared';
+import { runApply } from '../apply/run-apply.js';
+import { withInterrupts } from './signals.js';
+
+export const applyCommand: Command = {
+  name: 'apply',
+  summary: 'make the standby site equal to the newest committed set (or a named one)',
+  help: `Usage: tandem-standby apply --config FILE [--set ID [--allow-older]] [--force] [--json]
+
+Reads latest.json (or the named set's manifest) and verifies its signature and epoch; downloads
+every artifact while checking its SHA-256 against the signed manifest, decrypting and
+decompressing into a staging area beside the live site. Only when every artifact verified does
+anything live change: the BACKUP sentinel is written (if absent), the database is restored into a
+new database and swapped in by rename, config (keeping config.preserve and the sentinel),
+security (files 0600, dirs 0700) and files are extracted beside the live dirs and swapped in.
+Then the set is recorded as applied, what was kept for rollback is removed, and restartCommand
+runs with TANDEM_MODE=backup.
+
+A journal in the state dir makes this crash-safe: an apply killed at any point is finished or
+rolled back by the next one, which does that first.
+
+Options:
+  --config FILE    the standby agent's config (required)
+  --set ID         apply this set instead of the newest one
+  --allow-older    with --set: allow a set older than the applied one (a deliberate roll-back)
+  --force          apply the set even if it is the one applied already
+  --json           print the result as JSON
+
+Exit status: 0 applied (or nothing to do); 1 failed, or the restart command failed after the
+set was applied; 2 bad config or usage; 4 the set's epoch is fenced; 5 integrity (bad signature,
+checksum, key or archive); 75 another apply or promote is running.`,
+  options: {
+    config: { type: 'string', short: 'c' },
+    set: { type: 'string' },
+    'allow-older': { type: 'boolean' },
+    force: { type: 'boolean' },
+    json: { type: 'boolean' },
+  },
+  async run({ values, logger, out }) {
+    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby apply'));
+    if (values['allow-older'] === true && typeof values.set !== 'string') {
+      throw new TandemError('config', 'USAGE', 'tandem-standby apply: --allow-older needs --set ID: only a set named on purpose may be older than the applied one');
+    }
+    const filestore = openFilestore(config.filestore.url);
+    try {
+      const r = await withInterrupts(logger, 'apply', (signal) =>
+        runApply(config, {
+          filestore,
+          logger,
+          setId: typeof values.set === 'string' ? values.set : undefined,
+          allowOlder: values['allow-older'] === true,
+          force: values.force === true,
+          signal,
+        }),
+      );
+      const a = r.applied;
+      if (values.json === true) {
+        out(JSON.stringify({ status: r.status, recovered: r.recovered.action === 'none' ? null : { action: r.recovered.action, setId: r.recovered.setId }, ...a }));
+      } else if (r.status === 'already-applied') {
+        out(`set ${a.setId} is already applied (since ${a.appliedAt}); nothing to do (--force applies it again)`);
+      } else {
+        out(`applied set ${a.setId} (epoch ${a.epoch}, created ${a.createdAt}, ${a.bytes} bytes) in ${a.durations.total ?? '?'} s`);
+      }
+      if (r.restartError !== undefined) {
+        const msg = r.restartError instanceof Error ? r.restartError.message : String(r.restartError);
+        throw new TandemError('external', 'RESTART_FAILED', `set ${a.setId} is applied and recorded, but ${msg}`, {
+          hint: 'restart the site by hand once the restart command is fixed',
+        });
+      }
+    } finally {
+      await filestore.close();
+    }
+  },
+};

@@ -1,0 +1,49 @@
+import { TandemError, isTandemError, loadStandbyConfig, openFilestore, requireString, type Command } from '@tandem/shared';
+import { runVerify } from '../verify/run-verify.js';
+
+export const verifyCommand: Command = {
+  name: 'verify',
+  summary: 'restore drill: download, verify and read a set without touching the live site',
+  help: `Usage: tandem-standby verify --config FILE [--set ID] [--json]
+
+The restore drill. For the newest committed set (or the named one): verifies the signatures of
+latest.json and the manifest and the epoch, then streams every artifact from the filestore,
+checking its size and SHA-256 against the signed manifest, decrypting it with this standby's key
+and decompressing it; the dump is read with \`pg_restore -l\`, the archives are listed. Nothing
+live changes and nothing is written to disk. Every artifact is checked even after a failure.
+
+Options:
+  --config FILE  the standby agent's config (required)
+  --set ID       check this set instead of the newest one
+  --json         print the report as JSON
+
+Exit status: 0 the set is restorable; 5 integrity problem (signature, checksum, key, archive);
+1 other failure; 2 bad config or usage.`,
+  options: { config: { type: 'string', short: 'c' }, set: { type: 'string' }, json: { type: 'boolean' } },
+  async run({ values, logger, out }) {
+    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby verify'));
+    const filestore = openFilestore(config.filestore.url);
+    try {
+      const r = await runVerify(config, { filestore, logger, setId: typeof values.set === 'string' ? values.set : undefined });
+      const { firstError, ...report } = r;
+      if (values.json === true) {
+        out(JSON.stringify(report));
+      } else {
+        out(`set ${r.setId} (epoch ${r.epoch}, seq ${r.seq}, created ${r.createdAt}): ${r.ok ? 'OK' : 'FAILED'}`);
+        for (const a of r.artifacts) {
+          const detail = a.ok
+            ? `${a.name === 'db' ? `${a.entries} TOC entries` : `${a.entries} entries, ${a.fileBytes} file bytes`}, ${a.seconds} s`
+            : a.error;
+          out(`  ${a.ok ? 'ok  ' : 'FAIL'} ${a.name.padEnd(8)} ${String(a.storedBytes).padStart(12)} bytes  ${detail}`);
+        }
+      }
+      if (!r.ok) {
+        const failed = r.artifacts.filter((a) => !a.ok).map((a) => a.name);
+        const kind = isTandemError(firstError) ? firstError.kind : 'integrity';
+        throw new TandemError(kind, 'VERIFY_FAILED', `set ${r.setId} is not restorable: ${failed.join(', ')} failed the drill (details above)`);
+      }
+    } finally {
+      await filestore.close();
+    }
+  },
+};

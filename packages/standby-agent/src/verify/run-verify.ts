@@ -1,0 +1,88 @@
+import {
+  ARTIFACT_NAMES,
+  describeError,
+  isTandemError,
+  listTar,
+  loadVerifyKeyFile,
+  type Filestore,
+  type Logger,
+  type StandbyConfig,
+} from '@tandem/shared';
+import { artifactLabel, streamArtifact } from '../apply/artifact-stream.js';
+import { identitiesFor } from '../apply/keys.js';
+import { resolveSet } from '../apply/resolve-set.js';
+import { artifactEntries } from '../apply/stage.js';
+import { listDump } from './list-dump.js';
+
+export interface ArtifactCheck {
+  name: string;
+  file: string;
+  storedBytes: number;
+  ok: boolean;
+  /** TOC entries of the dump, or archive entries. */
+  entries?: number;
+  /** Bytes of regular files in an archive. */
+  fileBytes?: number;
+  seconds?: number;
+  error?: string;
+}
+
+export interface VerifyReport {
+  setId: string;
+  site: string;
+  epoch: number;
+  seq: number;
+  createdAt: string;
+  ok: boolean;
+  artifacts: ArtifactCheck[];
+  /** The first failure, for the exit status. */
+  firstError?: unknown;
+}
+
+/**
+ * The restore drill: everything an apply checks, touching nothing live and writing nothing to disk.
+ * The signature, epoch and manifest must hold for anything to be checked; after that every artifact
+ * is checked even when an earlier one failed, so one run lists every problem.
+ */
+export async function runVerify(config: StandbyConfig, opts: { filestore: Filestore; logger: Logger; setId?: string }): Promise<VerifyReport> {
+  const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
+  const { manifest } = await resolveSet(opts.filestore, config.site, verifyKey, opts.setId);
+  const identities = identitiesFor(config, manifest, opts.logger);
+  const entries = artifactEntries(manifest);
+  const report: VerifyReport = {
+    setId: manifest.setId,
+    site: manifest.site,
+    epoch: manifest.epoch,
+    seq: manifest.seq,
+    createdAt: manifest.createdAt,
+    ok: true,
+    artifacts: [],
+  };
+  for (const name of ARTIFACT_NAMES) {
+    const entry = entries[name];
+    const check: ArtifactCheck = { name, file: entry.file, storedBytes: entry.storedSize, ok: false };
+    const label = artifactLabel(manifest, entry);
+    try {
+      const src = { filestore: opts.filestore, manifest, entry, identities };
+      const r = await streamArtifact(src, async (plain) => {
+        if (name === 'db') {
+          check.entries = (await listDump(plain, config.database, label)).entries;
+        } else {
+          const list = await listTar(plain, { label });
+          check.entries = list.length;
+          check.fileBytes = list.reduce((n, e) => n + (e.type === 'File' || e.type === 'OldFile' || e.type === 'ContiguousFile' ? e.size : 0), 0);
+        }
+      });
+      check.ok = true;
+      check.seconds = r.seconds;
+      opts.logger.info({ artifact: name, entries: check.entries, seconds: r.seconds }, 'artifact verified');
+    } catch (err) {
+      report.ok = false;
+      report.firstError ??= err;
+      check.error = describeError(err);
+      opts.logger.error({ artifact: name, code: isTandemError(err) ? err.code : undefined }, check.error);
+    }
+    report.artifacts.push(check);
+  }
+  return report;
+}
