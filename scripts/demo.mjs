@@ -111,7 +111,7 @@ const list = (dir, prefix = '') =>
 console.log(`   files: ${list(site('standby', 'files')).join(', ')}`);
 console.log(`   config: ${list(site('standby', 'priv')).join(', ')}`);
 console.log(`   config.d/db.yml kept as the standby's own: ${readFileSync(site('standby', 'priv', 'config.d', 'db.yml'), 'utf8').trim()}`);
-console.log(`   sentinel ${site('standby', 'priv', 'BACKUP')}: ${readFileSync(site('standby', 'priv', 'BACKUP'), 'utf8').trim()}`);
+console.log(`   sentinel ${site('standby', 'priv', 'BACKUP')}: ${JSON.stringify(JSON.parse(readFileSync(site('standby', 'priv', 'BACKUP'), 'utf8')))}`);
 
 step('tandem-standby promote: the standby becomes the primary');
 const promoted = run(standbyBin, ['promote', '--config', join(root, 'standby.yml')], { allowFail: true });
