@@ -18,3 +18,6 @@ export * from './version.js';
 export * from './postgres.js';
 export * from './lock.js';
 export * from './duration.js';
+export * from './protocol.js';
+export * from './token.js';
+export * from './epoch.js';

@@ -1,6 +1,5 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import { stat } from 'node:fs/promises';
-import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex, Readable } from 'node:stream';
 import {
@@ -8,6 +7,8 @@ import {
   TOOL_VERSION,
   TandemError,
   acquireLock,
+  assertNotFenced,
+  readEpoch,
   artifactFileName,
   createAgeEncryptStream,
   createTarStream,
@@ -33,7 +34,7 @@ import {
   type Manifest,
   type PrimaryConfig,
 } from '@tandem/shared';
-import { readOrCreateEpoch } from './epoch.js';
+import { primaryName, readOrCreateEpoch } from './epoch.js';
 import { uploadArtifact } from './upload-artifact.js';
 
 export interface BackupResult {
@@ -129,6 +130,13 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
   let setId = '';
   try {
     const epoch = await readOrCreateEpoch(fs, config, logger);
+    // Fencing (must): a promote elsewhere may happen while this backup runs. Check before every
+    // upload, so a replaced primary stops at once instead of writing over the new one's sets.
+    const self = { epoch: epoch.epoch, host: primaryName(config) };
+    const checkFence = async () => {
+      const current = await readEpoch(fs, config.site);
+      if (current) assertNotFenced(current.doc, self, config.site);
+    };
     const seq = await nextSeq(fs, config.site);
     const created = now();
     setId = makeSetId(created, epoch.epoch, seq);
@@ -145,6 +153,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       const key = layout.artifact(config.site, setId, file);
       const stages: Duplex[] = [zstdCompress({ level: config.compression.level, threads: config.compression.threads })];
       if (keys.recipients) stages.push(createAgeEncryptStream(keys.recipients));
+      await checkFence();
       uploaded.push(key);
       const r = await uploadArtifact({ filestore: fs, key, source: artifactSource(name, config, log), stages, signal: opts.signal });
       durations[name] = round((performance.now() - t) / 1000);
@@ -172,7 +181,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       seq,
       createdAt: created.toISOString(),
       completedAt: now().toISOString(),
-      primaryHost: config.hostname ?? hostname(),
+      primaryHost: primaryName(config),
       toolVersion: TOOL_VERSION,
       database: { name: databaseName(config.database.url), serverVersion },
       encryption: { scheme: keys.recipients ? 'age-x25519' : 'none', recipients: keys.recipients ?? [] },
@@ -180,8 +189,10 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     };
     const manifestBytes = signManifest(manifest, keys.signingKey);
     opts.signal?.throwIfAborted();
+    await checkFence();
     uploaded.push(layout.manifest(config.site, setId));
     await fs.putBuffer(layout.manifest(config.site, setId), manifestBytes, { contentType: 'application/json' });
+    await checkFence();
     await fs.putBuffer(
       layout.latest(config.site),
       signLatest(

@@ -4,6 +4,7 @@ import {
   isNotFound,
   isSetId,
   layout,
+  readEpoch as readEpochDoc,
   verifyLatest,
   verifyManifest,
   type Filestore,
@@ -78,20 +79,15 @@ export async function readManifest(
   return manifest;
 }
 
-/** The filestore's epoch.json (who is primary). Plain JSON: it is the fencing record, not signed data. */
+/** The filestore's current epoch (who is primary); see the shared epoch module. */
 export async function readEpoch(fs: Filestore, site: string): Promise<number> {
-  const key = layout.epoch(site);
-  const raw = await getSmall(fs, key, `site "${site}" has no epoch record`);
-  let doc: { format?: unknown; epoch?: unknown };
-  try {
-    doc = JSON.parse(raw.toString('utf8')) as typeof doc;
-  } catch {
-    throw new TandemError('integrity', 'EPOCH_INVALID', `${fs.description}/${key}: not valid JSON`);
+  const found = await readEpochDoc(fs, site);
+  if (!found) {
+    throw new TandemError('not-found', 'EPOCH_MISSING', `${fs.description}/${layout.epoch(site)}: site "${site}" has no epoch record`, {
+      hint: 'no backup of this site has been made into this filestore yet; check site and filestore.url',
+    });
   }
-  if (doc.format !== 'tandem-epoch' || typeof doc.epoch !== 'number' || !Number.isInteger(doc.epoch) || doc.epoch < 1) {
-    throw new TandemError('integrity', 'EPOCH_INVALID', `${fs.description}/${key}: not a tandem epoch document`);
-  }
-  return doc.epoch;
+  return found.doc.epoch;
 }
 
 /** A set made by a primary of a lower epoch than the filestore's was made by a fenced primary. */

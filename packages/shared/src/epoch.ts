@@ -1,0 +1,122 @@
+import { TandemError, isNotFound, isPrecondition } from './errors.js';
+import type { Filestore } from './filestore/filestore.js';
+import { layout } from './layout.js';
+
+/**
+ * epoch.json: which server is the primary of a site. Created with the first backup (create-if-
+ * absent); raised by promote with a conditional write on its version, so of two servers racing to
+ * promote exactly one wins. A primary compares it with its own before every upload: a higher epoch,
+ * or the same epoch naming another server, means it has been replaced and must stop (fenced).
+ *
+ * Plain JSON, not signed: its protection is the conditional write, and every set carries its epoch
+ * inside the signed manifest, which is what a standby trusts.
+ */
+export interface EpochDoc {
+  format: 'tandem-epoch';
+  version: 1;
+  epoch: number;
+  /** The server that is primary in this epoch (primary `hostname` / standby `standbyId`). */
+  primaryHost: string;
+  since: string;
+  previous?: { epoch: number; primaryHost: string };
+  /** Why the epoch was raised: "promote", "promote --force", "switchover". */
+  reason?: string;
+}
+
+export function parseEpoch(raw: Buffer, label: string): EpochDoc {
+  let doc: Partial<EpochDoc>;
+  try {
+    doc = JSON.parse(raw.toString('utf8')) as Partial<EpochDoc>;
+  } catch {
+    throw new TandemError('integrity', 'EPOCH_INVALID', `${label}: not valid JSON`);
+  }
+  if (
+    doc === null ||
+    typeof doc !== 'object' ||
+    doc.format !== 'tandem-epoch' ||
+    typeof doc.epoch !== 'number' ||
+    !Number.isInteger(doc.epoch) ||
+    doc.epoch < 1 ||
+    typeof doc.primaryHost !== 'string'
+  ) {
+    throw new TandemError('integrity', 'EPOCH_INVALID', `${label}: not a tandem epoch document`);
+  }
+  return doc as EpochDoc;
+}
+
+const encode = (doc: EpochDoc): Buffer => Buffer.from(`${JSON.stringify(doc, null, 2)}\n`);
+
+/** The current epoch record and its version, or null when the site has none yet. */
+export async function readEpoch(fs: Filestore, site: string): Promise<{ doc: EpochDoc; version: string } | null> {
+  const key = layout.epoch(site);
+  try {
+    const { body, info } = await fs.getBuffer(key);
+    return { doc: parseEpoch(body, `${fs.description}/${key}`), version: info.version };
+  } catch (err) {
+    if (isNotFound(err)) return null;
+    throw err;
+  }
+}
+
+/** The epoch record, creating epoch 1 naming `host` when the site has none (its first backup). */
+export async function readOrCreateEpoch(fs: Filestore, site: string, host: string, now = new Date()): Promise<{ doc: EpochDoc; created: boolean }> {
+  const found = await readEpoch(fs, site);
+  if (found) return { doc: found.doc, created: false };
+  const doc: EpochDoc = { format: 'tandem-epoch', version: 1, epoch: 1, primaryHost: host, since: now.toISOString() };
+  try {
+    await fs.writeConditional(layout.epoch(site), encode(doc), { ifAbsent: true });
+    return { doc, created: true };
+  } catch (err) {
+    if (!isPrecondition(err)) throw err;
+    const again = await readEpoch(fs, site); // someone else created it first: theirs counts
+    if (!again) throw err;
+    return { doc: again.doc, created: false };
+  }
+}
+
+/**
+ * Raise the epoch to name `host` as the primary. Conditional on the version read, so two
+ * concurrent promotes cannot both win: the loser gets a 'precondition' error saying who won.
+ */
+export async function raiseEpoch(fs: Filestore, site: string, host: string, reason: string, now = new Date()): Promise<EpochDoc> {
+  const current = await readEpoch(fs, site);
+  const doc: EpochDoc = {
+    format: 'tandem-epoch',
+    version: 1,
+    epoch: (current?.doc.epoch ?? 0) + 1,
+    primaryHost: host,
+    since: now.toISOString(),
+    previous: current ? { epoch: current.doc.epoch, primaryHost: current.doc.primaryHost } : undefined,
+    reason,
+  };
+  try {
+    await fs.writeConditional(layout.epoch(site), encode(doc), current ? { ifVersion: current.version } : { ifAbsent: true });
+    return doc;
+  } catch (err) {
+    if (!isPrecondition(err)) throw err;
+    const winner = await readEpoch(fs, site).catch(() => null);
+    throw new TandemError(
+      'precondition',
+      'PROMOTE_RACE_LOST',
+      `another server changed epoch.json of site "${site}" first${winner ? `: ${winner.doc.primaryHost} is primary in epoch ${winner.doc.epoch} since ${winner.doc.since}` : ''}`,
+      { hint: 'this server stays a standby; check which server is serving the site', cause: err },
+    );
+  }
+}
+
+/**
+ * Throws 'fenced' when the filestore names another primary than `self`: a higher epoch, or the same
+ * epoch for another server. The message says by whom and when.
+ */
+export function assertNotFenced(current: EpochDoc, self: { epoch: number; host: string }, site: string): void {
+  if (current.epoch < self.epoch) return;
+  if (current.epoch === self.epoch && current.primaryHost === self.host) return;
+  throw new TandemError(
+    'fenced',
+    'FENCED',
+    `this primary (${self.host}, epoch ${self.epoch}) has been fenced: ${current.primaryHost} became primary of site "${site}" in epoch ${current.epoch} at ${current.since}${current.reason ? ` (${current.reason})` : ''}; no more uploads`,
+    {
+      hint: 'the site now runs elsewhere: stop this primary; to make this server follow, run `tandem-standby run` here',
+    },
+  );
+}
