@@ -5,6 +5,7 @@
  *   <site>/latest.json
  *   <site>/heartbeat.json
  *   <site>/sets/<set-id>/{db.dump.zst.age, config.tar.zst.age, security.tar.zst.age, files.tar.zst.age, manifest.json}
+ *   <site>/standbys/<standby-id>.json   each standby's report of the set it applied (retention reads them)
  */
 export const ARTIFACT_NAMES = ['db', 'config', 'security', 'files'] as const;
 export type ArtifactName = (typeof ARTIFACT_NAMES)[number];
@@ -23,6 +24,8 @@ export const layout = {
   set: (site: string, setId: string) => `${site}/sets/${setId}/`,
   artifact: (site: string, setId: string, file: string) => `${site}/sets/${setId}/${file}`,
   manifest: (site: string, setId: string) => `${site}/sets/${setId}/manifest.json`,
+  standbys: (site: string) => `${site}/standbys/`,
+  standby: (site: string, standbyId: string) => `${site}/standbys/${standbyId}.json`,
 };
 
 const SET_ID = /^(\d{8}T\d{6}Z)-e(\d+)-(\d{6,})$/;

@@ -1,0 +1,268 @@
+import type { KeyObject } from 'node:crypto';
+import { z } from 'zod';
+import { TandemError } from './errors.js';
+import { isSetId } from './layout.js';
+import { signDocument, verifyDocument } from './signed-doc.js';
+
+/**
+ * The push channel between the agents, and the small documents the agents exchange through the
+ * filestore (standby reports, the primary's heartbeat).
+ *
+ * WebSocket, version 1, at `ws(s)://<primary server.listen>/v1/stream`:
+ * - The standby authenticates on the upgrade request with `Authorization: Bearer <token>`; a token is
+ *   never put in the query string (query strings end up in access logs). A wrong or missing token gets
+ *   `HTTP/1.1 401 Unauthorized` and a closed socket, nothing else.
+ * - Every frame is one UTF-8 JSON object with a `type`, at most MAX_FRAME_BYTES (64 KiB).
+ * - primary → standby: `hello` right after the upgrade; `set-committed` the moment latest.json names a
+ *   new set; `heartbeat` every heartbeatInterval. The primary also pings (WebSocket ping) and drops a
+ *   connection that does not answer.
+ * - standby → primary: `hello` once, first; `applied` after each successful apply.
+ * - Unknown members are ignored (stripped), so adding a member is not a breaking change; a breaking
+ *   change gets a new path (/v2/stream). The primary closes a connection that sends anything else than
+ *   a valid standby message with 1008 (policy violation) and a reason naming the problem; a standby
+ *   should ignore messages of a type it does not know (code PROTOCOL_UNKNOWN_TYPE) and close on the rest.
+ */
+export const PROTOCOL_VERSION = 1;
+export const STREAM_PATH = '/v1/stream';
+export const MAX_FRAME_BYTES = 64 * 1024;
+/** Close codes the primary uses. */
+export const CLOSE_CODES = {
+  /** Shutting down. */
+  goingAway: 1001,
+  /** The peer sent something that is not a valid message (or sent it at the wrong moment). */
+  policyViolation: 1008,
+  /** This primary is fenced: a higher epoch exists; follow the new primary instead. */
+  fenced: 4003,
+  /** A newer connection with the same standbyId took this one's place. */
+  replaced: 4009,
+} as const;
+
+/** As config.standbyId: letters, digits, ".", "_" or "-"; always one safe path segment. */
+export const STANDBY_ID_PATTERN = /^[A-Za-z0-9._-]{1,63}$/;
+const SITE_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+const isoTime = z.iso.datetime({ message: 'expected an ISO 8601 UTC time such as 2026-11-22T03:00:00.000Z' });
+const site = z.string().regex(SITE_PATTERN, 'expected a site name');
+const setId = z.string().refine(isSetId, { message: 'expected a set id such as 20261122T030000Z-e1-000042' });
+const standbyId = z.string().regex(STANDBY_ID_PATTERN, 'expected a standby id: 1-63 letters, digits, ".", "_" or "-"');
+const epoch = z.number().int().positive();
+
+// ---------------------------------------------------------------------------------------------
+// primary → standby
+// ---------------------------------------------------------------------------------------------
+
+export const primaryHelloSchema = z.object({
+  type: z.literal('hello'),
+  site,
+  /** The primary's epoch; null only while the primary could not read epoch.json yet. */
+  epoch: epoch.nullable(),
+  /** The set latest.json names, as far as the primary knows; null before the first backup. */
+  latestSetId: setId.nullable(),
+  /** The primary's clock, so a standby can tell clock skew from lag. */
+  serverTime: isoTime,
+});
+
+export const setCommittedSchema = z.object({
+  type: z.literal('set-committed'),
+  site,
+  setId,
+  epoch,
+  seq: z.number().int().positive(),
+  createdAt: isoTime,
+  committedAt: isoTime,
+});
+
+export const primaryHeartbeatMessageSchema = z.object({
+  type: z.literal('heartbeat'),
+  at: isoTime,
+});
+
+// ---------------------------------------------------------------------------------------------
+// standby → primary
+// ---------------------------------------------------------------------------------------------
+
+export const standbyHelloSchema = z.object({
+  type: z.literal('hello'),
+  standbyId,
+  site,
+  appliedSetId: setId.nullable(),
+  appliedCreatedAt: isoTime.nullable(),
+});
+
+export const appliedSchema = z.object({
+  type: z.literal('applied'),
+  standbyId,
+  setId,
+  /** Creation time of the applied set (its manifest's createdAt). */
+  createdAt: isoTime,
+  appliedAt: isoTime,
+});
+
+export type PrimaryHello = z.infer<typeof primaryHelloSchema>;
+export type SetCommitted = z.infer<typeof setCommittedSchema>;
+export type PrimaryHeartbeatMessage = z.infer<typeof primaryHeartbeatMessageSchema>;
+export type StandbyHello = z.infer<typeof standbyHelloSchema>;
+export type AppliedMessage = z.infer<typeof appliedSchema>;
+
+/** What the primary sends. */
+export type PrimaryMessage = PrimaryHello | SetCommitted | PrimaryHeartbeatMessage;
+/** What a standby sends. */
+export type StandbyMessage = StandbyHello | AppliedMessage;
+
+export type Direction = 'primary-to-standby' | 'standby-to-primary';
+
+const SCHEMAS = {
+  'primary-to-standby': { hello: primaryHelloSchema, 'set-committed': setCommittedSchema, heartbeat: primaryHeartbeatMessageSchema },
+  'standby-to-primary': { hello: standbyHelloSchema, applied: appliedSchema },
+} as const;
+
+type RawFrame = string | Buffer | ArrayBuffer | Buffer[] | Uint8Array;
+
+function frameBytes(raw: RawFrame): Buffer {
+  if (typeof raw === 'string') return Buffer.from(raw, 'utf8');
+  if (Array.isArray(raw)) return Buffer.concat(raw);
+  if (Buffer.isBuffer(raw)) return raw;
+  if (raw instanceof ArrayBuffer) return Buffer.from(raw);
+  return Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength);
+}
+
+function protocolError(code: string, message: string): TandemError {
+  return new TandemError('permanent', code, message);
+}
+
+function firstIssue(err: z.ZodError): string {
+  const issue = err.issues[0];
+  if (!issue) return 'invalid';
+  return `${issue.path.length === 0 ? '(message)' : issue.path.join('.')}: ${issue.message}`;
+}
+
+/**
+ * Parse and validate one frame. Throws a TandemError (kind 'permanent', code PROTOCOL_*) whose
+ * message names the problem: PROTOCOL_FRAME_TOO_LARGE, PROTOCOL_NOT_JSON, PROTOCOL_NOT_OBJECT,
+ * PROTOCOL_UNKNOWN_TYPE, PROTOCOL_INVALID.
+ */
+export function parseMessage(raw: RawFrame, direction: 'primary-to-standby'): PrimaryMessage;
+export function parseMessage(raw: RawFrame, direction: 'standby-to-primary'): StandbyMessage;
+export function parseMessage(raw: RawFrame, direction: Direction): PrimaryMessage | StandbyMessage;
+export function parseMessage(raw: RawFrame, direction: Direction): PrimaryMessage | StandbyMessage {
+  const bytes = frameBytes(raw);
+  if (bytes.length > MAX_FRAME_BYTES) {
+    throw protocolError('PROTOCOL_FRAME_TOO_LARGE', `message of ${bytes.length} bytes exceeds the ${MAX_FRAME_BYTES}-byte limit`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch {
+    throw protocolError('PROTOCOL_NOT_JSON', 'message is not UTF-8 JSON');
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw protocolError('PROTOCOL_NOT_OBJECT', 'message is not a JSON object');
+  }
+  const type = (value as { type?: unknown }).type;
+  const schemas = SCHEMAS[direction] as Record<string, z.ZodType>;
+  const known = Object.keys(schemas);
+  if (typeof type !== 'string' || !Object.hasOwn(schemas, type)) {
+    const shown = typeof type === 'string' ? `"${type.slice(0, 40)}"` : 'missing';
+    throw protocolError('PROTOCOL_UNKNOWN_TYPE', `message type ${shown} is not one of ${known.join(', ')} (${direction})`);
+  }
+  const r = schemas[type]!.safeParse(value);
+  if (!r.success) throw protocolError('PROTOCOL_INVALID', `invalid "${type}" message: ${firstIssue(r.error)}`);
+  return r.data as PrimaryMessage | StandbyMessage;
+}
+
+/** Validate an outgoing message and serialise it; an invalid one is a bug on the sending side. */
+export function encodeMessage(msg: PrimaryMessage, direction: 'primary-to-standby'): string;
+export function encodeMessage(msg: StandbyMessage, direction: 'standby-to-primary'): string;
+export function encodeMessage(msg: PrimaryMessage | StandbyMessage, direction: Direction): string {
+  const schemas = SCHEMAS[direction] as Record<string, z.ZodType>;
+  const schema = schemas[msg.type];
+  const r = schema?.safeParse(msg);
+  if (!schema || !r || !r.success) {
+    throw new TandemError('internal', 'PROTOCOL_ENCODE', `refusing to send an invalid "${msg.type}" message (${direction}): ${r && !r.success ? firstIssue(r.error) : 'unknown type'}`);
+  }
+  const text = JSON.stringify(r.data);
+  if (Buffer.byteLength(text) > MAX_FRAME_BYTES) throw new TandemError('internal', 'PROTOCOL_ENCODE', `"${msg.type}" message exceeds ${MAX_FRAME_BYTES} bytes`);
+  return text;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Standby report: <site>/standbys/<standbyId>.json (layout.standby)
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * What a standby writes to the filestore after each successful apply (plain JSON, 2-space indent,
+ * trailing newline). Retention reads these, so the rule "never delete a set a standby applied within
+ * the last day" holds without the WebSocket. Unsigned: the standby has no signing key, and a forged
+ * report can only make retention keep a set longer, never delete one.
+ */
+export const standbyReportSchema = z.object({
+  format: z.literal('tandem-standby-report'),
+  version: z.literal(1).default(1),
+  standbyId,
+  setId,
+  createdAt: isoTime,
+  appliedAt: isoTime,
+});
+export type StandbyReport = z.infer<typeof standbyReportSchema>;
+
+export function encodeStandbyReport(report: Omit<StandbyReport, 'format' | 'version'>): Buffer {
+  const r = standbyReportSchema.safeParse({ format: 'tandem-standby-report', version: 1, ...report });
+  if (!r.success) throw new TandemError('internal', 'STANDBY_REPORT_INVALID', `refusing to write an invalid standby report: ${firstIssue(r.error)}`);
+  const { format, version, standbyId: id, setId: set, createdAt, appliedAt } = r.data;
+  return Buffer.from(`${JSON.stringify({ format, version, standbyId: id, setId: set, createdAt, appliedAt }, null, 2)}\n`, 'utf8');
+}
+
+/** `label` names the object in errors (e.g. "file:///backups/demo/standbys/web2.json"). */
+export function parseStandbyReport(raw: Buffer, label: string): StandbyReport {
+  let value: unknown;
+  try {
+    value = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new TandemError('integrity', 'STANDBY_REPORT_INVALID', `${label}: not valid JSON`);
+  }
+  const r = standbyReportSchema.safeParse(value);
+  if (!r.success) throw new TandemError('integrity', 'STANDBY_REPORT_INVALID', `${label}: not a tandem standby report (${firstIssue(r.error)})`);
+  return r.data;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Heartbeat: <site>/heartbeat.json (layout.heartbeat), signed like latest.json
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The primary's liveness, written every heartbeatInterval, so that a standby can tell an idle
+ * primary (fresh heartbeat, no new set) from a dead one (stale heartbeat). Signed with the
+ * primary's signing key; verify with signing.pub (verifyHeartbeat).
+ */
+export const heartbeatSchema = z.object({
+  format: z.literal('tandem-heartbeat'),
+  version: z.literal(1),
+  site,
+  epoch,
+  primaryHost: z.string(),
+  at: isoTime,
+  lastBackup: z
+    .object({
+      /** null when the run failed before it had a set id. */
+      setId: setId.nullable(),
+      /** When the run ended. */
+      at: isoTime,
+      outcome: z.enum(['ok', 'failed']),
+    })
+    .nullable(),
+  nextBackupAt: isoTime.nullable(),
+});
+export type Heartbeat = z.infer<typeof heartbeatSchema>;
+
+export function signHeartbeat(hb: Heartbeat, key: KeyObject): Buffer {
+  const r = heartbeatSchema.safeParse(hb);
+  if (!r.success) throw new TandemError('internal', 'HEARTBEAT_INVALID', `refusing to sign an invalid heartbeat: ${firstIssue(r.error)}`);
+  return signDocument(r.data, key);
+}
+
+export function verifyHeartbeat(raw: Buffer, key: KeyObject, label: string): Heartbeat {
+  const body = verifyDocument(raw, key, label);
+  const r = heartbeatSchema.safeParse(body);
+  if (!r.success) throw new TandemError('integrity', 'DOC_INVALID', `${label}: signed, but not a valid heartbeat (${firstIssue(r.error)})`);
+  return r.data;
+}
