@@ -151,7 +151,7 @@ describe('standby commands', () => {
       const third = await backup(s);
       const p2 = await runStandby(['promote', '--config', s.standby.configFile]);
       expect(p2.code, show(p2)).toBe(1);
-      expect(p2.stderr).toMatch(/this standby has not applied 1 committed set\(s\), \d+ seconds of primary history/);
+      expect(p2.stderr).toMatch(/FAIL {2}1 committed set\(s\), \d+ seconds of primary history are not applied/);
       expect(p2.stderr).toContain(`newest ${third}`);
       await readFile(s.standby.paths.sentinel); // still a standby
 

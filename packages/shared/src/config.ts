@@ -157,6 +157,8 @@ export const standbyConfigSchema = z.strictObject({
   pollInterval: duration(1000).default(60_000),
   /** /status, /metrics, /healthz. */
   server: z.strictObject({ listen: listenAddress.default('127.0.0.1:7071') }).default({ listen: '127.0.0.1:7071' }),
+  /** A primary heartbeat younger than this means the primary may be alive: promote refuses. */
+  heartbeatStaleAfter: duration(1000).default(120_000),
   /** Name this standby reports to the primary and in the filestore; default the host name. */
   standbyId: z.string().regex(/^[A-Za-z0-9._-]{1,63}$/, 'expected letters, digits, ".", "_" or "-"').optional(),
 });

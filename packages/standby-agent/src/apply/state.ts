@@ -25,6 +25,11 @@ export interface AppliedState {
   seq: number;
   /** When the primary made the set. */
   createdAt: string;
+  /**
+   * When latest.json committed the set, as the signed pointer said when the apply read it; null when
+   * the set was applied by name (--set). Absent in records of older versions. Apply lag = appliedAt − this.
+   */
+  committedAt?: string | null;
   appliedAt: string;
   /** Stored (encrypted) bytes of the set. */
   bytes: number;
@@ -42,6 +47,12 @@ export interface PromotedState {
   forced: boolean;
   unapplied: { sets: number; seconds: number } | null;
   restart: RestartStatus;
+  /** The epoch this promote raised (null: could not be raised, forced). Absent in older records. */
+  epoch?: number | null;
+  /** The name epoch.json now gives the primary: tandem-primary here must use it as `hostname`. */
+  primaryName?: string;
+  /** Preflight failures that --force overrode. */
+  overridden?: string[];
 }
 
 /** Parsed JSON, or null when the file does not exist. */

@@ -6,16 +6,21 @@ export const promoteCommand: Command = {
   summary: 'turn this standby into the primary',
   help: `Usage: tandem-standby promote --config FILE [--force] [--json]
 
-Preflight: refuses while an apply is unfinished (run apply to finish or roll it back), and
-refuses when the filestore holds committed sets newer than the applied one, saying how many and
-how many seconds of primary history they span. Then removes the BACKUP sentinel, records the
-promotion in the state dir (after which apply refuses to run here) and runs restartCommand with
-TANDEM_MODE=primary.
+Preflight, each check reported:
+  - the last apply is complete (an unfinished one is refused even with --force: run apply);
+  - the newest committed set is applied (else: how many sets and seconds of history are lost);
+  - the primary's heartbeat is stale (older than heartbeatStaleAfter, default 2m): a fresh one
+    means the old primary may be alive, and promoting would make two primaries.
+Then fences the old primary by raising the epoch in the filestore (a conditional write: of two
+servers promoting at once exactly one wins), removes the BACKUP sentinel, records the promotion
+in the state dir (after which apply refuses to run here) and runs restartCommand with
+TANDEM_MODE=primary. To back up from here, run tandem-primary with \`hostname:\` set to this
+standby's standbyId (default: the host name), which is how epoch.json now names the primary.
 
 Options:
   --config FILE  the standby agent's config (required)
-  --force        promote even though history is unapplied, nothing was ever applied, or the
-                 filestore cannot be reached to check
+  --force        promote even though a check failed (history unapplied, nothing applied, a
+                 fresh primary heartbeat, the filestore unreachable); says what it overrode
   --json         print the promotion record as JSON
 
 Exit status: 0 promoted (or already); 1 refused or failed; 2 bad config or usage;
@@ -27,11 +32,14 @@ Exit status: 0 promoted (or already); 1 refused or failed; 2 bad config or usage
     try {
       const r = await runPromote(config, { filestore, logger, force: values.force === true });
       if (values.json === true) {
-        out(JSON.stringify({ status: r.status, ...r.promoted }));
+        out(JSON.stringify({ status: r.status, ...r.promoted, checks: r.checks }));
       } else if (r.status === 'already-promoted') {
         out(`site "${config.site}" was already promoted at ${r.promoted.promotedAt}; nothing to do`);
       } else {
-        out(`promoted site "${config.site}" to primary (it holds set ${r.promoted.appliedSetId ?? '(none)'})`);
+        for (const c of r.checks) out(`  ${c.ok ? 'ok  ' : 'FAIL'}  ${c.detail}`);
+        for (const c of r.overridden) out(`  overridden by --force: ${c.name}`);
+        const epoch = r.epoch ? `epoch ${r.epoch.epoch}, as ${r.epoch.primaryHost}` : 'epoch NOT raised: the old primary is not fenced';
+        out(`promoted site "${config.site}" to primary (${epoch}; it holds set ${r.promoted.appliedSetId ?? '(none)'})`);
       }
       if (r.restartError !== undefined) {
         const msg = r.restartError instanceof Error ? r.restartError.message : String(r.restartError);

@@ -1,4 +1,5 @@
 import { rm } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import {
   TandemError,
@@ -6,30 +7,42 @@ import {
   describeError,
   fsyncDir,
   loadVerifyKeyFile,
+  raiseEpoch,
+  type EpochDoc,
   type Filestore,
   type Logger,
   type StandbyConfig,
 } from '@tandem/shared';
 import { readJournal } from '../apply/journal.js';
 import { runRestart } from '../apply/restart.js';
-import { readApplied, readPromoted, stateFiles, writePromoted, type PromotedState } from '../apply/state.js';
-import { checkUnapplied, type Unapplied } from './preflight.js';
+import { readApplied, readPromoted, stateFiles, writePromoted, type AppliedState, type PromotedState } from '../apply/state.js';
+import { checkPrimarySilent, checkUnapplied, type Check, type Unapplied } from './preflight.js';
 
 export interface PromoteResult {
   status: 'promoted' | 'already-promoted';
   promoted: PromotedState;
+  checks: Check[];
+  /** Checks that failed and were overridden by --force. */
+  overridden: Check[];
+  epoch: EpochDoc | null;
   restartError?: unknown;
 }
 
+/** The name this server goes by in epoch.json once promoted: its tandem-primary `hostname`. */
+export const promotedName = (config: StandbyConfig): string => config.standbyId ?? hostname();
+
 /**
- * Turns this standby into the primary: preflight (no unfinished apply; no committed history left
- * unapplied unless forced), remove the sentinel, restart the site with TANDEM_MODE=primary, record it.
+ * Turns this standby into the primary.
  *
- * Fencing the old primary (raising epoch.json, checking its heartbeat) belongs between the preflight
- * and the removal of the sentinel; it is the failover issue's.
+ * 1. Preflight, each check reported: the last apply is complete (never overridable: the site may be
+ *    between two sets); the newest committed set is applied (else how many sets and seconds would be
+ *    lost); the primary's heartbeat is stale (a fresh one means it may be alive).
+ * 2. Fence the old primary: raise epoch.json with a conditional write naming this server. Of two
+ *    servers racing to promote exactly one wins; the loser changes nothing.
+ * 3. Remove the sentinel, record the promotion, run restartCommand with TANDEM_MODE=primary.
  */
-export async function runPromote(config: StandbyConfig, opts: { filestore: Filestore; logger: Logger; force: boolean }): Promise<PromoteResult> {
-  const { logger } = opts;
+export async function runPromote(config: StandbyConfig, opts: { filestore: Filestore; logger: Logger; force: boolean; reason?: string }): Promise<PromoteResult> {
+  const { logger, filestore: fs } = opts;
   const lock = await acquireLock(stateFiles(config.stateDir).lock, 'promote', `an apply or promote of site "${config.site}"`);
   try {
     const journal = await readJournal(config.stateDir);
@@ -42,25 +55,30 @@ export async function runPromote(config: StandbyConfig, opts: { filestore: Files
       );
     }
     const already = await readPromoted(config.stateDir);
-    if (already !== null) return { status: 'already-promoted', promoted: already };
+    if (already !== null) return { status: 'already-promoted', promoted: already, checks: [], overridden: [], epoch: null };
 
     const applied = await readApplied(config.stateDir);
-    const unapplied = await preflight(config, opts, applied);
-    if (!opts.force) {
-      if (applied === null) {
-        throw new TandemError('precondition', 'NOTHING_APPLIED', `this standby has never applied a set of site "${config.site}": promoting it would start an empty site`, {
-          hint: 'run `tandem-standby apply` first, or pass --force',
-        });
-      }
-      if (unapplied !== null && (unapplied.sets > 0 || unapplied.seconds > 0)) {
-        throw new TandemError(
-          'precondition',
-          'UNAPPLIED_HISTORY',
-          `this standby has not applied ${unapplied.sets} committed set(s), ${unapplied.seconds} seconds of primary history ` +
-            `(applied ${applied.setId}, created ${applied.createdAt}; newest ${unapplied.newestSetId}, created ${unapplied.newestCreatedAt}); refusing to promote`,
-          { hint: 'run `tandem-standby apply` first, or pass --force to promote and lose that history' },
-        );
-      }
+    const { checks, unapplied } = await preflight(config, opts, applied);
+    for (const c of checks) logger.info({ check: c.name, ok: c.ok }, `preflight: ${c.detail}`);
+    const failed = checks.filter((c) => !c.ok);
+    if (failed.length > 0 && !opts.force) {
+      throw new TandemError(
+        'precondition',
+        'PREFLIGHT_REFUSED',
+        `refusing to promote site "${config.site}":\n${checks.map((c) => `  ${c.ok ? 'ok  ' : 'FAIL'}  ${c.detail}`).join('\n')}`,
+        { hint: 'fix what failed (apply the newest set; make sure the old primary is down), or pass --force to override' },
+      );
+    }
+    for (const c of failed) logger.warn({ check: c.name }, `--force overrides: ${c.detail}`);
+
+    // Fencing (must): from here on the old primary's uploads are refused, and standbys ignore its sets.
+    let epoch: EpochDoc | null = null;
+    try {
+      epoch = await raiseEpoch(fs, config.site, promotedName(config), opts.reason ?? (opts.force ? 'promote --force' : 'promote'));
+      logger.info({ epoch: epoch.epoch, primary: epoch.primaryHost }, 'epoch raised: the old primary is fenced');
+    } catch (err) {
+      if ((err as TandemError).kind === 'precondition' || !opts.force) throw err;
+      logger.error({ err }, 'could NOT raise the epoch (filestore unreachable?): the old primary is not fenced; promoting anyway (--force)');
     }
 
     await rm(config.paths.sentinel, { force: true });
@@ -70,9 +88,12 @@ export async function runPromote(config: StandbyConfig, opts: { filestore: Files
       site: config.site,
       promotedAt: new Date().toISOString(),
       appliedSetId: applied?.setId ?? null,
-      forced: opts.force,
+      forced: opts.force && failed.length > 0,
       unapplied: unapplied === null ? null : { sets: unapplied.sets, seconds: unapplied.seconds },
       restart: config.restartCommand ? 'pending' : 'none',
+      epoch: epoch?.epoch ?? null,
+      primaryName: promotedName(config),
+      overridden: failed.map((c) => c.detail),
     };
     await writePromoted(config.stateDir, promoted);
     let restartError: unknown;
@@ -86,28 +107,42 @@ export async function runPromote(config: StandbyConfig, opts: { filestore: Files
       }
       await writePromoted(config.stateDir, promoted);
     }
-    return { status: 'promoted', promoted, restartError };
+    return { status: 'promoted', promoted, checks, overridden: failed, epoch, restartError };
   } finally {
     await lock.release();
   }
 }
 
-/** The unapplied history; with --force an unreachable filestore is a warning, not a stop. */
 async function preflight(
   config: StandbyConfig,
   opts: { filestore: Filestore; logger: Logger; force: boolean },
-  applied: Awaited<ReturnType<typeof readApplied>>,
-): Promise<Unapplied | null> {
+  applied: AppliedState | null,
+): Promise<{ checks: Check[]; unapplied: Unapplied | null }> {
+  const checks: Check[] = [{ name: 'apply-complete', ok: true, detail: 'the last apply is complete (no unfinished journal)' }];
+  const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
+  let unapplied: Unapplied | null = null;
   try {
-    return await checkUnapplied(opts.filestore, config.site, loadVerifyKeyFile(config.keys.verifyKeyFile), applied);
-  } catch (err) {
-    if (!opts.force) {
-      throw new TandemError('external', 'PREFLIGHT_FAILED', `cannot tell how much primary history this standby lacks: ${describeError(err)}`, {
-        cause: err,
-        hint: 'fix the filestore access, or pass --force to promote without knowing',
+    unapplied = await checkUnapplied(opts.filestore, config.site, verifyKey, applied);
+    if (applied === null) {
+      checks.push({ name: 'newest-applied', ok: false, detail: `this standby has never applied a set: promoting it would start an empty site (newest is ${unapplied.newestSetId})` });
+    } else if (unapplied.sets > 0 || unapplied.seconds > 0) {
+      checks.push({
+        name: 'newest-applied',
+        ok: false,
+        detail:
+          `${unapplied.sets} committed set(s), ${unapplied.seconds} seconds of primary history are not applied ` +
+          `(applied ${applied.setId}; newest ${unapplied.newestSetId}, created ${unapplied.newestCreatedAt})`,
       });
+    } else {
+      checks.push({ name: 'newest-applied', ok: true, detail: `the newest committed set ${applied.setId} is applied` });
     }
-    opts.logger.warn({ err }, 'could not check for unapplied sets; promoting anyway (--force)');
-    return null;
+  } catch (err) {
+    checks.push({ name: 'newest-applied', ok: false, detail: `cannot tell how much primary history is unapplied: ${describeError(err)}` });
   }
+  try {
+    checks.push(await checkPrimarySilent(opts.filestore, config.site, verifyKey, config.heartbeatStaleAfter));
+  } catch (err) {
+    checks.push({ name: 'primary-silent', ok: false, detail: `cannot read the primary's heartbeat: ${describeError(err)}` });
+  }
+  return { checks, unapplied };
 }
