@@ -75,11 +75,28 @@ export async function readOrCreateEpoch(fs: Filestore, site: string, host: strin
 }
 
 /**
- * Raise the epoch to name `host` as the primary. Conditional on the version read, so two
- * concurrent promotes cannot both win: the loser gets a 'precondition' error saying who won.
+ * Raise the epoch to name `host` as the primary. `expect` is the epoch the caller follows: if
+ * epoch.json has moved past it, another server was promoted meanwhile and this one must not take
+ * over from it. The write is conditional on the version read, so two concurrent promotes cannot
+ * both win either: the loser gets a 'precondition' error saying who won.
  */
-export async function raiseEpoch(fs: Filestore, site: string, host: string, reason: string, now = new Date()): Promise<EpochDoc> {
+export async function raiseEpoch(
+  fs: Filestore,
+  site: string,
+  host: string,
+  reason: string,
+  opts: { expect?: number; now?: Date } = {},
+): Promise<EpochDoc> {
+  const now = opts.now ?? new Date();
   const current = await readEpoch(fs, site);
+  if (current && opts.expect !== undefined && current.doc.epoch !== opts.expect) {
+    throw new TandemError(
+      'precondition',
+      'PROMOTE_RACE_LOST',
+      `another server changed epoch.json of site "${site}" first: ${current.doc.primaryHost} is primary in epoch ${current.doc.epoch} since ${current.doc.since}, while this server follows epoch ${opts.expect}`,
+      { hint: 'this server stays a standby; check which server is serving the site' },
+    );
+  }
   const doc: EpochDoc = {
     format: 'tandem-epoch',
     version: 1,

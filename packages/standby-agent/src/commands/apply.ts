@@ -1,11 +1,12 @@
 import { TandemError, loadStandbyConfig, openFilestore, requireString, type Command } from '@tandem/shared';
+import { findSetAt, parseAt } from '../apply/find-at.js';
 import { runApply } from '../apply/run-apply.js';
 import { withInterrupts } from './signals.js';
 
 export const applyCommand: Command = {
   name: 'apply',
   summary: 'make the standby site equal to the newest committed set (or a named one)',
-  help: `Usage: tandem-standby apply --config FILE [--set ID [--allow-older]] [--force] [--json]
+  help: `Usage: tandem-standby apply --config FILE [--set ID | --at TIME] [--allow-older] [--force] [--json]
 
 Reads latest.json (or the named set's manifest) and verifies its signature and epoch; downloads
 every artifact while checking its SHA-256 against the signed manifest, decrypting and
@@ -22,7 +23,10 @@ rolled back by the next one, which does that first.
 Options:
   --config FILE    the standby agent's config (required)
   --set ID         apply this set instead of the newest one
-  --allow-older    with --set: allow a set older than the applied one (a deliberate roll-back)
+  --at TIME        apply the newest set made at or before TIME: "2026-11-20 14:00" (local
+                   time), "2026-11-20" (the end of that day) or "2026-11-20T13:00Z"
+  --allow-older    with --set or --at: allow a set older than the applied one (a deliberate
+                   roll-back to a point in time)
   --force          apply the set even if it is the one applied already
   --json           print the result as JSON
 
@@ -32,22 +36,33 @@ checksum, key or archive); 75 another apply or promote is running.`,
   options: {
     config: { type: 'string', short: 'c' },
     set: { type: 'string' },
+    at: { type: 'string' },
     'allow-older': { type: 'boolean' },
     force: { type: 'boolean' },
     json: { type: 'boolean' },
   },
   async run({ values, logger, out }) {
     const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby apply'));
-    if (values['allow-older'] === true && typeof values.set !== 'string') {
-      throw new TandemError('config', 'USAGE', 'tandem-standby apply: --allow-older needs --set ID: only a set named on purpose may be older than the applied one');
+    const named = typeof values.set === 'string' || typeof values.at === 'string';
+    if (values['allow-older'] === true && !named) {
+      throw new TandemError('config', 'USAGE', 'tandem-standby apply: --allow-older needs --set ID or --at TIME: only a set chosen on purpose may be older than the applied one');
     }
+    if (typeof values.set === 'string' && typeof values.at === 'string') {
+      throw new TandemError('config', 'USAGE', 'tandem-standby apply: give --set or --at, not both');
+    }
+    const at = typeof values.at === 'string' ? parseAt(values.at) : undefined;
     const filestore = openFilestore(config.filestore.url);
     try {
+      let setId = typeof values.set === 'string' ? values.set : undefined;
+      if (at !== undefined) {
+        setId = await findSetAt(filestore, config.site, at);
+        logger.info({ at: at.toISOString(), setId }, 'newest set at or before the requested time');
+      }
       const r = await withInterrupts(logger, 'apply', (signal) =>
         runApply(config, {
           filestore,
           logger,
-          setId: typeof values.set === 'string' ? values.set : undefined,
+          setId,
           allowOlder: values['allow-older'] === true,
           force: values.force === true,
           signal,

@@ -8,12 +8,14 @@ import {
   fsyncDir,
   loadVerifyKeyFile,
   raiseEpoch,
+  readEpoch,
   type EpochDoc,
   type Filestore,
   type Logger,
   type StandbyConfig,
 } from '@tandem/shared';
 import { readJournal } from '../apply/journal.js';
+import { readLatest } from '../apply/resolve-set.js';
 import { runRestart } from '../apply/restart.js';
 import { readApplied, readPromoted, stateFiles, writePromoted, type AppliedState, type PromotedState } from '../apply/state.js';
 import { checkPrimarySilent, checkUnapplied, type Check, type Unapplied } from './preflight.js';
@@ -58,6 +60,10 @@ export async function runPromote(config: StandbyConfig, opts: { filestore: Files
     if (already !== null) return { status: 'already-promoted', promoted: already, checks: [], overridden: [], epoch: null };
 
     const applied = await readApplied(config.stateDir);
+    // The epoch this standby follows: its applied set's, else the newest committed set's, else the
+    // filestore's. A promote elsewhere that moved the epoch past it makes this promote lose, even
+    // when the two were not simultaneous.
+    const follows = applied?.epoch ?? (await followedEpoch(fs, config));
     const { checks, unapplied } = await preflight(config, opts, applied);
     for (const c of checks) logger.info({ check: c.name, ok: c.ok }, `preflight: ${c.detail}`);
     const failed = checks.filter((c) => !c.ok);
@@ -74,7 +80,9 @@ export async function runPromote(config: StandbyConfig, opts: { filestore: Files
     // Fencing (must): from here on the old primary's uploads are refused, and standbys ignore its sets.
     let epoch: EpochDoc | null = null;
     try {
-      epoch = await raiseEpoch(fs, config.site, promotedName(config), opts.reason ?? (opts.force ? 'promote --force' : 'promote'));
+      epoch = await raiseEpoch(fs, config.site, promotedName(config), opts.reason ?? (opts.force ? 'promote --force' : 'promote'), {
+        expect: follows,
+      });
       logger.info({ epoch: epoch.epoch, primary: epoch.primaryHost }, 'epoch raised: the old primary is fenced');
     } catch (err) {
       if ((err as TandemError).kind === 'precondition' || !opts.force) throw err;
@@ -110,6 +118,15 @@ export async function runPromote(config: StandbyConfig, opts: { filestore: Files
     return { status: 'promoted', promoted, checks, overridden: failed, epoch, restartError };
   } finally {
     await lock.release();
+  }
+}
+
+async function followedEpoch(fs: Filestore, config: StandbyConfig): Promise<number | undefined> {
+  try {
+    const { latest } = await readLatest(fs, config.site, loadVerifyKeyFile(config.keys.verifyKeyFile));
+    return latest.epoch;
+  } catch {
+    return (await readEpoch(fs, config.site).catch(() => null))?.doc.epoch;
   }
 }
 

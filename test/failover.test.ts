@@ -1,0 +1,257 @@
+import { appendFile, readFile, writeFile } from 'node:fs/promises';
+import { stringify } from 'yaml';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { layout, loadSigningKeyFile, signHeartbeat } from '@tandem/shared';
+import { parseAt } from '../packages/standby-agent/src/apply/find-at.js';
+import {
+  dbUrl,
+  dumpDatabaseState,
+  ensurePostgres,
+  mutateDemoDatabase,
+  runPrimary,
+  sleep,
+  tmpDir,
+  withDb,
+  writePrimaryConfig,
+} from './support/site.js';
+import {
+  apply,
+  backup,
+  createStandbySite,
+  dropSiteDatabases,
+  forgeSet,
+  restartLog,
+  runStandby,
+  show,
+  writeStandbyConfig,
+  type StandbySite,
+} from './support/standby-helpers.js';
+
+/** A standby config for the same site with its own name, state dir and, optionally, its own site dirs. */
+async function standbyNamed(s: StandbySite, name: string, extra: Record<string, unknown> = {}): Promise<string> {
+  const file = join(s.root, `standby-${name}.yml`);
+  await writeStandbyConfig(s, file, { stateDir: join(s.root, `state-${name}`) });
+  await appendFile(file, `standbyId: ${name}\n${Object.entries(extra).map(([k, v]) => `${k}: ${JSON.stringify(v)}\n`).join('')}`);
+  return file;
+}
+
+async function epochDoc(s: StandbySite): Promise<{ epoch: number; primaryHost: string }> {
+  const fs = s.openStore();
+  try {
+    return JSON.parse((await fs.getBuffer(layout.epoch(s.site))).body.toString('utf8')) as { epoch: number; primaryHost: string };
+  } finally {
+    await fs.close();
+  }
+}
+
+async function latestSetId(s: StandbySite): Promise<string> {
+  const fs = s.openStore();
+  try {
+    return (JSON.parse((await fs.getBuffer(layout.latest(s.site))).body.toString('utf8')) as { setId: string }).setId;
+  } finally {
+    await fs.close();
+  }
+}
+
+const sites: StandbySite[] = [];
+beforeAll(ensurePostgres);
+afterAll(async () => {
+  for (const s of sites) await dropSiteDatabases(s);
+});
+
+async function newSite(): Promise<StandbySite> {
+  const s = await createStandbySite(await tmpDir('tandem-failover-'));
+  sites.push(s);
+  return s;
+}
+
+describe('fencing', () => {
+  it('of two promotes racing, exactly one wins; the old primary is then fenced and commits nothing', async () => {
+    const s = await newSite();
+    const first = await backup(s);
+    const a = await standbyNamed(s, 'sb-a');
+    const b = await standbyNamed(s, 'sb-b');
+    expect((await apply(s, [], {}, a)).code).toBe(0);
+    const [ra, rb] = await Promise.all([
+      runStandby(['promote', '--config', a, '--force']),
+      runStandby(['promote', '--config', b, '--force']),
+    ]);
+    const results = [ra, rb];
+    const won = results.filter((r) => r.code === 0);
+    const lost = results.filter((r) => r.code !== 0);
+    expect(won, results.map(show).join('\n---\n')).toHaveLength(1);
+    expect(lost).toHaveLength(1);
+    const winner = ra.code === 0 ? 'sb-a' : 'sb-b';
+    expect(lost[0]!.stderr).toContain(`another server changed epoch.json of site "${s.site}" first: ${winner} is primary in epoch 2`);
+    await expect(readFile(join(s.root, `state-${winner === 'sb-a' ? 'sb-b' : 'sb-a'}`, 'promoted.json'))).rejects.toThrow(/ENOENT/);
+    expect(await epochDoc(s)).toMatchObject({ epoch: 2, primaryHost: winner });
+
+    // The old primary comes back and tries its nightly backup.
+    const before = await latestSetId(s);
+    const r = await runPrimary(['backup', '--config', s.primary.configFile]);
+    expect(r.code, show(r)).toBe(4);
+    expect(r.stderr).toMatch(new RegExp(`has been fenced: ${winner} became primary of site "${s.site}" in epoch 2 at \\S+ \\(promote --force\\); no more uploads`));
+    expect(await latestSetId(s)).toBe(before);
+    const list = JSON.parse((await runPrimary(['list', '--config', s.primary.configFile, '--json'])).stdout) as Array<{ setId: string }>;
+    expect(list.map((x) => x.setId)).toEqual([first]);
+  });
+
+  it('never applies a set forged with the old epoch after the promote', async () => {
+    const s = await newSite();
+    const first = await backup(s);
+    const promoter = await standbyNamed(s, 'sb-new-primary');
+    const follower = await standbyNamed(s, 'sb-follower');
+    expect((await apply(s, [], {}, promoter)).code).toBe(0);
+    expect((await apply(s, [], {}, follower)).code).toBe(0);
+    expect((await runStandby(['promote', '--config', promoter])).code).toBe(0);
+    // Signed with the real key, epoch 1, uploaded after the promote and named by latest.json.
+    const forged = await forgeSet(s, first);
+    const r = await apply(s, [], {}, follower);
+    expect(r.code, show(r)).toBe(4);
+    expect(r.stderr).toContain(`set ${forged} was made in epoch 1, but the filestore is at epoch 2`);
+    const applied = JSON.parse(await readFile(join(s.root, 'state-sb-follower', 'applied.json'), 'utf8')) as { setId: string };
+    expect(applied.setId).toBe(first);
+  });
+});
+
+describe('promote preflight', () => {
+  it('refuses while the primary heartbeat is fresh, reports every check, and --force says what it overrode', async () => {
+    const s = await newSite();
+    await backup(s);
+    const cfg = await standbyNamed(s, 'sb-hb', { heartbeatStaleAfter: '5m' });
+    expect((await apply(s, [], {}, cfg)).code).toBe(0);
+    const fs = s.openStore();
+    try {
+      const hb = { format: 'tandem-heartbeat' as const, version: 1 as const, site: s.site, epoch: 1, primaryHost: 'web1', at: new Date().toISOString(), lastBackup: null, nextBackupAt: null };
+      await fs.putBuffer(layout.heartbeat(s.site), signHeartbeat(hb, loadSigningKeyFile(s.keys.signingKeyFile)));
+    } finally {
+      await fs.close();
+    }
+    const refused = await runStandby(['promote', '--config', cfg]);
+    expect(refused.code, show(refused)).toBe(1);
+    expect(refused.stderr).toContain('ok    the last apply is complete');
+    expect(refused.stderr).toMatch(/ok {4}the newest committed set \S+ is applied/);
+    expect(refused.stderr).toMatch(/FAIL {2}the primary's heartbeat is fresh: \d+m?s old \(from web1, epoch 1\), stale only after 5m; the primary may be alive/);
+    expect(await epochDoc(s)).toMatchObject({ epoch: 1 });
+    await expect(readFile(join(s.standby.paths.config, 'BACKUP'))).resolves.toBeTruthy();
+
+    const forced = await runStandby(['promote', '--config', cfg, '--force']);
+    expect(forced.code, show(forced)).toBe(0);
+    expect(forced.stdout).toContain('overridden by --force: primary-silent');
+    expect(await epochDoc(s)).toMatchObject({ epoch: 2, primaryHost: 'sb-hb' });
+  });
+});
+
+describe('failover and failback', () => {
+  it('round trips: no set lost, none applied twice, writes on each primary reach the other', async () => {
+    const s = await newSite();
+    const set1 = await backup(s); // site A is primary (epoch 1)
+    const bStandby = await standbyNamed(s, 'site-b');
+    expect((await apply(s, [], {}, bStandby)).code).toBe(0);
+
+    // A dies; B is promoted and starts backing up as the new primary, same keys.
+    const promoteB = await runStandby(['promote', '--config', bStandby]);
+    expect(promoteB.code, show(promoteB)).toBe(0);
+    expect(promoteB.stdout).toContain('epoch 2, as site-b');
+    const bPrimary = await writePrimaryConfig(join(s.root, 'b-primary.yml'), {
+      site: s.site,
+      databaseUrl: dbUrl(s.standby.db),
+      paths: s.standby.paths,
+      filestoreUrl: s.filestoreUrl,
+      keys: s.keys,
+      stateDir: join(s.root, 'b-primary-state'),
+      extra: { hostname: 'site-b' },
+    });
+    await withDb(s.standby.db, (c) => c.query("INSERT INTO public.rsc (name, title, created) VALUES ('written-on-b', 'after failover', now())"));
+    const r2 = await runPrimary(['backup', '--config', bPrimary]);
+    expect(r2.code, show(r2)).toBe(0);
+    const set2 = r2.stdout.trim();
+    expect(set2).toMatch(/-e2-/);
+
+    // A comes back as a standby of B and catches up.
+    const aStandby = join(s.root, 'a-standby.yml');
+    await writeFile(
+      aStandby,
+      stringify({
+        site: s.site,
+        standbyId: 'site-a',
+        database: { url: dbUrl(s.primary.db) },
+        paths: { config: s.primary.paths.config, security: s.primary.paths.security, files: s.primary.paths.files },
+        filestore: { url: s.filestoreUrl },
+        keys: { identityFile: s.keys.identityFile, verifyKeyFile: s.keys.verifyKeyFile },
+        stateDir: join(s.root, 'a-standby-state'),
+        restartCommand: `echo "$TANDEM_MODE $TANDEM_SET_ID" >> '${join(s.root, 'a-restart.log')}'`,
+      }),
+    );
+    const aApply = await runStandby(['apply', '--config', aStandby]);
+    expect(aApply.code, show(aApply)).toBe(0);
+    expect(await dumpDatabaseState(s.primary.db)).toEqual(await dumpDatabaseState(s.standby.db));
+    const onA = await withDb(s.primary.db, (c) => c.query("SELECT title FROM public.rsc WHERE name = 'written-on-b'"));
+    expect(onA.rows).toEqual([{ title: 'after failover' }]);
+    // The old primary config on A is fenced.
+    expect((await runPrimary(['backup', '--config', s.primary.configFile])).code).toBe(4);
+    // Applying again is a no-op: never twice.
+    const again = await runStandby(['apply', '--config', aStandby, '--json']);
+    expect(JSON.parse(again.stdout)).toMatchObject({ status: 'already-applied', setId: set2 });
+
+    // Failback: B stops; A is promoted (epoch 3) and backs up as primary again.
+    const promoteA = await runStandby(['promote', '--config', aStandby]);
+    expect(promoteA.code, show(promoteA)).toBe(0);
+    expect(await epochDoc(s)).toMatchObject({ epoch: 3, primaryHost: 'site-a' });
+    const aPrimary = join(s.root, 'a-primary.yml');
+    await writeFile(aPrimary, `${await readFile(s.primary.configFile, 'utf8')}hostname: site-a\n`);
+    await mutateDemoDatabase(s.primary.db);
+    const r3 = await runPrimary(['backup', '--config', aPrimary]);
+    expect(r3.code, show(r3)).toBe(0);
+    const set3 = r3.stdout.trim();
+    expect(set3).toMatch(/-e3-/);
+    // B, as primary of epoch 2, is fenced now.
+    const fencedB = await runPrimary(['backup', '--config', bPrimary]);
+    expect(fencedB.code).toBe(4);
+    expect(fencedB.stderr).toContain('site-a became primary');
+
+    const list = JSON.parse((await runPrimary(['list', '--config', aPrimary, '--json'])).stdout) as Array<{ setId: string; committed: boolean }>;
+    expect(list.filter((x) => x.committed).map((x) => x.setId)).toEqual([set1, set2, set3]);
+    expect(await readFile(join(s.root, 'a-restart.log'), 'utf8')).toBe(`backup ${set2}\nprimary ${set2}\n`);
+    expect(await restartLog(s)).toEqual([`backup ${set1}`, `primary ${set1}`]); // B's
+  });
+});
+
+describe('apply --at', () => {
+  it('parses operator times strictly', () => {
+    expect(parseAt('2026-11-20T13:00Z').toISOString()).toBe('2026-11-20T13:00:00.000Z');
+    expect(parseAt('2026-11-20 14:00').getTime()).toBe(new Date(2026, 10, 20, 14, 0, 0).getTime());
+    expect(parseAt('2026-11-20').getTime()).toBe(new Date(2026, 10, 20, 23, 59, 59).getTime());
+    expect(() => parseAt('yesterday')).toThrow(/--at "yesterday": expected a time such as/);
+    expect(() => parseAt('2026-13-45 99:00')).toThrow(/expected a time/);
+  });
+
+  it('applies the newest set at or before the time, older ones only with --allow-older', async () => {
+    const s = await newSite();
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      if (i > 0) await sleep(1100); // set ids carry whole seconds
+      await withDb(s.primary.db, (c) => c.query("INSERT INTO public.rsc (name, title, created) VALUES ($1, 'point in time', now())", [`pit-${i}`]));
+      ids.push(await backup(s));
+    }
+    const time = (id: string) => `${id.slice(0, 4)}-${id.slice(4, 6)}-${id.slice(6, 8)}T${id.slice(9, 11)}:${id.slice(11, 13)}:${id.slice(13, 15)}Z`;
+    const at = (id: string) => new Date(Date.parse(time(id)) + 500).toISOString();
+    const r1 = await apply(s, ['--at', at(ids[1]!), '--json']);
+    expect(r1.code, show(r1)).toBe(0);
+    expect(JSON.parse(r1.stdout)).toMatchObject({ setId: ids[1] });
+    const rows = await withDb(s.standby.db, (c) => c.query("SELECT name FROM public.rsc WHERE name LIKE 'pit-%' ORDER BY name"));
+    expect(rows.rows.map((r) => r.name)).toEqual(['pit-0', 'pit-1']);
+    expect((await apply(s, ['--json'])).code).toBe(0); // newest
+    const older = await apply(s, ['--at', at(ids[0]!)]);
+    expect(older.code).not.toBe(0);
+    expect(older.stderr).toMatch(/older/);
+    const rolled = await apply(s, ['--at', at(ids[0]!), '--allow-older', '--json']);
+    expect(rolled.code, show(rolled)).toBe(0);
+    expect(JSON.parse(rolled.stdout)).toMatchObject({ setId: ids[0] });
+    const none = await apply(s, ['--at', '2001-01-01T00:00Z']);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toContain(`no committed set of site "${s.site}" was made at or before 2001-01-01T00:00:00.000Z; the oldest is ${ids[0]}`);
+  });
+});
+
