@@ -151,9 +151,10 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       const t = performance.now();
       const file = artifactFileName(name, keys.recipients !== null);
       const key = layout.artifact(config.site, setId, file);
+      await checkFence(); // before any child process starts, so a fenced run leaves none behind
+      opts.signal?.throwIfAborted();
       const stages: Duplex[] = [zstdCompress({ level: config.compression.level, threads: config.compression.threads })];
       if (keys.recipients) stages.push(createAgeEncryptStream(keys.recipients));
-      await checkFence();
       uploaded.push(key);
       const r = await uploadArtifact({ filestore: fs, key, source: artifactSource(name, config, log), stages, signal: opts.signal });
       durations[name] = round((performance.now() - t) / 1000);

@@ -29,6 +29,11 @@ export async function uploadArtifact(opts: {
   stages: Duplex[];
   signal?: AbortSignal;
 }): Promise<UploadedArtifact> {
+  if (opts.signal?.aborted) {
+    // Interrupted between two artifacts: start nothing (and stop the producer already created).
+    for (const s of [opts.source, ...opts.stages]) s.destroy();
+    opts.signal.throwIfAborted();
+  }
   const plain = new ByteCounter();
   const stored = new HashCounter();
   const body = new PassThrough({ highWaterMark: 1 << 20 });

@@ -1,43 +1,94 @@
-import { loadPrimaryConfig, openFilestore, requireString, type Command } from '@tandem/shared';
-import { runBackup } from '../backup/run-backup.js';
+import { describeError, loadPrimaryConfig, loadToken, openFilestore, requireString, type Command, type Logger, type PrimaryConfig } from '@tandem/shared';
+import { runBackup, type BackupResult } from '../backup/run-backup.js';
+import { DaemonUnreachable, findDaemon, requestBackup } from '../daemon/control.js';
+
+/** What `backup` prints, the same whether the set was made here or by the daemon. */
+export function formatBackupResult(r: BackupResult, json: boolean): string {
+  if (!json) return r.setId;
+  return JSON.stringify({ setId: r.setId, site: r.site, epoch: r.epoch, createdAt: r.createdAt, storedBytes: r.storedBytes, artifacts: r.artifacts, durations: r.durations });
+}
+
+async function runLocal(config: PrimaryConfig, logger: Logger): Promise<BackupResult> {
+  const filestore = openFilestore(config.filestore.url);
+  const ac = new AbortController();
+  const stop = (sig: NodeJS.Signals) => {
+    logger.warn({ signal: sig }, 'interrupted: aborting the backup; nothing will be committed');
+    ac.abort(new Error(`interrupted by ${sig}`));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  try {
+    return await runBackup(config, { filestore, logger, signal: ac.signal });
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+    await filestore.close();
+  }
+}
+
+/**
+ * The running daemon's result, or null when there is no daemon (or it cannot be reached, with a
+ * warning): the caller then backs up locally.
+ */
+async function viaDaemon(config: PrimaryConfig, logger: Logger): Promise<BackupResult | null> {
+  const daemon = await findDaemon(config.stateDir);
+  if (daemon === null) return null;
+  let token: string;
+  try {
+    token = loadToken({ tokenFile: config.server.tokenFile, key: 'server.tokenFile', logger });
+  } catch (err) {
+    logger.warn({ pid: daemon.pid, err: describeError(err) }, 'a daemon is running, but no token to talk to it: backing up locally (its standbys get no push)');
+    return null;
+  }
+  logger.info({ pid: daemon.pid, listen: daemon.listen }, 'a tandem-primary daemon is running: it makes the backup');
+  // Ctrl-C stops waiting; the daemon carries on with the backup (as a scheduled run would).
+  const onSignal = (sig: NodeJS.Signals) => {
+    process.stderr.write(`tandem-primary: ${sig}: no longer waiting; the daemon (pid ${daemon.pid}) finishes the backup; see \`tandem-primary list\`\n`);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    process.kill(process.pid, sig); // die of the signal, as without a handler
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    return await requestBackup(daemon, token);
+  } catch (err) {
+    if (err instanceof DaemonUnreachable) {
+      logger.warn({ pid: daemon.pid, err: err.message }, 'the daemon cannot be reached: backing up locally instead');
+      return null;
+    }
+    throw err;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
 
 export const backupCommand: Command = {
   name: 'backup',
   summary: 'make one backup set now and commit it to the filestore',
-  help: `Usage: tandem-primary backup --config FILE [--json]
+  help: `Usage: tandem-primary backup --config FILE [--json] [--local]
 
 Dumps the database (pg_dump, custom format), archives the config, security and files
 directories, compresses (zstd), encrypts (age) and uploads each artifact, then commits the set
 by writing its signed manifest and moving latest.json to it. On any failure nothing is
 committed and the exit status is non-zero.
 
+While \`tandem-primary run\` runs for this config (stateDir/daemon.json names it), the daemon
+makes the backup (POST /v1/backup with the server token), so that its standbys get the push
+and two backups never overlap; the output is the same. If the daemon cannot be reached, the
+backup runs here, with a warning.
+
 Options:
   --config FILE  the primary agent's config (required)
   --json         print {"setId", "artifacts", "durations"} as JSON instead of the set id
+  --local        back up in this process even while the daemon runs
 
-Exit status: 0 committed; 1 failed; 2 bad config or usage; 75 another backup is running.`,
-  options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' } },
+Exit status: 0 committed; 1 failed; 2 bad config or usage; 4 fenced; 75 another backup is running.`,
+  options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, local: { type: 'boolean' } },
   async run({ values, logger, out }) {
     const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary backup'));
-    const filestore = openFilestore(config.filestore.url);
-    const ac = new AbortController();
-    const stop = (sig: NodeJS.Signals) => {
-      logger.warn({ signal: sig }, 'interrupted: aborting the backup; nothing will be committed');
-      ac.abort(new Error(`interrupted by ${sig}`));
-    };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-    try {
-      const r = await runBackup(config, { filestore, logger, signal: ac.signal });
-      if (values.json === true) {
-        out(JSON.stringify({ setId: r.setId, site: r.site, epoch: r.epoch, createdAt: r.createdAt, storedBytes: r.storedBytes, artifacts: r.artifacts, durations: r.durations }));
-      } else {
-        out(r.setId);
-      }
-    } finally {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      await filestore.close();
-    }
+    const r = (values.local === true ? null : await viaDaemon(config, logger)) ?? (await runLocal(config, logger));
+    out(formatBackupResult(r, values.json === true));
   },
 };

@@ -1,0 +1,67 @@
+import { loadPrimaryConfig, openFilestore, requireString, type Command } from '@tandem/shared';
+import { machineTimeZone, runRetention, type RetentionOutcome } from '../retention/run.js';
+
+export function formatRetention(o: RetentionOutcome): string[] {
+  const lines: string[] = [];
+  const failed = new Map(o.failed.map((f) => [f.setId, f.error]));
+  const deleted = new Set(o.deleted);
+  const rows = [
+    ...o.plan.keep.map((d) => ({ ...d, action: 'keep' })),
+    ...o.plan.delete.map((d) => ({
+      ...d,
+      action: o.dryRun ? 'would delete' : deleted.has(d.setId) ? 'deleted' : failed.has(d.setId) ? 'FAILED to delete' : 'delete',
+    })),
+  ].sort((a, b) => (a.setId < b.setId ? -1 : a.setId > b.setId ? 1 : 0));
+  const width = Math.max(0, ...rows.map((r) => r.action.length));
+  for (const r of rows) {
+    const extra = failed.has(r.setId) ? ` (${failed.get(r.setId)})` : '';
+    lines.push(`${r.action.padEnd(width)}  ${r.setId}  ${r.reasons.join('; ')}${r.committed ? '' : ' [uncommitted]'}${extra}`);
+  }
+  const n = o.plan.delete.length;
+  if (n === 0) lines.push(`nothing to delete (${o.plan.keep.length} set(s) kept)`);
+  else if (o.dryRun) lines.push(`dry run: ${n} set(s) would be deleted, ${o.plan.keep.length} kept; nothing was changed`);
+  else lines.push(`${o.deleted.length} of ${n} set(s) deleted, ${o.plan.keep.length} kept`);
+  return lines;
+}
+
+export const pruneCommand: Command = {
+  name: 'prune',
+  summary: 'apply the retention rules now: delete old sets (or show what would go)',
+  help: `Usage: tandem-primary prune --config FILE [--dry-run] [--json]
+
+Applies the retention rules that \`tandem-primary run\` applies after every backup:
+keeps the newest committed set of each of the last retention.daily calendar days and of each
+of the last retention.weekly ISO weeks (days and weeks in the configured timezone), never
+deletes the set latest.json names nor a set a standby reported applied within the last 24 h
+(<site>/standbys/*.json), and deletes uncommitted leftovers older than 24 h. Every set is
+listed with what happens to it and why. A set is deleted manifest first, so a deletion cut
+short leaves an uncommitted leftover, never a damaged committed set.
+
+Options:
+  --config FILE  the primary agent's config (required)
+  --dry-run      say what would be deleted and why; delete nothing
+  --json         print {dryRun, keep: [...], delete: [...], deleted, failed} as JSON
+
+Exit status: 0 done; 1 a filestore error or a set could not be deleted; 2 bad config or usage.`,
+  options: { config: { type: 'string', short: 'c' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } },
+  async run({ values, logger, out }) {
+    const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary prune'));
+    const filestore = openFilestore(config.filestore.url);
+    try {
+      const outcome = await runRetention(config, {
+        filestore,
+        logger,
+        dryRun: values['dry-run'] === true,
+        timeZone: config.timezone ?? machineTimeZone(),
+      });
+      if (values.json === true) {
+        out(JSON.stringify({ dryRun: outcome.dryRun, keep: outcome.plan.keep, delete: outcome.plan.delete, deleted: outcome.deleted, failed: outcome.failed }));
+      } else {
+        for (const line of formatRetention(outcome)) out(line);
+      }
+      return outcome.failed.length > 0 ? 1 : 0;
+    } finally {
+      await filestore.close();
+    }
+  },
+};

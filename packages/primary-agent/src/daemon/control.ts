@@ -1,0 +1,172 @@
+import { request } from 'node:http';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { TandemError, describeError, writeFileAtomic, type ErrorKind } from '@tandem/shared';
+import type { BackupResult } from '../backup/run-backup.js';
+
+/**
+ * How `tandem-primary backup` finds a running daemon and has it do the backup: the daemon writes
+ * stateDir/daemon.json {pid, listen, startedAt} (0600) while it runs; a CLI run that finds the file
+ * with a live pid POSTs /v1/backup to that address with the token and waits for the result.
+ */
+export interface DaemonInfo {
+  pid: number;
+  /** host:port actually bound. */
+  listen: string;
+  startedAt: string;
+  site: string;
+}
+
+export const daemonInfoFile = (stateDir: string): string => join(stateDir, 'daemon.json');
+
+export async function writeDaemonInfo(stateDir: string, info: DaemonInfo): Promise<void> {
+  await writeFileAtomic(daemonInfoFile(stateDir), `${JSON.stringify(info, null, 2)}\n`, 0o600);
+}
+
+/** Remove daemon.json if it is ours (a newer daemon's file is left alone). */
+export async function removeDaemonInfo(stateDir: string, pid = process.pid): Promise<void> {
+  const info = await readDaemonInfo(stateDir);
+  if (info === null || info.pid === pid) await rm(daemonInfoFile(stateDir), { force: true });
+}
+
+export async function readDaemonInfo(stateDir: string): Promise<DaemonInfo | null> {
+  try {
+    const v = JSON.parse(await readFile(daemonInfoFile(stateDir), 'utf8')) as Partial<DaemonInfo>;
+    if (typeof v.pid !== 'number' || typeof v.listen !== 'string') return null;
+    return { pid: v.pid, listen: v.listen, startedAt: String(v.startedAt ?? ''), site: String(v.site ?? '') };
+  } catch {
+    return null;
+  }
+}
+
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The running daemon of this state dir, or null (no file, or its process is gone). */
+export async function findDaemon(stateDir: string): Promise<DaemonInfo | null> {
+  const info = await readDaemonInfo(stateDir);
+  return info !== null && info.pid !== process.pid && pidAlive(info.pid) ? info : null;
+}
+
+/** Whether a tandem daemon answers GET /healthz at `listen` (within `timeoutMs`). */
+export function probeDaemon(listen: string, timeoutMs = 2000): Promise<boolean> {
+  const { host, port } = connectAddress(listen);
+  return new Promise((resolve) => {
+    const req = request({ host, port, method: 'GET', path: '/healthz', timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        if (body.length < 100) body += c;
+      });
+      res.on('end', () => resolve(res.statusCode === 200 && body === 'ok\n'));
+      res.on('error', () => resolve(false));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(false));
+    req.end();
+  });
+}
+
+/** host and port to connect to for a listen address (a wildcard address means this host). */
+export function connectAddress(listen: string): { host: string; port: number } {
+  const i = listen.lastIndexOf(':');
+  let host = listen.slice(0, i);
+  const port = Number(listen.slice(i + 1));
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  if (host === '0.0.0.0' || host === '') host = '127.0.0.1';
+  if (host === '::') host = '::1';
+  return { host, port };
+}
+
+/** The daemon could not be reached at all: the caller may fall back to a local run. */
+export class DaemonUnreachable extends Error {
+  override readonly name = 'DaemonUnreachable';
+}
+
+const ERROR_KINDS: ErrorKind[] = ['config', 'not-found', 'transient', 'permanent', 'integrity', 'precondition', 'fenced', 'busy', 'external', 'internal'];
+
+/** The JSON error body every non-2xx answer of the daemon carries. */
+export interface ErrorBody {
+  error: { kind: ErrorKind; code: string; message: string; hint?: string };
+}
+
+export function errorBody(err: unknown): ErrorBody {
+  if (err instanceof TandemError) return { error: { kind: err.kind, code: err.code, message: err.message, hint: err.hint } };
+  return { error: { kind: 'internal', code: 'INTERNAL', message: describeError(err) } };
+}
+
+function errorFrom(status: number, text: string, listen: string): TandemError {
+  let body: Partial<ErrorBody> = {};
+  try {
+    body = JSON.parse(text) as ErrorBody;
+  } catch {
+    /* not JSON */
+  }
+  const e = body.error;
+  if (status === 401) {
+    return new TandemError('config', 'DAEMON_UNAUTHORIZED', `the daemon at ${listen} rejected the token`, {
+      hint: 'the backup command must use the same server.tokenFile (or TANDEM_TOKEN) as `tandem-primary run`; or pass --local',
+    });
+  }
+  if (e && typeof e.message === 'string') {
+    const kind = ERROR_KINDS.includes(e.kind as ErrorKind) ? (e.kind as ErrorKind) : 'internal';
+    return new TandemError(kind, typeof e.code === 'string' ? e.code : 'DAEMON_ERROR', e.message, { hint: e.hint });
+  }
+  return new TandemError('external', 'DAEMON_ERROR', `the daemon at ${listen} answered HTTP ${status}: ${text.slice(0, 200)}`);
+}
+
+/**
+ * POST /v1/backup and wait (without a time limit: a backup takes as long as it takes) for the result.
+ * Throws DaemonUnreachable when no connection could be made, TandemError for the daemon's answer.
+ */
+export function requestBackup(info: DaemonInfo, token: string, opts: { connectTimeoutMs?: number } = {}): Promise<BackupResult> {
+  const { host, port } = connectAddress(info.listen);
+  return new Promise((resolve, reject) => {
+    let connected = false;
+    const req = request({ host, port, method: 'POST', path: '/v1/backup', headers: { authorization: `Bearer ${token}`, 'content-length': 0 } });
+    const connectTimer = setTimeout(() => req.destroy(new Error(`no connection within ${opts.connectTimeoutMs ?? 5000} ms`)), opts.connectTimeoutMs ?? 5000);
+    req.on('socket', (socket) => {
+      const done = () => {
+        connected = true;
+        clearTimeout(connectTimer);
+      };
+      if (!socket.connecting) done();
+      else socket.once('connect', done);
+    });
+    req.on('error', (err) => {
+      clearTimeout(connectTimer);
+      if (!connected) reject(new DaemonUnreachable(`cannot reach the daemon at ${info.listen} (pid ${info.pid}): ${describeError(err)}`));
+      else {
+        reject(
+          new TandemError('external', 'DAEMON_CONNECTION_LOST', `lost the connection to the daemon at ${info.listen} while it was backing up: ${describeError(err)}`, {
+            hint: 'the backup may or may not have been committed: see `tandem-primary list` and the daemon log',
+          }),
+        );
+      }
+    });
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('error', (err) => reject(new TandemError('external', 'DAEMON_CONNECTION_LOST', `reading the daemon's answer: ${describeError(err)}`)));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        if (res.statusCode === 200) {
+          try {
+            resolve(JSON.parse(text) as BackupResult);
+          } catch {
+            reject(new TandemError('external', 'DAEMON_ERROR', `the daemon at ${info.listen} answered with something that is not JSON`));
+          }
+          return;
+        }
+        reject(errorFrom(res.statusCode ?? 0, text, info.listen));
+      });
+    });
+    req.end();
+  });
+}

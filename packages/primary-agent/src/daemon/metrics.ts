@@ -1,0 +1,88 @@
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * The primary daemon's Prometheus metrics, on its own registry (served at GET /metrics).
+ * Standby figures are computed at scrape time from the live connections.
+ */
+export interface StandbyLag {
+  standbyId: string;
+  lagSeconds: number;
+}
+
+export class DaemonMetrics {
+  readonly registry = new Registry();
+  readonly lastBackupTimestamp: Gauge;
+  readonly lastBackupSuccess: Gauge;
+  readonly lastBackupDuration: Gauge<'stage'>;
+  readonly lastBackupStoredBytes: Gauge;
+  readonly backupsTotal: Counter<'outcome'>;
+  readonly backupFailuresTotal: Counter<'kind'>;
+  readonly nextBackupTimestamp: Gauge;
+  readonly filestoreErrorsTotal: Counter;
+  readonly heartbeatTimestamp: Gauge;
+  readonly fenced: Gauge;
+
+  constructor(live: { standbys(): StandbyLag[]; nextRunAt(): Date | null }) {
+    const standbys = () => live.standbys();
+    const registers = [this.registry];
+    this.lastBackupTimestamp = new Gauge({
+      name: 'tandem_last_backup_timestamp_seconds',
+      help: 'Unix time at which the last successful backup was committed',
+      registers,
+    });
+    this.lastBackupSuccess = new Gauge({ name: 'tandem_last_backup_success', help: '1 if the last backup run committed its set, 0 if it failed', registers });
+    this.lastBackupDuration = new Gauge({
+      name: 'tandem_last_backup_duration_seconds',
+      help: 'Seconds per stage of the last successful backup (db, config, security, files, commit, total)',
+      labelNames: ['stage'],
+      registers,
+    });
+    this.lastBackupStoredBytes = new Gauge({ name: 'tandem_last_backup_stored_bytes', help: 'Stored (compressed, encrypted) bytes of the last successful backup', registers });
+    this.backupsTotal = new Counter({ name: 'tandem_backups_total', help: 'Backup runs by outcome (ok, failed, aborted)', labelNames: ['outcome'], registers });
+    this.backupFailuresTotal = new Counter({ name: 'tandem_backup_failures_total', help: 'Failed backup runs by error kind', labelNames: ['kind'], registers });
+    this.nextBackupTimestamp = new Gauge({
+      name: 'tandem_next_backup_timestamp_seconds',
+      help: 'Unix time of the next scheduled backup (0: none, e.g. when fenced)',
+      registers,
+      collect() {
+        const next = live.nextRunAt();
+        this.set(next === null ? 0 : next.getTime() / 1000);
+      },
+    });
+    new Gauge({
+      name: 'tandem_standbys_connected',
+      help: 'Standbys connected to the push channel (/v1/stream)',
+      registers,
+      collect() {
+        this.set(standbys().length);
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_applied_lag_seconds',
+      help: 'Per connected standby: 0 when it has applied the set latest.json names, else seconds since that set was committed',
+      labelNames: ['standby'],
+      registers,
+      collect() {
+        this.reset();
+        for (const s of standbys()) this.set({ standby: s.standbyId }, s.lagSeconds);
+      },
+    });
+    this.filestoreErrorsTotal = new Counter({ name: 'tandem_filestore_errors_total', help: 'Filestore operations of the daemon that failed (heartbeat, epoch, latest.json, retention, backups)', registers });
+    this.heartbeatTimestamp = new Gauge({ name: 'tandem_heartbeat_timestamp_seconds', help: 'Unix time of the last heartbeat.json written', registers });
+    this.fenced = new Gauge({ name: 'tandem_fenced', help: '1 when this primary found a higher epoch in the filestore and stopped backing up', registers });
+    this.fenced.set(0);
+    this.lastBackupSuccess.set(0);
+    this.backupsTotal.inc({ outcome: 'ok' }, 0);
+    this.backupsTotal.inc({ outcome: 'failed' }, 0);
+    this.filestoreErrorsTotal.inc(0);
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

@@ -1,0 +1,239 @@
+import type { IncomingMessage } from 'node:http';
+import { WebSocket } from 'ws';
+import {
+  CLOSE_CODES,
+  describeError,
+  encodeMessage,
+  parseMessage,
+  type Logger,
+  type PrimaryHello,
+  type PrimaryMessage,
+} from '@tandem/shared';
+import type { Clock } from './scheduler.js';
+
+/**
+ * The standbys connected to /v1/stream: the handshake (the primary says hello, the standby must
+ * answer with its own hello), `applied` reports, pings that drop dead connections, and broadcasts.
+ * A peer that sends anything that is not a valid standby message at the right moment is closed
+ * with 1008 and a reason naming the problem; nothing it sends can stop the daemon.
+ */
+export interface LatestKnown {
+  setId: string;
+  createdAt: string;
+  committedAt: string;
+}
+
+export interface StandbyStatus {
+  standbyId: string | null;
+  remoteAddress: string;
+  connectedSince: string;
+  appliedSetId: string | null;
+  appliedCreatedAt: string | null;
+  appliedAt: string | null;
+  /** 0 when it has applied the set latest.json names, else seconds since that set was committed. */
+  lagSeconds: number;
+}
+
+export interface AppliedEvent {
+  standbyId: string;
+  setId: string;
+  createdAt: string;
+  appliedAt: string;
+}
+
+interface Peer {
+  ws: WebSocket;
+  remote: string;
+  connectedSince: Date;
+  standbyId: string | null;
+  appliedSetId: string | null;
+  appliedCreatedAt: string | null;
+  appliedAt: string | null;
+  alive: boolean;
+  helloTimer: NodeJS.Timeout | null;
+}
+
+export interface StandbyHubOptions {
+  site: string;
+  logger: Logger;
+  clock: Clock;
+  hello(): PrimaryHello;
+  latest(): LatestKnown | null;
+  onApplied(e: AppliedEvent): void;
+  /** A standby must say hello within this (default 10 s). */
+  helloTimeoutMs?: number;
+  /** Ping every (default 15 s); a peer that has not answered the previous ping is dropped. */
+  pingIntervalMs?: number;
+}
+
+const closeReason = (s: string): string => (Buffer.byteLength(s) <= 120 ? s : `${Buffer.from(s).subarray(0, 117).toString('utf8')}...`);
+
+export class StandbyHub {
+  private readonly peers = new Set<Peer>();
+  private readonly pingTimer: NodeJS.Timeout;
+
+  constructor(private readonly opts: StandbyHubOptions) {
+    this.pingTimer = setInterval(() => this.ping(), opts.pingIntervalMs ?? 15_000);
+    this.pingTimer.unref();
+  }
+
+  attach(ws: WebSocket, req: IncomingMessage): void {
+    const peer: Peer = {
+      ws,
+      remote: `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`,
+      connectedSince: this.opts.clock.now(),
+      standbyId: null,
+      appliedSetId: null,
+      appliedCreatedAt: null,
+      appliedAt: null,
+      alive: true,
+      helloTimer: null,
+    };
+    this.peers.add(peer);
+    const log = this.opts.logger.child({ peer: peer.remote });
+    log.info('standby connected to the push channel');
+    peer.helloTimer = setTimeout(() => this.reject(peer, `no hello within ${(this.opts.helloTimeoutMs ?? 10_000) / 1000} s`), this.opts.helloTimeoutMs ?? 10_000);
+    peer.helloTimer.unref();
+    ws.on('pong', () => {
+      peer.alive = true;
+    });
+    ws.on('message', (data, isBinary) => {
+      try {
+        this.receive(peer, data as Buffer | ArrayBuffer | Buffer[], isBinary);
+      } catch (err) {
+        this.reject(peer, describeError(err));
+      }
+    });
+    ws.on('error', (err) => log.warn({ err: describeError(err) }, 'push channel error'));
+    ws.on('close', (code, reason) => {
+      if (peer.helloTimer) clearTimeout(peer.helloTimer);
+      this.peers.delete(peer);
+      log.info({ standbyId: peer.standbyId, code, reason: reason.toString('utf8') }, 'standby disconnected from the push channel');
+    });
+    this.send(peer, this.opts.hello());
+  }
+
+  private receive(peer: Peer, data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
+    if (isBinary) throw new Error('binary frames are not part of the protocol; send JSON text');
+    const msg = parseMessage(data, 'standby-to-primary');
+    if (msg.type === 'hello') {
+      if (peer.standbyId !== null) throw new Error('hello sent twice');
+      if (msg.site !== this.opts.site) throw new Error(`wrong site "${msg.site}": this primary serves "${this.opts.site}"`);
+      for (const other of this.peers) {
+        if (other !== peer && other.standbyId === msg.standbyId) {
+          this.opts.logger.info({ standbyId: msg.standbyId, old: other.remote, new: peer.remote }, 'standby reconnected: closing its older connection');
+          other.ws.close(CLOSE_CODES.replaced, 'replaced by a newer connection of the same standby');
+        }
+      }
+      if (peer.helloTimer) clearTimeout(peer.helloTimer);
+      peer.helloTimer = null;
+      peer.standbyId = msg.standbyId;
+      peer.appliedSetId = msg.appliedSetId;
+      peer.appliedCreatedAt = msg.appliedCreatedAt;
+      this.opts.logger.info({ standbyId: msg.standbyId, appliedSetId: msg.appliedSetId, peer: peer.remote }, 'standby said hello');
+      return;
+    }
+    if (peer.standbyId === null) throw new Error(`"${msg.type}" before hello`);
+    if (msg.standbyId !== peer.standbyId) throw new Error(`"applied" names standby "${msg.standbyId}", but this connection said hello as "${peer.standbyId}"`);
+    peer.appliedSetId = msg.setId;
+    peer.appliedCreatedAt = msg.createdAt;
+    peer.appliedAt = msg.appliedAt;
+    this.opts.logger.info({ standbyId: msg.standbyId, setId: msg.setId, appliedAt: msg.appliedAt }, 'standby applied a set');
+    this.opts.onApplied({ standbyId: msg.standbyId, setId: msg.setId, createdAt: msg.createdAt, appliedAt: msg.appliedAt });
+  }
+
+  private reject(peer: Peer, why: string): void {
+    this.opts.logger.warn({ peer: peer.remote, standbyId: peer.standbyId, problem: why }, 'closing a standby connection: protocol violation');
+    if (peer.helloTimer) clearTimeout(peer.helloTimer);
+    peer.helloTimer = null;
+    peer.ws.close(CLOSE_CODES.policyViolation, closeReason(why));
+    // A peer that does not complete the closing handshake is cut off.
+    setTimeout(() => peer.ws.terminate(), 5_000).unref();
+  }
+
+  private send(peer: Peer, msg: PrimaryMessage): void {
+    if (peer.ws.readyState !== WebSocket.OPEN) return;
+    let text: string;
+    try {
+      text = encodeMessage(msg, 'primary-to-standby');
+    } catch (err) {
+      this.opts.logger.error({ err: describeError(err), type: msg.type }, 'not sending an invalid message (a bug)');
+      return;
+    }
+    peer.ws.send(text, (err) => {
+      if (err) this.opts.logger.debug({ peer: peer.remote, err: describeError(err) }, 'send failed');
+    });
+  }
+
+  broadcast(msg: PrimaryMessage): number {
+    let n = 0;
+    for (const peer of this.peers) {
+      if (peer.ws.readyState === WebSocket.OPEN) {
+        this.send(peer, msg);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  private ping(): void {
+    for (const peer of this.peers) {
+      if (!peer.alive) {
+        this.opts.logger.warn({ peer: peer.remote, standbyId: peer.standbyId }, 'standby did not answer a ping: dropping the connection');
+        peer.ws.terminate();
+        continue;
+      }
+      peer.alive = false;
+      try {
+        peer.ws.ping();
+      } catch {
+        peer.ws.terminate();
+      }
+    }
+  }
+
+  /** Connected standbys (those that said hello). */
+  list(): StandbyStatus[] {
+    const now = this.opts.clock.now().getTime();
+    const latest = this.opts.latest();
+    const out: StandbyStatus[] = [];
+    for (const p of this.peers) {
+      if (p.standbyId === null || p.ws.readyState !== WebSocket.OPEN) continue;
+      let lag = 0;
+      if (latest !== null && p.appliedSetId !== latest.setId) {
+        const behind = p.appliedCreatedAt === null || Date.parse(p.appliedCreatedAt) < Date.parse(latest.createdAt);
+        if (behind) lag = Math.max(0, Math.round((now - Date.parse(latest.committedAt)) / 1000));
+      }
+      out.push({
+        standbyId: p.standbyId,
+        remoteAddress: p.remote,
+        connectedSince: p.connectedSince.toISOString(),
+        appliedSetId: p.appliedSetId,
+        appliedCreatedAt: p.appliedCreatedAt,
+        appliedAt: p.appliedAt,
+        lagSeconds: lag,
+      });
+    }
+    return out.sort((a, b) => String(a.standbyId).localeCompare(String(b.standbyId)));
+  }
+
+  get size(): number {
+    return this.peers.size;
+  }
+
+  closeAll(code: number, reason: string): void {
+    for (const peer of this.peers) {
+      if (peer.helloTimer) clearTimeout(peer.helloTimer);
+      peer.ws.close(code, closeReason(reason));
+    }
+  }
+
+  /** Drop every connection now (shutdown). */
+  terminateAll(): void {
+    for (const peer of this.peers) peer.ws.terminate();
+  }
+
+  stop(): void {
+    clearInterval(this.pingTimer);
+  }
+}
