@@ -125,6 +125,8 @@ export const primaryConfigSchema = z.strictObject({
   heartbeatInterval: duration(1000).default(30_000),
   /** Run when this primary finds it has been fenced (a higher epoch exists), e.g. maintenance mode. */
   onFenced: nonEmpty.optional(),
+  /** Run when a switchover that had stopped the site's writes (onFenced) is called off: undo it. */
+  onResume: nonEmpty.optional(),
 });
 
 export const standbyConfigSchema = z.strictObject({
