@@ -46,7 +46,7 @@ describe('primary config', () => {
     expect(c.paths.config).toBe(join(dir, 'priv'));
     expect(c.keys.recipientFile).toBe(join(dir, 'keys/backup.agepub'));
     expect(c.encryption).toBe('age');
-    expect(c.compression.level).toBe(1);
+    expect(c.compression.level).toBe(3);
     expect(c.stateDir).toMatch(/demo$/);
   });
 

@@ -97,7 +97,7 @@ const timezone = z.string().refine(
 );
 
 const compressionSchema = z.strictObject({
-  level: z.number().int().min(1).max(19).default(1),
+  level: z.number().int().min(1).max(19).default(3),
   threads: z.number().int().min(1).max(64).default(1),
 });
 
@@ -108,7 +108,7 @@ export const primaryConfigSchema = z.strictObject({
   filestore: filestoreSchema,
   encryption: z.enum(['age', 'none'], { message: 'expected "age" (the default) or "none"' }).default('age'),
   keys: z.strictObject({ recipientFile: nonEmpty.optional(), signingKeyFile: nonEmpty }),
-  compression: compressionSchema.default({ level: 1, threads: 1 }),
+  compression: compressionSchema.default({ level: 3, threads: 1 }),
   stateDir: nonEmpty.optional(),
   hostname: nonEmpty.optional(),
   /** When `tandem-primary run` backs up; default nightly 03:00. */

@@ -21,3 +21,4 @@ export * from './duration.js';
 export * from './protocol.js';
 export * from './token.js';
 export * from './epoch.js';
+export * from './fault.js';

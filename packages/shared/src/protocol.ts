@@ -17,6 +17,7 @@ import { signDocument, verifyDocument } from './signed-doc.js';
  *   new set; `heartbeat` every heartbeatInterval. The primary also pings (WebSocket ping) and drops a
  *   connection that does not answer.
  * - standby → primary: `hello` once, first; `applied` after each successful apply.
+ * - A planned switchover has messages of its own (`switchover-*`, below), on a connection of its own.
  * - Unknown members are ignored (stripped), so adding a member is not a breaking change; a breaking
  *   change gets a new path (/v2/stream). The primary closes a connection that sends anything else than
  *   a valid standby message with 1008 (policy violation) and a reason naming the problem; a standby
@@ -98,6 +99,108 @@ export const appliedSchema = z.object({
   appliedAt: isoTime,
 });
 
+// ---------------------------------------------------------------------------------------------
+// Planned switchover (`tandem-standby switchover`), on a connection of its own
+// ---------------------------------------------------------------------------------------------
+//
+// standby → primary: `switchover-request` (as the first message instead of `hello`, so that the
+// standby daemon's own connection of the same standbyId is not replaced; after a hello it must name
+// the same standbyId), then `switchover-abort` or `switchover-done`.
+// primary → standby: `switchover-progress` at each step, then `switchover-ready` (the final set is
+// committed and the primary holds: writes stopped, no backups) or `switchover-failed`; after an
+// abort or the hold timeout `switchover-resumed`; after `switchover-done` a `switchover-progress`
+// of step "fenced" and the 4003 close every connection of a fenced primary gets.
+
+/*
+ * Step names (the `step` of progress, failed and abort messages, the logs and the primary's /status):
+ * primary: accepted, wait-for-backup, stop-writes, writes-stopped, final-backup,
+ * final-backup-committed, hold, resume, fenced; a refusal is step "request". standby (abort):
+ * wait-for-ready, apply, promote. Free-form on the wire, so that a newer peer's steps still parse.
+ */
+const requestId = z.string().regex(/^[A-Za-z0-9-]{8,64}$/, 'expected a request id: 8-64 letters, digits or "-"');
+/** A step name; free-form (lowercase and "-") so that a newer peer's steps still parse. */
+const step = z.string().regex(/^[a-z][a-z-]{0,39}$/, 'expected a step name such as "final-backup"');
+const text = (max: number) => z.string().max(max);
+
+export const switchoverRequestSchema = z.object({
+  type: z.literal('switchover-request'),
+  requestId,
+  site,
+  standbyId,
+  /** How long the primary may hold (writes stopped, no backups) for this standby; the primary caps it. */
+  timeoutSeconds: z.number().int().min(1).max(86_400),
+});
+
+export const switchoverAbortSchema = z.object({
+  type: z.literal('switchover-abort'),
+  requestId,
+  /** The step that failed on the standby ("apply", "promote" ...). */
+  step,
+  error: text(4000),
+});
+
+export const switchoverDoneSchema = z.object({
+  type: z.literal('switchover-done'),
+  requestId,
+  /** The epoch the standby raised epoch.json to. */
+  epoch,
+});
+
+export const switchoverProgressSchema = z.object({
+  type: z.literal('switchover-progress'),
+  requestId,
+  step,
+  /** One line for the operator. */
+  detail: text(1000),
+  /** The final set, once it is committed. */
+  setId: setId.nullable(),
+  at: isoTime,
+});
+
+export const switchoverReadySchema = z.object({
+  type: z.literal('switchover-ready'),
+  requestId,
+  /** The final set: apply exactly this one, then promote. */
+  setId,
+  epoch,
+  /** Since when the primary holds, and for how long at most (the capped timeout). */
+  heldSince: isoTime,
+  holdSeconds: z.number().int().positive(),
+});
+
+export const switchoverFailedSchema = z.object({
+  type: z.literal('switchover-failed'),
+  requestId,
+  step,
+  error: text(4000),
+  /**
+   * The primary afterwards: "unchanged" (refused before anything changed), "resumed" (onResume ran;
+   * it keeps running as primary), "resume-failed" (onResume failed: the site's writes may still be
+   * stopped), "fenced" (a higher epoch exists).
+   */
+  primary: z.enum(['unchanged', 'resumed', 'resume-failed', 'fenced']),
+});
+
+export const switchoverResumedSchema = z.object({
+  type: z.literal('switchover-resumed'),
+  requestId,
+  /** Why the switchover was called off. */
+  reason: text(4000),
+  onResume: z.enum(['ok', 'failed']),
+  error: text(4000).nullable(),
+});
+
+export type SwitchoverRequest = z.infer<typeof switchoverRequestSchema>;
+export type SwitchoverAbort = z.infer<typeof switchoverAbortSchema>;
+export type SwitchoverDone = z.infer<typeof switchoverDoneSchema>;
+export type SwitchoverProgress = z.infer<typeof switchoverProgressSchema>;
+export type SwitchoverReady = z.infer<typeof switchoverReadySchema>;
+export type SwitchoverFailed = z.infer<typeof switchoverFailedSchema>;
+export type SwitchoverResumed = z.infer<typeof switchoverResumedSchema>;
+/** Switchover messages of each direction. */
+export type SwitchoverPrimaryMessage = SwitchoverProgress | SwitchoverReady | SwitchoverFailed | SwitchoverResumed;
+export type SwitchoverStandbyMessage = SwitchoverRequest | SwitchoverAbort | SwitchoverDone;
+
 export type PrimaryHello = z.infer<typeof primaryHelloSchema>;
 export type SetCommitted = z.infer<typeof setCommittedSchema>;
 export type PrimaryHeartbeatMessage = z.infer<typeof primaryHeartbeatMessageSchema>;
@@ -109,12 +212,31 @@ export type PrimaryMessage = PrimaryHello | SetCommitted | PrimaryHeartbeatMessa
 /** What a standby sends. */
 export type StandbyMessage = StandbyHello | AppliedMessage;
 
-export type Direction = 'primary-to-standby' | 'standby-to-primary';
+/**
+ * The switchover messages are directions of their own ('switchover-to-primary',
+ * 'switchover-to-standby'): a push client parsing 'primary-to-standby' still sees them as unknown
+ * types (and ignores them), and the existing message unions stay as they are. The primary parses a
+ * frame as 'standby-to-primary' first and, for an unknown type, as 'switchover-to-primary'.
+ */
+export type Direction = 'primary-to-standby' | 'standby-to-primary' | 'switchover-to-primary' | 'switchover-to-standby';
 
 const SCHEMAS = {
   'primary-to-standby': { hello: primaryHelloSchema, 'set-committed': setCommittedSchema, heartbeat: primaryHeartbeatMessageSchema },
   'standby-to-primary': { hello: standbyHelloSchema, applied: appliedSchema },
+  'switchover-to-primary': {
+    'switchover-request': switchoverRequestSchema,
+    'switchover-abort': switchoverAbortSchema,
+    'switchover-done': switchoverDoneSchema,
+  },
+  'switchover-to-standby': {
+    'switchover-progress': switchoverProgressSchema,
+    'switchover-ready': switchoverReadySchema,
+    'switchover-failed': switchoverFailedSchema,
+    'switchover-resumed': switchoverResumedSchema,
+  },
 } as const;
+
+type AnyMessage = PrimaryMessage | StandbyMessage | SwitchoverPrimaryMessage | SwitchoverStandbyMessage;
 
 type RawFrame = string | Buffer | ArrayBuffer | Buffer[] | Uint8Array;
 
@@ -143,8 +265,10 @@ function firstIssue(err: z.ZodError): string {
  */
 export function parseMessage(raw: RawFrame, direction: 'primary-to-standby'): PrimaryMessage;
 export function parseMessage(raw: RawFrame, direction: 'standby-to-primary'): StandbyMessage;
-export function parseMessage(raw: RawFrame, direction: Direction): PrimaryMessage | StandbyMessage;
-export function parseMessage(raw: RawFrame, direction: Direction): PrimaryMessage | StandbyMessage {
+export function parseMessage(raw: RawFrame, direction: 'switchover-to-primary'): SwitchoverStandbyMessage;
+export function parseMessage(raw: RawFrame, direction: 'switchover-to-standby'): SwitchoverPrimaryMessage;
+export function parseMessage(raw: RawFrame, direction: Direction): AnyMessage;
+export function parseMessage(raw: RawFrame, direction: Direction): AnyMessage {
   const bytes = frameBytes(raw);
   if (bytes.length > MAX_FRAME_BYTES) {
     throw protocolError('PROTOCOL_FRAME_TOO_LARGE', `message of ${bytes.length} bytes exceeds the ${MAX_FRAME_BYTES}-byte limit`);
@@ -167,13 +291,15 @@ export function parseMessage(raw: RawFrame, direction: Direction): PrimaryMessag
   }
   const r = schemas[type]!.safeParse(value);
   if (!r.success) throw protocolError('PROTOCOL_INVALID', `invalid "${type}" message: ${firstIssue(r.error)}`);
-  return r.data as PrimaryMessage | StandbyMessage;
+  return r.data as AnyMessage;
 }
 
 /** Validate an outgoing message and serialise it; an invalid one is a bug on the sending side. */
 export function encodeMessage(msg: PrimaryMessage, direction: 'primary-to-standby'): string;
 export function encodeMessage(msg: StandbyMessage, direction: 'standby-to-primary'): string;
-export function encodeMessage(msg: PrimaryMessage | StandbyMessage, direction: Direction): string {
+export function encodeMessage(msg: SwitchoverStandbyMessage, direction: 'switchover-to-primary'): string;
+export function encodeMessage(msg: SwitchoverPrimaryMessage, direction: 'switchover-to-standby'): string;
+export function encodeMessage(msg: AnyMessage, direction: Direction): string {
   const schemas = SCHEMAS[direction] as Record<string, z.ZodType>;
   const schema = schemas[msg.type];
   const r = schema?.safeParse(msg);

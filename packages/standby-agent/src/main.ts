@@ -3,11 +3,14 @@ import { TOOL_VERSION, main } from '@tandem/shared';
 import { applyCommand } from './commands/apply.js';
 import { decryptCommand } from './commands/decrypt.js';
 import { promoteCommand } from './commands/promote.js';
+import { runCommand } from './commands/run.js';
+import { statusCommand } from './commands/status.js';
+import { switchoverCommand } from './commands/switchover.js';
 import { verifyCommand } from './commands/verify.js';
 
 main({
   bin: 'tandem-standby',
   version: TOOL_VERSION,
   description: 'keeps a standby site equal to the newest committed backup set, and promotes it',
-  commands: [applyCommand, verifyCommand, decryptCommand, promoteCommand],
+  commands: [runCommand, statusCommand, applyCommand, verifyCommand, decryptCommand, promoteCommand, switchoverCommand],
 });

@@ -13,6 +13,7 @@ import {
   createAgeEncryptStream,
   createTarStream,
   databaseName,
+  faultPoint,
   layout,
   loadRecipients,
   loadSigningKeyFile,
@@ -156,7 +157,9 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       const stages: Duplex[] = [zstdCompress({ level: config.compression.level, threads: config.compression.threads })];
       if (keys.recipients) stages.push(createAgeEncryptStream(keys.recipients));
       uploaded.push(key);
-      const r = await uploadArtifact({ filestore: fs, key, source: artifactSource(name, config, log), stages, signal: opts.signal });
+      faultPoint(`before-artifact:${name}`);
+      const r = await uploadArtifact({ filestore: fs, key, name, source: artifactSource(name, config, log), stages, signal: opts.signal });
+      faultPoint(`after-artifact:${name}`);
       durations[name] = round((performance.now() - t) / 1000);
       artifacts.push({
         name,
@@ -192,8 +195,11 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     opts.signal?.throwIfAborted();
     await checkFence();
     uploaded.push(layout.manifest(config.site, setId));
+    faultPoint('before-manifest');
     await fs.putBuffer(layout.manifest(config.site, setId), manifestBytes, { contentType: 'application/json' });
+    faultPoint('manifest-written');
     await checkFence();
+    faultPoint('before-latest');
     await fs.putBuffer(
       layout.latest(config.site),
       signLatest(
@@ -212,12 +218,14 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       ),
       { contentType: 'application/json' },
     );
+    faultPoint('latest-written');
     durations.commit = round((performance.now() - tc) / 1000);
     durations.total = round((performance.now() - t0) / 1000);
     const storedBytes = artifacts.reduce((n, a) => n + a.storedSize, 0);
     log.info({ seconds: durations.total, storedBytes }, 'backup committed');
     const result: BackupResult = { setId, site: config.site, epoch: epoch.epoch, createdAt: manifest.createdAt, artifacts, durations, storedBytes };
     await writeFileAtomic(join(config.stateDir, 'last-backup.json'), JSON.stringify({ outcome: 'ok', at: now().toISOString(), ...result }, null, 2));
+    faultPoint('recorded');
     await removeLeftovers(fs, config.site, setId, log);
     return result;
   } catch (err) {

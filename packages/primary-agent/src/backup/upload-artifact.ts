@@ -1,6 +1,6 @@
 import { PassThrough, Transform, type Readable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { HashCounter, type Filestore } from '@tandem/shared';
+import { HashCounter, faultByteTrigger, type Filestore } from '@tandem/shared';
 
 export interface UploadedArtifact {
   storedSize: number;
@@ -25,6 +25,8 @@ class ByteCounter extends Transform {
 export async function uploadArtifact(opts: {
   filestore: Filestore;
   key: string;
+  /** The artifact's name, for the crash tests' byte trigger (TANDEM_FAULT_KILL_AT=upload:<name>:<bytes>). */
+  name: string;
   source: Readable;
   stages: Duplex[];
   signal?: AbortSignal;
@@ -41,8 +43,10 @@ export async function uploadArtifact(opts: {
   const onOuterAbort = () => ac.abort(opts.signal?.reason);
   opts.signal?.addEventListener('abort', onOuterAbort, { once: true });
   try {
-    const produce = pipeline([opts.source, plain, ...opts.stages, stored, body], { signal: ac.signal });
-    const consume = opts.filestore.put(opts.key, body, { signal: ac.signal });
+    // Crash tests only: a pass-through that kills the process once the filestore has taken N bytes.
+    const trigger = faultByteTrigger(`upload:${opts.name}`);
+    const produce = pipeline([opts.source, plain, ...opts.stages, stored, body, ...trigger], { signal: ac.signal });
+    const consume = opts.filestore.put(opts.key, trigger[0] ?? body, { signal: ac.signal });
     // Whichever side fails first stops the other, so a dead filestore does not leave pg_dump running.
     // Both sides are awaited to the end so that cleanup (tmp files, aborted uploads) is finished
     // before the caller reports; the first failure is the one reported.

@@ -31,6 +31,7 @@ import { DaemonMetrics } from './metrics.js';
 import { Scheduler, systemClock, type Clock, type DueReason } from './scheduler.js';
 import { DaemonServer } from './server.js';
 import { StandbyHub, type LatestKnown } from './standbys.js';
+import { SwitchoverCoordinator } from './switchover.js';
 
 /**
  * `tandem-primary run`: the always-on primary agent.
@@ -46,8 +47,10 @@ import { StandbyHub, type LatestKnown } from './standbys.js';
  *   latest.json (a set committed by a `--local` run is pushed too), then writes heartbeat.json.
  * - Filestore errors are logged, counted (tandem_filestore_errors_total) and retried on the next tick
  *   or run; nothing a standby sends can stop the daemon.
+ * - A planned switchover (`tandem-standby switchover`, switchover.ts): onFenced, a final backup, a
+ *   hold without backups; it ends fenced (the standby promoted) or called off (onResume).
  */
-export type Trigger = DueReason | 'request';
+export type Trigger = DueReason | 'request' | 'switchover';
 
 export interface LastRun {
   outcome: 'ok' | 'failed' | 'aborted';
@@ -72,6 +75,8 @@ export interface DaemonOptions {
   helloTimeoutMs?: number;
   /** Delays of the retries after a failed scheduled run (default 1 min, 5 min, 15 min). */
   retryDelaysMs?: number[];
+  /** onFenced/onResume of a switchover are killed after this long (default 5 min). */
+  switchoverHookTimeoutMs?: number;
 }
 
 interface Running {
@@ -102,6 +107,10 @@ export class PrimaryDaemon {
   private readonly hub: StandbyHub;
   private readonly server: DaemonServer;
   private readonly scheduler: Scheduler;
+  /** The primary's half of a planned switchover (switchover.ts). */
+  readonly switchover: SwitchoverCoordinator;
+  /** A run that came due while a switchover held: run once it is called off. */
+  private skippedDue: DueReason | null = null;
 
   private epoch: number | null = null;
   private latest: Latest | null = null;
@@ -132,6 +141,23 @@ export class PrimaryDaemon {
     this.retryDelays = opts.retryDelaysMs ?? [60_000, 300_000, 900_000];
     this.signingKey = loadSigningKeyFile(opts.config.keys.signingKeyFile, opts.logger);
     this.verifyKey = createPublicKey(this.signingKey);
+    this.switchover = new SwitchoverCoordinator({
+      config: opts.config,
+      logger: opts.logger,
+      clock: this.clock,
+      epoch: () => this.epoch,
+      isFenced: () => this.fenced !== null,
+      isStopping: () => this.stopping,
+      runningBackup: () => this.running,
+      finalBackup: () => this.backupNow('switchover'),
+      recheckEpoch: async () => {
+        await this.checkEpoch();
+        return this.fenced !== null;
+      },
+      resumed: () => this.afterSwitchoverCalledOff(),
+      setHeld: (held) => this.metrics.switchoverHeld.set(held ? 1 : 0),
+      hookTimeoutMs: opts.switchoverHookTimeoutMs,
+    });
     this.hub = new StandbyHub({
       site: opts.config.site,
       logger: opts.logger.child({ component: 'stream' }),
@@ -141,6 +167,7 @@ export class PrimaryDaemon {
       onApplied: (e) => this.applied.set(e.standbyId, { standbyId: e.standbyId, setId: e.setId, appliedAt: new Date(e.appliedAt) }),
       pingIntervalMs: opts.pingIntervalMs,
       helloTimeoutMs: opts.helloTimeoutMs,
+      switchover: this.switchover,
     });
     this.metrics = new DaemonMetrics({
       standbys: () => this.hub.list().map((s) => ({ standbyId: s.standbyId ?? '?', lagSeconds: s.lagSeconds })),
@@ -185,6 +212,7 @@ export class PrimaryDaemon {
     // Serve first (health checks, status), then look at the filestore, which may be slow or down.
     this.listenAddress = await this.server.listen(config.server.listen);
     await writeDaemonInfo(config.stateDir, { pid: process.pid, listen: this.listenAddress, startedAt: this.startedAt.toISOString(), site: config.site });
+    await this.switchover.recover(); // a hold a stopped daemon left: before the epoch check, which may end it
     await this.filestoreOp('reading epoch.json and latest.json at start-up', () => this.refreshFromFilestore());
 
     this.heartbeatTimer = setInterval(() => void this.tick(), config.heartbeatInterval);
@@ -220,6 +248,7 @@ export class PrimaryDaemon {
       this.log.info({ reason }, 'shutting down');
       this.scheduler.stop();
       if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+      await this.switchover.stop();
       const running = this.running;
       if (running) {
         this.log.warn({ trigger: running.trigger }, 'aborting the running backup; nothing of it will be committed');
@@ -284,6 +313,11 @@ export class PrimaryDaemon {
   // -------------------------------------------------------------------------------------------
 
   private due(reason: DueReason, scheduledAt: Date): void {
+    if (this.switchover.holding()) {
+      this.skippedDue ??= reason;
+      this.log.info({ reason, scheduledAt: scheduledAt.toISOString() }, `backup due, but a switchover holds the primary: deferred until it ends (${this.switchover.describeHold()})`);
+      return;
+    }
     if (this.running) {
       this.log.info({ reason, scheduledAt: scheduledAt.toISOString(), running: this.running.trigger }, 'backup due, but one is already running: skipped');
       return;
@@ -296,6 +330,13 @@ export class PrimaryDaemon {
   backupNow(trigger: Trigger): Promise<BackupResult> {
     if (this.stopping) return Promise.reject(new TandemError('transient', 'SHUTTING_DOWN', 'the daemon is shutting down; no new backup is started'));
     if (this.fenced) return Promise.reject(this.fencedError());
+    if (trigger !== 'switchover' && this.switchover.holding()) {
+      return Promise.reject(
+        new TandemError('busy', 'SWITCHOVER_HOLD', `no backup of site "${this.config.site}" now: ${this.switchover.describeHold()}`, {
+          hint: 'the switchover ends with this primary fenced or resumed; /status shows it',
+        }),
+      );
+    }
     if (this.running) {
       const r = this.running;
       return Promise.reject(
@@ -406,7 +447,7 @@ export class PrimaryDaemon {
       this.fence(null, describeError(err));
       return;
     }
-    if (trigger !== 'request' && kind !== 'config' && kind !== 'integrity' && this.retryAttempt < this.retryDelays.length) {
+    if (trigger !== 'request' && trigger !== 'switchover' && kind !== 'config' && kind !== 'integrity' && this.retryAttempt < this.retryDelays.length) {
       const at = this.scheduler.retryAfter(this.retryDelays[this.retryAttempt]!);
       this.retryAttempt++;
       if (at) this.log.info({ retryAt: at.toISOString(), attempt: this.retryAttempt }, 'the failed backup will be retried');
@@ -520,7 +561,7 @@ export class PrimaryDaemon {
     } catch (err) {
       if (!isTandemError(err, 'fenced')) throw err;
       const current = await readEpoch(this.fs, this.config.site).catch(() => null);
-      this.fence(current?.doc.epoch ?? null, err.message);
+      this.fence(current?.doc.epoch ?? null, err.message, current?.doc.primaryHost ?? null);
     }
   }
 
@@ -558,19 +599,24 @@ export class PrimaryDaemon {
     });
   }
 
-  private fence(filestoreEpoch: number | null, why: string): void {
+  private fence(filestoreEpoch: number | null, why: string, newPrimary: string | null = null): void {
     if (this.fenced) return;
     this.fenced = { filestoreEpoch, at: this.clock.now().toISOString(), why };
     this.metrics.fenced.set(1);
     this.scheduler.stop();
     this.running?.ac.abort(this.fencedError());
     this.log.error({ epoch: this.epoch, filestoreEpoch, why }, 'FENCED: a higher epoch exists; this primary stops backing up and writing heartbeats');
+    // onFenced stopped the site's writes for a switchover already: it does not run twice.
+    const alreadyRan = this.switchover.onFencedRanForSwitchover();
+    this.switchover.fenced(newPrimary, why); // before the close, so the switchover's standby hears it
     this.hub.closeAll(CLOSE_CODES.fenced, 'this primary is fenced: a higher epoch exists');
     const cmd = this.config.onFenced;
-    if (cmd) {
+    if (cmd && alreadyRan) {
+      this.log.info({ onFenced: cmd }, 'onFenced is not run again: it ran for the switchover');
+    } else if (cmd) {
       const child = spawn('/bin/sh', ['-c', cmd], {
         stdio: ['ignore', 'ignore', 'pipe'],
-        env: { ...process.env, TANDEM_SITE: this.config.site, TANDEM_EPOCH: String(this.epoch ?? ''), TANDEM_FILESTORE_EPOCH: String(filestoreEpoch ?? '') },
+        env: { ...process.env, TANDEM_SITE: this.config.site, TANDEM_EPOCH: String(this.epoch ?? ''), TANDEM_FILESTORE_EPOCH: String(filestoreEpoch ?? ''), TANDEM_REASON: 'fenced' },
       });
       let stderr = '';
       child.stderr.on('data', (d: Buffer) => {
@@ -582,6 +628,15 @@ export class PrimaryDaemon {
         else this.log.error({ onFenced: cmd, code, signal, stderr: stderr.trim() }, 'onFenced failed');
       });
     }
+  }
+
+  /** A switchover was called off (or refused after it waited): run what came due meanwhile. */
+  private afterSwitchoverCalledOff(): void {
+    const reason = this.skippedDue;
+    this.skippedDue = null;
+    if (reason === null || this.fenced || this.stopping) return;
+    this.log.info({ reason }, 'running the backup that came due during the switchover');
+    this.due(reason, this.clock.now());
   }
 
   // -------------------------------------------------------------------------------------------
@@ -622,6 +677,7 @@ export class PrimaryDaemon {
       latest: this.latest,
       heartbeat: this.heartbeat,
       standbys: this.hub.list(),
+      switchover: this.switchover.status(),
     };
   }
 }

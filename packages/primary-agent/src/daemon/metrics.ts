@@ -21,6 +21,7 @@ export class DaemonMetrics {
   readonly filestoreErrorsTotal: Counter;
   readonly heartbeatTimestamp: Gauge;
   readonly fenced: Gauge;
+  readonly switchoverHeld: Gauge;
 
   constructor(live: { standbys(): StandbyLag[]; nextRunAt(): Date | null }) {
     const standbys = () => live.standbys();
@@ -71,6 +72,8 @@ export class DaemonMetrics {
     this.heartbeatTimestamp = new Gauge({ name: 'tandem_heartbeat_timestamp_seconds', help: 'Unix time of the last heartbeat.json written', registers });
     this.fenced = new Gauge({ name: 'tandem_fenced', help: '1 when this primary found a higher epoch in the filestore and stopped backing up', registers });
     this.fenced.set(0);
+    this.switchoverHeld = new Gauge({ name: 'tandem_switchover_held', help: '1 while a planned switchover holds this primary (site writes stopped by onFenced, no backups)', registers });
+    this.switchoverHeld.set(0);
     this.lastBackupSuccess.set(0);
     this.backupsTotal.inc({ outcome: 'ok' }, 0);
     this.backupsTotal.inc({ outcome: 'failed' }, 0);

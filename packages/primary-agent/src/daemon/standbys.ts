@@ -4,12 +4,17 @@ import {
   CLOSE_CODES,
   describeError,
   encodeMessage,
+  isTandemError,
   parseMessage,
   type Logger,
   type PrimaryHello,
   type PrimaryMessage,
+  type StandbyMessage,
+  type SwitchoverPrimaryMessage,
+  type SwitchoverStandbyMessage,
 } from '@tandem/shared';
 import type { Clock } from './scheduler.js';
+import type { SwitchoverCoordinator, SwitchoverPeer } from './switchover.js';
 
 /**
  * The standbys connected to /v1/stream: the handshake (the primary says hello, the standby must
@@ -51,6 +56,8 @@ interface Peer {
   appliedAt: string | null;
   alive: boolean;
   helloTimer: NodeJS.Timeout | null;
+  /** Set once the connection asked for a switchover (switchover.ts); such a connection is not listed as a standby. */
+  switchover: SwitchoverPeer | null;
 }
 
 export interface StandbyHubOptions {
@@ -64,6 +71,8 @@ export interface StandbyHubOptions {
   helloTimeoutMs?: number;
   /** Ping every (default 15 s); a peer that has not answered the previous ping is dropped. */
   pingIntervalMs?: number;
+  /** Where `switchover-*` messages go. */
+  switchover?: Pick<SwitchoverCoordinator, 'request' | 'abort' | 'done' | 'closed'>;
 }
 
 const closeReason = (s: string): string => (Buffer.byteLength(s) <= 120 ? s : `${Buffer.from(s).subarray(0, 117).toString('utf8')}...`);
@@ -88,6 +97,7 @@ export class StandbyHub {
       appliedAt: null,
       alive: true,
       helloTimer: null,
+      switchover: null,
     };
     this.peers.add(peer);
     const log = this.opts.logger.child({ peer: peer.remote });
@@ -109,14 +119,29 @@ export class StandbyHub {
       if (peer.helloTimer) clearTimeout(peer.helloTimer);
       this.peers.delete(peer);
       log.info({ standbyId: peer.standbyId, code, reason: reason.toString('utf8') }, 'standby disconnected from the push channel');
+      if (peer.switchover) this.opts.switchover?.closed(peer.switchover);
     });
     this.send(peer, this.opts.hello());
   }
 
   private receive(peer: Peer, data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
     if (isBinary) throw new Error('binary frames are not part of the protocol; send JSON text');
-    const msg = parseMessage(data, 'standby-to-primary');
+    let msg: StandbyMessage;
+    try {
+      msg = parseMessage(data, 'standby-to-primary');
+    } catch (err) {
+      if (!isTandemError(err) || err.code !== 'PROTOCOL_UNKNOWN_TYPE' || !this.opts.switchover) throw err;
+      let sw: SwitchoverStandbyMessage;
+      try {
+        sw = parseMessage(data, 'switchover-to-primary');
+      } catch (err2) {
+        throw isTandemError(err2) && err2.code === 'PROTOCOL_UNKNOWN_TYPE' ? err : err2;
+      }
+      this.receiveSwitchover(peer, sw);
+      return;
+    }
     if (msg.type === 'hello') {
+      if (peer.switchover !== null) throw new Error('hello on a switchover connection');
       if (peer.standbyId !== null) throw new Error('hello sent twice');
       if (msg.site !== this.opts.site) throw new Error(`wrong site "${msg.site}": this primary serves "${this.opts.site}"`);
       for (const other of this.peers) {
@@ -142,6 +167,32 @@ export class StandbyHub {
     this.opts.onApplied({ standbyId: msg.standbyId, setId: msg.setId, createdAt: msg.createdAt, appliedAt: msg.appliedAt });
   }
 
+  /**
+   * `switchover-request` may come first instead of a hello (a connection of its own: the standby
+   * daemon's connection of the same standbyId stays); after a hello it must name the same standbyId.
+   */
+  private receiveSwitchover(peer: Peer, msg: SwitchoverStandbyMessage): void {
+    const handler = this.opts.switchover!;
+    if (msg.type === 'switchover-request') {
+      if (peer.switchover !== null) throw new Error('switchover-request sent twice on one connection');
+      if (peer.standbyId !== null && msg.standbyId !== peer.standbyId) {
+        throw new Error(`"switchover-request" names standby "${msg.standbyId}", but this connection said hello as "${peer.standbyId}"`);
+      }
+      if (peer.helloTimer) clearTimeout(peer.helloTimer);
+      peer.helloTimer = null;
+      peer.switchover = {
+        remote: peer.remote,
+        send: (m) => this.send(peer, m),
+        isOpen: () => peer.ws.readyState === WebSocket.OPEN,
+      };
+      handler.request(peer.switchover, msg);
+      return;
+    }
+    if (peer.switchover === null) throw new Error(`"${msg.type}" before "switchover-request"`);
+    if (msg.type === 'switchover-abort') handler.abort(peer.switchover, msg);
+    else handler.done(peer.switchover, msg);
+  }
+
   private reject(peer: Peer, why: string): void {
     this.opts.logger.warn({ peer: peer.remote, standbyId: peer.standbyId, problem: why }, 'closing a standby connection: protocol violation');
     if (peer.helloTimer) clearTimeout(peer.helloTimer);
@@ -151,11 +202,11 @@ export class StandbyHub {
     setTimeout(() => peer.ws.terminate(), 5_000).unref();
   }
 
-  private send(peer: Peer, msg: PrimaryMessage): void {
+  private send(peer: Peer, msg: PrimaryMessage | SwitchoverPrimaryMessage): void {
     if (peer.ws.readyState !== WebSocket.OPEN) return;
     let text: string;
     try {
-      text = encodeMessage(msg, 'primary-to-standby');
+      text = msg.type.startsWith('switchover-') ? encodeMessage(msg as SwitchoverPrimaryMessage, 'switchover-to-standby') : encodeMessage(msg as PrimaryMessage, 'primary-to-standby');
     } catch (err) {
       this.opts.logger.error({ err: describeError(err), type: msg.type }, 'not sending an invalid message (a bug)');
       return;

@@ -11,7 +11,7 @@ import { S3RVER_CREDENTIALS, type S3rverHandle, s3rverFilestoreUrl, startS3rver 
 import { TandemError, isTandemError } from '../errors.js';
 import { DirFilestore, fsError } from './dir-filestore.js';
 import type { Filestore } from './filestore.js';
-import { openFilestore, parseFilestoreUrl } from './open.js';
+import { describeFilestoreLocation, openFilestore, parseFilestoreUrl } from './open.js';
 
 const MiB = 1024 * 1024;
 
@@ -555,6 +555,23 @@ describe('parseFilestoreUrl', () => {
     expect(
       parseFilestoreUrl('s3://b12/?endpoint=http://127.0.0.1:9000&checksums=when-required&conditionalWrites=emulated'),
     ).toMatchObject({ bucket: 'b12', prefix: '', endpoint: 'http://127.0.0.1:9000', forcePathStyle: true, checksums: 'when-required' });
+  });
+
+  it('takes request tuning (attempts, connect and idle timeouts) from the URL, and describes it back', () => {
+    const url = 's3://b12/p/?endpoint=http://127.0.0.1:9000&maxAttempts=3&connectTimeoutMs=500&idleTimeoutMs=1500';
+    const loc = parseFilestoreUrl(url);
+    expect(loc).toMatchObject({ maxAttempts: 3, connectTimeoutMs: 500, idleTimeoutMs: 1500 });
+    expect(parseFilestoreUrl(describeFilestoreLocation(loc))).toEqual(loc);
+    expect(parseFilestoreUrl('s3://b12/p/')).not.toHaveProperty('idleTimeoutMs');
+  });
+
+  it.each([
+    ['s3://bucket/x?idleTimeoutMs=fast', /idleTimeoutMs="fast" is not valid/],
+    ['s3://bucket/x?idleTimeoutMs=10', /idleTimeoutMs="10" is not valid/],
+    ['s3://bucket/x?maxAttempts=0', /maxAttempts="0" is not valid/],
+    ['s3://bucket/x?connectTimeoutMs=1e3', /connectTimeoutMs="1e3" is not valid/],
+  ])('rejects bad tuning %s', (url, message) => {
+    expect(() => parseFilestoreUrl(url)).toThrow(message);
   });
 
   it.each([

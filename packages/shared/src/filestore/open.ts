@@ -17,6 +17,10 @@ export type FilestoreLocation =
       forcePathStyle: boolean;
       checksums: 'when-supported' | 'when-required';
       conditionalWrites: 'native' | 'emulated';
+      /** Request tuning from the URL (see S3_TUNING); absent when not given. */
+      maxAttempts?: number;
+      connectTimeoutMs?: number;
+      idleTimeoutMs?: number;
     };
 
 export interface OpenFilestoreOptions {
@@ -34,7 +38,23 @@ const S3_OPTIONS: Record<string, readonly string[] | null> = {
   forcePathStyle: ['true', 'false'],
   checksums: ['when-supported', 'when-required'],
   conditionalWrites: ['native', 'emulated'],
+  maxAttempts: null,
+  connectTimeoutMs: null,
+  idleTimeoutMs: null,
 };
+
+/**
+ * Request tuning in the URL, for an agent whose config has only the URL: attempts per request
+ * including the first (default 4; the SDK retries timeouts, 5xx, throttling and resets with
+ * exponential backoff), the TCP connect timeout (default 10 s), and how long a socket may stay
+ * idle mid-request before the request fails and is retried (default 60 s): what ends a stalled
+ * transfer.
+ */
+const S3_TUNING = {
+  maxAttempts: { min: 1, max: 20 },
+  connectTimeoutMs: { min: 100, max: 600_000 },
+  idleTimeoutMs: { min: 100, max: 3_600_000 },
+} as const;
 
 const EXAMPLES = 'file:///var/backups/tandem or s3://bucket/prefix';
 
@@ -127,6 +147,16 @@ function parseS3Url(url: string, fail: (why: string, hint?: string) => never): F
     }
     if (e.username !== '' || e.password !== '') return fail('credentials do not belong in the endpoint URL');
   }
+  const tuning: { maxAttempts?: number; connectTimeoutMs?: number; idleTimeoutMs?: number } = {};
+  for (const [name, { min, max }] of Object.entries(S3_TUNING) as [keyof typeof S3_TUNING, { min: number; max: number }][]) {
+    const raw = seen.get(name);
+    if (raw === undefined) continue;
+    const n = /^[0-9]+$/.test(raw) ? Number(raw) : NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max) {
+      return fail(`option ${name}=${JSON.stringify(raw)} is not valid`, `${name} is a whole number from ${min} to ${max}`);
+    }
+    tuning[name] = n;
+  }
   const region = seen.get('region');
   if (region !== undefined && !/^[a-z0-9-]+$/.test(region)) {
     return fail(`option region=${JSON.stringify(region)} is not a region name`, 'e.g. region=us-east-1');
@@ -141,6 +171,7 @@ function parseS3Url(url: string, fail: (why: string, hint?: string) => never): F
     forcePathStyle: (seen.get('forcePathStyle') ?? String(endpoint !== undefined)) === 'true',
     checksums: (seen.get('checksums') ?? 'when-supported') as 'when-supported' | 'when-required',
     conditionalWrites: (seen.get('conditionalWrites') ?? 'native') as 'native' | 'emulated',
+    ...tuning,
   };
 }
 
@@ -154,6 +185,7 @@ export function describeFilestoreLocation(loc: FilestoreLocation): string {
   if (loc.forcePathStyle !== (loc.endpoint !== undefined)) q.push(`forcePathStyle=${loc.forcePathStyle}`);
   if (loc.checksums !== 'when-supported') q.push(`checksums=${loc.checksums}`);
   if (loc.conditionalWrites !== 'native') q.push(`conditionalWrites=${loc.conditionalWrites}`);
+  for (const name of Object.keys(S3_TUNING) as (keyof typeof S3_TUNING)[]) if (loc[name] !== undefined) q.push(`${name}=${loc[name]}`);
   return `s3://${loc.bucket}/${loc.prefix}${q.length ? `?${q.join('&')}` : ''}`;
 }
 

@@ -5,6 +5,7 @@ import {
   TandemError,
   createAgeDecryptStream,
   describeError,
+  faultByteTrigger,
   isNotFound,
   isTandemError,
   layout,
@@ -75,7 +76,8 @@ export async function streamArtifact(
     );
   }
   const hash = new HashCounter();
-  const stages: Duplex[] = [hash];
+  // Crash tests only: TANDEM_FAULT_KILL_AT=download:<artifact>:<bytes> kills once that many stored bytes arrived.
+  const stages: Duplex[] = [hash, ...faultByteTrigger(`download:${entry.name}`)];
   if (tee) stages.push(teeTo(tee));
   if (entry.encryption === 'age') stages.push(createAgeDecryptStream(src.identities, { label }));
   stages.push(zstdDecompress());

@@ -28,6 +28,7 @@ export async function finishApply(config: StandbyConfig, journal: Journal, logge
       epoch: journal.epoch,
       seq: journal.seq,
       createdAt: journal.createdAt,
+      committedAt: journal.committedAt ?? null,
       appliedAt: new Date().toISOString(),
       bytes: journal.bytes,
       durations: { ...journal.durations, total: Math.round(performance.now() - t0) / 1000 },

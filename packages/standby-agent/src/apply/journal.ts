@@ -21,6 +21,8 @@ export interface Journal {
   epoch: number;
   seq: number;
   createdAt: string;
+  /** When latest.json committed the set (null: applied by name, not through latest.json). Absent in older journals. */
+  committedAt?: string | null;
   bytes: number;
   phase: 'staging' | 'switching';
   startedAt: string;

@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { TandemError, type Logger } from '@tandem/shared';
+import { faultPoint } from './fault.js';
 
 /** Output kept from the restart command for messages and logs: its tail is what explains a failure. */
 const MAX_OUTPUT = 16 * 1024;
@@ -33,6 +34,7 @@ export async function runRestart(
   };
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
+  faultPoint('restart-running');
   const timer = setTimeout(() => child.kill('SIGKILL'), TIMEOUT_MS);
   const { code, signal } = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
     child.once('error', reject);

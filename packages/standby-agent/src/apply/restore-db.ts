@@ -5,6 +5,7 @@ import {
   TandemError,
   createAgeDecryptStream,
   describeError,
+  faultByteTrigger,
   isTandemError,
   spawnFilter,
   spawnSource,
@@ -15,6 +16,7 @@ import {
   type Logger,
   type StandbyConfig,
 } from '@tandem/shared';
+import { faultPoint } from './fault.js';
 import { dropDatabase, withMaintenance } from './pg.js';
 import type { StagedDb } from './stage.js';
 import type { Names } from './targets.js';
@@ -34,6 +36,7 @@ export async function restoreDatabase(
 ): Promise<number> {
   const t0 = performance.now();
   await createNext(config, names, opts.logger);
+  faultPoint('restore-db-created');
   try {
     await runPgRestore(config, names, staged, opts);
   } catch (err) {
@@ -86,11 +89,14 @@ async function runPgRestore(
   opts.logger.info({ database: names.next, jobs }, 'pg_restore started');
   // pg_restore writes nothing to stdout with -d; its stream ends only after it exited 0.
   const restore = staged.form === 'plain' ? spawnSource(bin, args, spawnOpts) : spawnFilter(bin, args, spawnOpts);
+  faultPoint('restore-started');
   const stages: Array<NodeJS.ReadableStream | NodeJS.ReadWriteStream | NodeJS.WritableStream> = [];
   if (staged.form === 'stored') {
     stages.push(createReadStream(staged.file));
     if (staged.entry.encryption === 'age') stages.push(createAgeDecryptStream(opts.identities, { label: staged.file }));
     stages.push(zstdDecompress());
+    // Crash tests only: TANDEM_FAULT_KILL_AT=restore:db:<bytes> kills while pg_restore reads its input.
+    stages.push(...faultByteTrigger('restore:db'));
   }
   try {
     await pipeline([...stages, restore, new Writable({ write: (_chunk, _enc, cb) => cb() })]);

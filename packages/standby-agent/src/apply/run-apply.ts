@@ -64,7 +64,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
   const lock = await acquireLock(stateFiles(config.stateDir).lock, 'apply', `an apply or promote of site "${config.site}"`);
   try {
     const recovered = await recover(config, logger);
-    const { manifest } = await resolveSet(fs, config.site, verifyKey, opts.setId);
+    const { manifest, latest } = await resolveSet(fs, config.site, verifyKey, opts.setId);
     const log = logger.child({ site: config.site, setId: manifest.setId });
     const applied = await readApplied(config.stateDir);
     const decision = decide(manifest, applied, { named: opts.setId !== undefined, allowOlder: opts.allowOlder === true, force: opts.force === true });
@@ -85,6 +85,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
       epoch: manifest.epoch,
       seq: manifest.seq,
       createdAt: manifest.createdAt,
+      committedAt: latest?.committedAt ?? null,
       bytes: manifest.artifacts.reduce((n, a) => n + a.storedSize, 0),
       phase: 'staging',
       startedAt: new Date().toISOString(),

@@ -8,12 +8,13 @@ import { exists } from './swap-dirs.js';
 export interface Sentinel {
   mode: 'backup';
   site: string;
-  setId: string;
+  /** The set being applied when the sentinel was written; null when `tandem-standby run` wrote it at start. */
+  setId: string | null;
   since: string;
 }
 
 /** Writes the sentinel unless one is there already; returns whether it wrote one. */
-export async function ensureSentinel(file: string, site: string, setId: string, now = new Date()): Promise<boolean> {
+export async function ensureSentinel(file: string, site: string, setId: string | null, now = new Date()): Promise<boolean> {
   if (await exists(file)) return false;
   const doc: Sentinel = { mode: 'backup', site, setId, since: now.toISOString() };
   // Readable by the site (it only has to see that the file exists), written like every state file.

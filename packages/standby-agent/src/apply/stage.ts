@@ -65,7 +65,9 @@ const discard = async (plain: Readable): Promise<void> => {
   for await (const _ of plain);
 };
 
-const toFile = (file: string) => (plain: Readable) => pipeline(plain, createWriteStream(file, { flags: 'wx', mode: 0o600 }));
+// A large buffer lets the write stream gather zstd's output into few big writes (it implements writev).
+const toFile = (file: string) => (plain: Readable) =>
+  pipeline(plain, createWriteStream(file, { flags: 'wx', mode: 0o600, highWaterMark: 4 << 20 }));
 
 export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   const { manifest, targets, stagingDir, logger } = opts;

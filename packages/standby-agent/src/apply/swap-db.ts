@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TandemError, type Logger, type StandbyConfig } from '@tandem/shared';
+import { faultPoint } from './fault.js';
 import { databaseExists, dropDatabase, withMaintenance, type PgClient } from './pg.js';
 import type { Names } from './targets.js';
 
@@ -32,6 +33,7 @@ export async function swapDatabase(config: StandbyConfig, names: Names, logger: 
       return 'first';
     }
     await c.query(`ALTER DATABASE ${q(names.live)} WITH ALLOW_CONNECTIONS false`);
+    faultPoint('db-blocked');
     try {
       for (let attempt = 1; ; attempt++) {
         const ended = await endSessions(c, names.live);

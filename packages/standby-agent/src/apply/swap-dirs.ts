@@ -25,7 +25,12 @@ export async function exists(p: string): Promise<boolean> {
  *   next missing, live present        → already done
  *   live missing, next present        → the first rename happened (or first apply): finish
  */
-export async function swapDir(names: Names, prepare?: (live: string, next: string) => Promise<void>): Promise<DirSwapOutcome> {
+export async function swapDir(
+  names: Names,
+  prepare?: (live: string, next: string) => Promise<void>,
+  /** Called between the two renames (the crash tests' fault point). */
+  between?: () => void,
+): Promise<DirSwapOutcome> {
   if (!(await exists(names.next))) {
     if (await exists(names.live)) return 'already';
     throw new TandemError('internal', 'DIR_SWAP_LOST', `neither ${names.live} nor the staged ${names.next} exists`, {
@@ -37,6 +42,7 @@ export async function swapDir(names: Names, prepare?: (live: string, next: strin
     await rm(names.old, { recursive: true, force: true }); // a leftover of an earlier apply's cleanup
     await prepare?.(names.live, names.next);
     await rename(names.live, names.old);
+    between?.();
     outcome = 'swapped';
   }
   await rename(names.next, names.live);

@@ -27,12 +27,13 @@ export async function switchParts(config: StandbyConfig, journal: Journal, logge
 function switchPart(config: StandbyConfig, journal: Journal, part: PartName, logger: Logger) {
   if (part === 'db') return swapDatabase(config, journal.targets.db, logger);
   const names = journal.targets.dirs[part];
-  if (part !== 'config') return swapDir(names);
+  const between = () => faultPoint(`${part}-moved-aside`);
+  if (part !== 'config') return swapDir(names, undefined, between);
   const sentinel = relativeInside(config.paths.config, config.paths.sentinel);
   return swapDir(names, async (live, next) => {
     const kept = await carryOver(live, next, { globs: config.config.preserve, paths: sentinel ? [sentinel] : [] });
     if (kept.length > 0) logger.info({ kept }, "kept the standby's own config files");
-  });
+  }, between);
 }
 
 /** Removes what an apply made beside the live site; best effort, each failure logged. */

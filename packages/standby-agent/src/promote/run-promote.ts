@@ -30,6 +30,20 @@ export interface PromoteResult {
   restartError?: unknown;
 }
 
+/**
+ * A planned switchover (`tandem-standby switchover`): the primary told this standby, over the
+ * authenticated channel, that it stopped the site's writes (onFenced), committed `setId` and holds.
+ */
+export interface SwitchoverContext {
+  requestId: string;
+  setId: string;
+  heldSince: string;
+  /** The primary resumes (unless the epoch was raised) at its hold deadline: do not raise the epoch this close to it. */
+  deadline: Date;
+  /** How close to the deadline is too close (default 5 s). */
+  marginMs?: number;
+}
+
 /** The name this server goes by in epoch.json once promoted: its tandem-primary `hostname`. */
 export const promotedName = (config: StandbyConfig): string => config.standbyId ?? hostname();
 
@@ -43,7 +57,10 @@ export const promotedName = (config: StandbyConfig): string => config.standbyId 
  *    servers racing to promote exactly one wins; the loser changes nothing.
  * 3. Remove the sentinel, record the promotion, run restartCommand with TANDEM_MODE=primary.
  */
-export async function runPromote(config: StandbyConfig, opts: { filestore: Filestore; logger: Logger; force: boolean; reason?: string }): Promise<PromoteResult> {
+export async function runPromote(
+  config: StandbyConfig,
+  opts: { filestore: Filestore; logger: Logger; force: boolean; reason?: string; switchover?: SwitchoverContext },
+): Promise<PromoteResult> {
   const { logger, filestore: fs } = opts;
   const lock = await acquireLock(stateFiles(config.stateDir).lock, 'promote', `an apply or promote of site "${config.site}"`);
   try {
@@ -76,6 +93,16 @@ export async function runPromote(config: StandbyConfig, opts: { filestore: Files
       );
     }
     for (const c of failed) logger.warn({ check: c.name }, `--force overrides: ${c.detail}`);
+
+    const sw = opts.switchover;
+    if (sw !== undefined && Date.now() + (sw.marginMs ?? 5_000) >= sw.deadline.getTime()) {
+      throw new TandemError(
+        'precondition',
+        'SWITCHOVER_HOLD_ENDING',
+        `the primary's hold for switchover ${sw.requestId} ends at ${sw.deadline.toISOString()}: too close to raise the epoch safely (the primary resumes then); nothing changed`,
+        { hint: 'run the switchover again with a longer --timeout' },
+      );
+    }
 
     // Fencing (must): from here on the old primary's uploads are refused, and standbys ignore its sets.
     let epoch: EpochDoc | null = null;
@@ -132,7 +159,7 @@ async function followedEpoch(fs: Filestore, config: StandbyConfig): Promise<numb
 
 async function preflight(
   config: StandbyConfig,
-  opts: { filestore: Filestore; logger: Logger; force: boolean },
+  opts: { filestore: Filestore; logger: Logger; force: boolean; switchover?: SwitchoverContext },
   applied: AppliedState | null,
 ): Promise<{ checks: Check[]; unapplied: Unapplied | null }> {
   const checks: Check[] = [{ name: 'apply-complete', ok: true, detail: 'the last apply is complete (no unfinished journal)' }];
@@ -157,7 +184,16 @@ async function preflight(
     checks.push({ name: 'newest-applied', ok: false, detail: `cannot tell how much primary history is unapplied: ${describeError(err)}` });
   }
   try {
-    checks.push(await checkPrimarySilent(opts.filestore, config.site, verifyKey, config.heartbeatStaleAfter));
+    const silent = await checkPrimarySilent(opts.filestore, config.site, verifyKey, config.heartbeatStaleAfter);
+    const sw = opts.switchover;
+    if (!silent.ok && sw !== undefined) {
+      // Alive, but holding for this very switchover: its writes are stopped and this promote fences it.
+      silent.ok = true;
+      silent.detail =
+        `${silent.detail.split(';')[0]}; as expected: for switchover ${sw.requestId} the primary stopped the site's writes ` +
+        `(onFenced) and holds since ${sw.heldSince} with set ${sw.setId} as its last, and this promote fences it`;
+    }
+    checks.push(silent);
   } catch (err) {
     checks.push({ name: 'primary-silent', ok: false, detail: `cannot read the primary's heartbeat: ${describeError(err)}` });
   }

@@ -28,7 +28,9 @@ export async function listDump(plain: Readable, db: DbTarget, label: string): Pr
   child.stdin.on('error', () => undefined); // EPIPE once it has read the TOC: expected
   for await (const chunk of plain) {
     if (!running || child.stdin.destroyed) continue;
-    if (!child.stdin.write(chunk)) await Promise.race([once(child.stdin, 'drain'), exited]);
+    // once() rejects when stdin emits 'error' (EPIPE: pg_restore has read the TOC and exited) while
+    // we wait for 'drain'; that ends the wait like the exit does, and is not an error of the dump.
+    if (!child.stdin.write(chunk)) await Promise.race([once(child.stdin, 'drain').catch(() => undefined), exited]);
   }
   if (running && !child.stdin.destroyed) child.stdin.end();
   const r = await exited;

@@ -1,0 +1,186 @@
+// npm run bench:apply: the speed and memory of `tandem-standby apply` against its references,
+// measured in the same run on the same data (see docs/benchmarks.md). Uses the database and the
+// files tree of bench:backup (generated here when missing) and one backup set made here.
+//
+//   BENCH_DB_GB, BENCH_FILES_MB, BENCH_RUNS, BENCH_CACHE_DIR, BENCH_DB, BENCH_KEEP_TMP: as for
+//   bench/backup.mjs; the standby database is <BENCH_DB>_standby, the reference <BENCH_DB>_ref.
+//
+// Set-up (untimed): one `tandem-primary backup` into a directory filestore, `pg_dump -Fc -f FILE`
+// of the same database, and one `restic backup` of the same files tree into a local repository.
+// Measured, each run in this order:
+//   1. reference: CREATE DATABASE + `pg_restore -j2 -d REF FILE` (a fresh database each run)
+//   2. `tandem-standby apply --force --json` (per-stage durations from --json; peak RSS)
+//   3. reference: `restic restore latest --target DIR` into a fresh, empty directory
+// The database part of an apply is durations.db (download + SHA-256 + age decrypt + zstd -d into
+// the staged dump file) + durations.restore (CREATE DATABASE + pg_restore -j2) + durations.switch_db
+// (the renames); the files part is durations.files (download + SHA-256 + decrypt + zstd -d + safe
+// tar extraction beside the live dir) + durations.switch_files (the directory swap).
+import { mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  STANDBY_BIN,
+  PRIMARY_BIN,
+  best,
+  dropDatabase,
+  fmtList,
+  fmtMB,
+  fmtS,
+  loadavg,
+  log,
+  machine,
+  median,
+  pgEnv,
+  printMachine,
+  printResults,
+  psql,
+  runMeasured,
+  runOk,
+  treeStats,
+  verdict,
+} from './lib/common.mjs';
+import { ensureDatabase, ensureFilesTree } from './lib/dataset.mjs';
+import { BENCH_DB, REF_DB, STANDBY_DB, agentEnv, benchFilesMb, benchGb, benchRuns, filesTreeDir, makeSite, parseJsonOut, removeSite } from './lib/site.mjs';
+import { decryptThroughput } from './lib/age-throughput.mjs';
+
+const runs = benchRuns();
+const gb = benchGb();
+const filesMb = benchFilesMb();
+const RESTORE_JOBS = 2;
+
+const m = machine();
+console.log('tandem bench:apply');
+printMachine(m);
+
+const dbInfo = await ensureDatabase(BENCH_DB, gb);
+const filesDir = filesTreeDir();
+mkdirSync(join(filesDir, '..'), { recursive: true });
+ensureFilesTree(filesDir, filesMb);
+const tree = treeStats(filesDir);
+console.log(
+  `data:    database ${dbInfo.name}: ${fmtMB(dbInfo.size)} (pg_database_size; tables ${fmtMB(dbInfo.heap)}; ` +
+    `${Object.entries(dbInfo.rows).map(([t, n]) => `${n} ${t}`).join(', ')})`,
+);
+console.log(`         files ${filesDir}: ${fmtMB(tree.bytes)} of random bytes in ${tree.files} files, ${tree.dirs} dirs`);
+console.log(`         ${runs} timed run(s) of each measurement; ratios use the best (shortest) run of each side`);
+
+const standbyDbs = [STANDBY_DB, `${STANDBY_DB}__tandem_new`, `${STANDBY_DB}__tandem_old`, REF_DB];
+const dropAll = () => standbyDbs.forEach((d) => dropDatabase(d));
+dropAll();
+psql('postgres', `CREATE DATABASE "${STANDBY_DB}"`); // the standby's (empty) live database
+
+const site = makeSite({ db: BENCH_DB, filesDir, standbyDb: STANDBY_DB });
+const resticEnv = { ...process.env, RESTIC_PASSWORD: 'tandem-bench', RESTIC_PROGRESS_FPS: '0', RESTIC_REPOSITORY: join(site.dir, 'restic') };
+const resticCache = join(site.dir, 'restic-cache');
+
+async function refRestore(dumpFile) {
+  dropDatabase(REF_DB);
+  const t0 = performance.now();
+  psql('postgres', `CREATE DATABASE "${REF_DB}" TEMPLATE template0`);
+  const create = (performance.now() - t0) / 1000;
+  const r = await runOk('pg_restore', [`-j${RESTORE_JOBS}`, '-d', REF_DB, dumpFile], { env: pgEnv() });
+  const total = (performance.now() - t0) / 1000;
+  dropDatabase(REF_DB);
+  return { seconds: total, create, restore: r.seconds };
+}
+
+async function tandemApply() {
+  const r = await runMeasured(process.execPath, [STANDBY_BIN, 'apply', '--config', site.standbyConfig, '--force', '--json'], { env: agentEnv() });
+  if (r.code !== 0) throw new Error(`tandem-standby apply exited ${r.code ?? r.signal}:\n${r.stderr.trim()}`);
+  const out = parseJsonOut(r.stdout, 'tandem-standby apply');
+  const d = out.durations ?? {};
+  const need = ['db', 'restore', 'files'];
+  const missing = need.filter((k) => typeof d[k] !== 'number');
+  if (missing.length > 0) throw new Error(`tandem-standby apply --json has no durations.${missing.join(', durations.')}: ${JSON.stringify(out)}`);
+  const dbPart = d.db + d.restore + (d.switch_db ?? 0);
+  const filesPart = d.files + (d.switch_files ?? 0);
+  return { wall: r.seconds, durations: d, dbPart, filesPart, peakRssMiB: r.peakRssMiB, treeMaxRssMiB: r.treeMaxRssMiB, status: out.status };
+}
+
+async function resticRestore(i) {
+  const target = join(site.dir, `restic-restore-${i}`);
+  const t = await runOk('restic', ['restore', 'latest', '--quiet', '--cache-dir', resticCache, '--target', target], { env: resticEnv });
+  rmSync(target, { recursive: true, force: true });
+  return { seconds: t.seconds };
+}
+
+const results = { ref: [], tandem: [], restic: [] };
+try {
+  log('set-up (untimed): tandem-primary backup, pg_dump -Fc -f FILE, restic backup');
+  const b = await runOk(process.execPath, [PRIMARY_BIN, 'backup', '--config', site.primaryConfig, '--json'], { env: agentEnv() });
+  const set = parseJsonOut(b.stdout, 'tandem-primary backup');
+  const dumpFile = join(site.dir, 'ref.dump');
+  await runOk('pg_dump', ['-Fc', '-f', dumpFile, BENCH_DB], { env: pgEnv() });
+  await runOk('restic', ['init', '--quiet'], { env: resticEnv });
+  await runOk('restic', ['backup', '--quiet', '--host', 'bench', '--cache-dir', resticCache, filesDir], { env: resticEnv });
+  log(`  set ${set.setId}: ${fmtMB(set.storedBytes)} stored`);
+
+  // Warm-up, untimed: one apply (the standby then has a live database and files dir to replace, as
+  // in steady state) and one reference restore.
+  log('warm-up (untimed): one tandem-standby apply, one pg_restore, one restic restore');
+  const first = await tandemApply();
+  await refRestore(dumpFile);
+  await resticRestore(0);
+
+  for (let i = 1; i <= runs; i++) {
+    log(`run ${i}/${runs} (load ${loadavg()})`);
+    const ref = await refRestore(dumpFile);
+    results.ref.push(ref);
+    log(`  CREATE DATABASE + pg_restore -j${RESTORE_JOBS}: ${fmtS(ref.seconds)} (pg_restore ${fmtS(ref.restore)})`);
+    const t = await tandemApply();
+    results.tandem.push({ ...t, load: loadavg() });
+    const d = t.durations;
+    log(
+      `  tandem-standby apply: db part ${fmtS(t.dbPart)} (stage ${fmtS(d.db)} + restore ${fmtS(d.restore)} + switch ${fmtS(d.switch_db ?? 0)}), ` +
+        `files part ${fmtS(t.filesPart)} (stage ${fmtS(d.files)} + switch ${fmtS(d.switch_files ?? 0)}), total ${fmtS(d.total ?? NaN)}, wall ${fmtS(t.wall)}, peak RSS ${t.peakRssMiB?.toFixed(0)} MiB`,
+    );
+    const r = await resticRestore(i);
+    results.restic.push(r);
+    log(`  restic restore: ${fmtS(r.seconds)}`);
+  }
+
+  log('age decrypt stream alone: 512 MiB in memory -> null, 64 KiB pieces, 3 runs');
+  const dec = await decryptThroughput({ totalMiB: 512, pieceKiB: 64, runs: 3 });
+
+  // ---- report
+  const refBest = best(results.ref.map((r) => r.seconds));
+  const dbBest = best(results.tandem.map((t) => t.dbPart));
+  const filesBest = best(results.tandem.map((t) => t.filesPart));
+  const resticBest = best(results.restic.map((r) => r.seconds));
+  const peak = Math.max(first.peakRssMiB ?? NaN, ...results.tandem.map((t) => t.peakRssMiB ?? NaN));
+  const treePeak = Math.max(first.treeMaxRssMiB ?? NaN, ...results.tandem.map((t) => t.treeMaxRssMiB ?? NaN));
+  const dbArt = set.artifacts.find((a) => a.name === 'db');
+  const filesArt = set.artifacts.find((a) => a.name === 'files');
+  const col = (k) => fmtList(results.tandem.map((t) => t.durations[k] ?? NaN));
+
+  console.log('\nraw figures (seconds of every run):');
+  console.log(`  CREATE DATABASE + pg_restore -j${RESTORE_JOBS} FILE   ${fmtList(results.ref.map((r) => r.seconds))}  [best ${fmtS(refBest)}, median ${fmtS(median(results.ref.map((r) => r.seconds)))}; CREATE DATABASE ${fmtList(results.ref.map((r) => r.create))}]`);
+  console.log(`  tandem db part                      ${fmtList(results.tandem.map((t) => t.dbPart))}  [best ${fmtS(dbBest)}]`);
+  console.log(`    stage db (download, verify, decrypt, zstd -d to file)  ${col('db')}`);
+  console.log(`    restore (CREATE DATABASE + pg_restore -j${RESTORE_JOBS})           ${col('restore')}`);
+  console.log(`    switch_db (renames)                                     ${col('switch_db')}`);
+  console.log(`  tandem files part                   ${fmtList(results.tandem.map((t) => t.filesPart))}  [best ${fmtS(filesBest)}]`);
+  console.log(`    stage files (download, verify, decrypt, zstd -d, extract)  ${col('files')}`);
+  console.log(`    switch_files                                               ${col('switch_files')}`);
+  console.log(`  restic restore latest               ${fmtList(results.restic.map((r) => r.seconds))}  [best ${fmtS(resticBest)}]`);
+  console.log(`  tandem apply total / wall           ${col('total')} / ${fmtList(results.tandem.map((t) => t.wall))}`);
+  console.log(`  set: db ${dbArt.storedSize} B stored (${dbArt.plainSize} B dump), files ${filesArt.storedSize} B stored (${filesArt.plainSize} B tar)`);
+  console.log(`  agent peak RSS (VmHWM of node) ${fmtList([first, ...results.tandem].map((t) => t.peakRssMiB ?? NaN), (x) => x.toFixed(1))} MiB (warm-up first); ` +
+    `largest process of the tree (GNU time) ${fmtList([first, ...results.tandem].map((t) => t.treeMaxRssMiB ?? NaN), (x) => x.toFixed(1))} MiB`);
+  console.log(`  age decrypt, 64 KiB pieces: ${fmtList(dec.runs, (x) => x.toFixed(0))} MB/s`);
+  console.log(`  load average during the tandem runs: ${results.tandem.map((t) => t.load.split(' ')[0]).join(', ')}; now ${loadavg()}`);
+
+  const rows = [
+    verdict(`apply db part / pg_restore -j${RESTORE_JOBS}`, dbBest / refBest, '<=', 1.2, 'ratio', `${fmtS(dbBest)} / ${fmtS(refBest)}`),
+    verdict('apply files part / restic restore', filesBest / resticBest, '<=', 1.0, 'ratio', `${fmtS(filesBest)} / ${fmtS(resticBest)}`),
+    verdict('agent peak RSS', peak, '<=', 200, 'MiB', `node VmHWM, worst of ${runs + 1} applies`),
+  ];
+  printResults(`bench:apply results (BENCH_DB_GB=${gb}, BENCH_FILES_MB=${filesMb}, ${runs} runs, best of each):`, rows);
+  if (!Number.isNaN(treePeak)) console.log(`  (largest process in the agent's tree, from GNU time: ${treePeak.toFixed(1)} MiB)`);
+  if (process.env.BENCH_JSON) {
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(process.env.BENCH_JSON, JSON.stringify({ machine: m, db: dbInfo, tree, results, first, dec, rows, load: loadavg() }, null, 2));
+  }
+} finally {
+  removeSite(site);
+  dropAll();
+}

@@ -1,0 +1,225 @@
+// Shared helpers for the benchmarks: running and timing commands, peak RSS, the machine, and the
+// report lines. Plain ESM, no dependencies beyond Node and the system tools the benchmarks name.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import os from 'node:os';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const PRIMARY_BIN = resolve(ROOT, 'packages/primary-agent/dist/main.js');
+export const STANDBY_BIN = resolve(ROOT, 'packages/standby-agent/dist/main.js');
+export const PG_HOST = process.env.BENCH_PGHOST ?? '127.0.0.1';
+export const PG_PORT = process.env.BENCH_PGPORT ?? '5432';
+export const PG_USER = process.env.BENCH_PGUSER ?? 'postgres';
+export const pgUrl = (db) => `postgres://${PG_USER}@${PG_HOST}:${PG_PORT}/${db}`;
+
+export const MB = 1e6;
+export const MIB = 1024 * 1024;
+
+/** Environment for pg_dump/pg_restore/psql run by the benchmark itself. */
+export const pgEnv = () => ({ ...process.env, PGHOST: PG_HOST, PGPORT: PG_PORT, PGUSER: PG_USER });
+
+export function log(msg) {
+  process.stderr.write(`bench: ${msg}\n`);
+}
+
+export const loadavg = () => os.loadavg().map((l) => l.toFixed(2)).join(' ');
+
+/** Runs psql -c SQL against `db`; returns trimmed stdout (-At). Throws with stderr on failure. */
+export function psql(db, sql) {
+  const r = spawnSync('psql', ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-d', pgUrl(db), '-c', sql], {
+    encoding: 'utf8',
+    env: pgEnv(),
+    maxBuffer: 64 * MIB,
+  });
+  if (r.status !== 0) throw new Error(`psql on ${db} failed: ${r.stderr || r.error}\n  SQL: ${sql.slice(0, 300)}`);
+  return r.stdout.trim();
+}
+
+export function databaseExists(db) {
+  return psql('postgres', `SELECT 1 FROM pg_database WHERE datname = '${db.replace(/'/g, "''")}'`) === '1';
+}
+
+export function dropDatabase(db) {
+  psql('postgres', `DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`);
+}
+
+/** First line of `cmd args` (stdout or stderr), for the machine description. */
+function versionOf(cmd, args) {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.error) return 'not installed';
+  return `${r.stdout}${r.stderr}`.split('\n').find((l) => l.trim())?.trim() ?? '?';
+}
+
+export function machine() {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? os.cpus()[0]?.model ?? '?';
+  const mhz = /^cpu MHz\s*:\s*(.*)$/m.exec(cpuinfo)?.[1];
+  let pg = '?';
+  try {
+    pg = psql('postgres', 'SHOW server_version') + ` (shared_buffers ${psql('postgres', 'SHOW shared_buffers')})`;
+  } catch {
+    /* reported as ? */
+  }
+  return {
+    cpu: `${model}${mhz ? ` @ ${Number(mhz).toFixed(0)} MHz` : ''}`,
+    cores: os.cpus().length,
+    ramGiB: (os.totalmem() / 1024 ** 3).toFixed(1),
+    kernel: os.release(),
+    node: process.version,
+    postgres: pg,
+    pgDump: versionOf('pg_dump', ['--version']),
+    zstd: versionOf('zstd', ['--version']).replace(/^\*+\s*|\s*\*+$/g, ''),
+    restic: versionOf('restic', ['version']),
+    age: versionOf('age', ['--version']),
+    tar: versionOf('tar', ['--version']),
+  };
+}
+
+export function printMachine(m) {
+  console.log(`machine: ${m.cpu}, ${m.cores} cores, ${m.ramGiB} GiB RAM, Linux ${m.kernel}`);
+  console.log(`         node ${m.node}; PostgreSQL ${m.postgres}; ${m.pgDump}`);
+  console.log(`         ${m.zstd}; ${m.restic}; age ${m.age}; ${m.tar}`);
+  console.log(`         load average at start: ${loadavg()}`);
+}
+
+/** The node process under /usr/bin/time (its only child), or the pid itself. */
+function agentPid(pid, viaTime) {
+  if (!viaTime) return pid;
+  try {
+    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    return kids.length > 0 ? Number(kids[0]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function vmHwmKiB(pid) {
+  try {
+    const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export const HAVE_GNU_TIME = existsSync('/usr/bin/time');
+
+/**
+ * Runs a command, returning wall seconds, stdout, stderr and memory figures:
+ * - peakRssMiB: VmHWM of the process itself (for `node main.js ...`: the agent), polled every 50 ms
+ *   from /proc while it runs (VmHWM is the kernel's high-water mark, so a late poll still sees it);
+ * - treeMaxRssMiB: GNU time's "Maximum resident set size" (the largest of the process and the
+ *   children it waited for: pg_dump, zstd, tar ...), when /usr/bin/time is installed.
+ * The wall time is measured around the whole process, /usr/bin/time included (~1 ms).
+ */
+export function runMeasured(cmd, args, { env = process.env, stdoutTo } = {}) {
+  return new Promise((resolveP, reject) => {
+    const viaTime = HAVE_GNU_TIME;
+    const [bin, argv] = viaTime ? ['/usr/bin/time', ['-v', cmd, ...args]] : [cmd, args];
+    const t0 = performance.now();
+    const child = spawn(bin, argv, { env, stdio: ['ignore', stdoutTo ?? 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      if (stderr.length > 4 * MIB) stderr = stderr.slice(-MIB);
+    });
+    let hwm = 0;
+    let target;
+    const poll = () => {
+      target ??= agentPid(child.pid, viaTime);
+      if (target !== undefined) hwm = Math.max(hwm, vmHwmKiB(target) ?? 0);
+    };
+    const timer = setInterval(poll, 50);
+    child.on('error', (e) => {
+      clearInterval(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearInterval(timer);
+      const seconds = (performance.now() - t0) / 1000;
+      let treeMaxRssMiB;
+      if (viaTime) {
+        const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(stderr);
+        if (m) treeMaxRssMiB = Number(m[1]) / 1024;
+        stderr = stderr.replace(/\n?\tCommand being timed:[\s\S]*$/, '');
+      }
+      resolveP({ code, signal, seconds, stdout, stderr, peakRssMiB: hwm ? hwm / 1024 : undefined, treeMaxRssMiB });
+    });
+  });
+}
+
+/** Runs a command to completion, throwing with its stderr on failure; returns {seconds, stdout}. */
+export async function runOk(cmd, args, opts = {}) {
+  const t0 = performance.now();
+  const r = await new Promise((resolveP, reject) => {
+    const child = spawn(cmd, args, { env: opts.env ?? process.env, stdio: ['ignore', opts.stdoutTo ?? 'pipe', 'pipe'], cwd: opts.cwd });
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-64 * 1024)));
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolveP({ code, signal, stdout, stderr }));
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  if (r.code !== 0) {
+    throw new Error(`${cmd} ${args.join(' ')} failed (${r.signal ?? `exit ${r.code}`}):\n${r.stderr.trim()}`);
+  }
+  return { seconds, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Sizes and counts of a directory tree (regular files only for bytes). */
+export function treeStats(dir) {
+  let files = 0;
+  let dirs = 0;
+  let bytes = 0;
+  const walk = (d) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = `${d}/${e.name}`;
+      if (e.isDirectory()) {
+        dirs++;
+        walk(p);
+      } else if (e.isFile()) {
+        files++;
+        bytes += statSize(p);
+      }
+    }
+  };
+  walk(dir);
+  return { files, dirs, bytes };
+}
+const statSize = (p) => statSync(p).size;
+
+export const best = (xs) => Math.min(...xs);
+export function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+export const fmtS = (s) => `${s.toFixed(2)} s`;
+export const fmtMB = (b) => `${(b / MB).toFixed(1)} MB`;
+export const fmtList = (xs, f = (x) => x.toFixed(2)) => xs.map(f).join(', ');
+
+/**
+ * One result row. `cmp` is '<=' or '>='. Returns the row for the summary table.
+ */
+export function verdict(name, value, cmp, target, unit, detail) {
+  const pass = cmp === '<=' ? value <= target : value >= target;
+  const shown = unit === 'ratio' ? value.toFixed(2) : `${value.toFixed(unit === 'MB/s' ? 0 : 1)} ${unit}`;
+  const tgt = unit === 'ratio' ? `${cmp} ${target}` : `${cmp} ${target} ${unit}`;
+  return { name, value, shown, target: tgt, pass, detail };
+}
+
+export function printResults(title, rows) {
+  console.log(`\n${title}`);
+  const w = Math.max(...rows.map((r) => r.name.length));
+  for (const r of rows) {
+    console.log(`  ${r.pass ? 'PASS' : 'MISS'}  ${r.name.padEnd(w)}  ${r.shown.padStart(9)}  (target ${r.target})  ${r.detail ?? ''}`);
+  }
+  const miss = rows.filter((r) => !r.pass).length;
+  console.log(`  ${rows.length - miss} PASS, ${miss} MISS`);
+}

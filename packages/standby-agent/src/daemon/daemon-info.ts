@@ -1,0 +1,107 @@
+import { request } from 'node:http';
+import { hostname } from 'node:os';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { STANDBY_ID_PATTERN, isTandemError, loadToken, writeFileAtomic, type Logger, type StandbyConfig } from '@tandem/shared';
+import { splitListen } from './server.js';
+
+/**
+ * stateDir/daemon.json, written (0600) while `tandem-standby run` runs: how `tandem-standby status`
+ * finds the daemon (pid alive?) and its HTTP server. stateDir/daemon.lock keeps a second daemon for
+ * the same state dir from starting.
+ */
+export interface StandbyDaemonInfo {
+  agent: 'tandem-standby';
+  pid: number;
+  /** host:port actually bound. */
+  listen: string;
+  startedAt: string;
+  site: string;
+  standbyId: string;
+}
+
+export const daemonFiles = (stateDir: string) => ({ info: join(stateDir, 'daemon.json'), lock: join(stateDir, 'daemon.lock') });
+
+export const writeDaemonInfo = (stateDir: string, info: StandbyDaemonInfo): Promise<void> =>
+  writeFileAtomic(daemonFiles(stateDir).info, `${JSON.stringify(info, null, 2)}\n`, 0o600);
+
+export async function readDaemonInfo(stateDir: string): Promise<StandbyDaemonInfo | null> {
+  try {
+    const v = JSON.parse(await readFile(daemonFiles(stateDir).info, 'utf8')) as Partial<StandbyDaemonInfo>;
+    if (typeof v.pid !== 'number' || typeof v.listen !== 'string') return null;
+    return {
+      agent: 'tandem-standby',
+      pid: v.pid,
+      listen: v.listen,
+      startedAt: String(v.startedAt ?? ''),
+      site: String(v.site ?? ''),
+      standbyId: String(v.standbyId ?? ''),
+    };
+  } catch {
+    return null;
+  }
+}
+
+/** Removes daemon.json if it is this process's (a newer daemon's file stays). */
+export async function removeDaemonInfo(stateDir: string, pid = process.pid): Promise<void> {
+  const info = await readDaemonInfo(stateDir);
+  if (info === null || info.pid === pid) await rm(daemonFiles(stateDir).info, { force: true });
+}
+
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The standbyId to use: the configured one, else this host's name made into a valid id. */
+export function defaultStandbyId(configured: string | undefined): string {
+  if (configured !== undefined) return configured;
+  const h = hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 63);
+  return STANDBY_ID_PATTERN.test(h) ? h : 'standby';
+}
+
+/** host:port to connect to for a listen address (a wildcard address means this host). */
+export function connectAddress(listen: string): { host: string; port: number } {
+  const { host, port } = splitListen(listen);
+  if (host === '0.0.0.0' || host === '') return { host: '127.0.0.1', port };
+  if (host === '::') return { host: '::1', port };
+  return { host, port };
+}
+
+/** GET path from the running daemon with the token; null on any failure (not running, refused, timeout). */
+export function fetchFromDaemon(listen: string, path: string, token: string | null, timeoutMs = 2_000): Promise<{ status: number; body: string } | null> {
+  const { host, port } = connectAddress(listen);
+  return new Promise((resolve) => {
+    const req = request(
+      { host, port, path, method: 'GET', timeout: timeoutMs, headers: token === null ? {} : { authorization: `Bearer ${token}` } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', () => resolve(null));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', () => resolve(null));
+    req.end();
+  });
+}
+
+/**
+ * The token of the push channel, which also guards /status and /metrics: primary.tokenFile, else
+ * TANDEM_TOKEN. With primary.url configured a token is required (config error without one); without
+ * it (polling only) the daemon may run without a token, serving /status and /metrics on loopback only.
+ */
+export function loadDaemonToken(config: StandbyConfig, logger?: Logger): string | null {
+  if (config.primary !== undefined) return loadToken({ tokenFile: config.primary.tokenFile, key: 'primary.tokenFile', logger });
+  try {
+    return loadToken({ key: 'primary.tokenFile', logger });
+  } catch (err) {
+    if (isTandemError(err) && err.code === 'TOKEN_MISSING') return null;
+    throw err;
+  }
+}

@@ -1,0 +1,117 @@
+import type { KeyObject } from 'node:crypto';
+import { TandemError, isNotFound, layout, parseSetId, verifyHeartbeat, type Filestore, type Heartbeat } from '@tandem/shared';
+import { compareSets } from '../apply/resolve-set.js';
+import type { AppliedState } from '../apply/state.js';
+
+/**
+ * Replication lag, as docs/operations.md defines it:
+ *
+ * - recovery point age = now − createdAt of the newest applied set: what a failover right now would
+ *   lose back to. It grows between backups even when nothing is wrong, so alert on it against the
+ *   backup schedule (e.g. > 26 h for nightly backups).
+ * - apply lag = appliedAt − committedAt of that set: how long the standby took to pick up and apply
+ *   the set once the primary committed it (push: seconds; polling: up to pollInterval + apply time).
+ * - pending sets = committed sets (with a manifest) newer than the applied one.
+ * - primary heartbeat age = now − `at` of the primary's newest heartbeat: a fresh heartbeat with no new
+ *   set is an idle primary; a stale one is a dead primary (or a dead link to it).
+ *
+ * Every figure is null when it cannot be known (nothing applied, no heartbeat, filestore unreachable).
+ */
+export interface LatestInfo {
+  setId: string;
+  epoch: number;
+  seq: number;
+  createdAt: string;
+  committedAt: string;
+}
+
+export interface LagFigures {
+  recoveryPointAgeSeconds: number | null;
+  applyLagSeconds: number | null;
+  pendingSets: number | null;
+  primaryHeartbeatAgeSeconds: number | null;
+}
+
+const seconds = (ms: number): number => Math.round(ms) / 1000;
+
+/** When the applied set was committed: recorded at apply time, else from latest.json if it still names it. */
+export function committedAtOf(applied: AppliedState, latest: LatestInfo | null): string | null {
+  if (typeof applied.committedAt === 'string') return applied.committedAt;
+  if (latest !== null && latest.setId === applied.setId) return latest.committedAt;
+  return null;
+}
+
+export function computeLag(i: {
+  now: Date;
+  applied: AppliedState | null;
+  latest: LatestInfo | null;
+  heartbeatAt: string | null;
+  pendingSets: number | null;
+}): LagFigures {
+  const now = i.now.getTime();
+  const a = i.applied;
+  const committedAt = a === null ? null : committedAtOf(a, i.latest);
+  return {
+    recoveryPointAgeSeconds: a === null ? null : seconds(Math.max(0, now - Date.parse(a.createdAt))),
+    applyLagSeconds: a === null || committedAt === null ? null : seconds(Math.max(0, Date.parse(a.appliedAt) - Date.parse(committedAt))),
+    pendingSets: i.pendingSets,
+    primaryHeartbeatAgeSeconds: i.heartbeatAt === null ? null : seconds(Math.max(0, now - Date.parse(i.heartbeatAt))),
+  };
+}
+
+/**
+ * Pending sets without a LIST when the answer is known: 0 when latest.json names the applied set
+ * (or an older one), null when it takes a listing (see countPendingSets).
+ */
+export function pendingWithoutListing(applied: AppliedState | null, latest: LatestInfo | null): number | null {
+  if (latest === null) return applied === null ? 0 : null;
+  if (applied !== null && compareSets(latest, applied) <= 0) return 0;
+  return null;
+}
+
+/** Committed sets (a manifest exists) newer than the applied one: one LIST of the site's sets. */
+export async function countPendingSets(fs: Filestore, site: string, applied: AppliedState | null, signal?: AbortSignal): Promise<number> {
+  const prefix = layout.sets(site);
+  let n = 0;
+  for (const o of await fs.list(prefix, { signal })) {
+    const [id, file] = o.key.slice(prefix.length).split('/');
+    if (file !== 'manifest.json' || id === undefined) continue;
+    const p = parseSetId(id);
+    if (p === null) continue;
+    if (applied === null || compareSets({ ...p, setId: id }, applied) > 0) n++;
+  }
+  return n;
+}
+
+/** Verifies a heartbeat.json body (signature, schema, site). */
+export function checkHeartbeat(raw: Buffer, verifyKey: KeyObject, site: string, label: string): Heartbeat {
+  const hb = verifyHeartbeat(raw, verifyKey, label);
+  if (hb.site !== site) throw new TandemError('integrity', 'SITE_MISMATCH', `${label} is for site "${hb.site}", not "${site}"`);
+  return hb;
+}
+
+/** The primary's heartbeat.json, verified; null when there is none (an older primary, or `run` never ran). */
+export async function readHeartbeat(fs: Filestore, site: string, verifyKey: KeyObject, signal?: AbortSignal): Promise<Heartbeat | null> {
+  const key = layout.heartbeat(site);
+  try {
+    const { body } = await fs.getBuffer(key, { signal });
+    return checkHeartbeat(body, verifyKey, site, `${fs.description}/${key}`);
+  } catch (err) {
+    if (isNotFound(err)) return null;
+    throw err;
+  }
+}
+
+/** Nagios-style verdict on the recovery point age: ok up to 80% of maxLag, warning above, critical beyond. */
+export type LagVerdict = 'ok' | 'warning' | 'critical';
+export const WARN_FRACTION = 0.8;
+
+export function judgeLag(recoveryPointAgeSeconds: number | null, maxLagSeconds: number): LagVerdict {
+  // Nothing applied: a failover now would lose everything.
+  if (recoveryPointAgeSeconds === null) return 'critical';
+  if (recoveryPointAgeSeconds > maxLagSeconds) return 'critical';
+  if (recoveryPointAgeSeconds > WARN_FRACTION * maxLagSeconds) return 'warning';
+  return 'ok';
+}
+
+export const verdictExitCode = (v: LagVerdict): number => (v === 'ok' ? 0 : v === 'warning' ? 1 : 2);

@@ -1,0 +1,128 @@
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { AppliedState } from '../apply/state.js';
+import type { LagFigures } from './lag.js';
+
+/**
+ * The standby daemon's Prometheus metrics, on its own registry (GET /metrics). The lag figures are
+ * computed at scrape time from the daemon's state; an unknown figure is NaN (no heartbeat seen, a
+ * pending count the filestore could not give), except the recovery point age with nothing applied,
+ * which is +Inf: a failover now would lose everything, and an alert on it should fire.
+ */
+export interface MetricsSource {
+  lag(): LagFigures;
+  applied(): AppliedState | null;
+  websocketConnected(): boolean;
+}
+
+/** What the failures counter counts, by what failed. */
+export type FailureKind = 'poll' | 'apply' | 'restart' | 'report' | 'recovery' | 'websocket';
+export const FAILURE_KINDS: readonly FailureKind[] = ['poll', 'apply', 'restart', 'report', 'recovery', 'websocket'];
+
+export type PollResult = 'unchanged' | 'changed' | 'error';
+export type ApplyOutcome = 'applied' | 'failed' | 'interrupted';
+
+const orNaN = (v: number | null): number => (v === null ? Number.NaN : v);
+
+export class StandbyMetrics {
+  readonly registry = new Registry();
+  readonly appliesTotal: Counter<'outcome'>;
+  readonly failuresTotal: Counter<'kind'>;
+  readonly filestoreErrorsTotal: Counter;
+  readonly pollsTotal: Counter<'result'>;
+
+  constructor(src: MetricsSource) {
+    const registers = [this.registry];
+    new Gauge({
+      name: 'tandem_standby_recovery_point_age_seconds',
+      help: 'Seconds since the newest applied set was created on the primary: what a failover now would lose (+Inf: nothing applied)',
+      registers,
+      collect() {
+        const v = src.lag().recoveryPointAgeSeconds;
+        this.set(v === null ? Number.POSITIVE_INFINITY : v);
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_apply_lag_seconds',
+      help: 'Seconds from the commit of the newest applied set (latest.json written) to its apply on this standby (NaN: unknown)',
+      registers,
+      collect() {
+        this.set(orNaN(src.lag().applyLagSeconds));
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_pending_sets',
+      help: 'Committed sets newer than the applied one (NaN: unknown)',
+      registers,
+      collect() {
+        this.set(orNaN(src.lag().pendingSets));
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_primary_heartbeat_age_seconds',
+      help: "Seconds since the primary's newest heartbeat (push channel or heartbeat.json; NaN: none seen)",
+      registers,
+      collect() {
+        this.set(orNaN(src.lag().primaryHeartbeatAgeSeconds));
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_last_apply_timestamp_seconds',
+      help: 'Unix time at which the applied set was applied (0: none)',
+      registers,
+      collect() {
+        const a = src.applied();
+        this.set(a === null ? 0 : Date.parse(a.appliedAt) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_last_apply_duration_seconds',
+      help: 'Seconds per stage of the apply of the applied set (db, config, security, files, restore, total)',
+      labelNames: ['stage'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [stage, s] of Object.entries(src.applied()?.durations ?? {})) {
+          if (typeof s === 'number') this.set({ stage }, s);
+        }
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_last_apply_bytes',
+      help: 'Stored (compressed, encrypted) bytes of the applied set',
+      registers,
+      collect() {
+        this.set(src.applied()?.bytes ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_websocket_connected',
+      help: "1 while the push channel to the primary is connected (0 also when none is configured)",
+      registers,
+      collect() {
+        this.set(src.websocketConnected() ? 1 : 0);
+      },
+    });
+    this.appliesTotal = new Counter({ name: 'tandem_standby_applies_total', help: 'Applies started by the daemon, by outcome (applied, failed, interrupted)', labelNames: ['outcome'], registers });
+    this.failuresTotal = new Counter({
+      name: 'tandem_standby_failures_total',
+      help: 'Failures by what failed: poll (latest.json), apply, restart (restartCommand after an applied set), report (standby report), recovery (apply journal), websocket (push channel)',
+      labelNames: ['kind'],
+      registers,
+    });
+    this.filestoreErrorsTotal = new Counter({ name: 'tandem_standby_filestore_errors_total', help: 'Filestore requests of the daemon that failed (polls, reports, heartbeat reads, listings)', registers });
+    this.pollsTotal = new Counter({ name: 'tandem_standby_polls_total', help: 'Conditional GETs of latest.json, by result (unchanged, changed, error)', labelNames: ['result'], registers });
+    for (const outcome of ['applied', 'failed', 'interrupted'] satisfies ApplyOutcome[]) this.appliesTotal.inc({ outcome }, 0);
+    for (const kind of FAILURE_KINDS) this.failuresTotal.inc({ kind }, 0);
+    for (const result of ['unchanged', 'changed', 'error'] satisfies PollResult[]) this.pollsTotal.inc({ result }, 0);
+    this.filestoreErrorsTotal.inc(0);
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

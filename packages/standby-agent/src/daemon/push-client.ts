@@ -1,0 +1,309 @@
+import { WebSocket } from 'ws';
+import {
+  CLOSE_CODES,
+  MAX_FRAME_BYTES,
+  STREAM_PATH,
+  TandemError,
+  describeError,
+  encodeMessage,
+  isTandemError,
+  parseMessage,
+  type AppliedMessage,
+  type Logger,
+  type PrimaryHello,
+  type SetCommitted,
+  type StandbyHello,
+} from '@tandem/shared';
+import { backoffDelay, type BackoffPolicy } from './backoff.js';
+
+/**
+ * The standby's end of the push channel (ws(s)://<primary>/v1/stream, protocol in shared/protocol.ts).
+ * Authenticates with `Authorization: Bearer <token>` on the upgrade, says hello on every connection,
+ * passes `set-committed` and `heartbeat` on, reports `applied`. Reconnects by itself with capped,
+ * jittered exponential backoff; nothing the primary sends, or fails to send, can stop the daemon.
+ * A connection that is silent (no message, no ping) for `silenceTimeoutMs` is dropped and redialled:
+ * the primary pings every 15 s, so silence means a dead peer or a dead path.
+ */
+export interface PushClientOptions {
+  /** primary.url: ws://host:port or wss://host:port; a URL without a path gets /v1/stream. */
+  url: string;
+  token: string;
+  site: string;
+  logger: Logger;
+  /** The hello to send on each connection (the applied set as of now). */
+  hello(): StandbyHello;
+  onPrimaryHello?(msg: PrimaryHello): void;
+  onSetCommitted(msg: SetCommitted): void;
+  onHeartbeat?(at: string): void;
+  /** A failed connection attempt or a lost connection (already logged). */
+  onFailure?(err: TandemError): void;
+  onConnectedChange?(connected: boolean): void;
+  backoff?: BackoffPolicy;
+  silenceTimeoutMs?: number;
+  handshakeTimeoutMs?: number;
+}
+
+export interface PushStatus {
+  url: string;
+  connected: boolean;
+  /** Since when connected (or, when not, since when disconnected). */
+  since: string;
+  /** Failed attempts since the last good connection. */
+  failures: number;
+  nextAttemptAt: string | null;
+  lastError: { at: string; code: string; message: string } | null;
+}
+
+const DEFAULT_BACKOFF: BackoffPolicy = { baseMs: 1_000, capMs: 30_000 };
+
+/** The URL to dial: the configured one, with /v1/stream when it names no path. */
+export function streamUrl(url: string): string {
+  const u = new URL(url);
+  if (u.pathname === '' || u.pathname === '/') u.pathname = STREAM_PATH;
+  return u.toString();
+}
+
+export class PushClient {
+  private ws: WebSocket | null = null;
+  private connected = false;
+  private stopped = false;
+  private failures = 0;
+  private since = new Date();
+  private retryTimer: NodeJS.Timeout | null = null;
+  private silenceTimer: NodeJS.Timeout | null = null;
+  private nextAttemptAt: Date | null = null;
+  private lastError: PushStatus['lastError'] = null;
+  /** Set when the primary closed with "replaced": wait the full cap before dialling again. */
+  private replaced = false;
+  private readonly url: string;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: PushClientOptions) {
+    this.url = streamUrl(opts.url);
+    this.log = opts.logger.child({ component: 'push', primary: this.url });
+  }
+
+  start(): void {
+    this.stopped = false;
+    this.dial();
+  }
+
+  isConnected(): boolean {
+    return this.connected;
+  }
+
+  status(): PushStatus {
+    return {
+      url: this.url,
+      connected: this.connected,
+      since: this.since.toISOString(),
+      failures: this.failures,
+      nextAttemptAt: this.nextAttemptAt?.toISOString() ?? null,
+      lastError: this.lastError,
+    };
+  }
+
+  /** Sends `applied` if connected; otherwise the next hello carries the applied set. */
+  sendApplied(msg: Omit<AppliedMessage, 'type'>): boolean {
+    return this.send(encodeMessage({ type: 'applied', ...msg }, 'standby-to-primary'));
+  }
+
+  /** Closes the connection (1001 going away) and stops redialling. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.nextAttemptAt = null;
+    this.clearSilence();
+    const ws = this.ws;
+    this.ws = null;
+    this.setConnected(false);
+    if (ws === null || ws.readyState === WebSocket.CLOSED) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        ws.terminate();
+        resolve();
+      }, 2_000);
+      t.unref();
+      ws.once('close', () => {
+        clearTimeout(t);
+        resolve();
+      });
+      if (ws.readyState === WebSocket.CONNECTING) ws.terminate();
+      else ws.close(CLOSE_CODES.goingAway, 'standby shutting down');
+    });
+  }
+
+  private send(text: string): boolean {
+    const ws = this.ws;
+    if (ws === null || !this.connected || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(text, (err) => {
+      if (err) this.log.debug({ err: describeError(err) }, 'send failed (the connection is going down)');
+    });
+    return true;
+  }
+
+  private setConnected(c: boolean): void {
+    if (this.connected === c) return;
+    this.connected = c;
+    this.since = new Date();
+    this.opts.onConnectedChange?.(c);
+  }
+
+  private armSilence(): void {
+    this.clearSilence();
+    const ms = this.opts.silenceTimeoutMs ?? 60_000;
+    this.silenceTimer = setTimeout(() => {
+      this.log.warn({ silentForMs: ms }, 'push channel silent (no message, no ping): reconnecting');
+      this.problem(new TandemError('transient', 'PUSH_SILENT', `no message or ping from the primary for ${ms / 1000} s`));
+      this.ws?.terminate();
+    }, ms);
+    this.silenceTimer.unref();
+  }
+
+  private clearSilence(): void {
+    if (this.silenceTimer) clearTimeout(this.silenceTimer);
+    this.silenceTimer = null;
+  }
+
+  private problem(err: TandemError): void {
+    this.lastError = { at: new Date().toISOString(), code: err.code, message: err.message };
+  }
+
+  private dial(): void {
+    if (this.stopped) return;
+    this.retryTimer = null;
+    this.nextAttemptAt = null;
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(this.url, {
+        headers: { authorization: `Bearer ${this.opts.token}` },
+        handshakeTimeout: this.opts.handshakeTimeoutMs ?? 10_000,
+        maxPayload: MAX_FRAME_BYTES,
+        perMessageDeflate: false,
+        followRedirects: false,
+      });
+    } catch (err) {
+      this.failed(new TandemError('config', 'PUSH_URL', `primary.url ${this.url}: ${describeError(err)}`));
+      return;
+    }
+    this.ws = ws;
+    let failure: TandemError | null = null;
+    ws.on('open', () => {
+      this.armSilence();
+      try {
+        ws.send(encodeMessage(this.opts.hello(), 'standby-to-primary'));
+      } catch (err) {
+        failure = isTandemError(err) ? err : new TandemError('internal', 'PUSH_HELLO', describeError(err));
+        ws.close(CLOSE_CODES.policyViolation, 'standby could not say hello');
+      }
+    });
+    ws.on('ping', () => this.armSilence());
+    ws.on('message', (data, isBinary) => {
+      this.armSilence();
+      try {
+        this.receive(data as Buffer | ArrayBuffer | Buffer[], isBinary);
+      } catch (err) {
+        failure = isTandemError(err) ? err : new TandemError('permanent', 'PROTOCOL_INVALID', describeError(err));
+        this.log.warn({ err: failure.message }, 'the primary sent something that is not protocol: closing the push channel');
+        ws.close(CLOSE_CODES.policyViolation, failure.message.slice(0, 120));
+      }
+    });
+    ws.on('error', (err) => {
+      failure ??= classifyWsError(err, this.url);
+    });
+    ws.on('close', (code, reasonBuf) => {
+      if (this.ws === ws) this.ws = null;
+      this.clearSilence();
+      const wasConnected = this.connected;
+      this.setConnected(false);
+      if (this.stopped) return;
+      const reason = reasonBuf.toString('utf8');
+      if (code === CLOSE_CODES.replaced) this.replaced = true;
+      failure ??= closeError(code, reason);
+      if (wasConnected) this.log.warn({ code, reason, err: failure.message }, 'push channel lost; reconnecting');
+      this.failed(failure);
+    });
+  }
+
+  private receive(data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
+    if (isBinary) throw new TandemError('permanent', 'PROTOCOL_INVALID', 'the primary sent a binary frame');
+    let msg;
+    try {
+      msg = parseMessage(data, 'primary-to-standby');
+    } catch (err) {
+      // A message type this version does not know is a newer primary: ignore it.
+      if (isTandemError(err) && err.code === 'PROTOCOL_UNKNOWN_TYPE') {
+        this.log.debug({ err: err.message }, 'ignoring a message of an unknown type');
+        return;
+      }
+      throw err;
+    }
+    if (msg.type === 'hello') {
+      if (msg.site !== this.opts.site) {
+        throw new TandemError('config', 'PUSH_WRONG_SITE', `the primary at ${this.url} serves site "${msg.site}", not "${this.opts.site}"`, {
+          hint: 'check primary.url: it must name the primary agent of this site',
+        });
+      }
+      const wasFailing = this.failures > 0;
+      this.failures = 0;
+      this.replaced = false;
+      this.setConnected(true);
+      this.log[wasFailing ? 'info' : 'debug']({ epoch: msg.epoch, latestSetId: msg.latestSetId }, 'push channel connected');
+      this.opts.onPrimaryHello?.(msg);
+      return;
+    }
+    if (!this.connected) throw new TandemError('permanent', 'PROTOCOL_INVALID', `"${msg.type}" before the primary's hello`);
+    if (msg.type === 'set-committed') {
+      if (msg.site !== this.opts.site) throw new TandemError('permanent', 'PROTOCOL_INVALID', `set-committed for site "${msg.site}", not "${this.opts.site}"`);
+      this.opts.onSetCommitted(msg);
+      return;
+    }
+    if (msg.type === 'heartbeat') {
+      this.opts.onHeartbeat?.(msg.at);
+      return;
+    }
+    // Anything else the protocol knows (e.g. a switchover's messages) is not for this connection.
+    this.log.debug({ type: (msg as { type: string }).type }, 'ignoring a message not meant for the daemon');
+  }
+
+  private failed(err: TandemError): void {
+    this.failures++;
+    this.problem(err);
+    this.opts.onFailure?.(err);
+    const policy = this.opts.backoff ?? DEFAULT_BACKOFF;
+    const delay = this.replaced ? policy.capMs : backoffDelay(this.failures, policy);
+    this.nextAttemptAt = new Date(Date.now() + delay);
+    this.log[this.failures === 1 ? 'warn' : 'debug']({ err: err.message, code: err.code, attempt: this.failures, retryInMs: delay }, 'push channel unavailable; polling covers it meanwhile');
+    this.retryTimer = setTimeout(() => this.dial(), delay);
+  }
+}
+
+function classifyWsError(err: Error, url: string): TandemError {
+  const m = /Unexpected server response: (\d+)/.exec(err.message);
+  if (m) {
+    const status = Number(m[1]);
+    if (status === 401) {
+      return new TandemError('config', 'PUSH_UNAUTHORIZED', `the primary at ${url} refused the token (401)`, {
+        hint: 'primary.tokenFile must hold the same token as the primary\'s server.tokenFile',
+      });
+    }
+    return new TandemError('permanent', 'PUSH_REFUSED', `the primary at ${url} answered the upgrade with HTTP ${status}`);
+  }
+  const code = (err as NodeJS.ErrnoException).code;
+  return new TandemError('transient', 'PUSH_UNREACHABLE', `cannot reach the primary at ${url}: ${code ?? err.message}`);
+}
+
+function closeError(code: number, reason: string): TandemError {
+  if (code === CLOSE_CODES.fenced) {
+    return new TandemError('fenced', 'PUSH_FENCED', `the primary closed the push channel: it is fenced (a higher epoch exists)${reason ? `: ${reason}` : ''}`, {
+      hint: 'point primary.url at the new primary',
+    });
+  }
+  if (code === CLOSE_CODES.replaced) {
+    return new TandemError('config', 'PUSH_REPLACED', 'the primary replaced this connection with a newer one of the same standbyId', {
+      hint: 'two standbys with the same standbyId? give each its own standbyId',
+    });
+  }
+  return new TandemError('transient', 'PUSH_CLOSED', `push channel closed (${code}${reason ? `: ${reason}` : ''})`);
+}

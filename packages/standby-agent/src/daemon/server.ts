@@ -1,0 +1,124 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { isIP } from 'node:net';
+import { TandemError, bearerFrom, describeError, tokensEqual, type Logger } from '@tandem/shared';
+
+/**
+ * The standby daemon's HTTP server (server.listen):
+ *   GET /healthz   200 "ok", no auth, says nothing else
+ *   GET /status    JSON: lag, applied and latest set, push channel, last error (token)
+ *   GET /metrics   Prometheus text (token)
+ * /status and /metrics reveal state, so they need `Authorization: Bearer <token>` (the push channel's
+ * token, compared in constant time); 401 otherwise. Without any token they are served only when the
+ * server listens on a loopback address (see checkListen).
+ */
+export interface StatusServerHandlers {
+  status(): Promise<unknown>;
+  metrics(): Promise<{ contentType: string; body: string }>;
+}
+
+function send(res: ServerResponse, status: number, body: string, contentType: string, extra: Record<string, string> = {}): void {
+  res.writeHead(status, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...extra });
+  res.end(body);
+}
+
+const sendJson = (res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}) =>
+  send(res, status, `${JSON.stringify(body, null, 2)}\n`, 'application/json; charset=utf-8', extra);
+
+const errorJson = (kind: string, code: string, message: string) => ({ error: { kind, code, message } });
+
+export function splitListen(listen: string): { host: string; port: number } {
+  const i = listen.lastIndexOf(':');
+  let host = listen.slice(0, i);
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  return { host, port: Number(listen.slice(i + 1)) };
+}
+
+export function isLoopback(host: string): boolean {
+  if (host === 'localhost') return true;
+  const v = isIP(host);
+  if (v === 4) return host.startsWith('127.');
+  if (v === 6) return host === '::1' || /^::ffff:127\./i.test(host);
+  return false;
+}
+
+/**
+ * No token at all: /status and /metrics are served without auth only on a loopback address (where only
+ * this host's users reach them); on any other address the daemon refuses to start.
+ */
+export function checkListen(listen: string, token: string | null): void {
+  if (token !== null) return;
+  if (isLoopback(splitListen(listen).host)) return;
+  throw new TandemError('config', 'LISTEN_NEEDS_TOKEN', `server.listen ${listen} is not a loopback address and no token is configured: /status and /metrics would be open to the network`, {
+    hint: 'set primary.tokenFile (or TANDEM_TOKEN), or listen on 127.0.0.1',
+  });
+}
+
+export class StatusServer {
+  readonly http: Server;
+
+  constructor(private readonly opts: { token: string | null; logger: Logger; handlers: StatusServerHandlers }) {
+    this.http = createServer((req, res) => {
+      this.route(req, res).catch((err: unknown) => {
+        opts.logger.error({ err, url: req.url }, 'request handler failed');
+        if (!res.headersSent) sendJson(res, 500, errorJson('internal', 'INTERNAL', describeError(err)));
+        else res.destroy();
+      });
+    });
+    this.http.on('clientError', (_err, socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      else socket.destroy();
+    });
+    // Nothing here takes long; a slow or idle client gets no more than this.
+    this.http.requestTimeout = 15_000;
+    this.http.headersTimeout = 10_000;
+  }
+
+  private authorized(req: IncomingMessage): boolean {
+    if (this.opts.token === null) return true; // loopback only: checkListen
+    const presented = bearerFrom(req);
+    return presented !== null && tokensEqual(presented, this.opts.token);
+  }
+
+  private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    req.resume();
+    if (path !== '/healthz' && path !== '/status' && path !== '/metrics') {
+      return sendJson(res, 404, errorJson('not-found', 'NOT_FOUND', 'no such endpoint (try /healthz, /status, /metrics)'));
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      return sendJson(res, 405, errorJson('config', 'METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${path}`), { allow: 'GET, HEAD' });
+    }
+    if (path === '/healthz') return send(res, 200, 'ok\n', 'text/plain; charset=utf-8');
+    if (!this.authorized(req)) {
+      return sendJson(res, 401, errorJson('config', 'UNAUTHORIZED', 'missing or wrong token: send Authorization: Bearer <token>'), { 'www-authenticate': 'Bearer' });
+    }
+    if (path === '/status') return sendJson(res, 200, await this.opts.handlers.status());
+    const m = await this.opts.handlers.metrics();
+    return send(res, 200, m.body, m.contentType);
+  }
+
+  /** Listens on host:port; resolves with the address actually bound (port 0 picks one). */
+  listen(listen: string): Promise<string> {
+    const { host, port } = splitListen(listen);
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException) => {
+        const why = err.code === 'EADDRINUSE' ? 'the address is in use (another daemon?)' : err.code === 'EACCES' ? 'permission denied' : describeError(err);
+        reject(new TandemError('config', 'LISTEN_FAILED', `cannot listen on ${listen} (server.listen): ${why}`, { hint: 'choose another server.listen, or stop what holds it' }));
+      };
+      this.http.once('error', onError);
+      this.http.listen(port, host, () => {
+        this.http.off('error', onError);
+        const a = this.http.address();
+        if (a === null || typeof a === 'string') return resolve(listen);
+        resolve(a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.http.close(() => resolve());
+      this.http.closeAllConnections();
+    });
+  }
+}

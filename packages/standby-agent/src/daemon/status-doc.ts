@@ -1,0 +1,131 @@
+import { formatDuration } from '@tandem/shared';
+import type { LagFigures, LagVerdict } from './lag.js';
+import type { PushStatus } from './push-client.js';
+
+/**
+ * What `tandem-standby status --json` prints and GET /status serves: the lag figures (lag.ts) and
+ * what stands behind them. The status command computes the figures itself from the state dir and the
+ * filestore, with or without a daemon; when a daemon runs, its runtime parts (push channel, polling,
+ * last error, apply in progress) are added from its /status.
+ */
+export interface ErrorInfo {
+  at: string;
+  /** What failed: poll, apply, restart, report, recovery, websocket, heartbeat, pending, latest. */
+  what: string;
+  kind: string;
+  code: string;
+  message: string;
+}
+
+export interface HeartbeatInfo {
+  at: string;
+  /** Where it was seen: the push channel or heartbeat.json. */
+  source: 'push' | 'filestore';
+  primaryHost: string | null;
+  epoch: number | null;
+  lastBackup: { setId: string | null; at: string; outcome: 'ok' | 'failed' } | null;
+  nextBackupAt: string | null;
+}
+
+export interface PollInfo {
+  intervalSeconds: number;
+  lastAt: string | null;
+  lastResult: 'unchanged' | 'changed' | 'missing' | 'error' | null;
+  consecutiveErrors: number;
+  nextAt: string | null;
+}
+
+export interface StandbyStatusDoc extends LagFigures {
+  site: string;
+  standbyId: string;
+  now: string;
+  appliedSetId: string | null;
+  appliedCreatedAt: string | null;
+  appliedAt: string | null;
+  appliedCommittedAt: string | null;
+  latestSetId: string | null;
+  latestCreatedAt: string | null;
+  latestCommittedAt: string | null;
+  primaryHeartbeat: HeartbeatInfo | null;
+  /** An apply the daemon is running now. */
+  applying: { setId: string | null; since: string } | null;
+  /** journal.json: an apply that was interrupted (the next apply or daemon start finishes or rolls it back). */
+  unfinishedApply: { setId: string; phase: string; startedAt: string } | null;
+  promoted: { promotedAt: string } | null;
+  daemon: { running: boolean; pid: number | null; listen: string | null; startedAt: string | null; reachable: boolean };
+  /** null when no primary.url is configured (polling only), or the daemon could not be asked. */
+  push: PushStatus | null;
+  poll: PollInfo | null;
+  lastError: ErrorInfo | null;
+  /** Problems met while gathering this status (e.g. the filestore could not be read). */
+  problems: string[];
+  maxLag?: { seconds: number; warnAboveSeconds: number; verdict: LagVerdict };
+}
+
+const ago = (s: number | null): string => (s === null ? 'unknown' : `${formatDuration(s * 1000)}`);
+const when = (iso: string | null | undefined): string => (iso ? iso.replace(/\.\d{3}Z$/, 'Z') : '?');
+
+/** A few aligned lines an operator can read at 3 AM. */
+export function formatStatus(d: StandbyStatusDoc): string[] {
+  const rows: Array<[string, string]> = [];
+  const daemon = d.daemon.running
+    ? `running (pid ${d.daemon.pid}${d.daemon.listen ? `, ${d.daemon.listen}` : ''}${d.daemon.startedAt ? `, since ${when(d.daemon.startedAt)}` : ''})${d.daemon.reachable ? '' : ', its /status could not be read'}`
+    : 'NOT RUNNING (figures below are from the state dir and the filestore)';
+  rows.push(['daemon', daemon]);
+  if (d.push !== null) {
+    rows.push([
+      'push channel',
+      d.push.connected
+        ? `connected to ${d.push.url} since ${when(d.push.since)}`
+        : `DOWN since ${when(d.push.since)}: ${d.push.lastError?.message ?? d.push.url}; polling covers it`,
+    ]);
+  }
+  if (d.poll !== null) {
+    const last = d.poll.lastAt ? `last ${when(d.poll.lastAt)} ${d.poll.lastResult ?? ''}` : 'not yet';
+    rows.push(['polling', `every ${formatDuration(d.poll.intervalSeconds * 1000)}, ${last}${d.poll.consecutiveErrors > 0 ? `, ${d.poll.consecutiveErrors} failed in a row` : ''}`]);
+  }
+  rows.push([
+    'applied',
+    d.appliedSetId === null ? 'NOTHING (no set applied yet)' : `${d.appliedSetId} (created ${when(d.appliedCreatedAt)}, applied ${when(d.appliedAt)})`,
+  ]);
+  rows.push(['latest', d.latestSetId === null ? 'unknown' : `${d.latestSetId} (committed ${when(d.latestCommittedAt)})`]);
+  if (d.applying !== null) {
+    const phase = d.unfinishedApply !== null && d.unfinishedApply.setId === d.applying.setId ? ` (${d.unfinishedApply.phase})` : '';
+    rows.push(['applying', `${d.applying.setId ?? 'the newest set'} since ${when(d.applying.since)}${phase}`]);
+  }
+  rows.push([
+    'recovery point',
+    d.recoveryPointAgeSeconds === null ? 'NONE: a failover now would lose everything' : `${ago(d.recoveryPointAgeSeconds)} old (a failover now loses what the primary did since ${when(d.appliedCreatedAt)})`,
+  ]);
+  rows.push(['apply lag', ago(d.applyLagSeconds)]);
+  rows.push(['pending sets', d.pendingSets === null ? 'unknown' : `${d.pendingSets}${d.pendingSets > 0 ? ' (committed, not applied yet)' : ''}`]);
+  const hb = d.primaryHeartbeat;
+  rows.push([
+    'primary',
+    hb === null
+      ? 'no heartbeat seen (is `tandem-primary run` running?)'
+      : `heartbeat ${ago(d.primaryHeartbeatAgeSeconds)} ago${hb.primaryHost ? ` from ${hb.primaryHost}` : ''}${hb.epoch !== null ? ` (epoch ${hb.epoch})` : ''}` +
+        (hb.lastBackup ? `; last backup ${hb.lastBackup.outcome} at ${when(hb.lastBackup.at)}` : '') +
+        (hb.nextBackupAt ? `; next ${when(hb.nextBackupAt)}` : ''),
+  ]);
+  // The daemon's own apply in progress has a journal too: only a journal nobody works on is news.
+  if (d.unfinishedApply !== null && d.applying?.setId !== d.unfinishedApply.setId) {
+    rows.push(['UNFINISHED', `apply of ${d.unfinishedApply.setId} (phase ${d.unfinishedApply.phase}, started ${when(d.unfinishedApply.startedAt)}): the next apply finishes or rolls it back`]);
+  }
+  if (d.promoted !== null) rows.push(['PROMOTED', `this server was promoted to primary at ${when(d.promoted.promotedAt)}`]);
+  rows.push(['last error', d.lastError === null ? 'none' : `${when(d.lastError.at)} ${d.lastError.what}: ${d.lastError.message}`]);
+  for (const p of d.problems) rows.push(['problem', p]);
+  if (d.maxLag) {
+    const m = d.maxLag;
+    const age = d.recoveryPointAgeSeconds === null ? 'none (nothing applied)' : ago(d.recoveryPointAgeSeconds);
+    const text =
+      m.verdict === 'ok'
+        ? `OK: recovery point age ${age} is within 80% of ${ago(m.seconds)}`
+        : m.verdict === 'warning'
+          ? `WARNING: recovery point age ${age} is above 80% of ${ago(m.seconds)} (${ago(m.warnAboveSeconds)})`
+          : `CRITICAL: recovery point age ${age} is beyond ${ago(m.seconds)}`;
+    rows.push([`max-lag ${ago(m.seconds)}`, text]);
+  }
+  const width = Math.max(...rows.map(([k]) => k.length));
+  return [`site ${d.site}, standby ${d.standbyId}, at ${when(d.now)}`, ...rows.map(([k, v]) => `  ${k.padEnd(width)}  ${v}`)];
+}
