@@ -104,8 +104,11 @@ config: { preserve: ["config.d/db.yml"] }
 filestore: { url: "file:///var/backups/tandem" }
 keys: { identityFile: ./keys/backup.agekey, verifyKeyFile: ./keys/signing.pub }
 restartCommand: "true"
+server: { listen: "127.0.0.1:7171", tokenFile: ./keys/ws.token }
 `);
     const c = loadStandbyConfig(file);
+    expect(c.server).toEqual({ listen: '127.0.0.1:7171', tokenFile: join(file, '..', 'keys/ws.token') });
+    expect(c.pollInterval).toBe(60_000);
     expect(c.paths.sentinel).toBe('/srv/demo/priv/BACKUP');
     expect(c.config.preserve).toEqual(['config.d/db.yml']);
     expect(c.database.restoreJobs).toBe(2);

@@ -158,7 +158,9 @@ export const standbyConfigSchema = z.strictObject({
     .optional(),
   pollInterval: duration(1000).default(60_000),
   /** /status, /metrics, /healthz. */
-  server: z.strictObject({ listen: listenAddress.default('127.0.0.1:7071') }).default({ listen: '127.0.0.1:7071' }),
+  server: z
+    .strictObject({ listen: listenAddress.default('127.0.0.1:7071'), tokenFile: nonEmpty.optional() })
+    .default({ listen: '127.0.0.1:7071' }),
   /** A primary heartbeat younger than this means the primary may be alive: promote refuses. */
   heartbeatStaleAfter: duration(1000).default(120_000),
   /** Name this standby reports to the primary and in the filestore; default the host name. */
@@ -290,6 +292,7 @@ export function loadStandbyConfig(file: string): StandbyConfig {
     filestore: { url: resolveFilestoreUrl(base, c.filestore.url) },
     keys: { identityFile: absOpt(base, c.keys.identityFile), verifyKeyFile: abs(base, c.keys.verifyKeyFile) },
     primary: c.primary ? { ...c.primary, tokenFile: absOpt(base, c.primary.tokenFile) } : undefined,
+    server: { ...c.server, tokenFile: absOpt(base, c.server.tokenFile) },
     stateDir: c.stateDir ? abs(base, c.stateDir) : defaultStateDir(c.site),
   };
 }

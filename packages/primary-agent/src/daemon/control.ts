@@ -20,7 +20,7 @@ export interface DaemonInfo {
 export const daemonInfoFile = (stateDir: string): string => join(stateDir, 'daemon.json');
 
 export async function writeDaemonInfo(stateDir: string, info: DaemonInfo): Promise<void> {
-  await writeFileAtomic(daemonInfoFile(stateDir), `${JSON.stringify(info, null, 2)}\n`, 0o600);
+  await writeFileAtomic(daemonInfoFile(stateDir), `${JSON.stringify({ agent: 'tandem-primary', ...info }, null, 2)}\n`, 0o600);
 }
 
 /** Remove daemon.json if it is ours (a newer daemon's file is left alone). */
@@ -32,7 +32,9 @@ export async function removeDaemonInfo(stateDir: string, pid = process.pid): Pro
 export async function readDaemonInfo(stateDir: string): Promise<DaemonInfo | null> {
   try {
     const v = JSON.parse(await readFile(daemonInfoFile(stateDir), 'utf8')) as Partial<DaemonInfo>;
-    if (typeof v.pid !== 'number' || typeof v.listen !== 'string') return null;
+    // Both agents keep a daemon.json; with a shared state dir the standby's must not be taken for ours.
+    const agent = (v as { agent?: unknown }).agent;
+    if (typeof v.pid !== 'number' || typeof v.listen !== 'string' || (agent !== undefined && agent !== 'tandem-primary')) return null;
     return { pid: v.pid, listen: v.listen, startedAt: String(v.startedAt ?? ''), site: String(v.site ?? '') };
   } catch {
     return null;

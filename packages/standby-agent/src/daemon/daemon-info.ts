@@ -93,13 +93,15 @@ export function fetchFromDaemon(listen: string, path: string, token: string | nu
 
 /**
  * The token of the push channel, which also guards /status and /metrics: primary.tokenFile, else
- * TANDEM_TOKEN. With primary.url configured a token is required (config error without one); without
+ * server.tokenFile (a standby that only polls), else TANDEM_TOKEN. With primary.url configured a token is required (config error without one); without
  * it (polling only) the daemon may run without a token, serving /status and /metrics on loopback only.
  */
 export function loadDaemonToken(config: StandbyConfig, logger?: Logger): string | null {
-  if (config.primary !== undefined) return loadToken({ tokenFile: config.primary.tokenFile, key: 'primary.tokenFile', logger });
+  if (config.primary !== undefined) {
+    return loadToken({ tokenFile: config.primary.tokenFile ?? config.server.tokenFile, key: 'primary.tokenFile', logger });
+  }
   try {
-    return loadToken({ key: 'primary.tokenFile', logger });
+    return loadToken({ tokenFile: config.server.tokenFile, key: 'server.tokenFile', logger });
   } catch (err) {
     if (isTandemError(err) && err.code === 'TOKEN_MISSING') return null;
     throw err;
