@@ -23,7 +23,11 @@ Runs until SIGTERM or SIGINT:
     The token comes from \`server.tokenFile\` or TANDEM_TOKEN and is sent as
     "Authorization: Bearer <token>".
   - stops backing up at once if the filestore's epoch rises above its own (another server was
-    promoted): tandem_fenced becomes 1 and \`onFenced\` runs.
+    promoted): tandem_fenced becomes 1 and \`onFenced\` runs;
+  - answers a standby's \`tandem-standby switchover\`: runs \`onFenced\` (stop the site's writes),
+    takes a final backup and holds (no backups) until the standby has promoted (then fenced) or
+    the switchover is called off (then \`onResume\` runs and the schedule resumes). Both
+    \`onFenced\` and \`onResume\` must be configured for a switchover to be accepted.
 On SIGTERM/SIGINT a running backup is aborted (nothing is committed) and the daemon exits 0.
 stateDir/daemon.json {pid, listen, startedAt} exists while it runs.
 
