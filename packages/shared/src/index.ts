@@ -22,3 +22,4 @@ export * from './protocol.js';
 export * from './token.js';
 export * from './epoch.js';
 export * from './fault.js';
+export * from './net.js';

@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import { mkdir, open, readFile, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { TandemError } from './errors.js';
+import { pidAlive } from './net.js';
 
 /**
  * A per-host exclusive lock file (pid, host, start time). A lock whose process is gone on this host
@@ -12,15 +13,6 @@ export interface LockInfo {
   host: string;
   startedAt: string;
   purpose: string;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 export interface Lock {
@@ -47,7 +39,7 @@ export async function acquireLock(file: string, purpose: string, what: string): 
     } catch {
       // Unreadable or half-written lock: the writer died between open and write.
     }
-    const stale = holder.pid === undefined || (holder.host === info.host && !alive(holder.pid));
+    const stale = holder.pid === undefined || (holder.host === info.host && !pidAlive(holder.pid));
     if (!stale) {
       throw new TandemError(
         'busy',

@@ -1,7 +1,7 @@
 import { request } from 'node:http';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TandemError, describeError, writeFileAtomic, type ErrorKind } from '@tandem/shared';
+import { TandemError, connectAddress, describeError, pidAlive, writeFileAtomic, type ErrorKind } from '@tandem/shared';
 import type { BackupResult } from '../backup/run-backup.js';
 
 /**
@@ -41,15 +41,6 @@ export async function readDaemonInfo(stateDir: string): Promise<DaemonInfo | nul
   }
 }
 
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** The running daemon of this state dir, or null (no file, or its process is gone). */
 export async function findDaemon(stateDir: string): Promise<DaemonInfo | null> {
   const info = await readDaemonInfo(stateDir);
@@ -73,17 +64,6 @@ export function probeDaemon(listen: string, timeoutMs = 2000): Promise<boolean> 
     req.on('error', () => resolve(false));
     req.end();
   });
-}
-
-/** host and port to connect to for a listen address (a wildcard address means this host). */
-export function connectAddress(listen: string): { host: string; port: number } {
-  const i = listen.lastIndexOf(':');
-  let host = listen.slice(0, i);
-  const port = Number(listen.slice(i + 1));
-  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  if (host === '0.0.0.0' || host === '') host = '127.0.0.1';
-  if (host === '::') host = '::1';
-  return { host, port };
 }
 
 /** The daemon could not be reached at all: the caller may fall back to a local run. */
@@ -172,3 +152,4 @@ export function requestBackup(info: DaemonInfo, token: string, opts: { connectTi
     req.end();
   });
 }
+

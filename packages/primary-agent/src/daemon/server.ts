@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
-import { MAX_FRAME_BYTES, STREAM_PATH, TandemError, bearerFrom, describeError, tokensEqual, type Logger } from '@tandem/shared';
+import { MAX_FRAME_BYTES, STREAM_PATH, TandemError, bearerFrom, describeError, listenOn, tokensEqual, type Logger } from '@tandem/shared';
 import { errorBody } from './control.js';
 import type { StandbyHub } from './standbys.js';
 
@@ -117,23 +117,7 @@ export class DaemonServer {
 
   /** Listen on host:port; resolves with the address actually bound. */
   listen(listen: string): Promise<string> {
-    const i = listen.lastIndexOf(':');
-    let host = listen.slice(0, i);
-    if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-    const port = Number(listen.slice(i + 1));
-    return new Promise((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException) => {
-        const why = err.code === 'EADDRINUSE' ? 'the address is in use (another daemon?)' : err.code === 'EACCES' ? 'permission denied' : describeError(err);
-        reject(new TandemError('config', 'LISTEN_FAILED', `cannot listen on ${listen} (server.listen): ${why}`, { hint: 'choose another server.listen, or stop what holds it' }));
-      };
-      this.http.once('error', onError);
-      this.http.listen(port, host, () => {
-        this.http.off('error', onError);
-        const a = this.http.address();
-        if (a === null || typeof a === 'string') return resolve(listen);
-        resolve(a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
-      });
-    });
+    return listenOn(this.http, listen);
   }
 
   async close(): Promise<void> {

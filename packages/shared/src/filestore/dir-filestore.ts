@@ -9,6 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { TandemError } from '../errors.js';
+import { pidAlive } from '../net.js';
 import type {
   ConditionalGetResult,
   Filestore,
@@ -27,15 +28,6 @@ export const RESERVED_MARK = '.tmp-';
 /** Temporary files carry their writer (pid@host), so a dead writer's leftovers can be told apart. */
 const TMP_OWNER = `${process.pid}@${hostname().replace(/[^A-Za-z0-9.-]/g, '_')}`;
 const DEAD_TEMP_AGE_MS = 60 * 60 * 1000;
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * A temporary file is dead when its writer on this host is gone, or (other hosts sharing the

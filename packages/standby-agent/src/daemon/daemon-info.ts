@@ -2,8 +2,7 @@ import { request } from 'node:http';
 import { hostname } from 'node:os';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { STANDBY_ID_PATTERN, isTandemError, loadToken, writeFileAtomic, type Logger, type StandbyConfig } from '@tandem/shared';
-import { splitListen } from './server.js';
+import { STANDBY_ID_PATTERN, connectAddress, pidAlive, isTandemError, loadToken, writeFileAtomic, type Logger, type StandbyConfig } from '@tandem/shared';
 
 /**
  * stateDir/daemon.json, written (0600) while `tandem-standby run` runs: how `tandem-standby status`
@@ -48,28 +47,11 @@ export async function removeDaemonInfo(stateDir: string, pid = process.pid): Pro
   if (info === null || info.pid === pid) await rm(daemonFiles(stateDir).info, { force: true });
 }
 
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** The standbyId to use: the configured one, else this host's name made into a valid id. */
 export function defaultStandbyId(configured: string | undefined): string {
   if (configured !== undefined) return configured;
   const h = hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 63);
   return STANDBY_ID_PATTERN.test(h) ? h : 'standby';
-}
-
-/** host:port to connect to for a listen address (a wildcard address means this host). */
-export function connectAddress(listen: string): { host: string; port: number } {
-  const { host, port } = splitListen(listen);
-  if (host === '0.0.0.0' || host === '') return { host: '127.0.0.1', port };
-  if (host === '::') return { host: '::1', port };
-  return { host, port };
 }
 
 /** GET path from the running daemon with the token; null on any failure (not running, refused, timeout). */
@@ -107,3 +89,4 @@ export function loadDaemonToken(config: StandbyConfig, logger?: Logger): string 
     throw err;
   }
 }
+

@@ -9,10 +9,11 @@ import {
   type Logger,
   type StandbyConfig,
 } from '@tandem/shared';
+import { pidAlive } from '@tandem/shared';
 import { readJournal } from '../apply/journal.js';
 import { readLatest } from '../apply/resolve-set.js';
 import { readApplied, readPromoted, type AppliedState } from '../apply/state.js';
-import { defaultStandbyId, fetchFromDaemon, loadDaemonToken, pidAlive, readDaemonInfo } from './daemon-info.js';
+import { defaultStandbyId, fetchFromDaemon, loadDaemonToken, readDaemonInfo } from './daemon-info.js';
 import { committedAtOf, computeLag, countPendingSets, pendingWithoutListing, readHeartbeat } from './lag.js';
 import type { HeartbeatInfo, StandbyStatusDoc } from './status-doc.js';
 

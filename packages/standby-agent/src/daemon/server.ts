@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
-import { TandemError, bearerFrom, describeError, tokensEqual, type Logger } from '@tandem/shared';
+import { TandemError, bearerFrom, describeError, listenOn, splitListen, tokensEqual, type Logger } from '@tandem/shared';
 
 /**
  * The standby daemon's HTTP server (server.listen):
@@ -25,13 +25,6 @@ const sendJson = (res: ServerResponse, status: number, body: unknown, extra: Rec
   send(res, status, `${JSON.stringify(body, null, 2)}\n`, 'application/json; charset=utf-8', extra);
 
 const errorJson = (kind: string, code: string, message: string) => ({ error: { kind, code, message } });
-
-export function splitListen(listen: string): { host: string; port: number } {
-  const i = listen.lastIndexOf(':');
-  let host = listen.slice(0, i);
-  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
-  return { host, port: Number(listen.slice(i + 1)) };
-}
 
 export function isLoopback(host: string): boolean {
   if (host === 'localhost') return true;
@@ -99,20 +92,7 @@ export class StatusServer {
 
   /** Listens on host:port; resolves with the address actually bound (port 0 picks one). */
   listen(listen: string): Promise<string> {
-    const { host, port } = splitListen(listen);
-    return new Promise((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException) => {
-        const why = err.code === 'EADDRINUSE' ? 'the address is in use (another daemon?)' : err.code === 'EACCES' ? 'permission denied' : describeError(err);
-        reject(new TandemError('config', 'LISTEN_FAILED', `cannot listen on ${listen} (server.listen): ${why}`, { hint: 'choose another server.listen, or stop what holds it' }));
-      };
-      this.http.once('error', onError);
-      this.http.listen(port, host, () => {
-        this.http.off('error', onError);
-        const a = this.http.address();
-        if (a === null || typeof a === 'string') return resolve(listen);
-        resolve(a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
-      });
-    });
+    return listenOn(this.http, listen);
   }
 
   async close(): Promise<void> {
@@ -122,3 +102,4 @@ export class StatusServer {
     });
   }
 }
+

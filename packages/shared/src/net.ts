@@ -1,0 +1,46 @@
+import type { Server } from 'node:http';
+import { TandemError, describeError } from './errors.js';
+
+/** host:port (IPv6 in brackets) → its parts. */
+export function splitListen(listen: string): { host: string; port: number } {
+  const i = listen.lastIndexOf(':');
+  let host = listen.slice(0, i);
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  return { host, port: Number(listen.slice(i + 1)) };
+}
+
+/** host and port to connect to for a listen address (a wildcard address means this host). */
+export function connectAddress(listen: string): { host: string; port: number } {
+  const { host, port } = splitListen(listen);
+  if (host === '0.0.0.0' || host === '') return { host: '127.0.0.1', port };
+  if (host === '::') return { host: '::1', port };
+  return { host, port };
+}
+
+/** Listen on host:port (`server.listen`); resolves with the address actually bound (port 0 picks one). */
+export function listenOn(http: Server, listen: string): Promise<string> {
+  const { host, port } = splitListen(listen);
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException) => {
+      const why = err.code === 'EADDRINUSE' ? 'the address is in use (another daemon?)' : err.code === 'EACCES' ? 'permission denied' : describeError(err);
+      reject(new TandemError('config', 'LISTEN_FAILED', `cannot listen on ${listen} (server.listen): ${why}`, { hint: 'choose another server.listen, or stop what holds it' }));
+    };
+    http.once('error', onError);
+    http.listen(port, host, () => {
+      http.off('error', onError);
+      const a = http.address();
+      if (a === null || typeof a === 'string') return resolve(listen);
+      resolve(a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
+    });
+  });
+}
+
+/** Whether a process of this host is alive (EPERM: alive, but another user's). */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
