@@ -37,8 +37,10 @@ export const agentEnv = () => ({ ...process.env, TANDEM_LOG_LEVEL: process.env.T
  * Creates the temp dir with keys, config/security dirs, primary.yml and standby.yml.
  * The primary backs up `filesDir` (the cached tree) and database `db`; the standby applies into
  * `standbyDb` and `<tmp>/standby/{priv,security,files}`.
+ * Optional: `filestoreUrl` (default: a directory filestore in the temp dir), and YAML text appended
+ * to each config (`primaryExtra`, `standbyExtra`: further top-level keys, e.g. the daemons').
  */
-export function makeSite({ db, filesDir, standbyDb }) {
+export function makeSite({ db, filesDir, standbyDb, filestoreUrl, primaryExtra = '', standbyExtra = '' }) {
   const dir = mkdtempSync(join(os.tmpdir(), 'tandem-bench-'));
   const r = spawnSync(process.execPath, [PRIMARY_BIN, 'init', '--keys-dir', join(dir, 'keys')], { encoding: 'utf8', env: agentEnv() });
   if (r.status !== 0) throw new Error(`tandem-primary init failed: ${r.stderr}`);
@@ -49,10 +51,7 @@ export function makeSite({ db, filesDir, standbyDb }) {
   mkdirSync(join(dir, 'primary', 'security'), { recursive: true });
   writeFileSync(join(dir, 'primary', 'security', 'site.key'), `-----BEGIN PRIVATE KEY-----\n${'A'.repeat(1600)}\n-----END PRIVATE KEY-----\n`);
   chmodSync(join(dir, 'primary', 'security', 'site.key'), 0o600);
-  for (const p of ['priv/config.d', 'security', 'files']) mkdirSync(join(dir, 'standby', p), { recursive: true });
-  writeFileSync(join(dir, 'standby', 'priv', 'config.d', 'db.yml'), `dbname: ${standbyDb}\n`);
-
-  const filestore = `file://${join(dir, 'filestore')}`;
+  const filestore = filestoreUrl ?? `file://${join(dir, 'filestore')}`;
   const primaryConfig = join(dir, 'primary.yml');
   writeFileSync(
     primaryConfig,
@@ -69,29 +68,44 @@ keys:
   recipientFile: ./keys/backup.agepub
   signingKeyFile: ./keys/signing.key
 stateDir: ./state/primary
-`,
+${primaryExtra}`,
   );
-  const standbyConfig = join(dir, 'standby.yml');
+  const site = { dir, primaryConfig, filestoreDir: join(dir, 'filestore'), filestoreUrl: filestore };
+  site.standbyConfig = addStandby(site, 'standby', { standbyDb, extra: standbyExtra }).config;
+  return site;
+}
+
+/**
+ * Another standby of a site made by makeSite (or the first one): `<tmp>/<name>/{priv,security,files}`,
+ * state in `<tmp>/state/<name>`, config `<tmp>/<name>.yml` applying into `standbyDb`, from the
+ * site's filestore unless `filestoreUrl` is given; `extra` is YAML appended (top-level keys).
+ * Returns {config, stateDir}.
+ */
+export function addStandby(site, name, { standbyDb, filestoreUrl, extra = '' }) {
+  const { dir } = site;
+  for (const p of ['priv/config.d', 'security', 'files']) mkdirSync(join(dir, name, p), { recursive: true });
+  writeFileSync(join(dir, name, 'priv', 'config.d', 'db.yml'), `dbname: ${standbyDb}\n`);
+  const config = join(dir, `${name}.yml`);
   writeFileSync(
-    standbyConfig,
+    config,
     `site: bench
 database:
   url: ${pgUrl(standbyDb)}
 paths:
-  config: ./standby/priv
-  security: ./standby/security
-  files: ./standby/files
+  config: ./${name}/priv
+  security: ./${name}/security
+  files: ./${name}/files
 config:
   preserve: ["config.d/db.yml"]
 filestore:
-  url: ${filestore}
+  url: ${filestoreUrl ?? site.filestoreUrl}
 keys:
   identityFile: ./keys/backup.agekey
   verifyKeyFile: ./keys/signing.pub
-stateDir: ./state/standby
-`,
+stateDir: ./state/${name}
+${extra}`,
   );
-  return { dir, primaryConfig, standbyConfig, filestoreDir: join(dir, 'filestore') };
+  return { config, stateDir: join(dir, 'state', name) };
 }
 
 export function removeSite(site) {

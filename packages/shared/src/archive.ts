@@ -21,6 +21,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { Parser, type ReadEntry } from 'tar';
 import { TandemError, describeError } from './errors.js';
+import { mkdirp } from './fsutil.js';
 import { spawnSource } from './streams.js';
 
 /**
@@ -173,7 +174,7 @@ function paxMtimeMs(meta: string): number | undefined {
 
 async function prepareTarget(root: string, label: string): Promise<void> {
   try {
-    await fsp.mkdir(root, { recursive: true, mode: 0o700 });
+    await mkdirp(root, 0o700);
     const st = await fsp.lstat(root);
     if (!st.isDirectory()) throw new Error('not a directory');
     if ((await fsp.readdir(root)).length > 0) throw new Error('directory is not empty');
@@ -364,7 +365,7 @@ class Extractor {
     const { label, maxEntries } = this.#opts;
     this.entries++;
     if (maxEntries !== undefined && this.entries > maxEntries) {
-      throw limitError(label, `more than ${maxEntries} entries (maxEntries)`);
+      throw limitError(label, `more than ${maxEntries} entries (maxEntries) at ${JSON.stringify(e.path)}`);
     }
     const why = this.#pathProblem(e.path);
     if (why !== undefined) throw unsafe(label, e.path, `path ${why}`);
@@ -426,7 +427,7 @@ class Extractor {
     const parent = path.dirname(abs);
     if (parent === this.#lastParent || abs === this.#root) return;
     // Safe to follow: #pathProblem guarantees no component of `rel` is a symlink.
-    await fsp.mkdir(parent, { recursive: true, mode: this.#opts.dirMode ?? 0o700 });
+    await mkdirp(parent, this.#opts.dirMode ?? 0o700);
     this.#lastParent = parent;
   }
 

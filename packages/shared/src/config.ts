@@ -165,6 +165,17 @@ export const standbyConfigSchema = z.strictObject({
   heartbeatStaleAfter: duration(1000).default(120_000),
   /** Name this standby reports to the primary and in the filestore; default the host name. */
   standbyId: z.string().regex(/^[A-Za-z0-9._-]{1,63}$/, 'expected letters, digits, ".", "_" or "-"').optional(),
+  /**
+   * Bounds on what one archive (config, security, files) may unpack: entries of any type, and bytes
+   * of file data (also bounded by the free space of the target's file system). A signed set is
+   * still refused past these, naming the entry, before it exhausts inodes or disk.
+   */
+  limits: z
+    .strictObject({
+      maxEntries: z.number().int().min(1).default(1_000_000),
+      maxBytes: z.number().int().min(1).optional(),
+    })
+    .default({ maxEntries: 1_000_000 }),
 });
 
 export type PrimaryConfig = z.infer<typeof primaryConfigSchema> & { configFile: string; stateDir: string };

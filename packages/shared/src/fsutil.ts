@@ -1,6 +1,32 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
-import { dirname, join, basename } from 'node:path';
+import { dirname, join, basename, resolve } from 'node:path';
+
+/**
+ * `mkdir -p` that reports the real reason it failed. Node 20's recursive mkdir says ENOENT when a
+ * component cannot be created on a read-only file system (EROFS), which callers then report as
+ * "does not exist". On ENOENT this creates the missing components one by one, so the error that
+ * surfaces is the real one (EROFS, EACCES, ENOTDIR ...).
+ */
+export async function mkdirp(dir: string, mode?: number): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true, mode });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    const missing: string[] = [];
+    for (let p = resolve(dir); ; p = dirname(p)) {
+      missing.unshift(p);
+      if (dirname(p) === p) break;
+    }
+    for (const p of missing) {
+      try {
+        await mkdir(p, { mode });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      }
+    }
+  }
+}
 
 /** fsync a directory so a rename inside it survives a crash. */
 export async function fsyncDir(dir: string): Promise<void> {

@@ -9,6 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { TandemError } from '../errors.js';
+import { mkdirp } from '../fsutil.js';
 import { pidAlive } from '../net.js';
 import type {
   ConditionalGetResult,
@@ -411,7 +412,7 @@ export class DirFilestore implements Filestore {
   private async createExclusive(file: string): Promise<FileHandle> {
     for (let attempt = 0; ; attempt++) {
       try {
-        await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+        await mkdirp(path.dirname(file), 0o700);
         return await open(file, 'wx', 0o600);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT' && attempt < 5) continue;
@@ -464,6 +465,12 @@ export class DirFilestore implements Filestore {
     }
     await fh.close().catch(() => {});
     await unlink(tmp).catch(() => {});
+    // Like delete(): drop the directories this write created and leaves empty (a backup that fails
+    // in its first artifact would otherwise leave an empty set directory, which no list() shows and
+    // so no cleanup ever finds). Writers recreate them as needed (createExclusive retries).
+    for (let dir = path.dirname(final); dir.startsWith(this.root + path.sep); dir = path.dirname(dir)) {
+      if (!(await rmdir(dir).then(() => true, () => false))) break;
+    }
     throw failure;
   }
 

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { Readable, Transform, addAbortSignal, finished } from 'node:stream';
+import { once } from 'node:events';
+import { PassThrough, Readable, addAbortSignal } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   DeleteObjectCommand,
@@ -106,7 +107,7 @@ interface SdkError {
   code?: string;
   message?: string;
   errors?: { code?: string }[];
-  $metadata?: { httpStatusCode?: number };
+  $metadata?: { httpStatusCode?: number; attempts?: number };
   $retryable?: unknown;
 }
 
@@ -119,7 +120,11 @@ export function s3Error(err: unknown, action: string, where: string): unknown {
   const status = statusOf(err);
   const name = e.name ?? '';
   const code = e.code ?? e.errors?.[0]?.code ?? '';
-  const detail = `${name || code || 'Error'}${status ? ` (HTTP ${status})` : ''}: ${e.message ?? String(err)}`;
+  // The SDK names a connection reset "TimeoutError" too; say what it was.
+  const shown = name === 'TimeoutError' && code !== '' && code !== 'ETIMEDOUT' ? code : name || code || 'Error';
+  const detail = `${shown}${status ? ` (HTTP ${status})` : ''}: ${e.message ?? String(err)}`;
+  const attempts = e.$metadata?.attempts;
+  const gaveUp = attempts !== undefined && attempts > 1 ? ` (gave up after ${attempts} attempts)` : '';
   const make = (kind: 'not-found' | 'transient' | 'permanent' | 'precondition', c: string, msg: string, hint?: string) =>
     new TandemError(kind, c, msg, { cause: err, hint });
 
@@ -133,7 +138,7 @@ export function s3Error(err: unknown, action: string, where: string): unknown {
     return make('precondition', 'FILESTORE_PRECONDITION', `conditional ${action} of ${where} lost: ${detail}`);
   }
   if ((status !== undefined && (status >= 500 || status === 429)) || TRANSIENT_NAMES.has(name) || TRANSIENT_CODES.has(code) || e.$retryable) {
-    return make('transient', 'FILESTORE_S3_TRANSIENT', `cannot ${action} ${where}: ${detail}`);
+    return make('transient', 'FILESTORE_S3_TRANSIENT', `cannot ${action} ${where}: ${detail}${gaveUp}`);
   }
   if (status === 403 || name === 'AccessDenied' || name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch' || name === 'ExpiredToken') {
     return make('permanent', 'FILESTORE_ACCESS_DENIED', `cannot ${action} ${where}: access denied: ${detail}`, 'check the credentials and the bucket policy');
@@ -258,33 +263,76 @@ export class S3Filestore implements Filestore {
     return { body: this.checkedBody(key, res, opts.signal), info: infoOf(key, res) };
   }
 
-  /** The response body, failing (transiently) if the connection ends before ContentLength bytes. */
-  private checkedBody(key: string, res: GetObjectCommandOutput, signal?: AbortSignal): Readable {
-    const src = res.Body;
-    if (!(src instanceof Readable)) {
-      throw new TandemError('internal', 'FILESTORE_S3_BODY', `read ${this.where(key)}: the SDK returned no Node.js stream`);
-    }
+  /**
+   * The response body, complete or failed. Once the SDK has handed the body over its retries are
+   * spent, so a transfer cut short (a reset, an idle timeout, a connection closed early) is resumed
+   * here where it stopped: a ranged GET of the same version (If-Match on the ETag; the answer's ETag
+   * and Content-Range are checked too, for servers that ignore If-Match), up to maxAttempts - 1
+   * times with backoff. Past that, the body fails with a transient FILESTORE_SHORT_READ.
+   */
+  private checkedBody(key: string, first: GetObjectCommandOutput, signal?: AbortSignal): Readable {
     const where = this.where(key);
-    const expected = res.ContentLength;
+    const expected = first.ContentLength;
+    const etag = first.ETag;
+    const resumesAllowed = (this.opts.maxAttempts ?? 4) - 1;
+    const out = new PassThrough({ highWaterMark: 1 << 20 });
     let received = 0;
-    const out = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
-        received += chunk.length;
-        cb(null, chunk);
-      },
-      flush(cb) {
-        if (expected === undefined || received === expected) return cb();
-        cb(new TandemError('transient', 'FILESTORE_SHORT_READ', `read ${where}: connection ended after ${received} of ${expected} bytes`));
-      },
-    });
-    finished(src, (err) => {
-      if (err && !out.destroyed) {
-        const e = new TandemError('transient', 'FILESTORE_SHORT_READ', `read ${where}: transfer failed after ${received} of ${expected ?? '?'} bytes: ${err.message}`, { cause: err });
-        out.destroy(e);
+    let resumes = 0;
+    const shortRead = (why: string, cause?: unknown) =>
+      new TandemError('transient', 'FILESTORE_SHORT_READ', `read ${where}: transfer failed after ${received} of ${expected ?? '?'} bytes: ${why}`, { cause });
+    const bodyOf = (res: GetObjectCommandOutput): Readable => {
+      if (!(res.Body instanceof Readable)) {
+        throw new TandemError('internal', 'FILESTORE_S3_BODY', `read ${where}: the SDK returned no Node.js stream`);
       }
-    });
-    out.on('close', () => src.destroy());
-    src.pipe(out);
+      return res.Body;
+    };
+    const resume = async (): Promise<Readable> => {
+      await sleep(Math.random() * 50 * 2 ** (resumes - 1), undefined, { signal });
+      let res: GetObjectCommandOutput;
+      try {
+        res = await this.client.send(
+          new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${received}-`, IfMatch: etag }),
+          { abortSignal: signal },
+        );
+      } catch (err) {
+        if (statusOf(err) === 412) throw new TandemError('transient', 'FILESTORE_CHANGED', `read ${where}: the object was replaced while being read`, { cause: err });
+        throw s3Error(err, 'read', where);
+      }
+      const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(res.ContentRange ?? '');
+      if (res.ETag !== etag || !range || Number(range[1]) !== received || Number(range[3]) !== expected) {
+        bodyOf(res).destroy();
+        throw new TandemError('transient', 'FILESTORE_CHANGED', `read ${where}: the object was replaced while being read (resumed at byte ${received})`);
+      }
+      return bodyOf(res);
+    };
+    let src = bodyOf(first);
+    out.on('close', () => src.destroy()); // the reader stopped (or was aborted): so does the transfer
+    const pump = async (): Promise<void> => {
+      for (;;) {
+        try {
+          for await (const chunk of src) {
+            if (out.destroyed) return;
+            received += (chunk as Buffer).length;
+            if (!out.write(chunk)) await drainedOrClosed(out);
+          }
+          if (expected === undefined || received === expected) return void out.end();
+          if (received > expected) throw shortRead('more bytes than the declared length');
+          throw shortRead('connection ended early');
+        } catch (err) {
+          src.destroy();
+          if (out.destroyed) return;
+          if (signal?.aborted) throw abortError(signal);
+          if (err instanceof TandemError && err.code !== 'FILESTORE_SHORT_READ') throw err;
+          if (expected === undefined || etag === undefined || received >= expected || resumes >= resumesAllowed) {
+            throw err instanceof TandemError ? err : shortRead((err as Error).message, err);
+          }
+          resumes++;
+          src = await resume();
+          if (out.destroyed) src.destroy();
+        }
+      }
+    };
+    pump().catch((err: unknown) => out.destroy(err instanceof TandemError ? err : shortRead((err as Error).message, err)));
     if (signal) addAbortSignal(signal, out);
     return out;
   }
@@ -436,6 +484,18 @@ export class S3Filestore implements Filestore {
 
   async close(): Promise<void> {
     this.client.destroy();
+  }
+}
+
+/** Waits until `s` wants more, or is gone; leaves no listener behind either way. */
+async function drainedOrClosed(s: PassThrough): Promise<void> {
+  const ac = new AbortController();
+  try {
+    await Promise.race([once(s, 'drain', { signal: ac.signal }), once(s, 'close', { signal: ac.signal })]);
+  } catch {
+    // destroyed with an error: the caller sees `destroyed`
+  } finally {
+    ac.abort();
   }
 }
 

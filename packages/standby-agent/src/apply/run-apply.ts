@@ -105,6 +105,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
         targets,
         stagingDir: journal.stagingDir,
         restoreJobs: config.database.restoreJobs,
+        limits: config.limits,
         logger: log,
         signal: opts.signal,
       });

@@ -1,5 +1,5 @@
 import { createWriteStream } from 'node:fs';
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { chmod, mkdir, rm, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -44,6 +44,8 @@ export interface StageOptions {
   targets: Targets;
   stagingDir: string;
   restoreJobs: number;
+  /** Per archive: entries of any type, and bytes of file data (default: no byte bound beyond free space). */
+  limits?: { maxEntries: number; maxBytes?: number };
   logger: Logger;
   signal?: AbortSignal;
 }
@@ -99,7 +101,12 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
         await mkdir(dirname(dir), { recursive: true });
         await rm(dir, { recursive: true, force: true });
         const modes = name === 'security' ? { fileMode: 0o600, dirMode: 0o700 } : {};
-        r = await streamArtifact(src, (plain) => extractTarSafe(plain, dir, { label: artifactLabel(manifest, entry), ...modes }));
+        // An archive may not unpack more file data than its file system has room for: an entry
+        // claiming more is refused at its header, before a byte of it is written.
+        const free = await freeBytes(dirname(dir));
+        const maxBytes = Math.min(opts.limits?.maxBytes ?? Number.MAX_SAFE_INTEGER, free ?? Number.MAX_SAFE_INTEGER);
+        const limits = { maxEntries: opts.limits?.maxEntries ?? 1_000_000, maxBytes };
+        r = await streamArtifact(src, (plain) => extractTarSafe(plain, dir, { label: artifactLabel(manifest, entry), ...modes, ...limits }));
       }
       durations[name] = r.seconds;
       logger.info({ artifact: name, storedBytes: r.storedBytes, seconds: r.seconds }, 'artifact verified and staged');
@@ -109,6 +116,16 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
     faultPoint(`staged-${name}`);
   }
   return { db: db!, durations };
+}
+
+/** Bytes available to this user on the file system holding `dir`, or undefined if unknown. */
+async function freeBytes(dir: string): Promise<number | undefined> {
+  try {
+    const s = await statfs(dir);
+    return s.bavail * s.bsize;
+  } catch {
+    return undefined;
+  }
 }
 
 /** ENOSPC anywhere in the cause chain becomes one clear message (the caller removes the staging). */

@@ -1,0 +1,132 @@
+/**
+ * Crash suite, primary side: `tandem-primary backup` is SIGKILLed at every named point of a backup
+ * (before and after each artifact, before the manifest, between the manifest and latest.json, after
+ * latest.json, after the record) and at byte offsets mid-upload of every artifact (db: while pg_dump
+ * still runs), against a directory store and, for a subset, against a real S3 server (s3rver).
+ * After each kill the invariants of support/crash.ts hold, and the next backup finishes the job.
+ * The points and outcomes are written to .tmp/faults-report/crash-primary.json.
+ */
+import { rm } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { s3rverEnv, s3rverFilestoreUrl, startS3rver, type S3rverHandle } from '../support/s3rver.js';
+import { ensurePostgres, requireCommands, tmpDir } from '../support/site.js';
+import { apply, backup, createStandbySite, dropSiteDatabases, show, type StandbySite } from '../support/standby-helpers.js';
+import {
+  PRIMARY_NAMED_POINTS,
+  growPrimary,
+  killPrimaryAt,
+  readManifest,
+  sizesOf,
+  uploadKills,
+  writeFigures,
+  type PrimaryKill,
+  type PrimaryKillRecord,
+  type Sizes,
+} from './support/crash.js';
+
+const records: Record<string, PrimaryKillRecord[]> = { dir: [], s3: [] };
+const started = performance.now();
+
+/** Every named point, plus 19 byte offsets: db 6, config 2, security 2, files 9 (files spans two S3 parts). */
+function dirKills(sizes: Sizes): PrimaryKill[] {
+  return [
+    ...PRIMARY_NAMED_POINTS.map((p) => ({ label: p, point: p })),
+    ...uploadKills(sizes, {
+      db: [0, 0.1, 0.3, 0.5, 0.8, 1],
+      config: [0, 1],
+      security: [0, 1],
+      files: [0, 0.05, 0.2, 0.4, 0.6, 0.79, 0.85, 0.95, 1],
+    }),
+  ];
+}
+
+/** The S3 subset: mid-upload of each artifact, across the multipart boundary of files, and the commit. */
+function s3Kills(sizes: Sizes): PrimaryKill[] {
+  return [
+    { label: 'before-artifact:db', point: 'before-artifact:db' },
+    ...uploadKills(sizes, { db: [0.5], config: [1], files: [0.3, 0.85, 1] }),
+    { label: 'after-artifact:files', point: 'after-artifact:files' },
+    { label: 'manifest-written', point: 'manifest-written' },
+    { label: 'latest-written', point: 'latest-written' },
+  ];
+}
+
+async function setUp(root: string, opts: Parameters<typeof createStandbySite>[1] = {}): Promise<{ s: StandbySite; sizes: Sizes }> {
+  const s = await createStandbySite(root, opts);
+  await growPrimary(s);
+  const first = await backup(s);
+  const sizes = sizesOf(await readManifest(s, first));
+  return { s, sizes };
+}
+
+describe('primary killed during a backup (directory store)', () => {
+  let root: string;
+  let s: StandbySite;
+  let kills: PrimaryKill[] = [];
+  const verified = new Set<string>();
+
+  beforeAll(async () => {
+    requireCommands(['age', 'zstd', 'tar', 'pg_dump', 'pg_restore']);
+    await ensurePostgres();
+    root = await tmpDir('tandem-crash-primary-');
+    const set = await setUp(root);
+    s = set.s;
+    kills = dirKills(set.sizes);
+  });
+
+  afterAll(async () => {
+    if (s) await dropSiteDatabases(s);
+    if (root) await rm(root, { recursive: true, force: true });
+  });
+
+  it('survives a SIGKILL at each of ≥ 30 points, and the next backup finishes the job', async () => {
+    expect(kills.length).toBeGreaterThanOrEqual(30);
+    expect(new Set(kills.map((k) => k.point)).size).toBe(kills.length);
+    for (const k of kills) records.dir!.push(await killPrimaryAt(s, k, verified));
+  });
+
+  it('after all that, a standby applies the newest set', async () => {
+    const r = await apply(s);
+    expect(r.code, show(r)).toBe(0);
+  });
+});
+
+describe('primary killed during a backup (S3: s3rver)', () => {
+  let root: string;
+  let s3: S3rverHandle;
+  let s: StandbySite;
+  let kills: PrimaryKill[] = [];
+  const verified = new Set<string>();
+
+  beforeAll(async () => {
+    requireCommands(['age', 'zstd', 'tar', 'pg_dump', 'pg_restore']);
+    await ensurePostgres();
+    root = await tmpDir('tandem-crash-primary-s3-');
+    s3 = await startS3rver();
+    const set = await setUp(root, { filestoreUrl: s3rverFilestoreUrl(s3, { prefix: 'unique' }), env: s3rverEnv() });
+    s = set.s;
+    kills = s3Kills(set.sizes);
+  });
+
+  afterAll(async () => {
+    if (s) await dropSiteDatabases(s);
+    if (s3) await s3.destroy();
+    if (root) await rm(root, { recursive: true, force: true });
+  });
+
+  it('survives a SIGKILL at each point of the S3 subset, and the next backup finishes the job', async () => {
+    for (const k of kills) records.s3!.push(await killPrimaryAt(s, k, verified));
+  });
+});
+
+afterAll(async () => {
+  const all = [...records.dir!, ...records.s3!];
+  await writeFigures('crash-primary', {
+    points: { dir: records.dir!.length, s3: records.s3!.length, distinct: new Set(all.map((r) => r.label)).size },
+    killedSetsCommitted: all.filter((r) => r.committed).length,
+    killedSetsUncommitted: all.filter((r) => r.killedSet !== null && !r.committed).length,
+    losses: 0,
+    seconds: Math.round(performance.now() - started) / 1000,
+    records,
+  });
+});
