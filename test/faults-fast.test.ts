@@ -21,7 +21,7 @@ import {
   type StandbyImage,
 } from './faults/support/crash.js';
 import { startFaultProxy, type FaultProxy } from './faults/support/fault-proxy.js';
-import { checkStore } from './faults/support/store-check.js';
+import { checkStore, type VerifiedSets } from './faults/support/store-check.js';
 
 const tools = () => {
   requireCommands(['age', 'zstd', 'tar', 'pg_dump', 'pg_restore']);
@@ -44,7 +44,7 @@ describe('fast crash subset: primary', () => {
 
   it('killed mid-dump, mid-upload of files, after the last artifact and between manifest and latest.json: nothing partial committed; the next backup finishes', async () => {
     const sizes = sizesOf(await readManifest(s, await backup(s)));
-    const verified = new Set<string>();
+    const verified: VerifiedSets = new Map();
     for (const k of [
       ...uploadKills(sizes, { db: [0.5], files: [0.5] }),
       { label: 'after-artifact:files', point: 'after-artifact:files' },

@@ -23,6 +23,7 @@ import {
   type PrimaryKillRecord,
   type Sizes,
 } from './support/crash.js';
+import type { VerifiedSets } from './support/store-check.js';
 
 const records: Record<string, PrimaryKillRecord[]> = { dir: [], s3: [] };
 const started = performance.now();
@@ -63,7 +64,7 @@ describe('primary killed during a backup (directory store)', () => {
   let root: string;
   let s: StandbySite;
   let kills: PrimaryKill[] = [];
-  const verified = new Set<string>();
+  const verified: VerifiedSets = new Map();
 
   beforeAll(async () => {
     requireCommands(['age', 'zstd', 'tar', 'pg_dump', 'pg_restore']);
@@ -96,7 +97,7 @@ describe('primary killed during a backup (S3: s3rver)', () => {
   let s3: S3rverHandle;
   let s: StandbySite;
   let kills: PrimaryKill[] = [];
-  const verified = new Set<string>();
+  const verified: VerifiedSets = new Map();
 
   beforeAll(async () => {
     requireCommands(['age', 'zstd', 'tar', 'pg_dump', 'pg_restore']);

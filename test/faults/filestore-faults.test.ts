@@ -19,7 +19,7 @@ import { dumpDatabaseState, ensurePostgres, messageLines, requireCommands, runPr
 import { apply, createStandbySite, dropSiteDatabases, liveState, show, type StandbySite } from '../support/standby-helpers.js';
 import { growPrimary, touchPrimary, writeFigures } from './support/crash.js';
 import { FAULT_KINDS, countFaults, retryChains, startFaultProxy, type FaultKind, type FaultProxy, type FaultRule, type ProxyRecord } from './support/fault-proxy.js';
-import { checkStore } from './support/store-check.js';
+import { checkStore, type VerifiedSets } from './support/store-check.js';
 
 /** The agents' attempts per request (the S3 filestore's default maxAttempts). */
 const MAX_ATTEMPTS = 4;
@@ -63,7 +63,7 @@ describe('backups and applies through a faulty S3 filestore', () => {
   let proxy: FaultProxy;
   let s: StandbySite;
   let direct: Filestore;
-  const verified = new Set<string>();
+  const verified: VerifiedSets = new Map();
 
   beforeAll(async () => {
     requireCommands(['age', 'zstd', 'tar', 'pg_dump', 'pg_restore']);

@@ -43,7 +43,7 @@ import {
   type TreeEntry,
 } from '../../support/site.js';
 import { apply, backup, expectNoLeftovers, restartLog, runStandby, show, writeStandbyConfig, type StandbySite } from '../../support/standby-helpers.js';
-import { checkStore, tempFiles } from './store-check.js';
+import { checkStore, tempFiles, type VerifiedSets } from './store-check.js';
 
 // ---------------------------------------------------------------------------------------------
 // Shared
@@ -156,11 +156,19 @@ export interface PrimaryKillRecord {
   seconds: number;
 }
 
-/** Byte-offset kills mid-upload: `upload:<artifact>:<bytes>` at fractions of the artifact's stored size. */
+/**
+ * Byte-offset kills mid-upload: `upload:<artifact>:<bytes>` at fractions of the artifact's stored
+ * size in a reference backup. A dump's size varies by a few bytes from run to run, so fraction 1
+ * ("end") is a little short of the end: the last stream chunk, or very near it.
+ */
 export function uploadKills(sizes: Sizes, fractions: Partial<Record<ArtifactName, number[]>>): PrimaryKill[] {
   const out: PrimaryKill[] = [];
   for (const [name, fs] of Object.entries(fractions) as [ArtifactName, number[]][]) {
-    for (const f of fs) out.push({ label: `upload:${name}:${Math.round(f * 100)}%`, point: `upload:${name}:${offset(sizes[name].stored, f)}` });
+    const size = sizes[name].stored;
+    for (const f of fs) {
+      const bytes = f >= 1 ? size - Math.min(1024, Math.floor(size / 4)) : offset(size, f);
+      out.push({ label: `upload:${name}:${f >= 1 ? 'end' : `${Math.round(f * 100)}%`}`, point: `upload:${name}:${bytes}` });
+    }
   }
   return out;
 }
@@ -169,7 +177,7 @@ export function uploadKills(sizes: Sizes, fractions: Partial<Record<ArtifactName
  * Kills `tandem-primary backup` at `kill`, checks the invariants, runs the next backup and checks
  * it finished the job. `verified` caches fully checked committed sets between calls.
  */
-export async function killPrimaryAt(s: StandbySite, kill: PrimaryKill, verified: Set<string>): Promise<PrimaryKillRecord> {
+export async function killPrimaryAt(s: StandbySite, kill: PrimaryKill, verified: VerifiedSets): Promise<PrimaryKillRecord> {
   const t0 = performance.now();
   const fs = s.openStore();
   const dirRoot = s.filestoreUrl.startsWith('file:') ? new URL(s.filestoreUrl).pathname : null;

@@ -10,6 +10,9 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isNotFound, layout, loadVerifyKeyFile, verifyLatest, verifyManifest, type Filestore } from '@tandem/shared';
 
+/** Committed sets already hashed in full, for checkStore() (see there). */
+export type VerifiedSets = Map<string, { manifestSha256: string; sizes: Record<string, number> }>;
+
 export interface StoreReport {
   /** Set ids with a manifest, oldest first; each verified in full. */
   committed: string[];
@@ -36,10 +39,17 @@ async function sha256Of(fs: Filestore, key: string): Promise<{ sha256: string; b
 
 /**
  * Checks every set of `site` in `fs` (opened directly on the store, never through a fault proxy).
- * `verified` caches set ids already checked in full (committed sets are immutable), to keep a long
- * crash run fast; pass the same Set to successive calls.
+ * `verified` caches sets already hashed in full (committed sets are immutable), to keep a long
+ * crash run fast: for those, each later call checks that the manifest is byte for byte the one
+ * verified and that every artifact is still listed with its signed size. Pass the same map to
+ * successive calls.
  */
-export async function checkStore(fs: Filestore, site: string, verifyKeyFile: string, verified = new Set<string>()): Promise<StoreReport> {
+export async function checkStore(
+  fs: Filestore,
+  site: string,
+  verifyKeyFile: string,
+  verified: VerifiedSets = new Map(),
+): Promise<StoreReport> {
   const key = loadVerifyKeyFile(verifyKeyFile);
   const report: StoreReport = { committed: [], uncommitted: [], latest: null, problems: [], bytesChecked: 0 };
   const prefix = layout.sets(site);
@@ -58,8 +68,16 @@ export async function checkStore(fs: Filestore, site: string, verifyKeyFile: str
     }
     report.committed.push(id);
     const raw = (await fs.getBuffer(layout.manifest(site, id))).body;
-    manifestSha.set(id, createHash('sha256').update(raw).digest('hex'));
-    if (verified.has(id)) continue;
+    const sha = createHash('sha256').update(raw).digest('hex');
+    manifestSha.set(id, sha);
+    const known = verified.get(id);
+    if (known !== undefined) {
+      if (known.manifestSha256 !== sha) report.problems.push(`set ${id}: its manifest changed after it was verified`);
+      for (const [file, size] of Object.entries(known.sizes)) {
+        if (objects.get(file) !== size) report.problems.push(`set ${id}: ${file} is ${objects.get(file) ?? 'gone'}, was ${size} bytes when verified`);
+      }
+      continue;
+    }
     let m;
     try {
       m = verifyManifest(raw, key, `manifest of ${id}`);
@@ -83,7 +101,7 @@ export async function checkStore(fs: Filestore, site: string, verifyKeyFile: str
         whole = false;
       }
     }
-    if (whole) verified.add(id);
+    if (whole) verified.set(id, { manifestSha256: sha, sizes: Object.fromEntries(m.artifacts.map((a) => [a.file, a.storedSize])) });
   }
   try {
     const raw = (await fs.getBuffer(layout.latest(site))).body;
