@@ -16,6 +16,7 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   isNotFound,
+  loadToken,
   loadVerifyKeyFile,
   openFilestore,
   verifyLatest,
@@ -730,13 +731,13 @@ describe('encryption', () => {
 });
 
 describe('init', () => {
-  it('writes the four key files 0600, refuses to overwrite without --force, and the keys work with age', async () => {
+  it('writes the key files and the daemon token 0600, refuses to overwrite without --force, and the keys work with age', async () => {
     const dir = join(work, 'init-keys');
     // Even with a permissive umask the private keys end up 0600.
     const first = await runCommand('sh', ['-c', `umask 000 && exec "${process.execPath}" "${PRIMARY_MAIN}" init --keys-dir "${dir}"`]);
     expect(first.code, first.stderr).toBe(0);
     const out = first.stdout.toString('utf8');
-    const names = ['backup.agekey', 'backup.agepub', 'signing.key', 'signing.pub'];
+    const names = ['backup.agekey', 'backup.agepub', 'signing.key', 'signing.pub', 'ws.token'];
     for (const n of names) {
       expect(statSync(join(dir, n)).mode & 0o777, n).toBe(0o600);
       expect(out).toContain(join(dir, n));
@@ -752,6 +753,8 @@ describe('init', () => {
     expect((await mustRun('age-keygen', ['-y', join(dir, 'backup.agekey')])).toString().trim()).toBe(recipient);
     expect(await readFile(join(dir, 'signing.key'), 'utf8')).toMatch(/-----BEGIN PRIVATE KEY-----/);
     expect(await readFile(join(dir, 'signing.pub'), 'utf8')).toMatch(/-----BEGIN PUBLIC KEY-----/);
+    // The token loads as the daemons load it (a 32-byte secret, no whitespace).
+    expect(loadToken({ tokenFile: join(dir, 'ws.token') })).toMatch(/^[A-Za-z0-9_-]{43}$/);
     const ct = await mustRun('age', ['-r', recipient], { input: 'secret' });
     expect((await mustRun('age', ['-d', '-i', join(dir, 'backup.agekey')], { input: ct })).toString()).toBe('secret');
 

@@ -145,11 +145,10 @@ describe('apply refuses bad input and changes nothing', () => {
     await expectRefused(r, [`pg_restore of set ${id} into the new database`, 'is untouched', /pg_restore: error:/]);
   });
 
-  it('a full disk during staging removes the staging and leaves live intact', async () => {
-    // A 1 MiB tmpfs as the state dir (in a private mount namespace) and a 3 MiB dump.
-    const id = await forgeSet(s, first, { plain: { db: Buffer.concat([Buffer.from('PGDMP'), Buffer.alloc(3 << 20, 'x')]) } });
+  /** Apply with a 1 MiB tmpfs as the state dir (in a private mount namespace). */
+  async function applyOnTinyDisk(): Promise<RunResult> {
     const tiny = join(root, 'tiny-state');
-    await mkdir(tiny);
+    await mkdir(tiny, { recursive: true });
     const cfg = await writeStandbyConfig(s, join(root, 'tiny.yml'), { stateDir: tiny, restoreJobs: 2 });
     const script = 'mount -t tmpfs -o size=1m tmpfs "$1" || exit 99; "$2" "$3" apply --config "$4"; rc=$?; echo "left:[$(ls -A "$1/staging" 2>/dev/null)][$(ls -A "$1" | grep -v staging)]"; exit $rc';
     const ns = process.getuid?.() === 0 ? ['-m'] : ['-r', '-m'];
@@ -161,7 +160,28 @@ describe('apply refuses bad input and changes nothing', () => {
       throw new Error(`this test simulates a full disk with a 1 MiB tmpfs in a private mount namespace and needs \`unshare -m\` (root) or unprivileged user namespaces:\n${show(r)}`);
     }
     expect(r.stdout.trim().split('\n').at(-1)).toBe('left:[][]'); // neither staging nor journal nor lock
+    return r;
+  }
+
+  it('a dump too large for the staging disk is refused before the download, and live is intact', async () => {
+    const id = await forgeSet(s, first, { plain: { db: Buffer.concat([Buffer.from('PGDMP'), Buffer.alloc(3 << 20, 'x')]) } });
+    await expectRefused(await applyOnTinyDisk(), [
+      `disk full while staging set ${id} (db artifact)`,
+      /the dump needs 3145733 bytes, \d+ are free/,
+      'the staging was removed and the live site is untouched',
+    ]);
+  });
+
+  it('a full disk during staging (the signed size lied) removes the staging and leaves live intact', async () => {
+    const id = await forgeSet(s, first, { plain: { db: Buffer.concat([Buffer.from('PGDMP'), Buffer.alloc(3 << 20, 'x')]) }, claimPlainSize: { db: 1000 } });
+    const r = await applyOnTinyDisk();
     await expectRefused(r, [`disk full while staging set ${id} (db artifact)`, 'the staging was removed and the live site is untouched']);
+    expect(r.stderr).not.toMatch(/the dump needs/);
+  });
+
+  it('an artifact that decompresses to more than its signed size is refused, naming the set and artifact', async () => {
+    const id = await forgeSet(s, first, { claimPlainSize: { files: 1000 } });
+    await expectRefused(await apply(s), [`set ${id}: files artifact`, 'decompresses to more than 1000 bytes, the signed manifest says 1000']);
   });
 
   describe('archive entries that would escape their target', () => {

@@ -320,6 +320,8 @@ export interface ForgeOptions {
   unencrypted?: boolean;
   /** Do not move latest.json. */
   keepLatest?: boolean;
+  /** Sign this plainSize instead of the true one (a faulty or hostile primary). */
+  claimPlainSize?: Partial<Record<ArtifactName, number>>;
 }
 
 /**
@@ -353,6 +355,8 @@ export async function forgeSet(s: StandbySite, baseSetId: string, o: ForgeOption
         entry = { ...entry, plainSize: plain.length };
       }
       entry = { ...entry, storedSize: stored.length, storedSha256: sha256(stored) };
+      const claimed = o.claimPlainSize?.[a.name];
+      if (claimed !== undefined) entry = { ...entry, plainSize: claimed };
       const damaged = o.damage?.[a.name]?.(stored) ?? stored;
       if (!o.omit?.includes(a.name)) await fs.putBuffer(layout.artifact(s.site, setId, entry.file), damaged);
       artifacts.push(entry);

@@ -432,6 +432,43 @@ describe('extractTarSafe limits and corrupt input', () => {
     await expect(extract(tarOf(files(3, 500)), { maxEntries: 3, maxBytes: 1500 })).resolves.toEqual({ entries: 3, bytes: 1500 });
   });
 
+  it('writes many small files a few at a time: each one complete, with its mode and mtime; links see them', async () => {
+    const entries: RawEntry[] = [];
+    for (let i = 0; i < 300; i++) {
+      entries.push({ path: `d${i % 7}/f${i}`, data: randomBytes((i * 7919) % 70_000), mode: i % 2 ? 0o640 : 0o604, mtime: 1_600_000_000 + i });
+      // A hardlink right after its file: it must wait for that file's write.
+      if (i % 50 === 49) entries.push({ path: `d${i % 7}/h${i}`, type: '1', linkpath: `d${i % 7}/f${i}` });
+    }
+    const target = join(freshDir(), 't');
+    const r = await extractTarSafe(Readable.from([tarOf(entries)]), target, { label: 'x' });
+    expect(r.entries).toBe(entries.length);
+    for (const e of entries) {
+      const st = fs.lstatSync(join(target, e.path));
+      if (e.type === '1') {
+        expect(st.nlink).toBe(2);
+        continue;
+      }
+      expect(fs.readFileSync(join(target, e.path)).equals(e.data as Buffer)).toBe(true);
+      expect(st.mode & 0o777).toBe(e.mode);
+      expect(Math.round(st.mtimeMs / 1000)).toBe(e.mtime);
+    }
+  });
+
+  it('a write failing in flight fails the extraction, and no write is still running when it rejects', async () => {
+    // The duplicate comes right behind the original, so both are in flight together.
+    const entries: RawEntry[] = [...files(20, 5000), { path: 'f19', data: 'again' }, ...files(200, 5000).map((e, i) => ({ ...e, path: `g${i}` }))];
+    const target = join(freshDir(), 't');
+    const err = await failure(extractTarSafe(Readable.from([tarOf(entries)]), target, { label: 'files of set S' }));
+    expect(err.code).toBe('ARCHIVE_UNSAFE_ENTRY');
+    expect(err.message).toContain('"f19"');
+    const after = fs.readdirSync(target).sort();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(fs.readdirSync(target).sort()).toEqual(after);
+    expect(after.filter((n) => n.startsWith('g')).length).toBeLessThan(20);
+    // Every other file that exists is complete (which of the two f19 writes lost is a race).
+    for (const n of after.filter((x) => x !== 'f19')) expect(fs.statSync(join(target, n)).size).toBe(5000);
+  });
+
   it('copes with a source that delivers tiny chunks', async () => {
     const big = randomBytes(1024 * 1024 + 777); // the streamed path
     const small = randomBytes(300_000); // the buffered path

@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
@@ -69,6 +72,32 @@ describe('zstd', () => {
     const err = await pipeline(Readable.from([half]), zstdDecompress(), out).catch((e: unknown) => e);
     expect((err as TandemError).code).toBe('CHILD_FAILED');
     expect((err as TandemError).message).toMatch(/premature end|truncated/i);
+  });
+
+  it('decompresses straight into a file descriptor (nothing comes out of the stream), and fails on corrupt input', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'zstd-fd-'));
+    try {
+      const text = sqlText(2 * 1024 * 1024);
+      const packed = collector();
+      await pipeline(Readable.from([text]), zstdCompress(), packed);
+      const fh = await open(join(dir, 'plain'), 'wx', 0o600);
+      const out = collector();
+      try {
+        await pipeline(Readable.from([packed.data()]), zstdDecompress({ toFd: fh.fd }), out);
+      } finally {
+        await fh.close();
+      }
+      expect(out.data().length).toBe(0);
+      expect((await readFile(join(dir, 'plain'))).equals(text)).toBe(true);
+
+      const bad = await open(join(dir, 'bad'), 'wx', 0o600);
+      const err = await pipeline(Readable.from([packed.data().subarray(0, 5000)]), zstdDecompress({ toFd: bad.fd }), collector())
+        .catch((e: unknown) => e)
+        .finally(() => bad.close());
+      expect((err as TandemError).code).toBe('CHILD_FAILED');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('validates the level', () => {

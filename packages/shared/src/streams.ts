@@ -52,6 +52,12 @@ export interface SpawnStreamOptions {
    * stderr text.
    */
   warningExitCodes?: number[];
+  /**
+   * An open file descriptor for the child's stdout: its output goes straight to that file and never
+   * crosses this process (the readable side then ends empty, once the child exited with 0). The
+   * caller owns the descriptor and closes it after the stream ended.
+   */
+  stdoutFd?: number;
 }
 
 const STDERR_TAIL_BYTES = 8 * 1024;
@@ -89,14 +95,14 @@ export class ChildStream extends Duplex {
     this.#command = command;
     this.#opts = opts;
     const child = spawn(command, args, {
-      stdio: [withStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+      stdio: [withStdin ? 'pipe' : 'ignore', opts.stdoutFd ?? 'pipe', 'pipe'],
       env: opts.env ?? process.env,
     });
     this.#child = child;
     this.pid = child.pid;
 
-    const stdout = child.stdout!;
-    stdout.on('data', (chunk: Buffer) => {
+    const stdout = child.stdout;
+    stdout?.on('data', (chunk: Buffer) => {
       if (!this.destroyed && !this.push(chunk)) stdout.pause();
     });
     child.stderr!.on('data', (chunk: Buffer) => this.#keepStderr(chunk));

@@ -12,6 +12,7 @@ import {
   artifactFileName,
   createAgeEncryptStream,
   createTarStream,
+  describeError,
   databaseName,
   faultPoint,
   layout,
@@ -54,6 +55,21 @@ export interface BackupOptions {
   logger: Logger;
   signal?: AbortSignal;
   now?: () => Date;
+  /**
+   * Called as soon as latest.json names the new set, before the local bookkeeping and the clean-up
+   * of leftovers (a daemon pushes `set-committed` from here). Must not throw.
+   */
+  onCommitted?: (latest: CommittedLatest) => void;
+}
+
+/** What the new latest.json says, and the filestore's version of it. */
+export interface CommittedLatest {
+  setId: string;
+  epoch: number;
+  seq: number;
+  createdAt: string;
+  committedAt: string;
+  version: string;
 }
 
 interface Keys {
@@ -200,25 +216,24 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     faultPoint('manifest-written');
     await checkFence();
     faultPoint('before-latest');
-    await fs.putBuffer(
-      layout.latest(config.site),
-      signLatest(
-        {
-          format: 'tandem-latest',
-          version: 1,
-          site: config.site,
-          setId,
-          epoch: epoch.epoch,
-          seq,
-          createdAt: manifest.createdAt,
-          committedAt: now().toISOString(),
-          manifestSha256: createHash('sha256').update(manifestBytes).digest('hex'),
-        },
-        keys.signingKey,
-      ),
-      { contentType: 'application/json' },
-    );
+    const latestDoc = {
+      format: 'tandem-latest' as const,
+      version: 1 as const,
+      site: config.site,
+      setId,
+      epoch: epoch.epoch,
+      seq,
+      createdAt: manifest.createdAt,
+      committedAt: now().toISOString(),
+      manifestSha256: createHash('sha256').update(manifestBytes).digest('hex'),
+    };
+    const latestInfo = await fs.putBuffer(layout.latest(config.site), signLatest(latestDoc, keys.signingKey), { contentType: 'application/json' });
     faultPoint('latest-written');
+    try {
+      opts.onCommitted?.({ setId, epoch: epoch.epoch, seq, createdAt: latestDoc.createdAt, committedAt: latestDoc.committedAt, version: latestInfo.version });
+    } catch (err) {
+      log.warn({ err: describeError(err) }, 'after-commit callback failed (the set is committed)');
+    }
     durations.commit = round((performance.now() - tc) / 1000);
     durations.total = round((performance.now() - t0) / 1000);
     const storedBytes = artifacts.reduce((n, a) => n + a.storedSize, 0);

@@ -11,7 +11,6 @@ import {
   isTandemError,
   layout,
   loadSigningKeyFile,
-  parseSetId,
   readEpoch,
   verifyLatest,
   type Filestore,
@@ -21,7 +20,7 @@ import {
   type SetCommitted,
 } from '@tandem/shared';
 import { primaryName, readOrCreateEpoch } from '../backup/epoch.js';
-import { runBackup, type BackupResult } from '../backup/run-backup.js';
+import { runBackup, type BackupResult, type CommittedLatest } from '../backup/run-backup.js';
 import { machineTimeZone, runRetention } from '../retention/run.js';
 import type { AppliedRecord } from '../retention/plan.js';
 import { abortableFilestore } from './abortable.js';
@@ -40,7 +39,7 @@ import { SwitchoverCoordinator } from './switchover.js';
  *   happens at start-up. One backup at a time (in this process; runBackup's lock file across
  *   processes). A failed scheduled run is retried (1 min, 5 min, 15 min) unless the next scheduled
  *   run comes first.
- * - After each committed backup: `set-committed` to every connected standby at once, then
+ * - The moment a backup commits (latest.json written): `set-committed` to every connected standby; then
  *   heartbeat.json, then retention.
  * - Every heartbeatInterval: a `heartbeat` message to the standbys; reads epoch.json (a higher epoch
  *   fences this primary: no more backups or heartbeats, tandem_fenced 1, onFenced runs) and
@@ -356,7 +355,13 @@ export class PrimaryDaemon {
         log.info('backup starting');
         // The wrapper refuses new filestore operations once aborted (deletes excepted, for the
         // clean-up), so an abort between two artifacts stops the backup there.
-        const result = await runBackup(this.config, { filestore: abortableFilestore(this.fs, ac.signal), logger: log, signal: ac.signal });
+        const result = await runBackup(this.config, {
+          filestore: abortableFilestore(this.fs, ac.signal),
+          logger: log,
+          signal: ac.signal,
+          // The push goes out the moment latest.json names the set, before any local bookkeeping.
+          onCommitted: (l) => this.pushCommitted(l, trigger),
+        });
         await this.committed(result, trigger);
         return result;
       } catch (err) {
@@ -372,13 +377,6 @@ export class PrimaryDaemon {
 
   private async committed(r: BackupResult, trigger: Trigger): Promise<void> {
     const at = this.clock.now();
-    // The push first: latest.json has just been written.
-    const latest = await this.readLatestAfterCommit(r, at);
-    this.latest = latest;
-    const msg: SetCommitted = { type: 'set-committed', site: this.config.site, setId: r.setId, epoch: r.epoch, seq: latest.seq, createdAt: r.createdAt, committedAt: latest.committedAt };
-    const n = this.hub.broadcast(msg);
-    this.log.info({ setId: r.setId, trigger, standbys: n, seconds: r.durations.total, storedBytes: r.storedBytes }, `set-committed pushed to ${n} standby(s)`);
-
     this.lastRun = {
       outcome: 'ok',
       setId: r.setId,
@@ -402,18 +400,12 @@ export class PrimaryDaemon {
     this.maintenance = this.maintenance.then(() => this.retention());
   }
 
-  private async readLatestAfterCommit(r: BackupResult, at: Date): Promise<Latest> {
-    const fallback: Latest = { setId: r.setId, epoch: r.epoch, seq: parseSetId(r.setId)?.seq ?? 1, createdAt: r.createdAt, committedAt: at.toISOString() };
-    try {
-      const { body, info } = await this.fs.getBuffer(layout.latest(this.config.site));
-      const p = verifyLatest(body, this.verifyKey, `${this.fs.description}/${layout.latest(this.config.site)}`);
-      if (p.setId !== r.setId) return fallback;
-      this.latestVersion = info.version;
-      return { setId: p.setId, epoch: p.epoch, seq: p.seq, createdAt: p.createdAt, committedAt: p.committedAt };
-    } catch (err) {
-      this.countFilestoreError('reading latest.json after a backup', err);
-      return fallback;
-    }
+  private pushCommitted(l: CommittedLatest, trigger: Trigger): void {
+    this.latest = { setId: l.setId, epoch: l.epoch, seq: l.seq, createdAt: l.createdAt, committedAt: l.committedAt };
+    this.latestVersion = l.version;
+    const msg: SetCommitted = { type: 'set-committed', site: this.config.site, ...this.latest };
+    const n = this.hub.broadcast(msg);
+    this.log.info({ setId: l.setId, trigger, standbys: n }, `set-committed pushed to ${n} standby(s)`);
   }
 
   private failed(err: unknown, trigger: Trigger, aborted: boolean): void {

@@ -14,6 +14,9 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { TandemError } from '../errors.js';
+import { redactUrl } from './url.js';
+
+export { redactUrl };
 import {
   RESERVED_MARK,
   abortError,
@@ -507,16 +510,4 @@ async function collect(body: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of body) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
-}
-
-/** An endpoint URL without any user:password part. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    u.username = '';
-    u.password = '';
-    return u.href.replace(/\/$/, '');
-  } catch {
-    return url.replace(/\/\/[^/@]*@/, '//');
-  }
 }

@@ -1,4 +1,5 @@
-import { PassThrough, Writable, type Duplex, type Readable } from 'node:stream';
+import { fstatSync } from 'node:fs';
+import { PassThrough, Transform, Writable, type Duplex, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   HashCounter,
@@ -38,16 +39,24 @@ export interface StreamedArtifact {
 
 export const artifactLabel = (manifest: Manifest, entry: ArtifactEntry): string => `set ${manifest.setId}: ${entry.name} artifact (${entry.file})`;
 
-/**
- * Streams the artifact into `sink`, which must consume its input to the end (or fail). `tee`, when
- * given, receives the stored (still encrypted) bytes as they pass, e.g. to keep them on disk.
- */
+export interface StreamOptions {
+  /** Receives the stored (still encrypted) bytes as they pass, e.g. to keep them on disk. */
+  tee?: Writable;
+  /**
+   * An open file that zstd writes the plain data to directly (the sink then sees an empty stream).
+   * The file is complete and trustworthy only once this returns; the caller closes it.
+   */
+  plainFd?: number;
+}
+
+/** Streams the artifact into `sink`, which must consume its input to the end (or fail). */
 export async function streamArtifact(
   src: ArtifactSource,
   sink: (plain: Readable) => Promise<unknown>,
-  tee?: Writable,
+  opts: StreamOptions = {},
 ): Promise<StreamedArtifact> {
   const { filestore: fs, manifest, entry } = src;
+  const { tee } = opts;
   const label = artifactLabel(manifest, entry);
   const t0 = performance.now();
   const key = layout.artifact(manifest.site, manifest.setId, entry.file);
@@ -80,8 +89,8 @@ export async function streamArtifact(
   const stages: Duplex[] = [hash, ...faultByteTrigger(`download:${entry.name}`)];
   if (tee) stages.push(teeTo(tee));
   if (entry.encryption === 'age') stages.push(createAgeDecryptStream(src.identities, { label }));
-  stages.push(zstdDecompress());
-  const plain = new PassThrough({ highWaterMark: 1 << 20 });
+  stages.push(zstdDecompress({ toFd: opts.plainFd }));
+  const plain = new PlainBound(entry.plainSize, label);
 
   const ac = new AbortController();
   const onAbort = () => ac.abort(src.signal?.reason);
@@ -112,7 +121,40 @@ export async function streamArtifact(
   }
   const stored = { sha256: hash.digest(), bytes: hash.bytes };
   if (!matches(stored, entry)) throw checksumError(label, stored, entry);
+  const plainBytes = opts.plainFd === undefined ? plain.bytes : fstatSync(opts.plainFd).size;
+  if (plainBytes !== entry.plainSize) throw plainSizeError(label, plainBytes, entry.plainSize);
   return { storedBytes: hash.bytes, seconds: Math.round(performance.now() - t0) / 1000 };
+}
+
+/**
+ * The decompressed stream, counted and bounded by the signed plainSize: a set whose data would
+ * unpack to more than it says is stopped at that point, not when the disk is full.
+ */
+class PlainBound extends Transform {
+  bytes = 0;
+  readonly #limit: number;
+  readonly #label: string;
+
+  constructor(limit: number, label: string) {
+    super({ highWaterMark: 1 << 20 });
+    this.#limit = limit;
+    this.#label = label;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length;
+    if (this.bytes > this.#limit) return cb(plainSizeError(this.#label, this.bytes, this.#limit, true));
+    cb(null, chunk);
+  }
+}
+
+function plainSizeError(label: string, bytes: number, signed: number, atLeast = false): TandemError {
+  return new TandemError(
+    'integrity',
+    'ARTIFACT_PLAIN_SIZE',
+    `${label}: decompresses to ${atLeast ? 'more than ' : ''}${atLeast ? signed : bytes} bytes, the signed manifest says ${signed}`,
+    { hint: 'the set was not made by a tandem primary or was made by a faulty one; apply another set' },
+  );
 }
 
 interface StoredHash {

@@ -102,11 +102,15 @@ export function checkEpoch(manifest: Manifest, currentEpoch: number): void {
   }
 }
 
-/** Finds the set (newest, or the named one) and verifies its manifest and epoch. Changes nothing. */
-export async function resolveSet(fs: Filestore, site: string, verifyKey: KeyObject, setId?: string): Promise<ResolvedSet> {
+/**
+ * Finds the set (newest, or the named one) and verifies its manifest and epoch. Changes nothing.
+ * `knownLatest`: a latest.json the caller has just read and verified (the daemon's poll), used
+ * instead of reading it again.
+ */
+export async function resolveSet(fs: Filestore, site: string, verifyKey: KeyObject, setId?: string, knownLatest?: LatestPointer): Promise<ResolvedSet> {
   let latest: LatestPointer | null = null;
   if (setId === undefined) {
-    latest = (await readLatest(fs, site, verifyKey)).latest;
+    latest = knownLatest ?? (await readLatest(fs, site, verifyKey)).latest;
     setId = latest.setId;
   }
   const manifest = await readManifest(fs, site, setId, verifyKey, latest);

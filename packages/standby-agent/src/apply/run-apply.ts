@@ -4,6 +4,7 @@ import {
   describeError,
   loadVerifyKeyFile,
   type Filestore,
+  type LatestPointer,
   type Logger,
   type StandbyConfig,
 } from '@tandem/shared';
@@ -32,6 +33,8 @@ export interface ApplyOptions {
   force?: boolean;
   /** Aborts staging (rolled back); once switching has begun, the apply finishes regardless. */
   signal?: AbortSignal;
+  /** latest.json as just read and verified by the caller (not read again); ignored with setId. */
+  latest?: LatestPointer;
 }
 
 export interface ApplyResult {
@@ -64,7 +67,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
   const lock = await acquireLock(stateFiles(config.stateDir).lock, 'apply', `an apply or promote of site "${config.site}"`);
   try {
     const recovered = await recover(config, logger);
-    const { manifest, latest } = await resolveSet(fs, config.site, verifyKey, opts.setId);
+    const { manifest, latest } = await resolveSet(fs, config.site, verifyKey, opts.setId, opts.latest);
     const log = logger.child({ site: config.site, setId: manifest.setId });
     const applied = await readApplied(config.stateDir);
     const decision = decide(manifest, applied, { named: opts.setId !== undefined, allowOlder: opts.allowOlder === true, force: opts.force === true });

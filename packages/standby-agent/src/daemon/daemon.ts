@@ -447,7 +447,7 @@ export class StandbyDaemon {
     this.applying = { setId: latest.setId, since: new Date().toISOString() };
     this.applyAbort = new AbortController();
     try {
-      const r = await runApply(this.config, { filestore: this.fs, logger: log, signal: this.applyAbort.signal });
+      const r = await runApply(this.config, { filestore: this.fs, logger: log, signal: this.applyAbort.signal, latest });
       this.applied = r.applied;
       this.applyFailure = null;
       if (this.lastError?.what === 'apply' || this.lastError?.what === 'recovery') this.lastError = null;
