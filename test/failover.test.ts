@@ -95,6 +95,15 @@ describe('fencing', () => {
     expect(await latestSetId(s)).toBe(before);
     const list = JSON.parse((await runPrimary(['list', '--config', s.primary.configFile, '--json'])).stdout) as Array<{ setId: string }>;
     expect(list.map((x) => x.setId)).toEqual([first]);
+
+    // With onFenced configured, the refused one-shot backup runs it (to stop the old site's writes).
+    const mark = join(s.root, 'on-fenced.txt');
+    const withHook = join(s.root, 'primary-onfenced.yml');
+    await writeFile(withHook, `${await readFile(s.primary.configFile, 'utf8')}\nonFenced: 'echo "$TANDEM_REASON $TANDEM_SITE" > ${mark}'\n`);
+    const hooked = await runPrimary(['backup', '--config', withHook]);
+    expect(hooked.code, show(hooked)).toBe(4);
+    expect(await readFile(mark, 'utf8')).toBe(`fenced ${s.site}\n`);
+    expect(hooked.stderr).toContain('onFenced ran');
   });
 
   it('never applies a set forged with the old epoch after the promote', async () => {

@@ -9,7 +9,8 @@ import { ROOT, MIB, best, median } from './common.mjs';
 
 const age = await import(`${ROOT}/packages/shared/dist/crypto/age.js`);
 
-function sink() {
+/** Discards everything, counting bytes (`.bytes`). */
+export function sink() {
   const s = new Writable({
     highWaterMark: 4 * MIB,
     write(chunk, _enc, cb) {
@@ -27,7 +28,7 @@ function sink() {
 
 // 16 distinct random 1 MiB blocks, cycled: incompressible and free to "generate" during the run.
 const blocks = Array.from({ length: 16 }, () => randomBytes(MIB));
-function* plaintext(totalMiB, piece) {
+export function* plaintext(totalMiB, piece) {
   for (let i = 0; i < totalMiB; i++) {
     const block = blocks[i % blocks.length];
     for (let off = 0; off < MIB; off += piece) yield block.subarray(off, off + piece);
@@ -60,15 +61,13 @@ export async function encryptThroughput({ totalMiB = 512, pieceKiB = 64, runs = 
   return { best: Math.max(...rates), median: median(rates), runs: rates, seconds: best(secs), totalMiB, pieceKiB };
 }
 
-/** MB/s (decimal, of plaintext) of decrypting `totalMiB` MiB fed in `pieceKiB` buffers. */
-export async function decryptThroughput({ totalMiB = 512, pieceKiB = 64, runs = 3 } = {}) {
-  const kp = age.generateAgeKeyPair();
+/** The ciphertext of `totalMiB` MiB encrypted to `recipient`, re-sliced into `pieceKiB` buffers as a file or S3 read stream would give it. */
+export async function ciphertextPieces(recipient, totalMiB, pieceKiB) {
   const piece = pieceKiB * 1024;
-  const bytes = totalMiB * MIB;
   const collected = [];
   await pipeline(
     Readable.from(plaintext(totalMiB, MIB)),
-    age.createAgeEncryptStream([kp.recipient]),
+    age.createAgeEncryptStream([recipient]),
     new Writable({
       write(chunk, _enc, cb) {
         collected.push(chunk);
@@ -80,6 +79,14 @@ export async function decryptThroughput({ totalMiB = 512, pieceKiB = 64, runs = 
   collected.length = 0;
   const pieces = [];
   for (let off = 0; off < all.length; off += piece) pieces.push(all.subarray(off, off + piece));
+  return pieces;
+}
+
+/** MB/s (decimal, of plaintext) of decrypting `totalMiB` MiB fed in `pieceKiB` buffers. */
+export async function decryptThroughput({ totalMiB = 512, pieceKiB = 64, runs = 3 } = {}) {
+  const kp = age.generateAgeKeyPair();
+  const bytes = totalMiB * MIB;
+  const pieces = await ciphertextPieces(kp.recipient, totalMiB, pieceKiB);
   const secs = await timeRuns(runs, async () => {
     const s = sink();
     await pipeline(Readable.from(pieces), age.createAgeDecryptStream([kp.identity]), s);

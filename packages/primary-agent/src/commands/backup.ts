@@ -1,6 +1,7 @@
-import { describeError, loadPrimaryConfig, loadToken, openFilestore, requireString, type Command, type Logger, type PrimaryConfig } from '@tandem/shared';
+import { describeError, isTandemError, loadPrimaryConfig, loadToken, openFilestore, requireString, type Command, type Logger, type PrimaryConfig } from '@tandem/shared';
 import { runBackup, type BackupResult } from '../backup/run-backup.js';
 import { DaemonUnreachable, findDaemon, requestBackup } from '../daemon/control.js';
+import { runHook } from '../hooks.js';
 
 /** What `backup` prints, the same whether the set was made here or by the daemon. */
 export function formatBackupResult(r: BackupResult, json: boolean): string {
@@ -19,6 +20,14 @@ async function runLocal(config: PrimaryConfig, logger: Logger): Promise<BackupRe
   process.once('SIGTERM', stop);
   try {
     return await runBackup(config, { filestore, logger, signal: ac.signal });
+  } catch (err) {
+    // Another server is the primary now: stop this site's writes, as the daemon would.
+    if (isTandemError(err) && err.kind === 'fenced' && config.onFenced) {
+      const r = await runHook(config.onFenced, { TANDEM_SITE: config.site, TANDEM_REASON: 'fenced' });
+      if (r.ok) logger.info({ onFenced: config.onFenced }, 'onFenced ran');
+      else logger.error({ onFenced: config.onFenced, error: r.error }, 'onFenced failed');
+    }
+    throw err;
   } finally {
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);

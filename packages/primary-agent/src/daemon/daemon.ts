@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,6 +20,7 @@ import {
 } from '@tandem/shared';
 import { primaryName, readOrCreateEpoch } from '../backup/epoch.js';
 import { runBackup, type BackupResult, type CommittedLatest } from '../backup/run-backup.js';
+import { runHook } from '../hooks.js';
 import { machineTimeZone, runRetention } from '../retention/run.js';
 import type { AppliedRecord } from '../retention/plan.js';
 import { abortableFilestore } from './abortable.js';
@@ -129,8 +129,10 @@ export class PrimaryDaemon {
   private stopped: Promise<void> | null = null;
   private startedAt: Date | null = null;
   listenAddress: string | null = null;
+  private readonly hookTimeoutMs: number | undefined;
 
   constructor(opts: DaemonOptions) {
+    this.hookTimeoutMs = opts.switchoverHookTimeoutMs;
     this.config = opts.config;
     this.fs = opts.filestore;
     this.log = opts.logger;
@@ -606,18 +608,10 @@ export class PrimaryDaemon {
     if (cmd && alreadyRan) {
       this.log.info({ onFenced: cmd }, 'onFenced is not run again: it ran for the switchover');
     } else if (cmd) {
-      const child = spawn('/bin/sh', ['-c', cmd], {
-        stdio: ['ignore', 'ignore', 'pipe'],
-        env: { ...process.env, TANDEM_SITE: this.config.site, TANDEM_EPOCH: String(this.epoch ?? ''), TANDEM_FILESTORE_EPOCH: String(filestoreEpoch ?? ''), TANDEM_REASON: 'fenced' },
-      });
-      let stderr = '';
-      child.stderr.on('data', (d: Buffer) => {
-        if (stderr.length < 4000) stderr += d.toString('utf8');
-      });
-      child.on('error', (err) => this.log.error({ err: describeError(err), onFenced: cmd }, 'onFenced could not be started'));
-      child.on('close', (code, signal) => {
-        if (code === 0) this.log.info({ onFenced: cmd }, 'onFenced ran');
-        else this.log.error({ onFenced: cmd, code, signal, stderr: stderr.trim() }, 'onFenced failed');
+      const env = { TANDEM_SITE: this.config.site, TANDEM_EPOCH: String(this.epoch ?? ''), TANDEM_FILESTORE_EPOCH: String(filestoreEpoch ?? ''), TANDEM_REASON: 'fenced' };
+      void runHook(cmd, env, this.hookTimeoutMs).then((r) => {
+        if (r.ok) this.log.info({ onFenced: cmd }, 'onFenced ran');
+        else this.log.error({ onFenced: cmd, error: r.error }, 'onFenced failed');
       });
     }
   }

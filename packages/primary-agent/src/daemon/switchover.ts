@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -16,6 +15,7 @@ import {
   type SwitchoverRequest,
 } from '@tandem/shared';
 import type { BackupResult } from '../backup/run-backup.js';
+import { HOOK_TIMEOUT_MS, runHook } from '../hooks.js';
 import type { Clock } from './scheduler.js';
 
 /**
@@ -44,7 +44,6 @@ import type { Clock } from './scheduler.js';
 /** The longest hold a standby may ask for. */
 export const MAX_HOLD_SECONDS = 3_600;
 /** onFenced / onResume are killed after this long (a hung maintenance script must not hold forever). */
-const HOOK_TIMEOUT_MS = 5 * 60_000;
 const EPOCH_RETRY_MS = 5_000;
 const BUSY_RETRY_MS = 2_000;
 const HISTORY = 40;
@@ -122,34 +121,6 @@ interface HoldRecord {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 const ACTIVE: ReadonlySet<SwitchoverState> = new Set(['preparing', 'held', 'resuming']);
-
-interface HookResult {
-  ok: boolean;
-  error: string | null;
-}
-
-/** Runs a hook command (sh -c) to its end; never throws. */
-function runHook(command: string, env: Record<string, string>, timeoutMs: number): Promise<HookResult> {
-  return new Promise((resolve) => {
-    const child = spawn('/bin/sh', ['-c', command], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => {
-      if (stderr.length < 4000) stderr += d.toString('utf8');
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      resolve({ ok: false, error: `could not be started: ${describeError(err)}` });
-    });
-    child.once('close', (code, signal) => {
-      clearTimeout(timer);
-      if (code === 0) return resolve({ ok: true, error: null });
-      const how = signal ? `was killed by ${signal}${signal === 'SIGKILL' ? ` (timeout ${formatDuration(timeoutMs)}?)` : ''}` : `exited with status ${code}`;
-      const tail = stderr.trim();
-      resolve({ ok: false, error: `${how}${tail ? `: ${tail.slice(-1000)}` : ''}` });
-    });
-  });
-}
 
 export class SwitchoverCoordinator {
   private cur: Current | null = null;
