@@ -15,7 +15,7 @@
 // the staged dump file) + durations.restore (CREATE DATABASE + pg_restore -j2) + durations.switch_db
 // (the renames); the files part is durations.files (download + SHA-256 + decrypt + zstd -d + safe
 // tar extraction beside the live dir) + durations.switch_files (the directory swap).
-import { mkdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   STANDBY_BIN,
@@ -27,49 +27,25 @@ import {
   fmtS,
   loadavg,
   log,
-  machine,
   median,
   pgEnv,
-  printMachine,
-  printResults,
   psql,
   runMeasured,
   runOk,
-  treeStats,
   verdict,
 } from './lib/common.mjs';
-import { ensureDatabase, ensureFilesTree } from './lib/dataset.mjs';
-import { BENCH_DB, REF_DB, STANDBY_DB, agentEnv, benchFilesMb, benchGb, benchRuns, filesTreeDir, makeSite, parseJsonOut, removeSite } from './lib/site.mjs';
+import { BENCH_DB, REF_DB, STANDBY_DB, agentEnv, parseJsonOut, removeSite } from './lib/site.mjs';
+import { finishBench, resticEnv, setUpBench } from './lib/setup.mjs';
 import { decryptThroughput } from './lib/age-throughput.mjs';
 
-const runs = benchRuns();
-const gb = benchGb();
-const filesMb = benchFilesMb();
 const RESTORE_JOBS = 2;
 
-const m = machine();
-console.log('tandem bench:apply');
-printMachine(m);
-
-const dbInfo = await ensureDatabase(BENCH_DB, gb);
-const filesDir = filesTreeDir();
-mkdirSync(join(filesDir, '..'), { recursive: true });
-ensureFilesTree(filesDir, filesMb);
-const tree = treeStats(filesDir);
-console.log(
-  `data:    database ${dbInfo.name}: ${fmtMB(dbInfo.size)} (pg_database_size; tables ${fmtMB(dbInfo.heap)}; ` +
-    `${Object.entries(dbInfo.rows).map(([t, n]) => `${n} ${t}`).join(', ')})`,
-);
-console.log(`         files ${filesDir}: ${fmtMB(tree.bytes)} of random bytes in ${tree.files} files, ${tree.dirs} dirs`);
-console.log(`         ${runs} timed run(s) of each measurement; ratios use the best (shortest) run of each side`);
+const bench = await setUpBench('apply');
+const { runs, filesDir, site } = bench;
 
 const standbyDbs = [STANDBY_DB, `${STANDBY_DB}__tandem_new`, `${STANDBY_DB}__tandem_old`, REF_DB];
 const dropAll = () => standbyDbs.forEach((d) => dropDatabase(d));
-dropAll();
-psql('postgres', `CREATE DATABASE "${STANDBY_DB}"`); // the standby's (empty) live database
-
-const site = makeSite({ db: BENCH_DB, filesDir, standbyDb: STANDBY_DB });
-const resticEnv = { ...process.env, RESTIC_PASSWORD: 'tandem-bench', RESTIC_PROGRESS_FPS: '0', RESTIC_REPOSITORY: join(site.dir, 'restic') };
+const restic = resticEnv({ RESTIC_REPOSITORY: join(site.dir, 'restic') });
 const resticCache = join(site.dir, 'restic-cache');
 
 async function refRestore(dumpFile) {
@@ -98,20 +74,23 @@ async function tandemApply() {
 
 async function resticRestore(i) {
   const target = join(site.dir, `restic-restore-${i}`);
-  const t = await runOk('restic', ['restore', 'latest', '--quiet', '--cache-dir', resticCache, '--target', target], { env: resticEnv });
+  const t = await runOk('restic', ['restore', 'latest', '--quiet', '--cache-dir', resticCache, '--target', target], { env: restic });
   rmSync(target, { recursive: true, force: true });
   return { seconds: t.seconds };
 }
 
 const results = { ref: [], tandem: [], restic: [] };
 try {
+  dropAll();
+  psql('postgres', `CREATE DATABASE "${STANDBY_DB}"`); // the standby's (empty) live database
+
   log('set-up (untimed): tandem-primary backup, pg_dump -Fc -f FILE, restic backup');
   const b = await runOk(process.execPath, [PRIMARY_BIN, 'backup', '--config', site.primaryConfig, '--json'], { env: agentEnv() });
   const set = parseJsonOut(b.stdout, 'tandem-primary backup');
   const dumpFile = join(site.dir, 'ref.dump');
   await runOk('pg_dump', ['-Fc', '-f', dumpFile, BENCH_DB], { env: pgEnv() });
-  await runOk('restic', ['init', '--quiet'], { env: resticEnv });
-  await runOk('restic', ['backup', '--quiet', '--host', 'bench', '--cache-dir', resticCache, filesDir], { env: resticEnv });
+  await runOk('restic', ['init', '--quiet'], { env: restic });
+  await runOk('restic', ['backup', '--quiet', '--host', 'bench', '--cache-dir', resticCache, filesDir], { env: restic });
   log(`  set ${set.setId}: ${fmtMB(set.storedBytes)} stored`);
 
   // Warm-up, untimed: one apply (the standby then has a live database and files dir to replace, as
@@ -174,12 +153,7 @@ try {
     verdict('apply files part / restic restore', filesBest / resticBest, '<=', 1.0, 'ratio', `${fmtS(filesBest)} / ${fmtS(resticBest)}`),
     verdict('agent peak RSS', peak, '<=', 200, 'MiB', `node VmHWM, worst of ${runs + 1} applies`),
   ];
-  printResults(`bench:apply results (BENCH_DB_GB=${gb}, BENCH_FILES_MB=${filesMb}, ${runs} runs, best of each):`, rows);
-  if (!Number.isNaN(treePeak)) console.log(`  (largest process in the agent's tree, from GNU time: ${treePeak.toFixed(1)} MiB)`);
-  if (process.env.BENCH_JSON) {
-    const { writeFileSync } = await import('node:fs');
-    writeFileSync(process.env.BENCH_JSON, JSON.stringify({ machine: m, db: dbInfo, tree, results, first, dec, rows, load: loadavg() }, null, 2));
-  }
+  finishBench(bench, 'apply', rows, { treePeak, json: { results, first, dec } });
 } finally {
   removeSite(site);
   dropAll();

@@ -16,7 +16,7 @@
 //   3. reference: `restic backup` of the files tree into a fresh local repository with a fresh,
 //      empty cache dir (restic's first backup, as on a new machine)
 // then once: `pg_dump -Fc -f FILE` for the size reference, and the age encrypt stream alone.
-import { openSync, closeSync, statSync, mkdirSync, rmSync } from 'node:fs';
+import { openSync, closeSync, statSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   PRIMARY_BIN,
@@ -26,42 +26,18 @@ import {
   fmtS,
   loadavg,
   log,
-  machine,
   median,
   pgEnv,
-  printMachine,
-  printResults,
   runMeasured,
   runOk,
-  treeStats,
   verdict,
 } from './lib/common.mjs';
-import { ensureDatabase, ensureFilesTree } from './lib/dataset.mjs';
-import { BENCH_DB, STANDBY_DB, agentEnv, benchFilesMb, benchGb, benchRuns, filesTreeDir, makeSite, parseJsonOut, removeSite } from './lib/site.mjs';
+import { BENCH_DB, agentEnv, parseJsonOut, removeSite } from './lib/site.mjs';
+import { finishBench, resticEnv, setUpBench } from './lib/setup.mjs';
 import { encryptThroughput } from './lib/age-throughput.mjs';
 
-const runs = benchRuns();
-const gb = benchGb();
-const filesMb = benchFilesMb();
-
-const m = machine();
-console.log('tandem bench:backup');
-printMachine(m);
-
-const dbInfo = await ensureDatabase(BENCH_DB, gb);
-const filesDir = filesTreeDir();
-mkdirSync(join(filesDir, '..'), { recursive: true });
-ensureFilesTree(filesDir, filesMb);
-const tree = treeStats(filesDir);
-console.log(
-  `data:    database ${dbInfo.name}: ${fmtMB(dbInfo.size)} (pg_database_size; tables ${fmtMB(dbInfo.heap)}; ` +
-    `${Object.entries(dbInfo.rows).map(([t, n]) => `${n} ${t}`).join(', ')})`,
-);
-console.log(`         files ${filesDir}: ${fmtMB(tree.bytes)} of random bytes in ${tree.files} files, ${tree.dirs} dirs`);
-console.log(`         ${runs} timed run(s) of each measurement; ratios use the best (shortest) run of each side`);
-
-const site = makeSite({ db: BENCH_DB, filesDir, standbyDb: STANDBY_DB });
-const resticEnv = { ...process.env, RESTIC_PASSWORD: 'tandem-bench', RESTIC_PROGRESS_FPS: '0' };
+const bench = await setUpBench('backup');
+const { runs, filesDir, site } = bench;
 
 async function pgDumpToNull() {
   const fd = openSync('/dev/null', 'w');
@@ -84,7 +60,7 @@ async function tandemBackup() {
 async function resticBackup(i) {
   const repo = join(site.dir, `restic-${i}`);
   const cache = join(site.dir, `restic-cache-${i}`);
-  const env = { ...resticEnv, RESTIC_REPOSITORY: repo };
+  const env = resticEnv({ RESTIC_REPOSITORY: repo });
   await runOk('restic', ['init', '--quiet'], { env });
   const t = await runOk('restic', ['backup', '--quiet', '--host', 'bench', '--cache-dir', cache, filesDir], { env });
   // restic's fixed cost (open the repo: scrypt key derivation, read the index) for the notes.
@@ -181,12 +157,7 @@ try {
     verdict('agent peak RSS', peak, '<=', 200, 'MiB', `node VmHWM, worst of ${runs} runs`),
     verdict('age encrypt throughput', enc64.best, '>=', 400, 'MB/s', `best of 3, 512 MiB in 64 KiB pieces (1 MiB pieces: ${enc1m.best.toFixed(0)} MB/s)`),
   ];
-  printResults(`bench:backup results (BENCH_DB_GB=${gb}, BENCH_FILES_MB=${filesMb}, ${runs} runs, best of each):`, rows);
-  if (!Number.isNaN(treePeak)) console.log(`  (largest process in the agent's tree, from GNU time: ${treePeak.toFixed(1)} MiB)`);
-  if (process.env.BENCH_JSON) {
-    const { writeFileSync } = await import('node:fs');
-    writeFileSync(process.env.BENCH_JSON, JSON.stringify({ machine: m, db: dbInfo, tree, results, refSize, diag, enc64, enc1m, rows, load: loadavg() }, null, 2));
-  }
+  finishBench(bench, 'backup', rows, { treePeak, json: { results, refSize, diag, enc64, enc1m } });
 } finally {
   removeSite(site);
 }

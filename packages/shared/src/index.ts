@@ -23,3 +23,4 @@ export * from './token.js';
 export * from './epoch.js';
 export * from './fault.js';
 export * from './net.js';
+export * from './metrics.js';

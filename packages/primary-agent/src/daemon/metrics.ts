@@ -1,4 +1,5 @@
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { MetricsRegistry } from '@tandem/shared';
+import { Counter, Gauge } from 'prom-client';
 
 /**
  * The primary daemon's Prometheus metrics, on its own registry (served at GET /metrics).
@@ -9,8 +10,7 @@ export interface StandbyLag {
   lagSeconds: number;
 }
 
-export class DaemonMetrics {
-  readonly registry = new Registry();
+export class DaemonMetrics extends MetricsRegistry {
   readonly lastBackupTimestamp: Gauge;
   readonly lastBackupSuccess: Gauge;
   readonly lastBackupDuration: Gauge<'stage'>;
@@ -24,8 +24,9 @@ export class DaemonMetrics {
   readonly switchoverHeld: Gauge;
 
   constructor(live: { standbys(): StandbyLag[]; nextRunAt(): Date | null }) {
+    super();
     const standbys = () => live.standbys();
-    const registers = [this.registry];
+    const registers = this.registers;
     this.lastBackupTimestamp = new Gauge({
       name: 'tandem_last_backup_timestamp_seconds',
       help: 'Unix time at which the last successful backup was committed',
@@ -78,14 +79,5 @@ export class DaemonMetrics {
     this.backupsTotal.inc({ outcome: 'ok' }, 0);
     this.backupsTotal.inc({ outcome: 'failed' }, 0);
     this.filestoreErrorsTotal.inc(0);
-    collectDefaultMetrics({ register: this.registry });
-  }
-
-  text(): Promise<string> {
-    return this.registry.metrics();
-  }
-
-  get contentType(): string {
-    return this.registry.contentType;
   }
 }

@@ -1,4 +1,5 @@
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { MetricsRegistry } from '@tandem/shared';
+import { Counter, Gauge } from 'prom-client';
 import type { AppliedState } from '../apply/state.js';
 import type { LagFigures } from './lag.js';
 
@@ -23,15 +24,15 @@ export type ApplyOutcome = 'applied' | 'failed' | 'interrupted';
 
 const orNaN = (v: number | null): number => (v === null ? Number.NaN : v);
 
-export class StandbyMetrics {
-  readonly registry = new Registry();
+export class StandbyMetrics extends MetricsRegistry {
   readonly appliesTotal: Counter<'outcome'>;
   readonly failuresTotal: Counter<'kind'>;
   readonly filestoreErrorsTotal: Counter;
   readonly pollsTotal: Counter<'result'>;
 
   constructor(src: MetricsSource) {
-    const registers = [this.registry];
+    super();
+    const registers = this.registers;
     new Gauge({
       name: 'tandem_standby_recovery_point_age_seconds',
       help: 'Seconds since the newest applied set was created on the primary: what a failover now would lose (+Inf: nothing applied)',
@@ -115,14 +116,5 @@ export class StandbyMetrics {
     for (const kind of FAILURE_KINDS) this.failuresTotal.inc({ kind }, 0);
     for (const result of ['unchanged', 'changed', 'error'] satisfies PollResult[]) this.pollsTotal.inc({ result }, 0);
     this.filestoreErrorsTotal.inc(0);
-    collectDefaultMetrics({ register: this.registry });
-  }
-
-  text(): Promise<string> {
-    return this.registry.metrics();
-  }
-
-  get contentType(): string {
-    return this.registry.contentType;
   }
 }
