@@ -378,3 +378,44 @@ describe('tandem-standby run against S3 (s3rver), through an outage', () => {
     expect(r.code, show(r)).toBe(0);
   });
 });
+
+describe('tandem-standby run against a directory filestore, without a push channel', () => {
+  let root: string;
+  let s: StandbySite;
+  let daemon: RunningStandby | undefined;
+  const env = { TANDEM_TOKEN: TOKEN };
+
+  beforeAll(async () => {
+    requireCommands(['age', 'zstd', 'tar', 'pg_dump', 'pg_restore']);
+    await ensurePostgres();
+    root = await tmpDir('tandem-standby-watch-');
+    s = await createStandbySite(root);
+  });
+
+  afterAll(async () => {
+    if (daemon && daemon.child.exitCode === null) await daemon.stop('SIGKILL');
+    if (s) await dropSiteDatabases(s);
+    if (root) await rm(root, { recursive: true, force: true });
+  });
+
+  it('applies a set committed by a one-shot backup within seconds, long before its next poll', async () => {
+    const first = await backup(s);
+    // A 10-minute poll interval: only the start-up poll falls inside this test.
+    const configFile = await writeDaemonConfig(s, join(root, 'standby-watch.yml'), { pollInterval: '10m', standbyId: 'sb-watch' });
+    daemon = await startStandbyDaemon(configFile, s.standby.stateDir, env);
+    await waitApplied(daemon, first);
+
+    const t0 = Date.now();
+    const second = await backup(s); // `tandem-primary backup` with no daemon: nobody pushes
+    await waitApplied(daemon, second, 10_000);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    const m = await metricsText(daemon);
+    expect(metric(m, 'tandem_standby_applies_total', { outcome: 'applied' })).toBe(2);
+
+    const r = await daemon.stop('SIGTERM');
+    expect(r.code, show(r)).toBe(0);
+    const logs = logRecords(r.stderr);
+    expect(logs.some((l) => l.msg?.startsWith('watching latest.json in the filestore directory'))).toBe(true);
+    expect(logs.some((l) => l.msg === 'latest.json names a new set' && l.setId === second && l.reason === 'watch')).toBe(true);
+  });
+});

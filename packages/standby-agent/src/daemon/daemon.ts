@@ -8,6 +8,7 @@ import {
   isTandemError,
   layout,
   loadVerifyKeyFile,
+  parseFilestoreUrl,
   verifyLatest,
   type Filestore,
   type LatestPointer,
@@ -27,6 +28,7 @@ import { backoffDelay, jittered, type BackoffPolicy } from './backoff.js';
 import { daemonFiles, removeDaemonInfo, writeDaemonInfo } from './daemon-info.js';
 import { checkHeartbeat, computeLag, countPendingSets, pendingWithoutListing, type LagFigures, type LatestInfo } from './lag.js';
 import { StandbyMetrics, type FailureKind } from './metrics.js';
+import { LatestWatcher } from './watch-latest.js';
 import { PushClient } from './push-client.js';
 import { StatusServer, checkListen } from './server.js';
 import type { ErrorInfo, HeartbeatInfo, PollInfo, StandbyStatusDoc } from './status-doc.js';
@@ -34,8 +36,9 @@ import type { ErrorInfo, HeartbeatInfo, PollInfo, StandbyStatusDoc } from './sta
 /**
  * `tandem-standby run`: keeps the standby site equal to the newest committed set.
  *
- * - Work comes from two sources: the push channel (`set-committed`: check at once) and polling
- *   latest.json with a conditional GET every pollInterval ±10%. An idle standby makes exactly one
+ * - Work comes from the push channel (`set-committed`: check at once), for a directory filestore
+ *   from change events of latest.json (watch-latest.ts), and from polling latest.json with a
+ *   conditional GET every pollInterval ±10%. An idle standby makes exactly one
  *   conditional GET per poll and nothing else (no LIST; heartbeat.json and the pending count are read
  *   only when someone asks for /status or /metrics, and at most once per pollInterval).
  * - One loop does everything, so there is one apply at a time by construction; a push that arrives
@@ -58,6 +61,8 @@ export interface StandbyDaemonOptions {
   stopGraceMs?: number;
   /** server.listen override (tests: 127.0.0.1:0). */
   listen?: string;
+  /** Directory filestores: watch latest.json for changes (default true). */
+  watch?: boolean;
   random?: () => number;
 }
 
@@ -117,6 +122,8 @@ export class StandbyDaemon {
   // The loop.
   private stopping = false;
   private wakeReason: string | null = null;
+  /** Directory filestores only: latest.json change events wake the loop. */
+  private watcher: LatestWatcher | null = null;
   private wakeResolve: (() => void) | null = null;
   private loopTimer: NodeJS.Timeout | null = null;
   private loopDone: Promise<void> | null = null;
@@ -201,6 +208,11 @@ export class StandbyDaemon {
         });
         this.push.start();
       }
+      const loc = parseFilestoreUrl(config.filestore.url);
+      if (loc.scheme === 'file' && this.opts.watch !== false) {
+        this.watcher = new LatestWatcher({ root: loc.root, site: config.site, logger: this.log, onChange: () => this.wake('watch') });
+        await this.watcher.start();
+      }
       this.log.info(
         {
           listen: this.listenAddress,
@@ -252,6 +264,7 @@ export class StandbyDaemon {
   }
 
   private async cleanUp(closeFilestore = true): Promise<void> {
+    await this.watcher?.stop();
     await this.push?.stop().catch(() => undefined);
     await this.server?.close().catch(() => undefined);
     if (this.listenAddress !== null) await removeDaemonInfo(this.config.stateDir).catch(() => undefined);
@@ -334,6 +347,8 @@ export class StandbyDaemon {
     this.applied = await readApplied(config.stateDir);
     await this.reportIfNeeded();
 
+    // A filestore directory that did not exist at start: watch it once it does.
+    if (this.watcher !== null && !this.watcher.watching) await this.watcher.start();
     const pollOk = await this.pollLatest(reason);
     if (this.stopping) return 0;
     const now = Date.now();
