@@ -5,6 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 npx tsc -b || exit 1
+npx tsc -p test || exit 1   # the tests themselves are type-checked too (no output)
 mkdir -p .tmp
 rm -f .tmp/vitest-report.json
 npx vitest run --reporter=default --reporter=json --outputFile.json=.tmp/vitest-report.json "$@"

@@ -4,15 +4,15 @@
  * of hostile entries, a 10 GiB entry stopped at its header by limits.maxBytes, every config key
  * missing / of a wrong type / misspelt, and a read-only live directory.
  */
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as fromYaml, stringify as toYaml } from 'yaml';
 import { ARTIFACT_NAMES, TandemError, artifactFileName, loadPrimaryConfig, loadStandbyConfig } from '@tandem/shared';
-import { ensurePostgres, requireCommands, runCommand, tmpDir } from './support/site.js';
-import { STANDBY_MAIN, apply, backup, createStandbySite, dropSiteDatabases, forgeSet, show, writeStandbyConfig, type StandbySite } from './support/standby-helpers.js';
+import { runCommand } from './support/site.js';
+import { STANDBY_MAIN, apply, forgeSet, removeStandbySite, writeStandbyConfig, type StandbySite } from './support/standby-helpers.js';
 import { forgeStored } from './faults/support-b/forge.js';
-import { baseline, expectRefused, makeOutside, type Baseline } from './faults/support-b/refusal.js';
+import { expectRefused, setUpRefusalSite, type Baseline } from './faults/support-b/refusal.js';
 import { sealStream, tarBuffer, tarChunks } from './faults/support-b/tar.js';
 import { sample, variants } from './faults/support-b/config-variants.js';
 
@@ -22,20 +22,11 @@ let first: string;
 let before: Baseline;
 
 beforeAll(async () => {
-  requireCommands(['pg_dump', 'pg_restore', 'unshare', 'mount']);
-  await ensurePostgres();
-  root = await tmpDir('tandem-faults-fast-b-');
-  s = await createStandbySite(root);
-  first = await backup(s);
-  const r = await apply(s);
-  expect(r.code, show(r)).toBe(0);
-  await makeOutside(s);
-  before = await baseline(s);
+  ({ root, s, first, before } = await setUpRefusalSite('tandem-faults-fast-b-', ['pg_dump', 'pg_restore', 'unshare', 'mount']));
 });
 
 afterAll(async () => {
-  if (s) await dropSiteDatabases(s);
-  if (root) await rm(root, { recursive: true, force: true });
+  await removeStandbySite(s, root);
 });
 
 describe('faults, fast subset (tamper, hostile archives, bad input)', () => {

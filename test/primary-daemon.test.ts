@@ -383,7 +383,7 @@ describe('tandem-primary run', () => {
       async (r) => ({ status: r.status, body: (await r.json()) as Record<string, any> }),
       (err: unknown) => ({ status: 0, body: { err: String(err) } }),
     );
-    await waitFor(() => daemonLog().some((l) => l.msg === 'artifact uploaded' && l.artifact === 'db' && l.setId !== undefined && l.setId > pushedSet), 'the db artifact of the backup', 20_000);
+    await waitFor(() => daemonLog().some((l) => l.msg === 'artifact uploaded' && l.artifact === 'db' && typeof l.setId === 'string' && l.setId > pushedSet), 'the db artifact of the backup', 20_000);
     const tKill = Date.now();
     daemon!.child.kill('SIGTERM');
     const r = await daemon!.result;

@@ -102,7 +102,7 @@ describe('tandem-standby run against a directory filestore', () => {
   it('applies the committed set by polling, writes the sentinel and the report, then only polls', async () => {
     sets.push(await backup(s));
     daemon = await startStandbyDaemon(configFile, s.standby.stateDir, env);
-    await waitApplied(daemon, sets[0]);
+    await waitApplied(daemon, sets[0]!);
     expect(JSON.parse(await readFile(s.standby.paths.sentinel, 'utf8'))).toMatchObject({ mode: 'backup', site: s.site });
     const report = JSON.parse(await readFile(join(root, 'store', s.site, 'standbys', 'sb-dir.json'), 'utf8')) as Record<string, unknown>;
     expect(report).toMatchObject({ format: 'tandem-standby-report', standbyId: 'sb-dir', setId: sets[0] });
@@ -153,7 +153,7 @@ describe('tandem-standby run against a directory filestore', () => {
 
   it('applies a new set once, and never again after a restart', async () => {
     sets.push(await backup(s));
-    await waitApplied(daemon!, sets[1]);
+    await waitApplied(daemon!, sets[1]!);
     const m = await metricsText(daemon!);
     expect(metric(m, 'tandem_standby_applies_total', { outcome: 'applied' })).toBe(2);
     expect(metric(m, 'tandem_standby_applies_total', { outcome: 'failed' })).toBe(0);
@@ -415,7 +415,7 @@ describe('tandem-standby run against a directory filestore, without a push chann
     const r = await daemon.stop('SIGTERM');
     expect(r.code, show(r)).toBe(0);
     const logs = logRecords(r.stderr);
-    expect(logs.some((l) => l.msg?.startsWith('watching latest.json in the filestore directory'))).toBe(true);
+    expect(logs.some((l) => String(l.msg).startsWith('watching latest.json in the filestore directory'))).toBe(true);
     expect(logs.some((l) => l.msg === 'latest.json names a new set' && l.setId === second && l.reason === 'watch')).toBe(true);
   });
 });

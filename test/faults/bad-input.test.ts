@@ -4,14 +4,14 @@
  * way, read-only directories. Each: a clear error naming what is wrong, and nothing lost (nothing
  * committed on the primary, nothing live changed on the standby).
  */
-import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify as toYaml, parse as fromYaml } from 'yaml';
 import { TandemError, loadPrimaryConfig, loadStandbyConfig } from '@tandem/shared';
-import { PRIMARY_MAIN, ensurePostgres, requireCommands, runCommand, runPrimary, sleep, tmpDir, withDb, type RunResult } from '../support/site.js';
-import { STANDBY_MAIN, apply, backup, createStandbySite, dropSiteDatabases, forgeSet, readPlain, show, writeStandbyConfig, type StandbySite } from '../support/standby-helpers.js';
-import { Tally, baseline, errorText, expectRefused, makeOutside, type Baseline } from './support-b/refusal.js';
+import { PRIMARY_MAIN, runCommand, runPrimary, sleep, withDb, type RunResult } from '../support/site.js';
+import { STANDBY_MAIN, apply, forgeSet, readPlain, removeStandbySite, show, writeStandbyConfig, type StandbySite } from '../support/standby-helpers.js';
+import { Tally, errorText, expectRefused, setUpRefusalSite, type Baseline } from './support-b/refusal.js';
 import { sample, variants, type Doc } from './support-b/config-variants.js';
 
 const tally = new Tally('bad input');
@@ -21,21 +21,12 @@ let first: string;
 let before: Baseline;
 
 beforeAll(async () => {
-  requireCommands(['pg_dump', 'pg_restore', 'unshare', 'mount']);
-  await ensurePostgres();
-  root = await tmpDir('tandem-faults-badinput-');
-  s = await createStandbySite(root);
-  first = await backup(s);
-  const r = await apply(s);
-  expect(r.code, show(r)).toBe(0);
-  await makeOutside(s);
-  before = await baseline(s);
+  ({ root, s, first, before } = await setUpRefusalSite('tandem-faults-badinput-', ['pg_dump', 'pg_restore', 'unshare', 'mount']));
 });
 
 afterAll(async () => {
   tally.print();
-  if (s) await dropSiteDatabases(s);
-  if (root) await rm(root, { recursive: true, force: true });
+  await removeStandbySite(s, root);
 });
 
 const storeDir = () => join(root, 'store', s.site);

@@ -6,11 +6,10 @@
  * After each kill the invariants of support/crash.ts hold, and the next backup finishes the job.
  * The points and outcomes are written to .tmp/faults-report/crash-primary.json.
  */
-import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { s3rverEnv, s3rverFilestoreUrl, startS3rver, type S3rverHandle } from '../support/s3rver.js';
 import { ensurePostgres, requireCommands, tmpDir } from '../support/site.js';
-import { apply, backup, createStandbySite, dropSiteDatabases, show, type StandbySite } from '../support/standby-helpers.js';
+import { apply, backup, createStandbySite, removeStandbySite, show, type StandbySite } from '../support/standby-helpers.js';
 import {
   PRIMARY_NAMED_POINTS,
   growPrimary,
@@ -52,12 +51,25 @@ function s3Kills(sizes: Sizes): PrimaryKill[] {
   ];
 }
 
-async function setUp(root: string, opts: Parameters<typeof createStandbySite>[1] = {}): Promise<{ s: StandbySite; sizes: Sizes }> {
-  const s = await createStandbySite(root, opts);
-  await growPrimary(s);
-  const first = await backup(s);
-  const sizes = sizesOf(await readManifest(s, first));
-  return { s, sizes };
+/**
+ * Checks the tools and PostgreSQL, then, in a new work dir named from `prefix`: a site with a grown
+ * primary and one set backed up, and that set's artifact sizes. If a step fails, what was made so
+ * far is removed before the error is thrown.
+ */
+async function setUp(prefix: string, opts: Parameters<typeof createStandbySite>[1] = {}): Promise<{ root: string; s: StandbySite; sizes: Sizes }> {
+  requireCommands(['age', 'zstd', 'tar', 'pg_dump', 'pg_restore']);
+  await ensurePostgres();
+  const root = await tmpDir(prefix);
+  let s: StandbySite | undefined;
+  try {
+    s = await createStandbySite(root, opts);
+    await growPrimary(s);
+    const first = await backup(s);
+    return { root, s, sizes: sizesOf(await readManifest(s, first)) };
+  } catch (e) {
+    await removeStandbySite(s, root);
+    throw e;
+  }
 }
 
 describe('primary killed during a backup (directory store)', () => {
@@ -67,17 +79,13 @@ describe('primary killed during a backup (directory store)', () => {
   const verified: VerifiedSets = new Map();
 
   beforeAll(async () => {
-    requireCommands(['age', 'zstd', 'tar', 'pg_dump', 'pg_restore']);
-    await ensurePostgres();
-    root = await tmpDir('tandem-crash-primary-');
-    const set = await setUp(root);
-    s = set.s;
+    const set = await setUp('tandem-crash-primary-');
+    ({ root, s } = set);
     kills = dirKills(set.sizes);
   });
 
   afterAll(async () => {
-    if (s) await dropSiteDatabases(s);
-    if (root) await rm(root, { recursive: true, force: true });
+    await removeStandbySite(s, root);
   });
 
   it('survives a SIGKILL at each of ≥ 30 points, and the next backup finishes the job', async () => {
@@ -100,19 +108,15 @@ describe('primary killed during a backup (S3: s3rver)', () => {
   const verified: VerifiedSets = new Map();
 
   beforeAll(async () => {
-    requireCommands(['age', 'zstd', 'tar', 'pg_dump', 'pg_restore']);
-    await ensurePostgres();
-    root = await tmpDir('tandem-crash-primary-s3-');
     s3 = await startS3rver();
-    const set = await setUp(root, { filestoreUrl: s3rverFilestoreUrl(s3, { prefix: 'unique' }), env: s3rverEnv() });
-    s = set.s;
+    const set = await setUp('tandem-crash-primary-s3-', { filestoreUrl: s3rverFilestoreUrl(s3, { prefix: 'unique' }), env: s3rverEnv() });
+    ({ root, s } = set);
     kills = s3Kills(set.sizes);
   });
 
   afterAll(async () => {
-    if (s) await dropSiteDatabases(s);
     if (s3) await s3.destroy();
-    if (root) await rm(root, { recursive: true, force: true });
+    await removeStandbySite(s, root);
   });
 
   it('survives a SIGKILL at each point of the S3 subset, and the next backup finishes the job', async () => {

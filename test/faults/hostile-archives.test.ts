@@ -4,14 +4,14 @@
  * target, plant special files, or exhaust inodes, disk or memory. Each: refused with the entry named,
  * nothing written outside the target, nothing live changed, resources bounded.
  */
-import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
+import { lstat, mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { artifactFileName } from '@tandem/shared';
-import { ensurePostgres, requireCommands, runCommand, tmpDir, type RunResult } from '../support/site.js';
-import { STANDBY_MAIN, apply, backup, createStandbySite, dropSiteDatabases, forgeSet, show, writeStandbyConfig, type StandbySite } from '../support/standby-helpers.js';
+import { runCommand, type RunResult } from '../support/site.js';
+import { STANDBY_MAIN, apply, forgeSet, removeStandbySite, writeStandbyConfig, type StandbySite } from '../support/standby-helpers.js';
 import { forgeStored } from './support-b/forge.js';
-import { Tally, baseline, escapeRe, expectRefused, makeOutside, outsideDir, type Baseline } from './support-b/refusal.js';
+import { Tally, escapeRe, expectRefused, outsideDir, setUpRefusalSite, type Baseline } from './support-b/refusal.js';
 import { sealStream, tarBuffer, tarChunks, type HostileEntry } from './support-b/tar.js';
 import { parse as fromYaml, stringify as toYaml } from 'yaml';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -24,22 +24,13 @@ let before: Baseline;
 let rootListing: string[];
 
 beforeAll(async () => {
-  requireCommands(['pg_dump', 'pg_restore', 'unshare']);
-  await ensurePostgres();
-  root = await tmpDir('tandem-faults-hostile-');
-  s = await createStandbySite(root);
-  first = await backup(s);
-  const r = await apply(s);
-  expect(r.code, show(r)).toBe(0);
-  await makeOutside(s);
-  before = await baseline(s);
+  ({ root, s, first, before } = await setUpRefusalSite('tandem-faults-hostile-', ['pg_dump', 'pg_restore', 'unshare']));
   rootListing = (await readdir(root)).sort();
 });
 
 afterAll(async () => {
   tally.print();
-  if (s) await dropSiteDatabases(s);
-  if (root) await rm(root, { recursive: true, force: true });
+  await removeStandbySite(s, root);
 });
 
 /** Nothing appeared anywhere near the target: the work dir's top level is as it was, and no escape file exists. */

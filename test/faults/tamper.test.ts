@@ -3,13 +3,13 @@
  * variant is refused with a message naming the set (and the artifact, where there is one), and the
  * live standby (database rows, dirs, applied record, what lies beside them) is exactly as before.
  */
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ARTIFACT_NAMES, artifactFileName, layout, type ArtifactName } from '@tandem/shared';
-import { ensurePostgres, makeKeys, requireCommands, tmpDir, type KeyFiles } from '../support/site.js';
-import { apply, backup, createStandbySite, dropSiteDatabases, forgeSet, pointLatestAt, readPlain, show, type StandbySite } from '../support/standby-helpers.js';
-import { Tally, baseline, expectRefused, makeOutside, type Baseline } from './support-b/refusal.js';
+import { makeKeys, type KeyFiles } from '../support/site.js';
+import { apply, forgeSet, pointLatestAt, readPlain, removeStandbySite, show, type StandbySite } from '../support/standby-helpers.js';
+import { Tally, baseline, expectRefused, setUpRefusalSite, type Baseline } from './support-b/refusal.js';
 
 const tally = new Tally('tamper');
 let root: string;
@@ -41,22 +41,13 @@ const CUTS: Array<[string, (len: number) => number]> = [
 ];
 
 beforeAll(async () => {
-  requireCommands(['pg_dump', 'pg_restore']);
-  await ensurePostgres();
-  root = await tmpDir('tandem-faults-tamper-');
-  s = await createStandbySite(root);
+  ({ root, s, first, before } = await setUpRefusalSite('tandem-faults-tamper-', ['pg_dump', 'pg_restore']));
   other = await makeKeys(join(root, 'other-keys'));
-  first = await backup(s);
-  const r = await apply(s);
-  expect(r.code, show(r)).toBe(0);
-  await makeOutside(s);
-  before = await baseline(s);
 });
 
 afterAll(async () => {
   tally.print();
-  if (s) await dropSiteDatabases(s);
-  if (root) await rm(root, { recursive: true, force: true });
+  await removeStandbySite(s, root);
 });
 
 describe('tamper: stored artifacts', () => {

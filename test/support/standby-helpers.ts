@@ -5,7 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -205,6 +205,12 @@ export async function dropSiteDatabases(s: StandbySite): Promise<void> {
   }
 }
 
+/** A suite's teardown: drops the site's databases and removes its work dir (either may be unset if the set-up failed early). */
+export async function removeStandbySite(s: StandbySite | undefined, root: string | undefined): Promise<void> {
+  if (s) await dropSiteDatabases(s);
+  if (root) await rm(root, { recursive: true, force: true });
+}
+
 export async function databaseExists(name: string): Promise<boolean> {
   return withPg({ url: `${PG_BASE_URL}/postgres` }, async (c) => ((await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])).rowCount ?? 0) > 0);
 }
@@ -324,11 +330,22 @@ export interface ForgeOptions {
   claimPlainSize?: Partial<Record<ArtifactName, number>>;
 }
 
+export interface ForgedSetStart {
+  /** The open filestore (the caller closes it). */
+  fs: Filestore;
+  /** The base set's manifest, signature removed. */
+  base: Manifest;
+  setId: string;
+  seq: number;
+  created: Date;
+}
+
 /**
- * Publish a new set (next sequence number) made from the stored artifacts of `baseSetId`, changed as
- * asked, with a manifest and latest.json signed like the primary does. Returns the new set id.
+ * The start of a forged set: opens the store, reads the manifest of `baseSetId` (signature removed)
+ * and names the next set (sequence number after the highest stored, created one second from now).
+ * The caller closes `fs`; it is closed here only if this fails.
  */
-export async function forgeSet(s: StandbySite, baseSetId: string, o: ForgeOptions = {}): Promise<string> {
+export async function nextForgedSet(s: StandbySite, baseSetId: string): Promise<ForgedSetStart> {
   const fs = s.openStore();
   try {
     const base = JSON.parse((await fs.getBuffer(layout.manifest(s.site, baseSetId))).body.toString('utf8')) as Manifest & { signature?: unknown };
@@ -340,7 +357,20 @@ export async function forgeSet(s: StandbySite, baseSetId: string, o: ForgeOption
     }
     const created = new Date(Date.now() + 1000);
     const seq = maxSeq + 1;
-    const setId = makeSetId(created, base.epoch, seq);
+    return { fs, base, setId: makeSetId(created, base.epoch, seq), seq, created };
+  } catch (e) {
+    await fs.close();
+    throw e;
+  }
+}
+
+/**
+ * Publish a new set (next sequence number) made from the stored artifacts of `baseSetId`, changed as
+ * asked, with a manifest and latest.json signed like the primary does. Returns the new set id.
+ */
+export async function forgeSet(s: StandbySite, baseSetId: string, o: ForgeOptions = {}): Promise<string> {
+  const { fs, base, setId, seq, created } = await nextForgedSet(s, baseSetId);
+  try {
     const artifacts = [];
     for (const a of base.artifacts) {
       let stored = await collect((await fs.get(layout.artifact(s.site, baseSetId, a.file))).body);

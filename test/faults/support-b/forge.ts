@@ -2,25 +2,12 @@
  * Publish a set whose named artifacts are given as already-sealed stored bytes (for artifacts too
  * large to pass as plaintext), signed with the site's key; the rest is copied from a base set.
  */
-import { createHash } from 'node:crypto';
-import { layout, loadSigningKeyFile, makeSetId, parseSetId, signLatest, signManifest, type ArtifactName, type Manifest } from '@tandem/shared';
-import type { StandbySite } from '../../support/standby-helpers.js';
-
-const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+import { layout, loadSigningKeyFile, signLatest, signManifest, type ArtifactName, type Manifest } from '@tandem/shared';
+import { nextForgedSet, sha256, type StandbySite } from '../../support/standby-helpers.js';
 
 export async function forgeStored(s: StandbySite, baseSetId: string, sealed: Partial<Record<ArtifactName, { stored: Buffer; plainSize: number }>>): Promise<string> {
-  const fs = s.openStore();
+  const { fs, base, setId, seq, created } = await nextForgedSet(s, baseSetId);
   try {
-    const base = JSON.parse((await fs.getBuffer(layout.manifest(s.site, baseSetId))).body.toString('utf8')) as Manifest & { signature?: unknown };
-    delete base.signature;
-    let maxSeq = 0;
-    for (const obj of await fs.list(layout.sets(s.site))) {
-      const p = parseSetId(obj.key.slice(layout.sets(s.site).length).split('/')[0] ?? '');
-      if (p && p.seq > maxSeq) maxSeq = p.seq;
-    }
-    const created = new Date(Date.now() + 1000);
-    const seq = maxSeq + 1;
-    const setId = makeSetId(created, base.epoch, seq);
     const artifacts = [];
     for (const a of base.artifacts) {
       const given = sealed[a.name];

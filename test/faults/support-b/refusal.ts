@@ -1,13 +1,25 @@
 /**
- * Shared by the tamper, hostile-archive and bad-input suites: one standby site with a set applied,
- * an "outside" directory beside the live dirs that must never change, and `expectRefused`, which
- * checks that a run failed with a message naming what it must name and that nothing live changed.
+ * Shared by the tamper, hostile-archive and bad-input suites: one standby site with a set applied
+ * (`setUpRefusalSite`), an "outside" directory beside the live dirs that must never change, and
+ * `expectRefused`, which checks that a run failed with a message naming what it must name and that
+ * nothing live changed.
  */
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect } from 'vitest';
-import type { RunResult } from '../../support/site.js';
-import { expectNoLeftovers, liveState, restartLog, show, type LiveState, type StandbySite } from '../../support/standby-helpers.js';
+import { ensurePostgres, requireCommands, tmpDir, type RunResult } from '../../support/site.js';
+import {
+  apply,
+  backup,
+  createStandbySite,
+  expectNoLeftovers,
+  liveState,
+  removeStandbySite,
+  restartLog,
+  show,
+  type LiveState,
+  type StandbySite,
+} from '../../support/standby-helpers.js';
 
 export const escapeRe = (t: string): string => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
@@ -33,6 +45,38 @@ export interface Baseline {
 
 export async function baseline(s: StandbySite): Promise<Baseline> {
   return { live: await liveState(s), restarts: (await restartLog(s)).length };
+}
+
+export interface RefusalSite {
+  root: string;
+  s: StandbySite;
+  /** The set backed up and applied. */
+  first: string;
+  /** Taken once everything above is in place. */
+  before: Baseline;
+}
+
+/**
+ * Checks for `commands` and PostgreSQL, then, in a new work dir named from `prefix`: a standby site
+ * with one set backed up and applied, the outside dir, and the baseline. If a step fails, what was
+ * made so far is removed before the error is thrown.
+ */
+export async function setUpRefusalSite(prefix: string, commands: string[]): Promise<RefusalSite> {
+  requireCommands(commands);
+  await ensurePostgres();
+  const root = await tmpDir(prefix);
+  let s: StandbySite | undefined;
+  try {
+    s = await createStandbySite(root);
+    const first = await backup(s);
+    const r = await apply(s);
+    expect(r.code, show(r)).toBe(0);
+    await makeOutside(s);
+    return { root, s, first, before: await baseline(s) };
+  } catch (e) {
+    await removeStandbySite(s, root);
+    throw e;
+  }
 }
 
 /** The run failed (no signal, no timeout) with every pattern in its error, and nothing live changed. */
