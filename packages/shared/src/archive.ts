@@ -22,7 +22,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { Parser, type ReadEntry } from 'tar';
 import { TandemError, describeError } from './errors.js';
-import { mkdirp } from './fsutil.js';
+import { OPEN_NEW_FILE, mkdirp } from './fsutil.js';
 import { spawnSource } from './streams.js';
 
 /**
@@ -68,7 +68,6 @@ export interface ExtractOptions {
 }
 
 const UNSAFE = 'ARCHIVE_UNSAFE_ENTRY';
-const OPEN_NEW_FILE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
 
 /**
  * Extract a tar stream into `targetDir`, which must not exist or be an empty directory (it is
@@ -396,11 +395,10 @@ class Extractor {
     const abs = rel === '' ? this.#root : path.join(this.#root, rel);
     if (rel === '' && e.type !== 'Directory') throw unsafe(label, e.path, `a ${e.type} cannot replace the target directory`);
     try {
-      const isFile = e.type === 'File' || e.type === 'OldFile' || e.type === 'ContiguousFile';
       // Links depend on what exists: the files written so far must be there first. (A directory
       // does not: its parents were made before any file under them was started, and a file in
       // flight at the same path fails one of the two with EEXIST either way.)
-      if (!isFile && e.type !== 'Directory') await this.settle();
+      if (e.type === 'SymbolicLink' || e.type === 'Link') await this.settle();
       switch (e.type) {
         case 'File':
         case 'OldFile':

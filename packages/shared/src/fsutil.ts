@@ -1,6 +1,10 @@
 import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { dirname, join, basename, resolve } from 'node:path';
+
+/** open() flags for creating a file that must not exist yet, never through a symlink. */
+export const OPEN_NEW_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 
 /**
  * `mkdir -p` that reports the real reason it failed. Node 20's recursive mkdir says ENOENT when a

@@ -152,7 +152,7 @@ function plainSizeError(label: string, bytes: number, signed: number, atLeast = 
   return new TandemError(
     'integrity',
     'ARTIFACT_PLAIN_SIZE',
-    `${label}: decompresses to ${atLeast ? 'more than ' : ''}${atLeast ? signed : bytes} bytes, the signed manifest says ${signed}`,
+    `${label}: decompresses to ${atLeast ? `more than ${signed}` : bytes} bytes, the signed manifest says ${signed}`,
     { hint: 'the set was not made by a tandem primary or was made by a faulty one; apply another set' },
   );
 }

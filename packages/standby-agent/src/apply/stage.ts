@@ -1,9 +1,10 @@
-import { constants, createWriteStream } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import { chmod, mkdir, open, rm, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import {
   ARTIFACT_NAMES,
+  OPEN_NEW_FILE,
   TandemError,
   extractTarSafe,
   type ArtifactEntry,
@@ -62,8 +63,6 @@ export function artifactEntries(manifest: Manifest): Record<ArtifactName, Artifa
   return out as Record<ArtifactName, ArtifactEntry>;
 }
 
-const OPEN_NEW_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
-
 const discard = async (plain: Readable): Promise<void> => {
   for await (const _ of plain);
 };
@@ -76,8 +75,7 @@ async function stageDumpFile(src: ArtifactSource, file: string) {
   // The signed plainSize is what zstd will write: refuse before the download if it cannot fit.
   const free = await freeBytes(dirname(file));
   if (free !== undefined && free < src.entry.plainSize) {
-    const err = Object.assign(new Error('not enough free space for the database dump'), { code: 'ENOSPC' });
-    throw diskFull(err, src.manifest, src.entry, dirname(file), `the dump needs ${src.entry.plainSize} bytes, ${free} are free`)!;
+    throw diskFullError(src.manifest, src.entry, dirname(file), { detail: `the dump needs ${src.entry.plainSize} bytes, ${free} are free` });
   }
   const fh = await open(file, OPEN_NEW_FILE, 0o600);
   try {
@@ -145,18 +143,21 @@ async function freeBytes(dir: string): Promise<number | undefined> {
 }
 
 /** ENOSPC anywhere in the cause chain becomes one clear message (the caller removes the staging). */
-function diskFull(err: unknown, manifest: Manifest, entry: ArtifactEntry, where: string, detail?: string): TandemError | undefined {
-  if (err instanceof TandemError && err.code === 'DISK_FULL') return err;
+function diskFull(err: unknown, manifest: Manifest, entry: ArtifactEntry, where: string): TandemError | undefined {
   for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 10; e = (e as Error).cause, depth++) {
     // ENOSPC of our own writes, or of zstd writing the staged dump (its message, exit code 70).
     if ((e as NodeJS.ErrnoException).code === 'ENOSPC' || /No space left on device/.test((e as Error).message ?? '')) {
-      return new TandemError(
-        'permanent',
-        'DISK_FULL',
-        `disk full while staging set ${manifest.setId} (${entry.name} artifact) in ${where}${detail ? ` (${detail})` : ''}: the staging was removed and the live site is untouched`,
-        { hint: `free space on the file system of ${where} (the apply needs room for one more copy of the site beside the live one)`, cause: err },
-      );
+      return diskFullError(manifest, entry, where, { cause: err });
     }
   }
   return undefined;
+}
+
+function diskFullError(manifest: Manifest, entry: ArtifactEntry, where: string, o: { detail?: string; cause?: unknown }): TandemError {
+  return new TandemError(
+    'permanent',
+    'DISK_FULL',
+    `disk full while staging set ${manifest.setId} (${entry.name} artifact) in ${where}${o.detail ? ` (${o.detail})` : ''}: the staging was removed and the live site is untouched`,
+    { hint: `free space on the file system of ${where} (the apply needs room for one more copy of the site beside the live one)`, cause: o.cause },
+  );
 }
