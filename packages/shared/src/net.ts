@@ -35,6 +35,14 @@ export function listenOn(http: Server, listen: string): Promise<string> {
   });
 }
 
+/** Stops accepting and ends every open connection (keep-alive ones too); resolves once closed. */
+export function closeServer(http: Server): Promise<void> {
+  return new Promise<void>((resolve) => {
+    http.close(() => resolve());
+    http.closeAllConnections();
+  });
+}
+
 /** Whether a process of this host is alive (EPERM: alive, but another user's). */
 export function pidAlive(pid: number): boolean {
   try {

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
-import { MAX_FRAME_BYTES, STREAM_PATH, TandemError, bearerFrom, describeError, listenOn, tokensEqual, type Logger } from '@tandem/shared';
+import { MAX_FRAME_BYTES, STREAM_PATH, TandemError, bearerFrom, closeServer, describeError, listenOn, tokensEqual, type Logger } from '@tandem/shared';
 import { errorBody } from './control.js';
 import type { StandbyHub } from './standbys.js';
 
@@ -121,10 +121,7 @@ export class DaemonServer {
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => {
-      this.http.close(() => resolve());
-      this.http.closeAllConnections();
-    });
+    await closeServer(this.http);
     this.wss.close();
   }
 }

@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
-import { TandemError, bearerFrom, describeError, listenOn, splitListen, tokensEqual, type Logger } from '@tandem/shared';
+import { TandemError, bearerFrom, closeServer, describeError, listenOn, splitListen, tokensEqual, type Logger } from '@tandem/shared';
 
 /**
  * The standby daemon's HTTP server (server.listen):
@@ -96,10 +96,7 @@ export class StatusServer {
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((resolve) => {
-      this.http.close(() => resolve());
-      this.http.closeAllConnections();
-    });
+    await closeServer(this.http);
   }
 }
 
