@@ -318,7 +318,7 @@ async function verifySet(store: Store, setId: string, expected: { db: DatabaseSt
   const manifest = verifyManifest(manifestBytes!, verifyKey, `${setId}/manifest.json`);
   expect(manifest).toMatchObject({ setId, site: SITE, epoch: 1, encryption: { scheme: 'age-x25519' } });
   expect(manifest.database.name).toBe(DB);
-  expect(manifest.artifacts.map((a) => a.name)).toEqual(['db', 'config', 'security', 'files']);
+  expect(manifest.artifacts.map((a) => a.name)).toEqual(['db', 'dbmeta', 'config', 'security', 'files']);
 
   const recipient = (await readFile(keys.recipientFile, 'utf8')).trim();
   expect(manifest.encryption.recipients).toEqual([recipient]);

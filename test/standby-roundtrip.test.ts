@@ -108,7 +108,7 @@ describe.each(['dir', 's3'] as const)('standby round trip (%s filestore)', (kind
     expect(v.code, show(v)).toBe(0);
     const report = JSON.parse(v.stdout) as { ok: boolean; setId: string; artifacts: Array<{ name: string; ok: boolean; entries: number }> };
     expect(report).toMatchObject({ ok: true, setId: second });
-    expect(report.artifacts.map((a) => [a.name, a.ok])).toEqual([['db', true], ['config', true], ['security', true], ['files', true]]);
+    expect(report.artifacts.map((a) => [a.name, a.ok])).toEqual([['db', true], ['dbmeta', true], ['config', true], ['security', true], ['files', true]]);
     expect(report.artifacts.every((a) => a.entries > 0)).toBe(true);
 
     const p = await runStandby(['promote', '--config', s.standby.configFile, '--json'], { env: s.env });

@@ -101,9 +101,17 @@ const compressionSchema = z.strictObject({
   threads: z.number().int().min(1).max(64).default(1),
 });
 
+/**
+ * Roles are cluster-wide, so a dump of one database does not carry them. require (default): the
+ * set names the roles it needs and the standby refuses to apply until they exist. carry: the set
+ * also carries their definitions (without SUPERUSER, REPLICATION, BYPASSRLS) and, on a standby
+ * configured alike, apply creates or updates them.
+ */
+const rolesMode = z.enum(['require', 'carry'], { message: 'expected "require" (the default) or "carry"' }).default('require');
+
 export const primaryConfigSchema = z.strictObject({
   site: siteName,
-  database: databaseSchema,
+  database: databaseSchema.extend({ roles: rolesMode }),
   paths: z.strictObject({ config: nonEmpty, security: nonEmpty, files: nonEmpty }),
   filestore: filestoreSchema,
   encryption: z.enum(['age', 'none'], { message: 'expected "age" (the default) or "none"' }).default('age'),
@@ -136,6 +144,12 @@ export const standbyConfigSchema = z.strictObject({
     restoreJobs: z.number().int().min(1).max(64).default(2),
     /** Database to connect to for CREATE/ALTER/DROP DATABASE; default "postgres". */
     maintenanceDb: nonEmpty.default('postgres'),
+    roles: rolesMode,
+    /**
+     * Settings (ALTER DATABASE ... SET, ALTER ROLE ... IN DATABASE ... SET) that keep the standby's
+     * own value instead of the primary's, e.g. [statement_timeout].
+     */
+    preserveSettings: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_.]*$/, 'expected a setting name such as statement_timeout')).default([]),
   }),
   paths: z.strictObject({
     config: nonEmpty,

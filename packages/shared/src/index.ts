@@ -24,3 +24,4 @@ export * from './epoch.js';
 export * from './fault.js';
 export * from './net.js';
 export * from './metrics.js';
+export * from './db-meta.js';

@@ -4,14 +4,24 @@
  *   <site>/epoch.json
  *   <site>/latest.json
  *   <site>/heartbeat.json
- *   <site>/sets/<set-id>/{db.dump.zst.age, config.tar.zst.age, security.tar.zst.age, files.tar.zst.age, manifest.json}
+ *   <site>/sets/<set-id>/{db.dump.zst.age, dbmeta.json.zst.age, config.tar.zst.age, security.tar.zst.age, files.tar.zst.age, manifest.json}
  *   <site>/standbys/<standby-id>.json   each standby's report of the set it applied (retention reads them)
  */
-export const ARTIFACT_NAMES = ['db', 'config', 'security', 'files'] as const;
+/**
+ * In the order the primary makes them (the database before the files: ordering rule 1).
+ * `dbmeta` is what the dump does not carry: the database's own owner, grants, comment and settings,
+ * the roles the set needs, extension versions (and, with `database.roles: carry`, role definitions).
+ */
+export const ARTIFACT_NAMES = ['db', 'dbmeta', 'config', 'security', 'files'] as const;
 export type ArtifactName = (typeof ARTIFACT_NAMES)[number];
+/** Artifacts a set made by an earlier tandem may lack; everything else is required. */
+export const OPTIONAL_ARTIFACTS: readonly ArtifactName[] = ['dbmeta'];
+/** The archives unpacked into a directory of the site. */
+export const DIR_ARTIFACTS = ['config', 'security', 'files'] as const;
+export type DirArtifactName = (typeof DIR_ARTIFACTS)[number];
 
 export function artifactFileName(name: ArtifactName, encrypted: boolean): string {
-  const base = name === 'db' ? 'db.dump.zst' : `${name}.tar.zst`;
+  const base = name === 'db' ? 'db.dump.zst' : name === 'dbmeta' ? 'dbmeta.json.zst' : `${name}.tar.zst`;
   return encrypted ? `${base}.age` : base;
 }
 

@@ -15,7 +15,7 @@ const isoTime = z.iso.datetime();
 
 export const artifactEntrySchema = z.strictObject({
   name: z.enum(ARTIFACT_NAMES),
-  kind: z.enum(['postgres-custom', 'tar']),
+  kind: z.enum(['postgres-custom', 'postgres-meta', 'tar']),
   file: z.string().regex(/^[a-z0-9.]+$/),
   storedSize: z.number().int().nonnegative(),
   storedSha256: sha256Hex,

@@ -1,7 +1,7 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Duplex, Readable } from 'node:stream';
+import { Readable, type Duplex } from 'node:stream';
 import {
   ARTIFACT_NAMES,
   TOOL_VERSION,
@@ -36,6 +36,7 @@ import {
   type Manifest,
   type PrimaryConfig,
 } from '@tandem/shared';
+import { readDbMeta } from './db-meta.js';
 import { primaryName, readOrCreateEpoch } from './epoch.js';
 import { uploadArtifact } from './upload-artifact.js';
 
@@ -114,7 +115,8 @@ async function nextSeq(fs: Filestore, site: string): Promise<number> {
   return max + 1;
 }
 
-function artifactSource(name: ArtifactName, config: PrimaryConfig, log: Logger): Readable {
+function artifactSource(name: ArtifactName, config: PrimaryConfig, log: Logger, dbMeta: Buffer): Readable {
+  if (name === 'dbmeta') return Readable.from([dbMeta]);
   if (name === 'db') {
     // Uncompressed custom format (-Z0): pg_dump's own gzip is its bottleneck; zstd does it faster
     // and better. Custom format keeps `pg_restore -j` possible on the standby.
@@ -162,6 +164,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
 
     const durations: Record<string, number> = {};
     const artifacts: ArtifactEntry[] = [];
+    let dbMeta = Buffer.alloc(0);
     // Order matters (must): the database before the files, so that files taken later are a
     // superset of what the dump references.
     for (const name of ARTIFACT_NAMES) {
@@ -170,16 +173,18 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       const key = layout.artifact(config.site, setId, file);
       await checkFence(); // before any child process starts, so a fenced run leaves none behind
       opts.signal?.throwIfAborted();
+      // Read after the dump, so that a role or grant the dump refers to is in it.
+      if (name === 'dbmeta') dbMeta = Buffer.from(JSON.stringify(await readDbMeta(config)));
       const stages: Duplex[] = [zstdCompress({ level: config.compression.level, threads: config.compression.threads })];
       if (keys.recipients) stages.push(createAgeEncryptStream(keys.recipients));
       uploaded.push(key);
       faultPoint(`before-artifact:${name}`);
-      const r = await uploadArtifact({ filestore: fs, key, name, source: artifactSource(name, config, log), stages, signal: opts.signal });
+      const r = await uploadArtifact({ filestore: fs, key, name, source: artifactSource(name, config, log, dbMeta), stages, signal: opts.signal });
       faultPoint(`after-artifact:${name}`);
       durations[name] = round((performance.now() - t) / 1000);
       artifacts.push({
         name,
-        kind: name === 'db' ? 'postgres-custom' : 'tar',
+        kind: name === 'db' ? 'postgres-custom' : name === 'dbmeta' ? 'postgres-meta' : 'tar',
         file,
         storedSize: r.storedSize,
         storedSha256: r.storedSha256,

@@ -9,6 +9,7 @@ import { faultPoint as killAt } from '@tandem/shared';
 export type FaultPoint =
   | 'journal-written'
   | 'staged-db'
+  | 'staged-dbmeta'
   | 'staged-config'
   | 'staged-security'
   | 'staged-files'

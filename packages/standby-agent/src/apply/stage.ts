@@ -4,7 +4,9 @@ import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import {
   ARTIFACT_NAMES,
+  MAX_DB_META_BYTES,
   OPEN_NEW_FILE,
+  OPTIONAL_ARTIFACTS,
   TandemError,
   extractTarSafe,
   type ArtifactEntry,
@@ -33,6 +35,8 @@ export type StagedDb =
 
 export interface StagedSet {
   db: StagedDb;
+  /** The dbmeta artifact's plain bytes (small JSON, bounded by its signed plainSize), if the set has one. */
+  dbMeta?: Buffer;
   /** Seconds per artifact. */
   durations: Record<ArtifactName, number>;
 }
@@ -50,17 +54,19 @@ export interface StageOptions {
   signal?: AbortSignal;
 }
 
-export function artifactEntries(manifest: Manifest): Record<ArtifactName, ArtifactEntry> {
+export type ArtifactEntries = Record<Exclude<ArtifactName, 'dbmeta'>, ArtifactEntry> & { dbmeta?: ArtifactEntry };
+
+export function artifactEntries(manifest: Manifest): ArtifactEntries {
   const out: Partial<Record<ArtifactName, ArtifactEntry>> = {};
   for (const e of manifest.artifacts) {
     if (out[e.name]) throw new TandemError('integrity', 'MANIFEST_INVALID', `set ${manifest.setId}: manifest lists the ${e.name} artifact twice`);
     out[e.name] = e;
   }
-  const missing = ARTIFACT_NAMES.filter((n) => out[n] === undefined);
+  const missing = ARTIFACT_NAMES.filter((n) => out[n] === undefined && !OPTIONAL_ARTIFACTS.includes(n));
   if (missing.length > 0) {
     throw new TandemError('integrity', 'MANIFEST_INVALID', `set ${manifest.setId}: manifest has no ${missing.join(', ')} artifact`);
   }
-  return out as Record<ArtifactName, ArtifactEntry>;
+  return out as ArtifactEntries;
 }
 
 const discard = async (plain: Readable): Promise<void> => {
@@ -95,8 +101,10 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
 
   const durations = {} as Record<ArtifactName, number>;
   let db: StagedDb | undefined;
+  let dbMeta: Buffer | undefined;
   for (const name of ARTIFACT_NAMES) {
     const entry = entries[name];
+    if (entry === undefined) continue; // an optional artifact a set made by an earlier tandem lacks
     const src = { filestore: opts.filestore, manifest, entry, identities: opts.identities, signal: opts.signal };
     try {
       let r;
@@ -110,6 +118,15 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
           r = await streamArtifact(src, discard, { tee: createWriteStream(file, { flags: 'wx', mode: 0o600 }) });
           db = { form: 'stored', file, entry };
         }
+      } else if (name === 'dbmeta') {
+        if (entry.plainSize > MAX_DB_META_BYTES) {
+          throw new TandemError('integrity', 'ARTIFACT_PLAIN_SIZE', `set ${manifest.setId}: the dbmeta artifact says it is ${entry.plainSize} bytes, more than the ${MAX_DB_META_BYTES} a database description can be`);
+        }
+        const chunks: Buffer[] = [];
+        r = await streamArtifact(src, async (plain) => {
+          for await (const c of plain) chunks.push(c as Buffer);
+        });
+        dbMeta = Buffer.concat(chunks);
       } else {
         const dir = targets.dirs[name].next;
         await mkdir(dirname(dir), { recursive: true });
@@ -125,11 +142,11 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
       durations[name] = r.seconds;
       logger.info({ artifact: name, storedBytes: r.storedBytes, seconds: r.seconds }, 'artifact verified and staged');
     } catch (err) {
-      throw diskFull(err, manifest, entry, name === 'db' ? stagingDir : targets.dirs[name].next) ?? err;
+      throw diskFull(err, manifest, entry, name === 'db' || name === 'dbmeta' ? stagingDir : targets.dirs[name].next) ?? err;
     }
     faultPoint(`staged-${name}`);
   }
-  return { db: db!, durations };
+  return { db: db!, dbMeta, durations };
 }
 
 /** Bytes available to this user on the file system holding `dir`, or undefined if unknown. */

@@ -3,6 +3,7 @@ import {
   describeError,
   isTandemError,
   listTar,
+  parseDbMeta,
   loadVerifyKeyFile,
   type Filestore,
   type Logger,
@@ -60,6 +61,7 @@ export async function runVerify(config: StandbyConfig, opts: { filestore: Filest
   };
   for (const name of ARTIFACT_NAMES) {
     const entry = entries[name];
+    if (entry === undefined) continue; // optional, absent from sets made by an earlier tandem
     const check: ArtifactCheck = { name, file: entry.file, storedBytes: entry.storedSize, ok: false };
     const label = artifactLabel(manifest, entry);
     try {
@@ -67,6 +69,10 @@ export async function runVerify(config: StandbyConfig, opts: { filestore: Filest
       const r = await streamArtifact(src, async (plain) => {
         if (name === 'db') {
           check.entries = (await listDump(plain, config.database, label)).entries;
+        } else if (name === 'dbmeta') {
+          const chunks: Buffer[] = [];
+          for await (const c of plain) chunks.push(c as Buffer);
+          check.entries = parseDbMeta(Buffer.concat(chunks), label).roles.length;
         } else {
           const list = await listTar(plain, { label });
           check.entries = list.length;

@@ -1,0 +1,186 @@
+import {
+  DB_META_FORMAT,
+  TandemError,
+  dbMetaSchema,
+  withPg,
+  type DbGrant,
+  type DbMeta,
+  type DbMetaRole,
+  type PrimaryConfig,
+  type RoleDefinition,
+} from '@tandem/shared';
+
+type Use = DbMetaRole['uses'][number];
+
+/**
+ * Reads, from the primary's catalogs, what the dump does not carry: the database's own owner,
+ * grants, comment and settings, the extensions with their versions, and every role the database
+ * refers to (owners, grantees, policy roles, roles with in-database settings). With
+ * `database.roles: carry` it also reads those roles' definitions.
+ *
+ * Roles come from pg_shdepend, PostgreSQL's own record of which role each object depends on, so
+ * no catalog is missed; it leaves out the bootstrap superuser (pinned), which is added when it
+ * owns anything of the site.
+ */
+export async function readDbMeta(config: PrimaryConfig): Promise<DbMeta> {
+  return withPg(config.database, async (c) => {
+    const db = (
+      await c.query<{
+        oid: number;
+        name: string;
+        owner: string;
+        encoding: string;
+        collate: string;
+        ctype: string;
+        has_acl: boolean;
+        comment: string | null;
+        settings: string[] | null;
+      }>(
+        `SELECT d.oid, d.datname AS name, pg_get_userbyid(d.datdba) AS owner, pg_encoding_to_char(d.encoding) AS encoding,
+                d.datcollate AS collate, d.datctype AS ctype, d.datacl IS NOT NULL AS has_acl,
+                shobj_description(d.oid, 'pg_database') AS comment,
+                (SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setdatabase = d.oid AND s.setrole = 0) AS settings
+           FROM pg_database d WHERE d.datname = current_database()`,
+      )
+    ).rows[0]!;
+
+    let grants: DbGrant[] | null = null;
+    if (db.has_acl) {
+      const r = await c.query<{ grantee: string | null; privilege: DbGrant['privilege']; grantable: boolean }>(
+        `SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END AS grantee,
+                a.privilege_type AS privilege, a.is_grantable AS grantable
+           FROM pg_database d, LATERAL aclexplode(d.datacl) WITH ORDINALITY AS a(grantor, grantee, privilege_type, is_grantable, n)
+          WHERE d.oid = $1 ORDER BY a.n`,
+        [db.oid],
+      );
+      grants = r.rows;
+    }
+
+    const roleSettings = (
+      await c.query<{ role: string; settings: string[] }>(
+        `SELECT pg_get_userbyid(s.setrole) AS role, s.setconfig AS settings
+           FROM pg_db_role_setting s WHERE s.setdatabase = $1 AND s.setrole <> 0 ORDER BY 1`,
+        [db.oid],
+      )
+    ).rows;
+
+    const extensions = (
+      await c.query<{ name: string; version: string; schema: string }>(
+        `SELECT e.extname AS name, e.extversion AS version, n.nspname AS schema
+           FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+          WHERE e.extname <> 'plpgsql' ORDER BY 1`,
+      )
+    ).rows;
+
+    // Every role an object of this database (or the database itself) depends on, and how.
+    const deps = await c.query<{ name: string; use: Use }>(
+      `SELECT DISTINCT r.rolname AS name,
+              CASE d.deptype WHEN 'o' THEN 'owner' WHEN 'r' THEN 'policy' ELSE 'grantee' END AS use
+         FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid
+        WHERE d.refclassid = 'pg_authid'::regclass AND d.deptype IN ('o', 'a', 'r')
+          AND (d.dbid = $1 OR (d.dbid = 0 AND d.classid = 'pg_database'::regclass AND d.objid = $1))
+      UNION
+       SELECT pg_get_userbyid(d.datdba), 'owner' FROM pg_database d WHERE d.oid = $1
+      UNION
+       -- the bootstrap superuser is pinned (pg_shdepend does not record it): find what it owns
+       SELECT pg_get_userbyid(10), 'owner' WHERE EXISTS (
+         SELECT 1 FROM pg_class WHERE relowner = 10 AND oid >= 16384
+         UNION ALL SELECT 1 FROM pg_proc WHERE proowner = 10 AND oid >= 16384
+         UNION ALL SELECT 1 FROM pg_type WHERE typowner = 10 AND oid >= 16384
+         UNION ALL SELECT 1 FROM pg_namespace WHERE nspowner = 10 AND oid >= 16384
+         UNION ALL SELECT 1 FROM pg_largeobject_metadata WHERE lomowner = 10)`,
+      [db.oid],
+    );
+    const uses = new Map<string, Set<Use>>();
+    const add = (name: string, use: Use) => uses.set(name, (uses.get(name) ?? new Set<Use>()).add(use));
+    for (const d of deps.rows) add(d.name, d.use);
+    for (const s of roleSettings) add(s.role, 'settings');
+    // Predefined roles (pg_read_all_data, pg_database_owner ...) exist in every cluster.
+    const names = [...uses.keys()].filter((n) => !n.startsWith('pg_')).sort();
+
+    const definitions = config.database.roles === 'carry' ? await readRoleDefinitions(c, names) : undefined;
+    const meta: DbMeta = {
+      format: DB_META_FORMAT,
+      version: 1,
+      database: {
+        name: db.name,
+        owner: db.owner,
+        encoding: db.encoding,
+        collate: db.collate,
+        ctype: db.ctype,
+        grants,
+        comment: db.comment,
+        settings: db.settings ?? [],
+        roleSettings,
+      },
+      extensions,
+      roles: names.map((name) => ({
+        name,
+        uses: [...uses.get(name)!].sort(),
+        ...(definitions ? { definition: definitions.get(name)! } : {}),
+      })),
+    };
+    return dbMetaSchema.parse(meta);
+  });
+}
+
+type Client = Parameters<Parameters<typeof withPg>[1]>[0];
+
+async function readRoleDefinitions(c: Client, names: string[]): Promise<Map<string, RoleDefinition>> {
+  // Password verifiers are in pg_authid, which only a superuser may read.
+  const su = await c.query<{ ok: boolean }>('SELECT rolsuper AS ok FROM pg_roles WHERE rolname = current_user');
+  if (!su.rows[0]?.ok) {
+    throw new TandemError('config', 'ROLES_CARRY_PRIVILEGE', 'database.roles is "carry", but the primary agent does not connect as a superuser, so it cannot read the roles\' password verifiers (pg_authid)', {
+      hint: 'connect the primary agent as a superuser (database.url), or set database.roles: require and create the roles on the standby by hand',
+    });
+  }
+  const r = await c.query<{
+    name: string;
+    super: boolean;
+    inherit: boolean;
+    createrole: boolean;
+    createdb: boolean;
+    canlogin: boolean;
+    replication: boolean;
+    bypassrls: boolean;
+    connlimit: number;
+    validuntil: string | null;
+    password: string | null;
+    settings: string[] | null;
+  }>(
+    `SELECT a.rolname AS name, a.rolsuper AS super, a.rolinherit AS inherit, a.rolcreaterole AS createrole,
+            a.rolcreatedb AS createdb, a.rolcanlogin AS canlogin, a.rolreplication AS replication,
+            a.rolbypassrls AS bypassrls, a.rolconnlimit AS connlimit,
+            to_char(a.rolvaliduntil AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS validuntil,
+            a.rolpassword AS password,
+            (SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setrole = a.oid AND s.setdatabase = 0) AS settings
+       FROM pg_authid a WHERE a.rolname = ANY($1)`,
+    [names],
+  );
+  const members = await c.query<{ member: string; role: string; admin: boolean }>(
+    `SELECT pg_get_userbyid(m.member) AS member, pg_get_userbyid(m.roleid) AS role, m.admin_option AS admin
+       FROM pg_auth_members m
+      WHERE pg_get_userbyid(m.member) = ANY($1) AND pg_get_userbyid(m.roleid) = ANY($1) ORDER BY 1, 2`,
+    [names],
+  );
+  const out = new Map<string, RoleDefinition>();
+  for (const row of r.rows) {
+    const dropped: RoleDefinition['droppedAttributes'] = [];
+    if (row.super) dropped.push('SUPERUSER');
+    if (row.replication) dropped.push('REPLICATION');
+    if (row.bypassrls) dropped.push('BYPASSRLS');
+    out.set(row.name, {
+      inherit: row.inherit,
+      createRole: row.createrole,
+      createDb: row.createdb,
+      canLogin: row.canlogin,
+      connectionLimit: row.connlimit,
+      validUntil: row.validuntil === 'infinity' ? null : row.validuntil,
+      password: row.password,
+      memberOf: members.rows.filter((m) => m.member === row.name).map((m) => ({ role: m.role, admin: m.admin })),
+      settings: row.settings ?? [],
+      droppedAttributes: dropped,
+    });
+  }
+  return out;
+}

@@ -1,0 +1,107 @@
+import { z } from 'zod';
+import { TandemError } from './errors.js';
+
+/**
+ * The `dbmeta` artifact: what a set needs, beyond the dump's own contents, for the standby's database
+ * to be the primary's. `pg_dump` without `--create` leaves out the database's own properties (owner,
+ * grants, comment, `ALTER DATABASE ... SET`, `ALTER ROLE ... IN DATABASE ... SET`), and roles are
+ * cluster-wide, so no dump of one database carries them. The primary reads these from its catalogs
+ * at backup time; the standby checks them before anything live changes and applies them to the new
+ * database before the swap, so the rename keeps them.
+ *
+ * It travels encrypted like every artifact: settings may hold secrets, and carried roles hold
+ * password verifiers.
+ */
+export const DB_META_FORMAT = 'tandem-db-meta';
+/** A description of one database is small; anything larger is refused before it is read. */
+export const MAX_DB_META_BYTES = 1 << 20;
+
+const grantSchema = z.strictObject({
+  /** null: PUBLIC. */
+  grantee: z.string().nullable(),
+  privilege: z.enum(['CONNECT', 'TEMPORARY', 'CREATE']),
+  grantable: z.boolean(),
+});
+
+/** One entry of pg_db_role_setting.setconfig: "name=value" as PostgreSQL stores it. */
+const settingSchema = z.string().regex(/^[A-Za-z_][A-Za-z0-9_.$]*=/s, 'expected name=value');
+
+const roleDefinitionSchema = z.strictObject({
+  inherit: z.boolean(),
+  createRole: z.boolean(),
+  createDb: z.boolean(),
+  canLogin: z.boolean(),
+  connectionLimit: z.number().int(),
+  validUntil: z.string().nullable(),
+  /** The password verifier (SCRAM-SHA-256$... or md5...), never a plain password; null: none. */
+  password: z.string().nullable(),
+  /** Roles (among those carried) this role is a member of. */
+  memberOf: z.array(z.strictObject({ role: z.string(), admin: z.boolean() })),
+  /** ALTER ROLE r SET ... for all databases. */
+  settings: z.array(settingSchema),
+  /** What the primary had and the standby never gets from a set (reported, not carried). */
+  droppedAttributes: z.array(z.enum(['SUPERUSER', 'REPLICATION', 'BYPASSRLS'])),
+});
+
+export const roleUseSchema = z.enum(['owner', 'grantee', 'policy', 'settings']);
+
+export const dbMetaSchema = z.strictObject({
+  format: z.literal(DB_META_FORMAT),
+  version: z.literal(1),
+  database: z.strictObject({
+    name: z.string(),
+    owner: z.string(),
+    encoding: z.string(),
+    collate: z.string(),
+    ctype: z.string(),
+    /** null: the default privileges (owner all, PUBLIC CONNECT and TEMPORARY). */
+    grants: z.array(grantSchema).nullable(),
+    comment: z.string().nullable(),
+    /** ALTER DATABASE d SET ... */
+    settings: z.array(settingSchema),
+    /** ALTER ROLE r IN DATABASE d SET ... */
+    roleSettings: z.array(z.strictObject({ role: z.string(), settings: z.array(settingSchema) })),
+  }),
+  extensions: z.array(z.strictObject({ name: z.string(), version: z.string(), schema: z.string() })),
+  /** Every role the set refers to, and how. */
+  roles: z.array(
+    z.strictObject({
+      name: z.string(),
+      uses: z.array(roleUseSchema),
+      /** Present when the primary carries role definitions (`database.roles: carry`). */
+      definition: roleDefinitionSchema.optional(),
+    }),
+  ),
+});
+
+export type DbMeta = z.infer<typeof dbMetaSchema>;
+export type DbMetaRole = DbMeta['roles'][number];
+export type RoleDefinition = z.infer<typeof roleDefinitionSchema>;
+export type DbGrant = z.infer<typeof grantSchema>;
+
+export function parseDbMeta(raw: Buffer, label: string): DbMeta {
+  if (raw.length > MAX_DB_META_BYTES) {
+    throw new TandemError('integrity', 'DB_META_INVALID', `${label}: ${raw.length} bytes, more than the ${MAX_DB_META_BYTES} a database description can be`);
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(raw.toString('utf8'));
+  } catch (err) {
+    throw new TandemError('integrity', 'DB_META_INVALID', `${label}: not JSON (${(err as Error).message})`);
+  }
+  const r = dbMetaSchema.safeParse(body);
+  if (!r.success) {
+    const first = r.error.issues[0];
+    const where = first ? `${first.path.join('.') || '(top level)'}: ${first.message}` : 'invalid';
+    throw new TandemError('integrity', 'DB_META_INVALID', `${label}: not a valid database description (${where})`, {
+      hint: 'the set was made by a newer or faulty tandem primary; upgrade this agent or apply another set',
+    });
+  }
+  return r.data;
+}
+
+/** "name=value" → [name, value] (values may contain "="). */
+export function splitSetting(entry: string): [string, string] {
+  const i = entry.indexOf('=');
+  return [entry.slice(0, i), entry.slice(i + 1)];
+}
