@@ -11,12 +11,18 @@
 //   1. reference: CREATE DATABASE + `pg_restore -j2 -d REF FILE` (a fresh database each run)
 //   2. `tandem-standby apply --force --json` (per-stage durations from --json; peak RSS)
 //   3. reference: `restic restore latest --target DIR` into a fresh, empty directory
-// The database part of an apply is durations.db (download + SHA-256 + age decrypt + zstd -d into
-// the staged dump file) + durations.restore (CREATE DATABASE + pg_restore -j2) + durations.switch_db
-// (the renames); the files part is durations.files (download + SHA-256 + decrypt + zstd -d + safe
-// tar extraction beside the live dir) + durations.switch_files (the directory swap).
+// The database part of an apply is durations.db (download + SHA-256 into the staging dir, then age
+// decrypt + zstd -d of that verified copy into the staged dump file) + durations.restore (CREATE
+// DATABASE + pg_restore -j2) + durations.switch_db (the renames); the files part is durations.files
+// (download + SHA-256, then decrypt + zstd -d + safe tar extraction beside the live dir) +
+// durations.switch_files (the directory swap).
+//
+//   BENCH_APPLY_BASELINE=DIR: a built checkout of another version of tandem (e.g. `git archive` of
+//   the previous commit, with node_modules, after `npx tsc -b`): each run then also times that
+//   version's `tandem-standby apply` of the same set, right after this one's, and the report ends
+//   with what this version costs or saves against it, per stage, in the same run.
 import { rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import {
   STANDBY_BIN,
   PRIMARY_BIN,
@@ -39,6 +45,7 @@ import { finishBench, resticEnv, setUpBench } from './lib/setup.mjs';
 import { decryptThroughput } from './lib/age-throughput.mjs';
 
 const RESTORE_JOBS = 2;
+const BASELINE = process.env.BENCH_APPLY_BASELINE ? resolve(process.env.BENCH_APPLY_BASELINE, 'packages/standby-agent/dist/main.js') : undefined;
 
 const bench = await setUpBench('apply');
 const { runs, filesDir, site } = bench;
@@ -59,8 +66,8 @@ async function refRestore(dumpFile) {
   return { seconds: total, create, restore: r.seconds };
 }
 
-async function tandemApply() {
-  const r = await runMeasured(process.execPath, [STANDBY_BIN, 'apply', '--config', site.standbyConfig, '--force', '--json'], { env: agentEnv() });
+async function tandemApply(bin = STANDBY_BIN) {
+  const r = await runMeasured(process.execPath, [bin, 'apply', '--config', site.standbyConfig, '--force', '--json'], { env: agentEnv() });
   if (r.code !== 0) throw new Error(`tandem-standby apply exited ${r.code ?? r.signal}:\n${r.stderr.trim()}`);
   const out = parseJsonOut(r.stdout, 'tandem-standby apply');
   const d = out.durations ?? {};
@@ -79,7 +86,7 @@ async function resticRestore(i) {
   return { seconds: t.seconds };
 }
 
-const results = { ref: [], tandem: [], restic: [] };
+const results = { ref: [], tandem: [], restic: [], baseline: [] };
 try {
   dropAll();
   psql('postgres', `CREATE DATABASE "${STANDBY_DB}"`); // the standby's (empty) live database
@@ -115,6 +122,11 @@ try {
     const r = await resticRestore(i);
     results.restic.push(r);
     log(`  restic restore: ${fmtS(r.seconds)}`);
+    if (BASELINE) {
+      const b = await tandemApply(BASELINE);
+      results.baseline.push({ ...b, load: loadavg() });
+      log(`  baseline apply (${BASELINE}): stage db ${fmtS(b.durations.db)}, stage files ${fmtS(b.durations.files)}, db part ${fmtS(b.dbPart)}, files part ${fmtS(b.filesPart)}`);
+    }
   }
 
   log('age decrypt stream alone: 512 MiB in memory -> null, 64 KiB pieces, 3 runs');
@@ -153,6 +165,19 @@ try {
     verdict('apply files part / restic restore', filesBest / resticBest, '<=', 1.0, 'ratio', `${fmtS(filesBest)} / ${fmtS(resticBest)}`),
     verdict('agent peak RSS', peak, '<=', 200, 'MiB', `node VmHWM, worst of ${runs + 1} applies`),
   ];
+  if (BASELINE) {
+    console.log(`\nthis version against BENCH_APPLY_BASELINE (${BASELINE}), same runs, best of each (this − baseline):`);
+    const cmp = (what, pick) => {
+      const a = best(results.tandem.map(pick));
+      const b = best(results.baseline.map(pick));
+      console.log(`  ${what.padEnd(12)} ${fmtS(a)} vs ${fmtS(b)}: ${a >= b ? '+' : ''}${(a - b).toFixed(2)} s (${a >= b ? '+' : ''}${(((a - b) / b) * 100).toFixed(0)}%); all runs ${fmtList(results.tandem.map(pick))} vs ${fmtList(results.baseline.map(pick))}`);
+    };
+    cmp('stage db', (t) => t.durations.db);
+    cmp('stage files', (t) => t.durations.files);
+    cmp('db part', (t) => t.dbPart);
+    cmp('files part', (t) => t.filesPart);
+    cmp('whole apply', (t) => t.durations.total ?? NaN);
+  }
   finishBench(bench, 'apply', rows, { treePeak, json: { results, first, dec } });
 } finally {
   removeSite(site);

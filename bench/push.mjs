@@ -107,20 +107,26 @@ function createSmallTree() {
   return { dir, bytes, files: 40 };
 }
 
+/** The standbys of the runs below, each with a token of its own (keys/standby-<id>.token). */
+const STANDBY_IDS = ['idle60', 'idle2', 'follow'];
 const PRIMARY_DAEMON_YAML = `schedule: "0 0 1 1 *"
 timezone: UTC
 server:
   listen: 127.0.0.1:0
-  tokenFile: ./keys/ws.token
+  tokenFile: ./keys/control.token
+  readTokenFile: ./keys/read.token
+standbys:
+${STANDBY_IDS.map((id) => `  - { id: ${id}, tokenFile: ./keys/standby-${id}.token }`).join('\n')}
 `;
 
 /** The daemon keys of a standby config; no pollInterval key unless given (the default is 60 s). */
 const standbyDaemonYaml = ({ primaryListen, standbyId, pollInterval }) =>
   `primary:
   url: ws://${primaryListen}
-  tokenFile: ./keys/ws.token
+  tokenFile: ./keys/standby-${standbyId}.token
 server:
   listen: 127.0.0.1:0
+  readTokenFile: ./keys/read.token
 standbyId: ${standbyId}
 ${pollInterval ? `pollInterval: ${pollInterval}\n` : ''}`;
 
@@ -130,7 +136,10 @@ ${pollInterval ? `pollInterval: ${pollInterval}\n` : ''}`;
  */
 async function startPrimarySite({ filesDir, filestoreUrl, env, name }) {
   const site = makeSite({ db: PUSH_DB, filesDir, standbyDb: STANDBY_DBS.follow, filestoreUrl, primaryExtra: PRIMARY_DAEMON_YAML });
-  writeFileSync(join(site.dir, 'keys', 'ws.token'), `${TOKEN}\n`, { mode: 0o600 });
+  // TOKEN is the monitoring token (what the bench reads /status and /metrics with); the others differ.
+  writeFileSync(join(site.dir, 'keys', 'read.token'), `${TOKEN}\n`, { mode: 0o600 });
+  writeFileSync(join(site.dir, 'keys', 'control.token'), `${TOKEN}-control\n`, { mode: 0o600 });
+  for (const id of STANDBY_IDS) writeFileSync(join(site.dir, 'keys', `standby-${id}.token`), `${TOKEN}-${id}\n`, { mode: 0o600 });
   const first = await runOk(process.execPath, [PRIMARY_BIN, 'backup', '--local', '--config', site.primaryConfig], { env: cliEnv(env) });
   const firstSet = first.stdout.trim();
   const primary = startDaemon(PRIMARY_BIN, ['run', '--config', site.primaryConfig], { env: daemonEnv(env), name: `${name} primary` });

@@ -114,10 +114,26 @@ console.log(`   config.d/db.yml kept as the standby's own: ${readFileSync(site('
 console.log(`   sentinel ${site('standby', 'priv', 'BACKUP')}: ${JSON.stringify(JSON.parse(readFileSync(site('standby', 'priv', 'BACKUP'), 'utf8')))}`);
 
 step('tandem-standby promote: the standby becomes the primary');
-const promoted = run(standbyBin, ['promote', '--config', join(root, 'standby.yml')], { allowFail: true });
+// No primary daemon ran, so there is no heartbeat: promote cannot tell whether the old primary is
+// alive and refuses without --force. Here it is known to be stopped (it ran once, above).
+console.log('   (no primary daemon ran, so no heartbeat: the demo knows the primary is stopped and passes --force)');
+const promoted = run(standbyBin, ['promote', '--force', '--config', join(root, 'standby.yml')], { allowFail: true });
 if (promoted.status !== 0) {
   process.stderr.write(promoted.stderr);
   throw new Error(`promote exited ${promoted.status}`);
 }
 console.log(`   sentinel present after promote: ${existsSync(site('standby', 'priv', 'BACKUP'))}`);
+const epoch = JSON.parse(readFileSync(join(root, 'filestore', 'demo', 'epoch.json'), 'utf8'));
+const agent = (host, id) => `${host} (agent ${id})`;
+console.log(`   epoch.json: epoch ${epoch.epoch}, primary ${agent(epoch.primaryHost, epoch.primaryId)}; before: epoch ${epoch.previous.epoch}, ${agent(epoch.previous.primaryHost, epoch.previous.primaryId)}`);
+
+step('the old primary tries one more backup: fenced (both agents have the same host name; their agent ids differ)');
+const fenced = run(primaryBin, ['backup', '--config', join(root, 'primary.yml')], { allowFail: true });
+const message = fenced.stderr.split('\n').filter((l) => l.startsWith('tandem-primary: error:'));
+console.log(message.map((l) => `   ${l}`).join('\n'));
+if (fenced.status !== 4) {
+  process.stderr.write(fenced.stderr);
+  throw new Error(`the old primary's backup exited ${fenced.status}, not 4 (fenced): split brain`);
+}
+console.log(`   exit status ${fenced.status} (fenced): nothing uploaded; the newest set is still the one the standby holds`);
 console.log(`\nDone. Everything is under ${root}; run again to start over.`);

@@ -15,6 +15,7 @@ import { join, relative, sep } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  parseDbMeta,
   isNotFound,
   loadToken,
   loadVerifyKeyFile,
@@ -59,7 +60,7 @@ import {
 
 const SITE = 'demo';
 const DB = `tandem_bk_${process.pid}`;
-const ARTIFACT_FILES = ['config.tar.zst.age', 'db.dump.zst.age', 'files.tar.zst.age', 'security.tar.zst.age'];
+const ARTIFACT_FILES = ['config.tar.zst.age', 'db.dump.zst.age', 'dbmeta.json.zst.age', 'files.tar.zst.age', 'security.tar.zst.age'];
 const SET_ID = /^\d{8}T\d{6}Z-e1-\d{6}$/;
 const AGE_MAGIC = 'age-encryption.org/v1\n';
 const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
@@ -154,7 +155,7 @@ async function newStore(kind: Kind): Promise<Store> {
     env: s3rverEnv(),
     read: async (key) => {
       try {
-        return (await fs.getBuffer(key)).body;
+        return (await fs.getBuffer(key, { maxBytes: Infinity })).body; // artifacts too, not only small documents
       } catch (err) {
         if (isNotFound(err)) return null;
         throw err;
@@ -333,6 +334,11 @@ async function verifySet(store: Store, setId: string, expected: { db: DatabaseSt
     if (a.name === 'db') {
       expect(plain.subarray(0, 5).toString('latin1'), 'pg_dump custom format').toBe('PGDMP');
       await checkDump(plain, expected.db);
+    } else if (a.name === 'dbmeta') {
+      // The database's own description: owner, settings, and the roles it needs (at least its owner).
+      const meta = parseDbMeta(plain, a.file);
+      expect(meta.database.owner).toBeTruthy();
+      expect(meta.roles.map((r) => r.name)).toContain(meta.database.owner);
     } else {
       await checkTar(plain, expected.trees[a.name], a.name);
     }
@@ -366,7 +372,7 @@ describe.each(['dir', 's3'] as const)('backup into a %s filestore', (kind) => {
     expect(out.artifacts).toEqual(manifest.artifacts);
 
     const listed = await listJson(store, file);
-    expect(listed).toEqual([expect.objectContaining({ setId: out.setId, committed: true, latest: true, objects: 5 })]);
+    expect(listed).toEqual([expect.objectContaining({ setId: out.setId, committed: true, latest: true, objects: 6 })]);
     const text = await runPrimary(['list', '--config', file], { env: store.env });
     expect(text.stdout).toMatch(new RegExp(`^${out.setId} .*committed, latest$`, 'm'));
 
@@ -680,7 +686,7 @@ describe('encryption', () => {
     const { setId } = JSON.parse(r.stdout) as { setId: string };
     expect(r.stderr).toMatch(/unencrypted/);
     expect(await store.keys(`${SITE}/sets/${setId}/`)).toEqual(
-      ['config.tar.zst', 'db.dump.zst', 'files.tar.zst', 'manifest.json', 'security.tar.zst'].map((f) => setKey(setId, f)),
+      ['config.tar.zst', 'db.dump.zst', 'dbmeta.json.zst', 'files.tar.zst', 'manifest.json', 'security.tar.zst'].map((f) => setKey(setId, f)),
     );
     const manifest = verifyManifest((await store.read(setKey(setId, 'manifest.json')))!, loadVerifyKeyFile(keys.verifyKeyFile), 'manifest');
     expect(manifest.encryption).toEqual({ scheme: 'none', recipients: [] });
@@ -731,13 +737,13 @@ describe('encryption', () => {
 });
 
 describe('init', () => {
-  it('writes the key files and the daemon token 0600, refuses to overwrite without --force, and the keys work with age', async () => {
+  it('writes the key files and the daemon tokens 0600, refuses to overwrite without --force, and the keys work with age', async () => {
     const dir = join(work, 'init-keys');
     // Even with a permissive umask the private keys end up 0600.
     const first = await runCommand('sh', ['-c', `umask 000 && exec "${process.execPath}" "${PRIMARY_MAIN}" init --keys-dir "${dir}"`]);
     expect(first.code, first.stderr).toBe(0);
     const out = first.stdout.toString('utf8');
-    const names = ['backup.agekey', 'backup.agepub', 'signing.key', 'signing.pub', 'ws.token'];
+    const names = ['backup.agekey', 'backup.agepub', 'signing.key', 'signing.pub', 'control.token', 'read.token', 'standby.token'];
     for (const n of names) {
       expect(statSync(join(dir, n)).mode & 0o777, n).toBe(0o600);
       expect(out).toContain(join(dir, n));
@@ -753,8 +759,8 @@ describe('init', () => {
     expect((await mustRun('age-keygen', ['-y', join(dir, 'backup.agekey')])).toString().trim()).toBe(recipient);
     expect(await readFile(join(dir, 'signing.key'), 'utf8')).toMatch(/-----BEGIN PRIVATE KEY-----/);
     expect(await readFile(join(dir, 'signing.pub'), 'utf8')).toMatch(/-----BEGIN PUBLIC KEY-----/);
-    // The token loads as the daemons load it (a 32-byte secret, no whitespace).
-    expect(loadToken({ tokenFile: join(dir, 'ws.token') })).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    // The tokens load as the daemons load them (a 32-byte secret, no whitespace).
+    for (const t of ['control.token', 'read.token', 'standby.token']) expect(loadToken({ tokenFile: join(dir, t) })).toMatch(/^[A-Za-z0-9_-]{43}$/);
     const ct = await mustRun('age', ['-r', recipient], { input: 'secret' });
     expect((await mustRun('age', ['-d', '-i', join(dir, 'backup.agekey')], { input: ct })).toString()).toBe('secret');
 

@@ -28,6 +28,8 @@ import { httpGet, metric, startStandbyDaemon, writeDaemonConfig, writeToken, typ
 import { createStandbySite, dropSiteDatabases, restartLog, runStandby, show, type StandbySite } from './support/standby-helpers.js';
 
 const TOKEN = randomBytes(24).toString('hex');
+/** standby-1's own token: the primary lists it under standbys:; it also opens the standby's /status. */
+const SB_TOKEN = randomBytes(24).toString('hex');
 
 interface StandbyStatus {
   appliedSetId: string | null;
@@ -41,7 +43,7 @@ interface StandbyStatus {
   lastError: { what: string; message: string } | null;
 }
 
-const standbyStatus = async (d: RunningStandby): Promise<StandbyStatus> => JSON.parse((await httpGet(d.listen, '/status', TOKEN)).body) as StandbyStatus;
+const standbyStatus = async (d: RunningStandby): Promise<StandbyStatus> => JSON.parse((await httpGet(d.listen, '/status', SB_TOKEN)).body) as StandbyStatus;
 
 describe('tandem-primary run and tandem-standby run together (S3, PostgreSQL)', () => {
   let root: string;
@@ -50,6 +52,7 @@ describe('tandem-primary run and tandem-standby run together (S3, PostgreSQL)', 
   let env: NodeJS.ProcessEnv;
   let port: number;
   let tokenFile: string;
+  let sbTokenFile: string;
   let primary: RunningPrimary | undefined;
   let standby: RunningStandby | undefined;
   const sets: string[] = [];
@@ -75,7 +78,8 @@ describe('tandem-primary run and tandem-standby run together (S3, PostgreSQL)', 
     env = { ...s3rverEnv() };
     s = await createStandbySite(root, { filestoreUrl: s3rverFilestoreUrl(s3, { prefix: 'unique' }), env, restoreJobs: 1 });
     port = await closedPort();
-    tokenFile = await writeToken(join(root, 'ws.token'), TOKEN);
+    tokenFile = await writeToken(join(root, 'control.token'), TOKEN);
+    sbTokenFile = await writeToken(join(root, 'standby-1.token'), SB_TOKEN);
     // The primary's config again, now with the daemon's keys; no scheduled run comes during the test.
     await writePrimaryConfig(s.primary.configFile, {
       site: s.site,
@@ -84,13 +88,13 @@ describe('tandem-primary run and tandem-standby run together (S3, PostgreSQL)', 
       filestoreUrl: s.filestoreUrl,
       keys: { recipientFile: s.keys.recipientFile, signingKeyFile: s.keys.signingKeyFile },
       stateDir: s.primary.stateDir,
-      extra: { schedule: '0 0 1 1 *', timezone: 'UTC', heartbeatInterval: '1s', server: { listen: `127.0.0.1:${port}`, tokenFile } },
+      extra: { schedule: '0 0 1 1 *', timezone: 'UTC', heartbeatInterval: '1s', server: { listen: `127.0.0.1:${port}`, tokenFile }, standbys: [{ id: 'standby-1', tokenFile: sbTokenFile }] },
     });
     await writeDaemonConfig(s, s.standby.configFile, {
       restoreJobs: 1,
       pollInterval: '60s',
       standbyId: 'standby-1',
-      primary: { url: `ws://127.0.0.1:${port}`, tokenFile },
+      primary: { url: `ws://127.0.0.1:${port}`, tokenFile: sbTokenFile },
     });
   });
 
@@ -124,7 +128,7 @@ describe('tandem-primary run and tandem-standby run together (S3, PostgreSQL)', 
     await waitFor(async () => (await primaryStatus()).standbys.some((x) => x.standbyId === 'standby-1' && x.appliedSetId === sets[0]), 'the primary to see the standby');
 
     // The standby polls every 60 s (its next poll is about a minute away): what follows is the push.
-    const unchangedBefore = metric((await httpGet(standby.listen, '/metrics', TOKEN)).body, 'tandem_standby_polls_total', { result: 'unchanged' })!;
+    const unchangedBefore = metric((await httpGet(standby.listen, '/metrics', SB_TOKEN)).body, 'tandem_standby_polls_total', { result: 'unchanged' })!;
     sets.push(await backupNow());
     const st = await waitFor(async () => {
       const x = await standbyStatus(standby!);
@@ -134,7 +138,7 @@ describe('tandem-primary run and tandem-standby run together (S3, PostgreSQL)', 
     const lag = (Date.parse(st.appliedAt!) - Date.parse(st.appliedCommittedAt!)) / 1000;
     expect(lag, 'seconds from commit (latest.json) to applied').toBeLessThanOrEqual(3);
     expect(st.applyLagSeconds).toBeLessThanOrEqual(3);
-    const m = (await httpGet(standby.listen, '/metrics', TOKEN)).body;
+    const m = (await httpGet(standby.listen, '/metrics', SB_TOKEN)).body;
     expect(metric(m, 'tandem_standby_websocket_connected')).toBe(1);
     expect(metric(m, 'tandem_standby_applies_total', { outcome: 'applied' })).toBe(2);
     expect(metric(m, 'tandem_standby_polls_total', { result: 'unchanged' })! - unchangedBefore).toBeLessThanOrEqual(1);
@@ -173,7 +177,7 @@ describe('tandem-primary run and tandem-standby run together (S3, PostgreSQL)', 
       restoreJobs: 1,
       pollInterval: '2s',
       standbyId: 'standby-1',
-      primary: { url: `ws://127.0.0.1:${await closedPort()}`, tokenFile },
+      primary: { url: `ws://127.0.0.1:${await closedPort()}`, tokenFile: sbTokenFile },
     });
     standby = await startStandbyDaemon(s.standby.configFile, s.standby.stateDir, env);
     sets.push(await backupNow());
@@ -182,7 +186,7 @@ describe('tandem-primary run and tandem-standby run together (S3, PostgreSQL)', 
       return x.appliedSetId === sets[3] && x.applying === null ? x : null;
     }, 'the set to be applied by polling', 30_000, 50);
     expect(st.push?.connected).toBe(false);
-    const m = (await httpGet(standby.listen, '/metrics', TOKEN)).body;
+    const m = (await httpGet(standby.listen, '/metrics', SB_TOKEN)).body;
     expect(metric(m, 'tandem_standby_websocket_connected')).toBe(0);
     expect(metric(m, 'tandem_standby_polls_total', { result: 'changed' })).toBeGreaterThanOrEqual(1);
     // The primary never heard from this standby over the socket, but it reads the report.

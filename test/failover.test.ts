@@ -1,8 +1,10 @@
-import { appendFile, readFile, writeFile } from 'node:fs/promises';
+import { appendFile, copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { stringify } from 'yaml';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { layout, loadSigningKeyFile, signHeartbeat } from '@tandem/shared';
+import { readLatestPointer, silentPrimary, writeSignedHeartbeat } from './support/heartbeat.js';
 import { parseAt } from '../packages/standby-agent/src/apply/find-at.js';
 import {
   dbUrl,
@@ -36,10 +38,10 @@ async function standbyNamed(s: StandbySite, name: string, extra: Record<string, 
   return file;
 }
 
-async function epochDoc(s: StandbySite): Promise<{ epoch: number; primaryHost: string }> {
+async function epochDoc(s: StandbySite): Promise<{ epoch: number; primaryHost: string; primaryId?: string }> {
   const fs = s.openStore();
   try {
-    return JSON.parse((await fs.getBuffer(layout.epoch(s.site))).body.toString('utf8')) as { epoch: number; primaryHost: string };
+    return JSON.parse((await fs.getBuffer(layout.epoch(s.site))).body.toString('utf8')) as { epoch: number; primaryHost: string; primaryId?: string };
   } finally {
     await fs.close();
   }
@@ -113,6 +115,7 @@ describe('fencing', () => {
     const follower = await standbyNamed(s, 'sb-follower');
     expect((await apply(s, [], {}, promoter)).code).toBe(0);
     expect((await apply(s, [], {}, follower)).code).toBe(0);
+    await silentPrimary(s);
     expect((await runStandby(['promote', '--config', promoter])).code).toBe(0);
     // Signed with the real key, epoch 1, uploaded after the promote and named by latest.json.
     const forged = await forgeSet(s, first);
@@ -121,6 +124,71 @@ describe('fencing', () => {
     expect(r.stderr).toContain(`set ${forged} was made in epoch 1, but the filestore is at epoch 2`);
     const applied = JSON.parse(await readFile(join(s.root, 'state-sb-follower', 'applied.json'), 'utf8')) as { setId: string };
     expect(applied.setId).toBe(first);
+  });
+});
+
+describe('fencing by agent id, whatever the host names', () => {
+  it('both agents with one host name (one machine, or a cloned image): the promote fences the old primary', async () => {
+    const s = await newSite();
+    const first = await backup(s);
+    // Neither config names its server: both go by this machine's host name.
+    expect(await readFile(s.primary.configFile, 'utf8')).not.toMatch(/hostname:/);
+    expect(await readFile(s.standby.configFile, 'utf8')).not.toMatch(/standbyId:/);
+    expect((await apply(s)).code).toBe(0);
+    await silentPrimary(s);
+    const before = await latestSetId(s);
+    const p = await runStandby(['promote', '--config', s.standby.configFile]);
+    expect(p.code, show(p)).toBe(0);
+
+    // The old primary comes back: the same name as the new one, and fenced all the same (it used
+    // to find itself named in the raised epoch and commit a set: two primaries).
+    const r = await runPrimary(['backup', '--config', s.primary.configFile]);
+    expect(r.code, show(r)).toBe(4);
+    const standbyId = (await readFile(join(s.standby.stateDir, 'agent-id'), 'utf8')).trim();
+    const primaryId = (await readFile(join(s.primary.stateDir, 'agent-id'), 'utf8')).trim();
+    expect(standbyId).not.toBe(primaryId);
+    expect(await epochDoc(s)).toMatchObject({ epoch: 2, primaryHost: hostname(), primaryId: standbyId, previous: { epoch: 1, primaryHost: hostname(), primaryId } });
+    expect(r.stderr).toContain(`this primary (${hostname()} (agent ${primaryId}), epoch 1) has been fenced: ${hostname()} (agent ${standbyId}) became primary of site "${s.site}" in epoch 2`);
+    expect(r.stderr).toContain(`run tandem-primary with the standby's stateDir (or a copy of its agent-id file, which holds ${standbyId})`);
+    expect(await latestSetId(s)).toBe(before);
+    const list = JSON.parse((await runPrimary(['list', '--config', s.primary.configFile, '--json'])).stdout) as Array<{ setId: string }>;
+    expect(list.map((x) => x.setId)).toEqual([first]);
+
+    // The promoted server backs up with the standby's state dir: the agent epoch.json names.
+    const here = await writePrimaryConfig(join(s.root, 'promoted-primary.yml'), {
+      site: s.site,
+      databaseUrl: dbUrl(s.standby.db),
+      paths: s.standby.paths,
+      filestoreUrl: s.filestoreUrl,
+      keys: s.keys,
+      stateDir: s.standby.stateDir,
+    });
+    const b = await runPrimary(['backup', '--config', here]);
+    expect(b.code, show(b)).toBe(0);
+    expect(b.stdout.trim()).toMatch(/-e2-/);
+  });
+
+  it('refuses a promote that would name the primary it fences (a state dir copied from the primary), even with --force', async () => {
+    const s = await newSite();
+    await backup(s);
+    expect((await apply(s)).code).toBe(0);
+    // A standby made from an image of the primary, state directory and all.
+    await mkdir(s.standby.stateDir, { recursive: true });
+    await copyFile(join(s.primary.stateDir, 'agent-id'), join(s.standby.stateDir, 'agent-id'));
+    const id = (await readFile(join(s.primary.stateDir, 'agent-id'), 'utf8')).trim();
+    await silentPrimary(s);
+    const p = await runStandby(['promote', '--config', s.standby.configFile, '--force']);
+    expect(p.code, show(p)).toBe(1);
+    expect(p.stderr).toContain(`already names agent ${id} (${hostname()}, epoch 1) as the primary, and that is this server's own agent id: raising the epoch would name the very primary it is meant to fence; nothing changed`);
+    expect(p.stderr).toMatch(/hint: .*remove agent-id from the state directory here/);
+    expect(await epochDoc(s)).toMatchObject({ epoch: 1, primaryId: id });
+    await expect(readFile(s.standby.paths.sentinel)).resolves.toBeTruthy(); // still a standby
+    await expect(readFile(join(s.standby.stateDir, 'promoted.json'))).rejects.toThrow(/ENOENT/);
+    // With its own id (the copy removed) the same promote goes through and fences the primary.
+    await writeFile(join(s.standby.stateDir, 'agent-id'), 'standby-own-id\n');
+    const again = await runStandby(['promote', '--config', s.standby.configFile]);
+    expect(again.code, show(again)).toBe(0);
+    expect((await runPrimary(['backup', '--config', s.primary.configFile])).code).toBe(4);
   });
 });
 
@@ -152,6 +220,62 @@ describe('promote preflight', () => {
   });
 });
 
+describe('promote preflight: a missing or replayed heartbeat is unknown, not silent', () => {
+  it('refuses without a heartbeat, and with a stale one that names an older set than latest.json; --force overrides', async () => {
+    const s = await newSite();
+    const first = await backup(s);
+    const cfg = await standbyNamed(s, 'sb-replay');
+    expect((await apply(s, [], {}, cfg)).code).toBe(0);
+    const old = await readLatestPointer(s);
+    const oldHeartbeat = await writeSignedHeartbeat(s, { ageMs: 10 * 60_000 });
+
+    // No heartbeat at all: a primary run from cron, or heartbeat.json removed. Not "silent".
+    const fs = s.openStore();
+    try {
+      await fs.delete(layout.heartbeat(s.site));
+    } finally {
+      await fs.close();
+    }
+    const missing = await runStandby(['promote', '--config', cfg]);
+    expect(missing.code, show(missing)).toBe(1);
+    expect(missing.stderr).toMatch(/FAIL {2}unknown whether the primary is alive: there is no \S+\/heartbeat\.json in the filestore/);
+    expect(await epochDoc(s)).toMatchObject({ epoch: 1 });
+
+    // The primary goes on: a newer set, applied here too.
+    const second = await backup(s);
+    expect(second).not.toBe(first);
+    expect((await apply(s, [], {}, cfg)).code).toBe(0);
+    // Someone puts the old (validly signed, now stale) heartbeat back to make the primary look dead.
+    const replayed = await writeSignedHeartbeat(s, { ageMs: Date.now() - Date.parse(oldHeartbeat.at), latest: old });
+    expect(replayed.latest?.setId).toBe(first);
+    const refused = await runStandby(['promote', '--config', cfg]);
+    expect(refused.code, show(refused)).toBe(1);
+    expect(refused.stderr).toMatch(/ok {4}the newest committed set \S+ is applied/);
+    expect(refused.stderr).toContain(`FAIL  unknown whether the primary is alive: its heartbeat is stale`);
+    expect(refused.stderr).toContain(`names set ${first} as the newest, while set ${second} was committed since: an old heartbeat.json was put back (replayed)`);
+    expect(await epochDoc(s)).toMatchObject({ epoch: 1 });
+
+    // A stale heartbeat that names the newest set is the primary's last word: silent.
+    await silentPrimary(s);
+    const ok = await runStandby(['promote', '--config', cfg, '--json']);
+    expect(ok.code, show(ok)).toBe(0);
+    const checks = (JSON.parse(ok.stdout) as { checks: Array<{ name: string; ok: boolean; detail: string }> }).checks;
+    expect(checks.find((c) => c.name === 'primary-silent')).toMatchObject({ ok: true, detail: expect.stringMatching(/stale: .* and names the newest set/) });
+  });
+
+  it('--force promotes without a heartbeat and says what it overrode', async () => {
+    const s = await newSite();
+    await backup(s);
+    const cfg = await standbyNamed(s, 'sb-noheart');
+    expect((await apply(s, [], {}, cfg)).code).toBe(0);
+    const forced = await runStandby(['promote', '--config', cfg, '--force']);
+    expect(forced.code, show(forced)).toBe(0);
+    expect(forced.stdout).toMatch(/FAIL {2}unknown whether the primary is alive/);
+    expect(forced.stdout).toContain('overridden by --force: primary-silent');
+    expect(await epochDoc(s)).toMatchObject({ epoch: 2, primaryHost: 'sb-noheart' });
+  });
+});
+
 describe('failover and failback', () => {
   it('round trips: no set lost, none applied twice, writes on each primary reach the other', async () => {
     const s = await newSite();
@@ -159,17 +283,20 @@ describe('failover and failback', () => {
     const bStandby = await standbyNamed(s, 'site-b');
     expect((await apply(s, [], {}, bStandby)).code).toBe(0);
 
-    // A dies; B is promoted and starts backing up as the new primary, same keys.
+    // A dies; B is promoted and starts backing up as the new primary, same keys and state dir
+    // (its agent id is what epoch.json now names).
+    await silentPrimary(s);
     const promoteB = await runStandby(['promote', '--config', bStandby]);
     expect(promoteB.code, show(promoteB)).toBe(0);
     expect(promoteB.stdout).toContain('epoch 2, as site-b');
+    expect(promoteB.stdout).toContain(`run tandem-primary here with stateDir ${join(s.root, 'state-site-b')}`);
     const bPrimary = await writePrimaryConfig(join(s.root, 'b-primary.yml'), {
       site: s.site,
       databaseUrl: dbUrl(s.standby.db),
       paths: s.standby.paths,
       filestoreUrl: s.filestoreUrl,
       keys: s.keys,
-      stateDir: join(s.root, 'b-primary-state'),
+      stateDir: join(s.root, 'state-site-b'),
       extra: { hostname: 'site-b' },
     });
     await withDb(s.standby.db, (c) => c.query("INSERT INTO public.rsc (name, title, created) VALUES ('written-on-b', 'after failover', now())"));
@@ -189,7 +316,7 @@ describe('failover and failback', () => {
         paths: { config: s.primary.paths.config, security: s.primary.paths.security, files: s.primary.paths.files },
         filestore: { url: s.filestoreUrl },
         keys: { identityFile: s.keys.identityFile, verifyKeyFile: s.keys.verifyKeyFile },
-        stateDir: join(s.root, 'a-standby-state'),
+        stateDir: s.primary.stateDir, // A's one state dir, as both agents of a server share by default
         restartCommand: `echo "$TANDEM_MODE $TANDEM_SET_ID" >> '${join(s.root, 'a-restart.log')}'`,
       }),
     );
@@ -205,6 +332,7 @@ describe('failover and failback', () => {
     expect(JSON.parse(again.stdout)).toMatchObject({ status: 'already-applied', setId: set2 });
 
     // Failback: B stops; A is promoted (epoch 3) and backs up as primary again.
+    await silentPrimary(s);
     const promoteA = await runStandby(['promote', '--config', aStandby]);
     expect(promoteA.code, show(promoteA)).toBe(0);
     expect(await epochDoc(s)).toMatchObject({ epoch: 3, primaryHost: 'site-a' });

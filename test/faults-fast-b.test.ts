@@ -14,6 +14,7 @@ import { STANDBY_MAIN, apply, forgeSet, removeStandbySite, writeStandbyConfig, t
 import { forgeStored } from './faults/support-b/forge.js';
 import { expectRefused, setUpRefusalSite, type Baseline } from './faults/support-b/refusal.js';
 import { sealStream, tarBuffer, tarChunks } from './faults/support-b/tar.js';
+import { bombBytes, bytesUnder, sealToSize, watchDisk, zstdBomb } from './faults/support-b/replace.js';
 import { sample, variants } from './faults/support-b/config-variants.js';
 
 let root: string;
@@ -45,10 +46,23 @@ describe('faults, fast subset (tamper, hostile archives, bad input)', () => {
     }
   });
 
+  it('a zstd bomb put in place of the db artifact (no key needed) writes no more than its stored size', async () => {
+    const id = await forgeSet(s, first);
+    const manifest = JSON.parse(await readFile(join(root, 'store', s.site, 'sets', id, 'manifest.json'), 'utf8')) as { artifacts: Array<{ name: string; storedSize: number }> };
+    const { storedSize } = manifest.artifacts.find((a) => a.name === 'db')!;
+    const bomb = zstdBomb(Math.min(8192, Math.floor((storedSize - 600) / 4)) * 128 * 1024);
+    expect(bombBytes(bomb)).toBeGreaterThan(100 * storedSize);
+    await writeFile(join(root, 'store', s.site, 'sets', id, artifactFileName('db', true)), await sealToSize(s, bomb, storedSize));
+    const base = bytesUnder(s.standby.stateDir);
+    const w = await watchDisk({ bytesUnder: s.standby.stateDir, pathsUnder: join(root, 'standby'), names: /tandem-new/ }, apply(s));
+    await expectRefused(s, before, w.result, [`set ${id}: db artifact`, 'SHA-256 of the stored bytes']);
+    expect(w.maxBytes - base).toBeLessThanOrEqual(storedSize + 16 * 1024);
+  });
+
   it('hostile entries are refused naming the entry; nothing outside is written', async () => {
     const cases: Array<[Parameters<typeof tarBuffer>[0], string]> = [
       [[{ name: '../escape.txt', type: '0', data: 'x' }], '../escape.txt'],
-      [[{ name: './evil', type: '2', linkname: '../outside' }, { name: './evil/pwned.txt', type: '0', data: 'x' }], './evil'],
+      [[{ name: './evil', type: '2', linkname: '../outside' }, { name: './evil/pwned.txt', type: '0', data: 'x' }], './evil/pwned.txt'],
       [[{ name: 'innocent.txt', type: '0', data: 'x', pax: { path: '../pax-escape.txt' } }], '../pax-escape.txt'],
       [[{ name: './fifo', type: '6' }], './fifo'],
     ];

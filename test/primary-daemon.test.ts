@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { encodeStandbyReport, loadVerifyKeyFile, makeSetId, openFilestore, verifyHeartbeat } from '@tandem/shared';
+import { encodeStandbyReport, loadSigningKeyFile, loadVerifyKeyFile, makeSetId, openFilestore, signManifest, verifyHeartbeat, type Manifest } from '@tandem/shared';
 import { S3RVER_CREDENTIALS, s3rverEnv, s3rverFilestoreUrl, startS3rver } from './support/s3rver.js';
 import {
   PRIMARY_MAIN,
@@ -40,6 +40,10 @@ import {
 const SITE = 'demo';
 const DB = `tandem_daemon_${process.pid}`;
 const TOKEN = 'c0ffee00d15ea5e5a11ce0b0b0c0ffee42424242';
+/** The monitoring token (server.readTokenFile) and each listed standby's own token. */
+const READ_TOKEN = 'feedface0123456789abcdef0123456789read00';
+const STANDBY_IDS = ['sb1', 'sb2', 'good', 'bad', 'hb'] as const;
+const sbToken = (id: string) => `standby-${id}-token-0123456789abcdef`;
 
 let work: string;
 let keys: KeyFiles;
@@ -59,8 +63,15 @@ beforeAll(async () => {
   store = join(work, 'store');
   stateDir = join(work, 'state');
   [, keys, site, port] = await Promise.all([createDemoDatabase(DB, { rows: 50 }), makeKeys(join(work, 'keys')), createSiteTree(join(work, 'site')), closedPort()]);
-  const tokenFile = join(work, 'ws.token');
+  const tokenFile = join(work, 'control.token');
   await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
+  const readTokenFile = join(work, 'read.token');
+  await writeFile(readTokenFile, `${READ_TOKEN}\n`, { mode: 0o600 });
+  const standbys = [];
+  for (const id of STANDBY_IDS) {
+    await writeFile(join(work, `standby-${id}.token`), `${sbToken(id)}\n`, { mode: 0o600 });
+    standbys.push({ id, tokenFile: join(work, `standby-${id}.token`) });
+  }
   config = await writePrimaryConfig(join(work, 'primary.yml'), {
     site: SITE,
     databaseUrl: dbUrl(DB),
@@ -72,7 +83,8 @@ beforeAll(async () => {
       schedule: '0 3 * * *',
       timezone: 'Europe/Amsterdam',
       heartbeatInterval: '1s',
-      server: { listen: `127.0.0.1:${port}`, tokenFile },
+      server: { listen: `127.0.0.1:${port}`, tokenFile, readTokenFile },
+      standbys,
     },
   });
 });
@@ -130,9 +142,9 @@ interface Standby {
   closed: Promise<{ code: number; reason: string }>;
 }
 
-/** A raw ws client acting as a standby. */
-async function connectStandby(token = TOKEN): Promise<Standby> {
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/stream`, { headers: { authorization: `Bearer ${token}` } });
+/** A raw ws client acting as the listed standby `id` (with its own token). */
+async function connectStandby(id: (typeof STANDBY_IDS)[number]): Promise<Standby> {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/stream`, { headers: { authorization: `Bearer ${sbToken(id)}` } });
   sockets.push(ws);
   const messages: Array<Record<string, any>> = [];
   ws.on('message', (data) => messages.push(JSON.parse(data.toString()) as Record<string, any>));
@@ -142,6 +154,26 @@ async function connectStandby(token = TOKEN): Promise<Standby> {
     ws.once('error', reject);
   });
   return { ws, messages, closed };
+}
+
+/** An idle connection (nothing sent) and a half-sent request; each resolves `closed` with ms after opening. */
+interface Idle {
+  label: string;
+  openedAt: number;
+  closed: Promise<number>;
+}
+let idle: Idle[] | undefined;
+function openIdleConnections(): Idle[] {
+  return [
+    ['idle (nothing sent)', ''],
+    ['half-sent request', 'GET /status HTTP/1.1\r\nHost: x\r\n'],
+  ].map(([label, text]) => {
+    const openedAt = Date.now();
+    const sock = connect(port, '127.0.0.1', () => sock.write(text!));
+    sock.on('error', () => undefined);
+    sock.on('data', () => undefined);
+    return { label: label!, openedAt, closed: new Promise<number>((r) => sock.on('close', () => r(Date.now() - openedAt))) };
+  });
 }
 
 const msgs = (stderr: string) => logRecords(stderr).map((r) => String(r.msg));
@@ -205,8 +237,34 @@ describe('tandem-primary run', () => {
     expect(await setDirs()).toEqual([firstSet]); // and no backup was made
   });
 
+  it('gives each token its role only: the monitoring token reads /status and /metrics, nothing else; no control or monitoring token opens the push channel', async () => {
+    idle = openIdleConnections();
+    const read = { authorization: `Bearer ${READ_TOKEN}` };
+    expect((await fetch(`${base()}/status`, { headers: read })).status).toBe(200);
+    expect(await (await fetch(`${base()}/metrics`, { headers: read })).text()).toMatch(/^tandem_fenced 0$/m);
+    const backup = await fetch(`${base()}/v1/backup`, { method: 'POST', headers: read });
+    expect(backup.status).toBe(403);
+    expect(((await backup.json()) as { error: { code: string; message: string } }).error).toMatchObject({ code: 'FORBIDDEN', message: expect.stringContaining('the control token (server.tokenFile)') });
+    const forbidden = 'HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+    expect(await rawUpgrade(`Authorization: Bearer ${READ_TOKEN}\r\n`)).toBe(forbidden);
+    expect(await rawUpgrade(`Authorization: Bearer ${TOKEN}\r\n`)).toBe(forbidden);
+    // A standby's token opens the push channel and nothing else.
+    const sbAuth = { authorization: `Bearer ${sbToken('sb1')}` };
+    expect((await fetch(`${base()}/status`, { headers: sbAuth })).status).toBe(403);
+    expect((await fetch(`${base()}/v1/backup`, { method: 'POST', headers: sbAuth })).status).toBe(403);
+    expect(await setDirs()).toEqual([firstSet]); // no backup was made
+    expect(daemonLog().some((l) => String(l.msg).includes('refused a WebSocket upgrade with the monitoring token'))).toBe(true);
+
+    // A monitoring token equal to the control token would undo the split: the daemon does not start.
+    const same = join(work, 'primary-same-token.yml');
+    await writeFile(same, (await readFile(config, 'utf8')).replace(join(work, 'read.token'), join(work, 'control.token')));
+    const r = await runPrimary(['run', '--config', same]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`${same}: server.tokenFile and server.readTokenFile hold the same token`);
+  });
+
   it('says hello to a standby, and pushes set-committed when `tandem-primary backup` has the daemon back up', async () => {
-    const sb = await connectStandby();
+    const sb = await connectStandby('sb1');
     await waitFor(() => sb.messages.length > 0, 'hello', 3_000);
     expect(sb.messages[0]).toMatchObject({ type: 'hello', site: SITE, epoch: 1, latestSetId: firstSet });
     expect(Date.parse(sb.messages[0]!.serverTime)).toBeGreaterThan(Date.now() - 60_000);
@@ -248,7 +306,7 @@ describe('tandem-primary run', () => {
   });
 
   it('records `applied` from the standby in /status and /metrics', async () => {
-    const sb = await connectStandby();
+    const sb = await connectStandby('sb2');
     sb.ws.send(JSON.stringify({ type: 'hello', standbyId: 'sb2', site: SITE, appliedSetId: null, appliedCreatedAt: null }));
     await waitFor(async () => (await getStatus()).standbys.some((s: any) => s.standbyId === 'sb2'), 'sb2 in /status', 3_000);
     const before = (await getStatus()).standbys.find((s: any) => s.standbyId === 'sb2');
@@ -286,12 +344,12 @@ describe('tandem-primary run', () => {
     expect(hb).toMatchObject({ format: 'tandem-heartbeat', version: 1, site: SITE, epoch: 1, lastBackup: { setId: pushedSet, outcome: 'ok' } });
     expect(Date.now() - Date.parse(hb.at)).toBeLessThan(10_000);
     expect(Date.parse(hb.nextBackupAt!)).toBeGreaterThan(Date.now());
-    const sb = await connectStandby();
+    const sb = await connectStandby('hb');
     await waitFor(() => sb.messages.some((m) => m.type === 'heartbeat'), 'a heartbeat message', 3_000);
   });
 
   it('closes a standby that sends a malformed message with 1008, and keeps serving the others', async () => {
-    const good = await connectStandby();
+    const good = await connectStandby('good');
     good.ws.send(JSON.stringify({ type: 'hello', standbyId: 'good', site: SITE, appliedSetId: null, appliedCreatedAt: null }));
     const cases: Array<[string, RegExp]> = [
       ['this is not json', /not UTF-8 JSON/],
@@ -299,9 +357,11 @@ describe('tandem-primary run', () => {
       [JSON.stringify({ type: 'hello', standbyId: '../etc', site: SITE, appliedSetId: null, appliedCreatedAt: null }), /standbyId/],
       [JSON.stringify({ type: 'applied', standbyId: 'x', setId: pushedSet, createdAt: new Date().toISOString(), appliedAt: new Date().toISOString() }), /"applied" before hello/],
       [JSON.stringify({ type: 'hello', standbyId: 'x', site: 'other', appliedSetId: null, appliedCreatedAt: null }), /wrong site/],
+      // A standby's token speaks for that standby only.
+      [JSON.stringify({ type: 'hello', standbyId: 'good', site: SITE, appliedSetId: null, appliedCreatedAt: null }), /names standby "good", but this connection's token is standby "bad"'s/],
     ];
     for (const [frame, reason] of cases) {
-      const bad = await connectStandby();
+      const bad = await connectStandby('bad');
       bad.ws.send(frame);
       const closed = await bad.closed;
       expect(closed.code).toBe(1008);
@@ -340,7 +400,10 @@ describe('tandem-primary run', () => {
     const leftover = makeSetId(new Date(Date.now() - 3 * 86_400_000), 1, 2);
     await mkdir(join(store, SITE, 'sets', oldSet), { recursive: true });
     await writeFile(join(store, SITE, 'sets', oldSet, 'db.dump.zst.age'), 'x');
-    await writeFile(join(store, SITE, 'sets', oldSet, 'manifest.json'), JSON.stringify({ createdAt: oldTime.toISOString() }));
+    // Signed like a real one (retention trusts no manifest that does not verify): the newest set's, re-dated.
+    const { signature: _sig, ...base } = JSON.parse(await readFile(join(store, SITE, 'sets', pushedSet, 'manifest.json'), 'utf8')) as Manifest & { signature: unknown };
+    const oldManifest = { ...base, setId: oldSet, seq: 1, createdAt: oldTime.toISOString(), completedAt: oldTime.toISOString() };
+    await writeFile(join(store, SITE, 'sets', oldSet, 'manifest.json'), signManifest(oldManifest, loadSigningKeyFile(keys.signingKeyFile)));
     await mkdir(join(store, SITE, 'sets', leftover), { recursive: true });
     await writeFile(join(store, SITE, 'sets', leftover, 'db.dump.zst.age'), 'x');
     const threeDaysAgo = new Date(Date.now() - 3 * 86_400_000);
@@ -370,6 +433,30 @@ describe('tandem-primary run', () => {
     expect(real.stdout).toMatch(new RegExp(`^deleted  ${oldSet}  older than`, 'm'));
     expect(real.stdout.trim().split('\n').at(-1)).toBe('2 of 2 set(s) deleted, 2 kept');
     expect(await setDirs()).toEqual([kept[0]!, pushedSet].sort());
+  });
+
+  it('closes an idle and a half-sent connection within the header timeout, and closes connections past the cap at once', async () => {
+    // Opened by the token test, seconds ago: both must be gone 10 s (+ the 1 s check) after they opened.
+    const closedAfter = await Promise.all(idle!.map((c) => Promise.race([c.closed, sleep(Math.max(0, c.openedAt + 13_000 - Date.now())).then(() => -1)])));
+    for (const [i, ms] of closedAfter.entries()) {
+      expect(ms, `${idle![i]!.label}: still open 13 s after it opened`).toBeGreaterThan(0);
+      expect(ms, idle![i]!.label).toBeLessThan(12_500);
+      expect(ms, idle![i]!.label).toBeGreaterThan(9_000);
+    }
+    // 140 sockets at once: the ones past the cap (128 open connections, these and the standbys' of
+    // the tests above) are closed at once, and the daemon serves again once they are gone.
+    const socks = Array.from({ length: 140 }, () => {
+      const sock = connect(port, '127.0.0.1');
+      sock.on('error', () => undefined);
+      const t0 = Date.now();
+      return { sock, closed: new Promise<number>((r) => sock.on('close', () => r(Date.now() - t0))) };
+    });
+    await sleep(1_000);
+    const early = (await Promise.all(socks.map((x) => Promise.race([x.closed, sleep(0).then(() => -1)])))).filter((ms) => ms >= 0).length;
+    expect(early).toBeGreaterThanOrEqual(140 - 128);
+    expect(early).toBeLessThan(140 - 128 + sockets.length + 1);
+    for (const x of socks) x.sock.destroy();
+    await waitFor(async () => (await fetch(`${base()}/healthz`).then((r) => r.status, () => 0)) === 200 || null, '/healthz after the flood', 5_000);
   });
 
   it('SIGTERM aborts a running backup (nothing committed), exits 0 and removes daemon.json', async () => {

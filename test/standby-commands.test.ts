@@ -103,7 +103,7 @@ describe('standby commands', () => {
       const report = JSON.parse(bad.stdout) as { ok: boolean; setId: string; artifacts: Array<{ name: string; ok: boolean; error?: string }> };
       expect(report.setId).toBe(damagedId);
       expect(report.artifacts.map((a) => [a.name, a.ok])).toEqual([['db', true], ['dbmeta', true], ['config', false], ['security', true], ['files', false]]);
-      expect(report.artifacts[1]!.error).toContain(`set ${damagedId}: config artifact`);
+      expect(report.artifacts[2]!.error).toContain(`set ${damagedId}: config artifact`);
       expect(bad.stderr).toMatch(/config, files failed the drill/);
       expect(await liveState(s)).toEqual(before);
     });

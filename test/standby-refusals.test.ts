@@ -172,10 +172,10 @@ describe('apply refuses bad input and changes nothing', () => {
     ]);
   });
 
-  it('a full disk during staging (the signed size lied) removes the staging and leaves live intact', async () => {
+  it('a signed size that lies about the dump stops zstd at that size, before the disk fills; staging removed, live intact', async () => {
     const id = await forgeSet(s, first, { plain: { db: Buffer.concat([Buffer.from('PGDMP'), Buffer.alloc(3 << 20, 'x')]) }, claimPlainSize: { db: 1000 } });
     const r = await applyOnTinyDisk();
-    await expectRefused(r, [`disk full while staging set ${id} (db artifact)`, 'the staging was removed and the live site is untouched']);
+    await expectRefused(r, [`set ${id}: db artifact (db.dump.zst.age): decompresses to more than 1000 bytes, the signed manifest says 1000`]);
     expect(r.stderr).not.toMatch(/the dump needs/);
   });
 
@@ -195,7 +195,7 @@ describe('apply refuses bad input and changes nothing', () => {
           { name: './evil', type: 'symlink', linkname: outside() },
           { name: './evil/pwned.txt', type: 'file', data: 'pwned' },
         ],
-        /refusing archive entry "\.\/evil": symlink to the absolute path/,
+        /refusing archive entry "\.\/evil\/pwned\.txt": path passes through the symlink "evil"/,
       ],
       [
         'a relative symlink out and a write through it',
@@ -203,7 +203,7 @@ describe('apply refuses bad input and changes nothing', () => {
           { name: './evil', type: 'symlink', linkname: '../outside' },
           { name: './evil/pwned.txt', type: 'file', data: 'pwned' },
         ],
-        /symlink target "\.\.\/outside" points outside the target directory/,
+        /refusing archive entry "\.\/evil\/pwned\.txt": path passes through the symlink "evil"/,
       ],
       ['a hardlink out', () => [{ name: './hl', type: 'hardlink', linkname: join(outside(), 'target.txt') }], /hardlink target .* is absolute/],
       ['a device file', () => [{ name: './null', type: 'chardev' }], /CharacterDevice entries are not allowed/],

@@ -6,6 +6,7 @@
 import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { silentPrimary } from './support/heartbeat.js';
 import { startS3rver, s3rverEnv, s3rverFilestoreUrl, type S3rverHandle } from './support/s3rver.js';
 import {
   dumpDatabaseState,
@@ -111,6 +112,7 @@ describe.each(['dir', 's3'] as const)('standby round trip (%s filestore)', (kind
     expect(report.artifacts.map((a) => [a.name, a.ok])).toEqual([['db', true], ['dbmeta', true], ['config', true], ['security', true], ['files', true]]);
     expect(report.artifacts.every((a) => a.entries > 0)).toBe(true);
 
+    await silentPrimary(s); // the primary's last heartbeat, stale and naming the newest set
     const p = await runStandby(['promote', '--config', s.standby.configFile, '--json'], { env: s.env });
     expect(p.code, show(p)).toBe(0);
     expect(JSON.parse(p.stdout)).toMatchObject({ status: 'promoted', appliedSetId: second, forced: false, restart: 'ok' });

@@ -4,7 +4,9 @@
  *
  * One site, one primary daemon, one standby, in this order: a request with a wrong token never
  * reaches the primary; a switchover refused because onFenced fails changes nothing; a raw client
- * that vanishes while the primary holds makes it resume at the hold timeout; a standby whose
+ * that vanishes after it was allowed to promote makes the primary resume at the hold timeout, one
+ * that vanishes before at once; the monitoring and control tokens and a standby's token naming
+ * another standby cannot ask for a switchover at all; a standby whose
  * restore fails calls the switchover off (onResume, the primary backs up again); finally the real
  * switchover, with a writer inserting rows until onFenced stops it: every row is on the new primary.
  *
@@ -17,6 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { parse as parseYaml, stringify as toYaml } from 'yaml';
 import { encodeMessage, parseMessage } from '@tandem/shared';
+import { writeTokens, type TokenSet } from './support/tokens.js';
 import {
   PRIMARY_MAIN,
   closedPort,
@@ -47,8 +50,10 @@ import {
   type StandbySite,
 } from './support/standby-helpers.js';
 
-const TOKEN = 'switchover-token-0123456789abcdef';
 const STANDBY_ID = 'sb-new';
+// raw-client and other: raw WebSocket clients playing listed standbys.
+const STANDBY_IDS = [STANDBY_ID, 'raw-client', 'other'];
+let tokens: TokenSet;
 
 let work: string;
 let s: StandbySite;
@@ -60,17 +65,18 @@ const sockets: WebSocket[] = [];
 const marker = (name: string) => join(markers, name);
 const lines = async (name: string) => (await readFile(marker(name), 'utf8').catch(() => '')).split('\n').filter((l) => l !== '');
 const base = () => `http://127.0.0.1:${port}`;
-const auth = { authorization: `Bearer ${TOKEN}` };
+const auth = () => ({ authorization: `Bearer ${tokens.control.token}` });
+const sbAuth = (id: string) => ({ authorization: `Bearer ${tokens.standbys[id]!.token}` });
 const daemonLog = () => logRecords(daemon!.stderrSoFar());
 
 async function getStatus(): Promise<Record<string, any>> {
-  const r = await fetch(`${base()}/status`, { headers: auth });
+  const r = await fetch(`${base()}/status`, { headers: auth() });
   expect(r.status).toBe(200);
   return (await r.json()) as Record<string, any>;
 }
 
 async function metric(name: string): Promise<number> {
-  const text = await (await fetch(`${base()}/metrics`, { headers: auth })).text();
+  const text = await (await fetch(`${base()}/metrics`, { headers: auth() })).text();
   const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
   return m ? Number(m[1]) : NaN;
 }
@@ -84,7 +90,7 @@ async function standbyConfig(name: string, o: { tokenFile?: string; database?: R
   const file = join(s.root, `standby-${name}.yml`);
   await writeStandbyConfig(s, file);
   const doc = parseYaml(await readFile(file, 'utf8')) as Record<string, any>;
-  doc.primary = { url: `ws://127.0.0.1:${port}`, tokenFile: o.tokenFile ?? join(work, 'ws.token') };
+  doc.primary = { url: `ws://127.0.0.1:${port}`, tokenFile: o.tokenFile ?? tokens.standbys[STANDBY_ID]!.file };
   doc.standbyId = STANDBY_ID;
   doc.heartbeatStaleAfter = '10m';
   if (o.database) doc.database = { ...doc.database, ...o.database };
@@ -104,6 +110,17 @@ async function standbySnapshot() {
   };
 }
 
+/** A raw WebSocket client holding listed standby `id`'s token. */
+async function rawClient(id: string) {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/stream`, { headers: sbAuth(id) });
+  sockets.push(ws);
+  const msgs: Array<Record<string, any>> = [];
+  ws.on('message', (d) => msgs.push(JSON.parse(d.toString()) as Record<string, any>));
+  const closed = new Promise<{ code: number; reason: string }>((r) => ws.on('close', (code, reason) => r({ code, reason: reason.toString() })));
+  await new Promise<void>((res, rej) => ws.once('open', () => res()).once('error', rej));
+  return { ws, msgs, closed };
+}
+
 const switchover = (config: string, extra: string[] = []) => runStandby(['switchover', '--config', config, '--timeout', '2m', ...extra], { timeoutMs: 90_000 });
 
 beforeAll(async () => {
@@ -114,8 +131,7 @@ beforeAll(async () => {
   port = await closedPort();
   markers = join(work, 'markers');
   await mkdir(markers, { recursive: true });
-  const tokenFile = join(work, 'ws.token');
-  await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
+  tokens = await writeTokens(join(work, 'tokens'), 'switchover', STANDBY_IDS);
 
   // onFenced stops the "site's writes": it switches maintenance on and returns only once the writer
   // (the test's stand-in for the application) has stopped, as `systemctl stop app` would.
@@ -141,7 +157,8 @@ while [ -f '${marker('writer-running')}' ] && [ ! -f '${marker('writer-stopped')
     extra: {
       schedule: '0 3 * * *',
       heartbeatInterval: '1s',
-      server: { listen: `127.0.0.1:${port}`, tokenFile },
+      server: tokens.primaryServer(`127.0.0.1:${port}`),
+      standbys: tokens.primaryStandbys(),
       onFenced,
       onResume: `echo "$TANDEM_REASON $TANDEM_SWITCHOVER_ID" >> '${marker('onresume.log')}' && rm -f '${marker('maintenance')}'`,
     },
@@ -235,12 +252,8 @@ describe('tandem-standby switchover', () => {
     expect(existsSync(s.standby.paths.sentinel)).toBe(true);
   });
 
-  it('holds while the standby works, refuses other backups and switchovers, survives a daemon restart, and resumes at the hold timeout when the standby vanishes', async () => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/stream`, { headers: auth });
-    sockets.push(ws);
-    const msgs: Array<Record<string, any>> = [];
-    ws.on('message', (d) => msgs.push(JSON.parse(d.toString()) as Record<string, any>));
-    await new Promise<void>((res, rej) => ws.once('open', () => res()).once('error', rej));
+  it('holds while the standby works, refuses other backups and switchovers, survives a daemon restart, and resumes at the hold timeout when the standby vanishes after it was allowed to promote', async () => {
+    const { ws, msgs } = await rawClient('raw-client');
     ws.send(JSON.stringify({ type: 'switchover-request', requestId: 'raw-client-0001', site: s.site, standbyId: 'raw-client', timeoutSeconds: 8 }));
     const ready = await waitFor(() => msgs.find((m) => m.type === 'switchover-ready'), 'switchover-ready', 30_000);
     expect(ready).toMatchObject({ requestId: 'raw-client-0001', epoch: 1, holdSeconds: 8 });
@@ -259,28 +272,28 @@ describe('tandem-standby switchover', () => {
     expect(st.switchover).toMatchObject({ state: 'held', requestId: 'raw-client-0001', setId: ready.setId, step: 'hold', onFenced: 'ok' });
     expect(Date.parse(st.switchover.holdUntil) - Date.parse(st.switchover.heldSince)).toBe(8000);
     expect(await metric('tandem_switchover_held')).toBe(1);
-    const busy = await fetch(`${base()}/v1/backup`, { method: 'POST', headers: auth });
+    const busy = await fetch(`${base()}/v1/backup`, { method: 'POST', headers: auth() });
     expect(busy.status).toBe(409);
     expect(JSON.stringify(await busy.json())).toContain('switchover raw-client-0001 to raw-client is under way');
     const local = await runPrimary(['backup', '--config', s.primary.configFile, '--local']);
     expect(local.code, show(local)).toBe(75); // the hold keeps the backup lock
-    const other = new WebSocket(`ws://127.0.0.1:${port}/v1/stream`, { headers: auth });
-    sockets.push(other);
-    const otherMsgs: Array<Record<string, any>> = [];
-    other.on('message', (d) => otherMsgs.push(JSON.parse(d.toString()) as Record<string, any>));
-    await new Promise<void>((res, rej) => other.once('open', () => res()).once('error', rej));
+    const { ws: other, msgs: otherMsgs } = await rawClient('other');
     other.send(JSON.stringify({ type: 'switchover-request', requestId: 'raw-client-0002', site: s.site, standbyId: 'other', timeoutSeconds: 60 }));
     const refused = await waitFor(() => otherMsgs.find((m) => m.type === 'switchover-failed'), 'the refusal', 5_000);
     expect(refused).toMatchObject({ requestId: 'raw-client-0002', step: 'request', primary: 'unchanged' });
     expect(refused.error).toContain('another switchover is in progress');
     other.close();
 
-    // The standby vanishes: the primary keeps holding (it might be promoting) until the timeout ...
+    // The standby asks to promote: from the answer on, it may be raising the epoch ...
+    ws.send(JSON.stringify({ type: 'switchover-promoting', requestId: 'raw-client-0001' }));
+    const ok = await waitFor(() => msgs.find((m) => m.type === 'switchover-promote-ok'), 'switchover-promote-ok', 5_000);
+    expect(ok.holdUntil).toBe(st.switchover.holdUntil);
+    // ... so when it vanishes, the primary keeps holding (it might be promoting) until the timeout ...
     ws.terminate();
     await sleep(300);
     expect((await getStatus()).switchover.state).toBe('held');
     // ... even across a crash of the daemon: switchover.json brings the hold back ...
-    expect(JSON.parse(await readFile(join(s.primary.stateDir, 'switchover.json'), 'utf8'))).toMatchObject({ requestId: 'raw-client-0001', setId: ready.setId });
+    expect(JSON.parse(await readFile(join(s.primary.stateDir, 'switchover.json'), 'utf8'))).toMatchObject({ requestId: 'raw-client-0001', setId: ready.setId, promoteAllowedAt: expect.any(String) });
     daemon!.child.kill('SIGKILL');
     await daemon!.result;
     daemon = startPrimary(['run', '--config', s.primary.configFile], { timeoutMs: 300_000 });
@@ -300,6 +313,64 @@ describe('tandem-standby switchover', () => {
     expect(await metric('tandem_switchover_held')).toBe(0);
     expect(existsSync(join(s.primary.stateDir, 'switchover.json'))).toBe(false);
     expect(await readStore('epoch.json')).toMatchObject({ epoch: 1 });
+  });
+
+  it('ends the hold at once when the requester vanishes before it was allowed to promote: onResume runs, the primary backs up again', async () => {
+    const resumedBefore = (await lines('onresume.log')).length;
+    const { ws, msgs } = await rawClient('raw-client');
+    // It asks for the longest hold there is, gets the final set, and vanishes without promoting.
+    ws.send(JSON.stringify({ type: 'switchover-request', requestId: 'raw-client-0003', site: s.site, standbyId: 'raw-client', timeoutSeconds: 3600 }));
+    const ready = await waitFor(() => msgs.find((m) => m.type === 'switchover-ready'), 'switchover-ready', 30_000);
+    expect(ready.holdSeconds).toBe(3600);
+    expect(existsSync(marker('maintenance'))).toBe(true);
+    const vanishedAt = Date.now();
+    ws.terminate();
+    const st = await waitFor(async () => {
+      const now = await getStatus();
+      return now.switchover.requestId === 'raw-client-0003' && now.switchover.state === 'called-off' ? now : null;
+    }, 'the hold to end', 10_000);
+    expect(Date.now() - vanishedAt).toBeLessThan(5_000);
+    expect(st.fenced).toBeNull();
+    expect(st.switchover).toMatchObject({ state: 'called-off', requestId: 'raw-client-0003', onFenced: 'ok', onResume: 'ok', promoteAllowedAt: null });
+    expect(st.switchover.error).toContain('raw-client disconnected before it was allowed to promote');
+    expect(await lines('onresume.log')).toHaveLength(resumedBefore + 1);
+    expect(existsSync(marker('maintenance'))).toBe(false);
+    expect(existsSync(join(s.primary.stateDir, 'switchover.json'))).toBe(false);
+    expect(await metric('tandem_switchover_held')).toBe(0);
+    const b = await fetch(`${base()}/v1/backup`, { method: 'POST', headers: auth() });
+    expect(b.status).toBe(200);
+  });
+
+  it('is asked for only by a listed standby, as itself: not with the monitoring or control token, not under another id', async () => {
+    const before = (await lines('onfenced.log')).length;
+    // The monitoring token (what Prometheus holds) and the control token open no push channel.
+    for (const token of [tokens.read.token, tokens.control.token]) {
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/v1/stream`, { headers: { authorization: `Bearer ${token}` } });
+      sockets.push(ws);
+      const status = await new Promise<number>((resolve) => {
+        ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+        ws.on('open', () => resolve(101));
+        ws.on('error', () => resolve(-1));
+      });
+      expect(status).toBe(403);
+    }
+    const monitoring = join(s.root, 'monitoring-as-standby.yml');
+    await writeFile(monitoring, (await readFile(await standbyConfig('main'), 'utf8')).replace(tokens.standbys[STANDBY_ID]!.file, tokens.read.file));
+    const r = await switchover(monitoring);
+    expect(r.code, show(r)).toBe(2);
+    expect(r.stderr).toContain('refused the token (403): it is the primary\'s monitoring or control token, not a standby\'s; the switchover request was not sent');
+    // A listed standby's token, naming a made-up standby or another listed one: closed, nothing runs.
+    for (const claimed of ['made-up-standby', STANDBY_ID]) {
+      const { ws, closed } = await rawClient('other');
+      ws.send(JSON.stringify({ type: 'switchover-request', requestId: 'raw-client-0004', site: s.site, standbyId: claimed, timeoutSeconds: 3600 }));
+      const c = await closed;
+      expect(c.code).toBe(1008);
+      expect(c.reason).toContain(`names standby "${claimed}", but this connection's token is standby "other"'s`);
+    }
+    await sleep(500);
+    expect(await lines('onfenced.log')).toHaveLength(before);
+    expect((await getStatus()).switchover.requestId).not.toBe('raw-client-0004');
+    expect(await metric('tandem_switchover_held')).toBe(0);
   });
 
   it('calls everything off when the standby cannot apply the final set: onResume runs, the primary backs up again, the standby is unchanged', async () => {
@@ -389,7 +460,7 @@ describe('tandem-standby switchover', () => {
 
     // The old primary: onFenced ran once (for the switchover, not again when fenced), fenced now.
     const requestId = (await lines('onfenced.log')).at(-1)!.split(' ')[1];
-    expect((await lines('onfenced.log')).filter((l) => l.startsWith('switchover'))).toHaveLength(4);
+    expect((await lines('onfenced.log')).filter((l) => l.startsWith('switchover'))).toHaveLength(5);
     expect((await lines('onfenced.log')).some((l) => l.startsWith('fenced'))).toBe(false);
     expect(daemonLog().some((l) => l.msg === 'onFenced is not run again: it ran for the switchover')).toBe(true);
     const st = await getStatus();

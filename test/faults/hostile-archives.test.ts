@@ -4,12 +4,13 @@
  * target, plant special files, or exhaust inodes, disk or memory. Each: refused with the entry named,
  * nothing written outside the target, nothing live changed, resources bounded.
  */
-import { lstat, mkdir, readdir } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { lstat, mkdir, readdir, readlink, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { artifactFileName } from '@tandem/shared';
-import { runCommand, type RunResult } from '../support/site.js';
-import { STANDBY_MAIN, apply, forgeSet, removeStandbySite, writeStandbyConfig, type StandbySite } from '../support/standby-helpers.js';
+import { runCommand, runPrimary, type RunResult } from '../support/site.js';
+import { STANDBY_MAIN, apply, forgeSet, removeStandbySite, show, writeStandbyConfig, type StandbySite } from '../support/standby-helpers.js';
 import { forgeStored } from './support-b/forge.js';
 import { Tally, escapeRe, expectRefused, outsideDir, setUpRefusalSite, type Baseline } from './support-b/refusal.js';
 import { sealStream, tarBuffer, tarChunks, type HostileEntry } from './support-b/tar.js';
@@ -56,14 +57,15 @@ const cases = (): Case[] => [
   ['a pax path with ".."', () => [{ name: 'innocent.txt', type: '0', data: 'pwned', pax: { path: '../pax-escape.txt' } }], '../pax-escape.txt', /'\.\.'/],
   ['a pax path that is absolute', () => [{ name: 'innocent.txt', type: '0', data: 'pwned', pax: { path: join(out(), 'pax-escape.txt') } }], join(out(), 'pax-escape.txt'), /absolute/],
   ['a GNU long name with ".."', () => [{ name: '././@LongLink', type: 'L', data: '../gnu-escape.txt\0' }, { name: 'innocent.txt', type: '0', data: 'pwned' }], '../gnu-escape.txt', /'\.\.'/],
+  // Symlinks are carried whatever their target; what must never happen is a write through one.
   [
     'an absolute symlink out and a write through it',
     () => [
       { name: './evil', type: '2', linkname: out() },
       { name: './evil/pwned.txt', type: '0', data: 'pwned' },
     ],
-    './evil',
-    /symlink to the absolute path/,
+    './evil/pwned.txt',
+    /passes through the symlink "evil"/,
   ],
   [
     'a relative symlink out and a write through it',
@@ -71,24 +73,54 @@ const cases = (): Case[] => [
       { name: './evil', type: '2', linkname: '../outside' },
       { name: './evil/pwned.txt', type: '0', data: 'pwned' },
     ],
-    './evil',
-    /points outside the target/,
+    './evil/pwned.txt',
+    /passes through the symlink "evil"/,
   ],
   [
-    'a symlink chain that climbs out (a -> ., b -> a/..)',
+    'a symlink chain that climbs out (a -> ., b -> a/..) and a write through it',
     () => [
       { name: './a', type: '2', linkname: '.' },
       { name: './b', type: '2', linkname: 'a/..' },
       { name: './b/outside/pwned.txt', type: '0', data: 'pwned' },
     ],
-    './b',
-    /'\.\.' after a name/,
+    './b/outside/pwned.txt',
+    /passes through the symlink "b"/,
   ],
   [
-    'a symlink via pax linkpath out',
-    () => [{ name: './evil', type: '2', linkname: 'x', pax: { linkpath: '../../../../../../tmp' } }],
+    'a symlink via pax linkpath out and a write through it',
+    () => [
+      { name: './evil', type: '2', linkname: 'x', pax: { linkpath: '../../../../../../tmp' } },
+      { name: './evil/pwned.txt', type: '0', data: 'pwned' },
+    ],
+    './evil/pwned.txt',
+    /passes through the symlink "evil"/,
+  ],
+  [
+    'an absolute symlink out and a directory made through it',
+    () => [
+      { name: './evil', type: '2', linkname: out() },
+      { name: './evil/sub/', type: '5' },
+    ],
+    './evil/sub/',
+    /passes through the symlink "evil"/,
+  ],
+  [
+    'an absolute symlink out and a hardlink to a file behind it',
+    () => [
+      { name: './evil', type: '2', linkname: out() },
+      { name: './hl.txt', type: '1', linkname: './evil/target.txt' },
+    ],
+    './hl.txt',
+    /hardlink target .* passes through the symlink "evil"/,
+  ],
+  [
+    'an absolute symlink to a file, then that file again as a regular file',
+    () => [
+      { name: './evil', type: '2', linkname: join(out(), 'target.txt') },
+      { name: './evil', type: '0', data: 'pwned' },
+    ],
     './evil',
-    /points outside the target/,
+    /is the symlink "evil"/,
   ],
   [
     'a file written through an inside symlink to a dir',
@@ -128,8 +160,10 @@ const cases = (): Case[] => [
 
 describe('hostile archives: entries that would escape or plant special files', () => {
   for (const artifact of ['files', 'config', 'security'] as const) {
-    it(`22 hostile entries in the ${artifact} artifact`, async () => {
-      for (const [what, entries, entry, why] of cases()) {
+    it(`25 hostile entries in the ${artifact} artifact`, async () => {
+      const all = cases();
+      expect(all).toHaveLength(25);
+      for (const [what, entries, entry, why] of all) {
         const tar = await tarBuffer([{ name: './', type: '5' }, { name: './ok.txt', type: '0', data: 'fine\n' }, ...entries()]);
         const id = await forgeSet(s, first, { plain: { [artifact]: tar } });
         const r = await apply(s);
@@ -233,5 +267,68 @@ describe('hostile archives: resource exhaustion', () => {
       expect(seconds).toBeLessThan(30);
       tally.add('a 10 GiB entry (free space)');
     });
+  });
+});
+
+/**
+ * Symlinks are carried as symlinks whatever their target (absolute links to shared mounts are normal
+ * in media directories), and what a standby would refuse is found by the primary at backup time.
+ * Last: these apply sets on purpose.
+ */
+describe('symlinks to anywhere, and what the primary refuses to back up', () => {
+  const storeListing = async () => (await readdir(join(root, 'store', s.site, 'sets'), { recursive: true })).sort();
+
+  it('a FIFO in the files dir fails the backup naming it, and nothing is committed', async () => {
+    const fifo = join(s.primary.paths.files, 'queue.fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    const latest = await readFile(join(root, 'store', s.site, 'latest.json'));
+    const sets = await storeListing();
+    try {
+      const r = await runPrimary(['backup', '--config', s.primary.configFile], { env: s.env });
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr).toContain(`paths.files (${s.primary.paths.files}): "./queue.fifo" (${fifo}) cannot be backed up: FIFO entries are not allowed`);
+      expect(r.stderr).toMatch(/nothing was committed/);
+      expect(await readFile(join(root, 'store', s.site, 'latest.json'))).toEqual(latest);
+      expect(await storeListing()).toEqual(sets);
+    } finally {
+      await rm(fifo, { force: true });
+    }
+    tally.add('FIFO on the primary (refused at backup time)');
+  });
+
+  it('absolute and escaping symlinks are backed up and applied as links; nothing outside is written', async () => {
+    const files = s.primary.paths.files;
+    await symlink('/srv/shared/media/archive', join(files, 'shared-archive'));
+    await symlink(out(), join(files, 'to-outside'));
+    await symlink('../../../../etc', join(files, 'climbs-out'));
+    const r = await runPrimary(['backup', '--config', s.primary.configFile], { env: s.env });
+    expect(r.code, r.stderr).toBe(0);
+    const a = await apply(s);
+    expect(a.code, show(a)).toBe(0);
+    const live = s.standby.paths.files;
+    expect(await readlink(join(live, 'shared-archive'))).toBe('/srv/shared/media/archive');
+    expect(await readlink(join(live, 'to-outside'))).toBe(out());
+    expect(await readlink(join(live, 'climbs-out'))).toBe('../../../../etc');
+    expect(await readdir(out())).toEqual(['target.txt']);
+    await expectNothingOutside();
+    tally.add('absolute and escaping symlinks carried (primary to standby)');
+  });
+
+  it('a symlink where the standby keeps preserved config is replaced, never written through', async () => {
+    // config.preserve keeps config.d/db.yml; the set's config.d is a link to the outside dir.
+    const tar = await tarBuffer([
+      { name: './', type: '5' },
+      { name: './site.conf', type: '0', data: 'from the set\n' },
+      { name: './config.d', type: '2', linkname: out() },
+    ]);
+    await forgeSet(s, first, { plain: { config: tar } });
+    const r = await apply(s);
+    expect(r.code, show(r)).toBe(0);
+    const cfg = s.standby.paths.config;
+    expect((await lstat(join(cfg, 'config.d'))).isDirectory()).toBe(true);
+    expect(await readFile(join(cfg, 'config.d', 'db.yml'), 'utf8')).toMatch(/standby-db\.local/);
+    expect(await readdir(out())).toEqual(['target.txt']);
+    await expectNothingOutside();
+    tally.add('symlink in the way of preserved config (replaced, not followed)');
   });
 });

@@ -3,13 +3,16 @@
  * variant is refused with a message naming the set (and the artifact, where there is one), and the
  * live standby (database rows, dirs, applied record, what lies beside them) is exactly as before.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ARTIFACT_NAMES, artifactFileName, layout, type ArtifactName } from '@tandem/shared';
+import { ARTIFACT_NAMES, artifactFileName, layout, type ArtifactEntry, type ArtifactName, type Manifest } from '@tandem/shared';
 import { makeKeys, type KeyFiles } from '../support/site.js';
-import { apply, forgeSet, pointLatestAt, readPlain, removeStandbySite, show, type StandbySite } from '../support/standby-helpers.js';
+import { apply, forgeSet, pointLatestAt, readPlain, removeStandbySite, runStandby, show, type StandbySite } from '../support/standby-helpers.js';
 import { Tally, baseline, expectRefused, setUpRefusalSite, type Baseline } from './support-b/refusal.js';
+import { bombBytes, bytesUnder, sealToSize, watchDisk, zstdBomb, zstdOf } from './support-b/replace.js';
+import { tarBuffer } from './support-b/tar.js';
 
 const tally = new Tally('tamper');
 let root: string;
@@ -84,7 +87,7 @@ describe('tamper: stored artifacts', () => {
     const fs = s.openStore();
     const donorBytes = {} as Record<ArtifactName, Buffer>;
     try {
-      for (const n of ARTIFACT_NAMES) donorBytes[n] = (await fs.getBuffer(layout.artifact(s.site, donor, fileOf(n)))).body;
+      for (const n of ARTIFACT_NAMES) donorBytes[n] = (await fs.getBuffer(layout.artifact(s.site, donor, fileOf(n)), { maxBytes: Infinity })).body;
     } finally {
       await fs.close();
     }
@@ -104,6 +107,75 @@ describe('tamper: stored artifacts', () => {
       await expectRefused(s, before, await apply(s), [`set ${id}: `, /artifact \(/]);
       tally.add('two artifacts swapped within a set');
     }
+  });
+});
+
+/**
+ * The attacker who can write one object into the filestore and holds no signing key (every standby
+ * can: it writes its report and epoch.json) replaces an artifact of a genuine, signed set with bytes
+ * of exactly the signed stored size, encrypted to the recipient the manifest lists. Nothing of it may
+ * be decrypted, decompressed or unpacked before the stored SHA-256 is checked: the disk sees at most
+ * the stored object, in the staging dir.
+ */
+describe('tamper: an object replaced at its signed size is not used before it is verified', () => {
+  const objectPath = (id: string, n: ArtifactName) => join(root, 'store', s.site, 'sets', id, fileOf(n));
+  const manifestOf = async (id: string): Promise<Manifest> => JSON.parse(await readFile(join(root, 'store', s.site, 'sets', id, 'manifest.json'), 'utf8')) as Manifest;
+  const entryOf = async (id: string, n: ArtifactName): Promise<ArtifactEntry> => (await manifestOf(id)).artifacts.find((a) => a.name === n)!;
+
+  it('a zstd bomb in the db artifact writes no more than the stored object into the state dir', async () => {
+    const id = await forgeSet(s, first); // genuine and signed: the attacker only replaces one object
+    const entry = await entryOf(id, 'db');
+    // As many 128 KiB RLE blocks (4 bytes each) as fit beside the age overhead, up to 1 GiB.
+    const bomb = zstdBomb(Math.min(8192, Math.floor((entry.storedSize - 600) / 4)) * 128 * 1024);
+    expect(bombBytes(bomb)).toBeGreaterThan(100 * entry.storedSize);
+    await writeFile(objectPath(id, 'db'), await sealToSize(s, bomb, entry.storedSize));
+
+    const base = bytesUnder(s.standby.stateDir);
+    const w = await watchDisk({ bytesUnder: s.standby.stateDir, pathsUnder: join(root, 'standby'), names: /tandem-new/ }, apply(s));
+    console.log(
+      `[tamper] db bomb: ${entry.storedSize} stored bytes expanding to ${bombBytes(bomb)}; ` +
+        `the state dir grew by at most ${w.maxBytes - base} bytes (${w.samples} samples)`,
+    );
+    await expectRefused(s, before, w.result, [`set ${id}: db artifact (${fileOf('db')}): SHA-256 of the stored bytes`, 'tampered with']);
+    expect(w.samples).toBeGreaterThan(20);
+    expect(w.maxBytes - base).toBeLessThanOrEqual(entry.storedSize + 16 * 1024); // + journal and lock
+    expect([...w.paths]).toEqual([]); // refused before any directory was staged
+
+    // The restore drill refuses it the same way, leaving no scratch copy. It goes on to check the
+    // other artifacts (one stored copy at a time), so its bound is the largest stored object.
+    const largest = Math.max(...(await manifestOf(id)).artifacts.map((a) => a.storedSize));
+    const v = await watchDisk(
+      { bytesUnder: s.standby.stateDir, pathsUnder: join(root, 'standby'), names: /tandem-new/ },
+      runStandby(['verify', '--config', s.standby.configFile, '--set', id]),
+    );
+    expect(v.result.code, show(v.result)).toBe(5);
+    expect(v.result.stderr).toMatch(/db artifact .*SHA-256 of the stored bytes/);
+    expect(v.maxBytes - base).toBeLessThanOrEqual(largest + 16 * 1024);
+    expect((await readdir(s.standby.stateDir)).filter((n) => n.startsWith('verify-'))).toEqual([]);
+    tally.add('zstd bomb at the signed stored size (apply and verify)', 2);
+  });
+
+  it('a forged files archive puts nothing into files.tandem-new before the checksum refuses it', async () => {
+    // A genuine set whose files artifact is big enough (24 MiB) that unpacking takes a while.
+    const size = 24 << 20;
+    const genuine = await tarBuffer([{ name: './', type: '5' }, { name: './ok.txt', type: '0', data: 'fine\n' }, { name: './bulk.bin', type: '0', data: randomBytes(size) }]);
+    const id = await forgeSet(s, first, { plain: { files: genuine } });
+    const entry = await entryOf(id, 'files');
+    // The attacker's archive: their file first, then data to keep the extractor busy, within the signed plain size.
+    const forged = await tarBuffer([
+      { name: './', type: '5' },
+      { name: './ATTACKER-NAMED.txt', type: '0', data: 'planted before any check\n' },
+      { name: './pad.bin', type: '0', data: randomBytes(size - (256 << 10)) },
+    ]);
+    expect(forged.length).toBeLessThan(entry.plainSize);
+    await writeFile(objectPath(id, 'files'), await sealToSize(s, await zstdOf(forged), entry.storedSize));
+
+    const w = await watchDisk({ bytesUnder: s.standby.stateDir, pathsUnder: join(root, 'standby'), names: /^files\.tandem-new$|ATTACKER/ }, apply(s));
+    console.log(`[tamper] forged files archive: paths seen ${JSON.stringify([...w.paths])} (${w.samples} samples)`);
+    await expectRefused(s, before, w.result, [`set ${id}: files artifact (${fileOf('files')}): SHA-256 of the stored bytes`, 'tampered with']);
+    expect(w.samples).toBeGreaterThan(20);
+    expect([...w.paths]).toEqual([]);
+    tally.add('forged archive at the signed stored size (nothing unpacked)');
   });
 });
 

@@ -14,6 +14,8 @@ export interface DaemonConfigInput extends StandbyConfigInput {
   listen?: string;
   primary?: { url: string; tokenFile?: string };
   standbyId?: string;
+  /** server.readTokenFile: the monitoring token for /status and /metrics. */
+  readTokenFile?: string;
 }
 
 /** writeStandbyConfig plus the daemon's keys (default: listen on 127.0.0.1:0). */
@@ -21,7 +23,7 @@ export async function writeDaemonConfig(s: StandbySite, file: string, c: DaemonC
   await writeStandbyConfig(s, file, c);
   const doc = fromYaml(await readFile(file, 'utf8')) as Record<string, unknown>;
   if (c.pollInterval !== undefined) doc.pollInterval = c.pollInterval;
-  doc.server = { listen: c.listen ?? '127.0.0.1:0' };
+  doc.server = { listen: c.listen ?? '127.0.0.1:0', ...(c.readTokenFile === undefined ? {} : { readTokenFile: c.readTokenFile }) };
   if (c.primary !== undefined) doc.primary = c.primary;
   if (c.standbyId !== undefined) doc.standbyId = c.standbyId;
   await writeFile(file, toYaml(doc));

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTarStream, extractTarSafe, listTar } from './archive.js';
+import { createTarCheck, createTarStream, extractTarSafe, listTar } from './archive.js';
 import { zstdCompress, zstdDecompress } from './compress.js';
 import { TandemError } from './errors.js';
 import { HashCounter } from './streams.js';
@@ -159,6 +159,10 @@ function buildTree(src: string): number {
   fs.symlinkSync('../config/site.conf', join(src, 'links/to-conf'));
   fs.symlinkSync('nowhere', join(src, 'links/dangling'));
   fs.symlinkSync('../../x', join(src, 'nested/a/b/up-two'));
+  // Carried as links whatever they point at: a shared mount, and a climb out of the tree.
+  fs.symlinkSync('/srv/shared/media', join(src, 'links/absolute'));
+  fs.symlinkSync('../../../elsewhere/x', join(src, 'links/climbs-out'));
+  fs.symlinkSync('../links/../..', join(src, 'links/dotdot-after-name'));
   // mtimes: distinct, with milliseconds; directories last, deepest first, as children touch them.
   const all = [...walk(src).entries()];
   let t = 1_600_000_000_000;
@@ -323,19 +327,29 @@ describe('extractTarSafe refuses unsafe entries', () => {
     { name: '.. in the middle', entries: () => [{ path: 'a/../../evil', data: 'x' }], bad: 'a/../../evil', why: /contains '\.\.'/ },
     { name: '.. in a long pax path', entries: () => [{ path: `${'x'.repeat(150)}/../../../evil`, data: 'x' }], bad: `${'x'.repeat(150)}/../../../evil`, why: /'\.\.'/ },
     { name: 'absolute path', entries: () => [{ path: abs(), data: 'x' }], bad: abs, why: /is absolute/ },
-    { name: 'symlink to an absolute path', entries: () => [{ path: 'l', type: '2', linkpath: outside }], bad: 'l', why: /absolute/ },
-    { name: 'symlink climbing out', entries: () => [{ path: 'l', type: '2', linkpath: '../outside' }], bad: 'l', why: /outside the target/ },
-    {
-      name: 'deep symlink climbing out',
-      entries: () => [{ path: 'a/b/l', type: '2', linkpath: '../../../outside/secret' }],
-      bad: 'a/b/l',
-      why: /outside the target/,
-    },
     {
       name: 'symlink out, then write through it',
       entries: () => [{ path: 'l', type: '2', linkpath: '../outside' }, { path: 'l/pwned', data: 'x' }],
+      bad: 'l/pwned',
+      why: /passes through the symlink "l"/,
+    },
+    {
+      name: 'absolute symlink out, then a directory and a file through it',
+      entries: () => [{ path: 'l', type: '2', linkpath: outside }, { path: 'l/sub/', type: '5' }, { path: 'l/sub/pwned', data: 'x' }],
+      bad: 'l/sub/',
+      why: /passes through the symlink "l"/,
+    },
+    {
+      name: 'absolute symlink out, then a hardlink to a file behind it',
+      entries: () => [{ path: 'l', type: '2', linkpath: outside }, { path: 'h', type: '1', linkpath: 'l/secret' }],
+      bad: 'h',
+      why: /hardlink target "l\/secret" passes through the symlink "l"/,
+    },
+    {
+      name: 'absolute symlink to the file it would then replace',
+      entries: () => [{ path: 'l', type: '2', linkpath: join(outside, 'secret') }, { path: 'l', data: 'pwned' }],
       bad: 'l',
-      why: /outside/,
+      why: /is the symlink "l"/,
     },
     {
       name: 'write through an inside symlink',
@@ -344,11 +358,11 @@ describe('extractTarSafe refuses unsafe entries', () => {
       why: /passes through the symlink "l"/,
     },
     {
-      // lexically "a/.." is ".", but on disk a -> . so b -> <target>/.. = outside
-      name: 'symlink climbing through another symlink',
-      entries: () => [{ path: 'a', type: '2', linkpath: '.' }, { path: 'b', type: '2', linkpath: 'a/..' }],
-      bad: 'b',
-      why: /'\.\.' after a name/,
+      // lexically "a/.." is ".", but on disk a -> . so b -> <target>/.. = outside: b is carried, never entered
+      name: 'a write through a symlink chain that climbs out (a -> ., b -> a/..)',
+      entries: () => [{ path: 'a', type: '2', linkpath: '.' }, { path: 'b', type: '2', linkpath: 'a/..' }, { path: 'b/outside/pwned', data: 'x' }],
+      bad: 'b/outside/pwned',
+      why: /passes through the symlink "b"/,
     },
     {
       name: 'symlink below a symlink',
@@ -397,23 +411,123 @@ describe('extractTarSafe refuses unsafe entries', () => {
   }
 
   it('stops at the refused entry', async () => {
-    const entries = [{ path: 'a', type: '2', linkpath: '.' }, { path: 'b', type: '2', linkpath: 'a/..' }, { path: 'c', data: 'x' }];
+    const entries = [{ path: 'a', type: '2', linkpath: '.' }, { path: 'a/x', data: 'x' }, { path: 'c', data: 'x' }];
     await failure(extractTarSafe(Readable.from([tarOf(entries)]), target, { label: 'x' }));
     expect(fs.readdirSync(target)).toEqual(['a']);
   });
 
-  it('allows symlinks that stay inside, and strips setuid/setgid/sticky bits', async () => {
+  it('carries symlinks as symlinks whatever their target, and strips setuid/setgid/sticky bits', async () => {
     const entries: RawEntry[] = [
       { path: 'a/b/up', type: '2', linkpath: '../../c' },
       { path: 'a/b/here', type: '2', linkpath: './x' },
+      { path: 'abs', type: '2', linkpath: outside },
+      { path: 'abs-file', type: '2', linkpath: join(outside, 'secret') },
+      { path: 'a/climbs-out', type: '2', linkpath: '../../outside/secret' },
+      { path: 'dot', type: '2', linkpath: '.' },
+      { path: 'chain', type: '2', linkpath: 'dot/..' },
       { path: 'suid', data: '#!/bin/sh\n', mode: 0o4755 },
       { path: 'sticky/', type: '5', mode: 0o3777 },
     ];
     const r = await extractTarSafe(Readable.from([tarOf(entries)]), target, { label: 'x' });
-    expect(r.entries).toBe(4);
+    expect(r.entries).toBe(entries.length);
+    for (const e of entries.filter((x) => x.type === '2')) expect(fs.readlinkSync(join(target, e.path))).toBe(e.linkpath);
     expect(fs.readlinkSync(join(target, 'a/b/up'))).toBe('../../c');
     expect(fs.statSync(join(target, 'suid')).mode & 0o7777).toBe(0o755);
     expect(fs.statSync(join(target, 'sticky')).mode & 0o7777).toBe(0o777);
+  });
+});
+
+// ---- the primary's check of its own archives ---------------------------------------------------
+
+describe('createTarCheck: what a standby would refuse fails the backup, naming the entry', () => {
+  /** The tar of `dir` through the check: its bytes, or the error. */
+  async function checked(dir: string): Promise<{ bytes?: Buffer; err?: TandemError }> {
+    const out: Buffer[] = [];
+    try {
+      await pipeline(createTarStream(dir), createTarCheck(dir, { label: `paths.files (${dir})` }), async function* (src: AsyncIterable<Buffer>) {
+        for await (const c of src) out.push(c);
+      });
+      return { bytes: Buffer.concat(out) };
+    } catch (e) {
+      expect(e).toBeInstanceOf(TandemError);
+      return { err: e as TandemError };
+    }
+  }
+  const tarBytes = async (dir: string): Promise<Buffer> => {
+    const out: Buffer[] = [];
+    for await (const c of createTarStream(dir)) out.push(c as Buffer);
+    return Buffer.concat(out);
+  };
+
+  it('passes a site tree through unchanged, symlinks to anywhere included', async () => {
+    const d = freshDir();
+    fs.mkdirSync(join(d, 'media/2026'), { recursive: true });
+    fs.writeFileSync(join(d, 'media/2026/a.jpg'), randomBytes(2 * 1024 * 1024 + 5));
+    fs.writeFileSync(join(d, 'media/small.txt'), 'small\n');
+    fs.linkSync(join(d, 'media/small.txt'), join(d, 'media/hard.txt'));
+    fs.symlinkSync('/mnt/shared/archive', join(d, 'media/archive'));
+    fs.symlinkSync('../../outside', join(d, 'media/2026/up'));
+    fs.writeFileSync(join(d, 'real \uFFFD name.txt'), 'a name that really holds U+FFFD\n');
+    const r = await checked(d);
+    expect(r.err).toBeUndefined();
+    expect(r.bytes!.equals(await tarBytes(d))).toBe(true);
+    // ... and a standby extracts it.
+    const dst = join(freshDir(), 't');
+    await extractTarSafe(Readable.from([r.bytes!]), dst, { label: 'files' });
+    expect(fs.readlinkSync(join(dst, 'media/archive'))).toBe('/mnt/shared/archive');
+    expect(fs.readlinkSync(join(dst, 'media/2026/up'))).toBe('../../outside');
+  });
+
+  const refusals: Array<[what: string, make: (d: string) => void, entry: string, why: RegExp]> = [
+    ['a FIFO', (d) => spawnSync('mkfifo', [join(d, 'sub/queue')]), './sub/queue', /FIFO entries are not allowed/],
+    [
+      'a hard-linked symlink (tar archives the second name as a hardlink to a symlink)',
+      (d) => {
+        fs.symlinkSync('/srv/elsewhere', join(d, 'sub/l1'));
+        spawnSync('ln', ['-P', join(d, 'sub/l1'), join(d, 'sub/l2')]);
+      },
+      './sub/l2',
+      /hardlink target "\.\/sub\/l1" is the symlink/,
+    ],
+    ['a name that is not UTF-8', (d) => fs.writeFileSync(Buffer.from(`${join(d, 'sub')}/bad-\xff.txt`, 'latin1'), 'x'), './sub/bad-\uFFFD.txt', /not valid UTF-8/],
+    [
+      'a symlink target that is not UTF-8',
+      (d) => fs.symlinkSync(Buffer.from('/srv/\xfe', 'latin1'), join(d, 'sub/odd-link')),
+      './sub/odd-link',
+      /symlink target is not valid UTF-8/,
+    ],
+  ];
+
+  for (const [what, make, entry, why] of refusals) {
+    it(`${what}: the backup fails naming it, as the standby would refuse it`, async () => {
+      const d = freshDir();
+      fs.mkdirSync(join(d, 'sub'));
+      fs.writeFileSync(join(d, 'sub/ok.txt'), 'ok\n');
+      make(d);
+      const r = await checked(d);
+      expect(r.err?.code, r.err?.message).toBe('ARCHIVE_UNSUPPORTED_ENTRY');
+      expect(r.err!.message).toContain(`paths.files (${d}): ${JSON.stringify(entry)}`);
+      expect(r.err!.message).toMatch(why);
+      expect(r.err!.message).toContain('nothing was committed');
+      expect(r.err!.hint).toMatch(/remove it or move it out/);
+      // Parity: the standby refuses the same archive (the UTF-8 cases: restores another name, or refuses a duplicate).
+      if (!/UTF-8/.test(what)) {
+        const e = await failure(extractTarSafe(Readable.from([await tarBytes(d)]), join(freshDir(), 't'), { label: 'files' }));
+        expect(e.code).toBe('ARCHIVE_UNSAFE_ENTRY');
+        expect(e.message).toContain(JSON.stringify(entry));
+      }
+    });
+  }
+
+  it('two names that are not UTF-8 would collide on a standby: the primary names the first', async () => {
+    const d = freshDir();
+    fs.writeFileSync(Buffer.from(`${d}/a\xfe`, 'latin1'), '1');
+    fs.writeFileSync(Buffer.from(`${d}/a\xff`, 'latin1'), '2');
+    const e = await failure(extractTarSafe(Readable.from([await tarBytes(d)]), join(freshDir(), 't'), { label: 'files' }));
+    expect(e.message).toMatch(/already exists \(duplicate entry\)/);
+    const r = await checked(d);
+    expect(r.err?.code).toBe('ARCHIVE_UNSUPPORTED_ENTRY');
+    expect(r.err!.message).toMatch(/"\.\/a\uFFFD".*not valid UTF-8/);
   });
 });
 

@@ -8,18 +8,26 @@
  *
  * Extracting: node-tar's strict Parser reads the stream; the file system work is done here, in
  * archive order, and every entry is checked before anything is written for it (small files are
- * written a few at a time on the libuv pool, and links wait for those writes):
- * - no absolute paths and no `..` segments; an entry may neither pass through nor replace a symlink;
- * - symlink targets are relative and may only climb (`..`) at their start, at most as far as the
- *   symlink's own depth, so they resolve inside the target even through other symlinks;
+ * written a few at a time on the libuv pool, and links wait for those writes). The extractor never
+ * follows a symlink: it only walks through directories it made itself in this extraction.
+ * - no absolute paths and no `..` segments; an entry may neither pass through nor replace a symlink
+ *   (one of this archive: the target starts empty, and 0700);
+ * - a symlink is carried as a symlink, whatever its target (absolute links to shared mounts are
+ *   normal in media directories): since nothing is ever written or opened through it, where it
+ *   points is the site's business, not the extractor's;
  * - hardlinks must point at a regular file extracted earlier, by a clean path;
  * - devices, fifos and unknown types are refused;
- * - files are created with O_EXCL|O_NOFOLLOW, so nothing existing is ever replaced or followed.
+ * - files are created with O_EXCL|O_NOFOLLOW, directory modes and times set through an
+ *   O_NOFOLLOW descriptor, so nothing existing is ever replaced or followed.
+ *
+ * The same rules (EntryRules) check the primary's own archives as they are made (createTarCheck):
+ * whatever a standby would refuse fails the backup there, naming the entry, and is never committed.
  */
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
+import { PassThrough, Transform, type TransformCallback } from 'node:stream';
 import { Parser, type ReadEntry } from 'tar';
 import { TandemError, describeError } from './errors.js';
 import { OPEN_NEW_FILE, mkdirp } from './fsutil.js';
@@ -144,11 +152,147 @@ export async function listTar(
   return out;
 }
 
+/**
+ * For the primary: a pass-through for the tar stream of `dir` (createTarStream) that applies the
+ * standby's rules (EntryRules) to every entry as it passes, so that an archive a standby would
+ * refuse fails the backup, naming the entry and the file in `dir`, instead of being committed.
+ * It also refuses a name that is not valid UTF-8 (a standby would restore it under another name,
+ * and two of them as one). The stream errors with `permanent`/ARCHIVE_UNSUPPORTED_ENTRY, or
+ * ARCHIVE_CORRUPT if the archive cannot be read back.
+ */
+export function createTarCheck(dir: string, opts: { label: string }): Transform {
+  return new TarCheck(path.resolve(dir), opts.label);
+}
+
+class TarCheck extends Transform {
+  readonly #copy = new PassThrough({ highWaterMark: 1 << 20 });
+  readonly #done: Promise<void>;
+  #failure: Error | undefined;
+
+  constructor(root: string, label: string) {
+    super({ highWaterMark: 1 << 20 });
+    const rules = new EntryRules();
+    const onEntry = async (e: ReadEntry): Promise<void> => {
+      e.resume();
+      const why = rules.check(e) ?? (await nameProblem(root, e));
+      if (why !== undefined) throw unsupported(label, root, e.path, why);
+    };
+    guardEarlyErrors(this.#copy);
+    this.#done = runParser(this.#copy, label, onEntry, true);
+    this.#done.catch((err: unknown) => {
+      this.#failure = err instanceof Error ? err : new Error(String(err));
+      this.destroy(this.#failure);
+    });
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (this.#failure) return cb(this.#failure);
+    if (this.#copy.write(chunk)) return cb(null, chunk);
+    this.#copy.once('drain', () => cb(this.#failure ?? null, chunk));
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.#copy.end();
+    this.#done.then(() => cb(), (err: unknown) => cb(err as Error));
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (!this.#copy.destroyed) this.#copy.destroy();
+    cb(err);
+  }
+}
+
+function unsupported(label: string, root: string, entryPath: string, why: string): TandemError {
+  const rel = normalize(entryPath);
+  return new TandemError(
+    'permanent',
+    'ARCHIVE_UNSUPPORTED_ENTRY',
+    `${label}: ${JSON.stringify(entryPath)} (${rel === '' ? root : path.join(root, rel)}) cannot be backed up: ${why}; a standby would refuse the whole set, so nothing was committed`,
+    { hint: 'remove it or move it out of the directory (tandem carries regular files, directories, symlinks and hardlinks between regular files), then back up again' },
+  );
+}
+
+/**
+ * A name node-tar could only decode with U+FFFD in it is not valid UTF-8 on disk (unless the file's
+ * real name holds U+FFFD, which the file system then confirms).
+ */
+async function nameProblem(root: string, e: ReadEntry): Promise<string | undefined> {
+  const bad = (s: string | undefined) => s !== undefined && s.includes('\uFFFD');
+  if (!bad(e.path) && !(e.type === 'SymbolicLink' && bad(e.linkpath))) return undefined;
+  const abs = path.join(root, normalize(e.path));
+  if (bad(e.path) && !(await fsp.lstat(abs).then(() => true, () => false))) return 'its name is not valid UTF-8 (a standby would restore it under another name)';
+  const raw = e.type === 'SymbolicLink' && bad(e.linkpath) ? await fsp.readlink(abs, { encoding: 'buffer' }).catch(() => undefined) : undefined;
+  if (raw !== undefined && !raw.equals(Buffer.from(e.linkpath!, 'utf8'))) {
+    return 'its symlink target is not valid UTF-8 (a standby would restore another target)';
+  }
+  return undefined;
+}
+
 // ---------------------------------------------------------------------------------------------
+
+/**
+ * What the extractor refuses, decided from the archive alone (paths, types, link targets and the
+ * entries before): shared by extractTarSafe and by the primary's check of its own archives, so the
+ * two cannot disagree. `check` returns why an entry must be refused, or records it and returns
+ * undefined. (The extractor also lets the file system refuse what already exists.)
+ */
+class EntryRules {
+  /** Paths (relative, normalized) of the symlinks and directories so far. */
+  readonly #symlinks = new Set<string>();
+  readonly #dirs = new Set<string>();
+
+  check(e: { path: string; type: string; linkpath?: string }): string | undefined {
+    const why = this.#pathProblem(e.path);
+    if (why !== undefined) return `path ${why}`;
+    const rel = normalize(e.path);
+    if (rel === '' && e.type !== 'Directory') return `a ${e.type} cannot replace the target directory`;
+    switch (e.type) {
+      case 'File':
+      case 'OldFile':
+      case 'ContiguousFile':
+        return undefined;
+      case 'Directory':
+        this.#dirs.add(rel);
+        return undefined;
+      case 'SymbolicLink': {
+        const target = e.linkpath ?? '';
+        if (target === '' || target.includes('\0')) return 'symlink without a valid target';
+        this.#symlinks.add(rel);
+        return undefined;
+      }
+      case 'Link': {
+        const linkpath = e.linkpath ?? '';
+        const bad = this.#pathProblem(linkpath);
+        if (bad !== undefined) return `hardlink target ${JSON.stringify(linkpath)} ${bad}`;
+        const target = normalize(linkpath);
+        if (target === '' || this.#dirs.has(target)) return `hardlink target ${JSON.stringify(linkpath)} is missing or not a regular file from this archive`;
+        return undefined;
+      }
+      default:
+        // CharacterDevice, BlockDevice, FIFO, GNUDumpDir: nothing a site backup needs.
+        return `${e.type} entries are not allowed`;
+    }
+  }
+
+  /** Why an archive path is unsafe, or undefined: absolute, `..`, NUL, or is/passes through a symlink. */
+  #pathProblem(p: string): string | undefined {
+    if (p.startsWith('/')) return 'is absolute';
+    if (p.includes('\0')) return 'contains a NUL byte';
+    const parts = split(p);
+    if (parts.includes('..')) return "contains '..'";
+    for (let i = 1; i <= parts.length; i++) {
+      const prefix = parts.slice(0, i).join('/');
+      if (this.#symlinks.has(prefix)) {
+        return i < parts.length ? `passes through the symlink ${JSON.stringify(prefix)}` : `is the symlink ${JSON.stringify(prefix)}`;
+      }
+    }
+    return undefined;
+  }
+}
 
 function unsafe(label: string, entryPath: string, why: string): TandemError {
   return new TandemError('integrity', UNSAFE, `${label}: refusing archive entry ${JSON.stringify(entryPath)}: ${why}`, {
-    hint: 'the archive was not made by tandem or was tampered with; nothing outside the target was written',
+    hint: 'tandem does not restore such an entry, and a primary of this version refuses to back one up: the set was made by an older one; nothing outside the target was written',
   });
 }
 
@@ -289,6 +433,9 @@ const utime = (d: Date): number => d.getTime() / 1000 + 5e-7;
 const split = (p: string): string[] => p.split('/').filter((s) => s !== '' && s !== '.');
 const normalize = (p: string): string => split(p).join('/');
 
+/** Opens a directory for fchmod/futimes; fails (ELOOP, ENOTDIR) rather than follow a symlink. */
+const OPEN_DIR_NOFOLLOW = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW;
+
 const SMALL_FILE = 1024 * 1024;
 const WRITE_BATCH = 1024 * 1024;
 /**
@@ -367,8 +514,7 @@ class Extractor {
   bytes = 0;
   readonly #root: string;
   readonly #opts: ExtractOptions;
-  /** Paths (relative, normalized) of the symlinks created so far. */
-  readonly #symlinks = new Set<string>();
+  readonly #rules = new EntryRules();
   /** Directory modes and mtimes, applied at the end: children change a dir's mtime, and a
    * read-only dir mode would stop us creating its children. */
   readonly #dirs: DirAttrs[] = [];
@@ -389,11 +535,10 @@ class Extractor {
     if (maxEntries !== undefined && this.entries > maxEntries) {
       throw limitError(label, `more than ${maxEntries} entries (maxEntries) at ${JSON.stringify(e.path)}`);
     }
-    const why = this.#pathProblem(e.path);
-    if (why !== undefined) throw unsafe(label, e.path, `path ${why}`);
+    const why = this.#rules.check(e);
+    if (why !== undefined) throw unsafe(label, e.path, why);
     const rel = normalize(e.path);
     const abs = rel === '' ? this.#root : path.join(this.#root, rel);
-    if (rel === '' && e.type !== 'Directory') throw unsafe(label, e.path, `a ${e.type} cannot replace the target directory`);
     try {
       // Links depend on what exists: the files written so far must be there first. (A directory
       // does not: its parents were made before any file under them was started, and a file in
@@ -407,12 +552,11 @@ class Extractor {
         case 'Directory':
           return await this.#dir(e, rel, abs);
         case 'SymbolicLink':
-          return await this.#symlink(e, rel, abs);
+          return await this.#symlink(e, abs);
         case 'Link':
-          return await this.#hardlink(e, rel, abs);
+          return await this.#hardlink(e, abs);
         default:
-          // CharacterDevice, BlockDevice, FIFO, GNUDumpDir: nothing a site backup needs.
-          throw unsafe(label, e.path, `${e.type} entries are not allowed`);
+          throw unsafe(label, e.path, `${e.type} entries are not allowed`); // EntryRules refused it already
       }
     } catch (err) {
       throw this.#explain(e.path, err);
@@ -436,35 +580,29 @@ class Extractor {
     if (this.#writeFailure !== undefined) throw this.#writeFailure;
   }
 
-  /** Apply the deferred directory modes and mtimes, deepest first. */
+  /**
+   * Apply the deferred directory modes and mtimes, deepest first, through a descriptor opened with
+   * O_NOFOLLOW: a path that is not (or no longer) a directory fails here instead of being followed.
+   */
   async finish(): Promise<void> {
     await this.settle();
     this.#dirs.sort((a, b) => b.depth - a.depth);
     for (const d of this.#dirs) {
-      await fsp.chmod(d.abs, d.mode);
-      if (d.mtime) await fsp.utimes(d.abs, utime(d.mtime), utime(d.mtime));
-    }
-  }
-
-  /** Why an archive path is unsafe, or undefined: absolute, `..`, NUL, or is/passes through a symlink. */
-  #pathProblem(p: string): string | undefined {
-    if (p.startsWith('/')) return 'is absolute';
-    if (p.includes('\0')) return 'contains a NUL byte';
-    const parts = split(p);
-    if (parts.includes('..')) return "contains '..'";
-    for (let i = 1; i <= parts.length; i++) {
-      const prefix = parts.slice(0, i).join('/');
-      if (this.#symlinks.has(prefix)) {
-        return i < parts.length ? `passes through the symlink ${JSON.stringify(prefix)}` : `is the symlink ${JSON.stringify(prefix)}`;
+      const fh = await fsp.open(d.abs, OPEN_DIR_NOFOLLOW);
+      try {
+        await fh.chmod(d.mode);
+        if (d.mtime) await fh.utimes(utime(d.mtime), utime(d.mtime));
+      } finally {
+        await fh.close();
       }
     }
-    return undefined;
   }
 
   async #parent(abs: string): Promise<void> {
     const parent = path.dirname(abs);
     if (parent === this.#lastParent || abs === this.#root) return;
-    // Safe to follow: #pathProblem guarantees no component of `rel` is a symlink.
+    // Safe: EntryRules guarantees that no component of the path is a symlink, and the target
+    // (empty, 0700, ours) holds nothing this extraction did not make.
     await mkdirp(parent, this.#opts.dirMode ?? 0o700);
     this.#lastParent = parent;
   }
@@ -514,35 +652,18 @@ class Extractor {
     this.#dirs.push({ abs, depth: rel === '' ? 0 : rel.split('/').length, mode, mtime: e.mtime });
   }
 
-  async #symlink(e: ReadEntry, rel: string, abs: string): Promise<void> {
+  /** The link itself, target as archived (EntryRules checked it is a valid one); never followed. */
+  async #symlink(e: ReadEntry, abs: string): Promise<void> {
     e.resume();
-    const { label } = this.#opts;
-    const target = e.linkpath ?? '';
-    if (target === '' || target.includes('\0')) throw unsafe(label, e.path, 'symlink without a valid target');
-    if (target.startsWith('/')) throw unsafe(label, e.path, `symlink to the absolute path ${JSON.stringify(target)}`);
-    // Only leading `..` are allowed: they climb through this symlink's real parent directories.
-    // A `..` after a name could climb out of the target through another symlink (a -> ., b -> a/..).
-    const parts = split(target);
-    const ups = parts.findIndex((s) => s !== '..');
-    const climbs = ups === -1 ? parts.length : ups;
-    if (parts.slice(climbs).includes('..')) {
-      throw unsafe(label, e.path, `symlink target ${JSON.stringify(target)} has '..' after a name`);
-    }
-    if (climbs > rel.split('/').length - 1) {
-      throw unsafe(label, e.path, `symlink target ${JSON.stringify(target)} points outside the target directory`);
-    }
     await this.#parent(abs);
-    await fsp.symlink(target, abs);
-    this.#symlinks.add(rel);
+    await fsp.symlink(e.linkpath!, abs);
     if (e.mtime) await fsp.lutimes(abs, utime(e.atime ?? e.mtime), utime(e.mtime));
   }
 
-  async #hardlink(e: ReadEntry, _rel: string, abs: string): Promise<void> {
+  async #hardlink(e: ReadEntry, abs: string): Promise<void> {
     e.resume();
     const { label } = this.#opts;
     const linkpath = e.linkpath ?? '';
-    const why = this.#pathProblem(linkpath);
-    if (why !== undefined) throw unsafe(label, e.path, `hardlink target ${JSON.stringify(linkpath)} ${why}`);
     const targetRel = normalize(linkpath);
     const targetAbs = path.join(this.#root, targetRel);
     const st = targetRel === '' ? undefined : await fsp.lstat(targetAbs).catch(() => undefined);

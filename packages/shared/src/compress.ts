@@ -11,7 +11,7 @@
  * slow uplinks can ask for a higher level.
  */
 import type { Duplex } from 'node:stream';
-import { spawnFilter } from './streams.js';
+import { spawnFilter, type ChildStream } from './streams.js';
 
 export const DEFAULT_ZSTD_LEVEL = 1;
 
@@ -29,12 +29,22 @@ export function zstdCompress(opts: { level?: number; threads?: number } = {}): D
  * A corrupt, truncated or non-zstd input makes the stream error with zstd's own diagnosis.
  * With `toFd`, zstd writes the plain data to that open file itself (no pass through this process,
  * which saves a copy of every byte on the event loop) and the readable side ends empty on success.
+ * With `toFd` and `maxBytes`, zstd runs under a file size limit of `maxBytes` (RLIMIT_FSIZE, set by
+ * util-linux's `prlimit`): output that would grow the file past it kills zstd with SIGXFSZ
+ * (`exitStatus.signal` of the returned stream) at that byte, so even a decompression bomb that
+ * bypasses this process writes no more than the caller allowed.
  */
-export function zstdDecompress(opts: { toFd?: number } = {}): Duplex {
-  return spawnFilter('zstd', ['-d', '-q', '-c', '--no-progress'], {
+export function zstdDecompress(opts: { toFd?: number; maxBytes?: number } = {}): ChildStream {
+  const args = ['-d', '-q', '-c', '--no-progress'];
+  const spawnOpts = {
     label: 'zstd decompression',
     package: 'zstd',
     hint: 'the compressed data is corrupt, truncated, or not zstd at all; check the artifact checksum',
     stdoutFd: opts.toFd,
-  });
+  };
+  if (opts.toFd !== undefined && opts.maxBytes !== undefined) {
+    if (!Number.isSafeInteger(opts.maxBytes) || opts.maxBytes < 0) throw new RangeError(`zstd maxBytes must be a non-negative integer, got ${opts.maxBytes}`);
+    return spawnFilter('prlimit', [`--fsize=${opts.maxBytes}`, '--', 'zstd', ...args], { ...spawnOpts, package: 'util-linux' });
+  }
+  return spawnFilter('zstd', args, spawnOpts);
 }

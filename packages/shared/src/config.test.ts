@@ -50,6 +50,26 @@ describe('primary config', () => {
     expect(c.stateDir).toMatch(/demo$/);
   });
 
+  it('reads the tokens: server.tokenFile (control), server.readTokenFile (monitoring), standbys with their own token files', () => {
+    const file = write(`${PRIMARY}server: { tokenFile: ./keys/control.token, readTokenFile: ./keys/read.token }
+standbys:
+  - { id: web2, tokenFile: ./keys/standby-web2.token }
+  - { id: web3, tokenFile: /etc/tandem/standby-web3.token }
+`);
+    const c = loadPrimaryConfig(file);
+    const dir = join(file, '..');
+    expect(c.server).toEqual({ listen: '127.0.0.1:7070', tokenFile: join(dir, 'keys/control.token'), readTokenFile: join(dir, 'keys/read.token') });
+    expect(c.standbys).toEqual([
+      { id: 'web2', tokenFile: join(dir, 'keys/standby-web2.token') },
+      { id: 'web3', tokenFile: '/etc/tandem/standby-web3.token' },
+    ]);
+    expect(loadPrimaryConfig(write(PRIMARY)).standbys).toEqual([]);
+    const dup = errorOf(() => loadPrimaryConfig(write(`${PRIMARY}standbys: [{ id: web2, tokenFile: a }, { id: web2, tokenFile: b }]\n`)));
+    expect(dup.message).toMatch(/standbys: each standby id may be listed once/);
+    const noToken = errorOf(() => loadPrimaryConfig(write(`${PRIMARY}standbys: [{ id: web2 }]\n`)));
+    expect(noToken.message).toMatch(/standbys\.0\.tokenFile/);
+  });
+
   it('reports every problem at once, each with its key path', () => {
     const file = write(`
 site: Demo Site
@@ -104,14 +124,26 @@ config: { preserve: ["config.d/db.yml"] }
 filestore: { url: "file:///var/backups/tandem" }
 keys: { identityFile: ./keys/backup.agekey, verifyKeyFile: ./keys/signing.pub }
 restartCommand: "true"
-server: { listen: "127.0.0.1:7171", tokenFile: ./keys/ws.token }
+server: { listen: "127.0.0.1:7171", readTokenFile: ./keys/read.token }
 `);
     const c = loadStandbyConfig(file);
-    expect(c.server).toEqual({ listen: '127.0.0.1:7171', tokenFile: join(file, '..', 'keys/ws.token') });
+    expect(c.server).toEqual({ listen: '127.0.0.1:7171', readTokenFile: join(file, '..', 'keys/read.token') });
     expect(c.pollInterval).toBe(60_000);
     expect(c.paths.sentinel).toBe('/srv/demo/priv/BACKUP');
     expect(c.config.preserve).toEqual(['config.d/db.yml']);
     expect(c.database.restoreJobs).toBe(2);
+  });
+
+  it("refuses the standby's old server.tokenFile, saying what took its place", () => {
+    const old = write(`
+site: demo
+database: { url: "postgres://postgres@127.0.0.1/demo_standby" }
+paths: { config: /srv/demo/priv, security: /srv/demo/security, files: /srv/demo/files }
+filestore: { url: "file:///var/backups/tandem" }
+keys: { identityFile: ./keys/backup.agekey, verifyKeyFile: ./keys/signing.pub }
+server: { listen: "127.0.0.1:7171", tokenFile: ./keys/ws.token }
+`);
+    expect(errorOf(() => loadStandbyConfig(old)).message).toMatch(/server\.tokenFile: no longer used on the standby: \/status and \/metrics take the monitoring token, server\.readTokenFile; the token this standby presents to the primary is primary\.tokenFile/);
   });
 
   it('calls out primary-only keys given to the standby', () => {

@@ -109,6 +109,9 @@ const compressionSchema = z.strictObject({
  */
 const rolesMode = z.enum(['require', 'carry'], { message: 'expected "require" (the default) or "carry"' }).default('require');
 
+/** A standby's id (standbyId on the standby, standbys[].id on the primary). */
+const standbyIdSchema = z.string().regex(/^[A-Za-z0-9._-]{1,63}$/, 'expected letters, digits, ".", "_" or "-"');
+
 export const primaryConfigSchema = z.strictObject({
   site: siteName,
   database: databaseSchema.extend({ roles: rolesMode }),
@@ -126,10 +129,23 @@ export const primaryConfigSchema = z.strictObject({
   retention: z
     .strictObject({ daily: z.number().int().min(1).max(366).default(7), weekly: z.number().int().min(0).max(520).default(4) })
     .default({ daily: 7, weekly: 4 }),
-  /** /v1/stream (WebSocket), /status, /metrics, /healthz. */
+  /**
+   * /v1/stream (WebSocket), /status, /metrics, /healthz, POST /v1/backup. tokenFile: the control
+   * token (POST /v1/backup, /status, /metrics; `tandem-primary backup` uses it); readTokenFile: the
+   * monitoring token (/status and /metrics only: what Prometheus gets).
+   */
   server: z
-    .strictObject({ listen: listenAddress.default('127.0.0.1:7070'), tokenFile: nonEmpty.optional() })
+    .strictObject({ listen: listenAddress.default('127.0.0.1:7070'), tokenFile: nonEmpty.optional(), readTokenFile: nonEmpty.optional() })
     .default({ listen: '127.0.0.1:7070' }),
+  /**
+   * The standbys allowed on /v1/stream, each with a token of its own (the standby's
+   * primary.tokenFile): a connection is that standby and no other, and a switchover is accepted
+   * only from a standby listed here. Empty: the push channel refuses everyone (standbys poll).
+   */
+  standbys: z
+    .array(z.strictObject({ id: standbyIdSchema, tokenFile: nonEmpty }))
+    .default([])
+    .refine((list) => new Set(list.map((s) => s.id)).size === list.length, { message: 'each standby id may be listed once' }),
   heartbeatInterval: duration(1000).default(30_000),
   /** Run when this primary finds it has been fenced (a higher epoch exists), e.g. maintenance mode. */
   onFenced: nonEmpty.optional(),
@@ -171,14 +187,17 @@ export const standbyConfigSchema = z.strictObject({
     })
     .optional(),
   pollInterval: duration(1000).default(60_000),
-  /** /status, /metrics, /healthz. */
+  /**
+   * /status, /metrics, /healthz. readTokenFile: the monitoring token for /status and /metrics.
+   * tokenFile is refused (standbyServerTokenFile): it used to be the shared token.
+   */
   server: z
-    .strictObject({ listen: listenAddress.default('127.0.0.1:7071'), tokenFile: nonEmpty.optional() })
+    .strictObject({ listen: listenAddress.default('127.0.0.1:7071'), readTokenFile: nonEmpty.optional(), tokenFile: nonEmpty.optional() })
     .default({ listen: '127.0.0.1:7071' }),
   /** A primary heartbeat younger than this means the primary may be alive: promote refuses. */
   heartbeatStaleAfter: duration(1000).default(120_000),
   /** Name this standby reports to the primary and in the filestore; default the host name. */
-  standbyId: z.string().regex(/^[A-Za-z0-9._-]{1,63}$/, 'expected letters, digits, ".", "_" or "-"').optional(),
+  standbyId: standbyIdSchema.optional(),
   /**
    * Bounds on what one archive (config, security, files) may unpack: entries of any type, and bytes
    * of file data (also bounded by the free space of the target's file system). A signed set is
@@ -292,16 +311,31 @@ export function loadPrimaryConfig(file: string): PrimaryConfig {
     paths: { config: abs(base, c.paths.config), security: abs(base, c.paths.security), files: abs(base, c.paths.files) },
     filestore: { url: resolveFilestoreUrl(base, c.filestore.url) },
     keys: { recipientFile: absOpt(base, c.keys.recipientFile), signingKeyFile: abs(base, c.keys.signingKeyFile) },
-    server: { ...c.server, tokenFile: absOpt(base, c.server.tokenFile) },
+    server: { ...c.server, tokenFile: absOpt(base, c.server.tokenFile), readTokenFile: absOpt(base, c.server.readTokenFile) },
+    standbys: c.standbys.map((sb) => ({ id: sb.id, tokenFile: abs(base, sb.tokenFile) })),
     stateDir: c.stateDir ? abs(base, c.stateDir) : defaultStateDir(c.site),
   };
 }
 
+/** The standby's server.tokenFile was the shared token; its /status and /metrics now take the monitoring token. */
+function standbyServerTokenFile(raw: Record<string, unknown>): Array<{ path: string; message: string }> {
+  const server = raw.server;
+  if (server === null || typeof server !== 'object' || (server as Record<string, unknown>).tokenFile === undefined) return [];
+  return [
+    {
+      path: 'server.tokenFile',
+      message:
+        'no longer used on the standby: /status and /metrics take the monitoring token, server.readTokenFile; the token this standby presents to the primary is primary.tokenFile (see docs/operations.md, "Tokens")',
+    },
+  ];
+}
+
 export function loadStandbyConfig(file: string): StandbyConfig {
   const configFile = resolve(file);
-  const c = parseConfigText(readConfigFile(configFile), standbyConfigSchema, configFile, (raw) =>
-    requireKeyWhileEncrypted(raw, 'identityFile', 'copy backup.agekey made by `tandem-primary init` to this server (mode 0600)'),
-  );
+  const c = parseConfigText(readConfigFile(configFile), standbyConfigSchema, configFile, (raw) => [
+    ...requireKeyWhileEncrypted(raw, 'identityFile', 'copy backup.agekey made by `tandem-primary init` to this server (mode 0600)'),
+    ...standbyServerTokenFile(raw),
+  ]);
   const base = dirname(configFile);
   const config = abs(base, c.paths.config);
   return {
@@ -317,7 +351,7 @@ export function loadStandbyConfig(file: string): StandbyConfig {
     filestore: { url: resolveFilestoreUrl(base, c.filestore.url) },
     keys: { identityFile: absOpt(base, c.keys.identityFile), verifyKeyFile: abs(base, c.keys.verifyKeyFile) },
     primary: c.primary ? { ...c.primary, tokenFile: absOpt(base, c.primary.tokenFile) } : undefined,
-    server: { ...c.server, tokenFile: absOpt(base, c.server.tokenFile) },
+    server: { listen: c.server.listen, readTokenFile: absOpt(base, c.server.readTokenFile) },
     stateDir: c.stateDir ? abs(base, c.stateDir) : defaultStateDir(c.site),
   };
 }

@@ -11,22 +11,22 @@ const store = () => openFilestore(`file://${mkdtempSync(join(tmpdir(), 'tandem-e
 describe('epoch.json', () => {
   it('is created once, as epoch 1 naming the first primary', async () => {
     const fs = store();
-    const a = await readOrCreateEpoch(fs, 'demo', 'web1');
-    const b = await readOrCreateEpoch(fs, 'demo', 'web2');
-    expect(a).toMatchObject({ created: true, doc: { epoch: 1, primaryHost: 'web1' } });
-    expect(b).toMatchObject({ created: false, doc: { epoch: 1, primaryHost: 'web1' } });
+    const a = await readOrCreateEpoch(fs, 'demo', { id: 'agent-1', host: 'web1' });
+    const b = await readOrCreateEpoch(fs, 'demo', { id: 'agent-2', host: 'web2' });
+    expect(a).toMatchObject({ created: true, doc: { epoch: 1, primaryHost: 'web1', primaryId: 'agent-1' } });
+    expect(b).toMatchObject({ created: false, doc: { epoch: 1, primaryHost: 'web1', primaryId: 'agent-1' } });
   });
 
   it('lets exactly one of several racing promotes win, and tells the losers who won', async () => {
     const fs = store();
-    await readOrCreateEpoch(fs, 'demo', 'web1');
-    const racers = ['sb1', 'sb2', 'sb3', 'sb4'].map((host) => raiseEpoch(fs, 'demo', host, 'promote'));
+    await readOrCreateEpoch(fs, 'demo', { id: 'agent-web1', host: 'web1' });
+    const racers = ['sb1', 'sb2', 'sb3', 'sb4'].map((host) => raiseEpoch(fs, 'demo', { id: `agent-${host}`, host }, 'promote'));
     const results = await Promise.allSettled(racers);
     const winners = results.filter((r) => r.status === 'fulfilled');
     expect(winners).toHaveLength(1);
     const current = (await readEpoch(fs, 'demo'))!.doc;
     expect(current.epoch).toBe(2);
-    expect(current.previous).toEqual({ epoch: 1, primaryHost: 'web1' });
+    expect(current.previous).toEqual({ epoch: 1, primaryHost: 'web1', primaryId: 'agent-web1' });
     expect(current.primaryHost).toBe((winners[0] as PromiseFulfilledResult<{ primaryHost: string }>).value.primaryHost);
     for (const r of results) {
       if (r.status === 'rejected') {
@@ -37,11 +37,11 @@ describe('epoch.json', () => {
   });
 
   it('fences a primary once another server holds a higher or the same epoch', () => {
-    const doc = { format: 'tandem-epoch' as const, version: 1 as const, epoch: 3, primaryHost: 'sb1', since: '2026-11-22T03:00:00Z', reason: 'promote' };
-    expect(() => assertNotFenced(doc, { epoch: 3, host: 'sb1' }, 'demo')).not.toThrow();
+    const doc = { format: 'tandem-epoch' as const, version: 1 as const, epoch: 3, primaryHost: 'sb1', primaryId: 'agent-sb1', since: '2026-11-22T03:00:00Z', reason: 'promote' };
+    expect(() => assertNotFenced(doc, { epoch: 3, id: 'agent-sb1', host: 'sb1' }, 'demo')).not.toThrow();
     const err = (() => {
       try {
-        assertNotFenced(doc, { epoch: 2, host: 'web1' }, 'demo');
+        assertNotFenced(doc, { epoch: 2, id: 'agent-web1', host: 'web1' }, 'demo');
       } catch (e) {
         return e as TandemError;
       }
@@ -52,6 +52,46 @@ describe('epoch.json', () => {
     expect(err.message).toBe(
       'this primary (web1, epoch 2) has been fenced: sb1 became primary of site "demo" in epoch 3 at 2026-11-22T03:00:00Z (promote); no more uploads',
     );
-    expect(() => assertNotFenced(doc, { epoch: 3, host: 'web1' }, 'demo')).toThrow(/fenced/);
+    expect(() => assertNotFenced(doc, { epoch: 3, id: 'agent-web1', host: 'web1' }, 'demo')).toThrow(/fenced/);
+  });
+
+  it('fences by agent id: an old primary with the same host name as the new one is fenced all the same', () => {
+    // Both agents on one machine, or a standby cloned from the primary's image: one host name.
+    const doc = { format: 'tandem-epoch' as const, version: 1 as const, epoch: 2, primaryHost: 'web1', primaryId: 'agent-new', since: '2026-11-22T03:00:00Z', reason: 'promote' };
+    expect(() => assertNotFenced(doc, { epoch: 2, id: 'agent-new', host: 'web1' }, 'demo')).not.toThrow();
+    for (const epoch of [1, 2]) {
+      let err: TandemError | undefined;
+      try {
+        assertNotFenced(doc, { epoch, id: 'agent-old', host: 'web1' }, 'demo');
+      } catch (e) {
+        err = e as TandemError;
+      }
+      expect(err?.kind, `epoch ${epoch}`).toBe('fenced');
+      expect(err!.message).toBe(
+        `this primary (web1 (agent agent-old), epoch ${epoch}) has been fenced: web1 (agent agent-new) became primary of site "demo" in epoch 2 at 2026-11-22T03:00:00Z (promote); no more uploads`,
+      );
+      expect(err!.hint).toContain('a copy of its agent-id file, which holds agent-new');
+    }
+    // A record from before agent ids names a host only: compared by name until a promote writes an id.
+    const legacy = { format: 'tandem-epoch' as const, version: 1 as const, epoch: 1, primaryHost: 'web1', since: '2026-11-22T03:00:00Z' };
+    expect(() => assertNotFenced(legacy, { epoch: 1, id: 'agent-old', host: 'web1' }, 'demo')).not.toThrow();
+    expect(() => assertNotFenced(legacy, { epoch: 1, id: 'agent-old', host: 'web2' }, 'demo')).toThrow(/fenced/);
+  });
+
+  it('refuses a raise that would name the agent the record already names, and raises from a record without ids', async () => {
+    const fs = store();
+    await fs.writeConditional('demo/epoch.json', Buffer.from(JSON.stringify({ format: 'tandem-epoch', version: 1, epoch: 1, primaryHost: 'web1', since: '2026-11-22T03:00:00Z' })), { ifAbsent: true });
+    // An older record: the same host name promotes, and the id it writes tells the two apart from now on.
+    const raised = await raiseEpoch(fs, 'demo', { id: 'agent-standby', host: 'web1' }, 'promote', { expect: 1 });
+    expect(raised).toMatchObject({ epoch: 2, primaryHost: 'web1', primaryId: 'agent-standby', previous: { epoch: 1, primaryHost: 'web1' } });
+    // A state directory copied from the primary: the promote would fence nobody.
+    const err = await raiseEpoch(fs, 'demo', { id: 'agent-standby', host: 'web1-clone' }, 'promote', { expect: 2 }).then(
+      () => null,
+      (e: unknown) => e as TandemError,
+    );
+    expect(err?.code).toBe('PROMOTE_SAME_AGENT');
+    expect(err!.kind).toBe('precondition');
+    expect(err!.message).toContain('already names agent agent-standby (web1, epoch 2) as the primary, and that is this server\'s own agent id');
+    expect((await readEpoch(fs, 'demo'))!.doc).toMatchObject({ epoch: 2, primaryId: 'agent-standby' });
   });
 });

@@ -21,6 +21,7 @@ export * from './duration.js';
 export * from './protocol.js';
 export * from './token.js';
 export * from './epoch.js';
+export * from './agent-id.js';
 export * from './fault.js';
 export * from './net.js';
 export * from './metrics.js';

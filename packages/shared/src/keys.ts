@@ -1,51 +1,32 @@
 import type { KeyObject } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
 import { parseIdentityFile, parseRecipientFile } from './crypto/age.js';
 import { loadSigningKey, loadVerifyKey } from './crypto/sign.js';
-import { TandemError } from './errors.js';
 import type { Logger } from './logger.js';
+import { readTrustedFile } from './trusted-file.js';
 
-/** Reading key files with errors that say which file and what to do. */
-function readKeyFile(file: string, what: string, hint: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String(err);
-    throw new TandemError('config', 'KEY_UNREADABLE', `${what} ${file}: ${why}`, { hint });
-  }
-}
-
-/** Private keys readable by group or others are a leak waiting to happen: say so. */
-function warnIfOpen(file: string, logger?: Logger): void {
-  try {
-    const mode = statSync(file).mode & 0o777;
-    if ((mode & 0o077) !== 0) {
-      logger?.warn({ file, mode: mode.toString(8) }, 'private key file is readable by group or others; chmod 600 it');
-    }
-  } catch {
-    /* already reported by the read */
-  }
+/**
+ * Reading key files with errors that say which file and what to do. Every key file, public or
+ * private, must be one only this agent's user (or root) can change (readTrustedFile): a replaced
+ * public key is as bad as a stolen private one.
+ */
+function readKeyFile(file: string, what: string, hint: string, secret: boolean, logger?: Logger): string {
+  return readTrustedFile(file, { what, unreadableCode: 'KEY_UNREADABLE', hint, secret, logger });
 }
 
 const INIT_HINT = 'create keys with `tandem-primary init --keys-dir DIR`';
 
 export function loadRecipients(file: string): string[] {
-  return parseRecipientFile(readKeyFile(file, 'age recipient file', INIT_HINT), file);
+  return parseRecipientFile(readKeyFile(file, 'age recipient file', INIT_HINT, false), file);
 }
 
 export function loadIdentities(file: string, logger?: Logger): string[] {
-  const text = readKeyFile(file, 'age identity file', "copy backup.agekey from where `tandem-primary init` made it");
-  warnIfOpen(file, logger);
-  return parseIdentityFile(text, file);
+  return parseIdentityFile(readKeyFile(file, 'age identity file', "copy backup.agekey from where `tandem-primary init` made it", true, logger), file);
 }
 
 export function loadSigningKeyFile(file: string, logger?: Logger): KeyObject {
-  const text = readKeyFile(file, 'signing key file', INIT_HINT);
-  warnIfOpen(file, logger);
-  return loadSigningKey(text, file);
+  return loadSigningKey(readKeyFile(file, 'signing key file', INIT_HINT, true, logger), file);
 }
 
 export function loadVerifyKeyFile(file: string): KeyObject {
-  return loadVerifyKey(readKeyFile(file, 'verify key file', "copy signing.pub from where `tandem-primary init` made it"), file);
+  return loadVerifyKey(readKeyFile(file, 'verify key file', "copy signing.pub from where `tandem-primary init` made it", false), file);
 }

@@ -1,5 +1,41 @@
-import type { Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { TandemError, describeError } from './errors.js';
+
+/**
+ * Limits both daemons' HTTP servers share. Nothing a client sends to them takes long to send (no
+ * request has a body worth waiting for), so a connection that has not sent a whole request within
+ * these is cut off: an idle or trickling client, authenticated or not, holds a socket for seconds,
+ * not minutes, and no more than MAX_CONNECTIONS sockets are open at once (WebSocket connections
+ * included); past that, a new connection is closed at once. Answers that take long (POST
+ * /v1/backup waits for the backup) are not bounded: these limits stop once the request was received.
+ */
+export const HTTP_LIMITS = {
+  /** All headers within this after the connection opened (or after the previous response). */
+  headersTimeoutMs: 10_000,
+  /** The whole request within this. */
+  requestTimeoutMs: 15_000,
+  /** An idle keep-alive connection is closed after this. */
+  keepAliveTimeoutMs: 5_000,
+  /** How often the server looks for connections past these limits (Node's default is 30 s). */
+  checkIntervalMs: 1_000,
+  /** Open sockets at most: standbys, switchover clients, Prometheus and the CLI need a handful. */
+  maxConnections: 128,
+} as const;
+
+/** node:http's createServer with HTTP_LIMITS applied. */
+export function createBoundedServer(handler: (req: IncomingMessage, res: ServerResponse) => void): Server {
+  const http = createServer(
+    {
+      headersTimeout: HTTP_LIMITS.headersTimeoutMs,
+      requestTimeout: HTTP_LIMITS.requestTimeoutMs,
+      keepAliveTimeout: HTTP_LIMITS.keepAliveTimeoutMs,
+      connectionsCheckingInterval: HTTP_LIMITS.checkIntervalMs,
+    },
+    handler,
+  );
+  http.maxConnections = HTTP_LIMITS.maxConnections;
+  return http;
+}
 
 /** host:port (IPv6 in brackets) → its parts. */
 export function splitListen(listen: string): { host: string; port: number } {

@@ -105,11 +105,17 @@ export const appliedSchema = z.object({
 //
 // standby → primary: `switchover-request` (as the first message instead of `hello`, so that the
 // standby daemon's own connection of the same standbyId is not replaced; after a hello it must name
-// the same standbyId), then `switchover-abort` or `switchover-done`.
+// the same standbyId; either must name the standby whose token opened the connection), then, once the
+// final set is applied, `switchover-promoting`, and `switchover-abort` or `switchover-done`.
 // primary → standby: `switchover-progress` at each step, then `switchover-ready` (the final set is
-// committed and the primary holds: writes stopped, no backups) or `switchover-failed`; after an
-// abort or the hold timeout `switchover-resumed`; after `switchover-done` a `switchover-progress`
-// of step "fenced" and the 4003 close every connection of a fenced primary gets.
+// committed and the primary holds: writes stopped, no backups) or `switchover-failed`; after
+// `switchover-promoting` a `switchover-promote-ok`; after an abort, the hold timeout or a lost
+// connection `switchover-resumed`; after `switchover-done` a `switchover-progress` of step "fenced"
+// and the 4003 close every connection of a fenced primary gets.
+//
+// The promote handshake: the standby raises the epoch only after `switchover-promote-ok`. Until the
+// primary sent it, nobody can be promoting, so a lost connection ends the hold at once (onResume); after
+// it, the primary holds until its deadline (the standby may be raising the epoch).
 
 /*
  * Step names (the `step` of progress, failed and abort messages, the logs and the primary's /status):
@@ -137,6 +143,12 @@ export const switchoverAbortSchema = z.object({
   /** The step that failed on the standby ("apply", "promote" ...). */
   step,
   error: text(4000),
+});
+
+/** The final set is applied: may the standby raise the epoch now? */
+export const switchoverPromotingSchema = z.object({
+  type: z.literal('switchover-promoting'),
+  requestId,
 });
 
 export const switchoverDoneSchema = z.object({
@@ -168,6 +180,13 @@ export const switchoverReadySchema = z.object({
   holdSeconds: z.number().int().positive(),
 });
 
+/** Yes: the primary holds until `holdUntil` whatever becomes of the connection. */
+export const switchoverPromoteOkSchema = z.object({
+  type: z.literal('switchover-promote-ok'),
+  requestId,
+  holdUntil: isoTime,
+});
+
 export const switchoverFailedSchema = z.object({
   type: z.literal('switchover-failed'),
   requestId,
@@ -193,13 +212,15 @@ export const switchoverResumedSchema = z.object({
 export type SwitchoverRequest = z.infer<typeof switchoverRequestSchema>;
 export type SwitchoverAbort = z.infer<typeof switchoverAbortSchema>;
 export type SwitchoverDone = z.infer<typeof switchoverDoneSchema>;
+export type SwitchoverPromoting = z.infer<typeof switchoverPromotingSchema>;
+export type SwitchoverPromoteOk = z.infer<typeof switchoverPromoteOkSchema>;
 export type SwitchoverProgress = z.infer<typeof switchoverProgressSchema>;
 export type SwitchoverReady = z.infer<typeof switchoverReadySchema>;
 export type SwitchoverFailed = z.infer<typeof switchoverFailedSchema>;
 export type SwitchoverResumed = z.infer<typeof switchoverResumedSchema>;
 /** Switchover messages of each direction. */
-export type SwitchoverPrimaryMessage = SwitchoverProgress | SwitchoverReady | SwitchoverFailed | SwitchoverResumed;
-export type SwitchoverStandbyMessage = SwitchoverRequest | SwitchoverAbort | SwitchoverDone;
+export type SwitchoverPrimaryMessage = SwitchoverProgress | SwitchoverReady | SwitchoverPromoteOk | SwitchoverFailed | SwitchoverResumed;
+export type SwitchoverStandbyMessage = SwitchoverRequest | SwitchoverPromoting | SwitchoverAbort | SwitchoverDone;
 
 export type PrimaryHello = z.infer<typeof primaryHelloSchema>;
 export type SetCommitted = z.infer<typeof setCommittedSchema>;
@@ -225,12 +246,14 @@ const SCHEMAS = {
   'standby-to-primary': { hello: standbyHelloSchema, applied: appliedSchema },
   'switchover-to-primary': {
     'switchover-request': switchoverRequestSchema,
+    'switchover-promoting': switchoverPromotingSchema,
     'switchover-abort': switchoverAbortSchema,
     'switchover-done': switchoverDoneSchema,
   },
   'switchover-to-standby': {
     'switchover-progress': switchoverProgressSchema,
     'switchover-ready': switchoverReadySchema,
+    'switchover-promote-ok': switchoverPromoteOkSchema,
     'switchover-failed': switchoverFailedSchema,
     'switchover-resumed': switchoverResumedSchema,
   },
@@ -377,6 +400,15 @@ export const heartbeatSchema = z.object({
     })
     .nullable(),
   nextBackupAt: isoTime.nullable(),
+  /**
+   * The newest set the primary committed (what its latest.json should name; null before the first),
+   * so that a standby can tell a replayed latest.json, or a replayed heartbeat, from the real ones.
+   * Absent in heartbeats of primaries that predate it.
+   */
+  latest: z
+    .object({ setId, epoch, seq: z.number().int().positive(), createdAt: isoTime, committedAt: isoTime })
+    .nullable()
+    .optional(),
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 

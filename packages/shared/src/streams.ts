@@ -184,6 +184,11 @@ export class ChildStream extends Duplex {
     }
   }
 
+  /** How the child ended (undefined while it runs): e.g. a signal that tells why it failed. */
+  get exitStatus(): { code: number | null; signal: NodeJS.Signals | null } | undefined {
+    return this.#exit;
+  }
+
   /** Last ~8 KiB of the child's stderr, trimmed. */
   get stderrTail(): string {
     const all = Buffer.concat(this.#stderr);

@@ -2,7 +2,7 @@ import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { bearerFrom, loadToken, tokensEqual } from './token.js';
+import { bearerFrom, loadToken, requireDistinctTokens, tokensEqual } from './token.js';
 
 const TOKEN = 'a3f1c2d4e5f60718293a4b5c6d7e8f90';
 let dir: string | undefined;
@@ -24,6 +24,33 @@ describe('token', () => {
     warnings.length = 0;
     loadToken({ tokenFile: file, logger });
     expect(warnings).toEqual([]);
+  });
+
+  it('refuses a token file others can write: whoever writes it knows the token', async () => {
+    const file = join(dir!, 'read.token');
+    await writeFile(file, `${TOKEN}\n`);
+    await chmod(file, 0o622);
+    expect(() => loadToken({ tokenFile: file, key: 'server.readTokenFile', env: null })).toThrow(
+      `token file ${file} (server.readTokenFile): it can be written by group or others (mode 0622); refusing to use it`,
+    );
+    await chmod(file, 0o600);
+    expect(loadToken({ tokenFile: file, key: 'server.readTokenFile', env: null })).toBe(TOKEN);
+    // env: null reads no environment variable.
+    expect(() => loadToken({ key: 'server.readTokenFile', env: null, environment: { TANDEM_TOKEN: TOKEN } })).toThrow(/no token: set server.readTokenFile in the config$/);
+  });
+
+  it('requires every token of an agent to differ, naming the two keys', () => {
+    expect(() => requireDistinctTokens([{ key: 'server.tokenFile', token: 'a'.repeat(20) }, { key: 'server.readTokenFile', token: 'b'.repeat(20) }], '/etc/tandem/primary.yml')).not.toThrow();
+    expect(() =>
+      requireDistinctTokens(
+        [
+          { key: 'server.tokenFile', token: 'a'.repeat(20) },
+          { key: 'server.readTokenFile', token: 'b'.repeat(20) },
+          { key: 'standbys[0].tokenFile (standby "web2")', token: 'a'.repeat(20) },
+        ],
+        '/etc/tandem/primary.yml',
+      ),
+    ).toThrow('/etc/tandem/primary.yml: server.tokenFile and standbys[0].tokenFile (standby "web2") hold the same token');
   });
 
   it('falls back to TANDEM_TOKEN and says what is missing', () => {

@@ -11,7 +11,7 @@ export async function forgeStored(s: StandbySite, baseSetId: string, sealed: Par
     const artifacts = [];
     for (const a of base.artifacts) {
       const given = sealed[a.name];
-      const stored = given?.stored ?? (await fs.getBuffer(layout.artifact(s.site, baseSetId, a.file))).body;
+      const stored = given?.stored ?? (await fs.getBuffer(layout.artifact(s.site, baseSetId, a.file), { maxBytes: Infinity })).body;
       await fs.putBuffer(layout.artifact(s.site, setId, a.file), stored);
       artifacts.push({ ...a, storedSize: stored.length, storedSha256: sha256(stored), plainSize: given?.plainSize ?? a.plainSize });
     }

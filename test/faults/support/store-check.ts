@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isNotFound, layout, loadVerifyKeyFile, verifyLatest, verifyManifest, type Filestore } from '@tandem/shared';
+import { ARTIFACT_NAMES, isNotFound, layout, loadVerifyKeyFile, verifyLatest, verifyManifest, type Filestore } from '@tandem/shared';
 
 /** Committed sets already hashed in full, for checkStore() (see there). */
 export type VerifiedSets = Map<string, { manifestSha256: string; sizes: Record<string, number> }>;
@@ -86,7 +86,7 @@ export async function checkStore(
       continue;
     }
     if (m.setId !== id) report.problems.push(`set ${id}: manifest names set ${m.setId}`);
-    if (m.artifacts.length !== 4) report.problems.push(`set ${id}: manifest lists ${m.artifacts.length} artifacts`);
+    if (m.artifacts.length !== ARTIFACT_NAMES.length) report.problems.push(`set ${id}: manifest lists ${m.artifacts.length} artifacts`);
     let whole = true;
     for (const a of m.artifacts) {
       if (!objects.has(a.file)) {

@@ -1,18 +1,39 @@
 import { hostname } from 'node:os';
-import { assertNotFenced, parseEpoch, readOrCreateEpoch as readOrCreate, type EpochDoc, type Filestore, type Logger, type PrimaryConfig } from '@tandem/shared';
+import {
+  agentId,
+  assertNotFenced,
+  namesAgent,
+  parseEpoch,
+  readOrCreateEpoch as readOrCreate,
+  type AgentIdentity,
+  type EpochDoc,
+  type Filestore,
+  type Logger,
+  type PrimaryConfig,
+} from '@tandem/shared';
 
 export { parseEpoch, type EpochDoc };
 
-/** The name this primary goes by in epoch.json. */
+/** The name this primary goes by in epoch.json, manifests and heartbeats: for people, not for fencing. */
 export const primaryName = (config: PrimaryConfig): string => config.hostname ?? hostname();
 
 /**
- * This primary's epoch: epoch.json's when it names this server (created as epoch 1 with the site's
- * first backup). Throws 'fenced' when it names another server.
+ * Who this primary is in epoch.json: its agent id (stateDir/agent-id, created on first use), which
+ * fencing compares, and its name.
+ */
+export const primaryIdentity = (config: PrimaryConfig): AgentIdentity => ({ id: agentId(config.stateDir), host: primaryName(config) });
+
+/**
+ * This primary's epoch: epoch.json's when it names this agent (created as epoch 1 with the site's
+ * first backup). Throws 'fenced' when it names another.
  */
 export async function readOrCreateEpoch(fs: Filestore, config: PrimaryConfig, logger: Logger): Promise<EpochDoc> {
-  const { doc, created } = await readOrCreate(fs, config.site, primaryName(config));
-  if (created) logger.info({ epoch: doc.epoch }, 'first backup of this site: created epoch.json');
-  assertNotFenced(doc, { epoch: doc.epoch, host: primaryName(config) }, config.site);
+  const self = primaryIdentity(config);
+  const { doc, created } = await readOrCreate(fs, config.site, self);
+  if (created) logger.info({ epoch: doc.epoch, agentId: self.id }, 'first backup of this site: created epoch.json');
+  // Not named: fenced. Its own epoch, for the message, is the one before if that one named it.
+  const prev = doc.previous;
+  const own = !namesAgent(doc, self) && prev !== undefined && namesAgent({ ...doc, primaryHost: prev.primaryHost, primaryId: prev.primaryId }, self) ? prev.epoch : doc.epoch;
+  assertNotFenced(doc, { ...self, epoch: own }, config.site);
   return doc;
 }

@@ -11,6 +11,7 @@ import {
   readEpoch,
   artifactFileName,
   createAgeEncryptStream,
+  createTarCheck,
   createTarStream,
   describeError,
   databaseName,
@@ -37,7 +38,7 @@ import {
   type PrimaryConfig,
 } from '@tandem/shared';
 import { readDbMeta } from './db-meta.js';
-import { primaryName, readOrCreateEpoch } from './epoch.js';
+import { primaryIdentity, primaryName, readOrCreateEpoch } from './epoch.js';
 import { uploadArtifact } from './upload-artifact.js';
 
 export interface BackupResult {
@@ -151,7 +152,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     const epoch = await readOrCreateEpoch(fs, config, logger);
     // Fencing (must): a promote elsewhere may happen while this backup runs. Check before every
     // upload, so a replaced primary stops at once instead of writing over the new one's sets.
-    const self = { epoch: epoch.epoch, host: primaryName(config) };
+    const self = { ...primaryIdentity(config), epoch: epoch.epoch };
     const checkFence = async () => {
       const current = await readEpoch(fs, config.site);
       if (current) assertNotFenced(current.doc, self, config.site);
@@ -176,6 +177,8 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       // Read after the dump, so that a role or grant the dump refers to is in it.
       if (name === 'dbmeta') dbMeta = Buffer.from(JSON.stringify(await readDbMeta(config)));
       const stages: Duplex[] = [zstdCompress({ level: config.compression.level, threads: config.compression.threads })];
+      // An entry a standby would refuse (a FIFO, a device ...) fails the backup here, named.
+      if (name !== 'db' && name !== 'dbmeta') stages.unshift(createTarCheck(config.paths[name], { label: `paths.${name} (${config.paths[name]})` }));
       if (keys.recipients) stages.push(createAgeEncryptStream(keys.recipients));
       uploaded.push(key);
       faultPoint(`before-artifact:${name}`);

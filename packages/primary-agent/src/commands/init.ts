@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import {
+  STANDBY_ID_PATTERN,
   TandemError,
   formatIdentityFile,
   generateAgeKeyPair,
@@ -12,55 +13,110 @@ import {
   type Command,
 } from '@tandem/shared';
 
-const FILES = ['backup.agekey', 'backup.agepub', 'signing.key', 'signing.pub', 'ws.token'] as const;
+const KEY_FILES = ['backup.agekey', 'backup.agepub', 'signing.key', 'signing.pub'] as const;
+
+/** standby-<id>.token for each --standby ID, else one standby.token. */
+function standbyTokenFiles(ids: string[]): Array<{ id: string | null; file: string }> {
+  if (ids.length === 0) return [{ id: null, file: 'standby.token' }];
+  return ids.map((id) => ({ id, file: `standby-${id}.token` }));
+}
+
+function standbyIds(value: unknown): string[] {
+  const ids = value === undefined ? [] : Array.isArray(value) ? value.map(String) : [String(value)];
+  for (const id of ids) {
+    if (!STANDBY_ID_PATTERN.test(id)) {
+      throw new TandemError('config', 'USAGE', `tandem-primary init: --standby ${JSON.stringify(id)} is not a standby id: 1-63 letters, digits, ".", "_" or "-"`, {
+        hint: "give each standby's standbyId (its standby.yml), e.g. --standby web2",
+      });
+    }
+  }
+  if (new Set(ids).size !== ids.length) throw new TandemError('config', 'USAGE', 'tandem-primary init: a --standby id is given twice');
+  return ids;
+}
+
+/**
+ * The keys directory 0700, whether it is new or not: every file in it is integrity-critical, and a
+ * directory others can write lets them replace any of them (mkdir's mode applies only to a new one).
+ */
+async function keysDir(dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const st = await stat(dir);
+  const uid = process.geteuid?.();
+  if (uid !== undefined && st.uid !== uid && st.uid !== 0) {
+    throw new TandemError('config', 'KEYS_DIR_UNSAFE', `${dir} is owned by uid ${st.uid}, not by this user (uid ${uid}) or root: refusing to write keys where another user can replace them`, {
+      hint: 'choose a directory of your own, e.g. /etc/tandem/keys as root',
+    });
+  }
+  if ((st.mode & 0o7777) !== 0o700) await chmod(dir, 0o700);
+}
 
 export const initCommand: Command = {
   name: 'init',
-  summary: 'generate the encryption and signing keys and the daemon token for a site',
-  help: `Usage: tandem-primary init --keys-dir DIR [--force]
+  summary: 'generate the encryption and signing keys and the daemon tokens for a site',
+  help: `Usage: tandem-primary init --keys-dir DIR [--standby ID]... [--force]
 
-Generates the key files of a site in DIR (created 0700), each written 0600:
+Generates the key files and tokens of a site in DIR (made 0700, also when it exists), each
+written 0600, and says which file goes where:
   backup.agekey   age identity (private): for the standby and for your safe, NOT the primary
   backup.agepub   age recipient (public): the primary encrypts to it
   signing.key     Ed25519 private key: the primary signs manifests with it
   signing.pub     Ed25519 public key: the standby verifies with it
-  ws.token        the shared secret of the daemons (push channel, /status, /metrics):
-                  server.tokenFile on the primary, primary.tokenFile on the standby
+  control.token   the primary's control token (server.tokenFile): POST /v1/backup, /status,
+                  /metrics; stays on the primary (\`tandem-primary backup\` uses it)
+  read.token      the monitoring token (server.readTokenFile, on either agent): /status and
+                  /metrics only; what Prometheus gets
+  standby-ID.token  one per --standby ID (standby.token without --standby): that standby's own
+                  token for the push channel and a switchover; the primary lists it under
+                  standbys: (id, tokenFile), the standby names it as primary.tokenFile
 
 Options:
   --keys-dir DIR  where to write the keys (required)
+  --standby ID    a standby's standbyId (repeatable): a token file for each
   --force         overwrite existing key files (sets made with the old keys stay
                   readable only with the old backup.agekey)
   --json          print the written paths as JSON`,
-  options: { 'keys-dir': { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' } },
+  options: { 'keys-dir': { type: 'string' }, standby: { type: 'string', multiple: true }, force: { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, out }) {
     const dir = resolve(requireString(values, 'keys-dir', 'tandem-primary init'));
-    const paths = Object.fromEntries(FILES.map((f) => [f, join(dir, f)])) as Record<(typeof FILES)[number], string>;
-    const existing = FILES.filter((f) => existsSync(paths[f]));
+    const standbys = standbyTokenFiles(standbyIds(values.standby));
+    const names = [...KEY_FILES, 'control.token', 'read.token', ...standbys.map((s) => s.file)];
+    const path = (f: string) => join(dir, f);
+    const existing = names.filter((f) => existsSync(path(f)));
     if (existing.length > 0 && values.force !== true) {
       throw new TandemError('config', 'KEYS_EXIST', `${dir} already holds ${existing.join(', ')}; refusing to overwrite keys`, {
         hint: 'overwriting backup.agekey makes every set encrypted to it unreadable unless you kept a copy; pass --force only if that is what you want',
       });
     }
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await keysDir(dir);
     const age = generateAgeKeyPair();
     const sig = generateSigningKeyPair();
-    await writeFileAtomic(paths['backup.agekey'], formatIdentityFile(age, new Date()));
-    await writeFileAtomic(paths['backup.agepub'], `${age.recipient}\n`);
-    await writeFileAtomic(paths['signing.key'], sig.privateKeyPem);
-    await writeFileAtomic(paths['signing.pub'], sig.publicKeyPem);
-    await writeFileAtomic(paths['ws.token'], `${randomBytes(32).toString('base64url')}\n`);
+    const token = () => `${randomBytes(32).toString('base64url')}\n`;
+    await writeFileAtomic(path('backup.agekey'), formatIdentityFile(age, new Date()));
+    await writeFileAtomic(path('backup.agepub'), `${age.recipient}\n`);
+    await writeFileAtomic(path('signing.key'), sig.privateKeyPem);
+    await writeFileAtomic(path('signing.pub'), sig.publicKeyPem);
+    await writeFileAtomic(path('control.token'), token());
+    await writeFileAtomic(path('read.token'), token());
+    for (const s of standbys) await writeFileAtomic(path(s.file), token());
     if (values.json === true) {
-      out(JSON.stringify({ keysDir: dir, recipient: age.recipient, files: paths }));
+      out(JSON.stringify({ keysDir: dir, recipient: age.recipient, files: Object.fromEntries(names.map((f) => [f, path(f)])), standbys: standbys.map((s) => ({ id: s.id, tokenFile: path(s.file) })) }));
       return;
     }
-    out(`Keys written to ${dir} (mode 0600):
-  primary  keys.recipientFile:  ${paths['backup.agepub']}
-  primary  keys.signingKeyFile: ${paths['signing.key']}
-  standby  keys.identityFile:   ${paths['backup.agekey']}   (copy to the standby, then delete it here)
-  standby  keys.verifyKeyFile:  ${paths['signing.pub']}
-  both     server.tokenFile (primary), primary.tokenFile (standby): ${paths['ws.token']}   (copy to the standby)
+    const entries = standbys.map((s) => `      - id: ${s.id ?? '<the standbyId of that standby>'}\n        tokenFile: ${path(s.file)}`).join('\n');
+    out(`Keys and tokens written to ${dir} (the directory 0700, each file 0600):
+  primary  keys.recipientFile:    ${path('backup.agepub')}
+  primary  keys.signingKeyFile:   ${path('signing.key')}
+  primary  server.tokenFile:      ${path('control.token')}   (control: stays on the primary)
+  primary  server.readTokenFile:  ${path('read.token')}   (monitoring: give it to Prometheus)
+  primary  standbys:
+${entries}
+  standby  keys.identityFile:     ${path('backup.agekey')}   (copy to the standby, then delete it here)
+  standby  keys.verifyKeyFile:    ${path('signing.pub')}
+${standbys.map((s) => `  standby  primary.tokenFile:     ${path(s.file)}   (copy to ${s.id === null ? 'the standby' : `standby ${s.id}`} only)`).join('\n')}
+  standby  server.readTokenFile:  ${path('read.token')}   (optional: a copy, so Prometheus scrapes both with one token)
 
+Copy files to the standby with their mode (0600) into a directory only its agent's user can write:
+the agents refuse key and token files that others can write or that another user owns.
 Store a copy of backup.agekey somewhere safe and offline: every backup set is encrypted to it,
 and losing it means losing the backups. The primary never needs it.
 Recipient: ${age.recipient}`);

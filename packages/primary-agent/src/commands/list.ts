@@ -1,13 +1,18 @@
+import type { KeyObject } from 'node:crypto';
 import {
+  describeError,
   layout,
   isNotFound,
   loadPrimaryConfig,
   openFilestore,
   parseSetId,
   requireString,
+  verifyLatest,
   type Command,
   type Filestore,
+  type Logger,
 } from '@tandem/shared';
+import { retentionVerifyKey } from '../retention/run.js';
 
 export interface SetListing {
   setId: string;
@@ -18,7 +23,11 @@ export interface SetListing {
   bytes: number;
 }
 
-export async function listSets(fs: Filestore, site: string): Promise<SetListing[]> {
+/**
+ * The site's sets. `latest` marks the set latest.json names only when it verifies with `verifyKey`
+ * (a latest.json that does not is reported through `logger` and marks nothing).
+ */
+export async function listSets(fs: Filestore, site: string, verifyKey: KeyObject, logger?: Logger): Promise<SetListing[]> {
   const prefix = layout.sets(site);
   const sets = new Map<string, SetListing>();
   for (const o of await fs.list(prefix)) {
@@ -38,11 +47,13 @@ export async function listSets(fs: Filestore, site: string): Promise<SetListing[
     sets.set(id, s);
   }
   let latestId: string | undefined;
+  const where = `${fs.description}/${layout.latest(site)}`;
   try {
     const { body } = await fs.getBuffer(layout.latest(site));
-    latestId = (JSON.parse(body.toString('utf8')) as { setId?: string }).setId;
+    latestId = verifyLatest(body, verifyKey, where).setId;
   } catch (err) {
-    if (!isNotFound(err)) throw err;
+    if (isNotFound(err)) latestId = undefined;
+    else logger?.warn({ err: describeError(err) }, `${where} does not verify: no set is marked latest`);
   }
   const latest = latestId ? sets.get(latestId) : undefined;
   if (latest) latest.latest = true;
@@ -65,18 +76,18 @@ export const listCommand: Command = {
   help: `Usage: tandem-primary list --config FILE [--json]
 
 Lists the site's sets, oldest first: id, creation time, stored size, and which one latest.json
-names. Sets without a manifest are leftovers of interrupted backups: they are marked
+names (when it verifies with the public half of keys.signingKeyFile; else a warning says so). Sets without a manifest are leftovers of interrupted backups: they are marked
 "uncommitted", are never applied by a standby, and are removed by the next backup.
 
 Options:
   --config FILE  the primary agent's config (required)
   --json         print a JSON array of {setId, createdAt, committed, latest, objects, bytes}`,
   options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' } },
-  async run({ values, out }) {
+  async run({ values, out, logger }) {
     const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary list'));
     const fs = openFilestore(config.filestore.url);
     try {
-      const sets = await listSets(fs, config.site);
+      const sets = await listSets(fs, config.site, retentionVerifyKey(config, logger), logger);
       if (values.json === true) {
         out(JSON.stringify(sets));
         return;

@@ -6,7 +6,7 @@ export function formatRetention(o: RetentionOutcome): string[] {
   const failed = new Map(o.failed.map((f) => [f.setId, f.error]));
   const deleted = new Set(o.deleted);
   const rows = [
-    ...o.plan.keep.map((d) => ({ ...d, action: 'keep' })),
+    ...o.plan.keep.map((d) => ({ ...d, action: d.unverified ? 'KEEP, UNVERIFIED' : 'keep' })),
     ...o.plan.delete.map((d) => ({
       ...d,
       action: o.dryRun ? 'would delete' : deleted.has(d.setId) ? 'deleted' : failed.has(d.setId) ? 'FAILED to delete' : 'delete',
@@ -17,6 +17,8 @@ export function formatRetention(o: RetentionOutcome): string[] {
     const extra = failed.has(r.setId) ? ` (${failed.get(r.setId)})` : '';
     lines.push(`${r.action.padEnd(width)}  ${r.setId}  ${r.reasons.join('; ')}${r.committed ? '' : ' [uncommitted]'}${extra}`);
   }
+  const unverified = o.plan.keep.filter((d) => d.unverified).length;
+  if (unverified > 0) lines.push(`${unverified} set(s) whose manifest does not verify: kept, not deleted; look at them (who else writes to the filestore?)`);
   const n = o.plan.delete.length;
   if (n === 0) lines.push(`nothing to delete (${o.plan.keep.length} set(s) kept)`);
   else if (o.dryRun) lines.push(`dry run: ${n} set(s) would be deleted, ${o.plan.keep.length} kept; nothing was changed`);
@@ -37,12 +39,17 @@ deletes the set latest.json names nor a set a standby reported applied within th
 listed with what happens to it and why. A set is deleted manifest first, so a deletion cut
 short leaves an uncommitted leftover, never a damaged committed set.
 
+Decisions are taken from signed data only, verified with the public half of keys.signingKeyFile:
+when latest.json does not verify (or is missing while sets exist) nothing is deleted and prune
+fails; a set whose manifest does not verify is listed as UNVERIFIED and kept.
+
 Options:
   --config FILE  the primary agent's config (required)
   --dry-run      say what would be deleted and why; delete nothing
-  --json         print {dryRun, keep: [...], delete: [...], deleted, failed} as JSON
+  --json         print {dryRun, keep: [...], delete: [...], deleted, failed, unverified} as JSON
 
-Exit status: 0 done; 1 a filestore error or a set could not be deleted; 2 bad config or usage.`,
+Exit status: 0 done; 1 a filestore error or a set could not be deleted; 2 bad config or usage;
+5 latest.json does not verify (nothing deleted).`,
   options: { config: { type: 'string', short: 'c' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
     const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary prune'));
@@ -55,7 +62,16 @@ Exit status: 0 done; 1 a filestore error or a set could not be deleted; 2 bad co
         timeZone: config.timezone ?? machineTimeZone(),
       });
       if (values.json === true) {
-        out(JSON.stringify({ dryRun: outcome.dryRun, keep: outcome.plan.keep, delete: outcome.plan.delete, deleted: outcome.deleted, failed: outcome.failed }));
+        out(
+          JSON.stringify({
+            dryRun: outcome.dryRun,
+            keep: outcome.plan.keep,
+            delete: outcome.plan.delete,
+            deleted: outcome.deleted,
+            failed: outcome.failed,
+            unverified: outcome.plan.keep.filter((d) => d.unverified).map((d) => d.setId),
+          }),
+        );
       } else {
         for (const line of formatRetention(outcome)) out(line);
       }

@@ -16,17 +16,22 @@ Runs until SIGTERM or SIGINT:
   - writes <site>/heartbeat.json every \`heartbeatInterval\` (signed, like latest.json);
   - serves on \`server.listen\` (default 127.0.0.1:7070):
       /healthz     200 "ok" (no token)
-      /status      JSON: last backup, next run, connected standbys and their lag (token)
-      /metrics     Prometheus text (token)
+      /status      JSON: last backup, next run, connected standbys and their lag
+                   (monitoring or control token)
+      /metrics     Prometheus text (monitoring or control token)
       /v1/backup   POST: a backup now; \`tandem-primary backup\` uses it while the daemon runs
-      /v1/stream   WebSocket push channel for standbys (token)
-    The token comes from \`server.tokenFile\` or TANDEM_TOKEN and is sent as
-    "Authorization: Bearer <token>".
+                   (control token)
+      /v1/stream   WebSocket push channel, only for the standbys listed under \`standbys:\`,
+                   each with its own token
+    Tokens are sent as "Authorization: Bearer <token>": the control token from
+    \`server.tokenFile\` (or TANDEM_TOKEN), the monitoring token from \`server.readTokenFile\`,
+    each standby's from its \`standbys[].tokenFile\`; all must differ.
   - stops backing up at once if the filestore's epoch rises above its own (another server was
     promoted): tandem_fenced becomes 1 and \`onFenced\` runs;
-  - answers a standby's \`tandem-standby switchover\`: runs \`onFenced\` (stop the site's writes),
+  - answers a listed standby's \`tandem-standby switchover\`: runs \`onFenced\` (stop the site's writes),
     takes a final backup and holds (no backups) until the standby has promoted (then fenced) or
-    the switchover is called off (then \`onResume\` runs and the schedule resumes). Both
+    the switchover is called off (then \`onResume\` runs and the schedule resumes); a standby that
+    disconnects before it was allowed to promote calls it off at once. Both
     \`onFenced\` and \`onResume\` must be configured for a switchover to be accepted.
 On SIGTERM/SIGINT a running backup is aborted (nothing is committed) and the daemon exits 0.
 stateDir/daemon.json {pid, listen, startedAt} exists while it runs.

@@ -10,6 +10,9 @@ import {
   isTandemError,
   layout,
   loadSigningKeyFile,
+  loadToken,
+  namesAgent,
+  requireDistinctTokens,
   readEpoch,
   verifyLatest,
   type Filestore,
@@ -18,7 +21,7 @@ import {
   type PrimaryHello,
   type SetCommitted,
 } from '@tandem/shared';
-import { primaryName, readOrCreateEpoch } from '../backup/epoch.js';
+import { primaryIdentity, readOrCreateEpoch } from '../backup/epoch.js';
 import { runBackup, type BackupResult, type CommittedLatest } from '../backup/run-backup.js';
 import { runHook } from '../hooks.js';
 import { machineTimeZone, runRetention } from '../retention/run.js';
@@ -28,7 +31,7 @@ import { errorBody, findDaemon, probeDaemon, removeDaemonInfo, writeDaemonInfo }
 import { writeHeartbeat } from './heartbeat.js';
 import { DaemonMetrics } from './metrics.js';
 import { Scheduler, systemClock, type Clock, type DueReason } from './scheduler.js';
-import { DaemonServer } from './server.js';
+import { DaemonServer, type ServerTokens } from './server.js';
 import { StandbyHub, type LatestKnown } from './standbys.js';
 import { SwitchoverCoordinator } from './switchover.js';
 
@@ -68,6 +71,7 @@ export interface DaemonOptions {
   config: PrimaryConfig;
   filestore: Filestore;
   logger: Logger;
+  /** The control token (server.tokenFile or TANDEM_TOKEN); the others come from the config (serverTokens). */
   token: string;
   clock?: Clock;
   pingIntervalMs?: number;
@@ -92,6 +96,27 @@ interface Latest extends LatestKnown {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 
+/**
+ * The monitoring token and each listed standby's token, beside the control token: loaded now, so
+ * that a missing or unsafe file stops the start with the key named; all must differ.
+ */
+function serverTokens(config: PrimaryConfig, control: string, logger: Logger): ServerTokens {
+  const read = config.server.readTokenFile === undefined ? null : loadToken({ tokenFile: config.server.readTokenFile, key: 'server.readTokenFile', env: null, logger });
+  const standbys = config.standbys.map((sb, i) => ({ id: sb.id, token: loadToken({ tokenFile: sb.tokenFile, key: `standbys[${i}].tokenFile (standby "${sb.id}")`, env: null, logger }) }));
+  requireDistinctTokens(
+    [
+      { key: 'server.tokenFile', token: control },
+      ...(read === null ? [] : [{ key: 'server.readTokenFile', token: read }]),
+      ...standbys.map((sb, i) => ({ key: `standbys[${i}].tokenFile (standby "${sb.id}")`, token: sb.token })),
+    ],
+    config.configFile,
+  );
+  if (standbys.length === 0) {
+    logger.warn({}, 'no standbys are listed (standbys: in the config): the push channel /v1/stream refuses every connection, standbys rely on polling, and no switchover is possible');
+  }
+  return { control, read, standbys };
+}
+
 export class PrimaryDaemon {
   private readonly config: PrimaryConfig;
   private readonly fs: Filestore;
@@ -99,6 +124,8 @@ export class PrimaryDaemon {
   private readonly clock: Clock;
   private readonly timeZone: string;
   private readonly primaryHost: string;
+  /** This primary's agent id: what epoch.json must name (the host name may be shared). */
+  private readonly primaryId: string;
   private readonly retryDelays: number[];
   private readonly signingKey: KeyObject;
   private readonly verifyKey: KeyObject;
@@ -138,7 +165,7 @@ export class PrimaryDaemon {
     this.log = opts.logger;
     this.clock = opts.clock ?? systemClock;
     this.timeZone = opts.config.timezone ?? machineTimeZone();
-    this.primaryHost = primaryName(opts.config);
+    ({ host: this.primaryHost, id: this.primaryId } = primaryIdentity(opts.config));
     this.retryDelays = opts.retryDelaysMs ?? [60_000, 300_000, 900_000];
     this.signingKey = loadSigningKeyFile(opts.config.keys.signingKeyFile, opts.logger);
     this.verifyKey = createPublicKey(this.signingKey);
@@ -181,7 +208,7 @@ export class PrimaryDaemon {
       onDue: (reason, scheduledAt) => this.due(reason, scheduledAt),
     });
     this.server = new DaemonServer({
-      token: opts.token,
+      tokens: serverTokens(opts.config, opts.token, opts.logger),
       logger: opts.logger.child({ component: 'http' }),
       hub: this.hub,
       handlers: {
@@ -464,6 +491,7 @@ export class PrimaryDaemon {
     try {
       const o = await runRetention(this.config, {
         filestore: this.fs,
+        verifyKey: this.verifyKey,
         logger: this.log.child({ component: 'retention' }),
         timeZone: this.timeZone,
         extraApplied: [...this.applied.values()],
@@ -513,6 +541,7 @@ export class PrimaryDaemon {
           at: this.clock.now(),
           lastBackup: last ? { setId: last.setId, at: last.at, outcome: last.outcome === 'ok' ? 'ok' : 'failed' } : null,
           nextBackupAt: this.scheduler.nextRunAt,
+          latest: this.latest,
         });
         this.heartbeat = { lastWrittenAt: this.clock.now().toISOString(), lastError: null };
         this.metrics.heartbeatTimestamp.set(this.clock.now().getTime() / 1000);
@@ -547,11 +576,11 @@ export class PrimaryDaemon {
       }
       const current = await readEpoch(this.fs, this.config.site);
       if (current === null) return;
-      if (current.doc.primaryHost === this.primaryHost && current.doc.epoch >= this.epoch) {
+      if (namesAgent(current.doc, { id: this.primaryId, host: this.primaryHost }) && current.doc.epoch >= this.epoch) {
         this.epoch = current.doc.epoch;
         return;
       }
-      assertNotFenced(current.doc, { epoch: this.epoch, host: this.primaryHost }, this.config.site);
+      assertNotFenced(current.doc, { epoch: this.epoch, id: this.primaryId, host: this.primaryHost }, this.config.site);
     } catch (err) {
       if (!isTandemError(err, 'fenced')) throw err;
       const current = await readEpoch(this.fs, this.config.site).catch(() => null);
@@ -578,6 +607,13 @@ export class PrimaryDaemon {
       return;
     }
     const known = this.latest;
+    if (known !== null && (p.epoch < known.epoch || (p.epoch === known.epoch && p.seq < known.seq))) {
+      // Signed by this primary, but older than what it committed since: an old copy put back. The
+      // heartbeat goes on naming the newest set, which is how the standbys notice.
+      this.log.error({ latestJson: p.setId, newest: known.setId }, `latest.json names set ${p.setId}, older than ${known.setId} which this primary committed: an old latest.json was put back (replayed); heartbeats keep naming ${known.setId}`);
+      this.metrics.filestoreErrorsTotal.inc();
+      return;
+    }
     this.latest = { setId: p.setId, epoch: p.epoch, seq: p.seq, createdAt: p.createdAt, committedAt: p.committedAt };
     this.noteSuccess(new Date(p.committedAt));
     if (known !== null && known.setId !== p.setId && p.setId > known.setId) {
@@ -641,6 +677,7 @@ export class PrimaryDaemon {
       epoch: this.epoch,
       fenced: this.fenced,
       primaryHost: this.primaryHost,
+      primaryId: this.primaryId,
       pid: process.pid,
       startedAt: this.startedAt?.toISOString() ?? null,
       serverTime: this.clock.now().toISOString(),

@@ -1,19 +1,21 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
-import { MAX_FRAME_BYTES, STREAM_PATH, TandemError, bearerFrom, closeServer, describeError, listenOn, tokensEqual, type Logger } from '@tandem/shared';
+import { MAX_FRAME_BYTES, STREAM_PATH, TandemError, bearerFrom, closeServer, createBoundedServer, listenOn, tokensEqual, type Logger } from '@tandem/shared';
 import { errorBody } from './control.js';
 import type { StandbyHub } from './standbys.js';
 
 /**
  * The daemon's HTTP server (node:http + ws in noServer mode):
  *   GET  /healthz      200 "ok", no auth, says nothing else
- *   GET  /status       JSON (token)
- *   GET  /metrics      Prometheus text (token)
- *   POST /v1/backup    run a backup now; 200 BackupResult, 409 busy, 500/503 error JSON (token)
- *   GET  /v1/stream    WebSocket upgrade (token): the push channel to standbys
- * The token is compared in constant time. An upgrade without a valid token gets
- * "HTTP/1.1 401 Unauthorized" and a destroyed socket, nothing else.
+ *   GET  /status       JSON (monitoring or control token)
+ *   GET  /metrics      Prometheus text (monitoring or control token)
+ *   POST /v1/backup    run a backup now; 200 BackupResult, 409 busy, 500/503 error JSON (control token)
+ *   GET  /v1/stream    WebSocket upgrade (a standby's own token): the push channel to standbys
+ * Tokens are compared in constant time, each presented token against every configured one. No
+ * token, or an unknown one: a bare 401 (an upgrade gets "HTTP/1.1 401 Unauthorized" and a destroyed
+ * socket, nothing else). A known token used where its role does not reach: 403. The server's
+ * limits (idle and slow connections, a connection cap) are shared/net.ts's HTTP_LIMITS.
  */
 export interface ServerHandlers {
   status(): unknown;
@@ -23,11 +25,36 @@ export interface ServerHandlers {
   refuseUpgrade(): string | null;
 }
 
+/** The tokens this server knows, by what each grants. */
+export interface ServerTokens {
+  /** server.tokenFile: POST /v1/backup, /status, /metrics. */
+  control: string;
+  /** server.readTokenFile: /status and /metrics. */
+  read: string | null;
+  /** standbys[]: /v1/stream, as that standby. */
+  standbys: ReadonlyArray<{ id: string; token: string }>;
+}
+
+/** Who presented a token. */
+export type Caller = { role: 'control' } | { role: 'read' } | { role: 'standby'; standbyId: string };
+
 export interface DaemonServerOptions {
-  token: string;
+  tokens: ServerTokens;
   logger: Logger;
   hub: StandbyHub;
   handlers: ServerHandlers;
+}
+
+/** The caller a presented token identifies, or null. Every configured token is compared (no early exit). */
+export function identify(tokens: ServerTokens, presented: string | null): Caller | null {
+  if (presented === null) return null;
+  let caller: Caller | null = null;
+  if (tokensEqual(presented, tokens.control)) caller = { role: 'control' };
+  if (tokens.read !== null && tokensEqual(presented, tokens.read)) caller ??= { role: 'read' };
+  for (const sb of tokens.standbys) {
+    if (tokensEqual(presented, sb.token)) caller ??= { role: 'standby', standbyId: sb.id };
+  }
+  return caller;
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}): void {
@@ -42,6 +69,8 @@ function sendText(res: ServerResponse, status: number, text: string, contentType
 }
 
 const unauthorized = new TandemError('config', 'UNAUTHORIZED', 'missing or wrong token: send Authorization: Bearer <token>');
+const forbidden = (what: string, needs: string) =>
+  new TandemError('config', 'FORBIDDEN', `this token may not ${what}: that takes ${needs}`, { hint: 'see docs/operations.md, "Tokens": which token goes where' });
 
 function rawRefusal(socket: Duplex, statusLine: string): void {
   if (socket.writable) socket.write(`HTTP/1.1 ${statusLine}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
@@ -54,28 +83,28 @@ export class DaemonServer {
 
   constructor(private readonly opts: DaemonServerOptions) {
     this.wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false, clientTracking: false });
-    this.http = createServer((req, res) => {
+    this.http = createBoundedServer((req, res) => {
       this.route(req, res).catch((err: unknown) => {
         opts.logger.error({ err, url: req.url }, 'request handler failed');
         if (!res.headersSent) sendJson(res, 500, errorBody(err));
         else res.destroy();
       });
     });
-    // A backup answered over POST /v1/backup may take long; the default request timeouts only bound
-    // receiving the request, which is empty.
+    // A backup answered over POST /v1/backup may take long: the limits only bound receiving the
+    // request, which is empty.
     this.http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head));
     this.http.on('clientError', (_err, socket) => rawRefusal(socket, '400 Bad Request'));
   }
 
-  private authorized(req: IncomingMessage): boolean {
-    const presented = bearerFrom(req);
-    return presented !== null && tokensEqual(presented, this.opts.token);
+  private caller(req: IncomingMessage): Caller | null {
+    return identify(this.opts.tokens, bearerFrom(req));
   }
 
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => undefined);
     const path = (req.url ?? '').split('?')[0];
-    if (!this.authorized(req)) {
+    const caller = this.caller(req);
+    if (caller === null) {
       this.opts.logger.warn({ peer: req.socket.remoteAddress, path }, 'refused an unauthenticated WebSocket upgrade');
       rawRefusal(socket, '401 Unauthorized');
       return;
@@ -84,12 +113,19 @@ export class DaemonServer {
       rawRefusal(socket, '404 Not Found');
       return;
     }
+    if (caller.role !== 'standby') {
+      // The monitoring and control tokens are not a standby's: no push channel, no switchover.
+      this.opts.logger.warn({ peer: req.socket.remoteAddress, role: caller.role }, `refused a WebSocket upgrade with the ${caller.role === 'read' ? 'monitoring' : 'control'} token: /v1/stream takes a standby's own token (standbys[].tokenFile)`);
+      rawRefusal(socket, '403 Forbidden');
+      return;
+    }
     const refusal = this.opts.handlers.refuseUpgrade();
     if (refusal !== null) {
       rawRefusal(socket, refusal);
       return;
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.opts.hub.attach(ws, req));
+    const standbyId = caller.standbyId;
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.opts.hub.attach(ws, req, standbyId));
   }
 
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -101,13 +137,17 @@ export class DaemonServer {
     }
     const known = ['/status', '/metrics', '/v1/backup', STREAM_PATH];
     if (!known.includes(path ?? '')) return sendJson(res, 404, { error: { kind: 'not-found', code: 'NOT_FOUND', message: 'no such endpoint' } });
-    if (!this.authorized(req)) return sendJson(res, 401, errorBody(unauthorized), { 'www-authenticate': 'Bearer' });
-    if (path === '/status' && req.method === 'GET') return sendJson(res, 200, this.opts.handlers.status());
-    if (path === '/metrics' && req.method === 'GET') {
+    const caller = this.caller(req);
+    if (caller === null) return sendJson(res, 401, errorBody(unauthorized), { 'www-authenticate': 'Bearer' });
+    const reads = caller.role === 'control' || caller.role === 'read';
+    if ((path === '/status' || path === '/metrics') && req.method === 'GET') {
+      if (!reads) return sendJson(res, 403, errorBody(forbidden(`read ${path}`, 'the monitoring token (server.readTokenFile) or the control token (server.tokenFile)')));
+      if (path === '/status') return sendJson(res, 200, this.opts.handlers.status());
       const m = await this.opts.handlers.metrics();
       return sendText(res, 200, m.body, m.contentType);
     }
     if (path === '/v1/backup' && req.method === 'POST') {
+      if (caller.role !== 'control') return sendJson(res, 403, errorBody(forbidden('start a backup', 'the control token (server.tokenFile)')));
       const r = await this.opts.handlers.backup();
       return sendJson(res, r.status, r.body);
     }

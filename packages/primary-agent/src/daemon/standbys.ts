@@ -19,6 +19,8 @@ import type { SwitchoverCoordinator, SwitchoverPeer } from './switchover.js';
 /**
  * The standbys connected to /v1/stream: the handshake (the primary says hello, the standby must
  * answer with its own hello), `applied` reports, pings that drop dead connections, and broadcasts.
+ * Every connection was authenticated with one listed standby's own token (server.ts): it is that
+ * standby, and a hello, `applied` or `switchover-request` naming another standbyId is closed with 1008.
  * A peer that sends anything that is not a valid standby message at the right moment is closed
  * with 1008 and a reason naming the problem; nothing it sends can stop the daemon.
  */
@@ -49,6 +51,8 @@ export interface AppliedEvent {
 interface Peer {
   ws: WebSocket;
   remote: string;
+  /** The listed standby whose token opened this connection. */
+  authenticatedAs: string;
   connectedSince: Date;
   standbyId: string | null;
   appliedSetId: string | null;
@@ -72,7 +76,7 @@ export interface StandbyHubOptions {
   /** Ping every (default 15 s); a peer that has not answered the previous ping is dropped. */
   pingIntervalMs?: number;
   /** Where `switchover-*` messages go. */
-  switchover?: Pick<SwitchoverCoordinator, 'request' | 'abort' | 'done' | 'closed'>;
+  switchover?: Pick<SwitchoverCoordinator, 'request' | 'promoting' | 'abort' | 'done' | 'closed'>;
 }
 
 const closeReason = (s: string): string => (Buffer.byteLength(s) <= 120 ? s : `${Buffer.from(s).subarray(0, 117).toString('utf8')}...`);
@@ -86,10 +90,12 @@ export class StandbyHub {
     this.pingTimer.unref();
   }
 
-  attach(ws: WebSocket, req: IncomingMessage): void {
+  /** `standbyId`: the listed standby whose token the upgrade carried. */
+  attach(ws: WebSocket, req: IncomingMessage, standbyId: string): void {
     const peer: Peer = {
       ws,
       remote: `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`,
+      authenticatedAs: standbyId,
       connectedSince: this.opts.clock.now(),
       standbyId: null,
       appliedSetId: null,
@@ -100,7 +106,7 @@ export class StandbyHub {
       switchover: null,
     };
     this.peers.add(peer);
-    const log = this.opts.logger.child({ peer: peer.remote });
+    const log = this.opts.logger.child({ peer: peer.remote, token: standbyId });
     log.info('standby connected to the push channel');
     peer.helloTimer = setTimeout(() => this.reject(peer, `no hello within ${(this.opts.helloTimeoutMs ?? 10_000) / 1000} s`), this.opts.helloTimeoutMs ?? 10_000);
     peer.helloTimer.unref();
@@ -144,6 +150,7 @@ export class StandbyHub {
       if (peer.switchover !== null) throw new Error('hello on a switchover connection');
       if (peer.standbyId !== null) throw new Error('hello sent twice');
       if (msg.site !== this.opts.site) throw new Error(`wrong site "${msg.site}": this primary serves "${this.opts.site}"`);
+      this.requireOwnId(peer, msg.standbyId, 'hello');
       for (const other of this.peers) {
         if (other !== peer && other.standbyId === msg.standbyId) {
           this.opts.logger.info({ standbyId: msg.standbyId, old: other.remote, new: peer.remote }, 'standby reconnected: closing its older connection');
@@ -175,13 +182,12 @@ export class StandbyHub {
     const handler = this.opts.switchover!;
     if (msg.type === 'switchover-request') {
       if (peer.switchover !== null) throw new Error('switchover-request sent twice on one connection');
-      if (peer.standbyId !== null && msg.standbyId !== peer.standbyId) {
-        throw new Error(`"switchover-request" names standby "${msg.standbyId}", but this connection said hello as "${peer.standbyId}"`);
-      }
+      this.requireOwnId(peer, msg.standbyId, 'switchover-request');
       if (peer.helloTimer) clearTimeout(peer.helloTimer);
       peer.helloTimer = null;
       peer.switchover = {
         remote: peer.remote,
+        standbyId: peer.authenticatedAs,
         send: (m) => this.send(peer, m),
         isOpen: () => peer.ws.readyState === WebSocket.OPEN,
       };
@@ -190,7 +196,13 @@ export class StandbyHub {
     }
     if (peer.switchover === null) throw new Error(`"${msg.type}" before "switchover-request"`);
     if (msg.type === 'switchover-abort') handler.abort(peer.switchover, msg);
+    else if (msg.type === 'switchover-promoting') handler.promoting(peer.switchover, msg);
     else handler.done(peer.switchover, msg);
+  }
+
+  /** A connection speaks for the standby whose token opened it, and for no other. */
+  private requireOwnId(peer: Peer, claimed: string, what: string): void {
+    if (claimed !== peer.authenticatedAs) throw new Error(`"${what}" names standby "${claimed}", but this connection's token is standby "${peer.authenticatedAs}"'s`);
   }
 
   private reject(peer: Peer, why: string): void {

@@ -11,6 +11,7 @@ import {
   type PrimaryConfig,
   type SwitchoverAbort,
   type SwitchoverDone,
+  type SwitchoverPromoting,
   type SwitchoverPrimaryMessage,
   type SwitchoverRequest,
 } from '@tandem/shared';
@@ -22,23 +23,27 @@ import type { Clock } from './scheduler.js';
  * The primary's half of a planned switchover (`tandem-standby switchover`; the standby's half is
  * packages/standby-agent/src/switchover/). One switchover at a time:
  *
- * 1. request     refused (switchover-failed, nothing changed) when this primary is fenced or shutting
- *                down, another switchover is under way, or onFenced/onResume are not configured.
+ * 1. request     only from a standby listed in `standbys:`, on a connection its own token opened
+ *                (server.ts, standbys.ts). Refused (switchover-failed, nothing changed) when this
+ *                primary is fenced or shutting down, another switchover is under way, or
+ *                onFenced/onResume are not configured.
  *                From here on no scheduled, retried or requested backup starts (skipped, 409).
  * 2. wait        for a backup that is running to finish.
  * 3. stop-writes onFenced runs with TANDEM_REASON=switchover; a failure ends it there (nothing else
  *                changed; onResume is not run, since onFenced did not complete).
  * 4. final-backup a backup; when it fails, onResume runs and the primary goes on as before.
- * 5. hold        switchover-ready {setId, epoch, holdSeconds}: the standby applies that set and
- *                promotes. The backup lock is held, so not even `tandem-primary backup --local` runs.
+ * 5. hold        switchover-ready {setId, epoch, holdSeconds}: the standby applies that set, asks
+ *                (switchover-promoting) and, after switchover-promote-ok, promotes. The backup lock is
+ *                held, so not even `tandem-primary backup --local` runs.
  *                stateDir/switchover.json records the hold, so that a restarted daemon still holds
  *                and still ends it (resume or fenced) instead of forgetting the stopped writes.
  * 6. the end     switchover-done → epoch.json is read at once: raised → fenced (onFenced already ran
  *                and is not run again). switchover-abort, or the hold timeout (the standby's timeout,
- *                capped) with the connection lost or silent → epoch.json is read first (raised →
- *                fenced, as usual); otherwise onResume runs, the schedule resumes and this server
- *                stays the primary. Before the final set was offered (nothing could have promoted
- *                from it), an abort or a lost connection calls it off at once.
+ *                capped) → epoch.json is read first (raised → fenced, as usual); otherwise onResume
+ *                runs, the schedule resumes and this server stays the primary. A lost connection
+ *                before promote-ok (nobody can be promoting) calls it off at once; after it, the hold
+ *                lasts until its deadline (the standby may be raising the epoch). A requester that
+ *                vanishes therefore stops the site's writes only for as long as it stayed connected.
  */
 
 /** The longest hold a standby may ask for. */
@@ -54,6 +59,8 @@ type HookState = 'not-run' | 'running' | 'ok' | 'failed';
 /** The connection a switchover came in on (standbys.ts makes it). */
 export interface SwitchoverPeer {
   readonly remote: string;
+  /** The listed standby whose token opened the connection. */
+  readonly standbyId: string;
   send(msg: SwitchoverPrimaryMessage): void;
   isOpen(): boolean;
 }
@@ -96,6 +103,8 @@ interface Current {
   setId: string | null;
   heldSince: Date | null;
   holdUntil: Date | null;
+  /** When switchover-promote-ok was sent: from then on the standby may raise the epoch. */
+  promoteAllowedAt: Date | null;
   onFenced: HookState;
   onResume: HookState;
   error: string | null;
@@ -117,6 +126,8 @@ interface HoldRecord {
   setId: string | null;
   heldSince: string | null;
   holdUntil: string | null;
+  /** null: the standby was not allowed to promote (a restart ends the hold at once); absent (an older record): it may have been. */
+  promoteAllowedAt?: string | null;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
@@ -194,6 +205,7 @@ export class SwitchoverCoordinator {
       setId: c.setId,
       heldSince: c.heldSince?.toISOString() ?? null,
       holdUntil: c.holdUntil?.toISOString() ?? null,
+      promoteAllowedAt: c.promoteAllowedAt?.toISOString() ?? null,
       connected: c.peer?.isOpen() ?? false,
       onFenced: c.onFenced,
       onResume: c.onResume,
@@ -219,6 +231,9 @@ export class SwitchoverCoordinator {
     if (rec.format !== 'tandem-switchover-hold') return;
     const now = this.now();
     const holdUntil = rec.holdUntil ? new Date(rec.holdUntil) : null;
+    // Written by this version with promoteAllowedAt null: the standby never got promote-ok, so it
+    // cannot be promoting, and its connection is gone with the restart: end the hold now.
+    const neverAllowed = rec.promoteAllowedAt === null;
     const c: Current = {
       requestId: rec.requestId,
       standbyId: rec.standbyId,
@@ -232,6 +247,7 @@ export class SwitchoverCoordinator {
       setId: rec.setId,
       heldSince: rec.heldSince ? new Date(rec.heldSince) : null,
       holdUntil,
+      promoteAllowedAt: typeof rec.promoteAllowedAt === 'string' ? new Date(rec.promoteAllowedAt) : null,
       onFenced: 'ok',
       onResume: 'not-run',
       error: null,
@@ -244,6 +260,12 @@ export class SwitchoverCoordinator {
     this.cur = c;
     this.host.setHeld(true);
     this.lock = await acquireLock(join(this.host.config.stateDir, 'backup.lock'), 'switchover hold', `a backup of site "${this.host.config.site}"`).catch(() => null);
+    if (neverAllowed) {
+      this.step(c, 'hold', `recovered a switchover hold from ${this.recordFile}: the site's writes were stopped by onFenced, and ${c.standbyId} was never allowed to promote: ending it now`);
+      this.log.warn({ requestId: c.requestId, standbyId: c.standbyId }, 'the daemon was restarted during a switchover before the standby was allowed to promote: ending the hold now');
+      this.armHoldTimer(c, 0, `the daemon was restarted before ${c.standbyId} was allowed to promote`);
+      return;
+    }
     const wait = holdUntil === null ? 0 : Math.max(0, holdUntil.getTime() - now.getTime());
     this.step(c, 'hold', `recovered a switchover hold from ${this.recordFile}: the site's writes were stopped by onFenced; holding until ${holdUntil?.toISOString() ?? 'now'}`);
     this.log.warn({ requestId: c.requestId, standbyId: c.standbyId, holdUntil: holdUntil?.toISOString() ?? null }, 'the daemon was restarted during a switchover: still holding (writes stopped) until the hold ends');
@@ -273,6 +295,10 @@ export class SwitchoverCoordinator {
     };
     this.log.info({ requestId: msg.requestId, standbyId: msg.standbyId, peer: peer.remote, timeoutSeconds: msg.timeoutSeconds }, 'switchover requested');
     if (msg.site !== config.site) return refuse(`this primary serves site "${config.site}", not "${msg.site}"`);
+    // standbys.ts already closed a connection whose request names another standby than its token's.
+    if (msg.standbyId !== peer.standbyId || !config.standbys.some((sb) => sb.id === msg.standbyId)) {
+      return refuse(`standby "${msg.standbyId}" is not listed in this primary's standbys:`, 'list it there with its own tokenFile');
+    }
     if (this.host.isFenced()) return refuse('this primary is fenced: a higher epoch exists, so it is not the primary to switch over from');
     if (this.host.isStopping()) return refuse('this primary is shutting down');
     if (this.holding()) return refuse(`another switchover is in progress: ${this.describeHold()}`);
@@ -298,6 +324,7 @@ export class SwitchoverCoordinator {
       setId: null,
       heldSince: null,
       holdUntil: null,
+      promoteAllowedAt: null,
       onFenced: 'not-run',
       onResume: 'not-run',
       error: null,
@@ -328,6 +355,33 @@ export class SwitchoverCoordinator {
     }
     // Before "promote" the standby cannot have raised the epoch: resume even if epoch.json is unreadable.
     void this.callOffNow(c, why, msg.step, msg.step === 'promote' ? 'must-check-epoch' : 'best-effort');
+  }
+
+  /**
+   * The standby applied the final set and asks to promote. From the answer on, the hold lasts until
+   * its deadline whatever becomes of the connection; the record says so first, for a restart.
+   */
+  promoting(peer: SwitchoverPeer, msg: SwitchoverPromoting): void {
+    const c = this.matching(peer, msg.requestId);
+    if (c === null) return;
+    if (c.state !== 'held' || c.holdUntil === null) {
+      this.log.warn({ requestId: c.requestId, state: c.state }, 'switchover-promoting while not holding: ignored (the standby hears how it ends)');
+      return;
+    }
+    const holdUntil = c.holdUntil;
+    c.promoteAllowedAt ??= this.now();
+    void (async () => {
+      // Unrecorded, a restart would end the hold while the standby may be raising the epoch: no go-ahead then.
+      if (!(await this.writeRecord(c))) {
+        this.log.error({ requestId: c.requestId, file: this.recordFile }, 'not allowing the promote: the hold could not be recorded; the standby calls the switchover off');
+        c.promoteAllowedAt = null;
+        return;
+      }
+      if (!this.active(c) || c.state !== 'held') return;
+      this.step(c, 'promote-allowed', `${c.standbyId} applied ${c.setId} and may promote now; holding until ${holdUntil.toISOString()} whatever becomes of the connection`);
+      this.log.info({ requestId: c.requestId, holdUntil: holdUntil.toISOString() }, 'switchover: the standby may promote now');
+      this.send(c, { type: 'switchover-promote-ok', requestId: c.requestId, holdUntil: holdUntil.toISOString() });
+    })();
   }
 
   done(peer: SwitchoverPeer, msg: SwitchoverDone): void {
@@ -362,8 +416,14 @@ export class SwitchoverCoordinator {
       c.callOff = { why: 'the standby disconnected before the final set was offered', step: 'connection' };
       return;
     }
+    if (c.state === 'held' && c.promoteAllowedAt === null) {
+      // It never got promote-ok, so it is not promoting: the site's writes stay stopped no longer.
+      this.log.warn({ requestId: c.requestId }, 'the standby disconnected before it was allowed to promote: calling the switchover off now');
+      void this.callOffNow(c, `${c.standbyId} disconnected before it was allowed to promote`, 'connection', 'best-effort');
+      return;
+    }
     if (c.state === 'held') {
-      this.step(c, 'hold', `the standby disconnected; holding until ${c.holdUntil?.toISOString()} (it may be promoting), then resuming unless epoch.json was raised`);
+      this.step(c, 'hold', `the standby disconnected after it was allowed to promote; holding until ${c.holdUntil?.toISOString()} (it may be promoting), then resuming unless epoch.json was raised`);
       this.log.warn({ requestId: c.requestId, holdUntil: c.holdUntil?.toISOString() }, 'the standby disconnected while the primary holds: waiting for the hold timeout (or a raised epoch)');
     }
   }
@@ -528,13 +588,14 @@ export class SwitchoverCoordinator {
     this.host.resumed();
   }
 
-  private armHoldTimer(c: Current, ms: number): void {
+  /** End the hold after `ms` (why: the reason given; default: the hold timed out). */
+  private armHoldTimer(c: Current, ms: number, why?: string): void {
     this.clearHoldTimer();
     this.holdTimer = setTimeout(() => {
       this.holdTimer = null;
       if (c !== this.cur || c.state !== 'held') return;
-      this.log.warn({ requestId: c.requestId, holdUntil: c.holdUntil?.toISOString() }, 'switchover hold timed out: the standby did not promote in time');
-      void this.callOffNow(c, `the hold timed out (${c.holdUntil ? `at ${c.holdUntil.toISOString()}` : 'after a restart'}) before ${c.standbyId} promoted`, 'hold', 'must-check-epoch');
+      if (why === undefined) this.log.warn({ requestId: c.requestId, holdUntil: c.holdUntil?.toISOString() }, 'switchover hold timed out: the standby did not promote in time');
+      void this.callOffNow(c, why ?? `the hold timed out (${c.holdUntil ? `at ${c.holdUntil.toISOString()}` : 'after a restart'}) before ${c.standbyId} promoted`, 'hold', 'must-check-epoch');
     }, ms);
     this.holdTimer.unref();
   }
@@ -551,7 +612,8 @@ export class SwitchoverCoordinator {
     await rm(this.recordFile, { force: true }).catch((err: unknown) => this.log.warn({ err: describeError(err) }, 'could not remove switchover.json'));
   }
 
-  private async writeRecord(c: Current): Promise<void> {
+  /** False when it could not be written (warned about). */
+  private async writeRecord(c: Current): Promise<boolean> {
     const rec: HoldRecord = {
       format: 'tandem-switchover-hold',
       version: 1,
@@ -561,9 +623,14 @@ export class SwitchoverCoordinator {
       setId: c.setId,
       heldSince: c.heldSince?.toISOString() ?? null,
       holdUntil: c.holdUntil?.toISOString() ?? null,
+      promoteAllowedAt: c.promoteAllowedAt?.toISOString() ?? null,
     };
-    await writeFileAtomic(this.recordFile, `${JSON.stringify(rec, null, 2)}\n`).catch((err: unknown) =>
-      this.log.warn({ err: describeError(err) }, 'could not write switchover.json (a restart during the hold would forget it)'),
+    return writeFileAtomic(this.recordFile, `${JSON.stringify(rec, null, 2)}\n`).then(
+      () => true,
+      (err: unknown) => {
+        this.log.warn({ err: describeError(err) }, 'could not write switchover.json (a restart during the hold would forget it)');
+        return false;
+      },
     );
   }
 

@@ -8,6 +8,8 @@
  *   each of the last `weekly` ISO weeks (this week included), days and weeks in the configured zone;
  * - never delete the set latest.json names, nor a set a standby reported applied within the last 24 h;
  * - never delete a set created in the future (clock skew) or a directory that is not a set id;
+ * - never delete a set whose manifest does not verify: report it (its times cannot be trusted, and
+ *   a person should look at what happened to it); it does not count as any day's or week's newest;
  * - delete uncommitted leftovers (no manifest) once they are older than 24 h (younger: maybe a backup
  *   in progress);
  * - delete every other committed set.
@@ -25,6 +27,8 @@ export interface SetInfo {
   committed: boolean;
   /** Newest object of the set in the filestore (for leftovers: is anything still writing?). */
   lastModified?: Date | null;
+  /** Why its manifest does not verify (signature, set id, site); absent when it does. */
+  unverified?: string;
 }
 
 export interface AppliedRecord {
@@ -52,6 +56,8 @@ export interface RetentionDecision {
   committed: boolean;
   createdAt: string | null;
   reasons: string[];
+  /** Kept because its manifest does not verify: to be looked at, not only kept. */
+  unverified?: true;
 }
 
 export interface RetentionPlan {
@@ -118,7 +124,7 @@ export function planRetention(input: RetentionInput): RetentionPlan {
   const newer = (a: SetInfo, b: SetInfo | undefined) =>
     b === undefined || a.createdAt!.getTime() > b.createdAt!.getTime() || (a.createdAt!.getTime() === b.createdAt!.getTime() && a.setId > b.setId);
   for (const s of input.sets) {
-    if (!s.committed || s.createdAt === null || s.createdAt.getTime() > now.getTime()) continue;
+    if (!s.committed || s.unverified !== undefined || s.createdAt === null || s.createdAt.getTime() > now.getTime()) continue;
     const day = calendarDay(s.createdAt, timeZone);
     const dk = dayKey(day);
     const wk = weekKey(day);
@@ -147,6 +153,10 @@ export function planRetention(input: RetentionInput): RetentionPlan {
 
     if (s.createdAt === null) {
       plan.keep.push(decision([...protect, 'not a tandem set id: left alone']));
+      continue;
+    }
+    if (s.unverified !== undefined) {
+      plan.keep.push({ ...decision([...protect, `UNVERIFIED: its manifest does not verify (${s.unverified}): not deleted; look at it`]), unverified: true });
       continue;
     }
     if (s.createdAt.getTime() > now.getTime()) {

@@ -1,10 +1,14 @@
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import {
   TandemError,
   describeError,
   isNotFound,
   layout,
+  loadSigningKeyFile,
   parseSetId,
   parseStandbyReport,
+  verifyLatest,
+  verifyManifest,
   type Filestore,
   type Logger,
   type ObjectInfo,
@@ -16,6 +20,11 @@ import { planRetention, type AppliedRecord, type RetentionPlan, type SetInfo } f
  * Retention against a filestore: gather what the plan needs (sets, their manifests' creation
  * times, latest.json, the standbys' reports), plan, and delete. Deleting a set removes its manifest
  * FIRST, so that a set deleted halfway is an uncommitted leftover and never looks committed.
+ *
+ * Everything a deletion is decided from is verified with the primary's public key first: anyone
+ * who can write to the filestore could otherwise name another set in latest.json and date the only
+ * real set back by years, and retention would delete it. latest.json that does not verify stops
+ * retention (nothing is deleted); a set whose manifest does not verify is reported and kept.
  */
 export interface RetentionInputs {
   sets: SetInfo[];
@@ -33,20 +42,44 @@ export interface RetentionOutcome {
   failed: Array<{ setId: string; error: string }>;
 }
 
-async function readLatestSetId(fs: Filestore, site: string): Promise<string | null> {
+/** The set latest.json names, verified (signature, site); null when there is no latest.json. */
+async function readLatestSetId(fs: Filestore, site: string, verifyKey: KeyObject): Promise<string | null> {
+  const where = `${fs.description}/${layout.latest(site)}`;
   try {
     const { body } = await fs.getBuffer(layout.latest(site));
-    const setId = (JSON.parse(body.toString('utf8')) as { setId?: unknown }).setId;
-    if (typeof setId !== 'string') throw new Error('no setId');
-    return setId;
+    const latest = verifyLatest(body, verifyKey, where);
+    if (latest.site !== site) throw new TandemError('integrity', 'SITE_MISMATCH', `${where} is for site "${latest.site}", not "${site}"`);
+    return latest.setId;
   } catch (err) {
     if (isNotFound(err)) return null;
     // Without knowing which set latest.json names, nothing may be deleted.
-    throw new TandemError(err instanceof TandemError ? err.kind : 'integrity', 'RETENTION_NO_LATEST', `retention: cannot read ${fs.description}/${layout.latest(site)}: ${describeError(err)}; deleting nothing`, { cause: err });
+    throw new TandemError(err instanceof TandemError ? err.kind : 'integrity', 'RETENTION_NO_LATEST', `retention: cannot read ${where}: ${describeError(err)}; deleting nothing`, {
+      cause: err,
+      hint: "the next backup rewrites latest.json; if it keeps failing to verify, someone else writes to the filestore: look at who can",
+    });
   }
 }
 
-export async function gatherRetentionInputs(fs: Filestore, site: string, logger: Logger): Promise<RetentionInputs> {
+/** A set's manifest, verified: its createdAt, or why it cannot be trusted. */
+async function readManifestTime(fs: Filestore, site: string, setId: string, verifyKey: KeyObject): Promise<{ createdAt: Date } | { problem: string }> {
+  const where = `${fs.description}/${layout.manifest(site, setId)}`;
+  try {
+    const { body } = await fs.getBuffer(layout.manifest(site, setId));
+    const m = verifyManifest(body, verifyKey, where);
+    if (m.setId !== setId) return { problem: `${where} names set ${m.setId} (copied from another set)` };
+    if (m.site !== site) return { problem: `${where} is for site "${m.site}"` };
+    return { createdAt: new Date(m.createdAt) };
+  } catch (err) {
+    return { problem: describeError(err) };
+  }
+}
+
+/** The primary's public key, from its signing key (retention runs where the signing key is). */
+export function retentionVerifyKey(config: PrimaryConfig, logger?: Logger): KeyObject {
+  return createPublicKey(loadSigningKeyFile(config.keys.signingKeyFile, logger));
+}
+
+export async function gatherRetentionInputs(fs: Filestore, site: string, logger: Logger, verifyKey: KeyObject): Promise<RetentionInputs> {
   const prefix = layout.sets(site);
   const objects = new Map<string, ObjectInfo[]>();
   for (const o of await fs.list(prefix)) {
@@ -58,20 +91,27 @@ export async function gatherRetentionInputs(fs: Filestore, site: string, logger:
   for (const [setId, objs] of objects) {
     const committed = objs.some((o) => o.key === layout.manifest(site, setId));
     let createdAt = parseSetId(setId)?.time ?? null;
+    let unverified: string | undefined;
     if (committed && createdAt !== null) {
-      // By manifest time, as the issue says; the set id carries the same instant to the second.
-      try {
-        const { body } = await fs.getBuffer(layout.manifest(site, setId));
-        const t = (JSON.parse(body.toString('utf8')) as { createdAt?: unknown }).createdAt;
-        if (typeof t === 'string' && !Number.isNaN(Date.parse(t))) createdAt = new Date(t);
-      } catch (err) {
-        logger.warn({ setId, err: describeError(err) }, 'retention: cannot read the manifest; using the time in the set id');
+      // By the signed manifest's time; the set id carries the same instant to the second.
+      const m = await readManifestTime(fs, site, setId, verifyKey);
+      if ('createdAt' in m) createdAt = m.createdAt;
+      else {
+        unverified = m.problem;
+        logger.warn({ setId, err: m.problem }, 'retention: the manifest does not verify; the set is kept and reported');
       }
     }
     const lastModified = new Date(Math.max(...objs.map((o) => o.modified.getTime())));
-    sets.push({ setId, createdAt, committed, lastModified });
+    sets.push({ setId, createdAt, committed, lastModified, ...(unverified === undefined ? {} : { unverified }) });
   }
-  const latestSetId = await readLatestSetId(fs, site);
+  const latestSetId = await readLatestSetId(fs, site, verifyKey);
+  const committedSets = sets.filter((x) => x.committed).length;
+  if (latestSetId === null && committedSets > 0) {
+    // Every backup writes latest.json; committed sets without it mean it was removed.
+    throw new TandemError('integrity', 'RETENTION_NO_LATEST', `retention: ${fs.description}/${layout.latest(site)} is missing while ${committedSets} committed set(s) exist; deleting nothing`, {
+      hint: 'the next backup writes latest.json again; if it goes missing again, someone else writes to the filestore',
+    });
+  }
   const applied: AppliedRecord[] = [];
   const badReports: string[] = [];
   for (const o of await fs.list(layout.standbys(site))) {
@@ -99,6 +139,8 @@ export async function deleteSet(fs: Filestore, site: string, setId: string, obje
 export interface RunRetentionOptions {
   filestore: Filestore;
   logger: Logger;
+  /** The primary's public key (default: derived from keys.signingKeyFile). */
+  verifyKey?: KeyObject;
   now?: Date;
   dryRun?: boolean;
   /** Applied sets the caller knows about beyond the filestore's reports (the daemon's WebSocket peers). */
@@ -109,7 +151,8 @@ export interface RunRetentionOptions {
 export async function runRetention(config: PrimaryConfig, opts: RunRetentionOptions): Promise<RetentionOutcome> {
   const { filestore: fs, logger } = opts;
   const site = config.site;
-  const inputs = await gatherRetentionInputs(fs, site, logger);
+  const verifyKey = opts.verifyKey ?? retentionVerifyKey(config, logger);
+  const inputs = await gatherRetentionInputs(fs, site, logger, verifyKey);
   const plan = planRetention({
     sets: inputs.sets,
     now: opts.now ?? new Date(),
@@ -123,7 +166,7 @@ export async function runRetention(config: PrimaryConfig, opts: RunRetentionOpti
 
   // latest.json may have moved since it was read (a backup committed meanwhile): read it again and
   // refuse to go on if it now names a set about to be deleted.
-  const latestNow = await readLatestSetId(fs, site);
+  const latestNow = await readLatestSetId(fs, site, verifyKey);
   if (latestNow !== null && plan.delete.some((d) => d.setId === latestNow)) {
     throw new TandemError('precondition', 'RETENTION_RACE', `retention: latest.json now names ${latestNow}, which was planned for deletion; deleting nothing`);
   }

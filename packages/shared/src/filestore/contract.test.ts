@@ -1,5 +1,5 @@
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,6 +12,7 @@ import { TandemError, isTandemError } from '../errors.js';
 import { DirFilestore, fsError } from './dir-filestore.js';
 import type { Filestore } from './filestore.js';
 import { describeFilestoreLocation, openFilestore, parseFilestoreUrl } from './open.js';
+import { readCapped } from './small-doc.js';
 
 const MiB = 1024 * 1024;
 
@@ -206,6 +207,22 @@ function filestoreContract(name: string, backend: () => Backend, caps: Capabilit
       expect(await fs.getIfChanged('p/latest.json', after.info.version)).toEqual({ changed: false });
     });
 
+    it('refuses to read a small document past its cap, from the size before reading', async () => {
+      const big = Buffer.alloc(3 * MiB, 0x20);
+      const put = await fs.putBuffer('site/latest.json', big);
+      const refused = await expectKind(fs.getBuffer('site/latest.json'), 'integrity');
+      expect(refused.code).toBe('FILESTORE_DOC_TOO_LARGE');
+      expect(refused.message).toMatch(/latest\.json is 3145728 bytes, more than the 1048576 bytes a tandem document may have/);
+      expect((await expectKind(fs.getIfChanged('site/latest.json', undefined), 'integrity')).code).toBe('FILESTORE_DOC_TOO_LARGE');
+      expect((await expectKind(fs.getIfChanged('site/latest.json', 'some-older-version'), 'integrity')).code).toBe('FILESTORE_DOC_TOO_LARGE');
+      expect(await fs.getIfChanged('site/latest.json', put.version)).toEqual({ changed: false });
+      expect((await fs.getBuffer('site/latest.json', { maxBytes: 4 * MiB })).body.equals(big)).toBe(true);
+      expect((await fs.getBuffer('site/latest.json', { maxBytes: Infinity })).body.equals(big)).toBe(true); // no cap at all
+      await fs.putBuffer('site/exact', Buffer.alloc(1000, 1));
+      expect((await fs.getBuffer('site/exact', { maxBytes: 1000 })).body.length).toBe(1000);
+      await expectKind(fs.getBuffer('site/exact', { maxBytes: 999 }), 'integrity');
+    });
+
     it('writeConditional ifAbsent creates once, then loses with precondition', async () => {
       const created = await fs.writeConditional('e/epoch.json', Buffer.from('1'), { ifAbsent: true });
       expect(created.size).toBe(1);
@@ -313,6 +330,31 @@ const freshDir = () => path.join(dirRoot, `store-${++dirCounter}`);
 
 filestoreContract('directory', () => ({ open: async () => openFilestore(`file://${freshDir()}`) }), {
   atomicConditionalWrites: true,
+});
+
+describe('small documents: the counting limit', () => {
+  it('stops a body that passes the cap while it is read, whatever length was declared, and stops the source', async () => {
+    const src = endless();
+    const err = await rejection(readCapped(src, MiB, 'site/latest.json'));
+    expect(isTandemError(err, 'integrity') && err.code).toBe('FILESTORE_DOC_TOO_LARGE');
+    expect((err as Error).message).toContain('site/latest.json is more than 1048576 bytes');
+    expect(src.destroyed).toBe(true);
+    expect(src.sent).toBeLessThanOrEqual(MiB + 512 * 1024);
+    expect((await readCapped(Readable.from([Buffer.alloc(10), Buffer.alloc(20)]), 30, 'x')).length).toBe(30);
+  });
+
+  it('a directory store counts what it reads: a file whose size says 0 but whose read goes on is cut off at the cap', async () => {
+    const root = freshDir();
+    const fs = new DirFilestore(root);
+    await fs.putBuffer('s/x', Buffer.from('x'));
+    // /proc files stat as 0 bytes and read as many: what a file that grows after the stat looks like.
+    await symlink('/proc/self/maps', path.join(root, 's', 'latest.json'));
+    expect((await stat('/proc/self/maps')).size).toBe(0);
+    const err = await rejection(fs.getBuffer('s/latest.json', { maxBytes: 100 }));
+    expect(isTandemError(err, 'integrity') && err.code, String(err)).toBe('FILESTORE_DOC_TOO_LARGE');
+    expect((err as Error).message).toMatch(/latest\.json is more than 100 bytes/);
+    expect((await fs.getBuffer('s/latest.json', { maxBytes: MiB })).body.length).toBeGreaterThan(100);
+  });
 });
 
 describe('DirFilestore specifics', () => {

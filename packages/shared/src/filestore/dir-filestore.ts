@@ -11,9 +11,11 @@ import { pathToFileURL } from 'node:url';
 import { TandemError } from '../errors.js';
 import { mkdirp } from '../fsutil.js';
 import { pidAlive } from '../net.js';
+import { capOf, docTooLarge } from './small-doc.js';
 import type {
   ConditionalGetResult,
   Filestore,
+  GetBufferOptions,
   ObjectInfo,
   OpOptions,
   PutOptions,
@@ -152,6 +154,26 @@ function uniqueMtime(): number {
   return Date.now() / 1000 + mtimeSeq / 1e6;
 }
 
+/**
+ * A small document's bytes: refused from its size before reading, and read with a counting limit
+ * (a file that grows after the stat is cut off at `max + 1` bytes and refused).
+ */
+async function readSmall(fh: FileHandle, st: BigIntStats, max: number, p: string, signal?: AbortSignal): Promise<Buffer> {
+  if (Number(st.size) > max) throw docTooLarge(p, Number(st.size), max);
+  const buf = Buffer.allocUnsafe(Math.min(Math.max(Number(st.size) + 1, 64 * 1024), max + 1));
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for (;;) {
+    throwIfAborted(signal);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, total);
+    if (bytesRead === 0) break;
+    total += bytesRead;
+    if (total > max) throw docTooLarge(p, `more than ${max} bytes`, max);
+    chunks.push(Buffer.from(buf.subarray(0, bytesRead)));
+  }
+  return Buffer.concat(chunks, total);
+}
+
 async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
   for (let off = 0; off < buf.length; ) off += (await fh.write(buf, off, buf.length - off)).bytesWritten;
 }
@@ -214,9 +236,11 @@ export class DirFilestore implements Filestore {
   async get(key: string, opts: OpOptions = {}): Promise<{ body: Readable; info: ObjectInfo }> {
     const p = this.pathOf(key);
     const { fh, st } = await this.openForRead(key, p, opts.signal);
-    const raw = fh.createReadStream();
+    // 1 MiB reads: a large artifact takes a third less time than with the default 64 KiB (fewer
+    // trips to the thread pool), which a standby pays on every download.
+    const raw = fh.createReadStream({ highWaterMark: 1 << 20 });
     // Read errors (EIO on a failing disk) must be classified like every other filestore error.
-    const body = new Transform({ transform: (chunk, _e, cb) => cb(null, chunk) });
+    const body = new Transform({ highWaterMark: 1 << 20, transform: (chunk, _e, cb) => cb(null, chunk) });
     raw.on('error', (err) => body.destroy(fsError(err, 'read', p) as Error));
     body.on('close', () => raw.destroy());
     raw.pipe(body);
@@ -224,11 +248,11 @@ export class DirFilestore implements Filestore {
     return { body, info: infoOf(key, st) };
   }
 
-  async getBuffer(key: string, opts: OpOptions = {}): Promise<{ body: Buffer; info: ObjectInfo }> {
+  async getBuffer(key: string, opts: GetBufferOptions = {}): Promise<{ body: Buffer; info: ObjectInfo }> {
     const p = this.pathOf(key);
     const { fh, st } = await this.openForRead(key, p, opts.signal);
     try {
-      return { body: await fh.readFile({ signal: opts.signal }), info: infoOf(key, st) };
+      return { body: await readSmall(fh, st, capOf(opts), p, opts.signal), info: infoOf(key, st) };
     } catch (err) {
       throw fsError(err, 'read', p);
     } finally {
@@ -236,12 +260,12 @@ export class DirFilestore implements Filestore {
     }
   }
 
-  async getIfChanged(key: string, knownVersion: string | undefined, opts: OpOptions = {}): Promise<ConditionalGetResult> {
+  async getIfChanged(key: string, knownVersion: string | undefined, opts: GetBufferOptions = {}): Promise<ConditionalGetResult> {
     const p = this.pathOf(key);
     const { fh, st } = await this.openForRead(key, p, opts.signal);
     try {
       if (knownVersion !== undefined && versionOf(st) === knownVersion) return { changed: false };
-      return { changed: true, body: await fh.readFile({ signal: opts.signal }), info: infoOf(key, st) };
+      return { changed: true, body: await readSmall(fh, st, capOf(opts), p, opts.signal), info: infoOf(key, st) };
     } catch (err) {
       throw fsError(err, 'read', p);
     } finally {

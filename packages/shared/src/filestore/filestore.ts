@@ -13,6 +13,10 @@ import type { Readable } from 'node:stream';
  * - `version` is an opaque string that changes whenever the object is replaced (an ETag on S3).
  * - `getIfChanged` is the cheap poll: when the current version equals `knownVersion` it returns
  *   `{ changed: false }` without transferring the body.
+ * - `getBuffer` and `getIfChanged` read small documents only: an object larger than `maxBytes`
+ *   (default SMALL_DOC_MAX_BYTES) is refused with kind 'integrity' from its size before the body is
+ *   read, and a body that turns out longer while it is read is cut off at the limit, so a replaced
+ *   latest.json of any size costs a reader at most that much memory.
  * - `writeConditional` is the fencing primitive: `{ ifAbsent: true }` creates only if missing;
  *   `{ ifVersion }` replaces only if the current version matches. A lost race throws kind
  *   'precondition'. Of two concurrent writers exactly one wins.
@@ -27,6 +31,17 @@ export interface ObjectInfo {
 
 export interface OpOptions {
   signal?: AbortSignal;
+}
+
+/**
+ * The most a small document (latest.json, manifest.json, epoch.json, heartbeat.json, a standby
+ * report) may be. The largest real one, a manifest, is a few KiB.
+ */
+export const SMALL_DOC_MAX_BYTES = 1024 * 1024;
+
+export interface GetBufferOptions extends OpOptions {
+  /** Refuse a body longer than this (default SMALL_DOC_MAX_BYTES). */
+  maxBytes?: number;
 }
 
 export interface PutOptions extends OpOptions {
@@ -48,9 +63,9 @@ export interface Filestore {
   /** Small objects (manifests, pointers): whole-buffer convenience over `put`. */
   putBuffer(key: string, body: Buffer, opts?: PutOptions): Promise<ObjectInfo>;
   get(key: string, opts?: OpOptions): Promise<{ body: Readable; info: ObjectInfo }>;
-  /** Small objects only: reads the whole body into memory. */
-  getBuffer(key: string, opts?: OpOptions): Promise<{ body: Buffer; info: ObjectInfo }>;
-  getIfChanged(key: string, knownVersion: string | undefined, opts?: OpOptions): Promise<ConditionalGetResult>;
+  /** Small objects only: reads the whole body into memory, at most `maxBytes` of it. */
+  getBuffer(key: string, opts?: GetBufferOptions): Promise<{ body: Buffer; info: ObjectInfo }>;
+  getIfChanged(key: string, knownVersion: string | undefined, opts?: GetBufferOptions): Promise<ConditionalGetResult>;
   /** null when missing. */
   stat(key: string, opts?: OpOptions): Promise<ObjectInfo | null>;
   /** Every object whose key starts with `prefix`, in key order. */

@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { TandemError } from '../errors.js';
 import { DirFilestore, type DirFilestoreOptions } from './dir-filestore.js';
-import type { ConditionalGetResult, Filestore, ObjectInfo, OpOptions, PutOptions, WriteCondition } from './filestore.js';
+import type { ConditionalGetResult, Filestore, GetBufferOptions, ObjectInfo, OpOptions, PutOptions, WriteCondition } from './filestore.js';
 import type { S3Filestore, S3FilestoreOptions } from './s3-filestore.js';
 import { redactUrl } from './url.js';
 
@@ -225,10 +225,10 @@ class LazyS3Filestore implements Filestore {
   async get(key: string, opts?: OpOptions): Promise<{ body: Readable; info: ObjectInfo }> {
     return (await this.#s3()).get(key, opts);
   }
-  async getBuffer(key: string, opts?: OpOptions): Promise<{ body: Buffer; info: ObjectInfo }> {
+  async getBuffer(key: string, opts?: GetBufferOptions): Promise<{ body: Buffer; info: ObjectInfo }> {
     return (await this.#s3()).getBuffer(key, opts);
   }
-  async getIfChanged(key: string, knownVersion: string | undefined, opts?: OpOptions): Promise<ConditionalGetResult> {
+  async getIfChanged(key: string, knownVersion: string | undefined, opts?: GetBufferOptions): Promise<ConditionalGetResult> {
     return (await this.#s3()).getIfChanged(key, knownVersion, opts);
   }
   async stat(key: string, opts?: OpOptions): Promise<ObjectInfo | null> {

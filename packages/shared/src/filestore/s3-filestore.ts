@@ -14,6 +14,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { TandemError } from '../errors.js';
+import { capOf, docTooLarge, readCapped } from './small-doc.js';
 import { redactUrl } from './url.js';
 
 export { redactUrl };
@@ -30,6 +31,7 @@ import {
 import type {
   ConditionalGetResult,
   Filestore,
+  GetBufferOptions,
   ObjectInfo,
   OpOptions,
   PutOptions,
@@ -340,12 +342,21 @@ export class S3Filestore implements Filestore {
     return out;
   }
 
-  async getBuffer(key: string, opts: OpOptions = {}): Promise<{ body: Buffer; info: ObjectInfo }> {
+  async getBuffer(key: string, opts: GetBufferOptions = {}): Promise<{ body: Buffer; info: ObjectInfo }> {
     const { body, info } = await this.get(key, opts);
-    return { body: await collect(body), info };
+    return { body: await this.collectSmall(key, body, info.size, capOf(opts)), info };
   }
 
-  async getIfChanged(key: string, knownVersion: string | undefined, opts: OpOptions = {}): Promise<ConditionalGetResult> {
+  /** A small document's body: refused by its declared length before reading, and while reading past the cap. */
+  private async collectSmall(key: string, body: Readable, declared: number | undefined, max: number): Promise<Buffer> {
+    if (declared !== undefined && declared > max) {
+      body.destroy();
+      throw docTooLarge(this.where(key), declared, max);
+    }
+    return readCapped(body, max, this.where(key));
+  }
+
+  async getIfChanged(key: string, knownVersion: string | undefined, opts: GetBufferOptions = {}): Promise<ConditionalGetResult> {
     if (knownVersion === undefined) return { changed: true, ...(await this.getBuffer(key, opts)) };
     checkKey(key);
     throwIfAborted(opts.signal);
@@ -358,7 +369,8 @@ export class S3Filestore implements Filestore {
       if (statusOf(err) === 304) return { changed: false };
       throw s3Error(err, 'read', this.where(key));
     }
-    return { changed: true, body: await collect(this.checkedBody(key, res, opts.signal)), info: infoOf(key, res) };
+    const info = infoOf(key, res);
+    return { changed: true, body: await this.collectSmall(key, this.checkedBody(key, res, opts.signal), res.ContentLength, capOf(opts)), info };
   }
 
   async stat(key: string, opts: OpOptions = {}): Promise<ObjectInfo | null> {
@@ -418,12 +430,25 @@ export class S3Filestore implements Filestore {
   async writeConditional(key: string, body: Buffer, cond: WriteCondition, opts: OpOptions = {}): Promise<ObjectInfo> {
     checkKey(key);
     if (this.opts.conditionalWrites === 'emulated') return this.emulatedWrite(key, body, cond, opts);
+    const ifMatch = 'ifAbsent' in cond ? undefined : cond.ifVersion;
     try {
-      return await this.putObject(key, body, opts, 'ifAbsent' in cond ? { IfNoneMatch: '*' } : { IfMatch: cond.ifVersion });
+      return await this.putObject(key, body, opts, ifMatch === undefined ? { IfNoneMatch: '*' } : { IfMatch: ifMatch });
     } catch (err) {
       // S3 answers If-Match on a missing object with 404: the condition did not hold either.
       if (err instanceof TandemError && err.kind === 'not-found') throw preconditionError(key, 'it does not exist');
-      throw err;
+      const bare = ifMatch?.replace(/^"(.*)"$/, '$1');
+      if (bare === undefined || bare === ifMatch || !(err instanceof TandemError && err.kind === 'precondition')) throw err;
+      // Ceph's gateway (and services built on it) compares If-Match on PUT with the bare ETag and
+      // refuses the quoted one that HEAD and GET return, so every promote would "lose". A refused
+      // conditional write changed nothing, so asking again with the bare form is safe: the server
+      // still checks the version atomically, and a stale one is refused again.
+      try {
+        return await this.putObject(key, body, opts, { IfMatch: bare });
+      } catch (again) {
+        // An unknown outcome stays unknown; any other answer to the bare form leaves the first one standing.
+        if (again instanceof TandemError && again.kind === 'transient') throw again;
+        throw err;
+      }
     }
   }
 
@@ -467,12 +492,14 @@ export class S3Filestore implements Filestore {
   private async readLock(fullKey: string, signal?: AbortSignal): Promise<{ token: string; expires: number } | null> {
     try {
       const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: fullKey }), { abortSignal: signal });
-      const parsed = JSON.parse((await collect(res.Body as Readable)).toString('utf8')) as { token?: unknown; expires?: unknown };
+      const raw = await readCapped(res.Body as Readable, LOCK_MAX_BYTES, `s3://${this.bucket}/${fullKey}`);
+      const parsed = JSON.parse(raw.toString('utf8')) as { token?: unknown; expires?: unknown };
       return { token: String(parsed.token), expires: Number(parsed.expires) };
     } catch (err) {
       const e = s3Error(err, 'read lock', `s3://${this.bucket}/${fullKey}`);
       if (e instanceof TandemError && e.kind === 'not-found') return null;
-      if (err instanceof SyntaxError) return { token: '', expires: 0 }; // torn or foreign: treat as stale
+      // Torn or foreign: treat as stale.
+      if (err instanceof SyntaxError || (e instanceof TandemError && e.code === 'FILESTORE_DOC_TOO_LARGE')) return { token: '', expires: 0 };
       throw e;
     }
   }
@@ -502,12 +529,10 @@ async function drainedOrClosed(s: PassThrough): Promise<void> {
   }
 }
 
+/** A lock object is a token and a time: a few dozen bytes. */
+const LOCK_MAX_BYTES = 4096;
+
 function infoOf(key: string, res: { ContentLength?: number; ETag?: string; LastModified?: Date }): ObjectInfo {
   return { key, size: res.ContentLength ?? 0, version: res.ETag ?? '', modified: res.LastModified ?? new Date(0) };
 }
 
-async function collect(body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
-}

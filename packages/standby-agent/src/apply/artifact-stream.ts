@@ -1,8 +1,11 @@
-import { fstatSync } from 'node:fs';
-import { PassThrough, Transform, Writable, type Duplex, type Readable, type TransformCallback } from 'node:stream';
+import { createReadStream, fstatSync } from 'node:fs';
+import { open, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Transform, type Duplex, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   HashCounter,
+  OPEN_NEW_FILE,
   TandemError,
   createAgeDecryptStream,
   describeError,
@@ -12,16 +15,26 @@ import {
   layout,
   zstdDecompress,
   type ArtifactEntry,
+  type ChildStream,
   type Filestore,
   type Manifest,
 } from '@tandem/shared';
 
 /**
- * One artifact in one pass: filestore object → SHA-256 and size of the stored bytes → age decryption
- * (unless the set is unencrypted) → zstd decompression → a sink (a file, an extractor, a lister).
+ * One artifact, in two steps, so that no byte of it is decrypted, decompressed or parsed before the
+ * whole stored object matched the signed manifest:
  *
- * Every failure is a TandemError that names the set and the artifact. The stored bytes are compared
- * with the signed manifest when the stream ends: a sink's work is only trustworthy once this returns.
+ * 1. `fetchVerified`: filestore object → SHA-256 and size → a new 0600 file in the (0700) staging
+ *    dir, refused at the first byte past the signed stored size; the hash is compared when the
+ *    download ends, and a mismatch deletes the file. Whoever can write an object into the filestore
+ *    but holds no signing key gets at most `storedSize` bytes written to the standby's disk, and
+ *    nothing of theirs reaches age, zstd, the tar parser or pg_restore.
+ * 2. `decodeVerified` (or `plainStages`): that local file → age decryption (unless the set is
+ *    unencrypted) → zstd decompression → a sink (a file, an extractor, a lister), the plain bytes
+ *    bounded by the signed plain size: stopped at that byte, whether they pass through this process
+ *    or zstd writes them to a file itself (then by the file size limit of the zstd process).
+ *
+ * Every failure is a TandemError that names the set and the artifact.
  */
 export interface ArtifactSource {
   filestore: Filestore;
@@ -32,6 +45,16 @@ export interface ArtifactSource {
   signal?: AbortSignal;
 }
 
+/** A stored artifact on local disk whose bytes matched the signed manifest. */
+export interface VerifiedArtifact {
+  manifest: Manifest;
+  entry: ArtifactEntry;
+  /** The stored (still encrypted and compressed) bytes: 0600, in the staging dir, made by this process. */
+  file: string;
+  /** Seconds the download and the check took. */
+  seconds: number;
+}
+
 export interface StreamedArtifact {
   storedBytes: number;
   seconds: number;
@@ -39,35 +62,31 @@ export interface StreamedArtifact {
 
 export const artifactLabel = (manifest: Manifest, entry: ArtifactEntry): string => `set ${manifest.setId}: ${entry.name} artifact (${entry.file})`;
 
-export interface StreamOptions {
-  /** Receives the stored (still encrypted) bytes as they pass, e.g. to keep them on disk. */
-  tee?: Writable;
-  /**
-   * An open file that zstd writes the plain data to directly (the sink then sees an empty stream).
-   * The file is complete and trustworthy only once this returns; the caller closes it.
-   */
-  plainFd?: number;
-}
+/** Where fetchVerified keeps an artifact's stored bytes (never the manifest's `file`, which only the signature vouches for). */
+export const storedCopyPath = (dir: string, entry: ArtifactEntry): string => join(dir, `${entry.name}.stored`);
 
-/** Streams the artifact into `sink`, which must consume its input to the end (or fail). */
-export async function streamArtifact(
-  src: ArtifactSource,
-  sink: (plain: Readable) => Promise<unknown>,
-  opts: StreamOptions = {},
-): Promise<StreamedArtifact> {
+/**
+ * Downloads the artifact into `dir` (which must exist, and be this process's own: the staging dir)
+ * and checks it against the signed manifest. On any failure the partial file is removed.
+ */
+export async function fetchVerified(src: ArtifactSource, dir: string): Promise<VerifiedArtifact> {
   const { filestore: fs, manifest, entry } = src;
-  const { tee } = opts;
   const label = artifactLabel(manifest, entry);
   const t0 = performance.now();
   const key = layout.artifact(manifest.site, manifest.setId, entry.file);
   let body: Readable;
-  let size: number;
   try {
     const got = await fs.get(key, { signal: src.signal });
     body = got.body;
-    size = got.info.size;
+    if (got.info.size !== entry.storedSize) {
+      body.destroy();
+      throw new TandemError(
+        'integrity',
+        'ARTIFACT_SIZE',
+        `${label}: stored object has ${got.info.size} bytes, the signed manifest says ${entry.storedSize} (truncated or replaced)`,
+      );
+    }
   } catch (err) {
-    tee?.destroy();
     if (isNotFound(err)) {
       throw new TandemError('integrity', 'ARTIFACT_MISSING', `${label} is missing from ${fs.description}: the manifest lists it, the filestore does not have it`, {
         cause: err,
@@ -75,26 +94,70 @@ export async function streamArtifact(
     }
     throw err;
   }
-  if (size !== entry.storedSize) {
-    body.destroy();
-    tee?.destroy();
-    throw new TandemError(
-      'integrity',
-      'ARTIFACT_SIZE',
-      `${label}: stored object has ${size} bytes, the signed manifest says ${entry.storedSize} (truncated or replaced)`,
-    );
-  }
+  const file = storedCopyPath(dir, entry);
   const hash = new HashCounter();
-  // Crash tests only: TANDEM_FAULT_KILL_AT=download:<artifact>:<bytes> kills once that many stored bytes arrived.
-  const stages: Duplex[] = [hash, ...faultByteTrigger(`download:${entry.name}`)];
-  if (tee) stages.push(teeTo(tee));
-  if (entry.encryption === 'age') stages.push(createAgeDecryptStream(src.identities, { label }));
-  stages.push(zstdDecompress({ toFd: opts.plainFd }));
-  const plain = new PlainBound(entry.plainSize, label);
+  try {
+    const fh = await open(file, OPEN_NEW_FILE, 0o600).catch((err: unknown) => {
+      body.destroy();
+      throw err;
+    });
+    // Crash tests only: TANDEM_FAULT_KILL_AT=download:<artifact>:<bytes> kills once that many stored bytes arrived.
+    await pipeline([body, new Bounded(entry.storedSize, (n) => storedTooLong(label, n, entry.storedSize)), hash, ...faultByteTrigger(`download:${entry.name}`), fh.createWriteStream({ highWaterMark: 4 << 20 })], {
+      signal: src.signal,
+    });
+  } catch (err) {
+    await rm(file, { force: true });
+    throw explain(err, manifest, entry);
+  }
+  const stored = { sha256: hash.digest(), bytes: hash.bytes };
+  if (!matches(stored, entry)) {
+    await rm(file, { force: true });
+    throw checksumError(label, stored, entry);
+  }
+  return { manifest, entry, file, seconds: Math.round(performance.now() - t0) / 1000 };
+}
+
+/**
+ * The plain bytes of a verified stored file as pipeline stages: read → age → zstd → the plain-size
+ * bound (which also refuses a stream that ends short of the signed size).
+ */
+export function plainStages(file: string, entry: ArtifactEntry, identities: string[], label: string): Array<Readable | Duplex> {
+  const stages: Array<Readable | Duplex> = [createReadStream(file, { highWaterMark: 1 << 20 })];
+  if (entry.encryption === 'age') stages.push(createAgeDecryptStream(identities, { label }));
+  stages.push(zstdDecompress());
+  stages.push(new Bounded(entry.plainSize, (n) => plainSizeError(label, n, entry.plainSize, true), (n) => plainSizeError(label, n, entry.plainSize)));
+  return stages;
+}
+
+export interface DecodeOptions {
+  /**
+   * An open, empty file that zstd writes the plain data to directly (the sink then sees an empty
+   * stream), limited to the signed plain size by the zstd process's file size limit. The file is
+   * complete and trustworthy only once this returns; the caller closes it.
+   */
+  plainFd?: number;
+  signal?: AbortSignal;
+}
+
+/** Decrypts and decompresses a verified artifact into `sink`, which must consume its input to the end (or fail). */
+export async function decodeVerified(
+  v: VerifiedArtifact,
+  identities: string[],
+  sink: (plain: Readable) => Promise<unknown>,
+  opts: DecodeOptions = {},
+): Promise<{ seconds: number }> {
+  const { manifest, entry } = v;
+  const label = artifactLabel(manifest, entry);
+  const t0 = performance.now();
+  const stages: Array<Readable | Duplex> = [createReadStream(v.file, { highWaterMark: 1 << 20 })];
+  if (entry.encryption === 'age') stages.push(createAgeDecryptStream(identities, { label }));
+  const zstd = zstdDecompress({ toFd: opts.plainFd, maxBytes: opts.plainFd === undefined ? undefined : entry.plainSize });
+  stages.push(zstd);
+  const plain = new Bounded(entry.plainSize, (n) => plainSizeError(label, n, entry.plainSize, true));
 
   const ac = new AbortController();
-  const onAbort = () => ac.abort(src.signal?.reason);
-  src.signal?.addEventListener('abort', onAbort, { once: true });
+  const onAbort = () => ac.abort(opts.signal?.reason);
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
   let first: unknown;
   const settle = (p: Promise<unknown>) =>
     p.catch((err: unknown) => {
@@ -103,49 +166,67 @@ export async function streamArtifact(
       plain.destroy(err as Error);
     });
   try {
-    // resume(): whatever a sink leaves unread is still read, so that the checksum covers every byte.
-    await Promise.all([settle(pipeline([body, ...stages, plain], { signal: ac.signal })), settle(sink(plain).then(() => plain.resume()))]);
+    // resume(): whatever a sink leaves unread is still read, so that the plain size covers every byte.
+    await Promise.all([settle(pipeline([...stages, plain], { signal: ac.signal })), settle(sink(plain).then(() => plain.resume()))]);
   } finally {
-    if (first !== undefined) tee?.destroy();
-    src.signal?.removeEventListener('abort', onAbort);
+    opts.signal?.removeEventListener('abort', onAbort);
   }
   if (first !== undefined) {
-    const err = explain(first, manifest, entry);
-    // A decryption, decompression or archive error may just be damaged bytes: when the stored object
-    // does not match the signed checksum, that is the diagnosis (not "wrong key", "not zstd" ...).
-    if (isTandemError(err) && (err.kind === 'integrity' || err.kind === 'external')) {
-      const stored = await hashObject(fs, key, src.signal).catch(() => undefined);
-      if (stored !== undefined && !matches(stored, entry)) throw checksumError(label, stored, entry, err);
+    // zstd stopped by its file size limit: the dump would have been larger than the signed size.
+    if (opts.plainFd !== undefined && (zstd as ChildStream).exitStatus?.signal === 'SIGXFSZ') {
+      throw plainSizeError(label, fstatSync(opts.plainFd).size, entry.plainSize, true);
     }
-    throw err;
+    throw explain(first, manifest, entry);
   }
-  const stored = { sha256: hash.digest(), bytes: hash.bytes };
-  if (!matches(stored, entry)) throw checksumError(label, stored, entry);
   const plainBytes = opts.plainFd === undefined ? plain.bytes : fstatSync(opts.plainFd).size;
   if (plainBytes !== entry.plainSize) throw plainSizeError(label, plainBytes, entry.plainSize);
-  return { storedBytes: hash.bytes, seconds: Math.round(performance.now() - t0) / 1000 };
+  return { seconds: Math.round(performance.now() - t0) / 1000 };
 }
 
 /**
- * The decompressed stream, counted and bounded by the signed plainSize: a set whose data would
- * unpack to more than it says is stopped at that point, not when the disk is full.
+ * Both steps for a reader of the plain stream (the restore drill): downloaded into `dir`, verified,
+ * decoded into `sink`, and the stored copy removed again.
  */
-class PlainBound extends Transform {
+export async function streamArtifact(src: ArtifactSource, dir: string, sink: (plain: Readable) => Promise<unknown>): Promise<StreamedArtifact> {
+  const v = await fetchVerified(src, dir);
+  try {
+    const d = await decodeVerified(v, src.identities, sink, { signal: src.signal });
+    return { storedBytes: v.entry.storedSize, seconds: Math.round((v.seconds + d.seconds) * 1000) / 1000 };
+  } finally {
+    await rm(v.file, { force: true });
+  }
+}
+
+/**
+ * A counted pass-through that fails at the first byte past `limit` (and, with `short`, when it ends
+ * before reaching it): the stored bytes as they arrive, the plain bytes as they are decompressed.
+ */
+class Bounded extends Transform {
   bytes = 0;
   readonly #limit: number;
-  readonly #label: string;
+  readonly #over: (bytes: number) => Error;
+  readonly #short: ((bytes: number) => Error) | undefined;
 
-  constructor(limit: number, label: string) {
+  constructor(limit: number, over: (bytes: number) => Error, short?: (bytes: number) => Error) {
     super({ highWaterMark: 1 << 20 });
     this.#limit = limit;
-    this.#label = label;
+    this.#over = over;
+    this.#short = short;
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.bytes += chunk.length;
-    if (this.bytes > this.#limit) return cb(plainSizeError(this.#label, this.bytes, this.#limit, true));
+    if (this.bytes > this.#limit) return cb(this.#over(this.bytes));
     cb(null, chunk);
   }
+
+  override _flush(cb: TransformCallback): void {
+    cb(this.#short !== undefined && this.bytes !== this.#limit ? this.#short(this.bytes) : null);
+  }
+}
+
+function storedTooLong(label: string, bytes: number, signed: number): TandemError {
+  return new TandemError('integrity', 'ARTIFACT_SIZE', `${label}: the filestore sent more than ${signed} bytes (${bytes} so far), the size the signed manifest says: replaced while it was read?`);
 }
 
 function plainSizeError(label: string, bytes: number, signed: number, atLeast = false): TandemError {
@@ -164,32 +245,13 @@ interface StoredHash {
 
 const matches = (h: StoredHash, entry: ArtifactEntry): boolean => h.bytes === entry.storedSize && h.sha256 === entry.storedSha256;
 
-function checksumError(label: string, h: StoredHash, entry: ArtifactEntry, symptom?: TandemError): TandemError {
+function checksumError(label: string, h: StoredHash, entry: ArtifactEntry): TandemError {
   return new TandemError(
     'integrity',
     'ARTIFACT_CHECKSUM',
     `${label}: SHA-256 of the stored bytes is ${h.sha256} (${h.bytes} bytes), the signed manifest says ${entry.storedSha256} (${entry.storedSize} bytes): corrupt or tampered with`,
-    { cause: symptom },
+    { hint: 'nothing of it was decrypted or unpacked; the next set (or a re-upload by the primary) replaces it' },
   );
-}
-
-async function hashObject(fs: Filestore, key: string, signal?: AbortSignal): Promise<StoredHash> {
-  const { body } = await fs.get(key, { signal });
-  const hash = new HashCounter();
-  await pipeline(body, hash, new Writable({ write: (_c, _e, cb) => cb() }));
-  return { sha256: hash.digest(), bytes: hash.bytes };
-}
-
-/** Passes chunks on only once `out` has taken them, so its backpressure and errors count. */
-function teeTo(out: Writable): Duplex {
-  return new (class extends PassThrough {
-    override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null, data?: Buffer) => void): void {
-      out.write(chunk, (err) => cb(err ?? null, chunk));
-    }
-    override _flush(cb: (err?: Error | null) => void): void {
-      out.end((err?: Error | null) => cb(err ?? null));
-    }
-  })();
 }
 
 /** Makes every failure name the set and artifact; the wrong-key case gets the operator's wording. */

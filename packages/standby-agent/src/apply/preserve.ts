@@ -83,11 +83,28 @@ export async function carryOver(live: string, next: string, rules: PreserveRules
     const parent = dirname(rel);
     if (parent !== '.') {
       const mode = (await stat(join(live, parent))).mode & 0o777;
-      await mkdir(join(next, parent), { recursive: true, mode });
+      await realDirs(next, parent, mode);
     }
     await cp(join(live, rel), join(next, rel), { recursive: true, preserveTimestamps: true, verbatimSymlinks: true, errorOnExist: false, force: true });
   }
   return kept;
+}
+
+/**
+ * Makes every component of `rel` under `root` a real directory. The set's config may hold a symlink
+ * (to anywhere: links are carried whatever their target) where the standby keeps preserved files of
+ * its own: it is replaced by a directory (rm removes the link, not what it points at), so that the
+ * copy never writes through a link into whatever it points at.
+ */
+async function realDirs(root: string, rel: string, mode: number): Promise<void> {
+  let dir = root;
+  for (const part of rel.split('/')) {
+    dir = join(dir, part);
+    const st = await lstat(dir).catch(() => undefined);
+    if (st?.isDirectory()) continue;
+    if (st) await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { mode });
+  }
 }
 
 /** The sentinel's path relative to the config dir, if it lives inside it. */

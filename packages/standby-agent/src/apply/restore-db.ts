@@ -1,9 +1,7 @@
-import { createReadStream } from 'node:fs';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   TandemError,
-  createAgeDecryptStream,
   describeError,
   faultByteTrigger,
   isTandemError,
@@ -12,33 +10,49 @@ import {
   pgBin,
   pgEnv,
   withDatabase,
-  zstdDecompress,
+  type DbMeta,
   type Logger,
   type StandbyConfig,
 } from '@tandem/shared';
+import { isPrivileged, type AgentRole } from './db-prereqs.js';
+import { applyDatabaseProperties, preinstallExtensions, refuseSiteCodeInDataLoad } from './db-props.js';
+import { plainStages } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
 import { dropDatabase, withMaintenance } from './pg.js';
 import type { StagedDb } from './stage.js';
 import type { Names } from './targets.js';
 
 /**
- * Restores the staged dump into a fresh database named `names.next`, beside the live one. The new
- * database takes the live one's owner, encoding and locale (the standby's settings, not the
- * primary's); objects are owned by the restoring user (--no-owner) and no grants are copied
- * (--no-acl). On failure the new database is dropped and pg_restore's stderr is in the error; the
- * live database is never touched here.
+ * Restores the staged dump into a fresh database named `names.next`, beside the live one, with the
+ * primary's owners and grants (pg_restore without --no-owner/--no-acl): the site's roles own their
+ * objects, so PostgreSQL runs index expressions and materialized-view refreshes as those owners,
+ * never as the agent. The new database takes the primary's owner and the live one's encoding and
+ * locale; its settings, grants and comment follow once the data is in (applyDatabaseProperties).
+ *
+ * When the agent's session has rights beyond the site's roles, the restore runs in two steps:
+ * the schema first, then a check that loading the data runs none of the site's code in that
+ * session (refuseSiteCodeInDataLoad), then data and indexes. On failure the new database is
+ * dropped and pg_restore's stderr is in the error; the live database is never touched here.
  */
 export async function restoreDatabase(
   config: StandbyConfig,
   names: Names,
   staged: StagedDb,
-  opts: { setId: string; identities: string[]; logger: Logger },
+  opts: { setId: string; identities: string[]; logger: Logger; meta?: DbMeta; agent: AgentRole },
 ): Promise<number> {
   const t0 = performance.now();
-  await createNext(config, names, opts.logger);
+  await createNext(config, names, opts.meta, opts.logger);
   faultPoint('restore-db-created');
   try {
-    await runPgRestore(config, names, staged, opts);
+    if (opts.meta) await preinstallExtensions(config, names, opts.meta);
+    if (isPrivileged(opts.agent)) {
+      await runPgRestore(config, names, staged, opts, ['--section=pre-data']);
+      await refuseSiteCodeInDataLoad(config, names, opts.setId, opts.agent.name);
+      await runPgRestore(config, names, staged, opts, ['--section=data', '--section=post-data']);
+    } else {
+      await runPgRestore(config, names, staged, opts, []);
+    }
+    if (opts.meta) await applyDatabaseProperties(config, names, opts.meta, opts.logger);
   } catch (err) {
     await withMaintenance(config, (c) => dropDatabase(c, names.next)).catch((e: unknown) =>
       opts.logger.warn({ err: e, database: names.next }, 'could not drop the half-restored database; the next apply drops it'),
@@ -48,7 +62,7 @@ export async function restoreDatabase(
   return Math.round(performance.now() - t0) / 1000;
 }
 
-async function createNext(config: StandbyConfig, names: Names, logger: Logger): Promise<void> {
+async function createNext(config: StandbyConfig, names: Names, meta: DbMeta | undefined, logger: Logger): Promise<void> {
   await withMaintenance(config, async (c) => {
     await dropDatabase(c, names.next);
     const live = await c.query<{ owner: string; encoding: string; collate: string; ctype: string; settings: string[] | null }>(
@@ -60,15 +74,20 @@ async function createNext(config: StandbyConfig, names: Names, logger: Logger): 
     );
     const row = live.rows[0];
     let sql = `CREATE DATABASE ${c.escapeIdentifier(names.next)} TEMPLATE template0`;
-    if (row) {
-      sql += ` OWNER ${c.escapeIdentifier(row.owner)} ENCODING ${c.escapeLiteral(row.encoding)}`;
-      sql += ` LC_COLLATE ${c.escapeLiteral(row.collate)} LC_CTYPE ${c.escapeLiteral(row.ctype)}`;
-      if (row.settings && row.settings.length > 0) {
-        logger.warn(
-          { database: names.live, settings: row.settings },
-          'the live database has ALTER DATABASE ... SET settings; the restored database does not carry them over (set them with the role or in postgresql.conf)',
-        );
-      }
+    // The primary's owner; the encoding and locale of the live database (this server's), or of the
+    // primary's database on the first apply.
+    const owner = meta?.database.owner ?? row?.owner;
+    if (owner !== undefined) sql += ` OWNER ${c.escapeIdentifier(owner)}`;
+    const enc = row ?? meta?.database;
+    if (enc) {
+      sql += ` ENCODING ${c.escapeLiteral(enc.encoding)}`;
+      sql += ` LC_COLLATE ${c.escapeLiteral(enc.collate)} LC_CTYPE ${c.escapeLiteral(enc.ctype)}`;
+    }
+    if (!meta && row?.settings && row.settings.length > 0) {
+      logger.warn(
+        { database: names.live, settings: row.settings },
+        'the live database has ALTER DATABASE ... SET settings; a set without a database description does not carry them over',
+      );
     }
     await c.query(sql);
   });
@@ -79,22 +98,25 @@ async function runPgRestore(
   names: Names,
   staged: StagedDb,
   opts: { setId: string; identities: string[]; logger: Logger },
+  sections: string[],
 ): Promise<void> {
-  const jobs = staged.form === 'plain' ? config.database.restoreJobs : 1;
-  const args = ['--no-owner', '--no-acl', '--exit-on-error', `--dbname=${withDatabase(config.database.url, names.next)}`];
+  const preDataOnly = sections.length === 1 && sections[0] === '--section=pre-data';
+  const jobs = staged.form === 'plain' && !preDataOnly ? config.database.restoreJobs : 1;
+  // Owners and grants as on the primary (no --no-owner, no --no-acl): see restoreDatabase.
+  const args = ['--exit-on-error', ...sections, `--dbname=${withDatabase(config.database.url, names.next)}`];
   if (jobs > 1) args.push(`--jobs=${jobs}`);
   if (staged.form === 'plain') args.push(staged.file);
   const spawnOpts = { label: `pg_restore of set ${opts.setId}`, env: pgEnv(config.database), package: 'postgresql-client' };
   const bin = pgBin(config.database, 'pg_restore');
-  opts.logger.info({ database: names.next, jobs }, 'pg_restore started');
+  opts.logger.info({ database: names.next, jobs, sections: sections.length > 0 ? sections.map((a) => a.slice(10)) : 'all' }, 'pg_restore started');
   // pg_restore writes nothing to stdout with -d; its stream ends only after it exited 0.
   const restore = staged.form === 'plain' ? spawnSource(bin, args, spawnOpts) : spawnFilter(bin, args, spawnOpts);
   faultPoint('restore-started');
   const stages: Array<NodeJS.ReadableStream | NodeJS.ReadWriteStream | NodeJS.WritableStream> = [];
   if (staged.form === 'stored') {
-    stages.push(createReadStream(staged.file));
-    if (staged.entry.encryption === 'age') stages.push(createAgeDecryptStream(opts.identities, { label: staged.file }));
-    stages.push(zstdDecompress());
+    // The stored copy was verified against the signed manifest when it was staged; decoding it
+    // again stops at the signed plain size.
+    stages.push(...plainStages(staged.file, staged.entry, opts.identities, `set ${opts.setId}: db artifact (${staged.entry.file})`));
     // Crash tests only: TANDEM_FAULT_KILL_AT=restore:db:<bytes> kills while pg_restore reads its input.
     stages.push(...faultByteTrigger('restore:db'));
   }
@@ -102,6 +124,9 @@ async function runPgRestore(
     await pipeline([...stages, restore, new Writable({ write: (_chunk, _enc, cb) => cb() })]);
   } catch (err) {
     if (isTandemError(err, 'config')) throw err; // pg_restore not installed
+    // The schema alone, read from stdin: pg_restore has all it needs once it has read the table of
+    // contents at the front of the dump and exits 0 without reading the data behind it.
+    if (preDataOnly && staged.form === 'stored' && restore.exitStatus?.code === 0) return;
     throw new TandemError(
       'external',
       'PG_RESTORE_FAILED',

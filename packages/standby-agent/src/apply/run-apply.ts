@@ -3,16 +3,20 @@ import {
   acquireLock,
   describeError,
   loadVerifyKeyFile,
+  parseDbMeta,
   type Filestore,
   type LatestPointer,
   type Logger,
   type StandbyConfig,
 } from '@tandem/shared';
+import { artifactLabel } from './artifact-stream.js';
+import { checkDatabasePrereqs, ensureRoles, readAgentRole } from './db-prereqs.js';
+import { legacyMetaWarning } from './db-props.js';
 import { faultPoint } from './fault.js';
 import { finishApply, restartAfterApply } from './finish.js';
 import { writeJournal, type Journal } from './journal.js';
 import { identitiesFor } from './keys.js';
-import { checkMaintenanceDb } from './pg.js';
+import { checkMaintenanceDb, withMaintenance } from './pg.js';
 import { recover, rollBack, type Recovery } from './recover.js';
 import { decide, resolveSet } from './resolve-set.js';
 import { restoreDatabase } from './restore-db.js';
@@ -113,12 +117,18 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
         signal: opts.signal,
       });
       Object.assign(journal.durations, staged.durations);
+      // Roles, extensions and the agent's rights, checked before anything live changes.
+      const dbEntry = manifest.artifacts.find((a) => a.name === 'dbmeta');
+      const meta = staged.dbMeta && dbEntry ? parseDbMeta(staged.dbMeta, artifactLabel(manifest, dbEntry)) : undefined;
+      if (!meta) legacyMetaWarning(log, manifest.setId);
+      const agent = meta ? await checkDatabasePrereqs(config, meta, manifest.setId, log) : await withMaintenance(config, readAgentRole);
       // Ordering rule 4: the sentinel before the first live change.
       if (await ensureSentinel(config.paths.sentinel, config.site, manifest.setId)) {
         log.info({ sentinel: config.paths.sentinel }, 'sentinel written: the site is in backup mode');
       }
       faultPoint('sentinel-written');
-      journal.durations.restore = await restoreDatabase(config, targets.db, staged.db, { setId: manifest.setId, identities, logger: log });
+      if (meta) await ensureRoles(config, meta, log);
+      journal.durations.restore = await restoreDatabase(config, targets.db, staged.db, { setId: manifest.setId, identities, logger: log, meta, agent });
       faultPoint('db-restored');
       opts.signal?.throwIfAborted();
     } catch (err) {

@@ -1,5 +1,4 @@
-import { createWriteStream } from 'node:fs';
-import { chmod, mkdir, open, rm, statfs } from 'node:fs/promises';
+import { chmod, mkdir, open, rm, stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import {
@@ -15,19 +14,24 @@ import {
   type Logger,
   type Manifest,
 } from '@tandem/shared';
-import { artifactLabel, streamArtifact, type ArtifactSource } from './artifact-stream.js';
+import { artifactLabel, decodeVerified, fetchVerified, type VerifiedArtifact } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
 import type { Targets } from './targets.js';
 
 /**
- * Staging: every artifact is downloaded, checked against the signed manifest, decrypted and
- * decompressed into a place beside the live site, before anything live changes (ordering rule 3).
+ * Staging: every artifact is downloaded into the staging dir, checked against the signed manifest,
+ * and only then decrypted and decompressed into a place beside the live site, before anything live
+ * changes (ordering rule 3). No byte of an artifact reaches age, zstd, the tar parser or pg_restore
+ * before the SHA-256 of the whole stored object matched the signed one (artifact-stream.ts).
  *
- * - db: `pg_restore -j` needs a seekable file, so with restoreJobs > 1 the plain dump goes to
- *   <staging>/db.dump (0600 in a 0700 dir). With one job the stored (encrypted) bytes are kept
- *   instead and decrypted again on the way into pg_restore: no plaintext dump on disk; the
- *   verification pass still decrypts and decompresses everything once.
- * - config/security/files: extracted into `<live>.tandem-new` (security: files 0600, dirs 0700).
+ * - db: `pg_restore -j` needs a seekable file, so with restoreJobs > 1 the verified stored copy is
+ *   decrypted and decompressed into <staging>/db.dump (0600 in a 0700 dir; zstd writes it, limited
+ *   to the signed plain size) and then deleted. With one job the verified stored (encrypted) copy is
+ *   kept instead and decrypted again on the way into pg_restore: no plaintext dump on disk; the
+ *   staging pass still decrypts and decompresses it once, to refuse a bad dump before anything live.
+ * - dbmeta: the verified copy decoded into memory (MAX_DB_META_BYTES at most).
+ * - config/security/files: extracted into `<live>.tandem-new` (security: files 0600, dirs 0700), and
+ *   the stored copy deleted.
  */
 export type StagedDb =
   | { form: 'plain'; file: string }
@@ -74,79 +78,157 @@ const discard = async (plain: Readable): Promise<void> => {
 };
 
 /**
- * The plain dump goes from zstd straight into the staged file (0600, created here, never an
- * existing file): 750 MB of dump crossing the event loop cost ~2 s of an apply on this machine kind.
+ * The plain dump from the verified stored copy: zstd writes it straight into the staged file (0600,
+ * created here, never an existing file; 750 MB of dump crossing the event loop cost ~2 s of an apply
+ * on this machine kind), under a file size limit of the signed plain size.
  */
-async function stageDumpFile(src: ArtifactSource, file: string) {
-  // The signed plainSize is what zstd will write: refuse before the download if it cannot fit.
-  const free = await freeBytes(dirname(file));
-  if (free !== undefined && free < src.entry.plainSize) {
-    throw diskFullError(src.manifest, src.entry, dirname(file), { detail: `the dump needs ${src.entry.plainSize} bytes, ${free} are free` });
-  }
+async function decodeDumpFile(v: VerifiedArtifact, identities: string[], file: string, signal?: AbortSignal) {
   const fh = await open(file, OPEN_NEW_FILE, 0o600);
   try {
-    return await streamArtifact(src, discard, { plainFd: fh.fd });
+    return await decodeVerified(v, identities, discard, { plainFd: fh.fd, signal });
   } finally {
     await fh.close();
   }
 }
 
+/** Refuses before a download when the staging file system cannot hold what it puts there. */
+async function checkStagingSpace(manifest: Manifest, entry: ArtifactEntry, stagingDir: string, o: { withPlain: boolean; reserved: number }): Promise<void> {
+  const free = await freeBytes(stagingDir);
+  const need = entry.storedSize + (o.withPlain ? entry.plainSize : 0) + o.reserved;
+  if (free === undefined || free >= need) return;
+  const detail = o.withPlain
+    ? `the dump needs ${entry.plainSize} bytes, ${free} are free, and its stored copy needs ${entry.storedSize} more until it is decompressed`
+    : `its stored copy needs ${entry.storedSize} bytes, ${free} are free${o.reserved > 0 ? `, and ${o.reserved} of them are the rest of the dump being decompressed` : ''}`;
+  throw diskFullError(manifest, entry, stagingDir, { detail });
+}
+
+/**
+ * Downloads run ahead of their use, one after another in set order, so that the next artifact is
+ * fetched and hashed while zstd decompresses the dump (the node thread is mostly idle then); each
+ * is used (decoded) only once its own download verified, in set order too. The first failure of
+ * either stops both, and nothing is left running when this returns or throws.
+ * Seconds per artifact are wall time from the end of the previous one, so they add up to the
+ * staging's wall time; the download seconds of each are logged.
+ */
 export async function stageSet(opts: StageOptions): Promise<StagedSet> {
-  const { manifest, targets, stagingDir, logger } = opts;
+  const { manifest, targets, stagingDir, logger, identities } = opts;
   const entries = artifactEntries(manifest);
   await mkdir(dirname(stagingDir), { recursive: true, mode: 0o700 });
   await rm(stagingDir, { recursive: true, force: true });
   await mkdir(stagingDir, { mode: 0o700 });
   await chmod(stagingDir, 0o700);
 
+  const names = ARTIFACT_NAMES.filter((n) => entries[n] !== undefined); // an optional one an earlier tandem's set lacks
+  const ac = new AbortController();
+  const onAbort = () => ac.abort(opts.signal?.reason);
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  const signal = ac.signal;
+  let failure: unknown;
+  const fail = (err: unknown): never => {
+    failure ??= err;
+    ac.abort(err);
+    throw err;
+  };
+  // The dump being decompressed while later artifacts download: the bytes it still has to write.
+  let dumpInProgress: { file: string; size: number } | undefined;
+  const reserved = async () => (dumpInProgress ? dumpInProgress.size - ((await stat(dumpInProgress.file).catch(() => undefined))?.size ?? 0) : 0);
+
+  const fetched = new Map<ArtifactName, Promise<VerifiedArtifact>>();
+  let previous: Promise<unknown> = Promise.resolve();
+  for (const name of names) {
+    const entry = entries[name]!;
+    const download = previous.then(async () => {
+      signal.throwIfAborted();
+      try {
+        if (name === 'dbmeta' && entry.plainSize > MAX_DB_META_BYTES) {
+          const label = artifactLabel(manifest, entry);
+          throw new TandemError('integrity', 'ARTIFACT_PLAIN_SIZE', `${label}: says it is ${entry.plainSize} bytes, more than the ${MAX_DB_META_BYTES} a database description can be`);
+        }
+        await checkStagingSpace(manifest, entry, stagingDir, { withPlain: name === 'db' && opts.restoreJobs > 1, reserved: await reserved() });
+        return await fetchVerified({ filestore: opts.filestore, manifest, entry, identities, signal }, stagingDir);
+      } catch (err) {
+        return fail(diskFull(err, manifest, entry, stagingDir) ?? err);
+      }
+    });
+    download.catch(() => undefined); // awaited below; a failure is also recorded by fail()
+    fetched.set(name, download);
+    previous = download;
+  }
+
   const durations = {} as Record<ArtifactName, number>;
   let db: StagedDb | undefined;
   let dbMeta: Buffer | undefined;
-  for (const name of ARTIFACT_NAMES) {
-    const entry = entries[name];
-    if (entry === undefined) continue; // an optional artifact a set made by an earlier tandem lacks
-    const src = { filestore: opts.filestore, manifest, entry, identities: opts.identities, signal: opts.signal };
-    try {
-      let r;
-      if (name === 'db') {
-        if (opts.restoreJobs > 1) {
-          const file = join(stagingDir, 'db.dump');
-          r = await stageDumpFile(src, file);
-          db = { form: 'plain', file };
-        } else {
-          const file = join(stagingDir, entry.file);
-          r = await streamArtifact(src, discard, { tee: createWriteStream(file, { flags: 'wx', mode: 0o600 }) });
-          db = { form: 'stored', file, entry };
-        }
-      } else if (name === 'dbmeta') {
-        if (entry.plainSize > MAX_DB_META_BYTES) {
-          throw new TandemError('integrity', 'ARTIFACT_PLAIN_SIZE', `set ${manifest.setId}: the dbmeta artifact says it is ${entry.plainSize} bytes, more than the ${MAX_DB_META_BYTES} a database description can be`);
-        }
-        const chunks: Buffer[] = [];
-        r = await streamArtifact(src, async (plain) => {
-          for await (const c of plain) chunks.push(c as Buffer);
-        });
-        dbMeta = Buffer.concat(chunks);
-      } else {
-        const dir = targets.dirs[name].next;
-        await mkdir(dirname(dir), { recursive: true });
-        await rm(dir, { recursive: true, force: true });
-        const modes = name === 'security' ? { fileMode: 0o600, dirMode: 0o700 } : {};
-        // An archive may not unpack more file data than its file system has room for: an entry
-        // claiming more is refused at its header, before a byte of it is written.
-        const free = await freeBytes(dirname(dir));
-        const maxBytes = Math.min(opts.limits?.maxBytes ?? Number.MAX_SAFE_INTEGER, free ?? Number.MAX_SAFE_INTEGER);
-        const limits = { maxEntries: opts.limits?.maxEntries ?? 1_000_000, maxBytes };
-        r = await streamArtifact(src, (plain) => extractTarSafe(plain, dir, { label: artifactLabel(manifest, entry), ...modes, ...limits }));
+  let t = performance.now();
+  try {
+    for (const name of names) {
+      const entry = entries[name]!;
+      const v = await fetched.get(name)!;
+      try {
+        await use(name, v);
+      } catch (err) {
+        fail(diskFull(err, manifest, entry, name === 'db' || name === 'dbmeta' ? stagingDir : targets.dirs[name].next) ?? err);
       }
-      durations[name] = r.seconds;
-      logger.info({ artifact: name, storedBytes: r.storedBytes, seconds: r.seconds }, 'artifact verified and staged');
-    } catch (err) {
-      throw diskFull(err, manifest, entry, name === 'db' || name === 'dbmeta' ? stagingDir : targets.dirs[name].next) ?? err;
+      const now = performance.now();
+      durations[name] = Math.round(now - t) / 1000;
+      t = now;
+      logger.info({ artifact: name, storedBytes: entry.storedSize, seconds: durations[name], download: v.seconds }, 'artifact verified and staged');
+      faultPoint(`staged-${name}`);
     }
-    faultPoint(`staged-${name}`);
+  } catch (err) {
+    ac.abort(err);
+    // No download may still be writing when the caller removes the staging.
+    await Promise.allSettled(fetched.values());
+    throw failure ?? err;
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
   }
   return { db: db!, dbMeta, durations };
+
+  async function use(name: ArtifactName, v: VerifiedArtifact): Promise<void> {
+    const { entry } = v;
+    if (name === 'db') {
+      if (opts.restoreJobs > 1) {
+        const file = join(stagingDir, 'db.dump');
+        dumpInProgress = { file, size: entry.plainSize };
+        try {
+          await decodeDumpFile(v, identities, file, signal);
+        } finally {
+          dumpInProgress = undefined;
+        }
+        await rm(v.file, { force: true });
+        db = { form: 'plain', file };
+      } else {
+        await decodeVerified(v, identities, discard, { signal });
+        db = { form: 'stored', file: v.file, entry };
+      }
+    } else if (name === 'dbmeta') {
+      const chunks: Buffer[] = [];
+      await decodeVerified(
+        v,
+        identities,
+        async (plain) => {
+          for await (const c of plain) chunks.push(c as Buffer);
+        },
+        { signal },
+      );
+      await rm(v.file, { force: true });
+      dbMeta = Buffer.concat(chunks);
+    } else {
+      const dir = targets.dirs[name].next;
+      await mkdir(dirname(dir), { recursive: true });
+      await rm(dir, { recursive: true, force: true });
+      const modes = name === 'security' ? { fileMode: 0o600, dirMode: 0o700 } : {};
+      // An archive may not unpack more file data than its file system has room for: an entry
+      // claiming more is refused at its header, before a byte of it is written. (Measured after
+      // the download, so the stored copy counts when both share a file system.)
+      const free = await freeBytes(dirname(dir));
+      const maxBytes = Math.min(opts.limits?.maxBytes ?? Number.MAX_SAFE_INTEGER, free ?? Number.MAX_SAFE_INTEGER);
+      const limits = { maxEntries: opts.limits?.maxEntries ?? 1_000_000, maxBytes };
+      const label = artifactLabel(manifest, entry);
+      await decodeVerified(v, identities, (plain) => extractTarSafe(plain, dir, { label, ...modes, ...limits }), { signal });
+      await rm(v.file, { force: true });
+    }
+  }
 }
 
 /** Bytes available to this user on the file system holding `dir`, or undefined if unknown. */

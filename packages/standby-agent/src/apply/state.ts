@@ -49,8 +49,10 @@ export interface PromotedState {
   restart: RestartStatus;
   /** The epoch this promote raised (null: could not be raised, forced). Absent in older records. */
   epoch?: number | null;
-  /** The name epoch.json now gives the primary: tandem-primary here must use it as `hostname`. */
+  /** The name epoch.json now gives the primary (for people). */
   primaryName?: string;
+  /** The agent id epoch.json now names: the tandem-primary here must have it (same stateDir, or a copy of agent-id). */
+  primaryId?: string;
   /** Preflight failures that --force overrode. */
   overridden?: string[];
 }

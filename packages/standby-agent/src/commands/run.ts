@@ -1,6 +1,6 @@
 import { TandemError, loadStandbyConfig, openFilestore, parseDuration, requireString, type Command } from '@tandem/shared';
 import { StandbyDaemon } from '../daemon/daemon.js';
-import { defaultStandbyId, loadDaemonToken } from '../daemon/daemon-info.js';
+import { defaultStandbyId, loadDaemonToken, loadReadToken } from '../daemon/daemon-info.js';
 
 export const runCommand: Command = {
   name: 'run',
@@ -20,8 +20,9 @@ Runs until stopped (SIGTERM/SIGINT), keeping this site a standby in backup mode:
 - Filestore errors and a lost push channel are retried with capped, jittered exponential backoff and
   shown in /status and /metrics; the daemon does not exit for them.
 - HTTP on server.listen: GET /healthz (no auth), /status (JSON) and /metrics (Prometheus), both
-  with \`Authorization: Bearer <token>\` (the token of primary.tokenFile, or TANDEM_TOKEN). Without
-  any token, /status and /metrics are served without auth, and only on a loopback address.
+  with \`Authorization: Bearer <token>\`: the monitoring token (server.readTokenFile), or this
+  standby's own token for the primary (primary.tokenFile). Without any token, /status and /metrics
+  are served without auth, and only on a loopback address.
 - Writes stateDir/daemon.json {pid, listen} while it runs (\`tandem-standby status\` reads it).
 
 On SIGTERM/SIGINT it stops taking work; an apply in progress may finish within the stop grace
@@ -46,8 +47,9 @@ to start (e.g. the HTTP port is taken).`,
       stopGraceMs = ms;
     }
     const token = loadDaemonToken(config, logger);
+    const readToken = loadReadToken(config, logger, token);
     const filestore = openFilestore(config.filestore.url);
-    const daemon = new StandbyDaemon({ config, logger, filestore, standbyId: defaultStandbyId(config.standbyId), token, stopGraceMs });
+    const daemon = new StandbyDaemon({ config, logger, filestore, standbyId: defaultStandbyId(config.standbyId), token, readToken, stopGraceMs });
 
     // Signals are caught from here on, so that one arriving during the start-up is a clean stop too.
     let signals = 0;

@@ -15,6 +15,8 @@ while \`tandem-standby run\` runs, from the daemon (push channel, polling, last 
   apply lag            applied time − committed time of that set
   pending sets         committed sets newer than the applied one (one LIST of the filestore)
   primary heartbeat    age of the primary's newest heartbeat (idle primary vs dead primary)
+  STALE latest         the primary's signed heartbeat names a newer set than latest.json: an old
+                       latest.json was put back, and this standby would not see new sets
 
 Options:
   --config FILE       the standby agent's config (required)
@@ -25,8 +27,8 @@ Options:
 
 Exit status: without --max-lag 0 (also when parts could not be read: see "problem" lines), 2 bad
 config or usage. With --max-lag: 0 OK (age at most 80% of DURATION), 1 WARNING (above 80%),
-2 CRITICAL (beyond DURATION, or nothing applied yet). The recovery point age needs only the state
-dir, so the check works while the filestore is unreachable.`,
+2 CRITICAL (beyond DURATION, nothing applied yet, or a STALE latest.json). The recovery point age
+needs only the state dir, so the check works while the filestore is unreachable.`,
   options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, 'max-lag': { type: 'string' } },
   async run({ values, logger, out }) {
     const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby status'));
@@ -41,7 +43,7 @@ dir, so the check works while the filestore is unreachable.`,
     const doc = await gatherStatus(config, logger);
     let code = 0;
     if (maxLagSeconds !== null) {
-      const verdict = judgeLag(doc.recoveryPointAgeSeconds, maxLagSeconds);
+      const verdict = judgeLag(doc.recoveryPointAgeSeconds, maxLagSeconds, doc.heartbeatNewerSetId);
       doc.maxLag = { seconds: maxLagSeconds, warnAboveSeconds: Math.round(WARN_FRACTION * maxLagSeconds * 1000) / 1000, verdict };
       code = verdictExitCode(verdict);
     }

@@ -7,10 +7,11 @@ export const verifyCommand: Command = {
   help: `Usage: tandem-standby verify --config FILE [--set ID] [--json]
 
 The restore drill. For the newest committed set (or the named one): verifies the signatures of
-latest.json and the manifest and the epoch, then streams every artifact from the filestore,
-checking its size and SHA-256 against the signed manifest, decrypting it with this standby's key
-and decompressing it; the dump is read with \`pg_restore -l\`, the archives are listed. Nothing
-live changes and nothing is written to disk. Every artifact is checked even after a failure.
+latest.json and the manifest and the epoch, then downloads every artifact from the filestore
+into the state directory (verify-*, removed at the end), checks its size and SHA-256 against the
+signed manifest, and only then decrypts it with this standby's key and decompresses it; the dump
+is read with \`pg_restore -l\`, the archives are listed. Nothing live changes, and no plain data
+is written to disk. Every artifact is checked even after a failure.
 
 Options:
   --config FILE  the standby agent's config (required)

@@ -2,7 +2,8 @@ import { request } from 'node:http';
 import { hostname } from 'node:os';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { STANDBY_ID_PATTERN, connectAddress, pidAlive, isTandemError, loadToken, writeFileAtomic, type Logger, type StandbyConfig } from '@tandem/shared';
+import { STANDBY_ID_PATTERN, connectAddress, describeError, isTandemError, pidAlive, loadToken, requireDistinctTokens, writeFileAtomic, type Logger, type StandbyConfig } from '@tandem/shared';
+import type { StandbyStatusDoc } from './status-doc.js';
 
 /**
  * stateDir/daemon.json, written (0600) while `tandem-standby run` runs: how `tandem-standby status`
@@ -74,19 +75,57 @@ export function fetchFromDaemon(listen: string, path: string, token: string | nu
 }
 
 /**
- * The token of the push channel, which also guards /status and /metrics: primary.tokenFile, else
- * server.tokenFile (a standby that only polls), else TANDEM_TOKEN. With primary.url configured a token is required (config error without one); without
- * it (polling only) the daemon may run without a token, serving /status and /metrics on loopback only.
+ * This standby's own token for the primary's push channel (primary.tokenFile, else TANDEM_TOKEN):
+ * required with primary: configured (config error without one); without (polling only) TANDEM_TOKEN
+ * or nothing. It also opens this daemon's /status and /metrics.
  */
 export function loadDaemonToken(config: StandbyConfig, logger?: Logger): string | null {
-  if (config.primary !== undefined) {
-    return loadToken({ tokenFile: config.primary.tokenFile ?? config.server.tokenFile, key: 'primary.tokenFile', logger });
-  }
+  if (config.primary !== undefined) return loadToken({ tokenFile: config.primary.tokenFile, key: 'primary.tokenFile', logger });
   try {
-    return loadToken({ tokenFile: config.server.tokenFile, key: 'server.tokenFile', logger });
+    return loadToken({ key: 'primary.tokenFile', logger });
   } catch (err) {
     if (isTandemError(err) && err.code === 'TOKEN_MISSING') return null;
     throw err;
   }
 }
 
+/**
+ * The monitoring token for /status and /metrics (server.readTokenFile), or null. It must differ from
+ * the push channel's token (`pushToken`): Prometheus must not hold what can ask for a switchover.
+ */
+export function loadReadToken(config: StandbyConfig, logger?: Logger, pushToken: string | null = null): string | null {
+  if (config.server.readTokenFile === undefined) return null;
+  const read = loadToken({ tokenFile: config.server.readTokenFile, key: 'server.readTokenFile', env: null, logger });
+  if (pushToken !== null) requireDistinctTokens([{ key: 'primary.tokenFile', token: pushToken }, { key: 'server.readTokenFile', token: read }], config.configFile);
+  return read;
+}
+
+/**
+ * The running daemon's /status (the heartbeats it saw on the push channel, its runtime state), for
+ * `status` and promote's preflight. `info` is null when no daemon runs; `problem` says why a running
+ * one could not be asked.
+ */
+export async function askDaemonStatus(
+  config: StandbyConfig,
+  logger: Logger,
+): Promise<{ info: StandbyDaemonInfo | null; live: StandbyStatusDoc | null; problem: string | null }> {
+  const info = await readDaemonInfo(config.stateDir);
+  if (info === null || !pidAlive(info.pid)) return { info: null, live: null, problem: null };
+  let token: string | null = null;
+  try {
+    token = loadReadToken(config) ?? loadDaemonToken(config);
+  } catch (err) {
+    logger.debug({ err: describeError(err) }, 'no token to ask the daemon with');
+  }
+  const r = await fetchFromDaemon(info.listen, '/status', token);
+  let live: StandbyStatusDoc | null = null;
+  if (r !== null && r.status === 200) {
+    try {
+      live = JSON.parse(r.body) as StandbyStatusDoc;
+    } catch {
+      live = null;
+    }
+  }
+  const problem = live === null ? `the daemon (pid ${info.pid}) did not answer GET http://${info.listen}/status${r ? ` (HTTP ${r.status})` : ''}` : null;
+  return { info, live, problem };
+}

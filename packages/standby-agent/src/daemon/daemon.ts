@@ -26,6 +26,7 @@ import { ensureSentinel } from '../apply/sentinel.js';
 import { readApplied, readPromoted, stateFiles, type AppliedState } from '../apply/state.js';
 import { backoffDelay, jittered, type BackoffPolicy } from './backoff.js';
 import { daemonFiles, removeDaemonInfo, writeDaemonInfo } from './daemon-info.js';
+import { mergeHeartbeats } from './gather-status.js';
 import { checkHeartbeat, computeLag, countPendingSets, pendingWithoutListing, type LagFigures, type LatestInfo } from './lag.js';
 import { StandbyMetrics, type FailureKind } from './metrics.js';
 import { LatestWatcher } from './watch-latest.js';
@@ -55,8 +56,10 @@ export interface StandbyDaemonOptions {
   logger: Logger;
   filestore: Filestore;
   standbyId: string;
-  /** Guards /status and /metrics, and authenticates the push channel; null: loopback only, no push. */
+  /** This standby's own token: authenticates the push channel, and opens /status and /metrics; null: no push. */
   token: string | null;
+  /** The monitoring token (server.readTokenFile): /status and /metrics. Neither token: loopback only. */
+  readToken?: string | null;
   /** How long a stop waits for an apply in progress before aborting it (staging rolls back). */
   stopGraceMs?: number;
   /** server.listen override (tests: 127.0.0.1:0). */
@@ -158,7 +161,7 @@ export class StandbyDaemon {
   async start(): Promise<string> {
     const { config } = this;
     const listen = this.opts.listen ?? config.server.listen;
-    checkListen(listen, this.opts.token);
+    checkListen(listen, this.opts.token, this.opts.readToken ?? null);
     await refuseIfPromoted(config);
     this.daemonLock = await acquireLock(daemonFiles(config.stateDir).lock, 'run', `tandem-standby run for site "${config.site}"`);
     try {
@@ -169,6 +172,7 @@ export class StandbyDaemon {
       }
       this.server = new StatusServer({
         token: this.opts.token,
+        readToken: this.opts.readToken ?? null,
         logger: this.log.child({ component: 'http' }),
         handlers: {
           status: () => this.status(),
@@ -597,6 +601,7 @@ export class StandbyDaemon {
       epoch: epoch ?? prev?.epoch ?? null,
       lastBackup: prev?.lastBackup ?? null,
       nextBackupAt: prev?.nextBackupAt ?? null,
+      latest: prev?.latest, // a push heartbeat names no set: the last signed one's stands
     };
   }
 
@@ -623,9 +628,11 @@ export class StandbyDaemon {
 
   private lagFigures(): LagFigures {
     const latest = this.latestInfo();
-    let pending = pendingWithoutListing(this.applied, latest);
+    let pending = pendingWithoutListing(this.applied, latest, this.heartbeat?.latest);
     if (pending === null && this.pendingCache !== null && this.pendingCache.key === this.pendingKey()) pending = this.pendingCache.count;
-    return computeLag({ now: new Date(), applied: this.applied, latest, heartbeatAt: this.heartbeat?.at ?? null, pendingSets: pending });
+    // latest.json as of the last poll that read it: a set committed since is no alarm yet.
+    const latestReadAt = this.poll.lastAt !== null && this.poll.lastResult !== 'error' ? new Date(this.poll.lastAt) : null;
+    return computeLag({ now: new Date(), applied: this.applied, latest, heartbeatAt: this.heartbeat?.at ?? null, pendingSets: pending, heartbeatLatest: this.heartbeat?.latest, latestReadAt });
   }
 
   private pendingKey(): string {
@@ -635,12 +642,13 @@ export class StandbyDaemon {
   /**
    * What /status and /metrics need beyond the poll loop, fetched when asked and at most once per
    * pollInterval: the pending count (a LIST, only while something is pending) and heartbeat.json
-   * (only while the push channel does not bring heartbeats).
+   * (the push channel brings heartbeats too, but only the signed one names the primary's newest set,
+   * which tells a replayed latest.json).
    */
   private async refreshOnDemand(): Promise<void> {
     const now = Date.now();
     const ttl = this.config.pollInterval;
-    if (pendingWithoutListing(this.applied, this.latestInfo()) === null) {
+    if (pendingWithoutListing(this.applied, this.latestInfo(), this.heartbeat?.latest) === null) {
       const key = this.pendingKey();
       const c = this.pendingCache;
       if (c === null || c.key !== key || now - c.at >= ttl) {
@@ -654,8 +662,7 @@ export class StandbyDaemon {
         }
       }
     }
-    const pushFresh = this.push?.isConnected() === true && this.heartbeat?.source === 'push' && now - Date.parse(this.heartbeat.at) < 2 * ttl + 60_000;
-    if (!pushFresh && now - this.heartbeatCache.checkedAt >= ttl) {
+    if (now - this.heartbeatCache.checkedAt >= ttl) {
       this.heartbeatCache.checkedAt = now;
       const key = layout.heartbeat(this.config.site);
       try {
@@ -663,9 +670,9 @@ export class StandbyDaemon {
         if (r.changed) {
           this.heartbeatCache.version = r.info.version;
           const hb = checkHeartbeat(r.body, this.verifyKey, this.config.site, `${this.fs.description}/${key}`);
-          if (this.heartbeat === null || Date.parse(hb.at) >= Date.parse(this.heartbeat.at) || this.heartbeat.source === 'filestore') {
-            this.heartbeat = { at: hb.at, source: 'filestore', primaryHost: hb.primaryHost, epoch: hb.epoch, lastBackup: hb.lastBackup, nextBackupAt: hb.nextBackupAt };
-          }
+          // The newest heartbeat counts, and the newest set any signed one named: an older heartbeat.json
+          // put back does not turn the clock back.
+          this.heartbeat = mergeHeartbeats(hb, this.heartbeat);
         }
       } catch (err) {
         if (!isNotFound(err)) {

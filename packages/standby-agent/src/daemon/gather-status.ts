@@ -9,12 +9,11 @@ import {
   type Logger,
   type StandbyConfig,
 } from '@tandem/shared';
-import { pidAlive } from '@tandem/shared';
 import { readJournal } from '../apply/journal.js';
-import { readLatest } from '../apply/resolve-set.js';
+import { compareSets, readLatest } from '../apply/resolve-set.js';
 import { readApplied, readPromoted, type AppliedState } from '../apply/state.js';
-import { defaultStandbyId, fetchFromDaemon, loadDaemonToken, readDaemonInfo } from './daemon-info.js';
-import { committedAtOf, computeLag, countPendingSets, pendingWithoutListing, readHeartbeat } from './lag.js';
+import { askDaemonStatus, defaultStandbyId } from './daemon-info.js';
+import { committedAtOf, computeLag, countPendingSets, pendingWithoutListing, readHeartbeat, type LatestInfo } from './lag.js';
 import type { HeartbeatInfo, StandbyStatusDoc } from './status-doc.js';
 
 /**
@@ -39,30 +38,15 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
   const promoted = await readPromoted(config.stateDir).catch((err: unknown) => (note('promoted.json', err), null));
 
   // The daemon.
-  const info = await readDaemonInfo(config.stateDir);
-  const running = info !== null && pidAlive(info.pid);
-  let live: StandbyStatusDoc | null = null;
-  if (running) {
-    let token: string | null = null;
-    try {
-      token = loadDaemonToken(config);
-    } catch (err) {
-      logger.debug({ err: describeError(err) }, 'no token to ask the daemon with');
-    }
-    const r = await fetchFromDaemon(info.listen, '/status', token);
-    if (r !== null && r.status === 200) {
-      try {
-        live = JSON.parse(r.body) as StandbyStatusDoc;
-      } catch {
-        live = null;
-      }
-    }
-    if (live === null) problems.push(`the daemon (pid ${info.pid}) did not answer GET http://${info.listen}/status${r ? ` (HTTP ${r.status})` : ''}`);
-  }
+  const { info, live, problem } = await askDaemonStatus(config, logger);
+  const running = info !== null;
+  if (problem !== null) problems.push(problem);
 
   // The filestore.
   let latest: LatestPointer | null = null;
   let heartbeat: Heartbeat | null = null;
+  let hb: HeartbeatInfo | null = live?.primaryHeartbeat ?? null;
+  let latestRead = false;
   let pending: number | null = null;
   const fs = opts.filestore ?? openFilestore(config.filestore.url, { s3: { maxAttempts: 2, connectTimeoutMs: 5_000, idleTimeoutMs: timeout } });
   try {
@@ -73,18 +57,23 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
       note('keys.verifyKeyFile', err);
     }
     if (verifyKey !== undefined) {
-      try {
-        latest = (await readLatest(fs, config.site, verifyKey)).latest;
-      } catch (err) {
-        if (!(isTandemError(err) && err.code === 'NO_SETS')) note('latest.json', err);
-      }
+      // The heartbeat first: the primary writes latest.json before the heartbeat that names its set,
+      // so latest.json read after the heartbeat names that set at least, unless it was put back.
       try {
         heartbeat = await readHeartbeat(fs, config.site, verifyKey, AbortSignal.timeout(timeout));
       } catch (err) {
         note('heartbeat.json', err);
       }
+      try {
+        latest = (await readLatest(fs, config.site, verifyKey)).latest;
+        latestRead = true;
+      } catch (err) {
+        if (!(isTandemError(err) && err.code === 'NO_SETS')) note('latest.json', err);
+        else latestRead = true;
+      }
     }
-    pending = pendingWithoutListing(applied, latest);
+    hb = mergeHeartbeats(heartbeat, live?.primaryHeartbeat ?? null);
+    pending = pendingWithoutListing(applied, latest, hb?.latest);
     if (pending === null) {
       try {
         pending = await countPendingSets(fs, config.site, applied, AbortSignal.timeout(timeout));
@@ -96,15 +85,8 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
     if (opts.filestore === undefined) await fs.close().catch(() => undefined);
   }
 
-  let hb: HeartbeatInfo | null =
-    heartbeat === null
-      ? null
-      : { at: heartbeat.at, source: 'filestore', primaryHost: heartbeat.primaryHost, epoch: heartbeat.epoch, lastBackup: heartbeat.lastBackup, nextBackupAt: heartbeat.nextBackupAt };
-  const pushed = live?.primaryHeartbeat ?? null;
-  if (pushed !== null && (hb === null || Date.parse(pushed.at) > Date.parse(hb.at))) hb = { ...pushed, primaryHost: pushed.primaryHost ?? hb?.primaryHost ?? null, lastBackup: pushed.lastBackup ?? hb?.lastBackup ?? null, nextBackupAt: pushed.nextBackupAt ?? hb?.nextBackupAt ?? null };
-
   const now = new Date();
-  const lag = computeLag({ now, applied, latest, heartbeatAt: hb?.at ?? null, pendingSets: pending });
+  const lag = computeLag({ now, applied, latest, heartbeatAt: hb?.at ?? null, pendingSets: pending, heartbeatLatest: hb?.latest, latestReadAt: latestRead ? undefined : null });
   return {
     site: config.site,
     standbyId: live?.standbyId ?? defaultStandbyId(config.standbyId),
@@ -121,10 +103,39 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
     applying: live?.applying ?? null,
     unfinishedApply: journal === null ? null : { setId: journal.setId, phase: journal.phase, startedAt: journal.startedAt },
     promoted: promoted === null ? null : { promotedAt: promoted.promotedAt },
-    daemon: { running, pid: running ? info.pid : null, listen: running ? info.listen : null, startedAt: running ? info.startedAt : null, reachable: live !== null },
+    daemon: { running, pid: info?.pid ?? null, listen: info?.listen ?? null, startedAt: info?.startedAt ?? null, reachable: live !== null },
     push: live?.push ?? null,
     poll: live?.poll ?? null,
     lastError: live?.lastError ?? null,
     problems,
   };
+}
+
+/**
+ * The newest of the heartbeat in the filestore and the one the daemon last saw (the push channel
+ * brings one every heartbeatInterval); what the newer lacks (a push heartbeat names no set) is
+ * taken from the other.
+ */
+export function mergeHeartbeats(file: Heartbeat | null, pushed: HeartbeatInfo | null): HeartbeatInfo | null {
+  const fromFile: HeartbeatInfo | null =
+    file === null
+      ? null
+      : { at: file.at, source: 'filestore', primaryHost: file.primaryHost, epoch: file.epoch, lastBackup: file.lastBackup, nextBackupAt: file.nextBackupAt, latest: file.latest };
+  if (pushed === null) return fromFile;
+  if (fromFile === null) return pushed;
+  const [newer, older] = Date.parse(pushed.at) > Date.parse(fromFile.at) ? [pushed, fromFile] : [fromFile, pushed];
+  return {
+    ...newer,
+    primaryHost: newer.primaryHost ?? older.primaryHost,
+    lastBackup: newer.lastBackup ?? older.lastBackup,
+    nextBackupAt: newer.nextBackupAt ?? older.nextBackupAt,
+    latest: newerLatest(newer.latest, older.latest),
+  };
+}
+
+/** Of two heartbeats' newest sets, the newer (a set named once does not become un-named). */
+function newerLatest(a: LatestInfo | null | undefined, b: LatestInfo | null | undefined): LatestInfo | null | undefined {
+  if (a === undefined || a === null) return b ?? a;
+  if (b === undefined || b === null) return a;
+  return compareSets(a, b) >= 0 ? a : b;
 }

@@ -35,6 +35,7 @@ describe('lag figures', () => {
       applyLagSeconds: 1.5,
       pendingSets: 0,
       primaryHeartbeatAgeSeconds: 30,
+      heartbeatNewerSetId: null,
     });
   });
 
@@ -44,6 +45,7 @@ describe('lag figures', () => {
       applyLagSeconds: null,
       pendingSets: null,
       primaryHeartbeatAgeSeconds: null,
+      heartbeatNewerSetId: null,
     });
     // An old applied.json without committedAt: known only while latest.json still names the set.
     const old = applied({ committedAt: undefined });
@@ -57,6 +59,28 @@ describe('lag figures', () => {
     expect(pendingWithoutListing(applied(), latest(43))).toBeNull();
     expect(pendingWithoutListing(null, null)).toBe(0);
     expect(pendingWithoutListing(null, latest(1))).toBeNull();
+    // latest.json names the applied set, but the primary's heartbeat names a newer one: a listing decides.
+    expect(pendingWithoutListing(applied(), latest(42, applied().setId), latest(43))).toBeNull();
+    expect(pendingWithoutListing(applied(), latest(42, applied().setId), latest(42, applied().setId))).toBe(0);
+  });
+
+  it('alarms when the signed heartbeat names a newer set than latest.json (an old latest.json put back)', () => {
+    const a = applied();
+    const base = { now, applied: a, latest: latest(42, a.setId), heartbeatAt: '2026-11-22T03:59:30.000Z', pendingSets: null };
+    // The replay: latest.json names the applied set, "0 pending" without the heartbeat.
+    expect(computeLag({ ...base, heartbeatLatest: latest(43) }).heartbeatNewerSetId).toBe(latest(43).setId);
+    expect(computeLag({ ...base, heartbeatLatest: latest(42, a.setId) }).heartbeatNewerSetId).toBeNull();
+    expect(computeLag({ ...base, heartbeatLatest: latest(41) }).heartbeatNewerSetId).toBeNull();
+    expect(computeLag({ ...base, heartbeatLatest: null }).heartbeatNewerSetId).toBeNull();
+    expect(computeLag({ ...base, latest: null, heartbeatLatest: latest(43) }).heartbeatNewerSetId).toBe(latest(43).setId);
+    // latest.json polled before that set was committed (03:00:40) rightly names the older one.
+    expect(computeLag({ ...base, heartbeatLatest: latest(43), latestReadAt: new Date('2026-11-22T03:00:30.000Z') }).heartbeatNewerSetId).toBeNull();
+    expect(computeLag({ ...base, heartbeatLatest: latest(43), latestReadAt: new Date('2026-11-22T03:00:50.000Z') }).heartbeatNewerSetId).toBe(latest(43).setId);
+    // latest.json could not be read (the filestore is down): cannot tell.
+    expect(computeLag({ ...base, heartbeatLatest: latest(43), latestReadAt: null }).heartbeatNewerSetId).toBeNull();
+    // --max-lag: critical however young the applied set is.
+    expect(judgeLag(10, 100, latest(43).setId)).toBe('critical');
+    expect(judgeLag(10, 100, null)).toBe('ok');
   });
 
   it('judges --max-lag Nagios style: ok up to 80%, warning above, critical beyond', () => {

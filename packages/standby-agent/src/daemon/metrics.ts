@@ -67,6 +67,14 @@ export class StandbyMetrics extends MetricsRegistry {
       },
     });
     new Gauge({
+      name: 'tandem_standby_latest_stale',
+      help: "1 while the primary's signed heartbeat names a newer set than latest.json (an old latest.json put back, or rolled back): this standby does not see new sets",
+      registers,
+      collect() {
+        this.set(src.lag().heartbeatNewerSetId === null ? 0 : 1);
+      },
+    });
+    new Gauge({
       name: 'tandem_standby_last_apply_timestamp_seconds',
       help: 'Unix time at which the applied set was applied (0: none)',
       registers,

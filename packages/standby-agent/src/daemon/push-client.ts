@@ -18,7 +18,8 @@ import { backoffDelay, type BackoffPolicy } from './backoff.js';
 
 /**
  * The standby's end of the push channel (ws(s)://<primary>/v1/stream, protocol in shared/protocol.ts).
- * Authenticates with `Authorization: Bearer <token>` on the upgrade, says hello on every connection,
+ * Authenticates with `Authorization: Bearer <token>` on the upgrade (this standby's own token, which
+ * the primary lists for its standbyId under `standbys:`), says hello on every connection,
  * passes `set-committed` and `heartbeat` on, reports `applied`. Reconnects by itself with capped,
  * jittered exponential backoff; nothing the primary sends, or fails to send, can stop the daemon.
  * A connection that is silent (no message, no ping) for `silenceTimeoutMs` is dropped and redialled:
@@ -285,7 +286,12 @@ function classifyWsError(err: Error, url: string): TandemError {
     const status = Number(m[1]);
     if (status === 401) {
       return new TandemError('config', 'PUSH_UNAUTHORIZED', `the primary at ${url} refused the token (401)`, {
-        hint: 'primary.tokenFile must hold the same token as the primary\'s server.tokenFile',
+        hint: "primary.tokenFile must hold this standby's own token, the one the primary's config lists for it under standbys: (id and tokenFile)",
+      });
+    }
+    if (status === 403) {
+      return new TandemError('config', 'PUSH_FORBIDDEN', `the primary at ${url} refused the token for the push channel (403): it is the primary's monitoring or control token, not a standby's`, {
+        hint: "primary.tokenFile must hold this standby's own token, the one the primary's config lists for it under standbys: (id and tokenFile)",
       });
     }
     return new TandemError('permanent', 'PUSH_REFUSED', `the primary at ${url} answered the upgrade with HTTP ${status}`);

@@ -1,15 +1,17 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
-import { TandemError, bearerFrom, closeServer, describeError, listenOn, splitListen, tokensEqual, type Logger } from '@tandem/shared';
+import { TandemError, bearerFrom, closeServer, createBoundedServer, describeError, listenOn, splitListen, tokensEqual, type Logger } from '@tandem/shared';
 
 /**
  * The standby daemon's HTTP server (server.listen):
  *   GET /healthz   200 "ok", no auth, says nothing else
  *   GET /status    JSON: lag, applied and latest set, push channel, last error (token)
  *   GET /metrics   Prometheus text (token)
- * /status and /metrics reveal state, so they need `Authorization: Bearer <token>` (the push channel's
- * token, compared in constant time); 401 otherwise. Without any token they are served only when the
- * server listens on a loopback address (see checkListen).
+ * /status and /metrics reveal state, so they need `Authorization: Bearer <token>`: the monitoring
+ * token (server.readTokenFile: what Prometheus gets), or this standby's own token for the primary
+ * (primary.tokenFile), compared in constant time; 401 otherwise. Without any token they are served
+ * only when the server listens on a loopback address (see checkListen). The server's limits (idle
+ * and slow connections, a connection cap) are shared/net.ts's HTTP_LIMITS, as on the primary.
  */
 export interface StatusServerHandlers {
   status(): Promise<unknown>;
@@ -38,19 +40,20 @@ export function isLoopback(host: string): boolean {
  * No token at all: /status and /metrics are served without auth only on a loopback address (where only
  * this host's users reach them); on any other address the daemon refuses to start.
  */
-export function checkListen(listen: string, token: string | null): void {
-  if (token !== null) return;
+export function checkListen(listen: string, token: string | null, readToken: string | null = null): void {
+  if (token !== null || readToken !== null) return;
   if (isLoopback(splitListen(listen).host)) return;
   throw new TandemError('config', 'LISTEN_NEEDS_TOKEN', `server.listen ${listen} is not a loopback address and no token is configured: /status and /metrics would be open to the network`, {
-    hint: 'set primary.tokenFile (or TANDEM_TOKEN), or listen on 127.0.0.1',
+    hint: 'set server.readTokenFile (the monitoring token), or listen on 127.0.0.1',
   });
 }
 
 export class StatusServer {
   readonly http: Server;
 
-  constructor(private readonly opts: { token: string | null; logger: Logger; handlers: StatusServerHandlers }) {
-    this.http = createServer((req, res) => {
+  /** token: primary.tokenFile's (or null); readToken: server.readTokenFile's (or null). */
+  constructor(private readonly opts: { token: string | null; readToken?: string | null; logger: Logger; handlers: StatusServerHandlers }) {
+    this.http = createBoundedServer((req, res) => {
       this.route(req, res).catch((err: unknown) => {
         opts.logger.error({ err, url: req.url }, 'request handler failed');
         if (!res.headersSent) sendJson(res, 500, errorJson('internal', 'INTERNAL', describeError(err)));
@@ -61,15 +64,16 @@ export class StatusServer {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       else socket.destroy();
     });
-    // Nothing here takes long; a slow or idle client gets no more than this.
-    this.http.requestTimeout = 15_000;
-    this.http.headersTimeout = 10_000;
   }
 
   private authorized(req: IncomingMessage): boolean {
-    if (this.opts.token === null) return true; // loopback only: checkListen
+    const accepted = [this.opts.token, this.opts.readToken ?? null].filter((t): t is string => t !== null);
+    if (accepted.length === 0) return true; // loopback only: checkListen
     const presented = bearerFrom(req);
-    return presented !== null && tokensEqual(presented, this.opts.token);
+    if (presented === null) return false;
+    let ok = false;
+    for (const t of accepted) ok = tokensEqual(presented, t) || ok; // every one compared
+    return ok;
   }
 
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {

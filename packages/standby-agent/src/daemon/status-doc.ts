@@ -1,5 +1,5 @@
 import { formatDuration } from '@tandem/shared';
-import type { LagFigures, LagVerdict } from './lag.js';
+import type { LagFigures, LagVerdict, LatestInfo } from './lag.js';
 import type { PushStatus } from './push-client.js';
 
 /**
@@ -25,6 +25,8 @@ export interface HeartbeatInfo {
   epoch: number | null;
   lastBackup: { setId: string | null; at: string; outcome: 'ok' | 'failed' } | null;
   nextBackupAt: string | null;
+  /** The newest set the primary committed, as its signed heartbeat names it (null: none; absent: not known). */
+  latest?: LatestInfo | null;
 }
 
 export interface PollInfo {
@@ -89,6 +91,13 @@ export function formatStatus(d: StandbyStatusDoc): string[] {
     d.appliedSetId === null ? 'NOTHING (no set applied yet)' : `${d.appliedSetId} (created ${when(d.appliedCreatedAt)}, applied ${when(d.appliedAt)})`,
   ]);
   rows.push(['latest', d.latestSetId === null ? 'unknown' : `${d.latestSetId} (committed ${when(d.latestCommittedAt)})`]);
+  if (d.heartbeatNewerSetId !== null) {
+    rows.push([
+      'STALE latest',
+      `the primary's signed heartbeat names set ${d.heartbeatNewerSetId}, newer than latest.json's ${d.latestSetId ?? '(none)'}: ` +
+        'latest.json is an old copy put back (replayed) or was rolled back, and this standby does not see the new sets',
+    ]);
+  }
   if (d.applying !== null) {
     const phase = d.unfinishedApply !== null && d.unfinishedApply.setId === d.applying.setId ? ` (${d.unfinishedApply.phase})` : '';
     rows.push(['applying', `${d.applying.setId ?? 'the newest set'} since ${when(d.applying.since)}${phase}`]);
@@ -106,6 +115,7 @@ export function formatStatus(d: StandbyStatusDoc): string[] {
       ? 'no heartbeat seen (is `tandem-primary run` running?)'
       : `heartbeat ${ago(d.primaryHeartbeatAgeSeconds)} ago${hb.primaryHost ? ` from ${hb.primaryHost}` : ''}${hb.epoch !== null ? ` (epoch ${hb.epoch})` : ''}` +
         (hb.lastBackup ? `; last backup ${hb.lastBackup.outcome} at ${when(hb.lastBackup.at)}` : '') +
+        (hb.latest ? `; newest set ${hb.latest.setId}` : '') +
         (hb.nextBackupAt ? `; next ${when(hb.nextBackupAt)}` : ''),
   ]);
   // The daemon's own apply in progress has a journal too: only a journal nobody works on is news.
@@ -119,7 +129,9 @@ export function formatStatus(d: StandbyStatusDoc): string[] {
     const m = d.maxLag;
     const age = d.recoveryPointAgeSeconds === null ? 'none (nothing applied)' : ago(d.recoveryPointAgeSeconds);
     const text =
-      m.verdict === 'ok'
+      d.heartbeatNewerSetId !== null
+        ? `CRITICAL: latest.json hides set ${d.heartbeatNewerSetId} and newer (recovery point age ${age})`
+        : m.verdict === 'ok'
         ? `OK: recovery point age ${age} is within 80% of ${ago(m.seconds)}`
         : m.verdict === 'warning'
           ? `WARNING: recovery point age ${age} is above 80% of ${ago(m.seconds)} (${ago(m.warnAboveSeconds)})`

@@ -1,7 +1,21 @@
 import type { KeyObject } from 'node:crypto';
-import { formatDuration, isNotFound, layout, parseSetId, verifyHeartbeat, type Filestore } from '@tandem/shared';
+import { formatDuration, isNotFound, layout, parseSetId, type Filestore, type Heartbeat } from '@tandem/shared';
 import { compareSets, readLatest } from '../apply/resolve-set.js';
 import type { AppliedState } from '../apply/state.js';
+import { checkHeartbeat } from '../daemon/lag.js';
+import type { HeartbeatInfo } from '../daemon/status-doc.js';
+
+/** A set as the order of sets sees it: (epoch, seq), then id. */
+export interface SetRef {
+  setId: string;
+  epoch: number;
+  seq: number;
+}
+
+/** The newest set this standby knows was committed, and when latest.json says it was (if it names it). */
+export interface KnownNewest extends SetRef {
+  committedAt: string | null;
+}
 
 /** What the primary committed that this standby has not applied. */
 export interface Unapplied {
@@ -11,6 +25,8 @@ export interface Unapplied {
   seconds: number;
   newestSetId: string;
   newestCreatedAt: string;
+  /** The newest committed set anywhere: latest.json's, or a newer manifest in the listing. */
+  newest: KnownNewest;
 }
 
 /** One preflight check as promote reports it. */
@@ -24,12 +40,16 @@ export async function checkUnapplied(fs: Filestore, site: string, verifyKey: Key
   const { latest } = await readLatest(fs, site, verifyKey);
   const prefix = layout.sets(site);
   let sets = 0;
+  let newest: KnownNewest = { setId: latest.setId, epoch: latest.epoch, seq: latest.seq, committedAt: latest.committedAt };
   for (const o of await fs.list(prefix)) {
     const [id, file] = o.key.slice(prefix.length).split('/');
     if (file !== 'manifest.json' || id === undefined) continue;
     const p = parseSetId(id);
     if (p === null) continue;
-    if (applied === null || compareSets({ ...p, setId: id }, applied) > 0) sets++;
+    const set = { setId: id, epoch: p.epoch, seq: p.seq };
+    if (applied === null || compareSets(set, applied) > 0) sets++;
+    // A manifest newer than latest.json's set: latest.json is an old copy, or the commit is half done.
+    if (compareSets(set, newest) > 0) newest = { ...set, committedAt: null };
   }
   const from = applied === null ? Date.parse(latest.createdAt) : Date.parse(applied.createdAt);
   return {
@@ -37,32 +57,76 @@ export async function checkUnapplied(fs: Filestore, site: string, verifyKey: Key
     seconds: Math.max(0, Math.round((Date.parse(latest.createdAt) - from) / 1000)),
     newestSetId: latest.setId,
     newestCreatedAt: latest.createdAt,
+    newest,
   };
 }
 
 /**
- * Is the primary silent? A fresh heartbeat means it may be alive and serving: promoting then risks
- * two primaries. No heartbeat at all (a primary run from cron, without the daemon) tells nothing
- * either way, and is reported as such.
+ * Is the primary silent? Three answers: alive (a fresh heartbeat: promoting risks two primaries),
+ * silent (a stale heartbeat that is the primary's last word), and unknown, refused like alive:
+ * - no heartbeat.json (a primary run from cron, without the daemon, writes none; or it was removed);
+ * - a stale heartbeat that names an older set than one committed since (`newest`): an old
+ *   heartbeat.json put back to make a live primary look dead, or one that stopped right after a
+ *   commit (or backs up from cron since its daemon stopped), which cannot be told apart.
+ * `pushed` is the heartbeat the standby daemon last saw on the push channel, if one runs: a fresher
+ * one than heartbeat.json's means the primary is alive whatever the file says.
  */
-export async function checkPrimarySilent(fs: Filestore, site: string, verifyKey: KeyObject, staleAfterMs: number, now = new Date()): Promise<Check> {
+export async function checkPrimarySilent(
+  fs: Filestore,
+  site: string,
+  verifyKey: KeyObject,
+  staleAfterMs: number,
+  now = new Date(),
+  known: { newest?: KnownNewest | SetRef | null; pushed?: HeartbeatInfo | null } = {},
+): Promise<Check> {
   const key = layout.heartbeat(site);
-  let raw: Buffer;
+  let hb: Heartbeat | null = null;
   try {
-    raw = (await fs.getBuffer(key)).body;
+    hb = checkHeartbeat((await fs.getBuffer(key)).body, verifyKey, site, `${fs.description}/${key}`);
   } catch (err) {
     if (!isNotFound(err)) throw err;
-    return { name: 'primary-silent', ok: true, detail: 'no primary heartbeat in the filestore (no primary daemon has run): cannot tell whether it is alive' };
   }
-  const hb = verifyHeartbeat(raw, verifyKey, `${fs.description}/${key}`);
-  const age = now.getTime() - Date.parse(hb.at);
-  const ageText = `${formatDuration(Math.max(0, age))} old (from ${hb.primaryHost}, epoch ${hb.epoch})`;
-  if (age < staleAfterMs) {
-    return {
-      name: 'primary-silent',
-      ok: false,
-      detail: `the primary's heartbeat is fresh: ${ageText}, stale only after ${formatDuration(staleAfterMs)}; the primary may be alive, and promoting now risks two primaries`,
-    };
+  const pushed = known.pushed ?? null;
+  const pushedFresher = pushed !== null && (hb === null || Date.parse(pushed.at) > Date.parse(hb.at));
+  const at = pushedFresher ? pushed.at : hb?.at;
+  if (at !== undefined) {
+    const age = now.getTime() - Date.parse(at);
+    const source = pushedFresher ? `as the standby daemon last saw it${pushed.primaryHost ? `, from ${pushed.primaryHost}` : ''}` : `from ${hb!.primaryHost}, epoch ${hb!.epoch}`;
+    const ageText = `${formatDuration(Math.max(0, age))} old (${source})`;
+    if (age < staleAfterMs) {
+      return {
+        name: 'primary-silent',
+        ok: false,
+        detail: `the primary's heartbeat is fresh: ${ageText}, stale only after ${formatDuration(staleAfterMs)}; the primary may be alive, and promoting now risks two primaries`,
+      };
+    }
+    if (hb !== null) {
+      const predates = heartbeatPredates(hb, known.newest ?? null);
+      if (predates !== null) {
+        return {
+          name: 'primary-silent',
+          ok: false,
+          detail: `unknown whether the primary is alive: its heartbeat is stale (${ageText}), but it ${predates}: an old heartbeat.json was put back (replayed), or the primary went on (or stopped) after its daemon's last heartbeat; make sure the old primary is down`,
+        };
+      }
+      return { name: 'primary-silent', ok: true, detail: `the primary's heartbeat is stale: ${ageText}, and names the newest set` };
+    }
   }
-  return { name: 'primary-silent', ok: true, detail: `the primary's heartbeat is stale: ${ageText}` };
+  return {
+    name: 'primary-silent',
+    ok: false,
+    detail: `unknown whether the primary is alive: there is no ${key} in the filestore (no primary daemon has run, or the file was removed); make sure the old primary is down`,
+  };
+}
+
+/** How a heartbeat falls short of the newest set committed (null: it names it, or nothing newer is known). */
+function heartbeatPredates(hb: Heartbeat, newest: KnownNewest | SetRef | null): string | null {
+  if (newest === null) return null;
+  if (hb.latest === undefined) {
+    // A primary that predates heartbeats naming sets: its time against the commit's.
+    const committedAt = 'committedAt' in newest ? newest.committedAt : null;
+    return committedAt !== null && Date.parse(hb.at) < Date.parse(committedAt) ? `was written at ${hb.at}, before set ${newest.setId} was committed (${committedAt})` : null;
+  }
+  if (hb.latest !== null && compareSets(hb.latest, newest) >= 0) return null;
+  return `names ${hb.latest === null ? 'no set' : `set ${hb.latest.setId}`} as the newest, while set ${newest.setId} was committed since`;
 }

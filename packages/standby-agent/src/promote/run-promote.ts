@@ -4,21 +4,24 @@ import { dirname } from 'node:path';
 import {
   TandemError,
   acquireLock,
+  agentId,
   describeError,
   fsyncDir,
   loadVerifyKeyFile,
   raiseEpoch,
   readEpoch,
+  type AgentIdentity,
   type EpochDoc,
   type Filestore,
   type Logger,
   type StandbyConfig,
 } from '@tandem/shared';
 import { readJournal } from '../apply/journal.js';
-import { readLatest } from '../apply/resolve-set.js';
+import { compareSets, readLatest } from '../apply/resolve-set.js';
 import { runRestart } from '../apply/restart.js';
 import { readApplied, readPromoted, stateFiles, writePromoted, type AppliedState, type PromotedState } from '../apply/state.js';
-import { checkPrimarySilent, checkUnapplied, type Check, type Unapplied } from './preflight.js';
+import { askDaemonStatus } from '../daemon/daemon-info.js';
+import { checkPrimarySilent, checkUnapplied, type Check, type KnownNewest, type SetRef, type Unapplied } from './preflight.js';
 
 export interface PromoteResult {
   status: 'promoted' | 'already-promoted';
@@ -44,8 +47,15 @@ export interface SwitchoverContext {
   marginMs?: number;
 }
 
-/** The name this server goes by in epoch.json once promoted: its tandem-primary `hostname`. */
+/** The name this server goes by in epoch.json once promoted, for people: its standbyId, else the host name. */
 export const promotedName = (config: StandbyConfig): string => config.standbyId ?? hostname();
+
+/**
+ * Who this server is in epoch.json once promoted: the agent id in its state directory (created on
+ * first use), which the tandem-primary that runs here next must share (same stateDir, the default,
+ * or a copy of the agent-id file), and its name.
+ */
+export const promotedIdentity = (config: StandbyConfig): AgentIdentity => ({ id: agentId(config.stateDir), host: promotedName(config) });
 
 /**
  * Turns this standby into the primary.
@@ -53,8 +63,10 @@ export const promotedName = (config: StandbyConfig): string => config.standbyId 
  * 1. Preflight, each check reported: the last apply is complete (never overridable: the site may be
  *    between two sets); the newest committed set is applied (else how many sets and seconds would be
  *    lost); the primary's heartbeat is stale (a fresh one means it may be alive).
- * 2. Fence the old primary: raise epoch.json with a conditional write naming this server. Of two
- *    servers racing to promote exactly one wins; the loser changes nothing.
+ * 2. Fence the old primary: raise epoch.json with a conditional write naming this server's agent id.
+ *    Of two servers racing to promote exactly one wins; the loser changes nothing. A promote that
+ *    would name the agent epoch.json already names (a state directory copied from the primary) is
+ *    refused, --force or not: it would fence nobody.
  * 3. Remove the sentinel, record the promotion, run restartCommand with TANDEM_MODE=primary.
  */
 export async function runPromote(
@@ -77,6 +89,8 @@ export async function runPromote(
     if (already !== null) return { status: 'already-promoted', promoted: already, checks: [], overridden: [], epoch: null };
 
     const applied = await readApplied(config.stateDir);
+    // Before anything is checked or changed: an unusable state directory stops the promote here.
+    const self = promotedIdentity(config);
     // The epoch this standby follows: its applied set's, else the newest committed set's, else the
     // filestore's. A promote elsewhere that moved the epoch past it makes this promote lose, even
     // when the two were not simultaneous.
@@ -107,10 +121,10 @@ export async function runPromote(
     // Fencing (must): from here on the old primary's uploads are refused, and standbys ignore its sets.
     let epoch: EpochDoc | null = null;
     try {
-      epoch = await raiseEpoch(fs, config.site, promotedName(config), opts.reason ?? (opts.force ? 'promote --force' : 'promote'), {
+      epoch = await raiseEpoch(fs, config.site, self, opts.reason ?? (opts.force ? 'promote --force' : 'promote'), {
         expect: follows,
       });
-      logger.info({ epoch: epoch.epoch, primary: epoch.primaryHost }, 'epoch raised: the old primary is fenced');
+      logger.info({ epoch: epoch.epoch, primary: epoch.primaryHost, agentId: self.id }, 'epoch raised: the old primary is fenced');
     } catch (err) {
       if ((err as TandemError).kind === 'precondition' || !opts.force) throw err;
       logger.error({ err }, 'could NOT raise the epoch (filestore unreachable?): the old primary is not fenced; promoting anyway (--force)');
@@ -127,7 +141,8 @@ export async function runPromote(
       unapplied: unapplied === null ? null : { sets: unapplied.sets, seconds: unapplied.seconds },
       restart: config.restartCommand ? 'pending' : 'none',
       epoch: epoch?.epoch ?? null,
-      primaryName: promotedName(config),
+      primaryName: self.host,
+      primaryId: self.id,
       overridden: failed.map((c) => c.detail),
     };
     await writePromoted(config.stateDir, promoted);
@@ -184,7 +199,12 @@ async function preflight(
     checks.push({ name: 'newest-applied', ok: false, detail: `cannot tell how much primary history is unapplied: ${describeError(err)}` });
   }
   try {
-    const silent = await checkPrimarySilent(opts.filestore, config.site, verifyKey, config.heartbeatStaleAfter);
+    // The newest set known committed, to tell a heartbeat that is the primary's last word from an old one.
+    let newest: KnownNewest | SetRef | null = unapplied?.newest ?? null;
+    if (applied !== null && (newest === null || compareSets(applied, newest) > 0)) newest = { setId: applied.setId, epoch: applied.epoch, seq: applied.seq };
+    // The standby daemon, if it runs, has seen the push channel's heartbeats.
+    const pushed = (await askDaemonStatus(config, opts.logger)).live?.primaryHeartbeat ?? null;
+    const silent = await checkPrimarySilent(opts.filestore, config.site, verifyKey, config.heartbeatStaleAfter, new Date(), { newest, pushed });
     const sw = opts.switchover;
     if (!silent.ok && sw !== undefined) {
       // Alive, but holding for this very switchover: its writes are stopped and this promote fences it.

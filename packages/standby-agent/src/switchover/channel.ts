@@ -15,7 +15,8 @@ import {
 } from '@tandem/shared';
 
 /**
- * The switchover's own connection to the primary's /v1/stream (bearer token on the upgrade). It
+ * The switchover's own connection to the primary's /v1/stream (this standby's own bearer token on
+ * the upgrade; the primary accepts the request only for the standby that token belongs to). It
  * sends `switchover-request` first instead of a hello, so that the standby daemon's connection of
  * the same standbyId (if one runs here) is not replaced. The primary's hello is checked (site) and
  * then everything but `switchover-*` messages (heartbeats, set-committed) is ignored.
@@ -34,7 +35,12 @@ export function switchoverStreamUrl(url: string): string {
 function upgradeRefused(status: number, url: string): TandemError {
   if (status === 401) {
     return new TandemError('config', 'SWITCHOVER_UNAUTHORIZED', `the primary at ${url} refused the token (401): the switchover request was not sent`, {
-      hint: "primary.tokenFile (or TANDEM_TOKEN) must hold the same token as the primary's server.tokenFile",
+      hint: "primary.tokenFile (or TANDEM_TOKEN) must hold this standby's own token, the one the primary's config lists for it under standbys: (id and tokenFile)",
+    });
+  }
+  if (status === 403) {
+    return new TandemError('config', 'SWITCHOVER_FORBIDDEN', `the primary at ${url} refused the token (403): it is the primary's monitoring or control token, not a standby's; the switchover request was not sent`, {
+      hint: "primary.tokenFile (or TANDEM_TOKEN) must hold this standby's own token, the one the primary's config lists for it under standbys: (id and tokenFile)",
     });
   }
   if (status === 503) {

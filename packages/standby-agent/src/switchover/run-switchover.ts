@@ -33,14 +33,16 @@ import { SwitchoverChannel, type ChannelEvent } from './channel.js';
  * 2. request    over the primary's /v1/stream: the primary stops the site's writes (onFenced), takes
  *               a final backup and holds (no more backups), reporting each step.
  * 3. apply      exactly the final set (already applied by the standby daemon: fine).
- * 4. promote    with the switchover context: preflight as usual, except that a fresh heartbeat is
- *               expected (the primary is alive, holding); never --force.
+ * 4. promote    asks first (switchover-promoting) and raises the epoch only after the primary's
+ *               switchover-promote-ok: until then the primary ends its hold as soon as this connection
+ *               is lost. Then the promote with the switchover context: preflight as usual, except that
+ *               a fresh heartbeat is expected (the primary is alive, holding); never --force.
  * 5. done       the primary reads epoch.json at once and is fenced.
  * A failure of 3 or 4 sends `switchover-abort`: the primary runs onResume and goes on as primary.
  */
 
 export type PrimaryAfter = 'fenced' | 'resumed' | 'resume-failed' | 'unchanged' | 'calling-off' | 'holding-until-timeout' | 'unknown';
-type Phase = 'before-writes-stopped' | 'writes-stopped' | 'held';
+type Phase = 'before-writes-stopped' | 'writes-stopped' | 'held' | 'promote-allowed';
 
 export interface SwitchoverEvent {
   at: string;
@@ -92,6 +94,8 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 /** How long to wait for the primary to confirm that it called the switchover off (onResume may be slow). */
 const RESUME_WAIT_MS = 6 * 60_000;
 const FENCED_WAIT_MS = 10_000;
+/** How long to wait for the primary's switchover-promote-ok (it writes its hold record first). */
+const PROMOTE_OK_WAIT_MS = 30_000;
 const clip = (s: string, n = 3_900) => (s.length <= n ? s : `${s.slice(0, n - 3)}...`);
 
 /** Checks that change nothing: a failure here means the primary is never asked. */
@@ -206,7 +210,7 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
       } else if (m.type === 'switchover-resumed') {
         event('primary', 'resumed', `called off: ${m.reason}`);
         return end({ failedStep: 'wait-for-ready', error: m.reason, primary: m.onResume === 'ok' ? 'resumed' : 'resume-failed' });
-      } else {
+      } else if (m.type === 'switchover-ready') {
         ready = m;
       }
     }
@@ -240,6 +244,15 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
       return end(lost(channel.closed, 'promote', 'held'));
     }
 
+    // Ask first: until the primary answers, it ends the hold as soon as this connection is lost.
+    channel.send({ type: 'switchover-promoting', requestId });
+    const allowed = await promoteAllowed(channel, requestId, Math.min(deadline.getTime(), Date.now() + PROMOTE_OK_WAIT_MS), event);
+    if (allowed.kind === 'ended') return end(allowed.outcome);
+    if (allowed.kind === 'timeout') {
+      return end(await abort(channel, requestId, 'promote', `the primary did not allow the promote within ${formatDuration(PROMOTE_OK_WAIT_MS)}`, event, 'held'));
+    }
+    event('primary', 'promote-allowed', `may promote: holding until ${allowed.holdUntil} whatever becomes of the connection`);
+
     // Promote (never --force: every check but the heartbeat's still applies).
     event('standby', 'promote', 'promoting');
     let promoted: PromoteResult;
@@ -261,7 +274,7 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
       }
     } catch (err) {
       event('standby', 'promote', `promote FAILED: ${describeError(err)}`);
-      return end(await abort(channel, requestId, 'promote', describeError(err), event, 'held'));
+      return end(await abort(channel, requestId, 'promote', describeError(err), event, 'promote-allowed'));
     }
     const epoch = promoted.epoch.epoch;
     outcome.promote = { checks: promoted.checks, restart: promoted.promoted.restart };
@@ -298,6 +311,31 @@ async function retryWhileBusy<T>(fn: () => Promise<T>, deadline: Date, log: Logg
   }
 }
 
+/** The primary's answer to switchover-promoting: ok (with its hold deadline), an end, or nothing in time. */
+async function promoteAllowed(
+  channel: SwitchoverChannel,
+  requestId: string,
+  until: number,
+  event: (side: SwitchoverEvent['side'], step: string, detail: string) => void,
+): Promise<{ kind: 'ok'; holdUntil: string } | { kind: 'ended'; outcome: Partial<SwitchoverOutcome> } | { kind: 'timeout' }> {
+  for (;;) {
+    const e = await channel.next(until);
+    if (e === null) return { kind: 'timeout' };
+    if (e.kind === 'closed') return { kind: 'ended', outcome: lost(e, 'promote', 'held') };
+    const m = e.msg;
+    if (m.requestId !== requestId) continue;
+    if (m.type === 'switchover-promote-ok') return { kind: 'ok', holdUntil: m.holdUntil };
+    if (m.type === 'switchover-progress') event('primary', m.step, m.detail);
+    else if (m.type === 'switchover-failed') {
+      event('primary', m.step, `FAILED: ${m.error}`);
+      return { kind: 'ended', outcome: failedByPrimary(m) };
+    } else if (m.type === 'switchover-resumed') {
+      event('primary', 'resumed', `called off: ${m.reason}`);
+      return { kind: 'ended', outcome: { failedStep: 'promote', error: m.reason, primary: m.onResume === 'ok' ? 'resumed' : 'resume-failed' } };
+    }
+  }
+}
+
 function failedByPrimary(m: SwitchoverFailed): Partial<SwitchoverOutcome> {
   return { failedStep: m.step, error: m.error, primary: m.primary };
 }
@@ -310,9 +348,9 @@ function lost(e: ChannelEvent | null, step: string, phase: Phase): Partial<Switc
   return {
     failedStep: step,
     error: `the connection to the primary was lost${how}${phase === 'held' && step === 'promote' ? ': not promoting without it' : ''}`,
-    // Before it offered the final set, the primary calls off by itself after its current step; once it
-    // holds, only at the end of the hold (this standby might have been promoting).
-    primary: phase === 'held' ? 'holding-until-timeout' : phase === 'writes-stopped' ? 'calling-off' : 'unknown',
+    // Until it allowed the promote, the primary calls off by itself (after its current step); once it
+    // did, only at the end of the hold (this standby might have been promoting).
+    primary: phase === 'promote-allowed' ? 'holding-until-timeout' : phase === 'writes-stopped' || phase === 'held' ? 'calling-off' : 'unknown',
   };
 }
 
@@ -373,7 +411,7 @@ export function describePrimaryAfter(o: SwitchoverOutcome): string {
     case 'unchanged':
       return 'nothing changed on the primary';
     case 'calling-off':
-      return 'the primary calls the switchover off by itself after its current step (onResume), since the connection was lost before it offered the final set';
+      return 'the primary calls the switchover off by itself (onResume, after its current step), since the connection was lost before it allowed this standby to promote';
     case 'holding-until-timeout':
       return `the primary still holds (writes stopped) and calls the switchover off by itself${o.holdUntil ? ` at ${o.holdUntil}` : ' when its hold times out'} (onResume), unless the epoch is raised`;
     default:

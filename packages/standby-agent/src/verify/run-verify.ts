@@ -1,3 +1,5 @@
+import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import {
   ARTIFACT_NAMES,
   describeError,
@@ -7,12 +9,13 @@ import {
   loadVerifyKeyFile,
   type Filestore,
   type Logger,
+  type Manifest,
   type StandbyConfig,
 } from '@tandem/shared';
 import { artifactLabel, streamArtifact } from '../apply/artifact-stream.js';
 import { identitiesFor } from '../apply/keys.js';
 import { resolveSet } from '../apply/resolve-set.js';
-import { artifactEntries } from '../apply/stage.js';
+import { artifactEntries, type ArtifactEntries } from '../apply/stage.js';
 import { listDump } from './list-dump.js';
 
 export interface ArtifactCheck {
@@ -41,7 +44,10 @@ export interface VerifyReport {
 }
 
 /**
- * The restore drill: everything an apply checks, touching nothing live and writing nothing to disk.
+ * The restore drill: everything an apply checks, touching nothing live. Like an apply, it verifies
+ * each artifact's stored bytes before it decrypts or reads any of them, so each is downloaded first
+ * into a scratch dir in the state dir (0700, `verify-*`; stored, still encrypted bytes only, one
+ * artifact at a time; removed at the end). The plain data is only read, never written.
  * The signature, epoch and manifest must hold for anything to be checked; after that every artifact
  * is checked even when an earlier one failed, so one run lists every problem.
  */
@@ -59,14 +65,30 @@ export async function runVerify(config: StandbyConfig, opts: { filestore: Filest
     ok: true,
     artifacts: [],
   };
+  await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  const scratch = await mkdtemp(join(config.stateDir, 'verify-'));
+  try {
+    await chmod(scratch, 0o700);
+    await checkArtifacts(config, { ...opts, manifest, identities, entries, report, scratch });
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+  return report;
+}
+
+async function checkArtifacts(
+  config: StandbyConfig,
+  o: { logger: Logger; filestore: Filestore; manifest: Manifest; identities: string[]; entries: ArtifactEntries; report: VerifyReport; scratch: string },
+): Promise<void> {
+  const { manifest, identities, entries, report } = o;
   for (const name of ARTIFACT_NAMES) {
     const entry = entries[name];
     if (entry === undefined) continue; // optional, absent from sets made by an earlier tandem
     const check: ArtifactCheck = { name, file: entry.file, storedBytes: entry.storedSize, ok: false };
     const label = artifactLabel(manifest, entry);
     try {
-      const src = { filestore: opts.filestore, manifest, entry, identities };
-      const r = await streamArtifact(src, async (plain) => {
+      const src = { filestore: o.filestore, manifest, entry, identities };
+      const r = await streamArtifact(src, o.scratch, async (plain) => {
         if (name === 'db') {
           check.entries = (await listDump(plain, config.database, label)).entries;
         } else if (name === 'dbmeta') {
@@ -81,14 +103,13 @@ export async function runVerify(config: StandbyConfig, opts: { filestore: Filest
       });
       check.ok = true;
       check.seconds = r.seconds;
-      opts.logger.info({ artifact: name, entries: check.entries, seconds: r.seconds }, 'artifact verified');
+      o.logger.info({ artifact: name, entries: check.entries, seconds: r.seconds }, 'artifact verified');
     } catch (err) {
       report.ok = false;
       report.firstError ??= err;
       check.error = describeError(err);
-      opts.logger.error({ artifact: name, code: isTandemError(err) ? err.code : undefined }, check.error);
+      o.logger.error({ artifact: name, code: isTandemError(err) ? err.code : undefined }, check.error);
     }
     report.artifacts.push(check);
   }
-  return report;
 }
