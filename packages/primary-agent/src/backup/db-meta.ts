@@ -12,6 +12,10 @@ import {
 
 type Use = DbMetaRole['uses'][number];
 
+/** An object an extension created: pg_dump writes CREATE EXTENSION for it, not its owner. */
+const notMember = (catalog: string) =>
+  `NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '${catalog}'::regclass AND e.objid = x.oid AND e.deptype = 'e')`;
+
 /**
  * Reads, from the primary's catalogs, what the dump does not carry: the database's own owner,
  * grants, comment and settings, the extensions with their versions, and every role the database
@@ -83,11 +87,12 @@ export async function readDbMeta(config: PrimaryConfig): Promise<DbMeta> {
        SELECT pg_get_userbyid(d.datdba), 'owner' FROM pg_database d WHERE d.oid = $1
       UNION
        -- the bootstrap superuser is pinned (pg_shdepend does not record it): find what it owns
+       -- that the dump names an owner for (not extension members, array or row types)
        SELECT pg_get_userbyid(10), 'owner' WHERE EXISTS (
-         SELECT 1 FROM pg_class WHERE relowner = 10 AND oid >= 16384
-         UNION ALL SELECT 1 FROM pg_proc WHERE proowner = 10 AND oid >= 16384
-         UNION ALL SELECT 1 FROM pg_type WHERE typowner = 10 AND oid >= 16384
-         UNION ALL SELECT 1 FROM pg_namespace WHERE nspowner = 10 AND oid >= 16384
+         SELECT 1 FROM pg_class x WHERE relowner = 10 AND oid >= 16384 AND ${notMember('pg_class')}
+         UNION ALL SELECT 1 FROM pg_proc x WHERE proowner = 10 AND oid >= 16384 AND ${notMember('pg_proc')}
+         UNION ALL SELECT 1 FROM pg_type x WHERE typowner = 10 AND oid >= 16384 AND typrelid = 0 AND typcategory <> 'A' AND ${notMember('pg_type')}
+         UNION ALL SELECT 1 FROM pg_namespace x WHERE nspowner = 10 AND oid >= 16384 AND ${notMember('pg_namespace')}
          UNION ALL SELECT 1 FROM pg_largeobject_metadata WHERE lomowner = 10)`,
       [db.oid],
     );
