@@ -6,6 +6,7 @@
 set -euo pipefail
 
 say() { printf 'setup-ceph: %s\n' "$*" >&2; }
+. "$(dirname "$0")/apt-install.sh"
 
 # Debian 12 ships Ceph 16.2 (Pacific), whose gateway honours If-None-Match: * and If-Match on
 # PutObject (If-Match only with the bare ETag; see docs/reliability.md).
@@ -13,17 +14,7 @@ missing=0
 for cmd in ceph ceph-mon ceph-osd monmaptool radosgw radosgw-admin; do
   command -v "$cmd" >/dev/null || missing=1
 done
-if [ "$missing" -eq 1 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    SUDO=sudo
-    command -v sudo >/dev/null || { say "missing Ceph; install it as root: apt-get install --no-install-recommends radosgw ceph-mon ceph-osd"; exit 1; }
-  else
-    SUDO=
-  fi
-  say "installing radosgw, ceph-mon and ceph-osd from Debian"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends radosgw ceph-mon ceph-osd >/dev/null
-fi
+[ "$missing" -eq 0 ] || apt_install --no-install-recommends radosgw ceph-mon ceph-osd
 for cmd in ceph ceph-mon ceph-osd monmaptool radosgw radosgw-admin; do
   command -v "$cmd" >/dev/null || { say "$cmd is still missing after the install"; exit 1; }
 done

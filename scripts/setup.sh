@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*" >&2; }
+. scripts/apt-install.sh
 
 # System tools: pg_dump/pg_restore (postgresql-client), zstd, age (interop tests, decrypt by hand),
 # GNU tar, restic (the file-backup reference in the benchmarks).
@@ -14,17 +15,7 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v age >/dev/null || need+=(age)
 command -v tar >/dev/null || need+=(tar)
 command -v restic >/dev/null || need+=(restic)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    SUDO=sudo
-    command -v sudo >/dev/null || { say "missing: ${need[*]}; install them with apt-get as root"; exit 1; }
-  else
-    SUDO=
-  fi
-  say "installing ${need[*]} from Debian"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 # The local PostgreSQL the demo and the tests use (trust auth on 127.0.0.1:5432).
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then

@@ -39,6 +39,7 @@ export async function applyDatabaseProperties(config: StandbyConfig, names: Name
   });
 
   // pg_dump's CREATE EXTENSION names no version: bring each to the primary's.
+  if (meta.extensions.length === 0) return;
   await withPg(
     config.database,
     async (c) => {
