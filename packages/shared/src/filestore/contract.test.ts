@@ -304,6 +304,25 @@ function filestoreContract(name: string, backend: () => Backend, caps: Capabilit
       expect(((await rejection(sha256Of(body))) as Error).name).toBe('AbortError');
     });
 
+    it('an abort before the body is piped anywhere is reported by the later pipeline, not thrown at the process', async () => {
+      await fs.put('g/late', generated(2 * MiB).stream);
+      const ac = new AbortController();
+      const { body } = await fs.get('g/late', { signal: ac.signal });
+      const uncaught: unknown[] = [];
+      const onUncaught = (err: unknown) => uncaught.push(err);
+      process.prependListener('uncaughtException', onUncaught);
+      try {
+        ac.abort(new Error('stopped'));
+        await new Promise((r) => setTimeout(r, 50)); // the caller awaits something else first
+        expect(((await rejection(sha256Of(body))) as Error).message).toBe('stopped');
+        expect(uncaught).toEqual([]);
+      } finally {
+        process.off('uncaughtException', onUncaught);
+      }
+      const aborted = AbortSignal.abort();
+      expect(((await rejection(fs.get('g/late', { signal: aborted }))) as Error).name).toBe('AbortError');
+    });
+
     it('rejects unsafe keys as permanent errors naming the key', async () => {
       for (const key of ['/abs', 'a/../b', '..', 'a//b', 'a/', 'a\\b', '', 'a/./b', 'x.tmp-1']) {
         const err = await expectKind(fs.putBuffer(key, Buffer.from('x')), 'permanent');

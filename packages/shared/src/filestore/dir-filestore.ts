@@ -4,7 +4,7 @@ import { hostname } from 'node:os';
 import { link, mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { Readable, Transform, Writable, addAbortSignal } from 'node:stream';
+import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
@@ -81,6 +81,23 @@ export function abortError(signal: AbortSignal): unknown {
 
 export function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw abortError(signal);
+}
+
+/**
+ * Ties a returned body to the caller's signal. The abort may come before the caller has piped the
+ * body anywhere (it awaits something else first): the error is then kept on the stream, which the
+ * caller's pipeline reports when it starts, instead of an 'error' event nobody listens to, which
+ * would end the process.
+ */
+export function abortableBody<T extends Readable>(body: T, signal: AbortSignal | undefined): T {
+  if (!signal) return body;
+  body.on('error', () => {});
+  if (signal.aborted) {
+    body.destroy(abortError(signal) as Error);
+    throw abortError(signal);
+  }
+  signal.addEventListener('abort', () => body.destroy(abortError(signal) as Error), { once: true });
+  return body;
 }
 
 /** S3 lists in UTF-8 byte order; JS string order differs for astral characters. */
@@ -244,8 +261,7 @@ export class DirFilestore implements Filestore {
     raw.on('error', (err) => body.destroy(fsError(err, 'read', p) as Error));
     body.on('close', () => raw.destroy());
     raw.pipe(body);
-    if (opts.signal) addAbortSignal(opts.signal, body);
-    return { body, info: infoOf(key, st) };
+    return { body: abortableBody(body, opts.signal), info: infoOf(key, st) };
   }
 
   async getBuffer(key: string, opts: GetBufferOptions = {}): Promise<{ body: Buffer; info: ObjectInfo }> {

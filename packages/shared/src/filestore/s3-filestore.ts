@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
-import { PassThrough, Readable, addAbortSignal } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   DeleteObjectCommand,
@@ -21,6 +21,7 @@ export { redactUrl };
 import {
   RESERVED_MARK,
   abortError,
+  abortableBody,
   byteOrder,
   checkKey,
   checkPrefix,
@@ -338,8 +339,7 @@ export class S3Filestore implements Filestore {
       }
     };
     pump().catch((err: unknown) => out.destroy(err instanceof TandemError ? err : shortRead((err as Error).message, err)));
-    if (signal) addAbortSignal(signal, out);
-    return out;
+    return abortableBody(out, signal);
   }
 
   async getBuffer(key: string, opts: GetBufferOptions = {}): Promise<{ body: Buffer; info: ObjectInfo }> {
