@@ -4,7 +4,7 @@ import { defineConfig } from 'vitest/config';
 /**
  * The fault suites (`npm run test:faults`): crash, filestore faults, and whatever else lives in
  * test/faults/. The default config (vitest.config.ts) leaves them out; test/faults-fast.test.ts
- * runs a small subset of them in `npm test`.
+ * and test/faults-fast-refusals.test.ts run small subsets of them in `npm test`.
  */
 export default defineConfig({
   resolve: {

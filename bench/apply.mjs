@@ -11,10 +11,11 @@
 //   1. reference: CREATE DATABASE + `pg_restore -j2 -d REF FILE` (a fresh database each run)
 //   2. `tandem-standby apply --force --json` (per-stage durations from --json; peak RSS)
 //   3. reference: `restic restore latest --target DIR` into a fresh, empty directory
-// The database part of an apply is durations.db (download + SHA-256 into the staging dir, then age
-// decrypt + zstd -d of that verified copy into the staged dump file) + durations.restore (CREATE
-// DATABASE + pg_restore -j2) + durations.switch_db (the renames); the files part is durations.files
-// (download + SHA-256, then decrypt + zstd -d + safe tar extraction beside the live dir) +
+// The database part of an apply is durations.db (the dump streamed from the filestore, each 8 MiB
+// piece checked against its signed SHA-256 before use, age decrypt + zstd -d into the staged dump
+// file, while the archives download and are verified whole) + durations.restore (CREATE DATABASE +
+// pg_restore -j2) + durations.switch_db (the renames); the files part is durations.files (what is
+// left of its download, then decrypt + zstd -d + safe tar extraction beside the live dir) +
 // durations.switch_files (the directory swap).
 //
 //   BENCH_APPLY_BASELINE=DIR: a built checkout of another version of tandem (e.g. `git archive` of

@@ -16,7 +16,7 @@ import { pipeline } from 'node:stream/promises';
 import { ROOT } from './lib/common.mjs';
 import { ciphertextPieces, decryptThroughput, encryptThroughput, plaintext } from './lib/age-throughput.mjs';
 
-const { formatIdentityFile, generateAgeKeyPair } = await import(`${ROOT}/packages/shared/dist/crypto/age.js`);
+const { formatIdentityFile, generateAgeKeyPair } = await import(`${ROOT}/packages/shared/dist/crypto/age/index.js`);
 
 const totalMiB = Number(process.argv[2] ?? 512);
 const pieceKiB = Number(process.argv[3] ?? 1024);

@@ -12,7 +12,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startS3rver, s3rverEnv, s3rverFilestoreUrl, type S3rverHandle } from './support/s3rver.js';
 import {
   closedPort,
-  dbUrl,
   ensurePostgres,
   requireCommands,
   runPrimary,
@@ -20,12 +19,11 @@ import {
   startPrimary,
   tmpDir,
   waitFor,
-  writePrimaryConfig,
   type RunResult,
   type RunningPrimary,
 } from './support/site.js';
 import { httpGet, metric, startStandbyDaemon, writeDaemonConfig, writeToken, type RunningStandby } from './support/standby-daemon.js';
-import { createStandbySite, dropSiteDatabases, restartLog, runStandby, show, type StandbySite } from './support/standby-helpers.js';
+import { createStandbySite, dropSiteDatabases, restartLog, runStandby, show, writeSitePrimaryConfig, type StandbySite } from './support/standby-helpers.js';
 
 const TOKEN = randomBytes(24).toString('hex');
 /** standby-1's own token: the primary lists it under standbys:; it also opens the standby's /status. */
@@ -81,14 +79,12 @@ describe('tandem-primary run and tandem-standby run together (S3, PostgreSQL)', 
     tokenFile = await writeToken(join(root, 'control.token'), TOKEN);
     sbTokenFile = await writeToken(join(root, 'standby-1.token'), SB_TOKEN);
     // The primary's config again, now with the daemon's keys; no scheduled run comes during the test.
-    await writePrimaryConfig(s.primary.configFile, {
-      site: s.site,
-      databaseUrl: dbUrl(s.primary.db),
-      paths: s.primary.paths,
-      filestoreUrl: s.filestoreUrl,
-      keys: { recipientFile: s.keys.recipientFile, signingKeyFile: s.keys.signingKeyFile },
-      stateDir: s.primary.stateDir,
-      extra: { schedule: '0 0 1 1 *', timezone: 'UTC', heartbeatInterval: '1s', server: { listen: `127.0.0.1:${port}`, tokenFile }, standbys: [{ id: 'standby-1', tokenFile: sbTokenFile }] },
+    await writeSitePrimaryConfig(s, s.primary.configFile, {
+      schedule: '0 0 1 1 *',
+      timezone: 'UTC',
+      heartbeatInterval: '1s',
+      server: { listen: `127.0.0.1:${port}`, tokenFile },
+      standbys: [{ id: 'standby-1', tokenFile: sbTokenFile }],
     });
     await writeDaemonConfig(s, s.standby.configFile, {
       restoreJobs: 1,

@@ -7,13 +7,13 @@
  *
  * Needs: `npx tsc -b` first, PostgreSQL on 127.0.0.1:5432 (or TANDEM_TEST_PG), pg_dump on PATH.
  */
-import { existsSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { chmod, chown, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateAgeKeyPair } from '@tandem/shared';
-import { PRIMARY_MAIN, createDemoDatabase, createSiteTree, dbUrl, dropDatabase, ensurePostgres, requireCommands, runPrimary, tmpDir, writePrimaryConfig } from './support/site.js';
+import { createDemoDatabase, createSiteTree, dbUrl, dropDatabase, ensurePostgres, requireBuilt, requireCommands, runPrimary, tmpDir, writePrimaryConfig } from './support/site.js';
 
 const DB = `tandem_keyfiles_${process.pid}`;
 const OTHER_UID = 65534; // nobody
@@ -21,7 +21,7 @@ let work: string;
 
 beforeAll(async () => {
   requireCommands(['pg_dump']);
-  if (!existsSync(PRIMARY_MAIN)) throw new Error(`${PRIMARY_MAIN} is missing: build first with \`npx tsc -b\``);
+  requireBuilt();
   await ensurePostgres();
   work = await tmpDir('tandem-keyfiles-');
   await createDemoDatabase(DB, { rows: 10 });

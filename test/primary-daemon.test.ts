@@ -16,7 +16,6 @@ import WebSocket from 'ws';
 import { encodeStandbyReport, loadSigningKeyFile, loadVerifyKeyFile, makeSetId, openFilestore, signManifest, verifyHeartbeat, type Manifest } from '@tandem/shared';
 import { S3RVER_CREDENTIALS, s3rverEnv, s3rverFilestoreUrl, startS3rver } from './support/s3rver.js';
 import {
-  PRIMARY_MAIN,
   closedPort,
   createDemoDatabase,
   createSiteTree,
@@ -25,6 +24,7 @@ import {
   ensurePostgres,
   logRecords,
   makeKeys,
+  requireBuilt,
   requireCommands,
   runPrimary,
   sleep,
@@ -57,7 +57,7 @@ const sockets: WebSocket[] = [];
 
 beforeAll(async () => {
   requireCommands(['pg_dump']);
-  if (!existsSync(PRIMARY_MAIN)) throw new Error(`${PRIMARY_MAIN} is missing: build first with \`npx tsc -b\``);
+  requireBuilt();
   await ensurePostgres();
   work = await tmpDir('tandem-daemon-test-');
   store = join(work, 'store');

@@ -23,7 +23,6 @@ import { writeTokens, type TokenSet } from './support/tokens.js';
 import {
   PRIMARY_MAIN,
   closedPort,
-  dbUrl,
   dumpDatabaseState,
   ensurePostgres,
   logRecords,
@@ -34,7 +33,6 @@ import {
   tmpDir,
   waitFor,
   withDb,
-  writePrimaryConfig,
   type RunningPrimary,
 } from './support/site.js';
 import {
@@ -46,6 +44,7 @@ import {
   restartLog,
   runStandby,
   show,
+  writeSitePrimaryConfig,
   writeStandbyConfig,
   type StandbySite,
 } from './support/standby-helpers.js';
@@ -147,21 +146,13 @@ while [ -f '${marker('writer-running')}' ] && [ ! -f '${marker('writer-stopped')
 `,
   );
   await chmod(onFenced, 0o755);
-  await writePrimaryConfig(s.primary.configFile, {
-    site: s.site,
-    databaseUrl: dbUrl(s.primary.db),
-    paths: s.primary.paths,
-    filestoreUrl: s.filestoreUrl,
-    keys: s.keys,
-    stateDir: s.primary.stateDir,
-    extra: {
-      schedule: '0 3 * * *',
-      heartbeatInterval: '1s',
-      server: tokens.primaryServer(`127.0.0.1:${port}`),
-      standbys: tokens.primaryStandbys(),
-      onFenced,
-      onResume: `echo "$TANDEM_REASON $TANDEM_SWITCHOVER_ID" >> '${marker('onresume.log')}' && rm -f '${marker('maintenance')}'`,
-    },
+  await writeSitePrimaryConfig(s, s.primary.configFile, {
+    schedule: '0 3 * * *',
+    heartbeatInterval: '1s',
+    server: tokens.primaryServer(`127.0.0.1:${port}`),
+    standbys: tokens.primaryStandbys(),
+    onFenced,
+    onResume: `echo "$TANDEM_REASON $TANDEM_SWITCHOVER_ID" >> '${marker('onresume.log')}' && rm -f '${marker('maintenance')}'`,
   });
 
   // A standby in backup mode, one set behind nothing.

@@ -1,4 +1,4 @@
-// Throughput of tandem's own age streams (packages/shared/dist/crypto/age.js) alone: plaintext
+// Throughput of tandem's own age streams (packages/shared/dist/crypto/age/index.js) alone: plaintext
 // from memory, output to a sink that discards it: no disk, no network, no child process.
 // Input comes in `pieceKiB` buffers: 64 KiB is what the backup pipeline hands the encrypter (zstd's
 // stdout pipe yields 64 KiB chunks), 1024 KiB is the best case.
@@ -7,7 +7,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ROOT, MIB, best, median } from './common.mjs';
 
-const age = await import(`${ROOT}/packages/shared/dist/crypto/age.js`);
+const age = await import(`${ROOT}/packages/shared/dist/crypto/age/index.js`);
 
 /** Discards everything, counting bytes (`.bytes`). */
 export function sink() {

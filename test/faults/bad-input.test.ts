@@ -11,8 +11,8 @@ import { stringify as toYaml, parse as fromYaml } from 'yaml';
 import { TandemError, loadPrimaryConfig, loadStandbyConfig } from '@tandem/shared';
 import { PRIMARY_MAIN, runCommand, runPrimary, sleep, withDb, type RunResult } from '../support/site.js';
 import { STANDBY_MAIN, apply, forgeSet, readPlain, removeStandbySite, show, writeStandbyConfig, type StandbySite } from '../support/standby-helpers.js';
-import { Tally, errorText, expectRefused, setUpRefusalSite, type Baseline } from './support-b/refusal.js';
-import { sample, variants, type Doc } from './support-b/config-variants.js';
+import { Tally, errorText, expectRefused, setUpRefusalSite, type Baseline } from './support/refusal.js';
+import { sample, variants, type Doc } from './support/config-variants.js';
 
 const tally = new Tally('bad input');
 let root: string;

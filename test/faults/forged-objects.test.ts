@@ -15,8 +15,8 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { layout, loadVerifyKeyFile, verifyHeartbeat } from '@tandem/shared';
 import { silentPrimary } from '../support/heartbeat.js';
-import { closedPort, dbUrl, ensurePostgres, logRecords, requireCommands, runPrimary, sleep, startPrimary, tmpDir, waitFor, writePrimaryConfig, type RunningPrimary } from '../support/site.js';
-import { apply, backup, createStandbySite, removeStandbySite, runStandby, show, type StandbySite } from '../support/standby-helpers.js';
+import { closedPort, ensurePostgres, logRecords, requireCommands, runPrimary, sleep, startPrimary, tmpDir, waitFor, type RunningPrimary } from '../support/site.js';
+import { apply, backup, createStandbySite, removeStandbySite, runStandby, show, writeSitePrimaryConfig, type StandbySite } from '../support/standby-helpers.js';
 import { httpGet, metric, startStandbyDaemon, writeDaemonConfig, writeToken, type RunningStandby } from '../support/standby-daemon.js';
 
 const GIB = 1024 ** 3;
@@ -142,7 +142,7 @@ describe('a 1.5 GiB small document is refused from its size, before a byte is re
       const pr = await measured('primary', ['prune', '--dry-run', '--json', '--config', s.primary.configFile]);
       expect(pr.r.code, show(pr.r)).toBe(0);
       expect((JSON.parse(pr.r.stdout) as { keep: Array<{ setId: string }> }).keep.map((k) => k.setId)).toContain(first);
-      expect(logRecords(pr.r.stderr).find((l) => l.msg === 'retention: ignoring an unreadable standby report')?.err).toContain(tooLarge(report));
+      expect((logRecords(pr.r.stderr).find((l) => l.msg === 'retention: ignoring an unreadable standby report')?.err as { message?: string } | undefined)?.message).toContain(tooLarge(report));
       expect(pr.peak).toBeLessThan(MAX_RSS_BYTES);
     });
     await rm(objectPath(report), { force: true });
@@ -197,14 +197,11 @@ describe('freshness: an older latest.json put back', () => {
 
     const port = await closedPort();
     const tokenFile = await writeToken(join(root, 'control.token'), 'c'.repeat(64));
-    const daemonConfig = await writePrimaryConfig(join(root, 'primary-daemon.yml'), {
-      site: s.site,
-      databaseUrl: dbUrl(s.primary.db),
-      paths: s.primary.paths,
-      filestoreUrl: s.filestoreUrl,
-      keys: s.keys,
-      stateDir: s.primary.stateDir,
-      extra: { schedule: '0 0 1 1 *', timezone: 'UTC', heartbeatInterval: '1s', server: { listen: `127.0.0.1:${port}`, tokenFile } },
+    const daemonConfig = await writeSitePrimaryConfig(s, join(root, 'primary-daemon.yml'), {
+      schedule: '0 0 1 1 *',
+      timezone: 'UTC',
+      heartbeatInterval: '1s',
+      server: { listen: `127.0.0.1:${port}`, tokenFile },
     });
     primary = startPrimary(['run', '--config', daemonConfig], { timeoutMs: 300_000 });
     await waitFor(async () => (await httpGet(`127.0.0.1:${port}`, '/healthz').catch(() => null))?.status === 200, 'the primary daemon to listen', 30_000, 50);

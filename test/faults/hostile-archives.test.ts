@@ -11,9 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { artifactFileName } from '@tandem/shared';
 import { runCommand, runPrimary, type RunResult } from '../support/site.js';
 import { STANDBY_MAIN, apply, forgeSet, removeStandbySite, show, writeStandbyConfig, type StandbySite } from '../support/standby-helpers.js';
-import { forgeStored } from './support-b/forge.js';
-import { Tally, escapeRe, expectRefused, outsideDir, setUpRefusalSite, type Baseline } from './support-b/refusal.js';
-import { sealStream, tarBuffer, tarChunks, type HostileEntry } from './support-b/tar.js';
+import { forgeStored } from './support/forge.js';
+import { Tally, escapeRe, expectRefused, outsideDir, setUpRefusalSite, type Baseline } from './support/refusal.js';
+import { sealStream, tarBuffer, tarChunks, type HostileEntry } from './support/tar.js';
 import { parse as fromYaml, stringify as toYaml } from 'yaml';
 import { readFile, writeFile } from 'node:fs/promises';
 

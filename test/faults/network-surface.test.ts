@@ -17,7 +17,7 @@ import { closedPort, ensurePostgres, logRecords, requireCommands, sleep, startPr
 import { backup, createStandbySite, dropSiteDatabases, type StandbySite } from '../support/standby-helpers.js';
 import { httpGet, startStandbyDaemon, writeDaemonConfig, writeToken, type RunningStandby } from '../support/standby-daemon.js';
 import { writeTokens, type TokenSet } from '../support/tokens.js';
-import { Tally } from './support-b/refusal.js';
+import { Tally } from './support/refusal.js';
 
 const tally = new Tally('network surface');
 // Every token of both daemons: the primary's control and monitoring tokens, the listed standbys'

@@ -10,9 +10,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ARTIFACT_NAMES, artifactFileName, layout, type ArtifactEntry, type ArtifactName, type Manifest } from '@tandem/shared';
 import { makeKeys, type KeyFiles } from '../support/site.js';
 import { apply, forgeSet, pointLatestAt, readPlain, removeStandbySite, runStandby, show, type StandbySite } from '../support/standby-helpers.js';
-import { Tally, baseline, expectRefused, setUpRefusalSite, type Baseline } from './support-b/refusal.js';
-import { bombBytes, bytesUnder, sealToSize, watchDisk, zstdBomb, zstdOf } from './support-b/replace.js';
-import { tarBuffer } from './support-b/tar.js';
+import { Tally, baseline, expectRefused, setUpRefusalSite, type Baseline } from './support/refusal.js';
+import { bombBytes, bytesUnder, sealToSize, watchDisk, zstdBomb, zstdOf } from './support/replace.js';
+import { tarBuffer } from './support/tar.js';
 
 const tally = new Tally('tamper');
 let root: string;

@@ -12,7 +12,7 @@
  * - Site trees:  createSiteTree(), mutateSiteTree(), snapshotTree()
  * - CLI:         makeKeys(), writePrimaryConfig(), runPrimary(), startPrimary(), runAgent(), startAgent(),
  *                messageLines(), logRecords()
- * - Misc:        requireCommands(), runCommand(), mustRun(), sha256(), tmpDir(), closedPort(), waitFor(), sleep()
+ * - Misc:        requireCommands(), requireBuilt(), runCommand(), mustRun(), sha256(), tmpDir(), closedPort(), waitFor(), sleep()
  *
  * Environment knobs:
  *   TANDEM_TEST_PG  base URL of the test server (default postgres://postgres@127.0.0.1:5432);
@@ -21,6 +21,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
+import { existsSync } from 'node:fs';
 import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve, sep } from 'node:path';
@@ -82,6 +83,11 @@ export function requireCommands(names: string[]): void {
       `the scenario tests need ${missing.join(', ')} on PATH (Debian: apt-get install age zstd tar postgresql-client); .ci/run installs them`,
     );
   }
+}
+
+/** Fail loudly (not skip) when an agent's CLI has not been built; `npx tsc -b` builds it. */
+export function requireBuilt(mainJs = PRIMARY_MAIN): void {
+  if (!existsSync(mainJs)) throw new Error(`${mainJs} is missing: build first with \`npx tsc -b\``);
 }
 
 export interface CommandResult {

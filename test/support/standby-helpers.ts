@@ -3,7 +3,6 @@
  * beside it, the real `tandem-standby` CLI, snapshots of "everything live" on the standby, and a
  * forger that publishes hand-made (damaged, malicious, re-signed) sets with the site's real keys.
  */
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -11,6 +10,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   artifactFileName,
+  chunksOf,
   createAgeDecryptStream,
   createAgeEncryptStream,
   layout,
@@ -33,13 +33,14 @@ import { stringify as toYaml } from 'yaml';
 import { S3RVER_CREDENTIALS } from './s3rver.js';
 import {
   PG_BASE_URL,
-  REPO_ROOT,
+  STANDBY_MAIN,
   createDemoDatabase,
   createSiteTree,
   dbUrl,
   dropDatabase,
   dumpDatabaseState,
   makeKeys,
+  runAgent,
   runPrimary,
   snapshotTree,
   type DatabaseState,
@@ -51,34 +52,11 @@ import {
   writePrimaryConfig,
 } from './site.js';
 
-export const STANDBY_MAIN = join(REPO_ROOT, 'packages', 'standby-agent', 'dist', 'main.js');
+export { STANDBY_MAIN } from './site.js';
 
 /** Run `tandem-standby ...args` (the built CLI); never rejects on a non-zero exit or a signal. */
 export function runStandby(args: string[], opts: RunOptions = {}): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [STANDBY_MAIN, ...args], {
-      cwd: opts.cwd ?? REPO_ROOT,
-      env: { ...process.env, TANDEM_LOG_FORMAT: 'json', TANDEM_LOG_LEVEL: 'info', ...opts.env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, opts.timeoutMs ?? 60_000);
-    child.once('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.once('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), timedOut });
-    });
-  });
+  return runAgent(STANDBY_MAIN, args, opts);
 }
 
 /** A readable summary of a CLI run, for assertion messages. */
@@ -123,14 +101,6 @@ export async function createStandbySite(root: string, opts: { filestoreUrl?: str
   await createDemoDatabase(primaryDb);
   const primaryPaths = await createSiteTree(join(root, 'primary'));
   const filestoreUrl = opts.filestoreUrl ?? `file://${join(root, 'store')}`;
-  const primaryConfig = await writePrimaryConfig(join(root, 'primary.yml'), {
-    site,
-    databaseUrl: dbUrl(primaryDb),
-    paths: primaryPaths,
-    filestoreUrl,
-    keys,
-    stateDir: join(root, 'primary-state'),
-  });
   const sroot = join(root, 'standby');
   const standbyPaths = {
     config: join(sroot, 'priv'),
@@ -146,7 +116,7 @@ export async function createStandbySite(root: string, opts: { filestoreUrl?: str
     keys,
     filestoreUrl,
     env: opts.env ?? {},
-    primary: { db: primaryDb, paths: primaryPaths, configFile: primaryConfig, stateDir: join(root, 'primary-state') },
+    primary: { db: primaryDb, paths: primaryPaths, configFile: join(root, 'primary.yml'), stateDir: join(root, 'primary-state') },
     standby: {
       db: standbyDb,
       paths: standbyPaths,
@@ -156,8 +126,25 @@ export async function createStandbySite(root: string, opts: { filestoreUrl?: str
     },
     openStore: () => openFilestore(filestoreUrl, filestoreUrl.startsWith('s3:') ? { s3: { credentials: S3RVER_CREDENTIALS } } : {}),
   };
+  await writeSitePrimaryConfig(s, s.primary.configFile);
   await writeStandbyConfig(s, s.standby.configFile, { restoreJobs: opts.restoreJobs });
   return s;
+}
+
+/**
+ * Writes a primary config for the site's primary: its database, trees, filestore, keys and state
+ * dir, plus `extra` top-level keys (the daemon's schedule, server, standbys ...) as given.
+ */
+export function writeSitePrimaryConfig(s: StandbySite, file: string, extra?: Record<string, unknown>): Promise<string> {
+  return writePrimaryConfig(file, {
+    site: s.site,
+    databaseUrl: dbUrl(s.primary.db),
+    paths: s.primary.paths,
+    filestoreUrl: s.filestoreUrl,
+    keys: s.keys,
+    stateDir: s.primary.stateDir,
+    extra,
+  });
 }
 
 /** Writes a standby config for the site (defaults: the site's keys, preserve config.d/db.yml, a restart command that logs). */
@@ -328,6 +315,8 @@ export interface ForgeOptions {
   keepLatest?: boolean;
   /** Sign this plainSize instead of the true one (a faulty or hostile primary). */
   claimPlainSize?: Partial<Record<ArtifactName, number>>;
+  /** No chunk digests in the manifest, as a primary made sets before they existed: every artifact is verified whole before use. */
+  wholeOnly?: boolean;
 }
 
 export interface ForgedSetStart {
@@ -384,7 +373,10 @@ export async function forgeSet(s: StandbySite, baseSetId: string, o: ForgeOption
         stored = o.unencrypted ? await collect(Readable.from([plain]).pipe(zstdCompress())) : await sealArtifact(s, plain);
         entry = { ...entry, plainSize: plain.length };
       }
-      entry = { ...entry, storedSize: stored.length, storedSha256: sha256(stored) };
+      // Chunk digests as a primary makes them, or none (a set made before they existed).
+      const { chunks: _old, ...whole } = entry;
+      const chunks = o.wholeOnly ? undefined : chunksOf(stored);
+      entry = { ...whole, storedSize: stored.length, storedSha256: sha256(stored), ...(chunks ? { chunks } : {}) };
       const claimed = o.claimPlainSize?.[a.name];
       if (claimed !== undefined) entry = { ...entry, plainSize: claimed };
       const damaged = o.damage?.[a.name]?.(stored) ?? stored;

@@ -4,8 +4,8 @@ import { createLogger, type Logger } from './logger.js';
 
 /**
  * The command-line frame shared by both agents: subcommand dispatch, --help on every command,
- * and the one place where thrown errors become a message and an exit code. Commands throw;
- * they never call process.exit.
+ * and the one place where thrown errors become a message and an exit code. Commands throw or
+ * return their exit code; they never call process.exit.
  */
 export type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -120,14 +120,32 @@ export function main(p: Program): void {
   runCli(p, process.argv.slice(2)).then(
     (code) => {
       settled = true;
-      process.exitCode = code;
+      exitWhenIdle(p.bin, code);
     },
     (err: unknown) => {
       settled = true;
       process.stderr.write(`${formatError(p.bin, err)}\n`);
-      process.exitCode = 70;
+      exitWhenIdle(p.bin, 70);
     },
   );
+}
+
+/** How long a finished command's process may stay alive before it is ended with the command's exit code. */
+const EXIT_GRACE_MS = 5_000;
+
+/**
+ * The command has finished and closed what it opened: the process ends when the event loop is empty,
+ * with `code`. Should something still hold the loop (a leaked handle, a child process a library
+ * failed to reap, an apply that ignored even its abort and is left to its journal), the process
+ * must end all the same: the unref'd timer fires only in that case. This is the one place that
+ * calls process.exit.
+ */
+function exitWhenIdle(bin: string, code: number): void {
+  process.exitCode = code;
+  setTimeout(() => {
+    process.stderr.write(`${bin}: still running ${EXIT_GRACE_MS / 1000} s after the command finished (an open handle or child process); exiting anyway\n`);
+    process.exit(code);
+  }, EXIT_GRACE_MS).unref();
 }
 
 export function requireString(values: CommandContext['values'], key: string, cmd: string): string {

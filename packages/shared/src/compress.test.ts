@@ -2,22 +2,12 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable, Writable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
 import { zstdCompress, zstdDecompress } from './compress.js';
 import { TandemError } from './errors.js';
-
-function collector(): Writable & { data(): Buffer } {
-  const chunks: Buffer[] = [];
-  const w = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      chunks.push(chunk);
-      cb();
-    },
-  });
-  return Object.assign(w, { data: () => Buffer.concat(chunks) });
-}
+import { collector, rejectedWith } from './testing/helpers.js';
 
 function sqlText(bytes: number): Buffer {
   const lines: string[] = [];
@@ -57,11 +47,9 @@ describe('zstd', () => {
   });
 
   it('rejects corrupt input with a clear message', async () => {
-    const err = await pipeline(Readable.from([randomBytes(100_000)]), zstdDecompress(), collector()).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(TandemError);
-    expect((err as TandemError).code).toBe('CHILD_FAILED');
-    expect((err as TandemError).message).toMatch(/zstd decompression: zstd exited with code \d+: .*(unsupported format|unknown header|not in zstd format)/);
-    expect((err as TandemError).hint).toContain('corrupt');
+    const err = await rejectedWith(pipeline(Readable.from([randomBytes(100_000)]), zstdDecompress(), collector()), { code: 'CHILD_FAILED' });
+    expect(err.message).toMatch(/zstd decompression: zstd exited with code \d+: .*(unsupported format|unknown header|not in zstd format)/);
+    expect(err.hint).toContain('corrupt');
   });
 
   it('rejects truncated input', async () => {
@@ -69,9 +57,8 @@ describe('zstd', () => {
     await pipeline(Readable.from([randomBytes(1024 * 1024)]), zstdCompress(), packed);
     const half = packed.data().subarray(0, packed.data().length >> 1);
     const out = collector();
-    const err = await pipeline(Readable.from([half]), zstdDecompress(), out).catch((e: unknown) => e);
-    expect((err as TandemError).code).toBe('CHILD_FAILED');
-    expect((err as TandemError).message).toMatch(/premature end|truncated/i);
+    const err = await rejectedWith(pipeline(Readable.from([half]), zstdDecompress(), out), { code: 'CHILD_FAILED' });
+    expect(err.message).toMatch(/premature end|truncated/i);
   });
 
   it('decompresses straight into a file descriptor (nothing comes out of the stream), and fails on corrupt input', async () => {
@@ -91,17 +78,19 @@ describe('zstd', () => {
       expect((await readFile(join(dir, 'plain'))).equals(text)).toBe(true);
 
       const bad = await open(join(dir, 'bad'), 'wx', 0o600);
-      const err = await pipeline(Readable.from([packed.data().subarray(0, 5000)]), zstdDecompress({ toFd: bad.fd }), collector())
-        .catch((e: unknown) => e)
-        .finally(() => bad.close());
-      expect((err as TandemError).code).toBe('CHILD_FAILED');
+      await rejectedWith(
+        pipeline(Readable.from([packed.data().subarray(0, 5000)]), zstdDecompress({ toFd: bad.fd }), collector()).finally(() => bad.close()),
+        { code: 'CHILD_FAILED' },
+      );
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
   });
 
   it('validates the level', () => {
-    expect(() => zstdCompress({ level: 0 })).toThrow(RangeError);
-    expect(() => zstdCompress({ level: 2.5 })).toThrow(RangeError);
+    for (const level of [0, 2.5]) {
+      expect(() => zstdCompress({ level })).toThrow(TandemError);
+      expect(() => zstdCompress({ level })).toThrow(`zstd level must be an integer from 1 to 19, got ${level}`);
+    }
   });
 });

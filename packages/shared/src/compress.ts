@@ -11,14 +11,16 @@
  * slow uplinks can ask for a higher level.
  */
 import type { Duplex } from 'node:stream';
+import { TandemError } from './errors.js';
 import { spawnFilter, type ChildStream } from './streams.js';
 
 export const DEFAULT_ZSTD_LEVEL = 1;
 
 export function zstdCompress(opts: { level?: number; threads?: number } = {}): Duplex {
   const level = opts.level ?? DEFAULT_ZSTD_LEVEL;
+  // The config allows only 1 to 19: anything else is a caller's bug.
   if (!Number.isInteger(level) || level < 1 || level > 19) {
-    throw new RangeError(`zstd level must be an integer from 1 to 19, got ${level}`);
+    throw new TandemError('internal', 'ZSTD_LEVEL', `zstd level must be an integer from 1 to 19, got ${level}`);
   }
   const args = ['-q', '-c', '--no-progress', `-${level}`];
   if (opts.threads !== undefined && opts.threads > 1) args.push(`-T${Math.floor(opts.threads)}`);
@@ -43,7 +45,9 @@ export function zstdDecompress(opts: { toFd?: number; maxBytes?: number } = {}):
     stdoutFd: opts.toFd,
   };
   if (opts.toFd !== undefined && opts.maxBytes !== undefined) {
-    if (!Number.isSafeInteger(opts.maxBytes) || opts.maxBytes < 0) throw new RangeError(`zstd maxBytes must be a non-negative integer, got ${opts.maxBytes}`);
+    if (!Number.isSafeInteger(opts.maxBytes) || opts.maxBytes < 0) {
+      throw new TandemError('internal', 'ZSTD_MAX_BYTES', `zstd maxBytes must be a non-negative integer, got ${opts.maxBytes}`);
+    }
     return spawnFilter('prlimit', [`--fsize=${opts.maxBytes}`, '--', 'zstd', ...args], { ...spawnOpts, package: 'util-linux' });
   }
   return spawnFilter('zstd', args, spawnOpts);

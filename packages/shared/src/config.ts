@@ -4,7 +4,8 @@ import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { CronExpressionParser } from 'cron-parser';
 import { parseDuration } from './duration.js';
-import { TandemError } from './errors.js';
+import { TandemError, isTandemError } from './errors.js';
+import { parseFilestoreUrl } from './filestore/location.js';
 
 /**
  * Configuration: YAML that operators write, validated up front and normalised into typed config.
@@ -50,8 +51,19 @@ const databaseSchema = z.strictObject({
   binDir: nonEmpty.optional(),
 });
 
-const filestoreSchema = z.strictObject({
-  url: z.string().regex(/^(file|s3):\/\//, 'expected file:///absolute/path or s3://bucket/prefix'),
+/**
+ * The filestore URL is parsed here, into the location openFilestore takes, so that everything wrong
+ * with it (an unknown option, a bad bucket name, a file:// URL that is not absolute) is reported
+ * with the rest of the config under filestore.url. `url` stays as written, for messages.
+ */
+const filestoreSchema = z.strictObject({ url: z.string() }).transform((f, ctx) => {
+  try {
+    return { url: f.url, location: parseFilestoreUrl(f.url) };
+  } catch (err) {
+    if (!isTandemError(err, 'config')) throw err;
+    ctx.addIssue({ code: 'custom', path: ['url'], message: err.hint === undefined ? err.message : `${err.message}; ${err.hint}` });
+    return z.NEVER;
+  }
 });
 
 /** "30s", "5m", ... as milliseconds; min bounds the value. */
@@ -291,13 +303,6 @@ export function defaultStateDir(site: string): string {
   return resolve(base, 'tandem', site);
 }
 
-function resolveFilestoreUrl(base: string, url: string): string {
-  // file://./relative is not a URL form anyone should rely on, but a relative path after file:// is
-  // resolved against the config dir so that sample configs work from a checkout.
-  if (url.startsWith('file://') && !url.startsWith('file:///')) return `file://${abs(base, url.slice(7))}`;
-  return url;
-}
-
 export function loadPrimaryConfig(file: string): PrimaryConfig {
   const configFile = resolve(file);
   const c = parseConfigText(readConfigFile(configFile), primaryConfigSchema, configFile, (raw) =>
@@ -309,7 +314,6 @@ export function loadPrimaryConfig(file: string): PrimaryConfig {
     configFile,
     database: { ...c.database, passwordFile: absOpt(base, c.database.passwordFile), binDir: absOpt(base, c.database.binDir) },
     paths: { config: abs(base, c.paths.config), security: abs(base, c.paths.security), files: abs(base, c.paths.files) },
-    filestore: { url: resolveFilestoreUrl(base, c.filestore.url) },
     keys: { recipientFile: absOpt(base, c.keys.recipientFile), signingKeyFile: abs(base, c.keys.signingKeyFile) },
     server: { ...c.server, tokenFile: absOpt(base, c.server.tokenFile), readTokenFile: absOpt(base, c.server.readTokenFile) },
     standbys: c.standbys.map((sb) => ({ id: sb.id, tokenFile: abs(base, sb.tokenFile) })),
@@ -348,7 +352,6 @@ export function loadStandbyConfig(file: string): StandbyConfig {
       files: abs(base, c.paths.files),
       sentinel: c.paths.sentinel ? abs(base, c.paths.sentinel) : resolve(config, 'BACKUP'),
     },
-    filestore: { url: resolveFilestoreUrl(base, c.filestore.url) },
     keys: { identityFile: absOpt(base, c.keys.identityFile), verifyKeyFile: abs(base, c.keys.verifyKeyFile) },
     primary: c.primary ? { ...c.primary, tokenFile: absOpt(base, c.primary.tokenFile) } : undefined,
     server: { listen: c.server.listen, readTokenFile: absOpt(base, c.server.readTokenFile) },

@@ -2,10 +2,10 @@ import { chmod, chown, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/pr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { formatIdentityFile, generateAgeKeyPair } from './crypto/age.js';
+import { formatIdentityFile, generateAgeKeyPair } from './crypto/age/index.js';
 import { generateSigningKeyPair } from './crypto/sign.js';
-import { TandemError } from './errors.js';
 import { loadIdentities, loadRecipients, loadSigningKeyFile, loadVerifyKeyFile } from './keys.js';
+import { thrownBy } from './testing/helpers.js';
 import { loadToken } from './token.js';
 
 /**
@@ -46,16 +46,6 @@ const loaders = (f: Awaited<ReturnType<typeof keysDir>>) => [
   ['control.token', () => loadToken({ tokenFile: f.token, key: 'server.tokenFile' })],
 ] as const;
 
-function refusal(fn: () => unknown): TandemError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof TandemError) return err;
-    throw err;
-  }
-  throw new Error('expected a refusal');
-}
-
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'tandem-keys-'));
 });
@@ -76,7 +66,7 @@ describe('key and token files', () => {
       const file = join(root, 'writable', name);
       for (const mode of [0o666, 0o620, 0o602]) {
         await chmod(file, mode);
-        const e = refusal(load);
+        const e = thrownBy(load);
         expect(e.code).toBe('FILE_UNSAFE');
         expect(e.message).toContain(`${file}`);
         expect(e.message).toContain(`can be written by group or others (mode 0${mode.toString(8)})`);
@@ -94,13 +84,13 @@ describe('key and token files', () => {
     const attacker = generateAgeKeyPair();
     await writeFile(f.agepub, `${attacker.recipient}\n`);
     await chown(f.agepub, OTHER_UID, OTHER_UID);
-    const e = refusal(() => loadRecipients(f.agepub));
+    const e = thrownBy(() => loadRecipients(f.agepub));
     expect(e.code).toBe('FILE_UNSAFE');
     expect(e.message).toBe(`age recipient file ${f.agepub}: it is owned by uid ${OTHER_UID}, not by this agent's user (uid 0) or root; refusing to use it, since whoever can change it decides what this agent trusts`);
     for (const [name, load] of loaders(f)) {
       const file = join(root, 'owned', name);
       await chown(file, OTHER_UID, OTHER_UID);
-      expect(refusal(load).message).toContain(`is owned by uid ${OTHER_UID}`);
+      expect(thrownBy(load).message).toContain(`is owned by uid ${OTHER_UID}`);
     }
   });
 
@@ -109,7 +99,7 @@ describe('key and token files', () => {
     const dir = join(root, 'open-dir');
     await chmod(dir, 0o777);
     for (const [, load] of loaders(f)) {
-      const e = refusal(load);
+      const e = thrownBy(load);
       expect(e.message).toContain(`its directory ${dir} can be written by group or others (mode 0777): anyone who can write it can replace the file`);
       expect(e.hint).toContain(`chmod 700 ${dir}`);
     }
@@ -119,7 +109,7 @@ describe('key and token files', () => {
     for (const [, load] of loaders(f)) expect(load).not.toThrow();
     if (isRoot) {
       await chown(dir, OTHER_UID, OTHER_UID);
-      for (const [, load] of loaders(f)) expect(refusal(load).message).toContain(`its directory ${dir} is owned by uid ${OTHER_UID}`);
+      for (const [, load] of loaders(f)) expect(thrownBy(load).message).toContain(`its directory ${dir} is owned by uid ${OTHER_UID}`);
       await chown(dir, 0, 0);
     }
   });
@@ -133,7 +123,7 @@ describe('key and token files', () => {
     await writeFile(moved, `${age.recipient}\n`, { mode: 0o600 });
     await rm(f.agepub);
     await symlink(moved, f.agepub);
-    expect(refusal(() => loadRecipients(f.agepub)).message).toContain(`its directory ${openDir} can be written by group or others`);
+    expect(thrownBy(() => loadRecipients(f.agepub)).message).toContain(`its directory ${openDir} can be written by group or others`);
   });
 
   it('warn, but still load, when a private key or token is readable by group or others', async () => {

@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { parseIdentityFile, parseRecipientFile } from './crypto/age.js';
+import { parseIdentityFile, parseRecipientFile } from './crypto/age/index.js';
 import { loadSigningKey, loadVerifyKey } from './crypto/sign.js';
 import type { Logger } from './logger.js';
 import { readTrustedFile } from './trusted-file.js';

@@ -1,5 +1,6 @@
 import { pino, type Logger, type Level } from 'pino';
 import pretty from 'pino-pretty';
+import { TandemError } from './errors.js';
 
 export type { Logger } from 'pino';
 
@@ -13,7 +14,7 @@ const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 export function createLogger(opts: { name: string; level?: string; pretty?: boolean }): Logger {
   const level = opts.level ?? process.env.TANDEM_LOG_LEVEL ?? 'info';
   if (!LEVELS.includes(level)) {
-    throw new Error(`log level "${level}" is not one of ${LEVELS.join(', ')}`);
+    throw new TandemError('config', 'LOG_LEVEL', `log level "${level}" is not one of ${LEVELS.join(', ')}`, { hint: 'set TANDEM_LOG_LEVEL to one of them, or unset it (info)' });
   }
   const usePretty = opts.pretty ?? (process.stderr.isTTY === true && process.env.TANDEM_LOG_FORMAT !== 'json');
   const base = { name: opts.name, level: level as Level, base: { pid: process.pid } };

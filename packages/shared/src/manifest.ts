@@ -1,5 +1,6 @@
 import type { KeyObject } from 'node:crypto';
 import { z } from 'zod';
+import { chunksProblem, storedChunksSchema } from './chunks.js';
 import { TandemError } from './errors.js';
 import { ARTIFACT_NAMES } from './layout.js';
 import { signDocument, verifyDocument } from './signed-doc.js';
@@ -22,6 +23,11 @@ export const artifactEntrySchema = z.strictObject({
   plainSize: z.number().int().nonnegative(),
   compression: z.enum(['zstd']),
   encryption: z.enum(['age', 'none']),
+  /** Signed digests of the stored bytes piece by piece, so a standby can use them as they download (chunks.ts). */
+  chunks: storedChunksSchema.optional(),
+}).superRefine((e, ctx) => {
+  const problem = e.chunks && chunksProblem(e.chunks, e.storedSize);
+  if (problem) ctx.addIssue({ code: 'custom', path: ['chunks'], message: problem });
 });
 
 export const manifestSchema = z.strictObject({

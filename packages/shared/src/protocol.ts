@@ -1,12 +1,11 @@
-import type { KeyObject } from 'node:crypto';
 import { z } from 'zod';
 import { TandemError } from './errors.js';
-import { isSetId } from './layout.js';
-import { signDocument, verifyDocument } from './signed-doc.js';
+import { STANDBY_ID_PATTERN, epochNumber as epoch, firstIssue as issueOf, isoTime, setIdField as setId, siteName as site, standbyIdField as standbyId } from './store/fields.js';
 
 /**
- * The push channel between the agents, and the small documents the agents exchange through the
- * filestore (standby reports, the primary's heartbeat).
+ * The push channel between the agents. The small documents the agents exchange through the
+ * filestore (standby reports, the primary's heartbeat) are the store's (store/standby-report.ts,
+ * store/heartbeat.ts).
  *
  * WebSocket, version 1, at `ws(s)://<primary server.listen>/v1/stream`:
  * - The standby authenticates on the upgrade request with `Authorization: Bearer <token>`; a token is
@@ -39,14 +38,7 @@ export const CLOSE_CODES = {
 } as const;
 
 /** As config.standbyId: letters, digits, ".", "_" or "-"; always one safe path segment. */
-export const STANDBY_ID_PATTERN = /^[A-Za-z0-9._-]{1,63}$/;
-const SITE_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;
-
-const isoTime = z.iso.datetime({ message: 'expected an ISO 8601 UTC time such as 2026-11-22T03:00:00.000Z' });
-const site = z.string().regex(SITE_PATTERN, 'expected a site name');
-const setId = z.string().refine(isSetId, { message: 'expected a set id such as 20261122T030000Z-e1-000042' });
-const standbyId = z.string().regex(STANDBY_ID_PATTERN, 'expected a standby id: 1-63 letters, digits, ".", "_" or "-"');
-const epoch = z.number().int().positive();
+export { STANDBY_ID_PATTERN };
 
 // ---------------------------------------------------------------------------------------------
 // primary → standby
@@ -275,11 +267,7 @@ function protocolError(code: string, message: string): TandemError {
   return new TandemError('permanent', code, message);
 }
 
-function firstIssue(err: z.ZodError): string {
-  const issue = err.issues[0];
-  if (!issue) return 'invalid';
-  return `${issue.path.length === 0 ? '(message)' : issue.path.join('.')}: ${issue.message}`;
-}
+const firstIssue = (err: z.ZodError): string => issueOf(err, '(message)');
 
 /**
  * Parse and validate one frame. Throws a TandemError (kind 'permanent', code PROTOCOL_*) whose
@@ -332,95 +320,4 @@ export function encodeMessage(msg: AnyMessage, direction: Direction): string {
   const text = JSON.stringify(r.data);
   if (Buffer.byteLength(text) > MAX_FRAME_BYTES) throw new TandemError('internal', 'PROTOCOL_ENCODE', `"${msg.type}" message exceeds ${MAX_FRAME_BYTES} bytes`);
   return text;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Standby report: <site>/standbys/<standbyId>.json (layout.standby)
-// ---------------------------------------------------------------------------------------------
-
-/**
- * What a standby writes to the filestore after each successful apply (plain JSON, 2-space indent,
- * trailing newline). Retention reads these, so the rule "never delete a set a standby applied within
- * the last day" holds without the WebSocket. Unsigned: the standby has no signing key, and a forged
- * report can only make retention keep a set longer, never delete one.
- */
-export const standbyReportSchema = z.object({
-  format: z.literal('tandem-standby-report'),
-  version: z.literal(1).default(1),
-  standbyId,
-  setId,
-  createdAt: isoTime,
-  appliedAt: isoTime,
-});
-export type StandbyReport = z.infer<typeof standbyReportSchema>;
-
-export function encodeStandbyReport(report: Omit<StandbyReport, 'format' | 'version'>): Buffer {
-  const r = standbyReportSchema.safeParse({ format: 'tandem-standby-report', version: 1, ...report });
-  if (!r.success) throw new TandemError('internal', 'STANDBY_REPORT_INVALID', `refusing to write an invalid standby report: ${firstIssue(r.error)}`);
-  const { format, version, standbyId: id, setId: set, createdAt, appliedAt } = r.data;
-  return Buffer.from(`${JSON.stringify({ format, version, standbyId: id, setId: set, createdAt, appliedAt }, null, 2)}\n`, 'utf8');
-}
-
-/** `label` names the object in errors (e.g. "file:///backups/demo/standbys/web2.json"). */
-export function parseStandbyReport(raw: Buffer, label: string): StandbyReport {
-  let value: unknown;
-  try {
-    value = JSON.parse(raw.toString('utf8'));
-  } catch {
-    throw new TandemError('integrity', 'STANDBY_REPORT_INVALID', `${label}: not valid JSON`);
-  }
-  const r = standbyReportSchema.safeParse(value);
-  if (!r.success) throw new TandemError('integrity', 'STANDBY_REPORT_INVALID', `${label}: not a tandem standby report (${firstIssue(r.error)})`);
-  return r.data;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Heartbeat: <site>/heartbeat.json (layout.heartbeat), signed like latest.json
-// ---------------------------------------------------------------------------------------------
-
-/**
- * The primary's liveness, written every heartbeatInterval, so that a standby can tell an idle
- * primary (fresh heartbeat, no new set) from a dead one (stale heartbeat). Signed with the
- * primary's signing key; verify with signing.pub (verifyHeartbeat).
- */
-export const heartbeatSchema = z.object({
-  format: z.literal('tandem-heartbeat'),
-  version: z.literal(1),
-  site,
-  epoch,
-  primaryHost: z.string(),
-  at: isoTime,
-  lastBackup: z
-    .object({
-      /** null when the run failed before it had a set id. */
-      setId: setId.nullable(),
-      /** When the run ended. */
-      at: isoTime,
-      outcome: z.enum(['ok', 'failed']),
-    })
-    .nullable(),
-  nextBackupAt: isoTime.nullable(),
-  /**
-   * The newest set the primary committed (what its latest.json should name; null before the first),
-   * so that a standby can tell a replayed latest.json, or a replayed heartbeat, from the real ones.
-   * Absent in heartbeats of primaries that predate it.
-   */
-  latest: z
-    .object({ setId, epoch, seq: z.number().int().positive(), createdAt: isoTime, committedAt: isoTime })
-    .nullable()
-    .optional(),
-});
-export type Heartbeat = z.infer<typeof heartbeatSchema>;
-
-export function signHeartbeat(hb: Heartbeat, key: KeyObject): Buffer {
-  const r = heartbeatSchema.safeParse(hb);
-  if (!r.success) throw new TandemError('internal', 'HEARTBEAT_INVALID', `refusing to sign an invalid heartbeat: ${firstIssue(r.error)}`);
-  return signDocument(r.data, key);
-}
-
-export function verifyHeartbeat(raw: Buffer, key: KeyObject, label: string): Heartbeat {
-  const body = verifyDocument(raw, key, label);
-  const r = heartbeatSchema.safeParse(body);
-  if (!r.success) throw new TandemError('integrity', 'DOC_INVALID', `${label}: signed, but not a valid heartbeat (${firstIssue(r.error)})`);
-  return r.data;
 }

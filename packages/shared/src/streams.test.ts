@@ -2,20 +2,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
-import { TandemError } from './errors.js';
+import type { TandemError } from './errors.js';
 import { HashCounter, spawnFilter, spawnSource } from './streams.js';
-
-/** A sink that keeps everything, so tests can see what leaked through before a failure. */
-function collector(): Writable & { data(): Buffer } {
-  const chunks: Buffer[] = [];
-  const w = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      chunks.push(chunk);
-      cb();
-    },
-  });
-  return Object.assign(w, { data: () => Buffer.concat(chunks) });
-}
+import { collector, rejectedWith } from './testing/helpers.js';
 
 /** `n` bytes in 64 KiB chunks, generated lazily. */
 function bigSource(n: number): Readable {
@@ -31,15 +20,7 @@ function bigSource(n: number): Readable {
   });
 }
 
-async function expectTandemError(p: Promise<unknown>, code: string): Promise<TandemError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(TandemError);
-  expect((err as TandemError).code).toBe(code);
-  return err as TandemError;
-}
+const expectTandemError = (p: Promise<unknown>, code: string): Promise<TandemError> => rejectedWith(p, { code });
 
 function alive(pid: number): boolean {
   try {

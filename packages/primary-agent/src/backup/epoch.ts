@@ -1,6 +1,6 @@
-import { hostname } from 'node:os';
 import {
   agentId,
+  agentName,
   assertNotFenced,
   namesAgent,
   parseEpoch,
@@ -14,14 +14,14 @@ import {
 
 export { parseEpoch, type EpochDoc };
 
-/** The name this primary goes by in epoch.json, manifests and heartbeats: for people, not for fencing. */
-export const primaryName = (config: PrimaryConfig): string => config.hostname ?? hostname();
+/** The name this primary goes by in epoch.json, manifests and heartbeats (agentName): for people, not for fencing. */
+export const primaryName = (config: PrimaryConfig): string => agentName(config);
 
 /**
  * Who this primary is in epoch.json: its agent id (stateDir/agent-id, created on first use), which
  * fencing compares, and its name.
  */
-export const primaryIdentity = (config: PrimaryConfig): AgentIdentity => ({ id: agentId(config.stateDir), host: primaryName(config) });
+export const primaryIdentity = (config: PrimaryConfig): AgentIdentity => ({ id: agentId(config.stateDir), host: agentName(config) });
 
 /**
  * This primary's epoch: epoch.json's when it names this agent (created as epoch 1 with the site's

@@ -1,26 +1,26 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import { Readable, type Duplex } from 'node:stream';
 import {
   ARTIFACT_NAMES,
   TOOL_VERSION,
   TandemError,
   acquireLock,
+  agentName,
   assertNotFenced,
-  readEpoch,
+  compareSets,
+  listSets,
+  readEpochDoc,
   artifactFileName,
   createAgeEncryptStream,
   createTarCheck,
   createTarStream,
-  describeError,
   databaseName,
   faultPoint,
   layout,
   loadRecipients,
   loadSigningKeyFile,
   makeSetId,
-  parseSetId,
   pgBin,
   pgEnv,
   redactUrl,
@@ -28,7 +28,6 @@ import {
   signManifest,
   spawnSource,
   withPg,
-  writeFileAtomic,
   zstdCompress,
   type ArtifactEntry,
   type ArtifactName,
@@ -36,9 +35,11 @@ import {
   type Logger,
   type Manifest,
   type PrimaryConfig,
+  type SetRef,
 } from '@tandem/shared';
+import { stateFiles, writeLastBackup } from '../state-files.js';
 import { readDbMeta } from './db-meta.js';
-import { primaryIdentity, primaryName, readOrCreateEpoch } from './epoch.js';
+import { primaryIdentity, readOrCreateEpoch } from './epoch.js';
 import { uploadArtifact } from './upload-artifact.js';
 
 export interface BackupResult {
@@ -106,13 +107,9 @@ async function checkPaths(config: PrimaryConfig): Promise<void> {
 }
 
 async function nextSeq(fs: Filestore, site: string): Promise<number> {
-  // The sequence only has to increase; ids of existing sets are the ground truth.
+  // The sequence only has to increase; ids of existing sets (committed or not) are the ground truth.
   let max = 0;
-  for (const o of await fs.list(layout.sets(site))) {
-    const id = o.key.slice(layout.sets(site).length).split('/')[0] ?? '';
-    const parsed = parseSetId(id);
-    if (parsed && parsed.seq > max) max = parsed.seq;
-  }
+  for (const s of await listSets(fs, site)) if (s.seq > max) max = s.seq;
   return max + 1;
 }
 
@@ -144,7 +141,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     return r.rows[0]?.v ?? 'unknown';
   });
 
-  const lock = await acquireLock(join(config.stateDir, 'backup.lock'), 'backup', `a backup of site "${config.site}"`);
+  const lock = await acquireLock(stateFiles(config.stateDir).backupLock, 'backup', `a backup of site "${config.site}"`);
   const uploaded: string[] = [];
   const t0 = performance.now();
   let setId = '';
@@ -154,7 +151,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     // upload, so a replaced primary stops at once instead of writing over the new one's sets.
     const self = { ...primaryIdentity(config), epoch: epoch.epoch };
     const checkFence = async () => {
-      const current = await readEpoch(fs, config.site);
+      const current = await readEpochDoc(fs, config.site);
       if (current) assertNotFenced(current.doc, self, config.site);
     };
     const seq = await nextSeq(fs, config.site);
@@ -194,6 +191,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
         plainSize: r.plainSize,
         compression: 'zstd',
         encryption: keys.recipients ? 'age' : 'none',
+        ...(r.chunks ? { chunks: r.chunks } : {}),
       });
       log.info({ artifact: name, plainBytes: r.plainSize, storedBytes: r.storedSize, seconds: durations[name] }, 'artifact uploaded');
     }
@@ -209,7 +207,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       seq,
       createdAt: created.toISOString(),
       completedAt: now().toISOString(),
-      primaryHost: primaryName(config),
+      primaryHost: agentName(config),
       toolVersion: TOOL_VERSION,
       database: { name: databaseName(config.database.url), serverVersion },
       encryption: { scheme: keys.recipients ? 'age-x25519' : 'none', recipients: keys.recipients ?? [] },
@@ -240,16 +238,16 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     try {
       opts.onCommitted?.({ setId, epoch: epoch.epoch, seq, createdAt: latestDoc.createdAt, committedAt: latestDoc.committedAt, version: latestInfo.version });
     } catch (err) {
-      log.warn({ err: describeError(err) }, 'after-commit callback failed (the set is committed)');
+      log.warn({ err }, 'after-commit callback failed (the set is committed)');
     }
     durations.commit = round((performance.now() - tc) / 1000);
     durations.total = round((performance.now() - t0) / 1000);
     const storedBytes = artifacts.reduce((n, a) => n + a.storedSize, 0);
     log.info({ seconds: durations.total, storedBytes }, 'backup committed');
     const result: BackupResult = { setId, site: config.site, epoch: epoch.epoch, createdAt: manifest.createdAt, artifacts, durations, storedBytes };
-    await writeFileAtomic(join(config.stateDir, 'last-backup.json'), JSON.stringify({ outcome: 'ok', at: now().toISOString(), ...result }, null, 2));
+    await writeLastBackup(config.stateDir, { outcome: 'ok', at: now().toISOString(), ...result });
     faultPoint('recorded');
-    await removeLeftovers(fs, config.site, setId, log);
+    await removeLeftovers(fs, config.site, { setId, epoch: epoch.epoch, seq }, log);
     return result;
   } catch (err) {
     // A failed run commits nothing: remove what it uploaded, manifest first (if latest.json failed
@@ -258,28 +256,19 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     for (const key of uploaded.reverse()) {
       await fs.delete(key).catch(() => undefined);
     }
-    await writeFileAtomic(
-      join(config.stateDir, 'last-backup.json'),
-      JSON.stringify({ outcome: 'failed', at: now().toISOString(), setId, error: (err as Error).message }, null, 2),
-    ).catch(() => undefined);
+    await writeLastBackup(config.stateDir, { outcome: 'failed', at: now().toISOString(), setId, error: (err as Error).message }).catch(() => undefined);
     throw err;
   } finally {
     await lock.release();
   }
 }
 
-/** Sets older than the one just committed that never got a manifest: crashed or killed runs. */
-async function removeLeftovers(fs: Filestore, site: string, current: string, log: Logger): Promise<void> {
-  const bySet = new Map<string, string[]>();
-  for (const o of await fs.list(layout.sets(site))) {
-    const id = o.key.slice(layout.sets(site).length).split('/')[0] ?? '';
-    if (id >= current) continue;
-    bySet.set(id, [...(bySet.get(id) ?? []), o.key]);
-  }
-  for (const [id, keys] of bySet) {
-    if (keys.some((k) => k.endsWith('/manifest.json'))) continue;
-    log.info({ leftover: id, objects: keys.length }, 'removing uncommitted leftover of an earlier, interrupted backup');
-    for (const k of keys) await fs.delete(k).catch((err: unknown) => log.warn({ err, key: k }, 'could not remove leftover'));
+/** Sets older (compareSets) than the one just committed that never got a manifest: crashed or killed runs. */
+async function removeLeftovers(fs: Filestore, site: string, current: SetRef, log: Logger): Promise<void> {
+  for (const s of await listSets(fs, site)) {
+    if (s.committed || compareSets(s, current) >= 0) continue;
+    log.info({ leftover: s.setId, objects: s.objects.length }, 'removing uncommitted leftover of an earlier, interrupted backup');
+    for (const o of s.objects) await fs.delete(o.key).catch((err: unknown) => log.warn({ err, key: o.key }, 'could not remove leftover'));
   }
 }
 

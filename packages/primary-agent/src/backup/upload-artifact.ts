@@ -1,10 +1,12 @@
 import { PassThrough, Transform, type Readable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { HashCounter, faultByteTrigger, type Filestore } from '@tandem/shared';
+import { ChunkHasher, HashCounter, faultByteTrigger, type Filestore, type StoredChunks } from '@tandem/shared';
 
 export interface UploadedArtifact {
   storedSize: number;
   storedSha256: string;
+  /** Digests of the stored bytes piece by piece, for a standby that uses them as they download; none for a very large artifact. */
+  chunks?: StoredChunks;
   plainSize: number;
 }
 
@@ -18,7 +20,7 @@ class ByteCounter extends Transform {
 }
 
 /**
- * producer → (count) → compression → encryption → SHA-256 → filestore, streamed end to end:
+ * producer → (count) → compression → encryption → SHA-256 (whole and per chunk) → filestore, streamed end to end:
  * nothing is held whole in memory or written unencrypted to disk. If either side fails, the
  * other is aborted, and the filestore's put leaves nothing visible.
  */
@@ -38,6 +40,7 @@ export async function uploadArtifact(opts: {
   }
   const plain = new ByteCounter();
   const stored = new HashCounter();
+  const chunks = new ChunkHasher();
   const body = new PassThrough({ highWaterMark: 1 << 20 });
   const ac = new AbortController();
   const onOuterAbort = () => ac.abort(opts.signal?.reason);
@@ -45,7 +48,7 @@ export async function uploadArtifact(opts: {
   try {
     // Crash tests only: a pass-through that kills the process once the filestore has taken N bytes.
     const trigger = faultByteTrigger(`upload:${opts.name}`);
-    const produce = pipeline([opts.source, plain, ...opts.stages, stored, body, ...trigger], { signal: ac.signal });
+    const produce = pipeline([opts.source, plain, ...opts.stages, stored, chunks, body, ...trigger], { signal: ac.signal });
     const consume = opts.filestore.put(opts.key, trigger[0] ?? body, { signal: ac.signal });
     // Whichever side fails first stops the other, so a dead filestore does not leave pg_dump running.
     // Both sides are awaited to the end so that cleanup (tmp files, aborted uploads) is finished
@@ -61,5 +64,6 @@ export async function uploadArtifact(opts: {
   } finally {
     opts.signal?.removeEventListener('abort', onOuterAbort);
   }
-  return { storedSize: stored.bytes, storedSha256: stored.digest(), plainSize: plain.bytes };
+  const digests = chunks.result();
+  return { storedSize: stored.bytes, storedSha256: stored.digest(), ...(digests ? { chunks: digests } : {}), plainSize: plain.bytes };
 }

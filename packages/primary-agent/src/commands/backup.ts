@@ -1,4 +1,4 @@
-import { describeError, isTandemError, loadPrimaryConfig, loadToken, openFilestore, requireString, type Command, type Logger, type PrimaryConfig } from '@tandem/shared';
+import { FencedError, interruptedBy, isTandemError, loadPrimaryConfig, onFencedEnv, loadToken, openFilestore, requireString, withInterrupts, type Command, type Logger, type PrimaryConfig } from '@tandem/shared';
 import { runBackup, type BackupResult } from '../backup/run-backup.js';
 import { DaemonUnreachable, findDaemon, requestBackup } from '../daemon/control.js';
 import { runHook } from '../hooks.js';
@@ -10,27 +10,23 @@ export function formatBackupResult(r: BackupResult, json: boolean): string {
 }
 
 async function runLocal(config: PrimaryConfig, logger: Logger): Promise<BackupResult> {
-  const filestore = openFilestore(config.filestore.url);
-  const ac = new AbortController();
-  const stop = (sig: NodeJS.Signals) => {
-    logger.warn({ signal: sig }, 'interrupted: aborting the backup; nothing will be committed');
-    ac.abort(new Error(`interrupted by ${sig}`));
-  };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  const filestore = openFilestore(config.filestore.location);
   try {
-    return await runBackup(config, { filestore, logger, signal: ac.signal });
+    // A second Ctrl-C ends the process at once, leaving the upload's clean-up to the next backup.
+    return await withInterrupts(logger, 'backup', (signal) => runBackup(config, { filestore, logger, signal }), {
+      message: 'interrupted: aborting the backup; nothing will be committed',
+      again: 'default',
+    });
   } catch (err) {
     // Another server is the primary now: stop this site's writes, as the daemon would.
     if (isTandemError(err) && err.kind === 'fenced' && config.onFenced) {
-      const r = await runHook(config.onFenced, { TANDEM_SITE: config.site, TANDEM_REASON: 'fenced' });
+      const fence = err instanceof FencedError ? err : null;
+      const r = await runHook(config.onFenced, onFencedEnv({ reason: 'fenced', site: config.site, epoch: fence?.epoch ?? null, filestoreEpoch: fence?.filestoreEpoch ?? null }));
       if (r.ok) logger.info({ onFenced: config.onFenced }, 'onFenced ran');
       else logger.error({ onFenced: config.onFenced, error: r.error }, 'onFenced failed');
     }
     throw err;
   } finally {
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
     await filestore.close();
   }
 }
@@ -46,30 +42,36 @@ async function viaDaemon(config: PrimaryConfig, logger: Logger): Promise<BackupR
   try {
     token = loadToken({ tokenFile: config.server.tokenFile, key: 'server.tokenFile', logger });
   } catch (err) {
-    logger.warn({ pid: daemon.pid, err: describeError(err) }, 'a daemon is running, but no token to talk to it: backing up locally (its standbys get no push)');
+    logger.warn({ pid: daemon.pid, err }, 'a daemon is running, but no token to talk to it: backing up locally (its standbys get no push)');
     return null;
   }
   logger.info({ pid: daemon.pid, listen: daemon.listen }, 'a tandem-primary daemon is running: it makes the backup');
-  // Ctrl-C stops waiting; the daemon carries on with the backup (as a scheduled run would).
-  const onSignal = (sig: NodeJS.Signals) => {
-    process.stderr.write(`tandem-primary: ${sig}: no longer waiting; the daemon (pid ${daemon.pid}) finishes the backup; see \`tandem-primary list\`\n`);
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    process.kill(process.pid, sig); // die of the signal, as without a handler
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
   try {
-    return await requestBackup(daemon, token);
+    return await withInterrupts(
+      logger,
+      'wait for the daemon',
+      (signal) => {
+        // Ctrl-C stops waiting; the daemon carries on with the backup (as a scheduled run would).
+        signal.addEventListener(
+          'abort',
+          () => {
+            const sig = interruptedBy(signal);
+            if (sig === null) return;
+            process.stderr.write(`tandem-primary: ${sig}: no longer waiting; the daemon (pid ${daemon.pid}) finishes the backup; see \`tandem-primary list\`\n`);
+            process.kill(process.pid, sig); // die of the signal, as without a handler (it ran once)
+          },
+          { once: true },
+        );
+        return requestBackup(daemon, token);
+      },
+      { message: null, again: 'default' },
+    );
   } catch (err) {
     if (err instanceof DaemonUnreachable) {
-      logger.warn({ pid: daemon.pid, err: err.message }, 'the daemon cannot be reached: backing up locally instead');
+      logger.warn({ pid: daemon.pid, err }, 'the daemon cannot be reached: backing up locally instead');
       return null;
     }
     throw err;
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
   }
 }
 

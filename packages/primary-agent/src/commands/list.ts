@@ -1,13 +1,11 @@
 import type { KeyObject } from 'node:crypto';
 import {
-  describeError,
   layout,
-  isNotFound,
+  listSetDirs,
   loadPrimaryConfig,
   openFilestore,
-  parseSetId,
+  readVerifiedLatest,
   requireString,
-  verifyLatest,
   type Command,
   type Filestore,
   type Logger,
@@ -24,40 +22,22 @@ export interface SetListing {
 }
 
 /**
- * The site's sets. `latest` marks the set latest.json names only when it verifies with `verifyKey`
- * (a latest.json that does not is reported through `logger` and marks nothing).
+ * The site's sets, oldest first (compareSets), then any directory under sets/ whose name is not a
+ * set id. `latest` marks the set latest.json names only when it verifies with `verifyKey` and is
+ * this site's (a latest.json that does not is reported through `logger` and marks nothing).
  */
-export async function listSets(fs: Filestore, site: string, verifyKey: KeyObject, logger?: Logger): Promise<SetListing[]> {
-  const prefix = layout.sets(site);
-  const sets = new Map<string, SetListing>();
-  for (const o of await fs.list(prefix)) {
-    const [id, name] = o.key.slice(prefix.length).split('/');
-    if (!id || !name) continue;
-    const s = sets.get(id) ?? {
-      setId: id,
-      createdAt: parseSetId(id)?.time.toISOString() ?? null,
-      committed: false,
-      latest: false,
-      objects: 0,
-      bytes: 0,
-    };
-    s.objects += 1;
-    s.bytes += o.size;
-    if (name === 'manifest.json') s.committed = true;
-    sets.set(id, s);
-  }
+export async function setListing(fs: Filestore, site: string, verifyKey: KeyObject, logger?: Logger): Promise<SetListing[]> {
+  const { sets, strays } = await listSetDirs(fs, site);
   let latestId: string | undefined;
-  const where = `${fs.description}/${layout.latest(site)}`;
   try {
-    const { body } = await fs.getBuffer(layout.latest(site));
-    latestId = verifyLatest(body, verifyKey, where).setId;
+    latestId = (await readVerifiedLatest(fs, site, verifyKey))?.latest.setId;
   } catch (err) {
-    if (isNotFound(err)) latestId = undefined;
-    else logger?.warn({ err: describeError(err) }, `${where} does not verify: no set is marked latest`);
+    logger?.warn({ err }, `${fs.description}/${layout.latest(site)} does not verify: no set is marked latest`);
   }
-  const latest = latestId ? sets.get(latestId) : undefined;
-  if (latest) latest.latest = true;
-  return [...sets.values()].sort((a, b) => a.setId.localeCompare(b.setId));
+  return [
+    ...sets.map((s) => ({ setId: s.setId, createdAt: s.time.toISOString(), committed: s.committed, latest: false, objects: s.objects.length, bytes: s.bytes })),
+    ...strays.map((d) => ({ setId: d.name, createdAt: null, committed: d.committed, latest: false, objects: d.objects.length, bytes: d.bytes })),
+  ].map((s) => (s.setId === latestId ? { ...s, latest: true } : s));
 }
 
 function human(n: number): string {
@@ -85,9 +65,9 @@ Options:
   options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' } },
   async run({ values, out, logger }) {
     const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary list'));
-    const fs = openFilestore(config.filestore.url);
+    const fs = openFilestore(config.filestore.location);
     try {
-      const sets = await listSets(fs, config.site, retentionVerifyKey(config, logger), logger);
+      const sets = await setListing(fs, config.site, retentionVerifyKey(config, logger), logger);
       if (values.json === true) {
         out(JSON.stringify(sets));
         return;

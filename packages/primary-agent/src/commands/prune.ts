@@ -53,7 +53,7 @@ Exit status: 0 done; 1 a filestore error or a set could not be deleted; 2 bad co
   options: { config: { type: 'string', short: 'c' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
     const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary prune'));
-    const filestore = openFilestore(config.filestore.url);
+    const filestore = openFilestore(config.filestore.location);
     try {
       const outcome = await runRetention(config, {
         filestore,

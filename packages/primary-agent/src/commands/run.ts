@@ -1,4 +1,4 @@
-import { loadPrimaryConfig, loadToken, openFilestore, requireString, type Command } from '@tandem/shared';
+import { interruptedBy, loadPrimaryConfig, loadToken, openFilestore, requireString, withInterrupts, type Command } from '@tandem/shared';
 import { PrimaryDaemon } from '../daemon/daemon.js';
 
 export const runCommand: Command = {
@@ -44,43 +44,31 @@ Exit status: 0 stopped by a signal; 1 failed to start; 2 bad config; 75 a daemon
   async run({ values, logger }) {
     const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary run'));
     const token = loadToken({ tokenFile: config.server.tokenFile, key: 'server.tokenFile', logger });
-    let stopRequested: string | null = null;
-    let daemon: PrimaryDaemon | null = null;
-    let wake: () => void = () => undefined;
-    const stopped = new Promise<void>((resolve) => {
-      wake = resolve;
-    });
-    const onSignal = (sig: NodeJS.Signals) => {
-      if (stopRequested !== null) {
-        logger.warn({ signal: sig }, 'second signal while shutting down: still waiting for the running backup to clean up');
-        return;
-      }
-      stopRequested = sig;
-      wake();
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    const filestore = openFilestore(config.filestore.url);
-    try {
-      daemon = new PrimaryDaemon({ config, filestore, logger, token });
-      await daemon.start();
-      await stopped;
-      await daemon.stop(`signal ${stopRequested}`);
-      // Everything the daemon opened is closed now. Should anything else still hold the event loop
-      // (a child process a library failed to reap), a daemon must still exit: the unref'd timer
-      // only fires in that case, with the exit code already set by the CLI frame.
-      setTimeout(() => {
-        logger.warn('handles still open 5 s after shutdown; exiting anyway');
-        process.exit();
-      }, 5_000).unref();
-      return 0;
-    } catch (err) {
-      await daemon?.stop('start-up failed').catch(() => undefined);
-      throw err;
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      await filestore.close();
-    }
+    // Signals are caught from here on, so that one arriving during the start-up is a clean stop too.
+    return withInterrupts(
+      logger,
+      'daemon',
+      async (signal) => {
+        const filestore = openFilestore(config.filestore.location);
+        let daemon: PrimaryDaemon | null = null;
+        try {
+          daemon = new PrimaryDaemon({ config, filestore, logger, token });
+          await daemon.start();
+          await new Promise<void>((resolve) => {
+            if (signal.aborted) resolve();
+            else signal.addEventListener('abort', () => resolve(), { once: true });
+          });
+          await daemon.stop(`signal ${interruptedBy(signal)}`);
+          return 0;
+        } catch (err) {
+          await daemon?.stop('start-up failed').catch(() => undefined);
+          throw err;
+        } finally {
+          await filestore.close();
+        }
+      },
+      // The daemon logs its shutdown; a second signal only says what it waits for.
+      { message: null, again: { log: 'second signal while shutting down: still waiting for the running backup to clean up' } },
+    );
   },
 };

@@ -1,8 +1,8 @@
 import { request } from 'node:http';
 import { readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import { TandemError, connectAddress, describeError, pidAlive, writeFileAtomic, type ErrorKind } from '@tandem/shared';
 import type { BackupResult } from '../backup/run-backup.js';
+import { stateFiles } from '../state-files.js';
 
 /**
  * How `tandem-primary backup` finds a running daemon and has it do the backup: the daemon writes
@@ -17,7 +17,7 @@ export interface DaemonInfo {
   site: string;
 }
 
-export const daemonInfoFile = (stateDir: string): string => join(stateDir, 'daemon.json');
+export const daemonInfoFile = (stateDir: string): string => stateFiles(stateDir).daemonInfo;
 
 export async function writeDaemonInfo(stateDir: string, info: DaemonInfo): Promise<void> {
   await writeFileAtomic(daemonInfoFile(stateDir), `${JSON.stringify({ agent: 'tandem-primary', ...info }, null, 2)}\n`, 0o600);
@@ -67,8 +67,10 @@ export function probeDaemon(listen: string, timeoutMs = 2000): Promise<boolean> 
 }
 
 /** The daemon could not be reached at all: the caller may fall back to a local run. */
-export class DaemonUnreachable extends Error {
-  override readonly name = 'DaemonUnreachable';
+export class DaemonUnreachable extends TandemError {
+  constructor(message: string) {
+    super('transient', 'DAEMON_UNREACHABLE', message);
+  }
 }
 
 const ERROR_KINDS: ErrorKind[] = ['config', 'not-found', 'transient', 'permanent', 'integrity', 'precondition', 'fenced', 'busy', 'external', 'internal'];
@@ -112,7 +114,7 @@ export function requestBackup(info: DaemonInfo, token: string, opts: { connectTi
   return new Promise((resolve, reject) => {
     let connected = false;
     const req = request({ host, port, method: 'POST', path: '/v1/backup', headers: { authorization: `Bearer ${token}`, 'content-length': 0 } });
-    const connectTimer = setTimeout(() => req.destroy(new Error(`no connection within ${opts.connectTimeoutMs ?? 5000} ms`)), opts.connectTimeoutMs ?? 5000);
+    const connectTimer = setTimeout(() => req.destroy(new TandemError('transient', 'DAEMON_CONNECT_TIMEOUT', `no connection within ${opts.connectTimeoutMs ?? 5000} ms`)), opts.connectTimeoutMs ?? 5000);
     req.on('socket', (socket) => {
       const done = () => {
         connected = true;

@@ -1,4 +1,4 @@
-import { MetricsRegistry } from '@tandem/shared';
+import { MetricsRegistry, isFilestoreError } from '@tandem/shared';
 import { Counter, Gauge } from 'prom-client';
 
 /**
@@ -79,5 +79,14 @@ export class DaemonMetrics extends MetricsRegistry {
     this.backupsTotal.inc({ outcome: 'ok' }, 0);
     this.backupsTotal.inc({ outcome: 'failed' }, 0);
     this.filestoreErrorsTotal.inc(0);
+  }
+
+  /**
+   * Counts a failure of work that is more than filestore operations (a backup run) only when the
+   * filestore raised it (isFilestoreError, the standby's rule too): a failed pg_dump is no filestore
+   * error, whatever its kind.
+   */
+  countIfFilestoreError(err: unknown): void {
+    if (isFilestoreError(err)) this.filestoreErrorsTotal.inc();
   }
 }

@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import { WebSocket } from 'ws';
 import {
   CLOSE_CODES,
+  TandemError,
   describeError,
   encodeMessage,
   isTandemError,
@@ -79,6 +80,9 @@ export interface StandbyHubOptions {
   switchover?: Pick<SwitchoverCoordinator, 'request' | 'promoting' | 'abort' | 'done' | 'closed'>;
 }
 
+/** What a standby sent that breaks the protocol: the connection is closed (1008) with this message as the reason. */
+const violation = (message: string): TandemError => new TandemError('permanent', 'PROTOCOL_VIOLATION', message);
+
 const closeReason = (s: string): string => (Buffer.byteLength(s) <= 120 ? s : `${Buffer.from(s).subarray(0, 117).toString('utf8')}...`);
 
 export class StandbyHub {
@@ -120,7 +124,7 @@ export class StandbyHub {
         this.reject(peer, describeError(err));
       }
     });
-    ws.on('error', (err) => log.warn({ err: describeError(err) }, 'push channel error'));
+    ws.on('error', (err) => log.warn({ err }, 'push channel error'));
     ws.on('close', (code, reason) => {
       if (peer.helloTimer) clearTimeout(peer.helloTimer);
       this.peers.delete(peer);
@@ -131,7 +135,7 @@ export class StandbyHub {
   }
 
   private receive(peer: Peer, data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
-    if (isBinary) throw new Error('binary frames are not part of the protocol; send JSON text');
+    if (isBinary) throw violation('binary frames are not part of the protocol; send JSON text');
     let msg: StandbyMessage;
     try {
       msg = parseMessage(data, 'standby-to-primary');
@@ -147,9 +151,9 @@ export class StandbyHub {
       return;
     }
     if (msg.type === 'hello') {
-      if (peer.switchover !== null) throw new Error('hello on a switchover connection');
-      if (peer.standbyId !== null) throw new Error('hello sent twice');
-      if (msg.site !== this.opts.site) throw new Error(`wrong site "${msg.site}": this primary serves "${this.opts.site}"`);
+      if (peer.switchover !== null) throw violation('hello on a switchover connection');
+      if (peer.standbyId !== null) throw violation('hello sent twice');
+      if (msg.site !== this.opts.site) throw violation(`wrong site "${msg.site}": this primary serves "${this.opts.site}"`);
       this.requireOwnId(peer, msg.standbyId, 'hello');
       for (const other of this.peers) {
         if (other !== peer && other.standbyId === msg.standbyId) {
@@ -165,8 +169,8 @@ export class StandbyHub {
       this.opts.logger.info({ standbyId: msg.standbyId, appliedSetId: msg.appliedSetId, peer: peer.remote }, 'standby said hello');
       return;
     }
-    if (peer.standbyId === null) throw new Error(`"${msg.type}" before hello`);
-    if (msg.standbyId !== peer.standbyId) throw new Error(`"applied" names standby "${msg.standbyId}", but this connection said hello as "${peer.standbyId}"`);
+    if (peer.standbyId === null) throw violation(`"${msg.type}" before hello`);
+    if (msg.standbyId !== peer.standbyId) throw violation(`"applied" names standby "${msg.standbyId}", but this connection said hello as "${peer.standbyId}"`);
     peer.appliedSetId = msg.setId;
     peer.appliedCreatedAt = msg.createdAt;
     peer.appliedAt = msg.appliedAt;
@@ -181,7 +185,7 @@ export class StandbyHub {
   private receiveSwitchover(peer: Peer, msg: SwitchoverStandbyMessage): void {
     const handler = this.opts.switchover!;
     if (msg.type === 'switchover-request') {
-      if (peer.switchover !== null) throw new Error('switchover-request sent twice on one connection');
+      if (peer.switchover !== null) throw violation('switchover-request sent twice on one connection');
       this.requireOwnId(peer, msg.standbyId, 'switchover-request');
       if (peer.helloTimer) clearTimeout(peer.helloTimer);
       peer.helloTimer = null;
@@ -194,7 +198,7 @@ export class StandbyHub {
       handler.request(peer.switchover, msg);
       return;
     }
-    if (peer.switchover === null) throw new Error(`"${msg.type}" before "switchover-request"`);
+    if (peer.switchover === null) throw violation(`"${msg.type}" before "switchover-request"`);
     if (msg.type === 'switchover-abort') handler.abort(peer.switchover, msg);
     else if (msg.type === 'switchover-promoting') handler.promoting(peer.switchover, msg);
     else handler.done(peer.switchover, msg);
@@ -202,7 +206,7 @@ export class StandbyHub {
 
   /** A connection speaks for the standby whose token opened it, and for no other. */
   private requireOwnId(peer: Peer, claimed: string, what: string): void {
-    if (claimed !== peer.authenticatedAs) throw new Error(`"${what}" names standby "${claimed}", but this connection's token is standby "${peer.authenticatedAs}"'s`);
+    if (claimed !== peer.authenticatedAs) throw violation(`"${what}" names standby "${claimed}", but this connection's token is standby "${peer.authenticatedAs}"'s`);
   }
 
   private reject(peer: Peer, why: string): void {
@@ -220,11 +224,11 @@ export class StandbyHub {
     try {
       text = msg.type.startsWith('switchover-') ? encodeMessage(msg as SwitchoverPrimaryMessage, 'switchover-to-standby') : encodeMessage(msg as PrimaryMessage, 'primary-to-standby');
     } catch (err) {
-      this.opts.logger.error({ err: describeError(err), type: msg.type }, 'not sending an invalid message (a bug)');
+      this.opts.logger.error({ err, type: msg.type }, 'not sending an invalid message (a bug)');
       return;
     }
     peer.ws.send(text, (err) => {
-      if (err) this.opts.logger.debug({ peer: peer.remote, err: describeError(err) }, 'send failed');
+      if (err) this.opts.logger.debug({ peer: peer.remote, err }, 'send failed');
     });
   }
 

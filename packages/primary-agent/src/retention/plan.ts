@@ -1,3 +1,5 @@
+import { compareSetIds } from '@tandem/shared';
+
 /**
  * Retention: which sets to keep and which to delete, and why. Pure: the clock, the time zone and
  * everything known about the filestore come in as arguments, so the rules are tested over months of
@@ -122,7 +124,7 @@ export function planRetention(input: RetentionInput): RetentionPlan {
   const newestOfDay = new Map<string, SetInfo>();
   const newestOfWeek = new Map<string, SetInfo>();
   const newer = (a: SetInfo, b: SetInfo | undefined) =>
-    b === undefined || a.createdAt!.getTime() > b.createdAt!.getTime() || (a.createdAt!.getTime() === b.createdAt!.getTime() && a.setId > b.setId);
+    b === undefined || a.createdAt!.getTime() > b.createdAt!.getTime() || (a.createdAt!.getTime() === b.createdAt!.getTime() && compareSetIds(a.setId, b.setId) > 0);
   for (const s of input.sets) {
     if (!s.committed || s.unverified !== undefined || s.createdAt === null || s.createdAt.getTime() > now.getTime()) continue;
     const day = calendarDay(s.createdAt, timeZone);
@@ -139,7 +141,7 @@ export function planRetention(input: RetentionInput): RetentionPlan {
   }
 
   const plan: RetentionPlan = { keep: [], delete: [] };
-  const sets = [...input.sets].sort((a, b) => (a.setId < b.setId ? -1 : a.setId > b.setId ? 1 : 0));
+  const sets = [...input.sets].sort((a, b) => compareSetIds(a.setId, b.setId));
   for (const s of sets) {
     const decision = (reasons: string[]): RetentionDecision => ({
       setId: s.setId,

@@ -2,12 +2,11 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import {
   TandemError,
   describeError,
-  isNotFound,
   layout,
+  listSetDirs,
   loadSigningKeyFile,
-  parseSetId,
-  parseStandbyReport,
-  verifyLatest,
+  readStandbyReports,
+  readVerifiedLatest,
   verifyManifest,
   type Filestore,
   type Logger,
@@ -46,12 +45,8 @@ export interface RetentionOutcome {
 async function readLatestSetId(fs: Filestore, site: string, verifyKey: KeyObject): Promise<string | null> {
   const where = `${fs.description}/${layout.latest(site)}`;
   try {
-    const { body } = await fs.getBuffer(layout.latest(site));
-    const latest = verifyLatest(body, verifyKey, where);
-    if (latest.site !== site) throw new TandemError('integrity', 'SITE_MISMATCH', `${where} is for site "${latest.site}", not "${site}"`);
-    return latest.setId;
+    return (await readVerifiedLatest(fs, site, verifyKey))?.latest.setId ?? null;
   } catch (err) {
-    if (isNotFound(err)) return null;
     // Without knowing which set latest.json names, nothing may be deleted.
     throw new TandemError(err instanceof TandemError ? err.kind : 'integrity', 'RETENTION_NO_LATEST', `retention: cannot read ${where}: ${describeError(err)}; deleting nothing`, {
       cause: err,
@@ -80,17 +75,14 @@ export function retentionVerifyKey(config: PrimaryConfig, logger?: Logger): KeyO
 }
 
 export async function gatherRetentionInputs(fs: Filestore, site: string, logger: Logger, verifyKey: KeyObject): Promise<RetentionInputs> {
-  const prefix = layout.sets(site);
+  const listing = await listSetDirs(fs, site);
   const objects = new Map<string, ObjectInfo[]>();
-  for (const o of await fs.list(prefix)) {
-    const [id, name] = o.key.slice(prefix.length).split('/');
-    if (!id || !name) continue;
-    objects.set(id, [...(objects.get(id) ?? []), o]);
-  }
   const sets: SetInfo[] = [];
-  for (const [setId, objs] of objects) {
-    const committed = objs.some((o) => o.key === layout.manifest(site, setId));
-    let createdAt = parseSetId(setId)?.time ?? null;
+  // A directory whose name is not a set id has no time: the plan keeps it and says so.
+  for (const dir of [...listing.sets, ...listing.strays.map((d) => ({ ...d, setId: d.name, time: null }))]) {
+    const { setId, committed, objects: objs } = dir;
+    objects.set(setId, objs);
+    let createdAt = dir.time;
     let unverified: string | undefined;
     if (committed && createdAt !== null) {
       // By the signed manifest's time; the set id carries the same instant to the second.
@@ -98,7 +90,7 @@ export async function gatherRetentionInputs(fs: Filestore, site: string, logger:
       if ('createdAt' in m) createdAt = m.createdAt;
       else {
         unverified = m.problem;
-        logger.warn({ setId, err: m.problem }, 'retention: the manifest does not verify; the set is kept and reported');
+        logger.warn({ setId, problem: m.problem }, 'retention: the manifest does not verify; the set is kept and reported');
       }
     }
     const lastModified = new Date(Math.max(...objs.map((o) => o.modified.getTime())));
@@ -112,20 +104,10 @@ export async function gatherRetentionInputs(fs: Filestore, site: string, logger:
       hint: 'the next backup writes latest.json again; if it goes missing again, someone else writes to the filestore',
     });
   }
-  const applied: AppliedRecord[] = [];
-  const badReports: string[] = [];
-  for (const o of await fs.list(layout.standbys(site))) {
-    if (!o.key.endsWith('.json')) continue;
-    try {
-      const { body } = await fs.getBuffer(o.key);
-      const r = parseStandbyReport(body, `${fs.description}/${o.key}`);
-      applied.push({ standbyId: r.standbyId, setId: r.setId, appliedAt: new Date(r.appliedAt) });
-    } catch (err) {
-      if (isNotFound(err)) continue;
-      badReports.push(o.key);
-      logger.warn({ key: o.key, err: describeError(err) }, 'retention: ignoring an unreadable standby report');
-    }
-  }
+  const { reports, unreadable } = await readStandbyReports(fs, site);
+  const applied: AppliedRecord[] = reports.map((r) => ({ standbyId: r.standbyId, setId: r.setId, appliedAt: new Date(r.appliedAt) }));
+  const badReports = unreadable.map((u) => u.key);
+  for (const u of unreadable) logger.warn({ key: u.key, err: u.error }, 'retention: ignoring an unreadable standby report');
   return { sets, latestSetId, applied, objects, badReports };
 }
 
@@ -177,7 +159,7 @@ export async function runRetention(config: PrimaryConfig, opts: RunRetentionOpti
       logger.info({ setId: d.setId, reason: d.reasons.join('; ') }, 'retention: set deleted');
     } catch (err) {
       outcome.failed.push({ setId: d.setId, error: describeError(err) });
-      logger.warn({ setId: d.setId, err: describeError(err) }, 'retention: could not delete set; it is retried next time');
+      logger.warn({ setId: d.setId, err }, 'retention: could not delete set; it is retried next time');
     }
   }
   return outcome;

@@ -1,21 +1,13 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { TandemError } from '../errors.js';
-import { generateAgeKeyPair } from './age.js';
+import type { TandemError } from '../errors.js';
+import { thrownBy } from '../testing/helpers.js';
+import { generateAgeKeyPair } from './age/index.js';
 import { generateSigningKeyPair, keyId, loadSigningKey, loadVerifyKey, signBytes, verifyBytes } from './sign.js';
 
 const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
 
-function configError(fn: () => unknown): TandemError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(TandemError);
-    expect((err as TandemError).kind).toBe('config');
-    return err as TandemError;
-  }
-  throw new Error('expected a config error');
-}
+const configError = (fn: () => unknown): TandemError => thrownBy(fn, { kind: 'config' });
 
 describe('Ed25519 signing', () => {
   const kp = generateSigningKeyPair();

@@ -1,15 +1,19 @@
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import { HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { S3RVER_CREDENTIALS, type S3rverHandle, s3rverFilestoreUrl, startS3rver } from '../../../../test/support/s3rver.js';
 import { TandemError, isTandemError } from '../errors.js';
-import { DirFilestore, fsError } from './dir-filestore.js';
+import { rejectedWith, rejection } from '../testing/helpers.js';
+import { FILESTORE_CODE_PREFIX, isFilestoreError } from './common.js';
+import { fsError } from './dir-errors.js';
+import { DirFilestore } from './dir-filestore.js';
 import type { Filestore } from './filestore.js';
 import { describeFilestoreLocation, openFilestore, parseFilestoreUrl } from './open.js';
 import { readCapped } from './small-doc.js';
@@ -76,21 +80,7 @@ async function sha256Of(stream: Readable): Promise<string> {
   return h.digest('hex');
 }
 
-async function rejection(p: Promise<unknown>): Promise<unknown> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected the promise to reject');
-}
-
-async function expectKind(p: Promise<unknown>, kind: TandemError['kind']): Promise<TandemError> {
-  const err = await rejection(p);
-  expect(err, String(err)).toBeInstanceOf(TandemError);
-  expect((err as TandemError).kind, (err as Error).message).toBe(kind);
-  return err as TandemError;
-}
+const expectKind = (p: Promise<unknown>, kind: TandemError['kind']): Promise<TandemError> => rejectedWith(p, { kind });
 
 async function waitFor(cond: () => boolean): Promise<void> {
   while (!cond()) await sleep(5);
@@ -599,6 +589,45 @@ describe('S3Filestore specifics', () => {
   });
 });
 
+describe('isFilestoreError', () => {
+  it('is an error the filestore raised, whatever its kind, also wrapped; nothing else of the same kinds', () => {
+    const notFound = new TandemError('not-found', 'FILESTORE_NOT_FOUND', 'x does not exist');
+    expect(isFilestoreError(notFound)).toBe(true);
+    expect(isFilestoreError(new TandemError('integrity', 'FILESTORE_DOC_TOO_LARGE', 'too large'))).toBe(true);
+    expect(isFilestoreError(new TandemError('not-found', 'SET_NOT_FOUND', 'set x: missing', { cause: notFound }))).toBe(true);
+    expect(isFilestoreError(new TandemError('external', 'PG_DUMP_FAILED', 'pg_dump failed'))).toBe(false);
+    expect(isFilestoreError(new TandemError('transient', 'PUSH_UNREACHABLE', 'cannot reach the primary'))).toBe(false);
+    expect(isFilestoreError(new DOMException('This operation was aborted', 'AbortError'))).toBe(false);
+    expect(isFilestoreError(undefined)).toBe(false);
+  });
+
+  it('holds because every error made in the filestore has a FILESTORE_ code, and none made elsewhere has', async () => {
+    const packages = fileURLToPath(new URL('../../../', import.meta.url));
+    const sources: string[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      for (const e of await readdir(dir, { withFileTypes: true })) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory() && e.name !== 'node_modules' && e.name !== 'dist') await walk(p);
+        else if (e.isFile() && e.name.endsWith('.ts') && !e.name.endsWith('.test.ts')) sources.push(p);
+      }
+    };
+    for (const pkg of await readdir(packages)) await walk(path.join(packages, pkg, 'src')).catch(() => {});
+    const here = path.dirname(fileURLToPath(import.meta.url));
+    const wrong: string[] = [];
+    let inFilestore = 0;
+    for (const file of sources) {
+      const text = await readFile(file, 'utf8');
+      const ours = path.dirname(file) === here;
+      for (const m of text.matchAll(/new TandemError\(\s*'[a-z-]+',\s*['`]([^'`]*)['`]/g)) {
+        if (ours) inFilestore++;
+        if (m[1]!.startsWith(FILESTORE_CODE_PREFIX) !== ours) wrong.push(`${path.relative(packages, file)}: ${m[1]}`);
+      }
+    }
+    expect(inFilestore).toBeGreaterThan(10);
+    expect(wrong).toEqual([]);
+  });
+});
+
 describe('parseFilestoreUrl', () => {
   it('parses file and s3 URLs', () => {
     expect(parseFilestoreUrl('file:///var/backups/tandem/')).toEqual({ scheme: 'file', root: '/var/backups/tandem' });
@@ -652,6 +681,9 @@ describe('parseFilestoreUrl', () => {
     ['s3://bucket/x?endpoint=ftp://h', /not an http\(s\) URL/],
     ['s3://bucket/x?region=us-east-1&region=eu-west-1', /given twice/],
     ['s3://AKID:secret@bucket/x', /credentials do not belong/],
+    ['file://[bad/x', /malformed URL/],
+    ['file:///srv/a%2Fb', /not a usable path/],
+    ['file:///srv/a%00b', /NUL byte/],
   ])('rejects %s as a config error', (url, message) => {
     let err: unknown;
     try {

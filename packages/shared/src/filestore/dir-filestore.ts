@@ -1,16 +1,17 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { hostname } from 'node:os';
-import { link, mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
+import { link, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { TandemError } from '../errors.js';
-import { mkdirp } from '../fsutil.js';
 import { pidAlive } from '../net.js';
+import { RESERVED_MARK, abortError, abortableBody, byteOrder, checkKey, checkPrefix, lengthCheck, preconditionError, throwIfAborted } from './common.js';
+import { fsError } from './dir-errors.js';
+import { createExclusive, lockBeside } from './dir-lock.js';
 import { capOf, docTooLarge } from './small-doc.js';
 import type {
   ConditionalGetResult,
@@ -21,12 +22,6 @@ import type {
   PutOptions,
   WriteCondition,
 } from './filestore.js';
-
-/**
- * Any key segment containing this marks an in-flight temporary or a lock, in every store, so
- * user keys may not contain it and `list` never returns such objects.
- */
-export const RESERVED_MARK = '.tmp-';
 
 /** Temporary files carry their writer (pid@host), so a dead writer's leftovers can be told apart. */
 const TMP_OWNER = `${process.pid}@${hostname().replace(/[^A-Za-z0-9.-]/g, '_')}`;
@@ -41,115 +36,6 @@ function isDeadTemp(name: string, mtimeMs: number): boolean {
   const m = /\.tmp-(\d+)@(.+)-[0-9a-f]{12}$/.exec(name);
   if (!m) return false;
   return m[2] === TMP_OWNER.split('@')[1] && !pidAlive(Number(m[1]));
-}
-
-/** Validates a key and returns its segments; the same rules hold for every store. */
-export function checkKey(key: string): string[] {
-  const bad = (why: string): never => {
-    throw new TandemError('permanent', 'FILESTORE_BAD_KEY', `invalid filestore key ${JSON.stringify(key)}: ${why}`);
-  };
-  if (typeof key !== 'string' || key === '') bad('empty');
-  if (key.startsWith('/')) bad('must be relative (no leading "/")');
-  if (key.includes('\\')) bad('backslashes are not allowed');
-  if (key.includes('\0')) bad('NUL bytes are not allowed');
-  if (Buffer.byteLength(key) > 1024) bad('longer than 1024 bytes');
-  const segments = key.split('/');
-  for (const s of segments) {
-    if (s === '') bad('empty path segment');
-    if (s === '.' || s === '..') bad(`"${s}" segments are not allowed`);
-    if (s.includes(RESERVED_MARK)) bad(`"${RESERVED_MARK}" is reserved for temporary files`);
-  }
-  return segments;
-}
-
-/** A list prefix: like a key, except that its last segment may be partial or empty. */
-export function checkPrefix(prefix: string): void {
-  if (prefix === '') return;
-  const bad = (why: string): never => {
-    throw new TandemError('permanent', 'FILESTORE_BAD_KEY', `invalid filestore prefix ${JSON.stringify(prefix)}: ${why}`);
-  };
-  if (prefix.startsWith('/')) bad('must be relative (no leading "/")');
-  if (prefix.includes('\\') || prefix.includes('\0')) bad('backslashes and NUL bytes are not allowed');
-  for (const s of prefix.split('/').slice(0, -1)) {
-    if (s === '' || s === '.' || s === '..') bad(`"${s}" segments are not allowed`);
-  }
-}
-
-export function abortError(signal: AbortSignal): unknown {
-  return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
-}
-
-export function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw abortError(signal);
-}
-
-/**
- * Ties a returned body to the caller's signal. The abort may come before the caller has piped the
- * body anywhere (it awaits something else first): the error is then kept on the stream, which the
- * caller's pipeline reports when it starts, instead of an 'error' event nobody listens to, which
- * would end the process.
- */
-export function abortableBody<T extends Readable>(body: T, signal: AbortSignal | undefined): T {
-  if (!signal) return body;
-  body.on('error', () => {});
-  if (signal.aborted) {
-    body.destroy(abortError(signal) as Error);
-    throw abortError(signal);
-  }
-  signal.addEventListener('abort', () => body.destroy(abortError(signal) as Error), { once: true });
-  return body;
-}
-
-/** S3 lists in UTF-8 byte order; JS string order differs for astral characters. */
-export const byteOrder = (a: string, b: string): number => Buffer.compare(Buffer.from(a), Buffer.from(b));
-
-/** Fails the stream (before it ends) when the byte count differs from a declared length. */
-export function lengthCheck(expected: number | undefined, what: string): Transform & { bytes: number } {
-  const t = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      t.bytes += chunk.length;
-      cb(null, chunk);
-    },
-    flush(cb) {
-      if (expected === undefined || t.bytes === expected) return cb();
-      cb(new TandemError('permanent', 'FILESTORE_LENGTH_MISMATCH', `${what}: body has ${t.bytes} bytes, declared contentLength is ${expected}`));
-    },
-  }) as Transform & { bytes: number };
-  t.bytes = 0;
-  return t;
-}
-
-const TRANSIENT_ERRNO = new Set(['EIO', 'EAGAIN', 'EMFILE', 'ENFILE', 'EBUSY', 'ETIMEDOUT', 'ESTALE', 'EINTR', 'ENOMEM']);
-const PERMANENT_ERRNO: Record<string, string> = {
-  ENOSPC: 'disk full',
-  EDQUOT: 'disk quota exceeded',
-  EACCES: 'permission denied',
-  EPERM: 'operation not permitted',
-  EROFS: 'read-only file system',
-  ENOTDIR: 'a parent of the path is a file, not a directory',
-  EISDIR: 'is a directory',
-  ENAMETOOLONG: 'name too long',
-  ELOOP: 'too many symbolic links',
-  EXDEV: 'crosses file systems',
-};
-
-/** Classifies a file-system error; the message names the path and says what is wrong. */
-export function fsError(err: unknown, action: string, p: string): unknown {
-  if (err instanceof TandemError || (err instanceof Error && err.name === 'AbortError')) return err;
-  const code = (err as NodeJS.ErrnoException | undefined)?.code ?? 'UNKNOWN';
-  const cause = { cause: err };
-  if (code === 'ENOENT') return new TandemError('not-found', 'FILESTORE_NOT_FOUND', `${p} does not exist`, cause);
-  if (TRANSIENT_ERRNO.has(code)) {
-    return new TandemError('transient', `FILESTORE_${code}`, `cannot ${action} ${p}: ${code} (${(err as Error).message})`, cause);
-  }
-  const what = PERMANENT_ERRNO[code] ?? (err instanceof Error ? err.message : String(err));
-  const hint =
-    code === 'EACCES' || code === 'EPERM' || code === 'EROFS'
-      ? 'check that the filestore directory is writable by the agent user'
-      : code === 'ENOSPC' || code === 'EDQUOT'
-        ? 'free space on the filestore volume or lower retention'
-        : undefined;
-  return new TandemError('permanent', `FILESTORE_${code}`, `cannot ${action} ${p}: ${what} (${code})`, { ...cause, hint });
 }
 
 const versionOf = (st: BigIntStats): string =>
@@ -304,12 +190,15 @@ export class DirFilestore implements Filestore {
   async list(prefix: string, opts: OpOptions = {}): Promise<ObjectInfo[]> {
     checkPrefix(prefix);
     throwIfAborted(opts.signal);
+    let root;
     try {
-      if (!(await stat(this.root)).isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+      root = await stat(this.root);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw fsError(err, 'list', this.root);
     }
+    // A file where the store's directory should be: reported as the file system reports a path through a file.
+    if (!root.isDirectory()) throw fsError({ code: 'ENOTDIR' }, 'list', this.root);
     const out: ObjectInfo[] = [];
     const base = prefix.slice(0, prefix.lastIndexOf('/') + 1); // '' or 'a/b/'
     await this.walk(base, prefix, out, opts.signal);
@@ -388,7 +277,7 @@ export class DirFilestore implements Filestore {
     const { tmp, st } = await this.writeTemp(final, Readable.from([body]), { ...opts, contentLength: body.length });
     try {
       // The lock serialises conditional writers, so compare-then-rename below is atomic among them.
-      const release = await this.lock(final, opts.signal);
+      const release = await lockBeside(final, { staleMs: this.lockStaleMs, waitMs: this.lockWaitMs }, opts.signal);
       try {
         if ('ifAbsent' in cond) await this.linkIfAbsent(tmp, final, key);
         else {
@@ -448,25 +337,12 @@ export class DirFilestore implements Filestore {
     }
   }
 
-  /** Creates `file` exclusively, making parent directories; retries if a concurrent delete removes them. */
-  private async createExclusive(file: string): Promise<FileHandle> {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await mkdirp(path.dirname(file), 0o700);
-        return await open(file, 'wx', 0o600);
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && attempt < 5) continue;
-        throw err;
-      }
-    }
-  }
-
   /** Streams `body` into a fsynced temporary beside `final`; removes it on any failure. */
   private async writeTemp(final: string, body: Readable, opts: PutOptions): Promise<{ tmp: string; st: BigIntStats }> {
     const tmp = `${final}${RESERVED_MARK}${TMP_OWNER}-${randomBytes(6).toString('hex')}`;
     let fh: FileHandle;
     try {
-      fh = await this.createExclusive(tmp);
+      fh = await createExclusive(tmp);
     } catch (err) {
       body.destroy();
       throw fsError(err, 'write', final);
@@ -527,43 +403,4 @@ export class DirFilestore implements Filestore {
       await fh?.close().catch(() => {});
     }
   }
-
-  /** An exclusive lock file beside the object; returns its release function. */
-  private async lock(final: string, signal?: AbortSignal): Promise<() => Promise<void>> {
-    const lockPath = `${final}${RESERVED_MARK}lock`;
-    const deadline = Date.now() + this.lockWaitMs;
-    for (let delay = 5; ; delay = Math.min(delay * 2, 250)) {
-      throwIfAborted(signal);
-      try {
-        const fh = await this.createExclusive(lockPath);
-        const { ino } = await fh.stat();
-        await fh.writeFile(`${process.pid}\n`);
-        await fh.close();
-        return async () => {
-          // After a stale takeover the file may be someone else's by now; leave theirs alone.
-          const now = await stat(lockPath).catch(() => null);
-          if (now?.ino === ino) await unlink(lockPath).catch(() => {});
-        };
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw fsError(err, 'lock', lockPath);
-      }
-      const held = await stat(lockPath).catch(() => null);
-      if (held && Date.now() - held.mtimeMs > this.lockStaleMs) {
-        // Presumed crashed holder. Two writers taking over at the same instant can still race;
-        // that needs a crash plus a tie, and costs a precondition error at worst for one of them.
-        await unlink(lockPath).catch(() => {});
-        continue;
-      }
-      if (Date.now() > deadline) {
-        throw new TandemError('transient', 'FILESTORE_LOCKED', `timed out waiting for lock ${lockPath}`, {
-          hint: `another writer holds it; a lock older than ${this.lockStaleMs} ms is taken over`,
-        });
-      }
-      await sleep(delay + randomInt(delay), undefined, { signal }).catch(() => {});
-    }
-  }
-}
-
-export function preconditionError(key: string, why: string): TandemError {
-  return new TandemError('precondition', 'FILESTORE_PRECONDITION', `conditional write of ${key} lost: ${why}`);
 }

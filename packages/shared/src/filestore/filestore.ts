@@ -1,5 +1,7 @@
 import type { Readable } from 'node:stream';
 
+export { isFilestoreError } from './common.js';
+
 /**
  * A filestore holds backup sets. Keys are '/'-separated relative paths ("demo/sets/<id>/manifest.json");
  * the store's own prefix (directory or bucket prefix) is applied by the implementation.

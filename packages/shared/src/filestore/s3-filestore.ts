@@ -1,7 +1,4 @@
-import { randomUUID } from 'node:crypto';
-import { once } from 'node:events';
-import { PassThrough, Readable } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
+import type { Readable } from 'node:stream';
 import {
   DeleteObjectCommand,
   GetObjectCommand,
@@ -14,21 +11,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { TandemError } from '../errors.js';
-import { capOf, docTooLarge, readCapped } from './small-doc.js';
-import { redactUrl } from './url.js';
-
-export { redactUrl };
-import {
-  RESERVED_MARK,
-  abortError,
-  abortableBody,
-  byteOrder,
-  checkKey,
-  checkPrefix,
-  lengthCheck,
-  preconditionError,
-  throwIfAborted,
-} from './dir-filestore.js';
+import { RESERVED_MARK, abortError, byteOrder, checkKey, checkPrefix, lengthCheck, preconditionError, throwIfAborted } from './common.js';
 import type {
   ConditionalGetResult,
   Filestore,
@@ -38,6 +21,11 @@ import type {
   PutOptions,
   WriteCondition,
 } from './filestore.js';
+import { resumableBody } from './s3-body.js';
+import { s3Error, statusOf } from './s3-errors.js';
+import { lockS3Object } from './s3-lock.js';
+import { capOf, docTooLarge, readCapped } from './small-doc.js';
+import { redactUrl } from './url.js';
 
 export interface S3Credentials {
   accessKeyId: string;
@@ -82,78 +70,6 @@ export interface S3FilestoreOptions {
 }
 
 const MiB = 1024 * 1024;
-const TRANSIENT_NAMES = new Set([
-  'SlowDown',
-  'Throttling',
-  'ThrottlingException',
-  'RequestThrottled',
-  'RequestTimeout',
-  'TimeoutError',
-  'InternalError',
-  'ServiceUnavailable',
-  'RequestTimeTooSkewed',
-  'OperationAborted',
-]);
-const TRANSIENT_CODES = new Set([
-  'ECONNRESET',
-  'ECONNREFUSED',
-  'ECONNABORTED',
-  'EPIPE',
-  'ETIMEDOUT',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'ENETUNREACH',
-  'EHOSTUNREACH',
-  'ENETDOWN',
-  'ERR_STREAM_PREMATURE_CLOSE',
-]);
-
-interface SdkError {
-  name?: string;
-  code?: string;
-  message?: string;
-  errors?: { code?: string }[];
-  $metadata?: { httpStatusCode?: number; attempts?: number };
-  $retryable?: unknown;
-}
-
-const statusOf = (err: unknown): number | undefined => (err as SdkError | undefined)?.$metadata?.httpStatusCode;
-
-/** Classifies an SDK or network error the same way the directory store classifies errno. */
-export function s3Error(err: unknown, action: string, where: string): unknown {
-  if (err instanceof TandemError || (err instanceof Error && err.name === 'AbortError')) return err;
-  const e = (err ?? {}) as SdkError;
-  const status = statusOf(err);
-  const name = e.name ?? '';
-  const code = e.code ?? e.errors?.[0]?.code ?? '';
-  // The SDK names a connection reset "TimeoutError" too; say what it was.
-  const shown = name === 'TimeoutError' && code !== '' && code !== 'ETIMEDOUT' ? code : name || code || 'Error';
-  const detail = `${shown}${status ? ` (HTTP ${status})` : ''}: ${e.message ?? String(err)}`;
-  const attempts = e.$metadata?.attempts;
-  const gaveUp = attempts !== undefined && attempts > 1 ? ` (gave up after ${attempts} attempts)` : '';
-  const make = (kind: 'not-found' | 'transient' | 'permanent' | 'precondition', c: string, msg: string, hint?: string) =>
-    new TandemError(kind, c, msg, { cause: err, hint });
-
-  if (name === 'NoSuchBucket') {
-    return make('permanent', 'FILESTORE_NO_BUCKET', `cannot ${action} ${where}: the bucket does not exist`, 'create the bucket or fix the filestore URL');
-  }
-  if (name === 'NoSuchKey' || name === 'NotFound' || status === 404) {
-    return make('not-found', 'FILESTORE_NOT_FOUND', `${where} does not exist`);
-  }
-  if (name === 'PreconditionFailed' || name === 'ConditionalRequestConflict' || status === 412) {
-    return make('precondition', 'FILESTORE_PRECONDITION', `conditional ${action} of ${where} lost: ${detail}`);
-  }
-  if ((status !== undefined && (status >= 500 || status === 429)) || TRANSIENT_NAMES.has(name) || TRANSIENT_CODES.has(code) || e.$retryable) {
-    return make('transient', 'FILESTORE_S3_TRANSIENT', `cannot ${action} ${where}: ${detail}${gaveUp}`);
-  }
-  if (status === 403 || name === 'AccessDenied' || name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch' || name === 'ExpiredToken') {
-    return make('permanent', 'FILESTORE_ACCESS_DENIED', `cannot ${action} ${where}: access denied: ${detail}`, 'check the credentials and the bucket policy');
-  }
-  if (name === 'CredentialsProviderError') {
-    return make('permanent', 'FILESTORE_NO_CREDENTIALS', `cannot ${action} ${where}: no AWS credentials found`, 'set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE');
-  }
-  return make('permanent', 'FILESTORE_S3_ERROR', `cannot ${action} ${where}: ${detail}`);
-}
 
 export class S3Filestore implements Filestore {
   readonly description: string;
@@ -269,77 +185,10 @@ export class S3Filestore implements Filestore {
     return { body: this.checkedBody(key, res, opts.signal), info: infoOf(key, res) };
   }
 
-  /**
-   * The response body, complete or failed. Once the SDK has handed the body over its retries are
-   * spent, so a transfer cut short (a reset, an idle timeout, a connection closed early) is resumed
-   * here where it stopped: a ranged GET of the same version (If-Match on the ETag; the answer's ETag
-   * and Content-Range are checked too, for servers that ignore If-Match), up to maxAttempts - 1
-   * times with backoff. Past that, the body fails with a transient FILESTORE_SHORT_READ.
-   */
+  /** The body of a GET, resumed where it stopped when the transfer is cut short (see resumableBody). */
   private checkedBody(key: string, first: GetObjectCommandOutput, signal?: AbortSignal): Readable {
-    const where = this.where(key);
-    const expected = first.ContentLength;
-    const etag = first.ETag;
     const resumesAllowed = (this.opts.maxAttempts ?? 4) - 1;
-    const out = new PassThrough({ highWaterMark: 1 << 20 });
-    let received = 0;
-    let resumes = 0;
-    const shortRead = (why: string, cause?: unknown) =>
-      new TandemError('transient', 'FILESTORE_SHORT_READ', `read ${where}: transfer failed after ${received} of ${expected ?? '?'} bytes: ${why}`, { cause });
-    const bodyOf = (res: GetObjectCommandOutput): Readable => {
-      if (!(res.Body instanceof Readable)) {
-        throw new TandemError('internal', 'FILESTORE_S3_BODY', `read ${where}: the SDK returned no Node.js stream`);
-      }
-      return res.Body;
-    };
-    const resume = async (): Promise<Readable> => {
-      await sleep(Math.random() * 50 * 2 ** (resumes - 1), undefined, { signal });
-      let res: GetObjectCommandOutput;
-      try {
-        res = await this.client.send(
-          new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${received}-`, IfMatch: etag }),
-          { abortSignal: signal },
-        );
-      } catch (err) {
-        if (statusOf(err) === 412) throw new TandemError('transient', 'FILESTORE_CHANGED', `read ${where}: the object was replaced while being read`, { cause: err });
-        throw s3Error(err, 'read', where);
-      }
-      const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(res.ContentRange ?? '');
-      if (res.ETag !== etag || !range || Number(range[1]) !== received || Number(range[3]) !== expected) {
-        bodyOf(res).destroy();
-        throw new TandemError('transient', 'FILESTORE_CHANGED', `read ${where}: the object was replaced while being read (resumed at byte ${received})`);
-      }
-      return bodyOf(res);
-    };
-    let src = bodyOf(first);
-    out.on('close', () => src.destroy()); // the reader stopped (or was aborted): so does the transfer
-    const pump = async (): Promise<void> => {
-      for (;;) {
-        try {
-          for await (const chunk of src) {
-            if (out.destroyed) return;
-            received += (chunk as Buffer).length;
-            if (!out.write(chunk)) await drainedOrClosed(out);
-          }
-          if (expected === undefined || received === expected) return void out.end();
-          if (received > expected) throw shortRead('more bytes than the declared length');
-          throw shortRead('connection ended early');
-        } catch (err) {
-          src.destroy();
-          if (out.destroyed) return;
-          if (signal?.aborted) throw abortError(signal);
-          if (err instanceof TandemError && err.code !== 'FILESTORE_SHORT_READ') throw err;
-          if (expected === undefined || etag === undefined || received >= expected || resumes >= resumesAllowed) {
-            throw err instanceof TandemError ? err : shortRead((err as Error).message, err);
-          }
-          resumes++;
-          src = await resume();
-          if (out.destroyed) src.destroy();
-        }
-      }
-    };
-    pump().catch((err: unknown) => out.destroy(err instanceof TandemError ? err : shortRead((err as Error).message, err)));
-    return abortableBody(out, signal);
+    return resumableBody({ client: this.client, bucket: this.bucket, fullKey: this.prefix + key, where: this.where(key), resumesAllowed }, first, signal);
   }
 
   async getBuffer(key: string, opts: GetBufferOptions = {}): Promise<{ body: Buffer; info: ObjectInfo }> {
@@ -414,15 +263,11 @@ export class S3Filestore implements Filestore {
 
   async delete(key: string, opts: OpOptions = {}): Promise<void> {
     checkKey(key);
-    await this.deleteRaw(this.prefix + key, opts.signal);
-  }
-
-  private async deleteRaw(fullKey: string, signal?: AbortSignal): Promise<void> {
-    throwIfAborted(signal);
+    throwIfAborted(opts.signal);
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: fullKey }), { abortSignal: signal });
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }), { abortSignal: opts.signal });
     } catch (err) {
-      const e = s3Error(err, 'delete', `s3://${this.bucket}/${fullKey}`);
+      const e = s3Error(err, 'delete', this.where(key));
       if (!(e instanceof TandemError && e.kind === 'not-found')) throw e;
     }
   }
@@ -453,31 +298,15 @@ export class S3Filestore implements Filestore {
   }
 
   /**
-   * For servers that ignore conditional PUT headers. A lock object `<key>.tmp-lock` is written,
-   * read back after a pause to see whether a rival overwrote it, and held while the current
-   * version is compared and the object written. Without an atomic primitive on the server this
-   * is NOT race-free: two writers whose lock writes and read-backs interleave can both proceed.
-   * Good enough for tests and a single writer; use native conditional writes for fencing.
+   * For servers that ignore conditional PUT headers: the current version is compared and the object
+   * written while a lock object is held. NOT race-free (see lockS3Object); use native conditional
+   * writes for fencing.
    */
   private async emulatedWrite(key: string, body: Buffer, cond: WriteCondition, opts: OpOptions): Promise<ObjectInfo> {
     const { signal } = opts;
-    const lockKey = `${this.prefix}${key}${RESERVED_MARK}lock`;
-    const token = randomUUID();
-    const ttl = this.opts.lockTtlMs ?? 30_000;
-    const deadline = Date.now() + (this.opts.lockWaitMs ?? ttl + 5_000);
-    for (;;) {
-      throwIfAborted(signal);
-      const held = await this.readLock(lockKey, signal);
-      if (held === null || held.expires < Date.now()) {
-        await this.writeLock(lockKey, { token, expires: Date.now() + ttl });
-        await sleep(50, undefined, { signal }).catch(() => {});
-        if ((await this.readLock(lockKey, signal))?.token === token) break;
-      }
-      if (Date.now() > deadline) {
-        throw new TandemError('transient', 'FILESTORE_LOCKED', `timed out waiting for lock s3://${this.bucket}/${lockKey}`);
-      }
-      await sleep(50 + Math.random() * 100, undefined, { signal }).catch(() => {});
-    }
+    const ttlMs = this.opts.lockTtlMs ?? 30_000;
+    const timing = { ttlMs, waitMs: this.opts.lockWaitMs ?? ttlMs + 5_000 };
+    const release = await lockS3Object(this.client, this.bucket, `${this.prefix}${key}${RESERVED_MARK}lock`, timing, signal);
     try {
       const cur = await this.stat(key, { signal });
       if ('ifAbsent' in cond ? cur !== null : cur?.version !== cond.ifVersion) {
@@ -485,30 +314,7 @@ export class S3Filestore implements Filestore {
       }
       return await this.putObject(key, body, opts, {});
     } finally {
-      if ((await this.readLock(lockKey).catch(() => null))?.token === token) await this.deleteRaw(lockKey).catch(() => {});
-    }
-  }
-
-  private async readLock(fullKey: string, signal?: AbortSignal): Promise<{ token: string; expires: number } | null> {
-    try {
-      const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: fullKey }), { abortSignal: signal });
-      const raw = await readCapped(res.Body as Readable, LOCK_MAX_BYTES, `s3://${this.bucket}/${fullKey}`);
-      const parsed = JSON.parse(raw.toString('utf8')) as { token?: unknown; expires?: unknown };
-      return { token: String(parsed.token), expires: Number(parsed.expires) };
-    } catch (err) {
-      const e = s3Error(err, 'read lock', `s3://${this.bucket}/${fullKey}`);
-      if (e instanceof TandemError && e.kind === 'not-found') return null;
-      // Torn or foreign: treat as stale.
-      if (err instanceof SyntaxError || (e instanceof TandemError && e.code === 'FILESTORE_DOC_TOO_LARGE')) return { token: '', expires: 0 };
-      throw e;
-    }
-  }
-
-  private async writeLock(fullKey: string, lock: { token: string; expires: number }): Promise<void> {
-    try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: fullKey, Body: JSON.stringify(lock) }));
-    } catch (err) {
-      throw s3Error(err, 'write lock', `s3://${this.bucket}/${fullKey}`);
+      await release();
     }
   }
 
@@ -516,21 +322,6 @@ export class S3Filestore implements Filestore {
     this.client.destroy();
   }
 }
-
-/** Waits until `s` wants more, or is gone; leaves no listener behind either way. */
-async function drainedOrClosed(s: PassThrough): Promise<void> {
-  const ac = new AbortController();
-  try {
-    await Promise.race([once(s, 'drain', { signal: ac.signal }), once(s, 'close', { signal: ac.signal })]);
-  } catch {
-    // destroyed with an error: the caller sees `destroyed`
-  } finally {
-    ac.abort();
-  }
-}
-
-/** A lock object is a token and a time: a few dozen bytes. */
-const LOCK_MAX_BYTES = 4096;
 
 function infoOf(key: string, res: { ContentLength?: number; ETag?: string; LastModified?: Date }): ObjectInfo {
   return { key, size: res.ContentLength ?? 0, version: res.ETag ?? '', modified: res.LastModified ?? new Date(0) };

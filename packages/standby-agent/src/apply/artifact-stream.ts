@@ -4,10 +4,12 @@ import { join } from 'node:path';
 import { Transform, type Duplex, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
+  ChunkVerifier,
   HashCounter,
   OPEN_NEW_FILE,
   TandemError,
   createAgeDecryptStream,
+  createAgeDecryptStreamFor,
   describeError,
   faultByteTrigger,
   isNotFound,
@@ -16,23 +18,30 @@ import {
   zstdDecompress,
   type ArtifactEntry,
   type ChildStream,
+  type ChunkMismatch,
   type Filestore,
   type Manifest,
 } from '@tandem/shared';
 
 /**
- * One artifact, in two steps, so that no byte of it is decrypted, decompressed or parsed before the
- * whole stored object matched the signed manifest:
+ * One artifact, used only as far as the primary's signature vouches for its bytes: no byte of it is
+ * decrypted, decompressed or parsed before the SHA-256 that covers it matched the signed one.
  *
- * 1. `fetchVerified`: filestore object → SHA-256 and size → a new 0600 file in the (0700) staging
- *    dir, refused at the first byte past the signed stored size; the hash is compared when the
- *    download ends, and a mismatch deletes the file. Whoever can write an object into the filestore
- *    but holds no signing key gets at most `storedSize` bytes written to the standby's disk, and
- *    nothing of theirs reaches age, zstd, the tar parser or pg_restore.
- * 2. `decodeVerified` (or `plainStages`): that local file → age decryption (unless the set is
- *    unencrypted) → zstd decompression → a sink (a file, an extractor, a lister), the plain bytes
- *    bounded by the signed plain size: stopped at that byte, whether they pass through this process
- *    or zstd writes them to a file itself (then by the file size limit of the zstd process).
+ * - Streamed (`verifiedStream`, a set whose manifest lists chunk digests, chunks.ts): filestore
+ *   object → the signed-size bound → ChunkVerifier, which holds each 8 MiB piece until its SHA-256
+ *   matched the signed digest and only then passes it on. The download overlaps the decoding, and
+ *   nothing of the stored object is written to disk.
+ * - Whole (`fetchVerified`, a set without chunk digests, or a stored copy the restore reads again):
+ *   filestore object → SHA-256 and size → a new 0600 file in the (0700) staging dir, refused at the
+ *   first byte past the signed stored size; the hash is compared when the download ends, and a
+ *   mismatch deletes the file.
+ *
+ * Either way, whoever can write an object into the filestore but holds no signing key gets nothing
+ * of theirs to age, zstd, the tar parser or pg_restore. Then `decodeStored`: those verified bytes →
+ * age decryption (unless the set is unencrypted) → zstd decompression → a sink (a file, an
+ * extractor, a lister), the plain bytes bounded by the signed plain size: stopped at that byte,
+ * whether they pass through this process or zstd writes them to a file itself (then by the file
+ * size limit of the zstd process).
  *
  * Every failure is a TandemError that names the set and the artifact.
  */
@@ -65,27 +74,22 @@ export const artifactLabel = (manifest: Manifest, entry: ArtifactEntry): string 
 /** Where fetchVerified keeps an artifact's stored bytes (never the manifest's `file`, which only the signature vouches for). */
 export const storedCopyPath = (dir: string, entry: ArtifactEntry): string => join(dir, `${entry.name}.stored`);
 
-/**
- * Downloads the artifact into `dir` (which must exist, and be this process's own: the staging dir)
- * and checks it against the signed manifest. On any failure the partial file is removed.
- */
-export async function fetchVerified(src: ArtifactSource, dir: string): Promise<VerifiedArtifact> {
+/** The stored object's body, once its size matched the signed one (not a byte of it read yet). */
+async function getStored(src: ArtifactSource): Promise<Readable> {
   const { filestore: fs, manifest, entry } = src;
   const label = artifactLabel(manifest, entry);
-  const t0 = performance.now();
   const key = layout.artifact(manifest.site, manifest.setId, entry.file);
-  let body: Readable;
   try {
     const got = await fs.get(key, { signal: src.signal });
-    body = got.body;
     if (got.info.size !== entry.storedSize) {
-      body.destroy();
+      got.body.destroy();
       throw new TandemError(
         'integrity',
         'ARTIFACT_SIZE',
         `${label}: stored object has ${got.info.size} bytes, the signed manifest says ${entry.storedSize} (truncated or replaced)`,
       );
     }
+    return got.body;
   } catch (err) {
     if (isNotFound(err)) {
       throw new TandemError('integrity', 'ARTIFACT_MISSING', `${label} is missing from ${fs.description}: the manifest lists it, the filestore does not have it`, {
@@ -94,6 +98,63 @@ export async function fetchVerified(src: ArtifactSource, dir: string): Promise<V
     }
     throw err;
   }
+}
+
+/** Whether the artifact can be used as it downloads: its manifest entry lists chunk digests. */
+export const canStream = (entry: ArtifactEntry): boolean => entry.chunks !== undefined;
+
+/**
+ * The stored bytes straight from the filestore, as pipeline stages that pass on only pieces whose
+ * signed chunk digest matched (see the top of this file). Only for an entry with chunk digests.
+ */
+export async function verifiedStream(src: ArtifactSource): Promise<StoredInput> {
+  const { manifest, entry } = src;
+  const chunks = entry.chunks;
+  if (!chunks) throw new TandemError('internal', 'NO_CHUNKS', `${artifactLabel(manifest, entry)}: has no chunk digests to stream by`);
+  const label = artifactLabel(manifest, entry);
+  const body = await getStored(src);
+  return {
+    manifest,
+    entry,
+    stages: [
+      body,
+      new Bounded(entry.storedSize, (n) => storedTooLong(label, n, entry.storedSize)),
+      new ChunkVerifier(
+        chunks,
+        entry.storedSize,
+        (m) => chunkChecksumError(label, m),
+        (pieces, count) =>
+          new TandemError('integrity', 'ARTIFACT_SIZE', `${label}: the stored object ended after ${pieces} of its ${count} signed chunks (truncated while it was read?)`),
+      ),
+      // Crash tests only: TANDEM_FAULT_KILL_AT=download:<artifact>:<bytes> kills once that many stored bytes arrived.
+      ...faultByteTrigger(`download:${entry.name}`),
+    ],
+  };
+}
+
+/** Verified stored bytes ready to decode: a verified local copy, or a verified stream. */
+export interface StoredInput {
+  manifest: Manifest;
+  entry: ArtifactEntry;
+  stages: Array<Readable | Duplex>;
+}
+
+/** A verified stored copy on disk as decoder input. */
+export const fromVerifiedFile = (v: VerifiedArtifact): StoredInput => ({
+  manifest: v.manifest,
+  entry: v.entry,
+  stages: [createReadStream(v.file, { highWaterMark: 1 << 20 })],
+});
+
+/**
+ * Downloads the artifact into `dir` (which must exist, and be this process's own: the staging dir)
+ * and checks it against the signed manifest. On any failure the partial file is removed.
+ */
+export async function fetchVerified(src: ArtifactSource, dir: string): Promise<VerifiedArtifact> {
+  const { manifest, entry } = src;
+  const label = artifactLabel(manifest, entry);
+  const t0 = performance.now();
+  const body = await getStored(src);
   const file = storedCopyPath(dir, entry);
   const hash = new HashCounter();
   try {
@@ -139,18 +200,24 @@ export interface DecodeOptions {
   signal?: AbortSignal;
 }
 
-/** Decrypts and decompresses a verified artifact into `sink`, which must consume its input to the end (or fail). */
-export async function decodeVerified(
-  v: VerifiedArtifact,
+/** Decrypts and decompresses a verified stored copy into `sink` (see decodeStored). */
+export function decodeVerified(v: VerifiedArtifact, identities: string[], sink: (plain: Readable) => Promise<unknown>, opts: DecodeOptions = {}): Promise<{ seconds: number }> {
+  return decodeStored(fromVerifiedFile(v), identities, sink, opts);
+}
+
+/** Decrypts and decompresses verified stored bytes into `sink`, which must consume its input to the end (or fail). */
+export async function decodeStored(
+  input: StoredInput,
   identities: string[],
   sink: (plain: Readable) => Promise<unknown>,
   opts: DecodeOptions = {},
 ): Promise<{ seconds: number }> {
-  const { manifest, entry } = v;
+  const { manifest, entry } = input;
   const label = artifactLabel(manifest, entry);
   const t0 = performance.now();
-  const stages: Array<Readable | Duplex> = [createReadStream(v.file, { highWaterMark: 1 << 20 })];
-  if (entry.encryption === 'age') stages.push(createAgeDecryptStream(identities, { label }));
+  const stages: Array<Readable | Duplex> = [...input.stages];
+  // Large artifacts decrypt on a worker thread: the node thread has the rest of the work.
+  if (entry.encryption === 'age') stages.push(createAgeDecryptStreamFor(identities, { label, size: entry.storedSize }));
   const zstd = zstdDecompress({ toFd: opts.plainFd, maxBytes: opts.plainFd === undefined ? undefined : entry.plainSize });
   stages.push(zstd);
   const plain = new Bounded(entry.plainSize, (n) => plainSizeError(label, n, entry.plainSize, true));
@@ -184,10 +251,15 @@ export async function decodeVerified(
 }
 
 /**
- * Both steps for a reader of the plain stream (the restore drill): downloaded into `dir`, verified,
- * decoded into `sink`, and the stored copy removed again.
+ * For a reader of the plain stream (verify, the restore drill): streamed when the manifest lists
+ * chunk digests, else downloaded into `dir`, verified, decoded into `sink`, and the stored copy
+ * removed again.
  */
 export async function streamArtifact(src: ArtifactSource, dir: string, sink: (plain: Readable) => Promise<unknown>): Promise<StreamedArtifact> {
+  if (canStream(src.entry)) {
+    const d = await decodeStored(await verifiedStream(src), src.identities, sink, { signal: src.signal });
+    return { storedBytes: src.entry.storedSize, seconds: d.seconds };
+  }
   const v = await fetchVerified(src, dir);
   try {
     const d = await decodeVerified(v, src.identities, sink, { signal: src.signal });
@@ -251,6 +323,15 @@ function checksumError(label: string, h: StoredHash, entry: ArtifactEntry): Tand
     'ARTIFACT_CHECKSUM',
     `${label}: SHA-256 of the stored bytes is ${h.sha256} (${h.bytes} bytes), the signed manifest says ${entry.storedSha256} (${entry.storedSize} bytes): corrupt or tampered with`,
     { hint: 'nothing of it was decrypted or unpacked; the next set (or a re-upload by the primary) replaces it' },
+  );
+}
+
+function chunkChecksumError(label: string, m: ChunkMismatch): TandemError {
+  return new TandemError(
+    'integrity',
+    'ARTIFACT_CHECKSUM',
+    `${label}: SHA-256 of the stored bytes is ${m.got} in chunk ${m.index + 1} of ${m.count} (bytes ${m.start}-${m.end - 1}), the signed manifest says ${m.want || 'no such chunk'}: corrupt or tampered with`,
+    { hint: 'nothing of that chunk was decrypted or unpacked, and what came before it is removed with the staging; the next set (or a re-upload by the primary) replaces it' },
   );
 }
 

@@ -1,4 +1,4 @@
-import { TandemError, layout, parseSetId, type Filestore } from '@tandem/shared';
+import { TandemError, listSets, type Filestore } from '@tandem/shared';
 
 /**
  * "2026-11-20 14:00" as an operator means it: the machine's local time unless the text names a zone
@@ -15,22 +15,14 @@ export function parseAt(text: string): Date {
 }
 
 /**
- * The newest committed set created at or before `at` (the restore-to-a-date of Plone's
- * collective.recipe.backup). Only sets with a manifest count; their manifests are verified when
- * the chosen set is applied.
+ * The newest committed set (in the order of sets) created at or before `at` (the restore-to-a-date
+ * of Plone's collective.recipe.backup). Only sets with a manifest count; their manifests are
+ * verified when the chosen set is applied.
  */
 export async function findSetAt(fs: Filestore, site: string, at: Date): Promise<string> {
-  const prefix = layout.sets(site);
-  let best: string | null = null;
-  let oldest: string | null = null;
-  for (const o of await fs.list(prefix)) {
-    const [id, file] = o.key.slice(prefix.length).split('/');
-    if (file !== 'manifest.json' || id === undefined) continue;
-    const p = parseSetId(id);
-    if (p === null) continue;
-    if (oldest === null || id < oldest) oldest = id;
-    if (p.time.getTime() <= at.getTime() && (best === null || id > best)) best = id;
-  }
+  const sets = await listSets(fs, site, { committedOnly: true }); // oldest first
+  const best = sets.findLast((s) => s.time.getTime() <= at.getTime())?.setId ?? null;
+  const oldest = sets[0]?.setId ?? null;
   if (best === null) {
     throw new TandemError(
       'not-found',

@@ -1,5 +1,5 @@
 import { TandemError } from '@tandem/shared';
-import { readJsonFile, removeStateFile, stateFiles, writeJsonFile } from './state.js';
+import { readJsonFile, removeStateFile, stateFiles, writeJsonFile, type SetIdentity } from './state.js';
 import type { PartName, Targets } from './targets.js';
 
 /**
@@ -13,17 +13,9 @@ import type { PartName, Targets } from './targets.js';
  *
  * The journal carries the names it works on, so recovery does not depend on the config staying the same.
  */
-export interface Journal {
+export interface Journal extends SetIdentity {
   format: 'tandem-apply-journal';
   version: 1;
-  site: string;
-  setId: string;
-  epoch: number;
-  seq: number;
-  createdAt: string;
-  /** When latest.json committed the set (null: applied by name, not through latest.json). Absent in older journals. */
-  committedAt?: string | null;
-  bytes: number;
   phase: 'staging' | 'switching';
   startedAt: string;
   stagingDir: string;

@@ -1,17 +1,21 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import {
   TandemError,
+  compareSets,
   isNotFound,
   isSetId,
   layout,
-  readEpoch as readEpochDoc,
-  verifyLatest,
+  readVerifiedLatest,
+  requireEpoch,
   verifyManifest,
   type Filestore,
   type LatestPointer,
   type Manifest,
 } from '@tandem/shared';
 import type { AppliedState } from './state.js';
+
+/** The order of sets is the store's (epoch, seq); re-exported for the modules that import it from here. */
+export { compareSets };
 
 /**
  * Which set to apply, and whether to: the signed pointer and manifest, the epoch, and the order of
@@ -32,24 +36,15 @@ async function getSmall(fs: Filestore, key: string, what: string): Promise<Buffe
   }
 }
 
+/** latest.json, verified (readVerifiedLatest); not-found NO_SETS when the site has none. */
 export async function readLatest(fs: Filestore, site: string, verifyKey: KeyObject): Promise<{ latest: LatestPointer; raw: Buffer }> {
-  const key = layout.latest(site);
-  let raw: Buffer;
-  try {
-    raw = (await fs.getBuffer(key)).body;
-  } catch (err) {
-    if (isNotFound(err)) {
-      throw new TandemError('not-found', 'NO_SETS', `site "${site}" has no committed set yet: ${fs.description}/${key} does not exist`, {
-        hint: 'run `tandem-primary backup` on the primary first, and check that both agents use the same filestore URL and site',
-      });
-    }
-    throw err;
+  const found = await readVerifiedLatest(fs, site, verifyKey);
+  if (found === null) {
+    throw new TandemError('not-found', 'NO_SETS', `site "${site}" has no committed set yet: ${fs.description}/${layout.latest(site)} does not exist`, {
+      hint: 'run `tandem-primary backup` on the primary first, and check that both agents use the same filestore URL and site',
+    });
   }
-  const latest = verifyLatest(raw, verifyKey, `${fs.description}/${key}`);
-  if (latest.site !== site) {
-    throw new TandemError('integrity', 'SITE_MISMATCH', `${fs.description}/${key} is for site "${latest.site}", not "${site}"`);
-  }
-  return { latest, raw };
+  return { latest: found.latest, raw: found.raw };
 }
 
 /** Reads and verifies one set's manifest; with the latest pointer, also checks the pointer names exactly these bytes. */
@@ -79,17 +74,6 @@ export async function readManifest(
   return manifest;
 }
 
-/** The filestore's current epoch (who is primary); see the shared epoch module. */
-export async function readEpoch(fs: Filestore, site: string): Promise<number> {
-  const found = await readEpochDoc(fs, site);
-  if (!found) {
-    throw new TandemError('not-found', 'EPOCH_MISSING', `${fs.description}/${layout.epoch(site)}: site "${site}" has no epoch record`, {
-      hint: 'no backup of this site has been made into this filestore yet; check site and filestore.url',
-    });
-  }
-  return found.doc.epoch;
-}
-
 /** A set made by a primary of a lower epoch than the filestore's was made by a fenced primary. */
 export function checkEpoch(manifest: Manifest, currentEpoch: number): void {
   if (manifest.epoch < currentEpoch) {
@@ -114,13 +98,8 @@ export async function resolveSet(fs: Filestore, site: string, verifyKey: KeyObje
     setId = latest.setId;
   }
   const manifest = await readManifest(fs, site, setId, verifyKey, latest);
-  checkEpoch(manifest, await readEpoch(fs, site));
+  checkEpoch(manifest, await requireEpoch(fs, site));
   return { manifest, latest };
-}
-
-/** Orders sets by (epoch, seq); ties broken by id so that two different sets never compare equal. */
-export function compareSets(a: { epoch: number; seq: number; setId: string }, b: { epoch: number; seq: number; setId: string }): number {
-  return a.epoch - b.epoch || a.seq - b.seq || (a.setId < b.setId ? -1 : a.setId > b.setId ? 1 : 0);
 }
 
 export type Decision = 'apply' | 'already-applied';

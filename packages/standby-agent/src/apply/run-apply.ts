@@ -17,12 +17,13 @@ import { finishApply, restartAfterApply } from './finish.js';
 import { writeJournal, type Journal } from './journal.js';
 import { identitiesFor } from './keys.js';
 import { checkMaintenanceDb, withMaintenance } from './pg.js';
+import { refuseIfPromoted } from './promoted.js';
 import { recover, rollBack, type Recovery } from './recover.js';
 import { decide, resolveSet } from './resolve-set.js';
 import { restoreDatabase } from './restore-db.js';
 import { ensureSentinel } from './sentinel.js';
 import { stageSet } from './stage.js';
-import { readApplied, readPromoted, stateFiles, type AppliedState } from './state.js';
+import { readApplied, stateFiles, type AppliedState } from './state.js';
 import { switchParts } from './switch.js';
 import { stagingDir, targetsFor } from './targets.js';
 
@@ -49,22 +50,10 @@ export interface ApplyResult {
   restartError?: unknown;
 }
 
-/** Refuses to turn a promoted server (now the primary) back into a copy of the filestore. */
-async function refuseIfPromoted(config: StandbyConfig): Promise<void> {
-  const promoted = await readPromoted(config.stateDir);
-  if (promoted !== null) {
-    throw new TandemError(
-      'precondition',
-      'PROMOTED',
-      `site "${config.site}" on this server was promoted to primary at ${promoted.promotedAt}; applying a set would overwrite the primary's data`,
-      { hint: `to make this server a standby again on purpose, remove ${stateFiles(config.stateDir).promoted} first` },
-    );
-  }
-}
-
 export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promise<ApplyResult> {
   const { filestore: fs, logger } = opts;
-  await refuseIfPromoted(config);
+  // A promoted server is the primary now: never turn it back into a copy of the filestore.
+  await refuseIfPromoted(config, 'apply');
   const targets = await targetsFor(config);
   checkMaintenanceDb(config, targets.db.live);
   const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);

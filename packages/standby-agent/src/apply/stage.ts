@@ -14,24 +14,23 @@ import {
   type Logger,
   type Manifest,
 } from '@tandem/shared';
-import { artifactLabel, decodeVerified, fetchVerified, type VerifiedArtifact } from './artifact-stream.js';
+import { artifactLabel, canStream, decodeStored, fetchVerified, fromVerifiedFile, verifiedStream, type StoredInput, type VerifiedArtifact } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
 import type { Targets } from './targets.js';
 
 /**
- * Staging: every artifact is downloaded into the staging dir, checked against the signed manifest,
- * and only then decrypted and decompressed into a place beside the live site, before anything live
- * changes (ordering rule 3). No byte of an artifact reaches age, zstd, the tar parser or pg_restore
- * before the SHA-256 of the whole stored object matched the signed one (artifact-stream.ts).
+ * Staging: every artifact is checked against the signed manifest and decrypted and decompressed
+ * into a place beside the live site, before anything live changes (ordering rule 3). No byte of an
+ * artifact reaches age, zstd, the tar parser or pg_restore before the SHA-256 that covers it (of its
+ * 8 MiB piece, or of the whole stored object) matched the signed one (artifact-stream.ts).
  *
- * - db: `pg_restore -j` needs a seekable file, so with restoreJobs > 1 the verified stored copy is
+ * - db: `pg_restore -j` needs a seekable file, so with restoreJobs > 1 the verified stored bytes are
  *   decrypted and decompressed into <staging>/db.dump (0600 in a 0700 dir; zstd writes it, limited
- *   to the signed plain size) and then deleted. With one job the verified stored (encrypted) copy is
- *   kept instead and decrypted again on the way into pg_restore: no plaintext dump on disk; the
- *   staging pass still decrypts and decompresses it once, to refuse a bad dump before anything live.
- * - dbmeta: the verified copy decoded into memory (MAX_DB_META_BYTES at most).
- * - config/security/files: extracted into `<live>.tandem-new` (security: files 0600, dirs 0700), and
- *   the stored copy deleted.
+ *   to the signed plain size). With one job the verified stored (encrypted) copy is kept instead
+ *   and decrypted again on the way into pg_restore: no plaintext dump on disk; the staging pass
+ *   still decrypts and decompresses it once, to refuse a bad dump before anything live.
+ * - dbmeta: decoded into memory (MAX_DB_META_BYTES at most).
+ * - config/security/files: extracted into `<live>.tandem-new` (security: files 0600, dirs 0700).
  */
 export type StagedDb =
   | { form: 'plain'; file: string }
@@ -82,33 +81,45 @@ const discard = async (plain: Readable): Promise<void> => {
  * created here, never an existing file; 750 MB of dump crossing the event loop cost ~2 s of an apply
  * on this machine kind), under a file size limit of the signed plain size.
  */
-async function decodeDumpFile(v: VerifiedArtifact, identities: string[], file: string, signal?: AbortSignal) {
+async function decodeDumpFile(input: StoredInput, identities: string[], file: string, signal?: AbortSignal) {
   const fh = await open(file, OPEN_NEW_FILE, 0o600);
   try {
-    return await decodeVerified(v, identities, discard, { plainFd: fh.fd, signal });
+    return await decodeStored(input, identities, discard, { plainFd: fh.fd, signal });
   } finally {
     await fh.close();
   }
 }
 
-/** Refuses before a download when the staging file system cannot hold what it puts there. */
-async function checkStagingSpace(manifest: Manifest, entry: ArtifactEntry, stagingDir: string, o: { withPlain: boolean; reserved: number }): Promise<void> {
+/**
+ * Refuses before a download when the staging file system cannot hold what it puts there: the
+ * plain dump (with more than one restore job), the stored copy when the artifact is not streamed,
+ * and what the dump being decompressed meanwhile still has to write (`reserved`).
+ */
+async function checkStagingSpace(
+  manifest: Manifest,
+  entry: ArtifactEntry,
+  stagingDir: string,
+  o: { withPlain: boolean; storedCopy: boolean; reserved: number },
+): Promise<void> {
   const free = await freeBytes(stagingDir);
-  const need = entry.storedSize + (o.withPlain ? entry.plainSize : 0) + o.reserved;
+  const need = (o.storedCopy ? entry.storedSize : 0) + (o.withPlain ? entry.plainSize : 0) + o.reserved;
   if (free === undefined || free >= need) return;
   const detail = o.withPlain
-    ? `the dump needs ${entry.plainSize} bytes, ${free} are free, and its stored copy needs ${entry.storedSize} more until it is decompressed`
+    ? `the dump needs ${entry.plainSize} bytes, ${free} are free${o.storedCopy ? `, and its stored copy needs ${entry.storedSize} more until it is decompressed` : ''}`
     : `its stored copy needs ${entry.storedSize} bytes, ${free} are free${o.reserved > 0 ? `, and ${o.reserved} of them are the rest of the dump being decompressed` : ''}`;
   throw diskFullError(manifest, entry, stagingDir, { detail });
 }
 
 /**
- * Downloads run ahead of their use, one after another in set order, so that the next artifact is
- * fetched and hashed while zstd decompresses the dump (the node thread is mostly idle then); each
- * is used (decoded) only once its own download verified, in set order too. The first failure of
- * either stops both, and nothing is left running when this returns or throws.
+ * The dump streams: with chunk digests in its manifest entry, its download overlaps its own
+ * decompression, the longest part of staging (artifact-stream.ts). The archives (and a dump
+ * without chunk digests, or kept stored for a one-job restore) are downloaded and verified whole
+ * ahead of their use, one after another in set order, so that they are fetched and hashed while
+ * zstd decompresses the dump (the node thread is mostly idle then) and their turn is only decoding
+ * and unpacking. Each is used only once verified, in set order. The first failure stops
+ * everything, and nothing is left running when this returns or throws.
  * Seconds per artifact are wall time from the end of the previous one, so they add up to the
- * staging's wall time; the download seconds of each are logged.
+ * staging's wall time; the download seconds of each downloaded whole are logged.
  */
 export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   const { manifest, targets, stagingDir, logger, identities } = opts;
@@ -119,6 +130,7 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   await chmod(stagingDir, 0o700);
 
   const names = ARTIFACT_NAMES.filter((n) => entries[n] !== undefined); // an optional one an earlier tandem's set lacks
+  const streamed = (name: ArtifactName) => name === 'db' && opts.restoreJobs > 1 && canStream(entries[name]!);
   const ac = new AbortController();
   const onAbort = () => ac.abort(opts.signal?.reason);
   opts.signal?.addEventListener('abort', onAbort, { once: true });
@@ -132,19 +144,22 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   // The dump being decompressed while later artifacts download: the bytes it still has to write.
   let dumpInProgress: { file: string; size: number } | undefined;
   const reserved = async () => (dumpInProgress ? dumpInProgress.size - ((await stat(dumpInProgress.file).catch(() => undefined))?.size ?? 0) : 0);
+  const checkOwn = (name: ArtifactName, entry: ArtifactEntry) => {
+    if (name === 'dbmeta' && entry.plainSize > MAX_DB_META_BYTES) {
+      const label = artifactLabel(manifest, entry);
+      throw new TandemError('integrity', 'ARTIFACT_PLAIN_SIZE', `${label}: says it is ${entry.plainSize} bytes, more than the ${MAX_DB_META_BYTES} a database description can be`);
+    }
+  };
 
   const fetched = new Map<ArtifactName, Promise<VerifiedArtifact>>();
   let previous: Promise<unknown> = Promise.resolve();
-  for (const name of names) {
+  for (const name of names.filter((n) => !streamed(n))) {
     const entry = entries[name]!;
     const download = previous.then(async () => {
       signal.throwIfAborted();
       try {
-        if (name === 'dbmeta' && entry.plainSize > MAX_DB_META_BYTES) {
-          const label = artifactLabel(manifest, entry);
-          throw new TandemError('integrity', 'ARTIFACT_PLAIN_SIZE', `${label}: says it is ${entry.plainSize} bytes, more than the ${MAX_DB_META_BYTES} a database description can be`);
-        }
-        await checkStagingSpace(manifest, entry, stagingDir, { withPlain: name === 'db' && opts.restoreJobs > 1, reserved: await reserved() });
+        checkOwn(name, entry);
+        await checkStagingSpace(manifest, entry, stagingDir, { withPlain: name === 'db' && opts.restoreJobs > 1, storedCopy: true, reserved: await reserved() });
         return await fetchVerified({ filestore: opts.filestore, manifest, entry, identities, signal }, stagingDir);
       } catch (err) {
         return fail(diskFull(err, manifest, entry, stagingDir) ?? err);
@@ -162,16 +177,34 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   try {
     for (const name of names) {
       const entry = entries[name]!;
-      const v = await fetched.get(name)!;
+      let download: number | undefined;
       try {
-        await use(name, v);
+        let input: StoredInput;
+        let file: string | undefined;
+        const pending = fetched.get(name);
+        if (pending) {
+          const v = await pending;
+          download = v.seconds;
+          file = v.file;
+          input = fromVerifiedFile(v);
+        } else {
+          signal.throwIfAborted();
+          checkOwn(name, entry);
+          await checkStagingSpace(manifest, entry, stagingDir, { withPlain: true, storedCopy: false, reserved: 0 });
+          input = await verifiedStream({ filestore: opts.filestore, manifest, entry, identities, signal });
+        }
+        await use(name, input, file);
       } catch (err) {
+        if (failure !== undefined) throw failure;
         fail(diskFull(err, manifest, entry, name === 'db' || name === 'dbmeta' ? stagingDir : targets.dirs[name].next) ?? err);
       }
       const now = performance.now();
       durations[name] = Math.round(now - t) / 1000;
       t = now;
-      logger.info({ artifact: name, storedBytes: entry.storedSize, seconds: durations[name], download: v.seconds }, 'artifact verified and staged');
+      logger.info(
+        { artifact: name, storedBytes: entry.storedSize, seconds: durations[name], streamed: download === undefined, ...(download !== undefined ? { download } : {}) },
+        'artifact verified and staged',
+      );
       faultPoint(`staged-${name}`);
     }
   } catch (err) {
@@ -184,34 +217,34 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   }
   return { db: db!, dbMeta, durations };
 
-  async function use(name: ArtifactName, v: VerifiedArtifact): Promise<void> {
-    const { entry } = v;
+  /** Decodes one artifact into its place; `file` is its verified stored copy, if it has one (removed after). */
+  async function use(name: ArtifactName, input: StoredInput, file: string | undefined): Promise<void> {
+    const { entry } = input;
     if (name === 'db') {
-      if (opts.restoreJobs > 1) {
-        const file = join(stagingDir, 'db.dump');
-        dumpInProgress = { file, size: entry.plainSize };
-        try {
-          await decodeDumpFile(v, identities, file, signal);
-        } finally {
-          dumpInProgress = undefined;
-        }
-        await rm(v.file, { force: true });
-        db = { form: 'plain', file };
-      } else {
-        await decodeVerified(v, identities, discard, { signal });
-        db = { form: 'stored', file: v.file, entry };
+      if (opts.restoreJobs <= 1 && file !== undefined) {
+        // Decoded once to refuse a bad dump before anything live; the restore decodes it again.
+        await decodeStored(input, identities, discard, { signal });
+        db = { form: 'stored', file, entry };
+        return;
       }
+      const dump = join(stagingDir, 'db.dump');
+      dumpInProgress = { file: dump, size: entry.plainSize };
+      try {
+        await decodeDumpFile(input, identities, dump, signal);
+      } finally {
+        dumpInProgress = undefined;
+      }
+      db = { form: 'plain', file: dump };
     } else if (name === 'dbmeta') {
       const chunks: Buffer[] = [];
-      await decodeVerified(
-        v,
+      await decodeStored(
+        input,
         identities,
         async (plain) => {
           for await (const c of plain) chunks.push(c as Buffer);
         },
         { signal },
       );
-      await rm(v.file, { force: true });
       dbMeta = Buffer.concat(chunks);
     } else {
       const dir = targets.dirs[name].next;
@@ -225,9 +258,9 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
       const maxBytes = Math.min(opts.limits?.maxBytes ?? Number.MAX_SAFE_INTEGER, free ?? Number.MAX_SAFE_INTEGER);
       const limits = { maxEntries: opts.limits?.maxEntries ?? 1_000_000, maxBytes };
       const label = artifactLabel(manifest, entry);
-      await decodeVerified(v, identities, (plain) => extractTarSafe(plain, dir, { label, ...modes, ...limits }), { signal });
-      await rm(v.file, { force: true });
+      await decodeStored(input, identities, (plain) => extractTarSafe(plain, dir, { label, ...modes, ...limits }), { signal });
     }
+    if (file !== undefined) await rm(file, { force: true });
   }
 }
 

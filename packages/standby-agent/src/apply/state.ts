@@ -1,6 +1,6 @@
 import { readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { TandemError, fsyncDir, writeFileAtomic } from '@tandem/shared';
+import { TandemError, fsyncDir, writeFileAtomic, type SetRef } from '@tandem/shared';
 
 /**
  * The standby's own records in its state dir, each one small JSON file written atomically:
@@ -18,11 +18,12 @@ export const stateFiles = (stateDir: string) => ({
 
 export type RestartStatus = 'pending' | 'ok' | 'failed' | 'none';
 
-export interface AppliedState {
+/**
+ * A set as an apply records it, in its journal while it runs and in applied.json once done: a SetRef,
+ * so the store's compareSets orders it against any other set.
+ */
+export interface SetIdentity extends SetRef {
   site: string;
-  setId: string;
-  epoch: number;
-  seq: number;
   /** When the primary made the set. */
   createdAt: string;
   /**
@@ -30,9 +31,13 @@ export interface AppliedState {
    * the set was applied by name (--set). Absent in records of older versions. Apply lag = appliedAt − this.
    */
   committedAt?: string | null;
-  appliedAt: string;
   /** Stored (encrypted) bytes of the set. */
   bytes: number;
+}
+
+/** The applied set: the set the live site now equals. */
+export interface AppliedState extends SetIdentity {
+  appliedAt: string;
   /** Seconds per stage. */
   durations: Record<string, number>;
   /** 'pending' until restartCommand has run: an apply killed before it restarts on the next run. */

@@ -1,7 +1,6 @@
-import { TandemError, loadStandbyConfig, openFilestore, requireString, type Command } from '@tandem/shared';
+import { TandemError, loadStandbyConfig, openFilestore, requireString, withInterrupts, type Command } from '@tandem/shared';
 import { findSetAt, parseAt } from '../apply/find-at.js';
 import { runApply } from '../apply/run-apply.js';
-import { withInterrupts } from './signals.js';
 
 export const applyCommand: Command = {
   name: 'apply',
@@ -51,7 +50,7 @@ checksum, key or archive); 75 another apply or promote is running.`,
       throw new TandemError('config', 'USAGE', 'tandem-standby apply: give --set or --at, not both');
     }
     const at = typeof values.at === 'string' ? parseAt(values.at) : undefined;
-    const filestore = openFilestore(config.filestore.url);
+    const filestore = openFilestore(config.filestore.location);
     try {
       let setId = typeof values.set === 'string' ? values.set : undefined;
       if (at !== undefined) {

@@ -32,7 +32,7 @@ Exit status: 0 promoted (or already); 1 refused or failed; 2 bad config or usage
   options: { config: { type: 'string', short: 'c' }, force: { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
     const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby promote'));
-    const filestore = openFilestore(config.filestore.url);
+    const filestore = openFilestore(config.filestore.location);
     try {
       const r = await runPromote(config, { filestore, logger, force: values.force === true });
       if (values.json === true) {

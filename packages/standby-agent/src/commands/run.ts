@@ -1,6 +1,7 @@
-import { TandemError, loadStandbyConfig, openFilestore, parseDuration, requireString, type Command } from '@tandem/shared';
+import { TandemError, agentName, loadStandbyConfig, openFilestore, parseDuration, requireString, type Command } from '@tandem/shared';
 import { StandbyDaemon } from '../daemon/daemon.js';
-import { defaultStandbyId, loadDaemonToken, loadReadToken } from '../daemon/daemon-info.js';
+import { loadDaemonToken, loadReadToken } from '../daemon/daemon-info.js';
+import { runUntilStopped } from '../daemon/lifecycle.js';
 
 export const runCommand: Command = {
   name: 'run',
@@ -48,40 +49,12 @@ to start (e.g. the HTTP port is taken).`,
     }
     const token = loadDaemonToken(config, logger);
     const readToken = loadReadToken(config, logger, token);
-    const filestore = openFilestore(config.filestore.url);
-    const daemon = new StandbyDaemon({ config, logger, filestore, standbyId: defaultStandbyId(config.standbyId), token, readToken, stopGraceMs });
+    const filestore = openFilestore(config.filestore.location);
+    const daemon = new StandbyDaemon({ config, logger, filestore, standbyId: agentName({ standbyId: config.standbyId }), token, readToken, stopGraceMs });
 
-    // Signals are caught from here on, so that one arriving during the start-up is a clean stop too.
-    let signals = 0;
-    let onFirst: ((sig: NodeJS.Signals) => void) | null = null;
-    const onSignal = (sig: NodeJS.Signals) => {
-      signals++;
-      if (signals === 1) onFirst?.(sig);
-      else {
-        logger.warn({ signal: sig }, 'second signal: aborting the apply in progress now');
-        daemon.hurry();
-      }
-    };
-    const first = new Promise<{ signal?: NodeJS.Signals; fatal?: TandemError }>((resolve) => {
-      onFirst = (signal) => resolve({ signal });
-      void daemon.failed.then((fatal) => resolve({ fatal }));
-    });
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    try {
-      await daemon.start();
-      const ended = await first;
-      const outcome = await daemon.stop(ended.signal ? `received ${ended.signal}` : 'promoted');
-      if (ended.fatal) throw ended.fatal;
-      if (outcome === 'left-running') {
-        // An apply that ignored even the abort (a stuck child process) would keep the process alive
-        // forever; its journal makes the next start finish or roll it back.
-        process.exit(0);
-      }
-      return 0;
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    }
+    // 'left-running': an apply ignored even its abort (a stuck child process). Its journal makes the
+    // next start finish or roll it back; the CLI frame ends the process should the apply keep it alive.
+    await runUntilStopped(daemon, logger);
+    return 0;
   },
 };

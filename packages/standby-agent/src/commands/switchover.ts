@@ -1,4 +1,4 @@
-import { TandemError, formatDuration, loadStandbyConfig, openFilestore, parseDuration, requireString, type Command } from '@tandem/shared';
+import { Interrupted, TandemError, formatDuration, loadStandbyConfig, openFilestore, parseDuration, requireString, type Command } from '@tandem/shared';
 import { describePrimaryAfter, runSwitchover, type SwitchoverOutcome } from '../switchover/run-switchover.js';
 
 const MIN_TIMEOUT_MS = 30_000;
@@ -57,11 +57,11 @@ of the primary); 2 bad config or usage, or the primary refused the token.`,
     const ac = new AbortController();
     const onSignal = (sig: NodeJS.Signals) => {
       logger.warn({ signal: sig }, 'interrupted: calling the switchover off (unless the promote has begun)');
-      ac.abort(new Error(`interrupted by ${sig}`));
+      ac.abort(new Interrupted(sig));
     };
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
-    const filestore = openFilestore(config.filestore.url);
+    const filestore = openFilestore(config.filestore.location);
     let o: SwitchoverOutcome;
     try {
       o = await runSwitchover(config, {

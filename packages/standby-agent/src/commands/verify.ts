@@ -23,7 +23,7 @@ Exit status: 0 the set is restorable; 5 integrity problem (signature, checksum, 
   options: { config: { type: 'string', short: 'c' }, set: { type: 'string' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
     const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby verify'));
-    const filestore = openFilestore(config.filestore.url);
+    const filestore = openFilestore(config.filestore.location);
     try {
       const r = await runVerify(config, { filestore, logger, setId: typeof values.set === 'string' ? values.set : undefined });
       const { firstError, ...report } = r;

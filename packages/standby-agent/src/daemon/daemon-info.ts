@@ -1,8 +1,7 @@
 import { request } from 'node:http';
-import { hostname } from 'node:os';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { STANDBY_ID_PATTERN, connectAddress, describeError, isTandemError, pidAlive, loadToken, requireDistinctTokens, writeFileAtomic, type Logger, type StandbyConfig } from '@tandem/shared';
+import { TandemError, agentName, connectAddress, isTandemError, pidAlive, loadToken, requireDistinctTokens, writeFileAtomic, type Logger, type StandbyConfig } from '@tandem/shared';
 import type { StandbyStatusDoc } from './status-doc.js';
 
 /**
@@ -48,12 +47,8 @@ export async function removeDaemonInfo(stateDir: string, pid = process.pid): Pro
   if (info === null || info.pid === pid) await rm(daemonFiles(stateDir).info, { force: true });
 }
 
-/** The standbyId to use: the configured one, else this host's name made into a valid id. */
-export function defaultStandbyId(configured: string | undefined): string {
-  if (configured !== undefined) return configured;
-  const h = hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 63);
-  return STANDBY_ID_PATTERN.test(h) ? h : 'standby';
-}
+/** The standbyId to use: the configured one, else this host's name made into a valid id (agentName). */
+export const defaultStandbyId = (configured: string | undefined): string => agentName({ standbyId: configured });
 
 /** GET path from the running daemon with the token; null on any failure (not running, refused, timeout). */
 export function fetchFromDaemon(listen: string, path: string, token: string | null, timeoutMs = 2_000): Promise<{ status: number; body: string } | null> {
@@ -68,7 +63,7 @@ export function fetchFromDaemon(listen: string, path: string, token: string | nu
         res.on('error', () => resolve(null));
       },
     );
-    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('timeout', () => req.destroy(new TandemError('transient', 'DAEMON_TIMEOUT', `no answer from the daemon at ${listen} within ${timeoutMs} ms`)));
     req.on('error', () => resolve(null));
     req.end();
   });
@@ -115,7 +110,7 @@ export async function askDaemonStatus(
   try {
     token = loadReadToken(config) ?? loadDaemonToken(config);
   } catch (err) {
-    logger.debug({ err: describeError(err) }, 'no token to ask the daemon with');
+    logger.debug({ err }, 'no token to ask the daemon with');
   }
   const r = await fetchFromDaemon(info.listen, '/status', token);
   let live: StandbyStatusDoc | null = null;

@@ -1,8 +1,11 @@
 import {
+  compareSets,
+  countSetsNewerThan,
   describeError,
-  isTandemError,
   loadVerifyKeyFile,
   openFilestore,
+  readVerifiedHeartbeat,
+  readVerifiedLatest,
   type Filestore,
   type Heartbeat,
   type LatestPointer,
@@ -10,11 +13,10 @@ import {
   type StandbyConfig,
 } from '@tandem/shared';
 import { readJournal } from '../apply/journal.js';
-import { compareSets, readLatest } from '../apply/resolve-set.js';
 import { readApplied, readPromoted, type AppliedState } from '../apply/state.js';
 import { askDaemonStatus, defaultStandbyId } from './daemon-info.js';
-import { committedAtOf, computeLag, countPendingSets, pendingWithoutListing, readHeartbeat, type LatestInfo } from './lag.js';
-import type { HeartbeatInfo, StandbyStatusDoc } from './status-doc.js';
+import { pendingWithoutListing, type LatestInfo } from './lag.js';
+import { buildStatusDoc, type HeartbeatInfo, type StandbyStatusDoc } from './status-doc.js';
 
 /**
  * `tandem-standby status`, with or without a daemon: the applied set from the state dir, latest.json,
@@ -48,7 +50,7 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
   let hb: HeartbeatInfo | null = live?.primaryHeartbeat ?? null;
   let latestRead = false;
   let pending: number | null = null;
-  const fs = opts.filestore ?? openFilestore(config.filestore.url, { s3: { maxAttempts: 2, connectTimeoutMs: 5_000, idleTimeoutMs: timeout } });
+  const fs = opts.filestore ?? openFilestore(config.filestore.location, { s3: { maxAttempts: 2, connectTimeoutMs: 5_000, idleTimeoutMs: timeout } });
   try {
     let verifyKey;
     try {
@@ -60,23 +62,22 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
       // The heartbeat first: the primary writes latest.json before the heartbeat that names its set,
       // so latest.json read after the heartbeat names that set at least, unless it was put back.
       try {
-        heartbeat = await readHeartbeat(fs, config.site, verifyKey, AbortSignal.timeout(timeout));
+        heartbeat = await readVerifiedHeartbeat(fs, config.site, verifyKey, { signal: AbortSignal.timeout(timeout) });
       } catch (err) {
         note('heartbeat.json', err);
       }
       try {
-        latest = (await readLatest(fs, config.site, verifyKey)).latest;
+        latest = (await readVerifiedLatest(fs, config.site, verifyKey))?.latest ?? null;
         latestRead = true;
       } catch (err) {
-        if (!(isTandemError(err) && err.code === 'NO_SETS')) note('latest.json', err);
-        else latestRead = true;
+        note('latest.json', err);
       }
     }
     hb = mergeHeartbeats(heartbeat, live?.primaryHeartbeat ?? null);
     pending = pendingWithoutListing(applied, latest, hb?.latest);
     if (pending === null) {
       try {
-        pending = await countPendingSets(fs, config.site, applied, AbortSignal.timeout(timeout));
+        pending = (await countSetsNewerThan(fs, config.site, applied, { signal: AbortSignal.timeout(timeout) })).count;
       } catch (err) {
         note('pending sets', err);
       }
@@ -85,30 +86,24 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
     if (opts.filestore === undefined) await fs.close().catch(() => undefined);
   }
 
-  const now = new Date();
-  const lag = computeLag({ now, applied, latest, heartbeatAt: hb?.at ?? null, pendingSets: pending, heartbeatLatest: hb?.latest, latestReadAt: latestRead ? undefined : null });
-  return {
+  return buildStatusDoc({
     site: config.site,
     standbyId: live?.standbyId ?? defaultStandbyId(config.standbyId),
-    now: now.toISOString(),
-    appliedSetId: applied?.setId ?? null,
-    appliedCreatedAt: applied?.createdAt ?? null,
-    appliedAt: applied?.appliedAt ?? null,
-    appliedCommittedAt: applied === null ? null : committedAtOf(applied, latest),
-    latestSetId: latest?.setId ?? null,
-    latestCreatedAt: latest?.createdAt ?? null,
-    latestCommittedAt: latest?.committedAt ?? null,
-    ...lag,
-    primaryHeartbeat: hb,
+    now: new Date(),
+    applied,
+    latest,
+    heartbeat: hb,
+    pendingSets: pending,
+    latestReadAt: latestRead ? undefined : null,
     applying: live?.applying ?? null,
-    unfinishedApply: journal === null ? null : { setId: journal.setId, phase: journal.phase, startedAt: journal.startedAt },
-    promoted: promoted === null ? null : { promotedAt: promoted.promotedAt },
+    journal,
+    promoted,
     daemon: { running, pid: info?.pid ?? null, listen: info?.listen ?? null, startedAt: info?.startedAt ?? null, reachable: live !== null },
     push: live?.push ?? null,
     poll: live?.poll ?? null,
     lastError: live?.lastError ?? null,
     problems,
-  };
+  });
 }
 
 /**

@@ -1,6 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { TandemError, isNotFound, layout, parseSetId, verifyHeartbeat, type Filestore, type Heartbeat } from '@tandem/shared';
-import { compareSets } from '../apply/resolve-set.js';
+import { checkHeartbeat, compareSets, countSetsNewerThan, readVerifiedHeartbeat, type Filestore, type Heartbeat } from '@tandem/shared';
 import type { AppliedState } from '../apply/state.js';
 
 /**
@@ -103,38 +102,17 @@ export function pendingWithoutListing(applied: AppliedState | null, latest: Late
   return null;
 }
 
-/** Committed sets (a manifest exists) newer than the applied one: one LIST of the site's sets. */
+/** Committed sets (a manifest exists) newer than the applied one: one LIST of the site's sets (countSetsNewerThan). */
 export async function countPendingSets(fs: Filestore, site: string, applied: AppliedState | null, signal?: AbortSignal): Promise<number> {
-  const prefix = layout.sets(site);
-  let n = 0;
-  for (const o of await fs.list(prefix, { signal })) {
-    const [id, file] = o.key.slice(prefix.length).split('/');
-    if (file !== 'manifest.json' || id === undefined) continue;
-    const p = parseSetId(id);
-    if (p === null) continue;
-    if (applied === null || compareSets({ ...p, setId: id }, applied) > 0) n++;
-  }
-  return n;
+  return (await countSetsNewerThan(fs, site, applied, { signal })).count;
 }
 
-/** Verifies a heartbeat.json body (signature, schema, site). */
-export function checkHeartbeat(raw: Buffer, verifyKey: KeyObject, site: string, label: string): Heartbeat {
-  const hb = verifyHeartbeat(raw, verifyKey, label);
-  if (hb.site !== site) throw new TandemError('integrity', 'SITE_MISMATCH', `${label} is for site "${hb.site}", not "${site}"`);
-  return hb;
-}
+/** Moved to the store (heartbeat.json is one of its documents); re-exported for the modules that import it from here. */
+export { checkHeartbeat };
 
-/** The primary's heartbeat.json, verified; null when there is none (an older primary, or `run` never ran). */
-export async function readHeartbeat(fs: Filestore, site: string, verifyKey: KeyObject, signal?: AbortSignal): Promise<Heartbeat | null> {
-  const key = layout.heartbeat(site);
-  try {
-    const { body } = await fs.getBuffer(key, { signal });
-    return checkHeartbeat(body, verifyKey, site, `${fs.description}/${key}`);
-  } catch (err) {
-    if (isNotFound(err)) return null;
-    throw err;
-  }
-}
+/** The primary's heartbeat.json, verified; null when there is none (the store's readVerifiedHeartbeat). */
+export const readHeartbeat = (fs: Filestore, site: string, verifyKey: KeyObject, signal?: AbortSignal): Promise<Heartbeat | null> =>
+  readVerifiedHeartbeat(fs, site, verifyKey, { signal });
 
 /** Nagios-style verdict on the recovery point age: ok up to 80% of maxLag, warning above, critical beyond. */
 export type LagVerdict = 'ok' | 'warning' | 'critical';

@@ -59,7 +59,12 @@ const DEFAULT_BACKOFF: BackoffPolicy = { baseMs: 1_000, capMs: 30_000 };
 
 /** The URL to dial: the configured one, with /v1/stream when it names no path. */
 export function streamUrl(url: string): string {
-  const u = new URL(url);
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch (err) {
+    throw new TandemError('config', 'PUSH_URL', `primary.url ${url}: ${describeError(err)}`, { hint: 'expected ws://host:port or wss://host:port' });
+  }
   if (u.pathname === '' || u.pathname === '/') u.pathname = STREAM_PATH;
   return u.toString();
 }
@@ -139,7 +144,7 @@ export class PushClient {
     const ws = this.ws;
     if (ws === null || !this.connected || ws.readyState !== WebSocket.OPEN) return false;
     ws.send(text, (err) => {
-      if (err) this.log.debug({ err: describeError(err) }, 'send failed (the connection is going down)');
+      if (err) this.log.debug({ err }, 'send failed (the connection is going down)');
     });
     return true;
   }
@@ -206,7 +211,7 @@ export class PushClient {
         this.receive(data as Buffer | ArrayBuffer | Buffer[], isBinary);
       } catch (err) {
         failure = isTandemError(err) ? err : new TandemError('permanent', 'PROTOCOL_INVALID', describeError(err));
-        this.log.warn({ err: failure.message }, 'the primary sent something that is not protocol: closing the push channel');
+        this.log.warn({ err: failure }, 'the primary sent something that is not protocol: closing the push channel');
         ws.close(CLOSE_CODES.policyViolation, failure.message.slice(0, 120));
       }
     });
@@ -222,7 +227,7 @@ export class PushClient {
       const reason = reasonBuf.toString('utf8');
       if (code === CLOSE_CODES.replaced) this.replaced = true;
       failure ??= closeError(code, reason);
-      if (wasConnected) this.log.warn({ code, reason, err: failure.message }, 'push channel lost; reconnecting');
+      if (wasConnected) this.log.warn({ code, reason, err: failure }, 'push channel lost; reconnecting');
       this.failed(failure);
     });
   }
@@ -235,7 +240,7 @@ export class PushClient {
     } catch (err) {
       // A message type this version does not know is a newer primary: ignore it.
       if (isTandemError(err) && err.code === 'PROTOCOL_UNKNOWN_TYPE') {
-        this.log.debug({ err: err.message }, 'ignoring a message of an unknown type');
+        this.log.debug({ err }, 'ignoring a message of an unknown type');
         return;
       }
       throw err;
@@ -275,7 +280,7 @@ export class PushClient {
     const policy = this.opts.backoff ?? DEFAULT_BACKOFF;
     const delay = this.replaced ? policy.capMs : backoffDelay(this.failures, policy);
     this.nextAttemptAt = new Date(Date.now() + delay);
-    this.log[this.failures === 1 ? 'warn' : 'debug']({ err: err.message, code: err.code, attempt: this.failures, retryInMs: delay }, 'push channel unavailable; polling covers it meanwhile');
+    this.log[this.failures === 1 ? 'warn' : 'debug']({ err, code: err.code, attempt: this.failures, retryInMs: delay }, 'push channel unavailable; polling covers it meanwhile');
     this.retryTimer = setTimeout(() => this.dial(), delay);
   }
 }

@@ -1,5 +1,6 @@
 import { formatDuration } from '@tandem/shared';
-import type { LagFigures, LagVerdict, LatestInfo } from './lag.js';
+import type { AppliedState } from '../apply/state.js';
+import { committedAtOf, computeLag, type LagFigures, type LagVerdict, type LatestInfo } from './lag.js';
 import type { PushStatus } from './push-client.js';
 
 /**
@@ -62,6 +63,79 @@ export interface StandbyStatusDoc extends LagFigures {
   /** Problems met while gathering this status (e.g. the filestore could not be read). */
   problems: string[];
   maxLag?: { seconds: number; warnAboveSeconds: number; verdict: LagVerdict };
+}
+
+/**
+ * What the lag figures are computed from: the daemon passes what it observed (its caches), the
+ * status command what it just read from the state dir and the filestore.
+ */
+export interface Observed {
+  applied: AppliedState | null;
+  latest: LatestInfo | null;
+  /** The primary's newest heartbeat (heartbeat.json and the push channel merged). */
+  heartbeat: HeartbeatInfo | null;
+  pendingSets: number | null;
+  /** When `latest` was read: see heartbeatNewerSet (lag.ts). */
+  latestReadAt?: Date | null;
+}
+
+export function lagOf(o: Observed, now: Date): LagFigures {
+  return computeLag({
+    now,
+    applied: o.applied,
+    latest: o.latest,
+    heartbeatAt: o.heartbeat?.at ?? null,
+    pendingSets: o.pendingSets,
+    heartbeatLatest: o.heartbeat?.latest,
+    latestReadAt: o.latestReadAt,
+  });
+}
+
+export interface StatusInputs extends Observed {
+  site: string;
+  standbyId: string;
+  now: Date;
+  applying: StandbyStatusDoc['applying'];
+  /** journal.json, if any. */
+  journal: { setId: string; phase: string; startedAt: string } | null;
+  /** promoted.json, if any. */
+  promoted: { promotedAt: string } | null;
+  daemon: StandbyStatusDoc['daemon'];
+  push: PushStatus | null;
+  poll: PollInfo | null;
+  lastError: ErrorInfo | null;
+  problems: string[];
+}
+
+/**
+ * The status document, the one builder for GET /status and `tandem-standby status`. The field order
+ * is the JSON's: monitoring parses it, people read it.
+ */
+export function buildStatusDoc(i: StatusInputs): StandbyStatusDoc {
+  const a = i.applied;
+  const p = i.latest;
+  return {
+    site: i.site,
+    standbyId: i.standbyId,
+    now: i.now.toISOString(),
+    appliedSetId: a?.setId ?? null,
+    appliedCreatedAt: a?.createdAt ?? null,
+    appliedAt: a?.appliedAt ?? null,
+    appliedCommittedAt: a === null ? null : committedAtOf(a, p),
+    latestSetId: p?.setId ?? null,
+    latestCreatedAt: p?.createdAt ?? null,
+    latestCommittedAt: p?.committedAt ?? null,
+    ...lagOf(i, i.now),
+    primaryHeartbeat: i.heartbeat,
+    applying: i.applying,
+    unfinishedApply: i.journal === null ? null : { setId: i.journal.setId, phase: i.journal.phase, startedAt: i.journal.startedAt },
+    promoted: i.promoted === null ? null : { promotedAt: i.promoted.promotedAt },
+    daemon: i.daemon,
+    push: i.push,
+    poll: i.poll,
+    lastError: i.lastError,
+    problems: i.problems,
+  };
 }
 
 const ago = (s: number | null): string => (s === null ? 'unknown' : `${formatDuration(s * 1000)}`);

@@ -1,7 +1,7 @@
 import { statSync } from 'node:fs';
 import path from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';
-import { describeError, layout, type Logger } from '@tandem/shared';
+import { layout, type Logger } from '@tandem/shared';
 
 /**
  * For a directory filestore: wakes the standby the moment `<root>/<site>/latest.json` is written,
@@ -55,7 +55,7 @@ export class LatestWatcher {
     });
     w.on('error', (err) => {
       // E.g. ENOSPC: the system's inotify watch limit (fs.inotify.max_user_watches) is reached.
-      this.#log.warn({ err: describeError(err), path: this.#latest }, 'watching latest.json failed: polling only');
+      this.#log.warn({ err, path: this.#latest }, 'watching latest.json failed: polling only');
       this.#failed = true;
       void this.stop();
     });

@@ -1,16 +1,11 @@
 import type { KeyObject } from 'node:crypto';
-import { formatDuration, isNotFound, layout, parseSetId, type Filestore, type Heartbeat } from '@tandem/shared';
-import { compareSets, readLatest } from '../apply/resolve-set.js';
+import { compareSets, countSetsNewerThan, formatDuration, layout, readVerifiedHeartbeat, type Filestore, type Heartbeat, type SetRef } from '@tandem/shared';
+import { readLatest } from '../apply/resolve-set.js';
 import type { AppliedState } from '../apply/state.js';
-import { checkHeartbeat } from '../daemon/lag.js';
 import type { HeartbeatInfo } from '../daemon/status-doc.js';
 
-/** A set as the order of sets sees it: (epoch, seq), then id. */
-export interface SetRef {
-  setId: string;
-  epoch: number;
-  seq: number;
-}
+/** A set as the order of sets sees it (the store's). */
+export type { SetRef };
 
 /** The newest set this standby knows was committed, and when latest.json says it was (if it names it). */
 export interface KnownNewest extends SetRef {
@@ -38,19 +33,10 @@ export interface Check {
 
 export async function checkUnapplied(fs: Filestore, site: string, verifyKey: KeyObject, applied: AppliedState | null): Promise<Unapplied> {
   const { latest } = await readLatest(fs, site, verifyKey);
-  const prefix = layout.sets(site);
-  let sets = 0;
+  const { count: sets, newest: listed } = await countSetsNewerThan(fs, site, applied);
   let newest: KnownNewest = { setId: latest.setId, epoch: latest.epoch, seq: latest.seq, committedAt: latest.committedAt };
-  for (const o of await fs.list(prefix)) {
-    const [id, file] = o.key.slice(prefix.length).split('/');
-    if (file !== 'manifest.json' || id === undefined) continue;
-    const p = parseSetId(id);
-    if (p === null) continue;
-    const set = { setId: id, epoch: p.epoch, seq: p.seq };
-    if (applied === null || compareSets(set, applied) > 0) sets++;
-    // A manifest newer than latest.json's set: latest.json is an old copy, or the commit is half done.
-    if (compareSets(set, newest) > 0) newest = { ...set, committedAt: null };
-  }
+  // A manifest newer than latest.json's set: latest.json is an old copy, or the commit is half done.
+  if (listed !== null && compareSets(listed, newest) > 0) newest = { setId: listed.setId, epoch: listed.epoch, seq: listed.seq, committedAt: null };
   const from = applied === null ? Date.parse(latest.createdAt) : Date.parse(applied.createdAt);
   return {
     sets,
@@ -80,12 +66,7 @@ export async function checkPrimarySilent(
   known: { newest?: KnownNewest | SetRef | null; pushed?: HeartbeatInfo | null } = {},
 ): Promise<Check> {
   const key = layout.heartbeat(site);
-  let hb: Heartbeat | null = null;
-  try {
-    hb = checkHeartbeat((await fs.getBuffer(key)).body, verifyKey, site, `${fs.description}/${key}`);
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-  }
+  const hb: Heartbeat | null = await readVerifiedHeartbeat(fs, site, verifyKey);
   const pushed = known.pushed ?? null;
   const pushedFresher = pushed !== null && (hb === null || Date.parse(pushed.at) > Date.parse(hb.at));
   const at = pushedFresher ? pushed.at : hb?.at;

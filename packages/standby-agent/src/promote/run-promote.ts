@@ -1,15 +1,17 @@
 import { rm } from 'node:fs/promises';
-import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import {
   TandemError,
   acquireLock,
   agentId,
+  agentName,
+  compareSets,
   describeError,
   fsyncDir,
   loadVerifyKeyFile,
   raiseEpoch,
-  readEpoch,
+  readEpochDoc,
+  readVerifiedLatest,
   type AgentIdentity,
   type EpochDoc,
   type Filestore,
@@ -17,7 +19,6 @@ import {
   type StandbyConfig,
 } from '@tandem/shared';
 import { readJournal } from '../apply/journal.js';
-import { compareSets, readLatest } from '../apply/resolve-set.js';
 import { runRestart } from '../apply/restart.js';
 import { readApplied, readPromoted, stateFiles, writePromoted, type AppliedState, type PromotedState } from '../apply/state.js';
 import { askDaemonStatus } from '../daemon/daemon-info.js';
@@ -47,8 +48,11 @@ export interface SwitchoverContext {
   marginMs?: number;
 }
 
-/** The name this server goes by in epoch.json once promoted, for people: its standbyId, else the host name. */
-export const promotedName = (config: StandbyConfig): string => config.standbyId ?? hostname();
+/**
+ * The name this server goes by in epoch.json once promoted, for people (agentName): its standbyId,
+ * else the host name as the standby reports itself.
+ */
+export const promotedName = (config: StandbyConfig): string => agentName(config);
 
 /**
  * Who this server is in epoch.json once promoted: the agent id in its state directory (created on
@@ -165,11 +169,12 @@ export async function runPromote(
 
 async function followedEpoch(fs: Filestore, config: StandbyConfig): Promise<number | undefined> {
   try {
-    const { latest } = await readLatest(fs, config.site, loadVerifyKeyFile(config.keys.verifyKeyFile));
-    return latest.epoch;
+    const found = await readVerifiedLatest(fs, config.site, loadVerifyKeyFile(config.keys.verifyKeyFile));
+    if (found !== null) return found.latest.epoch;
   } catch {
-    return (await readEpoch(fs, config.site).catch(() => null))?.doc.epoch;
+    // Not readable or not verified: the filestore's epoch instead.
   }
+  return (await readEpochDoc(fs, config.site).catch(() => null))?.doc.epoch;
 }
 
 async function preflight(

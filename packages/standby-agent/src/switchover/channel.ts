@@ -140,7 +140,7 @@ export class SwitchoverChannel {
       msg = parseMessage(raw, 'switchover-to-standby');
     } catch (err) {
       if (isTandemError(err) && err.code === 'PROTOCOL_UNKNOWN_TYPE') return; // heartbeat, set-committed ...
-      this.log.warn({ err: describeError(err) }, 'the primary sent an invalid switchover message: ignored');
+      this.log.warn({ err }, 'the primary sent an invalid switchover message: ignored');
       return;
     }
     this.push({ kind: 'message', msg });

@@ -236,7 +236,7 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
         ? `applied ${ready.setId}${applied.applied.durations.total !== undefined ? ` (${applied.applied.durations.total} s)` : ''}`
         : `applied ${ready.setId} (it was applied already, by the standby daemon)`,
     );
-    if (applied.restartError !== undefined) log.warn({ err: describeError(applied.restartError) }, 'restartCommand (backup mode) failed after the apply; the promote restarts the site again');
+    if (applied.restartError !== undefined) log.warn({ err: applied.restartError }, 'restartCommand (backup mode) failed after the apply; the promote restarts the site again');
 
     if (opts.signal?.aborted) return end(await abort(channel, requestId, 'apply', 'interrupted', event, 'held'));
     if (!channel.isOpen()) {
@@ -304,7 +304,7 @@ async function retryWhileBusy<T>(fn: () => Promise<T>, deadline: Date, log: Logg
       return await fn();
     } catch (err) {
       if (!isTandemError(err, 'busy') || Date.now() + 1_000 >= deadline.getTime()) throw err;
-      if (!told) log.info({ err: describeError(err) }, 'an apply runs here (the standby daemon?): waiting for it');
+      if (!told) log.info({ err }, 'an apply runs here (the standby daemon?): waiting for it');
       told = true;
       await sleep(500);
     }

@@ -26,11 +26,20 @@ export async function listDump(plain: Readable, db: DbTarget, label: string): Pr
     running = false;
   });
   child.stdin.on('error', () => undefined); // EPIPE once it has read the TOC: expected
-  for await (const chunk of plain) {
-    if (!running || child.stdin.destroyed) continue;
-    // once() rejects when stdin emits 'error' (EPIPE: pg_restore has read the TOC and exited) while
-    // we wait for 'drain'; that ends the wait like the exit does, and is not an error of the dump.
-    if (!child.stdin.write(chunk)) await Promise.race([once(child.stdin, 'drain').catch(() => undefined), exited]);
+  try {
+    for await (const chunk of plain) {
+      if (!running || child.stdin.destroyed) continue;
+      // once() rejects when stdin emits 'error' (EPIPE: pg_restore has read the TOC and exited) while
+      // we wait for 'drain'; that ends the wait like the exit does, and is not an error of the dump.
+      if (!child.stdin.write(chunk)) await Promise.race([once(child.stdin, 'drain').catch(() => undefined), exited]);
+    }
+  } catch (err) {
+    // The dump's stream failed (a piece that did not verify, a download cut short): pg_restore,
+    // still waiting for the rest of its input, must not outlive it.
+    child.kill('SIGKILL');
+    child.stdin.destroy();
+    await exited;
+    throw err;
   }
   if (running && !child.stdin.destroyed) child.stdin.end();
   const r = await exited;

@@ -2,7 +2,7 @@
  * Publish a set whose named artifacts are given as already-sealed stored bytes (for artifacts too
  * large to pass as plaintext), signed with the site's key; the rest is copied from a base set.
  */
-import { layout, loadSigningKeyFile, signLatest, signManifest, type ArtifactName, type Manifest } from '@tandem/shared';
+import { chunksOf, layout, loadSigningKeyFile, signLatest, signManifest, type ArtifactName, type Manifest } from '@tandem/shared';
 import { nextForgedSet, sha256, type StandbySite } from '../../support/standby-helpers.js';
 
 export async function forgeStored(s: StandbySite, baseSetId: string, sealed: Partial<Record<ArtifactName, { stored: Buffer; plainSize: number }>>): Promise<string> {
@@ -13,7 +13,9 @@ export async function forgeStored(s: StandbySite, baseSetId: string, sealed: Par
       const given = sealed[a.name];
       const stored = given?.stored ?? (await fs.getBuffer(layout.artifact(s.site, baseSetId, a.file), { maxBytes: Infinity })).body;
       await fs.putBuffer(layout.artifact(s.site, setId, a.file), stored);
-      artifacts.push({ ...a, storedSize: stored.length, storedSha256: sha256(stored), plainSize: given?.plainSize ?? a.plainSize });
+      const { chunks: _old, ...whole } = a;
+      const chunks = chunksOf(stored);
+      artifacts.push({ ...whole, storedSize: stored.length, storedSha256: sha256(stored), ...(chunks ? { chunks } : {}), plainSize: given?.plainSize ?? a.plainSize });
     }
     const manifest: Manifest = { ...base, setId, seq, createdAt: created.toISOString(), completedAt: created.toISOString(), artifacts };
     const key = loadSigningKeyFile(s.keys.signingKeyFile);

@@ -6,10 +6,11 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTarCheck, createTarStream, extractTarSafe, listTar } from './archive.js';
-import { zstdCompress, zstdDecompress } from './compress.js';
-import { TandemError } from './errors.js';
-import { HashCounter } from './streams.js';
+import { createTarCheck, createTarStream, extractTarSafe, listTar } from './index.js';
+import { zstdCompress, zstdDecompress } from '../compress.js';
+import { TandemError } from '../errors.js';
+import { HashCounter } from '../streams.js';
+import { rejectedWith } from '../testing/helpers.js';
 
 // ---- a tiny tar writer, so hostile archives can hold exactly what we want -------------------
 
@@ -86,15 +87,6 @@ function freshDir(): string {
   const d = join(tmp, `case-${++caseNo}`);
   fs.mkdirSync(d);
   return d;
-}
-
-async function failure(p: Promise<unknown>): Promise<TandemError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(TandemError);
-  return err as TandemError;
 }
 
 interface Node {
@@ -237,7 +229,7 @@ describe('createTarStream + extractTarSafe', () => {
 
   it('fails naming the path when the directory does not exist', async () => {
     const missing = join(tmp, 'no-such-dir');
-    const err = await failure(listTar(createTarStream(missing)));
+    const err = await rejectedWith(listTar(createTarStream(missing)));
     expect(err.code).toBe('CHILD_FAILED');
     expect(err.message).toContain(missing);
   });
@@ -246,14 +238,14 @@ describe('createTarStream + extractTarSafe', () => {
     const d = freshDir();
     fs.writeFileSync(join(d, 'locked'), 'x', { mode: 0o000 });
     if (process.getuid?.() !== 0) {
-      const err = await failure(listTar(createTarStream(d)));
+      const err = await rejectedWith(listTar(createTarStream(d)));
       expect(err.message).toContain('locked');
       return;
     }
     // Root reads anything: run the archiver as nobody, from the built module.
     fs.chmodSync(d, 0o755);
     fs.chmodSync(join(d, '..'), 0o755);
-    const mod = new URL('../dist/archive.js', import.meta.url).pathname;
+    const mod = new URL('../../dist/archive/index.js', import.meta.url).pathname;
     const script = `import(${JSON.stringify(mod)}).then(async ({ createTarStream, listTar }) => {
       try { await listTar(createTarStream(${JSON.stringify(d)})); console.log('OK'); }
       catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }
@@ -292,7 +284,7 @@ describe('createTarStream + extractTarSafe', () => {
     fs.symlinkSync('real', join(d, 'link'));
     for (const t of ['full', 'link']) {
       const src = Readable.from([tarOf([{ path: 'a' }])]);
-      const err = await failure(extractTarSafe(src, join(d, t), { label: 'x' }));
+      const err = await rejectedWith(extractTarSafe(src, join(d, t), { label: 'x' }));
       expect(err.code).toBe('EXTRACT_TARGET_INVALID');
       expect(src.destroyed).toBe(true); // so whatever feeds it does not wait forever
     }
@@ -401,7 +393,7 @@ describe('extractTarSafe refuses unsafe entries', () => {
 
   for (const c of cases) {
     it(c.name, async () => {
-      const err = await failure(extractTarSafe(Readable.from([tarOf(c.entries())]), target, { label: 'config of set S' }));
+      const err = await rejectedWith(extractTarSafe(Readable.from([tarOf(c.entries())]), target, { label: 'config of set S' }));
       expect(err.code).toBe('ARCHIVE_UNSAFE_ENTRY');
       expect(err.kind).toBe('integrity');
       expect(err.message).toContain('config of set S');
@@ -412,7 +404,7 @@ describe('extractTarSafe refuses unsafe entries', () => {
 
   it('stops at the refused entry', async () => {
     const entries = [{ path: 'a', type: '2', linkpath: '.' }, { path: 'a/x', data: 'x' }, { path: 'c', data: 'x' }];
-    await failure(extractTarSafe(Readable.from([tarOf(entries)]), target, { label: 'x' }));
+    await rejectedWith(extractTarSafe(Readable.from([tarOf(entries)]), target, { label: 'x' }));
     expect(fs.readdirSync(target)).toEqual(['a']);
   });
 
@@ -512,7 +504,7 @@ describe('createTarCheck: what a standby would refuse fails the backup, naming t
       expect(r.err!.hint).toMatch(/remove it or move it out/);
       // Parity: the standby refuses the same archive (the UTF-8 cases: restores another name, or refuses a duplicate).
       if (!/UTF-8/.test(what)) {
-        const e = await failure(extractTarSafe(Readable.from([await tarBytes(d)]), join(freshDir(), 't'), { label: 'files' }));
+        const e = await rejectedWith(extractTarSafe(Readable.from([await tarBytes(d)]), join(freshDir(), 't'), { label: 'files' }));
         expect(e.code).toBe('ARCHIVE_UNSAFE_ENTRY');
         expect(e.message).toContain(JSON.stringify(entry));
       }
@@ -523,7 +515,7 @@ describe('createTarCheck: what a standby would refuse fails the backup, naming t
     const d = freshDir();
     fs.writeFileSync(Buffer.from(`${d}/a\xfe`, 'latin1'), '1');
     fs.writeFileSync(Buffer.from(`${d}/a\xff`, 'latin1'), '2');
-    const e = await failure(extractTarSafe(Readable.from([await tarBytes(d)]), join(freshDir(), 't'), { label: 'files' }));
+    const e = await rejectedWith(extractTarSafe(Readable.from([await tarBytes(d)]), join(freshDir(), 't'), { label: 'files' }));
     expect(e.message).toMatch(/already exists \(duplicate entry\)/);
     const r = await checked(d);
     expect(r.err?.code).toBe('ARCHIVE_UNSUPPORTED_ENTRY');
@@ -537,10 +529,10 @@ describe('extractTarSafe limits and corrupt input', () => {
     extractTarSafe(bytes instanceof Readable ? bytes : Readable.from([bytes]), join(freshDir(), 't'), { label: 'files', ...opts });
 
   it('enforces maxEntries and maxBytes, naming the limit', async () => {
-    const e = await failure(extract(tarOf(files(5, 10)), { maxEntries: 3 }));
+    const e = await rejectedWith(extract(tarOf(files(5, 10)), { maxEntries: 3 }));
     expect(e.code).toBe('ARCHIVE_LIMIT_EXCEEDED');
     expect(e.message).toMatch(/more than 3 entries \(maxEntries\)/);
-    const b = await failure(extract(tarOf(files(2, 1000)), { maxBytes: 1500 }));
+    const b = await rejectedWith(extract(tarOf(files(2, 1000)), { maxBytes: 1500 }));
     expect(b.code).toBe('ARCHIVE_LIMIT_EXCEEDED');
     expect(b.message).toMatch(/more than 1500 bytes .*maxBytes/);
     await expect(extract(tarOf(files(3, 500)), { maxEntries: 3, maxBytes: 1500 })).resolves.toEqual({ entries: 3, bytes: 1500 });
@@ -572,7 +564,7 @@ describe('extractTarSafe limits and corrupt input', () => {
     // The duplicate comes right behind the original, so both are in flight together.
     const entries: RawEntry[] = [...files(20, 5000), { path: 'f19', data: 'again' }, ...files(200, 5000).map((e, i) => ({ ...e, path: `g${i}` }))];
     const target = join(freshDir(), 't');
-    const err = await failure(extractTarSafe(Readable.from([tarOf(entries)]), target, { label: 'files of set S' }));
+    const err = await rejectedWith(extractTarSafe(Readable.from([tarOf(entries)]), target, { label: 'files of set S' }));
     expect(err.code).toBe('ARCHIVE_UNSAFE_ENTRY');
     expect(err.message).toContain('"f19"');
     const after = fs.readdirSync(target).sort();
@@ -596,22 +588,22 @@ describe('extractTarSafe limits and corrupt input', () => {
 
   it('rejects a stream truncated inside a file', async () => {
     const full = tarOf([{ path: 'f', data: randomBytes(5000) }]);
-    const e = await failure(extract(full.subarray(0, 512 + 2000)));
+    const e = await rejectedWith(extract(full.subarray(0, 512 + 2000)));
     expect(e.code).toBe('ARCHIVE_CORRUPT');
   });
 
   it('rejects a stream truncated on an entry boundary (no end-of-archive marker)', async () => {
-    const e = await failure(extract(tarOf(files(2, 10), { eof: false })));
+    const e = await rejectedWith(extract(tarOf(files(2, 10), { eof: false })));
     expect(e.code).toBe('ARCHIVE_CORRUPT');
     expect(e.message).toMatch(/end-of-archive/);
   });
 
   it('rejects garbage, a bad header checksum and an empty stream', async () => {
-    expect((await failure(extract(randomBytes(10_000)))).code).toBe('ARCHIVE_CORRUPT');
+    expect((await rejectedWith(extract(randomBytes(10_000)))).code).toBe('ARCHIVE_CORRUPT');
     const bad = tarOf(files(1, 10));
     bad.writeUInt8(bad.readUInt8(10) ^ 1, 10); // a name byte: the header checksum no longer matches
-    expect((await failure(extract(bad))).code).toBe('ARCHIVE_CORRUPT');
-    expect((await failure(extract(Buffer.alloc(0)))).code).toBe('ARCHIVE_CORRUPT');
+    expect((await rejectedWith(extract(bad))).code).toBe('ARCHIVE_CORRUPT');
+    expect((await rejectedWith(extract(Buffer.alloc(0)))).code).toBe('ARCHIVE_CORRUPT');
   });
 
   it('fails a feeding pipeline with the same error, not "premature close"', async () => {
@@ -651,7 +643,7 @@ describe('extractTarSafe limits and corrupt input', () => {
   it("reports the source's own error (e.g. a corrupt zstd stream)", async () => {
     const unz = zstdDecompress();
     Readable.from([randomBytes(50_000)]).pipe(unz);
-    const e = await failure(extract(unz));
+    const e = await rejectedWith(extract(unz));
     expect(e.code).toBe('CHILD_FAILED');
     expect(e.message).toContain('zstd decompression');
   });

@@ -2,9 +2,9 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { assertNotFenced, raiseEpoch, readEpoch, readOrCreateEpoch } from './epoch.js';
-import { TandemError, isTandemError } from './errors.js';
-import { openFilestore } from './filestore/open.js';
+import { FencedError, assertNotFenced, checkFenced, onFencedEnv, raiseEpoch, readEpoch, readOrCreateEpoch, requireEpoch } from './epoch.js';
+import { TandemError, isTandemError } from '../errors.js';
+import { openFilestore } from '../filestore/open.js';
 
 const store = () => openFilestore(`file://${mkdtempSync(join(tmpdir(), 'tandem-epoch-'))}`);
 
@@ -93,5 +93,47 @@ describe('epoch.json', () => {
     expect(err!.kind).toBe('precondition');
     expect(err!.message).toContain('already names agent agent-standby (web1, epoch 2) as the primary, and that is this server\'s own agent id');
     expect((await readEpoch(fs, 'demo'))!.doc).toMatchObject({ epoch: 2, primaryId: 'agent-standby' });
+  });
+
+  it('decides fencing as a value: not fenced, or why, with the error it makes', () => {
+    const doc = { format: 'tandem-epoch' as const, version: 1 as const, epoch: 3, primaryHost: 'sb1', primaryId: 'agent-sb1', since: '2026-11-22T03:00:00Z' };
+    expect(checkFenced(null, { epoch: 1, id: 'a', host: 'web1' }, 'demo')).toEqual({ fenced: false });
+    expect(checkFenced(doc, { epoch: 4, id: 'a', host: 'web1' }, 'demo')).toEqual({ fenced: false });
+    expect(checkFenced(doc, { epoch: 2, id: 'a', host: 'web1' }, 'demo')).toMatchObject({ fenced: true, why: 'higher-epoch', current: doc });
+    expect(checkFenced(doc, { epoch: 3, id: 'a', host: 'web1' }, 'demo')).toMatchObject({ fenced: true, why: 'other-agent' });
+    let err: unknown;
+    try {
+      assertNotFenced(doc, { epoch: 2, id: 'a', host: 'web1' }, 'demo');
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(FencedError);
+    expect(err).toBeInstanceOf(TandemError);
+    expect(err).toMatchObject({ kind: 'fenced', code: 'FENCED', exitCode: 4, epoch: 2, filestoreEpoch: 3 });
+    expect((err as TandemError).hint).toBe('the site now runs elsewhere: stop this primary; to make this server follow, run `tandem-standby run` here');
+  });
+
+  it('builds the onFenced environment the same way for every caller', () => {
+    expect(onFencedEnv({ reason: 'fenced', site: 'demo', epoch: 1, filestoreEpoch: 2 })).toEqual({ TANDEM_SITE: 'demo', TANDEM_EPOCH: '1', TANDEM_FILESTORE_EPOCH: '2', TANDEM_REASON: 'fenced' });
+    expect(onFencedEnv({ reason: 'fenced', site: 'demo', epoch: null })).toEqual({ TANDEM_SITE: 'demo', TANDEM_EPOCH: '', TANDEM_FILESTORE_EPOCH: '', TANDEM_REASON: 'fenced' });
+    expect(onFencedEnv({ reason: 'switchover', site: 'demo', epoch: 1, switchoverId: 'req-0001', standbyId: 'sb1', calledOff: 'x'.repeat(3000) })).toEqual({
+      TANDEM_SITE: 'demo',
+      TANDEM_EPOCH: '1',
+      TANDEM_REASON: 'switchover',
+      TANDEM_SWITCHOVER_ID: 'req-0001',
+      TANDEM_STANDBY_ID: 'sb1',
+      TANDEM_SWITCHOVER_CALLED_OFF: 'x'.repeat(2000),
+    });
+  });
+
+  it('names a site without a record when its epoch is required', async () => {
+    const fs = store();
+    const err = await requireEpoch(fs, 'demo').then(
+      () => null,
+      (e: unknown) => e as TandemError,
+    );
+    expect(err).toMatchObject({ kind: 'not-found', code: 'EPOCH_MISSING' });
+    await readOrCreateEpoch(fs, 'demo', { id: 'a', host: 'web1' });
+    expect(await requireEpoch(fs, 'demo')).toBe(1);
   });
 });

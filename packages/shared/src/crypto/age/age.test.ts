@@ -15,7 +15,8 @@ import { Readable, Writable, type Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { bech32 } from '@scure/base';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TandemError } from '../errors.js';
+import { TandemError } from '../../errors.js';
+import { thrownBy } from '../../testing/helpers.js';
 import {
   createAgeDecryptStream,
   createAgeEncryptStream,
@@ -25,7 +26,7 @@ import {
   parseRecipientFile,
   recipientFromIdentity,
   type AgeKeyPair,
-} from './age.js';
+} from './index.js';
 
 const CHUNK = 65536;
 const ENC_CHUNK = CHUNK + 16;
@@ -186,16 +187,7 @@ describe('age keys', () => {
     expect(parseRecipientFile(`${a.recipient}\n\n# backup\n${b.recipient}\n`, 'rcpts')).toEqual([a.recipient, b.recipient]);
   });
 
-  function parseError(fn: () => unknown): TandemError {
-    try {
-      fn();
-    } catch (err) {
-      expect(err).toBeInstanceOf(TandemError);
-      expect((err as TandemError).kind).toBe('config');
-      return err as TandemError;
-    }
-    throw new Error('expected a parse error');
-  }
+  const parseError = (fn: () => unknown): TandemError => thrownBy(fn, { kind: 'config' });
 
   it('calls out a recipient file given where an identity file belongs', () => {
     const kp = generateAgeKeyPair();

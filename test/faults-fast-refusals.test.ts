@@ -11,11 +11,11 @@ import { parse as fromYaml, stringify as toYaml } from 'yaml';
 import { ARTIFACT_NAMES, TandemError, artifactFileName, loadPrimaryConfig, loadStandbyConfig } from '@tandem/shared';
 import { runCommand } from './support/site.js';
 import { STANDBY_MAIN, apply, forgeSet, removeStandbySite, writeStandbyConfig, type StandbySite } from './support/standby-helpers.js';
-import { forgeStored } from './faults/support-b/forge.js';
-import { expectRefused, setUpRefusalSite, type Baseline } from './faults/support-b/refusal.js';
-import { sealStream, tarBuffer, tarChunks } from './faults/support-b/tar.js';
-import { bombBytes, bytesUnder, sealToSize, watchDisk, zstdBomb } from './faults/support-b/replace.js';
-import { sample, variants } from './faults/support-b/config-variants.js';
+import { forgeStored } from './faults/support/forge.js';
+import { expectRefused, setUpRefusalSite, type Baseline } from './faults/support/refusal.js';
+import { sealStream, tarBuffer, tarChunks } from './faults/support/tar.js';
+import { bombBytes, bytesUnder, sealToSize, watchDisk, zstdBomb } from './faults/support/replace.js';
+import { sample, variants } from './faults/support/config-variants.js';
 
 let root: string;
 let s: StandbySite;
@@ -23,7 +23,7 @@ let first: string;
 let before: Baseline;
 
 beforeAll(async () => {
-  ({ root, s, first, before } = await setUpRefusalSite('tandem-faults-fast-b-', ['pg_dump', 'pg_restore', 'unshare', 'mount']));
+  ({ root, s, first, before } = await setUpRefusalSite('tandem-faults-fast-refusals-', ['pg_dump', 'pg_restore', 'unshare', 'mount']));
 });
 
 afterAll(async () => {

@@ -1,0 +1,347 @@
+/**
+ * Extracting: node-tar's strict Parser reads the stream; the file system work is done here, in
+ * archive order, and every entry is checked before anything is written for it (small files are
+ * written a few at a time on the libuv pool, and links wait for those writes). The extractor never
+ * follows a symlink: it only walks through directories it made itself in this extraction.
+ * - no absolute paths and no `..` segments; an entry may neither pass through nor replace a symlink
+ *   (one of this archive: the target starts empty, and 0700);
+ * - a symlink is carried as a symlink, whatever its target (absolute links to shared mounts are
+ *   normal in media directories): since nothing is ever written or opened through it, where it
+ *   points is the site's business, not the extractor's;
+ * - hardlinks must point at a regular file extracted earlier, by a clean path;
+ * - devices, fifos and unknown types are refused;
+ * - files are created with O_EXCL|O_NOFOLLOW, directory modes and times set through an
+ *   O_NOFOLLOW descriptor, so nothing existing is ever replaced or followed.
+ */
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import type { ReadEntry } from 'tar';
+import { TandemError, describeError } from '../errors.js';
+import { OPEN_NEW_FILE, mkdirp } from '../fsutil.js';
+import { EntryRules, normalize, unsafe } from './entry-rules.js';
+import { guardEarlyErrors, limitError, runParser } from './parse.js';
+
+export interface ExtractOptions {
+  /** Names the archive in errors, e.g. "files of set 20261122T030000Z-e1-000042". */
+  label: string;
+  /** Force this mode on every regular file (e.g. 0o600 for secrets). Default: archived mode & 0o777. */
+  fileMode?: number;
+  /** Force this mode on every directory (e.g. 0o700). Default: archived mode & 0o777. */
+  dirMode?: number;
+  /** Refuse archives with more entries than this (all types count). */
+  maxEntries?: number;
+  /** Refuse archives whose regular files hold more bytes than this in total. */
+  maxBytes?: number;
+}
+
+/**
+ * Extract a tar stream into `targetDir`, which must not exist or be an empty directory (it is
+ * created with mode 0700, and stays 0700 until the end, when the archive's own "./" entry, or
+ * `dirMode`, sets its final mode). Modes lose setuid/setgid/sticky bits; owners are not restored
+ * (everything belongs to the extracting user); mtimes are restored, to the millisecond, for files,
+ * dirs and symlinks. Parent directories the archive does not list get 0700 (or `dirMode`).
+ *
+ * Throws TandemError: `integrity`/ARCHIVE_UNSAFE_ENTRY for an entry that could escape the target
+ * (see the module comment), `integrity`/ARCHIVE_CORRUPT for a malformed or truncated archive,
+ * `permanent`/ARCHIVE_LIMIT_EXCEEDED for maxEntries/maxBytes, `permanent`/EXTRACT_FAILED for file
+ * system errors, or the source stream's own error.
+ *
+ * On error, whatever was already extracted stays in `targetDir` for the caller to delete; nothing
+ * outside `targetDir` has been created, written or followed.
+ * Memory: bounded by the stream buffers plus one small record per directory and per symlink.
+ */
+export async function extractTarSafe(
+  source: Readable,
+  targetDir: string,
+  opts: ExtractOptions,
+): Promise<{ entries: number; bytes: number }> {
+  const root = path.resolve(targetDir);
+  guardEarlyErrors(source);
+  try {
+    await prepareTarget(root, opts.label);
+  } catch (err) {
+    source.destroy(err as Error); // or whatever feeds it would wait forever
+    throw err;
+  }
+  const x = new Extractor(root, opts);
+  try {
+    await runParser(source, opts.label, (entry) => x.entry(entry));
+  } catch (err) {
+    // No write may still be running when the caller removes what was extracted.
+    await x.settle().catch(() => {});
+    throw err;
+  }
+  await x.finish();
+  return { entries: x.entries, bytes: x.bytes };
+}
+
+async function prepareTarget(root: string, label: string): Promise<void> {
+  const invalid = (why: string, cause?: unknown): TandemError =>
+    new TandemError('permanent', 'EXTRACT_TARGET_INVALID', `${label}: cannot extract into ${root}: ${why}`, {
+      hint: 'the extraction target must not exist yet or be an empty directory',
+      cause,
+    });
+  let refusal: string | undefined;
+  try {
+    await mkdirp(root, 0o700);
+    if (!(await fsp.lstat(root)).isDirectory()) refusal = 'not a directory';
+    else if ((await fsp.readdir(root)).length > 0) refusal = 'directory is not empty';
+    else await fsp.chmod(root, 0o700);
+  } catch (err) {
+    throw invalid(describeError(err), err);
+  }
+  if (refusal !== undefined) throw invalid(refusal);
+}
+
+
+/**
+ * Seconds for utimes(). Node passes times as a double number of seconds and libuv truncates the
+ * fraction to nanoseconds, which lands a few hundred ns below the exact millisecond about half of
+ * the time (so the restored mtime would read 1 ms early). Half a microsecond on top keeps the
+ * millisecond exact without ever reaching the next one.
+ */
+const utime = (d: Date): number => d.getTime() / 1000 + 5e-7;
+
+/** Opens a directory for fchmod/futimes; fails (ELOOP, ENOTDIR) rather than follow a symlink. */
+const OPEN_DIR_NOFOLLOW = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW;
+
+const SMALL_FILE = 1024 * 1024;
+const WRITE_BATCH = 1024 * 1024;
+/**
+ * Small files written at once. Creating a file costs ~0.3 ms of kernel time on a typical VM disk;
+ * done one after another on the event loop, those calls added to the decryption and the tar parsing
+ * instead of overlapping them. With a few writes on the libuv pool, the next entries are parsed
+ * meanwhile. Memory: at most this many small files' data (1 MiB each) is held.
+ */
+const WRITES_IN_FLIGHT = 6;
+
+/** The data of a file up to SMALL_FILE bytes, gathered from its entry. */
+async function readSmallFile(e: ReadEntry): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of e as AsyncIterable<Buffer>) chunks.push(chunk);
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+}
+
+/**
+ * Create `abs` (never an existing file, never through a symlink) with `data`, `mode` and times, on
+ * the libuv pool: open, write, fchmod, futimes, close.
+ */
+function writeNewFile(abs: string, data: Buffer, mode: number, times: [number, number] | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    fs.open(abs, OPEN_NEW_FILE, 0o600, (openErr, fd) => {
+      if (openErr) return reject(openErr);
+      const done = (err?: Error | null): void => fs.close(fd, (closeErr) => (err || closeErr ? reject(err ?? closeErr) : resolve()));
+      const attrs = (): void =>
+        fs.fchmod(fd, mode, (err) => (err || !times ? done(err) : fs.futimes(fd, times[0], times[1], done)));
+      const write = (off: number): void => {
+        if (off >= data.length) return attrs();
+        fs.write(fd, data, off, data.length - off, null, (err, n) => (err ? done(err) : write(off + n)));
+      };
+      write(0);
+    });
+  });
+}
+
+/** Larger files stream through, written in batches of about 1 MiB. */
+async function writeLargeFile(e: ReadEntry, abs: string, mode: number): Promise<number> {
+  const fh = await fsp.open(abs, OPEN_NEW_FILE, 0o600);
+  try {
+    let written = 0;
+    let batch: Buffer[] = [];
+    let batched = 0;
+    const flush = async () => {
+      const data = Buffer.concat(batch, batched);
+      for (let off = 0; off < data.length; ) off += (await fh.write(data, off)).bytesWritten;
+      written += data.length;
+      batch = [];
+      batched = 0;
+    };
+    for await (const chunk of e as AsyncIterable<Buffer>) {
+      batch.push(chunk);
+      batched += chunk.length;
+      if (batched >= WRITE_BATCH) await flush();
+    }
+    if (batched > 0) await flush();
+    await fh.chmod(mode);
+    if (e.mtime) await fh.utimes(utime(e.atime ?? e.mtime), utime(e.mtime));
+    return written;
+  } finally {
+    await fh.close();
+  }
+}
+
+interface DirAttrs {
+  abs: string;
+  depth: number;
+  mode: number;
+  mtime: Date | undefined;
+}
+
+/** The file system side of extractTarSafe. Entries arrive one at a time, in archive order. */
+class Extractor {
+  entries = 0;
+  bytes = 0;
+  readonly #root: string;
+  readonly #opts: ExtractOptions;
+  readonly #rules = new EntryRules();
+  /** Directory modes and mtimes, applied at the end: children change a dir's mtime, and a
+   * read-only dir mode would stop us creating its children. */
+  readonly #dirs: DirAttrs[] = [];
+  #lastParent = '';
+  /** Small-file writes running on the libuv pool, and the first of them that failed. */
+  readonly #writes = new Set<Promise<void>>();
+  #writeFailure: unknown;
+
+  constructor(root: string, opts: ExtractOptions) {
+    this.#root = root;
+    this.#opts = opts;
+  }
+
+  async entry(e: ReadEntry): Promise<void> {
+    const { label, maxEntries } = this.#opts;
+    if (this.#writeFailure !== undefined) throw this.#writeFailure;
+    this.entries++;
+    if (maxEntries !== undefined && this.entries > maxEntries) {
+      throw limitError(label, `more than ${maxEntries} entries (maxEntries) at ${JSON.stringify(e.path)}`);
+    }
+    const why = this.#rules.check(e);
+    if (why !== undefined) throw unsafe(label, e.path, why);
+    const rel = normalize(e.path);
+    const abs = rel === '' ? this.#root : path.join(this.#root, rel);
+    try {
+      // Links depend on what exists: the files written so far must be there first. (A directory
+      // does not: its parents were made before any file under them was started, and a file in
+      // flight at the same path fails one of the two with EEXIST either way.)
+      if (e.type === 'SymbolicLink' || e.type === 'Link') await this.settle();
+      switch (e.type) {
+        case 'File':
+        case 'OldFile':
+        case 'ContiguousFile':
+          return await this.#file(e, abs);
+        case 'Directory':
+          return await this.#dir(e, rel, abs);
+        case 'SymbolicLink':
+          return await this.#symlink(e, abs);
+        case 'Link':
+          return await this.#hardlink(e, abs);
+        default:
+          throw unsafe(label, e.path, `${e.type} entries are not allowed`); // EntryRules refused it already
+      }
+    } catch (err) {
+      throw this.#explain(e.path, err);
+    }
+  }
+
+  #explain(entryPath: string, err: unknown): unknown {
+    const { label } = this.#opts;
+    if (err instanceof TandemError) return err;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return unsafe(label, entryPath, 'it already exists (duplicate entry)');
+    if (code === 'ELOOP') return unsafe(label, entryPath, 'it is a symlink (O_NOFOLLOW)');
+    return new TandemError('permanent', 'EXTRACT_FAILED', `${label}: cannot extract ${JSON.stringify(entryPath)}: ${describeError(err)}`, {
+      cause: err,
+    });
+  }
+
+  /** Wait for every file write in flight; throws the first write failure. */
+  async settle(): Promise<void> {
+    while (this.#writes.size > 0) await Promise.all(this.#writes);
+    if (this.#writeFailure !== undefined) throw this.#writeFailure;
+  }
+
+  /**
+   * Apply the deferred directory modes and mtimes, deepest first, through a descriptor opened with
+   * O_NOFOLLOW: a path that is not (or no longer) a directory fails here instead of being followed.
+   */
+  async finish(): Promise<void> {
+    await this.settle();
+    this.#dirs.sort((a, b) => b.depth - a.depth);
+    for (const d of this.#dirs) {
+      const fh = await fsp.open(d.abs, OPEN_DIR_NOFOLLOW);
+      try {
+        await fh.chmod(d.mode);
+        if (d.mtime) await fh.utimes(utime(d.mtime), utime(d.mtime));
+      } finally {
+        await fh.close();
+      }
+    }
+  }
+
+  async #parent(abs: string): Promise<void> {
+    const parent = path.dirname(abs);
+    if (parent === this.#lastParent || abs === this.#root) return;
+    // Safe: EntryRules guarantees that no component of the path is a symlink, and the target
+    // (empty, 0700, ours) holds nothing this extraction did not make.
+    await mkdirp(parent, this.#opts.dirMode ?? 0o700);
+    this.#lastParent = parent;
+  }
+
+  async #file(e: ReadEntry, abs: string): Promise<void> {
+    const { label, maxBytes, fileMode } = this.#opts;
+    if (maxBytes !== undefined && this.bytes + e.size > maxBytes) {
+      throw limitError(label, `more than ${maxBytes} bytes of file data (maxBytes) at ${JSON.stringify(e.path)}`);
+    }
+    await this.#parent(abs);
+    // fchmod, not the open() mode: the umask must not change the archived mode.
+    const mode = fileMode ?? (e.mode ?? 0o644) & 0o777;
+    const truncated = (written: number) =>
+      new TandemError('integrity', 'ARCHIVE_CORRUPT', `${label}: ${JSON.stringify(e.path)} is truncated (${written} of ${e.size} bytes)`);
+    if (e.size > SMALL_FILE) {
+      const written = await writeLargeFile(e, abs, mode);
+      if (written !== e.size) throw truncated(written);
+      this.bytes += written;
+      return;
+    }
+    const data = await readSmallFile(e);
+    if (data.length !== e.size) throw truncated(data.length);
+    this.bytes += data.length;
+    const times = e.mtime ? ([utime(e.atime ?? e.mtime), utime(e.mtime)] as [number, number]) : undefined;
+    const write: Promise<void> = writeNewFile(abs, data, mode, times)
+      .catch((err: unknown) => {
+        this.#writeFailure ??= this.#explain(e.path, err);
+      })
+      .finally(() => this.#writes.delete(write));
+    this.#writes.add(write);
+    if (this.#writes.size >= WRITES_IN_FLIGHT) await Promise.race(this.#writes);
+    if (this.#writeFailure !== undefined) throw this.#writeFailure;
+  }
+
+  async #dir(e: ReadEntry, rel: string, abs: string): Promise<void> {
+    e.resume();
+    if (rel !== '') {
+      await this.#parent(abs);
+      try {
+        await fsp.mkdir(abs, { mode: 0o700 });
+      } catch (err) {
+        // Fine if an earlier entry created it implicitly as a parent; lstat: never a symlink.
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !(await fsp.lstat(abs)).isDirectory()) throw err;
+      }
+    }
+    const mode = this.#opts.dirMode ?? (e.mode ?? 0o755) & 0o777;
+    this.#dirs.push({ abs, depth: rel === '' ? 0 : rel.split('/').length, mode, mtime: e.mtime });
+  }
+
+  /** The link itself, target as archived (EntryRules checked it is a valid one); never followed. */
+  async #symlink(e: ReadEntry, abs: string): Promise<void> {
+    e.resume();
+    await this.#parent(abs);
+    await fsp.symlink(e.linkpath!, abs);
+    if (e.mtime) await fsp.lutimes(abs, utime(e.atime ?? e.mtime), utime(e.mtime));
+  }
+
+  async #hardlink(e: ReadEntry, abs: string): Promise<void> {
+    e.resume();
+    const { label } = this.#opts;
+    const linkpath = e.linkpath ?? '';
+    const targetRel = normalize(linkpath);
+    const targetAbs = path.join(this.#root, targetRel);
+    const st = targetRel === '' ? undefined : await fsp.lstat(targetAbs).catch(() => undefined);
+    if (!st?.isFile()) {
+      throw unsafe(label, e.path, `hardlink target ${JSON.stringify(linkpath)} is missing or not a regular file from this archive`);
+    }
+    await this.#parent(abs);
+    await fsp.link(targetAbs, abs);
+  }
+}

@@ -1,0 +1,160 @@
+/**
+ * age v1 file in, plaintext out: the header (HeaderReader) yields the file key, then the payload's
+ * STREAM chunks are opened and emitted one at a time, each only once it has authenticated.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import { TandemError } from '../../errors.js';
+import { HeaderReader } from './header.js';
+import { identityFromString } from './keys.js';
+import { EMPTY, TAG_SIZE, aeadOpen, hkdf } from './primitives.js';
+import { CHUNK_SIZE, ChunkSplitter, ENC_CHUNK_SIZE, PAYLOAD_NONCE_SIZE, setNonce } from './stream.js';
+
+type DecryptState = 'header' | 'nonce' | 'payload' | 'done' | 'failed';
+
+class AgeDecryptStream extends Transform {
+  private readonly header: HeaderReader;
+  private readonly prefix: string;
+  private state: DecryptState = 'header';
+  private nonceAcc: Buffer = EMPTY;
+  private fileKey: Buffer = EMPTY;
+  private payloadKey: Buffer = EMPTY;
+  private readonly nonce = Buffer.alloc(12);
+  private counter = 0;
+  private readonly splitter = new ChunkSplitter(ENC_CHUNK_SIZE, (chunk) => this.openNonFinal(chunk));
+
+  constructor(identities: string[], label: string | undefined) {
+    super();
+    if (identities.length === 0) {
+      throw new TandemError('config', 'AGE_NO_IDENTITIES', 'age decryption needs at least one identity');
+    }
+    const ids = identities.map((id, i) => identityFromString(id, `age identity #${i + 1}`));
+    this.prefix = label ? `${label}: ` : '';
+    this.header = new HeaderReader(ids, this.prefix);
+  }
+
+  private fail(code: string, message: string, hint?: string): TandemError {
+    this.state = 'failed';
+    return new TandemError('integrity', code, this.prefix + message, hint === undefined ? {} : { hint });
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    try {
+      this.consume(chunk);
+      cb();
+    } catch (err) {
+      this.state = 'failed';
+      cb(err as Error);
+    }
+  }
+
+  private consume(data: Buffer): void {
+    if (this.state === 'header') {
+      const opened = this.header.feed(data);
+      if (opened === undefined) return;
+      this.fileKey = opened.fileKey;
+      this.state = 'nonce';
+      data = opened.rest;
+    }
+    if (this.state === 'nonce') {
+      const need = PAYLOAD_NONCE_SIZE - this.nonceAcc.length;
+      this.nonceAcc = Buffer.concat([this.nonceAcc, data.subarray(0, need)]);
+      data = data.subarray(need);
+      if (this.nonceAcc.length < PAYLOAD_NONCE_SIZE) return;
+      this.payloadKey = hkdf(this.fileKey, this.nonceAcc, 'payload');
+      this.state = 'payload';
+    }
+    if (this.state === 'payload') {
+      if (data.length > 0) this.splitter.write(data);
+      return;
+    }
+    if (data.length > 0) throw this.fail('AGE_CORRUPT', 'data after the end of the encrypted stream');
+  }
+
+  private open(sealed: Buffer, last: boolean): Buffer | undefined {
+    setNonce(this.nonce, this.counter, last);
+    return aeadOpen(this.payloadKey, this.nonce, sealed);
+  }
+
+  private openNonFinal(sealed: Buffer): void {
+    const pt = this.open(sealed, false);
+    if (!pt) {
+      // Distinguish "a complete file with junk appended" from a damaged chunk, for the message only.
+      const trailing = this.open(sealed, true) !== undefined;
+      throw this.fail(
+        'AGE_CORRUPT',
+        trailing
+          ? `unexpected data after the final chunk (chunk ${this.counter})`
+          : `chunk ${this.counter} (plaintext offset ${this.counter * CHUNK_SIZE}) failed authentication: the file is corrupt or was tampered with`,
+      );
+    }
+    this.counter++;
+    this.push(pt);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    try {
+      this.finish();
+      cb();
+    } catch (err) {
+      this.state = 'failed';
+      cb(err as Error);
+    }
+  }
+
+  private finish(): void {
+    switch (this.state) {
+      case 'failed':
+      case 'done':
+        return;
+      case 'header':
+        throw this.fail(
+          'AGE_TRUNCATED',
+          this.header.received === 0 ? 'empty input where an age file was expected' : 'the age file ends inside its header',
+        );
+      case 'nonce':
+        throw this.fail('AGE_TRUNCATED', 'the age file ends before its payload');
+      case 'payload':
+        break;
+    }
+    const rest = this.splitter.rest();
+    if (rest.length < TAG_SIZE) {
+      throw this.fail(
+        'AGE_TRUNCATED',
+        rest.length === 0 && this.counter === 0
+          ? 'the age file ends before its first chunk'
+          : `the age file ends inside chunk ${this.counter}`,
+      );
+    }
+    const pt = this.open(rest, true);
+    if (!pt) {
+      // A full chunk that only authenticates as non-final means the real final chunk was cut off
+      // at a chunk boundary: report that as truncation, and still emit nothing from it.
+      if (rest.length === ENC_CHUNK_SIZE && this.open(rest, false)) {
+        throw this.fail('AGE_TRUNCATED', `the age file ends after chunk ${this.counter}, before its final chunk`);
+      }
+      throw this.fail(
+        'AGE_CORRUPT',
+        `final chunk ${this.counter} failed authentication: the file is truncated, corrupt or was tampered with`,
+      );
+    }
+    if (pt.length === 0 && this.counter > 0) {
+      // Spec: only an empty plaintext may end in an empty chunk. Authentic, but not conforming.
+      throw this.fail('AGE_CORRUPT', 'empty final chunk after data: not a conforming age file');
+    }
+    this.state = 'done';
+    this.counter++;
+    this.push(pt);
+  }
+}
+
+/**
+ * age v1 file in, plaintext out. Plaintext is emitted one authenticated 64 KiB chunk at a time, so
+ * a consumer sees authentic data before it knows the file is complete: treat any stream error as
+ * "the whole output is invalid" (write to a temporary file, rename only on success).
+ *
+ * Errors are 'integrity' TandemErrors: AGE_NO_IDENTITY_MATCH, AGE_BAD_HEADER, AGE_CORRUPT,
+ * AGE_TRUNCATED; `label` (e.g. the object key) prefixes their messages.
+ */
+export function createAgeDecryptStream(identities: string[], opts: { label?: string } = {}): Transform {
+  return new AgeDecryptStream(identities, opts.label);
+}
