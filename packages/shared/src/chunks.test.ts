@@ -76,7 +76,7 @@ describe('chunk digests', () => {
     const data = randomBytes(4 * SIZE);
     const chunks = chunksOf(data, SIZE)!;
     const bad = Buffer.from(data);
-    bad[2 * SIZE + 17] ^= 1;
+    bad[2 * SIZE + 17]! ^= 1;
     const r = await verify(bad, chunks);
     expect(r.err?.message).toBe('chunk 3 of 4');
     expect(r.mismatch).toMatchObject({ index: 2, count: 4, start: 2 * SIZE, end: 3 * SIZE });

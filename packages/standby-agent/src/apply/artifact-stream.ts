@@ -9,7 +9,6 @@ import {
   OPEN_NEW_FILE,
   TandemError,
   createAgeDecryptStream,
-  createAgeDecryptStreamFor,
   describeError,
   faultByteTrigger,
   isNotFound,
@@ -216,8 +215,7 @@ export async function decodeStored(
   const label = artifactLabel(manifest, entry);
   const t0 = performance.now();
   const stages: Array<Readable | Duplex> = [...input.stages];
-  // Large artifacts decrypt on a worker thread: the node thread has the rest of the work.
-  if (entry.encryption === 'age') stages.push(createAgeDecryptStreamFor(identities, { label, size: entry.storedSize }));
+  if (entry.encryption === 'age') stages.push(createAgeDecryptStream(identities, { label }));
   const zstd = zstdDecompress({ toFd: opts.plainFd, maxBytes: opts.plainFd === undefined ? undefined : entry.plainSize });
   stages.push(zstd);
   const plain = new Bounded(entry.plainSize, (n) => plainSizeError(label, n, entry.plainSize, true));

@@ -112,9 +112,10 @@ async function checkStagingSpace(
 
 /**
  * The dump streams: with chunk digests in its manifest entry, its download overlaps its own
- * decompression, the longest part of staging (artifact-stream.ts). The archives (and a dump
- * without chunk digests, or kept stored for a one-job restore) are downloaded and verified whole
- * ahead of their use, one after another in set order, so that they are fetched and hashed while
+ * decompression, the longest part of staging (artifact-stream.ts); on a remote filestore that is
+ * most of the download's time. The archives (and a dump without chunk digests, or kept stored for
+ * a one-job restore) are downloaded and verified whole ahead of their use, one after another in
+ * set order, from the end of the dump's download on, so that they are fetched and hashed while
  * zstd decompresses the dump (the node thread is mostly idle then) and their turn is only decoding
  * and unpacking. Each is used only once verified, in set order. The first failure stops
  * everything, and nothing is left running when this returns or throws.
@@ -151,8 +152,14 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
     }
   };
 
+  // The archives start downloading once the streamed dump's own download has ended (zstd still
+  // decompressing it): before that they would compete with it for the node thread and the disk.
+  let dumpDownloaded!: () => void;
+  const afterDumpDownload = new Promise<void>((resolve) => (dumpDownloaded = resolve));
+  if (!names.some(streamed)) dumpDownloaded();
+
   const fetched = new Map<ArtifactName, Promise<VerifiedArtifact>>();
-  let previous: Promise<unknown> = Promise.resolve();
+  let previous: Promise<unknown> = afterDumpDownload;
   for (const name of names.filter((n) => !streamed(n))) {
     const entry = entries[name]!;
     const download = previous.then(async () => {
@@ -192,6 +199,9 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
           checkOwn(name, entry);
           await checkStagingSpace(manifest, entry, stagingDir, { withPlain: true, storedCopy: false, reserved: 0 });
           input = await verifiedStream({ filestore: opts.filestore, manifest, entry, identities, signal });
+          const source = input.stages[0]!;
+          source.once('end', dumpDownloaded);
+          source.once('close', dumpDownloaded);
         }
         await use(name, input, file);
       } catch (err) {
@@ -209,6 +219,7 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
     }
   } catch (err) {
     ac.abort(err);
+    dumpDownloaded();
     // No download may still be writing when the caller removes the staging.
     await Promise.allSettled(fetched.values());
     throw failure ?? err;

@@ -11,8 +11,7 @@
  *
  * keys.ts: X25519 keys and the identity/recipient files; header.ts: the header (recipient stanzas
  * wrapping the file key, and its MAC); stream.ts: the payload's STREAM chunking, shared by
- * encrypt.ts and decrypt.ts, the two stream directions; primitives.ts: HKDF and AEAD helpers;
- * decrypt-offthread.ts (with decrypt-worker.ts): decryption on a worker thread, for large artifacts.
+ * encrypt.ts and decrypt.ts, the two stream directions; primitives.ts: HKDF and AEAD helpers.
  */
 export {
   formatIdentityFile,
@@ -24,4 +23,3 @@ export {
 } from './keys.js';
 export { createAgeEncryptStream } from './encrypt.js';
 export { createAgeDecryptStream } from './decrypt.js';
-export { OFFTHREAD_DECRYPT_MIN_BYTES, createAgeDecryptStreamFor } from './decrypt-offthread.js';
