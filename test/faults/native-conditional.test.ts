@@ -7,7 +7,7 @@ import {
   layout,
   openFilestore,
   raiseEpoch,
-  readEpoch,
+  readEpochDoc,
   readOrCreateEpoch,
   TandemError,
 } from '@tandem/shared';
@@ -140,7 +140,7 @@ describe('native conditional writes on Ceph RGW', () => {
     expect(created.filter((c) => c.created)).toHaveLength(1);
     const first = created.find((c) => c.created)!.doc;
     for (const c of created) expect(c.doc).toEqual(first);
-    const epoch1 = (await readEpoch(fs, site))!;
+    const epoch1 = (await readEpochDoc(fs, site))!;
     expect(epoch1.doc).toMatchObject({ epoch: 1, primaryHost: first.primaryHost });
 
     // Five standbys promote at once, each having read epoch 1 before any of them writes.
@@ -159,7 +159,7 @@ describe('native conditional writes on Ceph RGW', () => {
       // Lost at the server, not at the read: the conditional PUT itself was refused.
       expect(httpStatus(err.cause)).toBe(412);
     }
-    const epoch2 = (await readEpoch(fs, site))!;
+    const epoch2 = (await readEpochDoc(fs, site))!;
     expect(epoch2.doc).toEqual(winner);
 
     // A server that still holds epoch 1's version cannot write over the promote.
@@ -167,7 +167,7 @@ describe('native conditional writes on Ceph RGW', () => {
     const stale = await fs.writeConditional(layout.epoch(site), forged, { ifVersion: epoch1.version }).catch((e: unknown) => e);
     expect((stale as TandemError).kind).toBe('precondition');
     expect(httpStatus(stale)).toBe(412);
-    expect((await readEpoch(fs, site))!.doc).toEqual(winner);
+    expect((await readEpochDoc(fs, site))!.doc).toEqual(winner);
   });
 });
 
@@ -203,7 +203,7 @@ describe('promote through the CLIs on Ceph RGW, native conditional writes', () =
     await expect(readFile(join(site.root, `state-${winner === 'sb-a' ? 'sb-b' : 'sb-a'}`, 'promoted.json'))).rejects.toThrow(/ENOENT/);
 
     const fs = open(site.filestoreUrl);
-    expect((await readEpoch(fs, site.site))!.doc).toMatchObject({ epoch: 2, primaryHost: winner, reason: 'promote --force' });
+    expect((await readEpochDoc(fs, site.site))!.doc).toMatchObject({ epoch: 2, primaryHost: winner, reason: 'promote --force' });
 
     const r = await runPrimary(['backup', '--config', site.primary.configFile], { env: site.env });
     expect(r.code, show(r)).toBe(4);

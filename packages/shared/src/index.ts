@@ -9,8 +9,6 @@ export * from './streams.js';
 export * from './config.js';
 export * from './logger.js';
 export * from './fsutil.js';
-export * from './layout.js';
-export * from './signed-doc.js';
 export * from './manifest.js';
 export * from './chunks.js';
 export * from './cli.js';

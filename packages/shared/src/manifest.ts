@@ -2,8 +2,8 @@ import type { KeyObject } from 'node:crypto';
 import { z } from 'zod';
 import { chunksProblem, storedChunksSchema } from './chunks.js';
 import { TandemError } from './errors.js';
-import { ARTIFACT_NAMES } from './layout.js';
-import { signDocument, verifyDocument } from './signed-doc.js';
+import { ARTIFACT_NAMES } from './store/layout.js';
+import { signDocument, verifyDocument } from './store/signed-doc.js';
 
 /**
  * The manifest lists a set's artifacts with the size and SHA-256 of their stored (encrypted) bytes.

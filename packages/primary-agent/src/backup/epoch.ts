@@ -14,9 +14,6 @@ import {
 
 export { parseEpoch, type EpochDoc };
 
-/** The name this primary goes by in epoch.json, manifests and heartbeats (agentName): for people, not for fencing. */
-export const primaryName = (config: PrimaryConfig): string => agentName(config);
-
 /**
  * Who this primary is in epoch.json: its agent id (stateDir/agent-id, created on first use), which
  * fencing compares, and its name.

@@ -2,7 +2,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { FencedError, assertNotFenced, checkFenced, onFencedEnv, raiseEpoch, readEpoch, readOrCreateEpoch, requireEpoch } from './epoch.js';
+import { FencedError, assertNotFenced, checkFenced, onFencedEnv, raiseEpoch, readEpochDoc, readOrCreateEpoch, requireEpoch } from './epoch.js';
 import { TandemError, isTandemError } from '../errors.js';
 import { openFilestore } from '../filestore/open.js';
 
@@ -24,7 +24,7 @@ describe('epoch.json', () => {
     const results = await Promise.allSettled(racers);
     const winners = results.filter((r) => r.status === 'fulfilled');
     expect(winners).toHaveLength(1);
-    const current = (await readEpoch(fs, 'demo'))!.doc;
+    const current = (await readEpochDoc(fs, 'demo'))!.doc;
     expect(current.epoch).toBe(2);
     expect(current.previous).toEqual({ epoch: 1, primaryHost: 'web1', primaryId: 'agent-web1' });
     expect(current.primaryHost).toBe((winners[0] as PromiseFulfilledResult<{ primaryHost: string }>).value.primaryHost);
@@ -92,7 +92,7 @@ describe('epoch.json', () => {
     expect(err?.code).toBe('PROMOTE_SAME_AGENT');
     expect(err!.kind).toBe('precondition');
     expect(err!.message).toContain('already names agent agent-standby (web1, epoch 2) as the primary, and that is this server\'s own agent id');
-    expect((await readEpoch(fs, 'demo'))!.doc).toMatchObject({ epoch: 2, primaryId: 'agent-standby' });
+    expect((await readEpochDoc(fs, 'demo'))!.doc).toMatchObject({ epoch: 2, primaryId: 'agent-standby' });
   });
 
   it('decides fencing as a value: not fenced, or why, with the error it makes', () => {

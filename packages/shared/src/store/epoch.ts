@@ -72,9 +72,6 @@ export async function readEpochDoc(fs: Filestore, site: string, opts: { signal?:
   }
 }
 
-/** The old name of readEpochDoc. */
-export const readEpoch = (fs: Filestore, site: string): Promise<{ doc: EpochDoc; version: string } | null> => readEpochDoc(fs, site);
-
 /** The filestore's current epoch (who is primary); not-found EPOCH_MISSING when the site has no record. */
 export async function requireEpoch(fs: Filestore, site: string): Promise<number> {
   const found = await readEpochDoc(fs, site);

@@ -26,6 +26,8 @@ import { SwitchoverChannel, type ChannelEvent } from './channel.js';
 
 /**
  * `tandem-standby switchover`: a planned, zero-data-loss change of primary.
+ * (Over 400 lines on purpose: the steps below read top to bottom in one place, each failure next to
+ * the step it undoes; the channel and the apply/promote it drives live in their own modules.)
  *
  * 1. preflight (here, before the primary is asked for anything): not promoted, no unfinished apply,
  *    primary.url and a token, the keys fit the primary's sets (the identity is a recipient of the
