@@ -1,3 +1,5 @@
+// One file on purpose (over 400 lines): creation and safe extraction are tested against each other
+// (what the primary makes, the standby must take; what the standby refuses, the primary must not make).
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';

@@ -1,3 +1,5 @@
+// One file on purpose (over 400 lines): the contract runs the same cases against both stores (a
+// directory and a real S3 server process); the store-specific cases share its fixtures.
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { type AddressInfo, createServer } from 'node:net';
