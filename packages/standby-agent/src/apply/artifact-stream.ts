@@ -199,11 +199,6 @@ export interface DecodeOptions {
   signal?: AbortSignal;
 }
 
-/** Decrypts and decompresses a verified stored copy into `sink` (see decodeStored). */
-export function decodeVerified(v: VerifiedArtifact, identities: string[], sink: (plain: Readable) => Promise<unknown>, opts: DecodeOptions = {}): Promise<{ seconds: number }> {
-  return decodeStored(fromVerifiedFile(v), identities, sink, opts);
-}
-
 /** Decrypts and decompresses verified stored bytes into `sink`, which must consume its input to the end (or fail). */
 export async function decodeStored(
   input: StoredInput,
@@ -260,7 +255,7 @@ export async function streamArtifact(src: ArtifactSource, dir: string, sink: (pl
   }
   const v = await fetchVerified(src, dir);
   try {
-    const d = await decodeVerified(v, src.identities, sink, { signal: src.signal });
+    const d = await decodeStored(fromVerifiedFile(v), src.identities, sink, { signal: src.signal });
     return { storedBytes: v.entry.storedSize, seconds: Math.round((v.seconds + d.seconds) * 1000) / 1000 };
   } finally {
     await rm(v.file, { force: true });
