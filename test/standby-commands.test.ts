@@ -61,20 +61,20 @@ describe('standby commands', () => {
     });
 
     it('leaves no output behind on a wrong key or a damaged file', async () => {
-      const input = artifact(first, 'files.tar.zst.age');
+      const input = artifact(first, 'files.tar.age');
       const dir = join(root, 'decrypt-out');
       await rm(dir, { recursive: true, force: true });
       await mustRun('mkdir', ['-p', dir]);
-      const wrong = await runStandby(['decrypt', '--identity', other.identityFile, input, '-o', join(dir, 'files.tar.zst')]);
+      const wrong = await runStandby(['decrypt', '--identity', other.identityFile, input, '-o', join(dir, 'files.tar')]);
       expect(wrong.code, show(wrong)).toBe(5);
       expect(wrong.stderr).toMatch(/this key cannot decrypt it: it was encrypted for another recipient\?/);
       const damaged = Buffer.from(await readFile(input));
       damaged[damaged.length - 5_000]! ^= 0x40;
       await writeFile(join(root, 'damaged.age'), damaged);
-      const bad = await runStandby(['decrypt', '--identity', s.keys.identityFile, join(root, 'damaged.age'), '-o', join(dir, 'files.tar.zst')]);
+      const bad = await runStandby(['decrypt', '--identity', s.keys.identityFile, join(root, 'damaged.age'), '-o', join(dir, 'files.tar')]);
       expect(bad.code, show(bad)).toBe(5);
       expect(bad.stderr).toMatch(/failed authentication/);
-      const truncated = await runStandby(['decrypt', '--identity', s.keys.identityFile, '-o', join(dir, 'files.tar.zst'), join(root, 'missing.age')]);
+      const truncated = await runStandby(['decrypt', '--identity', s.keys.identityFile, '-o', join(dir, 'files.tar'), join(root, 'missing.age')]);
       expect(truncated.code, show(truncated)).toBe(2);
       expect(await readdir(dir)).toEqual([]);
     });

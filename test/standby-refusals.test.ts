@@ -102,7 +102,7 @@ describe('apply refuses bad input and changes nothing', () => {
         },
       },
     });
-    await expectRefused(await apply(s), [`set ${id}: ${name} artifact (${name === 'db' ? 'db.dump' : 'files.tar'}.zst.age): SHA-256 of the stored bytes is`, 'corrupt or tampered with']);
+    await expectRefused(await apply(s), [`set ${id}: ${name} artifact (${name === 'db' ? 'db.dump.zst' : 'files.tar'}.age): SHA-256 of the stored bytes is`, 'corrupt or tampered with']);
   });
 
   it('a truncated artifact', async () => {

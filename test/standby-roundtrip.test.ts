@@ -6,6 +6,7 @@
 import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { layout } from '@tandem/shared';
 import { silentPrimary } from './support/heartbeat.js';
 import { startS3rver, s3rverEnv, s3rverFilestoreUrl, type S3rverHandle } from './support/s3rver.js';
 import {
@@ -26,6 +27,7 @@ import {
   restartLog,
   runStandby,
   show,
+  writeSitePrimaryConfig,
   type StandbySite,
 } from './support/standby-helpers.js';
 
@@ -96,7 +98,18 @@ describe.each(['dir', 's3'] as const)('standby round trip (%s filestore)', (kind
     await writeFile(join(s.standby.paths.config, 'local-only.txt'), 'not preserved\n');
     await mutateDemoDatabase(s.primary.db);
     await mutateSiteTree(join(root, 'primary'));
+    // The first set stored the (random, media-like) files uncompressed; this one is told to
+    // compress them whatever they are: the standby reads each as its manifest says.
+    await writeSitePrimaryConfig(s, s.primary.configFile, { compression: { files: 'zstd' } });
     const second = await backup(s);
+    const store = s.openStore();
+    try {
+      const names = async (id: string) => (await store.list(layout.set(s.site, id))).map((o) => o.key.split('/').pop()).filter((n) => n?.startsWith('files.'));
+      expect(await names(first)).toEqual(['files.tar.age']);
+      expect(await names(second)).toEqual(['files.tar.zst.age']);
+    } finally {
+      await store.close();
+    }
     const r2 = await apply(s);
     expect(r2.code, show(r2)).toBe(0);
     expect(r2.stdout).toContain(`applied set ${second}`);

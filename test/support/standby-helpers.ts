@@ -367,11 +367,12 @@ export async function forgeSet(s: StandbySite, baseSetId: string, o: ForgeOption
       const plain = o.plain?.[a.name];
       if (o.unencrypted) {
         stored = await collect(Readable.from([stored]).pipe(createAgeDecryptStream(loadIdentities(s.keys.identityFile))));
-        entry = { ...entry, encryption: 'none', file: artifactFileName(a.name, false) };
+        entry = { ...entry, encryption: 'none', file: artifactFileName(a.name, false, a.compression === 'zstd') };
       }
       if (plain !== undefined) {
         stored = o.unencrypted ? await collect(Readable.from([plain]).pipe(zstdCompress())) : await sealArtifact(s, plain);
-        entry = { ...entry, plainSize: plain.length };
+        // Sealed as zstd whatever the base set stored: the entry says so.
+        entry = { ...entry, plainSize: plain.length, compression: 'zstd', file: artifactFileName(a.name, entry.encryption === 'age', true) };
       }
       // Chunk digests as a primary makes them, or none (a set made before they existed).
       const { chunks: _old, ...whole } = entry;

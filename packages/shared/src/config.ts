@@ -111,6 +111,8 @@ const timezone = z.string().refine(
 const compressionSchema = z.strictObject({
   level: z.number().int().min(1).max(19).default(3),
   threads: z.number().int().min(1).max(64).default(1),
+  /** The files archive: auto (stored uncompressed when a sample of the files does not compress, as media does) or zstd (always compressed). */
+  files: z.enum(['auto', 'zstd'], { message: 'expected "auto" (the default) or "zstd"' }).default('auto'),
 });
 
 /**
@@ -131,7 +133,7 @@ export const primaryConfigSchema = z.strictObject({
   filestore: filestoreSchema,
   encryption: z.enum(['age', 'none'], { message: 'expected "age" (the default) or "none"' }).default('age'),
   keys: z.strictObject({ recipientFile: nonEmpty.optional(), signingKeyFile: nonEmpty }),
-  compression: compressionSchema.default({ level: 3, threads: 1 }),
+  compression: compressionSchema.default({ level: 3, threads: 1, files: 'auto' }),
   stateDir: nonEmpty.optional(),
   hostname: nonEmpty.optional(),
   /** When `tandem-primary run` backs up; default nightly 03:00. */

@@ -21,13 +21,15 @@ export const artifactEntrySchema = z.strictObject({
   storedSize: z.number().int().nonnegative(),
   storedSha256: sha256Hex,
   plainSize: z.number().int().nonnegative(),
-  compression: z.enum(['zstd']),
+  /** "none" only for an archive whose content did not compress (media): see the primary's compressibility probe. */
+  compression: z.enum(['zstd', 'none']),
   encryption: z.enum(['age', 'none']),
   /** Signed digests of the stored bytes piece by piece, so a standby can use them as they download (chunks.ts). */
   chunks: storedChunksSchema.optional(),
 }).superRefine((e, ctx) => {
   const problem = e.chunks && chunksProblem(e.chunks, e.storedSize);
   if (problem) ctx.addIssue({ code: 'custom', path: ['chunks'], message: problem });
+  if (e.compression === 'none' && e.kind !== 'tar') ctx.addIssue({ code: 'custom', path: ['compression'], message: 'only an archive may be stored uncompressed' });
 });
 
 export const manifestSchema = z.strictObject({

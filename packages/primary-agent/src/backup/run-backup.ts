@@ -38,6 +38,7 @@ import {
   type SetRef,
 } from '@tandem/shared';
 import { stateFiles, writeLastBackup } from '../state-files.js';
+import { probeCompressibility } from './compressibility.js';
 import { readDbMeta } from './db-meta.js';
 import { primaryIdentity, readOrCreateEpoch } from './epoch.js';
 import { uploadArtifact } from './upload-artifact.js';
@@ -167,13 +168,15 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     // superset of what the dump references.
     for (const name of ARTIFACT_NAMES) {
       const t = performance.now();
-      const file = artifactFileName(name, keys.recipients !== null);
+      // The files archive is stored uncompressed when a sample of the files does not compress.
+      const compress = name !== 'files' || config.compression.files === 'zstd' || (await filesCompress(config.paths.files, log));
+      const file = artifactFileName(name, keys.recipients !== null, compress);
       const key = layout.artifact(config.site, setId, file);
       await checkFence(); // before any child process starts, so a fenced run leaves none behind
       opts.signal?.throwIfAborted();
       // Read after the dump, so that a role or grant the dump refers to is in it.
       if (name === 'dbmeta') dbMeta = Buffer.from(JSON.stringify(await readDbMeta(config)));
-      const stages: Duplex[] = [zstdCompress({ level: config.compression.level, threads: config.compression.threads })];
+      const stages: Duplex[] = compress ? [zstdCompress({ level: config.compression.level, threads: config.compression.threads })] : [];
       // An entry a standby would refuse (a FIFO, a device ...) fails the backup here, named.
       if (name !== 'db' && name !== 'dbmeta') stages.unshift(createTarCheck(config.paths[name], { label: `paths.${name} (${config.paths[name]})` }));
       if (keys.recipients) stages.push(createAgeEncryptStream(keys.recipients));
@@ -189,7 +192,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
         storedSize: r.storedSize,
         storedSha256: r.storedSha256,
         plainSize: r.plainSize,
-        compression: 'zstd',
+        compression: compress ? 'zstd' : 'none',
         encryption: keys.recipients ? 'age' : 'none',
         ...(r.chunks ? { chunks: r.chunks } : {}),
       });
@@ -273,3 +276,10 @@ async function removeLeftovers(fs: Filestore, site: string, current: SetRef, log
 }
 
 const round = (s: number) => Math.round(s * 1000) / 1000;
+
+/** Whether to compress the files archive (compression.files: auto), from a sample of the files. */
+async function filesCompress(dir: string, log: Logger): Promise<boolean> {
+  const v = await probeCompressibility(dir);
+  log.debug({ sampledBytes: v.sampled, deflatedBytes: v.deflated, sampledFiles: v.files, compress: v.compress }, 'files compressibility sampled');
+  return v.compress;
+}

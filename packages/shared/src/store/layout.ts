@@ -5,6 +5,7 @@
  *   <site>/latest.json
  *   <site>/heartbeat.json
  *   <site>/sets/<set-id>/{db.dump.zst.age, dbmeta.json.zst.age, config.tar.zst.age, security.tar.zst.age, files.tar.zst.age, manifest.json}
+ *     (files.tar.age when the files do not compress: compression "none" in the manifest)
  *   <site>/standbys/<standby-id>.json   each standby's report of the set it applied (retention reads them)
  */
 /**
@@ -20,9 +21,9 @@ export const OPTIONAL_ARTIFACTS: readonly ArtifactName[] = ['dbmeta'];
 export const DIR_ARTIFACTS = ['config', 'security', 'files'] as const;
 export type DirArtifactName = (typeof DIR_ARTIFACTS)[number];
 
-export function artifactFileName(name: ArtifactName, encrypted: boolean): string {
-  const base = name === 'db' ? 'db.dump.zst' : name === 'dbmeta' ? 'dbmeta.json.zst' : `${name}.tar.zst`;
-  return encrypted ? `${base}.age` : base;
+export function artifactFileName(name: ArtifactName, encrypted: boolean, compressed = true): string {
+  const base = name === 'db' ? 'db.dump' : name === 'dbmeta' ? 'dbmeta.json' : `${name}.tar`;
+  return `${base}${compressed ? '.zst' : ''}${encrypted ? '.age' : ''}`;
 }
 
 export const layout = {

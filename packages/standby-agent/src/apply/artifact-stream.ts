@@ -37,7 +37,8 @@ import {
  *
  * Either way, whoever can write an object into the filestore but holds no signing key gets nothing
  * of theirs to age, zstd, the tar parser or pg_restore. Then `decodeStored`: those verified bytes →
- * age decryption (unless the set is unencrypted) → zstd decompression → a sink (a file, an
+ * age decryption (unless the set is unencrypted) → zstd decompression (unless the manifest says the
+ * archive is stored uncompressed) → a sink (a file, an
  * extractor, a lister), the plain bytes bounded by the signed plain size: stopped at that byte,
  * whether they pass through this process or zstd writes them to a file itself (then by the file
  * size limit of the zstd process).
@@ -184,7 +185,7 @@ export async function fetchVerified(src: ArtifactSource, dir: string): Promise<V
 export function plainStages(file: string, entry: ArtifactEntry, identities: string[], label: string): Array<Readable | Duplex> {
   const stages: Array<Readable | Duplex> = [createReadStream(file, { highWaterMark: 1 << 20 })];
   if (entry.encryption === 'age') stages.push(createAgeDecryptStream(identities, { label }));
-  stages.push(zstdDecompress());
+  if (entry.compression === 'zstd') stages.push(zstdDecompress());
   stages.push(new Bounded(entry.plainSize, (n) => plainSizeError(label, n, entry.plainSize, true), (n) => plainSizeError(label, n, entry.plainSize)));
   return stages;
 }
@@ -211,8 +212,13 @@ export async function decodeStored(
   const t0 = performance.now();
   const stages: Array<Readable | Duplex> = [...input.stages];
   if (entry.encryption === 'age') stages.push(createAgeDecryptStream(identities, { label }));
-  const zstd = zstdDecompress({ toFd: opts.plainFd, maxBytes: opts.plainFd === undefined ? undefined : entry.plainSize });
-  stages.push(zstd);
+  // An archive stored uncompressed (media, see the manifest's `compression`) goes straight on; the
+  // manifest schema allows that for archives only, which are never written to a file by zstd.
+  if (entry.compression === 'none' && opts.plainFd !== undefined) {
+    throw new TandemError('internal', 'PLAIN_FD_UNCOMPRESSED', `${label}: an uncompressed artifact cannot be decoded to a file descriptor`);
+  }
+  const zstd = entry.compression === 'zstd' ? zstdDecompress({ toFd: opts.plainFd, maxBytes: opts.plainFd === undefined ? undefined : entry.plainSize }) : undefined;
+  if (zstd) stages.push(zstd);
   const plain = new Bounded(entry.plainSize, (n) => plainSizeError(label, n, entry.plainSize, true));
 
   const ac = new AbortController();
@@ -233,7 +239,7 @@ export async function decodeStored(
   }
   if (first !== undefined) {
     // zstd stopped by its file size limit: the dump would have been larger than the signed size.
-    if (opts.plainFd !== undefined && (zstd as ChildStream).exitStatus?.signal === 'SIGXFSZ') {
+    if (opts.plainFd !== undefined && (zstd as ChildStream | undefined)?.exitStatus?.signal === 'SIGXFSZ') {
       throw plainSizeError(label, fstatSync(opts.plainFd).size, entry.plainSize, true);
     }
     throw explain(first, manifest, entry);
