@@ -67,8 +67,8 @@ async function refRestore(dumpFile) {
   return { seconds: total, create, restore: r.seconds };
 }
 
-async function tandemApply(bin = STANDBY_BIN) {
-  const r = await runMeasured(process.execPath, [bin, 'apply', '--config', site.standbyConfig, '--force', '--json'], { env: agentEnv() });
+async function tandemApply(bin = STANDBY_BIN, extraArgs = []) {
+  const r = await runMeasured(process.execPath, [bin, 'apply', '--config', site.standbyConfig, '--force', '--json', ...extraArgs], { env: agentEnv() });
   if (r.code !== 0) throw new Error(`tandem-standby apply exited ${r.code ?? r.signal}:\n${r.stderr.trim()}`);
   const out = parseJsonOut(r.stdout, 'tandem-standby apply');
   const d = out.durations ?? {};
@@ -104,7 +104,7 @@ try {
   // Warm-up, untimed: one apply (the standby then has a live database and files dir to replace, as
   // in steady state) and one reference restore.
   log('warm-up (untimed): one tandem-standby apply, one pg_restore, one restic restore');
-  const first = await tandemApply();
+  const first = await tandemApply(STANDBY_BIN, ['--create-database']); // the first apply creates the standby database
   await refRestore(dumpFile);
   await resticRestore(0);
 

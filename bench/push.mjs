@@ -135,7 +135,7 @@ ${pollInterval ? `pollInterval: ${pollInterval}\n` : ''}`;
  * daemon has no missed run to make up and the standbys something to apply), then the primary daemon.
  */
 async function startPrimarySite({ filesDir, filestoreUrl, env, name }) {
-  const site = makeSite({ db: PUSH_DB, filesDir, standbyDb: STANDBY_DBS.follow, filestoreUrl, primaryExtra: PRIMARY_DAEMON_YAML });
+  const site = makeSite({ db: PUSH_DB, filesDir, standbyDb: STANDBY_DBS.follow, filestoreUrl, primaryExtra: PRIMARY_DAEMON_YAML, env });
   // TOKEN is the monitoring token (what the bench reads /status and /metrics with); the others differ.
   writeFileSync(join(site.dir, 'keys', 'read.token'), `${TOKEN}\n`, { mode: 0o600 });
   writeFileSync(join(site.dir, 'keys', 'control.token'), `${TOKEN}-control\n`, { mode: 0o600 });
@@ -202,6 +202,7 @@ try {
   ]) {
     const sb = addStandby(idle.site, name, {
       standbyDb: STANDBY_DBS[name],
+      create: true,
       filestoreUrl: s3FilestoreUrl(proxy.endpoint, { prefix: 'idle/' }),
       extra: standbyDaemonYaml({ primaryListen: idle.listen, standbyId: name, pollInterval: poll }),
     });
@@ -228,7 +229,7 @@ try {
   });
   cleanups.push(() => removeSite(follow.site));
   daemons.push(follow.primary);
-  const sbf = addStandby(follow.site, 'standby', { standbyDb: STANDBY_DBS.follow, extra: standbyDaemonYaml({ primaryListen: follow.listen, standbyId: 'follow' }) });
+  const sbf = addStandby(follow.site, 'standby', { standbyDb: STANDBY_DBS.follow, create: true, extra: standbyDaemonYaml({ primaryListen: follow.listen, standbyId: 'follow' }) });
   const standby = await startStandby({ config: sbf.config, stateDir: sbf.stateDir, env: s3env1, name: 'standby', setId: follow.firstSet });
   daemons.push(standby.daemon);
   const P = follow.primary;

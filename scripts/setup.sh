@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs before tandem builds, runs or tests: system tools from Debian,
 # a running PostgreSQL, and the npm dependencies. Idempotent and quick when all is in place.
+#   --bench  also what only the benchmarks use (restic, the file-backup reference)
+#   --test   also what only the test suite uses (chromium for the status pages, promtool for the alert rules)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+bench=0
+tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) bench=1 ;;
+    --test) tests=1 ;;
+    *) printf 'setup: unknown option %s (known: --bench, --test)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 . scripts/apt-install.sh
 
 # System tools: pg_dump/pg_restore (postgresql-client), zstd, age (interop tests, decrypt by hand),
-# GNU tar, restic (the file-backup reference in the benchmarks).
+# GNU tar; with --bench, restic (the file-backup reference in the benchmarks).
 need=()
 command -v pg_dump >/dev/null || need+=(postgresql-client)
 command -v zstd >/dev/null || need+=(zstd)
 command -v age >/dev/null || need+=(age)
 command -v tar >/dev/null || need+=(tar)
-command -v restic >/dev/null || need+=(restic)
+[ "$bench" -eq 0 ] || command -v restic >/dev/null || need+=(restic)
+# With --test: headless Chromium (the status page tests) and promtool, which Debian ships in the
+# prometheus package (on a systemd machine that also starts a Prometheus server: disable it if unwanted).
+[ "$tests" -eq 0 ] || command -v chromium >/dev/null || need+=(chromium)
+[ "$tests" -eq 0 ] || command -v promtool >/dev/null || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 # The local PostgreSQL the demo and the tests use (trust auth on 127.0.0.1:5432).

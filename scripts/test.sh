@@ -3,7 +3,7 @@
 # (a test skipped because a required service is missing is a failure, not a pass).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh || exit 1
+bash scripts/setup.sh --test || exit 1
 npx tsc -b || exit 1
 npx tsc -p test || exit 1   # the tests themselves are type-checked too (no output)
 mkdir -p .tmp

@@ -12,7 +12,7 @@ import { stringify } from 'yaml';
 import { catalogState } from './support/catalog-state.js';
 import { startCluster, type Cluster } from './support/cluster.js';
 import { startS3rver, s3rverEnv, s3rverFilestoreUrl, type S3rverHandle } from './support/s3rver.js';
-import { createSiteTree, dbUrl, ensurePostgres, makeKeys, requireCommands, runPrimary, tmpDir, withDb, writePrimaryConfig, type KeyFiles } from './support/site.js';
+import { createSiteTree, dbUrl, ensurePostgres, initFilestore, makeKeys, requireCommands, runPrimary, tmpDir, withDb, writePrimaryConfig, type KeyFiles } from './support/site.js';
 import { runStandby, show, uid } from './support/standby-helpers.js';
 
 /** The site's shape on the primary's cluster; returns the SQL that made it, for the record. */
@@ -103,6 +103,7 @@ describe.each(['dir', 's3'] as const)("the standby's database is the primary's (
     await writePrimaryConfig(file, { site, databaseUrl: url, paths, filestoreUrl, keys, stateDir: join(root, `${state}-state`), extra });
     const text = await readFile(file, 'utf8');
     await writeFile(file, text.replace(/^database:\n(  url: .*\n)/m, `database:\n$1  roles: ${roles}\n`));
+    await initFilestore(file, env);
     return file;
   }
 
@@ -113,7 +114,7 @@ describe.each(['dir', 's3'] as const)("the standby's database is the primary's (
       file,
       stringify({
         site,
-        database: { url, roles },
+        database: { url, roles, create: true },
         paths: { config: join(sroot, 'priv'), security: join(sroot, 'security'), files: join(sroot, 'files') },
         filestore: { url: filestoreUrl },
         keys: { identityFile: keys.identityFile, verifyKeyFile: keys.verifyKeyFile },

@@ -12,7 +12,7 @@ import { chmod, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
-import { createSiteTree, dbUrl, ensurePostgres, makeKeys, requireCommands, runPrimary, tmpDir, withDb, writePrimaryConfig, type KeyFiles } from './support/site.js';
+import { createSiteTree, dbUrl, ensurePostgres, initFilestore, makeKeys, requireCommands, runPrimary, tmpDir, withDb, writePrimaryConfig, type KeyFiles } from './support/site.js';
 import { runStandby, show, uid } from './support/standby-helpers.js';
 
 /**
@@ -105,6 +105,7 @@ describe('apply runs none of the site\'s code with more rights than its role', (
       keys,
       stateDir: join(sroot, 'primary-state'),
     });
+    await initFilestore(pcfg);
     const backupAgain = async () => {
       const r = await runPrimary(['backup', '--config', pcfg]);
       expect(r.code, show(r)).toBe(0);
@@ -119,7 +120,7 @@ describe('apply runs none of the site\'s code with more rights than its role', (
         file,
         stringify({
           site: `rs${name}${id}`,
-          database: { url, ...database },
+          database: { url, create: true, ...database },
           paths: { config: join(dir, 'priv'), security: join(dir, 'security'), files: join(dir, 'files') },
           filestore: { url: `file://${join(sroot, 'store')}` },
           keys: { identityFile: keys.identityFile, verifyKeyFile: keys.verifyKeyFile },

@@ -325,8 +325,10 @@ describe('failover and failback', () => {
     expect(await dumpDatabaseState(s.primary.db)).toEqual(await dumpDatabaseState(s.standby.db));
     const onA = await withDb(s.primary.db, (c) => c.query("SELECT title FROM public.rsc WHERE name = 'written-on-b'"));
     expect(onA.rows).toEqual([{ title: 'after failover' }]);
-    // The old primary config on A is fenced.
-    expect((await runPrimary(['backup', '--config', s.primary.configFile])).code).toBe(4);
+    // The old primary config on A is refused: A's site is a standby now (the BACKUP sentinel).
+    const onStandbyA = await runPrimary(['backup', '--config', s.primary.configFile]);
+    expect(onStandbyA.code, show(onStandbyA)).toBe(1);
+    expect(onStandbyA.stderr).toContain(`the sentinel ${join(s.primary.paths.config, 'BACKUP')} exists`);
     // Applying again is a no-op: never twice.
     const again = await runStandby(['apply', '--config', aStandby, '--json']);
     expect(JSON.parse(again.stdout)).toMatchObject({ status: 'already-applied', setId: set2 });

@@ -42,7 +42,7 @@ describe('faults, fast subset (tamper, hostile archives, bad input)', () => {
           },
         },
       });
-      await expectRefused(s, before, await apply(s), [`set ${id}: ${name} artifact (${artifactFileName(name, true)})`]);
+      await expectRefused(s, before, await apply(s), [`set ${id}: ${name} artifact (${artifactFileName(name, true, name !== 'files')})`]);
     }
   });
 

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateAgeKeyPair } from '@tandem/shared';
-import { createDemoDatabase, createSiteTree, dbUrl, dropDatabase, ensurePostgres, requireBuilt, requireCommands, runPrimary, tmpDir, writePrimaryConfig } from './support/site.js';
+import { createDemoDatabase, createSiteTree, dbUrl, dropDatabase, ensurePostgres, initFilestore, requireBuilt, requireCommands, runPrimary, tmpDir, writePrimaryConfig } from './support/site.js';
 
 const DB = `tandem_keyfiles_${process.pid}`;
 const OTHER_UID = 65534; // nobody
@@ -81,6 +81,7 @@ describe('a replaced public key', () => {
       keys: { signingKeyFile: join(keys, 'signing.key'), recipientFile: join(keys, 'backup.agepub') },
       stateDir: join(work, 'state'),
     });
+    await initFilestore(config);
   });
 
   const sets = async () => (await readdir(join(store, 'demo', 'sets')).catch(() => [] as string[])).length;

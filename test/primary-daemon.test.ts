@@ -31,6 +31,7 @@ import {
   startPrimary,
   tmpDir,
   waitFor,
+  initFilestore,
   writePrimaryConfig,
   type KeyFiles,
   type RunningPrimary,
@@ -87,6 +88,7 @@ beforeAll(async () => {
       standbys,
     },
   });
+  await initFilestore(config);
 });
 
 afterAll(async () => {
@@ -320,8 +322,8 @@ describe('tandem-primary run', () => {
     expect(Date.parse(s.connectedSince)).toBeLessThanOrEqual(Date.now());
 
     const m = await getMetrics();
-    expect(m).toMatch(/^tandem_standbys_connected 2$/m);
-    expect(m).toMatch(/^tandem_standby_applied_lag_seconds\{standby="sb2"\} 0$/m);
+    expect(m).toMatch(/^tandem_primary_standbys_connected 2$/m);
+    expect(m).toMatch(/^tandem_primary_standby_lag_seconds\{standby="sb2"\} 0$/m);
     expect(m).toMatch(/^tandem_last_backup_success 1$/m);
     expect(m).toMatch(/^tandem_backups_total\{outcome="ok"\} 2$/m);
     expect(m).toMatch(/^tandem_last_backup_duration_seconds\{stage="db"\} [0-9.e-]+$/m);
@@ -521,6 +523,7 @@ describe('tandem-primary run through a filestore outage (s3rver)', () => {
       stateDir: s3State,
       extra: { heartbeatInterval: '1s', server: { listen: `127.0.0.1:${s3Port}` }, onFenced: `echo "$TANDEM_SITE $TANDEM_EPOCH $TANDEM_FILESTORE_EPOCH" > ${join(work, 'fenced.txt')}` },
     });
+    await initFilestore(s3Config, s3rverEnv());
     const noToken = await runPrimary(['run', '--config', s3Config], { env: { ...s3rverEnv(), TANDEM_TOKEN: '' } });
     expect(noToken.code).toBe(2);
     expect(noToken.stderr).toMatch(/tandem-primary: error: no token: set server.tokenFile in the config or TANDEM_TOKEN in the environment\n  hint: make one with `openssl rand -hex 32/);

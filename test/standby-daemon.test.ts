@@ -260,9 +260,10 @@ describe('tandem-standby run against a directory filestore', () => {
     expect(none.code).toBe(2);
     expect(none.doc).toMatchObject({ appliedSetId: null, recoveryPointAgeSeconds: null, latestSetId: newest, pendingSets: sets.length });
 
+    // A Nagios check that cannot run is UNKNOWN (3), said on its first line.
     const bad = await runStandby(['status', '--config', configFile, '--max-lag', 'soon'], { env });
-    expect(bad.code).toBe(2);
-    expect(messageLines(bad.stderr).join('\n')).toContain('--max-lag "soon" is not a duration');
+    expect(bad.code).toBe(3);
+    expect(bad.stdout).toMatch(/^TANDEM UNKNOWN - tandem-standby status: --max-lag "soon" is not a duration/);
   });
 
   it('stops by itself (status 2) when this server is promoted while it runs', async () => {
@@ -347,7 +348,8 @@ describe('tandem-standby run against S3 (s3rver), through an outage', () => {
       }, 'the daemon to report the outage', 40_000, 50);
       const during = await statusJson(configFile, env);
       expect(during.doc.lastError).not.toBeNull();
-      expect(during.doc.problems.join('\n')).toMatch(/latest\.json/);
+      // The filestore is not read past its marker, which it cannot give.
+      expect(during.doc.problems.join('\n')).toMatch(/^filestore: cannot read s3:\/\/\S+\/tandem-filestore\.json: .*ECONNREFUSED/m);
       expect(during.doc.appliedSetId).not.toBe(second);
       const human = await runStandby(['status', '--config', configFile], { env });
       expect(human.stdout).toMatch(/last error\s+\S+ (poll|apply):/);

@@ -29,6 +29,7 @@ import {
   runPrimary,
   sleep,
   snapshotTree,
+  startAgent,
   startPrimary,
   tmpDir,
   waitFor,
@@ -368,7 +369,8 @@ describe('tandem-standby switchover', () => {
     // A pg_restore that fails: the final set is staged and verified, then the restore fails.
     const bin = join(work, 'bad-bin');
     await mkdir(bin, { recursive: true });
-    await writeFile(join(bin, 'pg_restore'), '#!/bin/sh\necho "pg_restore: error: simulated restore failure" >&2\nexit 1\n');
+    // It answers --version like the real one, so that the check before the download passes.
+    await writeFile(join(bin, 'pg_restore'), '#!/bin/sh\n[ "$1" = --version ] && echo "pg_restore (PostgreSQL) 99.0" && exit 0\necho "pg_restore: error: simulated restore failure" >&2\nexit 1\n');
     await chmod(join(bin, 'pg_restore'), 0o755);
     const cfg = await standbyConfig('bad-restore', { database: { binDir: bin } });
     const before = await standbySnapshot();
@@ -402,6 +404,38 @@ describe('tandem-standby switchover', () => {
     expect(b.code, show(b)).toBe(0);
     expect(logRecords(b.stderr).some((l) => String(l.msg).includes('daemon is running: it makes the backup'))).toBe(true);
     expect(b.stdout.trim() > setId!).toBe(true);
+  });
+
+  it('ends like other interrupted commands on Ctrl-C: the switchover is called off, one line says so, exit 130', async () => {
+    const cfg = await standbyConfig('interrupted');
+    const before = await standbySnapshot();
+    const resumedBefore = (await lines('onresume.log')).length;
+    const run = startAgent(STANDBY_MAIN, ['switchover', '--config', cfg, '--timeout', '2m'], { timeoutMs: 90_000 });
+    // Interrupted once the primary has been asked (it is stopping writes or taking the final backup).
+    await waitFor(() => logRecords(run.stderrSoFar()).some((l) => l.step === 'request'), 'the switchover request', 30_000, 20);
+    run.child.kill('SIGINT');
+    const r = await run.result;
+    expect(r.code, show(r)).toBe(130);
+    expect(r.stdout).toContain('standby: asked the primary to call the switchover off');
+    expect(r.stdout).toContain('primary: put back: onResume ran; it keeps running as the primary and backs up again');
+    const last = r.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('{'));
+    expect(last).toEqual([
+      expect.stringMatching(
+        /^tandem-standby: interrupted by SIGINT: the switchover was called off at step "(wait-for-ready|apply)": the primary was put back \(onResume ran\) and keeps running as primary; this server is still a standby$/,
+      ),
+    ]);
+    expect(r.stderr).not.toMatch(/internal error|failed at step/);
+
+    // As called off for any other reason: onResume ran, the primary is not held, the standby is unchanged.
+    expect(await lines('onresume.log')).toHaveLength(resumedBefore + 1);
+    expect(existsSync(marker('maintenance'))).toBe(false);
+    const st = await getStatus();
+    expect(st.fenced).toBeNull();
+    expect(st.switchover.state).toBe('called-off');
+    expect(await metric('tandem_switchover_held')).toBe(0);
+    expect(await readStore('epoch.json')).toMatchObject({ epoch: 1 });
+    expect(await standbySnapshot()).toEqual(before);
+    expect(existsSync(join(s.standby.stateDir, 'promoted.json'))).toBe(false);
   });
 
   it('loses no committed transaction: rows written until onFenced stopped the writes are on the new primary', async () => {
@@ -451,7 +485,7 @@ describe('tandem-standby switchover', () => {
 
     // The old primary: onFenced ran once (for the switchover, not again when fenced), fenced now.
     const requestId = (await lines('onfenced.log')).at(-1)!.split(' ')[1];
-    expect((await lines('onfenced.log')).filter((l) => l.startsWith('switchover'))).toHaveLength(5);
+    expect((await lines('onfenced.log')).filter((l) => l.split(' ')[1] === requestId)).toEqual([`switchover ${requestId} ${STANDBY_ID}`]);
     expect((await lines('onfenced.log')).some((l) => l.startsWith('fenced'))).toBe(false);
     expect(daemonLog().some((l) => l.msg === 'onFenced is not run again: it ran for the switchover')).toBe(true);
     const st = await getStatus();

@@ -37,10 +37,12 @@ export const agentEnv = () => ({ ...process.env, TANDEM_LOG_LEVEL: process.env.T
  * Creates the temp dir with keys, config/security dirs, primary.yml and standby.yml.
  * The primary backs up `filesDir` (the cached tree) and database `db`; the standby applies into
  * `standbyDb` and `<tmp>/standby/{priv,security,files}`.
- * Optional: `filestoreUrl` (default: a directory filestore in the temp dir), and YAML text appended
- * to each config (`primaryExtra`, `standbyExtra`: further top-level keys, e.g. the daemons').
+ * Optional: `filestoreUrl` (default: a directory filestore in the temp dir), YAML text appended
+ * to each config (`primaryExtra`, `standbyExtra`: further top-level keys, e.g. the daemons'), and
+ * `env` for the agents (S3 credentials). The filestore is created as an operator creates it:
+ * `tandem-primary init --filestore --config primary.yml`.
  */
-export function makeSite({ db, filesDir, standbyDb, filestoreUrl, primaryExtra = '', standbyExtra = '' }) {
+export function makeSite({ db, filesDir, standbyDb, filestoreUrl, primaryExtra = '', standbyExtra = '', env = {} }) {
   const dir = mkdtempSync(join(os.tmpdir(), 'tandem-bench-'));
   const r = spawnSync(process.execPath, [PRIMARY_BIN, 'init', '--keys-dir', join(dir, 'keys')], { encoding: 'utf8', env: agentEnv() });
   if (r.status !== 0) throw new Error(`tandem-primary init failed: ${r.stderr}`);
@@ -70,6 +72,8 @@ keys:
 stateDir: ./state/primary
 ${primaryExtra}`,
   );
+  const init = spawnSync(process.execPath, [PRIMARY_BIN, 'init', '--filestore', '--config', primaryConfig], { encoding: 'utf8', env: { ...agentEnv(), ...env } });
+  if (init.status !== 0) throw new Error(`tandem-primary init --filestore failed: ${init.stderr}`);
   const site = { dir, primaryConfig, filestoreDir: join(dir, 'filestore'), filestoreUrl: filestore };
   site.standbyConfig = addStandby(site, 'standby', { standbyDb, extra: standbyExtra }).config;
   return site;
@@ -78,10 +82,10 @@ ${primaryExtra}`,
 /**
  * Another standby of a site made by makeSite (or the first one): `<tmp>/<name>/{priv,security,files}`,
  * state in `<tmp>/state/<name>`, config `<tmp>/<name>.yml` applying into `standbyDb`, from the
- * site's filestore unless `filestoreUrl` is given; `extra` is YAML appended (top-level keys).
- * Returns {config, stateDir}.
+ * site's filestore unless `filestoreUrl` is given; `extra` is YAML appended (top-level keys);
+ * `create`: database.create (the first apply creates `standbyDb`). Returns {config, stateDir}.
  */
-export function addStandby(site, name, { standbyDb, filestoreUrl, extra = '' }) {
+export function addStandby(site, name, { standbyDb, filestoreUrl, extra = '', create = false }) {
   const { dir } = site;
   for (const p of ['priv/config.d', 'security', 'files']) mkdirSync(join(dir, name, p), { recursive: true });
   writeFileSync(join(dir, name, 'priv', 'config.d', 'db.yml'), `dbname: ${standbyDb}\n`);
@@ -91,7 +95,7 @@ export function addStandby(site, name, { standbyDb, filestoreUrl, extra = '' }) 
     `site: bench
 database:
   url: ${pgUrl(standbyDb)}
-paths:
+${create ? '  create: true\n' : ''}paths:
   config: ./${name}/priv
   security: ./${name}/security
   files: ./${name}/files

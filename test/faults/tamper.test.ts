@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ARTIFACT_NAMES, artifactFileName, layout, type ArtifactEntry, type ArtifactName, type Manifest } from '@tandem/shared';
+import { ARTIFACT_NAMES, layout, type ArtifactEntry, type ArtifactName, type Manifest } from '@tandem/shared';
 import { makeKeys, type KeyFiles } from '../support/site.js';
 import { apply, forgeSet, pointLatestAt, readPlain, removeStandbySite, runStandby, show, type StandbySite } from '../support/standby-helpers.js';
 import { Tally, baseline, expectRefused, setUpRefusalSite, type Baseline } from './support/refusal.js';
@@ -21,7 +21,9 @@ let other: KeyFiles;
 let first: string;
 let before: Baseline;
 
-const fileOf = (n: ArtifactName) => artifactFileName(n, true);
+/** The stored file of artifact `n` in set `id`, as its manifest names it (files.tar.age or files.tar.zst.age, by compression). */
+const manifestOf = async (id: string): Promise<Manifest> => JSON.parse(await readFile(join(root, 'store', s.site, 'sets', id, 'manifest.json'), 'utf8')) as Manifest;
+const fileIn = async (id: string, n: ArtifactName): Promise<string> => (await manifestOf(id)).artifacts.find((a) => a.name === n)!.file;
 const flipAt = (at: (len: number) => number) => (b: Buffer) => {
   const c = Buffer.from(b);
   const i = Math.max(0, Math.min(c.length - 1, at(c.length)));
@@ -57,7 +59,7 @@ describe('tamper: stored artifacts', () => {
   it.each(ARTIFACT_NAMES.map((n) => [n]))('a flipped byte at 6 offsets of the %s artifact', async (name) => {
     for (const [where, at] of OFFSETS) {
       const id = await forgeSet(s, first, { damage: { [name]: flipAt(at) } });
-      await expectRefused(s, before, await apply(s), [`set ${id}: ${name} artifact (${fileOf(name)})`, /SHA-256|corrupt|tampered|cannot decrypt/]);
+      await expectRefused(s, before, await apply(s), [`set ${id}: ${name} artifact (${await fileIn(id, name)})`, /SHA-256|corrupt|tampered|cannot decrypt/]);
       tally.add(`flipped byte in an artifact (${where})`);
     }
   });
@@ -65,7 +67,7 @@ describe('tamper: stored artifacts', () => {
   it.each(ARTIFACT_NAMES.map((n) => [n]))('the %s artifact truncated at 4 lengths', async (name) => {
     for (const [what, len] of CUTS) {
       const id = await forgeSet(s, first, { damage: { [name]: (b: Buffer) => b.subarray(0, len(b.length)) } });
-      await expectRefused(s, before, await apply(s), [`set ${id}: ${name} artifact (${fileOf(name)})`]);
+      await expectRefused(s, before, await apply(s), [`set ${id}: ${name} artifact (${await fileIn(id, name)})`]);
       tally.add(`truncated artifact (${what})`);
     }
   });
@@ -73,7 +75,7 @@ describe('tamper: stored artifacts', () => {
   it('an artifact with bytes appended', async () => {
     for (const name of ARTIFACT_NAMES) {
       const id = await forgeSet(s, first, { damage: { [name]: (b: Buffer) => Buffer.concat([b, Buffer.from('x')]) } });
-      await expectRefused(s, before, await apply(s), [`set ${id}: ${name} artifact (${fileOf(name)})`]);
+      await expectRefused(s, before, await apply(s), [`set ${id}: ${name} artifact (${await fileIn(id, name)})`]);
       tally.add('artifact with a byte appended');
     }
   });
@@ -87,13 +89,13 @@ describe('tamper: stored artifacts', () => {
     const fs = s.openStore();
     const donorBytes = {} as Record<ArtifactName, Buffer>;
     try {
-      for (const n of ARTIFACT_NAMES) donorBytes[n] = (await fs.getBuffer(layout.artifact(s.site, donor, fileOf(n)), { maxBytes: Infinity })).body;
+      for (const n of ARTIFACT_NAMES) donorBytes[n] = (await fs.getBuffer(layout.artifact(s.site, donor, await fileIn(donor, n)), { maxBytes: Infinity })).body;
     } finally {
       await fs.close();
     }
     for (const name of ARTIFACT_NAMES) {
       const id = await forgeSet(s, first, { damage: { [name]: () => donorBytes[name] } });
-      await expectRefused(s, before, await apply(s), [`set ${id}: ${name} artifact (${fileOf(name)})`]);
+      await expectRefused(s, before, await apply(s), [`set ${id}: ${name} artifact (${await fileIn(id, name)})`]);
       tally.add('artifact swapped in from another set');
     }
     const pairs: Array<[ArtifactName, ArtifactName]> = [
@@ -118,8 +120,7 @@ describe('tamper: stored artifacts', () => {
  * the stored object, in the staging dir.
  */
 describe('tamper: an object replaced at its signed size is not used before it is verified', () => {
-  const objectPath = (id: string, n: ArtifactName) => join(root, 'store', s.site, 'sets', id, fileOf(n));
-  const manifestOf = async (id: string): Promise<Manifest> => JSON.parse(await readFile(join(root, 'store', s.site, 'sets', id, 'manifest.json'), 'utf8')) as Manifest;
+  const objectPath = async (id: string, n: ArtifactName) => join(root, 'store', s.site, 'sets', id, await fileIn(id, n));
   const entryOf = async (id: string, n: ArtifactName): Promise<ArtifactEntry> => (await manifestOf(id)).artifacts.find((a) => a.name === n)!;
 
   it('a zstd bomb in the db artifact writes no more than the stored object into the state dir', async () => {
@@ -128,7 +129,7 @@ describe('tamper: an object replaced at its signed size is not used before it is
     // As many 128 KiB RLE blocks (4 bytes each) as fit beside the age overhead, up to 1 GiB.
     const bomb = zstdBomb(Math.min(8192, Math.floor((entry.storedSize - 600) / 4)) * 128 * 1024);
     expect(bombBytes(bomb)).toBeGreaterThan(100 * entry.storedSize);
-    await writeFile(objectPath(id, 'db'), await sealToSize(s, bomb, entry.storedSize));
+    await writeFile(await objectPath(id, 'db'), await sealToSize(s, bomb, entry.storedSize));
 
     const base = bytesUnder(s.standby.stateDir);
     const w = await watchDisk({ bytesUnder: s.standby.stateDir, pathsUnder: join(root, 'standby'), names: /tandem-new/ }, apply(s));
@@ -136,7 +137,7 @@ describe('tamper: an object replaced at its signed size is not used before it is
       `[tamper] db bomb: ${entry.storedSize} stored bytes expanding to ${bombBytes(bomb)}; ` +
         `the state dir grew by at most ${w.maxBytes - base} bytes (${w.samples} samples)`,
     );
-    await expectRefused(s, before, w.result, [`set ${id}: db artifact (${fileOf('db')}): SHA-256 of the stored bytes`, 'tampered with']);
+    await expectRefused(s, before, w.result, [`set ${id}: db artifact (${await fileIn(id, 'db')}): SHA-256 of the stored bytes`, 'tampered with']);
     expect(w.samples).toBeGreaterThan(20);
     expect(w.maxBytes - base).toBeLessThanOrEqual(entry.storedSize + 16 * 1024); // + journal and lock
     expect([...w.paths]).toEqual([]); // refused before any directory was staged
@@ -168,11 +169,11 @@ describe('tamper: an object replaced at its signed size is not used before it is
       { name: './pad.bin', type: '0', data: randomBytes(size - (256 << 10)) },
     ]);
     expect(forged.length).toBeLessThan(entry.plainSize);
-    await writeFile(objectPath(id, 'files'), await sealToSize(s, await zstdOf(forged), entry.storedSize));
+    await writeFile(await objectPath(id, 'files'), await sealToSize(s, await zstdOf(forged), entry.storedSize));
 
     const w = await watchDisk({ bytesUnder: s.standby.stateDir, pathsUnder: join(root, 'standby'), names: /^files\.tandem-new$|ATTACKER/ }, apply(s));
     console.log(`[tamper] forged files archive: paths seen ${JSON.stringify([...w.paths])} (${w.samples} samples)`);
-    await expectRefused(s, before, w.result, [`set ${id}: files artifact (${fileOf('files')}): SHA-256 of the stored bytes`, 'tampered with']);
+    await expectRefused(s, before, w.result, [`set ${id}: files artifact (${await fileIn(id, 'files')}): SHA-256 of the stored bytes`, 'tampered with']);
     expect(w.samples).toBeGreaterThan(20);
     expect([...w.paths]).toEqual([]);
     tally.add('forged archive at the signed stored size (nothing unpacked)');

@@ -19,7 +19,7 @@ import { mkdir, open, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { join, relative, sep } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { expect } from 'vitest';
-import { parseDbMeta, isNotFound, loadVerifyKeyFile, openFilestore, verifyLatest, verifyManifest, type Filestore, type Manifest } from '@tandem/shared';
+import { parseDbMeta, isNotFound, loadVerifyKeyFile, openFilestore, verifyLatest, verifyManifest, writeFilestoreMarker, type Filestore, type Manifest } from '@tandem/shared';
 import { startS3rver, s3rverEnv, s3rverFilestoreUrl, S3RVER_CREDENTIALS, type S3rverHandle } from './s3rver.js';
 import {
   createDemoDatabase,
@@ -137,11 +137,13 @@ export interface Store {
   keys(prefix: string): Promise<string[]>;
 }
 
-/** A new, empty filestore of `kind`: a directory under the site's work dir, or its own prefix on the s3rver. */
+/** A new, empty filestore of `kind` (its marker written): a directory under the site's work dir, or its own prefix on the s3rver. */
 export async function newStore(p: PrimarySite, kind: Kind): Promise<Store> {
   const n = p.next();
   if (kind === 'dir') {
     const root = join(p.work, `store-${n}`);
+    // Created the supported way: the marker (and so the directory) as `init --filestore` writes it.
+    await writeFilestoreMarker(openFilestore(pathToFileURL(root).href));
     return {
       kind,
       url: pathToFileURL(root).href,
@@ -164,6 +166,7 @@ export async function newStore(p: PrimarySite, kind: Kind): Promise<Store> {
   const url = s3rverFilestoreUrl(p.s3, { prefix: `run${process.pid}-${n}/` });
   const fs = openFilestore(url, { s3: { credentials: S3RVER_CREDENTIALS } });
   p.openStores.push(fs);
+  await writeFilestoreMarker(fs);
   return {
     kind,
     url,

@@ -669,6 +669,16 @@ export interface KeyFiles {
   verifyKeyFile: string;
 }
 
+/**
+ * Create the filestore a primary config names (its tandem-filestore.json marker; for a directory
+ * the directory itself) with the real `tandem-primary init --filestore --config FILE`, the one
+ * supported way; throws if it fails. `env`: S3 credentials, as for the agents.
+ */
+export async function initFilestore(configFile: string, env: NodeJS.ProcessEnv = {}): Promise<void> {
+  const r = await runPrimary(['init', '--filestore', '--config', configFile], { env });
+  if (r.code !== 0) throw new Error(`tandem-primary init --filestore --config ${configFile} exited ${r.code}: ${r.stderr}`);
+}
+
 /** Generate a site's keys with the real `tandem-primary init --keys-dir DIR`; throws if it fails. */
 export async function makeKeys(dir: string): Promise<KeyFiles> {
   const r = await runPrimary(['init', '--keys-dir', dir]);

@@ -39,6 +39,7 @@ import {
   dbUrl,
   dropDatabase,
   dumpDatabaseState,
+  initFilestore,
   makeKeys,
   runAgent,
   runPrimary,
@@ -85,6 +86,8 @@ export interface StandbyConfigInput {
   preserve?: string[];
   encryption?: 'age' | 'none';
   restartCommand?: string | null;
+  /** database.create (default true: the fixtures' standby database does not exist before its first apply). */
+  createDatabase?: boolean;
 }
 
 /**
@@ -128,6 +131,7 @@ export async function createStandbySite(root: string, opts: { filestoreUrl?: str
   };
   await writeSitePrimaryConfig(s, s.primary.configFile);
   await writeStandbyConfig(s, s.standby.configFile, { restoreJobs: opts.restoreJobs });
+  await initFilestore(s.primary.configFile, s.env);
   return s;
 }
 
@@ -151,7 +155,11 @@ export function writeSitePrimaryConfig(s: StandbySite, file: string, extra?: Rec
 export async function writeStandbyConfig(s: StandbySite, file: string, c: StandbyConfigInput = {}): Promise<string> {
   const doc: Record<string, unknown> = {
     site: s.site,
-    database: { url: dbUrl(s.standby.db), ...(c.restoreJobs === undefined ? {} : { restoreJobs: c.restoreJobs }) },
+    database: {
+      url: dbUrl(s.standby.db),
+      ...(c.restoreJobs === undefined ? {} : { restoreJobs: c.restoreJobs }),
+      ...(c.createDatabase === false ? {} : { create: true }),
+    },
     paths: { config: s.standby.paths.config, security: s.standby.paths.security, files: s.standby.paths.files },
     config: { preserve: c.preserve ?? ['config.d/db.yml'] },
     filestore: { url: s.filestoreUrl },

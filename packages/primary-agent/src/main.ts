@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { TOOL_VERSION, main } from '@tandem/shared';
 import { backupCommand } from './commands/backup.js';
+import { checkCommand } from './commands/check.js';
 import { initCommand } from './commands/init.js';
 import { listCommand } from './commands/list.js';
 import { pruneCommand } from './commands/prune.js';
@@ -10,5 +11,5 @@ main({
   bin: 'tandem-primary',
   version: TOOL_VERSION,
   description: 'makes encrypted, signed backup sets of a site and uploads them to a filestore',
-  commands: [initCommand, backupCommand, listCommand, runCommand, pruneCommand],
+  commands: [initCommand, checkCommand, backupCommand, listCommand, runCommand, pruneCommand],
 });

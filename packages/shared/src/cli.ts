@@ -1,6 +1,8 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { TandemError, describeError } from './errors.js';
+import { Interrupted } from './interrupts.js';
 import { createLogger, type Logger } from './logger.js';
+import { clearStatusLine } from './status-line.js';
 
 /**
  * The command-line frame shared by both agents: subcommand dispatch, --help on every command,
@@ -25,7 +27,20 @@ export interface Command {
   positionals?: { min: number; max: number };
   /** Returns the exit code (default 0). */
   run(ctx: CommandContext): Promise<number | void>;
+  /**
+   * A command that reports failure its own way (a monitoring plugin's first line and exit status):
+   * called instead of the frame's message when its arguments cannot be parsed, the environment is
+   * bad or `run` throws, with the raw arguments and stdout. Returns the exit code, or undefined to
+   * leave the error to the frame.
+   */
+  reportError?(err: unknown, args: string[], out: (line: string) => void): number | undefined;
 }
+
+const stdoutLine = (line: string): void => void process.stdout.write(`${line}\n`);
+
+/** A usage error (unknown option, missing value, wrong argument count) as the error a command's reportError gets. */
+const usageError = (p: Program, cmd: Command, message: string): TandemError =>
+  new TandemError('config', 'USAGE', `${p.bin} ${cmd.name}: ${message}`, { hint: `see \`${p.bin} ${cmd.name} --help\`` });
 
 export interface Program {
   bin: string;
@@ -37,10 +52,12 @@ export interface Program {
 function programHelp(p: Program): string {
   const width = Math.max(...p.commands.map((c) => c.name.length));
   const lines = p.commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`);
-  return `${p.bin} ${p.version}: ${p.description}\n\nUsage: ${p.bin} <command> [options]\n\nCommands:\n${lines.join('\n')}\n\nRun \`${p.bin} <command> --help\` for a command's options.\nEnvironment: TANDEM_LOG_LEVEL (info), TANDEM_LOG_FORMAT=json, TANDEM_STATE_DIR.\n`;
+  return `${p.bin} ${p.version}: ${p.description}\n\nUsage: ${p.bin} <command> [options]\n\nCommands:\n${lines.join('\n')}\n\nRun \`${p.bin} <command> --help\` for a command's options.\nEnvironment: TANDEM_LOG_LEVEL (info), TANDEM_LOG_FORMAT (auto: human on a terminal, else json; json; human), TANDEM_STATE_DIR.\nA command stopped by Ctrl-C or SIGTERM cleans up, says what it cleaned up, and exits 130 (SIGINT) or 143 (SIGTERM).\n`;
 }
 
 export function formatError(bin: string, err: unknown): string {
+  // Not a failure: one line, what was cleaned up.
+  if (err instanceof Interrupted) return `${bin}: ${err.message}`;
   if (err instanceof TandemError) {
     let text = `${bin}: error: ${err.message}`;
     if (err.hint) text += `\n  hint: ${err.hint}`;
@@ -72,18 +89,30 @@ export async function runCli(p: Program, argv: string[]): Promise<number> {
   try {
     parsed = parseArgs({ args: rest, options: cmd.options, allowPositionals: true, strict: true });
   } catch (err) {
+    const own = cmd.reportError?.(usageError(p, cmd, describeError(err)), rest, stdoutLine);
+    if (own !== undefined) return own;
     process.stderr.write(`${p.bin} ${cmd.name}: ${describeError(err)}\n  see \`${p.bin} ${cmd.name} --help\`\n`);
     return 2;
   }
   const pos = cmd.positionals ?? { min: 0, max: 0 };
   if (parsed.positionals.length < pos.min || parsed.positionals.length > pos.max) {
     const want = pos.min === pos.max ? `${pos.min}` : `${pos.min} to ${pos.max}`;
+    const own = cmd.reportError?.(usageError(p, cmd, `expected ${want} argument(s), got ${parsed.positionals.length}`), rest, stdoutLine);
+    if (own !== undefined) return own;
     process.stderr.write(
       `${p.bin} ${cmd.name}: expected ${want} argument(s), got ${parsed.positionals.length}\n  see \`${p.bin} ${cmd.name} --help\`\n`,
     );
     return 2;
   }
-  const logger = createLogger({ name: p.bin });
+  let logger: Logger;
+  try {
+    logger = createLogger({ name: p.bin }); // TANDEM_LOG_LEVEL, TANDEM_LOG_FORMAT: a bad value is a usage error
+  } catch (err) {
+    const own = cmd.reportError?.(err, rest, stdoutLine);
+    if (own !== undefined) return own;
+    process.stderr.write(`${formatError(p.bin, err)}\n`);
+    return err instanceof TandemError ? err.exitCode : 70;
+  }
   try {
     const code = await cmd.run({
       values: parsed.values,
@@ -93,13 +122,20 @@ export async function runCli(p: Program, argv: string[]): Promise<number> {
     });
     return code ?? 0;
   } catch (err) {
-    if (err instanceof TandemError) {
+    if (err instanceof Interrupted) {
+      logger.debug({ err, signal: err.signal }, 'command interrupted');
+    } else if (err instanceof TandemError) {
       logger.debug({ err, code: err.code, kind: err.kind }, 'command failed');
     } else {
       logger.error({ err }, 'unexpected failure');
     }
+    clearStatusLine();
+    const own = cmd.reportError?.(err, rest, stdoutLine);
+    if (own !== undefined) return own;
     process.stderr.write(`${formatError(p.bin, err)}\n`);
     return err instanceof TandemError ? err.exitCode : 70;
+  } finally {
+    clearStatusLine();
   }
 }
 

@@ -6,6 +6,7 @@ import { CronExpressionParser } from 'cron-parser';
 import { parseDuration } from './duration.js';
 import { TandemError, isTandemError } from './errors.js';
 import { parseFilestoreUrl } from './filestore/location.js';
+import { expandEnvReferences } from './config-env.js';
 
 /**
  * Configuration: YAML that operators write, validated up front and normalised into typed config.
@@ -123,13 +124,28 @@ const compressionSchema = z.strictObject({
  */
 const rolesMode = z.enum(['require', 'carry'], { message: 'expected "require" (the default) or "carry"' }).default('require');
 
+/**
+ * A daemon's server.tls: with it the server speaks HTTPS/WSS only. clientCaFile: clients must also
+ * present a certificate this CA issued (mutual TLS); tokens are still required. See shared/tls.ts.
+ */
+const serverTlsSchema = z.strictObject({ certFile: nonEmpty, keyFile: nonEmpty, clientCaFile: nonEmpty.optional() });
+
+/** The standby's primary.tls: the CA to trust for the primary's certificate (default: the system's), the client certificate to present. */
+const clientTlsSchema = z
+  .strictObject({ caFile: nonEmpty.optional(), certFile: nonEmpty.optional(), keyFile: nonEmpty.optional() })
+  .superRefine((t, ctx) => {
+    if (t.certFile !== undefined && t.keyFile === undefined) ctx.addIssue({ code: 'custom', path: ['keyFile'], message: 'required with certFile: the private key of the client certificate' });
+    if (t.keyFile !== undefined && t.certFile === undefined) ctx.addIssue({ code: 'custom', path: ['certFile'], message: 'required with keyFile: the client certificate of that key' });
+  });
+
 /** A standby's id (standbyId on the standby, standbys[].id on the primary). */
 const standbyIdSchema = z.string().regex(/^[A-Za-z0-9._-]{1,63}$/, 'expected letters, digits, ".", "_" or "-"');
 
 export const primaryConfigSchema = z.strictObject({
   site: siteName,
   database: databaseSchema.extend({ roles: rolesMode }),
-  paths: z.strictObject({ config: nonEmpty, security: nonEmpty, files: nonEmpty }),
+  /** sentinel: the site's BACKUP file (default <config>/BACKUP, as on the standby): a backup refuses while it exists. */
+  paths: z.strictObject({ config: nonEmpty, security: nonEmpty, files: nonEmpty, sentinel: nonEmpty.optional() }),
   filestore: filestoreSchema,
   encryption: z.enum(['age', 'none'], { message: 'expected "age" (the default) or "none"' }).default('age'),
   keys: z.strictObject({ recipientFile: nonEmpty.optional(), signingKeyFile: nonEmpty }),
@@ -149,7 +165,7 @@ export const primaryConfigSchema = z.strictObject({
    * monitoring token (/status and /metrics only: what Prometheus gets).
    */
   server: z
-    .strictObject({ listen: listenAddress.default('127.0.0.1:7070'), tokenFile: nonEmpty.optional(), readTokenFile: nonEmpty.optional() })
+    .strictObject({ listen: listenAddress.default('127.0.0.1:7070'), tokenFile: nonEmpty.optional(), readTokenFile: nonEmpty.optional(), tls: serverTlsSchema.optional() })
     .default({ listen: '127.0.0.1:7070' }),
   /**
    * The standbys allowed on /v1/stream, each with a token of its own (the standby's
@@ -180,6 +196,12 @@ export const standbyConfigSchema = z.strictObject({
      * own value instead of the primary's, e.g. [statement_timeout].
      */
     preserveSettings: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_.]*$/, 'expected a setting name such as statement_timeout')).default([]),
+    /**
+     * Whether the first apply may create the site's database when it does not exist yet (it is
+     * otherwise refused, naming the database: a misspelt name must not become a new database).
+     * Only while nothing has been applied here; `apply --create-database` allows it at any time.
+     */
+    create: z.boolean().default(false),
   }),
   paths: z.strictObject({
     config: nonEmpty,
@@ -196,8 +218,15 @@ export const standbyConfigSchema = z.strictObject({
   /** The primary's push channel; without it the standby relies on polling alone. */
   primary: z
     .strictObject({
-      url: z.string().regex(/^wss?:\/\/[^/]+/, 'expected ws://host:port or wss://host:port'),
+      url: z.string().regex(/^(wss?|https?):\/\/[^/]+/, 'expected ws://host:port or wss://host:port (https:// is taken as wss://)'),
       tokenFile: nonEmpty.optional(),
+      /** TLS toward the primary (its server.tls): needs a wss:// (or https://) url. */
+      tls: clientTlsSchema.optional(),
+    })
+    .superRefine((p, ctx) => {
+      if (p.tls !== undefined && /^(ws|http):/.test(p.url)) {
+        ctx.addIssue({ code: 'custom', path: ['tls'], message: `TLS settings with a plain ${p.url.split(':')[0]}:// primary.url would never be used: make primary.url wss:// (the primary's server.tls), or remove primary.tls` });
+      }
     })
     .optional(),
   pollInterval: duration(1000).default(60_000),
@@ -206,7 +235,7 @@ export const standbyConfigSchema = z.strictObject({
    * tokenFile is refused (standbyServerTokenFile): it used to be the shared token.
    */
   server: z
-    .strictObject({ listen: listenAddress.default('127.0.0.1:7071'), readTokenFile: nonEmpty.optional(), tokenFile: nonEmpty.optional() })
+    .strictObject({ listen: listenAddress.default('127.0.0.1:7071'), readTokenFile: nonEmpty.optional(), tokenFile: nonEmpty.optional(), tls: serverTlsSchema.optional() })
     .default({ listen: '127.0.0.1:7071' }),
   /** A primary heartbeat younger than this means the primary may be alive: promote refuses. */
   heartbeatStaleAfter: duration(1000).default(120_000),
@@ -225,7 +254,7 @@ export const standbyConfigSchema = z.strictObject({
     .default({ maxEntries: 1_000_000 }),
 });
 
-export type PrimaryConfig = z.infer<typeof primaryConfigSchema> & { configFile: string; stateDir: string };
+export type PrimaryConfig = z.infer<typeof primaryConfigSchema> & { configFile: string; stateDir: string; paths: { sentinel: string } };
 export type StandbyConfig = z.infer<typeof standbyConfigSchema> & {
   configFile: string;
   stateDir: string;
@@ -240,21 +269,28 @@ function formatPath(path: ReadonlyArray<PropertyKey>): string {
 /** A check across keys, run on the raw document so that its problems join the schema's. */
 export type CrossCheck = (raw: Record<string, unknown>) => Array<{ path: string; message: string }>;
 
-export function parseConfigText<S extends z.ZodType>(text: string, schema: S, source: string, cross?: CrossCheck): z.infer<S> {
+/**
+ * `env`: where `${NAME}` in values is looked up (config-env.ts); an unset one is reported with the
+ * other problems, and the schema's complaint about the unexpanded value at that path is left out.
+ */
+export function parseConfigText<S extends z.ZodType>(text: string, schema: S, source: string, cross?: CrossCheck, env: NodeJS.ProcessEnv = process.env): z.infer<S> {
   const doc = parseDocument(text, { prettyErrors: true });
   if (doc.errors.length > 0) {
     const lines = doc.errors.map((e) => `  - ${e.message.split('\n')[0]}`);
     throw new TandemError('config', 'CONFIG_YAML', `${source}: not valid YAML:\n${lines.join('\n')}`);
   }
+  const envProblems = expandEnvReferences(doc, env);
   const raw: unknown = doc.toJS();
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
     throw new TandemError('config', 'CONFIG_INVALID', `${source}: expected a mapping of keys (site:, database:, ...) at the top level`);
   }
   const result = schema.safeParse(raw);
   const crossProblems = (cross?.(raw as Record<string, unknown>) ?? []).map((p) => `  - ${p.path}: ${p.message}`);
-  if (!result.success || crossProblems.length > 0) {
-    const problems: string[] = [];
+  if (!result.success || crossProblems.length > 0 || envProblems.length > 0) {
+    const problems: string[] = envProblems.map((p) => `  - ${p.path}: ${p.message}`);
+    const unexpanded = new Set(envProblems.map((p) => p.path));
     for (const issue of result.success ? [] : result.error.issues) {
+      if (unexpanded.has(formatPath(issue.path))) continue;
       if (issue.code === 'unrecognized_keys') {
         for (const key of issue.keys) {
           problems.push(`  - ${formatPath([...issue.path, key])}: unknown key (misspelt, or meant for the other agent?)`);
@@ -297,6 +333,17 @@ function requireKeyWhileEncrypted(raw: Record<string, unknown>, key: string, wha
 
 const abs = (base: string, p: string): string => (isAbsolute(p) ? p : resolve(base, p));
 const absOpt = (base: string, p: string | undefined): string | undefined => (p === undefined ? undefined : abs(base, p));
+const absServerTls = (base: string, t: z.infer<typeof serverTlsSchema> | undefined) =>
+  t === undefined ? undefined : { certFile: abs(base, t.certFile), keyFile: abs(base, t.keyFile), clientCaFile: absOpt(base, t.clientCaFile) };
+const absClientTls = (base: string, t: z.infer<typeof clientTlsSchema> | undefined) =>
+  t === undefined ? undefined : { caFile: absOpt(base, t.caFile), certFile: absOpt(base, t.certFile), keyFile: absOpt(base, t.keyFile) };
+
+/**
+ * The site's BACKUP sentinel (paths.sentinel), the same for both agents: as configured (relative to
+ * the config file), else `BACKUP` in the site's config dir.
+ */
+export const sentinelPath = (base: string, configDir: string, configured: string | undefined): string =>
+  configured ? abs(base, configured) : resolve(configDir, 'BACKUP');
 
 export function defaultStateDir(site: string): string {
   if (process.env.TANDEM_STATE_DIR) return resolve(process.env.TANDEM_STATE_DIR, site);
@@ -315,9 +362,14 @@ export function loadPrimaryConfig(file: string): PrimaryConfig {
     ...c,
     configFile,
     database: { ...c.database, passwordFile: absOpt(base, c.database.passwordFile), binDir: absOpt(base, c.database.binDir) },
-    paths: { config: abs(base, c.paths.config), security: abs(base, c.paths.security), files: abs(base, c.paths.files) },
+    paths: {
+      config: abs(base, c.paths.config),
+      security: abs(base, c.paths.security),
+      files: abs(base, c.paths.files),
+      sentinel: sentinelPath(base, abs(base, c.paths.config), c.paths.sentinel),
+    },
     keys: { recipientFile: absOpt(base, c.keys.recipientFile), signingKeyFile: abs(base, c.keys.signingKeyFile) },
-    server: { ...c.server, tokenFile: absOpt(base, c.server.tokenFile), readTokenFile: absOpt(base, c.server.readTokenFile) },
+    server: { ...c.server, tokenFile: absOpt(base, c.server.tokenFile), readTokenFile: absOpt(base, c.server.readTokenFile), tls: absServerTls(base, c.server.tls) },
     standbys: c.standbys.map((sb) => ({ id: sb.id, tokenFile: abs(base, sb.tokenFile) })),
     stateDir: c.stateDir ? abs(base, c.stateDir) : defaultStateDir(c.site),
   };
@@ -352,11 +404,11 @@ export function loadStandbyConfig(file: string): StandbyConfig {
       config,
       security: abs(base, c.paths.security),
       files: abs(base, c.paths.files),
-      sentinel: c.paths.sentinel ? abs(base, c.paths.sentinel) : resolve(config, 'BACKUP'),
+      sentinel: sentinelPath(base, config, c.paths.sentinel),
     },
     keys: { identityFile: absOpt(base, c.keys.identityFile), verifyKeyFile: abs(base, c.keys.verifyKeyFile) },
-    primary: c.primary ? { ...c.primary, tokenFile: absOpt(base, c.primary.tokenFile) } : undefined,
-    server: { listen: c.server.listen, readTokenFile: absOpt(base, c.server.readTokenFile) },
+    primary: c.primary ? { ...c.primary, tokenFile: absOpt(base, c.primary.tokenFile), tls: absClientTls(base, c.primary.tls) } : undefined,
+    server: { listen: c.server.listen, readTokenFile: absOpt(base, c.server.readTokenFile), tls: absServerTls(base, c.server.tls) },
     stateDir: c.stateDir ? abs(base, c.stateDir) : defaultStateDir(c.site),
   };
 }

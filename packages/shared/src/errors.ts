@@ -13,7 +13,7 @@ export type ErrorKind =
   | 'integrity' // bytes do not match what was signed: tampering or corruption
   | 'precondition' // a conditional write lost: someone else wrote first
   | 'fenced' // a higher epoch exists: this primary must stop
-  | 'busy' // another run holds the lock
+  | 'busy' // another run holds the lock, or the port: a temporary failure, try again later
   | 'external' // a child process (pg_dump, pg_restore, zstd, restart command) failed
   | 'internal';
 

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm, statfs } from 'node:fs/promises';
 import { dirname, join, basename, resolve } from 'node:path';
 
 /** open() flags for creating a file that must not exist yet, never through a symlink. */
@@ -64,5 +64,15 @@ export async function writeFileAtomic(path: string, data: string | Buffer, mode 
   } catch (err) {
     await rm(tmp, { force: true });
     throw err;
+  }
+}
+
+/** Bytes available to this user on the file system holding `dir`, or undefined if unknown. */
+export async function freeBytes(dir: string): Promise<number | undefined> {
+  try {
+    const s = await statfs(dir);
+    return s.bavail * s.bsize;
+  } catch {
+    return undefined;
   }
 }

@@ -53,13 +53,18 @@ export function connectAddress(listen: string): { host: string; port: number } {
   return { host, port };
 }
 
-/** Listen on host:port (`server.listen`); resolves with the address actually bound (port 0 picks one). */
+/**
+ * Listen on host:port (`server.listen`); resolves with the address actually bound (port 0 picks one).
+ * A port in use is a temporary failure (kind 'busy', exit 75): at boot it may still be held by a
+ * process on its way out, and a service manager should try again rather than give up. An address
+ * not (yet) on this host is temporary too: at boot it may come up after the daemon starts.
+ * Permission denied and anything else is the config's fault (exit 2).
+ */
 export function listenOn(http: Server, listen: string): Promise<string> {
   const { host, port } = splitListen(listen);
   return new Promise((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) => {
-      const why = err.code === 'EADDRINUSE' ? 'the address is in use (another daemon?)' : err.code === 'EACCES' ? 'permission denied' : describeError(err);
-      reject(new TandemError('config', 'LISTEN_FAILED', `cannot listen on ${listen} (server.listen): ${why}`, { hint: 'choose another server.listen, or stop what holds it' }));
+      reject(listenError(listen, port, err));
     };
     http.once('error', onError);
     http.listen(port, host, () => {
@@ -69,6 +74,24 @@ export function listenOn(http: Server, listen: string): Promise<string> {
       resolve(a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
     });
   });
+}
+
+function listenError(listen: string, port: number, err: NodeJS.ErrnoException): TandemError {
+  const where = `cannot listen on ${listen} (server.listen)`;
+  if (err.code === 'EADDRINUSE') {
+    return new TandemError('busy', 'LISTEN_BUSY', `${where}: port ${port} is in use (another daemon?)`, {
+      hint: `stop what holds port ${port} (\`ss -ltnp 'sport = :${port}'\` names it) or choose another server.listen; a service manager should retry (exit 75 is a temporary failure)`,
+      cause: err,
+    });
+  }
+  if (err.code === 'EADDRNOTAVAIL') {
+    return new TandemError('busy', 'LISTEN_BUSY', `${where}: the address is not on this host (not up yet?)`, {
+      hint: 'bring the interface up, or set server.listen to an address of this host; a service manager should retry (exit 75 is a temporary failure)',
+      cause: err,
+    });
+  }
+  const why = err.code === 'EACCES' ? `permission denied (port ${port})` : describeError(err);
+  return new TandemError('config', 'LISTEN_FAILED', `${where}: ${why}`, { hint: 'choose another server.listen', cause: err });
 }
 
 /** Stops accepting and ends every open connection (keep-alive ones too); resolves once closed. */

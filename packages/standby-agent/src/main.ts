@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { TOOL_VERSION, main } from '@tandem/shared';
 import { applyCommand } from './commands/apply.js';
+import { checkCommand } from './commands/check.js';
 import { decryptCommand } from './commands/decrypt.js';
 import { promoteCommand } from './commands/promote.js';
 import { runCommand } from './commands/run.js';
@@ -12,5 +13,5 @@ main({
   bin: 'tandem-standby',
   version: TOOL_VERSION,
   description: 'keeps a standby site equal to the newest committed backup set, and promotes it',
-  commands: [runCommand, statusCommand, applyCommand, verifyCommand, decryptCommand, promoteCommand, switchoverCommand],
+  commands: [runCommand, statusCommand, checkCommand, applyCommand, verifyCommand, decryptCommand, promoteCommand, switchoverCommand],
 });

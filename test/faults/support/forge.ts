@@ -1,8 +1,9 @@
 /**
- * Publish a set whose named artifacts are given as already-sealed stored bytes (for artifacts too
- * large to pass as plaintext), signed with the site's key; the rest is copied from a base set.
+ * Publish a set whose named artifacts are given as already-sealed (zstd + age) stored bytes (for
+ * artifacts too large to pass as plaintext), signed with the site's key; the rest is copied from a
+ * base set.
  */
-import { chunksOf, layout, loadSigningKeyFile, signLatest, signManifest, type ArtifactName, type Manifest } from '@tandem/shared';
+import { artifactFileName, chunksOf, layout, loadSigningKeyFile, signLatest, signManifest, type ArtifactName, type Manifest } from '@tandem/shared';
 import { nextForgedSet, sha256, type StandbySite } from '../../support/standby-helpers.js';
 
 export async function forgeStored(s: StandbySite, baseSetId: string, sealed: Partial<Record<ArtifactName, { stored: Buffer; plainSize: number }>>): Promise<string> {
@@ -12,8 +13,10 @@ export async function forgeStored(s: StandbySite, baseSetId: string, sealed: Par
     for (const a of base.artifacts) {
       const given = sealed[a.name];
       const stored = given?.stored ?? (await fs.getBuffer(layout.artifact(s.site, baseSetId, a.file), { maxBytes: Infinity })).body;
-      await fs.putBuffer(layout.artifact(s.site, setId, a.file), stored);
-      const { chunks: _old, ...whole } = a;
+      // Given bytes are sealed as zstd + age (sealStream), whatever the base set stored: the entry says so.
+      const entry = given ? { ...a, compression: 'zstd' as const, file: artifactFileName(a.name, a.encryption === 'age', true) } : a;
+      await fs.putBuffer(layout.artifact(s.site, setId, entry.file), stored);
+      const { chunks: _old, ...whole } = entry;
       const chunks = chunksOf(stored);
       artifacts.push({ ...whole, storedSize: stored.length, storedSha256: sha256(stored), ...(chunks ? { chunks } : {}), plainSize: given?.plainSize ?? a.plainSize });
     }

@@ -4,6 +4,7 @@ import { Readable, type Duplex } from 'node:stream';
 import {
   ARTIFACT_NAMES,
   TOOL_VERSION,
+  Interrupted,
   TandemError,
   acquireLock,
   agentName,
@@ -17,6 +18,7 @@ import {
   createTarStream,
   databaseName,
   faultPoint,
+  interruptedBy,
   layout,
   loadRecipients,
   loadSigningKeyFile,
@@ -35,12 +37,14 @@ import {
   type Logger,
   type Manifest,
   type PrimaryConfig,
+  type ProgressSink,
   type SetRef,
 } from '@tandem/shared';
 import { stateFiles, writeLastBackup } from '../state-files.js';
 import { probeCompressibility } from './compressibility.js';
 import { readDbMeta } from './db-meta.js';
 import { primaryIdentity, readOrCreateEpoch } from './epoch.js';
+import { configArchiveExcludes, refuseInBackupMode } from './sentinel.js';
 import { uploadArtifact } from './upload-artifact.js';
 
 export interface BackupResult {
@@ -64,6 +68,8 @@ export interface BackupOptions {
    * of leftovers (a daemon pushes `set-committed` from here). Must not throw.
    */
   onCommitted?: (latest: CommittedLatest) => void;
+  /** Told the bytes each artifact's producer yields, as they are read (a terminal's progress line, the daemon's client). */
+  progress?: ProgressSink;
 }
 
 /** What the new latest.json says, and the filestore's version of it. */
@@ -91,7 +97,7 @@ function loadKeys(config: PrimaryConfig, logger: Logger): Keys {
 }
 
 /** Every configured directory must exist before anything is uploaded; report all that do not. */
-async function checkPaths(config: PrimaryConfig): Promise<void> {
+export async function checkPaths(config: PrimaryConfig): Promise<void> {
   const problems: string[] = [];
   for (const name of ['config', 'security', 'files'] as const) {
     const dir = config.paths[name];
@@ -125,7 +131,9 @@ function artifactSource(name: ArtifactName, config: PrimaryConfig, log: Logger, 
       package: 'postgresql-client',
     });
   }
-  const tar = createTarStream(config.paths[name], { label: `paths.${name} (${config.paths[name]})` });
+  // The BACKUP sentinel never goes into a set, even one made while it appeared (sentinel.ts).
+  const exclude = name === 'config' ? configArchiveExcludes(config) : [];
+  const tar = createTarStream(config.paths[name], { label: `paths.${name} (${config.paths[name]})`, exclude });
   // A file written while it was archived is normal on a live site; the set stays consistent with
   // the dump (files are write-once), so this is worth a line in the log, not a failed backup.
   tar.on('child-warning', (text: string) => log.warn({ artifact: name, tar: text }, 'files changed while being archived'));
@@ -135,6 +143,8 @@ function artifactSource(name: ArtifactName, config: PrimaryConfig, log: Logger, 
 export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Promise<BackupResult> {
   const { filestore: fs, logger } = opts;
   const now = opts.now ?? (() => new Date());
+  // This server's site is a standby (the BACKUP sentinel): nothing of it may become a set.
+  await refuseInBackupMode(config, 'backup');
   const keys = loadKeys(config, logger);
   await checkPaths(config);
   const serverVersion = await withPg(config.database, async (c) => {
@@ -144,6 +154,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
 
   const lock = await acquireLock(stateFiles(config.stateDir).backupLock, 'backup', `a backup of site "${config.site}"`);
   const uploaded: string[] = [];
+  let uploading: ArtifactName | null = null;
   const t0 = performance.now();
   let setId = '';
   try {
@@ -181,8 +192,11 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       if (name !== 'db' && name !== 'dbmeta') stages.unshift(createTarCheck(config.paths[name], { label: `paths.${name} (${config.paths[name]})` }));
       if (keys.recipients) stages.push(createAgeEncryptStream(keys.recipients));
       uploaded.push(key);
+      uploading = name;
       faultPoint(`before-artifact:${name}`);
-      const r = await uploadArtifact({ filestore: fs, key, name, source: artifactSource(name, config, log, dbMeta), stages, signal: opts.signal });
+      const progress = opts.progress?.begin(name, name === 'dbmeta' ? dbMeta.length : null);
+      const r = await uploadArtifact({ filestore: fs, key, name, source: artifactSource(name, config, log, dbMeta), stages, signal: opts.signal, progress });
+      uploading = null;
       faultPoint(`after-artifact:${name}`);
       durations[name] = round((performance.now() - t) / 1000);
       artifacts.push({
@@ -256,10 +270,13 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     // A failed run commits nothing: remove what it uploaded, manifest first (if latest.json failed
     // after the manifest went up, the set is withdrawn rather than left committed but unannounced).
     // Best effort: a leftover without a manifest is harmless and removed by the next backup.
+    let kept = 0;
     for (const key of uploaded.reverse()) {
-      await fs.delete(key).catch(() => undefined);
+      await fs.delete(key).catch(() => kept++);
     }
     await writeLastBackup(config.stateDir, { outcome: 'failed', at: now().toISOString(), setId, error: (err as Error).message }).catch(() => undefined);
+    const sig = opts.signal ? interruptedBy(opts.signal) : null;
+    if (sig !== null) throw new Interrupted(sig, interruptedCleanup(setId, uploading, uploaded.length, kept), { cause: err });
     throw err;
   } finally {
     await lock.release();
@@ -273,6 +290,13 @@ async function removeLeftovers(fs: Filestore, site: string, current: SetRef, log
     log.info({ leftover: s.setId, objects: s.objects.length }, 'removing uncommitted leftover of an earlier, interrupted backup');
     for (const o of s.objects) await fs.delete(o.key).catch((err: unknown) => log.warn({ err, key: o.key }, 'could not remove leftover'));
   }
+}
+
+/** What an interrupted backup cleaned up, in words. */
+function interruptedCleanup(setId: string, during: ArtifactName | null, begun: number, kept: number): string {
+  if (setId === '' || begun === 0) return 'the backup was aborted before it uploaded anything; nothing was committed';
+  const removed = `the ${begun} object(s) it had begun uploading for set ${setId} were removed${kept > 0 ? `, but for ${kept} that the next backup removes` : ''}`;
+  return `the backup was aborted${during ? ` during the ${during} artifact` : ''}; nothing was committed, and ${removed}`;
 }
 
 const round = (s: number) => Math.round(s * 1000) / 1000;

@@ -1,6 +1,6 @@
 import { PassThrough, Transform, type Readable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ChunkHasher, HashCounter, faultByteTrigger, type Filestore, type StoredChunks } from '@tandem/shared';
+import { ChunkHasher, HashCounter, faultByteTrigger, type Filestore, type ProgressMeter, type StoredChunks } from '@tandem/shared';
 
 export interface UploadedArtifact {
   storedSize: number;
@@ -10,11 +10,17 @@ export interface UploadedArtifact {
   plainSize: number;
 }
 
-/** Counts bytes flowing through without touching them. */
+/** Counts bytes flowing through without touching them (and tells a progress meter, if any). */
 class ByteCounter extends Transform {
   bytes = 0;
+
+  constructor(private readonly meter?: ProgressMeter) {
+    super();
+  }
+
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null, data?: Buffer) => void): void {
     this.bytes += chunk.length;
+    this.meter?.add(chunk.length);
     cb(null, chunk);
   }
 }
@@ -32,13 +38,16 @@ export async function uploadArtifact(opts: {
   source: Readable;
   stages: Duplex[];
   signal?: AbortSignal;
+  /** Told the producer's bytes as they are read; ended when the upload ends, either way. */
+  progress?: ProgressMeter;
 }): Promise<UploadedArtifact> {
   if (opts.signal?.aborted) {
     // Interrupted between two artifacts: start nothing (and stop the producer already created).
     for (const s of [opts.source, ...opts.stages]) s.destroy();
+    opts.progress?.end();
     opts.signal.throwIfAborted();
   }
-  const plain = new ByteCounter();
+  const plain = new ByteCounter(opts.progress);
   const stored = new HashCounter();
   const chunks = new ChunkHasher();
   const body = new PassThrough({ highWaterMark: 1 << 20 });
@@ -63,6 +72,7 @@ export async function uploadArtifact(opts: {
     if (first !== undefined) throw first;
   } finally {
     opts.signal?.removeEventListener('abort', onOuterAbort);
+    opts.progress?.end();
   }
   const digests = chunks.result();
   return { storedSize: stored.bytes, storedSha256: stored.digest(), ...(digests ? { chunks: digests } : {}), plainSize: plain.bytes };

@@ -8,10 +8,13 @@ import {
   formatIdentityFile,
   generateAgeKeyPair,
   generateSigningKeyPair,
+  loadPrimaryConfig,
+  parseFilestoreUrl,
   requireString,
   writeFileAtomic,
   type Command,
 } from '@tandem/shared';
+import { formatFilestoreInit, initFilestore } from './init-filestore.js';
 
 const KEY_FILES = ['backup.agekey', 'backup.agepub', 'signing.key', 'signing.pub'] as const;
 
@@ -52,11 +55,12 @@ async function keysDir(dir: string): Promise<void> {
 
 export const initCommand: Command = {
   name: 'init',
-  summary: 'generate the encryption and signing keys and the daemon tokens for a site',
-  help: `Usage: tandem-primary init --keys-dir DIR [--standby ID]... [--force]
+  summary: 'generate the keys and tokens for a site, and create its filestore',
+  help: `Usage: tandem-primary init --keys-dir DIR [--standby ID]... [--filestore-url URL] [--force] [--json]
+       tandem-primary init --filestore --config FILE [--json]
 
-Generates the key files and tokens of a site in DIR (made 0700, also when it exists), each
-written 0600, and says which file goes where:
+The first form generates the key files and tokens of a site in DIR (made 0700, also when it
+exists), each written 0600, and says which file goes where:
   backup.agekey   age identity (private): for the standby and for your safe, NOT the primary
   backup.agepub   age recipient (public): the primary encrypts to it
   signing.key     Ed25519 private key: the primary signs manifests with it
@@ -69,16 +73,58 @@ written 0600, and says which file goes where:
                   token for the push channel and a switchover; the primary lists it under
                   standbys: (id, tokenFile), the standby names it as primary.tokenFile
 
+With --filestore-url URL, and in the second form for the filestore an existing config names
+(filestore.url), it creates the filestore: it writes tandem-filestore.json at its root, which
+every tandem command and daemon looks for before it uses a filestore, refusing one without it.
+For a file:// URL this is the one step that creates the directory itself (0700; its parent must
+exist): a filestore directory that goes missing later (a file system that is not mounted, a
+mistyped URL) is refused, never created again. An s3:// bucket must exist; the marker goes at
+the URL's prefix (credentials as for the agent: AWS_ACCESS_KEY_ID, AWS_PROFILE, ...). A filestore
+that has its marker is left as it is (and said so); one used by an earlier tandem, without a
+marker, gets one the same way, its sets untouched.
+
 Options:
-  --keys-dir DIR  where to write the keys (required)
-  --standby ID    a standby's standbyId (repeatable): a token file for each
-  --force         overwrite existing key files (sets made with the old keys stay
-                  readable only with the old backup.agekey)
-  --json          print the written paths as JSON`,
-  options: { 'keys-dir': { type: 'string' }, standby: { type: 'string', multiple: true }, force: { type: 'boolean' }, json: { type: 'boolean' } },
+  --keys-dir DIR       where to write the keys (required in the first form)
+  --standby ID         a standby's standbyId (repeatable): a token file for each
+  --filestore-url URL  also create the filestore at URL (file:///... or s3://bucket/prefix)
+  --force              overwrite existing key files (sets made with the old keys stay
+                       readable only with the old backup.agekey)
+  --filestore          create the filestore that the config names (the second form)
+  --config FILE        with --filestore: the primary agent's config
+  --json               print what was written (the paths, the filestore) as JSON
+
+Exit status: 0 done (also when the filestore existed); 1 failed (e.g. the filestore directory's
+parent does not exist); 2 bad config or usage, key files exist (without --force), or the
+filestore holds a marker that is not tandem's.`,
+  options: {
+    'keys-dir': { type: 'string' },
+    standby: { type: 'string', multiple: true },
+    'filestore-url': { type: 'string' },
+    force: { type: 'boolean' },
+    filestore: { type: 'boolean' },
+    config: { type: 'string', short: 'c' },
+    json: { type: 'boolean' },
+  },
   async run({ values, out }) {
+    if (values.filestore === true) {
+      const extra = ['keys-dir', 'standby', 'filestore-url', 'force'].filter((k) => values[k] !== undefined);
+      if (extra.length > 0) {
+        throw new TandemError('config', 'USAGE', `tandem-primary init --filestore takes --config FILE (and --json), not ${extra.map((k) => `--${k}`).join(', ')}`, {
+          hint: 'create the keys first (tandem-primary init --keys-dir DIR), write the config, then run tandem-primary init --filestore --config FILE',
+        });
+      }
+      const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary init --filestore'));
+      const r = await initFilestore(config.filestore.url, config.filestore.location);
+      out(values.json === true ? JSON.stringify({ filestore: r }) : formatFilestoreInit(r));
+      return;
+    }
+    if (values.config !== undefined) {
+      throw new TandemError('config', 'USAGE', 'tandem-primary init: --config goes with --filestore (tandem-primary init --filestore --config FILE)');
+    }
     const dir = resolve(requireString(values, 'keys-dir', 'tandem-primary init'));
     const standbys = standbyTokenFiles(standbyIds(values.standby));
+    const url = values['filestore-url'];
+    const filestoreAt = typeof url === 'string' ? { url, location: parseFilestoreUrl(url) } : undefined;
     const names = [...KEY_FILES, 'control.token', 'read.token', ...standbys.map((s) => s.file)];
     const path = (f: string) => join(dir, f);
     const existing = names.filter((f) => existsSync(path(f)));
@@ -87,6 +133,8 @@ Options:
         hint: 'overwriting backup.agekey makes every set encrypted to it unreadable unless you kept a copy; pass --force only if that is what you want',
       });
     }
+    // The filestore before the keys: should it fail, nothing is written, and init may run again.
+    const filestore = filestoreAt === undefined ? undefined : await initFilestore(filestoreAt.url, filestoreAt.location);
     await keysDir(dir);
     const age = generateAgeKeyPair();
     const sig = generateSigningKeyPair();
@@ -99,7 +147,7 @@ Options:
     await writeFileAtomic(path('read.token'), token());
     for (const s of standbys) await writeFileAtomic(path(s.file), token());
     if (values.json === true) {
-      out(JSON.stringify({ keysDir: dir, recipient: age.recipient, files: Object.fromEntries(names.map((f) => [f, path(f)])), standbys: standbys.map((s) => ({ id: s.id, tokenFile: path(s.file) })) }));
+      out(JSON.stringify({ keysDir: dir, recipient: age.recipient, files: Object.fromEntries(names.map((f) => [f, path(f)])), standbys: standbys.map((s) => ({ id: s.id, tokenFile: path(s.file) })), ...(filestore === undefined ? {} : { filestore }) }));
       return;
     }
     const entries = standbys.map((s) => `      - id: ${s.id ?? '<the standbyId of that standby>'}\n        tokenFile: ${path(s.file)}`).join('\n');
@@ -120,5 +168,10 @@ the agents refuse key and token files that others can write or that another user
 Store a copy of backup.agekey somewhere safe and offline: every backup set is encrypted to it,
 and losing it means losing the backups. The primary never needs it.
 Recipient: ${age.recipient}`);
+    out(
+      filestore === undefined
+        ? 'Next: write the primary\'s config (its filestore.url says where the backups go), then create the filestore with `tandem-primary init --filestore --config FILE`.'
+        : formatFilestoreInit(filestore),
+    );
   },
 };

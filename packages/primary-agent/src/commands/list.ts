@@ -1,10 +1,12 @@
 import type { KeyObject } from 'node:crypto';
 import {
+  formatBytes,
   layout,
   listSetDirs,
   loadPrimaryConfig,
   openFilestore,
   readVerifiedLatest,
+  requireFilestoreMarker,
   requireString,
   type Command,
   type Filestore,
@@ -40,16 +42,6 @@ export async function setListing(fs: Filestore, site: string, verifyKey: KeyObje
   ].map((s) => (s.setId === latestId ? { ...s, latest: true } : s));
 }
 
-function human(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
-}
-
 export const listCommand: Command = {
   name: 'list',
   summary: 'list the backup sets in the filestore',
@@ -59,6 +51,9 @@ Lists the site's sets, oldest first: id, creation time, stored size, and which o
 names (when it verifies with the public half of keys.signingKeyFile; else a warning says so). Sets without a manifest are leftovers of interrupted backups: they are marked
 "uncommitted", are never applied by a standby, and are removed by the next backup.
 
+A filestore without tandem-filestore.json at its root (see \`tandem-primary init --help\`) is
+refused, exit 2: a missing filestore directory is never created.
+
 Options:
   --config FILE  the primary agent's config (required)
   --json         print a JSON array of {setId, createdAt, committed, latest, objects, bytes}`,
@@ -67,6 +62,7 @@ Options:
     const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary list'));
     const fs = openFilestore(config.filestore.location);
     try {
+      await requireFilestoreMarker(fs, { url: config.filestore.url });
       const sets = await setListing(fs, config.site, retentionVerifyKey(config, logger), logger);
       if (values.json === true) {
         out(JSON.stringify(sets));
@@ -78,7 +74,7 @@ Options:
       }
       for (const s of sets) {
         const state = s.committed ? (s.latest ? 'committed, latest' : 'committed') : 'UNCOMMITTED leftover';
-        out(`${s.setId}  ${s.createdAt ?? '?'}  ${human(s.bytes).padStart(10)}  ${state}`);
+        out(`${s.setId}  ${s.createdAt ?? '?'}  ${formatBytes(s.bytes).padStart(10)}  ${state}`);
       }
     } finally {
       await fs.close();

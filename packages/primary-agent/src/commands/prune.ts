@@ -1,4 +1,4 @@
-import { loadPrimaryConfig, openFilestore, requireString, type Command } from '@tandem/shared';
+import { loadPrimaryConfig, openFilestore, requireFilestoreMarker, requireString, type Command } from '@tandem/shared';
 import { machineTimeZone, runRetention, type RetentionOutcome } from '../retention/run.js';
 
 export function formatRetention(o: RetentionOutcome): string[] {
@@ -43,6 +43,9 @@ Decisions are taken from signed data only, verified with the public half of keys
 when latest.json does not verify (or is missing while sets exist) nothing is deleted and prune
 fails; a set whose manifest does not verify is listed as UNVERIFIED and kept.
 
+A filestore without tandem-filestore.json at its root (see \`tandem-primary init --help\`) is
+refused, exit 2: a missing filestore directory is never created.
+
 Options:
   --config FILE  the primary agent's config (required)
   --dry-run      say what would be deleted and why; delete nothing
@@ -55,6 +58,7 @@ Exit status: 0 done; 1 a filestore error or a set could not be deleted; 2 bad co
     const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary prune'));
     const filestore = openFilestore(config.filestore.location);
     try {
+      await requireFilestoreMarker(filestore, { url: config.filestore.url });
       const outcome = await runRetention(config, {
         filestore,
         logger,

@@ -1,4 +1,4 @@
-import { interruptedBy, loadPrimaryConfig, loadToken, openFilestore, requireString, withInterrupts, type Command } from '@tandem/shared';
+import { MarkerGatedFilestore, holdHangupsUntilServing, interruptedBy, loadPrimaryConfig, loadToken, openFilestore, requireString, withInterrupts, type Command } from '@tandem/shared';
 import { PrimaryDaemon } from '../daemon/daemon.js';
 
 export const runCommand: Command = {
@@ -19,6 +19,10 @@ Runs until SIGTERM or SIGINT:
       /status      JSON: last backup, next run, connected standbys and their lag
                    (monitoring or control token)
       /metrics     Prometheus text (monitoring or control token)
+      /            the status page for a browser: backups, the age of the newest set and each
+                   standby's lag over the last 24 h, what is wrong (the tokens /status takes;
+                   a login form, or /?token=TOKEN once, sets a read-only session cookie)
+      /status/history  JSON the page draws from: 24 h of samples, backups, problems (as /status)
       /v1/backup   POST: a backup now; \`tandem-primary backup\` uses it while the daemon runs
                    (control token)
       /v1/stream   WebSocket push channel, only for the standbys listed under \`standbys:\`,
@@ -26,6 +30,11 @@ Runs until SIGTERM or SIGINT:
     Tokens are sent as "Authorization: Bearer <token>": the control token from
     \`server.tokenFile\` (or TANDEM_TOKEN), the monitoring token from \`server.readTokenFile\`,
     each standby's from its \`standbys[].tokenFile\`; all must differ.
+    With \`server.tls\` (certFile, keyFile, optional clientCaFile) it serves HTTPS and WSS only;
+    with clientCaFile every client must also present a certificate that CA issued (mutual TLS).
+    SIGHUP (\`systemctl reload tandem-primary\` under the unit), or a change to those files,
+    reloads them for new connections; a reload that fails keeps the certificate in use and is
+    logged.
   - stops backing up at once if the filestore's epoch rises above its own (another server was
     promoted): tandem_fenced becomes 1 and \`onFenced\` runs;
   - answers a listed standby's \`tandem-standby switchover\`: runs \`onFenced\` (stop the site's writes),
@@ -33,23 +42,38 @@ Runs until SIGTERM or SIGINT:
     the switchover is called off (then \`onResume\` runs and the schedule resumes); a standby that
     disconnects before it was allowed to promote calls it off at once. Both
     \`onFenced\` and \`onResume\` must be configured for a switchover to be accepted.
-On SIGTERM/SIGINT a running backup is aborted (nothing is committed) and the daemon exits 0.
+On SIGTERM/SIGINT a running backup is aborted (nothing is committed), a last heartbeat.json saying
+"stopped" is written (a standby's promote then need not wait for it to go stale) and the daemon
+exits 0.
 stateDir/daemon.json {pid, listen, startedAt} exists while it runs.
+
+A filestore without tandem-filestore.json (see \`tandem-primary init --help\`), or one that cannot
+be read, is logged at start; the daemon runs on, writes nothing to it, and checks again at every
+heartbeat and backup until it is there.
 
 Options:
   --config FILE  the primary agent's config (required)
 
-Exit status: 0 stopped by a signal; 1 failed to start; 2 bad config; 75 a daemon already runs.`,
+Refuses to start (exit 2) while the site's BACKUP sentinel exists (paths.sentinel, default
+<paths.config>/BACKUP): the site on this server is a standby, and a backup of it would become the
+newest set; each backup, scheduled or requested, checks it again.
+
+Exit status: 0 stopped by a signal; 1 failed to start; 2 bad config, or the site here is a
+standby; 75 a temporary failure: a daemon already runs, or the HTTP port (server.listen) is taken.`,
   options: { config: { type: 'string', short: 'c' } },
   async run({ values, logger }) {
     const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary run'));
     const token = loadToken({ tokenFile: config.server.tokenFile, key: 'server.tokenFile', logger });
+    const releaseHangups = holdHangupsUntilServing(logger);
     // Signals are caught from here on, so that one arriving during the start-up is a clean stop too.
     return withInterrupts(
       logger,
       'daemon',
       async (signal) => {
-        const filestore = openFilestore(config.filestore.location);
+        // The filestore's marker is read once, at start (not awaited: the daemon serves first);
+        // until it is there, every filestore operation of the daemon fails with why, and tries again.
+        const filestore = new MarkerGatedFilestore(openFilestore(config.filestore.location), { url: config.filestore.url });
+        void filestore.checkAtStart(logger, 'nothing is backed up and no heartbeat is written until it is; every heartbeat and backup checks again');
         let daemon: PrimaryDaemon | null = null;
         try {
           daemon = new PrimaryDaemon({ config, filestore, logger, token });
@@ -65,6 +89,7 @@ Exit status: 0 stopped by a signal; 1 failed to start; 2 bad config; 75 a daemon
           throw err;
         } finally {
           await filestore.close();
+          releaseHangups();
         }
       },
       // The daemon logs its shutdown; a second signal only says what it waits for.

@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { TandemError, describeError, isTandemError, type Filestore, type Logger, type PrimaryConfig } from '@tandem/shared';
+import { ProgressTracker, TandemError, describeError, isTandemError, type ArtifactProgress, type Filestore, type Logger, type PrimaryConfig } from '@tandem/shared';
 import { runBackup, type BackupResult, type CommittedLatest } from '../backup/run-backup.js';
 import { runRetention } from '../retention/run.js';
 import type { AppliedRecord } from '../retention/plan.js';
@@ -40,6 +40,8 @@ export interface RunningBackup {
   startedAt: Date;
   ac: AbortController;
   promise: Promise<BackupResult>;
+  /** The artifacts being uploaded: /status and a waiting `tandem-primary backup` show them. */
+  progress: ProgressTracker;
 }
 
 export interface BackupRunnerOptions {
@@ -61,6 +63,8 @@ export interface BackupRunnerOptions {
   onCommitted(l: CommittedLatest, trigger: Trigger): void;
   /** After the bookkeeping of a committed set: a heartbeat now. */
   afterCommit(): void;
+  /** A run ended (committed, failed or aborted): the status page lists it. */
+  onRunEnded?(run: LastRun): void;
 }
 
 export class BackupRunner {
@@ -169,6 +173,7 @@ export class BackupRunner {
       );
     }
     const ac = new AbortController();
+    const progress = new ProgressTracker();
     const startedAt = this.opts.clock.now();
     const log = this.log.child({ trigger });
     const promise = (async () => {
@@ -182,6 +187,7 @@ export class BackupRunner {
           filestore: abortableFilestore(this.opts.filestore, ac.signal),
           logger: log,
           signal: ac.signal,
+          progress,
           // The push goes out the moment latest.json names the set, before any local bookkeeping.
           onCommitted: (l) => this.opts.onCommitted(l, trigger),
         });
@@ -194,7 +200,7 @@ export class BackupRunner {
         this.current = null;
       }
     })();
-    this.current = { trigger, startedAt, ac, promise };
+    this.current = { trigger, startedAt, ac, promise, progress };
     return promise;
   }
 
@@ -216,6 +222,7 @@ export class BackupRunner {
     this.setBackupMetrics(this.last);
     metrics.lastBackupSuccess.set(1);
     metrics.backupsTotal.inc({ outcome: 'ok' });
+    this.opts.onRunEnded?.(this.last);
     this.retryAttempt = 0;
     this.opts.scheduler.cancelRetry();
     this.opts.fencing.committed(r.epoch); // runBackup checked that epoch.json names this server in it
@@ -241,6 +248,7 @@ export class BackupRunner {
     };
     metrics.lastBackupSuccess.set(0);
     metrics.backupsTotal.inc({ outcome });
+    this.opts.onRunEnded?.(this.last);
     if (aborted) {
       this.log.warn({ trigger }, 'backup aborted; nothing committed');
       return;
@@ -264,15 +272,21 @@ export class BackupRunner {
     }
   }
 
-  /** POST /v1/backup: the set, or the error with its HTTP status. */
-  async request(): Promise<{ status: number; body: unknown }> {
+  /** POST /v1/backup: the set, or the error with its HTTP status; `onProgress` is told the upload's progress about 4 times a second. */
+  async request(onProgress?: (artifacts: ArtifactProgress[]) => void): Promise<{ status: number; body: unknown }> {
     this.log.info('backup requested over HTTP (tandem-primary backup)');
+    let timer: NodeJS.Timeout | undefined;
     try {
-      return { status: 200, body: await this.backupNow('request') };
+      const run = this.backupNow('request');
+      const tracker = this.current?.progress;
+      if (onProgress && tracker) timer = setInterval(() => onProgress(tracker.snapshot()), PROGRESS_EVERY_MS);
+      return { status: 200, body: await run };
     } catch (err) {
       const kind = isTandemError(err) ? err.kind : 'internal';
       const status = kind === 'busy' ? 409 : kind === 'fenced' || (isTandemError(err) && err.code === 'SHUTTING_DOWN') ? 503 : 500;
       return { status, body: errorBody(err) };
+    } finally {
+      clearInterval(timer);
     }
   }
 
@@ -324,7 +338,7 @@ export class BackupRunner {
   status(): { backupRunning: unknown; lastBackup: unknown; lastSuccessAt: string | null } {
     const last = this.last;
     return {
-      backupRunning: this.current ? { trigger: this.current.trigger, startedAt: this.current.startedAt.toISOString() } : null,
+      backupRunning: this.current ? { trigger: this.current.trigger, startedAt: this.current.startedAt.toISOString(), artifacts: this.current.progress.snapshot() } : null,
       lastBackup: last
         ? {
             id: last.setId,
@@ -340,5 +354,8 @@ export class BackupRunner {
     };
   }
 }
+
+/** How often a waiting client is sent the backup's progress. */
+const PROGRESS_EVERY_MS = 250;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());

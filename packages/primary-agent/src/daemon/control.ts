@@ -1,6 +1,6 @@
-import { request } from 'node:http';
+import { request, type IncomingMessage } from 'node:http';
 import { readFile, rm } from 'node:fs/promises';
-import { TandemError, connectAddress, describeError, pidAlive, writeFileAtomic, type ErrorKind } from '@tandem/shared';
+import { TandemError, connectAddress, describeError, describeTlsFailure, localDaemonConnection, pidAlive, writeFileAtomic, type ArtifactProgress, type ErrorKind, type ServerTlsConfig } from '@tandem/shared';
 import type { BackupResult } from '../backup/run-backup.js';
 import { stateFiles } from '../state-files.js';
 
@@ -47,11 +47,17 @@ export async function findDaemon(stateDir: string): Promise<DaemonInfo | null> {
   return info !== null && info.pid !== process.pid && pidAlive(info.pid) ? info : null;
 }
 
-/** Whether a tandem daemon answers GET /healthz at `listen` (within `timeoutMs`). */
-export function probeDaemon(listen: string, timeoutMs = 2000): Promise<boolean> {
+/**
+ * How a command reaches the daemon it runs beside: plain HTTP, or with server.tls over TLS with the
+ * daemon's certificate pinned (localDaemonConnection).
+ */
+const overTls = (tls: ServerTlsConfig | undefined, timeoutMs?: number) => (tls === undefined ? {} : { createConnection: localDaemonConnection(tls, { timeoutMs }) });
+
+/** Whether a tandem daemon answers GET /healthz at `listen` (within `timeoutMs`); `tls`: its server.tls. */
+export function probeDaemon(listen: string, timeoutMs = 2000, tls?: ServerTlsConfig): Promise<boolean> {
   const { host, port } = connectAddress(listen);
   return new Promise((resolve) => {
-    const req = request({ host, port, method: 'GET', path: '/healthz', timeout: timeoutMs }, (res) => {
+    const req = request({ host, port, method: 'GET', path: '/healthz', timeout: timeoutMs, ...overTls(tls, timeoutMs) }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => {
@@ -108,12 +114,17 @@ function errorFrom(status: number, text: string, listen: string): TandemError {
 /**
  * POST /v1/backup and wait (without a time limit: a backup takes as long as it takes) for the result.
  * Throws DaemonUnreachable when no connection could be made, TandemError for the daemon's answer.
+ * With `onProgress`, the daemon is asked for its progress too, given to it as it comes.
  */
-export function requestBackup(info: DaemonInfo, token: string, opts: { connectTimeoutMs?: number } = {}): Promise<BackupResult> {
+export function requestBackup(
+  info: DaemonInfo,
+  token: string,
+  opts: { connectTimeoutMs?: number; tls?: ServerTlsConfig; onProgress?: (artifacts: ArtifactProgress[]) => void } = {},
+): Promise<BackupResult> {
   const { host, port } = connectAddress(info.listen);
   return new Promise((resolve, reject) => {
     let connected = false;
-    const req = request({ host, port, method: 'POST', path: '/v1/backup', headers: { authorization: `Bearer ${token}`, 'content-length': 0 } });
+    const req = request({ host, port, method: 'POST', path: '/v1/backup', headers: { authorization: `Bearer ${token}`, 'content-length': 0, ...progressAccept(opts.onProgress) }, ...overTls(opts.tls, opts.connectTimeoutMs ?? 5000) });
     const connectTimer = setTimeout(() => req.destroy(new TandemError('transient', 'DAEMON_CONNECT_TIMEOUT', `no connection within ${opts.connectTimeoutMs ?? 5000} ms`)), opts.connectTimeoutMs ?? 5000);
     req.on('socket', (socket) => {
       const done = () => {
@@ -125,7 +136,10 @@ export function requestBackup(info: DaemonInfo, token: string, opts: { connectTi
     });
     req.on('error', (err) => {
       clearTimeout(connectTimer);
-      if (!connected) reject(new DaemonUnreachable(`cannot reach the daemon at ${info.listen} (pid ${info.pid}): ${describeError(err)}`));
+      // Under mutual TLS a refused client certificate is told after the handshake, on the first read.
+      const tlsRefusal = opts.tls === undefined ? null : describeTlsFailure(err, `the daemon at ${info.listen}`, 'server.tls');
+      if (tlsRefusal !== null) reject(tlsRefusal);
+      else if (!connected) reject(new DaemonUnreachable(`cannot reach the daemon at ${info.listen} (pid ${info.pid}): ${describeError(err)}`));
       else {
         reject(
           new TandemError('external', 'DAEMON_CONNECTION_LOST', `lost the connection to the daemon at ${info.listen} while it was backing up: ${describeError(err)}`, {
@@ -135,6 +149,10 @@ export function requestBackup(info: DaemonInfo, token: string, opts: { connectTi
       }
     });
     req.on('response', (res) => {
+      if (opts.onProgress && isProgressStream(res)) {
+        readProgressStream(res, opts.onProgress, info.listen).then(resolve, reject);
+        return;
+      }
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('error', (err) => reject(new TandemError('external', 'DAEMON_CONNECTION_LOST', `reading the daemon's answer: ${describeError(err)}`)));
@@ -155,3 +173,45 @@ export function requestBackup(info: DaemonInfo, token: string, opts: { connectTi
   });
 }
 
+/** The media type of POST /v1/backup's answer with progress (backup-stream.ts). */
+export const BACKUP_PROGRESS_TYPE = 'application/x-ndjson';
+
+const progressAccept = (onProgress: unknown): Record<string, string> => (onProgress ? { accept: `${BACKUP_PROGRESS_TYPE}, application/json` } : {});
+
+const isProgressStream = (res: IncomingMessage): boolean => res.statusCode === 200 && (res.headers['content-type'] ?? '').startsWith(BACKUP_PROGRESS_TYPE);
+
+/**
+ * The streamed answer: one JSON object a line, {"progress": [...]} while the backup runs, then
+ * {"result": BackupResult} or {"status": <HTTP status>, "error": {...}}.
+ */
+async function readProgressStream(res: IncomingMessage, onProgress: (artifacts: ArtifactProgress[]) => void, listen: string): Promise<BackupResult> {
+  const lost = (why: string) =>
+    new TandemError('external', 'DAEMON_CONNECTION_LOST', `lost the connection to the daemon at ${listen} while it was backing up: ${why}`, {
+      hint: 'the backup may or may not have been committed: see `tandem-primary list` and the daemon log',
+    });
+  let rest = '';
+  try {
+    for await (const chunk of res) {
+      rest += (chunk as Buffer).toString('utf8');
+      let nl: number;
+      while ((nl = rest.indexOf('\n')) >= 0) {
+        const line = rest.slice(0, nl).trim();
+        rest = rest.slice(nl + 1);
+        if (line === '') continue;
+        let msg: { progress?: ArtifactProgress[]; result?: BackupResult; status?: number; error?: unknown };
+        try {
+          msg = JSON.parse(line) as typeof msg;
+        } catch {
+          throw new TandemError('external', 'DAEMON_ERROR', `the daemon at ${listen} answered with something that is not JSON`);
+        }
+        if (Array.isArray(msg.progress)) onProgress(msg.progress);
+        else if (msg.result !== undefined) return msg.result;
+        else if (msg.error !== undefined) throw errorFrom(msg.status ?? 500, JSON.stringify({ error: msg.error }), listen);
+      }
+    }
+  } catch (err) {
+    if (err instanceof TandemError) throw err;
+    throw lost(describeError(err));
+  }
+  throw lost('the answer ended before the result');
+}

@@ -2,6 +2,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { CLOSE_CODES, loadSigningKeyFile, type Filestore, type Logger, type PrimaryConfig, type PrimaryHello } from '@tandem/shared';
 import { primaryIdentity } from '../backup/epoch.js';
 import type { BackupResult } from '../backup/run-backup.js';
+import { refuseInBackupMode } from '../backup/sentinel.js';
 import { machineTimeZone } from '../retention/run.js';
 import { BackupRunner, type Trigger } from './backup-runner.js';
 import { Fencing } from './fencing.js';
@@ -9,6 +10,7 @@ import { HeartbeatLoop } from './heartbeat.js';
 import { LatestSet } from './latest.js';
 import { DaemonLifecycle } from './lifecycle.js';
 import { DaemonMetrics } from './metrics.js';
+import { PrimaryHistory, type PrimaryPageState } from './page.js';
 import { Scheduler, systemClock, type Clock } from './scheduler.js';
 import { StandbyHub } from './standbys.js';
 import { SwitchoverCoordinator } from './switchover.js';
@@ -30,7 +32,7 @@ export type { LastRun, Trigger } from './backup-runner.js';
  * - a planned switchover (switchover.ts): onFenced, a final backup, a hold without backups; it ends
  *   fenced (the standby promoted) or called off (onResume);
  * - the process (lifecycle.ts): one daemon per state directory, the HTTP/WebSocket server, the
- *   shutdown.
+ *   shutdown, whose last heartbeat.json says "stopped" (heartbeat.ts).
  *
  * Filestore errors are logged, counted (tandem_filestore_errors_total) and retried on the next tick
  * or run; nothing a standby sends can stop the daemon.
@@ -71,6 +73,10 @@ export class PrimaryDaemon {
   private readonly latest: LatestSet;
   private readonly heartbeat: HeartbeatLoop;
   private readonly life: DaemonLifecycle;
+  /** What the status page draws: the newest set's age, the standbys' lag, the backups (page.ts). */
+  private readonly history: PrimaryHistory;
+  /** start() completed: the daemon served and ran its heartbeat loop. */
+  private started = false;
 
   constructor(opts: DaemonOptions) {
     const { config, filestore, logger } = opts;
@@ -157,6 +163,7 @@ export class PrimaryDaemon {
       isStopping,
       onCommitted: (l, trigger) => this.latest.committed(l, trigger),
       afterCommit: () => void this.heartbeat.tick(),
+      onRunEnded: (run) => this.history.noteRun(run),
     });
     this.latest = new LatestSet({
       site: config.site,
@@ -183,6 +190,12 @@ export class PrimaryDaemon {
       lastRun: () => this.runner.lastRun,
       isStopping,
     });
+    this.history = new PrimaryHistory({
+      now: () => this.clock.now(),
+      latest: () => this.latest.current,
+      standbys: () => this.hub.list(),
+      fenced: () => this.fencing.fenced,
+    });
     this.life = new DaemonLifecycle({
       config,
       logger,
@@ -191,8 +204,9 @@ export class PrimaryDaemon {
       hub: this.hub,
       handlers: {
         status: () => this.status(),
+        history: () => this.history.doc(this.pageState()),
         metrics: async () => ({ contentType: this.metrics.contentType, body: await this.metrics.text() }),
-        backup: () => this.runner.request(),
+        backup: (onProgress) => this.runner.request(onProgress),
         refuseUpgrade: () => (this.fencing.fenced ? '503 Service Unavailable' : this.life.stopping ? '503 Service Unavailable' : null),
       },
     });
@@ -205,10 +219,14 @@ export class PrimaryDaemon {
 
   async start(): Promise<{ listen: string; nextRunAt: Date | null; missed: boolean }> {
     const { config } = this;
+    // The site here is a standby (the BACKUP sentinel): no heartbeat, no schedule, exit 2.
+    await refuseInBackupMode(config, 'daemon');
     await this.life.claim();
     await this.runner.loadLastRun();
+    if (this.runner.lastRun !== null) this.history.noteRun(this.runner.lastRun);
     // Serve first (health checks, status), then look at the filestore, which may be slow or down.
     const listen = await this.life.listen();
+    this.history.start();
     await this.switchover.recover(); // a hold a stopped daemon left: before the epoch check, which may end it
     await this.heartbeat.refresh('reading epoch.json and latest.json at start-up');
 
@@ -219,12 +237,13 @@ export class PrimaryDaemon {
       this.log.info({ scheduledAt: m.scheduledAt.toISOString(), lastSuccessAt: lastSuccess?.toISOString() ?? null }, 'the last scheduled backup was missed: running it now');
     }
     void this.heartbeat.tick();
+    this.started = true;
     const nextRunAt = this.fencing.fenced ? null : this.scheduler.nextRunAt;
     this.log.info(
       {
         listen,
-        url: `http://${listen}`,
-        stream: `ws://${listen}/v1/stream`,
+        url: `${this.life.scheme}://${listen}`,
+        stream: `${this.life.scheme === 'https' ? 'wss' : 'ws'}://${listen}/v1/stream`,
         site: config.site,
         epoch: this.fencing.epoch,
         schedule: config.schedule,
@@ -232,18 +251,26 @@ export class PrimaryDaemon {
         nextRunAt: nextRunAt?.toISOString() ?? null,
         filestore: this.fs.description,
       },
-      `tandem-primary daemon ready: listening on http://${listen} (site "${config.site}", next backup ${nextRunAt?.toISOString() ?? 'none'})`,
+      `tandem-primary daemon ready: listening on ${this.life.scheme}://${listen} (site "${config.site}", next backup ${nextRunAt?.toISOString() ?? 'none'})`,
     );
     return { listen, nextRunAt, missed: m.missed };
   }
 
-  /** Stop the schedule, abort a running backup (nothing is committed), close the server. */
+  /**
+   * Stop the schedule, abort a running backup (nothing is committed), write the last heartbeat
+   * (state "stopped": a standby may promote at once), close the server. The stopped heartbeat is
+   * written only by a daemon that started and wrote running heartbeats itself: after a failed start
+   * (the port taken, a sentinel, another daemon running) heartbeat.json is left as it is, since the
+   * primary it names may be running elsewhere.
+   */
   stop(reason = 'stop requested'): Promise<void> {
     return this.life.stop(reason, async () => {
       this.scheduler.stop();
       this.heartbeat.stop();
       await this.switchover.stop();
       await this.runner.stop(reason);
+      this.history.stop();
+      if (this.started) await this.heartbeat.writeStopped();
     });
   }
 
@@ -254,6 +281,21 @@ export class PrimaryDaemon {
 
   private hello(): PrimaryHello {
     return { type: 'hello', site: this.config.site, epoch: this.fencing.epoch, latestSetId: this.latest.current?.setId ?? null, serverTime: this.clock.now().toISOString() };
+  }
+
+  /** What the status page's problems are judged from. */
+  private pageState(): PrimaryPageState {
+    return {
+      now: this.clock.now(),
+      epoch: this.fencing.epoch,
+      fenced: this.fencing.state,
+      lastRun: this.runner.lastRun,
+      latest: this.latest.current,
+      heartbeat: this.heartbeat.state,
+      standbys: this.hub.list(),
+      configuredStandbys: this.config.standbys.map((s) => s.id),
+      switchoverHold: this.switchover.holding() ? this.switchover.describeHold() : null,
+    };
   }
 
   status(): Record<string, unknown> {

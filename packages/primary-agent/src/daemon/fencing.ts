@@ -1,4 +1,5 @@
 import {
+  FencedError,
   checkFenced,
   fencedError,
   isTandemError,
@@ -6,12 +7,12 @@ import {
   onFencedEnv,
   readEpochDoc,
   type AgentIdentity,
-  type FencedError,
   type Filestore,
   type Logger,
   type PrimaryConfig,
 } from '@tandem/shared';
 import { readOrCreateEpoch } from '../backup/epoch.js';
+import { recordHeldEpoch } from '../backup/held-epoch.js';
 import { runHook } from '../hooks.js';
 import type { DaemonMetrics } from './metrics.js';
 import type { Clock } from './scheduler.js';
@@ -22,7 +23,9 @@ import type { Clock } from './scheduler.js';
  * the epoch it checked. A higher epoch, the same epoch naming another agent, or a latest.json of a
  * higher epoch fences this primary for good: no more backups or heartbeats, the standbys'
  * connections closed (4003), tandem_fenced 1, and onFenced runs (unless it ran for the switchover
- * that ended this way).
+ * that ended this way). A daemon whose agent epoch.json never named (a standby's server, another
+ * state directory) is stopped the same way but told it is not the site's primary, and onFenced
+ * does not run: the site it would stop is not the primary's.
  */
 export interface FencedState {
   /** The epoch epoch.json (or latest.json) showed, when known. */
@@ -51,6 +54,9 @@ export interface FencingOptions {
 export class Fencing {
   private epochNow: number | null = null;
   private fencedState: FencedState | null = null;
+  /** epoch.json never named this agent: it is not a replaced primary (see FencedError.neverPrimary). */
+  private neverPrimary = false;
+  private fencedHint: string | undefined;
 
   constructor(private readonly opts: FencingOptions) {}
 
@@ -78,6 +84,11 @@ export class Fencing {
         this.epochNow = (await readOrCreateEpoch(fs, config, this.opts.logger)).epoch;
       } catch (err) {
         if (!isTandemError(err, 'fenced')) throw err;
+        if (err instanceof FencedError) {
+          this.epochNow = err.epoch;
+          this.neverPrimary = err.neverPrimary;
+          this.fencedHint = err.hint;
+        }
         // Who the primary is now: a switchover recovered at start-up ends complete if it is its standby.
         const current = await readEpochDoc(fs, config.site).catch(() => null);
         this.fence(current?.doc.epoch ?? null, err.message, current?.doc.primaryHost ?? null);
@@ -89,10 +100,16 @@ export class Fencing {
     // Raised naming this very agent (a promote of the standby that shares this state directory): its epoch now.
     if (namesAgent(current.doc, self) && current.doc.epoch > this.epochNow) {
       this.epochNow = current.doc.epoch;
+      await recordHeldEpoch(config.stateDir, config.site, self.id, current.doc.epoch).catch((err: unknown) =>
+        this.opts.logger.warn({ err }, 'could not record the epoch this primary holds (held-epoch.json); fencing is not affected'),
+      );
       return;
     }
     const check = checkFenced(current.doc, { ...self, epoch: this.epochNow }, config.site);
-    if (check.fenced) this.fence(check.current.epoch, check.message, check.current.primaryHost);
+    if (check.fenced) {
+      this.fencedHint ??= check.hint;
+      this.fence(check.current.epoch, check.message, check.current.primaryHost);
+    }
   }
 
   /** Before a backup uploads anything: throws FENCED when epoch.json no longer names this primary. */
@@ -114,9 +131,15 @@ export class Fencing {
   }
 
   error(): FencedError {
+    const filestoreEpoch = this.fencedState?.filestoreEpoch ?? null;
+    // Not a primary at all: the reason says so itself, and what to do differs.
+    if (this.neverPrimary) {
+      return fencedError(this.fencedState?.why ?? "this server is not the site's primary", { hint: this.fencedHint, epoch: null, filestoreEpoch, neverPrimary: true });
+    }
     return fencedError(`this primary is fenced and makes no more backups: ${this.fencedState?.why ?? 'a higher epoch exists'}`, {
+      hint: this.fencedHint,
       epoch: this.epochNow,
-      filestoreEpoch: this.fencedState?.filestoreEpoch ?? null,
+      filestoreEpoch,
     });
   }
 
@@ -126,6 +149,13 @@ export class Fencing {
     this.fencedState = { filestoreEpoch, at: this.opts.clock.now().toISOString(), why };
     this.opts.metrics.fenced.set(1);
     this.opts.stopBackups(this.error());
+    if (this.neverPrimary) {
+      // Nothing of this server's to stop: it never was the primary (onFenced would stop a site that is not the primary's).
+      logger.error({ filestoreEpoch, why }, 'NOT THE PRIMARY: epoch.json names another agent and never named this one; this daemon makes no backups and writes no heartbeats');
+      this.opts.endSwitchover(newPrimary, why);
+      this.opts.closeConnections();
+      return;
+    }
     logger.error({ epoch: this.epochNow, filestoreEpoch, why }, 'FENCED: a higher epoch exists; this primary stops backing up and writing heartbeats');
     // onFenced stopped the site's writes for a switchover already: it does not run twice.
     const alreadyRan = this.opts.endSwitchover(newPrimary, why); // before the close, so the switchover's standby hears it

@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { describeError, isTandemError, layout, signHeartbeat, type Filestore, type Heartbeat, type Logger } from '@tandem/shared';
+import { HEARTBEAT_RUNNING, HEARTBEAT_STOPPED, describeError, isTandemError, layout, signHeartbeat, type Filestore, type Heartbeat, type Logger } from '@tandem/shared';
 import type { LastRun } from './backup-runner.js';
 import type { Fencing } from './fencing.js';
 import type { LatestSet } from './latest.js';
@@ -22,6 +22,8 @@ export interface HeartbeatInput {
   nextBackupAt: Date | null;
   /** The newest set this primary committed, as its latest.json names it; null before the first. */
   latest: { setId: string; epoch: number; seq: number; createdAt: string; committedAt: string } | null;
+  /** "stopped": the last heartbeat of a clean shutdown (default "running"). */
+  state?: typeof HEARTBEAT_RUNNING | typeof HEARTBEAT_STOPPED;
 }
 
 export function buildHeartbeat(i: HeartbeatInput): Heartbeat {
@@ -35,6 +37,7 @@ export function buildHeartbeat(i: HeartbeatInput): Heartbeat {
     lastBackup: i.lastBackup,
     nextBackupAt: i.nextBackupAt?.toISOString() ?? null,
     latest: i.latest === null ? null : { setId: i.latest.setId, epoch: i.latest.epoch, seq: i.latest.seq, createdAt: i.latest.createdAt, committedAt: i.latest.committedAt },
+    state: i.state ?? HEARTBEAT_RUNNING,
   };
 }
 
@@ -56,6 +59,8 @@ export function countFilestoreError(metrics: Pick<DaemonMetrics, 'filestoreError
 export interface HeartbeatState {
   lastWrittenAt: string | null;
   lastError: string | null;
+  /** When the stopped heartbeat of the shutdown was written (absent while running). */
+  stoppedAt?: string;
 }
 
 export interface HeartbeatLoopOptions {
@@ -82,8 +87,17 @@ export interface HeartbeatLoopOptions {
 export class HeartbeatLoop {
   private timer: NodeJS.Timeout | null = null;
   private running = false;
+  /** The tick running now, if any: the stopped heartbeat waits for it, so that it is the last one written. */
+  private current: Promise<void> | null = null;
   private again = false;
   private written: HeartbeatState = { lastWrittenAt: null, lastError: null };
+  /**
+   * A running heartbeat.json was written by this loop, in this process. Only then may the shutdown
+   * write "stopped": a daemon that never ran (its start failed: port taken, fenced, a sentinel,
+   * another daemon running) must not tell the standbys that the primary, which may well be running
+   * elsewhere, has stopped.
+   */
+  private wroteRunning = false;
 
   constructor(private readonly opts: HeartbeatLoopOptions) {}
 
@@ -114,12 +128,81 @@ export class HeartbeatLoop {
       return;
     }
     this.running = true;
+    this.current = (async () => {
+      try {
+        await this.tickOnce();
+      } catch (err) {
+        this.opts.logger.error({ err }, 'heartbeat tick failed unexpectedly; the next one tries again');
+      } finally {
+        this.running = false;
+        this.current = null;
+      }
+    })();
+    await this.current;
+  }
+
+  /**
+   * The shutdown's last heartbeat: heartbeat.json with state "stopped", so that a standby's promote
+   * need not wait until it goes stale. Called once the timer is stopped and nothing else runs
+   * (isStopping() is true): it waits for a tick in flight, reads epoch.json and latest.json again
+   * (a fenced primary writes nothing; the set it names must be the newest committed), then writes.
+   * At most `timeoutMs`: a filestore that does not answer does not hold up the shutdown (the
+   * standbys then see the heartbeat go stale, as after a crash). Writes nothing, and says so, when
+   * this loop has not written a running heartbeat itself (see wroteRunning). Never throws.
+   */
+  async writeStopped(timeoutMs = 10_000): Promise<boolean> {
+    const { clock, fencing, logger } = this.opts;
+    let timer: NodeJS.Timeout | undefined;
+    const controller = new AbortController();
+    let notOurs = false;
+    const work = (async (): Promise<boolean> => {
+      await this.current;
+      if (!this.wroteRunning) {
+        notOurs = true;
+        return false;
+      }
+      await this.refresh('reading epoch.json and latest.json for the last heartbeat');
+      if (fencing.fenced || fencing.epoch === null || controller.signal.aborted) return false;
+      const epoch = fencing.epoch;
+      let ok = false;
+      await this.filestoreOp('writing heartbeat.json (stopped)', async () => {
+        const last = this.opts.lastRun();
+        await writeHeartbeat(
+          this.opts.filestore,
+          this.opts.signingKey,
+          {
+            site: this.opts.site,
+            epoch,
+            primaryHost: this.opts.primaryHost,
+            at: clock.now(),
+            lastBackup: last ? { setId: last.setId, at: last.at, outcome: last.outcome === 'ok' ? 'ok' : 'failed' } : null,
+            nextBackupAt: null,
+            latest: this.opts.latest.current,
+            state: HEARTBEAT_STOPPED,
+          },
+          controller.signal,
+        );
+        const at = clock.now().toISOString();
+        this.written = { lastWrittenAt: at, lastError: null, stoppedAt: at };
+        this.opts.metrics.heartbeatTimestamp.set(clock.now().getTime() / 1000);
+        ok = true;
+      });
+      return ok;
+    })();
+    const timeout = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => {
+        controller.abort();
+        resolve(false);
+      }, timeoutMs);
+    });
     try {
-      await this.tickOnce();
-    } catch (err) {
-      this.opts.logger.error({ err }, 'heartbeat tick failed unexpectedly; the next one tries again');
+      const ok = await Promise.race([work, timeout]);
+      if (ok) logger.info({ epoch: fencing.epoch }, 'heartbeat.json says stopped: a standby may promote without waiting for it to go stale');
+      else if (notOurs) logger.info({}, 'heartbeat.json left as it is: this daemon wrote no heartbeat of its own, so it does not say "stopped"');
+      else if (!fencing.fenced) logger.warn({ timeoutMs }, 'the stopped heartbeat was not written: standbys see this primary\'s heartbeat go stale instead');
+      return ok;
     } finally {
-      this.running = false;
+      clearTimeout(timer);
     }
   }
 
@@ -145,6 +228,7 @@ export class HeartbeatLoop {
           nextBackupAt: this.opts.scheduler.nextRunAt,
           latest: this.opts.latest.current,
         });
+        this.wroteRunning = true;
         this.written = { lastWrittenAt: clock.now().toISOString(), lastError: null };
         this.opts.metrics.heartbeatTimestamp.set(clock.now().getTime() / 1000);
       });
@@ -157,7 +241,9 @@ export class HeartbeatLoop {
       await fn();
     } catch (err) {
       countFilestoreError(this.opts.metrics, this.opts.logger, what, err);
-      if (what.startsWith('writing heartbeat')) this.written.lastError = describeError(err);
+      // Reading epoch.json failing keeps heartbeat.json from being written too (the epoch is not
+      // known): either is the heartbeat's error until a heartbeat is written.
+      this.written = { ...this.written, lastError: describeError(err) };
     }
   }
 }

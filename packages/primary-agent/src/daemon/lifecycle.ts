@@ -58,8 +58,23 @@ export class DaemonLifecycle {
       logger: opts.logger.child({ component: 'http' }),
       hub: opts.hub,
       handlers: opts.handlers,
+      tls: opts.config.server.tls,
     });
   }
+
+  /** 'https' with server.tls (the push channel is then wss://). */
+  get scheme(): 'http' | 'https' {
+    return this.server.scheme;
+  }
+
+  /** SIGHUP while serving: server.tls's files are read again (a failure keeps the old ones, logged). */
+  private readonly onHangup = (): void => {
+    if (this.server.tls === null) {
+      this.opts.logger.info({ signal: 'SIGHUP' }, 'SIGHUP: nothing to reload (no server.tls)');
+      return;
+    }
+    this.server.reloadTls('SIGHUP');
+  };
 
   get startedAt(): Date | null {
     return this.started;
@@ -80,8 +95,8 @@ export class DaemonLifecycle {
     const { config, logger } = this.opts;
     const other = await findDaemon(config.stateDir);
     // A live pid may be a reused one after a crash: only a daemon that answers counts.
-    if (other !== null && !(await probeDaemon(other.listen))) {
-      logger.warn({ pid: other.pid, listen: other.listen }, 'daemon.json names a process that does not answer as a tandem daemon: taking over');
+    if (other !== null && !(await probeDaemon(other.listen, 2000, config.server.tls))) {
+      logger.warn({ daemonPid: other.pid, listen: other.listen }, 'daemon.json names a process that does not answer as a tandem daemon: taking over');
     } else if (other !== null) {
       throw new TandemError('busy', 'DAEMON_RUNNING', `a tandem-primary daemon for site "${config.site}" is already running (pid ${other.pid}, listening on ${other.listen})`, {
         hint: `stop it first; ${stateFiles(config.stateDir).daemonInfo} names it`,
@@ -94,6 +109,7 @@ export class DaemonLifecycle {
   async listen(): Promise<string> {
     const { config } = this.opts;
     this.listening = await this.server.listen(config.server.listen);
+    process.on('SIGHUP', this.onHangup);
     await writeDaemonInfo(config.stateDir, { pid: process.pid, listen: this.listening, startedAt: (this.started ?? this.opts.clock.now()).toISOString(), site: config.site });
     return this.listening;
   }
@@ -107,6 +123,7 @@ export class DaemonLifecycle {
     this.stopRequested = true;
     const { hub, logger, config } = this.opts;
     this.stopped = (async () => {
+      process.off('SIGHUP', this.onHangup);
       logger.info({ reason }, 'shutting down');
       await stopParts();
       hub.closeAll(CLOSE_CODES.goingAway, 'primary shutting down');

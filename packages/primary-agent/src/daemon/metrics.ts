@@ -1,14 +1,26 @@
-import { MetricsRegistry, isFilestoreError } from '@tandem/shared';
+import { MetricsRegistry, isFilestoreError, type ErrorKind } from '@tandem/shared';
 import { Counter, Gauge } from 'prom-client';
 
 /**
  * The primary daemon's Prometheus metrics, on its own registry (served at GET /metrics).
- * Standby figures are computed at scrape time from the live connections.
+ * Standby figures are computed at scrape time from the live connections; they are the primary's
+ * view (tandem_primary_*), not the standby's own figures (tandem_standby_*, from the standby).
+ * Every labelled counter has each of its label sets from the start, at 0: a rate or an alert on
+ * it works before the first event.
  */
 export interface StandbyLag {
   standbyId: string;
   lagSeconds: number;
 }
+
+/** Every kind a backup failure can have (tandem_backup_failures_total{kind}): all of ErrorKind. */
+export const BACKUP_FAILURE_KINDS = ['config', 'not-found', 'transient', 'permanent', 'integrity', 'precondition', 'fenced', 'busy', 'external', 'internal'] as const satisfies readonly ErrorKind[];
+// A kind added to ErrorKind must be added above (this fails to compile otherwise).
+const allKinds: Exclude<ErrorKind, (typeof BACKUP_FAILURE_KINDS)[number]> extends never ? true : never = true;
+void allKinds;
+
+export type BackupOutcome = 'ok' | 'failed' | 'aborted';
+export const BACKUP_OUTCOMES: readonly BackupOutcome[] = ['ok', 'failed', 'aborted'];
 
 export class DaemonMetrics extends MetricsRegistry {
   readonly lastBackupTimestamp: Gauge;
@@ -52,16 +64,16 @@ export class DaemonMetrics extends MetricsRegistry {
       },
     });
     new Gauge({
-      name: 'tandem_standbys_connected',
-      help: 'Standbys connected to the push channel (/v1/stream)',
+      name: 'tandem_primary_standbys_connected',
+      help: "The primary's view: standbys connected to the push channel (/v1/stream)",
       registers,
       collect() {
         this.set(standbys().length);
       },
     });
     new Gauge({
-      name: 'tandem_standby_applied_lag_seconds',
-      help: 'Per connected standby: 0 when it has applied the set latest.json names, else seconds since that set was committed',
+      name: 'tandem_primary_standby_lag_seconds',
+      help: "The primary's view, per standby connected to the push channel: 0 when it reported the set latest.json names applied, else seconds since that set was committed (the standby's own figures: tandem_standby_*)",
       labelNames: ['standby'],
       registers,
       collect() {
@@ -76,8 +88,8 @@ export class DaemonMetrics extends MetricsRegistry {
     this.switchoverHeld = new Gauge({ name: 'tandem_switchover_held', help: '1 while a planned switchover holds this primary (site writes stopped by onFenced, no backups)', registers });
     this.switchoverHeld.set(0);
     this.lastBackupSuccess.set(0);
-    this.backupsTotal.inc({ outcome: 'ok' }, 0);
-    this.backupsTotal.inc({ outcome: 'failed' }, 0);
+    for (const outcome of BACKUP_OUTCOMES) this.backupsTotal.inc({ outcome }, 0);
+    for (const kind of BACKUP_FAILURE_KINDS) this.backupFailuresTotal.inc({ kind }, 0);
     this.filestoreErrorsTotal.inc(0);
   }
 

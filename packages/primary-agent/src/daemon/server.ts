@@ -1,7 +1,8 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
-import { MAX_FRAME_BYTES, STREAM_PATH, TandemError, bearerFrom, closeServer, createBoundedServer, listenOn, tokensEqual, type Logger } from '@tandem/shared';
+import { MAX_FRAME_BYTES, STREAM_PATH, StatusPage, TandemError, bearerFrom, sessionFrom, closeServer, createDaemonServer, listenOn, tokensEqual, type Logger, type ReloadingTls, type ServerTlsConfig } from '@tandem/shared';
+import { answerBackup, type BackupHandler } from './backup-stream.js';
 import { errorBody } from './control.js';
 import type { StandbyHub } from './standbys.js';
 
@@ -11,16 +12,23 @@ import type { StandbyHub } from './standbys.js';
  *   GET  /status       JSON (monitoring or control token)
  *   GET  /metrics      Prometheus text (monitoring or control token)
  *   POST /v1/backup    run a backup now; 200 BackupResult, 409 busy, 500/503 error JSON (control token)
+ *                      (or, asked for, its progress and then that: backup-stream.ts)
  *   GET  /v1/stream    WebSocket upgrade (a standby's own token): the push channel to standbys
+ *   GET  /             the status page, and /status/history, /login, /logout, /assets/* (shared/status-page.ts)
  * Tokens are compared in constant time, each presented token against every configured one. No
  * token, or an unknown one: a bare 401 (an upgrade gets "HTTP/1.1 401 Unauthorized" and a destroyed
  * socket, nothing else). A known token used where its role does not reach: 403. The server's
- * limits (idle and slow connections, a connection cap) are shared/net.ts's HTTP_LIMITS.
+ * limits (idle and slow connections, a connection cap) are shared/net.ts's HTTP_LIMITS. A browser
+ * logged in to the status page (with the monitoring or the control token) sends its session cookie
+ * instead of a token: it counts as the monitoring token, whichever token it was made with.
  */
 export interface ServerHandlers {
   status(): unknown;
+  /** GET /status/history: what the status page draws (page.ts). */
+  history(): unknown;
   metrics(): Promise<{ contentType: string; body: string }>;
-  backup(): Promise<{ status: number; body: unknown }>;
+  /** With `onProgress` (the client asked for it), the backup's progress as it runs (backup-stream.ts). */
+  backup: BackupHandler;
   /** null to accept, else the status line to refuse upgrades with (e.g. when fenced). */
   refuseUpgrade(): string | null;
 }
@@ -43,6 +51,8 @@ export interface DaemonServerOptions {
   logger: Logger;
   hub: StandbyHub;
   handlers: ServerHandlers;
+  /** server.tls: HTTPS/WSS only (shared/tls-server.ts). */
+  tls?: ServerTlsConfig;
 }
 
 /** The caller a presented token identifies, or null. Every configured token is compared (no early exit). */
@@ -79,16 +89,31 @@ function rawRefusal(socket: Duplex, statusLine: string): void {
 
 export class DaemonServer {
   readonly http: Server;
+  /** The certificate in use and its reloading; null without server.tls. */
+  readonly tls: ReloadingTls | null;
+  readonly scheme: 'http' | 'https';
   private readonly wss: WebSocketServer;
+  private readonly page: StatusPage;
 
   constructor(private readonly opts: DaemonServerOptions) {
     this.wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES, perMessageDeflate: false, clientTracking: false });
-    this.http = createBoundedServer((req, res) => {
+    ({ http: this.http, tls: this.tls, scheme: this.scheme } = createDaemonServer((req, res) => {
       this.route(req, res).catch((err: unknown) => {
         opts.logger.error({ err, url: req.url }, 'request handler failed');
         if (!res.headersSent) sendJson(res, 500, errorBody(err));
         else res.destroy();
       });
+    }, { tls: opts.tls, logger: opts.logger }));
+    const { control, read } = opts.tokens;
+    this.page = new StatusPage({
+      agent: 'primary',
+      access: (req) => {
+        const caller = this.caller(req);
+        return caller === null ? 'unauthorized' : caller.role === 'standby' ? 'forbidden' : 'ok';
+      },
+      loginTokens: read === null ? [control] : [control, read],
+      history: () => opts.handlers.history(),
+      logger: opts.logger,
     });
     // A backup answered over POST /v1/backup may take long: the limits only bound receiving the
     // request, which is empty.
@@ -97,7 +122,11 @@ export class DaemonServer {
   }
 
   private caller(req: IncomingMessage): Caller | null {
-    return identify(this.opts.tokens, bearerFrom(req));
+    const bearer = bearerFrom(req);
+    if (bearer !== null) return identify(this.opts.tokens, bearer);
+    // The status page's session cookie reads, whichever token it was made with.
+    const { control, read } = this.opts.tokens;
+    return sessionFrom(req, read === null ? [control] : [control, read]) === null ? null : { role: 'read' };
   }
 
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -130,6 +159,7 @@ export class DaemonServer {
 
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
+    if (await this.page.handle(req, res)) return;
     req.resume(); // no request bodies are read; drain whatever was sent
     if (path === '/healthz') {
       if (req.method !== 'GET' && req.method !== 'HEAD') return sendText(res, 405, 'method not allowed\n');
@@ -148,8 +178,7 @@ export class DaemonServer {
     }
     if (path === '/v1/backup' && req.method === 'POST') {
       if (caller.role !== 'control') return sendJson(res, 403, errorBody(forbidden('start a backup', 'the control token (server.tokenFile)')));
-      const r = await this.opts.handlers.backup();
-      return sendJson(res, r.status, r.body);
+      return answerBackup(req, res, this.opts.handlers.backup);
     }
     if (path === STREAM_PATH) return sendJson(res, 426, { error: { kind: 'config', code: 'UPGRADE_REQUIRED', message: 'this endpoint is a WebSocket' } });
     return sendJson(res, 405, { error: { kind: 'config', code: 'METHOD_NOT_ALLOWED', message: `${req.method} is not allowed on ${path}` } });
@@ -160,7 +189,13 @@ export class DaemonServer {
     return listenOn(this.http, listen);
   }
 
+  /** Reads server.tls's files again (SIGHUP); false when they failed and the old ones stay. */
+  reloadTls(trigger: string): boolean {
+    return this.tls?.reload(trigger) ?? true;
+  }
+
   async close(): Promise<void> {
+    this.tls?.close();
     await closeServer(this.http);
     this.wss.close();
   }

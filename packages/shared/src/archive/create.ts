@@ -23,9 +23,13 @@ import { asError, guardEarlyErrors, runParser } from './parse.js';
  * path makes the stream error (CHILD_FAILED) with tar's message, which names the path. A file that
  * changed or vanished while it was read (tar exit 1) is normal on a live site: the archive is still
  * complete and well-formed, so the stream ends normally and emits 'child-warning' naming the files.
+ *
+ * `exclude`: paths relative to `dir` ("/"-separated) left out of the archive, each matched exactly
+ * (no wildcards, from the top of `dir`: "BACKUP" leaves out `dir/BACKUP`, not `dir/sub/BACKUP`).
  */
-export function createTarStream(dir: string, opts: { label?: string } = {}): Readable {
+export function createTarStream(dir: string, opts: { label?: string; exclude?: string[] } = {}): Readable {
   const abs = path.resolve(dir);
+  const exclude = (opts.exclude ?? []).map((rel) => `--exclude=./${rel.replace(/^(\.\/)+/, '')}`);
   const args = [
     '--create',
     '--file=-',
@@ -33,6 +37,7 @@ export function createTarStream(dir: string, opts: { label?: string } = {}): Rea
     '--pax-option=delete=atime,delete=ctime',
     '--sort=name',
     '--numeric-owner',
+    ...(exclude.length > 0 ? ['--anchored', '--no-wildcards', ...exclude] : []),
     `--directory=${abs}`,
     '.',
   ];

@@ -1,6 +1,7 @@
 // One file on purpose (over 400 lines): the contract runs the same cases against both stores (a
 // directory and a real S3 server process); the store-specific cases share its fixtures.
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -337,7 +338,12 @@ afterAll(async () => {
   await rm(dirRoot, { recursive: true, force: true });
 });
 let dirCounter = 0;
-const freshDir = () => path.join(dirRoot, `store-${++dirCounter}`);
+/** A new filestore directory: made here (0700), as `init --filestore` makes one; the store never makes its own. */
+const freshDir = () => {
+  const dir = path.join(dirRoot, `store-${++dirCounter}`);
+  mkdirSync(dir, { mode: 0o700 });
+  return dir;
+};
 
 filestoreContract('directory', () => ({ open: async () => openFilestore(`file://${freshDir()}`) }), {
   atomicConditionalWrites: true,

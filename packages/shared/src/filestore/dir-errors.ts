@@ -37,3 +37,16 @@ export function fsError(err: unknown, action: string, p: string): unknown {
         : undefined;
   return new TandemError('permanent', `FILESTORE_${code}`, `cannot ${action} ${p}: ${what} (${code})`, { ...cause, hint });
 }
+
+/**
+ * A write into a filestore directory that does not exist: refused, never created (a file system
+ * that is not mounted would otherwise be filled on the local disk underneath).
+ */
+export function rootMissingError(root: string): TandemError {
+  return new TandemError(
+    'permanent',
+    'FILESTORE_ROOT_MISSING',
+    `the filestore directory ${root} does not exist: not creating it (a filestore is created once, by \`tandem-primary init --filestore\`; a missing directory may be a file system that is not mounted)`,
+    { hint: 'mount the file system the filestore lives on, or create the filestore with `tandem-primary init --filestore --config FILE`' },
+  );
+}

@@ -1,7 +1,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
 import { hostname } from 'node:os';
-import { link, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Transform, Writable } from 'node:stream';
@@ -277,7 +277,7 @@ export class DirFilestore implements Filestore {
     const { tmp, st } = await this.writeTemp(final, Readable.from([body]), { ...opts, contentLength: body.length });
     try {
       // The lock serialises conditional writers, so compare-then-rename below is atomic among them.
-      const release = await lockBeside(final, { staleMs: this.lockStaleMs, waitMs: this.lockWaitMs }, opts.signal);
+      const release = await lockBeside(this.root, final, { staleMs: this.lockStaleMs, waitMs: this.lockWaitMs }, opts.signal);
       try {
         if ('ifAbsent' in cond) await this.linkIfAbsent(tmp, final, key);
         else {
@@ -317,6 +317,34 @@ export class DirFilestore implements Filestore {
     }
   }
 
+  /**
+   * Creates the store's own directory (0700), which no write does: a write into a missing one is
+   * refused (createExclusive), so that a file system that is not mounted is never filled on the
+   * disk underneath. Only the step that creates a filestore (`init --filestore`) calls this. The
+   * parent must exist. False when the directory existed already.
+   */
+  async createRoot(): Promise<boolean> {
+    try {
+      await mkdir(this.root, { mode: 0o700 });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') {
+        if ((await stat(this.root)).isDirectory()) return false;
+        throw new TandemError('permanent', 'FILESTORE_NOT_A_DIRECTORY', `cannot use ${this.root} as the filestore directory: it exists and is not a directory`, {
+          hint: 'fix the file:// URL in filestore.url, or move the file away',
+        });
+      }
+      if (code === 'ENOENT') {
+        throw new TandemError('permanent', 'FILESTORE_PARENT_MISSING', `cannot create the filestore directory ${this.root}: its parent ${path.dirname(this.root)} does not exist`, {
+          hint: 'only the filestore directory itself is created: create its parent (or mount the file system the filestore lives on) first',
+        });
+      }
+      throw fsError(err, 'create', this.root);
+    }
+    await this.syncDir(path.dirname(this.root));
+    return true;
+  }
+
   async close(): Promise<void> {}
 
   private async openForRead(key: string, p: string, signal?: AbortSignal): Promise<{ fh: FileHandle; st: BigIntStats }> {
@@ -342,7 +370,7 @@ export class DirFilestore implements Filestore {
     const tmp = `${final}${RESERVED_MARK}${TMP_OWNER}-${randomBytes(6).toString('hex')}`;
     let fh: FileHandle;
     try {
-      fh = await createExclusive(tmp);
+      fh = await createExclusive(this.root, tmp);
     } catch (err) {
       body.destroy();
       throw fsError(err, 'write', final);

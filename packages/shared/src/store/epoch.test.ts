@@ -113,6 +113,53 @@ describe('epoch.json', () => {
     expect((err as TandemError).hint).toBe('the site now runs elsewhere: stop this primary; to make this server follow, run `tandem-standby run` here');
   });
 
+  it('names the epoch this primary held and the newer one, or says it never was the primary', () => {
+    // Raised twice since this primary held epoch 1: the record no longer names it, its own epoch does.
+    const doc = {
+      format: 'tandem-epoch' as const,
+      version: 1 as const,
+      epoch: 3,
+      primaryHost: 'web3',
+      primaryId: 'agent-web3',
+      since: '2026-11-22T03:00:00Z',
+      previous: { epoch: 2, primaryHost: 'web2', primaryId: 'agent-web2' },
+      reason: 'promote',
+    };
+    const held = checkFenced(doc, { epoch: 1, id: 'agent-web1', host: 'web1' }, 'demo');
+    expect(held).toMatchObject({ fenced: true, why: 'higher-epoch' });
+    expect(held.fenced && held.message).toBe('this primary (web1, epoch 1) has been fenced: web3 became primary of site "demo" in epoch 3 at 2026-11-22T03:00:00Z (promote); no more uploads');
+
+    // Never named: a standby's host (its agent id is the standby's), or another state directory.
+    const never = checkFenced(doc, { epoch: null, id: 'agent-sb9', host: 'sb9' }, 'demo');
+    expect(never).toMatchObject({ fenced: true, why: 'not-primary' });
+    let err: unknown;
+    try {
+      assertNotFenced(doc, { epoch: null, id: 'agent-sb9', host: 'sb9' }, 'demo');
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(FencedError);
+    expect(err).toMatchObject({ kind: 'fenced', code: 'FENCED', exitCode: 4, epoch: null, filestoreEpoch: 3, neverPrimary: true });
+    const msg = (err as FencedError).message;
+    expect(msg).toBe(
+      'this server is not the site\'s primary: epoch 3 of site "demo" names web3 (agent agent-web3) as the primary (since 2026-11-22T03:00:00Z, promote), ' +
+        'and this agent, sb9 (agent agent-sb9), has never been the primary of this site; nothing is uploaded',
+    );
+    expect(msg).not.toMatch(/has been fenced/);
+    expect((err as FencedError).hint).toBe(
+      "back up on the primary (web3); if this is the server that was promoted, run tandem-primary with the standby's stateDir (or a copy of its agent-id file, which holds agent-web3)",
+    );
+    // An agent the record names is the primary, known epoch or not.
+    expect(checkFenced(doc, { epoch: null, id: 'agent-web3', host: 'web3' }, 'demo')).toEqual({ fenced: false });
+    // A replaced primary's error is not "never primary": onFenced runs for it.
+    try {
+      assertNotFenced(doc, { epoch: 2, id: 'agent-web2', host: 'web2' }, 'demo');
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ epoch: 2, filestoreEpoch: 3, neverPrimary: false });
+  });
+
   it('builds the onFenced environment the same way for every caller', () => {
     expect(onFencedEnv({ reason: 'fenced', site: 'demo', epoch: 1, filestoreEpoch: 2 })).toEqual({ TANDEM_SITE: 'demo', TANDEM_EPOCH: '1', TANDEM_FILESTORE_EPOCH: '2', TANDEM_REASON: 'fenced' });
     expect(onFencedEnv({ reason: 'fenced', site: 'demo', epoch: null })).toEqual({ TANDEM_SITE: 'demo', TANDEM_EPOCH: '', TANDEM_FILESTORE_EPOCH: '', TANDEM_REASON: 'fenced' });

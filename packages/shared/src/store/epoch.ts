@@ -176,40 +176,83 @@ export const FENCED_HINT = 'the site now runs elsewhere: stop this primary; to m
 
 /** A primary that is no longer the primary: kind 'fenced', code FENCED, exit status 4. */
 export class FencedError extends TandemError {
-  /** This primary's epoch (null: not known). */
+  /** The epoch this primary held (null: not known, or it never held one). */
   readonly epoch: number | null;
   /** The epoch epoch.json is at (null: not known). */
   readonly filestoreEpoch: number | null;
+  /**
+   * epoch.json has never named this agent (now or in the epoch before, and it keeps no record of
+   * an epoch it held): it is not a replaced primary but a server that is not the primary at all
+   * (a standby's host, or the promoted server's tandem-primary with another state directory), so
+   * there is nothing of its own to stop: onFenced does not run.
+   */
+  readonly neverPrimary: boolean;
 
-  constructor(message: string, o: { hint?: string; epoch?: number | null; filestoreEpoch?: number | null; cause?: unknown } = {}) {
+  constructor(message: string, o: FencedErrorOptions = {}) {
     super('fenced', 'FENCED', message, { hint: o.hint ?? FENCED_HINT, cause: o.cause });
     this.epoch = o.epoch ?? null;
     this.filestoreEpoch = o.filestoreEpoch ?? null;
+    this.neverPrimary = o.neverPrimary ?? false;
   }
 }
 
+export interface FencedErrorOptions {
+  hint?: string;
+  epoch?: number | null;
+  filestoreEpoch?: number | null;
+  neverPrimary?: boolean;
+  cause?: unknown;
+}
+
 /** The one maker of the FENCED error: `message` says by whom and when (or why), the hint what to do. */
-export const fencedError = (message: string, o: { hint?: string; epoch?: number | null; filestoreEpoch?: number | null; cause?: unknown } = {}): FencedError =>
-  new FencedError(message, o);
+export const fencedError = (message: string, o: FencedErrorOptions = {}): FencedError => new FencedError(message, o);
 
 /** Whether epoch.json fences a primary, and if so why, with the message and hint its error carries. */
 export type FenceCheck =
   | { fenced: false }
   | {
       fenced: true;
-      /** 'higher-epoch': a later primary raised it; 'other-agent': the same epoch names another agent. */
-      why: 'higher-epoch' | 'other-agent';
+      /**
+       * 'higher-epoch': a later primary raised it; 'other-agent': the same epoch names another agent;
+       * 'not-primary': this agent held no epoch at all, and epoch.json names another.
+       */
+      why: 'higher-epoch' | 'other-agent' | 'not-primary';
       current: EpochDoc;
       message: string;
       hint: string;
     };
 
+/** "web1 (agent …)": the name and, when the record has it, the id that fencing compares. */
+const named = (host: string, id: string | undefined): string => (id === undefined ? host : `${host} (agent ${id})`);
+
 /**
  * The fencing rule: the filestore names another primary than `self` when its epoch is higher, or
  * the same epoch names another agent (whatever its host name). No record yet fences nobody.
+ *
+ * `self.epoch` is the epoch this agent held as the primary (the one epoch.json named it in), which
+ * the message names beside the newer one; null when it never held one: then any record naming
+ * another agent fences it, and the message says it is not the site's primary rather than that it
+ * was replaced.
  */
-export function checkFenced(current: EpochDoc | null, self: AgentIdentity & { epoch: number }, site: string): FenceCheck {
-  if (current === null || current.epoch < self.epoch) return { fenced: false };
+export function checkFenced(current: EpochDoc | null, self: AgentIdentity & { epoch: number | null }, site: string): FenceCheck {
+  if (current === null) return { fenced: false };
+  if (self.epoch === null) {
+    if (namesAgent(current, self)) return { fenced: false };
+    return {
+      fenced: true,
+      why: 'not-primary',
+      current,
+      message:
+        `this server is not the site's primary: epoch ${current.epoch} of site "${site}" names ${named(current.primaryHost, current.primaryId)} as the primary ` +
+        `(since ${current.since}${current.reason ? `, ${current.reason}` : ''}), and this agent, ${named(self.host, self.id)}, has never been the primary of this site; nothing is uploaded`,
+      hint:
+        `back up on the primary (${current.primaryHost})` +
+        (current.primaryId !== undefined
+          ? `; if this is the server that was promoted, run tandem-primary with the standby's stateDir (or a copy of its agent-id file, which holds ${current.primaryId})`
+          : ''),
+    };
+  }
+  if (current.epoch < self.epoch) return { fenced: false };
   if (current.epoch === self.epoch && namesAgent(current, self)) return { fenced: false };
   const sameName = current.primaryHost === self.host;
   return {
@@ -225,10 +268,14 @@ export function checkFenced(current: EpochDoc | null, self: AgentIdentity & { ep
   };
 }
 
+/** The FENCED error of a check that says fenced. */
+export const fenceCheckError = (check: Extract<FenceCheck, { fenced: true }>, self: { epoch: number | null }): FencedError =>
+  fencedError(check.message, { hint: check.hint, epoch: self.epoch, filestoreEpoch: check.current.epoch, neverPrimary: check.why === 'not-primary' });
+
 /** Throws the FENCED error when checkFenced says so. */
-export function assertNotFenced(current: EpochDoc, self: AgentIdentity & { epoch: number }, site: string): void {
+export function assertNotFenced(current: EpochDoc, self: AgentIdentity & { epoch: number | null }, site: string): void {
   const check = checkFenced(current, self, site);
-  if (check.fenced) throw fencedError(check.message, { hint: check.hint, epoch: self.epoch, filestoreEpoch: check.current.epoch });
+  if (check.fenced) throw fenceCheckError(check, self);
 }
 
 /** Why onFenced (or onResume) runs, and what its environment tells it. */

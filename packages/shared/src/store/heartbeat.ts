@@ -10,7 +10,9 @@ import { signDocument, verifyDocument } from './signed-doc.js';
  * <site>/heartbeat.json (layout.heartbeat): the primary's liveness, written every
  * heartbeatInterval, so that a standby can tell an idle primary (fresh heartbeat, no new set) from
  * a dead one (stale heartbeat). Signed with the primary's signing key like latest.json. Unknown
- * members are stripped: a newer primary adds members without a new version (`latest` came so).
+ * members are stripped: a newer primary adds members without a new version (`latest` and `state`
+ * came so), and an older reader keeps reading its heartbeats (the signature covers the file's
+ * bytes, whatever the reader's schema keeps).
  */
 export const heartbeatSchema = z.object({
   format: z.literal('tandem-heartbeat'),
@@ -38,8 +40,21 @@ export const heartbeatSchema = z.object({
     .object({ setId, epoch, seq: seqNumber, createdAt: isoTime, committedAt: isoTime })
     .nullable()
     .optional(),
+  /**
+   * "running", or "stopped": the daemon's last heartbeat, written as it shut down cleanly (SIGTERM,
+   * SIGINT), so that a standby need not wait for it to go stale. Absent in heartbeats of primaries
+   * that predate it (running); any other value a newer primary may write is read as running.
+   */
+  state: z.string().optional(),
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
+
+/** The heartbeat states a primary writes; HEARTBEAT_STOPPED is the last one of a clean shutdown. */
+export const HEARTBEAT_RUNNING = 'running';
+export const HEARTBEAT_STOPPED = 'stopped';
+
+/** Whether a heartbeat is its primary's last, written as its daemon stopped cleanly. */
+export const isStoppedHeartbeat = (hb: { state?: string | null }): boolean => hb.state === HEARTBEAT_STOPPED;
 
 export function signHeartbeat(hb: Heartbeat, key: KeyObject): Buffer {
   const r = heartbeatSchema.safeParse(hb);

@@ -1,12 +1,14 @@
 /**
  * Where things live in a filestore. Every key is relative to the filestore's own prefix.
  *
+ *   tandem-filestore.json               the marker: this is a tandem filestore (marker.ts)
  *   <site>/epoch.json
  *   <site>/latest.json
  *   <site>/heartbeat.json
  *   <site>/sets/<set-id>/{db.dump.zst.age, dbmeta.json.zst.age, config.tar.zst.age, security.tar.zst.age, files.tar.zst.age, manifest.json}
  *     (files.tar.age when the files do not compress: compression "none" in the manifest)
  *   <site>/standbys/<standby-id>.json   each standby's report of the set it applied (retention reads them)
+ *   tandem-check-<id>.probe             written and deleted at once by `tandem-primary check`
  */
 /**
  * In the order the primary makes them (the database before the files: ordering rule 1).
@@ -37,6 +39,11 @@ export const layout = {
   manifest: (site: string, setId: string) => `${site}/sets/${setId}/manifest.json`,
   standbys: (site: string) => `${site}/standbys/`,
   standby: (site: string, standbyId: string) => `${site}/standbys/${standbyId}.json`,
+  /**
+   * The one object `tandem-primary check` writes, and deletes at once, to prove the filestore takes
+   * writes: at the top, beside no site's keys, so that deleting it leaves no emptied directory behind.
+   */
+  checkProbe: (id: string) => `tandem-check-${id}.probe`,
 };
 
 const SET_ID = /^(\d{8}T\d{6}Z)-e(\d+)-(\d{6,})$/;

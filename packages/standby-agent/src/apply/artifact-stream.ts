@@ -14,12 +14,14 @@ import {
   isNotFound,
   isTandemError,
   layout,
+  meterStream,
   zstdDecompress,
   type ArtifactEntry,
   type ChildStream,
   type ChunkMismatch,
   type Filestore,
   type Manifest,
+  type ProgressMeter,
 } from '@tandem/shared';
 
 /**
@@ -52,6 +54,8 @@ export interface ArtifactSource {
   /** age identities; unused for unencrypted artifacts. */
   identities: string[];
   signal?: AbortSignal;
+  /** Told the stored bytes as they arrive from the filestore (a terminal's progress line). */
+  progress?: ProgressMeter;
 }
 
 /** A stored artifact on local disk whose bytes matched the signed manifest. */
@@ -100,6 +104,9 @@ async function getStored(src: ArtifactSource): Promise<Readable> {
   }
 }
 
+/** A counting stage for the progress line, when something draws it. */
+const metered = (src: ArtifactSource): Transform[] => (src.progress ? [meterStream(src.progress)] : []);
+
 /** Whether the artifact can be used as it downloads: its manifest entry lists chunk digests. */
 export const canStream = (entry: ArtifactEntry): boolean => entry.chunks !== undefined;
 
@@ -118,6 +125,7 @@ export async function verifiedStream(src: ArtifactSource): Promise<StoredInput> 
     entry,
     stages: [
       body,
+      ...metered(src),
       new Bounded(entry.storedSize, (n) => storedTooLong(label, n, entry.storedSize)),
       new ChunkVerifier(
         chunks,
@@ -163,7 +171,7 @@ export async function fetchVerified(src: ArtifactSource, dir: string): Promise<V
       throw err;
     });
     // Crash tests only: TANDEM_FAULT_KILL_AT=download:<artifact>:<bytes> kills once that many stored bytes arrived.
-    await pipeline([body, new Bounded(entry.storedSize, (n) => storedTooLong(label, n, entry.storedSize)), hash, ...faultByteTrigger(`download:${entry.name}`), fh.createWriteStream({ highWaterMark: 4 << 20 })], {
+    await pipeline([body, ...metered(src), new Bounded(entry.storedSize, (n) => storedTooLong(label, n, entry.storedSize)), hash, ...faultByteTrigger(`download:${entry.name}`), fh.createWriteStream({ highWaterMark: 4 << 20 })], {
       signal: src.signal,
     });
   } catch (err) {

@@ -43,7 +43,7 @@ export async function finishApply(config: StandbyConfig, journal: Journal, logge
   );
   await removeAll([...DIR_PARTS.map((p) => journal.targets.dirs[p].old), journal.stagingDir], logger);
   await removeJournal(config.stateDir);
-  logger.info({ setId: journal.setId }, 'set applied');
+  logger.info('set applied'); // the logger names the set
 
   faultPoint('before-restart');
   return { applied, ...(await restartAfterApply(config, applied, logger)) };

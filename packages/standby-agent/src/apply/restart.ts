@@ -23,7 +23,7 @@ export async function runRestart(
   logger: Logger,
 ): Promise<RestartResult> {
   const t0 = performance.now();
-  logger.info({ command, mode: env.mode }, 'running restartCommand');
+  logger.info({ restartCommand: command, mode: env.mode }, 'running restartCommand');
   const child = spawn('/bin/sh', ['-c', command], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TANDEM_MODE: env.mode, TANDEM_SITE: env.site, TANDEM_SET_ID: env.setId ?? '' },

@@ -108,7 +108,7 @@ async function runPgRestore(
   if (staged.form === 'plain') args.push(staged.file);
   const spawnOpts = { label: `pg_restore of set ${opts.setId}`, env: pgEnv(config.database), package: 'postgresql-client' };
   const bin = pgBin(config.database, 'pg_restore');
-  opts.logger.info({ database: names.next, jobs, sections: sections.length > 0 ? sections.map((a) => a.slice(10)) : 'all' }, 'pg_restore started');
+  opts.logger.debug({ database: names.next, jobs, sections: sections.length > 0 ? sections.map((a) => a.slice(10)) : 'all' }, 'pg_restore started');
   // pg_restore writes nothing to stdout with -d; its stream ends only after it exited 0.
   const restore = staged.form === 'plain' ? spawnSource(bin, args, spawnOpts) : spawnFilter(bin, args, spawnOpts);
   faultPoint('restore-started');

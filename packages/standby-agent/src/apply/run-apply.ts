@@ -1,22 +1,28 @@
 import {
+  Interrupted,
   TandemError,
   acquireLock,
   describeError,
+  interruptedBy,
+  isTandemError,
   loadVerifyKeyFile,
   parseDbMeta,
+  readEpochDoc,
   type Filestore,
   type LatestPointer,
   type Logger,
+  type ProgressSink,
   type StandbyConfig,
 } from '@tandem/shared';
 import { artifactLabel } from './artifact-stream.js';
-import { checkDatabasePrereqs, ensureRoles, readAgentRole } from './db-prereqs.js';
+import { checkDatabasePrereqs, ensureRoles } from './db-prereqs.js';
 import { legacyMetaWarning } from './db-props.js';
 import { faultPoint } from './fault.js';
 import { finishApply, restartAfterApply } from './finish.js';
 import { writeJournal, type Journal } from './journal.js';
 import { identitiesFor } from './keys.js';
-import { checkMaintenanceDb, withMaintenance } from './pg.js';
+import { checkMaintenanceDb } from './pg.js';
+import { preflight } from './preflight.js';
 import { refuseIfPromoted } from './promoted.js';
 import { recover, rollBack, type Recovery } from './recover.js';
 import { decide, resolveSet } from './resolve-set.js';
@@ -26,6 +32,7 @@ import { stageSet } from './stage.js';
 import { readApplied, stateFiles, type AppliedState } from './state.js';
 import { switchParts } from './switch.js';
 import { stagingDir, targetsFor } from './targets.js';
+import { wrongBoxRefusal } from './wrong-box.js';
 
 export interface ApplyOptions {
   filestore: Filestore;
@@ -40,6 +47,12 @@ export interface ApplyOptions {
   signal?: AbortSignal;
   /** latest.json as just read and verified by the caller (not read again); ignored with setId. */
   latest?: LatestPointer;
+  /** `--create-database`: create the site's database if it does not exist (else only database.create, on the first apply). */
+  createDatabase?: boolean;
+  /** Who runs it: the daemon's refusals of this server (it is the primary) stop the daemon with exit 2. */
+  caller?: 'apply' | 'daemon';
+  /** Told each artifact's download (a terminal's progress line). */
+  progress?: ProgressSink;
 }
 
 export interface ApplyResult {
@@ -54,6 +67,9 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
   const { filestore: fs, logger } = opts;
   // A promoted server is the primary now: never turn it back into a copy of the filestore.
   await refuseIfPromoted(config, 'apply');
+  // Nor is the site's primary ever applied over (wrong-box.ts), --force or not.
+  const wrongBox = await wrongBoxRefusal(config, (await readEpochDoc(fs, config.site))?.doc ?? null, opts.caller ?? 'apply');
+  if (wrongBox !== null) throw wrongBox;
   const targets = await targetsFor(config);
   checkMaintenanceDb(config, targets.db.live);
   const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
@@ -71,6 +87,13 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
       return { status: 'already-applied', applied, recovered, ...restart };
     }
     const identities = identitiesFor(config, manifest, log);
+    // Tools, PostgreSQL, the database's existence and free space, before a byte is downloaded.
+    const checked = await preflight({ config, manifest, targets, applied, createDatabase: opts.createDatabase === true, logger: log }).catch((err: unknown) => {
+      if (isTandemError(err) && err.code === 'DB_CONNECT') {
+        throw new TandemError(err.kind, err.code, `${err.message}; set ${manifest.setId} was not downloaded and nothing changed`, { hint: err.hint, cause: err.cause ?? err, exitCode: err.exitCode });
+      }
+      throw err;
+    });
 
     const t0 = performance.now();
     const journal: Journal = {
@@ -104,13 +127,14 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
         limits: config.limits,
         logger: log,
         signal: opts.signal,
+        progress: opts.progress,
       });
       Object.assign(journal.durations, staged.durations);
       // Roles, extensions and the agent's rights, checked before anything live changes.
       const dbEntry = manifest.artifacts.find((a) => a.name === 'dbmeta');
       const meta = staged.dbMeta && dbEntry ? parseDbMeta(staged.dbMeta, artifactLabel(manifest, dbEntry)) : undefined;
       if (!meta) legacyMetaWarning(log, manifest.setId);
-      const agent = meta ? await checkDatabasePrereqs(config, meta, manifest.setId, log) : await withMaintenance(config, readAgentRole);
+      const agent = meta ? await checkDatabasePrereqs(config, meta, manifest.setId, log) : checked.agent;
       // Ordering rule 4: the sentinel before the first live change.
       if (await ensureSentinel(config.paths.sentinel, config.site, manifest.setId)) {
         log.info({ sentinel: config.paths.sentinel }, 'sentinel written: the site is in backup mode');
@@ -124,6 +148,8 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
       await rollBack(config, journal, log).catch((e: unknown) =>
         log.error({ err: e }, 'could not remove everything the failed apply staged; the next apply retries'),
       );
+      const sig = opts.signal ? interruptedBy(opts.signal) : null;
+      if (sig !== null) throw new Interrupted(sig, `the apply of set ${manifest.setId} was rolled back: what it had staged was removed, nothing live changed`, { cause: err });
       if (opts.signal?.aborted) {
         throw new TandemError('transient', 'INTERRUPTED', `the apply of set ${manifest.setId} was ${describeError(opts.signal.reason)}: rolled back, nothing live changed`, {
           cause: err,

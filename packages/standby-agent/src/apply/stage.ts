@@ -1,4 +1,4 @@
-import { chmod, mkdir, open, rm, stat, statfs } from 'node:fs/promises';
+import { chmod, mkdir, open, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import {
@@ -8,11 +8,15 @@ import {
   OPTIONAL_ARTIFACTS,
   TandemError,
   extractTarSafe,
+  formatBytes,
+  freeBytes,
   type ArtifactEntry,
   type ArtifactName,
   type Filestore,
   type Logger,
   type Manifest,
+  type ProgressMeter,
+  type ProgressSink,
 } from '@tandem/shared';
 import { artifactLabel, canStream, decodeStored, fetchVerified, fromVerifiedFile, verifiedStream, type StoredInput, type VerifiedArtifact } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
@@ -55,6 +59,8 @@ export interface StageOptions {
   limits?: { maxEntries: number; maxBytes?: number };
   logger: Logger;
   signal?: AbortSignal;
+  /** Told each artifact's stored bytes as they download (a terminal's progress line). */
+  progress?: ProgressSink;
 }
 
 export type ArtifactEntries = Record<Exclude<ArtifactName, 'dbmeta'>, ArtifactEntry> & { dbmeta?: ArtifactEntry };
@@ -105,8 +111,8 @@ async function checkStagingSpace(
   const need = (o.storedCopy ? entry.storedSize : 0) + (o.withPlain ? entry.plainSize : 0) + o.reserved;
   if (free === undefined || free >= need) return;
   const detail = o.withPlain
-    ? `the dump needs ${entry.plainSize} bytes, ${free} are free${o.storedCopy ? `, and its stored copy needs ${entry.storedSize} more until it is decompressed` : ''}`
-    : `its stored copy needs ${entry.storedSize} bytes, ${free} are free${o.reserved > 0 ? `, and ${o.reserved} of them are the rest of the dump being decompressed` : ''}`;
+    ? `the dump needs ${formatBytes(entry.plainSize)}, ${formatBytes(free)} are free${o.storedCopy ? `, and its stored copy needs ${formatBytes(entry.storedSize)} more until it is decompressed` : ''}`
+    : `its stored copy needs ${formatBytes(entry.storedSize)}, ${formatBytes(free)} are free${o.reserved > 0 ? `, and ${formatBytes(o.reserved)} of them are the rest of the dump being decompressed` : ''}`;
   throw diskFullError(manifest, entry, stagingDir, { detail });
 }
 
@@ -164,12 +170,15 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
     const entry = entries[name]!;
     const download = previous.then(async () => {
       signal.throwIfAborted();
+      const progress = opts.progress?.begin(name, entry.storedSize);
       try {
         checkOwn(name, entry);
         await checkStagingSpace(manifest, entry, stagingDir, { withPlain: name === 'db' && opts.restoreJobs > 1, storedCopy: true, reserved: await reserved() });
-        return await fetchVerified({ filestore: opts.filestore, manifest, entry, identities, signal }, stagingDir);
+        return await fetchVerified({ filestore: opts.filestore, manifest, entry, identities, signal, progress }, stagingDir);
       } catch (err) {
         return fail(diskFull(err, manifest, entry, stagingDir) ?? err);
+      } finally {
+        progress?.end();
       }
     });
     download.catch(() => undefined); // awaited below; a failure is also recorded by fail()
@@ -185,6 +194,7 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
     for (const name of names) {
       const entry = entries[name]!;
       let download: number | undefined;
+      let progress: ProgressMeter | undefined;
       try {
         let input: StoredInput;
         let file: string | undefined;
@@ -198,7 +208,8 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
           signal.throwIfAborted();
           checkOwn(name, entry);
           await checkStagingSpace(manifest, entry, stagingDir, { withPlain: true, storedCopy: false, reserved: 0 });
-          input = await verifiedStream({ filestore: opts.filestore, manifest, entry, identities, signal });
+          progress = opts.progress?.begin(name, entry.storedSize);
+          input = await verifiedStream({ filestore: opts.filestore, manifest, entry, identities, signal, progress });
           const source = input.stages[0]!;
           source.once('end', dumpDownloaded);
           source.once('close', dumpDownloaded);
@@ -207,12 +218,14 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
       } catch (err) {
         if (failure !== undefined) throw failure;
         fail(diskFull(err, manifest, entry, name === 'db' || name === 'dbmeta' ? stagingDir : targets.dirs[name].next) ?? err);
+      } finally {
+        progress?.end();
       }
       const now = performance.now();
       durations[name] = Math.round(now - t) / 1000;
       t = now;
       logger.info(
-        { artifact: name, storedBytes: entry.storedSize, seconds: durations[name], streamed: download === undefined, ...(download !== undefined ? { download } : {}) },
+        { artifact: name, storedBytes: entry.storedSize, seconds: durations[name], streamed: download === undefined, ...(download !== undefined ? { downloadSeconds: download } : {}) },
         'artifact verified and staged',
       );
       faultPoint(`staged-${name}`);
@@ -272,16 +285,6 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
       await decodeStored(input, identities, (plain) => extractTarSafe(plain, dir, { label, ...modes, ...limits }), { signal });
     }
     if (file !== undefined) await rm(file, { force: true });
-  }
-}
-
-/** Bytes available to this user on the file system holding `dir`, or undefined if unknown. */
-async function freeBytes(dir: string): Promise<number | undefined> {
-  try {
-    const s = await statfs(dir);
-    return s.bavail * s.bsize;
-  } catch {
-    return undefined;
   }
 }
 

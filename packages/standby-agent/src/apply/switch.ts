@@ -12,6 +12,7 @@ import { PART_ORDER, type PartName } from './targets.js';
  * Used by a normal apply and by roll-forward after a crash alike.
  */
 export async function switchParts(config: StandbyConfig, journal: Journal, logger: Logger): Promise<void> {
+  const now: string[] = [];
   for (const part of PART_ORDER) {
     if (journal.switched.includes(part)) continue;
     const t0 = performance.now();
@@ -20,8 +21,10 @@ export async function switchParts(config: StandbyConfig, journal: Journal, logge
     journal.switched.push(part);
     journal.durations[`switch_${part}`] = Math.round(performance.now() - t0) / 1000;
     await writeJournal(config.stateDir, journal);
-    logger.info({ part, outcome }, 'switched');
+    logger.debug({ part, outcome }, 'switched');
+    now.push(part);
   }
+  if (now.length > 0) logger.info({ parts: now }, 'the live site is switched to the set');
 }
 
 function switchPart(config: StandbyConfig, journal: Journal, part: PartName, logger: Logger) {
@@ -32,7 +35,7 @@ function switchPart(config: StandbyConfig, journal: Journal, part: PartName, log
   const sentinel = relativeInside(config.paths.config, config.paths.sentinel);
   return swapDir(names, async (live, next) => {
     const kept = await carryOver(live, next, { globs: config.config.preserve, paths: sentinel ? [sentinel] : [] });
-    if (kept.length > 0) logger.info({ kept }, "kept the standby's own config files");
+    if (kept.length > 0) logger.debug({ kept }, "kept the standby's own config files");
   }, between);
 }
 

@@ -1,11 +1,15 @@
-import { TandemError, loadStandbyConfig, openFilestore, requireString, withInterrupts, type Command } from '@tandem/shared';
+import { TandemError, formatBytes, loadStandbyConfig, openFilestore, requireFilestoreMarker, requireString, terminalProgress, withInterrupts, type Command } from '@tandem/shared';
 import { findSetAt, parseAt } from '../apply/find-at.js';
 import { runApply } from '../apply/run-apply.js';
 
 export const applyCommand: Command = {
   name: 'apply',
   summary: 'make the standby site equal to the newest committed set (or a named one)',
-  help: `Usage: tandem-standby apply --config FILE [--set ID | --at TIME] [--allow-older] [--force] [--json]
+  help: `Usage: tandem-standby apply --config FILE [--set ID | --at TIME] [--allow-older] [--force]
+                            [--create-database] [--json]
+
+Refuses on the site's primary: when epoch.json names this state directory's agent id as the
+primary, or a tandem-primary daemon or backup runs with this state directory (--force or not).
 
 Reads latest.json (or the named set's manifest) and verifies its signature and epoch; downloads
 every artifact while checking its SHA-256 against the signed manifest, decrypting and
@@ -16,8 +20,22 @@ security (files 0600, dirs 0700) and files are extracted beside the live dirs an
 Then the set is recorded as applied, what was kept for rollback is removed, and restartCommand
 runs with TANDEM_MODE=backup.
 
+Before a byte is downloaded it checks what can be checked without the set: pg_restore (at least
+the PostgreSQL version the set was dumped from), zstd and prlimit; PostgreSQL reachable, with
+CREATEDB and the right to rename the live database; the live database exists (or may be created,
+see --create-database); and free space for what the set's signed sizes say it puts on disk. Any
+problem is refused with all of them listed, and nothing is staged.
+
 A journal in the state dir makes this crash-safe: an apply killed at any point is finished or
-rolled back by the next one, which does that first.
+rolled back by the next one, which does that first. Ctrl-C (or SIGTERM) before the switch rolls
+the apply back (the last line says so; exit 130, or 143 for SIGTERM); a switch already under
+way is finished first.
+
+On a terminal, a progress line shows each artifact's download (bytes of its signed size,
+percent, rate, time left); not when stderr is not a terminal or TANDEM_LOG_FORMAT=json.
+
+A filestore without tandem-filestore.json at its root (see \`tandem-primary init --help\`) is
+refused, exit 2: a missing filestore directory is never created.
 
 Options:
   --config FILE    the standby agent's config (required)
@@ -27,17 +45,25 @@ Options:
   --allow-older    with --set or --at: allow a set older than the applied one (a deliberate
                    roll-back to a point in time)
   --force          apply the set even if it is the one applied already
+  --create-database
+                   create the site's database (database.url) if it does not exist; without
+                   it (or database.create: true in the config, which counts on the first apply
+                   only) a missing database is refused, naming it: a misspelt name must not
+                   become a new database
   --json           print the result as JSON
 
-Exit status: 0 applied (or nothing to do); 1 failed, or the restart command failed after the
-set was applied; 2 bad config or usage; 4 the set's epoch is fenced; 5 integrity (bad signature,
-checksum, key or archive); 75 another apply or promote is running.`,
+Exit status: 0 applied (or nothing to do); 1 failed or refused (this server is the primary, the
+database is missing or unreachable, no room), or the restart command failed after the set was
+applied; 2 bad config or usage, or a tool is missing; 4 the set's epoch is fenced; 5 integrity (bad signature,
+checksum, key or archive); 75 another apply or promote is running; 130/143 interrupted by
+SIGINT/SIGTERM (rolled back).`,
   options: {
     config: { type: 'string', short: 'c' },
     set: { type: 'string' },
     at: { type: 'string' },
     'allow-older': { type: 'boolean' },
     force: { type: 'boolean' },
+    'create-database': { type: 'boolean' },
     json: { type: 'boolean' },
   },
   async run({ values, logger, out }) {
@@ -52,28 +78,36 @@ checksum, key or archive); 75 another apply or promote is running.`,
     const at = typeof values.at === 'string' ? parseAt(values.at) : undefined;
     const filestore = openFilestore(config.filestore.location);
     try {
+      await requireFilestoreMarker(filestore, { url: config.filestore.url });
       let setId = typeof values.set === 'string' ? values.set : undefined;
       if (at !== undefined) {
         setId = await findSetAt(filestore, config.site, at);
         logger.info({ at: at.toISOString(), setId }, 'newest set at or before the requested time');
       }
-      const r = await withInterrupts(logger, 'apply', (signal) =>
-        runApply(config, {
-          filestore,
-          logger,
-          setId,
-          allowOlder: values['allow-older'] === true,
-          force: values.force === true,
-          signal,
-        }),
-      );
+      const progress = terminalProgress('apply');
+      const r = await withInterrupts(
+        logger,
+        'apply',
+        (signal) =>
+          runApply(config, {
+            filestore,
+            logger,
+            setId,
+            allowOlder: values['allow-older'] === true,
+            force: values.force === true,
+            createDatabase: values['create-database'] === true,
+            signal,
+            progress,
+          }),
+        { cleanedUp: 'the apply was stopped before it changed anything live' },
+      ).finally(() => progress.close());
       const a = r.applied;
       if (values.json === true) {
         out(JSON.stringify({ status: r.status, recovered: r.recovered.action === 'none' ? null : { action: r.recovered.action, setId: r.recovered.setId }, ...a }));
       } else if (r.status === 'already-applied') {
         out(`set ${a.setId} is already applied (since ${a.appliedAt}); nothing to do (--force applies it again)`);
       } else {
-        out(`applied set ${a.setId} (epoch ${a.epoch}, created ${a.createdAt}, ${a.bytes} bytes) in ${a.durations.total ?? '?'} s`);
+        out(`applied set ${a.setId} (epoch ${a.epoch}, created ${a.createdAt}, ${formatBytes(a.bytes)}) in ${a.durations.total ?? '?'} s`);
       }
       if (r.restartError !== undefined) {
         const msg = r.restartError instanceof Error ? r.restartError.message : String(r.restartError);

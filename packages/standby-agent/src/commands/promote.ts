@@ -20,6 +20,9 @@ epoch.json names already (a state dir copied from the primary) is refused, even 
 To back up from here, run tandem-primary with the same stateDir (the default), or copy its
 agent-id file into tandem-primary's stateDir: epoch.json names the primary by that id.
 
+A filestore without tandem-filestore.json (see \`tandem-primary init --help\`) is refused; with
+--force the promote goes on without raising the epoch: nothing is written to that filestore.
+
 Options:
   --config FILE  the standby agent's config (required)
   --force        promote even though a check failed (history unapplied, nothing applied, a

@@ -1,4 +1,4 @@
-import { Interrupted, TandemError, formatDuration, loadStandbyConfig, openFilestore, parseDuration, requireString, type Command } from '@tandem/shared';
+import { Interrupted, TandemError, formatDuration, interruptedBy, loadStandbyConfig, openFilestore, parseDuration, requireFilestoreMarker, requireString, withInterrupts, type Command } from '@tandem/shared';
 import { describePrimaryAfter, runSwitchover, type SwitchoverOutcome } from '../switchover/run-switchover.js';
 
 const MIN_TIMEOUT_MS = 30_000;
@@ -31,6 +31,9 @@ when its hold times out, unless the epoch was raised by then.
 The primary's config needs onFenced and onResume. To back up from here afterwards, run
 tandem-primary with \`hostname:\` set to this standby's standbyId (see \`promote --help\`).
 
+A filestore without tandem-filestore.json at its root (see \`tandem-primary init --help\`) is
+refused, exit 2: a missing filestore directory is never created.
+
 Options:
   --config FILE         the standby agent's config (required)
   --timeout DURATION    how long the primary may hold (writes stopped) for this standby to
@@ -38,10 +41,13 @@ Options:
                         (default 10m, at least 30s, at most 1h)
   --json                print the outcome (steps, set, epoch, failed step) as JSON
 
-Ctrl-C before the promote calls the switchover off (the primary resumes).
+Ctrl-C (or SIGTERM) before the promote calls the switchover off: the primary is told, and the
+command waits for it to confirm (onResume ran), then ends with one line saying what became of the
+primary, exit 130 (143 for SIGTERM). Once the promote has begun it is finished, not abandoned.
 
 Exit status: 0 switched over; 1 refused or failed (the message names the step and what became
-of the primary); 2 bad config or usage, or the primary refused the token.`,
+of the primary); 2 bad config or usage, or the primary refused the token; 130/143 interrupted
+(SIGINT/SIGTERM) and called off.`,
   options: { config: { type: 'string', short: 'c' }, timeout: { type: 'string' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
     const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby switchover'));
@@ -54,49 +60,73 @@ of the primary); 2 bad config or usage, or the primary refused the token.`,
       timeoutMs = ms;
     }
     const json = values.json === true;
-    const ac = new AbortController();
-    const onSignal = (sig: NodeJS.Signals) => {
-      logger.warn({ signal: sig }, 'interrupted: calling the switchover off (unless the promote has begun)');
-      ac.abort(new Interrupted(sig));
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    const filestore = openFilestore(config.filestore.location);
-    let o: SwitchoverOutcome;
-    try {
-      o = await runSwitchover(config, {
-        filestore,
-        logger,
-        timeoutMs,
-        signal: ac.signal,
-        onEvent: json ? undefined : (e) => out(`${e.side}: ${e.detail}`),
-      });
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      await filestore.close();
-    }
-    if (json) out(JSON.stringify(o));
-    if (o.status === 'done') {
-      if (!json) {
-        out(
-          `switchover of site "${o.site}" done in ${formatDuration(o.seconds * 1000)}: ${o.standbyId} is the primary now (epoch ${o.epoch}, set ${o.setId}); ` +
-            `${describePrimaryAfter(o)}, its writes stopped before the final backup: no committed transaction was lost`,
-        );
-      }
-      if (o.restartError !== null) {
-        throw new TandemError('external', 'RESTART_FAILED', `the switchover is done (this server is the primary), but ${o.restartError}`, {
-          hint: 'restart the site by hand once the restart command is fixed',
-        });
-      }
-      return 0;
-    }
-    const here = o.failedStep === 'promote' ? 'this server did not become the primary' : 'this server is still a standby';
-    throw new TandemError(
-      'precondition',
-      'SWITCHOVER_FAILED',
-      `switchover of site "${o.site}" failed at step "${o.failedStep ?? '?'}": ${o.error ?? 'unknown error'}\n  ${describePrimaryAfter(o)}; ${here}`,
-      { hint: o.primary === 'resumed' || o.primary === 'unchanged' ? 'fix what failed and run the switchover again' : "check the primary's /status (its `switchover` object) and log" },
+    // Ctrl-C calls the switchover off (the primary resumes) unless the promote has begun, which is
+    // finished: runSwitchover decides; here the interrupted outcome becomes the command's last line.
+    return withInterrupts(
+      logger,
+      'switchover',
+      async (signal) => {
+        const filestore = openFilestore(config.filestore.location);
+        let asked = false;
+        let o: SwitchoverOutcome;
+        try {
+          await requireFilestoreMarker(filestore, { url: config.filestore.url });
+          o = await runSwitchover(config, {
+            filestore,
+            logger,
+            timeoutMs,
+            signal,
+            onEvent: (e) => {
+              if (e.step === 'request') asked = true;
+              if (!json) out(`${e.side}: ${e.detail}`);
+            },
+          });
+        } catch (err) {
+          const sig = interruptedBy(signal);
+          if (sig === null) throw err;
+          throw new Interrupted(
+            sig,
+            asked
+              ? "the switchover was stopped after the primary was asked for it; check the primary's /status (its switchover object) and log"
+              : 'the switchover was stopped before the primary was asked for it: nothing changed',
+            { cause: err },
+          );
+        } finally {
+          await filestore.close();
+        }
+        return finish(o, json, out, interruptedBy(signal));
+      },
+      { message: 'interrupted: calling the switchover off (unless the promote has begun)', again: { log: 'another signal: still calling the switchover off (waiting for the primary to confirm), or finishing a promote already begun' } },
     );
   },
 };
+
+/** The outcome as the command's output and exit status; `interrupted`: the signal that stopped it, if one did. */
+function finish(o: SwitchoverOutcome, json: boolean, out: (line: string) => void, interrupted: NodeJS.Signals | null): number {
+  if (json) out(JSON.stringify(o));
+  if (o.status === 'done') {
+    // A signal after the promote had begun: the switchover was finished, as it must be.
+    if (!json) {
+      out(
+        `switchover of site "${o.site}" done in ${formatDuration(o.seconds * 1000)}: ${o.standbyId} is the primary now (epoch ${o.epoch}, set ${o.setId}); ` +
+          `${describePrimaryAfter(o)}, its writes stopped before the final backup: no committed transaction was lost`,
+      );
+    }
+    if (o.restartError !== null) {
+      throw new TandemError('external', 'RESTART_FAILED', `the switchover is done (this server is the primary), but ${o.restartError}`, {
+        hint: 'restart the site by hand once the restart command is fixed',
+      });
+    }
+    return 0;
+  }
+  const here = o.failedStep === 'promote' ? 'this server did not become the primary' : 'this server is still a standby';
+  if (interrupted !== null) {
+    throw new Interrupted(interrupted, `the switchover was called off at step "${o.failedStep ?? '?'}": ${describePrimaryAfter(o)}; ${here}`);
+  }
+  throw new TandemError(
+    'precondition',
+    'SWITCHOVER_FAILED',
+    `switchover of site "${o.site}" failed at step "${o.failedStep ?? '?'}": ${o.error ?? 'unknown error'}\n  ${describePrimaryAfter(o)}; ${here}`,
+    { hint: o.primary === 'resumed' || o.primary === 'unchanged' ? 'fix what failed and run the switchover again' : "check the primary's /status (its `switchover` object) and log" },
+  );
+}

@@ -1,4 +1,4 @@
-import { TandemError, isTandemError, loadStandbyConfig, openFilestore, requireString, type Command } from '@tandem/shared';
+import { TandemError, formatBytes, isTandemError, loadStandbyConfig, openFilestore, requireFilestoreMarker, requireString, type Command } from '@tandem/shared';
 import { runVerify } from '../verify/run-verify.js';
 
 export const verifyCommand: Command = {
@@ -13,6 +13,9 @@ signed manifest, and only then decrypts it with this standby's key and decompres
 is read with \`pg_restore -l\`, the archives are listed. Nothing live changes, and no plain data
 is written to disk. Every artifact is checked even after a failure.
 
+A filestore without tandem-filestore.json at its root (see \`tandem-primary init --help\`) is
+refused, exit 2: a missing filestore directory is never created.
+
 Options:
   --config FILE  the standby agent's config (required)
   --set ID       check this set instead of the newest one
@@ -25,6 +28,7 @@ Exit status: 0 the set is restorable; 5 integrity problem (signature, checksum, 
     const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby verify'));
     const filestore = openFilestore(config.filestore.location);
     try {
+      await requireFilestoreMarker(filestore, { url: config.filestore.url });
       const r = await runVerify(config, { filestore, logger, setId: typeof values.set === 'string' ? values.set : undefined });
       const { firstError, ...report } = r;
       if (values.json === true) {
@@ -33,9 +37,9 @@ Exit status: 0 the set is restorable; 5 integrity problem (signature, checksum, 
         out(`set ${r.setId} (epoch ${r.epoch}, seq ${r.seq}, created ${r.createdAt}): ${r.ok ? 'OK' : 'FAILED'}`);
         for (const a of r.artifacts) {
           const detail = a.ok
-            ? `${a.name === 'db' ? `${a.entries} TOC entries` : `${a.entries} entries, ${a.fileBytes} file bytes`}, ${a.seconds} s`
+            ? `${a.name === 'db' ? `${a.entries} TOC entries` : `${a.entries} entries, ${formatBytes(a.fileBytes ?? 0)} of file data`}, ${a.seconds} s`
             : a.error;
-          out(`  ${a.ok ? 'ok  ' : 'FAIL'} ${a.name.padEnd(8)} ${String(a.storedBytes).padStart(12)} bytes  ${detail}`);
+          out(`  ${a.ok ? 'ok  ' : 'FAIL'} ${a.name.padEnd(8)} ${formatBytes(a.storedBytes).padStart(10)}  ${detail}`);
         }
       }
       if (!r.ok) {

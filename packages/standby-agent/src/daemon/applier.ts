@@ -20,7 +20,7 @@ export interface ApplierOptions {
   reporter: Reporter;
   random: () => number;
   stopping(): boolean;
-  /** promote ran here (PROMOTED): the daemon must stop. */
+  /** promote ran here (PROMOTED), or this server is the site's primary (THIS_IS_THE_PRIMARY): the daemon must stop. */
   die(err: TandemError): void;
 }
 
@@ -50,7 +50,7 @@ export class Applier {
     this.applying = { setId: latest.setId, since: new Date().toISOString() };
     this.#abort = new AbortController();
     try {
-      const r = await runApply(this.o.config, { filestore: this.o.fs, logger: log, signal: this.#abort.signal, latest });
+      const r = await runApply(this.o.config, { filestore: this.o.fs, logger: log, signal: this.#abort.signal, latest, caller: 'daemon' });
       observed.applied = r.applied;
       this.retries.succeeded();
       errors.clear('apply', 'recovery');
@@ -108,7 +108,7 @@ export class Applier {
 
   #failed(setId: string, err: unknown, what: 'apply' | 'recovery'): void {
     const { metrics } = this.o;
-    if (isTandemError(err) && err.code === 'PROMOTED') {
+    if (isTandemError(err) && (err.code === 'PROMOTED' || err.code === 'THIS_IS_THE_PRIMARY')) {
       this.o.die(err);
       return;
     }

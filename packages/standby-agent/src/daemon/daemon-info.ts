@@ -1,7 +1,7 @@
 import { request } from 'node:http';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TandemError, agentName, connectAddress, isTandemError, pidAlive, loadToken, requireDistinctTokens, writeFileAtomic, type Logger, type StandbyConfig } from '@tandem/shared';
+import { TandemError, agentName, connectAddress, isTandemError, localDaemonConnection, pidAlive, loadToken, requireDistinctTokens, writeFileAtomic, type Logger, type ServerTlsConfig, type StandbyConfig } from '@tandem/shared';
 import type { StandbyStatusDoc } from './status-doc.js';
 
 /**
@@ -50,12 +50,23 @@ export async function removeDaemonInfo(stateDir: string, pid = process.pid): Pro
 /** The standbyId to use: the configured one, else this host's name made into a valid id (agentName). */
 export const defaultStandbyId = (configured: string | undefined): string => agentName({ standbyId: configured });
 
-/** GET path from the running daemon with the token; null on any failure (not running, refused, timeout). */
-export function fetchFromDaemon(listen: string, path: string, token: string | null, timeoutMs = 2_000): Promise<{ status: number; body: string } | null> {
+/**
+ * GET path from the running daemon with the token; null on any failure (not running, refused, timeout).
+ * `tls`: the daemon's server.tls (its certificate is pinned: localDaemonConnection).
+ */
+export function fetchFromDaemon(listen: string, path: string, token: string | null, timeoutMs = 2_000, tls?: ServerTlsConfig): Promise<{ status: number; body: string } | null> {
   const { host, port } = connectAddress(listen);
   return new Promise((resolve) => {
     const req = request(
-      { host, port, path, method: 'GET', timeout: timeoutMs, headers: token === null ? {} : { authorization: `Bearer ${token}` } },
+      {
+        host,
+        port,
+        path,
+        method: 'GET',
+        timeout: timeoutMs,
+        headers: token === null ? {} : { authorization: `Bearer ${token}` },
+        ...(tls === undefined ? {} : { createConnection: localDaemonConnection(tls, { timeoutMs }) }),
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -112,7 +123,7 @@ export async function askDaemonStatus(
   } catch (err) {
     logger.debug({ err }, 'no token to ask the daemon with');
   }
-  const r = await fetchFromDaemon(info.listen, '/status', token);
+  const r = await fetchFromDaemon(info.listen, '/status', token, 2_000, config.server.tls);
   let live: StandbyStatusDoc | null = null;
   if (r !== null && r.status === 200) {
     try {
@@ -121,6 +132,6 @@ export async function askDaemonStatus(
       live = null;
     }
   }
-  const problem = live === null ? `the daemon (pid ${info.pid}) did not answer GET http://${info.listen}/status${r ? ` (HTTP ${r.status})` : ''}` : null;
+  const problem = live === null ? `the daemon (pid ${info.pid}) did not answer GET ${config.server.tls === undefined ? 'http' : 'https'}://${info.listen}/status${r ? ` (HTTP ${r.status})` : ''}` : null;
   return { info, live, problem };
 }

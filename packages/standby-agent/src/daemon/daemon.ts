@@ -1,7 +1,11 @@
 import {
+  ReloadingTls,
   TandemError,
   acquireLock,
+  loadClientTls,
+  tlsOptions,
   loadVerifyKeyFile,
+  readEpochDoc,
   type Filestore,
   type Lock,
   type Logger,
@@ -11,6 +15,7 @@ import {
 } from '@tandem/shared';
 import { readJournal } from '../apply/journal.js';
 import { promotedRefusal, refuseIfPromoted } from '../apply/promoted.js';
+import { wrongBoxRefusal } from '../apply/wrong-box.js';
 import { ensureSentinel } from '../apply/sentinel.js';
 import { readApplied, readPromoted } from '../apply/state.js';
 import { Applier } from './applier.js';
@@ -20,6 +25,7 @@ import { LastError } from './last-error.js';
 import { shutdownError, waitForLoop } from './lifecycle.js';
 import { StandbyMetrics } from './metrics.js';
 import { Observations } from './observed.js';
+import { StandbyHistory } from './page.js';
 import { LatestPoller } from './poller.js';
 import { PushClient } from './push-client.js';
 import { Reporter } from './reporter.js';
@@ -73,6 +79,8 @@ export class StandbyDaemon {
   private readonly fs: Filestore;
   private readonly random: () => number;
   private readonly errors: LastError;
+  /** What the status page draws: the lag over 24 h, the sets applied (page.ts). */
+  private readonly history: StandbyHistory;
   private readonly observed: Observations;
   private readonly poller: LatestPoller;
   private readonly reporter: Reporter;
@@ -83,6 +91,8 @@ export class StandbyDaemon {
   private push: PushClient | null = null;
   private daemonLock: Lock | null = null;
   private listenAddress: string | null = null;
+  /** primary.tls (CA, client certificate) for the push channel, reloaded on SIGHUP and on change. */
+  private clientTls: ReloadingTls | null = null;
   private startedAt: Date | null = null;
   private stopping = false;
   private loopDone: Promise<void> | null = null;
@@ -103,6 +113,11 @@ export class StandbyDaemon {
       lag: () => this.observed.lagFigures(),
       applied: () => this.observed.applied,
       websocketConnected: () => this.push?.isConnected() ?? false,
+    });
+    this.history = new StandbyHistory({
+      lag: () => this.observed.lagFigures(),
+      applied: () => this.observed.applied,
+      pushConnected: () => (config.primary === undefined || opts.token === null ? null : (this.push?.isConnected() ?? false)),
     });
     const common = { fs: this.fs, logger: this.log, metrics: this.metrics, stopping: () => this.stopping };
     this.errors = new LastError(this.log);
@@ -132,6 +147,7 @@ export class StandbyDaemon {
     const listen = this.opts.listen ?? config.server.listen;
     checkListen(listen, this.opts.token, this.opts.readToken ?? null);
     await refuseIfPromoted(config, 'daemon');
+    await this.refuseOnThePrimary();
     this.daemonLock = await acquireLock(daemonFiles(config.stateDir).lock, 'run', `tandem-standby run for site "${config.site}"`);
     try {
       // Backup mode from the start: the site must know it is a standby even before the first apply.
@@ -139,9 +155,14 @@ export class StandbyDaemon {
       if (await ensureSentinel(config.paths.sentinel, config.site, this.observed.applied?.setId ?? null)) {
         this.log.info({ sentinel: config.paths.sentinel }, 'sentinel written: the site is in backup mode');
       }
+      const primaryTls = config.primary?.tls;
+      if (primaryTls !== undefined && this.opts.token !== null) {
+        this.clientTls = new ReloadingTls({ what: 'primary.tls', load: () => loadClientTls(primaryTls, this.log), logger: this.log, apply: () => this.push?.redialNow() });
+      }
       this.server = new StatusServer({
         token: this.opts.token,
         readToken: this.opts.readToken ?? null,
+        tls: config.server.tls,
         logger: this.log.child({ component: 'http' }),
         handlers: {
           status: () => this.status(),
@@ -149,10 +170,13 @@ export class StandbyDaemon {
             await this.observed.refreshOnDemand();
             return { contentType: this.metrics.contentType, body: await this.metrics.text() };
           },
+          history: async () => this.history.doc(await this.status(), config.heartbeatStaleAfter),
         },
       });
       this.listenAddress = await this.server.listen(listen);
+      process.on('SIGHUP', this.onHangup);
       this.startedAt = new Date();
+      this.history.start();
       await writeDaemonInfo(config.stateDir, {
         agent: 'tandem-standby',
         pid: process.pid,
@@ -178,6 +202,8 @@ export class StandbyDaemon {
           onSetCommitted: (m) => this.onSetCommitted(m),
           onHeartbeat: (at) => this.observed.notePushHeartbeat(at),
           onFailure: () => this.metrics.failuresTotal.inc({ kind: 'websocket' }),
+          onConnectedChange: () => this.history.sample(),
+          tls: this.clientTls === null ? undefined : () => tlsOptions(this.clientTls!.current),
         });
         this.push.start();
       }
@@ -185,6 +211,7 @@ export class StandbyDaemon {
       this.log.info(
         {
           listen: this.listenAddress,
+          url: `${this.server.scheme}://${this.listenAddress}`,
           filestore: this.fs.description,
           pollIntervalMs: config.pollInterval,
           push: config.primary?.url ?? null,
@@ -198,6 +225,23 @@ export class StandbyDaemon {
       await this.cleanUp();
       throw err;
     }
+  }
+
+  /**
+   * This server is the site's primary (apply/wrong-box.ts): refused before the sentinel is written
+   * into the primary's config dir. epoch.json is read once here; a filestore that does not answer
+   * now leaves that part to every apply (runApply checks it again).
+   */
+  private async refuseOnThePrimary(): Promise<void> {
+    const epoch = await readEpochDoc(this.fs, this.config.site).then(
+      (found) => found?.doc ?? null,
+      (err: unknown) => {
+        this.log.warn({ err }, 'cannot read epoch.json at start; whether this server is the primary is checked again before every apply');
+        return null;
+      },
+    );
+    const refusal = await wrongBoxRefusal(this.config, epoch, 'daemon');
+    if (refusal !== null) throw refusal;
   }
 
   /**
@@ -230,7 +274,20 @@ export class StandbyDaemon {
     this.applier.abort(shutdownError('stopped at once (second signal)'));
   }
 
+  /** SIGHUP: server.tls and primary.tls are read again (for new connections); a failure keeps the old ones, logged. */
+  private readonly onHangup = (): void => {
+    if ((this.server?.tls ?? null) === null && this.clientTls === null) {
+      this.log.info({ signal: 'SIGHUP' }, 'SIGHUP: nothing to reload (no server.tls or primary.tls)');
+      return;
+    }
+    this.server?.reloadTls('SIGHUP');
+    this.clientTls?.reload('SIGHUP');
+  };
+
   private async cleanUp(closeFilestore = true): Promise<void> {
+    this.history.stop();
+    process.off('SIGHUP', this.onHangup);
+    this.clientTls?.close();
     await this.poller.stopWatching();
     await this.push?.stop().catch(() => undefined);
     await this.server?.close().catch(() => undefined);
@@ -265,6 +322,7 @@ export class StandbyDaemon {
       if (this.stopping) break;
       try {
         delay = await this.cycle(reason);
+        this.history.sample();
         failures = 0;
       } catch (err) {
         // A bug, not a filestore problem (those are handled inside): log it, back off, carry on.

@@ -1,11 +1,16 @@
 import {
+  FILESTORE_MARKER_KEY,
   compareSets,
   countSetsNewerThan,
   describeError,
+  describeFilestoreLocation,
+  isFilestoreMarkerRefusal,
+  isTandemError,
   loadVerifyKeyFile,
   openFilestore,
   readVerifiedHeartbeat,
   readVerifiedLatest,
+  requireFilestoreMarker,
   type Filestore,
   type Heartbeat,
   type LatestPointer,
@@ -15,26 +20,58 @@ import {
 import { readJournal } from '../apply/journal.js';
 import { readApplied, readPromoted, type AppliedState } from '../apply/state.js';
 import { askDaemonStatus, defaultStandbyId } from './daemon-info.js';
+import { probeFilestore, siteMissing } from './filestore-probe.js';
 import { pendingWithoutListing, type LatestInfo } from './lag.js';
 import { buildStatusDoc, type HeartbeatInfo, type StandbyStatusDoc } from './status-doc.js';
+
+/**
+ * What could not be read while gathering the status, and so is not known: the state dir's
+ * applied.json (the recovery point), the verify key, or the filestore. `status --max-lag` answers
+ * UNKNOWN for these (CRITICAL for a filestore document that fails verification): not knowing is
+ * not "OK".
+ */
+export interface StatusGap {
+  part: 'applied' | 'verify-key' | 'filestore';
+  /** One line, naming what and why: "cannot read the filestore file:///x: ...". */
+  message: string;
+  /** Read, but failed verification (a tampered or foreign document): an alarm, not an unknown. */
+  integrity: boolean;
+}
+
+export interface GatheredStatus {
+  doc: StandbyStatusDoc;
+  gaps: StatusGap[];
+}
 
 /**
  * `tandem-standby status`, with or without a daemon: the applied set from the state dir, latest.json,
  * heartbeat.json and the pending count (one LIST) from the filestore; the daemon's runtime view (push
  * channel, polling, last error, apply in progress) from its /status when it runs. A part that cannot
- * be read is reported under `problems` and its figures are null; the recovery point age needs only
- * the state dir, so `--max-lag` works while the filestore is down.
+ * be read is reported under `problems` (and in `gaps`) and its figures are null; the recovery point
+ * age needs only the state dir. A filestore directory that does not exist is reported as such, not
+ * read as a site without sets.
  */
-export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: { filestore?: Filestore; timeoutMs?: number } = {}): Promise<StandbyStatusDoc> {
+export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: { filestore?: Filestore; timeoutMs?: number } = {}): Promise<GatheredStatus> {
   const problems: string[] = [];
+  const gaps: StatusGap[] = [];
   const note = (what: string, err: unknown) => problems.push(`${what}: ${describeError(err)}`);
   const timeout = opts.timeoutMs ?? 15_000;
+  const fsName = opts.filestore?.description ?? describeFilestoreLocation(config.filestore.location);
+  /** A filestore read that failed: a problem line, and a gap (the first one per part says enough). */
+  const filestoreGap = (what: string, err: unknown) => {
+    note(what, err);
+    const integrity = isTandemError(err, 'integrity');
+    if (!gaps.some((g) => g.part === 'filestore' && g.integrity === integrity)) {
+      gaps.push({ part: 'filestore', integrity, message: integrity ? `${what} fails verification: ${describeError(err)}` : `cannot read the filestore ${fsName}: ${describeError(err)}` });
+    }
+  };
 
   let applied: AppliedState | null = null;
   try {
     applied = await readApplied(config.stateDir);
   } catch (err) {
     note('applied.json', err);
+    gaps.push({ part: 'applied', integrity: false, message: `cannot read applied.json (the recovery point): ${describeError(err)}` });
   }
   const journal = await readJournal(config.stateDir).catch((err: unknown) => (note('journal.json', err), null));
   const promoted = await readPromoted(config.stateDir).catch((err: unknown) => (note('promoted.json', err), null));
@@ -50,43 +87,67 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
   let hb: HeartbeatInfo | null = live?.primaryHeartbeat ?? null;
   let latestRead = false;
   let pending: number | null = null;
-  const fs = opts.filestore ?? openFilestore(config.filestore.location, { s3: { maxAttempts: 2, connectTimeoutMs: 5_000, idleTimeoutMs: timeout } });
-  try {
-    let verifyKey;
+  const unreadable = await probeFilestore(config.filestore.location);
+  if (unreadable !== null) {
+    problems.push(`filestore: ${unreadable}`);
+    gaps.push({ part: 'filestore', integrity: false, message: `cannot read the filestore ${fsName}: ${unreadable}` });
+  }
+  const fs = unreadable !== null ? null : (opts.filestore ?? openFilestore(config.filestore.location, { s3: { maxAttempts: 2, connectTimeoutMs: 5_000, idleTimeoutMs: timeout } }));
+  if (fs !== null) {
     try {
-      verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
-    } catch (err) {
-      note('keys.verifyKeyFile', err);
-    }
-    if (verifyKey !== undefined) {
-      // The heartbeat first: the primary writes latest.json before the heartbeat that names its set,
-      // so latest.json read after the heartbeat names that set at least, unless it was put back.
+      // Only a tandem filestore (its marker) is read: any other reads as a site without sets.
+      let marked = false;
       try {
-        heartbeat = await readVerifiedHeartbeat(fs, config.site, verifyKey, { signal: AbortSignal.timeout(timeout) });
+        await requireFilestoreMarker(fs, { url: config.filestore.url }, { signal: AbortSignal.timeout(timeout) });
+        marked = true;
       } catch (err) {
-        note('heartbeat.json', err);
+        // Not tandem's: named by the marker; not answering: the filestore (nothing more is read).
+        filestoreGap(isFilestoreMarkerRefusal(err) ? FILESTORE_MARKER_KEY : 'filestore', err);
       }
+      let verifyKey;
       try {
-        latest = (await readVerifiedLatest(fs, config.site, verifyKey))?.latest ?? null;
-        latestRead = true;
+        verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
       } catch (err) {
-        note('latest.json', err);
+        note('keys.verifyKeyFile', err);
+        gaps.push({ part: 'verify-key', integrity: false, message: `cannot load keys.verifyKeyFile, so nothing in the filestore can be verified: ${describeError(err)}` });
       }
-    }
-    hb = mergeHeartbeats(heartbeat, live?.primaryHeartbeat ?? null);
-    pending = pendingWithoutListing(applied, latest, hb?.latest);
-    if (pending === null) {
-      try {
-        pending = (await countSetsNewerThan(fs, config.site, applied, { signal: AbortSignal.timeout(timeout) })).count;
-      } catch (err) {
-        note('pending sets', err);
+      if (verifyKey !== undefined && marked) {
+        // The heartbeat first: the primary writes latest.json before the heartbeat that names its set,
+        // so latest.json read after the heartbeat names that set at least, unless it was put back.
+        try {
+          heartbeat = await readVerifiedHeartbeat(fs, config.site, verifyKey, { signal: AbortSignal.timeout(timeout) });
+        } catch (err) {
+          filestoreGap('heartbeat.json', err);
+        }
+        try {
+          const found = await readVerifiedLatest(fs, config.site, verifyKey);
+          latest = found?.latest ?? null;
+          latestRead = true;
+          const missing = siteMissing(config.site, fs.description, applied?.setId ?? null, found !== null);
+          if (missing !== null) {
+            problems.push(`latest.json: ${missing}`);
+            gaps.push({ part: 'filestore', integrity: false, message: `cannot read the filestore ${fsName}: ${missing}` });
+          }
+        } catch (err) {
+          filestoreGap('latest.json', err);
+        }
       }
+      hb = mergeHeartbeats(heartbeat, live?.primaryHeartbeat ?? null);
+      // Without latest.json read, "nothing newer" is not known: count by listing, or leave it unknown.
+      pending = latestRead ? pendingWithoutListing(applied, latest, hb?.latest) : null;
+      if (pending === null && marked) {
+        try {
+          pending = (await countSetsNewerThan(fs, config.site, applied, { signal: AbortSignal.timeout(timeout) })).count;
+        } catch (err) {
+          filestoreGap('pending sets', err);
+        }
+      }
+    } finally {
+      if (opts.filestore === undefined) await fs.close().catch(() => undefined);
     }
-  } finally {
-    if (opts.filestore === undefined) await fs.close().catch(() => undefined);
   }
 
-  return buildStatusDoc({
+  const doc = buildStatusDoc({
     site: config.site,
     standbyId: live?.standbyId ?? defaultStandbyId(config.standbyId),
     now: new Date(),
@@ -104,6 +165,7 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
     lastError: live?.lastError ?? null,
     problems,
   });
+  return { doc, gaps };
 }
 
 /**
@@ -115,7 +177,16 @@ export function mergeHeartbeats(file: Heartbeat | null, pushed: HeartbeatInfo | 
   const fromFile: HeartbeatInfo | null =
     file === null
       ? null
-      : { at: file.at, source: 'filestore', primaryHost: file.primaryHost, epoch: file.epoch, lastBackup: file.lastBackup, nextBackupAt: file.nextBackupAt, latest: file.latest };
+      : {
+          at: file.at,
+          source: 'filestore',
+          primaryHost: file.primaryHost,
+          epoch: file.epoch,
+          lastBackup: file.lastBackup,
+          nextBackupAt: file.nextBackupAt,
+          latest: file.latest,
+          ...(file.state === undefined ? {} : { state: file.state }),
+        };
   if (pushed === null) return fromFile;
   if (fromFile === null) return pushed;
   const [newer, older] = Date.parse(pushed.at) > Date.parse(fromFile.at) ? [pushed, fromFile] : [fromFile, pushed];

@@ -114,17 +114,25 @@ export { checkHeartbeat };
 export const readHeartbeat = (fs: Filestore, site: string, verifyKey: KeyObject, signal?: AbortSignal): Promise<Heartbeat | null> =>
   readVerifiedHeartbeat(fs, site, verifyKey, { signal });
 
-/** Nagios-style verdict on the recovery point age: ok up to 80% of maxLag, warning above, critical beyond. */
+/**
+ * Nagios-style verdict on the recovery point age: ok up to the warning threshold (default 80% of
+ * maxLag, or --warn-lag), warning above, critical beyond maxLag.
+ */
 export type LagVerdict = 'ok' | 'warning' | 'critical';
 export const WARN_FRACTION = 0.8;
 
-export function judgeLag(recoveryPointAgeSeconds: number | null, maxLagSeconds: number, heartbeatNewerSetId: string | null = null): LagVerdict {
+export function judgeLag(
+  recoveryPointAgeSeconds: number | null,
+  maxLagSeconds: number,
+  heartbeatNewerSetId: string | null = null,
+  warnAboveSeconds = WARN_FRACTION * maxLagSeconds,
+): LagVerdict {
   // Nothing applied: a failover now would lose everything.
   if (recoveryPointAgeSeconds === null) return 'critical';
   // latest.json hides newer sets: this standby falls behind however young its set still is.
   if (heartbeatNewerSetId !== null) return 'critical';
   if (recoveryPointAgeSeconds > maxLagSeconds) return 'critical';
-  if (recoveryPointAgeSeconds > WARN_FRACTION * maxLagSeconds) return 'warning';
+  if (recoveryPointAgeSeconds > warnAboveSeconds) return 'warning';
   return 'ok';
 }
 

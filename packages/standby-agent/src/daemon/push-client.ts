@@ -5,7 +5,9 @@ import {
   STREAM_PATH,
   TandemError,
   describeError,
+  describeTlsFailure,
   encodeMessage,
+  trackTlsHandshake,
   isTandemError,
   parseMessage,
   type AppliedMessage,
@@ -42,6 +44,8 @@ export interface PushClientOptions {
   backoff?: BackoffPolicy;
   silenceTimeoutMs?: number;
   handshakeTimeoutMs?: number;
+  /** primary.tls as ws options (ca, cert, key), asked on every dial: a reload (SIGHUP) counts from the next connection. */
+  tls?(): PrimaryTlsOptions;
 }
 
 export interface PushStatus {
@@ -67,6 +71,39 @@ export function streamUrl(url: string): string {
   }
   if (u.pathname === '' || u.pathname === '/') u.pathname = STREAM_PATH;
   return u.toString();
+}
+
+/** primary.tls as ws options (ca, cert, key): tlsOptions(loadClientTls(config.primary.tls)). */
+export type PrimaryTlsOptions = { ca?: string; cert?: string; key?: string };
+
+/** A WebSocket to the primary, being opened. */
+export interface PrimarySocket {
+  ws: WebSocket;
+  /**
+   * Whether the TLS handshake had completed (wss only): a reset after it is the primary refusing
+   * this standby's client certificate (classifyWsError, describeTlsFailure).
+   */
+  handshakeDone(): boolean;
+}
+
+/**
+ * Opens a WebSocket to the primary's /v1/stream as every connection of this standby's does (the
+ * push client, the check's probe, a switchover): this standby's bearer token on the upgrade,
+ * frames up to MAX_FRAME_BYTES, no compression, no redirects, primary.tls, and with wss the TLS
+ * handshake tracked. Throws what the ws constructor throws for a URL it cannot dial.
+ */
+export function dialPrimary(url: string, token: string, opts: { handshakeTimeoutMs: number; tls?: PrimaryTlsOptions }): PrimarySocket {
+  const tracked = /^(wss|https):/.test(url) ? trackTlsHandshake() : null;
+  const ws = new WebSocket(url, {
+    headers: { authorization: `Bearer ${token}` },
+    handshakeTimeout: opts.handshakeTimeoutMs,
+    maxPayload: MAX_FRAME_BYTES,
+    perMessageDeflate: false,
+    followRedirects: false,
+    ...opts.tls,
+    ...(tracked === null ? {} : { createConnection: tracked.createConnection }),
+  });
+  return { ws, handshakeDone: () => tracked?.handshakeDone ?? false };
 }
 
 export class PushClient {
@@ -112,6 +149,17 @@ export class PushClient {
   /** Sends `applied` if connected; otherwise the next hello carries the applied set. */
   sendApplied(msg: Omit<AppliedMessage, 'type'>): boolean {
     return this.send(encodeMessage({ type: 'applied', ...msg }, 'standby-to-primary'));
+  }
+
+  /**
+   * Dials at once if a retry is waiting (primary.tls was reloaded: the fix should not wait out the
+   * backoff); nothing while connected or connecting.
+   */
+  redialNow(): void {
+    if (this.stopped || this.retryTimer === null) return;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.dial();
   }
 
   /** Closes the connection (1001 going away) and stops redialling. */
@@ -181,14 +229,9 @@ export class PushClient {
     this.retryTimer = null;
     this.nextAttemptAt = null;
     let ws: WebSocket;
+    let handshakeDone: () => boolean;
     try {
-      ws = new WebSocket(this.url, {
-        headers: { authorization: `Bearer ${this.opts.token}` },
-        handshakeTimeout: this.opts.handshakeTimeoutMs ?? 10_000,
-        maxPayload: MAX_FRAME_BYTES,
-        perMessageDeflate: false,
-        followRedirects: false,
-      });
+      ({ ws, handshakeDone } = dialPrimary(this.url, this.opts.token, { handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? 10_000, tls: this.opts.tls?.() }));
     } catch (err) {
       this.failed(new TandemError('config', 'PUSH_URL', `primary.url ${this.url}: ${describeError(err)}`));
       return;
@@ -216,7 +259,7 @@ export class PushClient {
       }
     });
     ws.on('error', (err) => {
-      failure ??= classifyWsError(err, this.url);
+      failure ??= classifyWsError(err, this.url, handshakeDone());
     });
     ws.on('close', (code, reasonBuf) => {
       if (this.ws === ws) this.ws = null;
@@ -285,7 +328,10 @@ export class PushClient {
   }
 }
 
-function classifyWsError(err: Error, url: string): TandemError {
+/** A failed dial as the operator should read it: a refused token (401, 403) named as such, else unreachable. */
+export function classifyWsError(err: Error, url: string, afterHandshake = false): TandemError {
+  const tls = describeTlsFailure(err, `the primary at ${url}`, 'primary.tls', { afterHandshake });
+  if (tls !== null) return tls;
   const m = /Unexpected server response: (\d+)/.exec(err.message);
   if (m) {
     const status = Number(m[1]);

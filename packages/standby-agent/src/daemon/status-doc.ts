@@ -1,6 +1,6 @@
-import { formatDuration } from '@tandem/shared';
+import { HEARTBEAT_STOPPED, formatDuration } from '@tandem/shared';
 import type { AppliedState } from '../apply/state.js';
-import { committedAtOf, computeLag, type LagFigures, type LagVerdict, type LatestInfo } from './lag.js';
+import { WARN_FRACTION, committedAtOf, computeLag, judgeLag, type LagFigures, type LagVerdict, type LatestInfo } from './lag.js';
 import type { PushStatus } from './push-client.js';
 
 /**
@@ -28,6 +28,8 @@ export interface HeartbeatInfo {
   nextBackupAt: string | null;
   /** The newest set the primary committed, as its signed heartbeat names it (null: none; absent: not known). */
   latest?: LatestInfo | null;
+  /** "stopped": the primary's daemon shut down cleanly and this was its last heartbeat (absent: running). */
+  state?: string;
 }
 
 export interface PollInfo {
@@ -62,7 +64,12 @@ export interface StandbyStatusDoc extends LagFigures {
   lastError: ErrorInfo | null;
   /** Problems met while gathering this status (e.g. the filestore could not be read). */
   problems: string[];
-  maxLag?: { seconds: number; warnAboveSeconds: number; verdict: LagVerdict };
+  /**
+   * `status --max-lag` (a Nagios check): the thresholds, the verdict (the check's state: the
+   * recovery point's, made UNKNOWN or worse by what could not be read, see nagios.ts) and the
+   * reasons for it, worst first.
+   */
+  maxLag?: { seconds: number; warnAboveSeconds: number; verdict: LagVerdict | 'unknown'; reasons?: string[] };
 }
 
 /**
@@ -187,7 +194,11 @@ export function formatStatus(d: StandbyStatusDoc): string[] {
     'primary',
     hb === null
       ? 'no heartbeat seen (is `tandem-primary run` running?)'
-      : `heartbeat ${ago(d.primaryHeartbeatAgeSeconds)} ago${hb.primaryHost ? ` from ${hb.primaryHost}` : ''}${hb.epoch !== null ? ` (epoch ${hb.epoch})` : ''}` +
+      : hb.state === HEARTBEAT_STOPPED
+        ? `stopped cleanly at ${when(hb.at)} (${ago(d.primaryHeartbeatAgeSeconds)} ago${hb.primaryHost ? `, ${hb.primaryHost}` : ''}${hb.epoch !== null ? `, epoch ${hb.epoch}` : ''}: its daemon's last heartbeat)` +
+          (hb.lastBackup ? `; last backup ${hb.lastBackup.outcome} at ${when(hb.lastBackup.at)}` : '') +
+          (hb.latest ? `; newest set ${hb.latest.setId}` : '')
+        : `heartbeat ${ago(d.primaryHeartbeatAgeSeconds)} ago${hb.primaryHost ? ` from ${hb.primaryHost}` : ''}${hb.epoch !== null ? ` (epoch ${hb.epoch})` : ''}` +
         (hb.lastBackup ? `; last backup ${hb.lastBackup.outcome} at ${when(hb.lastBackup.at)}` : '') +
         (hb.latest ? `; newest set ${hb.latest.setId}` : '') +
         (hb.nextBackupAt ? `; next ${when(hb.nextBackupAt)}` : ''),
@@ -202,14 +213,20 @@ export function formatStatus(d: StandbyStatusDoc): string[] {
   if (d.maxLag) {
     const m = d.maxLag;
     const age = d.recoveryPointAgeSeconds === null ? 'none (nothing applied)' : ago(d.recoveryPointAgeSeconds);
-    const text =
+    const defaultWarn = Math.abs(m.warnAboveSeconds - WARN_FRACTION * m.seconds) < 0.001;
+    const within = defaultWarn ? `within 80% of ${ago(m.seconds)}` : `within ${ago(m.warnAboveSeconds)} (warning) of ${ago(m.seconds)}`;
+    const above = defaultWarn ? `above 80% of ${ago(m.seconds)} (${ago(m.warnAboveSeconds)})` : `above ${ago(m.warnAboveSeconds)} (warning; critical beyond ${ago(m.seconds)})`;
+    const lag = judgeLag(d.recoveryPointAgeSeconds, m.seconds, d.heartbeatNewerSetId, m.warnAboveSeconds);
+    const lagText =
       d.heartbeatNewerSetId !== null
         ? `CRITICAL: latest.json hides set ${d.heartbeatNewerSetId} and newer (recovery point age ${age})`
-        : m.verdict === 'ok'
-        ? `OK: recovery point age ${age} is within 80% of ${ago(m.seconds)}`
-        : m.verdict === 'warning'
-          ? `WARNING: recovery point age ${age} is above 80% of ${ago(m.seconds)} (${ago(m.warnAboveSeconds)})`
-          : `CRITICAL: recovery point age ${age} is beyond ${ago(m.seconds)}`;
+        : lag === 'ok'
+          ? `OK: recovery point age ${age} is ${within}`
+          : lag === 'warning'
+            ? `WARNING: recovery point age ${age} is ${above}`
+            : `CRITICAL: recovery point age ${age} is beyond ${ago(m.seconds)}`;
+    // Something else decided the verdict (a part that could not be read): it comes first.
+    const text = m.verdict === lag || !m.reasons?.length ? lagText : `${m.verdict.toUpperCase()}: ${m.reasons[0]}; ${lagText.replace(/^[A-Z]+: /, '')}`;
     rows.push([`max-lag ${ago(m.seconds)}`, text]);
   }
   const width = Math.max(...rows.map(([k]) => k.length));

@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { compareSets, countSetsNewerThan, formatDuration, layout, readVerifiedHeartbeat, type Filestore, type Heartbeat, type SetRef } from '@tandem/shared';
+import { compareSets, countSetsNewerThan, formatDuration, isStoppedHeartbeat, layout, readVerifiedHeartbeat, type Filestore, type Heartbeat, type SetRef } from '@tandem/shared';
 import { readLatest } from '../apply/resolve-set.js';
 import type { AppliedState } from '../apply/state.js';
 import type { HeartbeatInfo } from '../daemon/status-doc.js';
@@ -26,7 +26,7 @@ export interface Unapplied {
 
 /** One preflight check as promote reports it. */
 export interface Check {
-  name: 'apply-complete' | 'newest-applied' | 'primary-silent';
+  name: 'apply-complete' | 'filestore' | 'newest-applied' | 'primary-silent';
   ok: boolean;
   detail: string;
 }
@@ -49,13 +49,16 @@ export async function checkUnapplied(fs: Filestore, site: string, verifyKey: Key
 
 /**
  * Is the primary silent? Three answers: alive (a fresh heartbeat: promoting risks two primaries),
- * silent (a stale heartbeat that is the primary's last word), and unknown, refused like alive:
+ * silent (a stale heartbeat that is the primary's last word, or at once a signed "stopped" one: its
+ * daemon wrote it as it shut down cleanly), and unknown, refused like alive:
  * - no heartbeat.json (a primary run from cron, without the daemon, writes none; or it was removed);
  * - a stale heartbeat that names an older set than one committed since (`newest`): an old
  *   heartbeat.json put back to make a live primary look dead, or one that stopped right after a
  *   commit (or backs up from cron since its daemon stopped), which cannot be told apart.
  * `pushed` is the heartbeat the standby daemon last saw on the push channel, if one runs: a fresher
- * one than heartbeat.json's means the primary is alive whatever the file says.
+ * one than heartbeat.json's means the primary is alive whatever the file says (a stopped heartbeat
+ * older than a running one is not the last word). A stopped heartbeat that names an older set than
+ * one committed since is unknown too: the primary went on after it (from cron), or it was put back.
  */
 export async function checkPrimarySilent(
   fs: Filestore,
@@ -69,6 +72,18 @@ export async function checkPrimarySilent(
   const hb: Heartbeat | null = await readVerifiedHeartbeat(fs, site, verifyKey);
   const pushed = known.pushed ?? null;
   const pushedFresher = pushed !== null && (hb === null || Date.parse(pushed.at) > Date.parse(hb.at));
+  if (hb !== null && !pushedFresher && isStoppedHeartbeat(hb)) {
+    const predates = heartbeatPredates(hb, known.newest ?? null);
+    const how = `stopped cleanly at ${hb.at} (${formatDuration(Math.max(0, now.getTime() - Date.parse(hb.at)))} ago; its daemon's last heartbeat, signed, from ${hb.primaryHost}, epoch ${hb.epoch})`;
+    if (predates !== null) {
+      return {
+        name: 'primary-silent',
+        ok: false,
+        detail: `unknown whether the primary is alive: its heartbeat says it ${how}, but it ${predates}: the primary went on after its daemon stopped (a backup from cron?), or an old heartbeat.json was put back (replayed); make sure the old primary is down`,
+      };
+    }
+    return { name: 'primary-silent', ok: true, detail: `the primary ${how}, and names the newest set` };
+  }
   const at = pushedFresher ? pushed.at : hb?.at;
   if (at !== undefined) {
     const age = now.getTime() - Date.parse(at);

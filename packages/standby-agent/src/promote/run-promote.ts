@@ -11,7 +11,9 @@ import {
   loadVerifyKeyFile,
   raiseEpoch,
   readEpochDoc,
+  isFilestoreMarkerRefusal,
   readVerifiedLatest,
+  requireFilestoreMarker,
   type AgentIdentity,
   type EpochDoc,
   type Filestore,
@@ -92,6 +94,19 @@ export async function runPromote(
     const already = await readPromoted(config.stateDir);
     if (already !== null) return { status: 'already-promoted', promoted: already, checks: [], overridden: [], epoch: null };
 
+    // The filestore must be tandem's (its marker), for the promote writes epoch.json there (a
+    // switchover checked it at its start). With --force, a filestore without it is overridden: the
+    // epoch is not raised, nothing is written to it. One that cannot be read is left to the
+    // preflight and the epoch's raise, as before: they fail, and --force overrides that too.
+    const storeProblem =
+      opts.switchover === undefined
+        ? await requireFilestoreMarker(fs, { url: config.filestore.url }).then(
+            () => null,
+            (err: unknown) => (isFilestoreMarkerRefusal(err) ? err : null),
+          )
+        : null;
+    if (storeProblem !== null && !opts.force) throw storeProblem;
+
     const applied = await readApplied(config.stateDir);
     // Before anything is checked or changed: an unusable state directory stops the promote here.
     const self = promotedIdentity(config);
@@ -100,6 +115,7 @@ export async function runPromote(
     // when the two were not simultaneous.
     const follows = applied?.epoch ?? (await followedEpoch(fs, config));
     const { checks, unapplied } = await preflight(config, opts, applied);
+    if (storeProblem !== null) checks.splice(1, 0, { name: 'filestore', ok: false, detail: `the filestore is not usable: ${describeError(storeProblem)}` });
     for (const c of checks) logger.info({ check: c.name, ok: c.ok }, `preflight: ${c.detail}`);
     const failed = checks.filter((c) => !c.ok);
     if (failed.length > 0 && !opts.force) {
@@ -124,14 +140,18 @@ export async function runPromote(
 
     // Fencing (must): from here on the old primary's uploads are refused, and standbys ignore its sets.
     let epoch: EpochDoc | null = null;
-    try {
-      epoch = await raiseEpoch(fs, config.site, self, opts.reason ?? (opts.force ? 'promote --force' : 'promote'), {
-        expect: follows,
-      });
-      logger.info({ epoch: epoch.epoch, primary: epoch.primaryHost, agentId: self.id }, 'epoch raised: the old primary is fenced');
-    } catch (err) {
-      if ((err as TandemError).kind === 'precondition' || !opts.force) throw err;
-      logger.error({ err }, 'could NOT raise the epoch (filestore unreachable?): the old primary is not fenced; promoting anyway (--force)');
+    if (storeProblem !== null) {
+      logger.error({ err: storeProblem }, 'NOT raising the epoch: the filestore is not a usable tandem filestore; the old primary is not fenced; promoting anyway (--force)');
+    } else {
+      try {
+        epoch = await raiseEpoch(fs, config.site, self, opts.reason ?? (opts.force ? 'promote --force' : 'promote'), {
+          expect: follows,
+        });
+        logger.info({ epoch: epoch.epoch, primary: epoch.primaryHost, agentId: self.id }, 'epoch raised: the old primary is fenced');
+      } catch (err) {
+        if ((err as TandemError).kind === 'precondition' || !opts.force) throw err;
+        logger.error({ err }, 'could NOT raise the epoch (filestore unreachable?): the old primary is not fenced; promoting anyway (--force)');
+      }
     }
 
     await rm(config.paths.sentinel, { force: true });

@@ -1,10 +1,10 @@
 import { WebSocket } from 'ws';
 import {
   CLOSE_CODES,
-  MAX_FRAME_BYTES,
   STREAM_PATH,
   TandemError,
   describeError,
+  describeTlsFailure,
   encodeMessage,
   isTandemError,
   parseMessage,
@@ -13,6 +13,7 @@ import {
   type SwitchoverPrimaryMessage,
   type SwitchoverStandbyMessage,
 } from '@tandem/shared';
+import { dialPrimary, type PrimaryTlsOptions } from '../daemon/push-client.js';
 
 /**
  * The switchover's own connection to the primary's /v1/stream (this standby's own bearer token on
@@ -65,8 +66,8 @@ export class SwitchoverChannel {
     private readonly log: Logger,
   ) {}
 
-  /** Connects and waits for the primary's hello; throws (nothing sent) when that fails. */
-  static async open(primaryUrl: string, token: string, opts: { site: string; logger: Logger; timeoutMs?: number }): Promise<SwitchoverChannel> {
+  /** Connects and waits for the primary's hello; throws (nothing sent) when that fails. opts.tls: primary.tls as ws options (ca, cert, key). */
+  static async open(primaryUrl: string, token: string, opts: { site: string; logger: Logger; timeoutMs?: number; tls?: PrimaryTlsOptions }): Promise<SwitchoverChannel> {
     let url: string;
     try {
       url = switchoverStreamUrl(primaryUrl);
@@ -74,13 +75,7 @@ export class SwitchoverChannel {
       throw new TandemError('config', 'SWITCHOVER_URL', `primary.url ${primaryUrl}: ${describeError(err)}`);
     }
     const timeoutMs = opts.timeoutMs ?? 15_000;
-    const ws = new WebSocket(url, {
-      headers: { authorization: `Bearer ${token}` },
-      handshakeTimeout: timeoutMs,
-      maxPayload: MAX_FRAME_BYTES,
-      perMessageDeflate: false,
-      followRedirects: false,
-    });
+    const { ws, handshakeDone } = dialPrimary(url, token, { handshakeTimeoutMs: timeoutMs, tls: opts.tls });
     const ch = new SwitchoverChannel(ws, url, opts.logger);
     await new Promise<void>((resolve, reject) => {
       let settled = false;
@@ -100,6 +95,11 @@ export class SwitchoverChannel {
       });
       ws.on('error', (err) => {
         const code = (err as NodeJS.ErrnoException).code;
+        const tls = describeTlsFailure(err, `the primary at ${url}`, 'primary.tls', { afterHandshake: handshakeDone() });
+        if (tls !== null) {
+          done(new TandemError(tls.kind, tls.code, `${tls.message}; nothing changed`, { hint: tls.hint }));
+          return;
+        }
         done(new TandemError('transient', 'SWITCHOVER_UNREACHABLE', `cannot reach the primary at ${url}: ${code ?? err.message}; nothing changed`, {
           hint: 'is `tandem-primary run` running there, and does primary.url name its server.listen?',
         }));

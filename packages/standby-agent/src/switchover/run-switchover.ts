@@ -4,9 +4,11 @@ import {
   describeError,
   formatDuration,
   isTandemError,
+  loadClientTls,
   loadToken,
   loadVerifyKeyFile,
   recipientFromIdentity,
+  tlsOptions,
   type Filestore,
   type Logger,
   type StandbyConfig,
@@ -147,6 +149,8 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
     });
   }
   const token = opts.token ?? loadToken({ tokenFile: config.primary.tokenFile, key: 'primary.tokenFile', logger });
+  // primary.tls read now: a bad file stops the switchover before anything is asked.
+  const tls = config.primary.tls === undefined ? undefined : tlsOptions(loadClientTls(config.primary.tls, logger));
   const standbyId = promotedName(config);
   const requestId = randomUUID();
   const log = logger.child({ switchover: requestId });
@@ -182,7 +186,7 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
   };
 
   event('standby', 'preflight', await preflight(config, fs, log));
-  const channel = await SwitchoverChannel.open(config.primary.url, token, { site: config.site, logger: log });
+  const channel = await SwitchoverChannel.open(config.primary.url, token, { site: config.site, logger: log, tls });
   try {
     const hello = channel.hello!;
     log.info({ primary: channel.url, epoch: hello.epoch, latestSetId: hello.latestSetId }, 'connected to the primary');

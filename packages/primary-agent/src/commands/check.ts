@@ -1,0 +1,55 @@
+import { optionalPath, requireString, runCheckCommand, type Command } from '@tandem/shared';
+import { primaryChecks, type PrimaryCheckContext } from '../check/checks.js';
+
+export const checkCommand: Command = {
+  name: 'check',
+  summary: 'check the set-up without making a backup: config, keys, database, tools, filestore, daemon',
+  help: `Usage: tandem-primary check --config FILE [--identity FILE] [--verify-key FILE] [--json]
+
+Looks at everything a backup and the daemon need, one line per check, and changes nothing:
+  config       the config parses and validates
+  paths        the config, security and files directories exist; no BACKUP sentinel (a
+               standby's site is never backed up)
+  signing-key  keys.signingKeyFile: mode, owner, an Ed25519 private key
+  verify-key   with --verify-key: that file is the signing key's public half
+  recipients   keys.recipientFile: mode, owner, age recipients
+  pairing      with --identity: the identity opens what the recipients seal
+  postgres     database.url answers; the server's version and the role
+  db-access    the role can read everything pg_dump reads (schemas, tables, sequences, large
+               objects, tables with row level security)
+  roles        the roles the database refers to, read as a backup reads them (database.roles:
+               carry needs a superuser)
+  pg_dump      found, and not older than the server
+  zstd         found
+  filestore    reachable, and a tandem filestore (its marker); the site's committed sets
+  store-write  one probe object (tandem-check-*.probe at the top of the filestore) written, read
+               back and deleted: the only thing check writes, and it leaves nothing behind
+  latest       latest.json verifies with the signing key (else standbys refuse the next set)
+  epoch        epoch.json names this agent the primary (else backups are refused as fenced)
+  state-dir    stateDir is writable (or can be created)
+  tokens       the daemon's tokens load and differ from each other
+  tls          with server.tls: the certificate and key load and belong together; a warning
+               when the certificate ends within 14 days, a failure when it is not valid now
+  listen       server.listen is free, or this site's daemon serves it (reached over TLS, with
+               server.tls, as the commands beside the daemon reach it)
+
+Each line reads "ok", "warn", "FAIL" or "skip" (not applicable, or a check it needs failed),
+then the check's name and what it found; a failure or warning has a hint line under it.
+
+Options:
+  --config FILE      the primary agent's config (required)
+  --identity FILE    an age identity (backup.agekey) to prove against keys.recipientFile
+  --verify-key FILE  a verify key (signing.pub) to prove against keys.signingKeyFile
+  --json             print {"ok", "checks": [{"name", "status", "detail", "hint"}]} instead
+
+Exit status: 0 no check failed (warnings allowed); 1 a check failed.`,
+  options: { config: { type: 'string', short: 'c' }, identity: { type: 'string', short: 'i' }, 'verify-key': { type: 'string' }, json: { type: 'boolean' } },
+  async run({ values, out }) {
+    const ctx: PrimaryCheckContext = {
+      configFile: requireString(values, 'config', 'tandem-primary check'),
+      identityFile: optionalPath(values.identity),
+      verifyKeyFile: optionalPath(values['verify-key']),
+    };
+    return runCheckCommand(primaryChecks, ctx, { values, out });
+  },
+};

@@ -1,0 +1,310 @@
+import type { KeyObject } from 'node:crypto';
+import { dirname } from 'node:path';
+import {
+  TandemError,
+  captureWarnings,
+  checkWritableDir,
+  configVerdict,
+  filestoreCheck,
+  formatBytes,
+  isTandemError,
+  keyId,
+  known,
+  loadClientTls,
+  loadIdentities,
+  loadRecipients,
+  loadStandbyConfig,
+  loadVerifyKeyFile,
+  pairingFailure,
+  pgClientTool,
+  pgMajor,
+  postgresCheck,
+  readEpochDoc,
+  readServerInfo,
+  redactUrl,
+  serverTlsCheck,
+  stateDirCheck,
+  timeAgo,
+  tlsOptions,
+  toolVersion,
+  verdict,
+  withDatabase,
+  withWarnings,
+  type CheckDef,
+  type Filestore,
+  type LatestPointer,
+  type Manifest,
+  type ServerInfo,
+  type StandbyConfig,
+  type Verdict,
+} from '@tandem/shared';
+import { isPrivileged, ownerSafeRestore } from '../apply/db-prereqs.js';
+import { checkMaintenanceDb, withMaintenance } from '../apply/pg.js';
+import { checkDatabase, checkSpace, checkTools } from '../apply/preflight.js';
+import { promotedRefusal } from '../apply/promoted.js';
+import { resolveSet } from '../apply/resolve-set.js';
+import { readApplied } from '../apply/state.js';
+import { DIR_PARTS, targetsFor, type Targets } from '../apply/targets.js';
+import { wrongBoxRefusal } from '../apply/wrong-box.js';
+import { loadDaemonToken, loadReadToken } from '../daemon/daemon-info.js';
+import { probePushChannel } from './push-probe.js';
+import { checkSetNeeds } from './set-needs.js';
+
+/**
+ * `tandem-standby check`: everything an apply and the daemon need, looked at without applying (and
+ * without writing anything anywhere). Each check fills in what later ones use: the config, the
+ * keys, the server's version, the open filestore, the newest set.
+ */
+export interface StandbyCheckContext {
+  configFile: string;
+  /** --recipient: the primary's age recipient file, to prove the identity against. */
+  recipientFile?: string;
+  config?: StandbyConfig;
+  verifyKey?: KeyObject;
+  identities?: string[];
+  server?: ServerInfo;
+  targets?: Targets;
+  filestore?: Filestore;
+  latest?: LatestPointer;
+  manifest?: Manifest;
+}
+
+/** Problems found by the apply's preflight, as one failure (or ok when there are none). */
+function fromProblems(problems: Array<{ message: string; hint: string }>, okDetail: string): Verdict {
+  if (problems.length === 0) return verdict.ok(okDetail);
+  return verdict.fail(problems.map((p) => p.message).join('; '), [...new Set(problems.map((p) => p.hint))].join('; '));
+}
+
+/** The site has no set yet (the latest check warned): nothing to measure against. */
+const noSetYet = verdict.notApplicable('no set to check against yet (see the latest check)');
+
+export const standbyChecks: Array<CheckDef<StandbyCheckContext>> = [
+  {
+    name: 'config',
+    async run(ctx) {
+      const config = loadStandbyConfig(ctx.configFile);
+      ctx.config = config;
+      ctx.targets = await targetsFor(config);
+      return configVerdict(config, { detail: 'unencrypted sets are accepted', hint: 'remove `encryption: none` unless the primary is meant to upload unencrypted sets' });
+    },
+  },
+  {
+    name: 'verify-key',
+    needs: ['config'],
+    run(ctx) {
+      const file = known(ctx.config, 'the config').keys.verifyKeyFile;
+      ctx.verifyKey = loadVerifyKeyFile(file);
+      return `${file} (key id ${keyId(ctx.verifyKey)}); the latest check proves it against the primary's signatures`;
+    },
+  },
+  {
+    name: 'identity',
+    needs: ['config'],
+    run(ctx) {
+      const config = known(ctx.config, 'the config');
+      if (config.encryption === 'none') return verdict.notApplicable('encryption is "none": no identity is needed');
+      const file = known(config.keys.identityFile, 'keys.identityFile');
+      const w = captureWarnings();
+      ctx.identities = loadIdentities(file, w.logger);
+      return withWarnings(`${file} (${ctx.identities.length} identit${ctx.identities.length === 1 ? 'y' : 'ies'})`, w.warnings(), `chmod 600 ${file}`);
+    },
+  },
+  filestoreCheck({ readable: true }),
+  {
+    name: 'latest',
+    needs: ['filestore', 'verify-key'],
+    async run(ctx) {
+      const config = known(ctx.config, 'the config');
+      const fs = known(ctx.filestore, 'the filestore');
+      try {
+        // latest.json, its manifest and the epoch, verified as an apply verifies them.
+        const { manifest, latest } = await resolveSet(fs, config.site, known(ctx.verifyKey, 'the verify key'));
+        ctx.manifest = manifest;
+        ctx.latest = latest ?? undefined;
+        const when = latest === null ? '' : `, committed ${timeAgo(latest.committedAt)}`;
+        return `latest set ${manifest.setId} (epoch ${manifest.epoch}${when}) and its manifest verify with the verify key`;
+      } catch (err) {
+        if (isTandemError(err) && err.code === 'NO_SETS') return verdict.warn(`${err.message}; the verify key can be proved once it has one`, err.hint);
+        if (isTandemError(err) && err.code === 'DOC_FOREIGN_KEY') {
+          throw new TandemError('config', err.code, `${err.message}: keys.verifyKeyFile does not match the primary's signing key`, {
+            hint: "copy the signing.pub made together with the primary's keys.signingKeyFile to keys.verifyKeyFile",
+          });
+        }
+        throw err;
+      }
+    },
+  },
+  {
+    name: 'pairing',
+    needs: ['identity'],
+    async run(ctx) {
+      const config = known(ctx.config, 'the config');
+      const identityFile = known(config.keys.identityFile, 'keys.identityFile');
+      let recipients: string[];
+      let source: string;
+      if (ctx.recipientFile !== undefined) {
+        recipients = loadRecipients(ctx.recipientFile);
+        source = ctx.recipientFile;
+      } else if (ctx.manifest !== undefined && ctx.manifest.encryption.recipients.length > 0) {
+        // The recipients the primary sealed the newest set to, as its signed manifest lists them.
+        recipients = ctx.manifest.encryption.recipients;
+        source = `the recipient${recipients.length === 1 ? '' : 's'} of set ${ctx.manifest.setId}`;
+      } else {
+        const why = ctx.manifest === undefined ? 'the newest set could not be read (see the latest check)' : `set ${ctx.manifest.setId} is not encrypted`;
+        return verdict.notApplicable(`no --recipient FILE given, and ${why}: nothing to prove the identity against`);
+      }
+      const mismatch = await pairingFailure(recipients, known(ctx.identities, 'the identities'), identityFile, {
+        detail: `${identityFile} cannot open what ${source} seals: this standby could not decrypt the primary's sets`,
+        hint: "keys.identityFile must be the backup.agekey made together with the primary's keys.recipientFile (backup.agepub)",
+      });
+      return mismatch ?? `${identityFile} opens what ${source} seals`;
+    },
+  },
+  {
+    name: 'mode',
+    needs: ['filestore'],
+    async run(ctx) {
+      const config = known(ctx.config, 'the config');
+      const promoted = await promotedRefusal(config, 'apply');
+      if (promoted !== null) throw promoted;
+      const epoch = (await readEpochDoc(known(ctx.filestore, 'the filestore'), config.site))?.doc ?? null;
+      const wrongBox = await wrongBoxRefusal(config, epoch, 'apply');
+      if (wrongBox !== null) throw wrongBox;
+      return epoch === null ? 'a standby: not promoted; the site has no epoch yet' : `a standby: not promoted; epoch ${epoch.epoch} names ${epoch.primaryHost} the primary`;
+    },
+  },
+  postgresCheck(
+    (config) => withMaintenance(config, readServerInfo),
+    (config) => `${redactUrl(withDatabase(config.database.url, config.database.maintenanceDb))} (database.maintenanceDb)`,
+  ),
+  {
+    name: 'db-rights',
+    needs: ['postgres'],
+    async run(ctx) {
+      const config = known(ctx.config, 'the config');
+      const targets = known(ctx.targets, 'the targets');
+      const live = targets.db.live;
+      checkMaintenanceDb(config, live);
+      const applied = await readApplied(config.stateDir);
+      // The apply's own preflight of the database: CREATEDB, the right to swap the live database, and that it exists.
+      const db = await checkDatabase({ config, targets, applied, createDatabase: false });
+      const agent = db.agent;
+      const missing = db.problems.filter((p) => p.code === 'DB_MISSING');
+      const problems: Array<{ message: string; hint: string }> = db.problems.filter((p) => p.code !== 'DB_MISSING');
+      if (isPrivileged(agent) && !ownerSafeRestore(agent.serverVersionNum)) {
+        problems.push({
+          message: `the agent's role "${agent.name}" has rights beyond the site's (superuser, CREATEROLE or server file access) on a PostgreSQL release that runs the site's index expressions with the restoring role's rights`,
+          hint: 'upgrade PostgreSQL to a current minor release, or connect the standby agent as a role without those rights',
+        });
+      }
+      if (config.database.roles === 'carry' && !agent.superuser && !agent.createRole) {
+        problems.push({
+          message: `database.roles is "carry", but the agent's role "${agent.name}" has neither SUPERUSER nor CREATEROLE to create the roles a set carries`,
+          hint: `ALTER ROLE "${agent.name}" CREATEROLE, or create the roles by hand and set database.roles: require`,
+        });
+      }
+      const rights = agent.superuser ? 'is a superuser' : `has CREATEDB${agent.createRole ? ' and CREATEROLE' : ''}`;
+      const existing = db.createsDatabase ? `database "${live}" does not exist yet; the first apply creates it (database.create)` : missing.length === 0 ? `may replace database "${live}"` : '';
+      if (problems.length > 0) return fromProblems(problems, '');
+      if (missing.length > 0) {
+        // A standby before its first apply: the apply refuses unless told to create the database.
+        const m = missing[0]!;
+        return applied === null ? verdict.warn(`role "${agent.name}" ${rights}; ${m.message}`, m.hint) : verdict.fail(`role "${agent.name}" ${rights}; ${m.message}`, m.hint);
+      }
+      return `role "${agent.name}" ${rights}; ${existing}`;
+    },
+  },
+  {
+    name: 'set-needs',
+    needs: ['db-rights', 'latest'],
+    async run(ctx) {
+      const config = known(ctx.config, 'the config');
+      const manifest = ctx.manifest;
+      if (manifest === undefined) return noSetYet;
+      const w = captureWarnings();
+      const r = await checkSetNeeds(config, known(ctx.filestore, 'the filestore'), manifest, w.logger);
+      if ('unknown' in r) return verdict.notApplicable(r.unknown);
+      const roles = r.meta.roles.length;
+      const exts = r.meta.extensions.length;
+      return `set ${manifest.setId} can be restored here: its ${roles} role${roles === 1 ? '' : 's'} and ${exts} extension${exts === 1 ? '' : 's'} are in place (database description decrypted and read)`;
+    },
+  },
+  {
+    name: 'tools',
+    needs: ['config'],
+    async run(ctx) {
+      const config = known(ctx.config, 'the config');
+      const restore = await pgClientTool(config.database, 'pg_restore');
+      const zstd = await toolVersion('zstd', { package: 'zstd' });
+      const parts = [restore.label, `zstd ${zstd.version}`];
+      if (config.database.restoreJobs > 1) parts.push(`prlimit ${(await toolVersion('prlimit', { package: 'util-linux' })).version}`);
+      // Against the PostgreSQL the newest set was dumped from, as the apply's preflight judges it.
+      if (ctx.manifest !== undefined) {
+        const problems = await checkTools(config, ctx.manifest);
+        if (problems.length > 0) return fromProblems(problems, '');
+        parts.push(`the newest set was dumped from PostgreSQL ${ctx.manifest.database.serverVersion.split(' ')[0]}`);
+      }
+      const have = pgMajor(restore.version);
+      const server = ctx.server;
+      if (server !== undefined && server.major !== null && have !== null && have < server.major) {
+        return verdict.warn(
+          `${parts.join(', ')}; pg_restore is older than this server (PostgreSQL ${server.version})`,
+          `install the PostgreSQL ${server.major} client tools (postgresql-client-${server.major}) and set database.binDir unless they come first on PATH`,
+        );
+      }
+      return parts.join(', ');
+    },
+  },
+  {
+    name: 'space',
+    needs: ['latest'],
+    async run(ctx) {
+      const config = known(ctx.config, 'the config');
+      const manifest = ctx.manifest;
+      if (manifest === undefined) return noSetYet;
+      const problems = await checkSpace(config, manifest, known(ctx.targets, 'the targets'));
+      const stored = manifest.artifacts.reduce((n, a) => n + a.storedSize, 0);
+      const plain = manifest.artifacts.reduce((n, a) => n + a.plainSize, 0);
+      return fromProblems(problems, `room for set ${manifest.setId} (${formatBytes(stored)} stored, ${formatBytes(plain)} unpacked) in the state dir and beside the site's dirs`);
+    },
+  },
+  stateDirCheck(),
+  {
+    name: 'site-dirs',
+    needs: ['config'],
+    async run(ctx) {
+      const config = known(ctx.config, 'the config');
+      const targets = known(ctx.targets, 'the targets');
+      // An apply builds each part beside the live one and swaps by rename; the sentinel goes in its own directory.
+      const dirs = new Set([...DIR_PARTS.map((p) => dirname(targets.dirs[p].live)), dirname(config.paths.sentinel)]);
+      for (const d of dirs) await checkWritableDir(d, d === dirname(config.paths.sentinel) ? 'the BACKUP sentinel\'s directory' : "the site directories' parent");
+      return `${[...dirs].join(', ')} writable, or can be created (the site's dirs are swapped there; the BACKUP sentinel goes to ${config.paths.sentinel})`;
+    },
+  },
+  {
+    name: 'tokens',
+    needs: ['config'],
+    run(ctx) {
+      const config = known(ctx.config, 'the config');
+      const w = captureWarnings();
+      const push = loadDaemonToken(config, w.logger);
+      const read = loadReadToken(config, w.logger, push);
+      const parts = [push === null ? 'no push token (polling only)' : 'push token (primary.tokenFile)', ...(read === null ? [] : ['monitoring token (server.readTokenFile)'])];
+      return withWarnings(parts.join(', ') + (push !== null && read !== null ? ', different' : ''), w.warnings(), 'chmod 600 the token files');
+    },
+  },
+  serverTlsCheck(),
+  {
+    name: 'push',
+    needs: ['tokens'],
+    async run(ctx) {
+      const config = known(ctx.config, 'the config');
+      if (config.primary === undefined) return verdict.notApplicable(`no primary.url: this standby polls the filestore every ${config.pollInterval / 1000} s`);
+      const token = loadDaemonToken(config);
+      const tls = config.primary.tls === undefined ? undefined : tlsOptions(loadClientTls(config.primary.tls));
+      const { url, hello } = await probePushChannel(config.primary.url, token!, config.site, { tls });
+      const epoch = hello.epoch === null ? 'epoch not known yet' : `epoch ${hello.epoch}`;
+      return `${url}: the primary accepted the token and said hello (site ${hello.site}, ${epoch}, latest ${hello.latestSetId ?? 'none yet'})`;
+    },
+  },
+];

@@ -1,0 +1,55 @@
+import { optionalPath, requireString, runCheckCommand, type Command } from '@tandem/shared';
+import { standbyChecks, type StandbyCheckContext } from '../check/checks.js';
+
+export const checkCommand: Command = {
+  name: 'check',
+  summary: 'check the set-up without applying: config, keys, filestore, newest set, database, tools, push channel',
+  help: `Usage: tandem-standby check --config FILE [--recipient FILE] [--json]
+
+Looks at everything an apply and the daemon need, one line per check, and changes nothing
+(nothing is written anywhere, not even in the state dir):
+  config      the config parses and validates
+  verify-key  keys.verifyKeyFile: mode, owner, an Ed25519 public key
+  identity    keys.identityFile: mode, owner, age identities
+  filestore   reachable and readable, and a tandem filestore (its marker); the site's sets
+  latest      latest.json, the newest set's manifest and the epoch verify as an apply verifies
+              them: proof that the verify key is the primary's signing key's public half
+  pairing     the identity opens what the primary's recipients seal (those the newest set's
+              signed manifest lists, or --recipient FILE)
+  mode        this server is a standby: not promoted, and not the primary epoch.json names
+  postgres    the maintenance database answers; the server's version and the role
+  db-rights   the role may create databases and replace the site's database (and create roles
+              with database.roles: carry); whether the site's database exists
+  set-needs   the newest set's roles and extensions are in place here (its database description,
+              decrypted in memory)
+  tools       pg_restore (not older than the PostgreSQL the set was dumped from), zstd, prlimit
+  space       room for the newest set in the state dir and beside the site's dirs
+  state-dir   stateDir is writable (or can be created)
+  site-dirs   the directories the site's dirs are swapped in, and the BACKUP sentinel's, are
+              writable
+  tokens      primary.tokenFile and server.readTokenFile load and differ
+  tls         with server.tls: this daemon's certificate and key load and belong together; a
+              warning when the certificate ends within 14 days, a failure when it is not valid now
+  push        with primary.url: the primary accepts this standby's token and says hello, over
+              wss:// with primary.tls as the daemon dials it (the check never says hello back: a
+              running daemon's connection is left alone)
+
+Each line reads "ok", "warn", "FAIL" or "skip" (not applicable, or a check it needs failed),
+then the check's name and what it found; a failure or warning has a hint line under it.
+
+Options:
+  --config FILE     the standby agent's config (required)
+  --recipient FILE  the primary's age recipient file (backup.agepub) to prove the identity
+                    against, e.g. before the first set exists
+  --json            print {"ok", "checks": [{"name", "status", "detail", "hint"}]} instead
+
+Exit status: 0 no check failed (warnings allowed); 1 a check failed.`,
+  options: { config: { type: 'string', short: 'c' }, recipient: { type: 'string' }, json: { type: 'boolean' } },
+  async run({ values, out }) {
+    const ctx: StandbyCheckContext = {
+      configFile: requireString(values, 'config', 'tandem-standby check'),
+      recipientFile: optionalPath(values.recipient),
+    };
+    return runCheckCommand(standbyChecks, ctx, { values, out });
+  },
+};
