@@ -12,6 +12,10 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    // Two test files at a time: most of a scenario's time is spent waiting on PostgreSQL, child
+    // processes and the filestore, so two overlap well even on two cores (one at a time took
+    // over 15 minutes).
+    maxWorkers: 2,
     reporters: ['default'],
   },
 });
