@@ -82,8 +82,11 @@ describe('output', () => {
       const setsBefore = await setIds();
       const run = startPrimary(['backup', '--config', slowConfig], { timeoutMs: 120_000 });
       // The small artifacts are up: the 4 GiB files artifact is being uploaded.
-      const started = await waitFor(() => logRecords(run.stderrSoFar()).find((l) => l.msg === 'artifact uploaded' && l.artifact === 'security'), 'the upload of the files artifact to begin', 60_000);
+      const started = await waitFor(() => logRecords(run.stderrSoFar()).find((l) => l.msg === 'artifact uploaded' && l.artifact === 'security'), 'the security artifact to be up', 60_000);
       const setId = String(started.setId);
+      // After it, the files are sampled for compressibility; then their upload begins (its temporary object appears).
+      const setDir = join(root, 'store', s.site, 'sets', setId);
+      await waitFor(async () => (await readdir(setDir)).some((n) => n.startsWith('files.')), 'the upload of the files artifact to begin', 60_000, 5);
       run.child.kill('SIGINT');
       const r = await run.result;
       expect(r.signal, show(r)).toBeNull();
