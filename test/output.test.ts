@@ -189,7 +189,7 @@ describe('output', () => {
       const r = await runInTerminal([process.execPath, STANDBY_MAIN, 'decrypt', '--identity', s.keys.identityFile, input]);
       expect(r.code, r.output).toBe(2);
       const lines = screenLines(r.output);
-      expect(lines[0]).toBe('tandem-standby: error: tandem-standby decrypt: not writing the decrypted artifact to a terminal (it is binary, still zstd-compressed)');
+      expect(lines[0]).toBe('tandem-standby: error: tandem-standby decrypt: not writing the decrypted artifact to a terminal (it is binary: a zstd stream or a tar archive)');
       expect(lines[1]).toMatch(/hint: give -o FILE, or redirect stdout/);
       expect(lines).toHaveLength(2);
     });

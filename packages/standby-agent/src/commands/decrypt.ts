@@ -32,7 +32,7 @@ terminal and no -o) or key file.`,
   positionals: { min: 1, max: 1 },
   async run({ values, positionals, logger }) {
     if (typeof values.output !== 'string' && process.stdout.isTTY === true) {
-      throw new TandemError('config', 'OUTPUT_IS_TERMINAL', 'tandem-standby decrypt: not writing the decrypted artifact to a terminal (it is binary, still zstd-compressed)', {
+      throw new TandemError('config', 'OUTPUT_IS_TERMINAL', 'tandem-standby decrypt: not writing the decrypted artifact to a terminal (it is binary: a zstd stream or a tar archive)', {
         hint: 'give -o FILE, or redirect stdout: `tandem-standby decrypt -i KEY IN > FILE` or `... | zstd -d > FILE`',
       });
     }
