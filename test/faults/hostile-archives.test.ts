@@ -180,12 +180,12 @@ describe('hostile archives: entries that would escape or plant special files', (
 });
 
 /** Runs `tandem-standby apply` under /usr/bin/time (optionally in a private mount namespace with a tmpfs); returns the run and its peak RSS. */
-async function applyMeasured(cfg: string, tmpfs?: { dir: string; size: string }): Promise<{ r: RunResult; rssMiB: number; seconds: number }> {
+async function applyMeasured(cfg: string, tmpfs?: { dir: string; size: string }, extra: string[] = []): Promise<{ r: RunResult; rssMiB: number; seconds: number }> {
   const started = Date.now();
   const cmd = tmpfs
     ? ['unshare', ...(process.getuid?.() === 0 ? ['-m'] : ['-r', '-m']), 'sh', '-c', `mount -t tmpfs -o size=${tmpfs.size} tmpfs "$1" || exit 99; shift; exec "$@"`, 'sh', tmpfs.dir]
     : [];
-  const args = [...cmd, '/usr/bin/time', '-f', 'maxrss_kb=%M', process.execPath, STANDBY_MAIN, 'apply', '--config', cfg];
+  const args = [...cmd, '/usr/bin/time', '-f', 'maxrss_kb=%M', process.execPath, STANDBY_MAIN, 'apply', '--config', cfg, ...extra];
   const o = await runCommand(args[0]!, args.slice(1), { env: { ...process.env, TANDEM_LOG_FORMAT: 'json' }, timeoutMs: 120_000 });
   const seconds = (Date.now() - started) / 1000;
   const m = /maxrss_kb=(\d+)/.exec(o.stderr);
@@ -225,6 +225,8 @@ describe('hostile archives: resource exhaustion', () => {
 
   describe('a 10 GiB entry (a pax size, generated zeros; never written)', () => {
     let id: string;
+    /** The same archive in a set that signs a plain size of 32 MiB: the preflight finds room for that on the 64 MiB file system, the extractor's header check must refuse. */
+    let lyingId: string;
     beforeAll(async () => {
       const big = 10 * 2 ** 30;
       const sealed = await sealStream(
@@ -236,7 +238,8 @@ describe('hostile archives: resource exhaustion', () => {
         ]),
       );
       expect(sealed.plainSize).toBeGreaterThan(big);
-      id = await forgeStored(s, first, { files: sealed });
+      lyingId = await forgeStored(s, first, { files: { stored: sealed.stored, plainSize: 32 << 20 } });
+      id = await forgeStored(s, first, { files: sealed }); // the newest: what a plain apply takes
       console.log(`[hostile archives] 10 GiB entry: ${(sealed.stored.length / 2 ** 20).toFixed(2)} MiB stored`);
     }, 300_000);
 
@@ -259,9 +262,15 @@ describe('hostile archives: resource exhaustion', () => {
       const cfg = await configWith('small-files.yml', (d) => {
         d.paths.files = join(small, 'files');
       });
-      const { r, rssMiB, seconds } = await applyMeasured(cfg, { dir: small, size: '64m' });
+      // Signed honestly (10 GiB of plain data), the set is refused before any download by the
+      // preflight's free-space check.
+      const honest = await applyMeasured(cfg, { dir: small, size: '64m' });
+      await expectRefused(s, before, honest.r, [/not enough free space on the file system of .*the new files dir, up to 10\.0 GiB/]);
+      // Signed with a plain size that fits, it gets as far as the extractor, which refuses the
+      // entry at its header.
+      const { r, rssMiB, seconds } = await applyMeasured(cfg, { dir: small, size: '64m' }, ['--set', lyingId, '--allow-older']);
       console.log(`[hostile archives] 10 GiB entry vs a 64 MiB file system: refused in ${seconds.toFixed(1)} s, peak RSS ${rssMiB.toFixed(0)} MiB`);
-      await expectRefused(s, before, r, [`set ${id}: files artifact`, new RegExp(`bytes of file data .* at ${escapeRe('"./big.bin"')}`)]);
+      await expectRefused(s, before, r, [`set ${lyingId}: files artifact`, new RegExp(`bytes of file data .* at ${escapeRe('"./big.bin"')}`)]);
       await expectNothingOutside();
       expect(rssMiB).toBeLessThan(400);
       expect(seconds).toBeLessThan(30);

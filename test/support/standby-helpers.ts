@@ -286,7 +286,7 @@ export async function readPlain(s: StandbySite, setId: string, name: ArtifactNam
     const entry = m.artifacts.find((a) => a.name === name)!;
     const { body } = await fs.get(layout.artifact(s.site, setId, entry.file));
     const decrypted = entry.encryption === 'age' ? body.pipe(createAgeDecryptStream(loadIdentities(s.keys.identityFile))) : body;
-    return await collect(decrypted.pipe(zstdDecompress()));
+    return await collect(entry.compression === 'zstd' ? decrypted.pipe(zstdDecompress()) : decrypted);
   } finally {
     await fs.close();
   }
