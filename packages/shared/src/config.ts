@@ -45,11 +45,24 @@ const postgresUrl = z.string().refine(
   },
 );
 
+/** A PostgreSQL schema name tandem can carry: also a valid unquoted identifier, with room for "__tandem_old". */
+const schemaName = z
+  .string()
+  .regex(/^[a-z_][a-z0-9_]{0,49}$/, 'expected a schema name: lowercase letters, digits and "_", not starting with a digit (max 50)')
+  .refine((s) => !s.startsWith('pg_') && s !== 'public' && s !== 'information_schema', {
+    message: 'expected the site\'s own schema: not public, information_schema or a pg_ schema (leave database.schema out to carry the whole database)',
+  });
+
 const databaseSchema = z.strictObject({
   url: postgresUrl,
   passwordFile: nonEmpty.optional(),
   /** Directory holding pg_dump/pg_restore/psql; default: found on PATH. */
   binDir: nonEmpty.optional(),
+  /**
+   * The site is this schema of a shared database (Zotonic's dbschema): backup dumps it and what it
+   * owns, apply replaces it alone. Default: the site is the whole database.
+   */
+  schema: schemaName.optional(),
 });
 
 /**

@@ -63,6 +63,13 @@ export const dbMetaSchema = z.strictObject({
     roleSettings: z.array(z.strictObject({ role: z.string(), settings: z.array(settingSchema) })),
   }),
   extensions: z.array(z.strictObject({ name: z.string(), version: z.string(), schema: z.string() })),
+  /**
+   * The set carries this one schema of a shared database (database.schema): then database holds
+   * what the database is like on the primary (for information: a schema apply never changes the
+   * database's own properties), extensions are those the schema's objects use, and roles those
+   * the schema's objects refer to.
+   */
+  schema: z.strictObject({ name: z.string(), owner: z.string() }).optional(),
   /** Every role the set refers to, and how. */
   roles: z.array(
     z.strictObject({
@@ -105,3 +112,28 @@ export function splitSetting(entry: string): [string, string] {
   const i = entry.indexOf('=');
   return [entry.slice(0, i), entry.slice(i + 1)];
 }
+
+/**
+ * The schema an object of the current database lives in, from its catalog and oid (the object
+ * classes pg_dump --schema takes along with a schema); NULL for any other class.
+ */
+export const OBJECT_SCHEMA_SQL = (classid: string, objid: string) => `CASE ${classid}
+    WHEN 'pg_namespace'::regclass THEN ${objid}
+    WHEN 'pg_class'::regclass THEN (SELECT relnamespace FROM pg_class WHERE oid = ${objid})
+    WHEN 'pg_proc'::regclass THEN (SELECT pronamespace FROM pg_proc WHERE oid = ${objid})
+    WHEN 'pg_type'::regclass THEN (SELECT typnamespace FROM pg_type WHERE oid = ${objid})
+    WHEN 'pg_default_acl'::regclass THEN (SELECT defaclnamespace FROM pg_default_acl WHERE oid = ${objid})
+    WHEN 'pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid WHERE p.oid = ${objid})
+    WHEN 'pg_constraint'::regclass THEN (SELECT connamespace FROM pg_constraint WHERE oid = ${objid})
+    WHEN 'pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_attrdef a JOIN pg_class c ON c.oid = a.adrelid WHERE a.oid = ${objid})
+    WHEN 'pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = ${objid})
+    WHEN 'pg_trigger'::regclass THEN (SELECT c.relnamespace FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE t.oid = ${objid})
+    WHEN 'pg_collation'::regclass THEN (SELECT collnamespace FROM pg_collation WHERE oid = ${objid})
+    WHEN 'pg_conversion'::regclass THEN (SELECT connamespace FROM pg_conversion WHERE oid = ${objid})
+    WHEN 'pg_operator'::regclass THEN (SELECT oprnamespace FROM pg_operator WHERE oid = ${objid})
+    WHEN 'pg_opclass'::regclass THEN (SELECT opcnamespace FROM pg_opclass WHERE oid = ${objid})
+    WHEN 'pg_opfamily'::regclass THEN (SELECT opfnamespace FROM pg_opfamily WHERE oid = ${objid})
+    WHEN 'pg_ts_config'::regclass THEN (SELECT cfgnamespace FROM pg_ts_config WHERE oid = ${objid})
+    WHEN 'pg_ts_dict'::regclass THEN (SELECT dictnamespace FROM pg_ts_dict WHERE oid = ${objid})
+    WHEN 'pg_statistic_ext'::regclass THEN (SELECT stxnamespace FROM pg_statistic_ext WHERE oid = ${objid})
+  END`;

@@ -43,7 +43,8 @@ export const manifestSchema = z.strictObject({
   completedAt: isoTime,
   primaryHost: z.string(),
   toolVersion: z.string(),
-  database: z.strictObject({ name: z.string(), serverVersion: z.string() }),
+  /** schema: the set carries this schema of the database (database.schema), not the whole database. */
+  database: z.strictObject({ name: z.string(), serverVersion: z.string(), schema: z.string().optional() }),
   encryption: z.strictObject({ scheme: z.enum(['age-x25519', 'none']), recipients: z.array(z.string()) }),
   artifacts: z.array(artifactEntrySchema),
 });

@@ -2,6 +2,7 @@ import {
   DB_META_FORMAT,
   TandemError,
   dbMetaSchema,
+  OBJECT_SCHEMA_SQL,
   withPg,
   type DbGrant,
   type DbMeta,
@@ -27,6 +28,7 @@ const notMember = (catalog: string) =>
  * owns anything of the site.
  */
 export async function readDbMeta(config: PrimaryConfig): Promise<DbMeta> {
+  if (config.database.schema !== undefined) return readSchemaMeta(config, config.database.schema);
   return withPg(config.database, async (c) => {
     const db = (
       await c.query<{
@@ -130,6 +132,92 @@ export async function readDbMeta(config: PrimaryConfig): Promise<DbMeta> {
 }
 
 type Client = Parameters<Parameters<typeof withPg>[1]>[0];
+
+
+/**
+ * database.schema: what the dump of one schema (pg_dump --schema) does not carry, and what the
+ * standby must check before it replaces that schema: the schema's owner, the extensions its
+ * objects use (they live outside it, often in public, and are not in the dump), and every role its
+ * objects refer to. The database's own settings, grants and per-role settings are the shared
+ * database's, not the site's: they are recorded as empty and never applied.
+ *
+ * Refused here, naming the fix: a schema that does not exist, and one holding an extension's
+ * objects (pg_dump --schema leaves extensions out, so the standby would lose them).
+ */
+async function readSchemaMeta(config: PrimaryConfig, schema: string): Promise<DbMeta> {
+  return withPg(config.database, async (c) => {
+    const db = (
+      await c.query<{ oid: number; name: string; owner: string; encoding: string; collate: string; ctype: string }>(
+        `SELECT d.oid, d.datname AS name, pg_get_userbyid(d.datdba) AS owner, pg_encoding_to_char(d.encoding) AS encoding,
+                d.datcollate AS collate, d.datctype AS ctype
+           FROM pg_database d WHERE d.datname = current_database()`,
+      )
+    ).rows[0]!;
+    const ns = (await c.query<{ oid: number; owner: string }>('SELECT oid, pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = $1', [schema])).rows[0];
+    if (ns === undefined) {
+      throw new TandemError('config', 'SCHEMA_MISSING', `database.schema: the schema "${schema}" does not exist in the database "${db.name}"`, {
+        hint: `check database.schema in ${config.configFile} (the site's dbschema), or create the schema`,
+      });
+    }
+    const inside = (
+      await c.query<{ name: string }>('SELECT extname AS name FROM pg_extension WHERE extnamespace = $1 ORDER BY 1', [ns.oid])
+    ).rows.map((r) => r.name);
+    if (inside.length > 0) {
+      throw new TandemError(
+        'config',
+        'SCHEMA_HAS_EXTENSION',
+        `the site's schema "${schema}" holds the extension${inside.length > 1 ? 's' : ''} ${inside.map((n) => `"${n}"`).join(', ')}: a dump of one schema leaves extensions out, so the standby would lose ${inside.length > 1 ? 'them' : 'it'}`,
+        { hint: `move ${inside.length > 1 ? 'them' : 'it'} to a shared schema: ${inside.map((n) => `ALTER EXTENSION ${c.escapeIdentifier(n)} SET SCHEMA public;`).join(' ')}` },
+      );
+    }
+    // Extensions whose members an object of the schema depends on (a column of type citext, an
+    // index with one of its operator classes, a default calling one of its functions).
+    const extensions = (
+      await c.query<{ name: string; version: string; schema: string }>(
+        `SELECT DISTINCT e.extname AS name, e.extversion AS version, n.nspname AS schema
+           FROM pg_depend d
+           JOIN pg_depend m ON m.classid = d.refclassid AND m.objid = d.refobjid AND m.deptype = 'e' AND m.refclassid = 'pg_extension'::regclass
+           JOIN pg_extension e ON e.oid = m.refobjid JOIN pg_namespace n ON n.oid = e.extnamespace
+          WHERE d.deptype IN ('n', 'a') AND (${OBJECT_SCHEMA_SQL('d.classid', 'd.objid')}) = $1 AND e.extname <> 'plpgsql'
+          ORDER BY 1`,
+        [ns.oid],
+      )
+    ).rows;
+    // Every role an object of the schema (or the schema itself) depends on, and how.
+    const deps = await c.query<{ name: string; use: Use }>(
+      `SELECT DISTINCT r.rolname AS name,
+              CASE d.deptype WHEN 'o' THEN 'owner' WHEN 'r' THEN 'policy' ELSE 'grantee' END AS use
+         FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid
+        WHERE d.refclassid = 'pg_authid'::regclass AND d.deptype IN ('o', 'a', 'r') AND d.dbid = $1
+          AND (${OBJECT_SCHEMA_SQL('d.classid', 'd.objid')}) = $2
+      UNION
+       SELECT $3::text, 'owner'
+      UNION
+       SELECT pg_get_userbyid(10), 'owner' WHERE EXISTS (
+         SELECT 1 FROM pg_class x WHERE relowner = 10 AND relnamespace = $2 AND ${notMember('pg_class')}
+         UNION ALL SELECT 1 FROM pg_proc x WHERE proowner = 10 AND pronamespace = $2 AND ${notMember('pg_proc')}
+         UNION ALL SELECT 1 FROM pg_type x WHERE typowner = 10 AND typnamespace = $2 AND typrelid = 0 AND typcategory <> 'A' AND ${notMember('pg_type')})`,
+      [db.oid, ns.oid, ns.owner],
+    );
+    const uses = new Map<string, Set<Use>>();
+    for (const d of deps.rows) uses.set(d.name, (uses.get(d.name) ?? new Set<Use>()).add(d.use));
+    const names = [...uses.keys()].filter((n) => !n.startsWith('pg_')).sort();
+    const definitions = config.database.roles === 'carry' ? await readRoleDefinitions(c, names) : undefined;
+    const meta: DbMeta = {
+      format: DB_META_FORMAT,
+      version: 1,
+      database: { name: db.name, owner: db.owner, encoding: db.encoding, collate: db.collate, ctype: db.ctype, grants: null, comment: null, settings: [], roleSettings: [] },
+      extensions,
+      schema: { name: schema, owner: ns.owner },
+      roles: names.map((name) => ({
+        name,
+        uses: [...uses.get(name)!].sort(),
+        ...(definitions ? { definition: definitions.get(name)! } : {}),
+      })),
+    };
+    return dbMetaSchema.parse(meta);
+  });
+}
 
 async function readRoleDefinitions(c: Client, names: string[]): Promise<Map<string, RoleDefinition>> {
   // Password verifiers are in pg_authid, which only a superuser may read.

@@ -125,7 +125,10 @@ function artifactSource(name: ArtifactName, config: PrimaryConfig, log: Logger, 
   if (name === 'db') {
     // Uncompressed custom format (-Z0): pg_dump's own gzip is its bottleneck; zstd does it faster
     // and better. Custom format keeps `pg_restore -j` possible on the standby.
-    return spawnSource(pgBin(config.database, 'pg_dump'), ['-Fc', '-Z0', '-w', `--dbname=${config.database.url}`], {
+    // A site that is one schema of a shared database (database.schema): that schema and what it
+    // owns, nothing of the other schemas (db-meta.ts refused one that holds an extension).
+    const schema = config.database.schema === undefined ? [] : [`--schema=${config.database.schema}`];
+    return spawnSource(pgBin(config.database, 'pg_dump'), ['-Fc', '-Z0', '-w', ...schema, `--dbname=${config.database.url}`], {
       label: 'pg_dump',
       env: pgEnv(config.database),
       package: 'postgresql-client',
@@ -226,7 +229,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       completedAt: now().toISOString(),
       primaryHost: agentName(config),
       toolVersion: TOOL_VERSION,
-      database: { name: databaseName(config.database.url), serverVersion },
+      database: { name: databaseName(config.database.url), serverVersion, ...(config.database.schema === undefined ? {} : { schema: config.database.schema }) },
       encryption: { scheme: keys.recipients ? 'age-x25519' : 'none', recipients: keys.recipients ?? [] },
       artifacts,
     };

@@ -109,7 +109,8 @@ export async function checkDatabasePrereqs(config: StandbyConfig, meta: DbMeta, 
     }
 
     // Extensions at the primary's versions: installable here, or reachable by an update path.
-    for (const ext of meta.extensions) {
+    // (A schema of a shared database uses the extensions installed there: schema.ts checks them.)
+    for (const ext of meta.schema === undefined ? meta.extensions : []) {
       const r = await c.query<{ def: string | null; has: boolean; path: boolean }>(
         `SELECT (SELECT default_version FROM pg_available_extensions WHERE name = $1) AS def,
                 EXISTS (SELECT 1 FROM pg_available_extension_versions WHERE name = $1 AND version = $2) AS has,
@@ -134,7 +135,7 @@ export async function checkDatabasePrereqs(config: StandbyConfig, meta: DbMeta, 
 
     // The rights the apply itself needs, when the agent is not a superuser.
     if (!agent.superuser) {
-      if (!agent.createDb) {
+      if (!agent.createDb && meta.schema === undefined) {
         problems.push(`the agent's role "${agent.name}" lacks CREATEDB (the set is restored into a new database)`);
         hints.push(`ALTER ROLE ${q(c, agent.name)} CREATEDB`);
       }

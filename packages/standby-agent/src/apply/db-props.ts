@@ -104,6 +104,50 @@ const SQL_RUNNING_BUILTINS = [
 ];
 
 /**
+ * Finds what loading the data would run of the site's code: CHECK constraints of tables and
+ * domains, generated columns and partition keys calling a function a non-superuser owns, one
+ * PUBLIC may not execute, or a builtin that runs SQL text. Columns what, fn, owner, why. `builtins`
+ * is the SQL of the text[] of SQL_RUNNING_BUILTINS; `schema`, the SQL of a schema's oid: only that
+ * schema's objects (database.schema), else the whole database.
+ */
+export function siteCodeSql(builtins: string, schema?: string): string {
+  const inSchema = (rel: string) => (schema === undefined ? '' : ` AND (SELECT relnamespace FROM pg_class WHERE oid = ${rel}) = ${schema}`);
+  return `WITH exprs AS (
+             SELECT d.refclassid, d.refobjid,
+                    CASE WHEN c.contypid <> 0 THEN format('the CHECK constraint %I of domain %s', c.conname, c.contypid::regtype)
+                         ELSE format('the CHECK constraint %I of table %s', c.conname, c.conrelid::regclass) END AS what
+               FROM pg_constraint c JOIN pg_depend d ON d.classid = 'pg_constraint'::regclass AND d.objid = c.oid
+              WHERE c.contype = 'c'${schema === undefined ? '' : ` AND c.connamespace = ${schema}`}
+             UNION ALL
+             SELECT d.refclassid, d.refobjid, format('the generated column %I of table %s', att.attname, a.adrelid::regclass)
+               FROM pg_attrdef a
+               JOIN pg_attribute att ON att.attrelid = a.adrelid AND att.attnum = a.adnum AND att.attgenerated <> ''
+               JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = a.oid${inSchema('a.adrelid')}
+             UNION ALL
+             SELECT d.refclassid, d.refobjid, format('the partition key of table %s', p.partrelid::regclass)
+               FROM pg_partitioned_table p
+               JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = p.partrelid AND d.objsubid = 0${inSchema('p.partrelid')}
+           ), fns AS (
+             SELECT refobjid AS fn, what FROM exprs WHERE refclassid = 'pg_proc'::regclass
+             UNION ALL
+             SELECT o.oprcode::oid, e.what FROM exprs e JOIN pg_operator o ON e.refclassid = 'pg_operator'::regclass AND o.oid = e.refobjid
+           )
+           SELECT DISTINCT f.what, p.oid::regprocedure::text AS fn, pg_get_userbyid(p.proowner) AS owner,
+                  CASE WHEN NOT r.rolsuper THEN 'owned by the role ' || quote_ident(r.rolname)
+                       WHEN p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY(${builtins}) THEN 'runs SQL given to it as text'
+                       ELSE 'a privileged function PUBLIC may not execute' END AS why
+             FROM fns f JOIN pg_proc p ON p.oid = f.fn JOIN pg_roles r ON r.oid = p.proowner
+            WHERE NOT r.rolsuper
+               OR (p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY(${builtins}))
+               OR (p.proacl IS NOT NULL AND NOT EXISTS (
+                     SELECT 1 FROM aclexplode(p.proacl) x WHERE x.grantee = 0 AND x.privilege_type = 'EXECUTE'))
+            ORDER BY 1, 2`;
+}
+
+/** SQL_RUNNING_BUILTINS as an array literal, for a statement that cannot take parameters. */
+export const sqlRunningBuiltinsLiteral = (): string => `ARRAY[${SQL_RUNNING_BUILTINS.map((n) => `'${n}'`).join(', ')}]::text[]`;
+
+/**
  * Loading the data runs some of the site's expressions in the restoring session itself, not as the
  * table's owner: CHECK constraints (of tables and domains), generated columns and partition keys.
  * When that session has rights beyond the site's roles (a superuser, CREATEROLE, server file
@@ -119,36 +163,7 @@ export async function refuseSiteCodeInDataLoad(config: StandbyConfig, names: Nam
     async (c) =>
       (
         await c.query<{ what: string; fn: string; owner: string; why: string }>(
-          `WITH exprs AS (
-             SELECT d.refclassid, d.refobjid,
-                    CASE WHEN c.contypid <> 0 THEN format('the CHECK constraint %I of domain %s', c.conname, c.contypid::regtype)
-                         ELSE format('the CHECK constraint %I of table %s', c.conname, c.conrelid::regclass) END AS what
-               FROM pg_constraint c JOIN pg_depend d ON d.classid = 'pg_constraint'::regclass AND d.objid = c.oid
-              WHERE c.contype = 'c'
-             UNION ALL
-             SELECT d.refclassid, d.refobjid, format('the generated column %I of table %s', att.attname, a.adrelid::regclass)
-               FROM pg_attrdef a
-               JOIN pg_attribute att ON att.attrelid = a.adrelid AND att.attnum = a.adnum AND att.attgenerated <> ''
-               JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = a.oid
-             UNION ALL
-             SELECT d.refclassid, d.refobjid, format('the partition key of table %s', p.partrelid::regclass)
-               FROM pg_partitioned_table p
-               JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = p.partrelid AND d.objsubid = 0
-           ), fns AS (
-             SELECT refobjid AS fn, what FROM exprs WHERE refclassid = 'pg_proc'::regclass
-             UNION ALL
-             SELECT o.oprcode::oid, e.what FROM exprs e JOIN pg_operator o ON e.refclassid = 'pg_operator'::regclass AND o.oid = e.refobjid
-           )
-           SELECT DISTINCT f.what, p.oid::regprocedure::text AS fn, pg_get_userbyid(p.proowner) AS owner,
-                  CASE WHEN NOT r.rolsuper THEN 'owned by the role ' || quote_ident(r.rolname)
-                       WHEN p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY($1) THEN 'runs SQL given to it as text'
-                       ELSE 'a privileged function PUBLIC may not execute' END AS why
-             FROM fns f JOIN pg_proc p ON p.oid = f.fn JOIN pg_roles r ON r.oid = p.proowner
-            WHERE NOT r.rolsuper
-               OR (p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY($1))
-               OR (p.proacl IS NOT NULL AND NOT EXISTS (
-                     SELECT 1 FROM aclexplode(p.proacl) x WHERE x.grantee = 0 AND x.privilege_type = 'EXECUTE'))
-            ORDER BY 1, 2`,
+          siteCodeSql('$1'),
           [SQL_RUNNING_BUILTINS],
         )
       ).rows,

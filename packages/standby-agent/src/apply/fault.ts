@@ -18,6 +18,8 @@ export type FaultPoint =
   | 'restore-started'
   | 'db-restored'
   | 'switching'
+  | 'schema-switch-started'
+  | 'schema-committed'
   | 'db-blocked'
   | 'db-swapped'
   | 'config-moved-aside'

@@ -3,6 +3,7 @@ import { faultPoint } from './fault.js';
 import { removeJournal, type Journal } from './journal.js';
 import { runRestart } from './restart.js';
 import { readApplied, writeApplied, type AppliedState } from './state.js';
+import { dropOldSchema } from './schema.js';
 import { dropOldDatabase } from './swap-db.js';
 import { removeAll } from './switch.js';
 import { DIR_PARTS } from './targets.js';
@@ -38,8 +39,9 @@ export async function finishApply(config: StandbyConfig, journal: Journal, logge
   }
   faultPoint('recorded');
 
-  await dropOldDatabase(config, journal.targets.db).catch((err: unknown) =>
-    logger.warn({ err, database: journal.targets.db.old }, 'could not drop the previous database; the next apply drops it'),
+  const db = journal.targets.db;
+  await (db.schemaOf === undefined ? dropOldDatabase(config, db) : dropOldSchema(config, db, logger)).catch((err: unknown) =>
+    logger.warn({ err, [db.schemaOf === undefined ? 'database' : 'schema']: db.old }, `could not drop the previous ${db.schemaOf === undefined ? 'database' : 'schema'}; the next apply drops it`),
   );
   await removeAll([...DIR_PARTS.map((p) => journal.targets.dirs[p].old), journal.stagingDir], logger);
   await removeJournal(config.stateDir);

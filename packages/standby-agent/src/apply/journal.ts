@@ -1,5 +1,6 @@
 import { TandemError } from '@tandem/shared';
 import { readJsonFile, removeStateFile, stateFiles, writeJsonFile, type SetIdentity } from './state.js';
+import type { StagedDb } from './stage.js';
 import type { PartName, Targets } from './targets.js';
 
 /**
@@ -23,6 +24,12 @@ export interface Journal extends SetIdentity {
   switched: PartName[];
   /** Seconds per stage so far, carried into applied.json. */
   durations: Record<string, number>;
+  /**
+   * database.schema only: the staged dump, which the switch restores (schema.ts), and, once the
+   * switch transaction has been started, the oid the live schema had before it (null: there was
+   * none), from which a roll-forward tells whether that transaction committed.
+   */
+  schemaSwitch?: { staged: StagedDb; liveOid?: number | null };
 }
 
 export async function readJournal(stateDir: string): Promise<Journal | null> {

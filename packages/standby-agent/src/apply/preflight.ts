@@ -9,6 +9,7 @@ import {
   pgEnv,
   pgMajor,
   toolVersion,
+  withPg,
   type ArtifactEntry,
   type Logger,
   type Manifest,
@@ -119,6 +120,8 @@ export async function checkTools(config: StandbyConfig, manifest: Manifest): Pro
   const bin = pgBin(config.database, 'pg_restore');
   const others: Array<[string, string]> = [['zstd', 'zstd']];
   if (config.database.restoreJobs > 1) others.push(['prlimit', 'util-linux']);
+  // database.schema: the switch feeds pg_restore's SQL to psql in one transaction (schema.ts).
+  if (config.database.schema !== undefined) others.push([pgBin(config.database, 'psql'), 'postgresql-client']);
   const [found, ...rest] = await Promise.all([
     cachedToolVersion(bin, { package: 'postgresql-client', env: pgEnv(config.database) }).catch((err: unknown) => toolProblem(err, bin, config)),
     ...others.map(([command, pkg]) => cachedToolVersion(command, { package: pkg }).catch((err: unknown) => toolProblem(err, command, config))),
@@ -173,6 +176,7 @@ export async function checkDatabase(o: Pick<PreflightOptions, 'config' | 'target
   problems: PreflightProblem[];
 }> {
   const { config, targets } = o;
+  if (targets.db.schemaOf !== undefined) return checkSharedDatabase(config, targets.db.schemaOf, targets.db.live);
   const live = targets.db.live;
   const { agent, existing } = await withMaintenance(config, async (c) => {
     const agent = await readAgentRole(c);
@@ -209,6 +213,55 @@ export async function checkDatabase(o: Pick<PreflightOptions, 'config' | 'target
     else problems.push(missing);
   }
   return { agent, createsDatabase, problems };
+}
+
+/**
+ * database.schema: the shared database must exist (an apply never creates it: it holds other sites
+ * too), and the agent, unless a superuser, may create schemas in it and rename and drop the live
+ * schema (it is a member of the schema's owner).
+ */
+async function checkSharedDatabase(config: StandbyConfig, database: string, schema: string): Promise<{ agent: AgentRole; createsDatabase: boolean; problems: PreflightProblem[] }> {
+  const { agent, exists } = await withMaintenance(config, async (c) => ({
+    agent: await readAgentRole(c),
+    exists: ((await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [database])).rowCount ?? 0) > 0,
+  }));
+  const problems: PreflightProblem[] = [];
+  const role = JSON.stringify(agent.name);
+  if (!exists) {
+    problems.push({
+      code: 'DB_MISSING',
+      kind: 'precondition',
+      message: `the shared database "${database}" (database.url in ${config.configFile}) does not exist on this server; with database.schema an apply replaces one schema in it and never creates the database`,
+      hint: `create it as on the primary (CREATE DATABASE ${JSON.stringify(database)} OWNER ...; and the extensions its sites use), or check database.url`,
+    });
+    return { agent, createsDatabase: false, problems };
+  }
+  if (!agent.superuser) {
+    const r = await withPg(
+      config.database,
+      (c) =>
+        c.query<{ create: boolean; owner: string | null; may: boolean | null }>(
+          `SELECT has_database_privilege(session_user, current_database(), 'CREATE') AS create,
+                  (SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1) AS owner,
+                  (SELECT pg_has_role(session_user, nspowner, 'USAGE') FROM pg_namespace WHERE nspname = $1) AS may`,
+          [schema],
+        ),
+      database,
+    );
+    const row = r.rows[0]!;
+    if (!row.create) {
+      problems.push({ code: 'DB_RIGHTS', kind: 'precondition', message: `the agent's role ${role} may not create schemas in the database "${database}"`, hint: `GRANT CREATE ON DATABASE ${JSON.stringify(database)} TO ${role}` });
+    }
+    if (row.owner !== null && row.may === false) {
+      problems.push({
+        code: 'DB_RIGHTS',
+        kind: 'precondition',
+        message: `the agent's role ${role} may not rename or drop the live schema "${schema}" (owned by "${row.owner}"), which the switch does`,
+        hint: `GRANT ${JSON.stringify(row.owner)} TO ${role}`,
+      });
+    }
+  }
+  return { agent, createsDatabase: false, problems };
 }
 
 /**

@@ -1,4 +1,4 @@
-import type { Logger, StandbyConfig } from '@tandem/shared';
+import { isTandemError, type Logger, type StandbyConfig } from '@tandem/shared';
 import { finishApply, type FinishResult } from './finish.js';
 import { readJournal, removeJournal, type Journal } from './journal.js';
 import { dropNextDatabase } from './swap-db.js';
@@ -25,7 +25,7 @@ export async function recover(config: StandbyConfig, logger: Logger): Promise<Re
     return { action: 'rolled-back', setId: journal.setId };
   }
   log.warn({ switched: journal.switched }, 'an earlier apply was interrupted while switching: finishing it');
-  await switchParts(config, journal, log);
+  await switchParts(config, journal, log).catch(rollBackUnswitchedSchema(config, journal, log));
   const finish = await finishApply(config, journal, log, performance.now());
   if (finish.restartError !== undefined) log.error({ err: finish.restartError }, 'the finished apply could not restart the site');
   return { action: 'completed', setId: journal.setId, finish };
@@ -33,7 +33,22 @@ export async function recover(config: StandbyConfig, logger: Logger): Promise<Re
 
 /** Removes everything an unfinished apply staged (phase 'staging' only: nothing of it is live). */
 export async function rollBack(config: StandbyConfig, journal: Journal, logger: Logger): Promise<void> {
-  await dropNextDatabase(config, journal.targets.db);
+  // A schema has no "next" copy: it is restored in the switch's one transaction (schema.ts).
+  if (journal.targets.db.schemaOf === undefined) await dropNextDatabase(config, journal.targets.db);
   await removeAll([...DIR_PARTS.map((p) => journal.targets.dirs[p].next), journal.stagingDir], logger);
   await removeJournal(config.stateDir);
+}
+
+/**
+ * database.schema: the schema is restored in the switch itself, first of the parts. When that
+ * transaction failed (and so rolled back) before any part was switched, nothing live changed:
+ * the apply is rolled back as one that failed while staging, and the error rethrown.
+ */
+export function rollBackUnswitchedSchema(config: StandbyConfig, journal: Journal, logger: Logger): (err: unknown) => Promise<never> {
+  return async (err) => {
+    if (journal.targets.db.schemaOf !== undefined && journal.switched.length === 0 && isTandemError(err) && (err.code === 'SCHEMA_RESTORE_FAILED' || err.code === 'DB_RESTORE_UNSAFE')) {
+      await rollBack(config, journal, logger).catch((e: unknown) => logger.error({ err: e }, 'could not remove everything the failed apply staged; the next apply retries'));
+    }
+    throw err;
+  };
 }

@@ -15,7 +15,7 @@ import {
   type StandbyConfig,
 } from '@tandem/shared';
 import { artifactLabel } from './artifact-stream.js';
-import { checkDatabasePrereqs, ensureRoles } from './db-prereqs.js';
+import { checkDatabasePrereqs, ensureRoles, type AgentRole } from './db-prereqs.js';
 import { legacyMetaWarning } from './db-props.js';
 import { faultPoint } from './fault.js';
 import { finishApply, restartAfterApply } from './finish.js';
@@ -24,7 +24,8 @@ import { identitiesFor } from './keys.js';
 import { checkMaintenanceDb } from './pg.js';
 import { preflight } from './preflight.js';
 import { refuseIfPromoted } from './promoted.js';
-import { recover, rollBack, type Recovery } from './recover.js';
+import { recover, rollBack, rollBackUnswitchedSchema, type Recovery } from './recover.js';
+import { checkSchemaPrereqs, checkSetShape } from './schema.js';
 import { decide, resolveSet } from './resolve-set.js';
 import { restoreDatabase } from './restore-db.js';
 import { ensureSentinel } from './sentinel.js';
@@ -71,12 +72,13 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
   const wrongBox = await wrongBoxRefusal(config, (await readEpochDoc(fs, config.site))?.doc ?? null, opts.caller ?? 'apply');
   if (wrongBox !== null) throw wrongBox;
   const targets = await targetsFor(config);
-  checkMaintenanceDb(config, targets.db.live);
+  if (targets.db.schemaOf === undefined) checkMaintenanceDb(config, targets.db.live);
   const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
   const lock = await acquireLock(stateFiles(config.stateDir).lock, 'apply', `an apply or promote of site "${config.site}"`);
   try {
     const recovered = await recover(config, logger);
     const { manifest, latest } = await resolveSet(fs, config.site, verifyKey, opts.setId, opts.latest);
+    checkSetShape(config, manifest);
     const log = logger.child({ site: config.site, setId: manifest.setId });
     const applied = await readApplied(config.stateDir);
     const decision = decide(manifest, applied, { named: opts.setId !== undefined, allowOlder: opts.allowOlder === true, force: opts.force === true });
@@ -96,6 +98,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
     });
 
     const t0 = performance.now();
+    let switchAgent: AgentRole | undefined;
     const journal: Journal = {
       format: 'tandem-apply-journal',
       version: 1,
@@ -135,14 +138,25 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
       const meta = staged.dbMeta && dbEntry ? parseDbMeta(staged.dbMeta, artifactLabel(manifest, dbEntry)) : undefined;
       if (!meta) legacyMetaWarning(log, manifest.setId);
       const agent = meta ? await checkDatabasePrereqs(config, meta, manifest.setId, log) : checked.agent;
+      const schemaMode = targets.db.schemaOf !== undefined;
+      if (schemaMode) {
+        if (!meta) throw new TandemError('integrity', 'DB_META_MISSING', `set ${manifest.setId} carries the schema "${targets.db.live}" but no database description`, { hint: 'make a new set with this tandem version' });
+        await checkSchemaPrereqs(config, targets.db, meta, manifest.setId, log);
+      }
       // Ordering rule 4: the sentinel before the first live change.
       if (await ensureSentinel(config.paths.sentinel, config.site, manifest.setId)) {
         log.info({ sentinel: config.paths.sentinel }, 'sentinel written: the site is in backup mode');
       }
       faultPoint('sentinel-written');
       if (meta) await ensureRoles(config, meta, log);
-      journal.durations.restore = await restoreDatabase(config, targets.db, staged.db, { setId: manifest.setId, identities, logger: log, meta, agent });
-      faultPoint('db-restored');
+      if (schemaMode) {
+        // A schema is restored by the switch itself, in one transaction (schema.ts).
+        journal.schemaSwitch = { staged: staged.db };
+        switchAgent = agent;
+      } else {
+        journal.durations.restore = await restoreDatabase(config, targets.db, staged.db, { setId: manifest.setId, identities, logger: log, meta, agent });
+        faultPoint('db-restored');
+      }
       opts.signal?.throwIfAborted();
     } catch (err) {
       await rollBack(config, journal, log).catch((e: unknown) =>
@@ -161,7 +175,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
     journal.phase = 'switching';
     await writeJournal(config.stateDir, journal);
     faultPoint('switching');
-    await switchParts(config, journal, log);
+    await switchParts(config, journal, log, switchAgent).catch(rollBackUnswitchedSchema(config, journal, log));
     const fin = await finishApply(config, journal, log, t0);
     return { status: 'applied', recovered, ...fin };
   } finally {

@@ -3,6 +3,8 @@ import type { Logger, StandbyConfig } from '@tandem/shared';
 import { faultPoint } from './fault.js';
 import { writeJournal, type Journal } from './journal.js';
 import { carryOver, relativeInside } from './preserve.js';
+import type { AgentRole } from './db-prereqs.js';
+import { switchSchema } from './schema.js';
 import { swapDatabase } from './swap-db.js';
 import { swapDir } from './swap-dirs.js';
 import { PART_ORDER, type PartName } from './targets.js';
@@ -11,12 +13,12 @@ import { PART_ORDER, type PartName } from './targets.js';
  * Switches every staged part not switched yet, in PART_ORDER, recording each in the journal.
  * Used by a normal apply and by roll-forward after a crash alike.
  */
-export async function switchParts(config: StandbyConfig, journal: Journal, logger: Logger): Promise<void> {
+export async function switchParts(config: StandbyConfig, journal: Journal, logger: Logger, agent?: AgentRole): Promise<void> {
   const now: string[] = [];
   for (const part of PART_ORDER) {
     if (journal.switched.includes(part)) continue;
     const t0 = performance.now();
-    const outcome = await switchPart(config, journal, part, logger);
+    const outcome = await switchPart(config, journal, part, logger, agent);
     faultPoint(`${part}-swapped`);
     journal.switched.push(part);
     journal.durations[`switch_${part}`] = Math.round(performance.now() - t0) / 1000;
@@ -27,8 +29,8 @@ export async function switchParts(config: StandbyConfig, journal: Journal, logge
   if (now.length > 0) logger.info({ parts: now }, 'the live site is switched to the set');
 }
 
-function switchPart(config: StandbyConfig, journal: Journal, part: PartName, logger: Logger) {
-  if (part === 'db') return swapDatabase(config, journal.targets.db, logger);
+function switchPart(config: StandbyConfig, journal: Journal, part: PartName, logger: Logger, agent?: AgentRole) {
+  if (part === 'db') return journal.targets.db.schemaOf === undefined ? swapDatabase(config, journal.targets.db, logger) : switchSchema(config, journal, { agent, logger });
   const names = journal.targets.dirs[part];
   const between = () => faultPoint(`${part}-moved-aside`);
   if (part !== 'config') return swapDir(names, undefined, between);

@@ -18,8 +18,16 @@ export interface Names {
   old: string;
 }
 
+/**
+ * The database part. schemaOf: the site is one schema of the shared database of that name
+ * (database.schema), and live/next/old are schema names in it; else they are database names.
+ */
+export interface DbNames extends Names {
+  schemaOf?: string;
+}
+
 export interface Targets {
-  db: Names;
+  db: DbNames;
   dirs: Record<DirPartName, Names>;
 }
 
@@ -52,9 +60,15 @@ async function real(p: string): Promise<string> {
   }
 }
 
+/** database.schema: the schema's names in the shared database (schema.ts). */
+export function schemaNames(schema: string, database: string): DbNames {
+  return { live: schema, next: `${schema}__tandem_new`, old: `${schema}__tandem_old`, schemaOf: database };
+}
+
 export async function targetsFor(config: StandbyConfig): Promise<Targets> {
+  const database = databaseName(config.database.url);
   return {
-    db: dbNames(databaseName(config.database.url)),
+    db: config.database.schema === undefined ? dbNames(database) : schemaNames(config.database.schema, database),
     dirs: {
       config: dirNames(await real(config.paths.config)),
       security: dirNames(await real(config.paths.security)),
