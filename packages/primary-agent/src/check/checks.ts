@@ -55,6 +55,8 @@ import { checkDumpAccess } from './db-access.js';
  */
 export interface PrimaryCheckContext {
   configFile: string;
+  /** --site: the site of a config with several (undefined: the only one). */
+  site?: string;
   /** --identity: the age identity to prove the recipients against. */
   identityFile?: string;
   /** --verify-key: the standbys' signing.pub, to prove against the signing key. */
@@ -80,7 +82,7 @@ export const primaryChecks: Array<CheckDef<PrimaryCheckContext>> = [
   {
     name: 'config',
     run(ctx) {
-      const config = loadPrimaryConfig(ctx.configFile);
+      const config = loadPrimaryConfig(ctx.configFile, ctx.site, 'tandem-primary check');
       ctx.config = config;
       return configVerdict(config, { detail: 'sets are uploaded unencrypted', hint: 'remove `encryption: none` unless the filestore is as private as the site itself' });
     },

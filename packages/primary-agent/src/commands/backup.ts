@@ -1,4 +1,4 @@
-import { FencedError, interruptedBy, isTandemError, loadPrimaryConfig, onFencedEnv, loadToken, openFilestore, requireFilestoreMarker, progressEnabled, requireString, terminalProgress, withInterrupts, type Command, type Logger, type PrimaryConfig } from '@tandem/shared';
+import { FencedError, interruptedBy, isTandemError, loadPrimaryConfig, onFencedEnv, siteOption, loadToken, openFilestore, requireFilestoreMarker, progressEnabled, requireString, terminalProgress, withInterrupts, type Command, type Logger, type PrimaryConfig } from '@tandem/shared';
 import { runBackup, type BackupResult } from '../backup/run-backup.js';
 import { DaemonUnreachable, findDaemon, requestBackup } from '../daemon/control.js';
 import { runHook } from '../hooks.js';
@@ -91,7 +91,7 @@ async function viaDaemon(config: PrimaryConfig, logger: Logger): Promise<BackupR
 export const backupCommand: Command = {
   name: 'backup',
   summary: 'make one backup set now and commit it to the filestore',
-  help: `Usage: tandem-primary backup --config FILE [--json] [--local]
+  help: `Usage: tandem-primary backup --config FILE [--site NAME] [--json] [--local]
 
 Dumps the database (pg_dump, custom format), archives the config, security and files
 directories, compresses (zstd), encrypts (age) and uploads each artifact, then commits the set
@@ -122,14 +122,16 @@ site's primary (its agent id never named) is told so, and onFenced does not run.
 
 Options:
   --config FILE  the primary agent's config (required)
+  --site NAME    the site to back up, of a config with several (sites:, sitesDir:); not
+                 needed when the config holds one site
   --json         print {"setId", "artifacts", "durations"} as JSON instead of the set id
   --local        back up in this process even while the daemon runs
 
 Exit status: 0 committed; 1 failed (or refused: a standby's site); 2 bad config or usage; 4 fenced (or not the site's primary); 75 another backup is running;
 130/143 interrupted by SIGINT/SIGTERM (nothing committed).`,
-  options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, local: { type: 'boolean' } },
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, json: { type: 'boolean' }, local: { type: 'boolean' } },
   async run({ values, logger, out }) {
-    const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary backup'));
+    const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary backup'), siteOption(values), 'tandem-primary backup');
     const r = (values.local === true ? null : await viaDaemon(config, logger)) ?? (await runLocal(config, logger));
     out(formatBackupResult(r, values.json === true));
   },

@@ -1,10 +1,10 @@
-import { optionalPath, requireString, runCheckCommand, type Command } from '@tandem/shared';
+import { loadPrimarySites, optionalPath, requireString, runSiteChecks, siteOption, sitesToCheck, type Command } from '@tandem/shared';
 import { primaryChecks, type PrimaryCheckContext } from '../check/checks.js';
 
 export const checkCommand: Command = {
   name: 'check',
   summary: 'check the set-up without making a backup: config, keys, database, tools, filestore, daemon',
-  help: `Usage: tandem-primary check --config FILE [--identity FILE] [--verify-key FILE] [--json]
+  help: `Usage: tandem-primary check --config FILE [--site NAME] [--identity FILE] [--verify-key FILE] [--json]
 
 Looks at everything a backup and the daemon need, one line per check, and changes nothing:
   config       the config parses and validates
@@ -38,18 +38,23 @@ then the check's name and what it found; a failure or warning has a hint line un
 
 Options:
   --config FILE      the primary agent's config (required)
+  --site NAME        check only this site of a config with several (sites:, sitesDir:);
+                     without it, each site is checked in a section of its own
   --identity FILE    an age identity (backup.agekey) to prove against keys.recipientFile
   --verify-key FILE  a verify key (signing.pub) to prove against keys.signingKeyFile
   --json             print {"ok", "checks": [{"name", "status", "detail", "hint"}]} instead
+                     (several sites: {"ok", "sites": [{"site", "ok", "checks"}]})
 
-Exit status: 0 no check failed (warnings allowed); 1 a check failed.`,
-  options: { config: { type: 'string', short: 'c' }, identity: { type: 'string', short: 'i' }, 'verify-key': { type: 'string' }, json: { type: 'boolean' } },
+Exit status: 0 no check failed (warnings allowed); 1 a check failed (of any site).`,
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, identity: { type: 'string', short: 'i' }, 'verify-key': { type: 'string' }, json: { type: 'boolean' } },
   async run({ values, out }) {
-    const ctx: PrimaryCheckContext = {
-      configFile: requireString(values, 'config', 'tandem-primary check'),
+    const configFile = requireString(values, 'config', 'tandem-primary check');
+    const ctxFor = (site: string | undefined): PrimaryCheckContext => ({
+      configFile,
+      site,
       identityFile: optionalPath(values.identity),
       verifyKeyFile: optionalPath(values['verify-key']),
-    };
-    return runCheckCommand(primaryChecks, ctx, { values, out });
+    });
+    return runSiteChecks(primaryChecks, sitesToCheck(configFile, siteOption(values), loadPrimarySites), ctxFor, { values, out });
   },
 };

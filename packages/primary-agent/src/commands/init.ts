@@ -8,9 +8,11 @@ import {
   formatIdentityFile,
   generateAgeKeyPair,
   generateSigningKeyPair,
-  loadPrimaryConfig,
+  loadPrimarySites,
   parseFilestoreUrl,
   requireString,
+  selectSite,
+  siteOption,
   writeFileAtomic,
   type Command,
 } from '@tandem/shared';
@@ -57,7 +59,7 @@ export const initCommand: Command = {
   name: 'init',
   summary: 'generate the keys and tokens for a site, and create its filestore',
   help: `Usage: tandem-primary init --keys-dir DIR [--standby ID]... [--filestore-url URL] [--force] [--json]
-       tandem-primary init --filestore --config FILE [--json]
+       tandem-primary init --filestore --config FILE [--site NAME] [--json]
 
 The first form generates the key files and tokens of a site in DIR (made 0700, also when it
 exists), each written 0600, and says which file goes where:
@@ -91,6 +93,8 @@ Options:
                        readable only with the old backup.agekey)
   --filestore          create the filestore that the config names (the second form)
   --config FILE        with --filestore: the primary agent's config
+  --site NAME          with --filestore: a site of that config (optional: its sites share
+                       the one filestore.url, said at the top level)
   --json               print what was written (the paths, the filestore) as JSON
 
 Exit status: 0 done (also when the filestore existed); 1 failed (e.g. the filestore directory's
@@ -103,6 +107,7 @@ filestore holds a marker that is not tandem's.`,
     force: { type: 'boolean' },
     filestore: { type: 'boolean' },
     config: { type: 'string', short: 'c' },
+    site: { type: 'string' },
     json: { type: 'boolean' },
   },
   async run({ values, out }) {
@@ -113,13 +118,17 @@ filestore holds a marker that is not tandem's.`,
           hint: 'create the keys first (tandem-primary init --keys-dir DIR), write the config, then run tandem-primary init --filestore --config FILE',
         });
       }
-      const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary init --filestore'));
+      // A config with several sites names one filestore for all of them (filestore: is said once, at
+      // the top level): --site, when given, must name one of them.
+      const { sites } = loadPrimarySites(requireString(values, 'config', 'tandem-primary init --filestore'));
+      const site = siteOption(values);
+      const config = site === undefined ? sites[0]! : selectSite(sites, site, 'tandem-primary init --filestore');
       const r = await initFilestore(config.filestore.url, config.filestore.location);
       out(values.json === true ? JSON.stringify({ filestore: r }) : formatFilestoreInit(r));
       return;
     }
-    if (values.config !== undefined) {
-      throw new TandemError('config', 'USAGE', 'tandem-primary init: --config goes with --filestore (tandem-primary init --filestore --config FILE)');
+    if (values.config !== undefined || values.site !== undefined) {
+      throw new TandemError('config', 'USAGE', `tandem-primary init: --${values.config !== undefined ? 'config' : 'site'} goes with --filestore (tandem-primary init --filestore --config FILE)`);
     }
     const dir = resolve(requireString(values, 'keys-dir', 'tandem-primary init'));
     const standbys = standbyTokenFiles(standbyIds(values.standby));

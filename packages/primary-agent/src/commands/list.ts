@@ -4,6 +4,7 @@ import {
   layout,
   listSetDirs,
   loadPrimaryConfig,
+  siteOption,
   openFilestore,
   readVerifiedLatest,
   requireFilestoreMarker,
@@ -45,7 +46,7 @@ export async function setListing(fs: Filestore, site: string, verifyKey: KeyObje
 export const listCommand: Command = {
   name: 'list',
   summary: 'list the backup sets in the filestore',
-  help: `Usage: tandem-primary list --config FILE [--json]
+  help: `Usage: tandem-primary list --config FILE [--site NAME] [--json]
 
 Lists the site's sets, oldest first: id, creation time, stored size, and which one latest.json
 names (when it verifies with the public half of keys.signingKeyFile; else a warning says so). Sets without a manifest are leftovers of interrupted backups: they are marked
@@ -56,10 +57,12 @@ refused, exit 2: a missing filestore directory is never created.
 
 Options:
   --config FILE  the primary agent's config (required)
+  --site NAME    the site whose sets to list, of a config with several (sites:, sitesDir:); not
+                 needed when the config holds one site
   --json         print a JSON array of {setId, createdAt, committed, latest, objects, bytes}`,
-  options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' } },
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, json: { type: 'boolean' } },
   async run({ values, out, logger }) {
-    const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary list'));
+    const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary list'), siteOption(values), 'tandem-primary list');
     const fs = openFilestore(config.filestore.location);
     try {
       await requireFilestoreMarker(fs, { url: config.filestore.url });

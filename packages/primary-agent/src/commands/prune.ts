@@ -1,4 +1,4 @@
-import { loadPrimaryConfig, openFilestore, requireFilestoreMarker, requireString, type Command } from '@tandem/shared';
+import { loadPrimaryConfig, openFilestore, requireFilestoreMarker, requireString, siteOption, type Command } from '@tandem/shared';
 import { machineTimeZone, runRetention, type RetentionOutcome } from '../retention/run.js';
 
 export function formatRetention(o: RetentionOutcome): string[] {
@@ -29,7 +29,7 @@ export function formatRetention(o: RetentionOutcome): string[] {
 export const pruneCommand: Command = {
   name: 'prune',
   summary: 'apply the retention rules now: delete old sets (or show what would go)',
-  help: `Usage: tandem-primary prune --config FILE [--dry-run] [--json]
+  help: `Usage: tandem-primary prune --config FILE [--site NAME] [--dry-run] [--json]
 
 Applies the retention rules that \`tandem-primary run\` applies after every backup:
 keeps the newest committed set of each of the last retention.daily calendar days and of each
@@ -48,14 +48,16 @@ refused, exit 2: a missing filestore directory is never created.
 
 Options:
   --config FILE  the primary agent's config (required)
+  --site NAME    the site whose sets to prune, of a config with several (sites:, sitesDir:); not
+                 needed when the config holds one site
   --dry-run      say what would be deleted and why; delete nothing
   --json         print {dryRun, keep: [...], delete: [...], deleted, failed, unverified} as JSON
 
 Exit status: 0 done; 1 a filestore error or a set could not be deleted; 2 bad config or usage;
 5 latest.json does not verify (nothing deleted).`,
-  options: { config: { type: 'string', short: 'c' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } },
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
-    const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary prune'));
+    const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary prune'), siteOption(values), 'tandem-primary prune');
     const filestore = openFilestore(config.filestore.location);
     try {
       await requireFilestoreMarker(filestore, { url: config.filestore.url });

@@ -18,6 +18,8 @@ export async function dropDatabase(c: PgClient, name: string): Promise<void> {
 }
 
 export function checkMaintenanceDb(config: StandbyConfig, live: string): void {
+  // A schema of a shared database is replaced inside that database: no database is swapped.
+  if (config.database.schema !== undefined) return;
   if (live === config.database.maintenanceDb) {
     throw new TandemError(
       'config',

@@ -72,7 +72,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
   const wrongBox = await wrongBoxRefusal(config, (await readEpochDoc(fs, config.site))?.doc ?? null, opts.caller ?? 'apply');
   if (wrongBox !== null) throw wrongBox;
   const targets = await targetsFor(config);
-  if (targets.db.schemaOf === undefined) checkMaintenanceDb(config, targets.db.live);
+  checkMaintenanceDb(config, targets.db.live);
   const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
   const lock = await acquireLock(stateFiles(config.stateDir).lock, 'apply', `an apply or promote of site "${config.site}"`);
   try {

@@ -57,6 +57,8 @@ import { checkSetNeeds } from './set-needs.js';
  */
 export interface StandbyCheckContext {
   configFile: string;
+  /** --site: the site of a config with several (undefined: the only one). */
+  site?: string;
   /** --recipient: the primary's age recipient file, to prove the identity against. */
   recipientFile?: string;
   config?: StandbyConfig;
@@ -82,7 +84,7 @@ export const standbyChecks: Array<CheckDef<StandbyCheckContext>> = [
   {
     name: 'config',
     async run(ctx) {
-      const config = loadStandbyConfig(ctx.configFile);
+      const config = loadStandbyConfig(ctx.configFile, ctx.site, 'tandem-standby check');
       ctx.config = config;
       ctx.targets = await targetsFor(config);
       return configVerdict(config, { detail: 'unencrypted sets are accepted', hint: 'remove `encryption: none` unless the primary is meant to upload unencrypted sets' });

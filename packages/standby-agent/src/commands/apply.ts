@@ -1,12 +1,12 @@
-import { TandemError, formatBytes, loadStandbyConfig, openFilestore, requireFilestoreMarker, requireString, terminalProgress, withInterrupts, type Command } from '@tandem/shared';
+import { TandemError, formatBytes, loadStandbyConfig, siteOption, openFilestore, requireFilestoreMarker, requireString, terminalProgress, withInterrupts, type Command } from '@tandem/shared';
 import { findSetAt, parseAt } from '../apply/find-at.js';
 import { runApply } from '../apply/run-apply.js';
 
 export const applyCommand: Command = {
   name: 'apply',
   summary: 'make the standby site equal to the newest committed set (or a named one)',
-  help: `Usage: tandem-standby apply --config FILE [--set ID | --at TIME] [--allow-older] [--force]
-                            [--create-database] [--json]
+  help: `Usage: tandem-standby apply --config FILE [--site NAME] [--set ID | --at TIME] [--allow-older]
+                            [--force] [--create-database] [--json]
 
 Refuses on the site's primary: when epoch.json names this state directory's agent id as the
 primary, or a tandem-primary daemon or backup runs with this state directory (--force or not).
@@ -39,6 +39,8 @@ refused, exit 2: a missing filestore directory is never created.
 
 Options:
   --config FILE    the standby agent's config (required)
+  --site NAME      the site to apply, of a config with several (sites:,
+                   sitesDir:); not needed when the config holds one site
   --set ID         apply this set instead of the newest one
   --at TIME        apply the newest set made at or before TIME: "2026-11-20 14:00" (local
                    time), "2026-11-20" (the end of that day) or "2026-11-20T13:00Z"
@@ -59,6 +61,7 @@ checksum, key or archive); 75 another apply or promote is running; 130/143 inter
 SIGINT/SIGTERM (rolled back).`,
   options: {
     config: { type: 'string', short: 'c' },
+    site: { type: 'string' },
     set: { type: 'string' },
     at: { type: 'string' },
     'allow-older': { type: 'boolean' },
@@ -67,7 +70,7 @@ SIGINT/SIGTERM (rolled back).`,
     json: { type: 'boolean' },
   },
   async run({ values, logger, out }) {
-    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby apply'));
+    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby apply'), siteOption(values), 'tandem-standby apply');
     const named = typeof values.set === 'string' || typeof values.at === 'string';
     if (values['allow-older'] === true && !named) {
       throw new TandemError('config', 'USAGE', 'tandem-standby apply: --allow-older needs --set ID or --at TIME: only a set chosen on purpose may be older than the applied one');

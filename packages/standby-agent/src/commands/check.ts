@@ -1,10 +1,10 @@
-import { optionalPath, requireString, runCheckCommand, type Command } from '@tandem/shared';
+import { loadStandbySites, optionalPath, requireString, runSiteChecks, siteOption, sitesToCheck, type Command } from '@tandem/shared';
 import { standbyChecks, type StandbyCheckContext } from '../check/checks.js';
 
 export const checkCommand: Command = {
   name: 'check',
   summary: 'check the set-up without applying: config, keys, filestore, newest set, database, tools, push channel',
-  help: `Usage: tandem-standby check --config FILE [--recipient FILE] [--json]
+  help: `Usage: tandem-standby check --config FILE [--site NAME] [--recipient FILE] [--json]
 
 Looks at everything an apply and the daemon need, one line per check, and changes nothing
 (nothing is written anywhere, not even in the state dir):
@@ -39,17 +39,18 @@ then the check's name and what it found; a failure or warning has a hint line un
 
 Options:
   --config FILE     the standby agent's config (required)
+  --site NAME       check only this site of a config with several (sites:, sitesDir:);
+                    without it, each site is checked in a section of its own
   --recipient FILE  the primary's age recipient file (backup.agepub) to prove the identity
                     against, e.g. before the first set exists
   --json            print {"ok", "checks": [{"name", "status", "detail", "hint"}]} instead
+                    (several sites: {"ok", "sites": [{"site", "ok", "checks"}]})
 
-Exit status: 0 no check failed (warnings allowed); 1 a check failed.`,
-  options: { config: { type: 'string', short: 'c' }, recipient: { type: 'string' }, json: { type: 'boolean' } },
+Exit status: 0 no check failed (warnings allowed); 1 a check failed (of any site).`,
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, recipient: { type: 'string' }, json: { type: 'boolean' } },
   async run({ values, out }) {
-    const ctx: StandbyCheckContext = {
-      configFile: requireString(values, 'config', 'tandem-standby check'),
-      recipientFile: optionalPath(values.recipient),
-    };
-    return runCheckCommand(standbyChecks, ctx, { values, out });
+    const configFile = requireString(values, 'config', 'tandem-standby check');
+    const ctxFor = (site: string | undefined): StandbyCheckContext => ({ configFile, site, recipientFile: optionalPath(values.recipient) });
+    return runSiteChecks(standbyChecks, sitesToCheck(configFile, siteOption(values), loadStandbySites), ctxFor, { values, out });
   },
 };

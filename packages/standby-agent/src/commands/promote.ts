@@ -1,10 +1,10 @@
-import { TandemError, agentIdPath, loadStandbyConfig, openFilestore, requireString, type Command } from '@tandem/shared';
+import { TandemError, agentIdPath, loadStandbyConfig, siteOption, openFilestore, requireString, type Command } from '@tandem/shared';
 import { runPromote } from '../promote/run-promote.js';
 
 export const promoteCommand: Command = {
   name: 'promote',
   summary: 'turn this standby into the primary',
-  help: `Usage: tandem-standby promote --config FILE [--force] [--json]
+  help: `Usage: tandem-standby promote --config FILE [--site NAME] [--force] [--json]
 
 Preflight, each check reported:
   - the last apply is complete (an unfinished one is refused even with --force: run apply);
@@ -25,6 +25,8 @@ A filestore without tandem-filestore.json (see \`tandem-primary init --help\`) i
 
 Options:
   --config FILE  the standby agent's config (required)
+  --site NAME    the site to promote, of a config with several (sites:,
+                 sitesDir:); not needed when the config holds one site
   --force        promote even though a check failed (history unapplied, nothing applied, a
                  fresh, missing or outdated primary heartbeat, the filestore unreachable); says
                  what it overrode
@@ -32,9 +34,9 @@ Options:
 
 Exit status: 0 promoted (or already); 1 refused or failed; 2 bad config or usage;
 75 an apply is running.`,
-  options: { config: { type: 'string', short: 'c' }, force: { type: 'boolean' }, json: { type: 'boolean' } },
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
-    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby promote'));
+    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby promote'), siteOption(values), 'tandem-standby promote');
     const filestore = openFilestore(config.filestore.location);
     try {
       const r = await runPromote(config, { filestore, logger, force: values.force === true });

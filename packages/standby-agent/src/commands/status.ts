@@ -1,4 +1,4 @@
-import { TandemError, loadStandbyConfig, parseDuration, requireString, type Command, type CommandContext } from '@tandem/shared';
+import { TandemError, loadStandbyConfig, parseDuration, siteOption, requireString, type Command, type CommandContext } from '@tandem/shared';
 import { gatherStatus } from '../daemon/gather-status.js';
 import { WARN_FRACTION } from '../daemon/lag.js';
 import { NAGIOS_EXIT, nagiosCheck, nagiosFirstLine, nagiosUnknown, type LagThresholds } from '../daemon/nagios.js';
@@ -38,7 +38,8 @@ function thresholds(values: CommandContext['values']): LagThresholds | null {
 export const statusCommand: Command = {
   name: 'status',
   summary: 'replication lag and health of this standby (with or without the daemon); a Nagios check with --max-lag',
-  help: `Usage: tandem-standby status --config FILE [--json] [--max-lag DURATION [--warn-lag DURATION]]
+  help: `Usage: tandem-standby status --config FILE [--site NAME] [--json]
+                             [--max-lag DURATION [--warn-lag DURATION]]
 
 Shows what this standby holds and how far behind it is, from the state dir and the filestore, and,
 while \`tandem-standby run\` runs, from the daemon (push channel, polling, last error):
@@ -58,6 +59,8 @@ one that cannot be read: nothing is read from it, and its figures are unknown.
 
 Options:
   --config FILE        the standby agent's config (required)
+  --site NAME          the site to report on, of a config with several (sites:,
+                       sitesDir:); not needed when the config holds one site
   --json               print the status as JSON (appliedSetId, appliedAt, latestSetId,
                        recoveryPointAgeSeconds, applyLagSeconds, pendingSets,
                        primaryHeartbeatAgeSeconds, daemon, push, lastError, problems, and with
@@ -81,7 +84,7 @@ STALE latest.json, or a filestore document that fails verification); 3 UNKNOWN (
 duration, a missing or bad config, applied.json, the verify key or the filestore cannot be read,
 including a filestore directory that does not exist). A recovery point known to be too old is
 CRITICAL even while the filestore cannot be read.`,
-  options: { config: { type: 'string', short: 'c' }, json: { type: 'boolean' }, 'max-lag': { type: 'string' }, 'warn-lag': { type: 'string' } },
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, json: { type: 'boolean' }, 'max-lag': { type: 'string' }, 'warn-lag': { type: 'string' } },
   reportError(err, args, out) {
     if (!nagiosMode(args)) return undefined;
     for (const line of nagiosUnknown(err)) out(line);
@@ -89,7 +92,7 @@ CRITICAL even while the filestore cannot be read.`,
   },
   async run({ values, logger, out }) {
     const limits = thresholds(values);
-    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby status'));
+    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby status'), siteOption(values), 'tandem-standby status');
     const { doc, gaps } = await gatherStatus(config, logger);
     if (limits === null) {
       if (values.json === true) out(JSON.stringify(doc, null, 2));

@@ -1,4 +1,4 @@
-import { Interrupted, TandemError, formatDuration, interruptedBy, loadStandbyConfig, openFilestore, parseDuration, requireFilestoreMarker, requireString, withInterrupts, type Command } from '@tandem/shared';
+import { Interrupted, TandemError, formatDuration, interruptedBy, loadStandbyConfig, openFilestore, parseDuration, requireFilestoreMarker, requireString, siteOption, withInterrupts, type Command } from '@tandem/shared';
 import { describePrimaryAfter, runSwitchover, type SwitchoverOutcome } from '../switchover/run-switchover.js';
 
 const MIN_TIMEOUT_MS = 30_000;
@@ -7,7 +7,7 @@ const MAX_TIMEOUT_MS = 3_600_000;
 export const switchoverCommand: Command = {
   name: 'switchover',
   summary: 'planned change of primary without data loss: final backup there, then apply and promote here',
-  help: `Usage: tandem-standby switchover --config FILE [--timeout DURATION] [--json]
+  help: `Usage: tandem-standby switchover --config FILE [--timeout DURATION] [--json] [--site NAME]
 
 A planned change of primary that loses no committed transaction. This standby:
 
@@ -36,6 +36,8 @@ refused, exit 2: a missing filestore directory is never created.
 
 Options:
   --config FILE         the standby agent's config (required)
+  --site NAME           the site to switch over, of a config with several (sites:,
+                        sitesDir:); not needed when the config holds one site
   --timeout DURATION    how long the primary may hold (writes stopped) for this standby to
                         apply and promote, and how long to wait for its final backup
                         (default 10m, at least 30s, at most 1h)
@@ -48,9 +50,9 @@ primary, exit 130 (143 for SIGTERM). Once the promote has begun it is finished, 
 Exit status: 0 switched over; 1 refused or failed (the message names the step and what became
 of the primary); 2 bad config or usage, or the primary refused the token; 130/143 interrupted
 (SIGINT/SIGTERM) and called off.`,
-  options: { config: { type: 'string', short: 'c' }, timeout: { type: 'string' }, json: { type: 'boolean' } },
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, timeout: { type: 'string' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
-    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby switchover'));
+    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby switchover'), siteOption(values), 'tandem-standby switchover');
     let timeoutMs = 10 * 60_000;
     if (values.timeout !== undefined) {
       const ms = typeof values.timeout === 'string' ? parseDuration(values.timeout) : null;

@@ -1,10 +1,10 @@
-import { TandemError, formatBytes, isTandemError, loadStandbyConfig, openFilestore, requireFilestoreMarker, requireString, type Command } from '@tandem/shared';
+import { TandemError, formatBytes, isTandemError, loadStandbyConfig, siteOption, openFilestore, requireFilestoreMarker, requireString, type Command } from '@tandem/shared';
 import { runVerify } from '../verify/run-verify.js';
 
 export const verifyCommand: Command = {
   name: 'verify',
   summary: 'restore drill: download, verify and read a set without touching the live site',
-  help: `Usage: tandem-standby verify --config FILE [--set ID] [--json]
+  help: `Usage: tandem-standby verify --config FILE [--site NAME] [--set ID] [--json]
 
 The restore drill. For the newest committed set (or the named one): verifies the signatures of
 latest.json and the manifest and the epoch, then downloads every artifact from the filestore
@@ -18,14 +18,16 @@ refused, exit 2: a missing filestore directory is never created.
 
 Options:
   --config FILE  the standby agent's config (required)
+  --site NAME    the site whose set to check, of a config with several (sites:,
+                 sitesDir:); not needed when the config holds one site
   --set ID       check this set instead of the newest one
   --json         print the report as JSON
 
 Exit status: 0 the set is restorable; 5 integrity problem (signature, checksum, key, archive);
 1 other failure; 2 bad config or usage.`,
-  options: { config: { type: 'string', short: 'c' }, set: { type: 'string' }, json: { type: 'boolean' } },
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, set: { type: 'string' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
-    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby verify'));
+    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby verify'), siteOption(values), 'tandem-standby verify');
     const filestore = openFilestore(config.filestore.location);
     try {
       await requireFilestoreMarker(filestore, { url: config.filestore.url });
