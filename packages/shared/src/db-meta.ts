@@ -69,7 +69,17 @@ export const dbMetaSchema = z.strictObject({
    * database's own properties), extensions are those the schema's objects use, and roles those
    * the schema's objects refer to.
    */
-  schema: z.strictObject({ name: z.string(), owner: z.string() }).optional(),
+  schema: z
+    .strictObject({
+      name: z.string(),
+      owner: z.string(),
+      /**
+       * What the schema's objects use from other schemas (not from an extension, not built in):
+       * a function in public a default calls, a type, a table a view reads. Qualified names.
+       */
+      outside: z.array(z.strictObject({ kind: z.enum(['type', 'function', 'relation']), name: z.string() })),
+    })
+    .optional(),
   /** Every role the set refers to, and how. */
   roles: z.array(
     z.strictObject({

@@ -183,6 +183,24 @@ async function readSchemaMeta(config: PrimaryConfig, schema: string): Promise<Db
         [ns.oid],
       )
     ).rows;
+    // What the schema's objects use from other schemas, outside extensions and the catalogs, by
+    // qualified name (search_path is pg_catalog alone, so that every other name is qualified).
+    await c.query('SET search_path TO pg_catalog');
+    const outside = (
+      await c.query<{ kind: 'type' | 'function' | 'relation'; name: string }>(
+        `SELECT DISTINCT CASE d.refclassid WHEN 'pg_type'::regclass THEN 'type' WHEN 'pg_proc'::regclass THEN 'function' ELSE 'relation' END AS kind,
+                CASE d.refclassid WHEN 'pg_type'::regclass THEN format_type(d.refobjid, NULL)
+                                  WHEN 'pg_proc'::regclass THEN d.refobjid::regprocedure::text
+                                  ELSE d.refobjid::regclass::text END AS name
+           FROM pg_depend d
+          WHERE d.deptype = 'n' AND d.refclassid IN ('pg_type'::regclass, 'pg_proc'::regclass, 'pg_class'::regclass)
+            AND (${OBJECT_SCHEMA_SQL('d.classid', 'd.objid')}) = $1
+            AND (${OBJECT_SCHEMA_SQL('d.refclassid', 'd.refobjid')}) NOT IN ($1, 'pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+            AND NOT EXISTS (SELECT 1 FROM pg_depend m WHERE m.classid = d.refclassid AND m.objid = d.refobjid AND m.deptype = 'e')
+          ORDER BY 1, 2`,
+        [ns.oid],
+      )
+    ).rows;
     // Every role an object of the schema (or the schema itself) depends on, and how.
     const deps = await c.query<{ name: string; use: Use }>(
       `SELECT DISTINCT r.rolname AS name,
@@ -208,7 +226,7 @@ async function readSchemaMeta(config: PrimaryConfig, schema: string): Promise<Db
       version: 1,
       database: { name: db.name, owner: db.owner, encoding: db.encoding, collate: db.collate, ctype: db.ctype, grants: null, comment: null, settings: [], roleSettings: [] },
       extensions,
-      schema: { name: schema, owner: ns.owner },
+      schema: { name: schema, owner: ns.owner, outside },
       roles: names.map((name) => ({
         name,
         uses: [...uses.get(name)!].sort(),

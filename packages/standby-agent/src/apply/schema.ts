@@ -111,6 +111,15 @@ export async function checkSchemaPrereqs(config: StandbyConfig, names: DbNames, 
         logger.warn({ extension: ext.name, here: got.version, primary: ext.version }, 'an extension the schema uses is at another version here than on the primary');
       }
     }
+    // What the schema uses from other schemas of the database (a function in public ...).
+    await c.query('SET search_path TO pg_catalog');
+    for (const o of meta.schema?.outside ?? []) {
+      const fn = o.kind === 'type' ? 'to_regtype' : o.kind === 'function' ? 'to_regprocedure' : 'to_regclass';
+      const found = (await c.query<{ ok: boolean }>(`SELECT ${fn}($1) IS NOT NULL AS ok`, [o.name])).rows[0]?.ok === true;
+      if (!found) {
+        problems.push(`the schema "${names.live}" uses the ${o.kind === 'relation' ? 'table or view' : o.kind} ${o.name}, which does not exist in the database "${names.schemaOf}" here: create it as it is on the primary`);
+      }
+    }
     const deps = await outsideDependents(c, names.live);
     if (deps.length > 0) {
       problems.push(
