@@ -26,6 +26,8 @@ export * from './fault.js';
 export * from './net.js';
 export * from './metrics.js';
 export * from './limiter.js';
+export * from './cas/chunker.js';
+export * from './cas/object-id.js';
 export * from './history.js';
 export * from './status-page.js';
 export * from './db-meta.js';

@@ -1,0 +1,114 @@
+import { createHash } from 'node:crypto';
+import { Transform, type TransformCallback } from 'node:stream';
+
+/**
+ * Content-defined chunking (FastCDC, Xia et al., USENIX ATC 2016, with normalized chunking): a
+ * large file is cut where its content says, not at fixed offsets, so that bytes inserted or
+ * removed in the middle of an edited or appended video move the cut points only near the edit, and
+ * every other chunk keeps its content and so its id. The rolling hash is a 32-bit gear hash
+ * (one shift and one table lookup per byte; its cut decisions depend on the last 32 bytes). Before
+ * the average size the mask has two bits more than the average's (cuts are rarer), after it two
+ * bits fewer (cuts are likelier): chunk sizes cluster around the average. No cut before `min`
+ * (those bytes are not even hashed), always one at `max`.
+ *
+ * The gear table is fixed (derived from a constant seed with SHA-256): the same bytes are cut the
+ * same way by every version of tandem, so chunks stored by an earlier set are found again.
+ */
+export interface ChunkSizes {
+  min: number;
+  avg: number;
+  max: number;
+}
+
+/** 256 KiB / 1 MiB / 4 MiB: restic's order of magnitude (512 KiB / 1 MiB / 8 MiB). */
+export const DEFAULT_CHUNK_SIZES: ChunkSizes = { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 };
+
+const GEAR = (() => {
+  const t = new Int32Array(256);
+  for (let i = 0; i < 256; i++) t[i] = createHash('sha256').update(`tandem-gear-v1:${i}`).digest().readInt32LE(0);
+  return t;
+})();
+
+/** A mask of `bits` one-bits at the top of 32 (the bits that depend on the most recent 32 bytes). */
+const topBits = (bits: number): number => (bits >= 32 ? -1 : ~((1 << (32 - bits)) - 1)) | 0;
+
+export function checkChunkSizes(s: ChunkSizes): void {
+  const pow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+  if (!pow2(s.avg) || s.avg < 64 || s.avg > 2 ** 28) throw new RangeError(`chunk average ${s.avg}: expected a power of two from 64 to 2^28`);
+  if (!(Number.isInteger(s.min) && s.min >= 64 && s.min < s.avg)) throw new RangeError(`chunk min ${s.min}: expected at least 64 and below the average ${s.avg}`);
+  if (!(Number.isInteger(s.max) && s.max > s.avg && s.max <= 2 ** 30)) throw new RangeError(`chunk max ${s.max}: expected above the average ${s.avg}, at most 2^30`);
+}
+
+/**
+ * The length of the first chunk of `buf[start, end)`: a content-defined cut, or `end - start` when
+ * no cut lies within max (or the data is shorter than min, only at the end of a stream).
+ */
+export function cutPoint(buf: Uint8Array, start: number, end: number, sizes: ChunkSizes = DEFAULT_CHUNK_SIZES): number {
+  const n = end - start;
+  if (n <= sizes.min) return n;
+  const limit = Math.min(n, sizes.max);
+  const bits = Math.log2(sizes.avg);
+  const maskS = topBits(bits + 2);
+  const maskL = topBits(bits - 2);
+  const normal = Math.min(sizes.avg, limit);
+  let hash = 0;
+  let i = sizes.min;
+  for (; i < normal; i++) {
+    hash = ((hash << 1) + GEAR[buf[start + i]!]!) | 0;
+    if ((hash & maskS) === 0) return i + 1;
+  }
+  for (; i < limit; i++) {
+    hash = ((hash << 1) + GEAR[buf[start + i]!]!) | 0;
+    if ((hash & maskL) === 0) return i + 1;
+  }
+  return limit;
+}
+
+/**
+ * A stream of bytes in, its chunks out (each a Buffer of its own). Holds at most `max` bytes plus
+ * the piece being written: memory is bounded whatever the file's size.
+ */
+export class ChunkerStream extends Transform {
+  private readonly buf: Buffer;
+  private filled = 0;
+
+  constructor(private readonly sizes: ChunkSizes = DEFAULT_CHUNK_SIZES) {
+    super({ readableObjectMode: true });
+    checkChunkSizes(sizes);
+    this.buf = Buffer.allocUnsafe(sizes.max);
+  }
+
+  override _transform(piece: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    let off = 0;
+    while (off < piece.length) {
+      const take = Math.min(piece.length - off, this.buf.length - this.filled);
+      piece.copy(this.buf, this.filled, off, off + take);
+      this.filled += take;
+      off += take;
+      if (this.filled === this.buf.length) this.emitChunks(false);
+    }
+    cb();
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.emitChunks(true);
+    cb();
+  }
+
+  /** Cuts what is buffered; unless at the end, keeps the tail that may still grow into a chunk. */
+  private emitChunks(atEnd: boolean): void {
+    let start = 0;
+    while (start < this.filled) {
+      const left = this.filled - start;
+      // Not at the end, a chunk is only cut from a full window (it could still reach max).
+      if (!atEnd && left < this.sizes.max) break;
+      const len = cutPoint(this.buf, start, this.filled, this.sizes);
+      this.push(Buffer.from(this.buf.subarray(start, start + len)));
+      start += len;
+    }
+    if (start > 0) {
+      this.buf.copyWithin(0, start, this.filled);
+      this.filled -= start;
+    }
+  }
+}
