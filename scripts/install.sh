@@ -165,6 +165,9 @@ cp -R "$pkg/etc/." "$docdir/examples/"
 install -d -m 0755 "$sysconfdir/tandem"
 install -m 0644 "$pkg/etc/primary.yml" "$sysconfdir/tandem/primary.yml.example"
 install -m 0644 "$pkg/etc/standby.yml" "$sysconfdir/tandem/standby.yml.example"
+# Several sites on one server (Zotonic's layout): one config holding every site.
+install -m 0644 "$pkg/etc/primary-sites.yml" "$sysconfdir/tandem/primary-sites.yml.example"
+install -m 0644 "$pkg/etc/standby-sites.yml" "$sysconfdir/tandem/standby-sites.yml.example"
 
 # The units start the commands through `#!/usr/bin/env node` with systemd's own PATH: a node
 # found only through this shell's PATH (nvm, a home directory) is not the one they get.
@@ -184,6 +187,7 @@ tandem $version installed:
   units          $unitdir/tandem-primary.service, $unitdir/tandem-standby.service
   documentation  $docdir/operations.md
   sample configs $sysconfdir/tandem/primary.yml.example, $sysconfdir/tandem/standby.yml.example
+                 (several sites on one server: primary-sites.yml.example, standby-sites.yml.example)
 Next (see $docdir/operations.md):
   useradd --system --home-dir /var/lib/tandem --shell /usr/sbin/nologin tandem   # once
   cp $sysconfdir/tandem/primary.yml.example $sysconfdir/tandem/primary.yml         # then edit it (standby.yml on a standby)
