@@ -115,8 +115,8 @@ export interface StatusPageOptions {
   access(req: IncomingMessage): PageAccess;
   /** The tokens a login may present (each reads the status); empty: none is needed (loopback only). */
   loginTokens: readonly string[];
-  /** The document of GET /status/history. */
-  history(): unknown;
+  /** The document of GET /status/history; `query`: its query string (a primary serving several sites reads ?site=). */
+  history(query: URLSearchParams): unknown;
   logger: Logger;
   now?: () => number;
 }
@@ -185,7 +185,7 @@ export class StatusPage {
       const json = { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' };
       if (access === 'unauthorized') return this.#send(req, res, 401, UNAUTHORIZED, { ...json, 'www-authenticate': 'Bearer' });
       if (access === 'forbidden') return this.#send(req, res, 403, errorDoc('FORBIDDEN', 'this token may not read the status'), json);
-      return this.#send(req, res, 200, `${JSON.stringify(await this.o.history())}\n`, json); // compact: a day of samples
+      return this.#send(req, res, 200, `${JSON.stringify(await this.o.history(query))}\n`, json); // compact: a day of samples
     }
     if (access === 'unauthorized') return this.#loginPage(req, res, 401, '');
     if (access === 'forbidden') return this.#loginPage(req, res, 403, 'This token may not read the status: log in with the monitoring token.');

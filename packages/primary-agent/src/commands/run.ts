@@ -1,5 +1,5 @@
-import { MarkerGatedFilestore, holdHangupsUntilServing, interruptedBy, loadPrimaryConfig, loadToken, openFilestore, requireString, withInterrupts, type Command } from '@tandem/shared';
-import { PrimaryDaemon } from '../daemon/daemon.js';
+import { MarkerGatedFilestore, holdHangupsUntilServing, interruptedBy, loadPrimarySites, loadToken, openFilestore, requireString, withInterrupts, type Command } from '@tandem/shared';
+import { PrimaryHost } from '../daemon/host.js';
 
 export const runCommand: Command = {
   name: 'run',
@@ -17,16 +17,18 @@ Runs until SIGTERM or SIGINT:
   - serves on \`server.listen\` (default 127.0.0.1:7070):
       /healthz     200 "ok" (no token)
       /status      JSON: last backup, next run, connected standbys and their lag
-                   (monitoring or control token)
-      /metrics     Prometheus text (monitoring or control token)
+                   (monitoring or control token); with several sites {"sites": {NAME: ...}},
+                   and ?site=NAME that site's alone
+      /metrics     Prometheus text (monitoring or control token); with several sites every
+                   series carries site="NAME", and tandem_site_running{site} says which run
       /            the status page for a browser: backups, the age of the newest set and each
                    standby's lag over the last 24 h, what is wrong (the tokens /status takes;
                    a login form, or /?token=TOKEN once, sets a read-only session cookie)
       /status/history  JSON the page draws from: 24 h of samples, backups, problems (as /status)
       /v1/backup   POST: a backup now; \`tandem-primary backup\` uses it while the daemon runs
-                   (control token)
+                   (control token); ?site=NAME says which site (required with several)
       /v1/stream   WebSocket push channel, only for the standbys listed under \`standbys:\`,
-                   each with its own token
+                   each with its own token; one connection (?mux=1) carries several sites
     Tokens are sent as "Authorization: Bearer <token>": the control token from
     \`server.tokenFile\` (or TANDEM_TOKEN), the monitoring token from \`server.readTokenFile\`,
     each standby's from its \`standbys[].tokenFile\`; all must differ.
@@ -51,18 +53,28 @@ A filestore without tandem-filestore.json (see \`tandem-primary init --help\`), 
 be read, is logged at start; the daemon runs on, writes nothing to it, and checks again at every
 heartbeat and backup until it is there.
 
+A config of several sites (sites:, sitesDir:) is served by this one process: each site has its
+own schedule, backups, heartbeat, fencing, standbys' channels and stateDir (daemon.json, lock);
+the server, its tokens and the standbys are shared, and at most \`concurrency\` (default 2)
+backups run at once across the sites (the others wait for a slot; the log says so). The status
+page (/) shows one site: /?site=NAME, else the first.
+
 Options:
   --config FILE  the primary agent's config (required)
 
 Refuses to start (exit 2) while the site's BACKUP sentinel exists (paths.sentinel, default
 <paths.config>/BACKUP): the site on this server is a standby, and a backup of it would become the
-newest set; each backup, scheduled or requested, checks it again.
+newest set; each backup, scheduled or requested, checks it again. With several sites, a site
+whose start is refused (or fails) is logged and shown in /status, and the others run: the daemon
+exits with that refusal's status only when no site could start.
 
 Exit status: 0 stopped by a signal; 1 failed to start; 2 bad config, or the site here is a
 standby; 75 a temporary failure: a daemon already runs, or the HTTP port (server.listen) is taken.`,
   options: { config: { type: 'string', short: 'c' } },
   async run({ values, logger }) {
-    const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary run'));
+    const { sites, concurrency } = loadPrimarySites(requireString(values, 'config', 'tandem-primary run'));
+    // server, standbys, filestore and heartbeatInterval are top-level keys: the same for every site.
+    const config = sites[0]!;
     const token = loadToken({ tokenFile: config.server.tokenFile, key: 'server.tokenFile', logger });
     const releaseHangups = holdHangupsUntilServing(logger);
     // Signals are caught from here on, so that one arriving during the start-up is a clean stop too.
@@ -74,9 +86,9 @@ standby; 75 a temporary failure: a daemon already runs, or the HTTP port (server
         // until it is there, every filestore operation of the daemon fails with why, and tries again.
         const filestore = new MarkerGatedFilestore(openFilestore(config.filestore.location), { url: config.filestore.url });
         void filestore.checkAtStart(logger, 'nothing is backed up and no heartbeat is written until it is; every heartbeat and backup checks again');
-        let daemon: PrimaryDaemon | null = null;
+        let daemon: PrimaryHost | null = null;
         try {
-          daemon = new PrimaryDaemon({ config, filestore, logger, token });
+          daemon = new PrimaryHost({ sites, concurrency, filestore, logger, token });
           await daemon.start();
           await new Promise<void>((resolve) => {
             if (signal.aborted) resolve();

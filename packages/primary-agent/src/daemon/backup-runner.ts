@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { ProgressTracker, TandemError, describeError, isTandemError, type ArtifactProgress, type Filestore, type Logger, type PrimaryConfig } from '@tandem/shared';
+import { ProgressTracker, TandemError, describeError, isTandemError, type ArtifactProgress, type Filestore, type Limiter, type Logger, type PrimaryConfig } from '@tandem/shared';
 import { runBackup, type BackupResult, type CommittedLatest } from '../backup/run-backup.js';
 import { runRetention } from '../retention/run.js';
 import type { AppliedRecord } from '../retention/plan.js';
@@ -19,6 +19,8 @@ import type { SwitchoverCoordinator } from './switchover.js';
  * retried (1 min, 5 min, 15 min) unless the next scheduled run comes first; a run that comes due
  * while a switchover holds is deferred until the switchover is called off. The moment a backup
  * commits, the standbys hear of it (onCommitted); then the heartbeat, then retention.
+ * A daemon serving several sites runs every site's backups through one Limiter (`concurrency`):
+ * a backup waits for a slot before it checks the epoch and starts.
  */
 export type Trigger = DueReason | 'request' | 'switchover';
 
@@ -42,6 +44,8 @@ export interface RunningBackup {
   promise: Promise<BackupResult>;
   /** The artifacts being uploaded: /status and a waiting `tandem-primary backup` show them. */
   progress: ProgressTracker;
+  /** waiting: for a slot of the limiter (other sites' backups use them all). */
+  slot: { waiting: boolean };
 }
 
 export interface BackupRunnerOptions {
@@ -65,6 +69,8 @@ export interface BackupRunnerOptions {
   afterCommit(): void;
   /** A run ended (committed, failed or aborted): the status page lists it. */
   onRunEnded?(run: LastRun): void;
+  /** The backups of every site this process serves, at most `concurrency` at once. */
+  limiter?: Limiter;
 }
 
 export class BackupRunner {
@@ -176,20 +182,23 @@ export class BackupRunner {
     const progress = new ProgressTracker();
     const startedAt = this.opts.clock.now();
     const log = this.log.child({ trigger });
+    const slot = { waiting: false };
     const promise = (async () => {
       try {
-        // Rule 7: a primary that sees a higher epoch than its own stops uploading.
-        await fencing.beforeBackup();
-        log.info('backup starting');
-        // The wrapper refuses new filestore operations once aborted (deletes excepted, for the
-        // clean-up), so an abort between two artifacts stops the backup there.
-        const result = await runBackup(config, {
-          filestore: abortableFilestore(this.opts.filestore, ac.signal),
-          logger: log,
-          signal: ac.signal,
-          progress,
-          // The push goes out the moment latest.json names the set, before any local bookkeeping.
-          onCommitted: (l) => this.opts.onCommitted(l, trigger),
+        const result = await this.inSlot(ac.signal, log, slot, async () => {
+          // Rule 7: a primary that sees a higher epoch than its own stops uploading.
+          await fencing.beforeBackup();
+          log.info('backup starting');
+          // The wrapper refuses new filestore operations once aborted (deletes excepted, for the
+          // clean-up), so an abort between two artifacts stops the backup there.
+          return runBackup(config, {
+            filestore: abortableFilestore(this.opts.filestore, ac.signal),
+            logger: log,
+            signal: ac.signal,
+            progress,
+            // The push goes out the moment latest.json names the set, before any local bookkeeping.
+            onCommitted: (l) => this.opts.onCommitted(l, trigger),
+          });
         });
         this.committed(result, trigger);
         return result;
@@ -200,8 +209,45 @@ export class BackupRunner {
         this.current = null;
       }
     })();
-    this.current = { trigger, startedAt, ac, promise, progress };
+    this.current = { trigger, startedAt, ac, promise, progress, slot };
     return promise;
+  }
+
+  /**
+   * `fn` once the limiter has a slot for it (at once without a limiter). A wait is logged; an abort
+   * while waiting ends the wait at once (the slot, when it comes, passes on unused). Once `fn`
+   * started, an abort is its to handle, so the caller waits for its clean-up.
+   */
+  private inSlot<T>(signal: AbortSignal, log: Logger, slot: { waiting: boolean }, fn: () => Promise<T>): Promise<T> {
+    const limiter = this.opts.limiter;
+    if (limiter === undefined) return fn();
+    let started = false;
+    let waitingSince: number | null = null;
+    const task = limiter.run(
+      async () => {
+        started = true;
+        slot.waiting = false;
+        signal.throwIfAborted();
+        if (waitingSince !== null) log.info({ waitedSeconds: Math.round((Date.now() - waitingSince) / 100) / 10, concurrency: limiter.max }, 'a backup slot is free: the backup starts');
+        return fn();
+      },
+      (ahead) => {
+        waitingSince = Date.now();
+        slot.waiting = true;
+        log.info(
+          { ahead, running: limiter.active, concurrency: limiter.max },
+          `backup waiting for a slot: ${limiter.active} backup${limiter.active === 1 ? '' : 's'} of this daemon's sites run${limiter.active === 1 ? 's' : ''} (concurrency ${limiter.max}), ${ahead} waiting including this one`,
+        );
+      },
+    );
+    if (started) return task;
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () => {
+        if (!started) reject(signal.reason);
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      task.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
   }
 
   private committed(r: BackupResult, trigger: Trigger): void {
@@ -338,7 +384,15 @@ export class BackupRunner {
   status(): { backupRunning: unknown; lastBackup: unknown; lastSuccessAt: string | null } {
     const last = this.last;
     return {
-      backupRunning: this.current ? { trigger: this.current.trigger, startedAt: this.current.startedAt.toISOString(), artifacts: this.current.progress.snapshot() } : null,
+      backupRunning: this.current
+        ? {
+            trigger: this.current.trigger,
+            startedAt: this.current.startedAt.toISOString(),
+            artifacts: this.current.progress.snapshot(),
+            // Only while it waits: other sites' backups hold every slot (concurrency).
+            ...(this.current.slot.waiting ? { waitingForSlot: true } : {}),
+          }
+        : null,
       lastBackup: last
         ? {
             id: last.setId,

@@ -6,8 +6,10 @@ import { stateFiles } from '../state-files.js';
 
 /**
  * How `tandem-primary backup` finds a running daemon and has it do the backup: the daemon writes
- * stateDir/daemon.json {pid, listen, startedAt} (0600) while it runs; a CLI run that finds the file
- * with a live pid POSTs /v1/backup to that address with the token and waits for the result.
+ * stateDir/daemon.json {pid, listen, startedAt, site} (0600) while it runs; a CLI run that finds the
+ * file with a live pid POSTs /v1/backup?site=<site> to that address with the token and waits for
+ * the result. A daemon serving several sites writes one daemon.json per site, each in that site's
+ * stateDir, each naming the one address they share.
  */
 export interface DaemonInfo {
   pid: number;
@@ -124,7 +126,9 @@ export function requestBackup(
   const { host, port } = connectAddress(info.listen);
   return new Promise((resolve, reject) => {
     let connected = false;
-    const req = request({ host, port, method: 'POST', path: '/v1/backup', headers: { authorization: `Bearer ${token}`, 'content-length': 0, ...progressAccept(opts.onProgress) }, ...overTls(opts.tls, opts.connectTimeoutMs ?? 5000) });
+    // The site, for a daemon that serves several (daemon.json names it; a daemon of one site checks it is its own).
+    const path = info.site === '' ? '/v1/backup' : `/v1/backup?site=${encodeURIComponent(info.site)}`;
+    const req = request({ host, port, method: 'POST', path, headers: { authorization: `Bearer ${token}`, 'content-length': 0, ...progressAccept(opts.onProgress) }, ...overTls(opts.tls, opts.connectTimeoutMs ?? 5000) });
     const connectTimer = setTimeout(() => req.destroy(new TandemError('transient', 'DAEMON_CONNECT_TIMEOUT', `no connection within ${opts.connectTimeoutMs ?? 5000} ms`)), opts.connectTimeoutMs ?? 5000);
     req.on('socket', (socket) => {
       const done = () => {

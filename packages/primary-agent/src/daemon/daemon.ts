@@ -1,5 +1,6 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { CLOSE_CODES, loadSigningKeyFile, type Filestore, type Logger, type PrimaryConfig, type PrimaryHello } from '@tandem/shared';
+import type { IncomingMessage } from 'node:http';
+import { CLOSE_CODES, loadSigningKeyFile, type ArtifactProgress, type Filestore, type Limiter, type Logger, type PrimaryConfig, type PrimaryHello } from '@tandem/shared';
 import { primaryIdentity } from '../backup/epoch.js';
 import type { BackupResult } from '../backup/run-backup.js';
 import { refuseInBackupMode } from '../backup/sentinel.js';
@@ -8,17 +9,17 @@ import { BackupRunner, type Trigger } from './backup-runner.js';
 import { Fencing } from './fencing.js';
 import { HeartbeatLoop } from './heartbeat.js';
 import { LatestSet } from './latest.js';
-import { DaemonLifecycle } from './lifecycle.js';
+import { SiteLifecycle } from './lifecycle.js';
 import { DaemonMetrics } from './metrics.js';
-import { PrimaryHistory, type PrimaryPageState } from './page.js';
+import { PrimaryHistory, type PrimaryHistoryDoc, type PrimaryPageState } from './page.js';
 import { Scheduler, systemClock, type Clock } from './scheduler.js';
-import { StandbyHub } from './standbys.js';
+import { StandbyHub, type PushSocket } from './standbys.js';
 import { SwitchoverCoordinator } from './switchover.js';
 
 export type { LastRun, Trigger } from './backup-runner.js';
 
 /**
- * `tandem-primary run`: the always-on primary agent. This class wires the parts together:
+ * `tandem-primary run`: the always-on primary agent, one site of it. This class wires the parts together:
  *
  * - backups (backup-runner.ts): on the cron schedule (configured time zone), on request, and the
  *   final one of a switchover; retried after a failed scheduled run; retention after each;
@@ -31,8 +32,12 @@ export type { LastRun, Trigger } from './backup-runner.js';
  *   tandem_fenced 1, onFenced runs;
  * - a planned switchover (switchover.ts): onFenced, a final backup, a hold without backups; it ends
  *   fenced (the standby promoted) or called off (onResume);
- * - the process (lifecycle.ts): one daemon per state directory, the HTTP/WebSocket server, the
- *   shutdown, whose last heartbeat.json says "stopped" (heartbeat.ts).
+ * - the site as the machine sees it (lifecycle.ts): one daemon per state directory (daemon.json),
+ *   the shutdown, whose last heartbeat.json says "stopped" (heartbeat.ts).
+ *
+ * The process (host.ts) serves one or several sites, each a PrimaryDaemon: it owns the one
+ * HTTP/WebSocket server and its tokens, routes requests and standby connections to the sites, and
+ * runs every site's backups through one Limiter (`concurrency`).
  *
  * Filestore errors are logged, counted (tandem_filestore_errors_total) and retried on the next tick
  * or run; nothing a standby sends can stop the daemon.
@@ -41,9 +46,11 @@ export interface DaemonOptions {
   config: PrimaryConfig;
   filestore: Filestore;
   logger: Logger;
-  /** The control token (server.tokenFile or TANDEM_TOKEN); the others come from the config (serverTokens). */
-  token: string;
   clock?: Clock;
+  /** The backups of every site of the process, at most `concurrency` at once (host.ts). */
+  limiter?: Limiter;
+  /** One of several sites of the process: its metrics carry site="<site>", without the process metrics. */
+  oneOfSeveral?: boolean;
   pingIntervalMs?: number;
   helloTimeoutMs?: number;
   /** Delays of the retries after a failed scheduled run (default 1 min, 5 min, 15 min). */
@@ -72,7 +79,8 @@ export class PrimaryDaemon {
   private readonly runner: BackupRunner;
   private readonly latest: LatestSet;
   private readonly heartbeat: HeartbeatLoop;
-  private readonly life: DaemonLifecycle;
+  private readonly life: SiteLifecycle;
+  private readonly oneOfSeveral: boolean;
   /** What the status page draws: the newest set's age, the standbys' lag, the backups (page.ts). */
   private readonly history: PrimaryHistory;
   /** start() completed: the daemon served and ran its heartbeat loop. */
@@ -84,6 +92,7 @@ export class PrimaryDaemon {
     this.fs = filestore;
     this.log = logger;
     this.clock = opts.clock ?? systemClock;
+    this.oneOfSeveral = opts.oneOfSeveral ?? false;
     this.timeZone = config.timezone ?? machineTimeZone();
     ({ host: this.primaryHost, id: this.primaryId } = primaryIdentity(config));
     this.signingKey = loadSigningKeyFile(config.keys.signingKeyFile, logger);
@@ -119,10 +128,13 @@ export class PrimaryDaemon {
       helloTimeoutMs: opts.helloTimeoutMs,
       switchover: this.switchover,
     });
-    this.metrics = new DaemonMetrics({
-      standbys: () => this.hub.list().map((s) => ({ standbyId: s.standbyId ?? '?', lagSeconds: s.lagSeconds })),
-      nextRunAt: () => (this.fencing.fenced ? null : this.scheduler.nextRunAt),
-    });
+    this.metrics = new DaemonMetrics(
+      {
+        standbys: () => this.hub.list().map((s) => ({ standbyId: s.standbyId ?? '?', lagSeconds: s.lagSeconds })),
+        nextRunAt: () => (this.fencing.fenced ? null : this.scheduler.nextRunAt),
+      },
+      this.oneOfSeveral ? config.site : undefined,
+    );
     this.scheduler = new Scheduler({
       schedule: config.schedule,
       timeZone: this.timeZone,
@@ -164,6 +176,7 @@ export class PrimaryDaemon {
       onCommitted: (l, trigger) => this.latest.committed(l, trigger),
       afterCommit: () => void this.heartbeat.tick(),
       onRunEnded: (run) => this.history.noteRun(run),
+      limiter: opts.limiter,
     });
     this.latest = new LatestSet({
       site: config.site,
@@ -196,20 +209,7 @@ export class PrimaryDaemon {
       standbys: () => this.hub.list(),
       fenced: () => this.fencing.fenced,
     });
-    this.life = new DaemonLifecycle({
-      config,
-      logger,
-      clock,
-      token: opts.token,
-      hub: this.hub,
-      handlers: {
-        status: () => this.status(),
-        history: () => this.history.doc(this.pageState()),
-        metrics: async () => ({ contentType: this.metrics.contentType, body: await this.metrics.text() }),
-        backup: (onProgress) => this.runner.request(onProgress),
-        refuseUpgrade: () => (this.fencing.fenced ? '503 Service Unavailable' : this.life.stopping ? '503 Service Unavailable' : null),
-      },
-    });
+    this.life = new SiteLifecycle({ config, logger, clock, hub: this.hub });
   }
 
   /** host:port the server is bound to, once started. */
@@ -217,15 +217,36 @@ export class PrimaryDaemon {
     return this.life.listenAddress;
   }
 
-  async start(): Promise<{ listen: string; nextRunAt: Date | null; missed: boolean }> {
-    const { config } = this;
+  get site(): string {
+    return this.config.site;
+  }
+
+  /** A higher epoch exists: this primary makes no more backups and refuses standbys. */
+  get fenced(): boolean {
+    return this.fencing.fenced;
+  }
+
+  /**
+   * Before the process serves: refuses (exit 2) while the site's BACKUP sentinel exists (the site
+   * on this server is a standby) and while another daemon runs for its state directory; reads the
+   * last run.
+   */
+  async prepare(): Promise<void> {
     // The site here is a standby (the BACKUP sentinel): no heartbeat, no schedule, exit 2.
-    await refuseInBackupMode(config, 'daemon');
+    await refuseInBackupMode(this.config, 'daemon');
     await this.life.claim();
     await this.runner.loadLastRun();
     if (this.runner.lastRun !== null) this.history.noteRun(this.runner.lastRun);
-    // Serve first (health checks, status), then look at the filestore, which may be slow or down.
-    const listen = await this.life.listen();
+  }
+
+  /**
+   * The process serves on `listen` (health checks, status): daemon.json names it; then the
+   * filestore, which may be slow or down, and the schedule. Logs the ready line (of the site, when
+   * it is one of several: the process logs its own).
+   */
+  async serve(listen: string, scheme: 'http' | 'https'): Promise<{ nextRunAt: Date | null; missed: boolean }> {
+    const { config } = this;
+    await this.life.announce(listen);
     this.history.start();
     await this.switchover.recover(); // a hold a stopped daemon left: before the epoch check, which may end it
     await this.heartbeat.refresh('reading epoch.json and latest.json at start-up');
@@ -239,32 +260,57 @@ export class PrimaryDaemon {
     void this.heartbeat.tick();
     this.started = true;
     const nextRunAt = this.fencing.fenced ? null : this.scheduler.nextRunAt;
-    this.log.info(
-      {
-        listen,
-        url: `${this.life.scheme}://${listen}`,
-        stream: `${this.life.scheme === 'https' ? 'wss' : 'ws'}://${listen}/v1/stream`,
-        site: config.site,
-        epoch: this.fencing.epoch,
-        schedule: config.schedule,
-        timezone: this.timeZone,
-        nextRunAt: nextRunAt?.toISOString() ?? null,
-        filestore: this.fs.description,
-      },
-      `tandem-primary daemon ready: listening on ${this.life.scheme}://${listen} (site "${config.site}", next backup ${nextRunAt?.toISOString() ?? 'none'})`,
-    );
-    return { listen, nextRunAt, missed: m.missed };
+    const fields = {
+      listen,
+      url: `${scheme}://${listen}`,
+      stream: `${scheme === 'https' ? 'wss' : 'ws'}://${listen}/v1/stream`,
+      site: config.site,
+      epoch: this.fencing.epoch,
+      schedule: config.schedule,
+      timezone: this.timeZone,
+      nextRunAt: nextRunAt?.toISOString() ?? null,
+      filestore: this.fs.description,
+    };
+    if (this.oneOfSeveral) {
+      this.log.info(fields, `site "${config.site}" ready${this.fencing.fenced ? ' (FENCED: no backups)' : ''}: next backup ${nextRunAt?.toISOString() ?? 'none'}`);
+    } else {
+      this.log.info(fields, `tandem-primary daemon ready: listening on ${scheme}://${listen} (site "${config.site}", next backup ${nextRunAt?.toISOString() ?? 'none'})`);
+    }
+    return { nextRunAt, missed: m.missed };
+  }
+
+  /** Why a standby's channel of this site is refused now (fenced, shutting down), or null. */
+  channelRefusal(): { code: number; reason: string } | null {
+    if (this.fencing.fenced) return { code: CLOSE_CODES.fenced, reason: 'this primary is fenced: a higher epoch exists' };
+    if (this.life.stopping) return { code: CLOSE_CODES.goingAway, reason: 'primary shutting down' };
+    return null;
+  }
+
+  /** A standby's connection (or its channel of this site on a shared one): the push channel. */
+  attach(ws: PushSocket, req: IncomingMessage, standbyId: string): void {
+    this.hub.attach(ws, req, standbyId);
+  }
+
+  /** GET /status/history of this site. */
+  historyDoc(): PrimaryHistoryDoc {
+    return this.history.doc(this.pageState());
+  }
+
+  /** POST /v1/backup of this site. */
+  requestBackup(onProgress?: (artifacts: ArtifactProgress[]) => void): Promise<{ status: number; body: unknown }> {
+    return this.runner.request(onProgress);
   }
 
   /**
    * Stop the schedule, abort a running backup (nothing is committed), write the last heartbeat
-   * (state "stopped": a standby may promote at once), close the server. The stopped heartbeat is
-   * written only by a daemon that started and wrote running heartbeats itself: after a failed start
-   * (the port taken, a sentinel, another daemon running) heartbeat.json is left as it is, since the
-   * primary it names may be running elsewhere.
+   * (state "stopped": a standby may promote at once), close the standbys' connections; the process
+   * then closes the server and calls release(). The stopped heartbeat is written only by a daemon
+   * that started and wrote running heartbeats itself: after a failed start (the port taken, a
+   * sentinel, another daemon running) heartbeat.json is left as it is, since the primary it names
+   * may be running elsewhere.
    */
   stop(reason = 'stop requested'): Promise<void> {
-    return this.life.stop(reason, async () => {
+    return this.life.stop(async () => {
       this.scheduler.stop();
       this.heartbeat.stop();
       await this.switchover.stop();
@@ -272,6 +318,11 @@ export class PrimaryDaemon {
       this.history.stop();
       if (this.started) await this.heartbeat.writeStopped();
     });
+  }
+
+  /** After the server closed: daemon.json goes. */
+  release(): Promise<void> {
+    return this.life.release();
   }
 
   /** Run a backup now. Throws kind 'busy' when one is running, 'fenced' when this primary is fenced. */

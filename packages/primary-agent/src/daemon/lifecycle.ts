@@ -2,14 +2,15 @@ import { CLOSE_CODES, TandemError, loadToken, requireDistinctTokens, type Logger
 import { stateFiles } from '../state-files.js';
 import { findDaemon, probeDaemon, removeDaemonInfo, writeDaemonInfo } from './control.js';
 import type { Clock } from './scheduler.js';
-import { DaemonServer, type ServerHandlers, type ServerTokens } from './server.js';
+import type { ServerTokens } from './server.js';
 import type { StandbyHub } from './standbys.js';
 
 /**
  * The daemon as a process: one per state directory (stateDir/daemon.json names it while it runs),
- * its HTTP/WebSocket server with the tokens it knows, and the shutdown: the parts stop (schedule,
- * switchover hold, running backup), then the standbys' connections close (1001), the server
- * closes and daemon.json goes. The signals that end it are caught by the command (commands/run.ts).
+ * and the shutdown: the parts stop (schedule, switchover hold, running backup), then the standbys'
+ * connections close (1001), the server closes and daemon.json goes. The server, the tokens and the
+ * SIGHUP reload are the process's, shared by the sites it serves (host.ts). The signals that end
+ * it are caught by the command (commands/run.ts).
  */
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
@@ -35,52 +36,32 @@ export function serverTokens(config: PrimaryConfig, control: string, logger: Log
   return { control, read, standbys };
 }
 
-export interface LifecycleOptions {
+export interface SiteLifecycleOptions {
   config: PrimaryConfig;
   logger: Logger;
   clock: Clock;
-  /** The control token (server.tokenFile or TANDEM_TOKEN); the others come from the config. */
-  token: string;
   hub: StandbyHub;
-  handlers: ServerHandlers;
 }
 
-export class DaemonLifecycle {
-  private readonly server: DaemonServer;
+/**
+ * One site of the daemon as the machine sees it: stateDir/daemon.json (one daemon per state
+ * directory: claim() refuses while another answers), written once the process serves (announce:
+ * it names the shared listen address), and the site's part of the shutdown: its parts stop, its
+ * standbys' connections close (1001); daemon.json goes once the server closed (release).
+ */
+export class SiteLifecycle {
   private started: Date | null = null;
   private listening: string | null = null;
   private stopRequested = false;
   private stopped: Promise<void> | null = null;
 
-  constructor(private readonly opts: LifecycleOptions) {
-    this.server = new DaemonServer({
-      tokens: serverTokens(opts.config, opts.token, opts.logger),
-      logger: opts.logger.child({ component: 'http' }),
-      hub: opts.hub,
-      handlers: opts.handlers,
-      tls: opts.config.server.tls,
-    });
-  }
-
-  /** 'https' with server.tls (the push channel is then wss://). */
-  get scheme(): 'http' | 'https' {
-    return this.server.scheme;
-  }
-
-  /** SIGHUP while serving: server.tls's files are read again (a failure keeps the old ones, logged). */
-  private readonly onHangup = (): void => {
-    if (this.server.tls === null) {
-      this.opts.logger.info({ signal: 'SIGHUP' }, 'SIGHUP: nothing to reload (no server.tls)');
-      return;
-    }
-    this.server.reloadTls('SIGHUP');
-  };
+  constructor(private readonly opts: SiteLifecycleOptions) {}
 
   get startedAt(): Date | null {
     return this.started;
   }
 
-  /** host:port the server is bound to, once it listens. */
+  /** host:port the process's server is bound to, once it listens. */
   get listenAddress(): string | null {
     return this.listening;
   }
@@ -105,36 +86,34 @@ export class DaemonLifecycle {
     this.started = this.opts.clock.now();
   }
 
-  /** Serve (health checks, status), and name the address in daemon.json. */
-  async listen(): Promise<string> {
+  /** The process serves on `listen`: daemon.json names it. */
+  async announce(listen: string): Promise<void> {
     const { config } = this.opts;
-    this.listening = await this.server.listen(config.server.listen);
-    process.on('SIGHUP', this.onHangup);
-    await writeDaemonInfo(config.stateDir, { pid: process.pid, listen: this.listening, startedAt: (this.started ?? this.opts.clock.now()).toISOString(), site: config.site });
-    return this.listening;
+    this.listening = listen;
+    await writeDaemonInfo(config.stateDir, { pid: process.pid, listen, startedAt: (this.started ?? this.opts.clock.now()).toISOString(), site: config.site });
   }
 
   /**
    * Stop once (a second call gets the first one's promise): `stopParts` stops what runs (the
-   * schedule, a switchover's timers, a running backup) before the connections and the server close.
+   * schedule, a switchover's timers, a running backup) before this site's connections close.
    */
-  stop(reason: string, stopParts: () => Promise<void>): Promise<void> {
+  stop(stopParts: () => Promise<void>): Promise<void> {
     if (this.stopped) return this.stopped;
     this.stopRequested = true;
-    const { hub, logger, config } = this.opts;
+    const { hub } = this.opts;
     this.stopped = (async () => {
-      process.off('SIGHUP', this.onHangup);
-      logger.info({ reason }, 'shutting down');
       await stopParts();
       hub.closeAll(CLOSE_CODES.goingAway, 'primary shutting down');
       const deadline = Date.now() + 1_000;
       while (hub.size > 0 && Date.now() < deadline) await sleep(20);
       hub.terminateAll();
       hub.stop();
-      await this.server.close();
-      await removeDaemonInfo(config.stateDir).catch((err: unknown) => logger.warn({ err }, 'could not remove daemon.json'));
-      logger.info('stopped');
     })();
     return this.stopped;
+  }
+
+  /** After the server closed: daemon.json goes (if it is this process's). */
+  async release(): Promise<void> {
+    await removeDaemonInfo(this.opts.config.stateDir).catch((err: unknown) => this.opts.logger.warn({ err }, 'could not remove daemon.json'));
   }
 }

@@ -35,8 +35,12 @@ export class DaemonMetrics extends MetricsRegistry {
   readonly fenced: Gauge;
   readonly switchoverHeld: Gauge;
 
-  constructor(live: { standbys(): StandbyLag[]; nextRunAt(): Date | null }) {
-    super();
+  /**
+   * `site`: this daemon serves several sites; every sample is labelled site="<site>" and the process
+   * metrics are left to the host's own registry (shared/metrics.ts).
+   */
+  constructor(live: { standbys(): StandbyLag[]; nextRunAt(): Date | null }, site?: string) {
+    super(site === undefined ? {} : { site });
     const standbys = () => live.standbys();
     const registers = this.registers;
     this.lastBackupTimestamp = new Gauge({

@@ -1,10 +1,9 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer } from 'ws';
-import { MAX_FRAME_BYTES, STREAM_PATH, StatusPage, TandemError, bearerFrom, sessionFrom, closeServer, createDaemonServer, listenOn, tokensEqual, type Logger, type ReloadingTls, type ServerTlsConfig } from '@tandem/shared';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { HISTORY_PATH, MAX_FRAME_BYTES, STREAM_PATH, StatusPage, TandemError, bearerFrom, sessionFrom, closeServer, createDaemonServer, listenOn, tokensEqual, type Logger, type ReloadingTls, type ServerTlsConfig } from '@tandem/shared';
 import { answerBackup, type BackupHandler } from './backup-stream.js';
 import { errorBody } from './control.js';
-import type { StandbyHub } from './standbys.js';
 
 /**
  * The daemon's HTTP server (node:http + ws in noServer mode):
@@ -21,16 +20,33 @@ import type { StandbyHub } from './standbys.js';
  * limits (idle and slow connections, a connection cap) are shared/net.ts's HTTP_LIMITS. A browser
  * logged in to the status page (with the monitoring or the control token) sends its session cookie
  * instead of a token: it counts as the monitoring token, whichever token it was made with.
+ *
+ * One server serves every site of the process (host.ts). `?site=NAME` picks a site: /status,
+ * /status/history and the page show that site (without it: /status every site, under "sites",
+ * and the page the first one), POST /v1/backup backs it up (required with several sites). A name
+ * the process does not serve: 404 (400 on POST /v1/backup) naming the sites it does. With one site
+ * nothing needs it, and every answer is that site's.
  */
 export interface ServerHandlers {
-  status(): unknown;
-  /** GET /status/history: what the status page draws (page.ts). */
-  history(): unknown;
+  /** The sites served, in the config's order. */
+  readonly sites: readonly string[];
+  /** GET /status: `site` null is every site (one: that site's status, as it always was). */
+  status(site: string | null): { status: number; body: unknown };
+  /** GET /status/history: what the status page draws (page.ts), of `site` (null: the first). */
+  history(site: string | null): unknown;
   metrics(): Promise<{ contentType: string; body: string }>;
-  /** With `onProgress` (the client asked for it), the backup's progress as it runs (backup-stream.ts). */
-  backup: BackupHandler;
+  /** POST /v1/backup of `site`; with `onProgress` (the client asked for it), the backup's progress as it runs (backup-stream.ts). */
+  backup(site: string, onProgress?: Parameters<BackupHandler>[0]): ReturnType<BackupHandler>;
   /** null to accept, else the status line to refuse upgrades with (e.g. when fenced). */
   refuseUpgrade(): string | null;
+  /** An accepted /v1/stream connection of the listed standby `standbyId`. */
+  attach(ws: WebSocket, req: IncomingMessage, standbyId: string): void;
+}
+
+/** Why a `?site=` cannot be answered: the status to answer with and the error. */
+interface SiteRefusal {
+  status: number;
+  error: TandemError;
 }
 
 /** The tokens this server knows, by what each grants. */
@@ -49,7 +65,6 @@ export type Caller = { role: 'control' } | { role: 'read' } | { role: 'standby';
 export interface DaemonServerOptions {
   tokens: ServerTokens;
   logger: Logger;
-  hub: StandbyHub;
   handlers: ServerHandlers;
   /** server.tls: HTTPS/WSS only (shared/tls-server.ts). */
   tls?: ServerTlsConfig;
@@ -112,13 +127,19 @@ export class DaemonServer {
         return caller === null ? 'unauthorized' : caller.role === 'standby' ? 'forbidden' : 'ok';
       },
       loginTokens: read === null ? [control] : [control, read],
-      history: () => opts.handlers.history(),
+      history: (query) => opts.handlers.history(query.get('site')),
       logger: opts.logger,
     });
     // A backup answered over POST /v1/backup may take long: the limits only bound receiving the
     // request, which is empty.
     this.http.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head));
     this.http.on('clientError', (_err, socket) => rawRefusal(socket, '400 Bad Request'));
+  }
+
+  /** The request may read the status (the monitoring or control token, or a session). */
+  private reads(req: IncomingMessage): boolean {
+    const caller = this.caller(req);
+    return caller !== null && caller.role !== 'standby';
   }
 
   private caller(req: IncomingMessage): Caller | null {
@@ -154,11 +175,55 @@ export class DaemonServer {
       return;
     }
     const standbyId = caller.standbyId;
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.opts.hub.attach(ws, req, standbyId));
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.opts.handlers.attach(ws, req, standbyId));
+  }
+
+  /**
+   * The site `?site=` names (null: none named), or why it cannot be answered: a name not served,
+   * or (`required`) no name while several sites are served.
+   */
+  private site(query: URLSearchParams, what: string, required: boolean): { site: string | null } | SiteRefusal {
+    const sites = this.opts.handlers.sites;
+    const named = query.get('site');
+    const list = sites.map((s) => `"${s}"`).join(', ');
+    if (named === null || named === '') {
+      if (required && sites.length > 1) {
+        return {
+          status: 400,
+          error: new TandemError('config', 'SITE_REQUIRED', `${what}: this primary serves ${sites.length} sites (${list}): say which with ?site=NAME`, {
+            hint: `e.g. tandem-primary backup --site ${sites[0]} (it adds ?site= itself)`,
+          }),
+        };
+      }
+      return { site: null };
+    }
+    if (sites.includes(named)) return { site: named };
+    return {
+      status: required ? 400 : 404,
+      error: new TandemError('not-found', 'UNKNOWN_SITE', `${what}: this primary serves no site "${named.slice(0, 64)}"; it serves ${list}`, { hint: 'pass one of those names as ?site=NAME' }),
+    };
   }
 
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const query = url.searchParams;
+    const pagePath = url.pathname; // as the status page reads it
+    if ((req.method === 'GET' || req.method === 'HEAD') && (pagePath === '/' || pagePath === HISTORY_PATH) && !query.has('token') && this.reads(req)) {
+      // The page shows one site: the one named, else the first (a redirect names it, so that
+      // what the page's script fetches says it too).
+      const picked = this.site(query, `GET ${pagePath}`, false);
+      if ('error' in picked) {
+        req.resume();
+        return sendJson(res, picked.status, errorBody(picked.error));
+      }
+      if (pagePath === '/' && picked.site === null && this.opts.handlers.sites.length > 1) {
+        req.resume();
+        res.writeHead(303, { location: `./?site=${encodeURIComponent(this.opts.handlers.sites[0]!)}`, 'cache-control': 'no-store', 'content-length': 0 });
+        res.end();
+        return;
+      }
+    }
     if (await this.page.handle(req, res)) return;
     req.resume(); // no request bodies are read; drain whatever was sent
     if (path === '/healthz') {
@@ -172,13 +237,21 @@ export class DaemonServer {
     const reads = caller.role === 'control' || caller.role === 'read';
     if ((path === '/status' || path === '/metrics') && req.method === 'GET') {
       if (!reads) return sendJson(res, 403, errorBody(forbidden(`read ${path}`, 'the monitoring token (server.readTokenFile) or the control token (server.tokenFile)')));
-      if (path === '/status') return sendJson(res, 200, this.opts.handlers.status());
+      if (path === '/status') {
+        const picked = this.site(query, 'GET /status', false);
+        if ('error' in picked) return sendJson(res, picked.status, errorBody(picked.error));
+        const r = this.opts.handlers.status(picked.site);
+        return sendJson(res, r.status, r.body);
+      }
       const m = await this.opts.handlers.metrics();
       return sendText(res, 200, m.body, m.contentType);
     }
     if (path === '/v1/backup' && req.method === 'POST') {
       if (caller.role !== 'control') return sendJson(res, 403, errorBody(forbidden('start a backup', 'the control token (server.tokenFile)')));
-      return answerBackup(req, res, this.opts.handlers.backup);
+      const picked = this.site(query, 'POST /v1/backup', true);
+      if ('error' in picked) return sendJson(res, picked.status, errorBody(picked.error));
+      const site = picked.site ?? this.opts.handlers.sites[0]!;
+      return answerBackup(req, res, (onProgress) => this.opts.handlers.backup(site, onProgress));
     }
     if (path === STREAM_PATH) return sendJson(res, 426, { error: { kind: 'config', code: 'UPGRADE_REQUIRED', message: 'this endpoint is a WebSocket' } });
     return sendJson(res, 405, { error: { kind: 'config', code: 'METHOD_NOT_ALLOWED', message: `${req.method} is not allowed on ${path}` } });

@@ -10,6 +10,7 @@ import {
   type Logger,
   type PrimaryHello,
   type PrimaryMessage,
+  type SiteChannel,
   type StandbyMessage,
   type SwitchoverPrimaryMessage,
   type SwitchoverStandbyMessage,
@@ -49,8 +50,15 @@ export interface AppliedEvent {
   appliedAt: string;
 }
 
+/**
+ * What a standby's connection is to the hub: the WebSocket itself (a connection of this one site),
+ * or this site's channel on a WebSocket shared by several sites (shared/site-channel.ts), which
+ * closes alone (a fenced site, a replaced connection) while the socket goes on.
+ */
+export type PushSocket = WebSocket | SiteChannel;
+
 interface Peer {
-  ws: WebSocket;
+  ws: PushSocket;
   remote: string;
   /** The listed standby whose token opened this connection. */
   authenticatedAs: string;
@@ -83,6 +91,8 @@ export interface StandbyHubOptions {
 /** What a standby sent that breaks the protocol: the connection is closed (1008) with this message as the reason. */
 const violation = (message: string): TandemError => new TandemError('permanent', 'PROTOCOL_VIOLATION', message);
 
+const OPEN = WebSocket.OPEN;
+
 const closeReason = (s: string): string => (Buffer.byteLength(s) <= 120 ? s : `${Buffer.from(s).subarray(0, 117).toString('utf8')}...`);
 
 export class StandbyHub {
@@ -94,8 +104,8 @@ export class StandbyHub {
     this.pingTimer.unref();
   }
 
-  /** `standbyId`: the listed standby whose token the upgrade carried. */
-  attach(ws: WebSocket, req: IncomingMessage, standbyId: string): void {
+  /** `standbyId`: the listed standby whose token the upgrade carried; `req`: the upgrade request. */
+  attach(ws: PushSocket, req: IncomingMessage, standbyId: string): void {
     const peer: Peer = {
       ws,
       remote: `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`,
@@ -114,18 +124,25 @@ export class StandbyHub {
     log.info('standby connected to the push channel');
     peer.helloTimer = setTimeout(() => this.reject(peer, `no hello within ${(this.opts.helloTimeoutMs ?? 10_000) / 1000} s`), this.opts.helloTimeoutMs ?? 10_000);
     peer.helloTimer.unref();
-    ws.on('pong', () => {
+    // The events both kinds emit, with the same arguments (site-channel.ts keeps them so).
+    const events = ws as unknown as {
+      on(event: 'pong', fn: () => void): void;
+      on(event: 'message', fn: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void): void;
+      on(event: 'error', fn: (err: Error) => void): void;
+      on(event: 'close', fn: (code: number, reason: Buffer) => void): void;
+    };
+    events.on('pong', () => {
       peer.alive = true;
     });
-    ws.on('message', (data, isBinary) => {
+    events.on('message', (data, isBinary) => {
       try {
-        this.receive(peer, data as Buffer | ArrayBuffer | Buffer[], isBinary);
+        this.receive(peer, data, isBinary);
       } catch (err) {
         this.reject(peer, describeError(err));
       }
     });
-    ws.on('error', (err) => log.warn({ err }, 'push channel error'));
-    ws.on('close', (code, reason) => {
+    events.on('error', (err) => log.warn({ err }, 'push channel error'));
+    events.on('close', (code, reason) => {
       if (peer.helloTimer) clearTimeout(peer.helloTimer);
       this.peers.delete(peer);
       log.info({ standbyId: peer.standbyId, code, reason: reason.toString('utf8') }, 'standby disconnected from the push channel');
@@ -193,7 +210,7 @@ export class StandbyHub {
         remote: peer.remote,
         standbyId: peer.authenticatedAs,
         send: (m) => this.send(peer, m),
-        isOpen: () => peer.ws.readyState === WebSocket.OPEN,
+        isOpen: () => peer.ws.readyState === OPEN,
       };
       handler.request(peer.switchover, msg);
       return;
@@ -219,7 +236,7 @@ export class StandbyHub {
   }
 
   private send(peer: Peer, msg: PrimaryMessage | SwitchoverPrimaryMessage): void {
-    if (peer.ws.readyState !== WebSocket.OPEN) return;
+    if (peer.ws.readyState !== OPEN) return;
     let text: string;
     try {
       text = msg.type.startsWith('switchover-') ? encodeMessage(msg as SwitchoverPrimaryMessage, 'switchover-to-standby') : encodeMessage(msg as PrimaryMessage, 'primary-to-standby');
@@ -235,7 +252,7 @@ export class StandbyHub {
   broadcast(msg: PrimaryMessage): number {
     let n = 0;
     for (const peer of this.peers) {
-      if (peer.ws.readyState === WebSocket.OPEN) {
+      if (peer.ws.readyState === OPEN) {
         this.send(peer, msg);
         n++;
       }
@@ -265,7 +282,7 @@ export class StandbyHub {
     const latest = this.opts.latest();
     const out: StandbyStatus[] = [];
     for (const p of this.peers) {
-      if (p.standbyId === null || p.ws.readyState !== WebSocket.OPEN) continue;
+      if (p.standbyId === null || p.ws.readyState !== OPEN) continue;
       let lag = 0;
       if (latest !== null && p.appliedSetId !== latest.setId) {
         const behind = p.appliedCreatedAt === null || Date.parse(p.appliedCreatedAt) < Date.parse(latest.createdAt);

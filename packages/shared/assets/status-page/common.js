@@ -247,7 +247,11 @@ export function chartSpan(history) {
 // The loop
 // ---------------------------------------------------------------------------------------------
 
+/** ?site=NAME of the page (a primary serving several sites): what it fetches is that site's. */
+const SITE = new URLSearchParams(location.search).get('site');
+
 async function getJson(path) {
+  if (SITE !== null) path = `${path}?site=${encodeURIComponent(SITE)}`;
   const r = await fetch(path, { credentials: 'same-origin', cache: 'no-store', headers: { accept: 'application/json' } });
   if (r.status === 401 || r.status === 403) {
     const e = new Error('the session has ended (expired, or the token changed): log in again');

@@ -5,7 +5,24 @@ import { bytes, chartSpan, duration, facts, figure, h, lineChart, relative, sect
 
 const CLASSES = ['s2', 's3', 's4', 's5'];
 
+/** A primary serving several sites: the others, each a link to its page (hist.sites). */
+function siteLinks(hist) {
+  if (!Array.isArray(hist.sites) || hist.sites.length < 2) return [];
+  const links = hist.sites.map((s) =>
+    s.site === hist.site ? h('strong', {}, s.site) : h('a', { href: `?site=${encodeURIComponent(s.site)}`, class: s.running ? null : 'state-down' }, s.site),
+  );
+  return [h('span', { class: 'sub', id: 'sites' }, 'sites: ', ...links.flatMap((l, i) => (i === 0 ? [l] : [' · ', l])))];
+}
+
 function render(st, hist) {
+  if (st.running === false) {
+    // A site of this daemon whose start was refused or failed: why, and the other sites.
+    return {
+      documentTitle: `tandem primary: site ${st.site} not running`,
+      title: ['Primary ', h('span', { class: 'sub' }, `site ${st.site}: not running`), ...siteLinks(hist)],
+      body: [section('Problems', null, problemList(hist.problems))],
+    };
+  }
   const now = Date.parse(hist.now);
   const span = chartSpan(hist);
   const newestAge = st.latest ? Math.max(0, (now - Date.parse(st.latest.createdAt)) / 1000) : null;
@@ -97,7 +114,7 @@ function render(st, hist) {
 
   return {
     documentTitle: `tandem primary ${st.primaryHost}: ${last === null ? 'no backup yet' : `last backup ${last.outcome}`}`,
-    title: ['Primary ', h('span', { class: 'mono' }, st.primaryHost), h('span', { class: 'sub' }, `site ${st.site}, epoch ${st.epoch ?? '?'}`)],
+    title: ['Primary ', h('span', { class: 'mono' }, st.primaryHost), h('span', { class: 'sub' }, `site ${st.site}, epoch ${st.epoch ?? '?'}`), ...siteLinks(hist)],
     body: [section('Problems', null, problemList(hist.problems)), figures, charts, backups, standbys, h('div', { class: 'columns' }, stages, state)],
   };
 }

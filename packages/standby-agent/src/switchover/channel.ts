@@ -66,8 +66,15 @@ export class SwitchoverChannel {
     private readonly log: Logger,
   ) {}
 
-  /** Connects and waits for the primary's hello; throws (nothing sent) when that fails. opts.tls: primary.tls as ws options (ca, cert, key). */
-  static async open(primaryUrl: string, token: string, opts: { site: string; logger: Logger; timeoutMs?: number; tls?: PrimaryTlsOptions }): Promise<SwitchoverChannel> {
+  /**
+   * Connects, sends `first` (the switchover-request) and waits for the primary's hello; throws when
+   * that fails. opts.tls: primary.tls as ws options (ca, cert, key).
+   */
+  static async open(
+    primaryUrl: string,
+    token: string,
+    opts: { site: string; logger: Logger; timeoutMs?: number; tls?: PrimaryTlsOptions; first?: SwitchoverStandbyMessage },
+  ): Promise<SwitchoverChannel> {
     let url: string;
     try {
       url = switchoverStreamUrl(primaryUrl);
@@ -89,6 +96,13 @@ export class SwitchoverChannel {
         } else resolve();
       };
       const timer = setTimeout(() => done(new TandemError('transient', 'SWITCHOVER_UNREACHABLE', `no hello from the primary at ${url} within ${timeoutMs / 1000} s; nothing changed`)), timeoutMs);
+      // The request goes first, as soon as the socket is open: a primary serving several sites
+      // learns from it which site this connection is for, and only then says hello. (A primary of
+      // another site refuses the request, naming its site: nothing changes there.)
+      if (opts.first !== undefined) {
+        const first = opts.first;
+        ws.on('open', () => ws.send(encodeMessage(first, 'switchover-to-primary')));
+      }
       ws.on('unexpected-response', (_req, res) => {
         res.resume();
         done(upgradeRefused(res.statusCode ?? 0, url));

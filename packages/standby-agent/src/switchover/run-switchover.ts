@@ -186,11 +186,11 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
   };
 
   event('standby', 'preflight', await preflight(config, fs, log));
-  const channel = await SwitchoverChannel.open(config.primary.url, token, { site: config.site, logger: log, tls });
+  const request = { type: 'switchover-request', requestId, site: config.site, standbyId, timeoutSeconds: Math.max(1, Math.round(opts.timeoutMs / 1000)) } as const;
+  const channel = await SwitchoverChannel.open(config.primary.url, token, { site: config.site, logger: log, tls, first: request });
   try {
     const hello = channel.hello!;
     log.info({ primary: channel.url, epoch: hello.epoch, latestSetId: hello.latestSetId }, 'connected to the primary');
-    channel.send({ type: 'switchover-request', requestId, site: config.site, standbyId, timeoutSeconds: Math.max(1, Math.round(opts.timeoutMs / 1000)) });
     event('standby', 'request', `asked the primary at ${channel.url} (epoch ${hello.epoch ?? '?'}) for a switchover to ${standbyId} (request ${requestId}, timeout ${formatDuration(opts.timeoutMs)})`);
 
     // Until the primary holds with its final set.
