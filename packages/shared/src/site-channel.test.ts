@@ -50,6 +50,7 @@ describe('site channels over one WebSocket', () => {
 
     // A site the peer refuses: that channel closes with the reason, the others stay.
     const n = mux.channel('nope');
+    await next(n, 'open');
     const refused = next(n, 'close');
     n.send('hi');
     const [code, reason] = await refused;
@@ -64,6 +65,11 @@ describe('site channels over one WebSocket', () => {
     const bAgain = next(b, 'message');
     b.send('still here');
     expect(String((await bAgain)[0])).toBe('echo still here');
+
+    // A channel opened on a socket that is open already says 'open' too.
+    const late = mux.channel('late');
+    await next(late, 'open');
+    expect(late.readyState).toBe(WebSocket.OPEN);
 
     // The socket goes: every channel closes.
     const bClosed = next(b, 'close');

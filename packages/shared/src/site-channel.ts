@@ -68,7 +68,8 @@ export class SiteChannel extends EventEmitter {
     private readonly onClosed: (ch: SiteChannel) => void,
   ) {
     super();
-    this.state = ws.readyState;
+    // Open only once opened() says so (and 'open' is emitted then), even on a socket open already.
+    this.state = WebSocket.CONNECTING;
   }
 
   get readyState(): number {

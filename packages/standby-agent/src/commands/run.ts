@@ -1,7 +1,8 @@
-import { MarkerGatedFilestore, TandemError, agentName, holdHangupsUntilServing, loadStandbyConfig, openFilestore, parseDuration, requireString, type Command } from '@tandem/shared';
+import { MarkerGatedFilestore, TandemError, agentName, holdHangupsUntilServing, loadStandbySites, openFilestore, parseDuration, requireString, type Command } from '@tandem/shared';
 import { StandbyDaemon } from '../daemon/daemon.js';
 import { loadDaemonToken, loadReadToken } from '../daemon/daemon-info.js';
-import { runUntilStopped } from '../daemon/lifecycle.js';
+import { StandbyHost } from '../daemon/host.js';
+import { runUntilStopped, type StoppableDaemon } from '../daemon/lifecycle.js';
 
 export const runCommand: Command = {
   name: 'run',
@@ -35,6 +36,23 @@ Runs until stopped (SIGTERM/SIGINT), keeping this site a standby in backup mode:
   fails keeps what is in use and is logged.
 - Writes stateDir/daemon.json {pid, listen} while it runs (\`tandem-standby status\` reads it).
 
+A config of several sites (sites:, sitesDir:) is served by this one process: each site is applied,
+polled, reported and shown as above, in its own state dir (its daemon.json, locks, applied set),
+and the sites share what the process has once:
+- one HTTP server on server.listen: GET /status is {"sites": {"<site>": <its status>}},
+  /status?site=NAME one site's (503 with why while it does not run; 404 for a name not served);
+  /metrics labels every sample site="<site>" (the process metrics once); the page is per site,
+  /?site=NAME (/ alone goes to the first site's);
+- one push connection to the primary (primary.url with ?mux=1: every site's channel on one
+  WebSocket; when it drops it is redialled once for all sites, and each says hello again);
+- at most \`concurrency\` applies at once across the sites (default 2): an apply waits its turn,
+  and the log says so.
+One site never stops the others: a site whose start is refused (promoted, its primary, its state
+dir held, ...) is logged and shown in /status, and the others run; a site's database or filestore
+failing is retried for that site alone. The start fails only when no site could start.
+A config of one site (even under sites:) runs exactly as before, with a push connection of its
+own in the plain framing (any primary).
+
 On SIGTERM/SIGINT it stops taking work; an apply in progress may finish within the stop grace
 period, after which it is aborted (staging rolls back; a switch under way finishes). A second
 signal aborts at once. If even that does not end the apply, the daemon exits and leaves it to the
@@ -50,10 +68,13 @@ Options:
 
 Exit status: 0 stopped by a signal; 2 bad config or usage, or this server was promoted or is the
 site's primary (do not restart it as a standby); 75 a temporary failure: another \`tandem-standby run\` holds this state
-dir, or the HTTP port (server.listen) is taken; 1 other failure to start.`,
+dir, or the HTTP port (server.listen) is taken; 1 other failure to start. With several sites: the
+first site's refusal, only when no site could start (2 also when every site stopped, promoted).`,
   options: { config: { type: 'string', short: 'c' }, 'stop-grace': { type: 'string' } },
   async run({ values, logger }) {
-    const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby run'));
+    const { sites, concurrency } = loadStandbySites(requireString(values, 'config', 'tandem-standby run'));
+    // The keys of the process (server, primary, filestore, standbyId ...) are the same for every site.
+    const config = sites[0]!;
     let stopGraceMs = 60_000;
     if (values['stop-grace'] !== undefined) {
       const ms = typeof values['stop-grace'] === 'string' ? parseDuration(values['stop-grace']) : null;
@@ -65,7 +86,11 @@ dir, or the HTTP port (server.listen) is taken; 1 other failure to start.`,
     // The filestore's marker is read once, at start (not awaited: the daemon serves first); until it
     // is there, every filestore operation of the daemon fails with why, and tries again.
     const filestore = new MarkerGatedFilestore(openFilestore(config.filestore.location), { url: config.filestore.url });
-    const daemon = new StandbyDaemon({ config, logger, filestore, standbyId: agentName({ standbyId: config.standbyId }), token, readToken, stopGraceMs });
+    const standbyId = agentName({ standbyId: config.standbyId });
+    const daemon: StoppableDaemon =
+      sites.length === 1
+        ? new StandbyDaemon({ config, logger, filestore, standbyId, token, readToken, stopGraceMs })
+        : new StandbyHost({ sites, concurrency, logger, filestore, standbyId, token, readToken, stopGraceMs });
     void filestore.checkAtStart(logger, 'nothing is applied until it is; every poll checks again');
 
     // 'left-running': an apply ignored even its abort (a stuck child process). Its journal makes the

@@ -22,7 +22,15 @@ export interface ApplierOptions {
   stopping(): boolean;
   /** promote ran here (PROMOTED), or this server is the site's primary (THIS_IS_THE_PRIMARY): the daemon must stop. */
   die(err: TandemError): void;
+  /**
+   * One process serving several sites: every apply and recovery runs inside this, which lets at
+   * most `concurrency` of them (across the sites) run at once. Absent: at once.
+   */
+  limit?: <T>(what: string, fn: () => Promise<T>) => Promise<T>;
 }
+
+/** What an apply or recovery does when its turn comes after the daemon began to stop: nothing. */
+const SKIPPED = Symbol('skipped: stopping');
 
 /**
  * The daemon's applies, through the apply engine (runApply), and the recovery of an interrupted
@@ -47,10 +55,14 @@ export class Applier {
   async apply(latest: LatestPointer): Promise<void> {
     const { metrics, errors, observed } = this.o;
     const log = this.o.logger.child({ setId: latest.setId });
-    this.applying = { setId: latest.setId, since: new Date().toISOString() };
-    this.#abort = new AbortController();
+    const abort = new AbortController();
+    this.#abort = abort;
     try {
-      const r = await runApply(this.o.config, { filestore: this.o.fs, logger: log, signal: this.#abort.signal, latest, caller: 'daemon' });
+      const r = await this.#limited(`the apply of set ${latest.setId}`, () => {
+        this.applying = { setId: latest.setId, since: new Date().toISOString() };
+        return runApply(this.o.config, { filestore: this.o.fs, logger: log, signal: abort.signal, latest, caller: 'daemon' });
+      });
+      if (r === SKIPPED) return;
       observed.applied = r.applied;
       this.retries.succeeded();
       errors.clear('apply', 'recovery');
@@ -81,29 +93,41 @@ export class Applier {
     const { config, metrics, errors, observed } = this.o;
     const journal = await readJournal(config.stateDir);
     if (journal === null) return;
-    this.applying = { setId: journal.setId, since: new Date().toISOString() };
     try {
-      const lock = await acquireLock(stateFiles(config.stateDir).lock, 'apply', `an apply or promote of site "${config.site}"`);
-      try {
-        await refuseIfPromoted(config, 'daemon');
-        const r = await recover(config, this.o.logger);
-        this.retries.succeeded();
-        if (r.action === 'completed') {
-          observed.applied = r.finish.applied;
-          if (r.finish.restartError !== undefined) {
-            metrics.failuresTotal.inc({ kind: 'restart' });
-            errors.note('restart', r.finish.restartError);
+      const done = await this.#limited(`the recovery of the interrupted apply of set ${journal.setId}`, async () => {
+        this.applying = { setId: journal.setId, since: new Date().toISOString() };
+        const lock = await acquireLock(stateFiles(config.stateDir).lock, 'apply', `an apply or promote of site "${config.site}"`);
+        try {
+          await refuseIfPromoted(config, 'daemon');
+          const r = await recover(config, this.o.logger);
+          this.retries.succeeded();
+          if (r.action === 'completed') {
+            observed.applied = r.finish.applied;
+            if (r.finish.restartError !== undefined) {
+              metrics.failuresTotal.inc({ kind: 'restart' });
+              errors.note('restart', r.finish.restartError);
+            }
           }
+        } finally {
+          await lock.release();
         }
-      } finally {
-        await lock.release();
-      }
+      });
+      if (done === SKIPPED) return;
       await this.o.reporter.reportIfNeeded(observed.applied);
     } catch (err) {
       this.#failed(journal.setId, err, 'recovery');
     } finally {
       this.applying = null;
     }
+  }
+
+  /**
+   * `fn` through the limit of the process (several sites), or at once. A turn that comes after the
+   * stop began (the wait for it outlasted the sites' other applies) runs nothing.
+   */
+  async #limited<T>(what: string, fn: () => Promise<T>): Promise<T | typeof SKIPPED> {
+    if (this.o.limit === undefined) return fn();
+    return this.o.limit(what, async () => (this.o.stopping() ? SKIPPED : fn()));
   }
 
   #failed(setId: string, err: unknown, what: 'apply' | 'recovery'): void {

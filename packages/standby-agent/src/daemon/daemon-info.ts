@@ -17,6 +17,8 @@ export interface StandbyDaemonInfo {
   startedAt: string;
   site: string;
   standbyId: string;
+  /** Written by a daemon that serves several sites: their names (its /status then takes ?site=NAME). */
+  sites?: string[];
 }
 
 export const daemonFiles = (stateDir: string) => ({ info: join(stateDir, 'daemon.json'), lock: join(stateDir, 'daemon.lock') });
@@ -35,6 +37,7 @@ export async function readDaemonInfo(stateDir: string): Promise<StandbyDaemonInf
       startedAt: String(v.startedAt ?? ''),
       site: String(v.site ?? ''),
       standbyId: String(v.standbyId ?? ''),
+      ...(Array.isArray(v.sites) ? { sites: v.sites.map(String) } : {}),
     };
   } catch {
     return null;
@@ -109,7 +112,8 @@ export function loadReadToken(config: StandbyConfig, logger?: Logger, pushToken:
 /**
  * The running daemon's /status (the heartbeats it saw on the push channel, its runtime state), for
  * `status` and promote's preflight. `info` is null when no daemon runs; `problem` says why a running
- * one could not be asked.
+ * one could not be asked. The daemon may serve several sites: this site's document is asked for
+ * (?site=NAME; a daemon of one site ignores it).
  */
 export async function askDaemonStatus(
   config: StandbyConfig,
@@ -123,15 +127,17 @@ export async function askDaemonStatus(
   } catch (err) {
     logger.debug({ err }, 'no token to ask the daemon with');
   }
-  const r = await fetchFromDaemon(info.listen, '/status', token, 2_000, config.server.tls);
+  const path = info.sites === undefined ? '/status' : `/status?site=${encodeURIComponent(config.site)}`;
+  const r = await fetchFromDaemon(info.listen, path, token, 2_000, config.server.tls);
   let live: StandbyStatusDoc | null = null;
   if (r !== null && r.status === 200) {
     try {
-      live = JSON.parse(r.body) as StandbyStatusDoc;
+      const doc = JSON.parse(r.body) as StandbyStatusDoc | { sites?: Record<string, StandbyStatusDoc> };
+      live = 'sites' in doc && doc.sites !== undefined ? (doc.sites[config.site] ?? null) : (doc as StandbyStatusDoc);
     } catch {
       live = null;
     }
   }
-  const problem = live === null ? `the daemon (pid ${info.pid}) did not answer GET ${config.server.tls === undefined ? 'http' : 'https'}://${info.listen}/status${r ? ` (HTTP ${r.status})` : ''}` : null;
+  const problem = live === null ? `the daemon (pid ${info.pid}) did not answer GET ${config.server.tls === undefined ? 'http' : 'https'}://${info.listen}${path}${r ? ` (HTTP ${r.status})` : ''}` : null;
   return { info, live, problem };
 }

@@ -7,6 +7,7 @@ import {
   loadVerifyKeyFile,
   readEpochDoc,
   type Filestore,
+  type Limiter,
   type Lock,
   type Logger,
   type PrimaryHello,
@@ -28,6 +29,7 @@ import { Observations } from './observed.js';
 import { StandbyHistory } from './page.js';
 import { LatestPoller } from './poller.js';
 import { PushClient } from './push-client.js';
+import type { PushLink } from './push-link.js';
 import { Reporter } from './reporter.js';
 import { StatusServer, checkListen } from './server.js';
 import { buildStatusDoc, type StandbyStatusDoc } from './status-doc.js';
@@ -51,7 +53,24 @@ import { Waker } from './waker.js';
  * - The one exception: promote ran here (promoted.json). The daemon then stops at once, exit 2.
  *
  * This class wires the parts together and runs the loop; each part is in a file of its own.
+ *
+ * One process may serve several sites (host.ts): each site has a StandbyDaemon of its own (its
+ * loop, poller, applier, reporter, lag, metrics, status document, state dir, locks), given the
+ * parts the sites share (`shared`): the one HTTP server, the one push connection, the limit on
+ * applies at once. Such a daemon serves no HTTP itself, dials no socket itself, and leaves SIGHUP
+ * and the filestore to the host.
  */
+export interface SharedParts {
+  /** The host's HTTP server: the address it listens on (daemon.json names it). */
+  listen: string;
+  /** The push connection every site's channel goes over; null without primary.url or a token. */
+  link: PushLink | null;
+  /** Applies (and recoveries) across the sites go through this. */
+  limiter: Limiter;
+  /** Every site of the process (daemon.json lists them). */
+  siteNames: readonly string[];
+}
+
 export interface StandbyDaemonOptions {
   config: StandbyConfig;
   logger: Logger;
@@ -68,6 +87,8 @@ export interface StandbyDaemonOptions {
   /** Directory filestores: watch latest.json for changes (default true). */
   watch?: boolean;
   random?: () => number;
+  /** One site of several served by this process (host.ts); absent: this daemon is the process. */
+  shared?: SharedParts;
 }
 
 export class StandbyDaemon {
@@ -109,11 +130,14 @@ export class StandbyDaemon {
     this.failed = new Promise((resolve) => {
       this.fatalResolve = resolve;
     });
-    this.metrics = new StandbyMetrics({
-      lag: () => this.observed.lagFigures(),
-      applied: () => this.observed.applied,
-      websocketConnected: () => this.push?.isConnected() ?? false,
-    });
+    this.metrics = new StandbyMetrics(
+      {
+        lag: () => this.observed.lagFigures(),
+        applied: () => this.observed.applied,
+        websocketConnected: () => this.push?.isConnected() ?? false,
+      },
+      opts.shared === undefined ? {} : { site: config.site },
+    );
     this.history = new StandbyHistory({
       lag: () => this.observed.lagFigures(),
       applied: () => this.observed.applied,
@@ -135,7 +159,23 @@ export class StandbyDaemon {
       onFilestoreBack: () => this.applier.retries.filestoreAnswers(),
     });
     this.reporter = new Reporter({ ...common, site: config.site, standbyId: opts.standbyId, errors: this.errors, push: () => this.push, signal: this.cycleAbort.signal });
-    this.applier = new Applier({ ...common, config, errors: this.errors, observed: this.observed, reporter: this.reporter, random: this.random, die: (err) => this.die(err) });
+    const limiter = opts.shared?.limiter;
+    this.applier = new Applier({
+      ...common,
+      config,
+      errors: this.errors,
+      observed: this.observed,
+      reporter: this.reporter,
+      random: this.random,
+      die: (err) => this.die(err),
+      limit:
+        limiter === undefined
+          ? undefined
+          : (what, fn) =>
+              limiter.run(fn, (ahead) =>
+                this.log.info({ ahead, concurrency: limiter.max }, `${what} waits its turn: other sites apply (at most ${limiter.max} at once, the concurrency of this config)`),
+              ),
+    });
   }
 
   // -------------------------------------------------------------------------------------------
@@ -144,8 +184,9 @@ export class StandbyDaemon {
 
   async start(): Promise<string> {
     const { config } = this;
+    const shared = this.opts.shared;
     const listen = this.opts.listen ?? config.server.listen;
-    checkListen(listen, this.opts.token, this.opts.readToken ?? null);
+    if (shared === undefined) checkListen(listen, this.opts.token, this.opts.readToken ?? null);
     await refuseIfPromoted(config, 'daemon');
     await this.refuseOnThePrimary();
     this.daemonLock = await acquireLock(daemonFiles(config.stateDir).lock, 'run', `tandem-standby run for site "${config.site}"`);
@@ -155,26 +196,27 @@ export class StandbyDaemon {
       if (await ensureSentinel(config.paths.sentinel, config.site, this.observed.applied?.setId ?? null)) {
         this.log.info({ sentinel: config.paths.sentinel }, 'sentinel written: the site is in backup mode');
       }
-      const primaryTls = config.primary?.tls;
-      if (primaryTls !== undefined && this.opts.token !== null) {
-        this.clientTls = new ReloadingTls({ what: 'primary.tls', load: () => loadClientTls(primaryTls, this.log), logger: this.log, apply: () => this.push?.redialNow() });
-      }
-      this.server = new StatusServer({
-        token: this.opts.token,
-        readToken: this.opts.readToken ?? null,
-        tls: config.server.tls,
-        logger: this.log.child({ component: 'http' }),
-        handlers: {
-          status: () => this.status(),
-          metrics: async () => {
-            await this.observed.refreshOnDemand();
-            return { contentType: this.metrics.contentType, body: await this.metrics.text() };
+      if (shared === undefined) {
+        const primaryTls = config.primary?.tls;
+        if (primaryTls !== undefined && this.opts.token !== null) {
+          this.clientTls = new ReloadingTls({ what: 'primary.tls', load: () => loadClientTls(primaryTls, this.log), logger: this.log, apply: () => this.push?.redialNow() });
+        }
+        this.server = new StatusServer({
+          token: this.opts.token,
+          readToken: this.opts.readToken ?? null,
+          tls: config.server.tls,
+          logger: this.log.child({ component: 'http' }),
+          handlers: {
+            status: () => this.status(),
+            metrics: async () => ({ contentType: this.metrics.contentType, body: await this.scrape() }),
+            history: () => this.historyDoc(),
           },
-          history: async () => this.history.doc(await this.status(), config.heartbeatStaleAfter),
-        },
-      });
-      this.listenAddress = await this.server.listen(listen);
-      process.on('SIGHUP', this.onHangup);
+        });
+        this.listenAddress = await this.server.listen(listen);
+        process.on('SIGHUP', this.onHangup);
+      } else {
+        this.listenAddress = shared.listen;
+      }
       this.startedAt = new Date();
       this.history.start();
       await writeDaemonInfo(config.stateDir, {
@@ -184,8 +226,9 @@ export class StandbyDaemon {
         startedAt: this.startedAt.toISOString(),
         site: config.site,
         standbyId: this.opts.standbyId,
+        ...(shared === undefined ? {} : { sites: [...shared.siteNames] }),
       });
-      if (config.primary !== undefined && this.opts.token !== null) {
+      if (config.primary !== undefined && this.opts.token !== null && (shared === undefined || shared.link !== null)) {
         this.push = new PushClient({
           url: config.primary.url,
           token: this.opts.token,
@@ -204,6 +247,7 @@ export class StandbyDaemon {
           onFailure: () => this.metrics.failuresTotal.inc({ kind: 'websocket' }),
           onConnectedChange: () => this.history.sample(),
           tls: this.clientTls === null ? undefined : () => tlsOptions(this.clientTls!.current),
+          link: shared?.link ?? undefined,
         });
         this.push.start();
       }
@@ -211,7 +255,7 @@ export class StandbyDaemon {
       this.log.info(
         {
           listen: this.listenAddress,
-          url: `${this.server.scheme}://${this.listenAddress}`,
+          url: this.server === null ? undefined : `${this.server.scheme}://${this.listenAddress}`,
           filestore: this.fs.description,
           pollIntervalMs: config.pollInterval,
           push: config.primary?.url ?? null,
@@ -222,7 +266,7 @@ export class StandbyDaemon {
       this.loopDone = this.loop();
       return this.listenAddress;
     } catch (err) {
-      await this.cleanUp();
+      await this.cleanUp(shared === undefined);
       throw err;
     }
   }
@@ -264,7 +308,8 @@ export class StandbyDaemon {
             applyingSetId: () => this.applier.applying?.setId,
             abortApply: (reason) => this.applier.abort(reason),
           });
-    await this.cleanUp(outcome === 'clean');
+    // The filestore of several sites is the host's: it closes it once they all stopped.
+    await this.cleanUp(outcome === 'clean' && this.opts.shared === undefined);
     this.log.info({ outcome }, 'standby daemon stopped');
     return outcome;
   }
@@ -402,6 +447,17 @@ export class StandbyDaemon {
   // -------------------------------------------------------------------------------------------
   // Status
   // -------------------------------------------------------------------------------------------
+
+  /** The text of GET /metrics (this site's registry), the on-demand figures refreshed first. */
+  async scrape(): Promise<string> {
+    await this.observed.refreshOnDemand();
+    return this.metrics.text();
+  }
+
+  /** GET /status/history: what the status page draws. */
+  async historyDoc(): Promise<unknown> {
+    return this.history.doc(await this.status(), this.config.heartbeatStaleAfter);
+  }
 
   async status(): Promise<StandbyStatusDoc> {
     const { config, observed } = this;

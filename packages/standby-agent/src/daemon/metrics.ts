@@ -30,8 +30,9 @@ export class StandbyMetrics extends MetricsRegistry {
   readonly filestoreErrorsTotal: Counter;
   readonly pollsTotal: Counter<'result'>;
 
-  constructor(src: MetricsSource) {
-    super();
+  /** `site`: one site of several served by one process (every sample labelled site="<site>", no process metrics). */
+  constructor(src: MetricsSource, opts: { site?: string } = {}) {
+    super(opts);
     const registers = this.registers;
     new Gauge({
       name: 'tandem_standby_recovery_point_age_seconds',

@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events';
 import { WebSocket } from 'ws';
 import {
   CLOSE_CODES,
@@ -17,6 +18,7 @@ import {
   type StandbyHello,
 } from '@tandem/shared';
 import { backoffDelay, type BackoffPolicy } from './backoff.js';
+import type { LinkMember, PushLink } from './push-link.js';
 
 /**
  * The standby's end of the push channel (ws(s)://<primary>/v1/stream, protocol in shared/protocol.ts).
@@ -26,6 +28,11 @@ import { backoffDelay, type BackoffPolicy } from './backoff.js';
  * jittered exponential backoff; nothing the primary sends, or fails to send, can stop the daemon.
  * A connection that is silent (no message, no ping) for `silenceTimeoutMs` is dropped and redialled:
  * the primary pings every 15 s, so silence means a dead peer or a dead path.
+ *
+ * One process serving several sites gives each site's client the shared connection (`link`,
+ * push-link.ts): the client then takes its site's channel on that one socket instead of dialling,
+ * and when the socket drops it waits for the link to redial (once, for every site) instead of
+ * redialling itself.
  */
 export interface PushClientOptions {
   /** primary.url: ws://host:port or wss://host:port; a URL without a path gets /v1/stream. */
@@ -46,6 +53,8 @@ export interface PushClientOptions {
   handshakeTimeoutMs?: number;
   /** primary.tls as ws options (ca, cert, key), asked on every dial: a reload (SIGHUP) counts from the next connection. */
   tls?(): PrimaryTlsOptions;
+  /** The connection shared by the sites of this process (several sites); absent: a socket of its own. */
+  link?: PushLink;
 }
 
 export interface PushStatus {
@@ -59,7 +68,15 @@ export interface PushStatus {
   lastError: { at: string; code: string; message: string } | null;
 }
 
-const DEFAULT_BACKOFF: BackoffPolicy = { baseMs: 1_000, capMs: 30_000 };
+export const DEFAULT_PUSH_BACKOFF: BackoffPolicy = { baseMs: 1_000, capMs: 30_000 };
+
+/** What the client talks through: its own WebSocket, or its site's channel on a shared one (SiteChannel). */
+type PushSocket = EventEmitter & {
+  readonly readyState: number;
+  send(text: string, cb?: (err?: Error) => void): void;
+  close(code?: number, reason?: string): void;
+  terminate(): void;
+};
 
 /** The URL to dial: the configured one, with /v1/stream when it names no path. */
 export function streamUrl(url: string): string {
@@ -106,8 +123,8 @@ export function dialPrimary(url: string, token: string, opts: { handshakeTimeout
   return { ws, handshakeDone: () => tracked?.handshakeDone ?? false };
 }
 
-export class PushClient {
-  private ws: WebSocket | null = null;
+export class PushClient implements LinkMember {
+  private ws: PushSocket | null = null;
   private connected = false;
   private stopped = false;
   private failures = 0;
@@ -128,6 +145,15 @@ export class PushClient {
 
   start(): void {
     this.stopped = false;
+    this.opts.link?.attach(this);
+    this.dial();
+  }
+
+  /** The shared connection dialled a new socket: this site's channel goes on it (unless it has a live one). */
+  linkDialled(): void {
+    if (this.stopped) return;
+    if (this.ws !== null && this.ws.readyState !== WebSocket.CLOSED) return;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
     this.dial();
   }
 
@@ -141,7 +167,7 @@ export class PushClient {
       connected: this.connected,
       since: this.since.toISOString(),
       failures: this.failures,
-      nextAttemptAt: this.nextAttemptAt?.toISOString() ?? null,
+      nextAttemptAt: (this.nextAttemptAt ?? (this.waitingForLink() ? this.opts.link!.nextAttemptAt() : null))?.toISOString() ?? null,
       lastError: this.lastError,
     };
   }
@@ -162,9 +188,10 @@ export class PushClient {
     this.dial();
   }
 
-  /** Closes the connection (1001 going away) and stops redialling. */
+  /** Closes the connection (1001 going away; on a shared one, this site's channel alone) and stops redialling. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.opts.link?.detach(this);
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     this.nextAttemptAt = null;
@@ -210,7 +237,9 @@ export class PushClient {
     this.silenceTimer = setTimeout(() => {
       this.log.warn({ silentForMs: ms }, 'push channel silent (no message, no ping): reconnecting');
       this.problem(new TandemError('transient', 'PUSH_SILENT', `no message or ping from the primary for ${ms / 1000} s`));
-      this.ws?.terminate();
+      // The primary's pings are the socket's: a silent channel on a shared socket is a dead socket.
+      if (this.opts.link !== undefined) this.opts.link.drop(`site "${this.opts.site}" heard nothing for ${ms / 1000} s`);
+      else this.ws?.terminate();
     }, ms);
     this.silenceTimer.unref();
   }
@@ -224,21 +253,35 @@ export class PushClient {
     this.lastError = { at: new Date().toISOString(), code: err.code, message: err.message };
   }
 
+  /** Waiting for the shared connection to dial again (it calls linkDialled()). */
+  private waitingForLink(): boolean {
+    return this.opts.link !== undefined && !this.stopped && this.ws === null && this.retryTimer === null;
+  }
+
   private dial(): void {
     if (this.stopped) return;
     this.retryTimer = null;
     this.nextAttemptAt = null;
-    let ws: WebSocket;
+    let ws: PushSocket;
     let handshakeDone: () => boolean;
-    try {
-      ({ ws, handshakeDone } = dialPrimary(this.url, this.opts.token, { handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? 10_000, tls: this.opts.tls?.() }));
-    } catch (err) {
-      this.failed(new TandemError('config', 'PUSH_URL', `primary.url ${this.url}: ${describeError(err)}`));
-      return;
+    if (this.opts.link !== undefined) {
+      const ch = this.opts.link.channel(this.opts.site);
+      if (ch === null) return; // no socket now: the link dials, then calls linkDialled()
+      ({ ws, handshakeDone } = ch);
+    } else {
+      try {
+        ({ ws, handshakeDone } = dialPrimary(this.url, this.opts.token, { handshakeTimeoutMs: this.opts.handshakeTimeoutMs ?? 10_000, tls: this.opts.tls?.() }));
+      } catch (err) {
+        this.failed(new TandemError('config', 'PUSH_URL', `primary.url ${this.url}: ${describeError(err)}`));
+        return;
+      }
     }
     this.ws = ws;
     let failure: TandemError | null = null;
-    ws.on('open', () => {
+    let opened = false;
+    const onOpen = () => {
+      if (opened || this.ws !== ws) return;
+      opened = true;
       this.armSilence();
       try {
         ws.send(encodeMessage(this.opts.hello(), 'standby-to-primary'));
@@ -246,9 +289,12 @@ export class PushClient {
         failure = isTandemError(err) ? err : new TandemError('internal', 'PUSH_HELLO', describeError(err));
         ws.close(CLOSE_CODES.policyViolation, 'standby could not say hello');
       }
-    });
+    };
+    ws.on('open', onOpen);
+    // A channel taken on a shared socket that is open already is open from the start.
+    if (ws.readyState === WebSocket.OPEN) queueMicrotask(onOpen);
     ws.on('ping', () => this.armSilence());
-    ws.on('message', (data, isBinary) => {
+    ws.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
       this.armSilence();
       try {
         this.receive(data as Buffer | ArrayBuffer | Buffer[], isBinary);
@@ -258,10 +304,10 @@ export class PushClient {
         ws.close(CLOSE_CODES.policyViolation, failure.message.slice(0, 120));
       }
     });
-    ws.on('error', (err) => {
+    ws.on('error', (err: Error) => {
       failure ??= classifyWsError(err, this.url, handshakeDone());
     });
-    ws.on('close', (code, reasonBuf) => {
+    ws.on('close', (code: number, reasonBuf: Buffer) => {
       if (this.ws === ws) this.ws = null;
       this.clearSilence();
       const wasConnected = this.connected;
@@ -297,6 +343,7 @@ export class PushClient {
       const wasFailing = this.failures > 0;
       this.failures = 0;
       this.replaced = false;
+      this.opts.link?.helloSeen();
       this.setConnected(true);
       this.log[wasFailing ? 'info' : 'debug']({ epoch: msg.epoch, latestSetId: msg.latestSetId }, 'push channel connected');
       this.opts.onPrimaryHello?.(msg);
@@ -320,7 +367,16 @@ export class PushClient {
     this.failures++;
     this.problem(err);
     this.opts.onFailure?.(err);
-    const policy = this.opts.backoff ?? DEFAULT_BACKOFF;
+    const link = this.opts.link;
+    if (link !== undefined && !link.hasSocket()) {
+      // The shared socket went (or never came): the link redials once for every site and then hands
+      // this site a channel on the new socket (linkDialled).
+      const retryAt = link.nextAttemptAt();
+      const retryInMs = retryAt === null ? null : Math.max(0, retryAt.getTime() - Date.now());
+      this.log[this.failures === 1 ? 'warn' : 'debug']({ err, code: err.code, attempt: this.failures, retryInMs }, 'push channel unavailable; polling covers it meanwhile');
+      return;
+    }
+    const policy = this.opts.backoff ?? DEFAULT_PUSH_BACKOFF;
     const delay = this.replaced ? policy.capMs : backoffDelay(this.failures, policy);
     this.nextAttemptAt = new Date(Date.now() + delay);
     this.log[this.failures === 1 ? 'warn' : 'debug']({ err, code: err.code, attempt: this.failures, retryInMs: delay }, 'push channel unavailable; polling covers it meanwhile');
