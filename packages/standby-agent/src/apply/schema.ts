@@ -1,3 +1,6 @@
+import { createReadStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -192,12 +195,36 @@ async function restoreInOneTransaction(config: StandbyConfig, journal: Journal, 
     ]).catch((err: unknown) => out.destroy(err as Error));
     return out;
   };
+  /**
+   * The schema's definitions alone (pre-data). From the stored copy, pg_restore reads the table of
+   * contents at the front of the dump and exits 0 without reading the data behind it; its SQL goes
+   * to a file in the staging dir (definitions, no rows) so that stopping early loses nothing.
+   */
+  const preData = async (): Promise<AsyncIterable<Buffer>> => {
+    if (staged.form === 'plain') return restoreOut(['--section=pre-data']);
+    const file = join(journal.stagingDir, 'pre-data.sql');
+    await rm(file, { force: true });
+    const identities = staged.entry.encryption === 'age' ? loadIdentities(config.keys.identityFile!, logger) : [];
+    const restore = spawnFilter(pgBin(config.database, 'pg_restore'), ['--exit-on-error', '--section=pre-data', `--file=${file}`], {
+      label: `pg_restore of set ${setId}`,
+      env,
+      package: 'postgresql-client',
+    });
+    try {
+      await pipeline([...plainStages(staged.file, staged.entry, identities, `set ${setId}: db artifact (${staged.entry.file})`), restore, new Writable({ write: (_c, _e, cb) => cb() })]);
+    } catch (err) {
+      if (restore.exitStatus?.code !== 0) throw err;
+    }
+    const out = createReadStream(file);
+    out.once('close', () => void rm(file, { force: true }));
+    return out;
+  };
   async function* script(): AsyncGenerator<Buffer | string> {
     yield 'BEGIN;\n';
     if (hasLive) yield `ALTER SCHEMA ${q(names.live)} RENAME TO ${q(names.old)};\n`;
     if (privileged) {
       // The schema first (no site code runs), then a check of what loading the data would run.
-      yield* restoreOut(['--section=pre-data']);
+      yield* await preData();
       yield siteCodeCheck(names.live);
       yield* restoreOut(['--section=data', '--section=post-data']);
     } else {
