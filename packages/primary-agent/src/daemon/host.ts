@@ -25,6 +25,9 @@ import { serverTokens } from './lifecycle.js';
 import type { PrimaryHistoryDoc } from './page.js';
 import { DaemonServer, type ServerHandlers } from './server.js';
 
+/** With several sites: 1 per site the daemon serves, 0 for one whose start was refused or failed. */
+export const SITE_RUNNING_METRIC = 'tandem_site_running';
+
 /**
  * `tandem-primary run` as a process: the sites of its config (one, or several: `sites:`,
  * `sitesDir:`), each a PrimaryDaemon with its own parts (schedule, backups, fencing, heartbeat,
@@ -131,7 +134,7 @@ export class PrimaryHost {
     if (this.several) {
       this.processRegistry = processMetrics();
       this.siteRunning = new Gauge({
-        name: 'tandem_site_running',
+        name: SITE_RUNNING_METRIC,
         help: 'Per site of the daemon: 1 while it serves the site, 0 when its start was refused or failed (/status?site= says why)',
         labelNames: ['site'],
         registers: [this.processRegistry],

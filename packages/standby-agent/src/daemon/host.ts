@@ -18,6 +18,9 @@ import type { StoppableDaemon } from './lifecycle.js';
 import { PushLink } from './push-link.js';
 import { StatusServer, checkListen, type SitesHandlers } from './server.js';
 
+/** With several sites: 1 per site the daemon runs, 0 for one refused at start or stopped (promoted). */
+export const STANDBY_SITE_RUNNING_METRIC = 'tandem_standby_site_running';
+
 /**
  * `tandem-standby run` for a config of several sites (sites:, sitesDir:): every site served by
  * this one process. Each site keeps all of its own machinery, a StandbyDaemon (daemon.ts): its
@@ -109,7 +112,7 @@ export class StandbyHost implements StoppableDaemon {
     this.processRegistry = processMetrics();
     const sites = this.sites;
     new Gauge({
-      name: 'tandem_standby_site_running',
+      name: STANDBY_SITE_RUNNING_METRIC,
       help: "1 while the site's standby runs in this process; 0 while it does not: its start was refused, or it stopped (promoted); /status says why",
       labelNames: ['site'],
       registers: [this.processRegistry],
