@@ -96,24 +96,27 @@ describe('--site on the one-shot commands', () => {
   });
 
   it('without --site, two sites are a usage error (exit 2) naming both; an unknown name lists them', async () => {
-    expectUsageError(await runPrimary(['list', '--config', primaryYml]), 'tandem-primary', 'list', primaryYml);
-    expectUsageError(await runPrimary(['backup', '--config', primaryYml]), 'tandem-primary', 'backup', primaryYml);
-    expectUsageError(await runStandby(['status', '--config', standbyYml, '--json']), 'tandem-standby', 'status', standbyYml);
-    expectUsageError(await runStandby(['apply', '--config', standbyYml]), 'tandem-standby', 'apply', standbyYml);
-    const unknown = await runPrimary(['prune', '--config', primaryYml, '--site', 'blog', '--dry-run']);
+    const [list, backup, status, apply, unknown] = await Promise.all([
+      runPrimary(['list', '--config', primaryYml]),
+      runPrimary(['backup', '--config', primaryYml]),
+      runStandby(['status', '--config', standbyYml, '--json']),
+      runStandby(['apply', '--config', standbyYml]),
+      runPrimary(['prune', '--config', primaryYml, '--site', 'blog', '--dry-run']),
+    ]);
+    expectUsageError(list, 'tandem-primary', 'list', primaryYml);
+    expectUsageError(backup, 'tandem-primary', 'backup', primaryYml);
+    expectUsageError(status, 'tandem-standby', 'status', standbyYml);
+    expectUsageError(apply, 'tandem-standby', 'apply', standbyYml);
     expect(unknown.code, show(unknown)).toBe(2);
     expect(messageLines(unknown.stderr)[0]).toBe(`tandem-primary: error: tandem-primary prune: --site "blog": ${primaryYml} holds no such site; its sites are www, shop`);
   });
 
   it('every one-shot command takes --site and says so in its --help', async () => {
-    for (const cmd of ['backup', 'list', 'prune', 'init', 'check']) {
-      const r = await runPrimary([cmd, '--help']);
-      expect(r.stdout, `tandem-primary ${cmd}`).toMatch(/^ {2}--site NAME /m);
-    }
-    for (const cmd of ['apply', 'verify', 'status', 'promote', 'switchover', 'check']) {
-      const r = await runStandby([cmd, '--help']);
-      expect(r.stdout, `tandem-standby ${cmd}`).toMatch(/^ {2}--site NAME /m);
-    }
+    const runs = [
+      ...['backup', 'list', 'prune', 'init', 'check'].map(async (cmd) => ({ what: `tandem-primary ${cmd}`, r: await runPrimary([cmd, '--help']) })),
+      ...['apply', 'verify', 'status', 'promote', 'switchover', 'check'].map(async (cmd) => ({ what: `tandem-standby ${cmd}`, r: await runStandby([cmd, '--help']) })),
+    ];
+    for (const { what, r } of await Promise.all(runs)) expect(r.stdout, what).toMatch(/^ {2}--site NAME /m);
   });
 });
 
