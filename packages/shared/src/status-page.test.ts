@@ -139,6 +139,22 @@ describe('status page routes', () => {
     expect(empty.body).toContain('Enter a token.');
   });
 
+  it('a login for one site of a daemon of several goes back to that site, and carries nothing else', async () => {
+    const viaUrl = await send(port, 'GET', `/?token=${READ}&site=shop`);
+    expect(viaUrl.status).toBe(303);
+    expect(viaUrl.headers.location).toBe('./?site=shop');
+    const odd = await send(port, 'GET', `/?token=${READ}&site=${encodeURIComponent('//evil.example/x')}`);
+    expect(odd.headers.location).toBe('./');
+    // The form of a site's page says which site, and the login goes back there.
+    const formPage = await send(port, 'GET', '/?site=shop');
+    expect(formPage.status).toBe(401);
+    expect(formPage.body).toContain('<input type="hidden" name="site" value="shop">');
+    expect((await send(port, 'GET', `/?site=${encodeURIComponent('"><script>')}`)).body).not.toContain('<script>');
+    const form = await send(port, 'POST', '/login', { 'content-type': 'application/x-www-form-urlencoded' }, `token=${encodeURIComponent(OWN)}&site=shop`);
+    expect(form.status).toBe(303);
+    expect(form.headers.location).toBe('./?site=shop');
+  });
+
   it('refuses what is not a small form, other methods, unknown assets; logs out', async () => {
     expect((await send(port, 'POST', '/login', { 'content-type': 'application/json' }, `{"token":"${READ}"}`)).status).toBe(415);
     expect((await send(port, 'POST', '/login', { 'content-type': 'application/x-www-form-urlencoded' }, `token=${'x'.repeat(5000)}`)).status).toBe(413);

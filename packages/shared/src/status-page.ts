@@ -51,6 +51,9 @@ const HTML_HEADERS = {
 // The session cookie
 // ---------------------------------------------------------------------------------------------
 
+/** A site name as the config allows it: what a login may carry back to the page (nothing else). */
+const SITE_PARAM = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
 function sessionMac(token: string, expires: number): Buffer {
   return createHmac('sha256', token).update(`tandem status page session until ${expires}`).digest();
 }
@@ -167,10 +170,13 @@ export class StatusPage {
       return this.#send(req, res, 200, await this.#file(name), { 'content-type': type, 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff' });
     }
     if (path === '/login') {
-      if (method === 'POST') return this.#login(req, res, (await this.#form(req, res))?.get('token') ?? null);
+      if (method === 'POST') {
+        const form = await this.#form(req, res);
+        return this.#login(req, res, form?.get('token') ?? null, form?.get('site') ?? null);
+      }
       req.resume();
       if (!reads) return this.#notAllowed(req, res, path, 'GET, HEAD, POST');
-      return this.#loginPage(req, res, 200, '');
+      return this.#loginPage(req, res, 200, '', query.get('site'));
     }
     if (path === '/logout') {
       req.resume();
@@ -179,7 +185,7 @@ export class StatusPage {
     }
     req.resume();
     if (!reads) return this.#notAllowed(req, res, path, 'GET, HEAD');
-    if (path === '/' && query.has('token')) return this.#login(req, res, query.get('token'));
+    if (path === '/' && query.has('token')) return this.#login(req, res, query.get('token'), query.get('site'));
     const access = this.o.access(req);
     if (path === HISTORY_PATH) {
       const json = { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' };
@@ -187,27 +193,31 @@ export class StatusPage {
       if (access === 'forbidden') return this.#send(req, res, 403, errorDoc('FORBIDDEN', 'this token may not read the status'), json);
       return this.#send(req, res, 200, `${JSON.stringify(await this.o.history(query))}\n`, json); // compact: a day of samples
     }
-    if (access === 'unauthorized') return this.#loginPage(req, res, 401, '');
-    if (access === 'forbidden') return this.#loginPage(req, res, 403, 'This token may not read the status: log in with the monitoring token.');
+    if (access === 'unauthorized') return this.#loginPage(req, res, 401, '', query.get('site'));
+    if (access === 'forbidden') return this.#loginPage(req, res, 403, 'This token may not read the status: log in with the monitoring token.', query.get('site'));
     return this.#send(req, res, 200, await this.#file(`${this.o.agent}.html`), HTML_HEADERS);
   }
 
   /** A token from the form or the URL: a session cookie and back to the page, or the form again. */
-  async #login(req: IncomingMessage, res: ServerResponse, token: string | null): Promise<void> {
+  async #login(req: IncomingMessage, res: ServerResponse, token: string | null, site: string | null = null): Promise<void> {
     if (res.headersSent) return; // the form was refused (#form answered)
     const tokens = this.o.loginTokens;
-    if (tokens.length === 0) return this.#send(req, res, 303, '', { location: './', 'cache-control': 'no-store' });
+    // Back to the page of the site the login was for (a daemon of several sites), else the first.
+    const back = site !== null && SITE_PARAM.test(site) ? `./?site=${site}` : './';
+    if (tokens.length === 0) return this.#send(req, res, 303, '', { location: back, 'cache-control': 'no-store' });
     let found: string | null = null;
     for (const t of tokens) {
       if (token !== null && tokensEqual(token.trim(), t) && found === null) found = t;
     }
-    if (found === null) return this.#loginPage(req, res, 401, token === null || token.trim() === '' ? 'Enter a token.' : 'That token does not open this page.');
+    if (found === null) return this.#loginPage(req, res, 401, token === null || token.trim() === '' ? 'Enter a token.' : 'That token does not open this page.', site);
     const cookie = sessionCookie(makeSession(found, this.#now()), req, SESSION_TTL_MS / 1000);
-    this.#send(req, res, 303, '', { location: './', 'set-cookie': cookie, 'cache-control': 'no-store' });
+    this.#send(req, res, 303, '', { location: back, 'set-cookie': cookie, 'cache-control': 'no-store' });
   }
 
-  async #loginPage(req: IncomingMessage, res: ServerResponse, status: number, message: string): Promise<void> {
-    const html = (await this.#file('login.html')).replace('<!--message-->', message === '' ? '' : `<p class="login-error">${escapeHtml(message)}</p>`);
+  async #loginPage(req: IncomingMessage, res: ServerResponse, status: number, message: string, site: string | null = null): Promise<void> {
+    const html = (await this.#file('login.html'))
+      .replace('<!--message-->', message === '' ? '' : `<p class="login-error">${escapeHtml(message)}</p>`)
+      .replace('<!--site-->', site !== null && SITE_PARAM.test(site) ? `<input type="hidden" name="site" value="${site}">` : '');
     this.#send(req, res, status, html, status === 401 ? { ...HTML_HEADERS, 'www-authenticate': 'Bearer' } : HTML_HEADERS);
   }
 
