@@ -291,4 +291,26 @@ describe('sites as schemas of one shared database', () => {
     expect(await standby('site_a', true)).toEqual(beforeA);
     expect(await schemasHere()).toEqual(['site_a', 'site_b', 'site_c']);
   });
+
+  it("tandem-primary check looks at what the dump of the site's schema reads, not the other sites' schemas", async () => {
+    // The site's own role reads site_a (it owns it) and nothing of site_b.
+    const doc = parse(await readFile(primaryFile.a!, 'utf8')) as { database: Record<string, unknown> };
+    doc.database.url = dbUrl(pdb).replace('postgres@', `${owner}@`);
+    const asOwner = join(root, 'primary-a-owner.yml');
+    await writeFile(asOwner, stringify(doc));
+    const dbAccess = async (file: string) => {
+      const r = await runPrimary(['check', '--config', file, '--json'], { timeoutMs: 120_000 });
+      return (JSON.parse(r.stdout) as { checks: Array<{ name: string; status: string; detail: string }> }).checks.find((c) => c.name === 'db-access')!;
+    };
+    const mine = await dbAccess(asOwner);
+    expect(mine.status, mine.detail).toBe('ok');
+    expect(mine.detail).toMatch(/\b1 table\b/);
+    // The same role and the whole database: site_b is out of its reach, and the check says so.
+    delete doc.database.schema;
+    const whole = join(root, 'primary-whole-owner.yml');
+    await writeFile(whole, stringify({ ...doc, stateDir: join(root, 'p-whole-state') }));
+    const all = await dbAccess(whole);
+    expect(all.status).toBe('fail');
+    expect(all.detail).toContain('site_b');
+  });
 });

@@ -3,7 +3,11 @@ import { TandemError, withPg, type PrimaryConfig } from '@tandem/shared';
 type PgClient = Parameters<Parameters<typeof withPg>[1]>[0];
 
 /** Where the dump reads: every schema but the system's. */
-const USER_SCHEMAS = `n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'`;
+const ALL_USER_SCHEMAS = `n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'`;
+
+/** database.schema: the dump reads that schema alone (and no large objects: pg_dump --schema leaves them out). */
+const schemaFilter = (c: PgClient, schema: string | undefined): string =>
+  schema === undefined ? ALL_USER_SCHEMAS : `n.nspname = ${c.escapeLiteral(schema)}`;
 
 /** At most this many names per kind of problem in the message. */
 const SHOW = 5;
@@ -30,31 +34,32 @@ export async function checkDumpAccess(config: PrimaryConfig): Promise<string> {
            FROM pg_roles r WHERE r.rolname = session_user`,
       )
     ).rows[0]!;
-    const counts = await countObjects(c);
+    const inDump = schemaFilter(c, config.database.schema);
+    const counts = await countObjects(c, inDump, config.database.schema === undefined);
     const what = [plural(counts.tables, 'table'), plural(counts.sequences, 'sequence'), plural(counts.largeObjects, 'large object')].join(', ');
     if (who.su) return `role "${who.u}" is a superuser: it can read everything pg_dump reads (${what})`;
 
     const problems: string[] = [];
     const connect = (await c.query<{ ok: boolean }>(`SELECT has_database_privilege(current_database(), 'CONNECT') AS ok`)).rows[0]!.ok;
     if (!connect) problems.push('no CONNECT on the database');
-    const schemas = await names(c, `SELECT n.nspname AS name FROM pg_namespace n WHERE ${USER_SCHEMAS} AND NOT has_schema_privilege(n.oid, 'USAGE') ORDER BY 1`);
+    const schemas = await names(c, `SELECT n.nspname AS name FROM pg_namespace n WHERE ${inDump} AND NOT has_schema_privilege(n.oid, 'USAGE') ORDER BY 1`);
     if (schemas.length > 0) problems.push(`no USAGE on schema${schemas.length > 1 ? 's' : ''} ${list(schemas)}`);
     if (!who.readall) {
       const tables = await names(
         c,
         `SELECT format('%I.%I', n.nspname, t.relname) AS name FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
-          WHERE t.relkind IN ('r', 'p', 'S') AND ${USER_SCHEMAS} AND NOT has_table_privilege(t.oid, 'SELECT') ORDER BY 1`,
+          WHERE t.relkind IN ('r', 'p', 'S') AND ${inDump} AND NOT has_table_privilege(t.oid, 'SELECT') ORDER BY 1`,
       );
       if (tables.length > 0) problems.push(`no SELECT on ${list(tables)}`);
     }
     // pg_read_all_data does not cover large objects.
-    const los = who.locompat === 'on' ? 0 : await unreadableLargeObjects(c);
+    const los = who.locompat === 'on' || config.database.schema !== undefined ? 0 : await unreadableLargeObjects(c);
     if (los > 0) problems.push(`no SELECT on ${plural(los, 'large object')}`);
     if (!who.bypass) {
       const rls = await names(
         c,
         `SELECT format('%I.%I', n.nspname, t.relname) AS name FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
-          WHERE t.relkind IN ('r', 'p') AND t.relrowsecurity AND ${USER_SCHEMAS} AND NOT pg_has_role(session_user, t.relowner, 'USAGE') ORDER BY 1`,
+          WHERE t.relkind IN ('r', 'p') AND t.relrowsecurity AND ${inDump} AND NOT pg_has_role(session_user, t.relowner, 'USAGE') ORDER BY 1`,
       );
       if (rls.length > 0) problems.push(`row level security on ${list(rls)}, which pg_dump reads only as their owner or with BYPASSRLS`);
     }
@@ -82,11 +87,11 @@ async function names(c: PgClient, sql: string): Promise<string[]> {
   return (await c.query<{ name: string }>(sql)).rows.map((r) => r.name);
 }
 
-async function countObjects(c: PgClient): Promise<{ tables: number; sequences: number; largeObjects: number }> {
+async function countObjects(c: PgClient, where: string, largeObjects: boolean): Promise<{ tables: number; sequences: number; largeObjects: number }> {
   const r = await c.query<{ tables: string; sequences: string; los: string }>(
     `SELECT count(*) FILTER (WHERE t.relkind IN ('r', 'p')) AS tables, count(*) FILTER (WHERE t.relkind = 'S') AS sequences,
-            (SELECT count(*) FROM pg_largeobject_metadata) AS los
-       FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace WHERE ${USER_SCHEMAS}`,
+            ${largeObjects ? '(SELECT count(*) FROM pg_largeobject_metadata)' : '0'} AS los
+       FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace WHERE ${where}`,
   );
   const row = r.rows[0]!;
   return { tables: Number(row.tables), sequences: Number(row.sequences), largeObjects: Number(row.los) };

@@ -173,6 +173,8 @@ export class SwitchoverSteps {
     }
     if (!this.active(c)) return;
     const error = `${why}${resumeError ? `; and ${resumeError}: the site's writes may still be stopped` : ''}`;
+    // The hold's lock and record go first: once the status says "called-off", nothing of the hold is left.
+    await this.hold.release();
     this.finish(c, 'called-off', error);
     if (resumeError) {
       this.log.error({ requestId: c.requestId, why, onResume: config.onResume, error: resumeError }, 'switchover called off, but onResume FAILED: the site\'s writes may still be stopped; this server stays the primary and backs up again');
@@ -186,7 +188,6 @@ export class SwitchoverSteps {
     } else {
       c.send({ type: 'switchover-resumed', requestId: c.requestId, reason: why, onResume: resumeError ? 'failed' : 'ok', error: resumeError });
     }
-    await this.hold.release();
     this.host.resumed();
   }
 
