@@ -13,7 +13,7 @@ import {
   type Logger,
   type StandbyConfig,
 } from '@tandem/shared';
-import { StandbyDaemon } from './daemon.js';
+import { StandbyDaemon, type StandbyDaemonOptions } from './daemon.js';
 import type { StoppableDaemon } from './lifecycle.js';
 import { PushLink } from './push-link.js';
 import { StatusServer, checkListen, type SitesHandlers } from './server.js';
@@ -41,25 +41,13 @@ export const STANDBY_SITE_RUNNING_METRIC = 'tandem_standby_site_running';
  * running) stops alone; when none is left running, the process stops with that error. A failing
  * database, filestore or apply of one site is that site's retry, as with one site.
  */
-export interface StandbyHostOptions {
+/** What a site's daemon takes, for every site alike (the filestore: the sites' top-level filestore:, closed by the host when all stopped). */
+export type StandbyHostOptions = Pick<StandbyDaemonOptions, 'logger' | 'filestore' | 'standbyId' | 'token' | 'readToken' | 'stopGraceMs' | 'listen' | 'watch' | 'random'> & {
   /** The sites, in the config's order (more than one; one site runs as a StandbyDaemon alone). */
   sites: StandbyConfig[];
   /** How many applies run at once across the sites. */
   concurrency: number;
-  logger: Logger;
-  /** The filestore, shared by the sites (top-level filestore:); closed by the host when all stopped. */
-  filestore: Filestore;
-  standbyId: string;
-  /** This standby's own token (primary.tokenFile): the push connection, and /status and /metrics; null: no push. */
-  token: string | null;
-  /** The monitoring token (server.readTokenFile). */
-  readToken?: string | null;
-  stopGraceMs?: number;
-  /** server.listen override (tests). */
-  listen?: string;
-  watch?: boolean;
-  random?: () => number;
-}
+};
 
 /** Why a site does not run, as /status shows it. */
 interface SiteProblem {

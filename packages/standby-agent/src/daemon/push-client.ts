@@ -71,12 +71,33 @@ export interface PushStatus {
 export const DEFAULT_PUSH_BACKOFF: BackoffPolicy = { baseMs: 1_000, capMs: 30_000 };
 
 /** What the client talks through: its own WebSocket, or its site's channel on a shared one (SiteChannel). */
-type PushSocket = EventEmitter & {
+export type PushSocket = EventEmitter & {
   readonly readyState: number;
   send(text: string, cb?: (err?: Error) => void): void;
   close(code?: number, reason?: string): void;
   terminate(): void;
 };
+
+/**
+ * Closes a socket or channel with 1001 (the standby shutting down) and waits for its close, at
+ * most 2 s, after which it is terminated. A socket still connecting is terminated at once.
+ */
+export function closeGoingAway(ws: PushSocket): Promise<void> {
+  if (ws.readyState === WebSocket.CLOSED) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const t = setTimeout(() => {
+      ws.terminate();
+      resolve();
+    }, 2_000);
+    t.unref();
+    ws.once('close', () => {
+      clearTimeout(t);
+      resolve();
+    });
+    if (ws.readyState === WebSocket.CONNECTING) ws.terminate();
+    else ws.close(CLOSE_CODES.goingAway, 'standby shutting down');
+  });
+}
 
 /** The URL to dial: the configured one, with /v1/stream when it names no path. */
 export function streamUrl(url: string): string {
@@ -199,20 +220,7 @@ export class PushClient implements LinkMember {
     const ws = this.ws;
     this.ws = null;
     this.setConnected(false);
-    if (ws === null || ws.readyState === WebSocket.CLOSED) return;
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => {
-        ws.terminate();
-        resolve();
-      }, 2_000);
-      t.unref();
-      ws.once('close', () => {
-        clearTimeout(t);
-        resolve();
-      });
-      if (ws.readyState === WebSocket.CONNECTING) ws.terminate();
-      else ws.close(CLOSE_CODES.goingAway, 'standby shutting down');
-    });
+    if (ws !== null) await closeGoingAway(ws);
   }
 
   private send(text: string): boolean {

@@ -1,7 +1,7 @@
 import { WebSocket } from 'ws';
 import { CLOSE_CODES, MUX_QUERY, SiteMux, TandemError, describeError, type Logger, type SiteChannel } from '@tandem/shared';
 import { backoffDelay, type BackoffPolicy } from './backoff.js';
-import { DEFAULT_PUSH_BACKOFF, dialPrimary, streamUrl, type PrimaryTlsOptions } from './push-client.js';
+import { DEFAULT_PUSH_BACKOFF, closeGoingAway, dialPrimary, streamUrl, type PrimaryTlsOptions } from './push-client.js';
 
 /**
  * The one push connection of a standby that serves several sites: a WebSocket to the primary's
@@ -130,20 +130,7 @@ export class PushLink {
     const ws = this.ws;
     this.ws = null;
     this.mux = null;
-    if (ws === null || ws.readyState === WebSocket.CLOSED) return;
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => {
-        ws.terminate();
-        resolve();
-      }, 2_000);
-      t.unref();
-      ws.once('close', () => {
-        clearTimeout(t);
-        resolve();
-      });
-      if (ws.readyState === WebSocket.CONNECTING) ws.terminate();
-      else ws.close(CLOSE_CODES.goingAway, 'standby shutting down');
-    });
+    if (ws !== null) await closeGoingAway(ws);
   }
 
   private dial(): void {
