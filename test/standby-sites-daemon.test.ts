@@ -380,6 +380,7 @@ describe('tandem-standby run: several sites in one process', () => {
 
       // The page: / goes to the first site's; ?site=NAME is that site's (its script asks status and
       // status/history with the page's ?site=).
+      expect((await httpGet(d.listen, '/')).status).toBe(401); // no token: the login form, no site named
       const page = await httpGet(d.listen, '/', TOKEN);
       expect(page.status).toBe(303);
       expect(page.headers.location).toBe(`./?site=${s.site.a}`);

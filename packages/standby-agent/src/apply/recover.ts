@@ -46,7 +46,7 @@ export async function rollBack(config: StandbyConfig, journal: Journal, logger: 
  */
 export function rollBackUnswitchedSchema(config: StandbyConfig, journal: Journal, logger: Logger): (err: unknown) => Promise<never> {
   return async (err) => {
-    if (journal.targets.db.schemaOf !== undefined && journal.switched.length === 0 && isTandemError(err) && (err.code === 'SCHEMA_RESTORE_FAILED' || err.code === 'DB_RESTORE_UNSAFE')) {
+    if (journal.targets.db.schemaOf !== undefined && journal.switched.length === 0 && isTandemError(err) && (err.code === 'SCHEMA_RESTORE_FAILED' || err.code === 'DB_RESTORE_UNSAFE' || err.code === 'PG_RESTORE_UNRESTRICTED')) {
       await rollBack(config, journal, logger).catch((e: unknown) => logger.error({ err: e }, 'could not remove everything the failed apply staged; the next apply retries'));
     }
     throw err;

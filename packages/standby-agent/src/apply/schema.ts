@@ -182,11 +182,12 @@ async function restoreInOneTransaction(config: StandbyConfig, journal: Journal, 
   const setId = journal.setId;
   const q = (n: string) => `"${n.replace(/"/g, '""')}"`;
   const env = pgEnv(config.database);
+  // The age identities of a stored copy, read once for every pass over it.
+  const identities = staged.form === 'stored' && staged.entry.encryption === 'age' ? loadIdentities(config.keys.identityFile!, logger) : [];
   const restoreOut = (sections: string[]): AsyncIterable<Buffer> => {
     const args = ['--exit-on-error', '--file=-', ...sections];
     const opts = { label: `pg_restore of set ${setId}`, env, package: 'postgresql-client' };
     if (staged.form === 'plain') return spawnSource(pgBin(config.database, 'pg_restore'), [...args, staged.file], opts);
-    const identities = staged.entry.encryption === 'age' ? loadIdentities(config.keys.identityFile!, logger) : [];
     const out = new PassThrough();
     pipeline([
       ...plainStages(staged.file, staged.entry, identities, `set ${setId}: db artifact (${staged.entry.file})`),
@@ -204,7 +205,6 @@ async function restoreInOneTransaction(config: StandbyConfig, journal: Journal, 
     if (staged.form === 'plain') return restoreOut(['--section=pre-data']);
     const file = join(journal.stagingDir, 'pre-data.sql');
     await rm(file, { force: true });
-    const identities = staged.entry.encryption === 'age' ? loadIdentities(config.keys.identityFile!, logger) : [];
     const restore = spawnFilter(pgBin(config.database, 'pg_restore'), ['--exit-on-error', '--section=pre-data', `--file=${file}`], {
       label: `pg_restore of set ${setId}`,
       env,
@@ -224,11 +224,11 @@ async function restoreInOneTransaction(config: StandbyConfig, journal: Journal, 
     if (hasLive) yield `ALTER SCHEMA ${q(names.live)} RENAME TO ${q(names.old)};\n`;
     if (privileged) {
       // The schema first (no site code runs), then a check of what loading the data would run.
-      yield* await preData();
+      yield* restrictedSql(await preData(), `pg_restore of set ${setId}`);
       yield siteCodeCheck(names.live);
-      yield* restoreOut(['--section=data', '--section=post-data']);
+      yield* restrictedSql(restoreOut(['--section=data', '--section=post-data']), `pg_restore of set ${setId}`);
     } else {
-      yield* restoreOut([]);
+      yield* restrictedSql(restoreOut([]), `pg_restore of set ${setId}`);
     }
     // Only once every statement before it was handed over: a cut-off script never commits.
     yield 'COMMIT;\n';
@@ -263,6 +263,46 @@ async function restoreInOneTransaction(config: StandbyConfig, journal: Journal, 
   }
   faultPoint('schema-committed');
 }
+
+/** How far into pg_restore's SQL its `\restrict` line must come (only comments and blank lines before it). */
+const RESTRICT_WITHIN_BYTES = 64 * 1024;
+
+/**
+ * pg_restore's SQL, passed on only when it starts (after its header comments) with `\restrict
+ * <key>`: with it, psql refuses every meta-command until the matching `\unrestrict`, so an object
+ * name the site's own role crafted with a newline and `\! command` in it (CVE-2025-8714) cannot
+ * make psql run anything. pg_restore writes it from PostgreSQL 13.22, 14.19, 15.14, 16.10 and 17.6
+ * on; an older one is refused before psql has seen a byte of its output.
+ */
+export async function* restrictedSql(source: AsyncIterable<Buffer | string>, what: string): AsyncGenerator<Buffer> {
+  let head = Buffer.alloc(0);
+  let checked = false;
+  for await (const piece of source) {
+    const chunk = typeof piece === 'string' ? Buffer.from(piece) : piece;
+    if (checked) {
+      yield chunk;
+      continue;
+    }
+    head = Buffer.concat([head, chunk]);
+    const text = head.toString('latin1');
+    const lines = text.split('\n');
+    const complete = lines.slice(0, -1);
+    const first = complete.find((l) => l.trim() !== '' && !l.startsWith('--'));
+    if (first === undefined && head.length < RESTRICT_WITHIN_BYTES) continue;
+    if (first === undefined || !/^\\restrict [A-Za-z0-9]+\r?$/.test(first)) throw unrestricted(what);
+    checked = true;
+    yield head;
+  }
+  if (!checked && head.length > 0) throw unrestricted(what);
+}
+
+const unrestricted = (what: string) =>
+  new TandemError(
+    'config',
+    'PG_RESTORE_UNRESTRICTED',
+    `${what}: pg_restore does not guard its SQL output against psql meta-commands (no \\restrict line): a schema apply feeds that output to psql, where a crafted object name could run a command`,
+    { hint: 'install current PostgreSQL client tools (13.22, 14.19, 15.14, 16.10, 17.6 or later) and, unless they come first on PATH, point database.binDir at them' },
+  );
 
 /** A DO block that raises `tandem-site-code` (the finds as DETAIL) when loading the data would run site code. */
 function siteCodeCheck(schema: string): string {

@@ -159,7 +159,8 @@ export class StatusServer {
       const names = sites.names.map((n) => `"${n}"`).join(', ');
       return sendJson(res, 404, errorJson('not-found', 'UNKNOWN_SITE', `no site ${JSON.stringify(named)} here: this standby serves ${names} (ask ?site= one of them)`));
     }
-    if (path === '/' && reads && named === null && !url.searchParams.has('token')) {
+    // (Only for those who may read the status: the site names are theirs; anyone else gets the login form.)
+    if (path === '/' && reads && named === null && !url.searchParams.has('token') && this.authorized(req)) {
       // The page is one site's (its script asks ./status?site= and ./status/history?site= as its own URL says): the first site's.
       req.resume();
       const q = new URLSearchParams(url.searchParams);
