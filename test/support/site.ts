@@ -667,6 +667,8 @@ export interface KeyFiles {
   signingKeyFile: string;
   /** Ed25519 public key: the standby's keys.verifyKeyFile. */
   verifyKeyFile: string;
+  /** The files key (age identity): keys.filesKeyFile of both agents, when the files are content objects. */
+  filesKeyFile: string;
 }
 
 /**
@@ -689,6 +691,7 @@ export async function makeKeys(dir: string): Promise<KeyFiles> {
     recipientFile: join(dir, 'backup.agepub'),
     signingKeyFile: join(dir, 'signing.key'),
     verifyKeyFile: join(dir, 'signing.pub'),
+    filesKeyFile: join(dir, 'files.agekey'),
   };
 }
 
@@ -700,6 +703,8 @@ export interface PrimaryConfigInput {
   /** file:///abs or s3://bucket/prefix?... */
   filestoreUrl: string;
   keys: Pick<KeyFiles, 'signingKeyFile'> & Partial<Pick<KeyFiles, 'recipientFile'>>;
+  /** keys.filesKeyFile: the files as content objects. */
+  filesKeyFile?: string;
   /** Written only when given: omit to test the default. */
   encryption?: 'age' | 'none';
   /** Per-test state dir (lock file, last-backup.json); strongly recommended in tests. */
@@ -719,6 +724,7 @@ export async function writePrimaryConfig(file: string, c: PrimaryConfigInput): P
     keys: {
       ...(c.keys.recipientFile === undefined ? {} : { recipientFile: c.keys.recipientFile }),
       signingKeyFile: c.keys.signingKeyFile,
+      ...(c.filesKeyFile === undefined ? {} : { filesKeyFile: c.filesKeyFile }),
     },
     ...(c.stateDir === undefined ? {} : { stateDir: c.stateDir }),
     ...c.extra,

@@ -76,6 +76,8 @@ export interface StandbySite {
   standby: { db: string; paths: SitePaths & { sentinel: string }; configFile: string; stateDir: string; restartLog: string };
   /** Opens the filestore as the agents see it (close it after use). */
   openStore(): Filestore;
+  /** Both agents have keys.filesKeyFile: the files are content objects and a files index. */
+  filesObjects: boolean;
 }
 
 export interface StandbyConfigInput {
@@ -88,6 +90,8 @@ export interface StandbyConfigInput {
   restartCommand?: string | null;
   /** database.create (default true: the fixtures' standby database does not exist before its first apply). */
   createDatabase?: boolean;
+  /** keys.filesKeyFile (default: the site's, when its files are content objects; null: none). */
+  filesKeyFile?: string | null;
 }
 
 /**
@@ -95,7 +99,7 @@ export interface StandbyConfigInput {
  * config dir starts with its own config.d/db.yml (preserved) and nothing else; its database does
  * not exist yet. Nothing is backed up yet.
  */
-export async function createStandbySite(root: string, opts: { filestoreUrl?: string; env?: NodeJS.ProcessEnv; restoreJobs?: number } = {}): Promise<StandbySite> {
+export async function createStandbySite(root: string, opts: { filestoreUrl?: string; env?: NodeJS.ProcessEnv; restoreJobs?: number; filesObjects?: boolean } = {}): Promise<StandbySite> {
   const id = uid();
   const site = `s${id}`;
   const keys = await makeKeys(join(root, 'keys'));
@@ -128,6 +132,7 @@ export async function createStandbySite(root: string, opts: { filestoreUrl?: str
       restartLog: join(root, 'restart.log'),
     },
     openStore: () => openFilestore(filestoreUrl, filestoreUrl.startsWith('s3:') ? { s3: { credentials: S3RVER_CREDENTIALS } } : {}),
+    filesObjects: opts.filesObjects === true,
   };
   await writeSitePrimaryConfig(s, s.primary.configFile);
   await writeStandbyConfig(s, s.standby.configFile, { restoreJobs: opts.restoreJobs });
@@ -147,6 +152,7 @@ export function writeSitePrimaryConfig(s: StandbySite, file: string, extra?: Rec
     filestoreUrl: s.filestoreUrl,
     keys: s.keys,
     stateDir: s.primary.stateDir,
+    ...(s.filesObjects ? { filesKeyFile: s.keys.filesKeyFile } : {}),
     extra,
   });
 }
@@ -164,7 +170,11 @@ export async function writeStandbyConfig(s: StandbySite, file: string, c: Standb
     config: { preserve: c.preserve ?? ['config.d/db.yml'] },
     filestore: { url: s.filestoreUrl },
     ...(c.encryption === undefined ? {} : { encryption: c.encryption }),
-    keys: { identityFile: c.identityFile ?? s.keys.identityFile, verifyKeyFile: c.verifyKeyFile ?? s.keys.verifyKeyFile },
+    keys: {
+      identityFile: c.identityFile ?? s.keys.identityFile,
+      verifyKeyFile: c.verifyKeyFile ?? s.keys.verifyKeyFile,
+      ...(c.filesKeyFile === null ? {} : c.filesKeyFile !== undefined ? { filesKeyFile: c.filesKeyFile } : s.filesObjects ? { filesKeyFile: s.keys.filesKeyFile } : {}),
+    },
     stateDir: c.stateDir ?? s.standby.stateDir,
   };
   if (c.restartCommand !== null) {

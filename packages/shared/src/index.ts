@@ -38,3 +38,6 @@ export * from './status-line.js';
 export * from './check/index.js';
 export * from './tls.js';
 export * from './tls-server.js';
+export * from './cas/files-key.js';
+export * from './cas/pack.js';
+export * from './cas/files-index.js';

@@ -9,14 +9,19 @@ import { signDocument, verifyDocument } from './store/signed-doc.js';
  * The manifest lists a set's artifacts with the size and SHA-256 of their stored (encrypted) bytes.
  * Uploading it commits the set: a set without a valid manifest does not exist for anyone.
  */
-export const MANIFEST_VERSION = 1;
+export const MANIFEST_VERSION = 2;
+/**
+ * Version 2: the files artifact may be a files index (kind `files-index`, cas/files-index.ts) whose
+ * files are content objects under <site>/objects/. A set without one is still written as version 1,
+ * which every earlier standby reads.
+ */
 
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
 const isoTime = z.iso.datetime();
 
 export const artifactEntrySchema = z.strictObject({
   name: z.enum(ARTIFACT_NAMES),
-  kind: z.enum(['postgres-custom', 'postgres-meta', 'tar']),
+  kind: z.enum(['postgres-custom', 'postgres-meta', 'tar', 'files-index']),
   file: z.string().regex(/^[a-z0-9.]+$/),
   storedSize: z.number().int().nonnegative(),
   storedSha256: sha256Hex,
@@ -29,12 +34,13 @@ export const artifactEntrySchema = z.strictObject({
 }).superRefine((e, ctx) => {
   const problem = e.chunks && chunksProblem(e.chunks, e.storedSize);
   if (problem) ctx.addIssue({ code: 'custom', path: ['chunks'], message: problem });
+  if (e.kind === 'files-index' && e.name !== 'files') ctx.addIssue({ code: 'custom', path: ['kind'], message: 'only the files artifact may be a files index' });
   if (e.compression === 'none' && e.kind !== 'tar') ctx.addIssue({ code: 'custom', path: ['compression'], message: 'only an archive may be stored uncompressed' });
 });
 
 export const manifestSchema = z.strictObject({
   format: z.literal('tandem-manifest'),
-  version: z.literal(MANIFEST_VERSION),
+  version: z.union([z.literal(1), z.literal(MANIFEST_VERSION)]),
   setId: z.string().min(1),
   site: z.string().min(1),
   epoch: z.number().int().positive(),
@@ -47,6 +53,8 @@ export const manifestSchema = z.strictObject({
   database: z.strictObject({ name: z.string(), serverVersion: z.string(), schema: z.string().optional() }),
   encryption: z.strictObject({ scheme: z.enum(['age-x25519', 'none']), recipients: z.array(z.string()) }),
   artifacts: z.array(artifactEntrySchema),
+}).superRefine((m, ctx) => {
+  if (m.version === 1 && m.artifacts.some((a) => a.kind === 'files-index')) ctx.addIssue({ code: 'custom', path: ['version'], message: 'a files index needs manifest version 2' });
 });
 
 export type ArtifactEntry = z.infer<typeof artifactEntrySchema>;

@@ -1,6 +1,7 @@
-import { createHash, type KeyObject } from 'node:crypto';
+import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { stat } from 'node:fs/promises';
-import { Readable, type Duplex } from 'node:stream';
+import { PassThrough, Readable, type Duplex } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import {
   ARTIFACT_NAMES,
   TOOL_VERSION,
@@ -13,7 +14,13 @@ import {
   listSets,
   readEpochDoc,
   artifactFileName,
+  createAgeDecryptStream,
   createAgeEncryptStream,
+  loadFilesKeyFile,
+  verifyLatest,
+  verifyManifest,
+  zstdDecompress,
+  type FilesKey,
   createTarCheck,
   createTarStream,
   databaseName,
@@ -46,6 +53,7 @@ import { readDbMeta } from './db-meta.js';
 import { primaryIdentity, readOrCreateEpoch } from './epoch.js';
 import { configArchiveExcludes, refuseInBackupMode } from './sentinel.js';
 import { uploadArtifact } from './upload-artifact.js';
+import { filesObjects, type FilesObjectsRun, type FilesObjectsStats } from './files-objects.js';
 
 export interface BackupResult {
   setId: string;
@@ -56,9 +64,13 @@ export interface BackupResult {
   /** Seconds per stage: db, config, security, files, commit, total. */
   durations: Record<string, number>;
   storedBytes: number;
+  /** Files as content objects (keys.filesKeyFile): what was read, what was new, what was uploaded. */
+  files?: FilesObjectsStats;
 }
 
 export interface BackupOptions {
+  /** Files as content objects: read every file again, whatever the cache says (`--reread`). */
+  reread?: boolean;
   filestore: Filestore;
   logger: Logger;
   signal?: AbortSignal;
@@ -85,15 +97,59 @@ export interface CommittedLatest {
 interface Keys {
   recipients: string[] | null;
   signingKey: KeyObject;
+  /** keys.filesKeyFile: the files go as content objects and a files index (files-objects.ts). */
+  filesKey: FilesKey | null;
 }
 
 function loadKeys(config: PrimaryConfig, logger: Logger): Keys {
   const signingKey = loadSigningKeyFile(config.keys.signingKeyFile, logger);
+  const filesKey = config.keys.filesKeyFile === undefined ? null : loadFilesKeyFile(config.keys.filesKeyFile, logger);
   if (config.encryption === 'none') {
     logger.warn('encryption is "none": sets are uploaded unencrypted, as the config asks');
-    return { recipients: null, signingKey };
+    return { recipients: null, signingKey, filesKey };
   }
-  return { recipients: loadRecipients(config.keys.recipientFile!), signingKey };
+  return { recipients: loadRecipients(config.keys.recipientFile!), signingKey, filesKey };
+}
+
+/** The largest files index the primary reads back to rebuild its cache. */
+const MAX_REBUILD_INDEX = 256 * 1024 * 1024;
+
+/**
+ * The plain files index of the newest committed set, for rebuilding the primary's files cache; null
+ * when there is none to read (no set, a set of tar files, too large). Verified like a standby does:
+ * latest.json and the manifest by signature, the index by its signed size and SHA-256 before a byte
+ * of it is decrypted (with the files key, which it is also encrypted to).
+ */
+async function newestFilesIndex(fs: Filestore, config: PrimaryConfig, keys: Keys, log: Logger): Promise<AsyncIterable<Buffer> | null> {
+  const filesKey = keys.filesKey!;
+  const verifyKey = createPublicKey(keys.signingKey);
+  let raw: Buffer;
+  try {
+    raw = (await fs.getBuffer(layout.latest(config.site))).body;
+  } catch {
+    return null;
+  }
+  const latest = verifyLatest(raw, verifyKey, 'latest.json');
+  const manifest = verifyManifest((await fs.getBuffer(layout.manifest(config.site, latest.setId))).body, verifyKey, `set ${latest.setId}: manifest`);
+  const entry = manifest.artifacts.find((a) => a.name === 'files' && a.kind === 'files-index');
+  if (!entry || entry.storedSize > MAX_REBUILD_INDEX) return null;
+  const got = await fs.get(layout.artifact(config.site, manifest.setId, entry.file));
+  const pieces: Buffer[] = [];
+  let n = 0;
+  for await (const c of got.body as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > entry.storedSize) break;
+    pieces.push(c);
+  }
+  const stored = Buffer.concat(pieces);
+  if (stored.length !== entry.storedSize || createHash('sha256').update(stored).digest('hex') !== entry.storedSha256) {
+    log.warn({ setId: manifest.setId }, 'the newest set\'s files index does not match its manifest: not used to rebuild the files cache');
+    return null;
+  }
+  const out = new PassThrough();
+  const stages: Duplex[] = [...(entry.encryption === 'age' ? [createAgeDecryptStream([filesKey.identity], { label: `set ${manifest.setId}: files index` })] : []), zstdDecompress()];
+  pipeline([Readable.from([stored]), ...stages, out]).catch((err: unknown) => out.destroy(err as Error));
+  return out;
 }
 
 /** Every configured directory must exist before anything is uploaded; report all that do not. */
@@ -113,11 +169,15 @@ export async function checkPaths(config: PrimaryConfig): Promise<void> {
   }
 }
 
-async function nextSeq(fs: Filestore, site: string): Promise<number> {
+async function nextSeq(fs: Filestore, site: string): Promise<{ seq: number; committed: Set<string> }> {
   // The sequence only has to increase; ids of existing sets (committed or not) are the ground truth.
   let max = 0;
-  for (const s of await listSets(fs, site)) if (s.seq > max) max = s.seq;
-  return max + 1;
+  const committed = new Set<string>();
+  for (const s of await listSets(fs, site)) {
+    if (s.seq > max) max = s.seq;
+    if (s.committed) committed.add(s.setId);
+  }
+  return { seq: max + 1, committed };
 }
 
 function artifactSource(name: ArtifactName, config: PrimaryConfig, log: Logger, dbMeta: Buffer): Readable {
@@ -160,6 +220,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
   let uploading: ArtifactName | null = null;
   const t0 = performance.now();
   let setId = '';
+  let filesRun: FilesObjectsRun | undefined;
   try {
     const epoch = await readOrCreateEpoch(fs, config, logger);
     // Fencing (must): a promote elsewhere may happen while this backup runs. Check before every
@@ -169,7 +230,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       const current = await readEpochDoc(fs, config.site);
       if (current) assertNotFenced(current.doc, self, config.site);
     };
-    const seq = await nextSeq(fs, config.site);
+    const { seq, committed } = await nextSeq(fs, config.site);
     const created = now();
     setId = makeSetId(created, epoch.epoch, seq);
     const log = logger.child({ site: config.site, setId });
@@ -178,13 +239,15 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     const durations: Record<string, number> = {};
     const artifacts: ArtifactEntry[] = [];
     let dbMeta = Buffer.alloc(0);
+    const filesIndex = keys.filesKey !== null;
     // Order matters (must): the database before the files, so that files taken later are a
     // superset of what the dump references.
     for (const name of ARTIFACT_NAMES) {
       const t = performance.now();
       // The files archive is stored uncompressed when a sample of the files does not compress.
-      const compress = name !== 'files' || config.compression.files === 'zstd' || (await filesCompress(config.paths.files, log));
-      const file = artifactFileName(name, keys.recipients !== null, compress);
+      const asIndex = name === 'files' && filesIndex;
+      const compress = name !== 'files' || asIndex || config.compression.files === 'zstd' || (await filesCompress(config.paths.files, log));
+      const file = artifactFileName(name, keys.recipients !== null, compress, asIndex);
       const key = layout.artifact(config.site, setId, file);
       await checkFence(); // before any child process starts, so a fenced run leaves none behind
       opts.signal?.throwIfAborted();
@@ -192,19 +255,39 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       if (name === 'dbmeta') dbMeta = Buffer.from(JSON.stringify(await readDbMeta(config)));
       const stages: Duplex[] = compress ? [zstdCompress({ level: config.compression.level, threads: config.compression.threads })] : [];
       // An entry a standby would refuse (a FIFO, a device ...) fails the backup here, named.
-      if (name !== 'db' && name !== 'dbmeta') stages.unshift(createTarCheck(config.paths[name], { label: `paths.${name} (${config.paths[name]})` }));
-      if (keys.recipients) stages.push(createAgeEncryptStream(keys.recipients));
+      if (name !== 'db' && name !== 'dbmeta' && !asIndex) stages.unshift(createTarCheck(config.paths[name], { label: `paths.${name} (${config.paths[name]})` }));
+      // The index is also encrypted to the files key, so that this primary can read it back (files-objects.ts).
+      if (keys.recipients) stages.push(createAgeEncryptStream(asIndex ? [...keys.recipients, keys.filesKey!.recipient] : keys.recipients));
+      let source: Readable;
+      if (asIndex) {
+        filesRun = filesObjects({
+          dir: config.paths.files,
+          label: `paths.files (${config.paths.files})`,
+          site: config.site,
+          setId,
+          stateDir: config.stateDir,
+          filestore: fs,
+          filesKey: keys.filesKey!,
+          recipients: keys.recipients,
+          logger: log,
+          reread: opts.reread,
+          committed,
+          rebuild: () => newestFilesIndex(fs, config, keys, log),
+          signal: opts.signal,
+        });
+        source = filesRun.source;
+      } else source = artifactSource(name, config, log, dbMeta);
       uploaded.push(key);
       uploading = name;
       faultPoint(`before-artifact:${name}`);
       const progress = opts.progress?.begin(name, name === 'dbmeta' ? dbMeta.length : null);
-      const r = await uploadArtifact({ filestore: fs, key, name, source: artifactSource(name, config, log, dbMeta), stages, signal: opts.signal, progress });
+      const r = await uploadArtifact({ filestore: fs, key, name, source, stages, signal: opts.signal, progress });
       uploading = null;
       faultPoint(`after-artifact:${name}`);
       durations[name] = round((performance.now() - t) / 1000);
       artifacts.push({
         name,
-        kind: name === 'db' ? 'postgres-custom' : name === 'dbmeta' ? 'postgres-meta' : 'tar',
+        kind: name === 'db' ? 'postgres-custom' : name === 'dbmeta' ? 'postgres-meta' : asIndex ? 'files-index' : 'tar',
         file,
         storedSize: r.storedSize,
         storedSha256: r.storedSha256,
@@ -213,14 +296,14 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
         encryption: keys.recipients ? 'age' : 'none',
         ...(r.chunks ? { chunks: r.chunks } : {}),
       });
-      log.info({ artifact: name, plainBytes: r.plainSize, storedBytes: r.storedSize, seconds: durations[name] }, 'artifact uploaded');
+      log.info({ artifact: name, plainBytes: r.plainSize, storedBytes: r.storedSize, seconds: durations[name], ...(asIndex ? { objects: filesRun!.stats } : {}) }, 'artifact uploaded');
     }
 
     // Commit (must): every artifact is uploaded before the manifest, the manifest before latest.json.
     const tc = performance.now();
     const manifest: Manifest = {
       format: 'tandem-manifest',
-      version: 1,
+      version: filesIndex ? 2 : 1,
       setId,
       site: config.site,
       epoch: epoch.epoch,
@@ -264,7 +347,9 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     durations.total = round((performance.now() - t0) / 1000);
     const storedBytes = artifacts.reduce((n, a) => n + a.storedSize, 0);
     log.info({ seconds: durations.total, storedBytes }, 'backup committed');
-    const result: BackupResult = { setId, site: config.site, epoch: epoch.epoch, createdAt: manifest.createdAt, artifacts, durations, storedBytes };
+    if (filesRun) await filesRun.commitCache().catch((err: unknown) => log.warn({ err }, 'could not record the files cache (the next backup rebuilds it)'));
+    const storedTotal = storedBytes + (filesRun?.stats.storedBytes ?? 0);
+    const result: BackupResult = { setId, site: config.site, epoch: epoch.epoch, createdAt: manifest.createdAt, artifacts, durations, storedBytes: storedTotal, ...(filesRun ? { files: filesRun.stats } : {}) };
     await writeLastBackup(config.stateDir, { outcome: 'ok', at: now().toISOString(), ...result });
     faultPoint('recorded');
     await removeLeftovers(fs, config.site, { setId, epoch: epoch.epoch, seq }, log);
@@ -273,6 +358,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     // A failed run commits nothing: remove what it uploaded, manifest first (if latest.json failed
     // after the manifest went up, the set is withdrawn rather than left committed but unannounced).
     // Best effort: a leftover without a manifest is harmless and removed by the next backup.
+    await filesRun?.discardCache().catch(() => undefined);
     let kept = 0;
     for (const key of uploaded.reverse()) {
       await fs.delete(key).catch(() => kept++);

@@ -18,7 +18,7 @@ import {
 } from '@tandem/shared';
 import { formatFilestoreInit, initFilestore } from './init-filestore.js';
 
-const KEY_FILES = ['backup.agekey', 'backup.agepub', 'signing.key', 'signing.pub'] as const;
+const KEY_FILES = ['backup.agekey', 'backup.agepub', 'signing.key', 'signing.pub', 'files.agekey'] as const;
 
 /** standby-<id>.token for each --standby ID, else one standby.token. */
 function standbyTokenFiles(ids: string[]): Array<{ id: string | null; file: string }> {
@@ -67,6 +67,8 @@ exists), each written 0600, and says which file goes where:
   backup.agepub   age recipient (public): the primary encrypts to it
   signing.key     Ed25519 private key: the primary signs manifests with it
   signing.pub     Ed25519 public key: the standby verifies with it
+  files.agekey    the files key (keys.filesKeyFile): on the primary AND every standby; names
+                  and indexes the content objects of the files (only what changed is stored)
   control.token   the primary's control token (server.tokenFile): POST /v1/backup, /status,
                   /metrics; stays on the primary (\`tandem-primary backup\` uses it)
   read.token      the monitoring token (server.readTokenFile, on either agent): /status and
@@ -152,6 +154,7 @@ filestore holds a marker that is not tandem's.`,
     await writeFileAtomic(path('backup.agepub'), `${age.recipient}\n`);
     await writeFileAtomic(path('signing.key'), sig.privateKeyPem);
     await writeFileAtomic(path('signing.pub'), sig.publicKeyPem);
+    await writeFileAtomic(path('files.agekey'), formatIdentityFile(generateAgeKeyPair(), new Date()));
     await writeFileAtomic(path('control.token'), token());
     await writeFileAtomic(path('read.token'), token());
     for (const s of standbys) await writeFileAtomic(path(s.file), token());
@@ -163,12 +166,14 @@ filestore holds a marker that is not tandem's.`,
     out(`Keys and tokens written to ${dir} (the directory 0700, each file 0600):
   primary  keys.recipientFile:    ${path('backup.agepub')}
   primary  keys.signingKeyFile:   ${path('signing.key')}
+  primary  keys.filesKeyFile:     ${path('files.agekey')}   (the same file on every standby)
   primary  server.tokenFile:      ${path('control.token')}   (control: stays on the primary)
   primary  server.readTokenFile:  ${path('read.token')}   (monitoring: give it to Prometheus)
   primary  standbys:
 ${entries}
   standby  keys.identityFile:     ${path('backup.agekey')}   (copy to the standby, then delete it here)
   standby  keys.verifyKeyFile:    ${path('signing.pub')}
+  standby  keys.filesKeyFile:     ${path('files.agekey')}   (a copy of the primary's)
 ${standbys.map((s) => `  standby  primary.tokenFile:     ${path(s.file)}   (copy to ${s.id === null ? 'the standby' : `standby ${s.id}`} only)`).join('\n')}
   standby  server.readTokenFile:  ${path('read.token')}   (optional: a copy, so Prometheus scrapes both with one token)
 

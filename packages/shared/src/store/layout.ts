@@ -7,6 +7,8 @@
  *   <site>/heartbeat.json
  *   <site>/sets/<set-id>/{db.dump.zst.age, dbmeta.json.zst.age, config.tar.zst.age, security.tar.zst.age, files.tar.zst.age, manifest.json}
  *     (files.tar.age when the files do not compress: compression "none" in the manifest)
+ *     (files.index.zst.age instead of files.tar...: the files index, when the site has a files key)
+ *   <site>/objects/<xx>/<object-id>    content objects (packs of file blobs, cas/pack.ts), shared by sets
  *   <site>/standbys/<standby-id>.json   each standby's report of the set it applied (retention reads them)
  *   tandem-check-<id>.probe             written and deleted at once by `tandem-primary check`
  */
@@ -23,8 +25,8 @@ export const OPTIONAL_ARTIFACTS: readonly ArtifactName[] = ['dbmeta'];
 export const DIR_ARTIFACTS = ['config', 'security', 'files'] as const;
 export type DirArtifactName = (typeof DIR_ARTIFACTS)[number];
 
-export function artifactFileName(name: ArtifactName, encrypted: boolean, compressed = true): string {
-  const base = name === 'db' ? 'db.dump' : name === 'dbmeta' ? 'dbmeta.json' : `${name}.tar`;
+export function artifactFileName(name: ArtifactName, encrypted: boolean, compressed = true, filesIndex = false): string {
+  const base = name === 'db' ? 'db.dump' : name === 'dbmeta' ? 'dbmeta.json' : name === 'files' && filesIndex ? 'files.index' : `${name}.tar`;
   return `${base}${compressed ? '.zst' : ''}${encrypted ? '.age' : ''}`;
 }
 
@@ -37,6 +39,7 @@ export const layout = {
   set: (site: string, setId: string) => `${site}/sets/${setId}/`,
   artifact: (site: string, setId: string, file: string) => `${site}/sets/${setId}/${file}`,
   manifest: (site: string, setId: string) => `${site}/sets/${setId}/manifest.json`,
+  objects: (site: string) => `${site}/objects/`,
   standbys: (site: string) => `${site}/standbys/`,
   standby: (site: string, standbyId: string) => `${site}/standbys/${standbyId}.json`,
   /**

@@ -28,6 +28,8 @@ export type FaultPoint =
   | 'security-swapped'
   | 'files-moved-aside'
   | 'files-swapped'
+  | 'files-staged'
+  | 'files-renamed-one'
   | 'recorded'
   | 'before-restart'
   | 'restart-running';

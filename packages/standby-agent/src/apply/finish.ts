@@ -43,7 +43,8 @@ export async function finishApply(config: StandbyConfig, journal: Journal, logge
   await (db.schemaOf === undefined ? dropOldDatabase(config, db) : dropOldSchema(config, db, logger)).catch((err: unknown) =>
     logger.warn({ err, [db.schemaOf === undefined ? 'database' : 'schema']: db.old }, `could not drop the previous ${db.schemaOf === undefined ? 'database' : 'schema'}; the next apply drops it`),
   );
-  await removeAll([...DIR_PARTS.map((p) => journal.targets.dirs[p].old), journal.stagingDir], logger);
+  // Files switched in place leave their staging (the plan, what was renamed from it) under "next".
+  await removeAll([...DIR_PARTS.map((p) => journal.targets.dirs[p].old), ...(journal.filesObjects ? [journal.targets.dirs.files.next] : []), journal.stagingDir], logger);
   await removeJournal(config.stateDir);
   logger.info('set applied'); // the logger names the set
 

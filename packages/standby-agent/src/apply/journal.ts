@@ -30,6 +30,8 @@ export interface Journal extends SetIdentity {
    * none), from which a roll-forward tells whether that transaction committed.
    */
   schemaSwitch?: { staged: StagedDb; liveOid?: number | null };
+  /** The files are content objects: the files part is switched in place from its plan (files-objects.ts). */
+  filesObjects?: boolean;
 }
 
 export async function readJournal(stateDir: string): Promise<Journal | null> {

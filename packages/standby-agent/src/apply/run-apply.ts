@@ -5,6 +5,7 @@ import {
   describeError,
   interruptedBy,
   isTandemError,
+  loadFilesKeyFile,
   loadVerifyKeyFile,
   parseDbMeta,
   readEpochDoc,
@@ -89,6 +90,11 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
       return { status: 'already-applied', applied, recovered, ...restart };
     }
     const identities = identitiesFor(config, manifest, log);
+    if (config.keys.filesKeyFile === undefined && manifest.artifacts.some((a) => a.kind === 'files-index')) {
+      throw new TandemError('config', 'FILES_KEY_MISSING', `set ${manifest.setId} stores its files as content objects, and this standby has no files key (keys.filesKeyFile in ${config.configFile}); nothing was downloaded or changed`, {
+        hint: "copy files.agekey from the primary's keys directory (mode 0600) and name it as keys.filesKeyFile",
+      });
+    }
     // Tools, PostgreSQL, the database's existence and free space, before a byte is downloaded.
     const checked = await preflight({ config, manifest, targets, applied, createDatabase: opts.createDatabase === true, logger: log }).catch((err: unknown) => {
       if (isTandemError(err) && err.code === 'DB_CONNECT') {
@@ -127,12 +133,15 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
         targets,
         stagingDir: journal.stagingDir,
         restoreJobs: config.database.restoreJobs,
+        filesKey: config.keys.filesKeyFile === undefined ? null : loadFilesKeyFile(config.keys.filesKeyFile, log),
+        stateDir: config.stateDir,
         limits: config.limits,
         logger: log,
         signal: opts.signal,
         progress: opts.progress,
       });
       Object.assign(journal.durations, staged.durations);
+      if (staged.filesObjects) journal.filesObjects = true;
       // Roles, extensions and the agent's rights, checked before anything live changes.
       const dbEntry = manifest.artifacts.find((a) => a.name === 'dbmeta');
       const meta = staged.dbMeta && dbEntry ? parseDbMeta(staged.dbMeta, artifactLabel(manifest, dbEntry)) : undefined;

@@ -12,6 +12,7 @@ import {
   freeBytes,
   type ArtifactEntry,
   type ArtifactName,
+  type FilesKey,
   type Filestore,
   type Logger,
   type Manifest,
@@ -20,6 +21,7 @@ import {
 } from '@tandem/shared';
 import { artifactLabel, canStream, decodeStored, fetchVerified, fromVerifiedFile, verifiedStream, type StoredInput, type VerifiedArtifact } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
+import { stageFilesObjects, type StagedFiles } from './files-objects.js';
 import type { Targets } from './targets.js';
 
 /**
@@ -46,6 +48,8 @@ export interface StagedSet {
   dbMeta?: Buffer;
   /** Seconds per artifact. */
   durations: Record<ArtifactName, number>;
+  /** The files are content objects: staged as changed files and a plan (files-objects.ts), switched in place. */
+  filesObjects?: StagedFiles;
 }
 
 export interface StageOptions {
@@ -55,6 +59,10 @@ export interface StageOptions {
   targets: Targets;
   stagingDir: string;
   restoreJobs: number;
+  /** keys.filesKeyFile: needed for a set whose files are content objects. */
+  filesKey?: FilesKey | null;
+  /** The standby's state dir (its record of the files it wrote). */
+  stateDir?: string;
   /** Per archive: entries of any type, and bytes of file data (default: no byte bound beyond free space). */
   limits?: { maxEntries: number; maxBytes?: number };
   logger: Logger;
@@ -189,6 +197,7 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   const durations = {} as Record<ArtifactName, number>;
   let db: StagedDb | undefined;
   let dbMeta: Buffer | undefined;
+  let filesObjects: StagedFiles | undefined;
   let t = performance.now();
   try {
     for (const name of names) {
@@ -239,7 +248,7 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
   }
-  return { db: db!, dbMeta, durations };
+  return { db: db!, dbMeta, durations, ...(filesObjects ? { filesObjects } : {}) };
 
   /** Decodes one artifact into its place; `file` is its verified stored copy, if it has one (removed after). */
   async function use(name: ArtifactName, input: StoredInput, file: string | undefined): Promise<void> {
@@ -270,6 +279,20 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
         { signal },
       );
       dbMeta = Buffer.concat(chunks);
+    } else if (name === 'files' && entry.kind === 'files-index') {
+      filesObjects = await stageFilesObjects({
+        input,
+        filestore: opts.filestore,
+        manifest,
+        entry,
+        identities,
+        filesKey: opts.filesKey ?? null,
+        names: targets.dirs.files,
+        stateDir: opts.stateDir ?? stagingDir,
+        limits: { maxEntries: opts.limits?.maxEntries ?? 1_000_000, ...(opts.limits?.maxBytes !== undefined ? { maxBytes: opts.limits.maxBytes } : {}) },
+        logger,
+        signal,
+      });
     } else {
       const dir = targets.dirs[name].next;
       await mkdir(dirname(dir), { recursive: true });

@@ -1,6 +1,7 @@
 import { rm } from 'node:fs/promises';
 import type { Logger, StandbyConfig } from '@tandem/shared';
 import { faultPoint } from './fault.js';
+import { forgetFilesRecord, switchFilesObjects } from './files-objects.js';
 import { writeJournal, type Journal } from './journal.js';
 import { carryOver, relativeInside } from './preserve.js';
 import type { AgentRole } from './db-prereqs.js';
@@ -33,6 +34,10 @@ function switchPart(config: StandbyConfig, journal: Journal, part: PartName, log
   if (part === 'db') return journal.targets.db.schemaOf === undefined ? swapDatabase(config, journal.targets.db, logger) : switchSchema(config, journal, { agent, logger });
   const names = journal.targets.dirs[part];
   const between = () => faultPoint(`${part}-moved-aside`);
+  if (part === 'files') {
+    if (journal.filesObjects) return switchFilesObjects(names, config.stateDir, logger);
+    return forgetFilesRecord(config.stateDir).then(() => swapDir(names, undefined, between));
+  }
   if (part !== 'config') return swapDir(names, undefined, between);
   const sentinel = relativeInside(config.paths.config, config.paths.sentinel);
   return swapDir(names, async (live, next) => {

@@ -1,0 +1,436 @@
+import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
+import { lstat, open, readdir, readFile, readlink, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import {
+  ChunkerStream,
+  DEFAULT_CHUNK_SIZES,
+  FILES_INDEX_FORMAT,
+  FILES_INDEX_VERSION,
+  PACK_TARGET,
+  RESERVED_NAME,
+  TandemError,
+  cutPoint,
+  indexLine,
+  objectId,
+  objectKey,
+  packId,
+  readFilesIndex,
+  sealPack,
+  type BlobRef,
+  type FilesKey,
+  type Filestore,
+  type IndexLine,
+  type Logger,
+  type PackInfo,
+  type ProgressMeter,
+  type TreeEntry,
+} from '@tandem/shared';
+
+/**
+ * The files of a set as content objects (cas/): the tree at paths.files is walked depth first with
+ * each directory's names sorted, every regular file cut into blobs (whole when small, content-defined
+ * chunks when large), each blob named by its HMAC under the files key, and only blobs not stored
+ * before are packed and uploaded. What this produces is the files index (cas/files-index.ts), as a
+ * stream that run-backup.ts compresses, encrypts and uploads like any artifact.
+ *
+ * What is stored is known from the cache, `files-cache.ndjson` in the state dir: the index of the
+ * last set this primary committed, with each file's inode and mtime in nanoseconds. A file whose
+ * size, mtime and inode are those of the cache is not read again (restic's rule; `--reread` reads
+ * every file), and a blob the cache lists is not uploaded again. The cache is trusted only while the
+ * set it describes is committed in the filestore (so its packs are kept: retention never removes
+ * the objects of a kept set); otherwise it is rebuilt from the newest set's index, which the primary
+ * can read with the files key (every file read again, blobs stored before not uploaded).
+ *
+ * Order: a pack's line is written only when its upload has finished, and an entry only after the
+ * lines of every pack it uses. The index, and so the set, never names an object that is not stored.
+ */
+export const FILES_CACHE = 'files-cache.ndjson';
+/** Packs being sealed or uploaded at once: each is up to MAX_PACK_PLAIN in memory, twice (plain and stored). */
+const UPLOADS_IN_FLIGHT = 2;
+/** A file up to this is read whole and cut in memory; a larger one streams through the chunker. */
+const READ_WHOLE = DEFAULT_CHUNK_SIZES.max;
+
+/** A pack as the walk knows it: stored before (from the cache), or being made by this run. */
+interface PackRecord {
+  info?: PackInfo;
+  /** Resolved once the pack is in the filestore (at once for a pack of the cache). */
+  stored: Promise<void>;
+  done: boolean;
+  /** Its ordinal in the index being written, once its line was written. */
+  ordinal?: number;
+}
+
+interface BlobLoc {
+  pack: PackRecord;
+  offset: number;
+  length: number;
+  id: string;
+}
+
+interface CachedFile {
+  s: number;
+  ns: string;
+  ino: string;
+  blobs: BlobLoc[];
+}
+
+interface QueuedEntry {
+  entry: TreeEntry;
+  blobs: BlobLoc[];
+  /** For the cache: the file's mtime (ns) and inode. */
+  ns?: string;
+  ino?: string;
+}
+
+export interface FilesObjectsStats {
+  files: number;
+  dirs: number;
+  links: number;
+  /** Files read this run (the others were unchanged by size, mtime and inode). */
+  filesRead: number;
+  bytesRead: number;
+  /** Bytes of all regular files in the tree. */
+  bytes: number;
+  packsUploaded: number;
+  blobsUploaded: number;
+  /** Plain bytes of the blobs uploaded: what changed. */
+  newBytes: number;
+  /** Stored bytes uploaded (packs). */
+  storedBytes: number;
+  cache: 'used' | 'rebuilt' | 'none';
+}
+
+export interface FilesObjectsRun {
+  /** The files index, plain: to be compressed, encrypted and uploaded as the files artifact. */
+  source: Readable;
+  stats: FilesObjectsStats;
+  /** After the set is committed: the cache now describes it. */
+  commitCache(): Promise<void>;
+  /** After a failure: the cache stays what it was. */
+  discardCache(): Promise<void>;
+}
+
+export interface FilesObjectsOptions {
+  dir: string;
+  label: string;
+  site: string;
+  setId: string;
+  stateDir: string;
+  filestore: Filestore;
+  filesKey: FilesKey;
+  recipients: string[] | null;
+  logger: Logger;
+  /** Read every file again, whatever the cache says. */
+  reread?: boolean;
+  /** Committed sets (ids) in the filestore, to tell whether the cache still describes one of them. */
+  committed: Set<string>;
+  /** Rebuilds what is stored from the newest committed set's index, when the cache cannot be used. */
+  rebuild?: () => Promise<AsyncIterable<Buffer> | null>;
+  signal?: AbortSignal;
+  progress?: ProgressMeter;
+}
+
+const storedPack = (info: PackInfo): PackRecord => ({ info, stored: Promise.resolve(), done: true });
+
+/** The cache (or a rebuilt index) as what the walk needs: files by path, blobs by id. */
+async function loadKnown(o: FilesObjectsOptions): Promise<{ files: Map<string, CachedFile>; blobs: Map<string, BlobLoc>; source: FilesObjectsStats['cache'] }> {
+  const files = new Map<string, CachedFile>();
+  const blobs = new Map<string, BlobLoc>();
+  const file = join(o.stateDir, FILES_CACHE);
+  const text = await readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return null;
+    throw err;
+  });
+  if (text !== null) {
+    try {
+      const packs: PackRecord[] = [];
+      const lines = text.split('\n');
+      const head = JSON.parse(lines[0] ?? '') as { t: string; setId?: string; site?: string };
+      if (head.t !== 'h' || head.site !== o.site || typeof head.setId !== 'string') throw new Error('no header');
+      if (o.committed.has(head.setId)) {
+        for (const line of lines.slice(1)) {
+          if (line === '') continue;
+          const l = JSON.parse(line) as (IndexLine & { ns?: string; ino?: string });
+          if (l.t === 'o') packs.push(storedPack({ id: l.id, size: l.size, sha256: l.sha256, plain: l.plain, c: l.c }));
+          else if (l.t === 'f') {
+            const locs = l.b.map(([p, offset, length, id]) => {
+              const pack = packs[p];
+              if (!pack) throw new Error(`pack ${p} unknown`);
+              return { pack, offset, length, id };
+            });
+            for (const b of locs) blobs.set(b.id, b);
+            files.set(l.p, { s: l.s, ns: l.ns ?? '', ino: l.ino ?? '', blobs: locs });
+          }
+        }
+        return { files, blobs, source: 'used' };
+      }
+      o.logger.info({ cache: file, cacheSet: head.setId }, 'the files cache describes a set that is no longer in the filestore: rebuilding it from the newest set');
+    } catch (err) {
+      o.logger.warn({ err, cache: file }, 'the files cache cannot be read: rebuilding it from the newest set');
+    }
+  }
+  files.clear();
+  blobs.clear();
+  const plain = o.rebuild ? await o.rebuild() : null;
+  if (plain === null) return { files, blobs, source: 'none' };
+  const packs: PackInfo[] = [];
+  const records: PackRecord[] = [];
+  const gen = readFilesIndex(plain, { label: 'the newest set\'s files index', site: o.site, setId: '*', maxEntries: Number.MAX_SAFE_INTEGER, anySet: true }, packs);
+  for await (const e of gen) {
+    while (records.length < packs.length) records.push(storedPack(packs[records.length]!));
+    if (e.t === 'f') for (const [p, offset, length, id] of e.b) blobs.set(id, { pack: records[p]!, offset, length, id });
+  }
+  return { files, blobs, source: 'rebuilt' };
+}
+
+/** Why an entry of the tree cannot be in a set (a standby would refuse it), or undefined. */
+function entryProblem(name: string, type: string): string | undefined {
+  if (RESERVED_NAME.test(name)) return 'its name starts with ".tandem-", which tandem reserves for its own files beside the tree';
+  if (name.includes('\uFFFD')) return 'its name is not valid UTF-8 (a standby could not restore it under the same name)';
+  if (type !== 'd' && type !== 'f' && type !== 'l') return `it is a ${type} (only directories, regular files and symlinks are backed up)`;
+  return undefined;
+}
+
+export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
+  const stats: FilesObjectsStats = { files: 0, dirs: 0, links: 0, filesRead: 0, bytesRead: 0, bytes: 0, packsUploaded: 0, blobsUploaded: 0, newBytes: 0, storedBytes: 0, cache: 'none' };
+  const cacheFile = join(o.stateDir, FILES_CACHE);
+  const cacheNew = `${cacheFile}.new`;
+  let cacheOut: WriteStream | undefined;
+  let cacheOrdinals = 0;
+  const cachePack = new Map<PackRecord, number>();
+  const writeCache = (l: object) => cacheOut?.write(`${JSON.stringify(l)}\n`);
+
+  async function* produce(): AsyncGenerator<Buffer> {
+    const known = await loadKnown(o);
+    stats.cache = known.source;
+    if (o.reread) known.files.clear();
+    cacheOut = createWriteStream(cacheNew, { mode: 0o600 });
+    writeCache({ t: 'h', site: o.site, setId: o.setId });
+    /** Blobs of this run, by id (dedup within the tree). */
+    const fresh = new Map<string, BlobLoc>();
+    let open_: { record: PackRecord; blobs: Array<{ id: string; data: Buffer }>; bytes: number; resolve: () => void; reject: (e: unknown) => void } | null = null;
+    const inFlight: PackRecord[] = [];
+    let failure: unknown;
+    const queue: QueuedEntry[] = [];
+    let ordinals = 0;
+    let entries = 0;
+
+    const sealOpen = () => {
+      if (open_ === null) return;
+      const p = open_;
+      open_ = null;
+      inFlight.push(p.record);
+      (async () => {
+        const sealed = await sealPack(p.blobs, { hmacKey: o.filesKey.hmacKey, recipients: o.recipients });
+        // Never over an existing object (packId): one stat per new pack.
+        for (let attempt = 1; (await o.filestore.stat(objectKey(o.site, sealed.info.id), { signal: o.signal })) !== null; attempt++) {
+          sealed.info.id = packId(o.filesKey.hmacKey, sealed.blobs.map((b) => b.id), attempt);
+        }
+        p.record.info = sealed.info;
+        o.signal?.throwIfAborted();
+        await o.filestore.putBuffer(objectKey(o.site, sealed.info.id), sealed.stored, { signal: o.signal, contentType: 'application/octet-stream' });
+        stats.packsUploaded++;
+        stats.storedBytes += sealed.info.size;
+      })().then(
+        () => {
+          p.record.done = true;
+          p.resolve();
+        },
+        (err: unknown) => {
+          failure ??= err;
+          p.reject(err);
+        },
+      );
+    };
+    const newPack = () => {
+      let resolve!: () => void;
+      let reject!: (e: unknown) => void;
+      const stored = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      stored.catch(() => undefined);
+      const record: PackRecord = { stored, done: false };
+      open_ = { record, blobs: [], bytes: 0, resolve, reject };
+      return open_;
+    };
+    /** Waits until fewer than UPLOADS_IN_FLIGHT packs are in flight. */
+    const makeRoom = async () => {
+      while (inFlight.length >= UPLOADS_IN_FLIGHT) {
+        await inFlight[0]!.stored;
+        inFlight.shift();
+      }
+      while (inFlight.length > 0 && inFlight[0]!.done) inFlight.shift();
+    };
+    const addBlob = async (data: Buffer): Promise<BlobLoc> => {
+      const id = objectId(o.filesKey.hmacKey, data);
+      const have = fresh.get(id) ?? known.blobs.get(id);
+      if (have) return have;
+      if (open_ !== null && open_.bytes + data.length > PACK_TARGET && open_.blobs.length > 0) {
+        await makeRoom();
+        sealOpen();
+      }
+      const p = open_ ?? newPack();
+      const loc: BlobLoc = { pack: p.record, offset: p.bytes, length: data.length, id };
+      p.blobs.push({ id, data });
+      p.bytes += data.length;
+      fresh.set(id, loc);
+      stats.blobsUploaded++;
+      stats.newBytes += data.length;
+      return loc;
+    };
+
+    /** The lines of every queued entry whose packs are all stored, in order. */
+    function* flush(): Generator<Buffer> {
+      if (failure !== undefined) throw failure;
+      while (queue.length > 0) {
+        const q = queue[0]!;
+        if (!q.blobs.every((b) => b.pack.done)) return;
+        queue.shift();
+        for (const b of q.blobs) {
+          if (b.pack.ordinal === undefined) {
+            b.pack.ordinal = ordinals++;
+            yield indexLine({ t: 'o', ...b.pack.info! });
+          }
+          if (!cachePack.has(b.pack)) {
+            cachePack.set(b.pack, cacheOrdinals++);
+            writeCache({ t: 'o', ...b.pack.info! });
+          }
+        }
+        entries++;
+        if (q.entry.t === 'f') {
+          const e: TreeEntry = { ...q.entry, b: q.blobs.map((b): BlobRef => [b.pack.ordinal!, b.offset, b.length, b.id]) };
+          writeCache({ t: 'f', p: e.p, s: e.s, ns: q.ns, ino: q.ino, b: q.blobs.map((b) => [cachePack.get(b.pack)!, b.offset, b.length, b.id]) });
+          yield indexLine(e);
+        } else yield indexLine(q.entry);
+      }
+    }
+
+    const readBlobs = async (path: string, size: number): Promise<BlobLoc[]> => {
+      const out: BlobLoc[] = [];
+      stats.filesRead++;
+      if (size <= READ_WHOLE) {
+        const data = await readFile(path);
+        stats.bytesRead += data.length;
+        o.progress?.add(data.length);
+        for (let start = 0; start < data.length; ) {
+          const len = cutPoint(data, start, data.length);
+          out.push(await addBlob(data.subarray(start, start + len)));
+          start += len;
+        }
+        return out;
+      }
+      const chunker = createReadStream(path, { highWaterMark: 1 << 20 }).pipe(new ChunkerStream());
+      for await (const chunk of chunker as AsyncIterable<Buffer>) {
+        stats.bytesRead += chunk.length;
+        o.progress?.add(chunk.length);
+        out.push(await addBlob(chunk));
+      }
+      return out;
+    };
+
+    yield indexLine({ t: 'h', format: FILES_INDEX_FORMAT, version: FILES_INDEX_VERSION, site: o.site, setId: o.setId, chunking: DEFAULT_CHUNK_SIZES });
+    let bytes = 0;
+    // Depth first, names sorted: the order readers check (comparePaths).
+    const walk = async function* (rel: string): AsyncGenerator<Buffer> {
+      const abs = rel === '' ? o.dir : join(o.dir, rel);
+      const names = (await readdir(abs)).sort();
+      for (const name of names) {
+        o.signal?.throwIfAborted();
+        const p = rel === '' ? name : `${rel}/${name}`;
+        const full = join(o.dir, p);
+        let st;
+        try {
+          st = await lstat(full, { bigint: true });
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+            o.logger.warn({ path: full }, 'a file vanished while the files were backed up: left out of this set');
+            continue;
+          }
+          throw err;
+        }
+        const type = st.isDirectory() ? 'd' : st.isFile() ? 'f' : st.isSymbolicLink() ? 'l' : st.isFIFO() ? 'FIFO' : st.isSocket() ? 'socket' : 'device';
+        const why = entryProblem(name, type);
+        if (why !== undefined) {
+          throw new TandemError('permanent', 'ARCHIVE_UNSUPPORTED_ENTRY', `${o.label}: cannot back up ${full}: ${why}`, {
+            hint: 'move or rename it out of the files directory (a standby would refuse the set): no set was committed',
+          });
+        }
+        const m = Number(st.mode & 0o7777n);
+        const mt = Number(st.mtimeNs / 1000n) / 1000;
+        if (type === 'd') {
+          stats.dirs++;
+          queue.push({ entry: { t: 'd', p, m, mt }, blobs: [] });
+          yield* flush();
+          yield* walk(p);
+        } else if (type === 'l') {
+          stats.links++;
+          queue.push({ entry: { t: 'l', p, m, mt, l: await readlink(full) }, blobs: [] });
+          yield* flush();
+        } else {
+          stats.files++;
+          const s = Number(st.size);
+          const ns = String(st.mtimeNs);
+          const ino = String(st.ino);
+          const cached = known.files.get(p);
+          let blobs: BlobLoc[];
+          let size = s;
+          if (cached && cached.s === s && cached.ns === ns && cached.ino === ino) blobs = cached.blobs;
+          else {
+            blobs = await readBlobs(full, s).catch((err: NodeJS.ErrnoException) => {
+              if (err.code === 'ENOENT') return null as unknown as BlobLoc[];
+              throw err;
+            });
+            if (blobs === null) {
+              o.logger.warn({ path: full }, 'a file vanished while the files were backed up: left out of this set');
+              stats.files--;
+              continue;
+            }
+            size = blobs.reduce((n, b) => n + b.length, 0);
+            if (size !== s) o.logger.warn({ path: full, size: s, read: size }, 'a file changed while it was backed up: the set has what was read');
+          }
+          bytes += size;
+          stats.bytes += size;
+          queue.push({ entry: { t: 'f', p, m, mt, s: size, b: [] }, blobs, ns, ino });
+          yield* flush();
+        }
+      }
+    };
+    try {
+      yield* walk('');
+      await makeRoom();
+      sealOpen();
+      for (const r of inFlight) await r.stored;
+      inFlight.length = 0;
+      yield* flush();
+      if (queue.length > 0) throw new TandemError('internal', 'FILES_QUEUE', `${queue.length} entries of the files index were never written`);
+      yield indexLine({ t: 'e', entries, objects: ordinals, bytes });
+    } finally {
+      // Nothing may still be uploading when the caller cleans up.
+      await Promise.allSettled(inFlight.map((r) => r.stored));
+    }
+  }
+
+  const source = Readable.from(produce(), { objectMode: false, highWaterMark: 1 << 16 });
+  return {
+    source,
+    stats,
+    async commitCache() {
+      if (!cacheOut) return;
+      cacheOut.end();
+      await finished(cacheOut);
+      const fh = await open(cacheNew, 'r');
+      await fh.sync().finally(() => fh.close());
+      await rename(cacheNew, cacheFile);
+    },
+    async discardCache() {
+      if (cacheOut) {
+        cacheOut.end();
+        await finished(cacheOut).catch(() => undefined);
+      }
+      await rm(cacheNew, { force: true });
+    },
+  };
+}

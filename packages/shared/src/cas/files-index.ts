@@ -1,0 +1,216 @@
+import type { Readable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
+import { TandemError } from '../errors.js';
+import { OBJECT_ID_PATTERN } from './object-id.js';
+import { MAX_PACK_PLAIN, type PackInfo } from './pack.js';
+import type { ChunkSizes } from './chunker.js';
+
+/**
+ * The files index: the `files` artifact of a set whose files are content objects (manifest version
+ * 2, artifact kind `files-index`). Newline-delimited JSON, compressed and encrypted like every
+ * artifact (and also to the files key's recipient, files-key.ts), covered by the signed manifest.
+ *
+ *   {"t":"h","format":"tandem-files-index","version":1,"site":..,"setId":..,"chunking":{min,avg,max}}
+ *   {"t":"o","id":..,"size":..,"sha256":..,"plain":..,"c":"none"|"deflate"}     a pack (pack.ts)
+ *   {"t":"d","p":"media","m":493,"mt":1700000000000.5}                           a directory
+ *   {"t":"f","p":"media/a.jpg","m":420,"mt":..,"s":1234,"b":[[0,0,1234,"<blob id>"]]}  a file: its
+ *        blobs in order, each [pack ordinal, offset, length, blob id]
+ *   {"t":"l","p":"media/cover.jpg","m":511,"mt":..,"l":"/mnt/shared/cover.jpg"}  a symlink, carried
+ *        as a link whatever its target
+ *   {"t":"e","entries":..,"objects":..,"bytes":..}                               the end
+ *
+ * A pack's line comes before the first entry that uses it (ordinals count "o" lines from 0). Entries
+ * are in depth-first order with the names of a directory sorted (comparePaths), each directory
+ * before what it holds: a reader checks every entry against the ones before it with memory in
+ * proportion to the depth of the tree and the number of packs, not the number of files.
+ */
+export const FILES_INDEX_FORMAT = 'tandem-files-index';
+export const FILES_INDEX_VERSION = 1;
+/** Names a set's files tree may not use: what tandem itself keeps beside or inside it. */
+export const RESERVED_NAME = /^\.tandem-/;
+const MAX_LINE = 1024 * 1024;
+
+export interface IndexHeader {
+  t: 'h';
+  format: typeof FILES_INDEX_FORMAT;
+  version: number;
+  site: string;
+  setId: string;
+  chunking: ChunkSizes;
+}
+export type IndexObject = { t: 'o' } & PackInfo;
+export type BlobRef = [pack: number, offset: number, length: number, id: string];
+export interface DirEntry { t: 'd'; p: string; m: number; mt: number }
+export interface FileEntry { t: 'f'; p: string; m: number; mt: number; s: number; b: BlobRef[] }
+export interface LinkEntry { t: 'l'; p: string; m: number; mt: number; l: string }
+export type TreeEntry = DirEntry | FileEntry | LinkEntry;
+export interface IndexEnd { t: 'e'; entries: number; objects: number; bytes: number }
+export type IndexLine = IndexHeader | IndexObject | TreeEntry | IndexEnd;
+
+export const indexLine = (l: IndexLine): Buffer => Buffer.from(`${JSON.stringify(l)}\n`);
+
+/** Component-wise order of '/'-separated paths: the order of a depth-first walk with sorted names. */
+export function comparePaths(a: string, b: string): number {
+  const pa = a.split('/');
+  const pb = b.split('/');
+  const n = Math.min(pa.length, pb.length);
+  for (let i = 0; i < n; i++) {
+    const x = pa[i]!;
+    const y = pb[i]!;
+    if (x !== y) return x < y ? -1 : 1;
+  }
+  return pa.length - pb.length;
+}
+
+/** Why a path may not be in an index, or undefined. */
+export function indexPathProblem(p: string): string | undefined {
+  if (typeof p !== 'string' || p === '') return 'is empty';
+  if (p.startsWith('/')) return 'is absolute';
+  if (p.includes('\0')) return 'contains a NUL byte';
+  for (const seg of p.split('/')) {
+    if (seg === '') return 'has an empty segment';
+    if (seg === '.' || seg === '..') return `contains '${seg}'`;
+    if (RESERVED_NAME.test(seg)) return `uses a name tandem reserves (${seg})`;
+  }
+  return undefined;
+}
+
+export interface ReadIndexOptions {
+  label: string;
+  site: string;
+  setId: string;
+  maxEntries: number;
+  maxBytes?: number;
+  /** Accept the index of any set of the site (the primary rebuilding its cache from the newest one). */
+  anySet?: boolean;
+}
+
+export interface IndexItem {
+  entry: TreeEntry;
+}
+
+/**
+ * The entries of an index from its plain bytes, every line checked against the ones before it: a
+ * hostile index (paths that escape or repeat, an entry under a symlink or a file, blobs outside
+ * their packs, a pack referenced before its line, a missing end) is refused naming the line.
+ * `packs` grows as the pack lines pass.
+ */
+export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Readable, o: ReadIndexOptions, packs: PackInfo[] = []): AsyncGenerator<TreeEntry, IndexEnd> {
+  let lineNo = 0;
+  let header: IndexHeader | undefined;
+  let end: IndexEnd | undefined;
+  let entries = 0;
+  let bytes = 0;
+  let prev: string | undefined;
+  /** The directories enclosing the current entry ('' is the root). */
+  const stack: string[] = [''];
+  const fail = (why: string): never => {
+    throw new TandemError('integrity', 'INDEX_INVALID', `${o.label}: line ${lineNo} of the files index: ${why}`, {
+      hint: 'the index is signed, so this set was made by a faulty primary: make a new set; nothing was written to the live files',
+    });
+  };
+  let rest = '';
+  const decoder = new StringDecoder('utf8');
+  const lines = async function* (): AsyncGenerator<string> {
+    for await (const piece of plain as AsyncIterable<Buffer | string>) {
+      rest += typeof piece === 'string' ? piece : decoder.write(piece);
+      let from = 0;
+      let nl: number;
+      while ((nl = rest.indexOf('\n', from)) >= 0) {
+        yield rest.slice(from, nl);
+        from = nl + 1;
+      }
+      rest = rest.slice(from);
+      if (rest.length > MAX_LINE) {
+        lineNo++;
+        fail(`a line longer than ${MAX_LINE} bytes`);
+      }
+    }
+    rest += decoder.end();
+    if (rest !== '') yield rest;
+  };
+  for await (const text of lines()) {
+    lineNo++;
+    if (end) fail('a line after the end line');
+    let l: IndexLine;
+    try {
+      l = JSON.parse(text) as IndexLine;
+    } catch {
+      return fail('not JSON');
+    }
+    if (l === null || typeof l !== 'object') fail('not an object');
+    if (header === undefined) {
+      if (l.t !== 'h' || l.format !== FILES_INDEX_FORMAT) fail('no header line');
+      const h = l as IndexHeader;
+      if (h.version !== FILES_INDEX_VERSION) fail(`version ${h.version}, this tandem reads version ${FILES_INDEX_VERSION}: ${h.version > FILES_INDEX_VERSION ? 'upgrade this agent' : 'unknown'}`);
+      if (h.site !== o.site || (h.setId !== o.setId && !o.anySet)) fail(`it says site ${JSON.stringify(h.site)}, set ${JSON.stringify(h.setId)}; the manifest is of site ${JSON.stringify(o.site)}, set ${o.setId}`);
+      header = h;
+      continue;
+    }
+    switch (l.t) {
+      case 'o': {
+        const ok =
+          typeof l.id === 'string' && OBJECT_ID_PATTERN.test(l.id) && isCount(l.size) && typeof l.sha256 === 'string' && /^[0-9a-f]{64}$/.test(l.sha256) &&
+          isCount(l.plain) && l.plain <= MAX_PACK_PLAIN && (l.c === 'none' || l.c === 'deflate');
+        if (!ok) fail('a pack line with missing or invalid fields');
+        packs.push({ id: l.id, size: l.size, sha256: l.sha256, plain: l.plain, c: l.c });
+        break;
+      }
+      case 'd':
+      case 'f':
+      case 'l': {
+        const why = indexPathProblem(l.p);
+        if (why !== undefined) fail(`path ${JSON.stringify(l.p)} ${why}`);
+        if (prev !== undefined && comparePaths(prev, l.p) >= 0) fail(`path ${JSON.stringify(l.p)} is out of order or repeated (after ${JSON.stringify(prev)})`);
+        prev = l.p;
+        if (!Number.isInteger(l.m) || l.m < 0 || l.m > 0o7777) fail(`${JSON.stringify(l.p)}: mode ${l.m} is not a permission mode`);
+        if (typeof l.mt !== 'number' || !Number.isFinite(l.mt)) fail(`${JSON.stringify(l.p)}: no valid mtime`);
+        const slash = l.p.lastIndexOf('/');
+        const parent = slash < 0 ? '' : l.p.slice(0, slash);
+        while (stack.length > 1 && stack.at(-1) !== parent) stack.pop();
+        if (stack.at(-1) !== parent) fail(`${JSON.stringify(l.p)}: its directory ${JSON.stringify(parent)} is not a directory entry before it`);
+        if (++entries > o.maxEntries) fail(`more than ${o.maxEntries} entries (limits.maxEntries)`);
+        if (l.t === 'd') stack.push(l.p);
+        else if (l.t === 'l') {
+          if (typeof l.l !== 'string' || l.l === '' || l.l.includes('\0')) fail(`${JSON.stringify(l.p)}: a symlink without a valid target`);
+        } else {
+          if (!isCount(l.s) || !Array.isArray(l.b)) fail(`${JSON.stringify(l.p)}: a file without a valid size or blob list`);
+          let sum = 0;
+          for (const ref of l.b) {
+            if (!Array.isArray(ref) || ref.length !== 4) fail(`${JSON.stringify(l.p)}: a blob reference is not [pack, offset, length, id]`);
+            const [pack, off, len, id] = ref;
+            const info = Number.isInteger(pack) ? packs[pack] : undefined;
+            if (info === undefined) fail(`${JSON.stringify(l.p)}: refers to pack ${pack}, which no line before it describes`);
+            if (!isCount(off) || !isCount(len) || len === 0 || off + len > info!.plain) fail(`${JSON.stringify(l.p)}: a blob outside its pack (${off}+${len} of ${info!.plain} bytes)`);
+            if (typeof id !== 'string' || !OBJECT_ID_PATTERN.test(id)) fail(`${JSON.stringify(l.p)}: a blob id that is not one`);
+            sum += len;
+          }
+          if (sum !== l.s) fail(`${JSON.stringify(l.p)}: its blobs hold ${sum} bytes, its size says ${l.s}`);
+          bytes += l.s;
+          if (o.maxBytes !== undefined && bytes > o.maxBytes) fail(`more than ${o.maxBytes} bytes of file data (limits.maxBytes, or the free space where they go)`);
+        }
+        yield l;
+        break;
+      }
+      case 'e':
+        if (l.entries !== entries || l.objects !== packs.length || l.bytes !== bytes) {
+          fail(`the end line counts ${l.entries} entries, ${l.objects} packs, ${l.bytes} bytes; the index holds ${entries}, ${packs.length}, ${bytes}`);
+        }
+        end = l;
+        break;
+      default:
+        fail(`unknown line type ${JSON.stringify((l as { t?: unknown }).t)}`);
+    }
+  }
+  if (header === undefined) {
+    lineNo = 0;
+    fail('empty');
+  }
+  if (!end) {
+    lineNo++;
+    fail('no end line (truncated)');
+  }
+  return end!;
+}
+
+const isCount = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;

@@ -1,0 +1,159 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Transform } from 'node:stream';
+import { promisify } from 'node:util';
+import { deflateRaw, deflateRawSync, inflateRawSync } from 'node:zlib';
+import { createAgeDecryptStream, createAgeEncryptStream } from '../crypto/age/index.js';
+import { TandemError } from '../errors.js';
+import { objectId } from './object-id.js';
+
+/**
+ * A pack: the one kind of content object. Its plaintext is blobs (a small file whole, or one chunk
+ * of a large file, chunker.ts) laid end to end; it is stored compressed when that helps and
+ * encrypted to the site's recipients, under `<site>/objects/xx/<id>` (object-id.ts).
+ *
+ * - Packing: blobs are collected until the pack holds PACK_TARGET bytes, so 100,000 thumbnails are
+ *   ~a hundred PUTs, not 100,000; a chunk of a large file (≤ 4 MiB) is packed like any blob. A pack's
+ *   plaintext is at most MAX_PACK_PLAIN (the target plus the largest chunk).
+ * - Id: HMAC of the pack's blob ids in order (each blob id is the HMAC of its bytes): a keyed hash
+ *   of the plaintext, without hashing every byte twice. An object is never replaced: when the id is
+ *   taken (the same blobs packed by a backup that did not know of it), the next attempt's id is used
+ *   (packId). A standby checks a pack by its signed SHA-256 and each blob by its id.
+ * - Compression: raw deflate at level 1 (in the thread pool), only when a 64 KiB sample of the pack
+ *   shrinks below 90%: media does not compress and is not made to try.
+ * - Reading (openPack): the stored bytes must have the size and SHA-256 the signed index lists
+ *   before a byte is decrypted; the plaintext is inflated to exactly the signed plain size, never
+ *   more; then each blob is checked against its id (blobAt) before it is used.
+ */
+export const PACK_TARGET = 8 * 1024 * 1024;
+export const MAX_PACK_PLAIN = 16 * 1024 * 1024;
+const SAMPLE = 64 * 1024;
+const deflateRawAsync = promisify(deflateRaw);
+
+export type PackCompression = 'none' | 'deflate';
+
+/** What the index says of a pack: enough to fetch and check it without trusting the filestore. */
+export interface PackInfo {
+  id: string;
+  /** Stored bytes (encrypted, maybe compressed). */
+  size: number;
+  /** SHA-256 of the stored bytes, hex. */
+  sha256: string;
+  /** Bytes of the plaintext (the blobs end to end). */
+  plain: number;
+  c: PackCompression;
+}
+
+export interface PackedBlob {
+  id: string;
+  offset: number;
+  length: number;
+}
+
+export interface SealedPack {
+  info: PackInfo;
+  stored: Buffer;
+  blobs: PackedBlob[];
+}
+
+export async function runTransform(t: Transform, input: Buffer): Promise<Buffer> {
+  const out: Buffer[] = [];
+  const done = new Promise<void>((resolve, reject) => {
+    t.on('data', (c: Buffer) => out.push(c));
+    t.on('end', resolve);
+    t.on('error', reject);
+  });
+  t.end(input);
+  await done;
+  return out.length === 1 ? out[0]! : Buffer.concat(out);
+}
+
+/**
+ * `attempt` > 0 only when an object of the plain id exists already: stored bytes are never replaced
+ * (an earlier set's signed index lists their SHA-256, and age output differs at every sealing), so
+ * the pack takes the next id instead.
+ */
+export function packId(hmacKey: Buffer, blobIds: string[], attempt = 0): string {
+  const parts = [Buffer.from('tandem-pack-v1\0'), ...blobIds.map((id) => Buffer.from(id, 'hex'))];
+  if (attempt > 0) parts.push(Buffer.from(`\0${attempt}`));
+  return objectId(hmacKey, Buffer.concat(parts));
+}
+
+/** Whether deflate is worth it for this plaintext (a sample from its middle, cheap). */
+export function compressible(plain: Buffer): boolean {
+  if (plain.length < 512) return false;
+  const start = plain.length > SAMPLE ? Math.floor((plain.length - SAMPLE) / 2) : 0;
+  const sample = plain.subarray(start, start + SAMPLE);
+  return deflateRawSync(sample, { level: 1 }).length < sample.length * 0.9;
+}
+
+/** Seals blobs (each with its id) into a pack; recipients null: the set is unencrypted. */
+export async function sealPack(blobs: Array<{ id: string; data: Buffer }>, o: { hmacKey: Buffer; recipients: string[] | null; attempt?: number }): Promise<SealedPack> {
+  const placed: PackedBlob[] = [];
+  let offset = 0;
+  for (const b of blobs) {
+    placed.push({ id: b.id, offset, length: b.data.length });
+    offset += b.data.length;
+  }
+  if (offset > MAX_PACK_PLAIN) throw new RangeError(`pack of ${offset} bytes is over the ${MAX_PACK_PLAIN} limit`);
+  const plain = blobs.length === 1 ? blobs[0]!.data : Buffer.concat(blobs.map((b) => b.data), offset);
+  const deflate = compressible(plain);
+  const body = deflate ? await deflateRawAsync(plain, { level: 1 }) : plain;
+  const stored = o.recipients ? await runTransform(createAgeEncryptStream(o.recipients), body) : body;
+  const info: PackInfo = {
+    id: packId(o.hmacKey, placed.map((b) => b.id), o.attempt),
+    size: stored.length,
+    sha256: createHash('sha256').update(stored).digest('hex'),
+    plain: offset,
+    c: deflate ? 'deflate' : 'none',
+  };
+  return { info, stored: stored === plain ? Buffer.from(stored) : stored, blobs: placed };
+}
+
+/**
+ * The plaintext of a stored pack, after its size and SHA-256 matched the signed index's: only then
+ * decrypted (unless the set is unencrypted), then inflated to exactly the signed plain size.
+ */
+export async function openPack(stored: Buffer, info: PackInfo, o: { identities: string[] | null; label: string }): Promise<Buffer> {
+  if (stored.length !== info.size) {
+    throw new TandemError('integrity', 'OBJECT_SIZE', `${o.label}: object ${info.id} has ${stored.length} bytes, the signed index says ${info.size} (truncated or replaced)`);
+  }
+  const digest = createHash('sha256').update(stored).digest();
+  if (!timingSafeEqual(digest, Buffer.from(info.sha256, 'hex'))) {
+    throw new TandemError('integrity', 'OBJECT_CHECKSUM', `${o.label}: object ${info.id} does not match the SHA-256 in the signed index: it was altered or swapped`, {
+      hint: 'run `tandem-standby verify --read-data` to check every object of the set; make a new set on the primary',
+    });
+  }
+  let body: Buffer;
+  try {
+    body = o.identities ? await runTransform(createAgeDecryptStream(o.identities, { label: `${o.label}: object ${info.id}` }), stored) : stored;
+  } catch (err) {
+    throw new TandemError('integrity', 'OBJECT_DECRYPT', `${o.label}: object ${info.id} matched its checksum but could not be decrypted: ${(err as Error).message}`, { cause: err });
+  }
+  let plain: Buffer;
+  if (info.c === 'none') plain = body;
+  else {
+    try {
+      plain = inflateRawSync(body, { maxOutputLength: Math.max(1, info.plain) });
+    } catch (err) {
+      throw new TandemError('integrity', 'OBJECT_DECOMPRESS', `${o.label}: object ${info.id} does not inflate to its signed plain size ${info.plain}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  if (plain.length !== info.plain) {
+    throw new TandemError('integrity', 'OBJECT_PLAIN_SIZE', `${o.label}: object ${info.id} holds ${plain.length} plain bytes, the signed index says ${info.plain}`);
+  }
+  return plain;
+}
+
+/** One blob of an opened pack, after its bytes matched its id (the HMAC under the files key). */
+export function blobAt(plain: Buffer, blob: PackedBlob, hmacKey: Buffer, label: string): Buffer {
+  if (blob.offset + blob.length > plain.length) {
+    throw new TandemError('integrity', 'OBJECT_BLOB_RANGE', `${label}: blob ${blob.id} lies outside its object (${blob.offset}+${blob.length} of ${plain.length} bytes)`);
+  }
+  const data = plain.subarray(blob.offset, blob.offset + blob.length);
+  if (!timingSafeEqual(Buffer.from(objectId(hmacKey, data), 'hex'), Buffer.from(blob.id, 'hex'))) {
+    throw new TandemError('integrity', 'OBJECT_BLOB_MISMATCH', `${label}: the bytes of blob ${blob.id} do not match its id (a pack made with another files key, or altered before it was encrypted)`, {
+      hint: 'check that keys.filesKeyFile is the same files.agekey on the primary and on this standby',
+    });
+  }
+  return data;
+}

@@ -1,0 +1,394 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream, type Stats, type WriteStream } from 'node:fs';
+import { chmod, lstat, lutimes, mkdir, open, readdir, readFile, readlink, rename, rm, symlink, utimes } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { finished } from 'node:stream/promises';
+import {
+  OPEN_NEW_FILE,
+  TandemError,
+  blobAt,
+  formatBytes,
+  freeBytes,
+  objectKey,
+  openPack,
+  readFilesIndex,
+  isNotFound,
+  type FileEntry,
+  type FilesKey,
+  type Filestore,
+  type Logger,
+  type Manifest,
+  type PackInfo,
+  type ArtifactEntry,
+} from '@tandem/shared';
+import { artifactLabel, decodeStored, type StoredInput } from './artifact-stream.js';
+import { faultPoint } from './fault.js';
+import type { Names } from './targets.js';
+
+/**
+ * Applying a set whose files are content objects (cas/), at the cost of what changed.
+ *
+ * Staging (nothing live changes): the verified index is read once; a file is unchanged when the
+ * standby's record (`files-record.ndjson` in the state dir, written by the last apply of this kind)
+ * says this apply's predecessor wrote these very blobs at that path, and the live file still has the
+ * inode, ctime and size it had then (ctime cannot be set back: any later change to the file shows).
+ * Every other file is built in full in `<files>.tandem-new/data/` from the packs it needs: each pack
+ * downloaded, checked against the size and SHA-256 of the signed index before a byte is decrypted,
+ * inflated to exactly its signed plain size, each blob checked against its id, a few packs fetched
+ * ahead. The plan (`plan.ndjson` beside) lists, in index order after the removals, what the switch does.
+ *
+ * Switching (journaled like every part; run again from the start by a roll-forward, every step
+ * idempotent): paths the set does not have are removed; directories made (a non-directory in their
+ * place removed first, so no later step goes through a symlink it did not just check); each new or
+ * changed file renamed into place, so a reader sees the old file or the new one, never a part;
+ * symlinks made beside and renamed over; modes and mtimes set, directories' last, deepest first; the
+ * record rewritten. Time and bytes are in proportion to the files that changed, not to the tree
+ * (lstat of each file and readdir of each directory aside).
+ *
+ * Why update in place rather than build a whole new tree and swap it (as for the tar format): a
+ * new tree costs a copy or a hard link of every unchanged file and a removal of the old tree, in
+ * proportion to the tree; with 50 GB of media that is most of an apply, for a 1% change. The price:
+ * during the switch some files are the new set's and some the old's, which the site in backup mode
+ * (the sentinel is written before) does not serve from, and a kill is finished by the roll-forward.
+ */
+export const FILES_RECORD = 'files-record.ndjson';
+const PREFETCH = 3;
+const HELD_PACKS = 8;
+
+interface RecordLine {
+  p: string;
+  /** Digest of the file's blob ids. */
+  d: string;
+  s: number;
+  ino: string;
+  ct: string;
+}
+
+type PlanOp =
+  | { o: 'x'; p: string }
+  | { o: 'd'; p: string; m: number; mt: number }
+  | { o: 'f'; p: string; n: number; m: number; mt: number; d: string; s: number }
+  | { o: 'm'; p: string; m: number; mt: number }
+  | { o: 'l'; p: string; n: number; l: string; mt: number };
+
+const blobsDigest = (e: FileEntry): string => createHash('sha256').update(e.b.map((b) => b[3]).join(',')).digest('hex').slice(0, 32);
+const recordFile = (stateDir: string) => join(stateDir, FILES_RECORD);
+
+async function lstatOrNull(p: string): Promise<Stats | null> {
+  return lstat(p).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return null;
+    throw err;
+  });
+}
+
+async function lstatBig(p: string) {
+  return lstat(p, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return null;
+    throw err;
+  });
+}
+
+/** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
+async function readRecord(stateDir: string, live: string, logger: Logger): Promise<Map<string, RecordLine>> {
+  const out = new Map<string, RecordLine>();
+  let text: string;
+  try {
+    text = await readFile(recordFile(stateDir), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return out;
+    throw err;
+  }
+  try {
+    const lines = text.split('\n');
+    const head = JSON.parse(lines[0] ?? '') as { live?: string };
+    if (head.live !== live) return out;
+    for (const line of lines.slice(1)) if (line !== '') {
+      const r = JSON.parse(line) as RecordLine;
+      out.set(r.p, r);
+    }
+  } catch (err) {
+    logger.warn({ err, record: recordFile(stateDir) }, 'the files record cannot be read: every file of the set is written again');
+    out.clear();
+  }
+  return out;
+}
+
+export interface StageFilesOptions {
+  input: StoredInput;
+  filestore: Filestore;
+  manifest: Manifest;
+  entry: ArtifactEntry;
+  identities: string[];
+  filesKey: FilesKey | null;
+  names: Names;
+  stateDir: string;
+  limits: { maxEntries: number; maxBytes?: number };
+  logger: Logger;
+  signal?: AbortSignal;
+}
+
+export interface StagedFiles {
+  files: number;
+  changed: number;
+  removed: number;
+  bytesWritten: number;
+  packs: number;
+}
+
+export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFiles> {
+  const { manifest, entry, names, logger } = o;
+  const label = artifactLabel(manifest, entry);
+  if (o.filesKey === null) {
+    throw new TandemError('config', 'FILES_KEY_MISSING', `set ${manifest.setId} stores its files as content objects, and this standby has no files key (keys.filesKeyFile)`, {
+      hint: "copy files.agekey from the primary's keys directory (mode 0600) and name it as keys.filesKeyFile in this standby's config",
+    });
+  }
+  const filesKey = o.filesKey;
+  await rm(names.next, { recursive: true, force: true });
+  await mkdir(join(names.next, 'data'), { recursive: true, mode: 0o700 });
+  const record = await readRecord(o.stateDir, names.live, logger);
+  const liveExists = (await lstatOrNull(names.live))?.isDirectory() === true;
+
+  // Pass 1: the plan, from the index and what the live tree has.
+  const ops: PlanOp[] = [];
+  const kept: RecordLine[] = [];
+  const toWrite: Array<{ e: FileEntry; n: number }> = [];
+  const indexPaths = new Set<string>();
+  const packs: PackInfo[] = [];
+  let files = 0;
+  let n = 0;
+  const free = await freeBytes(dirname(names.next));
+  const maxBytes = Math.min(o.limits.maxBytes ?? Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+  await decodeStored(
+    o.input,
+    o.identities,
+    async (plain) => {
+      const entries = readFilesIndex(plain, { label, site: manifest.site, setId: manifest.setId, maxEntries: o.limits.maxEntries, maxBytes }, packs);
+      for await (const e of entries) {
+        indexPaths.add(e.p);
+        if (e.t === 'd') ops.push({ o: 'd', p: e.p, m: e.m, mt: e.mt });
+        else if (e.t === 'l') ops.push({ o: 'l', p: e.p, n: n++, l: e.l, mt: e.mt });
+        else {
+          files++;
+          const d = blobsDigest(e);
+          const rec = record.get(e.p);
+          const st = rec && liveExists ? await lstatBig(join(names.live, e.p)) : null;
+          if (rec && st && st.isFile() && rec.d === d && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === e.s) {
+            kept.push(rec);
+            if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) / 1000 !== e.mt) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
+          } else {
+            const k = n++;
+            toWrite.push({ e, n: k });
+            ops.push({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s });
+          }
+        }
+      }
+    },
+    { signal: o.signal },
+  );
+
+  // What the live tree has that the set does not: removed first in the switch.
+  const removals: PlanOp[] = [];
+  if (liveExists) {
+    const walk = async (rel: string): Promise<void> => {
+      for (const d of await readdir(rel === '' ? names.live : join(names.live, rel), { withFileTypes: true })) {
+        const p = rel === '' ? d.name : `${rel}/${d.name}`;
+        if (!indexPaths.has(p)) removals.push({ o: 'x', p });
+        else if (d.isDirectory()) await walk(p);
+      }
+    };
+    await walk('');
+  }
+  indexPaths.clear();
+
+  const need = toWrite.reduce((s, w) => s + w.e.s, 0);
+  if (free !== undefined && need > free) {
+    throw new TandemError('permanent', 'DISK_FULL', `disk full while staging set ${manifest.setId} (files): ${toWrite.length} new or changed files need ${formatBytes(need)}, ${formatBytes(free)} are free in ${dirname(names.next)}: the staging was removed and the live site is untouched`, {
+      hint: `free space on the file system of ${names.live}`,
+    });
+  }
+
+  // Pass 2: the new and changed files, built in full from their packs.
+  const uses = new Map<number, number>();
+  const order: number[] = [];
+  for (const w of toWrite) for (const b of w.e.b) {
+    if (!uses.has(b[0])) order.push(b[0]);
+    uses.set(b[0], (uses.get(b[0]) ?? 0) + 1);
+  }
+  const held = new Map<number, Promise<Buffer>>();
+  let next = 0;
+  let fetched = 0;
+  const fetchPack = (ordinal: number): Promise<Buffer> => {
+    const info = packs[ordinal]!;
+    const p = (async () => {
+      const key = objectKey(manifest.site, info.id);
+      let got;
+      try {
+        got = await o.filestore.get(key, { signal: o.signal });
+      } catch (err) {
+        if (isNotFound(err)) {
+          throw new TandemError('integrity', 'OBJECT_MISSING', `${label}: object ${info.id} is missing from ${o.filestore.description}: the signed index lists it, the filestore does not have it`, { cause: err });
+        }
+        throw err;
+      }
+      if (got.info.size !== info.size) {
+        got.body.destroy();
+        throw new TandemError('integrity', 'OBJECT_SIZE', `${label}: object ${info.id} has ${got.info.size} bytes, the signed index says ${info.size} (truncated or replaced)`);
+      }
+      const pieces: Buffer[] = [];
+      let len = 0;
+      for await (const c of got.body as AsyncIterable<Buffer>) {
+        len += c.length;
+        if (len > info.size) {
+          got.body.destroy();
+          break;
+        }
+        pieces.push(c);
+      }
+      fetched++;
+      return openPack(Buffer.concat(pieces), info, { identities: entry.encryption === 'age' ? o.identities : null, label });
+    })();
+    p.catch(() => undefined);
+    return p;
+  };
+  const prefetch = () => {
+    while (next < order.length && held.size <= PREFETCH) {
+      const ord = order[next++]!;
+      if (!held.has(ord)) held.set(ord, fetchPack(ord));
+    }
+  };
+  const packPlain = async (ord: number): Promise<Buffer> => {
+    let p = held.get(ord);
+    if (!p) {
+      if (held.size >= HELD_PACKS) held.delete(held.keys().next().value!);
+      p = fetchPack(ord);
+      held.set(ord, p);
+    }
+    return p;
+  };
+  let bytesWritten = 0;
+  try {
+    for (const w of toWrite) {
+      o.signal?.throwIfAborted();
+      prefetch();
+      const fh = await open(join(names.next, 'data', String(w.n)), OPEN_NEW_FILE, 0o600);
+      try {
+        for (const [ord, off, len, id] of w.e.b) {
+          const plain = await packPlain(ord);
+          const data = blobAt(plain, { id, offset: off, length: len }, filesKey.hmacKey, `${label}: ${JSON.stringify(w.e.p)}`);
+          await fh.write(data);
+          bytesWritten += len;
+          const left = (uses.get(ord) ?? 1) - 1;
+          uses.set(ord, left);
+          if (left === 0) held.delete(ord);
+        }
+      } finally {
+        await fh.close();
+      }
+    }
+  } finally {
+    await Promise.allSettled(held.values());
+  }
+  faultPoint('files-staged');
+
+  // The plan: removals first, then the entries in index order.
+  const plan = createWriteStream(join(names.next, 'plan.ndjson'), { mode: 0o600 });
+  for (const op of [...removals, ...ops]) plan.write(`${JSON.stringify(op)}\n`);
+  plan.end();
+  await finished(plan);
+  const keptOut = createWriteStream(join(names.next, 'kept.ndjson'), { mode: 0o600 });
+  for (const r of kept) keptOut.write(`${JSON.stringify(r)}\n`);
+  keptOut.end();
+  await finished(keptOut);
+  logger.info({ files, changed: toWrite.length, removed: removals.length, bytesWritten, packs: fetched }, 'files staged: only what changed');
+  return { files, changed: toWrite.length, removed: removals.length, bytesWritten, packs: fetched };
+}
+
+async function* lines(file: string): AsyncGenerator<string> {
+  const rl = createInterface({ input: createReadStream(file), crlfDelay: Infinity });
+  for await (const l of rl) if (l !== '') yield l;
+}
+
+/** Whatever is at `p` that is not a directory goes, then a directory is there (mode m). */
+async function ensureDir(p: string, m: number): Promise<void> {
+  const st = await lstatOrNull(p);
+  if (st && !st.isDirectory()) await rm(p, { recursive: true, force: true });
+  if (!st || !st.isDirectory()) await mkdir(p, { mode: m });
+  await chmod(p, m);
+}
+
+/**
+ * The switch of the files part (see the top of this file): idempotent, so that a roll-forward after
+ * a kill runs it again from the start.
+ */
+export async function switchFilesObjects(names: Names, stateDir: string, logger: Logger): Promise<'updated'> {
+  const live = names.live;
+  await mkdir(live, { recursive: true });
+  const dirs: Array<{ p: string; mt: number }> = [];
+  const recNew = `${recordFile(stateDir)}.new`;
+  const rec: WriteStream = createWriteStream(recNew, { mode: 0o600 });
+  rec.write(`${JSON.stringify({ live })}\n`);
+  let renamed = 0;
+  for await (const line of lines(join(names.next, 'plan.ndjson'))) {
+    const op = JSON.parse(line) as PlanOp;
+    const target = join(live, op.p);
+    switch (op.o) {
+      case 'x':
+        await rm(target, { recursive: true, force: true });
+        break;
+      case 'd':
+        await ensureDir(target, op.m);
+        dirs.push({ p: target, mt: op.mt });
+        break;
+      case 'f': {
+        const staged = join(names.next, 'data', String(op.n));
+        const st = await lstatOrNull(staged);
+        if (st) {
+          const there = await lstatOrNull(target);
+          if (there?.isDirectory()) await rm(target, { recursive: true, force: true });
+          await chmod(staged, op.m);
+          await utimes(staged, op.mt / 1000, op.mt / 1000);
+          await rename(staged, target);
+          renamed++;
+          faultPoint('files-renamed-one');
+        } else if (!(await lstatOrNull(target))) {
+          throw new TandemError('internal', 'FILES_SWITCH_LOST', `neither ${target} nor its staged copy ${staged} exists`, { hint: 'apply the set again with --force' });
+        }
+        const now = await lstat(target, { bigint: true });
+        rec.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: String(now.ino), ct: String(now.ctimeNs) } satisfies RecordLine)}\n`);
+        break;
+      }
+      case 'm':
+        await chmod(target, op.m);
+        await utimes(target, op.mt / 1000, op.mt / 1000);
+        break;
+      case 'l': {
+        const there = await lstatOrNull(target);
+        if (there?.isSymbolicLink() && (await readlink(target)) === op.l) break;
+        if (there?.isDirectory()) await rm(target, { recursive: true, force: true });
+        const tmp = join(names.next, 'data', `l${op.n}`);
+        await rm(tmp, { force: true });
+        await symlink(op.l, tmp);
+        await lutimes(tmp, op.mt / 1000, op.mt / 1000);
+        await rename(tmp, target);
+        break;
+      }
+    }
+  }
+  // Kept files: as they were (their inode and ctime did not change), after the written ones.
+  for await (const line of lines(join(names.next, 'kept.ndjson'))) {
+    const r = JSON.parse(line) as RecordLine;
+    const now = await lstatBig(join(live, r.p));
+    if (now) rec.write(`${JSON.stringify({ ...r, ino: String(now.ino), ct: String(now.ctimeNs) })}\n`);
+  }
+  for (const d of dirs.reverse()) await utimes(d.p, d.mt / 1000, d.mt / 1000);
+  rec.end();
+  await finished(rec);
+  await rename(recNew, recordFile(stateDir));
+  logger.debug({ renamed }, 'files switched in place');
+  return 'updated';
+}
+
+/** After an apply of the tar format the record no longer describes the live files. */
+export const forgetFilesRecord = (stateDir: string): Promise<void> => rm(recordFile(stateDir), { force: true });

@@ -1,0 +1,108 @@
+/**
+ * Files as content objects (keys.filesKeyFile on both agents): the round trip through a real
+ * filestore with the real CLIs, what a second set costs (only what changed is read, uploaded,
+ * downloaded and written), and the switch in place.
+ */
+import { readFile, readdir, rm, writeFile, appendFile, rename, mkdir, stat } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { apply, backup, createStandbySite, dropSiteDatabases, removeStandbySite, show, type StandbySite } from './support/standby-helpers.js';
+import { ensurePostgres, mutateSiteTree, runPrimary, snapshotTree, tmpDir } from './support/site.js';
+
+async function listObjects(s: StandbySite): Promise<string[]> {
+  const fs = s.openStore();
+  try {
+    return (await fs.list(`${s.site}/objects/`)).map((o) => o.key);
+  } finally {
+    await fs.close();
+  }
+}
+
+async function backupJson(s: StandbySite, extra: string[] = []) {
+  const r = await runPrimary(['backup', '--config', s.primary.configFile, '--json', ...extra], { env: s.env });
+  if (r.code !== 0) throw new Error(`backup failed: ${r.stderr}`);
+  if (process.env.DEBUG_OBJECTS) console.log(r.stderr);
+  return JSON.parse(r.stdout) as { setId: string; artifacts: Array<{ name: string; kind: string; file: string }>; files?: { filesRead: number; blobsUploaded: number; newBytes: number; packsUploaded: number; files: number; cache: string } };
+}
+
+describe('files as content objects', () => {
+  let root: string;
+  let s: StandbySite;
+
+  beforeAll(async () => {
+    await ensurePostgres();
+    root = await tmpDir('tandem-objects-');
+    s = await createStandbySite(root, { filesObjects: true });
+  }, 60_000);
+
+  afterAll(async () => {
+    if (s) await dropSiteDatabases(s);
+    await removeStandbySite(s, root);
+  });
+
+  it('backs up the files as an index and packs, and a standby applies them exactly', async () => {
+    const r = await backupJson(s);
+    const files = r.artifacts.find((a) => a.name === 'files')!;
+    expect(files.kind).toBe('files-index');
+    expect(files.file).toBe('files.index.zst.age');
+    expect(r.files!.cache).toBe('none');
+    expect(r.files!.filesRead).toBe(r.files!.files);
+    const objects = await listObjects(s);
+    expect(objects.length).toBeGreaterThan(0);
+    // Small files are packed: far fewer objects than files.
+    expect(objects.length).toBeLessThan(r.files!.files);
+    for (const k of objects) expect(k).toMatch(new RegExp(`^${s.site}/objects/[0-9a-f]{2}/[0-9a-f]{64}$`));
+
+    const a = await apply(s);
+    expect(a.code, show(a)).toBe(0);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+  }, 120_000);
+
+  it('a second set reads and uploads only what changed, and the standby writes only that', async () => {
+    const before = await listObjects(s);
+    const big = join(s.primary.paths.files, 'big', 'random-1mb.bin');
+    const bigIno = (await stat(join(s.standby.paths.files, 'big', 'random-1mb.bin'))).ino;
+    await mutateSiteTree(join(s.primary.paths.files, '..'));
+    await writeFile(join(s.primary.paths.files, 'big', 'video.bin'), randomBytes(6 * 1024 * 1024));
+    const r1 = await backupJson(s);
+    expect(r1.files!.cache).toBe('used');
+    // Two new files, one edited, one new large file; not the 1 MiB file or the others.
+    expect(r1.files!.filesRead).toBe(3);
+    const a1 = await apply(s);
+    expect(a1.code, show(a1)).toBe(0);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    // An unchanged file was not rewritten: same inode.
+    expect((await stat(join(s.standby.paths.files, 'big', 'random-1mb.bin'))).ino).toBe(bigIno);
+
+    // Append to the large file: only its last chunk(s) are new.
+    await appendFile(join(s.primary.paths.files, 'big', 'video.bin'), randomBytes(1000));
+    const r2 = await backupJson(s);
+    expect(r2.files!.filesRead).toBe(1);
+    expect(r2.files!.newBytes).toBeLessThan(5 * 1024 * 1024);
+    expect(r2.files!.newBytes).toBeGreaterThan(1000);
+    const a2 = await apply(s);
+    expect(a2.code, show(a2)).toBe(0);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect((await listObjects(s)).length).toBeGreaterThan(before.length);
+    void big;
+  }, 180_000);
+
+  it('types that change place (a file becomes a directory, a directory a symlink) and --reread', async () => {
+    const f = s.primary.paths.files;
+    await rm(join(f, 'docs'), { recursive: true });
+    await writeFile(join(f, 'docs'), 'now a file\n');
+    await rm(join(f, 'bin', 'resize.sh'));
+    await mkdir(join(f, 'bin', 'resize.sh'));
+    await writeFile(join(f, 'bin', 'resize.sh', 'inside'), 'x');
+    await rename(join(f, 'empty-dir'), join(f, 'empty-dir-renamed'));
+    const r = await backupJson(s, ['--reread']);
+    expect(r.files!.filesRead).toBe(r.files!.files);
+    expect(r.files!.blobsUploaded).toBeLessThan(3);
+    const a = await apply(s);
+    expect(a.code, show(a)).toBe(0);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect(await readdir(join(root, 'standby'))).not.toContain('files.tandem-new');
+    void readFile;
+  }, 120_000);
+});
