@@ -173,16 +173,24 @@ async function loadKnown(o: FilesObjectsOptions): Promise<{ files: Map<string, C
   }
   files.clear();
   blobs.clear();
-  const plain = o.rebuild ? await o.rebuild() : null;
-  if (plain === null) return { files, blobs, source: 'none' };
-  const packs: PackInfo[] = [];
-  const records: PackRecord[] = [];
-  const gen = readFilesIndex(plain, { label: 'the newest set\'s files index', site: o.site, setId: '*', maxEntries: Number.MAX_SAFE_INTEGER, anySet: true }, packs);
-  for await (const e of gen) {
-    while (records.length < packs.length) records.push(storedPack(packs[records.length]!));
-    if (e.t === 'f') for (const [p, offset, length, id] of e.b) blobs.set(id, { pack: records[p]!, offset, length, id });
+  // Rebuilt, what is stored is known again (nothing stored before is uploaded again); every file is
+  // read, as no inode was recorded. A rebuild that fails costs only that: every blob is uploaded.
+  try {
+    const plain = o.rebuild ? await o.rebuild() : null;
+    if (plain === null) return { files, blobs, source: 'none' };
+    const packs: PackInfo[] = [];
+    const records: PackRecord[] = [];
+    const gen = readFilesIndex(plain, { label: "the newest set's files index", site: o.site, setId: '*', maxEntries: Number.MAX_SAFE_INTEGER, anySet: true }, packs);
+    for await (const e of gen) {
+      while (records.length < packs.length) records.push(storedPack(packs[records.length]!));
+      if (e.t === 'f') for (const [p, offset, length, id] of e.b) blobs.set(id, { pack: records[p]!, offset, length, id });
+    }
+    return { files, blobs, source: 'rebuilt' };
+  } catch (err) {
+    o.logger.warn({ err }, "the files cache could not be rebuilt from the newest set's index: every file is read and stored again");
+    blobs.clear();
+    return { files, blobs, source: 'none' };
   }
-  return { files, blobs, source: 'rebuilt' };
 }
 
 /** Why an entry of the tree cannot be in a set (a standby would refuse it), or undefined. */

@@ -1,7 +1,6 @@
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { stat } from 'node:fs/promises';
-import { PassThrough, Readable, type Duplex } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Readable, type Duplex } from 'node:stream';
 import {
   ARTIFACT_NAMES,
   TOOL_VERSION,
@@ -14,12 +13,10 @@ import {
   listSets,
   readEpochDoc,
   artifactFileName,
-  createAgeDecryptStream,
   createAgeEncryptStream,
   loadFilesKeyFile,
   verifyLatest,
   verifyManifest,
-  zstdDecompress,
   type FilesKey,
   createTarCheck,
   createTarStream,
@@ -54,6 +51,7 @@ import { primaryIdentity, readOrCreateEpoch } from './epoch.js';
 import { configArchiveExcludes, refuseInBackupMode } from './sentinel.js';
 import { uploadArtifact } from './upload-artifact.js';
 import { filesObjects, type FilesObjectsRun, type FilesObjectsStats } from './files-objects.js';
+import { filesIndexEntry, readStoredFilesIndex } from './read-files-index.js';
 
 export interface BackupResult {
   setId: string;
@@ -111,17 +109,12 @@ function loadKeys(config: PrimaryConfig, logger: Logger): Keys {
   return { recipients: loadRecipients(config.keys.recipientFile!), signingKey, filesKey };
 }
 
-/** The largest files index the primary reads back to rebuild its cache. */
-const MAX_REBUILD_INDEX = 256 * 1024 * 1024;
-
 /**
  * The plain files index of the newest committed set, for rebuilding the primary's files cache; null
- * when there is none to read (no set, a set of tar files, too large). Verified like a standby does:
- * latest.json and the manifest by signature, the index by its signed size and SHA-256 before a byte
- * of it is decrypted (with the files key, which it is also encrypted to).
+ * when there is none to read (no set, a set of tar files). Verified as a standby verifies:
+ * latest.json and the manifest by signature, the index by its signed size and SHA-256.
  */
-async function newestFilesIndex(fs: Filestore, config: PrimaryConfig, keys: Keys, log: Logger): Promise<AsyncIterable<Buffer> | null> {
-  const filesKey = keys.filesKey!;
+async function newestFilesIndex(fs: Filestore, config: PrimaryConfig, keys: Keys): Promise<AsyncIterable<Buffer> | null> {
   const verifyKey = createPublicKey(keys.signingKey);
   let raw: Buffer;
   try {
@@ -131,25 +124,8 @@ async function newestFilesIndex(fs: Filestore, config: PrimaryConfig, keys: Keys
   }
   const latest = verifyLatest(raw, verifyKey, 'latest.json');
   const manifest = verifyManifest((await fs.getBuffer(layout.manifest(config.site, latest.setId))).body, verifyKey, `set ${latest.setId}: manifest`);
-  const entry = manifest.artifacts.find((a) => a.name === 'files' && a.kind === 'files-index');
-  if (!entry || entry.storedSize > MAX_REBUILD_INDEX) return null;
-  const got = await fs.get(layout.artifact(config.site, manifest.setId, entry.file));
-  const pieces: Buffer[] = [];
-  let n = 0;
-  for await (const c of got.body as AsyncIterable<Buffer>) {
-    n += c.length;
-    if (n > entry.storedSize) break;
-    pieces.push(c);
-  }
-  const stored = Buffer.concat(pieces);
-  if (stored.length !== entry.storedSize || createHash('sha256').update(stored).digest('hex') !== entry.storedSha256) {
-    log.warn({ setId: manifest.setId }, 'the newest set\'s files index does not match its manifest: not used to rebuild the files cache');
-    return null;
-  }
-  const out = new PassThrough();
-  const stages: Duplex[] = [...(entry.encryption === 'age' ? [createAgeDecryptStream([filesKey.identity], { label: `set ${manifest.setId}: files index` })] : []), zstdDecompress()];
-  pipeline([Readable.from([stored]), ...stages, out]).catch((err: unknown) => out.destroy(err as Error));
-  return out;
+  const entry = filesIndexEntry(manifest);
+  return entry === null ? null : readStoredFilesIndex(fs, manifest, entry, keys.filesKey!);
 }
 
 /** Every configured directory must exist before anything is uploaded; report all that do not. */
@@ -272,7 +248,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
           logger: log,
           reread: opts.reread,
           committed,
-          rebuild: () => newestFilesIndex(fs, config, keys, log),
+          rebuild: () => newestFilesIndex(fs, config, keys),
           signal: opts.signal,
         });
         source = filesRun.source;
