@@ -12,6 +12,7 @@ import {
   RESERVED_NAME,
   TandemError,
   cutPoint,
+  faultPoint,
   indexLine,
   objectId,
   objectKey,
@@ -241,6 +242,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         await o.filestore.putBuffer(objectKey(o.site, sealed.info.id), sealed.stored, { signal: o.signal, contentType: 'application/octet-stream' });
         stats.packsUploaded++;
         stats.storedBytes += sealed.info.size;
+        faultPoint('files-pack-uploaded');
       })().then(
         () => {
           p.record.done = true;
