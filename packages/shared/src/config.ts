@@ -191,6 +191,19 @@ export const primaryConfigSchema = z.strictObject({
     .default([])
     .refine((list) => new Set(list.map((s) => s.id)).size === list.length, { message: 'each standby id may be listed once' }),
   heartbeatInterval: duration(1000).default(30_000),
+  /**
+   * Files as content objects (keys.filesKeyFile): `tandem-primary run` watches paths.files and
+   * commits each new or changed file, once it has stayed unchanged for `settle`, as a files delta
+   * the standbys apply at once. Where the OS limit on watches is reached, the tree is scanned every
+   * `scanInterval` instead (said in the log and /status).
+   */
+  filesWatch: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      settle: duration(100).default(2_000),
+      scanInterval: duration(1000).default(30_000),
+    })
+    .default({ enabled: true, settle: 2_000, scanInterval: 30_000 }),
   /** Run when this primary finds it has been fenced (a higher epoch exists), e.g. maintenance mode. */
   onFenced: nonEmpty.optional(),
   /** Run when a switchover that had stopped the site's writes (onFenced) is called off: undo it. */

@@ -41,3 +41,4 @@ export * from './tls-server.js';
 export * from './cas/files-key.js';
 export * from './cas/pack.js';
 export * from './cas/files-index.js';
+export * from './cas/delta.js';

@@ -71,6 +71,11 @@ export const latestSchema = z.strictObject({
   createdAt: isoTime,
   committedAt: isoTime,
   manifestSha256: sha256Hex,
+  /**
+   * Files as content objects, with the primary daemon watching them: the newest files delta on top
+   * of this set (cas/delta.ts), 1, 2, ... A standby that applied the set applies the deltas up to it.
+   */
+  files: z.strictObject({ delta: z.number().int().positive(), committedAt: isoTime }).optional(),
 });
 export type LatestPointer = z.infer<typeof latestSchema>;
 

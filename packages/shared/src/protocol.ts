@@ -63,6 +63,8 @@ export const setCommittedSchema = z.object({
   seq: z.number().int().positive(),
   createdAt: isoTime,
   committedAt: isoTime,
+  /** The newest files delta on top of the set (latest.json's files.delta), when there is one. */
+  filesDelta: z.number().int().positive().optional(),
 });
 
 export const primaryHeartbeatMessageSchema = z.object({

@@ -1,11 +1,13 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { CLOSE_CODES, loadSigningKeyFile, type ArtifactProgress, type Filestore, type Limiter, type Logger, type PrimaryConfig, type PrimaryHello } from '@tandem/shared';
+import { CLOSE_CODES, loadFilesKeyFile, loadRecipients, loadSigningKeyFile, type ArtifactProgress, type Filestore, type Limiter, type Logger, type PrimaryConfig, type PrimaryHello } from '@tandem/shared';
 import { primaryIdentity } from '../backup/epoch.js';
 import type { BackupResult } from '../backup/run-backup.js';
 import { refuseInBackupMode } from '../backup/sentinel.js';
 import { machineTimeZone } from '../retention/run.js';
+import { FilesDeltaWriter } from '../backup/files-delta.js';
 import { BackupRunner, type Trigger } from './backup-runner.js';
+import { FilesWatcher } from './files-watch.js';
 import { Fencing } from './fencing.js';
 import { HeartbeatLoop } from './heartbeat.js';
 import { LatestSet } from './latest.js';
@@ -85,6 +87,10 @@ export class PrimaryDaemon {
   private readonly history: PrimaryHistory;
   /** start() completed: the daemon served and ran its heartbeat loop. */
   private started = false;
+  /** Files as content objects: the watcher of paths.files and its deltas (files-watch.ts, files-delta.ts). */
+  private filesWatch: FilesWatcher | null = null;
+  /** The newest files delta committed by this daemon: its number and time, for /status. */
+  filesDelta: { setId: string; n: number; committedAt: string; entries: number } | null = null;
 
   constructor(opts: DaemonOptions) {
     const { config, filestore, logger } = opts;
@@ -152,6 +158,7 @@ export class PrimaryDaemon {
       stopBackups: (err) => {
         this.scheduler.stop();
         this.runner.abort(err);
+        void this.filesWatch?.stop();
       },
       endSwitchover: (newPrimary, why) => {
         const ran = this.switchover.onFencedRanForSwitchover();
@@ -258,6 +265,7 @@ export class PrimaryDaemon {
       this.log.info({ scheduledAt: m.scheduledAt.toISOString(), lastSuccessAt: lastSuccess?.toISOString() ?? null }, 'the last scheduled backup was missed: running it now');
     }
     void this.heartbeat.tick();
+    if (!this.fencing.fenced) await this.startFilesWatch();
     this.started = true;
     const nextRunAt = this.fencing.fenced ? null : this.scheduler.nextRunAt;
     const fields = {
@@ -277,6 +285,42 @@ export class PrimaryDaemon {
       this.log.info(fields, `tandem-primary daemon ready: listening on ${scheme}://${listen} (site "${config.site}", next backup ${nextRunAt?.toISOString() ?? 'none'})`);
     }
     return { nextRunAt, missed: m.missed };
+  }
+
+  /** Files as content objects, and filesWatch.enabled: deltas of what changes in paths.files. */
+  private async startFilesWatch(): Promise<void> {
+    const { config } = this;
+    if (config.keys.filesKeyFile === undefined || !config.filesWatch.enabled) return;
+    const writer = new FilesDeltaWriter({
+      config,
+      fs: this.fs,
+      signingKey: this.signingKey,
+      recipients: config.encryption === 'none' ? null : loadRecipients(config.keys.recipientFile!),
+      filesKey: loadFilesKeyFile(config.keys.filesKeyFile, this.log),
+      logger: this.log.child({ component: 'files-watch' }),
+    });
+    this.filesWatch = new FilesWatcher({
+      dir: config.paths.files,
+      settleMs: config.filesWatch.settle,
+      scanIntervalMs: config.filesWatch.scanInterval,
+      logger: this.log.child({ component: 'files-watch' }),
+      onBatch: async (paths) => {
+        // Fenced: the watcher is stopped (stopBackups); a switchover hold has the backup lock ("busy").
+        const d = await writer.commit(paths);
+        if (d === null) return;
+        this.filesDelta = { setId: d.setId, n: d.n, committedAt: d.latest.files!.committedAt, entries: d.entries };
+        this.metrics.filesDeltasTotal.inc();
+        this.latest.deltaCommitted(d.setId, d.n, d.latest.files!.committedAt);
+      },
+    });
+    await this.filesWatch.start();
+    this.log.info({ dir: config.paths.files, mode: this.filesWatch.mode, settleSeconds: config.filesWatch.settle / 1000 }, 'watching the files: new and changed files go to the standbys as files deltas');
+  }
+
+  /** The files watcher as /status shows it; null without one. */
+  filesWatchStatus(): { mode: string; pending: number; lastDelta: PrimaryDaemon['filesDelta']; lastError: string | null } | null {
+    const w = this.filesWatch;
+    return w === null ? null : { mode: w.mode, pending: w.pending.size, lastDelta: this.filesDelta, lastError: w.lastError };
   }
 
   /** Why a standby's channel of this site is refused now (fenced, shutting down), or null. */
@@ -311,6 +355,7 @@ export class PrimaryDaemon {
    */
   stop(reason = 'stop requested'): Promise<void> {
     return this.life.stop(async () => {
+      await this.filesWatch?.stop();
       this.scheduler.stop();
       this.heartbeat.stop();
       await this.switchover.stop();
@@ -365,6 +410,7 @@ export class PrimaryDaemon {
       nextRunAt: next?.toISOString() ?? null,
       ...this.runner.status(),
       latest: this.latest.current,
+      filesWatch: this.filesWatchStatus(),
       heartbeat: this.heartbeat.state,
       standbys: this.hub.list(),
       switchover: this.switchover.status(),

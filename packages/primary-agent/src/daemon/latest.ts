@@ -48,6 +48,14 @@ export class LatestSet {
     this.opts.logger.info({ setId: l.setId, trigger, standbys: n }, `set-committed pushed to ${n} standby(s)`);
   }
 
+  /** A files delta was committed on top of the newest set: `set-committed` naming it, to every connected standby. */
+  deltaCommitted(setId: string, n: number, committedAt: string): void {
+    const l = this.latest;
+    if (l === null || l.setId !== setId) return;
+    const n2 = this.opts.hub.broadcast({ type: 'set-committed', site: this.opts.site, ...l, filesDelta: n });
+    this.opts.logger.debug({ setId, delta: n, committedAt, standbys: n2 }, 'files delta pushed');
+  }
+
   /** Read latest.json if it changed. Throws when it cannot be read or does not verify (signature, site). */
   async refresh(): Promise<void> {
     const { filestore: fs, site, logger } = this.opts;

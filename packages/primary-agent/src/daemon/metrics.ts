@@ -34,6 +34,7 @@ export class DaemonMetrics extends MetricsRegistry {
   readonly heartbeatTimestamp: Gauge;
   readonly fenced: Gauge;
   readonly switchoverHeld: Gauge;
+  readonly filesDeltasTotal: Counter;
 
   /**
    * `site`: this daemon serves several sites; every sample is labelled site="<site>" and the process
@@ -58,6 +59,7 @@ export class DaemonMetrics extends MetricsRegistry {
     this.lastBackupStoredBytes = new Gauge({ name: 'tandem_last_backup_stored_bytes', help: 'Stored (compressed, encrypted) bytes of the last successful backup', registers });
     this.backupsTotal = new Counter({ name: 'tandem_backups_total', help: 'Backup runs by outcome (ok, failed, aborted)', labelNames: ['outcome'], registers });
     this.backupFailuresTotal = new Counter({ name: 'tandem_backup_failures_total', help: 'Failed backup runs by error kind', labelNames: ['kind'], registers });
+    this.filesDeltasTotal = new Counter({ name: 'tandem_files_deltas_total', help: 'Files deltas committed (new and changed files sent on between sets)', registers });
     this.nextBackupTimestamp = new Gauge({
       name: 'tandem_next_backup_timestamp_seconds',
       help: 'Unix time of the next scheduled backup (0: none, e.g. when fenced)',

@@ -9,6 +9,7 @@
  *     (files.tar.age when the files do not compress: compression "none" in the manifest)
  *     (files.index.zst.age instead of files.tar...: the files index, when the site has a files key)
  *   <site>/objects/<xx>/<object-id>    content objects (packs of file blobs, cas/pack.ts), shared by sets
+ *   <site>/deltas/<set-id>/<n>.json     files deltas on top of a set (cas/delta.ts): new and changed files
  *   <site>/standbys/<standby-id>.json   each standby's report of the set it applied (retention reads them)
  *   tandem-check-<id>.probe             written and deleted at once by `tandem-primary check`
  */
@@ -40,6 +41,9 @@ export const layout = {
   artifact: (site: string, setId: string, file: string) => `${site}/sets/${setId}/${file}`,
   manifest: (site: string, setId: string) => `${site}/sets/${setId}/manifest.json`,
   objects: (site: string) => `${site}/objects/`,
+  deltas: (site: string) => `${site}/deltas/`,
+  /** The n-th files delta on top of a set (cas/delta.ts): a standby GETs it by name, never lists. */
+  delta: (site: string, setId: string, n: number) => `${site}/deltas/${setId}/${String(n).padStart(6, '0')}.json`,
   standbys: (site: string) => `${site}/standbys/`,
   standby: (site: string, standbyId: string) => `${site}/standbys/${standbyId}.json`,
   /**

@@ -1,3 +1,4 @@
+import type { KeyObject } from 'node:crypto';
 import {
   ReloadingTls,
   TandemError,
@@ -20,6 +21,7 @@ import { wrongBoxRefusal } from '../apply/wrong-box.js';
 import { ensureSentinel } from '../apply/sentinel.js';
 import { readApplied, readPromoted } from '../apply/state.js';
 import { Applier } from './applier.js';
+import { applyFilesDeltas, pendingDeltas, readDeltaState } from '../apply/files-delta.js';
 import { backoffDelay, loopBackoff } from './backoff.js';
 import { daemonFiles, removeDaemonInfo, writeDaemonInfo } from './daemon-info.js';
 import { LastError } from './last-error.js';
@@ -98,6 +100,7 @@ export class StandbyDaemon {
   private readonly config: StandbyConfig;
   private readonly log: Logger;
   private readonly fs: Filestore;
+  private readonly verifyKey: KeyObject;
   private readonly random: () => number;
   private readonly errors: LastError;
   /** What the status page draws: the lag over 24 h, the sets applied (page.ts). */
@@ -127,6 +130,7 @@ export class StandbyDaemon {
     this.fs = opts.filestore;
     this.random = opts.random ?? Math.random;
     const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
+    this.verifyKey = verifyKey;
     this.failed = new Promise((resolve) => {
       this.fatalResolve = resolve;
     });
@@ -409,6 +413,17 @@ export class StandbyDaemon {
       // Something newer may have been committed meanwhile: look again at once after a success.
       if (applier.retries.failure === null) return 0;
     }
+    // Files deltas on top of the applied set (files as content objects, the primary watching them).
+    const pointer = observed.latest?.pointer ?? null;
+    if (newer === null && pointer?.files && (await pendingDeltas(config, pointer)) > 0) {
+      try {
+        await applyFilesDeltas(config, { filestore: this.fs, latest: pointer, verifyKey: this.verifyKey, logger: this.log });
+        this.errors.clear('apply');
+      } catch (err) {
+        this.errors.note('apply', err, 'error', { filesDelta: pointer.files.delta });
+      }
+      if (this.stopping) return 0;
+    }
     // A failed apply or recovery that is still wanted is retried at its time, even between polls.
     const f = applier.retries.failure;
     const stillWanted = f !== null && ((newer !== null && f.setId === newer.setId) || (await readJournal(config.stateDir).catch(() => null))?.setId === f.setId);
@@ -434,6 +449,11 @@ export class StandbyDaemon {
   }
 
   private onSetCommitted(m: SetCommitted): void {
+    if (m.filesDelta !== undefined && m.setId === this.observed.applied?.setId) {
+      this.log.debug({ setId: m.setId, delta: m.filesDelta }, 'push: files delta committed; checking now');
+      this.wake('push');
+      return;
+    }
     if (!this.poller.pushed(m)) {
       this.log.debug({ setId: m.setId }, 'push: set already applied');
       return;
@@ -480,6 +500,7 @@ export class StandbyDaemon {
       poll: this.poller.poll,
       lastError: this.errors.current,
       problems: [],
+      filesDelta: { applied: await readDeltaState(config.stateDir), newest: observed.latest?.pointer.files ?? null },
     });
   }
 }

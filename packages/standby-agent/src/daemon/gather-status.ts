@@ -19,6 +19,7 @@ import {
 } from '@tandem/shared';
 import { readJournal } from '../apply/journal.js';
 import { readApplied, readPromoted, type AppliedState } from '../apply/state.js';
+import { readDeltaState } from '../apply/files-delta.js';
 import { askDaemonStatus, defaultStandbyId } from './daemon-info.js';
 import { probeFilestore, siteMissing } from './filestore-probe.js';
 import { pendingWithoutListing, type LatestInfo } from './lag.js';
@@ -67,6 +68,7 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
   };
 
   let applied: AppliedState | null = null;
+  let latestFiles: { delta: number; committedAt: string } | undefined;
   try {
     applied = await readApplied(config.stateDir);
   } catch (err) {
@@ -122,6 +124,7 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
         try {
           const found = await readVerifiedLatest(fs, config.site, verifyKey);
           latest = found?.latest ?? null;
+          latestFiles = found?.latest.files;
           latestRead = true;
           const missing = siteMissing(config.site, fs.description, applied?.setId ?? null, found !== null);
           if (missing !== null) {
@@ -164,6 +167,7 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
     poll: live?.poll ?? null,
     lastError: live?.lastError ?? null,
     problems,
+    filesDelta: { applied: await readDeltaState(config.stateDir), newest: latestFiles ?? null },
   });
   return { doc, gaps };
 }

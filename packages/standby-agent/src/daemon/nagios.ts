@@ -79,6 +79,13 @@ export function nagiosCheck(d: StandbyStatusDoc, gaps: StatusGap[], t: LagThresh
   } else figures = `recovery point ${dur(age)} old`;
   figures += `, ${d.pendingSets === null ? 'pending unknown' : `${d.pendingSets} pending`}`;
 
+  // Files deltas pending for longer than the recovery point may be: the files are behind.
+  const fl = d.files?.lagSeconds ?? null;
+  if (d.files && d.files.pendingDeltas > 0) {
+    const v = fl === null ? 'critical' : judgeLag(fl, t.critSeconds, null, t.warnSeconds);
+    if (v !== 'ok') found.push({ state: v, reason: `${d.files.pendingDeltas} files delta(s) not applied, the files ${fl === null ? 'of unknown age' : `${dur(fl)} behind`}` });
+    figures += `, ${d.files.pendingDeltas} files delta(s) pending`;
+  }
   if (d.heartbeatNewerSetId !== null) {
     found.push({
       state: 'critical',

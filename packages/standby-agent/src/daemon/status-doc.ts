@@ -65,6 +65,13 @@ export interface StandbyStatusDoc extends LagFigures {
   /** Problems met while gathering this status (e.g. the filestore could not be read). */
   problems: string[];
   /**
+   * Files as content objects, with the primary watching them (files deltas between sets): the delta
+   * applied and the newest latest.json names for the applied set, and the files lag: 0 when none is
+   * pending, else the seconds since what this standby has was current (the commit of its newest
+   * applied delta, or of the set): what a failover now would lose of the files.
+   */
+  files?: { appliedDelta: number; newestDelta: number; pendingDeltas: number; lagSeconds: number | null };
+  /**
    * `status --max-lag` (a Nagios check): the thresholds, the verdict (the check's state: the
    * recovery point's, made UNKNOWN or worse by what could not be read, see nagios.ts) and the
    * reasons for it, worst first.
@@ -112,6 +119,21 @@ export interface StatusInputs extends Observed {
   poll: PollInfo | null;
   lastError: ErrorInfo | null;
   problems: string[];
+  /** files-delta.json (the newest files delta applied) and latest.json's newest delta, when known. */
+  filesDelta?: { applied: { setId: string; n: number; committedAt: string } | null; newest: { delta: number; committedAt: string } | null };
+}
+
+/** The files figures of the status (see StandbyStatusDoc.files); undefined when there are no deltas. */
+export function filesFigures(i: Pick<StatusInputs, 'applied' | 'latest' | 'filesDelta' | 'now'>): StandbyStatusDoc['files'] {
+  const a = i.applied;
+  const f = i.filesDelta;
+  if (!f || a === null || (f.newest === null && f.applied === null)) return undefined;
+  const newestDelta = i.latest?.setId === a.setId ? (f.newest?.delta ?? 0) : 0;
+  const appliedDelta = f.applied?.setId === a.setId ? f.applied.n : 0;
+  const pendingDeltas = Math.max(0, newestDelta - appliedDelta);
+  const currentAt = appliedDelta > 0 ? f.applied!.committedAt : committedAtOf(a, i.latest);
+  const lagSeconds = pendingDeltas === 0 ? 0 : currentAt === null ? null : Math.max(0, Math.round(i.now.getTime() - Date.parse(currentAt)) / 1000);
+  return { appliedDelta, newestDelta, pendingDeltas, lagSeconds };
 }
 
 /**
@@ -142,6 +164,7 @@ export function buildStatusDoc(i: StatusInputs): StandbyStatusDoc {
     poll: i.poll,
     lastError: i.lastError,
     problems: i.problems,
+    ...(filesFigures(i) ? { files: filesFigures(i) } : {}),
   };
 }
 
