@@ -6,7 +6,7 @@
  * instead) each get their test; deletions wait for the next set, which makes the trees equal again.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile, open } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closedPort, ensurePostgres, runPrimary, sleep, snapshotTree, startPrimary, tmpDir, waitFor, type RunningPrimary } from './support/site.js';
@@ -121,6 +121,9 @@ describe('files sent on as they change (both daemons)', () => {
     const ps = await primaryStatus();
     expect(ps.filesWatch!.mode).toBe('watch');
     expect(metric((await httpGet(`127.0.0.1:${port}`, '/metrics', TOKEN)).body, 'tandem_files_deltas_total')).toBeGreaterThanOrEqual(1);
+    const sm = (await httpGet(standby!.listen, '/metrics', SB_TOKEN)).body;
+    expect(metric(sm, 'tandem_standby_files_deltas_pending')).toBe(0);
+    expect(metric(sm, 'tandem_standby_files_lag_seconds')).toBe(0);
     const check = await runStandby(['status', '--config', s.standby.configFile, '--json', '--max-lag', '1h'], { env: s.env });
     const doc = JSON.parse(check.stdout) as { files?: { pendingDeltas: number }; maxLag: { verdict: string } };
     expect(doc.files?.pendingDeltas).toBe(0);
@@ -197,6 +200,26 @@ describe('files sent on as they change (both daemons)', () => {
     expect(await snapshotTree(standbyFiles)).toEqual(await snapshotTree(primaryFiles));
     expect(await readOrNull(join(standbyFiles, 'upload-1.jpg'))).toBeNull();
   }, 120_000);
+
+  it('garbage collection keeps what the files deltas of a kept set need', async () => {
+    const data = randomBytes(300_000);
+    await writeFile(join(primaryFiles, 'after-set.bin'), data);
+    await arrives('after-set.bin', data);
+    // Every object older than the grace: only references keep one now.
+    const objects = join(root, 'store', s.site, 'objects');
+    const old = new Date(Date.now() - 7 * 3600_000);
+    for (const d of await readdir(objects)) for (const f of await readdir(join(objects, d))) await utimes(join(objects, d, f), old, old);
+    const r = await runPrimary(['prune', '--config', s.primary.configFile, '--json'], { env: s.env });
+    expect(r.code, show(r)).toBe(0);
+    const out = JSON.parse(r.stdout) as { objects: { deleted: { objects: number } } };
+    expect(out.objects.deleted.objects, 'the first set and its deltas went, and what only they used').toBeGreaterThan(0);
+    // The standby applies the delta again from scratch: every pack it needs is still there.
+    await rm(join(standbyFiles, 'after-set.bin'));
+    await rm(join(s.standby.stateDir, 'files-delta.json'));
+    await writeFile(join(primaryFiles, 'nudge.txt'), 'a change, so the primary pushes and the standby looks\n');
+    await arrives('after-set.bin', data);
+    expect((await standbyStatus()).lastError).toBeNull();
+  });
 
   it('where the OS watch limit is reached, the files are scanned instead, and say so', async () => {
     await stopPrimary();

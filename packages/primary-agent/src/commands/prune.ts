@@ -1,5 +1,25 @@
-import { loadPrimaryConfig, openFilestore, requireFilestoreMarker, requireString, siteOption, type Command } from '@tandem/shared';
+import { formatBytes, formatDuration, loadPrimaryConfig, openFilestore, requireFilestoreMarker, requireString, siteOption, type Command } from '@tandem/shared';
+import { OBJECTS_GRACE_MS, type ObjectsGcOutcome, type Tally } from '../retention/objects-gc.js';
 import { machineTimeZone, runRetention, type RetentionOutcome } from '../retention/run.js';
+
+const tally = (n: number, what: string, t: Tally): string => `${n} ${what} (${formatBytes(t.bytes)})`;
+
+/** What became of the site's content objects, for people. */
+export function formatObjectsGc(g: ObjectsGcOutcome): string[] {
+  if (g.skipped !== undefined) return [`objects: not collected this time: ${g.skipped}`];
+  if (g.blocked !== undefined) {
+    return [`objects: NOT collected, none deleted: ${g.blocked}`, "objects: every committed set's manifest and files index must verify before an object may go; look at that set"];
+  }
+  const lines = [
+    g.dryRun
+      ? `objects: would delete ${tally(g.garbage.objects, 'unreferenced', g.garbage)}`
+      : `objects: deleted ${tally(g.deleted.objects, 'unreferenced', g.deleted)}${g.failed > 0 ? `; ${g.failed} FAILED to delete (retried next time)` : ''}`,
+    `objects: kept ${tally(g.referenced.objects, `referenced by ${g.sets} set(s)`, g.referenced)}, ${tally(g.young.objects, `unreferenced younger than ${formatDuration(g.graceMs)}`, g.young)}`,
+  ];
+  if (g.missing > 0) lines.push(`objects: ${g.missing} referenced by the sets are MISSING from the filestore: a standby cannot apply the sets that name them; make a new set`);
+  if (g.strays > 0) lines.push(`objects: ${g.strays} key(s) under objects/ are not objects: left alone`);
+  return lines;
+}
 
 export function formatRetention(o: RetentionOutcome): string[] {
   const lines: string[] = [];
@@ -23,6 +43,7 @@ export function formatRetention(o: RetentionOutcome): string[] {
   if (n === 0) lines.push(`nothing to delete (${o.plan.keep.length} set(s) kept)`);
   else if (o.dryRun) lines.push(`dry run: ${n} set(s) would be deleted, ${o.plan.keep.length} kept; nothing was changed`);
   else lines.push(`${o.deleted.length} of ${n} set(s) deleted, ${o.plan.keep.length} kept`);
+  if (o.objects) lines.push(...formatObjectsGc(o.objects));
   return lines;
 }
 
@@ -43,6 +64,14 @@ Decisions are taken from signed data only, verified with the public half of keys
 when latest.json does not verify (or is missing while sets exist) nothing is deleted and prune
 fails; a set whose manifest does not verify is listed as UNVERIFIED and kept.
 
+With keys.filesKeyFile (files as content objects), prune then deletes the objects under
+<site>/objects/ that no remaining committed set's files index references, once they are older
+than ${formatDuration(OBJECTS_GRACE_MS)} (a younger one may belong to a backup not yet committed). References are read
+from signed data only: if any committed set's manifest or files index cannot be read or
+verified, no object is deleted (exit 1, naming the set). Nothing is collected while a backup
+of the site runs on this host. Objects go one at a time: an interrupted prune leaves garbage
+for the next one, never a set missing an object.
+
 A filestore without tandem-filestore.json at its root (see \`tandem-primary init --help\`) is
 refused, exit 2: a missing filestore directory is never created.
 
@@ -51,9 +80,13 @@ Options:
   --site NAME    the site whose sets to prune, of a config with several (sites:, sitesDir:); not
                  needed when the config holds one site
   --dry-run      say what would be deleted and why; delete nothing
-  --json         print {dryRun, keep: [...], delete: [...], deleted, failed, unverified} as JSON
+  --json         print {dryRun, keep: [...], delete: [...], deleted, failed, unverified, objects}
+                 as JSON; objects is null without a files key, else {dryRun, graceMs, skipped?,
+                 blocked?, sets, stored, referenced, young, garbage, deleted, failed, missing,
+                 strays}, each tally {objects, bytes}
 
-Exit status: 0 done; 1 a filestore error or a set could not be deleted; 2 bad config or usage;
+Exit status: 0 done; 1 a filestore error, a set or an object could not be deleted, or objects
+were not collected because a set's references could not be read; 2 bad config or usage;
 5 latest.json does not verify (nothing deleted).`,
   options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
@@ -76,12 +109,14 @@ Exit status: 0 done; 1 a filestore error or a set could not be deleted; 2 bad co
             deleted: outcome.deleted,
             failed: outcome.failed,
             unverified: outcome.plan.keep.filter((d) => d.unverified).map((d) => d.setId),
+            objects: outcome.objects,
           }),
         );
       } else {
         for (const line of formatRetention(outcome)) out(line);
       }
-      return outcome.failed.length > 0 ? 1 : 0;
+      const g = outcome.objects;
+      return outcome.failed.length > 0 || (g !== null && (g.blocked !== undefined || g.failed > 0)) ? 1 : 0;
     } finally {
       await filestore.close();
     }

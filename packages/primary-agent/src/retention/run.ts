@@ -13,6 +13,7 @@ import {
   type ObjectInfo,
   type PrimaryConfig,
 } from '@tandem/shared';
+import { collectObjects, type ObjectsGcOutcome } from './objects-gc.js';
 import { planRetention, type AppliedRecord, type RetentionPlan, type SetInfo } from './plan.js';
 
 /**
@@ -24,6 +25,10 @@ import { planRetention, type AppliedRecord, type RetentionPlan, type SetInfo } f
  * who can write to the filestore could otherwise name another set in latest.json and date the only
  * real set back by years, and retention would delete it. latest.json that does not verify stops
  * retention (nothing is deleted); a set whose manifest does not verify is reported and kept.
+ *
+ * Then, when the site has a files key, the content objects no remaining set references are
+ * collected (objects-gc.ts): the same run, so that `prune` and the daemon's run after each backup
+ * both do it.
  */
 export interface RetentionInputs {
   sets: SetInfo[];
@@ -39,6 +44,8 @@ export interface RetentionOutcome {
   dryRun: boolean;
   deleted: string[];
   failed: Array<{ setId: string; error: string }>;
+  /** Content objects collected after the sets (null: the site has no files key). */
+  objects: ObjectsGcOutcome | null;
 }
 
 /** The set latest.json names, verified (signature, site); null when there is no latest.json. */
@@ -116,6 +123,8 @@ export async function deleteSet(fs: Filestore, site: string, setId: string, obje
   const manifest = layout.manifest(site, setId);
   if (objects.some((o) => o.key === manifest)) await fs.delete(manifest);
   for (const o of objects) if (o.key !== manifest) await fs.delete(o.key);
+  // Its files deltas (files as content objects) build on it and go with it.
+  for (const o of await fs.list(`${layout.deltas(site)}${setId}/`)) await fs.delete(o.key);
 }
 
 export interface RunRetentionOptions {
@@ -128,6 +137,8 @@ export interface RunRetentionOptions {
   /** Applied sets the caller knows about beyond the filestore's reports (the daemon's WebSocket peers). */
   extraApplied?: AppliedRecord[];
   timeZone: string;
+  /** Stops collecting objects between deletions (what is left is collected next time). */
+  signal?: AbortSignal;
 }
 
 export async function runRetention(config: PrimaryConfig, opts: RunRetentionOptions): Promise<RetentionOutcome> {
@@ -143,25 +154,35 @@ export async function runRetention(config: PrimaryConfig, opts: RunRetentionOpti
     latestSetId: inputs.latestSetId,
     applied: [...inputs.applied, ...(opts.extraApplied ?? [])],
   });
-  const outcome: RetentionOutcome = { plan, dryRun: opts.dryRun === true, deleted: [], failed: [] };
-  if (opts.dryRun || plan.delete.length === 0) return outcome;
-
-  // latest.json may have moved since it was read (a backup committed meanwhile): read it again and
-  // refuse to go on if it now names a set about to be deleted.
-  const latestNow = await readLatestSetId(fs, site, verifyKey);
-  if (latestNow !== null && plan.delete.some((d) => d.setId === latestNow)) {
-    throw new TandemError('precondition', 'RETENTION_RACE', `retention: latest.json now names ${latestNow}, which was planned for deletion; deleting nothing`);
-  }
-  for (const d of plan.delete) {
-    try {
-      await deleteSet(fs, site, d.setId, inputs.objects.get(d.setId) ?? []);
-      outcome.deleted.push(d.setId);
-      logger.info({ setId: d.setId, reason: d.reasons.join('; ') }, 'retention: set deleted');
-    } catch (err) {
-      outcome.failed.push({ setId: d.setId, error: describeError(err) });
-      logger.warn({ setId: d.setId, err }, 'retention: could not delete set; it is retried next time');
+  const outcome: RetentionOutcome = { plan, dryRun: opts.dryRun === true, deleted: [], failed: [], objects: null };
+  if (!opts.dryRun && plan.delete.length > 0) {
+    // latest.json may have moved since it was read (a backup committed meanwhile): read it again and
+    // refuse to go on if it now names a set about to be deleted.
+    const latestNow = await readLatestSetId(fs, site, verifyKey);
+    if (latestNow !== null && plan.delete.some((d) => d.setId === latestNow)) {
+      throw new TandemError('precondition', 'RETENTION_RACE', `retention: latest.json now names ${latestNow}, which was planned for deletion; deleting nothing`);
+    }
+    for (const d of plan.delete) {
+      try {
+        await deleteSet(fs, site, d.setId, inputs.objects.get(d.setId) ?? []);
+        outcome.deleted.push(d.setId);
+        logger.info({ setId: d.setId, reason: d.reasons.join('; ') }, 'retention: set deleted');
+      } catch (err) {
+        outcome.failed.push({ setId: d.setId, error: describeError(err) });
+        logger.warn({ setId: d.setId, err }, 'retention: could not delete set; it is retried next time');
+      }
     }
   }
+  // Also with nothing to delete: objects of sets deleted earlier, or of interrupted backups, become
+  // collectable only once past the grace. A dry run counts the sets it would delete as gone.
+  outcome.objects = await collectObjects(config, {
+    filestore: fs,
+    logger,
+    verifyKey,
+    dryRun: opts.dryRun === true,
+    gone: opts.dryRun ? new Set(plan.delete.map((d) => d.setId)) : undefined,
+    signal: opts.signal,
+  });
   return outcome;
 }
 

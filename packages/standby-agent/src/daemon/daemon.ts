@@ -21,7 +21,7 @@ import { wrongBoxRefusal } from '../apply/wrong-box.js';
 import { ensureSentinel } from '../apply/sentinel.js';
 import { readApplied, readPromoted } from '../apply/state.js';
 import { Applier } from './applier.js';
-import { applyFilesDeltas, pendingDeltas, readDeltaState } from '../apply/files-delta.js';
+import { applyFilesDeltas, pendingDeltas, readDeltaState, type DeltaState } from '../apply/files-delta.js';
 import { backoffDelay, loopBackoff } from './backoff.js';
 import { daemonFiles, removeDaemonInfo, writeDaemonInfo } from './daemon-info.js';
 import { LastError } from './last-error.js';
@@ -34,7 +34,7 @@ import { PushClient } from './push-client.js';
 import type { PushLink } from './push-link.js';
 import { Reporter } from './reporter.js';
 import { StatusServer, checkListen } from './server.js';
-import { buildStatusDoc, type StandbyStatusDoc } from './status-doc.js';
+import { buildStatusDoc, filesFigures, type StandbyStatusDoc } from './status-doc.js';
 import { Waker } from './waker.js';
 
 /**
@@ -139,6 +139,7 @@ export class StandbyDaemon {
         lag: () => this.observed.lagFigures(),
         applied: () => this.observed.applied,
         websocketConnected: () => this.push?.isConnected() ?? false,
+        files: () => this.filesNow(),
       },
       opts.shared === undefined ? {} : { site: config.site },
     );
@@ -415,9 +416,11 @@ export class StandbyDaemon {
     }
     // Files deltas on top of the applied set (files as content objects, the primary watching them).
     const pointer = observed.latest?.pointer ?? null;
+    this.#deltaState = await readDeltaState(config.stateDir);
     if (newer === null && pointer?.files && (await pendingDeltas(config, pointer)) > 0) {
       try {
         await applyFilesDeltas(config, { filestore: this.fs, latest: pointer, verifyKey: this.verifyKey, logger: this.log });
+        this.#deltaState = await readDeltaState(config.stateDir);
         this.errors.clear('apply');
       } catch (err) {
         this.errors.note('apply', err, 'error', { filesDelta: pointer.files.delta });
@@ -446,6 +449,15 @@ export class StandbyDaemon {
       this.log.warn({ skewSeconds: Math.round(skew) }, "the primary's clock differs from this server's: lag and heartbeat ages are off by that much");
     }
     if (m.latestSetId !== null && m.latestSetId !== this.observed.applied?.setId) this.wake('push-hello');
+  }
+
+  /** files-delta.json as the last cycle read it. */
+  #deltaState: DeltaState | null = null;
+
+  /** The files figures (status-doc.ts) from what the last cycle saw, for the metrics. */
+  private filesNow() {
+    const p = this.observed.latest?.pointer;
+    return filesFigures({ applied: this.observed.applied, latest: this.observed.latestInfo(), now: new Date(), filesDelta: { applied: this.#deltaState, newest: p?.files ?? null } });
   }
 
   private onSetCommitted(m: SetCommitted): void {

@@ -13,6 +13,8 @@ export interface MetricsSource {
   lag(): LagFigures;
   applied(): AppliedState | null;
   websocketConnected(): boolean;
+  /** Files deltas (files as content objects): as the status shows them, when there are any. */
+  files?(): { pendingDeltas: number; lagSeconds: number | null } | undefined;
 }
 
 /** What the failures counter counts, by what failed. */
@@ -49,6 +51,23 @@ export class StandbyMetrics extends MetricsRegistry {
       registers,
       collect() {
         this.set(orNaN(src.lag().applyLagSeconds));
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_files_lag_seconds',
+      help: 'Files as content objects: seconds the files are behind while files deltas are pending, 0 when none is (NaN: unknown)',
+      registers,
+      collect() {
+        const f = src.files?.();
+        this.set(f === undefined ? 0 : orNaN(f.lagSeconds));
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_files_deltas_pending',
+      help: 'Files deltas latest.json names on top of the applied set that this standby has not applied',
+      registers,
+      collect() {
+        this.set(src.files?.()?.pendingDeltas ?? 0);
       },
     });
     new Gauge({
