@@ -414,6 +414,12 @@ export function defaultStateDir(site: string): string {
  */
 type BaseOf = (path: string) => string;
 
+/**
+ * paths.files may be an s3:// URL (the site keeps its media in a bucket; the same options and
+ * credentials as filestore.url): files as content objects only (keys.filesKeyFile).
+ */
+export const isS3Url = (p: string): boolean => p.startsWith('s3://');
+
 function normalisePrimary(c: z.infer<typeof primaryConfigSchema>, configFile: string, baseOf: BaseOf): PrimaryConfig {
   const at = (path: string, p: string): string => abs(baseOf(path), p);
   const atOpt = (path: string, p: string | undefined): string | undefined => (p === undefined ? undefined : at(path, p));
@@ -425,7 +431,7 @@ function normalisePrimary(c: z.infer<typeof primaryConfigSchema>, configFile: st
     paths: {
       config,
       security: at('paths.security', c.paths.security),
-      files: at('paths.files', c.paths.files),
+      files: isS3Url(c.paths.files) ? c.paths.files : at('paths.files', c.paths.files),
       sentinel: sentinelPath(baseOf('paths.sentinel'), config, c.paths.sentinel),
     },
     keys: { recipientFile: atOpt('keys.recipientFile', c.keys.recipientFile), signingKeyFile: at('keys.signingKeyFile', c.keys.signingKeyFile), filesKeyFile: atOpt('keys.filesKeyFile', c.keys.filesKeyFile) },
@@ -464,7 +470,7 @@ function normaliseStandby(c: z.infer<typeof standbyConfigSchema>, configFile: st
     paths: {
       config,
       security: at('paths.security', c.paths.security),
-      files: at('paths.files', c.paths.files),
+      files: isS3Url(c.paths.files) ? c.paths.files : at('paths.files', c.paths.files),
       sentinel: sentinelPath(baseOf('paths.sentinel'), config, c.paths.sentinel),
     },
     keys: { identityFile: atOpt('keys.identityFile', c.keys.identityFile), verifyKeyFile: at('keys.verifyKeyFile', c.keys.verifyKeyFile), filesKeyFile: atOpt('keys.filesKeyFile', c.keys.filesKeyFile) },
@@ -513,9 +519,20 @@ interface Side<S extends z.ZodType, C> {
   normalise(c: z.infer<S>, configFile: string, baseOf: BaseOf): C;
 }
 
+/** Files in a bucket are carried only as content objects: the files key is required with an s3:// paths.files. */
+function s3FilesNeedFilesKey(raw: Record<string, unknown>): Array<{ path: string; message: string }> {
+  const files = (raw.paths as Record<string, unknown> | undefined)?.files;
+  const keys = raw.keys as Record<string, unknown> | undefined;
+  if (typeof files !== 'string' || !isS3Url(files) || keys?.filesKeyFile !== undefined) return [];
+  return [{ path: 'paths.files', message: 'an s3:// bucket of files needs keys.filesKeyFile (files as content objects): run `tandem-primary init --keys-dir DIR` for files.agekey' }];
+}
+
 const primarySide: Side<typeof primaryConfigSchema, PrimaryConfig> = {
   schema: primaryConfigSchema,
-  cross: (raw) => requireKeyWhileEncrypted(raw, 'recipientFile', 'run `tandem-primary init --keys-dir DIR`, or say `encryption: none` to upload unencrypted sets'),
+  cross: (raw) => [
+    ...requireKeyWhileEncrypted(raw, 'recipientFile', 'run `tandem-primary init --keys-dir DIR`, or say `encryption: none` to upload unencrypted sets'),
+    ...s3FilesNeedFilesKey(raw),
+  ],
   topLevelOnly: PRIMARY_TOP_LEVEL_KEYS,
   normalise: normalisePrimary,
 };

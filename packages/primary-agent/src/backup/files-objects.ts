@@ -11,7 +11,12 @@ import {
   PACK_TARGET,
   RESERVED_NAME,
   TandemError,
+  comparePaths,
   cutPoint,
+  indexPathProblem,
+  isS3Url,
+  openFilestore,
+  type OpenFilestoreOptions,
   faultPoint,
   indexLine,
   objectId,
@@ -125,12 +130,29 @@ export interface FilesObjectsOptions {
   logger: Logger;
   /** Read every file again, whatever the cache says. */
   reread?: boolean;
+  /** S3 options (credentials) for an s3:// paths.files. */
+  s3?: OpenFilestoreOptions;
   /** Committed sets (ids) in the filestore, to tell whether the cache still describes one of them. */
   committed: Set<string>;
   /** Rebuilds what is stored from the newest committed set's index, when the cache cannot be used. */
   rebuild?: () => Promise<AsyncIterable<Buffer> | null>;
   signal?: AbortSignal;
   progress?: ProgressMeter;
+}
+
+/** A small object whole (at most its listed size, which readBlobs then checks). */
+async function collect(body: Readable, size: number): Promise<Buffer> {
+  const pieces: Buffer[] = [];
+  let n = 0;
+  for await (const c of body as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > size) {
+      body.destroy();
+      break;
+    }
+    pieces.push(c);
+  }
+  return Buffer.concat(pieces);
 }
 
 const storedPack = (info: PackInfo): PackRecord => ({ info, stored: Promise.resolve(), done: true });
@@ -318,11 +340,11 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       }
     }
 
-    const readBlobs = async (path: string, size: number): Promise<BlobLoc[]> => {
+    const readBlobs = async (path: string, size: number, open?: () => Promise<Readable>): Promise<BlobLoc[]> => {
       const out: BlobLoc[] = [];
       stats.filesRead++;
       if (size <= READ_WHOLE) {
-        const data = await readFile(path);
+        const data = open ? await collect(await open(), size) : await readFile(path);
         stats.bytesRead += data.length;
         o.progress?.add(data.length);
         for (let start = 0; start < data.length; ) {
@@ -332,7 +354,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         }
         return out;
       }
-      const chunker = createReadStream(path, { highWaterMark: 1 << 20 }).pipe(new ChunkerStream());
+      const chunker = (open ? await open() : createReadStream(path, { highWaterMark: 1 << 20 })).pipe(new ChunkerStream());
       for await (const chunk of chunker as AsyncIterable<Buffer>) {
         stats.bytesRead += chunk.length;
         o.progress?.add(chunk.length);
@@ -408,8 +430,58 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         }
       }
     };
+    /**
+     * paths.files is a bucket (s3://): one LIST; the keys in index order, each prefix a directory
+     * (0755, no mtime), each object a file (0644, its last-modified); unchanged by size and ETag.
+     */
+    const walkBucket = async function* (): AsyncGenerator<Buffer> {
+      const bucket = openFilestore(o.dir, o.s3 ?? {});
+      try {
+        const listed = await bucket.list('', { signal: o.signal });
+        const objects = listed.filter((x) => !x.key.endsWith('/')); // folder markers of consoles
+        for (const x of objects) {
+          const why = indexPathProblem(x.key);
+          if (why !== undefined) {
+            throw new TandemError('permanent', 'ARCHIVE_UNSUPPORTED_ENTRY', `${o.label}: cannot back up object ${JSON.stringify(x.key)}: its key ${why}`, {
+              hint: 'rename the object in the bucket (a standby could not restore it under that name): no set was committed',
+            });
+          }
+        }
+        const byPath = new Map(objects.map((x) => [x.key, x]));
+        const dirs = new Set<string>();
+        for (const x of objects) {
+          const parts = x.key.split('/');
+          for (let i = 1; i < parts.length; i++) dirs.add(parts.slice(0, i).join('/'));
+        }
+        for (const d of dirs) if (byPath.has(d)) throw new TandemError('permanent', 'ARCHIVE_UNSUPPORTED_ENTRY', `${o.label}: object ${JSON.stringify(d)} is also the prefix of other objects: a tree cannot hold both`, { hint: 'rename one of them in the bucket' });
+        for (const p of [...dirs, ...byPath.keys()].sort(comparePaths)) {
+          o.signal?.throwIfAborted();
+          const x = byPath.get(p);
+          if (x === undefined) {
+            stats.dirs++;
+            queue.push({ entry: { t: 'd', p, m: 0o755, mt: 0 }, blobs: [] });
+            yield* flush();
+            continue;
+          }
+          stats.files++;
+          const cached = known.files.get(p);
+          const ns = `etag:${x.version}`;
+          let blobs: BlobLoc[];
+          if (cached && cached.s === x.size && cached.ns === ns) blobs = cached.blobs;
+          else blobs = await readBlobs(p, x.size, async () => (await bucket.get(p, { signal: o.signal })).body);
+          const size = blobs.reduce((n, b) => n + b.length, 0);
+          if (size !== x.size) throw new TandemError('transient', 'FILES_CHANGED', `${o.label}: object ${JSON.stringify(p)} changed while it was read (${x.size} bytes listed, ${size} read)`, { hint: 'the next backup takes it as it is then' });
+          bytes += size;
+          stats.bytes += size;
+          queue.push({ entry: { t: 'f', p, m: 0o644, mt: x.modified.getTime(), s: size, b: [] }, blobs, ns, ino: 's3' });
+          yield* flush();
+        }
+      } finally {
+        await bucket.close();
+      }
+    };
     try {
-      yield* walk('');
+      yield* isS3Url(o.dir) ? walkBucket() : walk('');
       await makeRoom();
       sealOpen();
       for (const r of inFlight) await r.stored;

@@ -14,6 +14,7 @@ import {
   readEpochDoc,
   artifactFileName,
   createAgeEncryptStream,
+  isS3Url,
   loadFilesKeyFile,
   verifyLatest,
   verifyManifest,
@@ -133,6 +134,7 @@ export async function checkPaths(config: PrimaryConfig): Promise<void> {
   const problems: string[] = [];
   for (const name of ['config', 'security', 'files'] as const) {
     const dir = config.paths[name];
+    if (name === 'files' && isS3Url(dir)) continue; // a bucket: its listing fails the backup, naming it
     try {
       if (!(await stat(dir)).isDirectory()) problems.push(`paths.${name}: ${dir} is not a directory`);
     } catch (err) {

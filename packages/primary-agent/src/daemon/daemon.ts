@@ -1,6 +1,6 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { CLOSE_CODES, loadFilesKeyFile, loadRecipients, loadSigningKeyFile, type ArtifactProgress, type Filestore, type Limiter, type Logger, type PrimaryConfig, type PrimaryHello } from '@tandem/shared';
+import { CLOSE_CODES, isS3Url, loadFilesKeyFile, loadRecipients, loadSigningKeyFile, type ArtifactProgress, type Filestore, type Limiter, type Logger, type PrimaryConfig, type PrimaryHello } from '@tandem/shared';
 import { primaryIdentity } from '../backup/epoch.js';
 import type { BackupResult } from '../backup/run-backup.js';
 import { refuseInBackupMode } from '../backup/sentinel.js';
@@ -291,6 +291,10 @@ export class PrimaryDaemon {
   private async startFilesWatch(): Promise<void> {
     const { config } = this;
     if (config.keys.filesKeyFile === undefined || !config.filesWatch.enabled) return;
+    if (isS3Url(config.paths.files)) {
+      this.log.info({ files: config.paths.files }, 'the files are a bucket: they go with each set (a bucket gives no change events to watch)');
+      return;
+    }
     const writer = new FilesDeltaWriter({
       config,
       fs: this.fs,

@@ -14,6 +14,8 @@ import {
   openPack,
   readFilesIndex,
   isNotFound,
+  isS3Url,
+  openFilestore,
   type FileEntry,
   type FilesKey,
   type Filestore,
@@ -148,7 +150,11 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   await rm(names.next, { recursive: true, force: true });
   await mkdir(join(names.next, 'data'), { recursive: true, mode: 0o700 });
   const record = await readRecord(o.stateDir, names.live, logger);
-  const liveExists = (await lstatOrNull(names.live))?.isDirectory() === true;
+  // paths.files may be a bucket (s3://): what it holds is one LIST; a file is unchanged when the
+  // record says this standby put these blobs there and the object still has the ETag it got then.
+  const bucket = isS3Url(names.live) ? openFilestore(names.live) : null;
+  const listing = bucket ? new Map((await bucket.list('', { signal: o.signal }).finally(() => bucket.close())).map((x) => [x.key, x])) : null;
+  const liveExists = listing !== null || (await lstatOrNull(names.live))?.isDirectory() === true;
 
   // Pass 1: the plan, from the index and what the live tree has.
   const ops: PlanOp[] = [];
@@ -168,11 +174,27 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
       for await (const e of entries) {
         indexPaths.add(e.p);
         if (e.t === 'd') ops.push({ o: 'd', p: e.p, m: e.m, mt: e.mt });
-        else if (e.t === 'l') ops.push({ o: 'l', p: e.p, n: n++, l: e.l, mt: e.mt });
-        else {
+        else if (e.t === 'l') {
+          if (listing !== null) {
+            throw new TandemError('config', 'FILES_BUCKET_SYMLINK', `${label}: ${JSON.stringify(e.p)} is a symlink, and this standby's paths.files is a bucket, which cannot hold one`, {
+              hint: 'give this standby a directory as paths.files, or remove the symlink on the primary',
+            });
+          }
+          ops.push({ o: 'l', p: e.p, n: n++, l: e.l, mt: e.mt });
+        } else {
           files++;
           const d = blobsDigest(e);
           const rec = record.get(e.p);
+          if (listing !== null) {
+            const x = listing.get(e.p);
+            if (rec && x && rec.d === d && rec.ino === x.version && x.size === e.s) kept.push(rec);
+            else {
+              const k = n++;
+              toWrite.push({ e, n: k });
+              ops.push({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s });
+            }
+            continue;
+          }
           const st = rec && liveExists ? await lstatBig(join(names.live, e.p)) : null;
           if (rec && st && st.isFile() && rec.d === d && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === e.s) {
             kept.push(rec);
@@ -190,7 +212,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
 
   // What the live tree has that the set does not: removed first in the switch.
   const removals: PlanOp[] = [];
-  if (liveExists) {
+  if (listing !== null) {
+    // Only objects the primary's listing (the index) does not have.
+    for (const key of listing.keys()) if (!indexPaths.has(key)) removals.push({ o: 'x', p: key });
+  } else if (liveExists) {
     const walk = async (rel: string): Promise<void> => {
       for (const d of await readdir(rel === '' ? names.live : join(names.live, rel), { withFileTypes: true })) {
         const p = rel === '' ? d.name : `${rel}/${d.name}`;
@@ -323,6 +348,7 @@ async function ensureDir(p: string, m: number): Promise<void> {
  * a kill runs it again from the start.
  */
 export async function switchFilesObjects(names: Names, stateDir: string, logger: Logger): Promise<'updated'> {
+  if (isS3Url(names.live)) return switchIntoBucket(names, stateDir, logger);
   const live = names.live;
   await mkdir(live, { recursive: true });
   const dirs: Array<{ p: string; mt: number }> = [];
@@ -388,6 +414,47 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
   await rename(recNew, recordFile(stateDir));
   logger.debug({ renamed }, 'files switched in place');
   return 'updated';
+}
+
+/**
+ * The switch into a bucket (paths.files s3://): removals, then each new or changed file PUT (an
+ * object is replaced whole or not at all), its staged copy removed once stored, the record learning
+ * its ETag. Run again from the start by a roll-forward: a file whose staged copy is gone was stored.
+ */
+async function switchIntoBucket(names: Names, stateDir: string, logger: Logger): Promise<'updated'> {
+  const bucket = openFilestore(names.live);
+  try {
+    const recNew = `${recordFile(stateDir)}.new`;
+    const rec: WriteStream = createWriteStream(recNew, { mode: 0o600 });
+    rec.write(`${JSON.stringify({ live: names.live })}\n`);
+    let put = 0;
+    for await (const line of lines(join(names.next, 'plan.ndjson'))) {
+      const op = JSON.parse(line) as PlanOp;
+      if (op.o === 'x') await bucket.delete(op.p);
+      else if (op.o === 'f') {
+        const staged = join(names.next, 'data', String(op.n));
+        let info;
+        if (await lstatOrNull(staged)) {
+          info = await bucket.put(op.p, createReadStream(staged), { contentLength: op.s });
+          await rm(staged, { force: true });
+          put++;
+          faultPoint('files-renamed-one');
+        } else {
+          info = await bucket.stat(op.p);
+          if (info === null) throw new TandemError('internal', 'FILES_SWITCH_LOST', `neither ${names.live}/${op.p} nor its staged copy exists`, { hint: 'apply the set again with --force' });
+        }
+        rec.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: info.version, ct: 's3' } satisfies RecordLine)}\n`);
+      }
+    }
+    for await (const line of lines(join(names.next, 'kept.ndjson'))) rec.write(`${line}\n`);
+    rec.end();
+    await finished(rec);
+    await rename(recNew, recordFile(stateDir));
+    logger.debug({ put }, 'files switched into the bucket');
+    return 'updated';
+  } finally {
+    await bucket.close();
+  }
 }
 
 /** After an apply of the tar format the record no longer describes the live files. */

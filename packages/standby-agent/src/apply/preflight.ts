@@ -327,6 +327,8 @@ export async function checkSpace(config: StandbyConfig, manifest: Manifest, targ
   }
   for (const part of DIR_PARTS) {
     const e = entries[part];
+    // A files index is small; what its changed files need is checked when they are known (files-objects.ts).
+    if (e.kind === 'files-index') continue;
     needs.push({ where: dirname(targets.dirs[part].live), bytes: e.plainSize, what: `the new ${part} dir, up to` });
   }
 

@@ -5,6 +5,7 @@ import {
   describeError,
   interruptedBy,
   isTandemError,
+  isS3Url,
   loadFilesKeyFile,
   loadVerifyKeyFile,
   parseDbMeta,
@@ -90,6 +91,11 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
       return { status: 'already-applied', applied, recovered, ...restart };
     }
     const identities = identitiesFor(config, manifest, log);
+    if (isS3Url(config.paths.files) && !manifest.artifacts.some((a) => a.kind === 'files-index')) {
+      throw new TandemError('config', 'FILES_BUCKET_NEEDS_INDEX', `set ${manifest.setId} carries its files as a tar, and this standby's paths.files is a bucket (${config.paths.files}), which only sets of content objects are applied into; nothing was downloaded or changed`, {
+        hint: 'give the primary a files key (keys.filesKeyFile) and make a new set',
+      });
+    }
     if (config.keys.filesKeyFile === undefined && manifest.artifacts.some((a) => a.kind === 'files-index')) {
       throw new TandemError('config', 'FILES_KEY_MISSING', `set ${manifest.setId} stores its files as content objects, and this standby has no files key (keys.filesKeyFile in ${config.configFile}); nothing was downloaded or changed`, {
         hint: "copy files.agekey from the primary's keys directory (mode 0600) and name it as keys.filesKeyFile",

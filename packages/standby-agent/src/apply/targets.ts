@@ -1,6 +1,6 @@
 import { realpath } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { TandemError, databaseName, type StandbyConfig } from '@tandem/shared';
+import { TandemError, databaseName, isS3Url, type StandbyConfig } from '@tandem/shared';
 
 /**
  * The names of everything an apply creates beside the live site: a part is staged under its "next"
@@ -72,7 +72,10 @@ export async function targetsFor(config: StandbyConfig): Promise<Targets> {
     dirs: {
       config: dirNames(await real(config.paths.config)),
       security: dirNames(await real(config.paths.security)),
-      files: dirNames(await real(config.paths.files)),
+      // A bucket (s3://) is updated object by object; its staging lives in the state dir.
+      files: isS3Url(config.paths.files)
+        ? { live: config.paths.files, next: join(config.stateDir, 'files-bucket.tandem-new'), old: join(config.stateDir, 'files-bucket.tandem-old') }
+        : dirNames(await real(config.paths.files)),
     },
   };
 }
