@@ -41,7 +41,8 @@ describe('tandem-primary init', () => {
     expect(r.code, r.stderr).toBe(0);
     expect((await stat(dir)).mode & 0o7777).toBe(0o700);
     const files = (await readdir(dir)).sort();
-    expect(files).toEqual(['backup.agekey', 'backup.agepub', 'control.token', 'read.token', 'signing.key', 'signing.pub', 'standby-web2.token', 'standby-web3.token']);
+    expect(files).toEqual(['backup.agekey', 'backup.agepub', 'control.token', 'files.agekey', 'read.token', 'signing.key', 'signing.pub', 'standby-web2.token', 'standby-web3.token']);
+    expect(r.stdout).toContain(`primary  keys.filesKeyFile:     ${join(dir, 'files.agekey')}   (the same file on every standby)`);
     for (const f of files) expect(statSync(join(dir, f)).mode & 0o7777, f).toBe(0o600);
     expect(r.stdout).toContain(`primary  server.tokenFile:      ${join(dir, 'control.token')}   (control: stays on the primary)`);
     expect(r.stdout).toContain(`primary  server.readTokenFile:  ${join(dir, 'read.token')}   (monitoring: give it to Prometheus)`);
