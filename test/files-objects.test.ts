@@ -23,7 +23,7 @@ async function backupJson(s: StandbySite, extra: string[] = []) {
   const r = await runPrimary(['backup', '--config', s.primary.configFile, '--json', ...extra], { env: s.env });
   if (r.code !== 0) throw new Error(`backup failed: ${r.stderr}`);
   if (process.env.DEBUG_OBJECTS) console.log(r.stderr);
-  return JSON.parse(r.stdout) as { setId: string; artifacts: Array<{ name: string; kind: string; file: string }>; files?: { filesRead: number; blobsUploaded: number; newBytes: number; packsUploaded: number; files: number; cache: string } };
+  return JSON.parse(r.stdout) as { setId: string; artifacts: Array<{ name: string; kind: string; file: string }>; files?: { filesRead: number; blobsUploaded: number; newBytes: number; bytesRead: number; packsUploaded: number; files: number; cache: string } };
 }
 
 describe('files as content objects', () => {
@@ -105,4 +105,28 @@ describe('files as content objects', () => {
     expect(await readdir(join(root, 'standby'))).not.toContain('files.tandem-new');
     void readFile;
   }, 120_000);
+
+  it('an object lost from the filestore: the apply refuses naming it, and --repair-objects stores the content again', async () => {
+    await writeFile(join(s.primary.paths.files, 'big', 'lost.bin'), randomBytes(300_000));
+    await backupJson(s);
+    // The pack holding lost.bin: the newest object (the one only these sets have).
+    const fs = s.openStore();
+    try {
+      const objs = await fs.list(`${s.site}/objects/`);
+      const newest = objs.sort((a, b) => a.modified.getTime() - b.modified.getTime()).at(-1)!;
+      await fs.delete(newest.key);
+      const bad = await apply(s);
+      expect(bad.code, show(bad)).toBe(5);
+      expect(bad.stderr).toContain(newest.key.split('/').at(-1)!);
+      expect(bad.stderr).toContain('--repair-objects');
+      const r = await backupJson(s, ['--repair-objects']);
+      expect(r.files!.newBytes).toBe(r.files!.bytesRead);
+      expect(r.files!.filesRead).toBe(r.files!.files);
+      const ok = await apply(s);
+      expect(ok.code, show(ok)).toBe(0);
+      expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    } finally {
+      await fs.close();
+    }
+  }, 180_000);
 });

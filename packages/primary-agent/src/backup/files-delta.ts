@@ -38,6 +38,7 @@ import {
 import { stateFiles } from '../state-files.js';
 import { primaryIdentity } from './epoch.js';
 import { readSetFilesIndex } from './read-files-index.js';
+import { appendDeltaToCache, type CachedDeltaFile } from './files-objects.js';
 
 /**
  * Files deltas (cas/delta.ts): the new and changed files the daemon's watcher saw settle, committed
@@ -69,6 +70,7 @@ export class FilesDeltaWriter {
   #base: string | null = null;
   #known = new Map<string, Loc>();
   readonly #verifyKey: KeyObject;
+  readonly #cacheMemo: { ino?: number; size?: number; ordinals?: Map<string, number> } = {};
 
   constructor(
     private readonly o: {
@@ -184,6 +186,15 @@ export class FilesDeltaWriter {
       const next: LatestPointer = { ...latest, files: { delta: n, committedAt } };
       await fs.putBuffer(layout.latest(config.site), signLatest(next, this.o.signingKey), { signal, contentType: 'application/json' });
       this.o.logger.info({ setId: latest.setId, delta: n, entries: changed, paths: paths.length, newBytes }, 'files delta committed');
+      // The cache learns what the delta stored: the next set neither reads nor uploads it again.
+      const cached: CachedDeltaFile[] = [];
+      for (const [i, l] of lines.entries()) {
+        const f = entries[i]!.file;
+        if (l.entry.t === 'f' && f) cached.push({ p: l.entry.p, s: l.entry.s, ns: f.ns, ino: f.ino, blobs: l.blobs.map((b) => ({ info: b.loc!.info, offset: b.loc!.offset, length: b.loc!.length, id: b.id })) });
+      }
+      await appendDeltaToCache(config.stateDir, config.site, latest.setId, cached, this.#cacheMemo).catch((err: unknown) =>
+        this.o.logger.warn({ err }, 'could not add the files delta to the files cache (the next set reads those files again)'),
+      );
       return { setId: latest.setId, n, entries: changed, newBytes, latest: next };
     } finally {
       await lock.release();
@@ -205,7 +216,7 @@ export class FilesDeltaWriter {
   }
 
   /** The entries for the paths (and every directory above them), in index order; vanished paths left out. */
-  async #entries(paths: string[]): Promise<Array<{ entry: TreeEntry; file?: { full: string; size: number } }>> {
+  async #entries(paths: string[]): Promise<Array<{ entry: TreeEntry; file?: { full: string; size: number; ns: string; ino: string } }>> {
     const root = this.o.config.paths.files;
     const want = new Set<string>();
     for (const raw of paths) {
@@ -214,7 +225,7 @@ export class FilesDeltaWriter {
       const parts = p.split('/');
       for (let i = 1; i <= parts.length; i++) want.add(parts.slice(0, i).join('/'));
     }
-    const out: Array<{ entry: TreeEntry; file?: { full: string; size: number } }> = [];
+    const out: Array<{ entry: TreeEntry; file?: { full: string; size: number; ns: string; ino: string } }> = [];
     const gone = new Set<string>();
     for (const p of [...want].sort(comparePaths)) {
       const parent = p.includes('/') ? p.slice(0, p.lastIndexOf('/')) : '';
@@ -232,7 +243,7 @@ export class FilesDeltaWriter {
       const mt = Number(st.mtimeNs / 1000n) / 1000;
       if (st.isDirectory()) out.push({ entry: { t: 'd', p, m, mt } });
       else if (st.isSymbolicLink()) out.push({ entry: { t: 'l', p, m, mt, l: await readlink(full) } });
-      else out.push({ entry: { t: 'f', p, m, mt, s: Number(st.size), b: [] }, file: { full, size: Number(st.size) } });
+      else out.push({ entry: { t: 'f', p, m, mt, s: Number(st.size), b: [] }, file: { full, size: Number(st.size), ns: String(st.mtimeNs), ino: String(st.ino) } });
     }
     // A directory whose parent went is not in the delta either (readers need each entry's parent).
     return out;

@@ -1,5 +1,5 @@
 import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
-import { lstat, open, readdir, readFile, readlink, rename, rm } from 'node:fs/promises';
+import { appendFile, lstat, open, readdir, readFile, readlink, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -8,6 +8,7 @@ import {
   DEFAULT_CHUNK_SIZES,
   FILES_INDEX_FORMAT,
   FILES_INDEX_VERSION,
+  MAX_INDEX_LINE,
   PACK_TARGET,
   RESERVED_NAME,
   TandemError,
@@ -130,6 +131,8 @@ export interface FilesObjectsOptions {
   logger: Logger;
   /** Read every file again, whatever the cache says. */
   reread?: boolean;
+  /** Store every blob again in new packs, whatever is stored (after an object was lost or damaged). */
+  repair?: boolean;
   /** S3 options (credentials) for an s3:// paths.files. */
   s3?: OpenFilestoreOptions;
   /** Committed sets (ids) in the filestore, to tell whether the cache still describes one of them. */
@@ -224,6 +227,57 @@ function entryProblem(name: string, type: string): string | undefined {
   return undefined;
 }
 
+/** What a files delta stored for one file: for the cache, so the next set neither reads nor uploads it again. */
+export interface CachedDeltaFile {
+  p: string;
+  s: number;
+  ns: string;
+  ino: string;
+  blobs: Array<{ info: PackInfo; offset: number; length: number; id: string }>;
+}
+
+/**
+ * Appends what a files delta stored to the cache, when the cache describes the set the delta builds
+ * on (a later line of a path wins when the cache is read). `memo` keeps the cache's pack ordinals
+ * between deltas while the file is the one this wrote last (same inode and size).
+ */
+export async function appendDeltaToCache(
+  stateDir: string,
+  site: string,
+  setId: string,
+  files: CachedDeltaFile[],
+  memo: { ino?: number; size?: number; ordinals?: Map<string, number> },
+): Promise<void> {
+  const file = join(stateDir, FILES_CACHE);
+  const st = await lstat(file).catch(() => null);
+  if (st === null || files.length === 0) return;
+  if (memo.ino !== st.ino || memo.size !== st.size || memo.ordinals === undefined) {
+    const text = await readFile(file, 'utf8');
+    const lines = text.split('\n');
+    const head = JSON.parse(lines[0] ?? '{}') as { t?: string; site?: string; setId?: string };
+    if (head.t !== 'h' || head.site !== site || head.setId !== setId) return;
+    const ordinals = new Map<string, number>();
+    let n = 0;
+    for (const l of lines) if (l.startsWith('{"t":"o"')) ordinals.set((JSON.parse(l) as { id: string }).id, n++);
+    memo.ordinals = ordinals;
+  }
+  const ordinals = memo.ordinals;
+  const out: string[] = [];
+  for (const f of files) {
+    for (const b of f.blobs) {
+      if (!ordinals.has(b.info.id)) {
+        ordinals.set(b.info.id, ordinals.size);
+        out.push(JSON.stringify({ t: 'o', ...b.info }));
+      }
+    }
+    out.push(JSON.stringify({ t: 'f', p: f.p, s: f.s, ns: f.ns, ino: f.ino, b: f.blobs.map((b) => [ordinals.get(b.info.id)!, b.offset, b.length, b.id]) }));
+  }
+  await appendFile(file, `${out.join('\n')}\n`);
+  const after = await lstat(file);
+  memo.ino = after.ino;
+  memo.size = after.size;
+}
+
 export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
   const stats: FilesObjectsStats = { files: 0, dirs: 0, links: 0, filesRead: 0, bytesRead: 0, bytes: 0, packsUploaded: 0, blobsUploaded: 0, newBytes: 0, storedBytes: 0, cache: 'none' };
   const cacheFile = join(o.stateDir, FILES_CACHE);
@@ -236,7 +290,8 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
   async function* produce(): AsyncGenerator<Buffer> {
     const known = await loadKnown(o);
     stats.cache = known.source;
-    if (o.reread) known.files.clear();
+    if (o.reread || o.repair) known.files.clear();
+    if (o.repair) known.blobs.clear();
     cacheOut = createWriteStream(cacheNew, { mode: 0o600 });
     writeCache({ t: 'h', site: o.site, setId: o.setId });
     /** Blobs of this run, by id (dedup within the tree). */
@@ -422,6 +477,11 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
             }
             size = blobs.reduce((n, b) => n + b.length, 0);
             if (size !== s) o.logger.warn({ path: full, size: s, read: size }, 'a file changed while it was backed up: the set has what was read');
+          }
+          if (blobs.length * 100 + p.length * 6 > MAX_INDEX_LINE) {
+            throw new TandemError('permanent', 'FILE_TOO_LARGE', `${o.label}: ${full} is ${size} bytes in ${blobs.length} chunks, more than one index line holds (files up to ~180 GiB)`, {
+              hint: 'split the file, or keep it outside paths.files: no set was committed',
+            });
           }
           bytes += size;
           stats.bytes += size;

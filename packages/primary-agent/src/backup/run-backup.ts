@@ -70,6 +70,8 @@ export interface BackupResult {
 export interface BackupOptions {
   /** Files as content objects: read every file again, whatever the cache says (`--reread`). */
   reread?: boolean;
+  /** Files as content objects: store every blob again in new packs (`--repair-objects`). */
+  repairObjects?: boolean;
   filestore: Filestore;
   logger: Logger;
   signal?: AbortSignal;
@@ -249,6 +251,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
           recipients: keys.recipients,
           logger: log,
           reread: opts.reread,
+          repair: opts.repairObjects,
           committed,
           rebuild: () => newestFilesIndex(fs, config, keys),
           signal: opts.signal,

@@ -9,14 +9,14 @@ export function formatBackupResult(r: BackupResult, json: boolean): string {
   return JSON.stringify({ setId: r.setId, site: r.site, epoch: r.epoch, createdAt: r.createdAt, storedBytes: r.storedBytes, artifacts: r.artifacts, durations: r.durations, ...(r.files ? { files: r.files } : {}) });
 }
 
-async function runLocal(config: PrimaryConfig, logger: Logger, reread: boolean): Promise<BackupResult> {
+async function runLocal(config: PrimaryConfig, logger: Logger, reread: boolean, repairObjects = false): Promise<BackupResult> {
   const filestore = openFilestore(config.filestore.location);
   try {
     await requireFilestoreMarker(filestore, { url: config.filestore.url });
     // A second Ctrl-C ends the process at once, leaving the upload's clean-up to the next backup.
     const progress = terminalProgress('backup');
     try {
-      return await withInterrupts(logger, 'backup', (signal) => runBackup(config, { filestore, logger, signal, progress, reread }), {
+      return await withInterrupts(logger, 'backup', (signal) => runBackup(config, { filestore, logger, signal, progress, reread, repairObjects }), {
         message: 'interrupted: aborting the backup; nothing will be committed',
         again: 'default',
         cleanedUp: 'the backup was aborted; nothing was committed',
@@ -91,7 +91,7 @@ async function viaDaemon(config: PrimaryConfig, logger: Logger): Promise<BackupR
 export const backupCommand: Command = {
   name: 'backup',
   summary: 'make one backup set now and commit it to the filestore',
-  help: `Usage: tandem-primary backup --config FILE [--site NAME] [--json] [--local] [--reread]
+  help: `Usage: tandem-primary backup --config FILE [--site NAME] [--json] [--local] [--reread] [--repair-objects]
 
 Dumps the database (pg_dump, custom format), archives the config, security and files
 directories, compresses (zstd), encrypts (age) and uploads each artifact, then commits the set
@@ -128,14 +128,18 @@ Options:
   --local        back up in this process even while the daemon runs
   --reread       with a files key (keys.filesKeyFile): read every file again, not only those
                  whose size, mtime or inode changed (implies --local)
+  --repair-objects  with a files key: store every file's content again in new objects,
+                 whatever the filestore holds (after \`tandem-standby verify --read-data\` found
+                 an object missing or damaged; the next sets use the new ones) (implies --local)
 
 Exit status: 0 committed; 1 failed (or refused: a standby's site); 2 bad config or usage; 4 fenced (or not the site's primary); 75 another backup is running;
 130/143 interrupted by SIGINT/SIGTERM (nothing committed).`,
-  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, json: { type: 'boolean' }, local: { type: 'boolean' }, reread: { type: 'boolean' } },
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, json: { type: 'boolean' }, local: { type: 'boolean' }, reread: { type: 'boolean' }, 'repair-objects': { type: 'boolean' } },
   async run({ values, logger, out }) {
     const config = loadPrimaryConfig(requireString(values, 'config', 'tandem-primary backup'), siteOption(values), 'tandem-primary backup');
     const reread = values.reread === true;
-    const r = (values.local === true || reread ? null : await viaDaemon(config, logger)) ?? (await runLocal(config, logger, reread));
+    const repair = values['repair-objects'] === true;
+    const r = (values.local === true || reread || repair ? null : await viaDaemon(config, logger)) ?? (await runLocal(config, logger, reread, repair));
     out(formatBackupResult(r, values.json === true));
   },
 };

@@ -28,7 +28,12 @@ export const FILES_INDEX_FORMAT = 'tandem-files-index';
 export const FILES_INDEX_VERSION = 1;
 /** Names a set's files tree may not use: what tandem itself keeps beside or inside it. */
 export const RESERVED_NAME = /^\.tandem-/;
-const MAX_LINE = 1024 * 1024;
+/**
+ * The longest line: a file's line lists its blobs (~90 bytes each, one per ~1 MiB chunk), so this
+ * bounds one file at ~180 GiB (the primary refuses a larger one by name).
+ */
+export const MAX_INDEX_LINE = 16 * 1024 * 1024;
+const MAX_LINE = MAX_INDEX_LINE;
 
 export interface IndexHeader {
   t: 'h';

@@ -120,7 +120,7 @@ export async function openPack(stored: Buffer, info: PackInfo, o: { identities: 
   const digest = createHash('sha256').update(stored).digest();
   if (!timingSafeEqual(digest, Buffer.from(info.sha256, 'hex'))) {
     throw new TandemError('integrity', 'OBJECT_CHECKSUM', `${o.label}: object ${info.id} does not match the SHA-256 in the signed index: it was altered or swapped`, {
-      hint: 'run `tandem-standby verify --read-data` to check every object of the set; make a new set on the primary',
+      hint: 'run `tandem-standby verify --read-data` to find every damaged object of the set; then `tandem-primary backup --repair-objects` stores the content again in new objects',
     });
   }
   let body: Buffer;

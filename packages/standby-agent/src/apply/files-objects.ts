@@ -253,7 +253,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         got = await o.filestore.get(key, { signal: o.signal });
       } catch (err) {
         if (isNotFound(err)) {
-          throw new TandemError('integrity', 'OBJECT_MISSING', `${label}: object ${info.id} is missing from ${o.filestore.description}: the signed index lists it, the filestore does not have it`, { cause: err });
+          throw new TandemError('integrity', 'OBJECT_MISSING', `${label}: object ${info.id} is missing from ${o.filestore.description}: the signed index lists it, the filestore does not have it`, {
+            cause: err,
+            hint: 'restore the object from a copy of the filestore, or have the primary store the content again: `tandem-primary backup --repair-objects` makes a new set with new objects',
+          });
         }
         throw err;
       }
