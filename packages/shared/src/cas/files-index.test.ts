@@ -207,17 +207,17 @@ describe('the files index reader', () => {
       expect(await refusal(indexText(body()), { maxBytes: 1159 })).toMatch(/line 11 .*more than 1159 bytes of file data/);
     });
 
-    it('a line over 1 MiB, without holding more of it', async () => {
+    it('a line over MAX_INDEX_LINE (16 MiB), without holding more of it', async () => {
       // The bound is checked as the pieces arrive (a line a little over it may pass whole in its last piece).
-      const long = `${JSON.stringify(header())}\n{"t":"d","p":"${'x'.repeat(2 * 1024 * 1024)}"}\n`;
-      expect(await refusal(long, {}, 64 * 1024)).toMatch(/^[^"]*line 2 of the files index: a line longer than 1048576 bytes$/);
+      const long = `${JSON.stringify(header())}\n{"t":"d","p":"${'x'.repeat(17 * 1024 * 1024)}"}\n`;
+      expect(await refusal(long, {}, 1024 * 1024)).toMatch(/^[^"]*line 2 of the files index: a line longer than 16777216 bytes$/);
       // No newline ever: refused as soon as the pending line is over the limit, not at the end.
       async function* endless(): AsyncGenerator<Buffer> {
         yield Buffer.from(`${JSON.stringify(header())}\n`);
-        for (let i = 0; i < 1000; i++) yield Buffer.alloc(64 * 1024, 0x61);
+        for (let i = 0; i < 1000; i++) yield Buffer.alloc(1024 * 1024, 0x61);
         throw new Error('read on to the end: the line was not refused at its limit');
       }
-      await expect(readFilesIndex(endless(), OPTS).next()).rejects.toThrow(/a line longer than 1048576 bytes/);
+      await expect(readFilesIndex(endless(), OPTS).next()).rejects.toThrow(/a line longer than 16777216 bytes/);
     });
   });
 

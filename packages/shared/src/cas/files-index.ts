@@ -70,6 +70,7 @@ export function comparePaths(a: string, b: string): number {
 /** Why a path may not be in an index, or undefined. */
 export function indexPathProblem(p: string): string | undefined {
   if (typeof p !== 'string' || p === '') return 'is empty';
+  if (p.length > 4096) return `is longer than 4096 characters (PATH_MAX)`;
   if (p.startsWith('/')) return 'is absolute';
   if (p.includes('\0')) return 'contains a NUL byte';
   for (const seg of p.split('/')) {
@@ -165,7 +166,7 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
       case 'f':
       case 'l': {
         const why = indexPathProblem(l.p);
-        if (why !== undefined) fail(`path ${JSON.stringify(l.p)} ${why}`);
+        if (why !== undefined) fail(`path ${JSON.stringify(typeof l.p === 'string' && l.p.length > 200 ? `${l.p.slice(0, 200)}…` : l.p)} ${why}`);
         if (prev !== undefined && comparePaths(prev, l.p) >= 0) fail(`path ${JSON.stringify(l.p)} is out of order or repeated (after ${JSON.stringify(prev)})`);
         prev = l.p;
         if (!Number.isInteger(l.m) || l.m < 0 || l.m > 0o7777) fail(`${JSON.stringify(l.p)}: mode ${l.m} is not a permission mode`);
