@@ -1,4 +1,4 @@
-import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, lstatSync, readdirSync, readFileSync, type WriteStream } from 'node:fs';
 import { appendFile, lstat, open, readdir, readFile, readlink, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -143,6 +143,22 @@ export interface FilesObjectsOptions {
   progress?: ProgressMeter;
 }
 
+/** Lines gathered into pieces of 64 KiB: one write to the compressor per piece, not per line. */
+async function* batched(lines: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  let parts: Buffer[] = [];
+  let n = 0;
+  for await (const l of lines) {
+    parts.push(l);
+    n += l.length;
+    if (n >= 1 << 16) {
+      yield Buffer.concat(parts, n);
+      parts = [];
+      n = 0;
+    }
+  }
+  if (n > 0) yield Buffer.concat(parts, n);
+}
+
 /** A small object whole (at most its listed size, which readBlobs then checks). */
 async function collect(body: Readable, size: number): Promise<Buffer> {
   const pieces: Buffer[] = [];
@@ -285,7 +301,20 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
   let cacheOut: WriteStream | undefined;
   let cacheOrdinals = 0;
   const cachePack = new Map<PackRecord, number>();
-  const writeCache = (l: object) => cacheOut?.write(`${JSON.stringify(l)}\n`);
+  // Batched: a line per write() would be a system call per file.
+  let cacheBuf = '';
+  const writeCache = (l: object) => {
+    cacheBuf += `${JSON.stringify(l)}\n`;
+    if (cacheBuf.length >= 1 << 16) {
+      cacheOut?.write(cacheBuf);
+      cacheBuf = '';
+    }
+  };
+  const endCache = () => {
+    if (cacheBuf !== '') cacheOut?.write(cacheBuf);
+    cacheBuf = '';
+    cacheOut?.end();
+  };
 
   async function* produce(): AsyncGenerator<Buffer> {
     const known = await loadKnown(o);
@@ -300,6 +329,17 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     const inFlight: PackRecord[] = [];
     let failure: unknown;
     const queue: QueuedEntry[] = [];
+    let qHead = 0;
+    /**
+     * Entries wait for the pack holding their new blobs; a pack still filling (few changes in a
+     * large tree) is sealed early rather than holding up the whole tree behind it.
+     */
+    const unblock = async () => {
+      if (queue.length - qHead > 2000 && open_ !== null && open_.blobs.length > 0) {
+        await makeRoom();
+        sealOpen();
+      }
+    };
     let ordinals = 0;
     let entries = 0;
 
@@ -372,10 +412,14 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     /** The lines of every queued entry whose packs are all stored, in order. */
     function* flush(): Generator<Buffer> {
       if (failure !== undefined) throw failure;
-      while (queue.length > 0) {
-        const q = queue[0]!;
+      while (qHead < queue.length) {
+        const q = queue[qHead]!;
         if (!q.blobs.every((b) => b.pack.done)) return;
-        queue.shift();
+        queue[qHead++] = undefined as unknown as QueuedEntry;
+        if (qHead > 4096 && qHead * 2 > queue.length) {
+          queue.splice(0, qHead); // drained from the front without shift(), which is linear
+          qHead = 0;
+        }
         for (const b of q.blobs) {
           if (b.pack.ordinal === undefined) {
             b.pack.ordinal = ordinals++;
@@ -399,7 +443,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       const out: BlobLoc[] = [];
       stats.filesRead++;
       if (size <= READ_WHOLE) {
-        const data = open ? await collect(await open(), size) : await readFile(path);
+        const data = open ? await collect(await open(), size) : readFileSync(path);
         stats.bytesRead += data.length;
         o.progress?.add(data.length);
         for (let start = 0; start < data.length; ) {
@@ -423,14 +467,15 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     // Depth first, names sorted: the order readers check (comparePaths).
     const walk = async function* (rel: string): AsyncGenerator<Buffer> {
       const abs = rel === '' ? o.dir : join(o.dir, rel);
-      const names = (await readdir(abs)).sort();
+      // Synchronous calls for what is cheap per file: a promise per lstat costs several times the call.
+      const names = readdirSync(abs).sort();
       for (const name of names) {
         o.signal?.throwIfAborted();
         const p = rel === '' ? name : `${rel}/${name}`;
         const full = join(o.dir, p);
         let st;
         try {
-          st = await lstat(full, { bigint: true });
+          st = lstatSync(full, { bigint: true });
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
             o.logger.warn({ path: full }, 'a file vanished while the files were backed up: left out of this set');
@@ -486,6 +531,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
           bytes += size;
           stats.bytes += size;
           queue.push({ entry: { t: 'f', p, m, mt, s: size, b: [] }, blobs, ns, ino });
+          await unblock();
           yield* flush();
         }
       }
@@ -547,7 +593,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       for (const r of inFlight) await r.stored;
       inFlight.length = 0;
       yield* flush();
-      if (queue.length > 0) throw new TandemError('internal', 'FILES_QUEUE', `${queue.length} entries of the files index were never written`);
+      if (queue.length > qHead) throw new TandemError('internal', 'FILES_QUEUE', `${queue.length - qHead} entries of the files index were never written`);
       yield indexLine({ t: 'e', entries, objects: ordinals, bytes });
     } finally {
       // Nothing may still be uploading when the caller cleans up.
@@ -555,13 +601,13 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     }
   }
 
-  const source = Readable.from(produce(), { objectMode: false, highWaterMark: 1 << 16 });
+  const source = Readable.from(batched(produce()), { objectMode: false, highWaterMark: 1 << 16 });
   return {
     source,
     stats,
     async commitCache() {
       if (!cacheOut) return;
-      cacheOut.end();
+      endCache();
       await finished(cacheOut);
       const fh = await open(cacheNew, 'r');
       await fh.sync().finally(() => fh.close());
@@ -569,7 +615,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     },
     async discardCache() {
       if (cacheOut) {
-        cacheOut.end();
+        endCache();
         await finished(cacheOut).catch(() => undefined);
       }
       await rm(cacheNew, { force: true });

@@ -25,7 +25,7 @@ import {
   type TreeEntry,
 } from '@tandem/shared';
 import { createHash, type KeyObject } from 'node:crypto';
-import { FILES_RECORD } from './files-objects.js';
+import { FILES_RECORD, utimeOf } from './files-objects.js';
 import { readApplied, stateFiles } from './state.js';
 import { targetsFor } from './targets.js';
 
@@ -158,7 +158,7 @@ export async function applyFilesDeltas(config: StandbyConfig, o: { filestore: Fi
           await fh.close();
         }
         await chmod(tmp, e.m);
-        await utimes(tmp, e.mt / 1000, e.mt / 1000);
+        await utimes(tmp, utimeOf(e.mt), utimeOf(e.mt));
         staged.set(e.p, tmp);
       }
       // Then into place, in index order (each directory made or checked before what it holds).
@@ -182,7 +182,7 @@ export async function applyFilesDeltas(config: StandbyConfig, o: { filestore: Fi
           if (there?.isDirectory()) await rm(target, { recursive: true, force: true });
           const tmp = join(work, `l${i}`);
           await symlink(e.l, tmp);
-          await lutimes(tmp, e.mt / 1000, e.mt / 1000);
+          await lutimes(tmp, utimeOf(e.mt), utimeOf(e.mt));
           await rename(tmp, target);
           files++;
         }

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, type Stats, type WriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, lstatSync, renameSync, type Stats, type WriteStream } from 'node:fs';
 import { chmod, lstat, lutimes, mkdir, open, readdir, readFile, readlink, rename, rm, symlink, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -55,8 +55,8 @@ import type { Names } from './targets.js';
  * (the sentinel is written before) does not serve from, and a kill is finished by the roll-forward.
  */
 export const FILES_RECORD = 'files-record.ndjson';
-const PREFETCH = 3;
-const HELD_PACKS = 8;
+const PREFETCH = 2;
+const HELD_PACKS = 6;
 
 interface RecordLine {
   p: string;
@@ -74,6 +74,13 @@ type PlanOp =
   | { o: 'm'; p: string; m: number; mt: number }
   | { o: 'l'; p: string; n: number; l: string; mt: number };
 
+/**
+ * Seconds for utimes from the index's milliseconds (µs precision): rounded to the nearest
+ * nanosecond rather than cut, or half the files would come out 1 µs early and differ from the
+ * index at every later apply.
+ */
+export const utimeOf = (mt: number): number => mt / 1000 + 5e-7;
+
 const blobsDigest = (e: FileEntry): string => createHash('sha256').update(e.b.map((b) => b[3]).join(',')).digest('hex').slice(0, 32);
 const recordFile = (stateDir: string) => join(stateDir, FILES_RECORD);
 
@@ -84,11 +91,14 @@ async function lstatOrNull(p: string): Promise<Stats | null> {
   });
 }
 
-async function lstatBig(p: string) {
-  return lstat(p, { bigint: true }).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return null;
+/** Synchronous: one call per file of the tree, where a promise costs several times the call. */
+function lstatBig(p: string) {
+  try {
+    return lstatSync(p, { bigint: true });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return null;
     throw err;
-  });
+  }
 }
 
 /** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
@@ -195,10 +205,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             }
             continue;
           }
-          const st = rec && liveExists ? await lstatBig(join(names.live, e.p)) : null;
+          const st = rec && liveExists ? lstatBig(join(names.live, e.p)) : null;
           if (rec && st && st.isFile() && rec.d === d && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === e.s) {
             kept.push(rec);
-            if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) / 1000 !== e.mt) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
+            if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
           } else {
             const k = n++;
             toWrite.push({ e, n: k });
@@ -311,6 +321,9 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
           uses.set(ord, left);
           if (left === 0) held.delete(ord);
         }
+        // Mode and mtime now, through the handle: the switch only renames.
+        await fh.chmod(w.e.m);
+        await fh.utimes(utimeOf(w.e.mt), utimeOf(w.e.mt));
       } finally {
         await fh.close();
       }
@@ -372,25 +385,23 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
         break;
       case 'f': {
         const staged = join(names.next, 'data', String(op.n));
-        const st = await lstatOrNull(staged);
+        const st = lstatBig(staged);
         if (st) {
-          const there = await lstatOrNull(target);
+          const there = lstatBig(target);
           if (there?.isDirectory()) await rm(target, { recursive: true, force: true });
-          await chmod(staged, op.m);
-          await utimes(staged, op.mt / 1000, op.mt / 1000);
-          await rename(staged, target);
+          renameSync(staged, target);
           renamed++;
           faultPoint('files-renamed-one');
-        } else if (!(await lstatOrNull(target))) {
+        } else if (!lstatBig(target)) {
           throw new TandemError('internal', 'FILES_SWITCH_LOST', `neither ${target} nor its staged copy ${staged} exists`, { hint: 'apply the set again with --force' });
         }
-        const now = await lstat(target, { bigint: true });
+        const now = lstatSync(target, { bigint: true });
         rec.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: String(now.ino), ct: String(now.ctimeNs) } satisfies RecordLine)}\n`);
         break;
       }
       case 'm':
         await chmod(target, op.m);
-        await utimes(target, op.mt / 1000, op.mt / 1000);
+        await utimes(target, utimeOf(op.mt), utimeOf(op.mt));
         break;
       case 'l': {
         const there = await lstatOrNull(target);
@@ -399,7 +410,7 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
         const tmp = join(names.next, 'data', `l${op.n}`);
         await rm(tmp, { force: true });
         await symlink(op.l, tmp);
-        await lutimes(tmp, op.mt / 1000, op.mt / 1000);
+        await lutimes(tmp, utimeOf(op.mt), utimeOf(op.mt));
         await rename(tmp, target);
         break;
       }
@@ -408,10 +419,10 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
   // Kept files: as they were (their inode and ctime did not change), after the written ones.
   for await (const line of lines(join(names.next, 'kept.ndjson'))) {
     const r = JSON.parse(line) as RecordLine;
-    const now = await lstatBig(join(live, r.p));
+    const now = lstatBig(join(live, r.p));
     if (now) rec.write(`${JSON.stringify({ ...r, ino: String(now.ino), ct: String(now.ctimeNs) })}\n`);
   }
-  for (const d of dirs.reverse()) await utimes(d.p, d.mt / 1000, d.mt / 1000);
+  for (const d of dirs.reverse()) await utimes(d.p, utimeOf(d.mt), utimeOf(d.mt));
   rec.end();
   await finished(rec);
   await rename(recNew, recordFile(stateDir));
