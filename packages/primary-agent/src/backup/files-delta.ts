@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream';
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { lstat, readFile, readlink } from 'node:fs/promises';
@@ -123,7 +124,7 @@ export class FilesDeltaWriter {
           sealed.info.id = packId(this.o.filesKey.hmacKey, sealed.blobs.map((b) => b.id), attempt);
         }
         await checkFence();
-        await fs.putBuffer(objectKey(config.site, sealed.info.id), sealed.stored, { signal, contentType: 'application/octet-stream' });
+        await fs.put(objectKey(config.site, sealed.info.id), Readable.from(sealed.pieces), { signal, contentLength: sealed.info.size, contentType: 'application/octet-stream' });
         for (const b of sealed.blobs) {
           const loc = { info: sealed.info, offset: b.offset, length: b.length };
           this.#known.set(b.id, loc);

@@ -356,7 +356,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         }
         p.record.info = sealed.info;
         o.signal?.throwIfAborted();
-        await o.filestore.putBuffer(objectKey(o.site, sealed.info.id), sealed.stored, { signal: o.signal, contentType: 'application/octet-stream' });
+        await o.filestore.put(objectKey(o.site, sealed.info.id), Readable.from(sealed.pieces), { signal: o.signal, contentLength: sealed.info.size, contentType: 'application/octet-stream' });
         stats.packsUploaded++;
         stats.storedBytes += sealed.info.size;
         faultPoint('files-pack-uploaded');

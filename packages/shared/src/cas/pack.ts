@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { Transform } from 'node:stream';
 import { promisify } from 'node:util';
 import { deflateRaw, deflateRawSync, inflateRawSync } from 'node:zlib';
@@ -51,8 +51,67 @@ export interface PackedBlob {
 
 export interface SealedPack {
   info: PackInfo;
-  stored: Buffer;
+  /** The stored bytes, as the encryption produced them (no copy into one buffer). */
+  pieces: Buffer[];
+  /** The stored bytes as one buffer (copied on first use: for tests and small callers). */
+  readonly stored: Buffer;
   blobs: PackedBlob[];
+}
+
+/** Runs a transform over pieces and collects what it produces, without joining either side. */
+export async function runTransformPieces(t: Transform, input: Buffer[]): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  const done = new Promise<void>((resolve, reject) => {
+    t.on('data', (c: Buffer) => out.push(c));
+    t.on('end', resolve);
+    t.on('error', reject);
+  });
+  done.catch(() => undefined); // awaited below; a failure mid-write also ends the wait for 'drain'
+  for (const piece of input) {
+    if (t.destroyed) break;
+    if (!t.write(piece)) await Promise.race([new Promise<void>((r) => t.once('drain', () => r())), done]);
+  }
+  t.end();
+  await done;
+  return out;
+}
+
+/**
+ * The plaintext of a pack as the pieces decryption produced: blobs are read as slices of them (a
+ * blob may span two pieces), so that 8 MiB is not copied into one buffer first.
+ */
+export class PackPlain {
+  readonly #starts: number[] = [];
+  readonly length: number;
+
+  constructor(readonly pieces: Buffer[]) {
+    let at = 0;
+    for (const p of pieces) {
+      this.#starts.push(at);
+      at += p.length;
+    }
+    this.length = at;
+  }
+
+  /** The bytes [offset, offset + length), as slices of the pieces. */
+  slices(offset: number, length: number): Buffer[] {
+    const out: Buffer[] = [];
+    let lo = 0;
+    let hi = this.#starts.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.#starts[mid]! <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    let left = length;
+    for (let i = lo, at = offset - this.#starts[lo]!; left > 0 && i < this.pieces.length; i++, at = 0) {
+      const p = this.pieces[i]!;
+      const take = Math.min(left, p.length - at);
+      out.push(p.subarray(at, at + take));
+      left -= take;
+    }
+    return out;
+  }
 }
 
 export async function runTransform(t: Transform, input: Buffer): Promise<Buffer> {
@@ -95,18 +154,28 @@ export async function sealPack(blobs: Array<{ id: string; data: Buffer }>, o: { 
     offset += b.data.length;
   }
   if (offset > MAX_PACK_PLAIN) throw new RangeError(`pack of ${offset} bytes is over the ${MAX_PACK_PLAIN} limit`);
-  const plain = blobs.length === 1 ? blobs[0]!.data : Buffer.concat(blobs.map((b) => b.data), offset);
-  const deflate = compressible(plain);
-  const body = deflate ? await deflateRawAsync(plain, { level: 1 }) : plain;
-  const stored = o.recipients ? await runTransform(createAgeEncryptStream(o.recipients), body) : body;
-  const info: PackInfo = {
-    id: packId(o.hmacKey, placed.map((b) => b.id), o.attempt),
-    size: stored.length,
-    sha256: createHash('sha256').update(stored).digest('hex'),
-    plain: offset,
-    c: deflate ? 'deflate' : 'none',
+  // A sample from the blob at the middle of the pack decides; only a pack that compresses is joined.
+  const middle = placed.find((b) => b.offset + b.length > offset / 2) ?? placed[0];
+  const deflate = middle !== undefined && compressible(blobs[placed.indexOf(middle)]!.data);
+  const body = deflate ? [await deflateRawAsync(Buffer.concat(blobs.map((b) => b.data), offset), { level: 1 })] : blobs.map((b) => b.data);
+  const pieces = o.recipients ? await runTransformPieces(createAgeEncryptStream(o.recipients), body) : body;
+  const hash = createHash('sha256');
+  let size = 0;
+  for (const p of pieces) {
+    hash.update(p);
+    size += p.length;
+  }
+  const info: PackInfo = { id: packId(o.hmacKey, placed.map((b) => b.id), o.attempt), size, sha256: hash.digest('hex'), plain: offset, c: deflate ? 'deflate' : 'none' };
+  let joined: Buffer | undefined;
+  return {
+    info,
+    pieces,
+    get stored() {
+      joined ??= pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces, size);
+      return joined;
+    },
+    blobs: placed,
   };
-  return { info, stored: stored === plain ? Buffer.from(stored) : stored, blobs: placed };
 }
 
 /**
@@ -114,26 +183,35 @@ export async function sealPack(blobs: Array<{ id: string; data: Buffer }>, o: { 
  * decrypted (unless the set is unencrypted), then inflated to exactly the signed plain size.
  */
 export async function openPack(stored: Buffer, info: PackInfo, o: { identities: string[] | null; label: string }): Promise<Buffer> {
-  if (stored.length !== info.size) {
-    throw new TandemError('integrity', 'OBJECT_SIZE', `${o.label}: object ${info.id} has ${stored.length} bytes, the signed index says ${info.size} (truncated or replaced)`);
+  const p = await openPackPieces([stored], info, o);
+  return p.pieces.length === 1 ? p.pieces[0]! : Buffer.concat(p.pieces, p.length);
+}
+
+/** openPack over the stored bytes as they were read (pieces), to the plaintext as pieces. */
+export async function openPackPieces(stored: Buffer[], info: PackInfo, o: { identities: string[] | null; label: string }): Promise<PackPlain> {
+  const size = stored.reduce((n, p) => n + p.length, 0);
+  if (size !== info.size) {
+    throw new TandemError('integrity', 'OBJECT_SIZE', `${o.label}: object ${info.id} has ${size} bytes, the signed index says ${info.size} (truncated or replaced)`);
   }
-  const digest = createHash('sha256').update(stored).digest();
+  const h = createHash('sha256');
+  for (const p of stored) h.update(p);
+  const digest = h.digest();
   if (!timingSafeEqual(digest, Buffer.from(info.sha256, 'hex'))) {
     throw new TandemError('integrity', 'OBJECT_CHECKSUM', `${o.label}: object ${info.id} does not match the SHA-256 in the signed index: it was altered or swapped`, {
       hint: 'run `tandem-standby verify --read-data` to find every damaged object of the set; then `tandem-primary backup --repair-objects` stores the content again in new objects',
     });
   }
-  let body: Buffer;
+  let body: Buffer[];
   try {
-    body = o.identities ? await runTransform(createAgeDecryptStream(o.identities, { label: `${o.label}: object ${info.id}` }), stored) : stored;
+    body = o.identities ? await runTransformPieces(createAgeDecryptStream(o.identities, { label: `${o.label}: object ${info.id}` }), stored) : stored;
   } catch (err) {
     throw new TandemError('integrity', 'OBJECT_DECRYPT', `${o.label}: object ${info.id} matched its checksum but could not be decrypted: ${(err as Error).message}`, { cause: err });
   }
-  let plain: Buffer;
-  if (info.c === 'none') plain = body;
+  let plain: PackPlain;
+  if (info.c === 'none') plain = new PackPlain(body);
   else {
     try {
-      plain = inflateRawSync(body, { maxOutputLength: Math.max(1, info.plain) });
+      plain = new PackPlain([inflateRawSync(body.length === 1 ? body[0]! : Buffer.concat(body), { maxOutputLength: Math.max(1, info.plain) })]);
     } catch (err) {
       throw new TandemError('integrity', 'OBJECT_DECOMPRESS', `${o.label}: object ${info.id} does not inflate to its signed plain size ${info.plain}: ${(err as Error).message}`, { cause: err });
     }
@@ -142,6 +220,22 @@ export async function openPack(stored: Buffer, info: PackInfo, o: { identities: 
     throw new TandemError('integrity', 'OBJECT_PLAIN_SIZE', `${o.label}: object ${info.id} holds ${plain.length} plain bytes, the signed index says ${info.plain}`);
   }
   return plain;
+}
+
+/** blobAt over a PackPlain: the blob's slices, after their bytes matched its id. */
+export function blobSlices(plain: PackPlain, blob: PackedBlob, hmacKey: Buffer, label: string): Buffer[] {
+  if (blob.offset + blob.length > plain.length) {
+    throw new TandemError('integrity', 'OBJECT_BLOB_RANGE', `${label}: blob ${blob.id} lies outside its object (${blob.offset}+${blob.length} of ${plain.length} bytes)`);
+  }
+  const slices = plain.slices(blob.offset, blob.length);
+  const mac = createHmac('sha256', hmacKey);
+  for (const sl of slices) mac.update(sl);
+  if (!timingSafeEqual(mac.digest(), Buffer.from(blob.id, 'hex'))) {
+    throw new TandemError('integrity', 'OBJECT_BLOB_MISMATCH', `${label}: the bytes of blob ${blob.id} do not match its id (a pack made with another files key, or altered before it was encrypted)`, {
+      hint: 'check that keys.filesKeyFile is the same files.agekey on the primary and on this standby',
+    });
+  }
+  return slices;
 }
 
 /** One blob of an opened pack, after its bytes matched its id (the HMAC under the files key). */
