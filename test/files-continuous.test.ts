@@ -227,6 +227,26 @@ describe('files sent on as they change (both daemons)', () => {
     expect((await standbyStatus()).lastError).toBeNull();
   });
 
+  it('without the standby daemon: promote refuses while files deltas are pending, and apply applies them', async () => {
+    await standby!.stop();
+    standby = undefined;
+    const before = (await primaryStatus()).filesWatch!.lastDelta?.n ?? 0;
+    const data = randomBytes(50_000);
+    await writeFile(join(primaryFiles, 'while-standby-down.png'), data);
+    await waitFor(async () => ((await primaryStatus()).filesWatch!.lastDelta?.n ?? 0) > before, 'the primary to commit the delta');
+    const refused = await runStandby(['promote', '--config', s.standby.configFile], { env: s.env });
+    expect(refused.code, show(refused)).not.toBe(0);
+    expect(refused.stderr).toMatch(/FAIL\s+1 files delta\(s\) on top of set \S+ are not applied/);
+    const a = await runStandby(['apply', '--config', s.standby.configFile], { env: s.env });
+    expect(a.code, show(a)).toBe(0);
+    expect(a.stdout).toMatch(/applied files delta\(s\) \d+-\d+ on top of it/);
+    expect(await readFile(join(standbyFiles, 'while-standby-down.png'))).toEqual(data);
+    const again = await runStandby(['promote', '--config', s.standby.configFile], { env: s.env });
+    expect(again.stderr).toMatch(/ok\s+every files delta on top of the applied set is applied/);
+    standby = await startStandbyDaemon(s.standby.configFile, s.standby.stateDir, s.env);
+    await waitFor(async () => (await standbyStatus()).push?.connected === true, 'the standby to connect again', 30_000, 50);
+  }, 120_000);
+
   it('where the OS watch limit is reached, the files are scanned instead, and say so', async () => {
     await stopPrimary();
     await startDaemons({ TANDEM_FAULT_WATCH_LIMIT: '1' }, { settle: '1s', scanInterval: '1s' });

@@ -1,4 +1,21 @@
-import { TandemError, formatBytes, loadStandbyConfig, siteOption, openFilestore, requireFilestoreMarker, requireString, terminalProgress, withInterrupts, type Command } from '@tandem/shared';
+import {
+  TandemError,
+  formatBytes,
+  loadStandbyConfig,
+  loadVerifyKeyFile,
+  readVerifiedLatest,
+  siteOption,
+  openFilestore,
+  requireFilestoreMarker,
+  requireString,
+  terminalProgress,
+  withInterrupts,
+  type Command,
+  type Filestore,
+  type Logger,
+  type StandbyConfig,
+} from '@tandem/shared';
+import { applyFilesDeltas, pendingDeltas } from '../apply/files-delta.js';
 import { findSetAt, parseAt } from '../apply/find-at.js';
 import { runApply } from '../apply/run-apply.js';
 
@@ -19,6 +36,10 @@ new database and swapped in by rename, config (keeping config.preserve and the s
 security (files 0600, dirs 0700) and files are extracted beside the live dirs and swapped in.
 Then the set is recorded as applied, what was kept for rollback is removed, and restartCommand
 runs with TANDEM_MODE=backup.
+
+With a files key (keys.filesKeyFile) and without --set/--at, the files deltas latest.json names
+on top of the applied set (new and changed files the primary's daemon sent since the set) are
+applied after it, file by file, as \`tandem-standby run\` applies them.
 
 Before a byte is downloaded it checks what can be checked without the set: pg_restore (at least
 the PostgreSQL version the set was dumped from), zstd and prlimit; PostgreSQL reachable, with
@@ -105,13 +126,17 @@ SIGINT/SIGTERM (rolled back).`,
         { cleanedUp: 'the apply was stopped before it changed anything live' },
       ).finally(() => progress.close());
       const a = r.applied;
+      // Files deltas on top of the applied set (files as content objects): what the primary's
+      // daemon sent since the set, as the standby daemon would apply them. Not with --set.
+      const deltas = setId === undefined ? await applyPendingDeltas(config, filestore, logger) : null;
       if (values.json === true) {
-        out(JSON.stringify({ status: r.status, recovered: r.recovered.action === 'none' ? null : { action: r.recovered.action, setId: r.recovered.setId }, ...a }));
+        out(JSON.stringify({ status: r.status, recovered: r.recovered.action === 'none' ? null : { action: r.recovered.action, setId: r.recovered.setId }, ...a, ...(deltas ? { filesDeltas: { from: deltas.from, to: deltas.to, files: deltas.files } } : {}) }));
       } else if (r.status === 'already-applied') {
         out(`set ${a.setId} is already applied (since ${a.appliedAt}); nothing to do (--force applies it again)`);
       } else {
         out(`applied set ${a.setId} (epoch ${a.epoch}, created ${a.createdAt}, ${formatBytes(a.bytes)}) in ${a.durations.total ?? '?'} s`);
       }
+      if (deltas && values.json !== true) out(`applied files delta(s) ${deltas.from}-${deltas.to} on top of it (${deltas.files} file(s))`);
       if (r.restartError !== undefined) {
         const msg = r.restartError instanceof Error ? r.restartError.message : String(r.restartError);
         throw new TandemError('external', 'RESTART_FAILED', `set ${a.setId} is applied and recorded, but ${msg}`, {
@@ -123,3 +148,12 @@ SIGINT/SIGTERM (rolled back).`,
     }
   },
 };
+
+/** The files deltas latest.json names on top of the applied set, applied (null: none, or no files key). */
+async function applyPendingDeltas(config: StandbyConfig, filestore: Filestore, logger: Logger) {
+  if (config.keys.filesKeyFile === undefined) return null;
+  const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
+  const latest = (await readVerifiedLatest(filestore, config.site, verifyKey))?.latest ?? null;
+  if (latest === null || (await pendingDeltas(config, latest)) === 0) return null;
+  return applyFilesDeltas(config, { filestore, latest, verifyKey, logger });
+}

@@ -24,6 +24,7 @@ import { readJournal } from '../apply/journal.js';
 import { runRestart } from '../apply/restart.js';
 import { readApplied, readPromoted, stateFiles, writePromoted, type AppliedState, type PromotedState } from '../apply/state.js';
 import { askDaemonStatus } from '../daemon/daemon-info.js';
+import { pendingDeltas } from '../apply/files-delta.js';
 import { checkPrimarySilent, checkUnapplied, type Check, type KnownNewest, type SetRef, type Unapplied } from './preflight.js';
 
 export interface PromoteResult {
@@ -222,6 +223,20 @@ async function preflight(
     }
   } catch (err) {
     checks.push({ name: 'newest-applied', ok: false, detail: `cannot tell how much primary history is unapplied: ${describeError(err)}` });
+  }
+  if (config.keys.filesKeyFile !== undefined && applied !== null) {
+    // Files deltas on top of the applied set: files the primary had that this standby does not.
+    try {
+      const latest = (await readVerifiedLatest(opts.filestore, config.site, verifyKey))?.latest ?? null;
+      const pending = await pendingDeltas(config, latest);
+      checks.push(
+        pending === 0
+          ? { name: 'files-deltas-applied', ok: true, detail: 'every files delta on top of the applied set is applied' }
+          : { name: 'files-deltas-applied', ok: false, detail: `${pending} files delta(s) on top of set ${applied.setId} are not applied: files the primary had would be lost (\`tandem-standby apply\` applies them)` },
+      );
+    } catch (err) {
+      checks.push({ name: 'files-deltas-applied', ok: false, detail: `cannot tell whether files deltas are pending: ${describeError(err)}` });
+    }
   }
   try {
     // The newest set known committed, to tell a heartbeat that is the primary's last word from an old one.
