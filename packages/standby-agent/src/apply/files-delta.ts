@@ -24,8 +24,8 @@ import {
   type StandbyConfig,
   type TreeEntry,
 } from '@tandem/shared';
-import { createHash, type KeyObject } from 'node:crypto';
-import { FILES_RECORD, utimeOf } from './files-objects.js';
+import type { KeyObject } from 'node:crypto';
+import { FILES_RECORD, blobsDigest, lstatOrNull, utimeOf } from './files-objects.js';
 import { readApplied, stateFiles } from './state.js';
 import { targetsFor } from './targets.js';
 
@@ -64,13 +64,6 @@ export async function pendingDeltas(config: StandbyConfig, latest: LatestPointer
   const state = await readDeltaState(config.stateDir);
   const done = state?.setId === latest.setId ? state.n : 0;
   return Math.max(0, latest.files.delta - done);
-}
-
-async function lstatOrNull(p: string) {
-  return lstat(p).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return null;
-    throw err;
-  });
 }
 
 export interface DeltaApplied {
@@ -175,7 +168,7 @@ export async function applyFilesDeltas(config: StandbyConfig, o: { filestore: Fi
           if (there?.isDirectory()) await rm(target, { recursive: true, force: true });
           await rename(staged.get(e.p)!, target);
           const st = await lstat(target, { bigint: true });
-          record.push(JSON.stringify({ p: e.p, d: digestOf(e.b), s: e.s, ino: String(st.ino), ct: String(st.ctimeNs) }));
+          record.push(JSON.stringify({ p: e.p, d: blobsDigest(e), s: e.s, ino: String(st.ino), ct: String(st.ctimeNs) }));
           files++;
         } else {
           if (there?.isSymbolicLink() && (await readlink(target)) === e.l) continue;
@@ -198,6 +191,3 @@ export async function applyFilesDeltas(config: StandbyConfig, o: { filestore: Fi
     await lock.release();
   }
 }
-
-/** As files-objects.ts's record: the digest of a file's blob ids. */
-const digestOf = (b: Array<[number, number, number, string]>): string => createHash('sha256').update(b.map((x) => x[3]).join(',')).digest('hex').slice(0, 32);

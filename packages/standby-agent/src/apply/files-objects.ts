@@ -82,10 +82,11 @@ type PlanOp =
  */
 export const utimeOf = (mt: number): number => mt / 1000 + 5e-7;
 
-const blobsDigest = (e: FileEntry): string => createHash('sha256').update(e.b.map((b) => b[3]).join(',')).digest('hex').slice(0, 32);
+/** The record's digest of a file's blob ids (files deltas record theirs the same way). */
+export const blobsDigest = (e: Pick<FileEntry, 'b'>): string => createHash('sha256').update(e.b.map((b) => b[3]).join(',')).digest('hex').slice(0, 32);
 const recordFile = (stateDir: string) => join(stateDir, FILES_RECORD);
 
-async function lstatOrNull(p: string): Promise<Stats | null> {
+export async function lstatOrNull(p: string): Promise<Stats | null> {
   return lstat(p).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return null;
     throw err;
