@@ -155,9 +155,35 @@ const clientTlsSchema = z
 /** A standby's id (standbyId on the standby, standbys[].id on the primary). */
 const standbyIdSchema = z.string().regex(/^[A-Za-z0-9._-]{1,63}$/, 'expected letters, digits, ".", "_" or "-"');
 
+/**
+ * How the database travels. dump (default): each set carries a pg_dump of the site's database (any
+ * PostgreSQL set-up, one database or schema of a shared cluster). wal: the site's database has a
+ * cluster of its own on each server; each set carries a base backup of it, and its write-ahead log
+ * goes to the filestore as PostgreSQL writes it (archive_command: `tandem-primary wal-push`), so a
+ * standby replays it continuously (docs/design.md, "WAL mode").
+ */
+const databaseMode = z.enum(['dump', 'wal'], { message: 'expected "dump" (the default) or "wal"' }).default('dump');
+
+/** WAL mode and a site as a schema exclude each other: a base backup is the whole cluster. */
+const walNeedsWholeCluster = (d: { mode: string; schema?: string }, ctx: z.RefinementCtx): void => {
+  if (d.mode === 'wal' && d.schema !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['schema'], message: 'WAL mode carries the whole cluster, not one schema: leave database.schema out, or use mode: dump' });
+  }
+};
+
 export const primaryConfigSchema = z.strictObject({
   site: siteName,
-  database: databaseSchema.extend({ roles: rolesMode }),
+  database: databaseSchema
+    .extend({
+      roles: rolesMode,
+      mode: databaseMode,
+      /**
+       * WAL mode: a commit on the primary is in the filestore within this, idle or busy. The daemon
+       * switches to a new WAL file (pg_switch_wal) when written WAL has waited half of it.
+       */
+      maxDelay: duration(1000).default(60_000),
+    })
+    .superRefine(walNeedsWholeCluster),
   /** sentinel: the site's BACKUP file (default <config>/BACKUP, as on the standby): a backup refuses while it exists. */
   paths: z.strictObject({ config: nonEmpty, security: nonEmpty, files: nonEmpty, sentinel: nonEmpty.optional() }),
   filestore: filestoreSchema,
@@ -229,6 +255,23 @@ export const standbyConfigSchema = z.strictObject({
      * Only while nothing has been applied here; `apply --create-database` allows it at any time.
      */
     create: z.boolean().default(false),
+    mode: databaseMode,
+    /** WAL mode: the data directory of the cluster the agent seeds and replays into (owned by the cluster's OS user). */
+    dataDir: nonEmpty.optional(),
+    /** WAL mode: how the agent starts and stops that cluster (run with sh -c), e.g. "systemctl start postgresql@15-site". */
+    startCommand: nonEmpty.optional(),
+    stopCommand: nonEmpty.optional(),
+  }).superRefine((d, ctx) => {
+    walNeedsWholeCluster(d, ctx);
+    if (d.mode !== 'wal') {
+      for (const key of ['dataDir', 'startCommand', 'stopCommand'] as const) {
+        if (d[key] !== undefined) ctx.addIssue({ code: 'custom', path: [key], message: 'used in WAL mode only (database.mode: wal)' });
+      }
+      return;
+    }
+    for (const key of ['dataDir', 'startCommand', 'stopCommand'] as const) {
+      if (d[key] === undefined) ctx.addIssue({ code: 'custom', path: [key], message: 'required in WAL mode: the standby manages the cluster it replays into' });
+    }
   }),
   paths: z.strictObject({
     config: nonEmpty,
@@ -466,7 +509,12 @@ function normaliseStandby(c: z.infer<typeof standbyConfigSchema>, configFile: st
   return {
     ...c,
     configFile,
-    database: { ...c.database, passwordFile: atOpt('database.passwordFile', c.database.passwordFile), binDir: atOpt('database.binDir', c.database.binDir) },
+    database: {
+      ...c.database,
+      passwordFile: atOpt('database.passwordFile', c.database.passwordFile),
+      binDir: atOpt('database.binDir', c.database.binDir),
+      dataDir: atOpt('database.dataDir', c.database.dataDir),
+    },
     paths: {
       config,
       security: at('paths.security', c.paths.security),

@@ -42,3 +42,4 @@ export * from './cas/files-key.js';
 export * from './cas/pack.js';
 export * from './cas/files-index.js';
 export * from './cas/delta.js';
+export * from './wal/wal-file.js';

@@ -8,10 +8,11 @@ import { runCommand } from './commands/run.js';
 import { statusCommand } from './commands/status.js';
 import { switchoverCommand } from './commands/switchover.js';
 import { verifyCommand } from './commands/verify.js';
+import { walFetchCommand } from './commands/wal-fetch.js';
 
 main({
   bin: 'tandem-standby',
   version: TOOL_VERSION,
   description: 'keeps a standby site equal to the newest committed backup set, and promotes it',
-  commands: [runCommand, statusCommand, checkCommand, applyCommand, verifyCommand, decryptCommand, promoteCommand, switchoverCommand],
+  commands: [runCommand, statusCommand, checkCommand, applyCommand, verifyCommand, decryptCommand, promoteCommand, switchoverCommand, walFetchCommand],
 });

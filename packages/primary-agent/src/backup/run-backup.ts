@@ -51,6 +51,7 @@ import { readDbMeta } from './db-meta.js';
 import { primaryIdentity, readOrCreateEpoch } from './epoch.js';
 import { configArchiveExcludes, refuseInBackupMode } from './sentinel.js';
 import { uploadArtifact } from './upload-artifact.js';
+import { baseBackupSource, clusterSystemId, labelMissing, type BackupLabelSniffer } from './base-backup.js';
 import { filesObjects, type FilesObjectsRun, type FilesObjectsStats } from './files-objects.js';
 import { filesIndexEntry, readStoredFilesIndex } from './read-files-index.js';
 
@@ -220,14 +221,20 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     const artifacts: ArtifactEntry[] = [];
     let dbMeta = Buffer.alloc(0);
     const filesIndex = keys.filesKey !== null;
+    // WAL mode: the db artifact is a base backup of the whole cluster, which carries roles, grants
+    // and settings itself (no dbmeta).
+    const wal = config.database.mode === 'wal';
+    const systemId = wal ? await clusterSystemId(config) : undefined;
+    let sniffer: BackupLabelSniffer | undefined;
     // Order matters (must): the database before the files, so that files taken later are a
     // superset of what the dump references.
     for (const name of ARTIFACT_NAMES) {
+      if (wal && name === 'dbmeta') continue;
       const t = performance.now();
       // The files archive is stored uncompressed when a sample of the files does not compress.
       const asIndex = name === 'files' && filesIndex;
       const compress = name !== 'files' || asIndex || config.compression.files === 'zstd' || (await filesCompress(config.paths.files, log));
-      const file = artifactFileName(name, keys.recipients !== null, compress, asIndex);
+      const file = wal && name === 'db' ? `db.base.tar.zst${keys.recipients !== null ? '.age' : ''}` : artifactFileName(name, keys.recipients !== null, compress, asIndex);
       const key = layout.artifact(config.site, setId, file);
       await checkFence(); // before any child process starts, so a fenced run leaves none behind
       opts.signal?.throwIfAborted();
@@ -257,6 +264,11 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
           signal: opts.signal,
         });
         source = filesRun.source;
+      } else if (wal && name === 'db') {
+        const base = baseBackupSource(config, `tandem ${setId}`);
+        sniffer = base.sniffer;
+        source = base.source;
+        stages.unshift(base.sniffer);
       } else source = artifactSource(name, config, log, dbMeta);
       uploaded.push(key);
       uploading = name;
@@ -268,7 +280,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       durations[name] = round((performance.now() - t) / 1000);
       artifacts.push({
         name,
-        kind: name === 'db' ? 'postgres-custom' : name === 'dbmeta' ? 'postgres-meta' : asIndex ? 'files-index' : 'tar',
+        kind: name === 'db' ? (wal ? 'postgres-base' : 'postgres-custom') : name === 'dbmeta' ? 'postgres-meta' : asIndex ? 'files-index' : 'tar',
         file,
         storedSize: r.storedSize,
         storedSha256: r.storedSha256,
@@ -277,6 +289,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
         encryption: keys.recipients ? 'age' : 'none',
         ...(r.chunks ? { chunks: r.chunks } : {}),
       });
+      if (wal && name === 'db' && sniffer?.label == null) throw labelMissing(setId);
       log.info({ artifact: name, plainBytes: r.plainSize, storedBytes: r.storedSize, seconds: durations[name], ...(asIndex ? { objects: filesRun!.stats } : {}) }, 'artifact uploaded');
     }
 
@@ -284,7 +297,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
     const tc = performance.now();
     const manifest: Manifest = {
       format: 'tandem-manifest',
-      version: filesIndex ? 2 : 1,
+      version: wal ? 3 : filesIndex ? 2 : 1,
       setId,
       site: config.site,
       epoch: epoch.epoch,
@@ -293,7 +306,12 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
       completedAt: now().toISOString(),
       primaryHost: agentName(config),
       toolVersion: TOOL_VERSION,
-      database: { name: databaseName(config.database.url), serverVersion, ...(config.database.schema === undefined ? {} : { schema: config.database.schema }) },
+      database: {
+        name: databaseName(config.database.url),
+        serverVersion,
+        ...(config.database.schema === undefined ? {} : { schema: config.database.schema }),
+        ...(wal ? { mode: 'wal' as const, systemId, startLsn: sniffer!.label!.startLsn, timeline: sniffer!.label!.timeline } : {}),
+      },
       encryption: { scheme: keys.recipients ? 'age-x25519' : 'none', recipients: keys.recipients ?? [] },
       artifacts,
     };

@@ -8,6 +8,7 @@ import { machineTimeZone } from '../retention/run.js';
 import { FilesDeltaWriter } from '../backup/files-delta.js';
 import { BackupRunner, type Trigger } from './backup-runner.js';
 import { FilesWatcher } from './files-watch.js';
+import { WalTimer } from './wal-timer.js';
 import { Fencing } from './fencing.js';
 import { HeartbeatLoop } from './heartbeat.js';
 import { LatestSet } from './latest.js';
@@ -89,6 +90,8 @@ export class PrimaryDaemon {
   private started = false;
   /** Files as content objects: the watcher of paths.files and its deltas (files-watch.ts, files-delta.ts). */
   private filesWatch: FilesWatcher | null = null;
+  /** WAL mode: maxDelay (pg_switch_wal) and the archiver's state. */
+  private walTimer: WalTimer | null = null;
   /** The newest files delta committed by this daemon: its number and time, for /status. */
   filesDelta: { setId: string; n: number; committedAt: string; entries: number } | null = null;
 
@@ -159,6 +162,7 @@ export class PrimaryDaemon {
         this.scheduler.stop();
         this.runner.abort(err);
         void this.filesWatch?.stop();
+        void this.walTimer?.stop();
       },
       endSwitchover: (newPrimary, why) => {
         const ran = this.switchover.onFencedRanForSwitchover();
@@ -266,6 +270,11 @@ export class PrimaryDaemon {
     }
     void this.heartbeat.tick();
     if (!this.fencing.fenced) await this.startFilesWatch();
+    if (!this.fencing.fenced && config.database.mode === 'wal') {
+      this.walTimer = new WalTimer({ config, logger: this.log });
+      this.walTimer.start();
+      this.log.info({ maxDelaySeconds: config.database.maxDelay / 1000 }, 'WAL mode: written WAL goes to the filestore within maxDelay (archive_command: tandem-primary wal-push)');
+    }
     this.started = true;
     const nextRunAt = this.fencing.fenced ? null : this.scheduler.nextRunAt;
     const fields = {
@@ -360,6 +369,7 @@ export class PrimaryDaemon {
   stop(reason = 'stop requested'): Promise<void> {
     return this.life.stop(async () => {
       await this.filesWatch?.stop();
+      await this.walTimer?.stop();
       this.scheduler.stop();
       this.heartbeat.stop();
       await this.switchover.stop();
@@ -415,6 +425,7 @@ export class PrimaryDaemon {
       ...this.runner.status(),
       latest: this.latest.current,
       filesWatch: this.filesWatchStatus(),
+      ...(this.config.database.mode === 'wal' ? { wal: this.walTimer?.status ?? null } : {}),
       heartbeat: this.heartbeat.state,
       standbys: this.hub.list(),
       switchover: this.switchover.status(),

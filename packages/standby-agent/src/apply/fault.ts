@@ -23,6 +23,7 @@ export type FaultPoint =
   | 'db-blocked'
   | 'db-swapped'
   | 'config-moved-aside'
+  | 'cluster-moved-aside'
   | 'config-swapped'
   | 'security-moved-aside'
   | 'security-swapped'

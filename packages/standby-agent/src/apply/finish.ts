@@ -40,11 +40,11 @@ export async function finishApply(config: StandbyConfig, journal: Journal, logge
   faultPoint('recorded');
 
   const db = journal.targets.db;
-  await (db.schemaOf === undefined ? dropOldDatabase(config, db) : dropOldSchema(config, db, logger)).catch((err: unknown) =>
+  if (journal.walSeed === undefined && journal.dbKept !== true) await (db.schemaOf === undefined ? dropOldDatabase(config, db) : dropOldSchema(config, db, logger)).catch((err: unknown) =>
     logger.warn({ err, [db.schemaOf === undefined ? 'database' : 'schema']: db.old }, `could not drop the previous ${db.schemaOf === undefined ? 'database' : 'schema'}; the next apply drops it`),
   );
   // Files switched in place leave their staging (the plan, what was renamed from it) under "next".
-  await removeAll([...DIR_PARTS.map((p) => journal.targets.dirs[p].old), ...(journal.filesObjects ? [journal.targets.dirs.files.next] : []), journal.stagingDir], logger);
+  await removeAll([...DIR_PARTS.map((p) => journal.targets.dirs[p].old), ...(journal.targets.cluster ? [journal.targets.cluster.old] : []), ...(journal.filesObjects ? [journal.targets.dirs.files.next] : []), journal.stagingDir], logger);
   await removeJournal(config.stateDir);
   logger.info('set applied'); // the logger names the set
 

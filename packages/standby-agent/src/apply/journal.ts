@@ -2,6 +2,7 @@ import { TandemError } from '@tandem/shared';
 import { readJsonFile, removeStateFile, stateFiles, writeJsonFile, type SetIdentity } from './state.js';
 import type { StagedDb } from './stage.js';
 import type { PartName, Targets } from './targets.js';
+import type { WalSeed } from './cluster.js';
 
 /**
  * The apply journal: what an apply in progress has done, so that a killed apply is finished or
@@ -32,6 +33,10 @@ export interface Journal extends SetIdentity {
   schemaSwitch?: { staged: StagedDb; liveOid?: number | null };
   /** The files are content objects: the files part is switched in place from its plan (files-objects.ts). */
   filesObjects?: boolean;
+  /** WAL mode: the db part is the cluster's data directory, seeded from this base backup (cluster.ts). */
+  walSeed?: WalSeed;
+  /** WAL mode, the cluster already seeded from the same cluster and replaying its WAL: the db part stays as it is. */
+  dbKept?: boolean;
 }
 
 export async function readJournal(stateDir: string): Promise<Journal | null> {

@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import {
   TandemError,
   formatBytes,
@@ -55,6 +55,37 @@ export interface PreflightProblem {
   kind: 'config' | 'precondition' | 'permanent';
   message: string;
   hint: string;
+}
+
+/**
+ * WAL mode: the set is a base backup, this standby's cluster takes it. The data directory must
+ * exist (its settings and owner are kept), the commands that start and stop it be configured,
+ * pg_verifybackup be there, and the space suffice. The database is not asked anything: it is
+ * replaced whole, and may be down.
+ */
+export async function walPreflight(o: Pick<PreflightOptions, 'config' | 'manifest' | 'targets'>): Promise<void> {
+  const { config, manifest, targets } = o;
+  const problems: PreflightProblem[] = [];
+  if (config.database.mode !== 'wal' || targets.cluster === undefined) {
+    problems.push({ code: 'WAL_MODE_OFF', kind: 'config', message: `the set carries a base backup (WAL mode), and this standby is in dump mode (database.mode in ${config.configFile})`, hint: 'set database.mode: wal with database.dataDir, startCommand and stopCommand' });
+    throw refusal(manifest, problems);
+  }
+  try {
+    const st = await stat(config.database.dataDir!);
+    if (!st.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+  } catch (err) {
+    problems.push({
+      code: 'WAL_DATA_DIR',
+      kind: 'config',
+      message: `database.dataDir ${config.database.dataDir}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such directory' : (err as Error).message}`,
+      hint: 'create the standby cluster first (initdb or pg_createcluster, as its OS user): the seed replaces its data directory and keeps its server settings and owner',
+    });
+  }
+  const verify = config.database.binDir ? join(config.database.binDir, 'pg_verifybackup') : 'pg_verifybackup';
+  const found = await toolVersion(verify, { package: 'postgresql-15' }).then(() => true, () => false);
+  if (!found) problems.push({ code: 'TOOL_MISSING', kind: 'config', message: `pg_verifybackup not found (${verify})`, hint: 'set database.binDir to the PostgreSQL server binaries (e.g. /usr/lib/postgresql/15/bin)' });
+  problems.push(...(await checkSpace(config, manifest, targets)));
+  if (problems.length > 0) throw refusal(manifest, problems);
 }
 
 export async function preflight(o: PreflightOptions): Promise<PreflightResult> {
@@ -314,13 +345,17 @@ export async function checkSpace(config: StandbyConfig, manifest: Manifest, targ
   const staging = stagingRoot(config.stateDir);
   const needs: SpaceNeed[] = [];
   const db = entries.db;
-  if (config.database.restoreJobs > 1) {
+  if (db.kind === 'postgres-base') {
+    // WAL mode: unpacked beside the live data directory (streamed, or from a stored copy).
+    needs.push({ where: dirname(targets.cluster!.live), bytes: db.plainSize, what: 'the new data directory, up to' });
+    if (!canStream(db)) needs.push({ where: staging, bytes: db.storedSize, what: "the base backup's stored copy" });
+  } else if (config.database.restoreJobs > 1) {
     needs.push({ where: staging, bytes: db.plainSize, what: 'the dump' });
   } else {
     needs.push({ where: staging, bytes: db.storedSize, what: "the dump's stored copy" });
   }
   const transient: ArtifactEntry[] = [entries.dbmeta, entries.config, entries.security, entries.files].filter((e): e is ArtifactEntry => e !== undefined);
-  if (config.database.restoreJobs > 1 && !canStream(db)) transient.push(db);
+  if (config.database.restoreJobs > 1 && !canStream(db) && db.kind !== 'postgres-base') transient.push(db);
   const largest = transient.reduce<ArtifactEntry | undefined>((a, e) => (a === undefined || e.storedSize > a.storedSize ? e : a), undefined);
   if (largest !== undefined) {
     needs.push({ where: staging, bytes: largest.storedSize, what: `the stored copy of the ${largest.name} artifact while it is used` });

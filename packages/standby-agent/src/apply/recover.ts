@@ -34,8 +34,8 @@ export async function recover(config: StandbyConfig, logger: Logger): Promise<Re
 /** Removes everything an unfinished apply staged (phase 'staging' only: nothing of it is live). */
 export async function rollBack(config: StandbyConfig, journal: Journal, logger: Logger): Promise<void> {
   // A schema has no "next" copy: it is restored in the switch's one transaction (schema.ts).
-  if (journal.targets.db.schemaOf === undefined) await dropNextDatabase(config, journal.targets.db);
-  await removeAll([...DIR_PARTS.map((p) => journal.targets.dirs[p].next), journal.stagingDir], logger);
+  if (journal.targets.db.schemaOf === undefined && journal.targets.cluster === undefined) await dropNextDatabase(config, journal.targets.db);
+  await removeAll([...DIR_PARTS.map((p) => journal.targets.dirs[p].next), ...(journal.targets.cluster ? [journal.targets.cluster.next] : []), journal.stagingDir], logger);
   await removeJournal(config.stateDir);
 }
 

@@ -53,3 +53,30 @@ export async function runRestart(
 }
 
 const indent = (s: string) => s.split('\n').map((l) => `    ${l}`).join('\n');
+
+/**
+ * Runs one of the config's commands (database.startCommand, database.stopCommand) through /bin/sh;
+ * a non-zero exit, a signal or a timeout throws 'external', naming the key and with the output.
+ */
+export async function runShell(command: string, key: string, logger: Logger): Promise<void> {
+  logger.info({ [key]: command }, `running ${key}`);
+  const child = spawn('/bin/sh', ['-c', command], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  const keep = (chunk: Buffer) => {
+    output = (output + chunk.toString('utf8')).slice(-MAX_OUTPUT);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  const timer = setTimeout(() => child.kill('SIGKILL'), TIMEOUT_MS);
+  const { code, signal } = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (c, s) => resolve({ code: c, signal: s }));
+  }).finally(() => clearTimeout(timer));
+  output = output.trimEnd();
+  if (code !== 0) {
+    const how = signal ? `was killed by ${signal}` : `exited with status ${code}`;
+    throw new TandemError('external', 'COMMAND_FAILED', `${key} \`${command}\` ${how}${output ? `:\n${indent(output)}` : ' (no output)'}`, {
+      hint: `fix ${key} in the config, or the cluster it runs`,
+    });
+  }
+}

@@ -24,7 +24,8 @@ import { finishApply, restartAfterApply } from './finish.js';
 import { writeJournal, type Journal } from './journal.js';
 import { identitiesFor } from './keys.js';
 import { checkMaintenanceDb } from './pg.js';
-import { preflight } from './preflight.js';
+import { preflight, walPreflight } from './preflight.js';
+import { prepareCluster, readWalSeed, walSeedOf } from './cluster.js';
 import { refuseIfPromoted } from './promoted.js';
 import { recover, rollBack, rollBackUnswitchedSchema, type Recovery } from './recover.js';
 import { checkSchemaPrereqs, checkSetShape } from './schema.js';
@@ -74,7 +75,8 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
   const wrongBox = await wrongBoxRefusal(config, (await readEpochDoc(fs, config.site))?.doc ?? null, opts.caller ?? 'apply');
   if (wrongBox !== null) throw wrongBox;
   const targets = await targetsFor(config);
-  checkMaintenanceDb(config, targets.db.live);
+  // WAL mode replaces the cluster whole: no database is replaced from another one.
+  if (config.database.mode !== 'wal') checkMaintenanceDb(config, targets.db.live);
   const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
   const lock = await acquireLock(stateFiles(config.stateDir).lock, 'apply', `an apply or promote of site "${config.site}"`);
   try {
@@ -101,8 +103,20 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
         hint: "copy files.agekey from the primary's keys directory (mode 0600) and name it as keys.filesKeyFile",
       });
     }
+    const walSet = manifest.database.mode === 'wal';
+    if (!walSet && config.database.mode === 'wal') {
+      throw new TandemError('config', 'WAL_SET_IS_DUMP', `set ${manifest.setId} carries a dump (dump mode), and this standby is in WAL mode (database.mode in ${config.configFile}); nothing was downloaded or changed`, {
+        hint: 'the primary and its standbys must use the same database.mode',
+      });
+    }
+    // WAL mode: the data directory, pg_verifybackup, free space; the database is replaced whole.
+    if (walSet) await walPreflight({ config, manifest, targets });
+    // WAL mode: a cluster seeded from the same cluster replays its WAL, and is newer than any base
+    // backup; a new set brings config, security and files, and the database stays (--force seeds again).
+    const seeded = walSet ? await readWalSeed(config.stateDir) : null;
+    const keepCluster = walSet && applied !== null && seeded?.systemId === manifest.database.systemId && opts.force !== true;
     // Tools, PostgreSQL, the database's existence and free space, before a byte is downloaded.
-    const checked = await preflight({ config, manifest, targets, applied, createDatabase: opts.createDatabase === true, logger: log }).catch((err: unknown) => {
+    const checked = walSet ? null : await preflight({ config, manifest, targets, applied, createDatabase: opts.createDatabase === true, logger: log }).catch((err: unknown) => {
       if (isTandemError(err) && err.code === 'DB_CONNECT') {
         throw new TandemError(err.kind, err.code, `${err.message}; set ${manifest.setId} was not downloaded and nothing changed`, { hint: err.hint, cause: err.cause ?? err, exitCode: err.exitCode });
       }
@@ -142,17 +156,34 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
         filesKey: config.keys.filesKeyFile === undefined ? null : loadFilesKeyFile(config.keys.filesKeyFile, log),
         stateDir: config.stateDir,
         limits: config.limits,
+        skipDb: keepCluster,
         logger: log,
         signal: opts.signal,
         progress: opts.progress,
       });
       Object.assign(journal.durations, staged.durations);
       if (staged.filesObjects) journal.filesObjects = true;
+      if (walSet) {
+        // WAL mode: the cluster carries its roles, grants and settings itself.
+        if (await ensureSentinel(config.paths.sentinel, config.site, manifest.setId)) {
+          log.info({ sentinel: config.paths.sentinel }, 'sentinel written: the site is in backup mode');
+        }
+        faultPoint('sentinel-written');
+        if (keepCluster) {
+          journal.dbKept = true;
+          log.info({ seededFrom: seeded!.setId }, 'the cluster is replaying WAL of the same cluster: kept, not seeded again');
+        } else {
+          journal.walSeed = walSeedOf(config, manifest);
+          journal.durations.restore = await prepareCluster(config, targets.cluster!, manifest, log);
+        }
+        faultPoint('db-restored');
+        opts.signal?.throwIfAborted();
+      } else {
       // Roles, extensions and the agent's rights, checked before anything live changes.
       const dbEntry = manifest.artifacts.find((a) => a.name === 'dbmeta');
       const meta = staged.dbMeta && dbEntry ? parseDbMeta(staged.dbMeta, artifactLabel(manifest, dbEntry)) : undefined;
       if (!meta) legacyMetaWarning(log, manifest.setId);
-      const agent = meta ? await checkDatabasePrereqs(config, meta, manifest.setId, log) : checked.agent;
+      const agent = meta ? await checkDatabasePrereqs(config, meta, manifest.setId, log) : checked!.agent;
       const schemaMode = targets.db.schemaOf !== undefined;
       if (schemaMode) {
         if (!meta) throw new TandemError('integrity', 'DB_META_MISSING', `set ${manifest.setId} carries the schema "${targets.db.live}" but no database description`, { hint: 'make a new set with this tandem version' });
@@ -173,6 +204,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
         faultPoint('db-restored');
       }
       opts.signal?.throwIfAborted();
+      }
     } catch (err) {
       await rollBack(config, journal, log).catch((e: unknown) =>
         log.error({ err: e }, 'could not remove everything the failed apply staged; the next apply retries'),

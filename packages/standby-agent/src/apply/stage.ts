@@ -43,7 +43,10 @@ export type StagedDb =
   | { form: 'stored'; file: string; entry: ArtifactEntry };
 
 export interface StagedSet {
+  /** A dump (dump mode); in WAL mode the base backup is unpacked into `cluster` instead. */
   db: StagedDb;
+  /** WAL mode: the base backup unpacked into the data directory's "next" name (cluster.ts). */
+  cluster?: string;
   /** The dbmeta artifact's plain bytes (small JSON, bounded by its signed plainSize), if the set has one. */
   dbMeta?: Buffer;
   /** Seconds per artifact. */
@@ -69,6 +72,8 @@ export interface StageOptions {
   signal?: AbortSignal;
   /** Told each artifact's stored bytes as they download (a terminal's progress line). */
   progress?: ProgressSink;
+  /** WAL mode, the cluster seeded already and replaying: the base backup is not needed. */
+  skipDb?: boolean;
 }
 
 export type ArtifactEntries = Record<Exclude<ArtifactName, 'dbmeta'>, ArtifactEntry> & { dbmeta?: ArtifactEntry };
@@ -144,8 +149,14 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   await mkdir(stagingDir, { mode: 0o700 });
   await chmod(stagingDir, 0o700);
 
-  const names = ARTIFACT_NAMES.filter((n) => entries[n] !== undefined); // an optional one an earlier tandem's set lacks
-  const streamed = (name: ArtifactName) => name === 'db' && opts.restoreJobs > 1 && canStream(entries[name]!);
+  const names = ARTIFACT_NAMES.filter((n) => entries[n] !== undefined && !(n === 'db' && opts.skipDb === true)); // an optional one an earlier tandem's set lacks
+  const base = entries.db.kind === 'postgres-base';
+  if (base && targets.cluster === undefined) {
+    throw new TandemError('config', 'WAL_MODE_OFF', `set ${manifest.setId} carries a base backup (WAL mode), and this standby is in dump mode; nothing was downloaded or changed`, {
+      hint: 'set database.mode: wal with database.dataDir, startCommand and stopCommand on this standby',
+    });
+  }
+  const streamed = (name: ArtifactName) => name === 'db' && (opts.restoreJobs > 1 || base) && canStream(entries[name]!);
   const ac = new AbortController();
   const onAbort = () => ac.abort(opts.signal?.reason);
   opts.signal?.addEventListener('abort', onAbort, { once: true });
@@ -198,6 +209,7 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   let db: StagedDb | undefined;
   let dbMeta: Buffer | undefined;
   let filesObjects: StagedFiles | undefined;
+  let cluster: string | undefined;
   let t = performance.now();
   try {
     for (const name of names) {
@@ -248,12 +260,22 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
   }
-  return { db: db!, dbMeta, durations, ...(filesObjects ? { filesObjects } : {}) };
+  return { db: db!, dbMeta, durations, ...(filesObjects ? { filesObjects } : {}), ...(cluster !== undefined ? { cluster } : {}) };
 
   /** Decodes one artifact into its place; `file` is its verified stored copy, if it has one (removed after). */
   async function use(name: ArtifactName, input: StoredInput, file: string | undefined): Promise<void> {
     const { entry } = input;
-    if (name === 'db') {
+    if (name === 'db' && entry.kind === 'postgres-base') {
+      // The base backup unpacked beside the live data directory, by the safe extractor, bounded by
+      // the signed plain size and the free space there.
+      const dir = targets.cluster!.next;
+      await rm(dir, { recursive: true, force: true });
+      const free = await freeBytes(dirname(dir));
+      const maxBytes = Math.min(entry.plainSize, free ?? Number.MAX_SAFE_INTEGER);
+      const label = artifactLabel(manifest, entry);
+      await decodeStored(input, identities, (plain) => extractTarSafe(plain, dir, { label, maxEntries: opts.limits?.maxEntries ?? 1_000_000, maxBytes }), { signal });
+      cluster = dir;
+    } else if (name === 'db') {
       if (opts.restoreJobs <= 1 && file !== undefined) {
         // Decoded once to refuse a bad dump before anything live; the restore decodes it again.
         await decodeStored(input, identities, discard, { signal });

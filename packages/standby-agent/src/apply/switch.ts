@@ -8,6 +8,7 @@ import type { AgentRole } from './db-prereqs.js';
 import { switchSchema } from './schema.js';
 import { swapDatabase } from './swap-db.js';
 import { swapDir } from './swap-dirs.js';
+import { swapCluster } from './cluster.js';
 import { PART_ORDER, type PartName } from './targets.js';
 
 /**
@@ -31,6 +32,8 @@ export async function switchParts(config: StandbyConfig, journal: Journal, logge
 }
 
 function switchPart(config: StandbyConfig, journal: Journal, part: PartName, logger: Logger, agent?: AgentRole) {
+  if (part === 'db' && journal.dbKept === true) return Promise.resolve('kept');
+  if (part === 'db' && journal.walSeed !== undefined) return swapCluster(config, journal.targets.cluster!, journal.walSeed, logger, () => faultPoint('cluster-moved-aside'));
   if (part === 'db') return journal.targets.db.schemaOf === undefined ? swapDatabase(config, journal.targets.db, logger) : switchSchema(config, journal, { agent, logger });
   const names = journal.targets.dirs[part];
   const between = () => faultPoint(`${part}-moved-aside`);

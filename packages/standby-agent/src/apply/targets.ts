@@ -29,6 +29,8 @@ export interface DbNames extends Names {
 export interface Targets {
   db: DbNames;
   dirs: Record<DirPartName, Names>;
+  /** WAL mode: the cluster's data directory (database.dataDir), swapped whole by a seed (cluster.ts). */
+  cluster?: Names;
 }
 
 /** PostgreSQL silently truncates identifiers to 63 bytes; a truncated name could hit another database. */
@@ -68,6 +70,7 @@ export function schemaNames(schema: string, database: string): DbNames {
 export async function targetsFor(config: StandbyConfig): Promise<Targets> {
   const database = databaseName(config.database.url);
   return {
+    ...(config.database.mode === 'wal' ? { cluster: dirNames(await real(config.database.dataDir!)) } : {}),
     db: config.database.schema === undefined ? dbNames(database) : schemaNames(config.database.schema, database),
     dirs: {
       config: dirNames(await real(config.paths.config)),

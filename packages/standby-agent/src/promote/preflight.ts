@@ -26,7 +26,7 @@ export interface Unapplied {
 
 /** One preflight check as promote reports it. */
 export interface Check {
-  name: 'apply-complete' | 'filestore' | 'newest-applied' | 'files-deltas-applied' | 'primary-silent';
+  name: 'apply-complete' | 'filestore' | 'newest-applied' | 'files-deltas-applied' | 'wal-replayed' | 'primary-silent';
   ok: boolean;
   detail: string;
 }

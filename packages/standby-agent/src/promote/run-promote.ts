@@ -25,6 +25,7 @@ import { runRestart } from '../apply/restart.js';
 import { readApplied, readPromoted, stateFiles, writePromoted, type AppliedState, type PromotedState } from '../apply/state.js';
 import { askDaemonStatus } from '../daemon/daemon-info.js';
 import { pendingDeltas } from '../apply/files-delta.js';
+import { promoteCluster, walReplayedCheck } from './wal.js';
 import { checkPrimarySilent, checkUnapplied, type Check, type KnownNewest, type SetRef, type Unapplied } from './preflight.js';
 
 export interface PromoteResult {
@@ -155,6 +156,8 @@ export async function runPromote(
       }
     }
 
+    // WAL mode: the cluster leaves recovery (the old primary is fenced now: it stores no more WAL).
+    if (config.database.mode === 'wal') await promoteCluster(config, logger);
     await rm(config.paths.sentinel, { force: true });
     await fsyncDir(dirname(config.paths.sentinel)).catch(() => undefined);
     logger.info({ sentinel: config.paths.sentinel }, 'sentinel removed: the site leaves backup mode');
@@ -206,7 +209,12 @@ async function preflight(
   const checks: Check[] = [{ name: 'apply-complete', ok: true, detail: 'the last apply is complete (no unfinished journal)' }];
   const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
   let unapplied: Unapplied | null = null;
-  try {
+  if (config.database.mode === 'wal') {
+    // WAL mode: the database is as new as the WAL replayed, not as the set applied (files and
+    // config still follow the sets and deltas, below).
+    checks.push(await walReplayedCheck(config, opts.filestore));
+    if (applied === null) checks.push({ name: 'newest-applied', ok: false, detail: 'this standby has never been seeded from a set' });
+  } else try {
     unapplied = await checkUnapplied(opts.filestore, config.site, verifyKey, applied);
     if (applied === null) {
       checks.push({ name: 'newest-applied', ok: false, detail: `this standby has never applied a set: promoting it would start an empty site (newest is ${unapplied.newestSetId})` });

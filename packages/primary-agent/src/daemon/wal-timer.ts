@@ -1,0 +1,133 @@
+/**
+ * WAL mode's recovery-point promise on the primary: a commit is in the filestore within
+ * `database.maxDelay`, idle or busy. PostgreSQL archives a WAL file when it is full; on a quiet site
+ * that can take hours. So the daemon watches the current WAL position (every tenth of maxDelay, at
+ * least every 250 ms): once WAL has been written into the current file and has waited half of
+ * maxDelay, it asks PostgreSQL to switch to the next file (`pg_switch_wal()`), which PostgreSQL then
+ * archives through `tandem-primary wal-push`. The other half is for the archiving itself. A quiet
+ * cluster writes nothing, so nothing is switched (no empty files), unlike archive_timeout alone.
+ *
+ * It also reads pg_stat_archiver for /status and the metrics: the last file archived, and whether
+ * archiving is failing (the filestore down, this primary fenced: wal-archive.json says which).
+ */
+import pg from 'pg';
+import { describeError, pgEnv, type Logger, type PrimaryConfig } from '@tandem/shared';
+
+export interface ArchiverStatus {
+  /** When the daemon last read it. */
+  at: string;
+  lastArchivedWal: string | null;
+  lastArchivedAt: string | null;
+  failedCount: number;
+  lastFailedWal: string | null;
+  lastFailedAt: string | null;
+  /** Archiving fails now: the last failure is newer than the last success. */
+  failing: boolean;
+  /** WAL switches the daemon asked for (maxDelay). */
+  switches: number;
+  /** Current WAL file and how long WAL has been waiting in it, seconds (0: nothing written since the last switch). */
+  currentWal: string | null;
+  pendingSeconds: number;
+}
+
+export class WalTimer {
+  private timer: NodeJS.Timeout | null = null;
+  private client: pg.Client | null = null;
+  private pendingWal: string | null = null;
+  private pendingSince = 0;
+  private switches = 0;
+  private busy = false;
+  private lastError: string | null = null;
+  status: ArchiverStatus | null = null;
+
+  constructor(private readonly o: { config: PrimaryConfig; logger: Logger; now?: () => number }) {}
+
+  start(): void {
+    const every = Math.max(250, Math.floor(this.o.config.database.maxDelay / 10));
+    this.timer = setInterval(() => void this.tick(), every);
+    this.timer.unref();
+    void this.tick();
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    const c = this.client;
+    this.client = null;
+    await c?.end().catch(() => undefined);
+  }
+
+  private async connect(): Promise<pg.Client> {
+    if (this.client) return this.client;
+    const env = pgEnv(this.o.config.database);
+    const c = new pg.Client({ connectionString: this.o.config.database.url, password: env.PGPASSWORD, connectionTimeoutMillis: 10_000, application_name: 'tandem-primary wal' });
+    c.on('error', () => {
+      if (this.client === c) this.client = null;
+    });
+    await c.connect();
+    this.client = c;
+    return c;
+  }
+
+  async tick(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    const now = this.o.now?.() ?? Date.now();
+    try {
+      const c = await this.connect();
+      const r = await c.query<{ rec: boolean; name: string | null; off: number | null; seg: string }>(
+        `select pg_is_in_recovery() as rec,
+                case when pg_is_in_recovery() then null else (pg_walfile_name_offset(pg_current_wal_lsn())).file_name end as name,
+                case when pg_is_in_recovery() then null else (pg_walfile_name_offset(pg_current_wal_lsn())).file_offset end as off,
+                current_setting('wal_segment_size') as seg`,
+      );
+      const row = r.rows[0]!;
+      const a = (await c.query<{ lw: string | null; lt: Date | null; fc: string; fw: string | null; ft: Date | null }>(
+        'select last_archived_wal as lw, last_archived_time as lt, failed_count::text as fc, last_failed_wal as fw, last_failed_time as ft from pg_stat_archiver',
+      )).rows[0]!;
+      // A position at a file boundary (offset 0, or the end of the previous file) has nothing waiting.
+      const written = !row.rec && row.off !== null && row.off > 0 && row.off < segmentBytes(row.seg);
+      if (!written) {
+        this.pendingWal = null;
+      } else if (this.pendingWal !== row.name) {
+        this.pendingWal = row.name;
+        this.pendingSince = now;
+      } else if (now - this.pendingSince >= this.o.config.database.maxDelay / 2) {
+        await c.query('select pg_switch_wal()');
+        this.switches++;
+        this.o.logger.debug({ wal: row.name, waitedSeconds: (now - this.pendingSince) / 1000 }, 'switched WAL file (maxDelay)');
+        this.pendingWal = null;
+      }
+      this.status = {
+        at: new Date(now).toISOString(),
+        lastArchivedWal: a.lw,
+        lastArchivedAt: a.lt?.toISOString() ?? null,
+        failedCount: Number(a.fc),
+        lastFailedWal: a.fw,
+        lastFailedAt: a.ft?.toISOString() ?? null,
+        failing: a.ft !== null && (a.lt === null || a.ft > a.lt),
+        switches: this.switches,
+        currentWal: row.name,
+        pendingSeconds: this.pendingWal === null ? 0 : Math.round((now - this.pendingSince) / 100) / 10,
+      };
+      if (this.lastError !== null) this.o.logger.info('the database answers again: WAL switching resumes');
+      this.lastError = null;
+    } catch (err) {
+      const msg = describeError(err);
+      if (msg !== this.lastError) this.o.logger.warn({ err }, 'cannot read the WAL position (maxDelay is not enforced until the database answers)');
+      this.lastError = msg;
+      const c = this.client;
+      this.client = null;
+      await c?.end().catch(() => undefined);
+    } finally {
+      this.busy = false;
+    }
+  }
+}
+
+function segmentBytes(s: string): number {
+  const m = /^(\d+)\s*(kB|MB|GB)?$/.exec(s.trim());
+  if (!m) return 16 * 1024 * 1024;
+  const unit = m[2] === 'kB' ? 1024 : m[2] === 'MB' ? 1024 * 1024 : m[2] === 'GB' ? 1024 * 1024 * 1024 : 1;
+  return Number(m[1]) * unit;
+}

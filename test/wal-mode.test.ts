@@ -1,0 +1,152 @@
+/**
+ * WAL mode end to end, with two real PostgreSQL clusters and the real agents: the primary's
+ * base backup as a set, its WAL archived by `tandem-primary wal-push`; the standby seeded by
+ * `tandem-standby apply` (a hot standby), replaying writes made after the seed through
+ * `tandem-standby wal-fetch`; a tampered WAL file refused and raised, nothing written where
+ * PostgreSQL reads; promote (epoch raised, pg_promote); the fenced old primary stores nothing and
+ * PostgreSQL there keeps its WAL; the new primary archives on its new timeline.
+ */
+import { existsSync } from 'node:fs';
+import { readFile, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openFilestore } from '@tandem/shared';
+import { ensurePostgres, requireCommands, tmpDir, waitFor } from './support/site.js';
+import { PRIMARY_MAIN } from './support/site.js';
+import { createWalSite, giveToPostgres, startAsPostgresAgent, type WalSite } from './support/wal-site.js';
+
+const show = (r: { code: number | null; stdout: string; stderr: string }) => `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
+
+describe('WAL mode (directory filestore)', () => {
+  let root: string;
+  let s: WalSite;
+
+  beforeAll(async () => {
+    requireCommands(['zstd', 'runuser']);
+    await ensurePostgres();
+    root = await tmpDir('tandem-wal-');
+    s = await createWalSite(root, { maxDelay: '2s' });
+  }, 120_000);
+
+  afterAll(async () => {
+    await s?.destroy();
+    if (root) await rm(root, { recursive: true, force: true });
+  });
+
+  const count = async (c: { query: WalSite['primary']['cluster']['query'] }) => Number((await c.query<{ n: string }>('select count(*)::text as n from stamps'))[0]!.n);
+  const store = () => openFilestore(s.filestoreUrl);
+
+  it('seeds a hot standby from a base backup, replays later writes, refuses a tampered WAL file, and promotes', async () => {
+    const p = s.primary.cluster;
+    await p.query('create table stamps (id serial primary key, at timestamptz default now(), note text)');
+    await p.query("insert into stamps (note) select 'before the set ' || g from generate_series(1, 100) g");
+    await p.query('create role site_reader login');
+    await p.query('grant select on stamps to site_reader');
+
+    const b = await s.primaryCli(['backup', '--config', s.primary.configFile, '--json']);
+    expect(b.code, show(b)).toBe(0);
+    const set = JSON.parse(b.stdout) as { setId: string; artifacts: Array<{ name: string; kind: string; file: string }> };
+    expect(set.artifacts.find((a) => a.name === 'db')).toMatchObject({ kind: 'postgres-base', file: 'db.base.tar.zst.age' });
+    expect(set.artifacts.some((a) => a.name === 'dbmeta')).toBe(false);
+
+    // Written after the set: they reach the standby only through the WAL.
+    await p.query("insert into stamps (note) select 'after the set ' || g from generate_series(1, 50) g");
+    await p.query('select pg_switch_wal()');
+
+    await s.standby.cluster.start(); // a running standby server, as in real life: the seed stops it
+    const a = await s.standbyCli(['apply', '--config', s.standby.configFile, '--json']);
+    expect(a.code, show(a)).toBe(0);
+    expect(JSON.parse(a.stdout)).toMatchObject({ status: 'applied', setId: set.setId });
+    const sb = s.standby.cluster;
+    expect((await sb.query<{ r: boolean }>('select pg_is_in_recovery() as r'))[0]!.r).toBe(true);
+    // Roles and grants travel with the cluster.
+    expect((await sb.query<{ n: string }>("select count(*)::text as n from pg_roles where rolname = 'site_reader'"))[0]!.n).toBe('1');
+    expect(existsSync(join(sb.dataDir, 'standby.signal'))).toBe(true);
+    expect(await readFile(join(sb.dataDir, 'postgresql.auto.conf'), 'utf8')).toContain('wal-fetch');
+    expect(JSON.parse(await readFile(s.standby.paths.sentinel, 'utf8'))).toMatchObject({ mode: 'backup' });
+
+    await waitFor(async () => (await count(sb)) === 150 || undefined, 'the standby replays the writes made after the set', 60_000, 250);
+
+    // Continuous, with the primary daemon running: a single write, no switch asked for; the daemon
+    // switches the WAL file within maxDelay (2 s), and the standby follows without any apply.
+    const daemon = await startAsPostgresAgent(PRIMARY_MAIN, ['run', '--config', s.primary.configFile], s.env);
+    await waitFor(async () => (await s.primaryCli(['list', '--config', s.primary.configFile])).code === 0 || undefined, 'the filestore answers', 30_000, 250);
+    await waitFor(() => daemon.stderr().includes('WAL mode: written WAL goes to the filestore') || undefined, 'the primary daemon starts', 30_000, 100).catch((err: unknown) => {
+      throw new Error(`${(err as Error).message}\n${daemon.stderr()}`);
+    });
+    const t0 = Date.now();
+    await p.query("insert into stamps (note) values ('continuous')");
+    await waitFor(async () => (await count(sb)) === 151 || undefined, 'the standby replays a write made after the seed', 60_000, 250);
+    const seconds = (Date.now() - t0) / 1000;
+    expect(seconds, 'a write reaches the standby within maxDelay and a replay retry').toBeLessThan(15);
+    const replay = JSON.parse(await readFile(join(s.standby.stateDir, 'wal-replay.json'), 'utf8')) as { last: { name: string } };
+    expect(replay.last.name).toMatch(/^[0-9A-F]{24}/);
+
+    // A tampered WAL file (body bytes flipped) is refused: nothing at PATH, the refusal recorded.
+    const fs = store();
+    try {
+      const docs = (await fs.list(`${s.site}/wal/`)).filter((o) => /\/[0-9A-F]{24}\.json$/.test(o.key));
+      const victim = docs[docs.length - 1]!.key.replace(/\.json$/, '').split('/').pop()!;
+      const bodyKey = `${s.site}/wal/${victim}.zst.age`;
+      const body = (await fs.get(bodyKey)).body;
+      const chunks: Buffer[] = [];
+      for await (const c of body) chunks.push(c as Buffer);
+      const good = Buffer.concat(chunks);
+      const bad = Buffer.from(good);
+      bad[bad.length >> 1] ^= 0x40;
+      await fs.putBuffer(bodyKey, bad);
+      const target = join(s.root, 'fetched-wal');
+      await giveToPostgres(s.root);
+      const f = await s.standbyCli(['wal-fetch', '--config', s.standby.configFile, victim, target]);
+      expect(f.code, show(f)).not.toBe(0);
+      expect(f.code).toBeLessThan(126); // PostgreSQL would abort recovery on a higher status
+      expect(existsSync(target)).toBe(false);
+      expect(f.stderr).toContain('WAL_BODY_MISMATCH');
+      const rec = JSON.parse(await readFile(join(s.standby.stateDir, 'wal-replay.json'), 'utf8')) as { refused?: { name: string; code: string } };
+      expect(rec.refused).toMatchObject({ name: victim, code: 'WAL_BODY_MISMATCH' });
+      // Put back, it is restored.
+      await fs.putBuffer(bodyKey, good);
+      await giveToPostgres(s.root);
+      const ok = await s.standbyCli(['wal-fetch', '--config', s.standby.configFile, victim, target]);
+      expect(ok.code, show(ok)).toBe(0);
+      expect(existsSync(target)).toBe(true);
+      // Not there yet: exit 1, silently.
+      const missing = await s.standbyCli(['wal-fetch', '--config', s.standby.configFile, 'FFFFFFFF0000000000000001', join(s.root, 'none')]);
+      expect(missing.code).toBe(1);
+      expect(existsSync(join(s.root, 'none'))).toBe(false);
+    } finally {
+      await fs.close();
+    }
+
+    // Promote: the primary server dies (daemon and cluster); once its heartbeat is stale, the epoch
+    // is raised and PostgreSQL promoted.
+    daemon.child.kill('SIGKILL');
+    await p.stop('immediate');
+    await new Promise((r) => setTimeout(r, 6_000)); // heartbeatStaleAfter: 5s
+    const pr = await s.standbyCli(['promote', '--config', s.standby.configFile]);
+    expect(pr.code, show(pr)).toBe(0);
+    expect((await sb.query<{ r: boolean }>('select pg_is_in_recovery() as r'))[0]!.r).toBe(false);
+    await sb.query("insert into stamps (note) values ('on the new primary')");
+    expect(existsSync(s.standby.paths.sentinel)).toBe(false);
+    const fs2 = store();
+    try {
+      const epoch = JSON.parse((await fs2.getBuffer(`${s.site}/epoch.json`)).body.toString()) as { epoch: number };
+      expect(epoch.epoch).toBe(2);
+      // The new primary archives on its new timeline (its history file first).
+      await waitFor(async () => (await fs2.stat(`${s.site}/wal/00000002.history.json`)) ?? undefined, 'the new primary stores timeline 2 history', 60_000, 250);
+
+      // The old primary comes back (it was never told): its WAL is not stored, PostgreSQL keeps it.
+      await p.start();
+      await p.query("insert into stamps (note) values ('split brain attempt')");
+      const [{ name: oldWal }] = await p.query<{ name: string }>('select pg_walfile_name(pg_current_wal_lsn()) as name');
+      await p.query('select pg_switch_wal()');
+      await waitFor(async () => Number((await p.query<{ n: string }>('select failed_count::text as n from pg_stat_archiver'))[0]!.n) > 0 || undefined, 'the fenced primary fails to archive', 60_000, 250);
+      expect(await fs2.stat(`${s.site}/wal/${oldWal}.json`)).toBeNull();
+      expect((await readdir(join(p.dataDir, 'pg_wal'))).includes(oldWal)).toBe(true);
+      const rec = JSON.parse(await readFile(join(s.primary.stateDir, 'wal-archive.json'), 'utf8')) as { failed?: { fenced: boolean; name: string } };
+      expect(rec.failed).toMatchObject({ fenced: true });
+    } finally {
+      await fs2.close();
+    }
+  }, 300_000);
+});
