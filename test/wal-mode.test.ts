@@ -82,6 +82,24 @@ describe('WAL mode (directory filestore)', () => {
     const replay = JSON.parse(await readFile(join(s.standby.stateDir, 'wal-replay.json'), 'utf8')) as { last: { name: string } };
     expect(replay.last.name).toMatch(/^[0-9A-F]{24}/);
 
+    // status: the WAL figures, and a recovery point of seconds, not the set's age. The primary's
+    // signed heartbeat names the newest archived file; once it is replayed nothing is pending.
+    const st = await waitFor(
+      async () => {
+        const r = await s.standbyCli(['status', '--config', s.standby.configFile, '--json']);
+        const d = JSON.parse(r.stdout) as { recoveryPointAgeSeconds: number; wal?: { pendingFiles: number | null; lastReplayed: string | null; refused: unknown } };
+        return d.wal?.pendingFiles === 0 ? d : undefined;
+      },
+      'status shows the replay caught up',
+      30_000,
+      500,
+    );
+    expect(st.wal!.lastReplayed).toMatch(/^[0-9A-F]{24}$/);
+    expect(st.wal!.refused).toBeNull();
+    expect(st.recoveryPointAgeSeconds).toBeLessThan(10);
+    const nag = await s.standbyCli(['status', '--config', s.standby.configFile, '--max-lag', '60s']);
+    expect(nag.code, show(nag)).toBe(0);
+
     // A tampered WAL file (body bytes flipped) is refused: nothing at PATH, the refusal recorded.
     const fs = store();
     try {

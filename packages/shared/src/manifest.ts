@@ -67,6 +67,8 @@ export const manifestSchema = z.strictObject({
     systemId: z.string().regex(/^[0-9]{1,20}$/).optional(),
     startLsn: z.string().regex(/^[0-9A-F]{1,8}\/[0-9A-F]{1,8}$/).optional(),
     timeline: z.number().int().positive().optional(),
+    /** The WAL file the base backup starts in: WAL before it is not needed to restore this set. */
+    startWalFile: z.string().regex(/^[0-9A-F]{24}$/).optional(),
   }),
   encryption: z.strictObject({ scheme: z.enum(['age-x25519', 'none']), recipients: z.array(z.string()) }),
   artifacts: z.array(artifactEntrySchema),
@@ -76,8 +78,8 @@ export const manifestSchema = z.strictObject({
   const wal = m.database.mode === 'wal';
   if ((base || wal) && m.version !== 3) ctx.addIssue({ code: 'custom', path: ['version'], message: 'a WAL-mode set needs manifest version 3' });
   if (base !== wal) ctx.addIssue({ code: 'custom', path: ['database', 'mode'], message: 'a base backup and database.mode "wal" go together' });
-  if (wal && (m.database.systemId === undefined || m.database.timeline === undefined || m.database.startLsn === undefined)) {
-    ctx.addIssue({ code: 'custom', path: ['database'], message: 'a WAL-mode set names its cluster: systemId, timeline and startLsn' });
+  if (wal && (m.database.systemId === undefined || m.database.timeline === undefined || m.database.startLsn === undefined || m.database.startWalFile === undefined)) {
+    ctx.addIssue({ code: 'custom', path: ['database'], message: 'a WAL-mode set names its cluster: systemId, timeline, startLsn and startWalFile' });
   }
 });
 

@@ -310,7 +310,7 @@ export async function runBackup(config: PrimaryConfig, opts: BackupOptions): Pro
         name: databaseName(config.database.url),
         serverVersion,
         ...(config.database.schema === undefined ? {} : { schema: config.database.schema }),
-        ...(wal ? { mode: 'wal' as const, systemId, startLsn: sniffer!.label!.startLsn, timeline: sniffer!.label!.timeline } : {}),
+        ...(wal ? { mode: 'wal' as const, systemId, startLsn: sniffer!.label!.startLsn, timeline: sniffer!.label!.timeline, startWalFile: sniffer!.label!.startWalFile } : {}),
       },
       encryption: { scheme: keys.recipients ? 'age-x25519' : 'none', recipients: keys.recipients ?? [] },
       artifacts,

@@ -212,6 +212,10 @@ export class PrimaryDaemon {
       latest: this.latest,
       scheduler: this.scheduler,
       lastRun: () => this.runner.lastRun,
+      wal: () => {
+        const w = this.walTimer?.status;
+        return w ? { lastArchived: w.lastArchivedWal, pendingSeconds: w.pendingSeconds, failing: w.failing } : undefined;
+      },
       isStopping,
     });
     this.history = new PrimaryHistory({

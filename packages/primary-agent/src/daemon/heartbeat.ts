@@ -24,6 +24,8 @@ export interface HeartbeatInput {
   latest: { setId: string; epoch: number; seq: number; createdAt: string; committedAt: string } | null;
   /** "stopped": the last heartbeat of a clean shutdown (default "running"). */
   state?: typeof HEARTBEAT_RUNNING | typeof HEARTBEAT_STOPPED;
+  /** WAL mode: the archiver's state (wal-timer.ts). */
+  wal?: Heartbeat['wal'];
 }
 
 export function buildHeartbeat(i: HeartbeatInput): Heartbeat {
@@ -38,6 +40,7 @@ export function buildHeartbeat(i: HeartbeatInput): Heartbeat {
     nextBackupAt: i.nextBackupAt?.toISOString() ?? null,
     latest: i.latest === null ? null : { setId: i.latest.setId, epoch: i.latest.epoch, seq: i.latest.seq, createdAt: i.latest.createdAt, committedAt: i.latest.committedAt },
     state: i.state ?? HEARTBEAT_RUNNING,
+    ...(i.wal ? { wal: i.wal } : {}),
   };
 }
 
@@ -76,6 +79,8 @@ export interface HeartbeatLoopOptions {
   latest: Pick<LatestSet, 'refresh' | 'current'>;
   scheduler: Pick<Scheduler, 'nextRunAt'>;
   lastRun(): LastRun | null;
+  /** WAL mode: what the heartbeat says of the archiving (undefined: nothing to say). */
+  wal?(): Heartbeat['wal'];
   isStopping(): boolean;
 }
 
@@ -227,6 +232,7 @@ export class HeartbeatLoop {
           lastBackup: last ? { setId: last.setId, at: last.at, outcome: last.outcome === 'ok' ? 'ok' : 'failed' } : null,
           nextBackupAt: this.opts.scheduler.nextRunAt,
           latest: this.opts.latest.current,
+          wal: this.opts.wal?.(),
         });
         this.wroteRunning = true;
         this.written = { lastWrittenAt: clock.now().toISOString(), lastError: null };

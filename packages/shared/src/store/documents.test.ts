@@ -76,6 +76,24 @@ describe('standby reports', () => {
     expect(() => parseStandbyReport(Buffer.from('{"format":"tandem-standby-report","version":2}'), 'r')).toThrow(/not a tandem standby report/);
   });
 
+  it('carries the WAL need of a standby in WAL mode; older reports lack it, unknown members are stripped', () => {
+    const wal = { neededFrom: '0000000100000000000000A3', at: T };
+    const raw = encodeStandbyReport({ standbyId: 'web2', setId: SET, createdAt: T, appliedAt: T, wal });
+    expect(JSON.parse(raw.toString())).toEqual({ format: 'tandem-standby-report', version: 1, standbyId: 'web2', setId: SET, createdAt: T, appliedAt: T, wal });
+    expect(parseStandbyReport(raw, 'r').wal).toEqual(wal);
+    // Written by an older standby: no wal member.
+    expect(parseStandbyReport(encodeStandbyReport({ standbyId: 'web2', setId: SET, createdAt: T, appliedAt: T }), 'r').wal).toBeUndefined();
+    // A newer one's members are stripped, inside wal too.
+    const newer = { format: 'tandem-standby-report', version: 1, standbyId: 'web2', setId: SET, createdAt: T, appliedAt: T, lagSeconds: 3, wal: { ...wal, replayedTo: '0/A3000060' } };
+    const parsed = parseStandbyReport(Buffer.from(JSON.stringify(newer)), 'r');
+    expect(parsed).toEqual({ format: 'tandem-standby-report', version: 1, standbyId: 'web2', setId: SET, createdAt: T, appliedAt: T, wal });
+    // A damaged wal member makes the report unreadable, naming the member.
+    for (const bad of [{ ...wal, neededFrom: '0000000100000000000000a3' }, { ...wal, neededFrom: '00000001000000000000A3' }, { neededFrom: wal.neededFrom }, { ...wal, at: 'yesterday' }]) {
+      expect(() => parseStandbyReport(Buffer.from(JSON.stringify({ ...newer, wal: bad })), 'r'), JSON.stringify(bad)).toThrow(/not a tandem standby report \(wal\./);
+      expect(() => encodeStandbyReport({ standbyId: 'web2', setId: SET, createdAt: T, appliedAt: T, wal: bad as typeof wal })).toThrow(/refusing to write an invalid standby report: wal\./);
+    }
+  });
+
   it('reads every report, naming the ones it cannot', async () => {
     const fs = store();
     await fs.putBuffer('demo/standbys/web2.json', encodeStandbyReport({ standbyId: 'web2', setId: SET, createdAt: T, appliedAt: T }));

@@ -46,6 +46,13 @@ export const heartbeatSchema = z.object({
    * that predate it (running); any other value a newer primary may write is read as running.
    */
   state: z.string().optional(),
+  /**
+   * WAL mode: the newest WAL file PostgreSQL archived (into the filestore, through wal-push), and
+   * how long written WAL has waited in the current file (0: nothing written since the last switch).
+   * A standby that replayed `lastArchived` while `pendingSeconds` is 0 holds everything up to this
+   * heartbeat. Absent in dump mode and in heartbeats of primaries that predate it.
+   */
+  wal: z.object({ lastArchived: z.string().nullable(), pendingSeconds: z.number().nonnegative(), failing: z.boolean() }).optional(),
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 

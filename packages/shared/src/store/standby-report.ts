@@ -6,11 +6,21 @@ import { layout } from './layout.js';
 
 /**
  * <site>/standbys/<standbyId>.json (layout.standby): what a standby writes to the filestore after
- * each successful apply (plain JSON, 2-space indent, trailing newline). Retention reads these, so
+ * each successful apply, and in WAL mode every few minutes besides (plain JSON, 2-space indent, trailing newline). Retention reads these, so
  * the rule "never delete a set a standby applied within the last day" holds without the WebSocket.
  * Unsigned: the standby has no signing key, and a forged report can only make retention keep a set
- * longer, never delete one. Unknown members are stripped: a newer standby may add some.
+ * (or WAL) longer, never delete one. Unknown members are stripped: a newer standby may add some.
+ *
+ * `wal` (WAL mode; absent from older reports): the oldest WAL file the standby's cluster still needs
+ * (the WAL file of its last restartpoint's redo), measured at `at`. Retention keeps the site's WAL
+ * from there on while the measurement is recent.
  */
+export const standbyWalNeedSchema = z.object({
+  neededFrom: z.string().regex(/^[0-9A-F]{24}$/, 'expected a WAL file name such as 000000010000000000000003'),
+  at: isoTime,
+});
+export type StandbyWalNeed = z.infer<typeof standbyWalNeedSchema>;
+
 export const standbyReportSchema = z.object({
   format: z.literal('tandem-standby-report'),
   version: z.literal(1).default(1),
@@ -18,14 +28,16 @@ export const standbyReportSchema = z.object({
   setId,
   createdAt: isoTime,
   appliedAt: isoTime,
+  wal: standbyWalNeedSchema.optional(),
 });
 export type StandbyReport = z.infer<typeof standbyReportSchema>;
 
 export function encodeStandbyReport(report: Omit<StandbyReport, 'format' | 'version'>): Buffer {
   const r = standbyReportSchema.safeParse({ format: 'tandem-standby-report', version: 1, ...report });
   if (!r.success) throw new TandemError('internal', 'STANDBY_REPORT_INVALID', `refusing to write an invalid standby report: ${firstIssue(r.error, '(message)')}`);
-  const { format, version, standbyId: id, setId: set, createdAt, appliedAt } = r.data;
-  return Buffer.from(`${JSON.stringify({ format, version, standbyId: id, setId: set, createdAt, appliedAt }, null, 2)}\n`, 'utf8');
+  const { format, version, standbyId: id, setId: set, createdAt, appliedAt, wal } = r.data;
+  const doc = { format, version, standbyId: id, setId: set, createdAt, appliedAt, ...(wal === undefined ? {} : { wal: { neededFrom: wal.neededFrom, at: wal.at } }) };
+  return Buffer.from(`${JSON.stringify(doc, null, 2)}\n`, 'utf8');
 }
 
 /** `label` names the object in errors (e.g. "file:///backups/demo/standbys/web2.json"). */

@@ -140,6 +140,7 @@ export class StandbyDaemon {
         applied: () => this.observed.applied,
         websocketConnected: () => this.push?.isConnected() ?? false,
         files: () => this.filesNow(),
+        wal: () => this.observed.walFigures(),
       },
       opts.shared === undefined ? {} : { site: config.site },
     );
@@ -150,7 +151,7 @@ export class StandbyDaemon {
     });
     const common = { fs: this.fs, logger: this.log, metrics: this.metrics, stopping: () => this.stopping };
     this.errors = new LastError(this.log);
-    this.observed = new Observations({ ...common, site: config.site, verifyKey, pollIntervalMs: config.pollInterval, latestReadAt: () => this.poller.latestReadAt() });
+    this.observed = new Observations({ ...common, site: config.site, verifyKey, pollIntervalMs: config.pollInterval, latestReadAt: () => this.poller.latestReadAt(), ...(config.database.mode === 'wal' ? { walStateDir: config.stateDir } : {}) });
     this.poller = new LatestPoller({
       ...common,
       config,

@@ -20,6 +20,7 @@ import {
 import { readJournal } from '../apply/journal.js';
 import { readApplied, readPromoted, type AppliedState } from '../apply/state.js';
 import { readDeltaState } from '../apply/files-delta.js';
+import { readWalReplay } from '../wal/replay-state.js';
 import { askDaemonStatus, defaultStandbyId } from './daemon-info.js';
 import { probeFilestore, siteMissing } from './filestore-probe.js';
 import { pendingWithoutListing, type LatestInfo } from './lag.js';
@@ -168,6 +169,7 @@ export async function gatherStatus(config: StandbyConfig, logger: Logger, opts: 
     lastError: live?.lastError ?? null,
     problems,
     filesDelta: { applied: await readDeltaState(config.stateDir), newest: latestFiles ?? null },
+    ...(config.database.mode === 'wal' ? { walReplay: await readWalReplay(config.stateDir) } : {}),
   });
   return { doc, gaps };
 }
@@ -190,6 +192,7 @@ export function mergeHeartbeats(file: Heartbeat | null, pushed: HeartbeatInfo | 
           nextBackupAt: file.nextBackupAt,
           latest: file.latest,
           ...(file.state === undefined ? {} : { state: file.state }),
+          ...(file.wal === undefined ? {} : { wal: file.wal }),
         };
   if (pushed === null) return fromFile;
   if (fromFile === null) return pushed;
@@ -200,6 +203,7 @@ export function mergeHeartbeats(file: Heartbeat | null, pushed: HeartbeatInfo | 
     lastBackup: newer.lastBackup ?? older.lastBackup,
     nextBackupAt: newer.nextBackupAt ?? older.nextBackupAt,
     latest: newerLatest(newer.latest, older.latest),
+    ...((newer.wal ?? older.wal) === undefined ? {} : { wal: newer.wal ?? older.wal }),
   };
 }
 

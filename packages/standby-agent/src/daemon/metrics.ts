@@ -15,6 +15,8 @@ export interface MetricsSource {
   websocketConnected(): boolean;
   /** Files deltas (files as content objects): as the status shows them, when there are any. */
   files?(): { pendingDeltas: number; lagSeconds: number | null } | undefined;
+  /** WAL mode: the replay figures (wal-lag.ts). */
+  wal?(): { pendingFiles: number | null; replayLagSeconds: number | null; refused: unknown } | undefined;
 }
 
 /** What the failures counter counts, by what failed. */
@@ -68,6 +70,32 @@ export class StandbyMetrics extends MetricsRegistry {
       registers,
       collect() {
         this.set(src.files?.()?.pendingDeltas ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_wal_replay_lag_seconds',
+      help: 'WAL mode: seconds the replayed WAL trails the newest WAL the primary archived, 0 when none is pending (NaN: unknown or not WAL mode)',
+      registers,
+      collect() {
+        const w = src.wal?.();
+        this.set(w === undefined ? Number.NaN : orNaN(w.replayLagSeconds));
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_wal_files_pending',
+      help: 'WAL mode: WAL files in the filestore not yet handed to PostgreSQL (NaN: unknown or not WAL mode)',
+      registers,
+      collect() {
+        const w = src.wal?.();
+        this.set(w === undefined ? Number.NaN : orNaN(w.pendingFiles));
+      },
+    });
+    new Gauge({
+      name: 'tandem_standby_wal_refused',
+      help: 'WAL mode: 1 when the newest WAL file fetched was refused (forged, altered, foreign or from a fenced primary) and the replay waits before it',
+      registers,
+      collect() {
+        this.set(src.wal?.()?.refused ? 1 : 0);
       },
     });
     new Gauge({

@@ -5,7 +5,9 @@ import { mergeHeartbeats } from './gather-status.js';
 import { pendingWithoutListing, type LagFigures, type LatestInfo } from './lag.js';
 import { isFilestoreError } from './last-error.js';
 import type { StandbyMetrics } from './metrics.js';
-import { lagOf, type HeartbeatInfo, type Observed } from './status-doc.js';
+import { lagOf, walOf, type HeartbeatInfo, type Observed } from './status-doc.js';
+import { readWalReplaySync } from '../wal/replay-state.js';
+import type { WalFigures } from '../wal/wal-lag.js';
 
 /** latest.json as last verified, and the version it was read at. */
 export interface LatestState {
@@ -23,6 +25,8 @@ export interface ObservationsOptions {
   logger: Logger;
   /** When latest.json was last read (the last poll, if it succeeded); null: not known to be current. */
   latestReadAt(): Date | null;
+  /** WAL mode: the state dir, whose wal-replay.json wal-fetch writes. */
+  walStateDir?: string;
 }
 
 /**
@@ -51,11 +55,23 @@ export class Observations {
     let pending = pendingWithoutListing(this.applied, latest, this.heartbeat?.latest);
     if (pending === null && this.#pending !== null && this.#pending.key === this.#pendingKey()) pending = this.#pending.count;
     // latest.json as of the last poll that read it: a set committed since is no alarm yet.
-    return { applied: this.applied, latest, heartbeat: this.heartbeat, pendingSets: pending, latestReadAt: this.o.latestReadAt() };
+    return {
+      applied: this.applied,
+      latest,
+      heartbeat: this.heartbeat,
+      pendingSets: pending,
+      latestReadAt: this.o.latestReadAt(),
+      ...(this.o.walStateDir === undefined ? {} : { walReplay: readWalReplaySync(this.o.walStateDir) }),
+    };
   }
 
   lagFigures(now = new Date()): LagFigures {
     return lagOf(this.observed(), now);
+  }
+
+  /** WAL mode: the replay figures (undefined in dump mode). */
+  walFigures(now = new Date()): WalFigures | undefined {
+    return walOf(this.observed(), now);
   }
 
   /** A heartbeat (or the primary's hello) on the push channel: newer than the one known, it counts. */
@@ -71,6 +87,7 @@ export class Observations {
       lastBackup: prev?.lastBackup ?? null,
       nextBackupAt: prev?.nextBackupAt ?? null,
       latest: prev?.latest, // a push heartbeat names no set: the last signed one's stands
+      ...(prev?.wal === undefined ? {} : { wal: prev.wal }),
     };
   }
 

@@ -2,6 +2,8 @@ import { HEARTBEAT_STOPPED, formatDuration } from '@tandem/shared';
 import type { AppliedState } from '../apply/state.js';
 import { WARN_FRACTION, committedAtOf, computeLag, judgeLag, type LagFigures, type LagVerdict, type LatestInfo } from './lag.js';
 import type { PushStatus } from './push-client.js';
+import type { WalReplayRecord } from '../wal/replay-state.js';
+import { walFigures, type WalFigures } from '../wal/wal-lag.js';
 
 /**
  * What `tandem-standby status --json` prints and GET /status serves: the lag figures (lag.ts) and
@@ -30,6 +32,8 @@ export interface HeartbeatInfo {
   latest?: LatestInfo | null;
   /** "stopped": the primary's daemon shut down cleanly and this was its last heartbeat (absent: running). */
   state?: string;
+  /** WAL mode: the primary's archiving, as its signed heartbeat says it. */
+  wal?: { lastArchived: string | null; pendingSeconds: number; failing: boolean };
 }
 
 export interface PollInfo {
@@ -72,6 +76,11 @@ export interface StandbyStatusDoc extends LagFigures {
    */
   files?: { appliedDelta: number; newestDelta: number; pendingDeltas: number; lagSeconds: number | null };
   /**
+   * WAL mode: the replay (wal-lag.ts). recoveryPointAgeSeconds is then the WAL's: what a failover
+   * now would lose of the database.
+   */
+  wal?: WalFigures;
+  /**
    * `status --max-lag` (a Nagios check): the thresholds, the verdict (the check's state: the
    * recovery point's, made UNKNOWN or worse by what could not be read, see nagios.ts) and the
    * reasons for it, worst first.
@@ -91,10 +100,18 @@ export interface Observed {
   pendingSets: number | null;
   /** When `latest` was read: see heartbeatNewerSet (lag.ts). */
   latestReadAt?: Date | null;
+  /** WAL mode: what wal-fetch recorded (wal-replay.json). */
+  walReplay?: WalReplayRecord;
+}
+
+/** WAL mode: the replay figures (undefined in dump mode). */
+export function walOf(o: Observed, now: Date): WalFigures | undefined {
+  if (o.walReplay === undefined) return undefined;
+  return walFigures(o.walReplay, o.heartbeat, o.applied?.createdAt ?? null, now);
 }
 
 export function lagOf(o: Observed, now: Date): LagFigures {
-  return computeLag({
+  const lag = computeLag({
     now,
     applied: o.applied,
     latest: o.latest,
@@ -103,6 +120,9 @@ export function lagOf(o: Observed, now: Date): LagFigures {
     heartbeatLatest: o.heartbeat?.latest,
     latestReadAt: o.latestReadAt,
   });
+  const wal = walOf(o, now);
+  if (wal?.recoveryPointAt != null) lag.recoveryPointAgeSeconds = Math.max(0, Math.round(now.getTime() - Date.parse(wal.recoveryPointAt)) / 1000);
+  return lag;
 }
 
 export interface StatusInputs extends Observed {
@@ -165,6 +185,7 @@ export function buildStatusDoc(i: StatusInputs): StandbyStatusDoc {
     lastError: i.lastError,
     problems: i.problems,
     ...(filesFigures(i) ? { files: filesFigures(i) } : {}),
+    ...(walOf(i, i.now) ? { wal: walOf(i, i.now) } : {}),
   };
 }
 
@@ -206,10 +227,23 @@ export function formatStatus(d: StandbyStatusDoc): string[] {
     const phase = d.unfinishedApply !== null && d.unfinishedApply.setId === d.applying.setId ? ` (${d.unfinishedApply.phase})` : '';
     rows.push(['applying', `${d.applying.setId ?? 'the newest set'} since ${when(d.applying.since)}${phase}`]);
   }
+  const w = d.wal;
   rows.push([
     'recovery point',
-    d.recoveryPointAgeSeconds === null ? 'NONE: a failover now would lose everything' : `${ago(d.recoveryPointAgeSeconds)} old (a failover now loses what the primary did since ${when(d.appliedCreatedAt)})`,
+    d.recoveryPointAgeSeconds === null
+      ? 'NONE: a failover now would lose everything'
+      : `${ago(d.recoveryPointAgeSeconds)} old (a failover now loses what the primary did since ${when(w?.recoveryPointAt ?? d.appliedCreatedAt)})`,
   ]);
+  if (w !== undefined) {
+    rows.push([
+      'WAL replay',
+      `${w.lastReplayed === null ? 'nothing replayed from the filestore yet' : `replayed ${w.lastReplayed} (stored ${when(w.lastReplayedArchivedAt)})`}` +
+        `; ${w.pendingFiles === null ? 'pending unknown (no WAL heartbeat from the primary)' : `${w.pendingFiles} file(s) pending`}` +
+        `${w.replayLagSeconds === null ? '' : `, replay lag ${ago(w.replayLagSeconds)}`}`,
+    ]);
+    if (w.refused !== null) rows.push(['WAL REFUSED', `${w.refused.name} at ${when(w.refused.at)} (${w.refused.code}): not handed to PostgreSQL; the replay waits before it`]);
+    if (w.primaryArchiveFailing === true) rows.push(['WAL ARCHIVING', 'the primary says archiving fails (filestore down, or the primary fenced): its WAL waits there']);
+  }
   rows.push(['apply lag', ago(d.applyLagSeconds)]);
   rows.push(['pending sets', d.pendingSets === null ? 'unknown' : `${d.pendingSets}${d.pendingSets > 0 ? ' (committed, not applied yet)' : ''}`]);
   const hb = d.primaryHeartbeat;

@@ -5,6 +5,7 @@
  * nothing. `recent` keeps the newest restored segments with the time the primary stored each, from
  * which the status tells how old the newest replayed WAL is.
  */
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '@tandem/shared';
@@ -36,6 +37,17 @@ export async function readWalReplay(stateDir: string): Promise<WalReplayRecord> 
     if (v.format === 'tandem-wal-replay' && Array.isArray(v.recent)) return v;
   } catch {
     // none yet, or unreadable: it is only a status
+  }
+  return { format: 'tandem-wal-replay', recent: [] };
+}
+
+/** The same, synchronously (the daemon's lag figures are computed on the spot; the file is small). */
+export function readWalReplaySync(stateDir: string): WalReplayRecord {
+  try {
+    const v = JSON.parse(readFileSync(walReplayFile(stateDir), 'utf8')) as WalReplayRecord;
+    if (v.format === 'tandem-wal-replay' && Array.isArray(v.recent)) return v;
+  } catch {
+    // none yet, or unreadable
   }
   return { format: 'tandem-wal-replay', recent: [] };
 }
