@@ -163,6 +163,24 @@ describe('WAL mode (directory filestore)', () => {
       expect((await readdir(join(p.dataDir, 'pg_wal'))).includes(oldWal)).toBe(true);
       const rec = JSON.parse(await readFile(join(s.primary.stateDir, 'wal-archive.json'), 'utf8')) as { failed?: { fenced: boolean; name: string } };
       expect(rec.failed).toMatchObject({ fenced: true });
+
+      // The old primary rejoins as a standby of the new one: pg_rewind, then replay from the filestore.
+      await p.stop('immediate');
+      const rj = await s.standbyCli(['rejoin', '--config', s.primary.standbyConfigFile, '--source', sb.url, '--json']);
+      expect(rj.code, show(rj)).toBe(0);
+      expect(JSON.parse(rj.stdout)).toMatchObject({ method: 'pg_rewind' });
+      expect((await p.query<{ r: boolean }>('select pg_is_in_recovery() as r'))[0]!.r).toBe(true);
+      // What it wrote while fenced is gone; what the new primary writes now arrives.
+      expect((await p.query<{ n: string }>("select count(*)::text as n from stamps where note = 'split brain attempt'"))[0]!.n).toBe('0');
+      await sb.query("insert into stamps (note) values ('after the rejoin')");
+      await sb.query('select pg_switch_wal()');
+      await waitFor(
+        async () => (await p.query<{ n: string }>("select count(*)::text as n from stamps where note = 'after the rejoin'"))[0]!.n === '1' || undefined,
+        'the rejoined old primary replays the new primary\'s writes',
+        60_000,
+        250,
+      );
+      expect(existsSync(join(s.primary.paths.config, 'BACKUP'))).toBe(true);
     } finally {
       await fs2.close();
     }

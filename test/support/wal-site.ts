@@ -86,7 +86,7 @@ export interface WalSite {
   keys: KeyFiles;
   filestoreUrl: string;
   env: NodeJS.ProcessEnv;
-  primary: { cluster: PgCluster; paths: SitePaths; configFile: string; stateDir: string };
+  primary: { cluster: PgCluster; paths: SitePaths; configFile: string; stateDir: string; standbyConfigFile: string };
   standby: {
     cluster: PgCluster;
     paths: { config: string; security: string; files: string; sentinel: string };
@@ -129,11 +129,15 @@ export async function createWalSite(root: string, opts: { filestoreUrl?: string;
   const standbyConfigFile = join(root, 'standby.yml');
   const standbyPrimaryConfigFile = join(root, 'standby-primary.yml');
   const archive = (configFile: string) => `'${process.execPath} ${PRIMARY_MAIN} wal-push --config ${configFile} %p %f'`;
-  const primaryCluster = await createCluster({ name: `${site}-primary`, conf: { archive_mode: 'on', archive_command: archive(primaryConfigFile) } });
+  // wal_log_hints: pg_rewind can wind either back once the other was promoted.
+  const primaryCluster = await createCluster({
+    name: `${site}-primary`,
+    conf: { archive_mode: 'on', archive_command: archive(primaryConfigFile), wal_log_hints: 'on', wal_retrieve_retry_interval: "'500ms'" },
+  });
   const standbyCluster = await createCluster({
     name: `${site}-standby`,
     // The same archiving on the standby's server: used once it is promoted (a standby archives nothing).
-    conf: { archive_mode: 'on', archive_command: archive(standbyPrimaryConfigFile), wal_retrieve_retry_interval: "'500ms'" },
+    conf: { archive_mode: 'on', archive_command: archive(standbyPrimaryConfigFile), wal_log_hints: 'on', wal_retrieve_retry_interval: "'500ms'" },
   });
   const asPg = (main: string) => (args: string[], e: NodeJS.ProcessEnv = {}) => runAsPostgresAgent(main, args, { env: { ...env, ...e } });
   const r = await asPg(PRIMARY_MAIN)(['init', '--keys-dir', keysDir]);
@@ -163,19 +167,22 @@ export async function createWalSite(root: string, opts: { filestoreUrl?: string;
   });
   await writeFile(primaryConfigFile, toYaml(primaryDoc(primaryCluster.url, primaryPaths, primaryStateDir)));
   await writeFile(standbyPrimaryConfigFile, toYaml(primaryDoc(standbyCluster.url, standbyPaths, standbyStateDir)));
-  const ctl = ctlCommands(standbyCluster);
-  await writeFile(
-    standbyConfigFile,
-    toYaml({
+  const standbyDoc = (c: PgCluster, paths: { config: string; security: string; files: string }, stateDir: string) => {
+    const ctl = ctlCommands(c);
+    return toYaml({
       site,
-      database: { url: standbyCluster.url, mode: 'wal', binDir: PG_BIN, dataDir: standbyCluster.dataDir, startCommand: ctl.start, stopCommand: ctl.stop },
-      paths: { config: standbyPaths.config, security: standbyPaths.security, files: standbyPaths.files },
+      database: { url: c.url, mode: 'wal', binDir: PG_BIN, dataDir: c.dataDir, startCommand: ctl.start, stopCommand: ctl.stop },
+      paths: { config: paths.config, security: paths.security, files: paths.files },
       filestore: { url: filestoreUrl },
       keys: { identityFile: keys.identityFile, verifyKeyFile: keys.verifyKeyFile },
-      stateDir: standbyStateDir,
+      stateDir,
       heartbeatStaleAfter: '5s',
-    }),
-  );
+    });
+  };
+  await writeFile(standbyConfigFile, standbyDoc(standbyCluster, standbyPaths, standbyStateDir));
+  // The former primary's server as a standby (rejoin): its own cluster, trees and state dir.
+  const oldPrimaryStandbyConfigFile = join(root, 'primary-standby.yml');
+  await writeFile(oldPrimaryStandbyConfigFile, standbyDoc(primaryCluster, primaryPaths, primaryStateDir));
   await giveToPostgres(root);
   await primaryCluster.start();
   const s: WalSite = {
@@ -184,7 +191,7 @@ export async function createWalSite(root: string, opts: { filestoreUrl?: string;
     keys,
     filestoreUrl,
     env,
-    primary: { cluster: primaryCluster, paths: primaryPaths, configFile: primaryConfigFile, stateDir: primaryStateDir },
+    primary: { cluster: primaryCluster, paths: primaryPaths, configFile: primaryConfigFile, stateDir: primaryStateDir, standbyConfigFile: oldPrimaryStandbyConfigFile },
     standby: { cluster: standbyCluster, paths: standbyPaths, configFile: standbyConfigFile, stateDir: standbyStateDir, primaryConfigFile: standbyPrimaryConfigFile },
     primaryCli: asPg(PRIMARY_MAIN),
     standbyCli: asPg(STANDBY_MAIN),

@@ -9,10 +9,11 @@ import { statusCommand } from './commands/status.js';
 import { switchoverCommand } from './commands/switchover.js';
 import { verifyCommand } from './commands/verify.js';
 import { walFetchCommand } from './commands/wal-fetch.js';
+import { rejoinCommand } from './commands/rejoin.js';
 
 main({
   bin: 'tandem-standby',
   version: TOOL_VERSION,
   description: 'keeps a standby site equal to the newest committed backup set, and promotes it',
-  commands: [runCommand, statusCommand, checkCommand, applyCommand, verifyCommand, decryptCommand, promoteCommand, switchoverCommand, walFetchCommand],
+  commands: [runCommand, statusCommand, checkCommand, applyCommand, verifyCommand, decryptCommand, promoteCommand, switchoverCommand, rejoinCommand, walFetchCommand],
 });

@@ -15,6 +15,7 @@ import {
 } from '@tandem/shared';
 import { collectObjects, type ObjectsGcOutcome } from './objects-gc.js';
 import { planRetention, type AppliedRecord, type RetentionPlan, type SetInfo } from './plan.js';
+import { collectWal, type WalGcOutcome } from './wal-gc.js';
 
 /**
  * Retention against a filestore: gather what the plan needs (sets, their manifests' creation
@@ -27,8 +28,8 @@ import { planRetention, type AppliedRecord, type RetentionPlan, type SetInfo } f
  * retention (nothing is deleted); a set whose manifest does not verify is reported and kept.
  *
  * Then, when the site has a files key, the content objects no remaining set references are
- * collected (objects-gc.ts): the same run, so that `prune` and the daemon's run after each backup
- * both do it.
+ * collected (objects-gc.ts), and in WAL mode the WAL files no remaining set and no standby needs
+ * (wal-gc.ts): the same run, so that `prune` and the daemon's run after each backup both do it.
  */
 export interface RetentionInputs {
   sets: SetInfo[];
@@ -46,6 +47,8 @@ export interface RetentionOutcome {
   failed: Array<{ setId: string; error: string }>;
   /** Content objects collected after the sets (null: the site has no files key). */
   objects: ObjectsGcOutcome | null;
+  /** WAL files collected after the sets (null: the site is not in WAL mode). */
+  wal: WalGcOutcome | null;
 }
 
 /** The set latest.json names, verified (signature, site); null when there is no latest.json. */
@@ -154,7 +157,7 @@ export async function runRetention(config: PrimaryConfig, opts: RunRetentionOpti
     latestSetId: inputs.latestSetId,
     applied: [...inputs.applied, ...(opts.extraApplied ?? [])],
   });
-  const outcome: RetentionOutcome = { plan, dryRun: opts.dryRun === true, deleted: [], failed: [], objects: null };
+  const outcome: RetentionOutcome = { plan, dryRun: opts.dryRun === true, deleted: [], failed: [], objects: null, wal: null };
   if (!opts.dryRun && plan.delete.length > 0) {
     // latest.json may have moved since it was read (a backup committed meanwhile): read it again and
     // refuse to go on if it now names a set about to be deleted.
@@ -181,6 +184,16 @@ export async function runRetention(config: PrimaryConfig, opts: RunRetentionOpti
     verifyKey,
     dryRun: opts.dryRun === true,
     gone: opts.dryRun ? new Set(plan.delete.map((d) => d.setId)) : undefined,
+    signal: opts.signal,
+  });
+  // WAL from the start of the oldest set that remains (a dry run: that would remain) on is kept.
+  outcome.wal = await collectWal(config, {
+    filestore: fs,
+    logger,
+    verifyKey,
+    dryRun: opts.dryRun === true,
+    gone: opts.dryRun ? new Set(plan.delete.map((d) => d.setId)) : undefined,
+    now: opts.now,
     signal: opts.signal,
   });
   return outcome;

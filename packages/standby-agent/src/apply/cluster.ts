@@ -92,7 +92,7 @@ export async function clusterOwner(dataDir: string): Promise<{ uid: number; gid:
   }
 }
 
-async function chownTree(dir: string, owner: { uid: number; gid: number }): Promise<void> {
+export async function chownTree(dir: string, owner: { uid: number; gid: number }): Promise<void> {
   await chown(dir, owner.uid, owner.gid);
   for (const e of await readdir(dir, { withFileTypes: true })) {
     const p = join(dir, e.name);
@@ -106,6 +106,29 @@ async function chownTree(dir: string, owner: { uid: number; gid: number }): Prom
 }
 
 const pgVerifyBackupBin = (config: StandbyConfig): string => (config.database.binDir ? join(config.database.binDir, 'pg_verifybackup') : 'pg_verifybackup');
+
+/**
+ * The recovery settings (restore_command through this agent, the newest timeline) appended to the
+ * data directory's postgresql.auto.conf, replacing those of an earlier seed or rejoin, and
+ * `standby.signal`: PostgreSQL starts as a hot standby replaying from the filestore.
+ */
+export async function makeStandbyDataDir(config: StandbyConfig, dir: string, extra: Record<string, string> = {}): Promise<void> {
+  await writeRestoreCommand(config, dir, extra);
+  await writeFile(join(dir, 'standby.signal'), '', { mode: 0o600 });
+}
+
+/** The recovery settings alone (pg_rewind --restore-target-wal reads restore_command from there). */
+export async function writeRestoreCommand(config: StandbyConfig, dir: string, extra: Record<string, string> = {}): Promise<void> {
+  const autoConf = join(dir, 'postgresql.auto.conf');
+  const text = (await exists(autoConf)) ? await readFile(autoConf, 'utf8') : '';
+  // An earlier block of ours (a rejoined former standby) goes: the last setting would win anyway,
+  // but the file stays readable.
+  const mark = text.indexOf(TANDEM_CONF_MARK);
+  const before = mark === -1 ? text : text.slice(0, mark);
+  const settings = { restore_command: confQuote(restoreCommand(config)), recovery_target_timeline: "'latest'", ...extra };
+  const lines = Object.entries(settings).map(([k, v]) => `${k} = ${v}`);
+  await writeFile(autoConf, `${before}${before.endsWith('\n') || before === '' ? '' : '\n'}${TANDEM_CONF_MARK}\n${lines.join('\n')}\n`, { mode: 0o600 });
+}
 
 /** Everything between the unpacked base backup and a data directory ready to swap in. */
 export async function prepareCluster(config: StandbyConfig, names: Names, manifest: Manifest, logger: Logger): Promise<number> {
@@ -127,14 +150,7 @@ export async function prepareCluster(config: StandbyConfig, names: Names, manife
   for (const f of SERVER_CONF_FILES) {
     if (await exists(join(config.database.dataDir!, f))) await copyFile(join(config.database.dataDir!, f), join(dir, f));
   }
-  const autoConf = join(dir, 'postgresql.auto.conf');
-  const before = (await exists(autoConf)) ? await readFile(autoConf, 'utf8') : '';
-  await writeFile(
-    autoConf,
-    `${before}${before.endsWith('\n') || before === '' ? '' : '\n'}${TANDEM_CONF_MARK}\nrestore_command = ${confQuote(restoreCommand(config))}\nrecovery_target_timeline = 'latest'\n`,
-    { mode: 0o600 },
-  );
-  await writeFile(join(dir, 'standby.signal'), '', { mode: 0o600 });
+  await makeStandbyDataDir(config, dir);
   await chownTree(dir, owner);
   await chmod(dir, 0o700);
   logger.info({ dataDir: dir, seconds: Math.round(performance.now() - t0) / 1000 }, 'base backup verified (pg_verifybackup) and made a standby data directory');

@@ -114,7 +114,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
     // WAL mode: a cluster seeded from the same cluster replays its WAL, and is newer than any base
     // backup; a new set brings config, security and files, and the database stays (--force seeds again).
     const seeded = walSet ? await readWalSeed(config.stateDir) : null;
-    const keepCluster = walSet && applied !== null && seeded?.systemId === manifest.database.systemId && opts.force !== true;
+    const keepCluster = walSet && seeded !== null && seeded.systemId === manifest.database.systemId && opts.force !== true;
     // Tools, PostgreSQL, the database's existence and free space, before a byte is downloaded.
     const checked = walSet ? null : await preflight({ config, manifest, targets, applied, createDatabase: opts.createDatabase === true, logger: log }).catch((err: unknown) => {
       if (isTandemError(err) && err.code === 'DB_CONNECT') {
