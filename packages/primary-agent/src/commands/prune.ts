@@ -105,13 +105,14 @@ of the site runs on this host. Objects go one at a time: an interrupted prune le
 for the next one, never a set missing an object.
 
 In WAL mode (database.mode: wal), prune then deletes the WAL files under <site>/wal/ that no
-remaining set and no standby needs: those whose name (timeline, then position) sorts before the
-cutoff, the smallest of the remaining WAL-mode sets' start WAL files (their signed manifests'
-database.startWalFile) and of the WAL needs the standbys reported within the last
-${formatDuration(WAL_NEED_FRESH_MS)} (standbys/<id>.json, wal.neededFrom: their last restartpoint). A file goes only once
-older than ${formatDuration(WAL_GRACE_MS)}, its signed document before its body; timeline history files are never
-deleted. If a committed set's manifest does not verify, no WAL is deleted (exit 1, naming the
-set); while no committed set is a WAL-mode set, none is deleted either.
+remaining set and no standby needs: those whose name (timeline, then position) sorts before
+the cutoff. The cutoff is the smallest of the remaining WAL-mode sets' first WAL files (their
+signed manifests' database.startWalFile) and of the WAL needs the standbys reported within the
+last ${formatDuration(WAL_NEED_FRESH_MS)} (standbys/<id>.json, wal.neededFrom: their cluster's last restartpoint; a standby
+reports it every few minutes). A file goes only once older than ${formatDuration(WAL_GRACE_MS)}, its signed document
+before its body; timeline history files are never deleted. If a committed set's manifest does
+not verify, no WAL is deleted (exit 1, naming the set); while no committed set is a WAL-mode
+set, none is deleted either.
 
 A filestore without tandem-filestore.json at its root (see \`tandem-primary init --help\`) is
 refused, exit 2: a missing filestore directory is never created.

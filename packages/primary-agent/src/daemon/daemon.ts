@@ -141,6 +141,7 @@ export class PrimaryDaemon {
       {
         standbys: () => this.hub.list().map((s) => ({ standbyId: s.standbyId ?? '?', lagSeconds: s.lagSeconds })),
         nextRunAt: () => (this.fencing.fenced ? null : this.scheduler.nextRunAt),
+        ...(config.database.mode === 'wal' ? { wal: () => this.walTimer?.status ?? null } : {}),
       },
       this.oneOfSeveral ? config.site : undefined,
     );

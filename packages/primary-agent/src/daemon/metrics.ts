@@ -40,7 +40,15 @@ export class DaemonMetrics extends MetricsRegistry {
    * `site`: this daemon serves several sites; every sample is labelled site="<site>" and the process
    * metrics are left to the host's own registry (shared/metrics.ts).
    */
-  constructor(live: { standbys(): StandbyLag[]; nextRunAt(): Date | null }, site?: string) {
+  constructor(
+    live: {
+      standbys(): StandbyLag[];
+      nextRunAt(): Date | null;
+      /** WAL mode: the archiver as the daemon last read it (wal-timer.ts); undefined in dump mode. */
+      wal?(): { lastArchivedAt: string | null; failing: boolean; pendingSeconds: number } | null | undefined;
+    },
+    site?: string,
+  ) {
     super(site === undefined ? {} : { site });
     const standbys = () => live.standbys();
     const registers = this.registers;
@@ -59,6 +67,33 @@ export class DaemonMetrics extends MetricsRegistry {
     this.lastBackupStoredBytes = new Gauge({ name: 'tandem_last_backup_stored_bytes', help: 'Stored (compressed, encrypted) bytes of the last successful backup', registers });
     this.backupsTotal = new Counter({ name: 'tandem_backups_total', help: 'Backup runs by outcome (ok, failed, aborted)', labelNames: ['outcome'], registers });
     this.backupFailuresTotal = new Counter({ name: 'tandem_backup_failures_total', help: 'Failed backup runs by error kind', labelNames: ['kind'], registers });
+    new Gauge({
+      name: 'tandem_wal_archive_failing',
+      help: "WAL mode: 1 while PostgreSQL's archive_command (tandem-primary wal-push) fails: the filestore is unreachable, or this primary is fenced (PostgreSQL keeps the WAL)",
+      registers,
+      collect() {
+        const w = live.wal?.();
+        this.set(w === undefined ? 0 : w === null ? Number.NaN : w.failing ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'tandem_wal_last_archived_timestamp_seconds',
+      help: 'WAL mode: Unix time of the last WAL file PostgreSQL archived into the filestore (NaN: none yet, or unknown)',
+      registers,
+      collect() {
+        const t = live.wal?.()?.lastArchivedAt;
+        this.set(t == null ? Number.NaN : Date.parse(t) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'tandem_wal_pending_seconds',
+      help: 'WAL mode: seconds written WAL has waited in the current WAL file (the daemon switches files within database.maxDelay)',
+      registers,
+      collect() {
+        const w = live.wal?.();
+        this.set(w == null ? 0 : w.pendingSeconds);
+      },
+    });
     this.filesDeltasTotal = new Counter({ name: 'tandem_files_deltas_total', help: 'Files deltas committed (new and changed files sent on between sets)', registers });
     this.nextBackupTimestamp = new Gauge({
       name: 'tandem_next_backup_timestamp_seconds',

@@ -36,6 +36,7 @@ import { OPEN_NEW_FILE, fsyncDir } from '../fsutil.js';
 import { epochNumber, firstIssue, isoTime, sha256Hex, siteName, SITE_PATTERN } from '../store/fields.js';
 import { signDocument, verifyDocument } from '../store/signed-doc.js';
 import { HashCounter } from '../streams.js';
+import { faultPoint } from '../fault.js';
 
 const MiB = 1024 * 1024;
 /** The largest WAL file stored: wal_segment_size up to 64 MiB (PostgreSQL allows up to 1 GiB). */
@@ -364,8 +365,10 @@ export async function storeWalFile(opts: StoreWalOptions): Promise<StoreWalResul
     docLabel,
   );
   const signed = signDocument(doc, opts.signingKey);
+  faultPoint('wal-body-stored'); // crash tests: the body is up, the doc that commits it is not
   try {
     await fs.writeConditional(keys.doc, signed, cond, { signal });
+    faultPoint('wal-doc-written');
     return { status: 'stored', doc };
   } catch (err) {
     if (!isPrecondition(err)) throw err;
@@ -513,6 +516,7 @@ export async function fetchWalFile(opts: FetchWalOptions): Promise<FetchWalResul
   try {
     await download(fs, keys.body, doc, staged, label, signal);
     await decode(staged, tmp, doc, parsed.kind, opts.identities, label, signal);
+    faultPoint('wal-fetch-decoded'); // crash tests: verified beside the target, not renamed yet
     await rename(tmp, target);
     await fsyncDir(dirname(target));
   } catch (err) {

@@ -164,7 +164,16 @@ export class StandbyDaemon {
       onChange: () => this.wake('watch'),
       onFilestoreBack: () => this.applier.retries.filestoreAnswers(),
     });
-    this.reporter = new Reporter({ ...common, site: config.site, standbyId: opts.standbyId, errors: this.errors, push: () => this.push, signal: this.cycleAbort.signal });
+    this.reporter = new Reporter({
+      ...common,
+      site: config.site,
+      standbyId: opts.standbyId,
+      errors: this.errors,
+      push: () => this.push,
+      signal: this.cycleAbort.signal,
+      database: config.database,
+      busy: () => this.applier.applying !== null,
+    });
     const limiter = opts.shared?.limiter;
     this.applier = new Applier({
       ...common,
