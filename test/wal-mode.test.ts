@@ -11,30 +11,38 @@ import { readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openFilestore } from '@tandem/shared';
+import { S3RVER_CREDENTIALS, s3rverEnv, s3rverFilestoreUrl, startS3rver, type S3rverHandle } from './support/s3rver.js';
 import { ensurePostgres, requireCommands, tmpDir, waitFor } from './support/site.js';
 import { PRIMARY_MAIN } from './support/site.js';
 import { createWalSite, giveToPostgres, startAsPostgresAgent, type WalSite } from './support/wal-site.js';
 
 const show = (r: { code: number | null; stdout: string; stderr: string }) => `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
 
-describe('WAL mode (directory filestore)', () => {
+describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
   let root: string;
   let s: WalSite;
+  let s3: S3rverHandle | undefined;
 
   beforeAll(async () => {
     requireCommands(['zstd', 'runuser']);
     await ensurePostgres();
     root = await tmpDir('tandem-wal-');
-    s = await createWalSite(root, { maxDelay: '2s' });
+    if (kind === 's3') {
+      s3 = await startS3rver();
+      s = await createWalSite(root, { maxDelay: '2s', filestoreUrl: s3rverFilestoreUrl(s3, { prefix: 'unique' }), env: s3rverEnv() });
+    } else {
+      s = await createWalSite(root, { maxDelay: '2s' });
+    }
   }, 120_000);
 
   afterAll(async () => {
     await s?.destroy();
+    await s3?.destroy();
     if (root) await rm(root, { recursive: true, force: true });
   });
 
   const count = async (c: { query: WalSite['primary']['cluster']['query'] }) => Number((await c.query<{ n: string }>('select count(*)::text as n from stamps'))[0]!.n);
-  const store = () => openFilestore(s.filestoreUrl);
+  const store = () => openFilestore(s.filestoreUrl, kind === 's3' ? { s3: { credentials: S3RVER_CREDENTIALS } } : {});
 
   it('seeds a hot standby from a base backup, replays later writes, refuses a tampered WAL file, and promotes', async () => {
     const p = s.primary.cluster;
@@ -74,11 +82,10 @@ describe('WAL mode (directory filestore)', () => {
     await waitFor(() => daemon.stderr().includes('WAL mode: written WAL goes to the filestore') || undefined, 'the primary daemon starts', 30_000, 100).catch((err: unknown) => {
       throw new Error(`${(err as Error).message}\n${daemon.stderr()}`);
     });
-    const t0 = Date.now();
+    // Nothing else writes: without the daemon's switch this WAL file would not be archived for hours.
+    // (How fast is bench:rpo's business, not a test's.)
     await p.query("insert into stamps (note) values ('continuous')");
     await waitFor(async () => (await count(sb)) === 151 || undefined, 'the standby replays a write made after the seed', 60_000, 250);
-    const seconds = (Date.now() - t0) / 1000;
-    expect(seconds, 'a write reaches the standby within maxDelay and a replay retry').toBeLessThan(15);
     const replay = JSON.parse(await readFile(join(s.standby.stateDir, 'wal-replay.json'), 'utf8')) as { last: { name: string } };
     expect(replay.last.name).toMatch(/^[0-9A-F]{24}/);
 
@@ -141,6 +148,20 @@ describe('WAL mode (directory filestore)', () => {
     daemon.child.kill('SIGKILL');
     await p.stop('immediate');
     await new Promise((r) => setTimeout(r, 6_000)); // heartbeatStaleAfter: 5s
+    // The replay catches up with what the primary stored before it died (promote's preflight
+    // refuses until then: it is the WAL a failover would otherwise lose).
+    const fsr = store();
+    try {
+      const newest = (await fsr.list(`${s.site}/wal/`)).map((o) => o.key.split('/').pop()!).filter((n) => /^[0-9A-F]{24}\.json$/.test(n)).sort().pop()!.replace('.json', '');
+      await waitFor(
+        async () => (JSON.parse(await readFile(join(s.standby.stateDir, 'wal-replay.json'), 'utf8')) as { last?: { name: string } }).last?.name === newest || undefined,
+        `the standby replays ${newest}`,
+        60_000,
+        250,
+      );
+    } finally {
+      await fsr.close();
+    }
     const pr = await s.standbyCli(['promote', '--config', s.standby.configFile]);
     expect(pr.code, show(pr)).toBe(0);
     expect((await sb.query<{ r: boolean }>('select pg_is_in_recovery() as r'))[0]!.r).toBe(false);
@@ -165,6 +186,8 @@ describe('WAL mode (directory filestore)', () => {
       expect(rec.failed).toMatchObject({ fenced: true });
 
       // The old primary rejoins as a standby of the new one: pg_rewind, then replay from the filestore.
+      // (The filestore's part in it is wal-fetch's, proven on both above: once is enough for the suite's time.)
+      if (kind === 's3') return;
       await p.stop('immediate');
       const rj = await s.standbyCli(['rejoin', '--config', s.primary.standbyConfigFile, '--source', sb.url, '--json']);
       expect(rj.code, show(rj)).toBe(0);
@@ -181,6 +204,27 @@ describe('WAL mode (directory filestore)', () => {
         250,
       );
       expect(existsSync(join(s.primary.paths.config, 'BACKUP'))).toBe(true);
+
+      // apply --at: a set of the new primary, then the database as it was at a moment after it.
+      const nb = await s.standbyPrimaryCli(['backup', '--config', s.standby.primaryConfigFile]);
+      expect(nb.code, show(nb)).toBe(0);
+      await sb.query("insert into stamps (note) values ('pitr before')");
+      await new Promise((r) => setTimeout(r, 1_100));
+      const at = (await sb.query<{ t: string }>("select to_char(now() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') as t"))[0]!.t;
+      await new Promise((r) => setTimeout(r, 1_100));
+      await sb.query("insert into stamps (note) values ('pitr after')");
+      await sb.query('select pg_switch_wal()');
+      const notes = async (c: typeof p) => (await c.query<{ note: string }>("select note from stamps where note like 'pitr%' order by id")).map((r) => r.note);
+      await waitFor(async () => (await notes(p)).length === 2 || undefined, 'both rows reach the rejoined standby', 60_000, 250);
+      const pitr = await s.standbyCli(['apply', '--config', s.primary.standbyConfigFile, '--at', at, '--json']);
+      expect(pitr.code, `${show(pitr)}\n${(await readFile(p.logFile, 'utf8')).split('\n').slice(-25).join('\n')}`).toBe(0);
+      await waitFor(async () => (await p.query<{ paused: string }>('select pg_get_wal_replay_pause_state() as paused'))[0]!.paused === 'paused' || undefined, 'the replay pauses at the target', 60_000, 250);
+      expect(await notes(p)).toEqual(['pitr before']);
+      // The daemon's next apply does not replace a point-in-time cluster; --force follows the primary again.
+      const again = await s.standbyCli(['apply', '--config', s.primary.standbyConfigFile]);
+      expect(again.code, show(again)).toBe(0);
+      expect(again.stdout).toContain('already applied');
+      expect(await notes(p)).toEqual(['pitr before']);
     } finally {
       await fs2.close();
     }

@@ -128,7 +128,13 @@ export async function createWalSite(root: string, opts: { filestoreUrl?: string;
   const primaryConfigFile = join(root, 'primary.yml');
   const standbyConfigFile = join(root, 'standby.yml');
   const standbyPrimaryConfigFile = join(root, 'standby-primary.yml');
-  const archive = (configFile: string) => `'${process.execPath} ${PRIMARY_MAIN} wal-push --config ${configFile} %p %f'`;
+  // PostgreSQL runs archive_command with the server's environment: what the agent needs from the
+  // environment (S3 credentials in the S3 runs) is given on the command line.
+  const envPrefix = Object.entries(opts.env ?? {})
+    .filter(([k]) => k.startsWith('AWS_'))
+    .map(([k, v]) => `${k}=${v} `)
+    .join('');
+  const archive = (configFile: string) => `'${envPrefix === '' ? '' : `env ${envPrefix}`}${process.execPath} ${PRIMARY_MAIN} wal-push --config ${configFile} %p %f'`;
   // wal_log_hints: pg_rewind can wind either back once the other was promoted.
   const primaryCluster = await createCluster({
     name: `${site}-primary`,

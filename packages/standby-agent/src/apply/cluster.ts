@@ -43,6 +43,8 @@ export interface WalSeed {
   startLsn: string;
   epoch: number;
   seededAt: string;
+  /** `apply --at`: the replay stops (pauses) at this time. */
+  recoveryTargetTime?: string;
 }
 
 export const walSeedFile = (stateDir: string): string => join(stateDir, 'wal-seed.json');
@@ -56,7 +58,7 @@ export async function readWalSeed(stateDir: string): Promise<WalSeed | null> {
   }
 }
 
-export function walSeedOf(config: StandbyConfig, manifest: Manifest): WalSeed {
+export function walSeedOf(config: StandbyConfig, manifest: Manifest, target?: Date): WalSeed {
   const d = manifest.database;
   return {
     format: 'tandem-wal-seed',
@@ -67,12 +69,16 @@ export function walSeedOf(config: StandbyConfig, manifest: Manifest): WalSeed {
     startLsn: d.startLsn!,
     epoch: manifest.epoch,
     seededAt: new Date().toISOString(),
+    ...(target === undefined ? {} : { recoveryTargetTime: target.toISOString() }),
   };
 }
 
 const shellQuote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 /** A value in postgresql.conf: single quotes doubled. */
 const confQuote = (s: string): string => `'${s.replace(/'/g, "''")}'`;
+
+/** "2026-12-02 21:37:18.059+00": the form recovery_target_time takes (it refuses ISO 8601's "T…Z"). */
+export const pgTimestamp = (t: Date): string => t.toISOString().replace('T', ' ').replace('Z', '+00');
 
 /** The restore_command PostgreSQL runs for every WAL file it needs: this agent, with this config. */
 export function restoreCommand(config: StandbyConfig): string {
@@ -131,7 +137,7 @@ export async function writeRestoreCommand(config: StandbyConfig, dir: string, ex
 }
 
 /** Everything between the unpacked base backup and a data directory ready to swap in. */
-export async function prepareCluster(config: StandbyConfig, names: Names, manifest: Manifest, logger: Logger): Promise<number> {
+export async function prepareCluster(config: StandbyConfig, names: Names, manifest: Manifest, logger: Logger, target?: Date): Promise<number> {
   const t0 = performance.now();
   const dir = names.next;
   // PostgreSQL's own check of the backup: every file's checksum, and the WAL it needs (pg_waldump).
@@ -150,7 +156,8 @@ export async function prepareCluster(config: StandbyConfig, names: Names, manife
   for (const f of SERVER_CONF_FILES) {
     if (await exists(join(config.database.dataDir!, f))) await copyFile(join(config.database.dataDir!, f), join(dir, f));
   }
-  await makeStandbyDataDir(config, dir);
+  // apply --at: replay up to that moment and pause there (readable; promote or apply again to go on).
+  await makeStandbyDataDir(config, dir, target === undefined ? {} : { recovery_target_time: confQuote(pgTimestamp(target)), recovery_target_action: "'pause'" });
   await chownTree(dir, owner);
   await chmod(dir, 0o700);
   logger.info({ dataDir: dir, seconds: Math.round(performance.now() - t0) / 1000 }, 'base backup verified (pg_verifybackup) and made a standby data directory');

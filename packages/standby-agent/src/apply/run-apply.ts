@@ -57,6 +57,8 @@ export interface ApplyOptions {
   caller?: 'apply' | 'daemon';
   /** Told each artifact's download (a terminal's progress line). */
   progress?: ProgressSink;
+  /** WAL mode (`apply --at`): seed, and replay the WAL up to this time, then pause there. */
+  recoveryTargetTime?: Date;
 }
 
 export interface ApplyResult {
@@ -114,7 +116,12 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
     // WAL mode: a cluster seeded from the same cluster replays its WAL, and is newer than any base
     // backup; a new set brings config, security and files, and the database stays (--force seeds again).
     const seeded = walSet ? await readWalSeed(config.stateDir) : null;
-    const keepCluster = walSet && seeded !== null && seeded.systemId === manifest.database.systemId && opts.force !== true;
+    if (walSet && seeded?.recoveryTargetTime !== undefined && opts.force !== true && opts.recoveryTargetTime === undefined) {
+      throw new TandemError('precondition', 'WAL_POINT_IN_TIME', `the cluster was seeded to a point in time (apply --at ${seeded.recoveryTargetTime}) and holds there; set ${manifest.setId} was not applied over it`, {
+        hint: 'to follow the primary again: `tandem-standby apply --force` (seeds anew from the newest set)',
+      });
+    }
+    const keepCluster = walSet && seeded !== null && seeded.systemId === manifest.database.systemId && opts.force !== true && opts.recoveryTargetTime === undefined;
     // Tools, PostgreSQL, the database's existence and free space, before a byte is downloaded.
     const checked = walSet ? null : await preflight({ config, manifest, targets, applied, createDatabase: opts.createDatabase === true, logger: log }).catch((err: unknown) => {
       if (isTandemError(err) && err.code === 'DB_CONNECT') {
@@ -173,8 +180,8 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
           journal.dbKept = true;
           log.info({ seededFrom: seeded!.setId }, 'the cluster is replaying WAL of the same cluster: kept, not seeded again');
         } else {
-          journal.walSeed = walSeedOf(config, manifest);
-          journal.durations.restore = await prepareCluster(config, targets.cluster!, manifest, log);
+          journal.walSeed = walSeedOf(config, manifest, opts.recoveryTargetTime);
+          journal.durations.restore = await prepareCluster(config, targets.cluster!, manifest, log, opts.recoveryTargetTime);
         }
         faultPoint('db-restored');
         opts.signal?.throwIfAborted();

@@ -64,7 +64,11 @@ Options:
                    sitesDir:); not needed when the config holds one site
   --set ID         apply this set instead of the newest one
   --at TIME        apply the newest set made at or before TIME: "2026-11-20 14:00" (local
-                   time), "2026-11-20" (the end of that day) or "2026-11-20T13:00Z"
+                   time), "2026-11-20" (the end of that day) or "2026-11-20T13:00Z".
+                   In WAL mode the cluster is seeded from that set's base backup and replays
+                   the WAL up to TIME exactly (recovery_target_time), then pauses there: a hot
+                   standby showing the database as it was at TIME (promote it, or apply again
+                   with --force to follow the primary once more)
   --allow-older    with --set or --at: allow a set older than the applied one (a deliberate
                    roll-back to a point in time)
   --force          apply the set even if it is the one applied already
@@ -120,6 +124,7 @@ SIGINT/SIGTERM (rolled back).`,
             allowOlder: values['allow-older'] === true,
             force: values.force === true,
             createDatabase: values['create-database'] === true,
+            ...(at !== undefined && config.database.mode === 'wal' ? { recoveryTargetTime: at } : {}),
             signal,
             progress,
           }),

@@ -1,4 +1,4 @@
-import { mkdir, chmod } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import {
   TandemError,
@@ -54,6 +54,7 @@ export async function walFetch(config: StandbyConfig, name: string, target: stri
     const staging = join(config.stateDir, 'wal-staging');
     await mkdir(staging, { recursive: true, mode: 0o700 });
     await chmod(staging, 0o700);
+    await removeStale(staging);
     const epochDoc = (await readEpochDoc(filestore, config.site))?.doc ?? null;
     const identities = config.encryption === 'none' || config.keys.identityFile === undefined ? [] : loadIdentities(config.keys.identityFile, logger);
     try {
@@ -83,7 +84,17 @@ export async function walFetch(config: StandbyConfig, name: string, target: stri
   }
 }
 
-function checkEpoch(doc: WalDoc, epochDoc: { epoch: number; since?: string } | null): void {
+/** What a killed wal-fetch left in its staging dir (each run uses a file of its own): gone after 10 minutes. */
+async function removeStale(dir: string): Promise<void> {
+  const before = Date.now() - 10 * 60_000;
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const p = join(dir, name);
+    const st = await stat(p).catch(() => null);
+    if (st !== null && st.mtimeMs < before) await rm(p, { force: true }).catch(() => undefined);
+  }
+}
+
+export function checkEpoch(doc: WalDoc, epochDoc: { epoch: number; since?: string } | null): void {
   if (epochDoc === null) return;
   if (doc.epoch > epochDoc.epoch) {
     throw new TandemError('integrity', 'WAL_EPOCH_AHEAD', `WAL file ${doc.name}: stored in epoch ${doc.epoch}, and epoch.json says ${epochDoc.epoch}: a primary the filestore does not know; refused`);
