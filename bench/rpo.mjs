@@ -1,5 +1,5 @@
 // npm run bench:rpo: the recovery point of a site in WAL mode (database.mode: wal) under a steady
-// write load, what its WAL costs the filestore, and what the agents weigh (see docs/benchmarks.md).
+// write load, what its WAL costs the filestore, and what the agents weigh.
 //
 //   BENCH_RPO_SECONDS=180     the load window of each run
 //   BENCH_RPO_RUNS=1          runs of each configuration, each on a fresh pair of clusters
@@ -8,6 +8,7 @@
 //   BENCH_RPO_RETRY_INTERVAL=500ms   the standby cluster's wal_retrieve_retry_interval (how soon
 //                             PostgreSQL asks restore_command again after "not there yet";
 //                             PostgreSQL's default is 5s, the test suite's standbys use 500ms)
+//   BENCH_RPO_CONFIGS=default,5s     which configurations to run
 //   BENCH_JSON=1              also print a JSON summary (any other value: write it to that file)
 //   BENCH_KEEP_TMP=1          leave the run's directory (clusters stopped) for a look at the logs
 //
@@ -20,15 +21,15 @@
 //   2. seed: `pgbench -i -s 10` on the primary and a table rpo_stamps(at timestamptz); a set
 //      (`tandem-primary backup`); the standby cluster seeded as a hot standby (`tandem-standby
 //      apply`, restore_command `tandem-standby wal-fetch`); the primary daemon (`tandem-primary run`)
-//      started, which switches WAL files within maxDelay; a stamp written once all that runs must
-//      reach the standby before the load starts;
+//      started, which switches WAL files within maxDelay; then the stamp writer (below) starts, and
+//      its first stamp must reach the standby before the load starts;
 //   3. load for BENCH_RPO_SECONDS: `pgbench -n -c 2 -j 2 -R <tps> -T <secs>` plus a stamp writer
 //      (a pg client in this process) inserting now() into rpo_stamps every 100 ms; every second the
 //      benchmark reads max(at) on the primary and on the standby (a read-only query on the hot
 //      standby). One lag sample = the primary's newest stamp - the standby's newest stamp: the
 //      commits a failover at that second would have lost, in seconds of writes;
-//   4. the WAL of the window: from the segment after a pg_switch_wal() at its start to the one
-//      holding pg_current_wal_lsn() at its end (then switched, and waited for until archived). Its
+//   4. the WAL of the window: from the segment holding pg_current_wal_lsn() at its start to the
+//      one holding it at its end (then switched, and waited for until archived). Its
 //      filestore bytes are the two objects of each of those segments in <store>/<site>/wal/ (the
 //      zstd+age body and the signed document), per hour of the window. The compressed WAL they are
 //      held against is the same segments compressed by this benchmark with `zstd -1` (each
@@ -39,8 +40,8 @@
 //      -Z0 | zstd -1` (bytes counted), times the sets per hour dump mode would need for the same
 //      p99 recovery point (3600 / p99 seconds), as bytes per hour;
 //   6. peak RSS: the primary daemon's VmHWM (polled while it runs), and the largest VmHWM seen of
-//      the wal-push and wal-fetch processes (/proc sampled every 100 ms from the start of the seed:
-//      short-lived processes, so a lower bound).
+//      the wal-push and wal-fetch processes, with the CPU time they used (/proc sampled every 100 ms
+//      from the start of the seed: short-lived processes, so lower bounds).
 // Targets: lag p99 <= 60 s at the default, <= 10 s at 5s; filestore bytes <= 1.1x the compressed
 // WAL; every agent's peak RSS <= 200 MiB. With several runs, the worst run decides.
 import { spawn } from 'node:child_process';
@@ -51,7 +52,7 @@ import pg from 'pg';
 import { PRIMARY_BIN, fmtMB, loadavg, log, machine, printMachine, printResults } from './lib/common.mjs';
 import { sleep, waitFor } from './lib/daemons.mjs';
 import { PG_BIN, logTail } from './lib/wal-cluster.mjs';
-import { makeWalSite, pipeThrough, plainSegment, sampleWalAgents, startAgentAsPostgres, storedSegments } from './lib/wal-site.mjs';
+import { agentChildren, makeWalSite, pipeThrough, plainSegment, sampleWalAgents, startAgentAsPostgres, storedSegments } from './lib/wal-site.mjs';
 
 function intEnv(name, dflt, min, max) {
   const v = process.env[name] === undefined || process.env[name] === '' ? dflt : Number(process.env[name]);
@@ -70,15 +71,18 @@ const SAMPLE_EVERY_MS = 1000;
 const RSS_TARGET_MIB = 200;
 const BYTES_TARGET = 1.1;
 
-const CONFIGS = [
+const ALL_CONFIGS = [
   { key: 'default', label: 'maxDelay 60s (default)', maxDelay: undefined, maxDelaySeconds: 60, p99Target: 60 },
   { key: '5s', label: 'maxDelay 5s', maxDelay: '5s', maxDelaySeconds: 5, p99Target: 10 },
 ];
+const wanted = (process.env.BENCH_RPO_CONFIGS || ALL_CONFIGS.map((c) => c.key).join(',')).split(',').map((k) => k.trim());
+const CONFIGS = ALL_CONFIGS.filter((c) => wanted.includes(c.key));
+if (CONFIGS.length !== wanted.length) throw new Error(`BENCH_RPO_CONFIGS: expected a comma-separated list of ${ALL_CONFIGS.map((c) => c.key).join(', ')}, got ${process.env.BENCH_RPO_CONFIGS}`);
 
 // ---- clean-up, also on Ctrl-C: the children this benchmark started, the clusters, the temp dirs
 const live = { children: new Set(), clusters: new Set(), roots: new Set() };
 function cleanUpNow() {
-  for (const c of live.children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  for (const c of [...live.children, ...agentChildren]) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   for (const c of live.clusters) c.stopNowSync();
   for (const r of live.roots) {
     if (process.env.BENCH_KEEP_TMP === '1') log(`BENCH_KEEP_TMP=1: leaving ${r}`);
@@ -106,6 +110,8 @@ const fmtSec = (x) => (Number.isFinite(x) ? `${x.toFixed(1)} s` : 'n/a');
 const fmtMiB = (x) => (x === undefined || Number.isNaN(x) ? 'n/a' : `${x.toFixed(1)} MiB`);
 /** The position of a WAL segment (16 MiB segments: 256 per xlog id) from its 24-hex-digit name. */
 const segNo = (name) => BigInt(`0x${name.slice(8, 16)}`) * 256n + BigInt(`0x${name.slice(16, 24)}`);
+const cpuText = (a) =>
+  ['wal-push', 'wal-fetch'].map((k) => `${k} ${a[k].cpuSeconds.toFixed(1)} CPU-s (${((a[k].cpuSeconds / a.seconds) * 100).toFixed(0)}% of a core)`).join(', ');
 const pgArgs = (cluster) => ['-h', '127.0.0.1', '-p', String(cluster.port), '-U', 'postgres'];
 const problemLines = (file) => {
   try {
@@ -177,7 +183,13 @@ async function runOnce(cfg, runNo) {
   let s;
   let daemon;
   const agents = sampleWalAgents(100);
+  const agentsSince = performance.now();
+  const cpuBefore = process.cpuUsage();
   const clients = [];
+  const samples = [];
+  let sampleErrors = 0;
+  let start;
+  let t0;
   try {
     log(`[${cfg.label}, run ${runNo}] two clusters, keys and the filestore in ${root}`);
     s = await makeWalSite(root, { maxDelay: cfg.maxDelay, retryInterval: `'${RETRY}'` });
@@ -213,36 +225,16 @@ async function runOnce(cfg, runNo) {
     await waitFor(() => daemon.stderr().includes('WAL mode: written WAL goes to the filestore') || daemon.exit, 'the primary daemon starts', 60_000, 100);
     if (daemon.exit) throw new Error(`tandem-primary run exited (${daemon.exit.code ?? daemon.exit.signal}):\n${daemon.stderr().slice(-3000)}`);
 
-    // The whole path works before the window opens: a stamp written now reaches the standby.
-    t = Date.now();
-    const [{ at: probe }] = await s.primary.query('insert into rpo_stamps (at) values (now()) returning at');
-    await waitFor(
-      async () => {
-        const [{ m }] = await s.standby.query('select max(at) as m from rpo_stamps');
-        return m !== null && m.getTime() >= probe.getTime();
-      },
-      `the standby to replay a stamp written after the seed (maxDelay ${cfg.maxDelaySeconds} s)`,
-      cfg.maxDelaySeconds * 1000 + 90_000,
-      250,
-    );
-    run.firstStampSeconds = (Date.now() - t) / 1000;
-    log(`  the daemon runs; a stamp written now reached the standby in ${run.firstStampSeconds.toFixed(1)} s`);
-
-    // 3. The load window.
-    await s.primary.query('select pg_switch_wal()');
-    const [start] = await s.primary.query('select pg_current_wal_lsn()::text as lsn, pg_walfile_name(pg_current_wal_lsn() + 1) as seg');
+    // The stamp writer starts first, and its first stamp must reach the standby before the window
+    // opens: the whole path works, and the window starts from a steady stream (a gap in the stamps
+    // would count as lag that no failover loses).
     const writer = await newClient(s.primary, 'rpo stamps');
-    const pReader = await newClient(s.primary, 'rpo sampler');
-    const sReader = await newClient(s.standby, 'rpo sampler');
-    clients.push(writer, pReader, sReader);
+    clients.push(writer);
     const stamps = { written: 0, skipped: 0, failed: 0 };
-    const samples = [];
-    let sampleErrors = 0;
     let writing = false;
-    let sampling = false;
-    const t0 = Date.now();
-    log(`  load: pgbench -c 2 -R ${TPS} -T ${SECONDS} and a stamp every ${STAMP_EVERY_MS} ms; lag sampled every second`);
-    const bench = runTracked(join(PG_BIN, 'pgbench'), ['-n', '-c', '2', '-j', '2', '-R', String(TPS), '-T', String(SECONDS), ...pgArgs(s.primary), 'postgres'], 'pgbench');
+    t = Date.now();
+    const [{ at: first }] = (await writer.query('insert into rpo_stamps (at) values (now()) returning at')).rows;
+    stamps.written++;
     const stampTimer = setInterval(() => {
       if (writing) return void stamps.skipped++;
       writing = true;
@@ -251,39 +243,66 @@ async function runOnce(cfg, runNo) {
         .then(() => stamps.written++, () => stamps.failed++)
         .finally(() => (writing = false));
     }, STAMP_EVERY_MS);
-    const sampleTimer = setInterval(() => {
-      if (sampling) return;
-      sampling = true;
-      const q = 'select max(at) as m from rpo_stamps';
-      Promise.all([pReader.query(q), sReader.query(q)])
-        .then(([p, sb]) => {
-          const pm = p.rows[0].m;
-          const sm = sb.rows[0].m;
-          samples.push({ t: (Date.now() - t0) / 1000, primary: pm.toISOString(), standby: sm?.toISOString() ?? null, lag: sm ? (pm.getTime() - sm.getTime()) / 1000 : NaN });
-        }, () => sampleErrors++)
-        .finally(() => (sampling = false));
-    }, SAMPLE_EVERY_MS);
     let pgbenchOut;
     try {
-      await sleep(SECONDS * 1000);
+      await waitFor(
+        async () => {
+          const [{ m }] = await s.standby.query('select max(at) as m from rpo_stamps');
+          return m !== null && m.getTime() >= first.getTime();
+        },
+        `the standby to replay a stamp written after the seed (maxDelay ${cfg.maxDelaySeconds} s)`,
+        cfg.maxDelaySeconds * 1000 + 90_000,
+        250,
+      );
+      run.firstStampSeconds = (Date.now() - t) / 1000;
+      log(`  the daemon runs; the first stamp reached the standby in ${run.firstStampSeconds.toFixed(1)} s`);
+
+      // 3. The load window. Its WAL starts in the segment holding the current position (which may
+      // hold a few stamps written just before: a few kB).
+      const [startRow] = await s.primary.query('select pg_current_wal_lsn()::text as lsn, pg_walfile_name(pg_current_wal_lsn() + 1) as seg, (select wal_bytes::text from pg_stat_wal) as wal');
+      start = startRow;
+      const pReader = await newClient(s.primary, 'rpo sampler');
+      const sReader = await newClient(s.standby, 'rpo sampler');
+      clients.push(pReader, sReader);
+      let sampling = false;
+      t0 = Date.now();
+      log(`  load: pgbench -c 2 -R ${TPS} -T ${SECONDS} and a stamp every ${STAMP_EVERY_MS} ms; lag sampled every second`);
+      const bench = runTracked(join(PG_BIN, 'pgbench'), ['-n', '-c', '2', '-j', '2', '-R', String(TPS), '-T', String(SECONDS), ...pgArgs(s.primary), 'postgres'], 'pgbench');
+      const sampleTimer = setInterval(() => {
+        if (sampling) return;
+        sampling = true;
+        const q = 'select max(at) as m from rpo_stamps';
+        Promise.all([pReader.query(q), sReader.query(q)])
+          .then(([p, sb]) => {
+            const pm = p.rows[0].m;
+            const sm = sb.rows[0].m;
+            samples.push({ t: (Date.now() - t0) / 1000, primary: pm.toISOString(), standby: sm?.toISOString() ?? null, lag: sm ? (pm.getTime() - sm.getTime()) / 1000 : NaN });
+          }, () => sampleErrors++)
+          .finally(() => (sampling = false));
+      }, SAMPLE_EVERY_MS);
+      try {
+        await sleep(SECONDS * 1000);
+      } finally {
+        clearInterval(sampleTimer);
+        pgbenchOut = await bench;
+      }
     } finally {
       clearInterval(stampTimer);
-      clearInterval(sampleTimer);
-      pgbenchOut = await bench;
     }
     const [end] = await s.primary.query(
-      `select pg_current_wal_lsn()::text as lsn, pg_walfile_name(pg_current_wal_lsn()) as seg, pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::text as bytes`,
-      [start.lsn],
+      `select pg_current_wal_lsn()::text as lsn, pg_walfile_name(pg_current_wal_lsn()) as seg, pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::text as bytes,
+              (select wal_bytes from pg_stat_wal) - $2::numeric as written`,
+      [start.lsn, start.wal],
     );
     const windowSeconds = (Date.now() - t0) / 1000;
     for (const c of clients.splice(0)) await c.end().catch(() => undefined);
     const tps = /tps = ([\d.]+)/.exec(pgbenchOut.stdout)?.[1];
     const lags = samples.map((x) => x.lag).filter(Number.isFinite);
-    run.window = { seconds: windowSeconds, startLsn: start.lsn, endLsn: end.lsn, startSeg: start.seg, endSeg: end.seg, walBytes: Number(end.bytes) };
+    run.window = { seconds: windowSeconds, startLsn: start.lsn, endLsn: end.lsn, startSeg: start.seg, endSeg: end.seg, lsnBytes: Number(end.bytes), walBytes: Number(end.written) };
     run.load = { pgbenchTps: tps ? Number(tps) : NaN, stamps };
     run.lag = { samples: lags.length, errors: sampleErrors + (samples.length - lags.length), p50: pct(lags, 50), p99: pct(lags, 99), max: lags.length ? Math.max(...lags) : NaN, series: samples };
     log(`  window ${windowSeconds.toFixed(0)} s: pgbench ${run.load.pgbenchTps} tps, ${stamps.written} stamps (${stamps.skipped} skipped, ${stamps.failed} failed); ` +
-      `${run.window.walBytes} B of WAL (${start.seg} .. ${end.seg}); lag p50 ${fmtSec(run.lag.p50)}, p99 ${fmtSec(run.lag.p99)}, max ${fmtSec(run.lag.max)} over ${lags.length} samples`);
+      `${run.window.walBytes} B of WAL written, the position advanced ${run.window.lsnBytes} B (${start.seg} .. ${end.seg}); lag p50 ${fmtSec(run.lag.p50)}, p99 ${fmtSec(run.lag.p99)}, max ${fmtSec(run.lag.max)} over ${lags.length} samples`);
 
     // 4. The window's WAL: switched, archived, then measured in the filestore.
     await s.primary.query('select pg_switch_wal()');
@@ -342,10 +361,12 @@ async function runOnce(cfg, runNo) {
     live.children.delete(daemon.child);
     run.daemon = { peakRssMiB: daemon.peakRssMiB(), exit: st };
     agents.stop();
-    run.walAgents = agents.result();
+    run.walAgents = { ...agents.result(), seconds: (performance.now() - agentsSince) / 1000 };
+    const own = process.cpuUsage(cpuBefore);
+    run.benchCpuSeconds = (own.user + own.system) / 1e6;
     run.logProblems = { primary: problemLines(s.primary.logFile), standby: problemLines(s.standby.logFile) };
     log(`  peak RSS: daemon ${fmtMiB(run.daemon.peakRssMiB)}; wal-push ${fmtMiB(run.walAgents['wal-push'].peakRssMiB)} (${run.walAgents['wal-push'].processes} seen), ` +
-      `wal-fetch ${fmtMiB(run.walAgents['wal-fetch'].peakRssMiB)} (${run.walAgents['wal-fetch'].processes} seen); archiver ${run.archiver.archived} archived, ${run.archiver.failed} failed; ` +
+      `wal-fetch ${fmtMiB(run.walAgents['wal-fetch'].peakRssMiB)} (${run.walAgents['wal-fetch'].processes} seen); ${cpuText(run.walAgents)}; archiver ${run.archiver.archived} archived, ${run.archiver.failed} failed; ` +
       `error lines in the logs: primary ${run.logProblems.primary.length}, standby ${run.logProblems.standby.length}`);
     for (const [side, lines] of Object.entries(run.logProblems)) for (const l of lines.slice(-5)) log(`    ${side} log: ${l.slice(0, 400)}`);
     run.ok = true;
@@ -404,7 +425,8 @@ for (const cfg of CONFIGS) {
     console.log(`    run ${r.run}: database ${fmtMB(r.databaseBytes)}; window ${r.window.seconds.toFixed(0)} s, pgbench ${r.load.pgbenchTps} tps, ${r.load.stamps.written} stamps`);
     console.log(`      replay lag (primary's newest stamp - standby's), ${r.lag.samples} samples: p50 ${fmtSec(r.lag.p50)}, p99 ${fmtSec(r.lag.p99)}, max ${fmtSec(r.lag.max)}` +
       `${r.lag.errors ? ` (${r.lag.errors} samples failed)` : ''}`);
-    console.log(`      WAL generated ${fmtMB(r.window.walBytes)} (pg_current_wal_lsn difference) in ${w.segments} segments (${w.expectedSegments} expected, ${fmtMB(w.plainBytes)} of segment files)`);
+    console.log(`      WAL written ${fmtMB(r.window.walBytes)} (pg_stat_wal.wal_bytes); the position advanced ${fmtMB(r.window.lsnBytes)} (pg_current_wal_lsn: the segment tails ` +
+      `that WAL switches skip count too); ${w.segments} segments archived (${w.expectedSegments} expected, ${fmtMB(w.plainBytes)} of segment files)`);
     console.log(`      filestore: ${w.filestoreBytes} B (bodies ${w.bodyBytes} B + signed documents ${w.docBytes} B) = ${fmtMB(w.filestorePerHour)}/h`);
     console.log(`      compressed WAL (the same segments, zstd -1 by the benchmark): ${w.compressedBytes} B = ${fmtMB(w.compressedPerHour)}/h; filestore / compressed ${w.ratio.toFixed(3)}`);
     console.log(`        (the documents' storedSize sum ${w.storedSizeSigned} B; plain segments read from pg_wal ${w.plainFrom.pg_wal}, decrypted from the filestore ${w.plainFrom.filestore})`);
@@ -412,6 +434,8 @@ for (const cfg of CONFIGS) {
       `WAL mode stores ${(w.filestorePerHour / r.dump.perHour).toFixed(3)}x that`);
     console.log(`      peak RSS: tandem-primary run ${fmtMiB(r.daemon.peakRssMiB)}; wal-push ${fmtMiB(r.walAgents['wal-push'].peakRssMiB)} (of ${r.walAgents['wal-push'].processes} seen); ` +
       `wal-fetch ${fmtMiB(r.walAgents['wal-fetch'].peakRssMiB)} (of ${r.walAgents['wal-fetch'].processes} seen); backup ${fmtMiB(r.backup.peakRssMiB)}, apply ${fmtMiB(r.apply.peakRssMiB)}`);
+    console.log(`      CPU of the agents PostgreSQL ran, from the seed on (${r.walAgents.seconds.toFixed(0)} s): ${cpuText(r.walAgents)}; ` +
+      `this benchmark's own process ${r.benchCpuSeconds.toFixed(1)} CPU-s`);
     console.log(`      archiver: ${r.archiver.archived} archived, ${r.archiver.failed} failed; error lines in the PostgreSQL logs: primary ${r.logProblems.primary.length}, standby ${r.logProblems.standby.length}`);
   }
 

@@ -9,7 +9,7 @@
 //
 // Also here: the peak RSS of the agent processes PostgreSQL starts (wal-push, wal-fetch), sampled
 // from /proc, and the WAL files of a site as stored in the directory filestore.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -26,6 +26,9 @@ export function vmHwmKiB(pid) {
   }
 }
 
+/** The agent processes started here and still running: a benchmark's Ctrl-C handler ends them. */
+export const agentChildren = new Set();
+
 const agentEnv = (extra = {}) => ({ ...process.env, TANDEM_LOG_FORMAT: 'json', TANDEM_LOG_LEVEL: 'info', ...extra });
 
 /**
@@ -36,6 +39,7 @@ export function runAgentAsPostgres(main, args, { env = {}, timeoutMs = 600_000 }
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const child = spawn(process.execPath, [main, ...args], { ...postgresIds(), cwd: '/tmp', env: agentEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    agentChildren.add(child);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -49,6 +53,7 @@ export function runAgentAsPostgres(main, args, { env = {}, timeoutMs = 600_000 }
       reject(e);
     });
     child.once('close', (code, signal) => {
+      agentChildren.delete(child);
       clearInterval(poll);
       clearTimeout(timer);
       resolve({ code, signal, seconds: (performance.now() - t0) / 1000, stdout, stderr, peakRssMiB: hwm ? hwm / 1024 : undefined });
@@ -62,6 +67,7 @@ export function runAgentAsPostgres(main, args, { env = {}, timeoutMs = 600_000 }
  */
 export function startAgentAsPostgres(main, args, { env = {} } = {}) {
   const child = spawn(process.execPath, [main, ...args], { ...postgresIds(), cwd: '/tmp', env: agentEnv(env), stdio: ['ignore', 'ignore', 'pipe'] });
+  agentChildren.add(child);
   let err = '';
   child.stderr.on('data', (d) => (err = (err + d).slice(-2 * 1024 * 1024)));
   let hwm = 0;
@@ -69,6 +75,7 @@ export function startAgentAsPostgres(main, args, { env = {} } = {}) {
   let exit = null;
   const exited = new Promise((resolve) =>
     child.once('close', (code, signal) => {
+      agentChildren.delete(child);
       clearInterval(poll);
       exit = { code, signal };
       resolve(exit);
@@ -97,19 +104,32 @@ export function startAgentAsPostgres(main, args, { env = {} } = {}) {
   };
 }
 
+/** User + system CPU of a process so far, in clock ticks (/proc/<pid>/stat); undefined once it is gone. */
+function cpuTicks(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+  } catch {
+    return undefined;
+  }
+}
+
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
 /**
- * Samples, every `everyMs`, the VmHWM of every running process whose command line is a built
- * agent's `wal-push` or `wal-fetch` (the ones PostgreSQL's archiver and startup process start).
- * A process living shorter than the interval can be missed, and one is last seen up to `everyMs`
- * before it exits: the figures are a lower bound of the true peak. Returns {stop(), result()}:
- * per command, {processes seen, max peak RSS MiB}.
+ * Samples, every `everyMs`, the VmHWM and CPU time of every running process whose command line is
+ * a built agent's `wal-push` or `wal-fetch` (the ones PostgreSQL's archiver and startup process
+ * start). A process living shorter than the interval can be missed, and one is last seen up to
+ * `everyMs` before it exits: the figures are lower bounds. Returns {stop(), result()}: per command,
+ * {processes seen, max peak RSS MiB, CPU seconds seen}.
  */
 export function sampleWalAgents(everyMs = 100) {
   const kinds = [
     { key: 'wal-push', bin: PRIMARY_BIN },
     { key: 'wal-fetch', bin: STANDBY_BIN },
   ];
-  const seen = { 'wal-push': new Set(), 'wal-fetch': new Set() };
+  const cpu = { 'wal-push': new Map(), 'wal-fetch': new Map() };
   const peak = { 'wal-push': 0, 'wal-fetch': 0 };
   const tick = () => {
     let pids;
@@ -129,15 +149,21 @@ export function sampleWalAgents(everyMs = 100) {
       if (cmd[0] !== process.execPath) continue;
       const k = kinds.find((x) => cmd[1] === x.bin && cmd[2] === x.key);
       if (!k) continue;
-      seen[k.key].add(pid);
       peak[k.key] = Math.max(peak[k.key], vmHwmKiB(pid) ?? 0);
+      const ticks = cpuTicks(pid);
+      if (ticks !== undefined) cpu[k.key].set(pid, Math.max(cpu[k.key].get(pid) ?? 0, ticks));
     }
   };
   const timer = setInterval(tick, everyMs);
   return {
     stop: () => clearInterval(timer),
     result: () =>
-      Object.fromEntries(Object.keys(seen).map((k) => [k, { processes: seen[k].size, peakRssMiB: peak[k] ? peak[k] / 1024 : undefined }])),
+      Object.fromEntries(
+        Object.keys(cpu).map((k) => [
+          k,
+          { processes: cpu[k].size, peakRssMiB: peak[k] ? peak[k] / 1024 : undefined, cpuSeconds: [...cpu[k].values()].reduce((a, b) => a + b, 0) / CLK_TCK },
+        ]),
+      ),
   };
 }
 

@@ -41,7 +41,6 @@ export async function giveToPostgres(path: string): Promise<void> {
   await chown(path, uid, gid);
 }
 
-/** Runs a built agent as the postgres OS user; never rejects on a non-zero exit. */
 /** A built agent's long-running command (a daemon) as the postgres OS user. */
 export async function startAsPostgresAgent(mainJs: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ child: ReturnType<typeof spawn>; stderr: () => string }> {
   const child = spawn(process.execPath, [mainJs, ...args], {
@@ -55,6 +54,7 @@ export async function startAsPostgresAgent(mainJs: string, args: string[], env: 
   return { child, stderr: () => Buffer.concat(err).toString('utf8') };
 }
 
+/** Runs a built agent as the postgres OS user; never rejects on a non-zero exit. */
 export async function runAsPostgresAgent(mainJs: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number; cwd?: string } = {}): Promise<RunResult> {
   const child = spawn(process.execPath, [mainJs, ...args], {
     ...(await postgresIds()),

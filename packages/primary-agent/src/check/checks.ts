@@ -39,6 +39,7 @@ import {
   type Filestore,
   type PrimaryConfig,
   type ServerInfo,
+  type Verdict,
 } from '@tandem/shared';
 import { readDbMeta } from '../backup/db-meta.js';
 import { checkPaths } from '../backup/run-backup.js';
@@ -75,6 +76,190 @@ function addressInUse(listen: string): Promise<string | null> {
     const srv = createServer();
     srv.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'EADDRINUSE' ? 'in use' : (err.code ?? err.message)));
     srv.listen({ host, port, exclusive: true }, () => srv.close(() => resolve(null)));
+  });
+}
+
+/** WAL mode's checks (database.mode: wal) are left out of a dump-mode site's report. */
+const walMode = (ctx: PrimaryCheckContext): boolean => ctx.config?.database.mode === 'wal';
+
+/** One thing a check found wrong: a failure, or a warning. */
+interface Finding {
+  level: 'fail' | 'warn';
+  message: string;
+  hint: string;
+}
+
+/** A failure listing every finding when one fails; else a warning after what is fine; else ok. */
+function judge(fine: string[], found: Finding[]): Verdict {
+  const hint = [...new Set(found.map((f) => f.hint))].join('; ');
+  if (found.some((f) => f.level === 'fail')) return verdict.fail(found.map((f) => f.message).join('; '), hint);
+  if (found.length > 0) return verdict.warn(`${fine.length > 0 ? `${fine.join(', ')}; but ` : ''}${found.map((f) => f.message).join('; ')}`, hint);
+  return verdict.ok(fine.join(', '));
+}
+
+/** The PostgreSQL error of a query the role may not run (a superuser-only view or setting). */
+const isPermissionDenied = (err: unknown): boolean => (err as { code?: unknown }).code === '42501';
+
+/** What PostgreSQL answers for `names` (pg_settings): a superuser-only setting the role may not see is absent. */
+async function readSettings(config: PrimaryConfig, names: string[]): Promise<Map<string, { setting: string; pendingRestart: boolean }>> {
+  return withPg(config.database, async (c) => {
+    const r = await c.query<{ name: string; setting: string; pending_restart: boolean }>('SELECT name, setting, pending_restart FROM pg_settings WHERE name = ANY($1)', [names]);
+    return new Map(r.rows.map((row) => [row.name, { setting: row.setting, pendingRestart: row.pending_restart }]));
+  });
+}
+
+/** The archive_command tandem's WAL mode needs, for a hint. */
+const walPushCommand = (config: PrimaryConfig): string => `'tandem-primary wal-push --config ${config.configFile} %p %f'`;
+
+/**
+ * `wal-settings`: the server writes WAL a base backup and a standby can use, archives it, through
+ * tandem, and keeps what pg_rewind needs to rejoin it after a failover.
+ */
+async function walSettings(config: PrimaryConfig): Promise<Verdict> {
+  const s = await readSettings(config, ['wal_level', 'archive_mode', 'archive_command', 'archive_library', 'wal_log_hints', 'data_checksums']);
+  const value = (name: string): string | undefined => s.get(name)?.setting;
+  // A setting changed in postgresql.conf but not yet in effect: PostgreSQL waits for a restart.
+  const restart = (name: string, set: string): string =>
+    s.get(name)?.pendingRestart === true ? `postgresql.conf already changes ${name}, which takes effect at the next restart: make sure it says ${set}, and restart PostgreSQL` : `set ${set} in postgresql.conf and restart PostgreSQL`;
+  const fine: string[] = [];
+  const found: Finding[] = [];
+
+  const level = value('wal_level') ?? 'unknown';
+  if (level === 'replica' || level === 'logical') fine.push(`wal_level ${level}`);
+  else found.push({ level: 'fail', message: `wal_level is ${level}: base backups and WAL archiving need replica (or logical)`, hint: restart('wal_level', 'wal_level = replica') });
+
+  const mode = value('archive_mode') ?? 'unknown';
+  if (mode === 'on' || mode === 'always') fine.push(`archive_mode ${mode}`);
+  else {
+    found.push({
+      level: 'fail',
+      message: `archive_mode is ${mode}: PostgreSQL archives no WAL, so the standbys replay nothing written after the newest set`,
+      hint: restart('archive_mode', `archive_mode = on and archive_command = ${walPushCommand(config)}`),
+    });
+  }
+
+  const command = value('archive_command');
+  const library = value('archive_library') ?? '';
+  const reload = `set archive_command = ${walPushCommand(config)} in postgresql.conf and reload PostgreSQL (SELECT pg_reload_conf())`;
+  if (library !== '') {
+    found.push({ level: 'warn', message: `archive_library is '${library}': PostgreSQL archives through it, not through tandem (archive_command is not used)`, hint: `set archive_library = '' and archive_command = ${walPushCommand(config)} in postgresql.conf, and reload PostgreSQL (SELECT pg_reload_conf())` });
+  } else if (command === undefined) {
+    found.push({
+      level: 'warn',
+      message: 'archive_command is not readable by this role: whether PostgreSQL archives through tandem is not known',
+      hint: 'connect as a superuser, or GRANT pg_read_all_settings to the role of database.url',
+    });
+  } else if (command.includes('wal-push')) {
+    fine.push('archive_command runs tandem-primary wal-push');
+  } else {
+    // archive_mode on with an empty archive_command: PostgreSQL keeps every WAL file, archiving none.
+    const kept = command === '' && (mode === 'on' || mode === 'always') ? ' (and keeps every WAL file in pg_wal meanwhile)' : '';
+    found.push({ level: 'warn', message: `archive_command is '${command}': PostgreSQL does not archive through tandem${kept}`, hint: reload });
+  }
+
+  const hints = value('wal_log_hints');
+  const checksums = value('data_checksums');
+  if (hints === 'on') fine.push('wal_log_hints on');
+  else if (checksums === 'on') fine.push('data checksums on');
+  else {
+    found.push({
+      level: 'warn',
+      message: 'wal_log_hints is off and data checksums are off: pg_rewind will not be able to rejoin this server after a failover (tandem-standby rejoin falls back to a full seed)',
+      hint: 'set wal_log_hints = on in postgresql.conf and restart PostgreSQL (or turn on data checksums: pg_checksums --enable, with the cluster stopped)',
+    });
+  }
+  return judge(fine, found);
+}
+
+interface ArchiverRow {
+  archived_count: string;
+  last_archived_wal: string | null;
+  last_archived_time: Date | null;
+  failed_count: string;
+  last_failed_wal: string | null;
+  last_failed_time: Date | null;
+  stats_reset: Date | null;
+}
+
+/** `wal-archiver`: pg_stat_archiver: whether archive_command succeeds, and when it last did. */
+async function walArchiver(config: PrimaryConfig): Promise<Verdict> {
+  const a = await withPg(config.database, async (c) => (await c.query<ArchiverRow>('SELECT * FROM pg_stat_archiver')).rows[0]!);
+  const ago = (t: Date): string => timeAgo(t.toISOString());
+  const since = a.stats_reset === null ? '' : ` since ${a.stats_reset.toISOString().slice(0, 16).replace('T', ' ')} UTC`;
+  const failed = Number(a.failed_count);
+  if (a.last_failed_time !== null && (a.last_archived_time === null || a.last_failed_time.getTime() > a.last_archived_time.getTime())) {
+    const last = a.last_archived_wal === null ? `no WAL file archived${since}` : `the last one archived was ${a.last_archived_wal} ${ago(a.last_archived_time!)}`;
+    return verdict.fail(
+      `archiving fails: WAL file ${a.last_failed_wal ?? '?'} failed ${ago(a.last_failed_time)} (${failed} failed attempt${failed === 1 ? '' : 's'}${since}); ${last}`,
+      "PostgreSQL's log has the archive_command's error (run it by hand as PostgreSQL's OS user to see it); PostgreSQL retries the file and keeps the WAL in pg_wal until it succeeds, and the standbys replay nothing after it",
+    );
+  }
+  if (a.last_archived_wal === null) {
+    return verdict.warn(
+      `no WAL file archived yet${since}`,
+      "a WAL file is archived once it is full or switched: `tandem-primary run` switches within database.maxDelay (SELECT pg_switch_wal() switches now); if one was and this stays, see PostgreSQL's log",
+    );
+  }
+  const archived = Number(a.archived_count);
+  const before = failed === 0 ? '' : `; ${failed} failed attempt${failed === 1 ? '' : 's'} before it, the last ${ago(a.last_failed_time!)}`;
+  return verdict.ok(`${archived} WAL file${archived === 1 ? '' : 's'} archived${since}, the last ${a.last_archived_wal} ${ago(a.last_archived_time!)}${before}`);
+}
+
+/**
+ * `replication`: pg_basebackup (each set's base backup) can connect: the role may replicate, the
+ * server has a WAL sender for it, and (where the role may read pg_hba_file_rules) pg_hba.conf has
+ * a replication line.
+ */
+async function replication(config: PrimaryConfig): Promise<Verdict> {
+  return withPg(config.database, async (c) => {
+    const who = (
+      await c.query<{ u: string; su: boolean; repl: boolean; senders: string }>(
+        `SELECT session_user AS u, r.rolsuper AS su, r.rolreplication AS repl, current_setting('max_wal_senders') AS senders FROM pg_roles r WHERE r.rolname = session_user`,
+      )
+    ).rows[0]!;
+    const fine: string[] = [];
+    const found: Finding[] = [];
+    if (who.su || who.repl) fine.push(`role "${who.u}" may replicate (${who.su ? 'superuser' : 'REPLICATION'})`);
+    else {
+      found.push({
+        level: 'fail',
+        message: `role "${who.u}" may not replicate (neither REPLICATION nor a superuser): pg_basebackup, which makes each set's base backup, is refused`,
+        hint: `ALTER ROLE "${who.u}" REPLICATION, or connect as a superuser (database.url)`,
+      });
+    }
+    const senders = Number(who.senders);
+    if (senders > 0) fine.push(`max_wal_senders ${senders}`);
+    else found.push({ level: 'fail', message: 'max_wal_senders is 0: pg_basebackup needs a WAL sender', hint: 'set max_wal_senders = 10 (the default) in postgresql.conf and restart PostgreSQL' });
+
+    // pg_hba_file_rules is for superusers (and those granted it): without it, nothing is said.
+    let rules: Array<{ line_number: number; user_name: string[] | null }> | undefined;
+    try {
+      rules = (
+        await c.query<{ line_number: number; user_name: string[] | null }>(
+          `SELECT line_number, user_name FROM pg_hba_file_rules WHERE error IS NULL AND auth_method <> 'reject' AND 'replication' = ANY(database) ORDER BY line_number`,
+        )
+      ).rows;
+    } catch (err) {
+      if (!isPermissionDenied(err)) throw err;
+    }
+    if (rules !== undefined) {
+      let file = 'pg_hba.conf';
+      try {
+        file = (await c.query<{ f: string }>(`SELECT current_setting('hba_file') AS f`)).rows[0]!.f;
+      } catch (err) {
+        if (!isPermissionDenied(err)) throw err;
+      }
+      const add = `add a line such as \`host replication ${who.u} ADDRESS scram-sha-256\` (ADDRESS: where this agent connects from; \`local replication ${who.u} peer\` over the Unix socket) to ${file} and reload PostgreSQL (SELECT pg_reload_conf())`;
+      const mine = rules.filter((r) => r.user_name === null || r.user_name.some((u) => u === 'all' || u === who.u || u.startsWith('+') || u.startsWith('@')));
+      if (rules.length === 0) {
+        found.push({ level: 'fail', message: `${file} has no replication line: PostgreSQL refuses pg_basebackup's connection`, hint: add });
+      } else if (mine.length === 0) {
+        found.push({ level: 'warn', message: `the replication lines of ${file} (line ${rules.map((r) => r.line_number).join(', ')}) name other roles than "${who.u}": PostgreSQL would refuse pg_basebackup's connection`, hint: add });
+      } else {
+        fine.push(`${file} line ${mine[0]!.line_number} allows replication connections`);
+      }
+    }
+    return judge(fine, found);
   });
 }
 
@@ -176,6 +361,24 @@ export const primaryChecks: Array<CheckDef<PrimaryCheckContext>> = [
       const mode = config.database.roles === 'carry' ? 'carried with their definitions (database.roles: carry)' : 'which each standby must have (database.roles: require)';
       return `${names.length} role${names.length === 1 ? '' : 's'} the database refers to${names.length > 0 ? ` (${shown})` : ''}, ${mode}`;
     },
+  },
+  {
+    name: 'wal-settings',
+    needs: ['postgres'],
+    when: walMode,
+    run: (ctx) => walSettings(known(ctx.config, 'the config')),
+  },
+  {
+    name: 'wal-archiver',
+    needs: ['postgres'],
+    when: walMode,
+    run: (ctx) => walArchiver(known(ctx.config, 'the config')),
+  },
+  {
+    name: 'replication',
+    needs: ['postgres'],
+    when: walMode,
+    run: (ctx) => replication(known(ctx.config, 'the config')),
   },
   {
     name: 'pg_dump',

@@ -163,7 +163,9 @@ export class PrimaryDaemon {
         this.scheduler.stop();
         this.runner.abort(err);
         void this.filesWatch?.stop();
-        void this.walTimer?.stop();
+        // Fenced: no more WAL switches; the archiver's state stays watched (/status, metrics
+        // show archive_command failing, as it must on a fenced primary).
+        if (this.walTimer) this.walTimer.fenced = true;
       },
       endSwitchover: (newPrimary, why) => {
         const ran = this.switchover.onFencedRanForSwitchover();
@@ -215,7 +217,7 @@ export class PrimaryDaemon {
       lastRun: () => this.runner.lastRun,
       wal: () => {
         const w = this.walTimer?.status;
-        return w ? { lastArchived: w.lastArchivedWal, pendingSeconds: w.pendingSeconds, failing: w.failing } : undefined;
+        return w ? { lastArchived: w.lastArchivedWal, current: w.currentWal, pendingSeconds: w.pendingSeconds, failing: w.failing } : undefined;
       },
       isStopping,
     });
@@ -275,8 +277,9 @@ export class PrimaryDaemon {
     }
     void this.heartbeat.tick();
     if (!this.fencing.fenced) await this.startFilesWatch();
-    if (!this.fencing.fenced && config.database.mode === 'wal') {
+    if (config.database.mode === 'wal') {
       this.walTimer = new WalTimer({ config, logger: this.log });
+      this.walTimer.fenced = this.fencing.fenced;
       this.walTimer.start();
       this.log.info({ maxDelaySeconds: config.database.maxDelay / 1000 }, 'WAL mode: written WAL goes to the filestore within maxDelay (archive_command: tandem-primary wal-push)');
     }

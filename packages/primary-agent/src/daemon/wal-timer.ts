@@ -36,9 +36,13 @@ export class WalTimer {
   private pendingWal: string | null = null;
   private pendingSince = 0;
   private switches = 0;
+  /** The next transaction id at the last switch: a file whose WAL no transaction wrote is not switched. */
+  private xidAtSwitch: string | null = null;
   private busy = false;
   private lastError: string | null = null;
   status: ArchiverStatus | null = null;
+  /** This primary is fenced: its WAL must not go anywhere, so no file is switched (the state is still read). */
+  fenced = false;
 
   constructor(private readonly o: { config: PrimaryConfig; logger: Logger; now?: () => number }) {}
 
@@ -75,8 +79,9 @@ export class WalTimer {
     const now = this.o.now?.() ?? Date.now();
     try {
       const c = await this.connect();
-      const r = await c.query<{ rec: boolean; name: string | null; off: number | null; seg: string }>(
+      const r = await c.query<{ rec: boolean; name: string | null; off: number | null; seg: string; nx: string }>(
         `select pg_is_in_recovery() as rec,
+                pg_snapshot_xmax(pg_current_snapshot())::text as nx,
                 case when pg_is_in_recovery() then null else (pg_walfile_name_offset(pg_current_wal_lsn())).file_name end as name,
                 case when pg_is_in_recovery() then null else (pg_walfile_name_offset(pg_current_wal_lsn())).file_offset end as off,
                 current_setting('wal_segment_size') as seg`,
@@ -86,14 +91,20 @@ export class WalTimer {
         'select last_archived_wal as lw, last_archived_time as lt, failed_count::text as fc, last_failed_wal as fw, last_failed_time as ft from pg_stat_archiver',
       )).rows[0]!;
       // A position at a file boundary (offset 0, or the end of the previous file) has nothing waiting.
-      const written = !row.rec && row.off !== null && row.off > 0 && row.off < segmentBytes(row.seg);
+      // Nor has a file holding only what PostgreSQL writes on its own when idle (a running-transactions
+      // record every 15 s after any WAL, the switch's own included): no transaction id was assigned
+      // since the last switch, so no commit waits (switching for those would never let a quiet
+      // primary rest: one file per maxDelay forever).
+      const wroteXact = this.xidAtSwitch === null || row.nx !== this.xidAtSwitch;
+      const written = !row.rec && row.off !== null && row.off > 0 && row.off < segmentBytes(row.seg) && wroteXact;
       if (!written) {
         this.pendingWal = null;
       } else if (this.pendingWal !== row.name) {
         this.pendingWal = row.name;
         this.pendingSince = now;
-      } else if (now - this.pendingSince >= this.o.config.database.maxDelay / 2) {
+      } else if (!this.fenced && now - this.pendingSince >= this.o.config.database.maxDelay / 2) {
         await c.query('select pg_switch_wal()');
+        this.xidAtSwitch = row.nx;
         this.switches++;
         this.o.logger.debug({ wal: row.name, waitedSeconds: (now - this.pendingSince) / 1000 }, 'switched WAL file (maxDelay)');
         this.pendingWal = null;

@@ -78,6 +78,27 @@ describe('check runner', () => {
     expect(formatCheckReport(results.slice(0, 1)).at(-1)).toBe('check passed: 0 ok, 1 warning, 0 failed, 0 skipped');
   });
 
+  it('leaves out a check whose `when` is false (asked with what earlier checks found); one that needs it is skipped as not applying', async () => {
+    const ctx: Ctx = { seen: [] };
+    const results = await runChecks(
+      [
+        check('config', (c) => {
+          c.seen.push('dump');
+          return 'ok';
+        }),
+        { name: 'wal-settings', needs: ['config'], when: (c: Ctx) => c.seen.includes('wal'), run: () => 'never' },
+        { name: 'dump-only', needs: ['config'], when: (c: Ctx) => c.seen.includes('dump'), run: () => 'ran' },
+        check('after-wal', () => 'never', ['wal-settings']),
+      ],
+      ctx,
+    );
+    expect(results.map((r) => [r.name, r.status, r.detail])).toEqual([
+      ['config', 'ok', 'ok'],
+      ['dump-only', 'ok', 'ran'],
+      ['after-wal', 'skip', 'skipped: the wal-settings check does not apply'],
+    ]);
+  });
+
   it('puts a multi-line message on one line', () => {
     expect(flattenMessage('/etc/p.yml: 2 problems:\n  - site: expected a site name\n  - keys.signingKeyFile: required')).toBe(
       '/etc/p.yml: 2 problems: site: expected a site name; keys.signingKeyFile: required',

@@ -34,6 +34,12 @@ export interface CheckDef<Ctx> {
   name: string;
   /** Checks that must have passed (ok or warn) before this one can run. */
   needs?: string[];
+  /**
+   * A check of one set-up only (WAL mode's): asked first, with what the checks before it found;
+   * false leaves the check out of the report altogether (not a skip line: it is not this set-up's),
+   * and a check that needs it is skipped as not applying.
+   */
+  when?(ctx: Ctx): boolean;
   /** A string is an ok verdict with that detail; a thrown error is a failure. */
   run(ctx: Ctx): Promise<Verdict | string> | Verdict | string;
 }
@@ -78,7 +84,8 @@ function withTimeout<T>(p: Promise<T>, ms: number, name: string): Promise<T> {
 
 /**
  * Runs the checks in order, each at most `timeoutMs`. A check whose needs did not all pass is
- * skipped with the reason; every check gets a result, in the order given.
+ * skipped with the reason; every check gets a result, in the order given, but one whose `when`
+ * answered false.
  */
 export async function runChecks<Ctx>(checks: ReadonlyArray<CheckDef<Ctx>>, ctx: Ctx, opts: { timeoutMs?: number } = {}): Promise<CheckResult[]> {
   const done = new Map<string, CheckResult>();
@@ -86,6 +93,10 @@ export async function runChecks<Ctx>(checks: ReadonlyArray<CheckDef<Ctx>>, ctx: 
   const causeOf = new Map<string, CheckResult>();
   const results: CheckResult[] = [];
   for (const check of checks) {
+    if (check.when !== undefined && !check.when(ctx)) {
+      done.set(check.name, { name: check.name, status: 'skip', detail: 'not this set-up' });
+      continue;
+    }
     const blocker = (check.needs ?? []).find((n) => {
       const r = done.get(n);
       return r === undefined || r.status === 'fail' || r.status === 'skip';

@@ -52,7 +52,15 @@ export const heartbeatSchema = z.object({
    * A standby that replayed `lastArchived` while `pendingSeconds` is 0 holds everything up to this
    * heartbeat. Absent in dump mode and in heartbeats of primaries that predate it.
    */
-  wal: z.object({ lastArchived: z.string().nullable(), pendingSeconds: z.number().nonnegative(), failing: z.boolean() }).optional(),
+  wal: z
+    .object({
+      lastArchived: z.string().nullable(),
+      /** The WAL file PostgreSQL writes now: more than one past lastArchived means files wait to be archived. */
+      current: z.string().nullable().optional(),
+      pendingSeconds: z.number().nonnegative(),
+      failing: z.boolean(),
+    })
+    .optional(),
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 

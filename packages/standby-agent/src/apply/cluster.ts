@@ -18,10 +18,11 @@
  */
 import { chmod, chown, copyFile, lstat, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
+import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
-import { TandemError, fsyncDir, writeFileAtomic, type Logger, type Manifest, type StandbyConfig } from '@tandem/shared';
+import { TandemError, fsyncDir, pgEnv, writeFileAtomic, type Logger, type Manifest, type StandbyConfig } from '@tandem/shared';
 import { runShell } from './restart.js';
 import { exists, swapDir } from './swap-dirs.js';
 import type { Names } from './targets.js';
@@ -82,7 +83,8 @@ export const pgTimestamp = (t: Date): string => t.toISOString().replace('T', ' '
 
 /** The restore_command PostgreSQL runs for every WAL file it needs: this agent, with this config. */
 export function restoreCommand(config: StandbyConfig): string {
-  const bin = process.env.TANDEM_STANDBY_BIN ?? 'tandem-standby';
+  // The agent that seeds, by absolute path: PostgreSQL's PATH need not have it.
+  const bin = process.env.TANDEM_STANDBY_BIN ?? `${shellQuote(process.execPath)} ${shellQuote(realpathSync(process.argv[1]!))}`;
   return `${bin} wal-fetch --config ${shellQuote(config.configFile)} --site ${shellQuote(config.site)} %f %p`;
 }
 
@@ -146,7 +148,7 @@ export async function prepareCluster(config: StandbyConfig, names: Names, manife
   } catch (err) {
     const e = err as { stderr?: string; code?: string | number };
     if (e.code === 'ENOENT') {
-      throw new TandemError('config', 'TOOL_MISSING', `pg_verifybackup not found (${pgVerifyBackupBin(config)})`, { hint: 'install postgresql-15 (the server package has it) or set database.binDir' });
+      throw new TandemError('config', 'TOOL_MISSING', `pg_verifybackup not found (${pgVerifyBackupBin(config)})`, { hint: 'install postgresql-client-15 (it has pg_verifybackup), or set database.binDir' });
     }
     throw new TandemError('integrity', 'BASE_BACKUP_INVALID', `set ${manifest.setId}: pg_verifybackup refused the base backup: ${(e.stderr ?? String(err)).trim().split('\n').slice(0, 5).join('; ')}`, {
       hint: 'the live cluster is untouched; make a new set on the primary',
@@ -185,7 +187,7 @@ export async function waitAccepting(config: StandbyConfig, logger: Logger, timeo
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   while (Date.now() < deadline) {
-    const c = new pg.Client({ connectionString: config.database.url, connectionTimeoutMillis: 5000 });
+    const c = new pg.Client({ connectionString: config.database.url, password: pgEnv(config.database).PGPASSWORD, connectionTimeoutMillis: 5000 });
     try {
       await c.connect();
       await c.query('select 1');

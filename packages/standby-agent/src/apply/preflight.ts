@@ -82,7 +82,7 @@ export async function walPreflight(o: Pick<PreflightOptions, 'config' | 'manifes
     });
   }
   const verify = config.database.binDir ? join(config.database.binDir, 'pg_verifybackup') : 'pg_verifybackup';
-  const found = await toolVersion(verify, { package: 'postgresql-15' }).then(() => true, () => false);
+  const found = await toolVersion(verify, { package: 'postgresql-client-15' }).then(() => true, () => false);
   if (!found) problems.push({ code: 'TOOL_MISSING', kind: 'config', message: `pg_verifybackup not found (${verify})`, hint: 'set database.binDir to the PostgreSQL server binaries (e.g. /usr/lib/postgresql/15/bin)' });
   problems.push(...(await checkSpace(config, manifest, targets)));
   if (problems.length > 0) throw refusal(manifest, problems);

@@ -1,5 +1,7 @@
 import type { KeyObject } from 'node:crypto';
-import { dirname } from 'node:path';
+import type { Stats } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import {
   TandemError,
   captureWarnings,
@@ -29,6 +31,7 @@ import {
   toolVersion,
   verdict,
   withDatabase,
+  withPg,
   withWarnings,
   type CheckDef,
   type Filestore,
@@ -38,6 +41,7 @@ import {
   type StandbyConfig,
   type Verdict,
 } from '@tandem/shared';
+import { readWalSeed } from '../apply/cluster.js';
 import { isPrivileged, ownerSafeRestore } from '../apply/db-prereqs.js';
 import { checkMaintenanceDb, withMaintenance } from '../apply/pg.js';
 import { checkDatabase, checkSpace, checkTools } from '../apply/preflight.js';
@@ -79,6 +83,162 @@ function fromProblems(problems: Array<{ message: string; hint: string }>, okDeta
 
 /** The site has no set yet (the latest check warned): nothing to measure against. */
 const noSetYet = verdict.notApplicable('no set to check against yet (see the latest check)');
+
+/** WAL mode's check (database.mode: wal) is left out of a dump-mode site's report. */
+const walMode = (ctx: StandbyCheckContext): boolean => ctx.config?.database.mode === 'wal';
+
+/** One thing a check found wrong: a failure, or a warning. */
+interface Finding {
+  level: 'fail' | 'warn';
+  message: string;
+  hint: string;
+}
+
+/** A failure listing every finding when one fails; else a warning after what is fine; else ok. */
+function judge(fine: string[], found: Finding[]): Verdict {
+  const hint = [...new Set(found.map((f) => f.hint))].join('; ');
+  if (found.some((f) => f.level === 'fail')) return verdict.fail(found.map((f) => f.message).join('; '), hint);
+  if (found.length > 0) return verdict.warn(`${fine.length > 0 ? `${fine.join(', ')}; but ` : ''}${found.map((f) => f.message).join('; ')}`, hint);
+  return verdict.ok(fine.join(', '));
+}
+
+/** A user id's name (/etc/passwd), else "uid N". */
+async function userName(uid: number): Promise<string> {
+  const passwd = await readFile('/etc/passwd', 'utf8').catch(() => '');
+  const name = passwd.split('\n').map((l) => l.split(':')).find((f) => f[2] === String(uid))?.[0];
+  return name === undefined || name === '' ? `uid ${uid}` : `${name} (uid ${uid})`;
+}
+
+const octal = (mode: number): string => `0${(mode & 0o777).toString(8).padStart(3, '0')}`;
+
+const CREATE_CLUSTER = 'create the standby cluster first (initdb or pg_createcluster, as its OS user): the seed replaces its data directory and keeps its postgresql.conf, pg_hba.conf and owner';
+
+/**
+ * What the data directory itself must be for a seed and for PostgreSQL: a directory, owned by the
+ * cluster's OS user (not root: PostgreSQL does not run as root), which this agent can give the
+ * seed's files (it runs as that user, or as root), with a mode PostgreSQL starts on (0700, 0750),
+ * in a directory the agent can write (the seed is unpacked beside it and swapped in by rename).
+ */
+async function dataDirFindings(dataDir: string, fine: string[], found: Finding[]): Promise<void> {
+  let st: Stats;
+  try {
+    st = await stat(dataDir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    found.push({
+      level: 'fail',
+      message: `database.dataDir ${dataDir}: ${code === 'ENOENT' ? 'no such directory' : (err as Error).message}`,
+      hint: code === 'ENOENT' ? CREATE_CLUSTER : "run the agent as the cluster's OS user (PostgreSQL runs its restore_command, tandem-standby wal-fetch, as that user too)",
+    });
+    return;
+  }
+  if (!st.isDirectory()) {
+    found.push({ level: 'fail', message: `database.dataDir ${dataDir} is not a directory`, hint: CREATE_CLUSTER });
+    return;
+  }
+  const owner = await userName(st.uid);
+  fine.push(`${dataDir} (owned by ${owner}, mode ${octal(st.mode)})`);
+  if (st.uid === 0) {
+    found.push({ level: 'fail', message: `database.dataDir ${dataDir} is owned by root: PostgreSQL never runs as root, so it is no cluster's data directory`, hint: 'point database.dataDir at the data directory of the standby cluster (SHOW data_directory), owned by its OS user' });
+  }
+  const me = process.geteuid?.();
+  if (me !== undefined && me !== 0 && me !== st.uid) {
+    found.push({
+      level: 'fail',
+      message: `this agent runs as ${await userName(me)}, not as ${owner}, who owns database.dataDir ${dataDir}: a seed could not give the new data directory to the cluster's user`,
+      hint: `run the agent as ${owner.replace(/ \(uid \d+\)$/, '')} (PostgreSQL runs its restore_command, tandem-standby wal-fetch, as that user too)`,
+    });
+  }
+  const mode = st.mode & 0o777;
+  if (mode !== 0o700 && mode !== 0o750) {
+    found.push({ level: 'fail', message: `database.dataDir ${dataDir} has mode ${octal(mode)}: PostgreSQL starts only on a data directory of mode 0700 or 0750`, hint: `chmod 0700 ${dataDir}` });
+  }
+  try {
+    await checkWritableDir(dirname(dataDir), "the data directory's parent");
+  } catch (err) {
+    if (!isTandemError(err)) throw err;
+    found.push({ level: 'fail', message: `${err.message}: a seed unpacks beside the data directory and swaps it in by rename`, hint: err.hint ?? "run the agent as the cluster's OS user" });
+  }
+}
+
+/** The tools of a seed (pg_verifybackup: without it, no seed) and of a rejoin (pg_rewind: without it, a rejoin seeds afresh). */
+async function walToolFindings(config: StandbyConfig, fine: string[], found: Finding[]): Promise<void> {
+  const bin = (name: string): string => (config.database.binDir ? join(config.database.binDir, name) : name);
+  const where = "set database.binDir to the PostgreSQL binaries of the cluster's version (e.g. /usr/lib/postgresql/15/bin): Debian installs them there, not on PATH";
+  for (const [name, pkg, level, without] of [
+    ['pg_verifybackup', 'postgresql-client', 'fail', 'a seed checks every base backup with it before anything live changes, and refuses without it'],
+    ['pg_rewind', 'postgresql', 'warn', 'tandem-standby rejoin cannot wind this server back after a failover, and seeds it afresh instead'],
+  ] as const) {
+    try {
+      const tool = await toolVersion(bin(name), { package: pkg });
+      fine.push(`${name} ${tool.version}`);
+    } catch (err) {
+      if (!isTandemError(err)) throw err;
+      found.push({ level, message: `${err.message}: ${without}`, hint: where });
+    }
+  }
+}
+
+const isPermissionDenied = (err: unknown): boolean => (err as { code?: unknown }).code === '42501';
+
+/**
+ * Once seeded (wal-seed.json): the cluster answers on database.url, is still a standby (in
+ * recovery), is the cluster the seed made (its system id), and replays through wal-fetch.
+ */
+async function seededFindings(config: StandbyConfig, fine: string[], found: Finding[]): Promise<void> {
+  const seed = await readWalSeed(config.stateDir);
+  if (seed === null) {
+    fine.push('not seeded yet (no wal-seed.json in the state dir): the first apply seeds it');
+    return;
+  }
+  const where = redactUrl(config.database.url);
+  const seeded = `seeded from set ${seed.setId} ${timeAgo(seed.seededAt)}`;
+  try {
+    await withPg(config.database, async (c) => {
+      const inRecovery = (await c.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r')).rows[0]!.r;
+      if (!inRecovery) {
+        found.push({
+          level: 'fail',
+          message: `the cluster is not a standby: promoted? (pg_is_in_recovery() is false on ${where}; ${seeded})`,
+          hint: 'if this server is the site\'s primary now (tandem-standby promote), run tandem-primary here instead; if the cluster was promoted by hand, seed it again: tandem-standby apply replaces it with the newest set',
+        });
+        return;
+      }
+      let system: string | undefined;
+      try {
+        system = (await c.query<{ id: string }>('SELECT system_identifier::text AS id FROM pg_control_system()')).rows[0]!.id;
+      } catch (err) {
+        if (!isPermissionDenied(err)) throw err;
+      }
+      if (system !== undefined && system !== seed.systemId) {
+        found.push({
+          level: 'fail',
+          message: `the cluster on ${where} is system ${system}, but set ${seed.setId} seeded system ${seed.systemId} (wal-seed.json): wal-fetch refuses this cluster's WAL`,
+          hint: 'the data directory was replaced since the seed: seed it again (tandem-standby apply)',
+        });
+      }
+      let restore: string | undefined;
+      try {
+        restore = (await c.query<{ restore_command: string }>('SHOW restore_command')).rows[0]!.restore_command;
+      } catch (err) {
+        if (!isPermissionDenied(err)) throw err;
+        found.push({ level: 'warn', message: `restore_command is not readable by this role on ${where}: whether the cluster replays through tandem is not known`, hint: 'connect as a superuser, or GRANT pg_read_all_settings to the role of database.url' });
+      }
+      if (restore !== undefined && !restore.includes('wal-fetch')) {
+        found.push({
+          level: 'fail',
+          message: `restore_command is '${restore}': the cluster does not replay the site's WAL from the filestore through tandem`,
+          hint: `the seed sets restore_command in ${join(config.database.dataDir!, 'postgresql.auto.conf')}: remove the setting that overrides it (postgresql.conf, a later ALTER SYSTEM) and restart the cluster, or seed it again (tandem-standby apply)`,
+        });
+      }
+      const target = seed.recoveryTargetTime === undefined ? '' : `; the replay stops at ${seed.recoveryTargetTime} (apply --at)`;
+      fine.push(`${seeded}: a standby in recovery on ${where}${restore?.includes('wal-fetch') === true ? ', restore_command runs tandem-standby wal-fetch' : ''}${target}`);
+    });
+  } catch (err) {
+    if (!isTandemError(err) || err.code !== 'DB_CONNECT') throw err;
+    found.push({ level: 'fail', message: `${err.message}: the cluster ${seeded} does not answer`, hint: "start it (database.startCommand) and see PostgreSQL's log: it replays nothing meanwhile" });
+  }
+}
 
 export const standbyChecks: Array<CheckDef<StandbyCheckContext>> = [
   {
@@ -255,6 +415,20 @@ export const standbyChecks: Array<CheckDef<StandbyCheckContext>> = [
         );
       }
       return parts.join(', ');
+    },
+  },
+  {
+    name: 'wal-cluster',
+    needs: ['config'],
+    when: walMode,
+    async run(ctx) {
+      const config = known(ctx.config, 'the config');
+      const fine: string[] = [];
+      const found: Finding[] = [];
+      await dataDirFindings(known(config.database.dataDir, 'database.dataDir'), fine, found);
+      await walToolFindings(config, fine, found);
+      await seededFindings(config, fine, found);
+      return judge(fine, found);
     },
   },
   {

@@ -21,8 +21,8 @@ Either way it ends as a hot standby replaying the new primary's WAL from the fil
 backup mode (the BACKUP sentinel), this server's own postgresql.conf, pg_hba.conf and
 pg_ident.conf kept. Refused on the server epoch.json names as the primary.
 
-Exit status: 0 rejoined; 1 failed (the cluster may be stopped: see the log); 2 bad config;
-3 this server is the primary.`,
+Exit status: 0 rejoined; 1 failed (the cluster may be stopped: see the log), or this server
+is the primary; 2 bad config.`,
   options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, source: { type: 'string' }, seed: { type: 'boolean' }, json: { type: 'boolean' } },
   async run({ values, logger, out }) {
     const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby rejoin'), siteOption(values), 'tandem-standby rejoin');

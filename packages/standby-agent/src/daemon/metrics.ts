@@ -40,7 +40,7 @@ export class StandbyMetrics extends MetricsRegistry {
     const registers = this.registers;
     new Gauge({
       name: 'tandem_standby_recovery_point_age_seconds',
-      help: 'Seconds since the newest applied set was created on the primary: what a failover now would lose (+Inf: nothing applied)',
+      help: 'What a failover now would lose, in seconds: since the newest applied set was created on the primary (in WAL mode: since the newest write the replayed WAL holds) (+Inf: nothing applied)',
       registers,
       collect() {
         const v = src.lag().recoveryPointAgeSeconds;

@@ -33,7 +33,7 @@ export interface HeartbeatInfo {
   /** "stopped": the primary's daemon shut down cleanly and this was its last heartbeat (absent: running). */
   state?: string;
   /** WAL mode: the primary's archiving, as its signed heartbeat says it. */
-  wal?: { lastArchived: string | null; pendingSeconds: number; failing: boolean };
+  wal?: { lastArchived: string | null; current?: string | null; pendingSeconds: number; failing: boolean };
 }
 
 export interface PollInfo {

@@ -4,10 +4,11 @@
  * (the old primary fenced: it stores no more WAL).
  *
  * "Everything replayed": the filestore holds no WAL file after the newest one this standby handed
- * to PostgreSQL (wal-replay.json), and PostgreSQL's replay position has reached that file.
+ * to PostgreSQL (wal-replay.json), and none was refused since. (PostgreSQL replays a file as soon
+ * as it has it; its replay position is shown, not compared.)
  */
 import pg from 'pg';
-import { TandemError, describeError, type Filestore, type Logger, type StandbyConfig } from '@tandem/shared';
+import { TandemError, describeError, pgEnv, type Filestore, type Logger, type StandbyConfig } from '@tandem/shared';
 import { readWalReplay } from '../wal/replay-state.js';
 import type { Check } from './preflight.js';
 
@@ -27,7 +28,7 @@ export function nextSegmentName(name: string, segmentBytes = 16 * 1024 * 1024): 
 }
 
 async function withCluster<T>(config: StandbyConfig, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: config.database.url, connectionTimeoutMillis: 10_000 });
+  const c = new pg.Client({ connectionString: config.database.url, password: pgEnv(config.database).PGPASSWORD, connectionTimeoutMillis: 10_000 });
   await c.connect();
   try {
     return await fn(c);
@@ -84,7 +85,7 @@ export async function promoteCluster(config: StandbyConfig, logger: Logger): Pro
         hint: "look at PostgreSQL's log; the epoch is raised (the old primary is fenced): finish with `pg_ctl promote` and run promote again",
       });
     }
-    const tli = (await c.query<{ tli: number }>('select timeline_id as tli from pg_control_checkpoint()')).rows[0]?.tli;
-    logger.info({ timeline: tli }, 'PostgreSQL promoted (pg_promote): the cluster takes writes');
+    const wal = (await c.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f')).rows[0]?.f;
+    logger.info({ timeline: wal === undefined ? null : parseInt(wal.slice(0, 8), 16) }, 'PostgreSQL promoted (pg_promote): the cluster takes writes');
   });
 }

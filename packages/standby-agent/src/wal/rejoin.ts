@@ -13,12 +13,12 @@
  * When pg_rewind cannot (no wal_log_hints, the WAL it needs is gone, the new primary unreachable,
  * or no --source at all), the cluster is seeded afresh from the newest set instead: `apply --force`.
  */
-import { rm } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { TandemError, acquireLock, agentId, controlSystemId, readEpochDoc, writeFileAtomic, type Filestore, type Logger, type StandbyConfig } from '@tandem/shared';
-import { makeStandbyDataDir, waitAccepting, walSeedFile, writeRestoreCommand, type WalSeed } from '../apply/cluster.js';
+import { SERVER_CONF_FILES, makeStandbyDataDir, waitAccepting, walSeedFile, writeRestoreCommand, type WalSeed } from '../apply/cluster.js';
 import { runShell } from '../apply/restart.js';
 import { runApply } from '../apply/run-apply.js';
 import { ensureSentinel } from '../apply/sentinel.js';
@@ -60,6 +60,12 @@ export async function rejoin(config: StandbyConfig, opts: { filestore: Filestore
     const systemId = await controlSystemId(config.database.dataDir!);
     await writeFileAtomic(walSeedFile(config.stateDir), `${JSON.stringify(rejoinSeed(config, systemId, epoch?.epoch ?? 0), null, 2)}\n`);
     await writeRestoreCommand(config, config.database.dataDir!);
+    // pg_rewind copies the new primary's configuration files over this server's: keep this server's.
+    const own = new Map<string, Buffer>();
+    for (const f of SERVER_CONF_FILES) {
+      const body = await readFile(join(config.database.dataDir!, f)).catch(() => null);
+      if (body !== null) own.set(f, body);
+    }
     try {
       const r = await run(bin, ['--target-pgdata', config.database.dataDir!, '--source-server', opts.source, '--restore-target-wal'], { maxBuffer: 8 << 20 });
       logger.info({ output: `${r.stdout}${r.stderr}`.trim().split('\n').slice(-3).join('; ') }, 'pg_rewind wound the cluster back to the new primary\'s timeline');
@@ -70,6 +76,7 @@ export async function rejoin(config: StandbyConfig, opts: { filestore: Filestore
     }
     if (why === undefined) {
       // pg_rewind copied the source's configuration files too: this server's own come back.
+      for (const [f, body] of own) await writeFile(join(config.database.dataDir!, f), body);
       await makeStandbyDataDir(config, config.database.dataDir!);
       await ensureSentinel(config.paths.sentinel, config.site, null);
       // This server was the primary; an explicit rejoin makes it a standby again.
@@ -97,9 +104,17 @@ const rejoinSeed = (config: StandbyConfig, systemId: string, epoch: number): Wal
 });
 
 async function seedAfresh(config: StandbyConfig, opts: { filestore: Filestore; logger: Logger }, why: string): Promise<RejoinResult> {
-  await rm(stateFiles(config.stateDir).promoted, { force: true });
-  await rm(walSeedFile(config.stateDir), { force: true });
+  // This server was the primary (promoted.json, if it ever was promoted): an explicit rejoin makes it
+  // a standby again; the record comes back if the seed cannot be made. wal-seed.json stays until a
+  // new seed replaces it (--force seeds anew whatever it says).
+  const promotedFile = stateFiles(config.stateDir).promoted;
+  const promoted = await readFile(promotedFile).catch(() => null);
+  await rm(promotedFile, { force: true });
+  const restorePromoted = async () => {
+    if (promoted !== null) await writeFileAtomic(promotedFile, promoted);
+  };
   const r = await runApply(config, { filestore: opts.filestore, logger: opts.logger, force: true, caller: 'apply' }).catch((err: unknown) => {
+    await restorePromoted().catch(() => undefined);
     if (err instanceof TandemError && err.kind === 'fenced') {
       throw new TandemError(err.kind, err.code, `${err.message} (seeding afresh because ${why})`, {
         hint: 'make a set on the new primary first (`tandem-primary backup` there), then rejoin again',

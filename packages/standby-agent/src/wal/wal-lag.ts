@@ -19,7 +19,7 @@ import type { WalReplayRecord } from './replay-state.js';
 
 export interface WalHeartbeat {
   at: string;
-  wal?: { lastArchived: string | null; pendingSeconds: number; failing: boolean };
+  wal?: { lastArchived: string | null; current?: string | null; pendingSeconds: number; failing: boolean };
 }
 
 export interface WalFigures {
@@ -57,8 +57,13 @@ export function walFigures(replay: WalReplayRecord, hb: WalHeartbeat | null, fal
     pending = d === null ? null : Math.max(0, d);
   }
   let recoveryPointAt: string | null = restored?.archivedAt ?? fallbackAt;
-  if (pending === 0 && hb?.wal !== undefined) {
-    const upTo = new Date(Date.parse(hb.at) - hb.wal.pendingSeconds * 1000).toISOString();
+  // Caught up with the primary itself, not only with the filestore: archiving works, and no
+  // finished file waits for it (the file being written is at most the one after the last archived).
+  const w = hb?.wal;
+  const backlog = w === undefined || w.lastArchived === null || w.current == null ? null : segmentDistance(w.lastArchived, w.current);
+  const primaryCaughtUp = w !== undefined && !w.failing && backlog !== null && backlog <= 1;
+  if (pending === 0 && hb !== null && w !== undefined && primaryCaughtUp) {
+    const upTo = new Date(Date.parse(hb.at) - w.pendingSeconds * 1000).toISOString();
     if (recoveryPointAt === null || upTo > recoveryPointAt) recoveryPointAt = upTo;
   }
   const replayLagSeconds =
