@@ -113,7 +113,7 @@ async function seedAfresh(config: StandbyConfig, opts: { filestore: Filestore; l
   const restorePromoted = async () => {
     if (promoted !== null) await writeFileAtomic(promotedFile, promoted);
   };
-  const r = await runApply(config, { filestore: opts.filestore, logger: opts.logger, force: true, caller: 'apply' }).catch((err: unknown) => {
+  const r = await runApply(config, { filestore: opts.filestore, logger: opts.logger, force: true, caller: 'apply' }).catch(async (err: unknown) => {
     await restorePromoted().catch(() => undefined);
     if (err instanceof TandemError && err.kind === 'fenced') {
       throw new TandemError(err.kind, err.code, `${err.message} (seeding afresh because ${why})`, {
