@@ -20,9 +20,11 @@
 //      `tandem-primary wal-push`;
 //   2. seed: `pgbench -i -s 10` on the primary and a table rpo_stamps(at timestamptz); a set
 //      (`tandem-primary backup`); the standby cluster seeded as a hot standby (`tandem-standby
-//      apply`, restore_command `tandem-standby wal-fetch`); the primary daemon (`tandem-primary run`)
-//      started, which switches WAL files within maxDelay; then the stamp writer (below) starts, and
-//      its first stamp must reach the standby before the load starts;
+//      apply`, restore_command `tandem-standby wal-fetch --spool <standby state>/wal-spool`); the
+//      standby daemon (`tandem-standby run`, pollInterval 2s, listening on 127.0.0.1), which fetches
+//      WAL ahead into that spool so that restore_command only moves a verified file into place; the
+//      primary daemon (`tandem-primary run`), which switches WAL files within maxDelay; then the
+//      stamp writer (below) starts, and its first stamp must reach the standby before the load starts;
 //   3. load for BENCH_RPO_SECONDS: `pgbench -n -c 2 -j 2 -R <tps> -T <secs>` plus a stamp writer
 //      (a pg client in this process) inserting now() into rpo_stamps every 100 ms; every second the
 //      benchmark reads max(at) on the primary and on the standby (a read-only query on the hot
@@ -39,9 +41,12 @@
 //   5. the dump-mode comparison: one dump-mode-equivalent set at this database size, `pg_dump -Fc
 //      -Z0 | zstd -1` (bytes counted), times the sets per hour dump mode would need for the same
 //      p99 recovery point (3600 / p99 seconds), as bytes per hour;
-//   6. peak RSS: the primary daemon's VmHWM (polled while it runs), and the largest VmHWM seen of
-//      the wal-push and wal-fetch processes, with the CPU time they used (/proc sampled every 100 ms
-//      from the start of the seed: short-lived processes, so lower bounds).
+//   6. peak RSS: the two daemons' VmHWM (polled while they run, with their CPU time), and the
+//      largest VmHWM seen of the wal-push and wal-fetch processes, with the CPU time they used (/proc
+//      sampled every 100 ms from the start of the seed: short-lived processes, so lower bounds);
+//   7. the spool: which of the window's restored WAL files restore_command took from the daemon's
+//      spool (`via: "spool"` in the standby state dir's wal-replay.json, whose `recent` keeps the
+//      newest 64: read every second during the window and once at its end, so none is missed).
 // Targets: lag p99 <= 60 s at the default, <= 10 s at 5s; filestore bytes <= 1.1x the compressed
 // WAL; every agent's peak RSS <= 200 MiB. With several runs, the worst run decides.
 import { spawn } from 'node:child_process';
@@ -49,10 +54,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { PRIMARY_BIN, fmtMB, loadavg, log, machine, printMachine, printResults } from './lib/common.mjs';
+import { PRIMARY_BIN, STANDBY_BIN, fmtMB, loadavg, log, machine, printMachine, printResults } from './lib/common.mjs';
 import { sleep, waitFor } from './lib/daemons.mjs';
 import { PG_BIN, logTail } from './lib/wal-cluster.mjs';
-import { agentChildren, makeWalSite, pipeThrough, plainSegment, sampleWalAgents, startAgentAsPostgres, storedSegments } from './lib/wal-site.mjs';
+import { agentChildren, makeWalSite, pipeThrough, plainSegment, restoredWal, sampleWalAgents, startAgentAsPostgres, storedSegments } from './lib/wal-site.mjs';
 
 function intEnv(name, dflt, min, max) {
   const v = process.env[name] === undefined || process.env[name] === '' ? dflt : Number(process.env[name]);
@@ -94,7 +99,7 @@ function cleanUpNow() {
 }
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.once(sig, () => {
-    log(`${sig}: stopping the load, the daemon and the clusters, removing the temp dirs`);
+    log(`${sig}: stopping the load, the daemons and the clusters, removing the temp dirs`);
     cleanUpNow();
     process.exit(sig === 'SIGINT' ? 130 : 143);
   });
@@ -113,6 +118,19 @@ const segNo = (name) => BigInt(`0x${name.slice(8, 16)}`) * 256n + BigInt(`0x${na
 const cpuText = (a) =>
   ['wal-push', 'wal-fetch'].map((k) => `${k} ${a[k].cpuSeconds.toFixed(1)} CPU-s (${((a[k].cpuSeconds / a.seconds) * 100).toFixed(0)}% of a core)`).join(', ');
 const pgArgs = (cluster) => ['-h', '127.0.0.1', '-p', String(cluster.port), '-U', 'postgres'];
+/** The warn/error/fatal lines (pino levels 40-60) of an agent's JSON log, as "level msg". */
+const daemonProblems = (text) =>
+  text
+    .split('\n')
+    .filter((l) => /"level":(40|50|60)/.test(l))
+    .map((l) => {
+      try {
+        const r = JSON.parse(l);
+        return `${r.level} ${r.msg}${r.err?.message ? `: ${r.err.message}` : ''}`;
+      } catch {
+        return l;
+      }
+    });
 const problemLines = (file) => {
   try {
     return readFileSync(file, 'utf8').split('\n').filter((l) => /\b(ERROR|FATAL|PANIC)\b|"level":(50|60)/.test(l));
@@ -182,6 +200,11 @@ async function runOnce(cfg, runNo) {
   const run = { config: cfg.key, run: runNo, root };
   let s;
   let daemon;
+  let standbyDaemon;
+  const restored = new Map(); // WAL file name -> 'spool' | 'filestore', from wal-replay.json
+  const noteRestored = () => {
+    if (s) for (const r of restoredWal(s.standbyStateDir)) restored.set(r.name, r.via);
+  };
   const agents = sampleWalAgents(100);
   const agentsSince = performance.now();
   const cpuBefore = process.cpuUsage();
@@ -219,6 +242,11 @@ async function runOnce(cfg, runNo) {
     const [{ r }] = await s.standby.query('select pg_is_in_recovery() as r');
     if (r !== true) throw new Error('the seeded standby cluster is not in recovery');
     log(`  tandem-standby apply: ${a.seconds.toFixed(1)} s (a hot standby now), peak RSS ${fmtMiB(a.peakRssMiB)}`);
+
+    standbyDaemon = startAgentAsPostgres(STANDBY_BIN, ['run', '--config', s.standbyConfig], { env: s.env });
+    live.children.add(standbyDaemon.child);
+    await waitFor(() => standbyDaemon.stderr().includes('standby daemon started') || standbyDaemon.exit, 'the standby daemon starts', 60_000, 100);
+    if (standbyDaemon.exit) throw new Error(`tandem-standby run exited (${standbyDaemon.exit.code ?? standbyDaemon.exit.signal}):\n${standbyDaemon.stderr().slice(-3000)}`);
 
     daemon = startAgentAsPostgres(PRIMARY_BIN, ['run', '--config', s.primaryConfig], { env: s.env });
     live.children.add(daemon.child);
@@ -269,6 +297,7 @@ async function runOnce(cfg, runNo) {
       log(`  load: pgbench -c 2 -R ${TPS} -T ${SECONDS} and a stamp every ${STAMP_EVERY_MS} ms; lag sampled every second`);
       const bench = runTracked(join(PG_BIN, 'pgbench'), ['-n', '-c', '2', '-j', '2', '-R', String(TPS), '-T', String(SECONDS), ...pgArgs(s.primary), 'postgres'], 'pgbench');
       const sampleTimer = setInterval(() => {
+        noteRestored();
         if (sampling) return;
         sampling = true;
         const q = 'select max(at) as m from rpo_stamps';
@@ -295,6 +324,7 @@ async function runOnce(cfg, runNo) {
       [start.lsn, start.wal],
     );
     const windowSeconds = (Date.now() - t0) / 1000;
+    noteRestored();
     for (const c of clients.splice(0)) await c.end().catch(() => undefined);
     const tps = /tps = ([\d.]+)/.exec(pgbenchOut.stdout)?.[1];
     const lags = samples.map((x) => x.lag).filter(Number.isFinite);
@@ -315,6 +345,16 @@ async function runOnce(cfg, runNo) {
       120_000,
       250,
     );
+    // The window's segments as the standby restored them (the last one may still be on its way).
+    await waitFor(() => (noteRestored(), restored.has(end.seg)), `the standby to restore ${end.seg}`, 60_000, 250).catch(() => undefined);
+    noteRestored();
+    const inWindow = [...restored].filter(([name]) => name >= start.seg && name <= end.seg);
+    run.spool = {
+      windowRestored: inWindow.length,
+      windowViaSpool: inWindow.filter(([, via]) => via === 'spool').length,
+      allRestored: restored.size,
+      allViaSpool: [...restored.values()].filter((v) => v === 'spool').length,
+    };
     const [arch] = await s.primary.query('select archived_count::text as ok, failed_count::text as failed from pg_stat_archiver');
     run.archiver = { archived: Number(arch.ok), failed: Number(arch.failed) };
     const segs = storedSegments(s.storeDir, s.site, start.seg, end.seg);
@@ -356,19 +396,26 @@ async function runOnce(cfg, runNo) {
     run.dump.perHour = run.dump.setBytes * run.dump.setsPerHour;
     log(`  pg_dump -Fc -Z0 | zstd -1: ${run.dump.setBytes} B in ${run.dump.seconds.toFixed(1)} s; x ${run.dump.setsPerHour.toFixed(1)} sets/h (3600 / p99) = ${fmtMB(run.dump.perHour)}/h`);
 
-    // 6. The daemon's peak and its WAL switches; the logs' error lines.
+    // 6. The daemons' peaks and CPU; the logs' error lines.
     const st = await daemon.stop();
     live.children.delete(daemon.child);
-    run.daemon = { peakRssMiB: daemon.peakRssMiB(), exit: st };
+    run.daemon = { peakRssMiB: daemon.peakRssMiB(), cpuSeconds: daemon.cpuSeconds(), exit: st, problems: daemonProblems(daemon.stderr()) };
+    const sst = await standbyDaemon.stop();
+    live.children.delete(standbyDaemon.child);
+    run.standbyDaemon = { peakRssMiB: standbyDaemon.peakRssMiB(), cpuSeconds: standbyDaemon.cpuSeconds(), exit: sst, problems: daemonProblems(standbyDaemon.stderr()) };
     agents.stop();
     run.walAgents = { ...agents.result(), seconds: (performance.now() - agentsSince) / 1000 };
     const own = process.cpuUsage(cpuBefore);
     run.benchCpuSeconds = (own.user + own.system) / 1e6;
     run.logProblems = { primary: problemLines(s.primary.logFile), standby: problemLines(s.standby.logFile) };
-    log(`  peak RSS: daemon ${fmtMiB(run.daemon.peakRssMiB)}; wal-push ${fmtMiB(run.walAgents['wal-push'].peakRssMiB)} (${run.walAgents['wal-push'].processes} seen), ` +
+    log(`  spool: ${run.spool.windowViaSpool} of the window's ${run.spool.windowRestored} restored WAL files came via the spool (${run.spool.allViaSpool} of ${run.spool.allRestored} since the seed)`);
+    log(`  peak RSS: primary daemon ${fmtMiB(run.daemon.peakRssMiB)} (${run.daemon.cpuSeconds.toFixed(1)} CPU-s), standby daemon ${fmtMiB(run.standbyDaemon.peakRssMiB)} (${run.standbyDaemon.cpuSeconds.toFixed(1)} CPU-s); wal-push ${fmtMiB(run.walAgents['wal-push'].peakRssMiB)} (${run.walAgents['wal-push'].processes} seen), ` +
       `wal-fetch ${fmtMiB(run.walAgents['wal-fetch'].peakRssMiB)} (${run.walAgents['wal-fetch'].processes} seen); ${cpuText(run.walAgents)}; archiver ${run.archiver.archived} archived, ${run.archiver.failed} failed; ` +
       `error lines in the logs: primary ${run.logProblems.primary.length}, standby ${run.logProblems.standby.length}`);
     for (const [side, lines] of Object.entries(run.logProblems)) for (const l of lines.slice(-5)) log(`    ${side} log: ${l.slice(0, 400)}`);
+    for (const [side, d] of [['tandem-primary run', run.daemon], ['tandem-standby run', run.standbyDaemon]]) {
+      if (d.problems.length) log(`    ${side}: ${d.problems.length} warn/error lines; the last: ${d.problems.slice(-3).map((l) => l.slice(0, 300)).join(' | ')}`);
+    }
     run.ok = true;
   } catch (err) {
     run.ok = false;
@@ -379,11 +426,14 @@ async function runOnce(cfg, runNo) {
       log(`  --- standby's PostgreSQL log (${s.standby.logFile}), last lines ---\n${logTail(s.standby.logFile, 25)}`);
     }
     if (daemon) log(`  --- tandem-primary run, last log lines ---\n${daemon.stderr().trim().split('\n').slice(-15).join('\n')}`);
+    if (standbyDaemon) log(`  --- tandem-standby run, last log lines ---\n${standbyDaemon.stderr().trim().split('\n').slice(-15).join('\n')}`);
   } finally {
     agents.stop();
     for (const c of clients) await c.end().catch(() => undefined);
     if (daemon && daemon.exit === null) await daemon.stop(5_000);
     if (daemon) live.children.delete(daemon.child);
+    if (standbyDaemon && standbyDaemon.exit === null) await standbyDaemon.stop(5_000);
+    if (standbyDaemon) live.children.delete(standbyDaemon.child);
     if (s) {
       for (const c of [s.primary, s.standby]) {
         await c.stop('immediate').catch(() => c.stopNowSync());
@@ -432,11 +482,15 @@ for (const cfg of CONFIGS) {
     console.log(`        (the documents' storedSize sum ${w.storedSizeSigned} B; plain segments read from pg_wal ${w.plainFrom.pg_wal}, decrypted from the filestore ${w.plainFrom.filestore})`);
     console.log(`      dump mode for the same p99: one set ${fmtMB(r.dump.setBytes)} (pg_dump -Fc -Z0 | zstd -1) x ${r.dump.setsPerHour.toFixed(1)} sets/h = ${fmtMB(r.dump.perHour)}/h; ` +
       `WAL mode stores ${(w.filestorePerHour / r.dump.perHour).toFixed(3)}x that`);
-    console.log(`      peak RSS: tandem-primary run ${fmtMiB(r.daemon.peakRssMiB)}; wal-push ${fmtMiB(r.walAgents['wal-push'].peakRssMiB)} (of ${r.walAgents['wal-push'].processes} seen); ` +
+    console.log(`      restore_command via the standby daemon's spool: ${r.spool.windowViaSpool} of the window's ${r.spool.windowRestored} restored WAL files ` +
+      `(${r.spool.allViaSpool} of ${r.spool.allRestored} since the seed); the rest the full wal-fetch fetched itself`);
+    console.log(`      peak RSS: tandem-primary run ${fmtMiB(r.daemon.peakRssMiB)} (${r.daemon.cpuSeconds.toFixed(1)} CPU-s); tandem-standby run ${fmtMiB(r.standbyDaemon.peakRssMiB)} ` +
+      `(${r.standbyDaemon.cpuSeconds.toFixed(1)} CPU-s); wal-push ${fmtMiB(r.walAgents['wal-push'].peakRssMiB)} (of ${r.walAgents['wal-push'].processes} seen); ` +
       `wal-fetch ${fmtMiB(r.walAgents['wal-fetch'].peakRssMiB)} (of ${r.walAgents['wal-fetch'].processes} seen); backup ${fmtMiB(r.backup.peakRssMiB)}, apply ${fmtMiB(r.apply.peakRssMiB)}`);
     console.log(`      CPU of the agents PostgreSQL ran, from the seed on (${r.walAgents.seconds.toFixed(0)} s): ${cpuText(r.walAgents)}; ` +
       `this benchmark's own process ${r.benchCpuSeconds.toFixed(1)} CPU-s`);
-    console.log(`      archiver: ${r.archiver.archived} archived, ${r.archiver.failed} failed; error lines in the PostgreSQL logs: primary ${r.logProblems.primary.length}, standby ${r.logProblems.standby.length}`);
+    console.log(`      archiver: ${r.archiver.archived} archived, ${r.archiver.failed} failed; error lines in the PostgreSQL logs: primary ${r.logProblems.primary.length}, standby ${r.logProblems.standby.length}; ` +
+      `warn/error lines of the daemons: tandem-primary run ${r.daemon.problems.length}, tandem-standby run ${r.standbyDaemon.problems.length}`);
   }
 
   const ok = R.filter((r) => r.ok);
@@ -461,14 +515,14 @@ for (const cfg of CONFIGS) {
     pass: failed === 0 && ratio <= BYTES_TARGET,
     detail: `runs ${each((r) => r.wal.ratio, (x) => x.toFixed(3))}; ${each((r) => r.wal.filestorePerHour, (x) => `${fmtMB(x)}/h`)} vs zstd -1 of the same segments`,
   });
-  const rss = worst((r) => Math.max(r.daemon.peakRssMiB ?? NaN, r.walAgents['wal-push'].peakRssMiB ?? 0, r.walAgents['wal-fetch'].peakRssMiB ?? 0));
+  const rss = worst((r) => Math.max(r.daemon.peakRssMiB ?? NaN, r.standbyDaemon.peakRssMiB ?? NaN, r.walAgents['wal-push'].peakRssMiB ?? 0, r.walAgents['wal-fetch'].peakRssMiB ?? 0));
   rows.push({
     name: `${cfg.label}: agents' peak RSS`,
     value: rss,
     shown: fmtMiB(rss),
     target: `<= ${RSS_TARGET_MIB} MiB`,
     pass: failed === 0 && rss <= RSS_TARGET_MIB,
-    detail: 'the largest of the daemon, wal-push and wal-fetch',
+    detail: 'the largest of the two daemons, wal-push and wal-fetch',
   });
 }
 printResults(`bench:rpo results (BENCH_RPO_SECONDS=${SECONDS}, BENCH_RPO_TPS=${TPS}, ${RUNS} run(s), the worst run of each):`, rows);

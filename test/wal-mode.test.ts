@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openFilestore } from '@tandem/shared';
 import { S3RVER_CREDENTIALS, s3rverEnv, s3rverFilestoreUrl, startS3rver, type S3rverHandle } from './support/s3rver.js';
 import { ensurePostgres, requireCommands, tmpDir, waitFor } from './support/site.js';
-import { PRIMARY_MAIN } from './support/site.js';
+import { PRIMARY_MAIN, STANDBY_MAIN } from './support/site.js';
 import { createWalSite, giveToPostgres, startAsPostgresAgent, type WalSite } from './support/wal-site.js';
 
 const show = (r: { code: number | null; stdout: string; stderr: string }) => `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
@@ -88,6 +88,22 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
     await waitFor(async () => (await count(sb)) === 151 || undefined, 'the standby replays a write made after the seed', 60_000, 250);
     const replay = JSON.parse(await readFile(join(s.standby.stateDir, 'wal-replay.json'), 'utf8')) as { last: { name: string } };
     expect(replay.last.name).toMatch(/^[0-9A-F]{24}/);
+
+    // The standby daemon fetches ahead: with several files waiting, PostgreSQL gets them from the
+    // spool (restore_command's fast path, no agent loaded), each verified by the daemon first.
+    const standbyDaemon = await startAsPostgresAgent(STANDBY_MAIN, ['run', '--config', s.standby.configFile], s.env);
+    try {
+      for (let i = 0; i < 4; i++) {
+        await p.query("insert into stamps (note) values ('burst')");
+        await p.query('select pg_switch_wal()');
+      }
+      await waitFor(async () => (await count(sb)) === 155 || undefined, 'the standby replays the burst', 60_000, 250);
+      const rec = JSON.parse(await readFile(join(s.standby.stateDir, 'wal-replay.json'), 'utf8')) as { recent: Array<{ name: string; via?: string }> };
+      expect(rec.recent.filter((r) => r.via === 'spool').length, JSON.stringify(rec.recent.slice(-6))).toBeGreaterThan(0);
+    } finally {
+      standbyDaemon.child.kill('SIGTERM');
+      await new Promise((r) => standbyDaemon.child.once('exit', r));
+    }
 
     // status: the WAL figures, and a recovery point of seconds, not the set's age. The primary's
     // signed heartbeat names the newest archived file; once it is replayed nothing is pending.

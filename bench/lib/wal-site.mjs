@@ -7,6 +7,10 @@
 // postgres OS user too (spawned with its uid and gid, as on a server where the agent runs as the
 // cluster's user): the site's directory, keys, state dirs and filestore belong to postgres.
 //
+// The standby daemon (`tandem-standby run`) fetches WAL ahead into its state dir's spool, from which
+// restore_command answers without loading the agent: standby.yml gives it a loopback listen address
+// and a poll interval, and wal-replay.json in its state dir says which restored files came that way.
+//
 // Also here: the peak RSS of the agent processes PostgreSQL starts (wal-push, wal-fetch), sampled
 // from /proc, and the WAL files of a site as stored in the directory filestore.
 import { spawn, spawnSync } from 'node:child_process';
@@ -63,7 +67,8 @@ export function runAgentAsPostgres(main, args, { env = {}, timeoutMs = 600_000 }
 
 /**
  * Starts a built agent's daemon as postgres. Its stderr (JSON log lines) is kept (the last 2 MB);
- * its VmHWM is polled every 500 ms. Returns {child, stderr(), peakRssMiB(), stop()}.
+ * its VmHWM and CPU time are polled every 500 ms. Returns {child, stderr(), peakRssMiB(),
+ * cpuSeconds(), stop()}.
  */
 export function startAgentAsPostgres(main, args, { env = {} } = {}) {
   const child = spawn(process.execPath, [main, ...args], { ...postgresIds(), cwd: '/tmp', env: agentEnv(env), stdio: ['ignore', 'ignore', 'pipe'] });
@@ -71,7 +76,12 @@ export function startAgentAsPostgres(main, args, { env = {} } = {}) {
   let err = '';
   child.stderr.on('data', (d) => (err = (err + d).slice(-2 * 1024 * 1024)));
   let hwm = 0;
-  const poll = setInterval(() => (hwm = Math.max(hwm, vmHwmKiB(child.pid) ?? 0)), 500);
+  let ticks = 0;
+  const sample = () => {
+    hwm = Math.max(hwm, vmHwmKiB(child.pid) ?? 0);
+    ticks = Math.max(ticks, cpuTicks(child.pid) ?? 0);
+  };
+  const poll = setInterval(sample, 500);
   let exit = null;
   const exited = new Promise((resolve) =>
     child.once('close', (code, signal) => {
@@ -88,13 +98,18 @@ export function startAgentAsPostgres(main, args, { env = {} } = {}) {
     },
     stderr: () => err,
     peakRssMiB: () => {
-      if (exit === null) hwm = Math.max(hwm, vmHwmKiB(child.pid) ?? 0);
+      if (exit === null) sample();
       return hwm ? hwm / 1024 : undefined;
+    },
+    /** User + system CPU seconds used so far (last seen up to 500 ms before it exited). */
+    cpuSeconds: () => {
+      if (exit === null) sample();
+      return ticks / CLK_TCK;
     },
     /** SIGTERM, then SIGKILL after `graceMs`; resolves with the exit. */
     async stop(graceMs = 15_000) {
       if (exit !== null) return exit;
-      this.peakRssMiB();
+      sample();
       child.kill('SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
       const e = await exited;
@@ -178,10 +193,12 @@ const put = (path, text, mode = 0o644) => {
  * created, not started), small config/security/files trees, primary.yml and standby.yml, and the
  * filestore (`tandem-primary init --filestore`). Options: maxDelay (a duration for
  * database.maxDelay, e.g. "5s"; none: the default), retryInterval (the standby cluster's
- * wal_retrieve_retry_interval, verbatim, e.g. "'500ms'"), primaryConf (more primary settings).
- * Returns {site, root, keysDir, storeDir, env, primary, standby, primaryCli, standbyCli}.
+ * wal_retrieve_retry_interval, verbatim, e.g. "'500ms'"), primaryConf (more primary settings),
+ * pollInterval (the standby daemon's, default '2s').
+ * Returns {site, root, keysDir, storeDir, env, primaryConfig, standbyConfig, primaryStateDir,
+ * standbyStateDir, primary, standby, primaryCli, standbyCli}.
  */
-export async function makeWalSite(root, { maxDelay, retryInterval, primaryConf = {} } = {}) {
+export async function makeWalSite(root, { maxDelay, retryInterval, primaryConf = {}, pollInterval = '2s' } = {}) {
   const site = `rpo${Math.random().toString(16).slice(2, 8)}`;
   mkdirSync(root, { recursive: true });
   const env = { TANDEM_STANDBY_BIN: `${process.execPath} ${STANDBY_BIN}` };
@@ -189,6 +206,8 @@ export async function makeWalSite(root, { maxDelay, retryInterval, primaryConf =
   const storeDir = join(root, 'store');
   const primaryConfig = join(root, 'primary.yml');
   const standbyConfig = join(root, 'standby.yml');
+  const primaryStateDir = join(root, 'primary-state');
+  const standbyStateDir = join(root, 'standby-state');
   const trees = {};
   for (const side of ['primary', 'standby']) {
     const base = join(root, side);
@@ -227,7 +246,7 @@ filestore:
 keys:
   recipientFile: ${join(keysDir, 'backup.agepub')}
   signingKeyFile: ${join(keysDir, 'signing.key')}
-stateDir: ${join(root, 'primary-state')}
+stateDir: ${primaryStateDir}
 # No scheduled backup during the benchmark.
 schedule: '0 3 1 1 *'
 server:
@@ -254,14 +273,18 @@ filestore:
 keys:
   identityFile: ${join(keysDir, 'backup.agekey')}
   verifyKeyFile: ${join(keysDir, 'signing.pub')}
-stateDir: ${join(root, 'standby-state')}
+stateDir: ${standbyStateDir}
+# The daemon (tandem-standby run): loopback only, so no token.
+pollInterval: '${pollInterval}'
+server:
+  listen: 127.0.0.1:${await freePort()}
 `,
   );
   giveToPostgres(root);
   await primary.start();
   const init = await primaryCli(['init', '--filestore', '--config', primaryConfig]);
   if (init.code !== 0) throw new Error(`tandem-primary init --filestore: ${init.stderr}`);
-  return { site, root, keysDir, storeDir, env, primaryConfig, standbyConfig, primary, standby, primaryCli, standbyCli };
+  return { site, root, keysDir, storeDir, env, primaryConfig, standbyConfig, primaryStateDir, standbyStateDir, primary, standby, primaryCli, standbyCli };
 }
 
 /**
@@ -317,4 +340,19 @@ export async function plainSegment(seg, { pgWalDir, identityFile }) {
   const plain = await pipeThrough('zstd', ['-d', '-q', '-c'], zst);
   if (sha256(plain) !== seg.plainSha256) throw new Error(`WAL segment ${seg.name}: the stored body does not decrypt to the SHA-256 its document names`);
   return { plain, source: 'filestore' };
+}
+
+/**
+ * The restored WAL files that `<stateDir>/wal-replay.json` lists (its `recent`: the newest 64), each
+ * {name, via}: via 'spool' for a file restore_command took from the daemon's spool, 'filestore' for
+ * one the full wal-fetch fetched itself. An empty list when there is no such file yet.
+ */
+export function restoredWal(stateDir) {
+  try {
+    const v = JSON.parse(readFileSync(join(stateDir, 'wal-replay.json'), 'utf8'));
+    if (v.format !== 'tandem-wal-replay' || !Array.isArray(v.recent)) return [];
+    return v.recent.filter((r) => typeof r?.name === 'string').map((r) => ({ name: r.name, via: r.via === 'spool' ? 'spool' : 'filestore' }));
+  } catch {
+    return [];
+  }
 }

@@ -173,6 +173,7 @@ export async function createWalSite(root: string, opts: { filestoreUrl?: string;
   });
   await writeFile(primaryConfigFile, toYaml(primaryDoc(primaryCluster.url, primaryPaths, primaryStateDir)));
   await writeFile(standbyPrimaryConfigFile, toYaml(primaryDoc(standbyCluster.url, standbyPaths, standbyStateDir)));
+  const standbyPort = await closedPort();
   const standbyDoc = (c: PgCluster, paths: { config: string; security: string; files: string }, stateDir: string) => {
     const ctl = ctlCommands(c);
     return toYaml({
@@ -183,6 +184,8 @@ export async function createWalSite(root: string, opts: { filestoreUrl?: string;
       keys: { identityFile: keys.identityFile, verifyKeyFile: keys.verifyKeyFile },
       stateDir,
       heartbeatStaleAfter: '5s',
+      pollInterval: '2s',
+      server: { listen: `127.0.0.1:${standbyPort}` },
     });
   };
   await writeFile(standbyConfigFile, standbyDoc(standbyCluster, standbyPaths, standbyStateDir));

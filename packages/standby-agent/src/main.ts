@@ -1,19 +1,10 @@
 #!/usr/bin/env node
-import { TOOL_VERSION, main } from '@tandem/shared';
-import { applyCommand } from './commands/apply.js';
-import { checkCommand } from './commands/check.js';
-import { decryptCommand } from './commands/decrypt.js';
-import { promoteCommand } from './commands/promote.js';
-import { runCommand } from './commands/run.js';
-import { statusCommand } from './commands/status.js';
-import { switchoverCommand } from './commands/switchover.js';
-import { verifyCommand } from './commands/verify.js';
-import { walFetchCommand } from './commands/wal-fetch.js';
-import { rejoinCommand } from './commands/rejoin.js';
+/**
+ * tandem-standby. PostgreSQL runs `wal-fetch` (restore_command) for every WAL file it replays; when
+ * the daemon has fetched and verified the file ahead into the spool, spool-fast.ts answers with Node
+ * alone, without loading the agent. Everything else, and every case the fast path does not take,
+ * is the CLI.
+ */
+import { spooledFetch } from './wal/spool-fast.js';
 
-main({
-  bin: 'tandem-standby',
-  version: TOOL_VERSION,
-  description: 'keeps a standby site equal to the newest committed backup set, and promotes it',
-  commands: [runCommand, statusCommand, checkCommand, applyCommand, verifyCommand, decryptCommand, promoteCommand, switchoverCommand, rejoinCommand, walFetchCommand],
-});
+if (!(await spooledFetch(process.argv.slice(2)))) await import('./cli.js');

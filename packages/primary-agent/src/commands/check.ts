@@ -33,6 +33,17 @@ Looks at everything a backup and the daemon need, one line per check, and change
   listen       server.listen is free, or this site's daemon serves it (reached over TLS, with
                server.tls, as the commands beside the daemon reach it)
 
+In WAL mode (database.mode: wal) also, after roles:
+  wal-settings  wal_level replica or logical, archive_mode on or always; a warning when
+                archive_command does not run tandem-primary wal-push (PostgreSQL does not
+                archive through tandem), or when neither wal_log_hints nor data checksums are
+                on (pg_rewind could not rejoin this server after a failover)
+  wal-archiver  pg_stat_archiver: a failure while archiving fails (naming the WAL file that
+                failed), a warning while no WAL file has been archived yet
+  replication   the role may replicate (REPLICATION or superuser: pg_basebackup makes each
+                set's base backup), max_wal_senders is not 0, and, where the role may read
+                pg_hba_file_rules, pg_hba.conf has a replication line
+
 Each line reads "ok", "warn", "FAIL" or "skip" (not applicable, or a check it needs failed),
 then the check's name and what it found; a failure or warning has a hint line under it.
 

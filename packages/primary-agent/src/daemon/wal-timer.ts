@@ -102,7 +102,7 @@ export class WalTimer {
       } else if (this.pendingWal !== row.name) {
         this.pendingWal = row.name;
         this.pendingSince = now;
-      } else if (!this.fenced && now - this.pendingSince >= this.o.config.database.maxDelay / 2) {
+      } else if (!this.fenced && now - this.pendingSince >= this.o.config.database.maxDelay / 2 && !archiverBehind(a.lw, row.name)) {
         await c.query('select pg_switch_wal()');
         this.xidAtSwitch = row.nx;
         this.switches++;
@@ -134,6 +134,20 @@ export class WalTimer {
       this.busy = false;
     }
   }
+}
+
+/**
+ * Finished files wait for the archiver (the last archived is more than one file behind the one being
+ * written): a switch would not store a commit sooner, only add a file to the queue (and a process
+ * start on each side), so the lag would grow without bound under load. The switch waits for the queue.
+ */
+export function archiverBehind(lastArchived: string | null, current: string | null): boolean {
+  if (lastArchived === null || current === null) return false;
+  const a = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})/.exec(lastArchived);
+  const c = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$/.exec(current);
+  if (!a || !c || a[1] !== c[1]) return false;
+  const no = (m: RegExpExecArray) => parseInt(m[2]!, 16) * 256 + parseInt(m[3]!, 16);
+  return no(c) - no(a) > 1;
 }
 
 function segmentBytes(s: string): number {

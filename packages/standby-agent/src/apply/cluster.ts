@@ -46,6 +46,8 @@ export interface WalSeed {
   seededAt: string;
   /** `apply --at`: the replay stops (pauses) at this time. */
   recoveryTargetTime?: string;
+  /** The WAL file the base backup starts in (absent after a rejoin). */
+  startWalFile?: string;
 }
 
 export const walSeedFile = (stateDir: string): string => join(stateDir, 'wal-seed.json');
@@ -69,6 +71,7 @@ export function walSeedOf(config: StandbyConfig, manifest: Manifest, target?: Da
     timeline: d.timeline!,
     startLsn: d.startLsn!,
     epoch: manifest.epoch,
+    ...(d.startWalFile === undefined ? {} : { startWalFile: d.startWalFile }),
     seededAt: new Date().toISOString(),
     ...(target === undefined ? {} : { recoveryTargetTime: target.toISOString() }),
   };
@@ -85,7 +88,8 @@ export const pgTimestamp = (t: Date): string => t.toISOString().replace('T', ' '
 export function restoreCommand(config: StandbyConfig): string {
   // The agent that seeds, by absolute path: PostgreSQL's PATH need not have it.
   const bin = process.env.TANDEM_STANDBY_BIN ?? `${shellQuote(process.execPath)} ${shellQuote(realpathSync(process.argv[1]!))}`;
-  return `${bin} wal-fetch --config ${shellQuote(config.configFile)} --site ${shellQuote(config.site)} %f %p`;
+  // --spool: where the daemon puts files it fetched ahead (prefetch.ts): answered without loading the agent.
+  return `${bin} wal-fetch --config ${shellQuote(config.configFile)} --site ${shellQuote(config.site)} --spool ${shellQuote(join(config.stateDir, 'wal-spool'))} %f %p`;
 }
 
 /** Owner of the live data directory (the cluster's OS user): the seed's files get it. */

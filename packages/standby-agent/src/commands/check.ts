@@ -34,6 +34,15 @@ Looks at everything an apply and the daemon need, one line per check, and change
               wss:// with primary.tls as the daemon dials it (the check never says hello back: a
               running daemon's connection is left alone)
 
+In WAL mode (database.mode: wal) also, after tools:
+  wal-cluster  database.dataDir is a directory of mode 0700 or 0750, owned by the cluster's OS
+               user (not root), which this agent runs as (or root), in a directory it can
+               write; pg_verifybackup found (database.binDir, else PATH; a failure without it)
+               and pg_rewind (a warning without it); once seeded (wal-seed.json in the state
+               dir): the cluster answers on database.url, is in recovery (a standby: a failure
+               if it was promoted), is the cluster the seed made, and its restore_command runs
+               tandem-standby wal-fetch
+
 Each line reads "ok", "warn", "FAIL" or "skip" (not applicable, or a check it needs failed),
 then the check's name and what it found; a failure or warning has a hint line under it.
 

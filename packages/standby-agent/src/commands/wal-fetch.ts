@@ -130,8 +130,11 @@ recorded for \`tandem-standby status\` and /metrics: tandem_standby_wal_refused)
 
 Options:
   --config FILE  the standby agent's config (required)
-  --site NAME    the site, of a config with several`,
-  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' } },
+  --site NAME    the site, of a config with several
+  --spool DIR    where \`tandem-standby run\` puts WAL files it fetched and verified ahead
+                 (<stateDir>/wal-spool): a file found there is moved into place at once, without
+                 loading the agent; any other goes the full way described above`,
+  options: { config: { type: 'string', short: 'c' }, site: { type: 'string' }, spool: { type: 'string' } },
   positionals: { min: 2, max: 2 },
   async run({ values, positionals, logger }) {
     const config = loadStandbyConfig(requireString(values, 'config', 'tandem-standby wal-fetch'), siteOption(values), 'tandem-standby wal-fetch');

@@ -1,4 +1,5 @@
 import type { KeyObject } from 'node:crypto';
+import { WalPrefetcher } from '../wal/prefetch.js';
 import {
   ReloadingTls,
   TandemError,
@@ -101,6 +102,7 @@ export class StandbyDaemon {
   private readonly log: Logger;
   private readonly fs: Filestore;
   private readonly verifyKey: KeyObject;
+  private prefetch: WalPrefetcher | null = null;
   private readonly random: () => number;
   private readonly errors: LastError;
   /** What the status page draws: the lag over 24 h, the sets applied (page.ts). */
@@ -234,6 +236,11 @@ export class StandbyDaemon {
       }
       this.startedAt = new Date();
       this.history.start();
+      // WAL mode: fetch ahead what PostgreSQL will ask restore_command for next (prefetch.ts).
+      if (config.database.mode === 'wal') {
+        this.prefetch = new WalPrefetcher({ config, fs: this.fs, logger: this.log.child({ component: 'wal-prefetch' }), verifyKey: this.verifyKey });
+        this.prefetch.start();
+      }
       await writeDaemonInfo(config.stateDir, {
         agent: 'tandem-standby',
         pid: process.pid,
@@ -346,6 +353,7 @@ export class StandbyDaemon {
 
   private async cleanUp(closeFilestore = true): Promise<void> {
     this.history.stop();
+    this.prefetch?.stop();
     process.off('SIGHUP', this.onHangup);
     this.clientTls?.close();
     await this.poller.stopWatching();
