@@ -117,6 +117,7 @@ const fmtMiB = (x) => (x === undefined || Number.isNaN(x) ? 'n/a' : `${x.toFixed
 const segNo = (name) => BigInt(`0x${name.slice(8, 16)}`) * 256n + BigInt(`0x${name.slice(16, 24)}`);
 const cpuText = (a) =>
   ['wal-push', 'wal-fetch'].map((k) => `${k} ${a[k].cpuSeconds.toFixed(1)} CPU-s (${((a[k].cpuSeconds / a.seconds) * 100).toFixed(0)}% of a core)`).join(', ');
+const waitText = (w) => `p50 ${fmtSec(w.p50)}, max ${fmtSec(w.max)} (via the spool p50 ${fmtSec(w.spoolP50)}, fetched by wal-fetch p50 ${fmtSec(w.fetchedP50)})`;
 const pgArgs = (cluster) => ['-h', '127.0.0.1', '-p', String(cluster.port), '-U', 'postgres'];
 /** The warn/error/fatal lines (pino levels 40-60) of an agent's JSON log, as "level msg". */
 const daemonProblems = (text) =>
@@ -201,9 +202,9 @@ async function runOnce(cfg, runNo) {
   let s;
   let daemon;
   let standbyDaemon;
-  const restored = new Map(); // WAL file name -> 'spool' | 'filestore', from wal-replay.json
+  const restored = new Map(); // WAL file name -> {via: 'spool' | 'filestore', archivedAt, at}, from wal-replay.json
   const noteRestored = () => {
-    if (s) for (const r of restoredWal(s.standbyStateDir)) restored.set(r.name, r.via);
+    if (s) for (const r of restoredWal(s.standbyStateDir)) restored.set(r.name, r);
   };
   const agents = sampleWalAgents(100);
   const agentsSince = performance.now();
@@ -348,12 +349,17 @@ async function runOnce(cfg, runNo) {
     // The window's segments as the standby restored them (the last one may still be on its way).
     await waitFor(() => (noteRestored(), restored.has(end.seg)), `the standby to restore ${end.seg}`, 60_000, 250).catch(() => undefined);
     noteRestored();
-    const inWindow = [...restored].filter(([name]) => name >= start.seg && name <= end.seg);
+    const inWindow = [...restored.values()].filter((r) => r.name >= start.seg && r.name <= end.seg);
+    // How long each file waited between being stored by the primary and being handed to PostgreSQL.
+    const waits = (rs) => rs.map((r) => (r.at - r.archivedAt) / 1000).filter(Number.isFinite);
+    const spooled = inWindow.filter((r) => r.via === 'spool');
+    const fetched = inWindow.filter((r) => r.via !== 'spool');
     run.spool = {
       windowRestored: inWindow.length,
-      windowViaSpool: inWindow.filter(([, via]) => via === 'spool').length,
+      windowViaSpool: spooled.length,
       allRestored: restored.size,
-      allViaSpool: [...restored.values()].filter((v) => v === 'spool').length,
+      allViaSpool: [...restored.values()].filter((r) => r.via === 'spool').length,
+      storedToRestored: { p50: pct(waits(inWindow), 50), max: Math.max(...waits(inWindow)), spoolP50: pct(waits(spooled), 50), fetchedP50: pct(waits(fetched), 50) },
     };
     const [arch] = await s.primary.query('select archived_count::text as ok, failed_count::text as failed from pg_stat_archiver');
     run.archiver = { archived: Number(arch.ok), failed: Number(arch.failed) };
@@ -408,7 +414,8 @@ async function runOnce(cfg, runNo) {
     const own = process.cpuUsage(cpuBefore);
     run.benchCpuSeconds = (own.user + own.system) / 1e6;
     run.logProblems = { primary: problemLines(s.primary.logFile), standby: problemLines(s.standby.logFile) };
-    log(`  spool: ${run.spool.windowViaSpool} of the window's ${run.spool.windowRestored} restored WAL files came via the spool (${run.spool.allViaSpool} of ${run.spool.allRestored} since the seed)`);
+    log(`  spool: ${run.spool.windowViaSpool} of the window's ${run.spool.windowRestored} restored WAL files came via the spool (${run.spool.allViaSpool} of ${run.spool.allRestored} since the seed); ` +
+      `stored -> handed to PostgreSQL: ${waitText(run.spool.storedToRestored)}`);
     log(`  peak RSS: primary daemon ${fmtMiB(run.daemon.peakRssMiB)} (${run.daemon.cpuSeconds.toFixed(1)} CPU-s), standby daemon ${fmtMiB(run.standbyDaemon.peakRssMiB)} (${run.standbyDaemon.cpuSeconds.toFixed(1)} CPU-s); wal-push ${fmtMiB(run.walAgents['wal-push'].peakRssMiB)} (${run.walAgents['wal-push'].processes} seen), ` +
       `wal-fetch ${fmtMiB(run.walAgents['wal-fetch'].peakRssMiB)} (${run.walAgents['wal-fetch'].processes} seen); ${cpuText(run.walAgents)}; archiver ${run.archiver.archived} archived, ${run.archiver.failed} failed; ` +
       `error lines in the logs: primary ${run.logProblems.primary.length}, standby ${run.logProblems.standby.length}`);
@@ -484,6 +491,7 @@ for (const cfg of CONFIGS) {
       `WAL mode stores ${(w.filestorePerHour / r.dump.perHour).toFixed(3)}x that`);
     console.log(`      restore_command via the standby daemon's spool: ${r.spool.windowViaSpool} of the window's ${r.spool.windowRestored} restored WAL files ` +
       `(${r.spool.allViaSpool} of ${r.spool.allRestored} since the seed); the rest the full wal-fetch fetched itself`);
+    console.log(`      a window's WAL file from stored by the primary (its archivedAt) to handed to PostgreSQL: ${waitText(r.spool.storedToRestored)}`);
     console.log(`      peak RSS: tandem-primary run ${fmtMiB(r.daemon.peakRssMiB)} (${r.daemon.cpuSeconds.toFixed(1)} CPU-s); tandem-standby run ${fmtMiB(r.standbyDaemon.peakRssMiB)} ` +
       `(${r.standbyDaemon.cpuSeconds.toFixed(1)} CPU-s); wal-push ${fmtMiB(r.walAgents['wal-push'].peakRssMiB)} (of ${r.walAgents['wal-push'].processes} seen); ` +
       `wal-fetch ${fmtMiB(r.walAgents['wal-fetch'].peakRssMiB)} (of ${r.walAgents['wal-fetch'].processes} seen); backup ${fmtMiB(r.backup.peakRssMiB)}, apply ${fmtMiB(r.apply.peakRssMiB)}`);

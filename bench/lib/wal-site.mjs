@@ -344,14 +344,15 @@ export async function plainSegment(seg, { pgWalDir, identityFile }) {
 
 /**
  * The restored WAL files that `<stateDir>/wal-replay.json` lists (its `recent`: the newest 64), each
- * {name, via}: via 'spool' for a file restore_command took from the daemon's spool, 'filestore' for
- * one the full wal-fetch fetched itself. An empty list when there is no such file yet.
+ * {name, via, archivedAt, at}: via 'spool' for a file restore_command took from the daemon's spool,
+ * 'filestore' for one the full wal-fetch fetched itself; archivedAt when the primary stored it, at
+ * when restore_command handed it to PostgreSQL (both epoch ms). An empty list when there is none yet.
  */
 export function restoredWal(stateDir) {
   try {
     const v = JSON.parse(readFileSync(join(stateDir, 'wal-replay.json'), 'utf8'));
     if (v.format !== 'tandem-wal-replay' || !Array.isArray(v.recent)) return [];
-    return v.recent.filter((r) => typeof r?.name === 'string').map((r) => ({ name: r.name, via: r.via === 'spool' ? 'spool' : 'filestore' }));
+    return v.recent.filter((r) => typeof r?.name === 'string').map((r) => ({ name: r.name, via: r.via === 'spool' ? 'spool' : 'filestore', archivedAt: Date.parse(r.archivedAt), at: Date.parse(r.at) }));
   } catch {
     return [];
   }

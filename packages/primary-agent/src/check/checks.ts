@@ -81,6 +81,8 @@ function addressInUse(listen: string): Promise<string | null> {
 
 /** WAL mode's checks (database.mode: wal) are left out of a dump-mode site's report. */
 const walMode = (ctx: PrimaryCheckContext): boolean => ctx.config?.database.mode === 'wal';
+/** The checks of dump mode's database path (pg_dump/pg_restore, one database's rights): not WAL mode's, whose cluster travels whole. */
+const dumpMode = (ctx: PrimaryCheckContext): boolean => !walMode(ctx);
 
 /** One thing a check found wrong: a failure, or a warning. */
 interface Finding {
@@ -346,11 +348,13 @@ export const primaryChecks: Array<CheckDef<PrimaryCheckContext>> = [
   ),
   {
     name: 'db-access',
+    when: dumpMode,
     needs: ['postgres'],
     run: (ctx) => checkDumpAccess(known(ctx.config, 'the config')),
   },
   {
     name: 'roles',
+    when: dumpMode,
     needs: ['postgres'],
     async run(ctx) {
       const config = known(ctx.config, 'the config');
@@ -382,6 +386,7 @@ export const primaryChecks: Array<CheckDef<PrimaryCheckContext>> = [
   },
   {
     name: 'pg_dump',
+    when: dumpMode,
     needs: ['config'],
     async run(ctx) {
       const config = known(ctx.config, 'the config');

@@ -86,6 +86,8 @@ const noSetYet = verdict.notApplicable('no set to check against yet (see the lat
 
 /** WAL mode's check (database.mode: wal) is left out of a dump-mode site's report. */
 const walMode = (ctx: StandbyCheckContext): boolean => ctx.config?.database.mode === 'wal';
+/** The checks of dump mode's database path (pg_dump/pg_restore, one database's rights): not WAL mode's, whose cluster travels whole. */
+const dumpMode = (ctx: StandbyCheckContext): boolean => !walMode(ctx);
 
 /** One thing a check found wrong: a failure, or a warning. */
 interface Finding {
@@ -341,6 +343,7 @@ export const standbyChecks: Array<CheckDef<StandbyCheckContext>> = [
   ),
   {
     name: 'db-rights',
+    when: dumpMode,
     needs: ['postgres'],
     async run(ctx) {
       const config = known(ctx.config, 'the config');
@@ -378,6 +381,7 @@ export const standbyChecks: Array<CheckDef<StandbyCheckContext>> = [
   },
   {
     name: 'set-needs',
+    when: dumpMode,
     needs: ['db-rights', 'latest'],
     async run(ctx) {
       const config = known(ctx.config, 'the config');
