@@ -117,5 +117,16 @@ describe('WAL mode crash points (directory filestore)', () => {
     await p.query("insert into stamps (note) values ('after the crashes')");
     await p.query('select pg_switch_wal()');
     await waitFor(async () => (await count(sb)) === 22 || undefined, 'the standby replays on', 60_000, 250);
+
+    // Promote killed right after it raised the epoch (the old primary fenced, PostgreSQL not yet
+    // promoted): the next promote finishes it instead of refusing this server as the primary's copy.
+    await p.stop('immediate');
+    const kp = await s.standbyCli(['promote', '--config', s.standby.configFile, '--force'], killedAt('promote-epoch-raised'));
+    expect(kp.signal, show(kp)).toBe('SIGKILL');
+    expect((await sb.query<{ r: boolean }>('select pg_is_in_recovery() as r'))[0]!.r).toBe(true);
+    const pr = await s.standbyCli(['promote', '--config', s.standby.configFile]);
+    expect(pr.code, show(pr)).toBe(0);
+    expect(pr.stderr).toContain('did not finish: finishing it');
+    expect((await sb.query<{ r: boolean }>('select pg_is_in_recovery() as r'))[0]!.r).toBe(false);
   }, 300_000);
 });

@@ -24,6 +24,7 @@ export type FaultPoint =
   | 'db-swapped'
   | 'config-moved-aside'
   | 'cluster-moved-aside'
+  | 'promote-epoch-raised'
   | 'config-swapped'
   | 'security-moved-aside'
   | 'security-swapped'

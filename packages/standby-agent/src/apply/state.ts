@@ -12,6 +12,8 @@ import { TandemError, fsyncDir, writeFileAtomic, type SetRef } from '@tandem/sha
 export const stateFiles = (stateDir: string) => ({
   applied: join(stateDir, 'applied.json'),
   promoted: join(stateDir, 'promoted.json'),
+  /** A promote between raising the epoch and its end (promoted.json): a retry finishes it. */
+  promoting: join(stateDir, 'promoting.json'),
   journal: join(stateDir, 'journal.json'),
   lock: join(stateDir, 'apply.lock'),
 });

@@ -22,10 +22,11 @@ import {
 } from '@tandem/shared';
 import { readJournal } from '../apply/journal.js';
 import { runRestart } from '../apply/restart.js';
-import { readApplied, readPromoted, stateFiles, writePromoted, type AppliedState, type PromotedState } from '../apply/state.js';
+import { readApplied, readJsonFile, readPromoted, removeStateFile, stateFiles, writeJsonFile, writePromoted, type AppliedState, type PromotedState } from '../apply/state.js';
 import { askDaemonStatus } from '../daemon/daemon-info.js';
 import { pendingDeltas } from '../apply/files-delta.js';
 import { promoteCluster, walReplayedCheck } from './wal.js';
+import { faultPoint } from '../apply/fault.js';
 import { checkPrimarySilent, checkUnapplied, type Check, type KnownNewest, type SetRef, type Unapplied } from './preflight.js';
 
 export interface PromoteResult {
@@ -116,7 +117,13 @@ export async function runPromote(
     // filestore's. A promote elsewhere that moved the epoch past it makes this promote lose, even
     // when the two were not simultaneous.
     const follows = applied?.epoch ?? (await followedEpoch(fs, config));
-    const { checks, unapplied } = await preflight(config, opts, applied);
+    // A promote of this server that raised the epoch and then failed (pg_promote, say) is finished,
+    // neither checked again (the decision was taken: the old primary is fenced) nor refused as a
+    // copy of the primary's state: its record says it raised the epoch, to which number.
+    const promoting = await readJsonFile<{ from: number | null; to: number }>(stateFiles(config.stateDir).promoting, 'promote record');
+    const current = promoting === null ? null : await readEpochDoc(fs, config.site).catch(() => null);
+    const resumed = promoting !== null && current != null && current.doc.primaryId === self.id && current.doc.epoch === promoting.to ? current.doc : null;
+    const { checks, unapplied } = resumed !== null ? { checks: [] as Check[], unapplied: null } : await preflight(config, opts, applied);
     if (storeProblem !== null) checks.splice(1, 0, { name: 'filestore', ok: false, detail: `the filestore is not usable: ${describeError(storeProblem)}` });
     for (const c of checks) logger.info({ check: c.name, ok: c.ok }, `preflight: ${c.detail}`);
     const failed = checks.filter((c) => !c.ok);
@@ -142,13 +149,18 @@ export async function runPromote(
 
     // Fencing (must): from here on the old primary's uploads are refused, and standbys ignore its sets.
     let epoch: EpochDoc | null = null;
-    if (storeProblem !== null) {
+    if (resumed !== null) {
+      epoch = resumed;
+      logger.warn({ epoch: epoch.epoch }, 'an earlier promote of this server raised the epoch and did not finish: finishing it');
+    } else if (storeProblem !== null) {
       logger.error({ err: storeProblem }, 'NOT raising the epoch: the filestore is not a usable tandem filestore; the old primary is not fenced; promoting anyway (--force)');
     } else {
       try {
         epoch = await raiseEpoch(fs, config.site, self, opts.reason ?? (opts.force ? 'promote --force' : 'promote'), {
           expect: follows,
         });
+        await writeJsonFile(stateFiles(config.stateDir).promoting, { from: follows ?? null, to: epoch.epoch });
+        faultPoint('promote-epoch-raised');
         logger.info({ epoch: epoch.epoch, primary: epoch.primaryHost, agentId: self.id }, 'epoch raised: the old primary is fenced');
       } catch (err) {
         if ((err as TandemError).kind === 'precondition' || !opts.force) throw err;
@@ -174,6 +186,7 @@ export async function runPromote(
       overridden: failed.map((c) => c.detail),
     };
     await writePromoted(config.stateDir, promoted);
+    await removeStateFile(stateFiles(config.stateDir).promoting);
     let restartError: unknown;
     if (config.restartCommand) {
       try {

@@ -82,7 +82,7 @@ export async function promoteCluster(config: StandbyConfig, logger: Logger): Pro
     const ok = (await c.query<{ ok: boolean }>('select pg_promote(true, 120) as ok')).rows[0]!.ok;
     if (!ok) {
       throw new TandemError('external', 'PG_PROMOTE_FAILED', `pg_promote() did not end recovery of the cluster in ${config.database.dataDir} within 120 s`, {
-        hint: "look at PostgreSQL's log; the epoch is raised (the old primary is fenced): finish with `pg_ctl promote` and run promote again",
+        hint: "look at PostgreSQL's log; the epoch is raised (the old primary is fenced): once the cause is fixed, run promote again: it finishes this promote",
       });
     }
     const wal = (await c.query<{ f: string }>('select pg_walfile_name(pg_current_wal_lsn()) as f')).rows[0]?.f;
