@@ -42,8 +42,9 @@
 //      -Z0 | zstd -1` (bytes counted), times the sets per hour dump mode would need for the same
 //      p99 recovery point (3600 / p99 seconds), as bytes per hour;
 //   6. peak RSS: the two daemons' VmHWM (polled while they run, with their CPU time), and the
-//      largest VmHWM seen of the wal-push and wal-fetch processes, with the CPU time they used (/proc
-//      sampled every 100 ms from the start of the seed: short-lived processes, so lower bounds);
+//      largest VmHWM seen of the wal-push and wal-fetch processes of this run's site, with the CPU
+//      time they used (/proc sampled every 100 ms from the start of the seed: short-lived processes,
+//      so lower bounds);
 //   7. the spool: which of the window's restored WAL files restore_command took from the daemon's
 //      spool (`via: "spool"` in the standby state dir's wal-replay.json, whose `recent` keeps the
 //      newest 64: read every second during the window and once at its end, so none is missed).
@@ -206,7 +207,7 @@ async function runOnce(cfg, runNo) {
   const noteRestored = () => {
     if (s) for (const r of restoredWal(s.standbyStateDir)) restored.set(r.name, r);
   };
-  const agents = sampleWalAgents(100);
+  const agents = sampleWalAgents(root, 100);
   const agentsSince = performance.now();
   const cpuBefore = process.cpuUsage();
   const clients = [];

@@ -135,11 +135,14 @@ const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).s
 /**
  * Samples, every `everyMs`, the VmHWM and CPU time of every running process whose command line is
  * a built agent's `wal-push` or `wal-fetch` (the ones PostgreSQL's archiver and startup process
- * start). A process living shorter than the interval can be missed, and one is last seen up to
- * `everyMs` before it exits: the figures are lower bounds. Returns {stop(), result()}: per command,
- * {processes seen, max peak RSS MiB, CPU seconds seen}.
+ * start) for the site in `root`: one of its arguments lies under `root` (its --config), so that the
+ * agents of other sites on the same machine, a test suite's for one, are not counted. A process
+ * living shorter than the interval can be missed, and one is last seen up to `everyMs` before it
+ * exits: the figures are lower bounds. Returns {stop(), result()}: per command, {processes seen,
+ * max peak RSS MiB, CPU seconds seen}.
  */
-export function sampleWalAgents(everyMs = 100) {
+export function sampleWalAgents(root, everyMs = 100) {
+  const under = `${root.replace(/\/+$/, '')}/`;
   const kinds = [
     { key: 'wal-push', bin: PRIMARY_BIN },
     { key: 'wal-fetch', bin: STANDBY_BIN },
@@ -163,7 +166,7 @@ export function sampleWalAgents(everyMs = 100) {
       // The node process itself (argv: node, main.js, command ...), not the shell that started it.
       if (cmd[0] !== process.execPath) continue;
       const k = kinds.find((x) => cmd[1] === x.bin && cmd[2] === x.key);
-      if (!k) continue;
+      if (!k || !cmd.some((a) => a.startsWith(under))) continue;
       peak[k.key] = Math.max(peak[k.key], vmHwmKiB(pid) ?? 0);
       const ticks = cpuTicks(pid);
       if (ticks !== undefined) cpu[k.key].set(pid, Math.max(cpu[k.key].get(pid) ?? 0, ticks));
