@@ -134,7 +134,8 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
       for await (const c of body) chunks.push(c as Buffer);
       const good = Buffer.concat(chunks);
       const bad = Buffer.from(good);
-      bad[bad.length >> 1] ^= 0x40;
+      const mid = bad.length >> 1;
+      bad[mid] = bad[mid]! ^ 0x40;
       await fs.putBuffer(bodyKey, bad);
       const target = join(s.root, 'fetched-wal');
       await giveToPostgres(s.root);
@@ -193,7 +194,7 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
       // The old primary comes back (it was never told): its WAL is not stored, PostgreSQL keeps it.
       await p.start();
       await p.query("insert into stamps (note) values ('split brain attempt')");
-      const [{ name: oldWal }] = await p.query<{ name: string }>('select pg_walfile_name(pg_current_wal_lsn()) as name');
+      const oldWal = (await p.query<{ name: string }>('select pg_walfile_name(pg_current_wal_lsn()) as name'))[0]!.name;
       await p.query('select pg_switch_wal()');
       await waitFor(async () => Number((await p.query<{ n: string }>('select failed_count::text as n from pg_stat_archiver'))[0]!.n) > 0 || undefined, 'the fenced primary fails to archive', 60_000, 250);
       expect(await fs2.stat(`${s.site}/wal/${oldWal}.json`)).toBeNull();

@@ -65,7 +65,7 @@ describe('WAL mode crash points (directory filestore)', () => {
 
     // A WAL file archived normally, copied, then taken out of the filestore: as if never stored.
     await p.query("insert into stamps (note) values ('for the wal path')");
-    const [{ name }] = await p.query<{ name: string }>('select pg_walfile_name(pg_current_wal_lsn()) as name');
+    const name = (await p.query<{ name: string }>('select pg_walfile_name(pg_current_wal_lsn()) as name'))[0]!.name;
     await p.query('select pg_switch_wal()');
     const fs = openFilestore(s.filestoreUrl);
     try {

@@ -12,7 +12,7 @@
  * that fails verification is refused and raised as wal-fetch would raise it, and not spooled: the
  * slow path meets it again and refuses it again.
  */
-import { chmod, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { KeyObject } from 'node:crypto';
 import { fetchWalFile, isTandemError, loadIdentities, readEpochDoc, walKeys, type Filestore, type Logger, type StandbyConfig, type WalDoc } from '@tandem/shared';
@@ -24,6 +24,13 @@ import { readWalReplay, recordRefused } from './replay-state.js';
 export const PREFETCH_AHEAD = 4;
 export const walSpoolDir = (stateDir: string): string => join(stateDir, 'wal-spool');
 export const spoolMetaFile = (spool: string, name: string): string => join(spool, `${name}.meta.json`);
+/**
+ * What the daemon last found missing from the filestore, and when: `firstMissing` (the first WAL
+ * file after the newest replayed that is not stored yet) and `historyMissing` (the next timeline's
+ * history file, which PostgreSQL asks for all the time). restore_command's fast path answers "not
+ * there yet" from it while it is fresh, without loading the agent (spool-fast.ts).
+ */
+export const spoolStateFile = (spool: string): string => join(spool, 'state.json');
 
 export interface SpoolMeta {
   archivedAt: string;
@@ -66,16 +73,25 @@ export class WalPrefetcher {
       const present = new Set<string>();
       for (const f of await readdir(spool)) {
         const base = f.replace(/\.meta\.json$/, '');
+        if (f === 'state.json' || f === 'state.json.tmp') continue;
         if (base.slice(0, 24) <= last || !/^[0-9A-F]{24}(\.meta\.json)?$/.test(f)) await rm(join(spool, f), { force: true });
         else if (f.endsWith('.meta.json')) present.add(base);
       }
       let name: string | null = last;
       let epochDoc: Awaited<ReturnType<typeof readEpochDoc>> | undefined;
+      let firstMissing: string | null = null;
+      const checkedAt = new Date().toISOString();
+      // The next timeline's history file: PostgreSQL looks for it between files.
+      const history = `${(parseInt(last.slice(0, 8), 16) + 1).toString(16).toUpperCase().padStart(8, '0')}.history`;
+      const historyMissing = (await fs.stat(walKeys(config.site, history).doc)) === null ? history : null;
       for (let i = 0; i < PREFETCH_AHEAD; i++) {
         name = name === null ? null : nextSegmentName(name);
         if (name === null) break;
         if (present.has(name)) continue;
-        if ((await fs.stat(walKeys(config.site, name).doc)) === null) break; // not stored yet
+        if ((await fs.stat(walKeys(config.site, name).doc)) === null) {
+          firstMissing = name; // not stored yet
+          break;
+        }
         epochDoc ??= await readEpochDoc(fs, config.site);
         const identities = config.encryption === 'none' || config.keys.identityFile === undefined ? [] : loadIdentities(config.keys.identityFile, logger);
         let doc: WalDoc | null = null;
@@ -104,6 +120,10 @@ export class WalPrefetcher {
         await writeFile(spoolMetaFile(spool, name), `${JSON.stringify(meta)}\n`, { mode: 0o600 });
         this.spooled++;
       }
+      // Written after the fetches: a name below firstMissing is stored (or spooled) by then.
+      const state = { at: checkedAt, firstMissing, historyMissing };
+      await writeFile(`${spoolStateFile(spool)}.tmp`, `${JSON.stringify(state)}\n`, { mode: 0o600 });
+      await rename(`${spoolStateFile(spool)}.tmp`, spoolStateFile(spool));
       if (this.lastError !== null) logger.info('fetching WAL ahead again');
       this.lastError = null;
     } catch (err) {

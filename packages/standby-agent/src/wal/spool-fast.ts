@@ -9,11 +9,23 @@
  * unexpected (no entry, no meta, a failed copy) answers false, and the full wal-fetch runs, which
  * fetches and verifies the file from the filestore itself: this path never refuses and never
  * decides anything.
+ *
+ * "Not there yet" is answered here too, from what the daemon found missing moments ago
+ * (wal-spool/state.json, at most STATE_FRESH_MS old): PostgreSQL asks for the next file and for the
+ * next timeline's history file over and over while it waits, and each full answer was a process
+ * start of the whole agent. A file at or past the first missing one is waited for a moment
+ * (the daemon fetches it as soon as it is stored, and PostgreSQL would only ask again), then
+ * answered "not there" (exit 1). A wrong "not there" only makes PostgreSQL ask again.
  */
-import { copyFile, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, copyFile, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 
 const NAME = /^[0-9A-F]{24}$/;
+const HISTORY = /^[0-9A-F]{8}\.history$/;
+const STATE_FRESH_MS = 3_000;
+const WAIT_MS = 1_500;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function fsyncPath(path: string, flags = 'r'): Promise<void> {
   const fh = await open(path, flags);
@@ -31,11 +43,28 @@ export async function spooledFetch(argv: string[]): Promise<boolean> {
   const spool = argv[i + 1]!;
   const name = argv[argv.length - 2]!;
   const path = argv[argv.length - 1]!;
-  if (!NAME.test(name) || !isAbsolute(spool)) return false;
+  if (!isAbsolute(spool) || !(NAME.test(name) || HISTORY.test(name))) return false;
   const src = join(spool, name);
   const metaFile = `${src}.meta.json`;
   const target = resolve(process.cwd(), path);
   const tmp = `${target}.tandem-tmp`;
+  if (!(await exists(metaFile))) {
+    const state = await readState(spool);
+    if (state === null) return false;
+    if (HISTORY.test(name)) {
+      if (state.historyMissing !== name) return false;
+      process.exitCode = 1;
+      return true;
+    }
+    const first = state.firstMissing;
+    if (first === null || first.slice(0, 8) !== name.slice(0, 8) || name < first) return false;
+    const until = Date.now() + WAIT_MS;
+    while (Date.now() < until && !(await exists(metaFile))) await sleep(100);
+    if (!(await exists(metaFile))) {
+      process.exitCode = 1;
+      return true;
+    }
+  }
   try {
     const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { archivedAt?: unknown; epoch?: unknown };
     if (typeof meta.archivedAt !== 'string' || typeof meta.epoch !== 'number') return false;
@@ -51,6 +80,31 @@ export async function spooledFetch(argv: string[]): Promise<boolean> {
   } catch {
     await rm(tmp, { force: true }).catch(() => undefined);
     return false;
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The daemon's note of what is missing (prefetch.ts), when fresh; null otherwise. */
+async function readState(spool: string): Promise<{ firstMissing: string | null; historyMissing: string | null } | null> {
+  try {
+    const v = JSON.parse(await readFile(join(spool, 'state.json'), 'utf8')) as { at?: unknown; firstMissing?: unknown; historyMissing?: unknown };
+    const at = typeof v.at === 'string' ? Date.parse(v.at) : NaN;
+    const age = Date.now() - at;
+    if (!(age >= -1_000 && age < STATE_FRESH_MS)) return null;
+    return {
+      firstMissing: typeof v.firstMissing === 'string' && NAME.test(v.firstMissing) ? v.firstMissing : null,
+      historyMissing: typeof v.historyMissing === 'string' && HISTORY.test(v.historyMissing) ? v.historyMissing : null,
+    };
+  } catch {
+    return null;
   }
 }
 
