@@ -7,7 +7,7 @@
  * `wal-fetch` killed after verifying a file beside PostgreSQL's target, before the rename
  * (nothing at the target; the retry restores it). Afterwards the standby still replays.
  */
-import { copyFile, readFile, rm } from 'node:fs/promises';
+import { chmod, copyFile, readFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -118,6 +118,21 @@ describe('WAL mode crash points (directory filestore)', () => {
     await p.query('select pg_switch_wal()');
     await waitFor(async () => (await count(sb)) === 22 || undefined, 'the standby replays on', 60_000, 250);
 
+    // The filestore unwritable for a while (a full or unmounted store): archiving fails, PostgreSQL
+    // keeps the WAL, and once the store is back everything arrives; nothing is lost.
+    const store = join(s.root, 'store', s.site, 'wal');
+    const before = Number((await p.query<{ n: string }>('select failed_count::text as n from pg_stat_archiver'))[0]!.n);
+    await chmod(store, 0o500);
+    try {
+      await p.query("insert into stamps (note) values ('while the store is down')");
+      await p.query('select pg_switch_wal()');
+      await waitFor(async () => Number((await p.query<{ n: string }>('select failed_count::text as n from pg_stat_archiver'))[0]!.n) > before || undefined, 'archiving fails', 60_000, 250);
+      expect(await count(sb)).toBe(22);
+    } finally {
+      await chmod(store, 0o755);
+    }
+    await waitFor(async () => (await count(sb)) === 23 || undefined, 'what was written while the store was down arrives', 120_000, 250);
+
     // Promote killed right after it raised the epoch (the old primary fenced, PostgreSQL not yet
     // promoted): the next promote finishes it instead of refusing this server as the primary's copy.
     await p.stop('immediate');
@@ -128,5 +143,19 @@ describe('WAL mode crash points (directory filestore)', () => {
     expect(pr.code, show(pr)).toBe(0);
     expect(pr.stderr).toContain('did not finish: finishing it');
     expect((await sb.query<{ r: boolean }>('select pg_is_in_recovery() as r'))[0]!.r).toBe(false);
-  }, 300_000);
+
+    // The old primary rejoins by a fresh base backup (--seed: as when pg_rewind cannot): first
+    // refused while the only sets are the old primary's, then seeded from a set of the new one.
+    const early = await s.standbyCli(['rejoin', '--config', s.primary.standbyConfigFile, '--seed']);
+    expect(early.code, show(early)).not.toBe(0);
+    expect(early.stderr).toContain('make a set on the new primary first');
+    const nb = await s.standbyPrimaryCli(['backup', '--config', s.standby.primaryConfigFile]);
+    expect(nb.code, show(nb)).toBe(0);
+    const rj = await s.standbyCli(['rejoin', '--config', s.primary.standbyConfigFile, '--seed', '--json']);
+    expect(rj.code, show(rj)).toBe(0);
+    expect(JSON.parse(rj.stdout)).toMatchObject({ method: 'seed' });
+    await sb.query("insert into stamps (note) values ('after the seeded rejoin')");
+    await sb.query('select pg_switch_wal()');
+    await waitFor(async () => (await count(p)) === (await count(sb)) || undefined, 'the rejoined old primary follows the new one', 120_000, 250);
+  }, 400_000);
 });

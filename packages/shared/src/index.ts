@@ -43,3 +43,4 @@ export * from './cas/pack.js';
 export * from './cas/files-index.js';
 export * from './cas/delta.js';
 export * from './wal/wal-file.js';
+export * from './wal/segments.js';

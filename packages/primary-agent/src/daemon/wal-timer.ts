@@ -11,7 +11,7 @@
  * archiving is failing (the filestore down, this primary fenced: wal-archive.json says which).
  */
 import pg from 'pg';
-import { describeError, pgEnv, type Logger, type PrimaryConfig } from '@tandem/shared';
+import { describeError, parseSegmentSize, pgEnv, segmentDistance, type Logger, type PrimaryConfig } from '@tandem/shared';
 
 export interface ArchiverStatus {
   /** When the daemon last read it. */
@@ -96,7 +96,7 @@ export class WalTimer {
       // since the last switch, so no commit waits (switching for those would never let a quiet
       // primary rest: one file per maxDelay forever).
       const wroteXact = this.xidAtSwitch === null || row.nx !== this.xidAtSwitch;
-      const written = !row.rec && row.off !== null && row.off > 0 && row.off < segmentBytes(row.seg) && wroteXact;
+      const written = !row.rec && row.off !== null && row.off > 0 && row.off < parseSegmentSize(row.seg) && wroteXact;
       if (!written) {
         this.pendingWal = null;
       } else if (this.pendingWal !== row.name) {
@@ -143,16 +143,6 @@ export class WalTimer {
  */
 export function archiverBehind(lastArchived: string | null, current: string | null): boolean {
   if (lastArchived === null || current === null) return false;
-  const a = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})/.exec(lastArchived);
-  const c = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$/.exec(current);
-  if (!a || !c || a[1] !== c[1]) return false;
-  const no = (m: RegExpExecArray) => parseInt(m[2]!, 16) * 256 + parseInt(m[3]!, 16);
-  return no(c) - no(a) > 1;
-}
-
-function segmentBytes(s: string): number {
-  const m = /^(\d+)\s*(kB|MB|GB)?$/.exec(s.trim());
-  if (!m) return 16 * 1024 * 1024;
-  const unit = m[2] === 'kB' ? 1024 : m[2] === 'MB' ? 1024 * 1024 : m[2] === 'GB' ? 1024 * 1024 * 1024 : 1;
-  return Number(m[1]) * unit;
+  const d = segmentDistance(lastArchived, current);
+  return d !== null && d > 1;
 }

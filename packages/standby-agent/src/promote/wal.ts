@@ -8,24 +8,9 @@
  * as it has it; its replay position is shown, not compared.)
  */
 import pg from 'pg';
-import { TandemError, describeError, pgEnv, type Filestore, type Logger, type StandbyConfig } from '@tandem/shared';
+import { TandemError, describeError, nextSegmentName, parseSegmentSize, pgEnv, type Filestore, type Logger, type StandbyConfig } from '@tandem/shared';
 import { readWalReplay } from '../wal/replay-state.js';
 import type { Check } from './preflight.js';
-
-/** The WAL file after `name` on the same timeline: 000000010000000000000003 → …04, …FF → next log. */
-export function nextSegmentName(name: string, segmentBytes = 16 * 1024 * 1024): string | null {
-  const m = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$/.exec(name);
-  if (!m) return null;
-  const perLog = Math.floor(0x1_0000_0000 / segmentBytes);
-  let log = parseInt(m[2]!, 16);
-  let seg = parseInt(m[3]!, 16) + 1;
-  if (seg >= perLog) {
-    seg = 0;
-    log += 1;
-  }
-  const hex = (n: number) => n.toString(16).toUpperCase().padStart(8, '0');
-  return `${m[1]}${hex(log)}${hex(seg)}`;
-}
 
 async function withCluster<T>(config: StandbyConfig, fn: (c: pg.Client) => Promise<T>): Promise<T> {
   const c = new pg.Client({ connectionString: config.database.url, password: pgEnv(config.database).PGPASSWORD, connectionTimeoutMillis: 10_000 });
@@ -45,7 +30,7 @@ export async function walReplayedCheck(config: StandbyConfig, fs: Filestore): Pr
         "select pg_is_in_recovery() as rec, current_setting('wal_segment_size')::text as seg, pg_last_wal_replay_lsn()::text as lsn",
       );
       const row = r.rows[0]!;
-      return { inRecovery: row.rec, segmentBytes: parseSize(row.seg), replayFile: row.lsn };
+      return { inRecovery: row.rec, segmentBytes: parseSegmentSize(row.seg), replayFile: row.lsn };
     });
     if (!inRecovery) return { name: 'wal-replayed', ok: false, detail: 'the cluster is not in recovery: it is not a standby (promoted already, or not seeded)' };
     const last = replay.last;
@@ -61,14 +46,6 @@ export async function walReplayedCheck(config: StandbyConfig, fs: Filestore): Pr
   } catch (err) {
     return { name: 'wal-replayed', ok: false, detail: `cannot tell whether all WAL is replayed: ${describeError(err)}` };
   }
-}
-
-/** "16MB" or a byte count, as current_setting('wal_segment_size') says it. */
-function parseSize(s: string): number {
-  const m = /^(\d+)\s*(kB|MB|GB)?$/.exec(s.trim());
-  if (!m) return 16 * 1024 * 1024;
-  const unit = m[2] === 'kB' ? 1024 : m[2] === 'MB' ? 1024 * 1024 : m[2] === 'GB' ? 1024 * 1024 * 1024 : 1;
-  return Number(m[1]) * unit;
 }
 
 /** Ends recovery: pg_promote(wait => true), and checks the cluster left it. */

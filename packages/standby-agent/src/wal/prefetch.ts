@@ -15,9 +15,8 @@
 import { chmod, mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { KeyObject } from 'node:crypto';
-import { fetchWalFile, isTandemError, loadIdentities, readEpochDoc, walKeys, type Filestore, type Logger, type StandbyConfig, type WalDoc } from '@tandem/shared';
+import { fetchWalFile, isTandemError, nextSegmentName, loadIdentities, readEpochDoc, walKeys, type Filestore, type Logger, type StandbyConfig, type WalDoc } from '@tandem/shared';
 import { readWalSeed } from '../apply/cluster.js';
-import { nextSegmentName } from '../promote/wal.js';
 import { checkEpoch } from '../commands/wal-fetch.js';
 import { readWalReplay, recordRefused } from './replay-state.js';
 

@@ -15,7 +15,9 @@
  * recoveryPointAgeSeconds (status, metrics, --max-lag) is `now - recoveryPointAt`: as in dump mode,
  * what a failover now would lose.
  */
+import { segmentDistance } from '@tandem/shared';
 import type { WalReplayRecord } from './replay-state.js';
+
 
 export interface WalHeartbeat {
   at: string;
@@ -32,18 +34,6 @@ export interface WalFigures {
   /** The primary says archiving fails (the filestore, fencing): WAL waits on the primary. */
   primaryArchiveFailing: boolean | null;
   refused: { name: string; code: string; at: string } | null;
-}
-
-const SEGMENT = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})/;
-
-/** Segments from `a` to `b` on one timeline (b - a), 16 MiB segments; null across timelines. */
-export function segmentDistance(a: string, b: string, segmentBytes = 16 * 1024 * 1024): number | null {
-  const x = SEGMENT.exec(a);
-  const y = SEGMENT.exec(b);
-  if (!x || !y || x[1] !== y[1]) return null;
-  const perLog = Math.floor(0x1_0000_0000 / segmentBytes);
-  const no = (m: RegExpExecArray) => parseInt(m[2]!, 16) * perLog + parseInt(m[3]!, 16);
-  return no(y) - no(x);
 }
 
 const isSegmentName = (n: string): boolean => /^[0-9A-F]{24}(\.partial)?$/.test(n);
