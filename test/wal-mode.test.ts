@@ -7,7 +7,7 @@
  * PostgreSQL there keeps its WAL; the new primary archives on its new timeline.
  */
 import { existsSync } from 'node:fs';
-import { readFile, readdir, rm } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openFilestore } from '@tandem/shared';
@@ -138,22 +138,30 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
       bad[mid] = bad[mid]! ^ 0x40;
       await fs.putBuffer(bodyKey, bad);
       const target = join(s.root, 'fetched-wal');
+      // By hand, with a state dir of its own (the seed's record copied): the standby's wal-replay.json
+      // is PostgreSQL's restore_command's, and a second writer beside it would race it.
+      const handState = join(s.root, 'hand-state');
+      await mkdir(handState, { recursive: true });
+      await copyFile(join(s.standby.stateDir, 'wal-seed.json'), join(handState, 'wal-seed.json'));
+      const handConfig = join(s.root, 'hand-standby.yml');
+      await writeFile(handConfig, (await readFile(s.standby.configFile, 'utf8')).replace(s.standby.stateDir, handState));
       await giveToPostgres(s.root);
-      const f = await s.standbyCli(['wal-fetch', '--config', s.standby.configFile, victim, target]);
+      await giveToPostgres(s.root);
+      const f = await s.standbyCli(['wal-fetch', '--config', handConfig, victim, target]);
       expect(f.code, show(f)).not.toBe(0);
       expect(f.code).toBeLessThan(126); // PostgreSQL would abort recovery on a higher status
       expect(existsSync(target)).toBe(false);
       expect(f.stderr).toContain('WAL_BODY_MISMATCH');
-      const rec = JSON.parse(await readFile(join(s.standby.stateDir, 'wal-replay.json'), 'utf8')) as { refused?: { name: string; code: string } };
+      const rec = JSON.parse(await readFile(join(handState, 'wal-replay.json'), 'utf8')) as { refused?: { name: string; code: string } };
       expect(rec.refused).toMatchObject({ name: victim, code: 'WAL_BODY_MISMATCH' });
       // Put back, it is restored.
       await fs.putBuffer(bodyKey, good);
       await giveToPostgres(s.root);
-      const ok = await s.standbyCli(['wal-fetch', '--config', s.standby.configFile, victim, target]);
+      const ok = await s.standbyCli(['wal-fetch', '--config', handConfig, victim, target]);
       expect(ok.code, show(ok)).toBe(0);
       expect(existsSync(target)).toBe(true);
       // Not there yet: exit 1, silently.
-      const missing = await s.standbyCli(['wal-fetch', '--config', s.standby.configFile, 'FFFFFFFF0000000000000001', join(s.root, 'none')]);
+      const missing = await s.standbyCli(['wal-fetch', '--config', handConfig, 'FFFFFFFF0000000000000001', join(s.root, 'none')]);
       expect(missing.code).toBe(1);
       expect(existsSync(join(s.root, 'none'))).toBe(false);
     } finally {
@@ -175,7 +183,10 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
         `the standby replays ${newest}`,
         60_000,
         250,
-      );
+      ).catch(async (err: unknown) => {
+        const log = (await readFile(sb.logFile, 'utf8')).split('\n').slice(-30).join('\n');
+        throw new Error(`${(err as Error).message}\nwal-replay.json: ${await readFile(join(s.standby.stateDir, 'wal-replay.json'), 'utf8')}\nstandby log:\n${log}`);
+      });
     } finally {
       await fsr.close();
     }
