@@ -108,7 +108,7 @@ const q = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 function ctlCommands(c: PgCluster): { start: string; stop: string } {
   const opts = `-p ${c.port} -k ${c.root} -c listen_addresses=127.0.0.1`;
   return {
-    start: `${PG_BIN}/pg_ctl -D ${q(c.dataDir)} -l ${q(c.logFile)} -o ${q(opts)} -w start`,
+    start: `${PG_BIN}/pg_ctl -D ${q(c.dataDir)} -l ${q(c.logFile)} -o ${q(opts)} -w -t 600 start`,
     // Like `systemctl stop`: nothing to do when it is not running.
     stop: `if ${PG_BIN}/pg_ctl -D ${q(c.dataDir)} status >/dev/null; then ${PG_BIN}/pg_ctl -D ${q(c.dataDir)} -w stop -m fast; fi`,
   };

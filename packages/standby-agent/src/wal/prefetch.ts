@@ -18,7 +18,7 @@ import type { KeyObject } from 'node:crypto';
 import { fetchWalFile, isTandemError, nextSegmentName, loadIdentities, readEpochDoc, walKeys, type Filestore, type Logger, type StandbyConfig, type WalDoc } from '@tandem/shared';
 import { readWalSeed } from '../apply/cluster.js';
 import { checkEpoch } from '../commands/wal-fetch.js';
-import { readWalReplay, recordRefused } from './replay-state.js';
+import { readWalReplay, recordPrefetchRefused } from './replay-state.js';
 
 export const PREFETCH_AHEAD = 4;
 export const walSpoolDir = (stateDir: string): string => join(stateDir, 'wal-spool');
@@ -111,7 +111,7 @@ export class WalPrefetcher {
         } catch (err) {
           if (isTandemError(err) && err.kind === 'integrity') {
             logger.error({ wal: name, code: err.code, err }, 'WAL file refused while fetching ahead: not spooled');
-            await recordRefused(config.stateDir, { name, at: new Date().toISOString(), code: err.code, error: err.message }).catch(() => undefined);
+            await recordPrefetchRefused(config.stateDir, { name, at: new Date().toISOString(), code: err.code, error: err.message }).catch(() => undefined);
           }
           throw err;
         }
