@@ -336,9 +336,11 @@ describe('runRetention in WAL mode', () => {
   it('collects WAL after the sets, from the start of the oldest set that remains (a dry run: that would remain)', async () => {
     const site = 'retained';
     const now = new Date();
-    const old = await putSet(site, new Date(now.getTime() - 10 * DAY), 1, seg(1, 2));
-    const yesterday = await putSet(site, new Date(now.getTime() - DAY), 2, seg(1, 6));
-    const today = await putSet(site, new Date(now.getTime() - 2 * H), 3, seg(1, 8));
+    // Set times placed by calendar day (retention keeps one set per UTC day), whatever the hour.
+    const dayStart = Math.floor(now.getTime() / DAY) * DAY;
+    const old = await putSet(site, new Date(dayStart - 10 * DAY), 1, seg(1, 2));
+    const yesterday = await putSet(site, new Date(dayStart - 12 * H), 2, seg(1, 6));
+    const today = await putSet(site, new Date(Math.max(dayStart, now.getTime() - 2 * H)), 3, seg(1, 8));
     await fs.putBuffer(layout.latest(site), latestBytes(site, today));
     for (let n = 1; n <= 9; n++) await putWal(site, seg(1, n));
     const run = (dryRun: boolean) => runRetention(walConfig(site), { filestore: fs, logger, verifyKey, now, dryRun, timeZone: 'UTC' });
