@@ -16,7 +16,11 @@ for (const suite of report.testResults ?? []) {
   }
 }
 const passed = report.numPassedTests ?? 0;
-const failed = (report.numFailedTests ?? 0) + (report.numFailedTestSuites ?? 0);
+// A file that fails to load has no failed test, only a failed suite: count those, not the
+// describe blocks around a failed test (vitest counts both as suites).
+const failedTests = report.numFailedTests ?? 0;
+const failedFiles = (report.testResults ?? []).filter((s) => s.status === 'failed' && !(s.assertionResults ?? []).some((t) => t.status === 'failed')).length;
+const failed = failedTests + failedFiles;
 for (const s of skipped) console.error(`skipped (counts as a failure): ${s}`);
 console.log(`tests: ${passed} passed, ${failed} failed, ${skipped.length} skipped`);
 process.exit(failed > 0 || skipped.length > 0 || passed === 0 ? 1 : 0);
