@@ -2,15 +2,16 @@
  * WAL mode end to end, with two real PostgreSQL clusters and the real agents: the primary's
  * base backup as a set, its WAL archived by `tandem-primary wal-push`; the standby seeded by
  * `tandem-standby apply` (a hot standby), replaying writes made after the seed through
- * `tandem-standby wal-fetch`; a tampered WAL file refused and raised, nothing written where
- * PostgreSQL reads; promote (epoch raised, pg_promote); the fenced old primary stores nothing and
- * PostgreSQL there keeps its WAL; the new primary archives on its new timeline.
+ * `tandem-standby wal-fetch`; a tampered, truncated, replayed or old-epoch WAL file refused and
+ * raised, nothing written where PostgreSQL reads; promote (epoch raised, pg_promote); the fenced
+ * old primary stores nothing and PostgreSQL there keeps its WAL; the new primary archives on its
+ * new timeline; the old primary rejoins (pg_rewind) and replays the new primary's writes.
  */
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openFilestore } from '@tandem/shared';
+import { controlSystemId, loadRecipients, loadSigningKeyFile, openFilestore, storeWalFile, walKeys } from '@tandem/shared';
 import { S3RVER_CREDENTIALS, s3rverEnv, s3rverFilestoreUrl, startS3rver, type S3rverHandle } from './support/s3rver.js';
 import { ensurePostgres, requireCommands, tmpDir, waitFor } from './support/site.js';
 import { PRIMARY_MAIN, STANDBY_MAIN } from './support/site.js';
@@ -40,6 +41,38 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
     await s3?.destroy();
     if (root) await rm(root, { recursive: true, force: true });
   });
+
+  /**
+   * A by-hand wal-fetch with a state dir of its own (the seed's record copied): the standby's
+   * wal-replay.json is PostgreSQL's restore_command's, and a second writer beside it would race it.
+   */
+  async function handFetcher(configFile: string, stateDir: string, tag: string) {
+    const handState = join(s.root, `hand-state-${tag}`);
+    await mkdir(handState, { recursive: true });
+    await copyFile(join(stateDir, 'wal-seed.json'), join(handState, 'wal-seed.json'));
+    const handConfig = join(s.root, `hand-${tag}.yml`);
+    await writeFile(handConfig, (await readFile(configFile, 'utf8')).replace(stateDir, handState));
+    await giveToPostgres(s.root);
+    let n = 0;
+    return {
+      async fetch(name: string) {
+        const target = join(s.root, `fetched-${tag}-${++n}`);
+        await giveToPostgres(s.root);
+        const r = await s.standbyCli(['wal-fetch', '--config', handConfig, name, target]);
+        const rec = JSON.parse(await readFile(join(handState, 'wal-replay.json'), 'utf8').catch(() => '{}')) as { refused?: { name: string; code: string } };
+        return { ...r, written: existsSync(target), refused: rec.refused };
+      },
+      /** A refusal: an error status PostgreSQL retries (below 126), nothing at PATH, the code recorded. */
+      async refused(name: string, code: string) {
+        const r = await this.fetch(name);
+        expect(r.code, show(r)).not.toBe(0);
+        expect(r.code).toBeLessThan(126); // PostgreSQL would abort recovery on a higher status
+        expect(r.written).toBe(false);
+        expect(r.stderr).toContain(code);
+        expect(r.refused).toMatchObject({ name, code });
+      },
+    };
+  }
 
   const count = async (c: { query: WalSite['primary']['cluster']['query'] }) => Number((await c.query<{ n: string }>('select count(*)::text as n from stamps'))[0]!.n);
   const store = () => openFilestore(s.filestoreUrl, kind === 's3' ? { s3: { credentials: S3RVER_CREDENTIALS } } : {});
@@ -123,47 +156,39 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
     const nag = await s.standbyCli(['status', '--config', s.standby.configFile, '--max-lag', '60s']);
     expect(nag.code, show(nag)).toBe(0);
 
-    // A tampered WAL file (body bytes flipped) is refused: nothing at PATH, the refusal recorded.
+    // A tampered, a truncated and a replayed WAL file are refused: nothing at PATH, the refusal recorded.
     const fs = store();
     try {
       const docs = (await fs.list(`${s.site}/wal/`)).filter((o) => /\/[0-9A-F]{24}\.json$/.test(o.key));
       const victim = docs[docs.length - 1]!.key.replace(/\.json$/, '').split('/').pop()!;
+      const other = docs[docs.length - 2]!.key.replace(/\.json$/, '').split('/').pop()!;
       const bodyKey = `${s.site}/wal/${victim}.zst.age`;
-      const body = (await fs.get(bodyKey)).body;
-      const chunks: Buffer[] = [];
-      for await (const c of body) chunks.push(c as Buffer);
-      const good = Buffer.concat(chunks);
+      const docKey = `${s.site}/wal/${victim}.json`;
+      const good = await fs.getBuffer(bodyKey, { maxBytes: 64 << 20 }).then((r) => r.body);
+      const goodDoc = await fs.getBuffer(docKey).then((r) => r.body);
+      const hand = await handFetcher(s.standby.configFile, s.standby.stateDir, 'standby');
       const bad = Buffer.from(good);
       const mid = bad.length >> 1;
       bad[mid] = bad[mid]! ^ 0x40;
       await fs.putBuffer(bodyKey, bad);
-      const target = join(s.root, 'fetched-wal');
-      // By hand, with a state dir of its own (the seed's record copied): the standby's wal-replay.json
-      // is PostgreSQL's restore_command's, and a second writer beside it would race it.
-      const handState = join(s.root, 'hand-state');
-      await mkdir(handState, { recursive: true });
-      await copyFile(join(s.standby.stateDir, 'wal-seed.json'), join(handState, 'wal-seed.json'));
-      const handConfig = join(s.root, 'hand-standby.yml');
-      await writeFile(handConfig, (await readFile(s.standby.configFile, 'utf8')).replace(s.standby.stateDir, handState));
-      await giveToPostgres(s.root);
-      await giveToPostgres(s.root);
-      const f = await s.standbyCli(['wal-fetch', '--config', handConfig, victim, target]);
-      expect(f.code, show(f)).not.toBe(0);
-      expect(f.code).toBeLessThan(126); // PostgreSQL would abort recovery on a higher status
-      expect(existsSync(target)).toBe(false);
-      expect(f.stderr).toContain('WAL_BODY_MISMATCH');
-      const rec = JSON.parse(await readFile(join(handState, 'wal-replay.json'), 'utf8')) as { refused?: { name: string; code: string } };
-      expect(rec.refused).toMatchObject({ name: victim, code: 'WAL_BODY_MISMATCH' });
+      await hand.refused(victim, 'WAL_BODY_MISMATCH');
+      // Truncated (a cut-off upload): refused the same way, whatever the cut.
+      await fs.putBuffer(bodyKey, good.subarray(0, good.length - 100));
+      await hand.refused(victim, 'WAL_BODY_MISMATCH');
+      // Replayed: another file's genuine, signed doc and body put under this name.
+      await fs.putBuffer(bodyKey, await fs.getBuffer(`${s.site}/wal/${other}.zst.age`, { maxBytes: 64 << 20 }).then((r) => r.body));
+      await fs.putBuffer(docKey, await fs.getBuffer(`${s.site}/wal/${other}.json`).then((r) => r.body));
+      await hand.refused(victim, 'WAL_MISPLACED');
       // Put back, it is restored.
       await fs.putBuffer(bodyKey, good);
-      await giveToPostgres(s.root);
-      const ok = await s.standbyCli(['wal-fetch', '--config', handConfig, victim, target]);
+      await fs.putBuffer(docKey, goodDoc);
+      const ok = await hand.fetch(victim);
       expect(ok.code, show(ok)).toBe(0);
-      expect(existsSync(target)).toBe(true);
+      expect(ok.written).toBe(true);
       // Not there yet: exit 1, silently.
-      const missing = await s.standbyCli(['wal-fetch', '--config', handConfig, 'FFFFFFFF0000000000000001', join(s.root, 'none')]);
+      const missing = await hand.fetch('FFFFFFFF0000000000000001');
       expect(missing.code).toBe(1);
-      expect(existsSync(join(s.root, 'none'))).toBe(false);
+      expect(missing.written).toBe(false);
     } finally {
       await fs.close();
     }
@@ -212,6 +237,8 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
       expect((await readdir(join(p.dataDir, 'pg_wal'))).includes(oldWal)).toBe(true);
       const rec = JSON.parse(await readFile(join(s.primary.stateDir, 'wal-archive.json'), 'utf8')) as { failed?: { fenced: boolean; name: string } };
       expect(rec.failed).toMatchObject({ fenced: true });
+      const fencedCopy = join(s.root, 'fenced-wal');
+      await copyFile(join(p.dataDir, 'pg_wal', oldWal), fencedCopy);
 
       // The old primary rejoins as a standby of the new one: pg_rewind, then replay from the filestore.
       await p.stop('immediate');
@@ -230,6 +257,27 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
         250,
       );
       expect(existsSync(join(s.primary.paths.config, 'BACKUP'))).toBe(true);
+
+      // An old-epoch WAL file: what the fenced primary wrote, signed with the primary's key as it
+      // would have been had that agent ignored the fence (or had epoch.json been rolled back for a
+      // moment), stored after the epoch was raised. A standby refuses it and says so.
+      const forged = await storeWalFile({
+        filestore: fs2,
+        site: s.site,
+        path: fencedCopy,
+        name: oldWal,
+        epoch: 1,
+        primaryId: 'the-fenced-primary',
+        systemId: await controlSystemId(p.dataDir),
+        recipients: loadRecipients(s.keys.recipientFile),
+        signingKey: loadSigningKeyFile(s.keys.signingKeyFile),
+      });
+      expect(forged.status).toBe('stored');
+      await giveToPostgres(s.root);
+      const rejoined = await handFetcher(s.primary.standbyConfigFile, s.primary.stateDir, 'rejoined');
+      await rejoined.refused(oldWal, 'WAL_FENCED_PRIMARY');
+      const forgedKeys = walKeys(s.site, oldWal);
+      for (const key of [forgedKeys.doc, forgedKeys.body]) await fs2.delete(key);
 
       // apply --at: a set of the new primary, then the database as it was at a moment after it.
       // (Its filestore part is a seed and wal-fetch, both proven on both stores above: once is
