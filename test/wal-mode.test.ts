@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { controlSystemId, loadRecipients, loadSigningKeyFile, openFilestore, storeWalFile, walKeys } from '@tandem/shared';
+import { controlSystemId, loadSigningKey, openFilestore, parseRecipientFile, storeWalFile, walKeys } from '@tandem/shared';
 import { S3RVER_CREDENTIALS, s3rverEnv, s3rverFilestoreUrl, startS3rver, type S3rverHandle } from './support/s3rver.js';
 import { ensurePostgres, requireCommands, tmpDir, waitFor } from './support/site.js';
 import { PRIMARY_MAIN, STANDBY_MAIN } from './support/site.js';
@@ -77,7 +77,7 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
   const count = async (c: { query: WalSite['primary']['cluster']['query'] }) => Number((await c.query<{ n: string }>('select count(*)::text as n from stamps'))[0]!.n);
   const store = () => openFilestore(s.filestoreUrl, kind === 's3' ? { s3: { credentials: S3RVER_CREDENTIALS } } : {});
 
-  it('seeds a hot standby from a base backup, replays later writes, refuses a tampered WAL file, and promotes', async () => {
+  it('seeds a hot standby from a base backup, replays later writes, refuses tampered, truncated, replayed and old-epoch WAL files, promotes, and rejoins the old primary', async () => {
     const p = s.primary.cluster;
     await p.query('create table stamps (id serial primary key, at timestamptz default now(), note text)');
     await p.query("insert into stamps (note) select 'before the set ' || g from generate_series(1, 100) g");
@@ -269,8 +269,9 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
         epoch: 1,
         primaryId: 'the-fenced-primary',
         systemId: await controlSystemId(p.dataDir),
-        recipients: loadRecipients(s.keys.recipientFile),
-        signingKey: loadSigningKeyFile(s.keys.signingKeyFile),
+        // Read as the key files' owner would (the test runs as root; the agents refuse key files another user owns).
+        recipients: parseRecipientFile(await readFile(s.keys.recipientFile, 'utf8'), s.keys.recipientFile),
+        signingKey: loadSigningKey(await readFile(s.keys.signingKeyFile, 'utf8'), s.keys.signingKeyFile),
       });
       expect(forged.status).toBe('stored');
       await giveToPostgres(s.root);
