@@ -26,6 +26,16 @@ async function backupJson(s: StandbySite, extra: string[] = []) {
   return JSON.parse(r.stdout) as { setId: string; artifacts: Array<{ name: string; kind: string; file: string }>; files?: { filesRead: number; blobsUploaded: number; newBytes: number; bytesRead: number; packsUploaded: number; files: number; cache: string } };
 }
 
+/** The apply's "files staged" log line (JSON logs: stderr is not a terminal). */
+function stagedLine(stderr: string): { changed: number; bytesWritten: number; bytesReused: number; packs: number } {
+  for (const l of stderr.split('\n')) {
+    if (!l.startsWith('{')) continue;
+    const o = JSON.parse(l) as { msg?: string };
+    if (o.msg === 'files staged: only what changed') return o as never;
+  }
+  throw new Error(`no "files staged" line in the apply's log:\n${stderr}`);
+}
+
 describe('files as content objects', () => {
   let root: string;
   let s: StandbySite;
@@ -85,6 +95,21 @@ describe('files as content objects', () => {
     expect(a2.code, show(a2)).toBe(0);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     expect((await listObjects(s)).length).toBeGreaterThan(before.length);
+    // The blobs the appended file kept are read from the standby's own copy, not downloaded again.
+    const staged2 = stagedLine(a2.stderr);
+    expect(staged2).toMatchObject({ changed: 1 });
+    expect(staged2.bytesReused).toBeGreaterThan(2 * 1024 * 1024);
+    expect(staged2.bytesWritten - staged2.bytesReused).toBeLessThan(r2.files!.newBytes + 1);
+
+    // The standby's copy changed since this standby wrote it (its ctime moved): nothing is taken from it.
+    await writeFile(join(s.standby.paths.files, 'big', 'video.bin'), randomBytes(6 * 1024 * 1024));
+    await appendFile(join(s.primary.paths.files, 'big', 'video.bin'), randomBytes(1000));
+    const r3 = await backupJson(s);
+    expect(r3.files!.filesRead).toBe(1);
+    const a3 = await apply(s);
+    expect(a3.code, show(a3)).toBe(0);
+    expect(stagedLine(a3.stderr)).toMatchObject({ changed: 1, bytesReused: 0 });
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     void big;
   }, 180_000);
 

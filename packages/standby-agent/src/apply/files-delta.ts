@@ -25,7 +25,7 @@ import {
   type TreeEntry,
 } from '@tandem/shared';
 import type { KeyObject } from 'node:crypto';
-import { FILES_RECORD, blobsDigest, lstatOrNull, utimeOf } from './files-objects.js';
+import { FILES_RECORD, blobsDigest, lstatOrNull, recordBlobs, utimeOf } from './files-objects.js';
 import { readApplied, stateFiles } from './state.js';
 import { targetsFor } from './targets.js';
 
@@ -168,7 +168,7 @@ export async function applyFilesDeltas(config: StandbyConfig, o: { filestore: Fi
           if (there?.isDirectory()) await rm(target, { recursive: true, force: true });
           await rename(staged.get(e.p)!, target);
           const st = await lstat(target, { bigint: true });
-          record.push(JSON.stringify({ p: e.p, d: blobsDigest(e), s: e.s, ino: String(st.ino), ct: String(st.ctimeNs) }));
+          record.push(JSON.stringify({ p: e.p, d: blobsDigest(e), s: e.s, ino: String(st.ino), ct: String(st.ctimeNs), b: recordBlobs(e) }));
           files++;
         } else {
           if (there?.isSymbolicLink() && (await readlink(target)) === e.l) continue;

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, createWriteStream, fchmodSync, futimesSync, lstatSync, openSync, renameSync, writeSync, type Stats, type WriteStream } from 'node:fs';
+import { closeSync, constants as fsConstants, createReadStream, createWriteStream, fchmodSync, futimesSync, lstatSync, openSync, readSync, renameSync, writeSync, type Stats, type WriteStream } from 'node:fs';
 import { chmod, lstat, lutimes, mkdir, open, readdir, readFile, readlink, rename, rm, symlink, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -11,6 +11,7 @@ import {
   formatBytes,
   freeBytes,
   objectKey,
+  objectMatches,
   openPackPieces,
   type PackPlain,
   readFilesIndex,
@@ -66,12 +67,18 @@ interface RecordLine {
   s: number;
   ino: string;
   ct: string;
+  /**
+   * A file of several blobs: each blob's length and id, in file order. When the set changes such
+   * a file (an edited or appended video), the blobs it still has are read from the live file (at
+   * these offsets, each checked against its id) instead of downloaded again.
+   */
+  b?: Array<[number, string]>;
 }
 
 type PlanOp =
   | { o: 'x'; p: string }
   | { o: 'd'; p: string; m: number; mt: number }
-  | { o: 'f'; p: string; n: number; m: number; mt: number; d: string; s: number }
+  | { o: 'f'; p: string; n: number; m: number; mt: number; d: string; s: number; b?: Array<[number, string]> }
   | { o: 'm'; p: string; m: number; mt: number }
   | { o: 'l'; p: string; n: number; l: string; mt: number };
 
@@ -85,6 +92,21 @@ export const utimeOf = (mt: number): number => mt / 1000 + 5e-7;
 /** The record's digest of a file's blob ids (files deltas record theirs the same way). */
 export const blobsDigest = (e: Pick<FileEntry, 'b'>): string => createHash('sha256').update(e.b.map((b) => b[3]).join(',')).digest('hex').slice(0, 32);
 const recordFile = (stateDir: string) => join(stateDir, FILES_RECORD);
+
+/** The record's blob list of a file (RecordLine.b): only for a file of several blobs. */
+export const recordBlobs = (e: Pick<FileEntry, 'b'>): Array<[number, string]> | undefined =>
+  e.b.length > 1 ? e.b.map((x) => [x[2], x[3]] as [number, string]) : undefined;
+
+/** Where each blob of a recorded file lies in it: id → offset (the first, for a blob it holds twice). */
+function blobOffsets(b: Array<[number, string]>): Map<string, { offset: number; length: number }> {
+  const out = new Map<string, { offset: number; length: number }>();
+  let at = 0;
+  for (const [length, id] of b) {
+    if (!out.has(id)) out.set(id, { offset: at, length });
+    at += length;
+  }
+  return out;
+}
 
 export async function lstatOrNull(p: string): Promise<Stats | null> {
   return lstat(p).catch((err: NodeJS.ErrnoException) => {
@@ -147,6 +169,8 @@ export interface StagedFiles {
   changed: number;
   removed: number;
   bytesWritten: number;
+  /** Of bytesWritten, the bytes read from the live files (blobs a changed file kept) rather than fetched. */
+  bytesReused: number;
   packs: number;
 }
 
@@ -171,7 +195,9 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   // Pass 1: the plan, from the index and what the live tree has.
   const ops: PlanOp[] = [];
   const kept: RecordLine[] = [];
-  const toWrite: Array<{ e: FileEntry; n: number }> = [];
+  // `reuse`: the live file is the one this standby wrote (record, inode, ctime, size), and these
+  // of its blobs are still in the new content: read from it rather than downloaded.
+  const toWrite: Array<{ e: FileEntry; n: number; reuse?: Map<string, { offset: number; length: number }> }> = [];
   const indexPaths = new Set<string>();
   const packs: PackInfo[] = [];
   let files = 0;
@@ -213,8 +239,9 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
           } else {
             const k = n++;
-            toWrite.push({ e, n: k });
-            ops.push({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s });
+            const same = rec?.b !== undefined && st !== null && st.isFile() && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === rec.s;
+            toWrite.push({ e, n: k, reuse: same ? blobOffsets(rec!.b!) : undefined });
+            ops.push({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s, b: recordBlobs(e) });
           }
         }
       }
@@ -250,6 +277,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const uses = new Map<number, number>();
   const order: number[] = [];
   for (const w of toWrite) for (const b of w.e.b) {
+    if (w.reuse?.has(b[3])) continue;
     if (!uses.has(b[0])) order.push(b[0]);
     uses.set(b[0], (uses.get(b[0]) ?? 0) + 1);
   }
@@ -308,6 +336,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     return p;
   };
   let bytesWritten = 0;
+  let bytesReused = 0;
   try {
     for (const w of toWrite) {
       o.signal?.throwIfAborted();
@@ -315,8 +344,20 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
       // Synchronous file calls: a promise per open/write/chmod/utimes/close cost more than the
       // calls themselves, thousands of times over for a tree of small files.
       const fd = openSync(join(names.next, 'data', String(w.n)), OPEN_NEW_FILE, 0o600);
+      const liveFd = w.reuse ? openLiveOrNull(join(names.live, w.e.p)) : null;
       try {
         for (const [ord, off, len, id] of w.e.b) {
+          const at = liveFd === null ? undefined : w.reuse!.get(id);
+          if (at !== undefined && at.length === len) {
+            const data = readBlobIfSame(liveFd!, at.offset, len, id, filesKey.hmacKey);
+            if (data !== null) {
+              for (let i = 0; i < data.length; ) i += writeSync(fd, data, i, data.length - i);
+              bytesWritten += len;
+              bytesReused += len;
+              continue;
+            }
+            logger.warn({ file: w.e.p, blob: id }, 'a blob of the live file does not match its id any more: fetched from the filestore instead');
+          }
           const plain = await packPlain(ord);
           for (const data of blobSlices(plain, { id, offset: off, length: len }, filesKey.hmacKey, `${label}: ${JSON.stringify(w.e.p)}`)) {
             for (let at = 0; at < data.length; ) at += writeSync(fd, data, at, data.length - at);
@@ -331,6 +372,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         futimesSync(fd, utimeOf(w.e.mt), utimeOf(w.e.mt));
       } finally {
         closeSync(fd);
+        if (liveFd !== null) closeSync(liveFd);
       }
     }
   } finally {
@@ -347,8 +389,29 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   for (const r of kept) keptOut.write(`${JSON.stringify(r)}\n`);
   keptOut.end();
   await finished(keptOut);
-  logger.info({ files, changed: toWrite.length, removed: removals.length, bytesWritten, packs: fetched }, 'files staged: only what changed');
-  return { files, changed: toWrite.length, removed: removals.length, bytesWritten, packs: fetched };
+  logger.info({ files, changed: toWrite.length, removed: removals.length, bytesWritten, bytesReused, packs: fetched }, 'files staged: only what changed');
+  return { files, changed: toWrite.length, removed: removals.length, bytesWritten, bytesReused, packs: fetched };
+}
+
+/** The live file, read-only and not following a symlink; null when it is not there any more. */
+function openLiveOrNull(path: string): number | null {
+  try {
+    return openSync(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+  } catch {
+    return null;
+  }
+}
+
+/** `length` bytes of the live file at `offset`, when they still are the blob `id` (checked by its keyed hash); else null. */
+function readBlobIfSame(fd: number, offset: number, length: number, id: string, hmacKey: Buffer): Buffer | null {
+  const buf = Buffer.allocUnsafe(length);
+  let got = 0;
+  while (got < length) {
+    const n = readSync(fd, buf, got, length - got, offset + got);
+    if (n === 0) return null;
+    got += n;
+  }
+  return objectMatches(hmacKey, id, buf) ? buf : null;
 }
 
 async function* lines(file: string): AsyncGenerator<string> {
@@ -401,7 +464,7 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
           throw new TandemError('internal', 'FILES_SWITCH_LOST', `neither ${target} nor its staged copy ${staged} exists`, { hint: 'apply the set again with --force' });
         }
         const now = lstatSync(target, { bigint: true });
-        rec.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: String(now.ino), ct: String(now.ctimeNs) } satisfies RecordLine)}\n`);
+        rec.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: String(now.ino), ct: String(now.ctimeNs), b: op.b } satisfies RecordLine)}\n`);
         break;
       }
       case 'm':
