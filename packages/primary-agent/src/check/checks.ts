@@ -40,6 +40,7 @@ import {
   type PrimaryConfig,
   type ServerInfo,
   type Verdict,
+  inDatabaseMode,
 } from '@tandem/shared';
 import { readDbMeta } from '../backup/db-meta.js';
 import { checkPaths } from '../backup/run-backup.js';
@@ -79,10 +80,8 @@ function addressInUse(listen: string): Promise<string | null> {
   });
 }
 
-/** WAL mode's checks (database.mode: wal) are left out of a dump-mode site's report. */
-const walMode = (ctx: PrimaryCheckContext): boolean => ctx.config?.database.mode === 'wal';
-/** The checks of dump mode's database path (pg_dump/pg_restore, one database's rights): not WAL mode's, whose cluster travels whole. */
-const dumpMode = (ctx: PrimaryCheckContext): boolean => !walMode(ctx);
+const walMode = inDatabaseMode('wal');
+const dumpMode = inDatabaseMode('dump');
 
 /** One thing a check found wrong: a failure, or a warning. */
 interface Finding {

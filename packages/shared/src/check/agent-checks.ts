@@ -137,3 +137,13 @@ export function serverTlsCheck<Ctx extends AgentCheckContext>(): CheckDef<Ctx> {
     run: (ctx) => checkServerTls(known(ctx.config, 'the config').server.tls),
   };
 }
+
+/**
+ * The `when` of a check of one database mode: WAL mode's checks (database.mode: wal) are left out
+ * of a dump-mode site's report, and dump mode's database path (pg_dump/pg_restore, one database's
+ * rights) out of a WAL-mode site's, whose cluster travels whole.
+ */
+export const inDatabaseMode =
+  (mode: 'dump' | 'wal') =>
+  (ctx: { config?: { database: { mode?: string } } | null }): boolean =>
+    (ctx.config?.database.mode === 'wal' ? 'wal' : 'dump') === mode;

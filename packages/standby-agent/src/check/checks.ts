@@ -40,6 +40,7 @@ import {
   type ServerInfo,
   type StandbyConfig,
   type Verdict,
+  inDatabaseMode,
 } from '@tandem/shared';
 import { readWalSeed } from '../apply/cluster.js';
 import { isPrivileged, ownerSafeRestore } from '../apply/db-prereqs.js';
@@ -84,10 +85,8 @@ function fromProblems(problems: Array<{ message: string; hint: string }>, okDeta
 /** The site has no set yet (the latest check warned): nothing to measure against. */
 const noSetYet = verdict.notApplicable('no set to check against yet (see the latest check)');
 
-/** WAL mode's check (database.mode: wal) is left out of a dump-mode site's report. */
-const walMode = (ctx: StandbyCheckContext): boolean => ctx.config?.database.mode === 'wal';
-/** The checks of dump mode's database path (pg_dump/pg_restore, one database's rights): not WAL mode's, whose cluster travels whole. */
-const dumpMode = (ctx: StandbyCheckContext): boolean => !walMode(ctx);
+const walMode = inDatabaseMode('wal');
+const dumpMode = inDatabaseMode('dump');
 
 /** One thing a check found wrong: a failure, or a warning. */
 interface Finding {
