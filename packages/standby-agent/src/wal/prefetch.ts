@@ -78,6 +78,7 @@ export class WalPrefetcher {
       }
       let name: string | null = last;
       let epochDoc: Awaited<ReturnType<typeof readEpochDoc>> | undefined;
+      let identities: string[] | undefined;
       let firstMissing: string | null = null;
       const checkedAt = new Date().toISOString();
       // The next timeline's history file: PostgreSQL looks for it between files.
@@ -92,7 +93,8 @@ export class WalPrefetcher {
           break;
         }
         epochDoc ??= await readEpochDoc(fs, config.site);
-        const identities = config.encryption === 'none' || config.keys.identityFile === undefined ? [] : loadIdentities(config.keys.identityFile, logger);
+        // Read once a tick (a replaced key file is seen at the next one), not once a file.
+        identities ??= config.encryption === 'none' || config.keys.identityFile === undefined ? [] : loadIdentities(config.keys.identityFile, logger);
         let doc: WalDoc | null = null;
         try {
           const r = await fetchWalFile({
