@@ -89,6 +89,8 @@ describe('files as content objects', () => {
     await appendFile(join(s.primary.paths.files, 'big', 'video.bin'), randomBytes(1000));
     const r2 = await backupJson(s);
     expect(r2.files!.filesRead).toBe(1);
+    // A directory nothing changed in is not touched by the apply (not even a chmod: its ctime stays).
+    const docsCtime = (await stat(join(s.standby.paths.files, 'docs'), { bigint: true })).ctimeNs;
     expect(r2.files!.newBytes).toBeLessThan(5 * 1024 * 1024);
     expect(r2.files!.newBytes).toBeGreaterThan(1000);
     const a2 = await apply(s);
@@ -96,6 +98,7 @@ describe('files as content objects', () => {
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     expect((await listObjects(s)).length).toBeGreaterThan(before.length);
     // The blobs the appended file kept are read from the standby's own copy, not downloaded again.
+    expect((await stat(join(s.standby.paths.files, 'docs'), { bigint: true })).ctimeNs).toBe(docsCtime);
     const staged2 = stagedLine(a2.stderr);
     expect(staged2).toMatchObject({ changed: 1 });
     expect(staged2.bytesReused).toBeGreaterThan(2 * 1024 * 1024);

@@ -5,32 +5,43 @@
  * killed after the body went up but before the signed document that commits it (a standby sees
  * nothing; PostgreSQL's retry stores it) and after the document (the retry finds it stored);
  * `wal-fetch` killed after verifying a file beside PostgreSQL's target, before the rename
- * (nothing at the target; the retry restores it). Afterwards the standby still replays.
+ * (nothing at the target; the retry restores it). Afterwards the standby still replays. The
+ * filestore unwritable for a while (a directory made read-only; the S3 server killed and started
+ * again) loses nothing; promote killed after raising the epoch is finished by the next; the old
+ * primary rejoins by a fresh seed. On both filestores.
  */
 import { chmod, copyFile, readFile, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openFilestore } from '@tandem/shared';
+import { S3RVER_CREDENTIALS, s3rverEnv, s3rverFilestoreUrl, startS3rver, type S3rverHandle } from '../support/s3rver.js';
 import { ensurePostgres, requireCommands, tmpDir, waitFor } from '../support/site.js';
 import { createWalSite, giveToPostgres, type WalSite } from '../support/wal-site.js';
 
 const show = (r: { code: number | null; signal?: NodeJS.Signals | null; stdout: string; stderr: string }) => `exit ${r.code ?? r.signal}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
 const killedAt = (point: string) => ({ TANDEM_FAULT_KILL_AT: point });
 
-describe('WAL mode crash points (directory filestore)', () => {
+describe.each(['dir', 's3'] as const)('WAL mode crash points (%s filestore)', (kind) => {
   let root: string;
   let s: WalSite;
+  let s3: S3rverHandle | undefined;
 
   beforeAll(async () => {
     requireCommands(['zstd']);
     await ensurePostgres();
     root = await tmpDir('tandem-wal-crash-');
-    s = await createWalSite(root);
+    if (kind === 's3') {
+      s3 = await startS3rver();
+      s = await createWalSite(root, { filestoreUrl: s3rverFilestoreUrl(s3, { prefix: 'unique' }), env: s3rverEnv() });
+    } else {
+      s = await createWalSite(root);
+    }
   }, 120_000);
 
   afterAll(async () => {
     await s?.destroy();
+    await s3?.destroy();
     if (root) await rm(root, { recursive: true, force: true });
   });
 
@@ -67,7 +78,7 @@ describe('WAL mode crash points (directory filestore)', () => {
     await p.query("insert into stamps (note) values ('for the wal path')");
     const name = (await p.query<{ name: string }>('select pg_walfile_name(pg_current_wal_lsn()) as name'))[0]!.name;
     await p.query('select pg_switch_wal()');
-    const fs = openFilestore(s.filestoreUrl);
+    const fs = openFilestore(s.filestoreUrl, kind === 's3' ? { s3: { credentials: S3RVER_CREDENTIALS } } : {});
     try {
       await waitFor(async () => (await fs.stat(`${s.site}/wal/${name}.json`)) ?? undefined, 'the segment is archived', 60_000, 250);
       const copy = join(s.root, 'segment-copy');
@@ -118,18 +129,20 @@ describe('WAL mode crash points (directory filestore)', () => {
     await p.query('select pg_switch_wal()');
     await waitFor(async () => (await count(sb)) === 22 || undefined, 'the standby replays on', 60_000, 250);
 
-    // The filestore unwritable for a while (a full or unmounted store): archiving fails, PostgreSQL
-    // keeps the WAL, and once the store is back everything arrives; nothing is lost.
+    // The filestore unwritable for a while (a full or unmounted store; the S3 server down): archiving
+    // fails, PostgreSQL keeps the WAL, and once the store is back everything arrives; nothing is lost.
     const store = join(s.root, 'store', s.site, 'wal');
     const before = Number((await p.query<{ n: string }>('select failed_count::text as n from pg_stat_archiver'))[0]!.n);
-    await chmod(store, 0o500);
+    if (s3) await s3.stop();
+    else await chmod(store, 0o500);
     try {
       await p.query("insert into stamps (note) values ('while the store is down')");
       await p.query('select pg_switch_wal()');
       await waitFor(async () => Number((await p.query<{ n: string }>('select failed_count::text as n from pg_stat_archiver'))[0]!.n) > before || undefined, 'archiving fails', 60_000, 250);
       expect(await count(sb)).toBe(22);
     } finally {
-      await chmod(store, 0o755);
+      if (s3) await s3.restart();
+      else await chmod(store, 0o755);
     }
     await waitFor(async () => (await count(sb)) === 23 || undefined, 'what was written while the store was down arrives', 120_000, 250);
 
