@@ -57,8 +57,8 @@ import type { Names } from './targets.js';
  * (the sentinel is written before) does not serve from, and a kill is finished by the roll-forward.
  */
 export const FILES_RECORD = 'files-record.ndjson';
-const PREFETCH = 2;
-const HELD_PACKS = 6;
+const PREFETCH = 1;
+const HELD_PACKS = 3;
 
 interface RecordLine {
   p: string;
