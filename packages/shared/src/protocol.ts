@@ -114,8 +114,8 @@ export const appliedSchema = z.object({
 /*
  * Step names (the `step` of progress, failed and abort messages, the logs and the primary's /status):
  * primary: accepted, wait-for-backup, stop-writes, writes-stopped, final-backup,
- * final-backup-committed, hold, resume, fenced; a refusal is step "request". standby (abort):
- * wait-for-ready, apply, promote. Free-form on the wire, so that a newer peer's steps still parse.
+ * final-backup-committed, final-wal, final-wal-archived (WAL mode), hold, resume, fenced; a refusal
+ * is step "request". standby (abort): wait-for-ready, apply, replay (WAL mode), promote. Free-form on the wire, so that a newer peer's steps still parse.
  */
 const requestId = z.string().regex(/^[A-Za-z0-9-]{8,64}$/, 'expected a request id: 8-64 letters, digits or "-"');
 /** A step name; free-form (lowercase and "-") so that a newer peer's steps still parse. */
@@ -169,6 +169,11 @@ export const switchoverReadySchema = z.object({
   /** The final set: apply exactly this one, then promote. */
   setId,
   epoch,
+  /**
+   * WAL mode: the WAL file that holds the primary's last write, switched and archived (stored in the
+   * filestore) before this message: the standby promotes only once it has replayed it.
+   */
+  walFile: z.string().regex(/^[0-9A-F]{24}$/, 'expected a WAL segment name').optional(),
   /** Since when the primary holds, and for how long at most (the capped timeout). */
   heldSince: isoTime,
   holdSeconds: z.number().int().positive(),

@@ -1,6 +1,6 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { CLOSE_CODES, isS3Url, loadFilesKeyFile, loadRecipients, loadSigningKeyFile, type ArtifactProgress, type Filestore, type Limiter, type Logger, type PrimaryConfig, type PrimaryHello } from '@tandem/shared';
+import { CLOSE_CODES, TandemError, isS3Url, loadFilesKeyFile, loadRecipients, loadSigningKeyFile, type ArtifactProgress, type Filestore, type Limiter, type Logger, type PrimaryConfig, type PrimaryHello } from '@tandem/shared';
 import { primaryIdentity } from '../backup/epoch.js';
 import type { BackupResult } from '../backup/run-backup.js';
 import { refuseInBackupMode } from '../backup/sentinel.js';
@@ -118,6 +118,14 @@ export class PrimaryDaemon {
       isStopping,
       runningBackup: () => this.runner.running,
       finalBackup: () => this.runner.backupNow('switchover'),
+      ...(config.database.mode === 'wal'
+        ? {
+            finalWal: async (timeoutMs: number) => {
+              if (!this.walTimer) throw new TandemError('internal', 'WAL_TIMER_OFF', 'the WAL timer does not run: the daemon is not started');
+              return this.walTimer.closeAndArchive(timeoutMs);
+            },
+          }
+        : {}),
       recheckEpoch: async () => {
         await this.fencing.check();
         return this.fencing.fenced;

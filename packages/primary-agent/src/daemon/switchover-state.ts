@@ -36,6 +36,11 @@ export interface SwitchoverHost {
   runningBackup(): { trigger: string; startedAt: Date; promise: Promise<unknown> } | null;
   /** The final backup (allowed while the switchover holds). */
   finalBackup(): Promise<BackupResult>;
+  /**
+   * WAL mode only: closes the WAL file that holds the last write (pg_switch_wal) and waits, up to
+   * `timeoutMs`, until PostgreSQL's archiver has stored it; returns its name.
+   */
+  finalWal?(timeoutMs: number): Promise<string>;
   /** Read epoch.json now; a raised epoch fences this primary (fence() calls fenced() on the coordinator). True when fenced. Throws when it cannot be read. */
   recheckEpoch(): Promise<boolean>;
   /** The primary goes on as before: run what the schedule skipped meanwhile. */

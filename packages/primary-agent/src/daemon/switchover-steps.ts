@@ -110,6 +110,26 @@ export class SwitchoverSteps {
     await this.hold.lockBackups().catch((err: unknown) => {
       this.log.warn({ err }, 'could not take the backup lock for the hold (a backup outside the daemon runs?): the standby\'s promote refuses if it commits a newer set');
     });
+    // WAL mode: the set is a base backup, and what was written up to the stop is in the WAL. The
+    // file that holds the last write is closed and archived now, while this primary may still store
+    // WAL (once the standby promotes, it is fenced and stores none): the standby replays up to it.
+    let walFile: string | undefined;
+    if (this.host.finalWal) {
+      this.progress(c, 'final-wal', 'closing and archiving the WAL file that holds the last write');
+      try {
+        walFile = await this.host.finalWal(c.timeoutMs);
+      } catch (err) {
+        if (!this.active(c)) return;
+        if (this.host.isFenced() || isTandemError(err, 'fenced')) return;
+        const error = `the last WAL file could not be archived: ${describeError(err)}`;
+        this.log.error({ requestId: c.requestId, err }, 'switchover: the last WAL file could not be archived; putting the primary back');
+        this.step(c, 'final-wal', `FAILED: ${describeError(err)}`);
+        await this.callOff(c, error, 'final-wal', 'best-effort');
+        return;
+      }
+      if (!this.active(c)) return;
+      this.progress(c, 'final-wal-archived', `WAL file ${walFile} archived: the standby replays up to it`);
+    }
     off = this.pendingCallOff(c) ?? (c.peer?.isOpen() ? null : { why: 'the standby disconnected before the final set was offered', step: 'connection' });
     if (off) {
       await this.callOff(c, off.why, off.step, 'best-effort');
@@ -130,6 +150,7 @@ export class SwitchoverSteps {
       requestId: c.requestId,
       setId: result.setId,
       epoch: result.epoch,
+      ...(walFile !== undefined ? { walFile } : {}),
       heldSince: now.toISOString(),
       holdSeconds: Math.round(c.timeoutMs / 1000),
     });

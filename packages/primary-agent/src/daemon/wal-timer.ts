@@ -11,7 +11,7 @@
  * archiving is failing (the filestore down, this primary fenced: wal-archive.json says which).
  */
 import pg from 'pg';
-import { describeError, parseSegmentSize, pgEnv, segmentDistance, type Logger, type PrimaryConfig } from '@tandem/shared';
+import { TandemError, describeError, formatDuration, parseSegmentSize, pgEnv, segmentDistance, type Logger, type PrimaryConfig } from '@tandem/shared';
 
 export interface ArchiverStatus {
   /** When the daemon last read it. */
@@ -71,6 +71,31 @@ export class WalTimer {
     await c.connect();
     this.client = c;
     return c;
+  }
+
+  /**
+   * For a switchover (the site's writes stopped): the WAL file that holds the last write is closed
+   * (pg_switch_wal) and waited for, up to `timeoutMs`, until PostgreSQL's archiver has stored it
+   * (pg_stat_archiver); its name. With nothing written since the last switch it is the file before
+   * the current position, stored already.
+   */
+  async closeAndArchive(timeoutMs: number): Promise<string> {
+    if (this.fenced) throw new TandemError('fenced', 'FENCED', 'this primary is fenced: it stores no WAL');
+    const c = await this.connect();
+    const name = (await c.query<{ name: string }>('select pg_walfile_name(pg_current_wal_lsn()) as name')).rows[0]!.name;
+    await c.query('select pg_switch_wal()');
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const a = (await c.query<{ lw: string | null; fw: string | null }>('select last_archived_wal as lw, last_failed_wal as fw from pg_stat_archiver')).rows[0]!;
+      // A backup history file (NAME.xxxxxxxx.backup) is not the segment itself.
+      if (a.lw !== null && (a.lw === name || a.lw.slice(0, 24) > name)) return name;
+      if (Date.now() >= until) {
+        throw new TandemError('transient', 'WAL_ARCHIVE_TIMEOUT', `WAL file ${name} was not archived within ${formatDuration(timeoutMs)} (last archived: ${a.lw ?? 'none'}${a.fw ? `; last failed: ${a.fw}` : ''})`, {
+          hint: "archive_command (tandem-primary wal-push) fails or is slow: see PostgreSQL's log and `tandem-primary status`",
+        });
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
   }
 
   async tick(): Promise<void> {

@@ -21,9 +21,11 @@ import { identitiesFor } from '../apply/keys.js';
 import { checkMaintenanceDb } from '../apply/pg.js';
 import { resolveSet } from '../apply/resolve-set.js';
 import { runApply, type ApplyResult } from '../apply/run-apply.js';
+import { readWalSeed } from '../apply/cluster.js';
 import { readApplied, readPromoted, stateFiles } from '../apply/state.js';
 import { targetsFor } from '../apply/targets.js';
 import { promotedName, runPromote, type PromoteResult } from '../promote/run-promote.js';
+import { readWalReplay } from '../wal/replay-state.js';
 import { SwitchoverChannel, type ChannelEvent } from './channel.js';
 
 /**
@@ -116,8 +118,17 @@ async function preflight(config: StandbyConfig, fs: Filestore, logger: Logger): 
       hint: 'run `tandem-standby apply` to finish or roll it back first',
     });
   }
-  const targets = await targetsFor(config);
-  checkMaintenanceDb(config, targets.db.live);
+  if (config.database.mode === 'wal') {
+    // WAL mode: the whole cluster is the standby's; it must be seeded, replaying the primary's WAL.
+    if ((await readWalSeed(config.stateDir)) === null) {
+      throw new TandemError('precondition', 'WAL_NOT_SEEDED', `site "${config.site}": this standby's cluster (${config.database.dataDir}) was never seeded from a base backup: it has nothing to replay the primary's WAL into`, {
+        hint: 'run `tandem-standby apply` first (it seeds the cluster), then the switchover',
+      });
+    }
+  } else {
+    const targets = await targetsFor(config);
+    checkMaintenanceDb(config, targets.db.live);
+  }
   // The keys must fit the primary's sets: a standby that cannot decrypt the final set would only
   // find out after the primary stopped the site's writes.
   const verifyKey = loadVerifyKeyFile(config.keys.verifyKeyFile);
@@ -245,6 +256,21 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
     if (applied.restartError !== undefined) log.warn({ err: applied.restartError }, 'restartCommand (backup mode) failed after the apply; the promote restarts the site again');
 
     if (opts.signal?.aborted) return end(await abort(channel, requestId, 'apply', 'interrupted', event, 'held'));
+
+    // WAL mode: what the site wrote up to the stop is in the WAL, not in the set. Promote only once
+    // the file that holds the primary's last write (archived by the primary before it offered the
+    // set) has reached PostgreSQL here: a promote ends the replay, and the old primary, fenced,
+    // stores no more WAL.
+    if (config.database.mode === 'wal') {
+      if (ready.walFile === undefined) {
+        event('standby', 'replay', 'the primary named no last WAL file (an older tandem-primary?): the promote checks that every WAL file in the filestore is replayed');
+      } else {
+        event('standby', 'replay', `waiting until WAL file ${ready.walFile} (the primary's last write) is replayed`);
+        const replayed = await waitReplayed(config.stateDir, ready.walFile, deadline.getTime() - (opts.promoteMarginMs ?? 5_000) - 2_000, opts.signal);
+        if (replayed !== null) return end(await abort(channel, requestId, 'replay', replayed, event, 'held'));
+        event('standby', 'replayed', `WAL file ${ready.walFile} replayed`);
+      }
+    }
     if (!channel.isOpen()) {
       // The primary may be restarting or cut off: without it hearing "done" there is no clean end, so do not promote.
       return end(lost(channel.closed, 'promote', 'held'));
@@ -299,6 +325,25 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
     });
   } finally {
     await channel.close();
+  }
+}
+
+/**
+ * Waits until PostgreSQL's restore_command has handed over `walFile` (or a later file of its
+ * timeline) on this standby (wal-replay.json); PostgreSQL replays a file it has before a promote
+ * ends the recovery. Null when it has, else why not.
+ */
+async function waitReplayed(stateDir: string, walFile: string, until: number, signal?: AbortSignal): Promise<string | null> {
+  for (;;) {
+    const replay = await readWalReplay(stateDir);
+    const last = replay.last?.name.slice(0, 24);
+    if (last !== undefined && last.slice(0, 8) === walFile.slice(0, 8) && last >= walFile) return null;
+    if (signal?.aborted) return 'interrupted';
+    if (Date.now() >= until) {
+      const refused = replay.refused ? `; WAL file ${replay.refused.name} was refused (${replay.refused.code})` : '';
+      return `WAL file ${walFile} (the primary's last write) was not replayed in time (last replayed: ${replay.last?.name ?? 'none'}${refused})`;
+    }
+    await sleep(250);
   }
 }
 
