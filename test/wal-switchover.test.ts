@@ -1,8 +1,9 @@
 /**
  * A planned switchover in WAL mode, with two real PostgreSQL clusters, the real primary daemon and
- * `tandem-standby switchover`: an application writes until onFenced stops it; the primary takes its
- * final set (a base backup), then closes and archives the WAL file that holds the last write and
- * names it; the standby promotes only once it has replayed that file. Every committed row is on the
+ * `tandem-standby switchover`: an application writes until onFenced stops it; the primary offers its
+ * newest set as the final one (no base backup while the writes are stopped: the standby keeps its
+ * cluster), closes and archives the WAL file that holds the last write and names it; the standby
+ * promotes only once it has replayed that file. Every committed row is on the
  * new primary, whose timeline goes on from there; the old primary is fenced.
  *
  * maxDelay is long (10 minutes), so the daemon's own switching cannot be what brings the last write
@@ -78,8 +79,9 @@ while [ ! -f '${marker('writer-stopped')}' ] && [ $i -lt 400 ]; do sleep 0.05; i
 
     // A seeded hot standby.
     await p.query('create table writes (id integer primary key, at timestamptz not null default now())');
-    const b = await s.primaryCli(['backup', '--config', s.primary.configFile]);
+    const b = await s.primaryCli(['backup', '--config', s.primary.configFile, '--json']);
     expect(b.code, show(b)).toBe(0);
+    const seedSet = (JSON.parse(b.stdout) as { setId: string }).setId;
     const a = await s.standbyCli(['apply', '--config', s.standby.configFile]);
     expect(a.code, show(a)).toBe(0);
     expect((await sb.query<{ r: boolean }>('select pg_is_in_recovery() as r'))[0]!.r).toBe(true);
@@ -109,11 +111,15 @@ while [ ! -f '${marker('writer-stopped')}' ] && [ $i -lt 400 ]; do sleep 0.05; i
     if (process.env.DEBUG_SWITCHOVER) console.log(r.stdout);
     const walFile = /^primary: WAL file ([0-9A-F]{24}) archived: the standby replays up to it$/m.exec(r.stdout)?.[1];
     expect(walFile, r.stdout).toBeDefined();
+    // The final set is the newest one, the standby's already: no base backup while the writes stop.
+    const setId = /^primary: final set (\S+): the newest set/m.exec(r.stdout)?.[1];
+    expect(setId, r.stdout).toBe(seedSet);
+    expect(r.stdout).not.toContain('primary: final backup started');
     const out = r.stdout.split('\n');
     const at = (line: string) => out.findIndex((l) => l.startsWith(line));
     const order = [
       'primary: writes stopped (onFenced ran)',
-      'primary: final backup ',
+      `primary: final set ${setId}: the newest set (WAL mode: no new base backup`,
       `primary: WAL file ${walFile} archived`,
       `standby: waiting until WAL file ${walFile}`,
       `standby: WAL file ${walFile} replayed`,
@@ -121,6 +127,7 @@ while [ ! -f '${marker('writer-stopped')}' ] && [ $i -lt 400 ]; do sleep 0.05; i
     ].map(at);
     expect(order.every((i) => i >= 0), r.stdout).toBe(true);
     expect([...order].sort((x, y) => x - y)).toEqual(order);
+    expect(r.stdout).toContain(`its writes stopped before its last WAL file ${walFile}, replayed here: no committed transaction was lost`);
 
     // Every committed row is on the new primary, which takes writes on its new timeline.
     expect(written).toBeGreaterThanOrEqual(20);

@@ -124,6 +124,10 @@ export class PrimaryDaemon {
               if (!this.walTimer) throw new TandemError('internal', 'WAL_TIMER_OFF', 'the WAL timer does not run: the daemon is not started');
               return this.walTimer.closeAndArchive(timeoutMs);
             },
+            newestSet: () => {
+              const l = this.latest.current;
+              return l === null ? null : { setId: l.setId, epoch: l.epoch };
+            },
           }
         : {}),
       recheckEpoch: async () => {

@@ -41,6 +41,11 @@ export interface SwitchoverHost {
    * `timeoutMs`, until PostgreSQL's archiver has stored it; returns its name.
    */
   finalWal?(timeoutMs: number): Promise<string>;
+  /**
+   * WAL mode only: the newest committed set, offered as the final set instead of a new base backup
+   * (the standby keeps its replaying cluster; the last WAL file brings the rest). Null when there is none.
+   */
+  newestSet?(): { setId: string; epoch: number } | null;
   /** Read epoch.json now; a raised epoch fences this primary (fence() calls fenced() on the coordinator). True when fenced. Throws when it cannot be read. */
   recheckEpoch(): Promise<boolean>;
   /** The primary goes on as before: run what the schedule skipped meanwhile. */

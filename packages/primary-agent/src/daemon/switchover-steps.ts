@@ -78,40 +78,49 @@ export class SwitchoverSteps {
       return;
     }
 
-    // The final backup.
-    this.progress(c, 'final-backup', 'final backup started');
-    let result: BackupResult;
-    try {
-      // A backup outside the daemon (`backup --local`) may hold the lock: wait for it, within the timeout.
-      const until = this.now().getTime() + c.timeoutMs;
-      for (;;) {
-        try {
-          result = await this.host.finalBackup();
-          break;
-        } catch (err) {
-          if (!isTandemError(err, 'busy') || this.now().getTime() + BUSY_RETRY_MS >= until || !this.active(c) || c.callOff) throw err;
-          this.step(c, 'final-backup', `waiting: ${describeError(err)}`);
-          await sleep(BUSY_RETRY_MS);
+    // The final set. In WAL mode the newest committed set serves: the standby keeps the cluster it
+    // replays, and the last WAL file (below) brings everything written up to the stop, so the
+    // writes are not held stopped for a base backup whose length grows with the database.
+    let result: Pick<BackupResult, 'setId' | 'epoch'>;
+    const newest = this.host.finalWal ? (this.host.newestSet?.() ?? null) : null;
+    if (newest !== null) {
+      result = newest;
+      c.setId = result.setId;
+      this.progress(c, 'final-backup-committed', `final set ${newest.setId}: the newest set (WAL mode: no new base backup; the last WAL file follows)`);
+    } else {
+      this.progress(c, 'final-backup', 'final backup started');
+      try {
+        // A backup outside the daemon (`backup --local`) may hold the lock: wait for it, within the timeout.
+        const until = this.now().getTime() + c.timeoutMs;
+        for (;;) {
+          try {
+            result = await this.host.finalBackup();
+            break;
+          } catch (err) {
+            if (!isTandemError(err, 'busy') || this.now().getTime() + BUSY_RETRY_MS >= until || !this.active(c) || c.callOff) throw err;
+            this.step(c, 'final-backup', `waiting: ${describeError(err)}`);
+            await sleep(BUSY_RETRY_MS);
+          }
         }
+      } catch (err) {
+        if (!this.active(c)) return;
+        if (this.host.isFenced() || isTandemError(err, 'fenced')) return; // fence() → fenced() ends it
+        const error = `the final backup failed: ${describeError(err)}`;
+        this.log.error({ requestId: c.requestId, err }, 'switchover: the final backup failed; putting the primary back');
+        this.step(c, 'final-backup', `FAILED: ${describeError(err)}`);
+        await this.callOff(c, error, 'final-backup', 'best-effort');
+        return;
       }
-    } catch (err) {
       if (!this.active(c)) return;
-      if (this.host.isFenced() || isTandemError(err, 'fenced')) return; // fence() → fenced() ends it
-      const error = `the final backup failed: ${describeError(err)}`;
-      this.log.error({ requestId: c.requestId, err }, 'switchover: the final backup failed; putting the primary back');
-      this.step(c, 'final-backup', `FAILED: ${describeError(err)}`);
-      await this.callOff(c, error, 'final-backup', 'best-effort');
-      return;
+      c.setId = result.setId;
+      this.progress(c, 'final-backup-committed', `final backup ${result.setId} committed`);
     }
-    if (!this.active(c)) return;
-    c.setId = result.setId;
-    this.progress(c, 'final-backup-committed', `final backup ${result.setId} committed`);
     // Not even `tandem-primary backup --local` may commit a set after the final one.
     await this.hold.lockBackups().catch((err: unknown) => {
       this.log.warn({ err }, 'could not take the backup lock for the hold (a backup outside the daemon runs?): the standby\'s promote refuses if it commits a newer set');
     });
-    // WAL mode: the set is a base backup, and what was written up to the stop is in the WAL. The
-    // file that holds the last write is closed and archived now, while this primary may still store
+    // WAL mode: what was written up to the stop is in the WAL, not in the set. The file that holds
+    // the last write is closed and archived now, while this primary may still store
     // WAL (once the standby promotes, it is fenced and stores none): the standby replays up to it.
     let walFile: string | undefined;
     if (this.host.finalWal) {

@@ -111,7 +111,7 @@ function finish(o: SwitchoverOutcome, json: boolean, out: (line: string) => void
     if (!json) {
       out(
         `switchover of site "${o.site}" done in ${formatDuration(o.seconds * 1000)}: ${o.standbyId} is the primary now (epoch ${o.epoch}, set ${o.setId}); ` +
-          `${describePrimaryAfter(o)}, its writes stopped before the final backup: no committed transaction was lost`,
+          `${describePrimaryAfter(o)}, its writes stopped before ${o.walFile === null ? 'the final backup' : `its last WAL file ${o.walFile}, replayed here`}: no committed transaction was lost`,
       );
     }
     if (o.restartError !== null) {

@@ -65,6 +65,8 @@ export interface SwitchoverOutcome {
   primaryUrl: string;
   /** The final set (null when the primary never committed one). */
   setId: string | null;
+  /** WAL mode: the WAL file holding the primary's last write, replayed here before the promote. */
+  walFile: string | null;
   /** The epoch this standby raised (done). */
   epoch: number | null;
   failedStep: string | null;
@@ -172,6 +174,7 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
     requestId,
     primaryUrl: config.primary.url,
     setId: null,
+    walFile: null,
     epoch: null,
     failedStep: null,
     error: null,
@@ -233,6 +236,7 @@ export async function runSwitchover(config: StandbyConfig, opts: SwitchoverOptio
     }
     const deadline = new Date(Date.now() + ready.holdSeconds * 1000);
     outcome.setId = ready.setId;
+    outcome.walFile = ready.walFile ?? null;
     outcome.holdUntil = deadline.toISOString();
     event('primary', 'hold', `holding (writes stopped, no backups) for up to ${formatDuration(ready.holdSeconds * 1000)}, until ${deadline.toISOString()}: final set ${ready.setId}`);
 
