@@ -246,8 +246,10 @@ describe('freshness: an older latest.json put back', () => {
     standby = await startStandbyDaemon(sbConfig, s.standby.stateDir);
     const stale = await waitFor(async () => {
       const m = await httpGet(standby!.listen, '/metrics', readToken);
-      return m.status === 200 && metric(m.body, 'tandem_standby_latest_stale') === 1 ? m.body : null;
-    }, 'tandem_standby_latest_stale 1', 20_000, 250);
+      // The pending count needs a listing of the sets, done after the poll that found latest.json
+      // stale: unknown (NaN) for a moment, then 1.
+      return m.status === 200 && metric(m.body, 'tandem_standby_latest_stale') === 1 && metric(m.body, 'tandem_standby_pending_sets') === 1 ? m.body : null;
+    }, 'tandem_standby_latest_stale 1 and tandem_standby_pending_sets 1', 20_000, 250);
     expect(metric(stale, 'tandem_standby_pending_sets')).toBe(1);
     const status = JSON.parse((await httpGet(standby.listen, '/status', readToken)).body) as Record<string, unknown>;
     expect(status).toMatchObject({ appliedSetId: first, latestSetId: first, heartbeatNewerSetId: second });
