@@ -116,7 +116,7 @@ describe('bad input: configs', () => {
       ['primary', 'keys.recipientFile', (d) => delete (d.keys as Doc).recipientFile],
       ['standby', 'database.restoreJobs', (d) => ((d.database as Doc).restoreJobs = 0)],
       ['standby', 'database.restoreJobs', (d) => ((d.database as Doc).restoreJobs = 1.5)],
-      ['standby', 'primary.url', (d) => ((d.primary as Doc).url = 'http://127.0.0.1:7070')],
+      ['standby', 'primary.url', (d) => ((d.primary as Doc).url = 'ftp://127.0.0.1:7070')], // http(s):// is taken as ws(s)://
       ['standby', 'pollInterval', (d) => (d.pollInterval = 'often')],
       ['standby', 'standbyId', (d) => (d.standbyId = 'web 2/../x')],
       ['standby', 'limits.maxEntries', (d) => ((d.limits as Doc).maxEntries = 0)],
