@@ -59,8 +59,8 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
         const target = join(s.root, `fetched-${tag}-${++n}`);
         await giveToPostgres(s.root);
         const r = await s.standbyCli(['wal-fetch', '--config', handConfig, name, target]);
-        const rec = JSON.parse(await readFile(join(handState, 'wal-replay.json'), 'utf8').catch(() => '{}')) as { refused?: { name: string; code: string } };
-        return { ...r, written: existsSync(target), refused: rec.refused };
+        const rec = JSON.parse(await readFile(join(handState, 'wal-replay.json'), 'utf8').catch(() => '{}')) as { refused?: { name: string; code: string }; last?: { name: string } };
+        return { ...r, written: existsSync(target), refused: rec.refused, recorded: rec.last?.name };
       },
       /** A refusal: an error status PostgreSQL retries (below 126), nothing at PATH, the code recorded. */
       async refused(name: string, code: string) {
@@ -185,6 +185,10 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
       const ok = await hand.fetch(victim);
       expect(ok.code, show(ok)).toBe(0);
       expect(ok.written).toBe(true);
+      // Fetched by hand (not in the data directory, where PostgreSQL runs restore_command): not
+      // recorded as handed to PostgreSQL, which promote's preflight would take as replayed.
+      expect(ok.recorded).toBeUndefined();
+      expect(ok.stderr).toContain('fetched by hand');
       // Not there yet: exit 1, silently.
       const missing = await hand.fetch('FFFFFFFF0000000000000001');
       expect(missing.code).toBe(1);

@@ -1,4 +1,4 @@
-import { chmod, mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, realpath, rm, stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import {
   TandemError,
@@ -70,7 +70,12 @@ export async function walFetch(config: StandbyConfig, name: string, target: stri
         accept: (doc: WalDoc) => checkEpoch(doc, epochDoc),
       });
       if (r.status === 'missing') return 'missing';
-      await recordRestored(config.stateDir, { name, archivedAt: r.doc.archivedAt, at: new Date().toISOString(), epoch: r.doc.epoch });
+      // What promote's preflight reads as "handed to PostgreSQL": only PostgreSQL's own call says so.
+      if (await runByPostgres(config.database.dataDir)) {
+        await recordRestored(config.stateDir, { name, archivedAt: r.doc.archivedAt, at: new Date().toISOString(), epoch: r.doc.epoch });
+      } else {
+        logger.info({ wal: name, target }, 'fetched by hand (not run in the data directory, as PostgreSQL runs restore_command): not recorded as handed to PostgreSQL');
+      }
       return 'restored';
     } catch (err) {
       if (isTandemError(err) && err.kind === 'integrity') {
@@ -81,6 +86,20 @@ export async function walFetch(config: StandbyConfig, name: string, target: stri
     }
   } finally {
     await filestore.close();
+  }
+}
+
+/**
+ * PostgreSQL runs restore_command in the cluster's data directory. A run anywhere else is by hand
+ * (an operator trying a file out): its file never reached PostgreSQL, so it must not count as
+ * replayed, or promote's preflight could pass while PostgreSQL still lacks WAL the filestore has.
+ */
+async function runByPostgres(dataDir: string | undefined): Promise<boolean> {
+  if (dataDir === undefined) return false;
+  try {
+    return (await realpath(process.cwd())) === (await realpath(dataDir));
+  } catch {
+    return false;
   }
 }
 

@@ -66,6 +66,9 @@ export async function spooledFetch(argv: string[]): Promise<boolean> {
     }
   }
   try {
+    // Only for PostgreSQL (it runs restore_command in the data directory): a run by hand takes the
+    // full path, which neither consumes the spool nor records the file as handed over.
+    if (!(await exists(join(process.cwd(), 'PG_VERSION')))) return false;
     const meta = JSON.parse(await readFile(metaFile, 'utf8')) as { archivedAt?: unknown; epoch?: unknown };
     if (typeof meta.archivedAt !== 'string' || typeof meta.epoch !== 'number') return false;
     await rm(tmp, { force: true });
