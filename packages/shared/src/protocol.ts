@@ -115,7 +115,8 @@ export const appliedSchema = z.object({
  * Step names (the `step` of progress, failed and abort messages, the logs and the primary's /status):
  * primary: accepted, wait-for-backup, stop-writes, writes-stopped, final-backup,
  * final-backup-committed, final-wal, final-wal-archived (WAL mode), hold, resume, fenced; a refusal
- * is step "request". standby (abort): wait-for-ready, apply, replay (WAL mode), promote. Free-form on the wire, so that a newer peer's steps still parse.
+ * is step "request". standby (abort): wait-for-ready, apply, replay (WAL mode), promote. Free-form
+ * on the wire, so that a newer peer's steps still parse.
  */
 const requestId = z.string().regex(/^[A-Za-z0-9-]{8,64}$/, 'expected a request id: 8-64 letters, digits or "-"');
 /** A step name; free-form (lowercase and "-") so that a newer peer's steps still parse. */

@@ -103,12 +103,7 @@ export class SwitchoverSteps {
           }
         }
       } catch (err) {
-        if (!this.active(c)) return;
-        if (this.host.isFenced() || isTandemError(err, 'fenced')) return; // fence() → fenced() ends it
-        const error = `the final backup failed: ${describeError(err)}`;
-        this.log.error({ requestId: c.requestId, err }, 'switchover: the final backup failed; putting the primary back');
-        this.step(c, 'final-backup', `FAILED: ${describeError(err)}`);
-        await this.callOff(c, error, 'final-backup', 'best-effort');
+        await this.stepFailed(c, 'final-backup', 'the final backup failed', err);
         return;
       }
       if (!this.active(c)) return;
@@ -128,12 +123,7 @@ export class SwitchoverSteps {
       try {
         walFile = await this.host.finalWal(c.timeoutMs);
       } catch (err) {
-        if (!this.active(c)) return;
-        if (this.host.isFenced() || isTandemError(err, 'fenced')) return;
-        const error = `the last WAL file could not be archived: ${describeError(err)}`;
-        this.log.error({ requestId: c.requestId, err }, 'switchover: the last WAL file could not be archived; putting the primary back');
-        this.step(c, 'final-wal', `FAILED: ${describeError(err)}`);
-        await this.callOff(c, error, 'final-wal', 'best-effort');
+        await this.stepFailed(c, 'final-wal', 'the last WAL file could not be archived', err);
         return;
       }
       if (!this.active(c)) return;
@@ -173,6 +163,18 @@ export class SwitchoverSteps {
    * an unreadable epoch.json keeps the hold and is retried: resuming while another server may be
    * the primary would make two.
    */
+  /**
+   * A step before the hold failed (the final backup, the last WAL file): unless the switchover
+   * ended meanwhile or this primary is fenced (fence() → fenced() ends it), call it off.
+   */
+  private async stepFailed(c: Switchover, step: string, what: string, err: unknown): Promise<void> {
+    if (!this.active(c)) return;
+    if (this.host.isFenced() || isTandemError(err, 'fenced')) return;
+    this.log.error({ requestId: c.requestId, err }, `switchover: ${what}; putting the primary back`);
+    this.step(c, step, `FAILED: ${describeError(err)}`);
+    await this.callOff(c, `${what}: ${describeError(err)}`, step, 'best-effort');
+  }
+
   async callOff(c: Switchover, why: string, step: string, mode: 'must-check-epoch' | 'best-effort'): Promise<void> {
     if (c.state === 'resuming' || !this.active(c)) return;
     this.hold.disarm();
