@@ -1,16 +1,18 @@
 #!/usr/bin/env node
 import { TOOL_VERSION, main } from '@tandem/shared';
-import { backupCommand } from './commands/backup.js';
-import { checkCommand } from './commands/check.js';
-import { initCommand } from './commands/init.js';
-import { listCommand } from './commands/list.js';
-import { pruneCommand } from './commands/prune.js';
-import { runCommand } from './commands/run.js';
-import { walPushCommand } from './commands/wal-push.js';
 
+// Each command's module is loaded when it runs: `backup` and `wal-push` do not load the daemon.
 main({
   bin: 'tandem-primary',
   version: TOOL_VERSION,
   description: 'makes encrypted, signed backup sets of a site and uploads them to a filestore',
-  commands: [initCommand, checkCommand, backupCommand, listCommand, runCommand, pruneCommand, walPushCommand],
+  commands: [
+    { name: 'init', load: async () => (await import('./commands/init.js')).initCommand },
+    { name: 'check', load: async () => (await import('./commands/check.js')).checkCommand },
+    { name: 'backup', load: async () => (await import('./commands/backup.js')).backupCommand },
+    { name: 'list', load: async () => (await import('./commands/list.js')).listCommand },
+    { name: 'run', load: async () => (await import('./commands/run.js')).runCommand },
+    { name: 'prune', load: async () => (await import('./commands/prune.js')).pruneCommand },
+    { name: 'wal-push', load: async () => (await import('./commands/wal-push.js')).walPushCommand },
+  ],
 });

@@ -1,4 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
 import { TandemError, describeError } from './errors.js';
 import { Interrupted } from './interrupts.js';
 import { createLogger, type Logger } from './logger.js';
@@ -42,16 +43,34 @@ const stdoutLine = (line: string): void => void process.stdout.write(`${line}\n`
 const usageError = (p: Program, cmd: Command, message: string): TandemError =>
   new TandemError('config', 'USAGE', `${p.bin} ${cmd.name}: ${message}`, { hint: `see \`${p.bin} ${cmd.name} --help\`` });
 
+/**
+ * A command whose module is loaded only when it runs (or help lists it): a one-shot command does not
+ * load what the daemon needs (the WebSocket server, the metrics registry, the watcher, the
+ * scheduler): less memory for a backup, a shorter start for a wal-push PostgreSQL runs per file.
+ */
+export interface LazyCommand {
+  name: string;
+  load(): Promise<Command>;
+}
+
 export interface Program {
   bin: string;
   version: string;
   description: string;
-  commands: Command[];
+  commands: Array<Command | LazyCommand>;
 }
 
-function programHelp(p: Program): string {
-  const width = Math.max(...p.commands.map((c) => c.name.length));
-  const lines = p.commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`);
+async function loadCommand(c: Command | LazyCommand): Promise<Command> {
+  if (!('load' in c)) return c;
+  const cmd = await c.load();
+  if (cmd.name !== c.name) throw new TandemError('internal', 'COMMAND_NAME', `command "${c.name}" loaded a module for "${cmd.name}"`);
+  return cmd;
+}
+
+async function programHelp(p: Program): Promise<string> {
+  const commands = await Promise.all(p.commands.map(loadCommand));
+  const width = Math.max(...commands.map((c) => c.name.length));
+  const lines = commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`);
   return `${p.bin} ${p.version}: ${p.description}\n\nUsage: ${p.bin} <command> [options]\n\nCommands:\n${lines.join('\n')}\n\nRun \`${p.bin} <command> --help\` for a command's options.\nEnvironment: TANDEM_LOG_LEVEL (info), TANDEM_LOG_FORMAT (auto: human on a terminal, else json; json; human), TANDEM_STATE_DIR.\nA command stopped by Ctrl-C or SIGTERM cleans up, says what it cleaned up, and exits 130 (SIGINT) or 143 (SIGTERM).\n`;
 }
 
@@ -69,18 +88,19 @@ export function formatError(bin: string, err: unknown): string {
 export async function runCli(p: Program, argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(programHelp(p));
+    process.stdout.write(await programHelp(p));
     return name === undefined ? 2 : 0;
   }
   if (name === '--version' || name === '-V') {
     process.stdout.write(`${p.version}\n`);
     return 0;
   }
-  const cmd = p.commands.find((c) => c.name === name);
-  if (!cmd) {
-    process.stderr.write(`${p.bin}: unknown command "${name}"\n\n${programHelp(p)}`);
+  const entry = p.commands.find((c) => c.name === name);
+  if (!entry) {
+    process.stderr.write(`${p.bin}: unknown command "${name}"\n\n${await programHelp(p)}`);
     return 2;
   }
+  const cmd = await loadCommand(entry);
   if (rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(`${cmd.help.trimEnd()}\n`);
     return 0;
@@ -145,6 +165,7 @@ export function main(p: Program): void {
   // burying the agent's one-line error (and filling cron mail). Node 20 is a supported target;
   // an operator who wants the warning back can set the variable to "false".
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+  boundHeapGrowth();
   let settled = false;
   // A command waiting on something that can never happen (a promise nobody settles) ends with an
   // empty event loop, which Node reports as exit status 0: never let that pass for success.
@@ -164,6 +185,24 @@ export function main(p: Program): void {
       exitWhenIdle(p.bin, 70);
     },
   );
+}
+
+/**
+ * The agents' JS heap holds little that lives (~20 MB while 100,000 files are backed up: the blob
+ * table and the packs' bytes are outside it) but makes much that dies after a while (each file's
+ * entry waits for its pack to be stored, so it outlives the young generation). V8 lets the old
+ * generation grow to up to four times what was live at the last full collection before it collects
+ * again: ~70 MB of heap there, most of it garbage. Three times is set here: that backup peaks ~25 MB
+ * lower, and a backup of large files (few objects, many buffers) still runs ~4 full collections, not
+ * the ~40 that twice what is live costs it. TANDEM_HEAP_GROWTH=v8 leaves V8's own policy.
+ */
+function boundHeapGrowth(): void {
+  if (process.env.TANDEM_HEAP_GROWTH === 'v8') return;
+  try {
+    setFlagsFromString('--heap-growing-percent=200');
+  } catch {
+    // A runtime without the flag: V8's own policy.
+  }
 }
 
 /** How long a finished command's process may stay alive before it is ended with the command's exit code. */

@@ -28,6 +28,7 @@ export * from './metrics.js';
 export * from './limiter.js';
 export * from './cas/chunker.js';
 export * from './cas/object-id.js';
+export * from './cas/blob-table.js';
 export * from './history.js';
 export * from './status-page.js';
 export * from './db-meta.js';

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { WebSocket } from 'ws';
+import type { WebSocket } from 'ws';
 import { CLOSE_CODES, MAX_FRAME_BYTES } from './protocol.js';
 
 /**
@@ -22,8 +22,11 @@ import { CLOSE_CODES, MAX_FRAME_BYTES } from './protocol.js';
  */
 export const MUX_QUERY = 'mux=1';
 
-const OPEN = WebSocket.OPEN;
-const CLOSED = WebSocket.CLOSED;
+// The WebSocket readyState values (the same in every implementation): a type-only import of ws
+// keeps the WebSocket library out of what a one-shot command loads.
+const CONNECTING = 0;
+const OPEN = 1;
+const CLOSED = 3;
 
 interface Envelope {
   mux: 1;
@@ -69,7 +72,7 @@ export class SiteChannel extends EventEmitter {
   ) {
     super();
     // Open only once opened() says so (and 'open' is emitted then), even on a socket open already.
-    this.state = WebSocket.CONNECTING;
+    this.state = CONNECTING;
   }
 
   get readyState(): number {

@@ -1,5 +1,6 @@
-import { createReadStream, createWriteStream, lstatSync, readdirSync, readFileSync, type WriteStream } from 'node:fs';
-import { appendFile, lstat, open, readdir, readFile, readlink, rename, rm } from 'node:fs/promises';
+import { closeSync, createReadStream, createWriteStream, existsSync, lstatSync, openSync, readdirSync, readSync, type WriteStream } from 'node:fs';
+import { appendFile, lstat, open, readFile, readlink, rename, rm } from 'node:fs/promises';
+import { StringDecoder } from 'node:string_decoder';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -20,11 +21,12 @@ import {
   type OpenFilestoreOptions,
   faultPoint,
   indexLine,
-  objectId,
+  objectIdBytes,
+  BlobTable,
   objectKey,
   packId,
   readFilesIndex,
-  sealPack,
+  sealPackStream,
   type BlobRef,
   type FilesKey,
   type Filestore,
@@ -55,9 +57,31 @@ import {
  */
 export const FILES_CACHE = 'files-cache.ndjson';
 /** Packs being sealed or uploaded at once: each is up to MAX_PACK_PLAIN in memory, twice (plain and stored). */
-const UPLOADS_IN_FLIGHT = 2;
-/** A file up to this is read whole and cut in memory; a larger one streams through the chunker. */
+const UPLOADS_IN_FLIGHT = 1;
+/** A file up to this is read whole and cut in memory; a larger one is read a chunk window at a time. */
 const READ_WHOLE = DEFAULT_CHUNK_SIZES.max;
+/**
+ * The pack being filled lives in an arena: one buffer of PACK_TARGET plus a largest chunk, into
+ * which files are read directly, so that their blobs are already end to end when the pack is sealed.
+ * A pack never holds more than PACK_TARGET unless it is one chunk, so a file (≤ READ_WHOLE) or a
+ * chunk window (≤ max) always fits after what it holds. Arenas are reused: a backup of 100,000 small
+ * files allocates a few 12 MiB buffers, not a buffer per file (which the collector frees late:
+ * they were most of the memory such a backup held).
+ */
+const ARENA = PACK_TARGET + DEFAULT_CHUNK_SIZES.max;
+/** The open pack's, and one per upload in flight (a pack is sealed as it is uploaded, from its arena). */
+const SPARE_ARENAS = UPLOADS_IN_FLIGHT + 1;
+
+/** The pack being filled: its blobs lie end to end at arena[0, bytes). */
+interface OpenPack {
+  record: PackRecord;
+  /** The ids of its blobs, in order. */
+  blobs: string[];
+  bytes: number;
+  arena: Buffer;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
 
 /** A pack as the walk knows it: stored before (from the cache), or being made by this run. */
 interface PackRecord {
@@ -176,62 +200,85 @@ async function collect(body: Readable, size: number): Promise<Buffer> {
 
 const storedPack = (info: PackInfo): PackRecord => ({ info, stored: Promise.resolve(), done: true });
 
-/** The cache (or a rebuilt index) as what the walk needs: files by path, blobs by id. */
-async function loadKnown(o: FilesObjectsOptions): Promise<{ files: Map<string, CachedFile>; blobs: Map<string, BlobLoc>; source: FilesObjectsStats['cache'] }> {
-  const files = new Map<string, CachedFile>();
-  const blobs = new Map<string, BlobLoc>();
+/** What is stored, as the walk needs it: files by path, and every blob's place (the packs by number). */
+interface Known {
+  files: Map<string, CachedFile>;
+  blobs: BlobTable;
+  /** The packs the table's entries name, by number; this run's packs are added as they open. */
+  packs: PackRecord[];
+  source: FilesObjectsStats['cache'];
+}
+
+/** A file's lines, one at a time (the cache of 100,000 files is ~20 MB: not read into one string). */
+async function* fileLines(file: string): AsyncGenerator<string> {
+  const decoder = new StringDecoder('utf8');
+  let rest = '';
+  for await (const piece of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+    rest += decoder.write(piece);
+    let from = 0;
+    let nl: number;
+    while ((nl = rest.indexOf('\n', from)) >= 0) {
+      yield rest.slice(from, nl);
+      from = nl + 1;
+    }
+    rest = rest.slice(from);
+  }
+  rest += decoder.end();
+  if (rest !== '') yield rest;
+}
+
+/** The cache (or a rebuilt index) as what the walk needs. */
+async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
+  const fresh = (): Known => ({ files: new Map(), blobs: new BlobTable(), packs: [], source: 'none' });
+  let known = fresh();
   const file = join(o.stateDir, FILES_CACHE);
-  const text = await readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return null;
-    throw err;
-  });
-  if (text !== null) {
+  const addBlob = (k: Known, pack: number, offset: number, length: number, id: string) => k.blobs.add(Buffer.from(id, 'hex'), pack, offset, length);
+  if (existsSync(file)) {
     try {
-      const packs: PackRecord[] = [];
-      const lines = text.split('\n');
-      const head = JSON.parse(lines[0] ?? '') as { t: string; setId?: string; site?: string };
+      const lines = fileLines(file);
+      const first = await lines.next();
+      const head = JSON.parse(first.done ? '' : first.value) as { t: string; setId?: string; site?: string };
       if (head.t !== 'h' || head.site !== o.site || typeof head.setId !== 'string') throw new Error('no header');
       if (o.committed.has(head.setId)) {
-        for (const line of lines.slice(1)) {
+        for await (const line of lines) {
           if (line === '') continue;
           const l = JSON.parse(line) as (IndexLine & { ns?: string; ino?: string });
-          if (l.t === 'o') packs.push(storedPack({ id: l.id, size: l.size, sha256: l.sha256, plain: l.plain, c: l.c }));
+          if (l.t === 'o') known.packs.push(storedPack({ id: l.id, size: l.size, sha256: l.sha256, plain: l.plain, c: l.c }));
           else if (l.t === 'f') {
             const locs = l.b.map(([p, offset, length, id]) => {
-              const pack = packs[p];
+              const pack = known.packs[p];
               if (!pack) throw new Error(`pack ${p} unknown`);
+              addBlob(known, p, offset, length, id);
               return { pack, offset, length, id };
             });
-            for (const b of locs) blobs.set(b.id, b);
-            files.set(l.p, { s: l.s, ns: l.ns ?? '', ino: l.ino ?? '', blobs: locs });
+            known.files.set(l.p, { s: l.s, ns: l.ns ?? '', ino: l.ino ?? '', blobs: locs });
           }
         }
-        return { files, blobs, source: 'used' };
+        known.source = 'used';
+        return known;
       }
       o.logger.info({ cache: file, cacheSet: head.setId }, 'the files cache describes a set that is no longer in the filestore: rebuilding it from the newest set');
     } catch (err) {
       o.logger.warn({ err, cache: file }, 'the files cache cannot be read: rebuilding it from the newest set');
     }
   }
-  files.clear();
-  blobs.clear();
+  known = fresh();
   // Rebuilt, what is stored is known again (nothing stored before is uploaded again); every file is
   // read, as no inode was recorded. A rebuild that fails costs only that: every blob is uploaded.
   try {
     const plain = o.rebuild ? await o.rebuild() : null;
-    if (plain === null) return { files, blobs, source: 'none' };
+    if (plain === null) return known;
     const packs: PackInfo[] = [];
-    const records: PackRecord[] = [];
     const gen = readFilesIndex(plain, { label: "the newest set's files index", site: o.site, setId: '*', maxEntries: Number.MAX_SAFE_INTEGER, anySet: true }, packs);
     for await (const e of gen) {
-      while (records.length < packs.length) records.push(storedPack(packs[records.length]!));
-      if (e.t === 'f') for (const [p, offset, length, id] of e.b) blobs.set(id, { pack: records[p]!, offset, length, id });
+      while (known.packs.length < packs.length) known.packs.push(storedPack(packs[known.packs.length]!));
+      if (e.t === 'f') for (const [p, offset, length, id] of e.b) addBlob(known, p, offset, length, id);
     }
-    return { files, blobs, source: 'rebuilt' };
+    known.source = 'rebuilt';
+    return known;
   } catch (err) {
     o.logger.warn({ err }, "the files cache could not be rebuilt from the newest set's index: every file is read and stored again");
-    blobs.clear();
-    return { files, blobs, source: 'none' };
+    return fresh();
   }
 }
 
@@ -317,15 +364,22 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
   };
 
   async function* produce(): AsyncGenerator<Buffer> {
-    const known = await loadKnown(o);
+    let known = await loadKnown(o);
     stats.cache = known.source;
     if (o.reread || o.repair) known.files.clear();
-    if (o.repair) known.blobs.clear();
+    if (o.repair) known = { ...known, blobs: new BlobTable(), packs: [] };
+    /** Every blob stored before and stored by this run (dedup within the tree too), by id. */
+    const table = known.blobs;
+    const packNumbers = new Map<PackRecord, number>();
+    known.packs.forEach((r, n) => packNumbers.set(r, n));
     cacheOut = createWriteStream(cacheNew, { mode: 0o600 });
     writeCache({ t: 'h', site: o.site, setId: o.setId });
-    /** Blobs of this run, by id (dedup within the tree). */
-    const fresh = new Map<string, BlobLoc>();
-    let open_: { record: PackRecord; blobs: Array<{ id: string; data: Buffer }>; bytes: number; resolve: () => void; reject: (e: unknown) => void } | null = null;
+    let open_: OpenPack | null = null;
+    const spare: Buffer[] = [];
+    const take = () => spare.pop() ?? Buffer.allocUnsafeSlow(ARENA);
+    const release = (arena: Buffer) => {
+      if (spare.length < SPARE_ARENAS) spare.push(arena);
+    };
     const inFlight: PackRecord[] = [];
     let failure: unknown;
     const queue: QueuedEntry[] = [];
@@ -339,6 +393,9 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         await makeRoom();
         sealOpen();
       }
+      // The cache is written as the index is (~200 bytes a file): while the disk is busy with the
+      // packs, what waits to be written must not pile up in memory.
+      if (cacheOut?.writableNeedDrain) await new Promise<void>((resolve) => cacheOut!.once('drain', resolve));
     };
     let ordinals = 0;
     let entries = 0;
@@ -347,18 +404,32 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       if (open_ === null) return;
       const p = open_;
       open_ = null;
+      if (p.blobs.length === 0) {
+        // Opened for a file whose blobs were all stored before: nothing to seal.
+        release(p.arena);
+        p.record.done = true;
+        p.resolve();
+        return;
+      }
       inFlight.push(p.record);
       (async () => {
-        const sealed = await sealPack(p.blobs, { hmacKey: o.filesKey.hmacKey, recipients: o.recipients });
+        const blobIds = p.blobs;
         // Never over an existing object (packId): one stat per new pack.
-        for (let attempt = 1; (await o.filestore.stat(objectKey(o.site, sealed.info.id), { signal: o.signal })) !== null; attempt++) {
-          sealed.info.id = packId(o.filesKey.hmacKey, sealed.blobs.map((b) => b.id), attempt);
-        }
-        p.record.info = sealed.info;
+        let attempt = 0;
+        while ((await o.filestore.stat(objectKey(o.site, packId(o.filesKey.hmacKey, blobIds, attempt)), { signal: o.signal })) !== null) attempt++;
         o.signal?.throwIfAborted();
-        await o.filestore.put(objectKey(o.site, sealed.info.id), Readable.from(sealed.pieces), { signal: o.signal, contentLength: sealed.info.size, contentType: 'application/octet-stream' });
+        // Sealed as it is uploaded: the stored bytes are never held whole.
+        const sealing = sealPackStream(blobIds, p.arena.subarray(0, p.bytes), { hmacKey: o.filesKey.hmacKey, recipients: o.recipients, attempt });
+        try {
+          await o.filestore.put(objectKey(o.site, packId(o.filesKey.hmacKey, blobIds, attempt)), sealing.stream, { signal: o.signal, contentType: 'application/octet-stream' });
+        } finally {
+          sealing.stream.destroy();
+        }
+        const info = sealing.info();
+        p.record.info = info;
+        release(p.arena);
         stats.packsUploaded++;
-        stats.storedBytes += sealed.info.size;
+        stats.storedBytes += info.size;
         faultPoint('files-pack-uploaded');
       })().then(
         () => {
@@ -380,7 +451,9 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       });
       stored.catch(() => undefined);
       const record: PackRecord = { stored, done: false };
-      open_ = { record, blobs: [], bytes: 0, resolve, reject };
+      packNumbers.set(record, known.packs.length);
+      known.packs.push(record);
+      open_ = { record, blobs: [], bytes: 0, arena: take(), resolve, reject };
       return open_;
     };
     /** Waits until fewer than UPLOADS_IN_FLIGHT packs are in flight. */
@@ -391,22 +464,113 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       }
       while (inFlight.length > 0 && inFlight[0]!.done) inFlight.shift();
     };
-    const addBlob = async (data: Buffer): Promise<BlobLoc> => {
-      const id = objectId(o.filesKey.hmacKey, data);
-      const have = fresh.get(id) ?? known.blobs.get(id);
-      if (have) return have;
-      if (open_ !== null && open_.bytes + data.length > PACK_TARGET && open_.blobs.length > 0) {
+    /**
+     * The blob at arena[at, at + len) of the open pack `p`, the file's bytes not yet cut lying at
+     * [at + len, end): known, it is only looked up; new, it is moved to the end of the pack (when
+     * earlier blobs of its file were known) or, when the pack is full, the file's bytes from `at` go
+     * to a new pack's arena and this pack is sealed. Returns the blob, the pack now open and by how
+     * much the file's bytes moved down (`shift`).
+     */
+    const placeBlob = async (p: OpenPack, at: number, len: number, end: number): Promise<{ loc: BlobLoc; p: OpenPack; shift: number }> => {
+      const idBytes = objectIdBytes(o.filesKey.hmacKey, p.arena.subarray(at, at + len));
+      const e = table.find(idBytes);
+      if (e >= 0) return { loc: { pack: known.packs[table.pack(e)]!, offset: table.offset(e), length: table.length(e), id: table.idHex(e) }, p, shift: 0 };
+      const id = idBytes.toString('hex');
+      let shift = 0;
+      if (p.bytes + len > PACK_TARGET && p.blobs.length > 0) {
         await makeRoom();
+        const q = newPack();
+        p.arena.copy(q.arena, 0, at, end);
+        shift = at;
+        at = 0;
+        open_ = p;
         sealOpen();
+        open_ = q;
+        p = q;
+      } else if (at !== p.bytes) {
+        p.arena.copyWithin(p.bytes, at, at + len); // below the bytes not yet cut: they stay where they are
+        at = p.bytes;
       }
-      const p = open_ ?? newPack();
-      const loc: BlobLoc = { pack: p.record, offset: p.bytes, length: data.length, id };
-      p.blobs.push({ id, data });
-      p.bytes += data.length;
-      fresh.set(id, loc);
+      const loc: BlobLoc = { pack: p.record, offset: p.bytes, length: len, id };
+      p.blobs.push(id);
+      p.bytes += len;
+      table.add(idBytes, packNumbers.get(p.record)!, loc.offset, len);
       stats.blobsUploaded++;
-      stats.newBytes += data.length;
-      return loc;
+      stats.newBytes += len;
+      return { loc, p, shift };
+    };
+    /** A blob from a buffer of its own (an object of an s3:// paths.files), copied into the arena. */
+    const addBlob = async (data: Buffer): Promise<BlobLoc> => {
+      const p = open_ ?? newPack();
+      data.copy(p.arena, p.bytes);
+      return (await placeBlob(p, p.bytes, data.length, p.bytes + data.length)).loc;
+    };
+    /** Reads into buf[at, at + want) until that is full or the file ends; returns the bytes read. */
+    const readInto = (fd: number, buf: Buffer, at: number, want: number): number => {
+      let n = 0;
+      while (n < want) {
+        const r = readSync(fd, buf, at + n, want - n, null);
+        if (r === 0) break;
+        n += r;
+      }
+      return n;
+    };
+
+    const readBlobs = async (path: string, size: number, open?: () => Promise<Readable>): Promise<BlobLoc[]> => {
+      const out: BlobLoc[] = [];
+      stats.filesRead++;
+      if (open) {
+        const whole = size <= READ_WHOLE ? await collect(await open(), size) : undefined;
+        const pieces = whole ? [whole] : ((await open()).pipe(new ChunkerStream()) as AsyncIterable<Buffer>);
+        for await (const piece of pieces) {
+          stats.bytesRead += piece.length;
+          o.progress?.add(piece.length);
+          if (whole === undefined) out.push(await addBlob(piece));
+          else for (let start = 0; start < whole.length; ) {
+            const len = cutPoint(whole, start, whole.length);
+            out.push(await addBlob(whole.subarray(start, start + len)));
+            start += len;
+          }
+        }
+        return out;
+      }
+      // Read straight into the open pack's arena, a window of up to `max` bytes at a time, cut only
+      // from a full window or at the end of the file: the cuts of ChunkerStream, byte for byte (a
+      // small file is one window). A new blob stays where it was read; the window after a known one
+      // moves down to the end of the pack.
+      const { max } = DEFAULT_CHUNK_SIZES;
+      const fd = openSync(path, 'r');
+      try {
+        let p = open_ ?? newPack();
+        let at = p.bytes;
+        let end = at;
+        let eof = false;
+        for (;;) {
+          if (at > p.bytes) {
+            p.arena.copyWithin(p.bytes, at, end);
+            end -= at - p.bytes;
+            at = p.bytes;
+          }
+          if (!eof && end - at < max) {
+            const want = max - (end - at);
+            const n = readInto(fd, p.arena, end, want);
+            if (n < want) eof = true;
+            end += n;
+            stats.bytesRead += n;
+            o.progress?.add(n);
+          }
+          if (end === at) break;
+          const len = cutPoint(p.arena, at, end);
+          const placed = await placeBlob(p, at, len, end);
+          out.push(placed.loc);
+          at += len - placed.shift;
+          end -= placed.shift;
+          p = placed.p;
+        }
+        return out;
+      } finally {
+        closeSync(fd);
+      }
     };
 
     /** The lines of every queued entry whose packs are all stored, in order. */
@@ -438,29 +602,6 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         } else yield indexLine(q.entry);
       }
     }
-
-    const readBlobs = async (path: string, size: number, open?: () => Promise<Readable>): Promise<BlobLoc[]> => {
-      const out: BlobLoc[] = [];
-      stats.filesRead++;
-      if (size <= READ_WHOLE) {
-        const data = open ? await collect(await open(), size) : readFileSync(path);
-        stats.bytesRead += data.length;
-        o.progress?.add(data.length);
-        for (let start = 0; start < data.length; ) {
-          const len = cutPoint(data, start, data.length);
-          out.push(await addBlob(data.subarray(start, start + len)));
-          start += len;
-        }
-        return out;
-      }
-      const chunker = (open ? await open() : createReadStream(path, { highWaterMark: 1 << 20 })).pipe(new ChunkerStream());
-      for await (const chunk of chunker as AsyncIterable<Buffer>) {
-        stats.bytesRead += chunk.length;
-        o.progress?.add(chunk.length);
-        out.push(await addBlob(chunk));
-      }
-      return out;
-    };
 
     yield indexLine({ t: 'h', format: FILES_INDEX_FORMAT, version: FILES_INDEX_VERSION, site: o.site, setId: o.setId, chunking: DEFAULT_CHUNK_SIZES });
     let bytes = 0;

@@ -13,6 +13,11 @@ export function objectId(key: Buffer, plaintext: Buffer): string {
   return createHmac('sha256', key).update(plaintext).digest('hex');
 }
 
+/** objectId as its 32 bytes. */
+export function objectIdBytes(key: Buffer, plaintext: Buffer): Buffer {
+  return createHmac('sha256', key).update(plaintext).digest();
+}
+
 /** A standby's check before it uses a byte of an object: its plaintext is what its name says. */
 export function objectMatches(key: Buffer, id: string, plaintext: Buffer): boolean {
   if (!OBJECT_ID_PATTERN.test(id)) return false;

@@ -1,7 +1,7 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
-import type { Transform } from 'node:stream';
+import { Readable, Transform, pipeline, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';
-import { deflateRaw, deflateRawSync, inflateRawSync } from 'node:zlib';
+import { createDeflateRaw, deflateRaw, deflateRawSync, inflateRawSync } from 'node:zlib';
 import { createAgeDecryptStream, createAgeEncryptStream } from '../crypto/age/index.js';
 import { TandemError } from '../errors.js';
 import { objectId } from './object-id.js';
@@ -145,8 +145,13 @@ export function compressible(plain: Buffer): boolean {
   return deflateRawSync(sample, { level: 1 }).length < sample.length * 0.9;
 }
 
-/** Seals blobs (each with its id) into a pack; recipients null: the set is unencrypted. */
-export async function sealPack(blobs: Array<{ id: string; data: Buffer }>, o: { hmacKey: Buffer; recipients: string[] | null; attempt?: number }): Promise<SealedPack> {
+/**
+ * Seals blobs (each with its id) into a pack; recipients null: the set is unencrypted. `plain`, when
+ * the caller has the blobs end to end in one buffer already (a packing arena), is that buffer: it is
+ * compressed and encrypted as it is, with no join; the pieces returned are then views of it when the
+ * set is unencrypted and uncompressed (the caller keeps it until they are stored).
+ */
+export async function sealPack(blobs: Array<{ id: string; data: Buffer }>, o: { hmacKey: Buffer; recipients: string[] | null; attempt?: number; plain?: Buffer }): Promise<SealedPack> {
   const placed: PackedBlob[] = [];
   let offset = 0;
   for (const b of blobs) {
@@ -157,7 +162,9 @@ export async function sealPack(blobs: Array<{ id: string; data: Buffer }>, o: { 
   // A sample from the blob at the middle of the pack decides; only a pack that compresses is joined.
   const middle = placed.find((b) => b.offset + b.length > offset / 2) ?? placed[0];
   const deflate = middle !== undefined && compressible(blobs[placed.indexOf(middle)]!.data);
-  const body = deflate ? [await deflateRawAsync(Buffer.concat(blobs.map((b) => b.data), offset), { level: 1 })] : blobs.map((b) => b.data);
+  if (o.plain !== undefined && o.plain.length !== offset) throw new RangeError(`pack plaintext of ${o.plain.length} bytes for blobs of ${offset}`);
+  const joined_ = o.plain ?? (deflate ? Buffer.concat(blobs.map((b) => b.data), offset) : undefined);
+  const body = deflate ? [await deflateRawAsync(joined_!, { level: 1 })] : joined_ !== undefined ? [joined_] : blobs.map((b) => b.data);
   const pieces = o.recipients ? await runTransformPieces(createAgeEncryptStream(o.recipients), body) : body;
   const hash = createHash('sha256');
   let size = 0;
@@ -175,6 +182,61 @@ export async function sealPack(blobs: Array<{ id: string; data: Buffer }>, o: { 
       return joined;
     },
     blobs: placed,
+  };
+}
+
+/** What a stream of a pack's stored bytes tells once it ended: what the index says of the pack. */
+export interface PackStream {
+  /** The stored bytes as they are made: compressed (maybe), encrypted (unless the set is not). */
+  stream: Readable;
+  /** The pack's info, complete (size, SHA-256) once the stream ended. */
+  info(): PackInfo;
+}
+
+/** Plaintext fed to compression and encryption a piece at a time: what waits downstream stays bounded. */
+const FEED = 1 << 20;
+
+/**
+ * A pack sealed as it is uploaded: the plaintext (the blobs end to end, one buffer) flows through
+ * deflate (when a sample says it helps), age and a hasher into whatever reads `stream`, so that the
+ * stored bytes are never held whole: a backup keeps the plaintext of the packs in flight and little
+ * more. The caller keeps `plain` unchanged until the stream ended. `id` is decided before (packId);
+ * size and SHA-256 are known once the last byte went through.
+ */
+export function sealPackStream(blobIds: string[], plain: Buffer, o: { hmacKey: Buffer; recipients: string[] | null; attempt?: number }): PackStream {
+  if (plain.length > MAX_PACK_PLAIN) throw new RangeError(`pack of ${plain.length} bytes is over the ${MAX_PACK_PLAIN} limit`);
+  const deflate = compressible(plain);
+  const hash = createHash('sha256');
+  let size = 0;
+  let ended = false;
+  const hasher = new Transform({
+    transform(chunk: Buffer, _e: BufferEncoding, cb: TransformCallback) {
+      hash.update(chunk);
+      size += chunk.length;
+      cb(null, chunk);
+    },
+    flush(cb: TransformCallback) {
+      ended = true;
+      cb();
+    },
+  });
+  const feed = function* () {
+    for (let at = 0; at < plain.length; at += FEED) yield plain.subarray(at, Math.min(at + FEED, plain.length));
+  };
+  const stages: Transform[] = [];
+  if (deflate) stages.push(createDeflateRaw({ level: 1 }));
+  if (o.recipients) stages.push(createAgeEncryptStream(o.recipients));
+  // A failure anywhere (or the reader destroying the stream) destroys every stage; it surfaces on `stream`.
+  pipeline([Readable.from(feed(), { objectMode: false }), ...stages, hasher], () => undefined);
+  const id = packId(o.hmacKey, blobIds, o.attempt);
+  let digest: string | undefined;
+  return {
+    stream: hasher,
+    info() {
+      if (!ended) throw new TandemError('internal', 'PACK_NOT_FINISHED', `pack ${id}: its info was asked for before its stored bytes were all read`);
+      digest ??= hash.digest('hex');
+      return { id, size, sha256: digest, plain: plain.length, c: deflate ? 'deflate' : 'none' };
+    },
   };
 }
 
