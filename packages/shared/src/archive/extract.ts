@@ -144,30 +144,63 @@ function writeNewFile(abs: string, data: Buffer, mode: number, times: [number, n
   });
 }
 
-/** Larger files stream through, written in batches of about 1 MiB. */
+/** Writes `bufs` at `position` whole (writev may write less than asked). */
+async function writevAll(fh: fsp.FileHandle, bufs: Buffer[], position: number): Promise<void> {
+  let left = bufs;
+  let at = position;
+  while (left.length > 0) {
+    let { bytesWritten: n } = await fh.writev(left, at);
+    at += n;
+    const rest: Buffer[] = [];
+    for (const b of left) {
+      if (n >= b.length) n -= b.length;
+      else {
+        rest.push(n > 0 ? b.subarray(n) : b);
+        n = 0;
+      }
+    }
+    left = rest;
+  }
+}
+
+/** Batches of a large file written while the next ones are decrypted and parsed. */
+const LARGE_WRITES_IN_FLIGHT = 2;
+
+/**
+ * Larger files stream through, written in batches of about 1 MiB at their offsets, up to
+ * LARGE_WRITES_IN_FLIGHT at a time on the libuv pool: the thread that decrypts and parses the archive does
+ * not wait for each write to finish, and the pieces are written as they came (writev, no join).
+ */
 async function writeLargeFile(e: ReadEntry, abs: string, mode: number): Promise<number> {
   const fh = await fsp.open(abs, OPEN_NEW_FILE, 0o600);
+  const inFlight: Array<Promise<void>> = [];
   try {
     let written = 0;
     let batch: Buffer[] = [];
     let batched = 0;
-    const flush = async () => {
-      const data = Buffer.concat(batch, batched);
-      for (let off = 0; off < data.length; ) off += (await fh.write(data, off)).bytesWritten;
-      written += data.length;
+    const issue = () => {
+      const w = writevAll(fh, batch, written);
+      w.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
+      inFlight.push(w);
+      written += batched;
       batch = [];
       batched = 0;
     };
     for await (const chunk of e as AsyncIterable<Buffer>) {
       batch.push(chunk);
       batched += chunk.length;
-      if (batched >= WRITE_BATCH) await flush();
+      if (batched >= WRITE_BATCH) {
+        issue();
+        if (inFlight.length >= LARGE_WRITES_IN_FLIGHT) await inFlight.shift();
+      }
     }
-    if (batched > 0) await flush();
+    if (batched > 0) issue();
+    while (inFlight.length > 0) await inFlight.shift();
     await fh.chmod(mode);
     if (e.mtime) await fh.utimes(utime(e.atime ?? e.mtime), utime(e.mtime));
     return written;
   } finally {
+    await Promise.allSettled(inFlight);
     await fh.close();
   }
 }
