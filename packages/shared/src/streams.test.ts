@@ -3,7 +3,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
 import type { TandemError } from './errors.js';
-import { HashCounter, spawnFilter, spawnSource } from './streams.js';
+import { HashCounter, spawnFilter, spawnSource, textLines } from './streams.js';
 import { collector, rejectedWith } from './testing/helpers.js';
 
 /** `n` bytes in 64 KiB chunks, generated lazily. */
@@ -169,5 +169,33 @@ describe('spawnFilter / spawnSource', () => {
     const sink = collector();
     await pipeline(spawnSource('sh', ['-c', 'printf "$TANDEM_X"'], { label: 'env', env: { PATH: process.env.PATH, TANDEM_X: 'y' } }), sink);
     expect(sink.data().toString()).toBe('y');
+  });
+});
+
+describe('textLines', () => {
+  const collect = async (pieces: Array<Buffer | string>, max?: number) => {
+    const out: string[] = [];
+    for await (const l of textLines((async function* () { yield* pieces; })(), max)) out.push(l);
+    return out;
+  };
+
+  it('splits on newlines across pieces, a character split between pieces kept whole, a last line without one', async () => {
+    const text = Buffer.from('één\ntwee\n\ndrie');
+    expect(await collect([text.subarray(0, 1), text.subarray(1, 7), text.subarray(7)])).toEqual(['één', 'twee', '', 'drie']);
+    expect(await collect(['a\n'])).toEqual(['a']);
+    expect(await collect([])).toEqual([]);
+  });
+
+  it('refuses a line longer than the limit before reading on', async () => {
+    let read = 0;
+    const endless = (async function* () {
+      for (;;) {
+        read++;
+        yield 'x'.repeat(1000);
+      }
+    })();
+    const lines = textLines(endless, 5000);
+    await expect(lines.next()).rejects.toThrow(/longer than 5000/);
+    expect(read).toBe(6);
   });
 });

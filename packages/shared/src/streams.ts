@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { Duplex, Transform, type TransformCallback } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 import { TandemError } from './errors.js';
 
 /** Pass-through that computes the SHA-256 and the byte count of everything that flows through. */
@@ -266,4 +267,29 @@ export function spawnFilter(command: string, args: string[], opts: SpawnStreamOp
  */
 export function spawnSource(command: string, args: string[], opts: SpawnStreamOptions): ChildStream {
   return new ChildStream(command, args, opts, false);
+}
+
+/**
+ * The lines of a UTF-8 text stream, without their newlines (a last line without one too). A line
+ * still longer than `maxLine` characters when a piece has been split is refused by `tooLong`,
+ * which must throw, before more is read: a hostile stream cannot make one line of any size.
+ */
+export async function* textLines(source: AsyncIterable<Buffer | string>, maxLine = Number.POSITIVE_INFINITY, tooLong: () => never = () => {
+  throw new TandemError('integrity', 'LINE_TOO_LONG', `a line longer than ${maxLine} characters`);
+}): AsyncGenerator<string> {
+  const decoder = new StringDecoder('utf8');
+  let rest = '';
+  for await (const piece of source) {
+    rest += typeof piece === 'string' ? piece : decoder.write(piece);
+    let from = 0;
+    let nl: number;
+    while ((nl = rest.indexOf('\n', from)) >= 0) {
+      yield rest.slice(from, nl);
+      from = nl + 1;
+    }
+    rest = rest.slice(from);
+    if (rest.length > maxLine) tooLong();
+  }
+  rest += decoder.end();
+  if (rest !== '') yield rest;
 }

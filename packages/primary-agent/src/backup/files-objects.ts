@@ -1,6 +1,5 @@
 import { closeSync, createReadStream, createWriteStream, existsSync, lstatSync, openSync, readdirSync, readSync, type WriteStream } from 'node:fs';
 import { appendFile, lstat, open, readFile, readlink, rename, rm } from 'node:fs/promises';
-import { StringDecoder } from 'node:string_decoder';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -27,6 +26,7 @@ import {
   packId,
   readFilesIndex,
   sealPackStream,
+  textLines,
   type BlobRef,
   type FilesKey,
   type Filestore,
@@ -209,24 +209,6 @@ interface Known {
   source: FilesObjectsStats['cache'];
 }
 
-/** A file's lines, one at a time (the cache of 100,000 files is ~20 MB: not read into one string). */
-async function* fileLines(file: string): AsyncGenerator<string> {
-  const decoder = new StringDecoder('utf8');
-  let rest = '';
-  for await (const piece of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
-    rest += decoder.write(piece);
-    let from = 0;
-    let nl: number;
-    while ((nl = rest.indexOf('\n', from)) >= 0) {
-      yield rest.slice(from, nl);
-      from = nl + 1;
-    }
-    rest = rest.slice(from);
-  }
-  rest += decoder.end();
-  if (rest !== '') yield rest;
-}
-
 /** The cache (or a rebuilt index) as what the walk needs. */
 async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
   const fresh = (): Known => ({ files: new Map(), blobs: new BlobTable(), packs: [], source: 'none' });
@@ -235,7 +217,8 @@ async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
   const addBlob = (k: Known, pack: number, offset: number, length: number, id: string) => k.blobs.add(Buffer.from(id, 'hex'), pack, offset, length);
   if (existsSync(file)) {
     try {
-      const lines = fileLines(file);
+      // A line at a time: the cache of 100,000 files is ~20 MB, not read into one string.
+      const lines = textLines(createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>);
       const first = await lines.next();
       const head = JSON.parse(first.done ? '' : first.value) as { t: string; setId?: string; site?: string };
       if (head.t !== 'h' || head.site !== o.site || typeof head.setId !== 'string') throw new Error('no header');

@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
-import { StringDecoder } from 'node:string_decoder';
 import { TandemError } from '../errors.js';
+import { textLines } from '../streams.js';
 import { OBJECT_ID_PATTERN } from './object-id.js';
 import { MAX_PACK_PLAIN, type PackInfo } from './pack.js';
 import type { ChunkSizes } from './chunker.js';
@@ -115,27 +115,11 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
       hint: 'the index is signed, so this set was made by a faulty primary: make a new set; nothing was written to the live files',
     });
   };
-  let rest = '';
-  const decoder = new StringDecoder('utf8');
-  const lines = async function* (): AsyncGenerator<string> {
-    for await (const piece of plain as AsyncIterable<Buffer | string>) {
-      rest += typeof piece === 'string' ? piece : decoder.write(piece);
-      let from = 0;
-      let nl: number;
-      while ((nl = rest.indexOf('\n', from)) >= 0) {
-        yield rest.slice(from, nl);
-        from = nl + 1;
-      }
-      rest = rest.slice(from);
-      if (rest.length > MAX_LINE) {
-        lineNo++;
-        fail(`a line longer than ${MAX_LINE} bytes`);
-      }
-    }
-    rest += decoder.end();
-    if (rest !== '') yield rest;
+  const tooLong = (): never => {
+    lineNo++;
+    return fail(`a line longer than ${MAX_LINE} bytes`);
   };
-  for await (const text of lines()) {
+  for await (const text of textLines(plain as AsyncIterable<Buffer | string>, MAX_LINE, tooLong)) {
     lineNo++;
     if (end) fail('a line after the end line');
     let l: IndexLine;

@@ -9,7 +9,7 @@ import { createAgeEncryptStream, formatIdentityFile, generateAgeKeyPair } from '
 import { isTandemError } from '../errors.js';
 import { filesKeyFromIdentity } from './files-key.js';
 import { objectId } from './object-id.js';
-import { MAX_PACK_PLAIN, blobAt, openPack, packId, runTransform, sealPack, type PackInfo } from './pack.js';
+import { MAX_PACK_PLAIN, blobAt, openPack, openPackPieces, packId, runTransform, sealPack, sealPackStream, type PackInfo } from './pack.js';
 
 const site = generateAgeKeyPair();
 const filesKey = filesKeyFromIdentity(generateAgeKeyPair().identity, 'files.agekey');
@@ -53,6 +53,19 @@ describe('packs', () => {
     const opened = await openPack(sealed.stored, sealed.info, { identities: encrypted ? [site.identity] : null, label: LABEL });
     expect(opened.equals(plain)).toBe(true);
     sealed.blobs.forEach((b, i) => expect(blobAt(opened, b, filesKey.hmacKey, LABEL).equals(blobs[i]!.data)).toBe(true));
+  });
+
+  it.each(cases)('sealed as it streams: $what', async ({ data, encrypted, c }) => {
+    const blobs = data().map((d) => blob(d));
+    const plain = Buffer.concat(blobs.map((b) => b.data));
+    const sealing = sealPackStream(blobs.map((b) => b.id), plain, { hmacKey: filesKey.hmacKey, recipients: encrypted ? [site.recipient] : null });
+    expect(() => sealing.info()).toThrow(/before its stored bytes were all read/);
+    const parts: Buffer[] = [];
+    for await (const p of sealing.stream as AsyncIterable<Buffer>) parts.push(p);
+    const stored = Buffer.concat(parts);
+    expect(sealing.info()).toEqual({ id: packId(filesKey.hmacKey, blobs.map((b) => b.id)), size: stored.length, sha256: sha256(stored), plain: plain.length, c });
+    const opened = await openPackPieces([stored], sealing.info(), { identities: encrypted ? [site.identity] : null, label: LABEL });
+    expect(Buffer.concat(opened.pieces).equals(plain)).toBe(true);
   });
 
   it('a pack id depends on its blobs, their order, the key and the attempt', () => {
