@@ -21,7 +21,7 @@ import {
   apply,
   backup,
   createStandbySite,
-  dropSiteDatabases,
+  removeStandbySite,
   forgeSet,
   restartLog,
   runStandby,
@@ -56,15 +56,16 @@ async function latestSetId(s: StandbySite): Promise<string> {
   }
 }
 
-const sites: StandbySite[] = [];
+const sites: Array<{ s: StandbySite; root: string }> = [];
 beforeAll(ensurePostgres);
 afterAll(async () => {
-  for (const s of sites) await dropSiteDatabases(s);
+  for (const { s, root } of sites) await removeStandbySite(s, root);
 });
 
 async function newSite(): Promise<StandbySite> {
-  const s = await createStandbySite(await tmpDir('tandem-failover-'));
-  sites.push(s);
+  const root = await tmpDir('tandem-failover-');
+  const s = await createStandbySite(root);
+  sites.push({ s, root });
   return s;
 }
 

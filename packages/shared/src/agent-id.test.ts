@@ -1,11 +1,13 @@
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { removeTempDirs, tempDirSync } from './testing/helpers.js';
 import { agentId, agentIdPath, readAgentId } from './agent-id.js';
 import { isTandemError } from './errors.js';
 
-const dir = () => mkdtempSync(join(tmpdir(), 'tandem-agent-id-'));
+afterAll(removeTempDirs);
+
+const dir = () => tempDirSync('tandem-agent-id-');
 
 describe('agent id', () => {
   it('is generated once per state directory, kept 0600, and differs between state directories', () => {

@@ -1,10 +1,11 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { loadPrimaryConfig, parseConfigText, primaryConfigSchema } from './config.js';
 import { expandEnvString } from './config-env.js';
-import { thrownBy } from './testing/helpers.js';
+import { removeTempDirs, tempDirSync, thrownBy } from './testing/helpers.js';
+
+afterAll(removeTempDirs);
 
 const PRIMARY = `
 site: \${SITE}
@@ -93,7 +94,7 @@ describe('loadPrimaryConfig and the process environment', () => {
 
   it('reads the variables from the environment of the process', () => {
     Object.assign(process.env, ENV);
-    const dir = mkdtempSync(join(tmpdir(), 'tandem-config-env-'));
+    const dir = tempDirSync('tandem-config-env-');
     const file = join(dir, 'primary.yml');
     writeFileSync(file, PRIMARY);
     expect(loadPrimaryConfig(file).site).toBe('shop');

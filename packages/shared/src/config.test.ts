@@ -1,12 +1,13 @@
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { defaultStateDir, loadPrimaryConfig, loadPrimarySites, loadStandbyConfig, loadStandbySites, selectSite, type PrimaryConfig, type StandbyConfig } from './config.js';
-import { thrownBy } from './testing/helpers.js';
+import { removeTempDirs, tempDirSync, thrownBy } from './testing/helpers.js';
+
+afterAll(removeTempDirs);
 
 function write(text: string): string {
-  const dir = mkdtempSync(join(tmpdir(), 'tandem-config-'));
+  const dir = tempDirSync('tandem-config-');
   const file = join(dir, 'agent.yml');
   writeFileSync(file, text);
   return file;
@@ -174,7 +175,7 @@ server: { listen: "127.0.0.1:7171", readTokenFile: ./keys/read.token }
 
 /** A directory with the config file `agent.yml` and, for sitesDir, more files. */
 function writeTree(files: Record<string, string>): string {
-  const dir = mkdtempSync(join(tmpdir(), 'tandem-sites-'));
+  const dir = tempDirSync('tandem-sites-');
   for (const [name, text] of Object.entries(files)) {
     mkdirSync(dirname(join(dir, name)), { recursive: true });
     writeFileSync(join(dir, name), text);

@@ -1,12 +1,13 @@
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadStandbyConfig, loadPrimaryConfig } from './config.js';
 import type { Logger } from './logger.js';
 import { ReloadingTls, describeTlsFailure, loadClientTls, loadServerTls, tlsOptions, type TlsMaterial } from './tls.js';
-import { thrownBy } from './testing/helpers.js';
+import { removeTempDirs, tempDirSync, thrownBy } from './testing/helpers.js';
+
+afterAll(removeTempDirs);
 
 /** Certificates made with the real openssl: a CA, two server certificates (serials 0x11, 0x22), a client certificate. */
 const EC = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
@@ -30,7 +31,7 @@ function capture(): Logger & { lines: Array<{ level: string; msg: string }> } {
 
 /** A directory (0700) with copies of the named files, for tests that change them. */
 function workDir(files: Record<string, string>): string {
-  const dir = mkdtempSync(join(tmpdir(), 'tandem-tls-work-'));
+  const dir = tempDirSync('tandem-tls-work-');
   for (const [to, from] of Object.entries(files)) {
     copyFileSync(f(from), join(dir, to));
     chmodSync(join(dir, to), 0o600);
@@ -39,7 +40,7 @@ function workDir(files: Record<string, string>): string {
 }
 
 beforeAll(() => {
-  pki = mkdtempSync(join(tmpdir(), 'tandem-tls-unit-'));
+  pki = tempDirSync('tandem-tls-unit-');
   openssl(['req', '-x509', ...EC, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=unit CA'], pki);
   issue(pki, 'one', 0x11);
   issue(pki, 'two', 0x22);
@@ -161,7 +162,7 @@ describe('TLS failures in words', () => {
 
 describe('TLS in the configs', () => {
   const write = (text: string) => {
-    const dir = mkdtempSync(join(tmpdir(), 'tandem-tls-config-'));
+    const dir = tempDirSync('tandem-tls-config-');
     const file = join(dir, 'agent.yml');
     writeFileSync(file, text);
     return file;

@@ -1,19 +1,19 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { openFilestore } from '../filestore/open.js';
 import { signLatest, type LatestPointer } from '../manifest.js';
-import { rejectedWith, thrownBy } from '../testing/helpers.js';
+import { rejectedWith, removeTempDirs, tempDirSync, thrownBy } from '../testing/helpers.js';
 import { parseEpoch } from './epoch.js';
 import { checkHeartbeat, readVerifiedHeartbeat, signHeartbeat, verifyHeartbeat, type Heartbeat } from './heartbeat.js';
 import { readVerifiedLatest } from './latest.js';
 import { encodeStandbyReport, parseStandbyReport, readStandbyReports } from './standby-report.js';
 
+afterAll(removeTempDirs);
+
 const SET = '20261122T030000Z-e1-000042';
 const T = '2026-11-22T03:00:41.112Z';
-const store = () => openFilestore(`file://${mkdtempSync(join(tmpdir(), 'tandem-store-'))}`);
+const store = () => openFilestore(`file://${tempDirSync('tandem-store-')}`);
 const keys = () => generateKeyPairSync('ed25519');
 
 describe('latest.json', () => {

@@ -1,12 +1,13 @@
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { removeTempDirs, tempDirSync } from '../testing/helpers.js';
 import { FencedError, assertNotFenced, checkFenced, onFencedEnv, raiseEpoch, readEpochDoc, readOrCreateEpoch, requireEpoch } from './epoch.js';
 import { TandemError, isTandemError } from '../errors.js';
 import { openFilestore } from '../filestore/open.js';
 
-const store = () => openFilestore(`file://${mkdtempSync(join(tmpdir(), 'tandem-epoch-'))}`);
+afterAll(removeTempDirs);
+
+const store = () => openFilestore(`file://${tempDirSync('tandem-epoch-')}`);
 
 describe('epoch.json', () => {
   it('is created once, as epoch 1 naming the first primary', async () => {

@@ -1,16 +1,17 @@
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { DirFilestore } from '../filestore/dir-filestore.js';
 import type { Filestore } from '../filestore/filestore.js';
-import { rejectedWith } from '../testing/helpers.js';
+import { rejectedWith, removeTempDirs, tempDirSync } from '../testing/helpers.js';
 import { MarkerGatedFilestore } from './marker-gate.js';
 import { FILESTORE_MARKER_KEY, parseFilestoreMarker, readFilestoreMarker, requireFilestoreMarker, writeFilestoreMarker } from './marker.js';
 
-const parent = () => mkdtempSync(join(tmpdir(), 'tandem-marker-'));
+afterAll(removeTempDirs);
+
+const parent = () => tempDirSync('tandem-marker-');
 const urlOf = (dir: string) => pathToFileURL(dir).href;
 
 describe('writeFilestoreMarker', () => {

@@ -1,12 +1,13 @@
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { removeTempDirs, tempDirSync } from '../testing/helpers.js';
 import { openFilestore } from '../filestore/open.js';
 import { makeSetId } from './layout.js';
 import { compareSetIds, compareSets, countSetsNewerThan, listSetDirs, listSets, setRefOf } from './sets.js';
 
-const store = () => openFilestore(`file://${mkdtempSync(join(tmpdir(), 'tandem-sets-'))}`);
+afterAll(removeTempDirs);
+
+const store = () => openFilestore(`file://${tempDirSync('tandem-sets-')}`);
 const ref = (id: string) => setRefOf(id)!;
 
 describe('the order of sets', () => {

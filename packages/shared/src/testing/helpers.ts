@@ -2,6 +2,9 @@
  * Helpers shared by the packages' unit tests. Never part of the build (tsconfig.json excludes
  * src/testing, as it excludes the *.test.ts files): nothing outside a test may import this.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { expect } from 'vitest';
 import { TandemError, type ErrorKind } from '../errors.js';
@@ -55,4 +58,21 @@ export function collector(): Writable & { data(): Buffer } {
     },
   });
   return Object.assign(w, { data: () => Buffer.concat(chunks) });
+}
+
+const tempDirs = new Set<string>();
+
+/**
+ * A new directory under the OS temp dir, removed by removeTempDirs (a test file calls it from
+ * afterAll): tests must not leave their trees behind on a machine that runs them every day.
+ */
+export function tempDirSync(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  tempDirs.add(dir);
+  return dir;
+}
+
+export function removeTempDirs(): void {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+  tempDirs.clear();
 }
