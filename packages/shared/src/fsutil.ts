@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, rename, rm, statfs } from 'node:fs/promises';
+import { mkdir, open, rename, rm, statfs, type FileHandle } from 'node:fs/promises';
 import { dirname, join, basename, resolve } from 'node:path';
 
 /** open() flags for creating a file that must not exist yet, never through a symlink. */
@@ -74,5 +74,27 @@ export async function freeBytes(dir: string): Promise<number | undefined> {
     return s.bavail * s.bsize;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Writes `bufs` whole, in order, from `position` (the file's current position when null): one
+ * writev, again for what a short write left. The pieces are not joined first.
+ */
+export async function writevAll(fh: FileHandle, bufs: Buffer[], position: number | null = null): Promise<void> {
+  let left = bufs;
+  let at = position;
+  while (left.length > 0) {
+    let { bytesWritten: n } = await fh.writev(left, at ?? undefined);
+    if (at !== null) at += n;
+    const rest: Buffer[] = [];
+    for (const b of left) {
+      if (n >= b.length) n -= b.length;
+      else {
+        rest.push(n > 0 ? b.subarray(n) : b);
+        n = 0;
+      }
+    }
+    left = rest;
   }
 }

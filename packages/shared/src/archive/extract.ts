@@ -19,7 +19,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { ReadEntry } from 'tar';
 import { TandemError, describeError } from '../errors.js';
-import { OPEN_NEW_FILE, mkdirp } from '../fsutil.js';
+import { OPEN_NEW_FILE, mkdirp, writevAll } from '../fsutil.js';
 import { EntryRules, normalize, unsafe } from './entry-rules.js';
 import { guardEarlyErrors, limitError, runParser } from './parse.js';
 
@@ -142,25 +142,6 @@ function writeNewFile(abs: string, data: Buffer, mode: number, times: [number, n
       write(0);
     });
   });
-}
-
-/** Writes `bufs` at `position` whole (writev may write less than asked). */
-async function writevAll(fh: fsp.FileHandle, bufs: Buffer[], position: number): Promise<void> {
-  let left = bufs;
-  let at = position;
-  while (left.length > 0) {
-    let { bytesWritten: n } = await fh.writev(left, at);
-    at += n;
-    const rest: Buffer[] = [];
-    for (const b of left) {
-      if (n >= b.length) n -= b.length;
-      else {
-        rest.push(n > 0 ? b.subarray(n) : b);
-        n = 0;
-      }
-    }
-    left = rest;
-  }
 }
 
 /** Batches of a large file written while the next ones are decrypted and parsed. */

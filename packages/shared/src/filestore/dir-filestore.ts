@@ -8,6 +8,7 @@ import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { pathToFileURL } from 'node:url';
 import { TandemError } from '../errors.js';
+import { writevAll } from '../fsutil.js';
 import { pidAlive } from '../net.js';
 import { RESERVED_MARK, abortError, abortableBody, byteOrder, checkKey, checkPrefix, lengthCheck, preconditionError, throwIfAborted } from './common.js';
 import { fsError } from './dir-errors.js';
@@ -77,9 +78,6 @@ async function readSmall(fh: FileHandle, st: BigIntStats, max: number, p: string
   return Buffer.concat(chunks, total);
 }
 
-async function writeAll(fh: FileHandle, buf: Buffer): Promise<void> {
-  for (let off = 0; off < buf.length; ) off += (await fh.write(buf, off, buf.length - off)).bytesWritten;
-}
 
 export interface DirFilestoreOptions {
   /** A conditional-write lock older than this is presumed left by a crashed writer and taken over. */
@@ -376,12 +374,12 @@ export class DirFilestore implements Filestore {
       throw fsError(err, 'write', final);
     }
     // A 4 MiB buffer and writev: the producer (64 KiB age chunks) keeps running while one gathered
-    // write goes to disk, instead of stalling on every chunk (measured: ~30% less CPU per artifact).
+    // write goes to disk, instead of stalling on every chunk (measured: ~30% less CPU per artifact);
+    // the chunks go to the kernel as they are (one writev(2)), not joined into one buffer first.
     const sink = new Writable({
       highWaterMark: 4 << 20,
       writev(chunks, cb) {
-        const buf = chunks.length === 1 ? (chunks[0]!.chunk as Buffer) : Buffer.concat(chunks.map((c) => c.chunk as Buffer));
-        writeAll(fh, buf).then(
+        writevAll(fh, chunks.map((c) => c.chunk as Buffer)).then(
           () => cb(),
           (err: unknown) => cb(fsError(err, 'write', final) as Error),
         );
