@@ -1,4 +1,12 @@
-import { Registry, collectDefaultMetrics } from 'prom-client';
+import { createRequire } from 'node:module';
+import type { Registry } from 'prom-client';
+
+/**
+ * prom-client, loaded by the first registry made: the barrel of this package is imported by every
+ * command, and only the daemons serve metrics (a wal-push PostgreSQL runs per file must not load it).
+ */
+let promClient: typeof import('prom-client') | undefined;
+const prom = (): typeof import('prom-client') => (promClient ??= createRequire(import.meta.url)('prom-client') as typeof import('prom-client'));
 
 /**
  * A daemon's Prometheus metrics on a registry of its own (served at GET /metrics), with the
@@ -10,11 +18,11 @@ import { Registry, collectDefaultMetrics } from 'prom-client';
  * scrape is their texts merged (mergeExpositions), one HELP and TYPE per metric.
  */
 export abstract class MetricsRegistry {
-  readonly registry = new Registry();
+  readonly registry: Registry = new (prom().Registry)();
   protected readonly registers = [this.registry];
 
   constructor(opts: { site?: string } = {}) {
-    if (opts.site === undefined) collectDefaultMetrics({ register: this.registry });
+    if (opts.site === undefined) prom().collectDefaultMetrics({ register: this.registry });
     else this.registry.setDefaultLabels({ site: opts.site });
   }
 
@@ -30,8 +38,8 @@ export abstract class MetricsRegistry {
 
 /** A registry with the process metrics alone (for an agent serving several sites). */
 export function processMetrics(): Registry {
-  const r = new Registry();
-  collectDefaultMetrics({ register: r });
+  const r = new (prom().Registry)();
+  prom().collectDefaultMetrics({ register: r });
   return r;
 }
 

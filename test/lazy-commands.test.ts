@@ -1,0 +1,70 @@
+/**
+ * A command loads only what it needs: PostgreSQL runs `wal-push` and `wal-fetch` once per WAL file,
+ * cron or an operator runs `backup` and `apply`, and none of them may pay for the daemon's
+ * WebSocket server, metrics registry, file watcher and scheduler (memory and start-up time). The
+ * built CLI is run with a module-resolution hook that lists every module it loads.
+ *
+ * Needs: `npx tsc -b` first.
+ */
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PRIMARY_MAIN, STANDBY_MAIN, requireBuilt, tmpDir } from './support/site.js';
+import { rm } from 'node:fs/promises';
+
+/** What only the daemons use (cron-parser is not here: every config's schedule is checked with it). */
+const DAEMON_ONLY = ['ws', 'prom-client', 'chokidar'];
+let dir: string;
+let register: string;
+
+beforeAll(async () => {
+  requireBuilt();
+  dir = await tmpDir('tandem-lazy-');
+  const hook = join(dir, 'hook.mjs');
+  writeFileSync(hook, "export async function resolve(s, c, next) { const r = await next(s, c); if (r.url.startsWith('file:')) process.stderr.write(`LOADED ${r.url}\\n`); return r; }\n");
+  register = join(dir, 'register.mjs');
+  // ES modules through the resolve hook; CommonJS ones (required, or imported from ESM) from the
+  // module cache at exit.
+  writeFileSync(
+    register,
+    `import { createRequire, register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hook).href)});\n` +
+      "const require = createRequire(import.meta.url);\nprocess.on('exit', () => { for (const k of Object.keys(require('node:module')._cache)) process.stderr.write(`LOADED ${k}\\n`); });\n",
+  );
+});
+
+afterAll(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+/** The npm packages a run of the CLI loaded (from its resolved module URLs). */
+function packagesLoaded(main: string, args: string[]): Set<string> {
+  const r = spawnSync(process.execPath, ['--import', register, main, ...args], { encoding: 'utf8' });
+  expect(r.status, r.stderr).toBe(0);
+  const found = new Set<string>();
+  for (const line of r.stderr.split('\n')) {
+    const m = /^LOADED .*\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(line);
+    if (m) found.add(m[1]!);
+  }
+  return found;
+}
+
+describe('commands load only what they need', () => {
+  it.each([
+    { bin: 'tandem-primary', main: PRIMARY_MAIN, args: ['wal-push', '--help'] },
+    { bin: 'tandem-primary', main: PRIMARY_MAIN, args: ['backup', '--help'] },
+    { bin: 'tandem-standby', main: STANDBY_MAIN, args: ['wal-fetch', '--help'] },
+    { bin: 'tandem-standby', main: STANDBY_MAIN, args: ['apply', '--help'] },
+  ])('$bin $args loads none of the daemon-only packages', ({ main, args }) => {
+    const loaded = packagesLoaded(main, args);
+    // It did load packages (the hook works): the config schema library at least.
+    expect(loaded.has('zod')).toBe(true);
+    for (const p of DAEMON_ONLY) expect(loaded.has(p), `${p} loaded`).toBe(false);
+  });
+
+  it('the daemon still loads them (the check above would see them)', () => {
+    const loaded = packagesLoaded(PRIMARY_MAIN, ['run', '--help']);
+    for (const p of DAEMON_ONLY) expect(loaded.has(p), `${p} not loaded`).toBe(true);
+  });
+});
