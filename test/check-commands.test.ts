@@ -6,33 +6,13 @@
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closedPort, dbUrl, ensurePostgres, logRecords, makeKeys, requireCommands, runPrimary, snapshotTree, startPrimary, tmpDir, waitFor, writePrimaryConfig, type KeyFiles, type RunResult, type RunningPrimary, type TreeEntry } from './support/site.js';
+import { closedPort, dbUrl, ensurePostgres, logRecords, makeKeys, requireCommands, runPrimary, snapshotTree, startPrimary, tmpDir, waitFor, writePrimaryConfig, type KeyFiles, type RunningPrimary, type TreeEntry } from './support/site.js';
 import { writeDaemonConfig, writeToken } from './support/standby-daemon.js';
 import { backup, createStandbySite, removeStandbySite, runStandby, show, writeSitePrimaryConfig, type StandbySite } from './support/standby-helpers.js';
 import { makeCa } from './support/tls-certs.js';
 import { writeTokens, type TokenSet } from './support/tokens.js';
+import { checkLine as line, checkLines as lines } from './support/check-report.js';
 
-interface Line {
-  status: string;
-  name: string;
-  detail: string;
-}
-
-/** The check lines of a human report (not the hint lines, not the summary). */
-function lines(r: RunResult): Line[] {
-  const out: Line[] = [];
-  for (const l of r.stdout.split('\n')) {
-    const m = /^(ok|warn|FAIL|skip) {2,}(\S+) {2,}(.*)$/.exec(l);
-    if (m) out.push({ status: m[1]!, name: m[2]!, detail: m[3]! });
-  }
-  return out;
-}
-
-const line = (r: RunResult, name: string): Line => {
-  const found = lines(r).find((l) => l.name === name);
-  if (!found) throw new Error(`no "${name}" line in:\n${show(r)}`);
-  return found;
-};
 
 /** Everything under a directory (paths, types, modes, contents); [] when it does not exist. */
 const tree = (dir: string): Promise<TreeEntry[]> => snapshotTree(dir).catch(() => []);

@@ -8,40 +8,12 @@
  */
 import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensurePostgres, requireCommands, tmpDir, waitFor, type RunResult } from './support/site.js';
+import { ensurePostgres, requireCommands, tmpDir, waitFor } from './support/site.js';
 import { show } from './support/standby-helpers.js';
 import { createWalSite, type WalSite } from './support/wal-site.js';
+import { checkLine as line, checkLines as lines, checkHint as hintOf } from './support/check-report.js';
 
-interface Line {
-  status: string;
-  name: string;
-  detail: string;
-}
 
-/** The check lines of a human report (not the hint lines, not the summary). */
-function lines(r: RunResult): Line[] {
-  const out: Line[] = [];
-  for (const l of r.stdout.split('\n')) {
-    const m = /^(ok|warn|FAIL|skip) {2,}(\S+) {2,}(.*)$/.exec(l);
-    if (m) out.push({ status: m[1]!, name: m[2]!, detail: m[3]! });
-  }
-  return out;
-}
-
-const line = (r: RunResult, name: string): Line => {
-  const found = lines(r).find((l) => l.name === name);
-  if (!found) throw new Error(`no "${name}" line in:\n${show(r)}`);
-  return found;
-};
-
-/** The hint printed under a check's line. */
-const hintOf = (r: RunResult, name: string): string => {
-  const all = r.stdout.split('\n');
-  const i = all.findIndex((l) => new RegExp(`^(ok|warn|FAIL|skip) +${name} `).test(l));
-  const m = /^ +hint: (.*)$/.exec(all[i + 1] ?? '');
-  if (i === -1 || !m) throw new Error(`no hint under "${name}" in:\n${show(r)}`);
-  return m[1]!;
-};
 
 describe('check in WAL mode', () => {
   let root: string;
