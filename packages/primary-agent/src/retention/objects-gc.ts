@@ -29,6 +29,7 @@ import {
 } from '@tandem/shared';
 import { readSetFilesIndex } from '../backup/read-files-index.js';
 import { stateFiles } from '../state-files.js';
+import { deleteEach } from './delete-each.js';
 
 /**
  * Garbage collection of content objects (<site>/objects/, cas/pack.ts): after retention has deleted
@@ -58,8 +59,6 @@ import { stateFiles } from '../state-files.js';
  * garbage for the next run, never a set that names a missing object.
  */
 export const OBJECTS_GRACE_MS = 6 * 60 * 60 * 1000;
-/** Deletions that may fail before a run gives up (the rest is collected next time). */
-const MAX_DELETE_FAILURES = 10;
 
 export interface Tally {
   objects: number;
@@ -281,18 +280,11 @@ export async function collectObjects(config: PrimaryConfig, opts: CollectObjects
     }
 
     if (!opts.dryRun) {
-      for (const o of garbage) {
-        if (signal?.aborted) break;
-        try {
-          await fs.delete(o.key, { signal });
-          add(outcome.deleted, o.size);
-        } catch (err) {
-          if (signal?.aborted) break;
-          outcome.failed++;
-          logger.warn({ key: o.key, err }, 'retention: could not delete an unreferenced object; it is retried next time');
-          if (outcome.failed >= MAX_DELETE_FAILURES) break;
-        }
-      }
+      outcome.failed = await deleteEach(garbage, (o) => fs.delete(o.key, { signal }), {
+        signal,
+        deleted: (o) => add(outcome.deleted, o.size),
+        failed: (o, err) => logger.warn({ key: o.key, err }, 'retention: could not delete an unreferenced object; it is retried next time'),
+      });
     }
     const grace = formatDuration(OBJECTS_GRACE_MS);
     logger.info(

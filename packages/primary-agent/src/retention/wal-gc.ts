@@ -19,6 +19,7 @@ import {
   type StandbyReport,
   type WalKind,
 } from '@tandem/shared';
+import { deleteEach } from './delete-each.js';
 
 /**
  * WAL retention (database.mode "wal"): after retention has deleted sets, the WAL files under
@@ -48,8 +49,6 @@ import {
 export const WAL_GRACE_MS = 60 * 60 * 1000;
 /** A standby's WAL need older than this is not honoured. */
 export const WAL_NEED_FRESH_MS = 24 * 60 * 60 * 1000;
-/** Deletions that may fail before a run gives up (the rest goes next time). */
-const MAX_DELETE_FAILURES = 10;
 
 export interface WalTally {
   files: number;
@@ -356,18 +355,11 @@ export async function collectWal(config: PrimaryConfig, opts: CollectWalOptions)
     Object.assign(outcome, { stored: plan.stored, history: plan.history, needed: plan.needed, young: plan.young, garbage: plan.garbage });
 
     if (!opts.dryRun) {
-      for (const f of plan.delete) {
-        if (signal?.aborted) break;
-        try {
-          await deleteWalFile(fs, f, signal);
-          add(outcome.deleted, f);
-        } catch (err) {
-          if (signal?.aborted) break;
-          outcome.failed++;
-          logger.warn({ name: f.name, err }, 'retention: could not delete a WAL file; it is retried next time');
-          if (outcome.failed >= MAX_DELETE_FAILURES) break;
-        }
-      }
+      outcome.failed = await deleteEach(plan.delete, (f) => deleteWalFile(fs, f, signal), {
+        signal,
+        deleted: (f) => add(outcome.deleted, f),
+        failed: (f, err) => logger.warn({ name: f.name, err }, 'retention: could not delete a WAL file; it is retried next time'),
+      });
     }
     const grace = formatDuration(WAL_GRACE_MS);
     const done = opts.dryRun ? outcome.garbage : outcome.deleted;
