@@ -11,7 +11,6 @@ import {
   layout,
   loadFilesKeyFile,
   loadIdentities,
-  objectKey,
   openDelta,
   openPack,
   readFilesIndex,
@@ -26,6 +25,7 @@ import {
 } from '@tandem/shared';
 import type { KeyObject } from 'node:crypto';
 import { FILES_RECORD, blobsDigest, lstatOrNull, recordBlobs, utimeOf } from './files-objects.js';
+import { fetchPackStored } from './pack-fetch.js';
 import { readApplied, stateFiles } from './state.js';
 import { targetsFor } from './targets.js';
 
@@ -121,20 +121,7 @@ export async function applyFilesDeltas(config: StandbyConfig, o: { filestore: Fi
         const hit = cache.get(ord);
         if (hit) return hit;
         const info = packs[ord]!;
-        let body: Buffer;
-        try {
-          const got = await fs.get(objectKey(config.site, info.id), { signal: o.signal });
-          if (got.info.size !== info.size) {
-            got.body.destroy();
-            throw new TandemError('integrity', 'OBJECT_SIZE', `${label}: object ${info.id} has ${got.info.size} bytes, the signed index says ${info.size}`);
-          }
-          const pieces: Buffer[] = [];
-          for await (const c of got.body as AsyncIterable<Buffer>) pieces.push(c);
-          body = Buffer.concat(pieces);
-        } catch (err) {
-          if (isNotFound(err)) throw new TandemError('integrity', 'OBJECT_MISSING', `${label}: object ${info.id} is missing from ${fs.description}`, { cause: err });
-          throw err;
-        }
+        const body = Buffer.concat(await fetchPackStored(fs, config.site, info, { label, signal: o.signal }));
         const p = await openPack(body, info, { identities: doc.encryption === 'age' ? identities : null, label });
         if (cache.size >= 4) cache.delete(cache.keys().next().value!);
         cache.set(ord, p);

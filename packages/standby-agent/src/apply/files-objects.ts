@@ -10,12 +10,10 @@ import {
   blobSlices,
   formatBytes,
   freeBytes,
-  objectKey,
   objectMatches,
   openPackPieces,
   type PackPlain,
   readFilesIndex,
-  isNotFound,
   isS3Url,
   openFilestore,
   type FileEntry,
@@ -28,6 +26,7 @@ import {
 } from '@tandem/shared';
 import { artifactLabel, decodeStored, type StoredInput } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
+import { fetchPackStored } from './pack-fetch.js';
 import type { Names } from './targets.js';
 
 /**
@@ -319,33 +318,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const fetchPack = (ordinal: number): Promise<PackPlain> => {
     const info = packs[ordinal]!;
     const p = (async () => {
-      const key = objectKey(manifest.site, info.id);
-      let got;
-      try {
-        got = await o.filestore.get(key);
-      } catch (err) {
-        if (isNotFound(err)) {
-          throw new TandemError('integrity', 'OBJECT_MISSING', `${label}: object ${info.id} is missing from ${o.filestore.description}: the signed index lists it, the filestore does not have it`, {
-            cause: err,
-            hint: 'restore the object from a copy of the filestore, or have the primary store the content again: `tandem-primary backup --repair-objects` makes a new set with new objects',
-          });
-        }
-        throw err;
-      }
-      if (got.info.size !== info.size) {
-        got.body.destroy();
-        throw new TandemError('integrity', 'OBJECT_SIZE', `${label}: object ${info.id} has ${got.info.size} bytes, the signed index says ${info.size} (truncated or replaced)`);
-      }
-      const pieces: Buffer[] = [];
-      let len = 0;
-      for await (const c of got.body as AsyncIterable<Buffer>) {
-        len += c.length;
-        if (len > info.size) {
-          got.body.destroy();
-          break;
-        }
-        pieces.push(c);
-      }
+      const pieces = await fetchPackStored(o.filestore, manifest.site, info, { label });
       fetched++;
       return openPackPieces(pieces, info, { identities: entry.encryption === 'age' ? o.identities : null, label });
     })();

@@ -1,9 +1,7 @@
 import {
-  MAX_PACK_PLAIN,
   TandemError,
   blobAt,
   describeError,
-  isNotFound,
   isTandemError,
   objectKey,
   openPack,
@@ -13,6 +11,7 @@ import {
   type PackInfo,
 } from '@tandem/shared';
 import { artifactLabel, streamArtifact, type ArtifactSource } from '../apply/artifact-stream.js';
+import { fetchPackStored, objectMissing as missing, objectWrongSize as wrongSize } from '../apply/pack-fetch.js';
 
 /**
  * The restore drill of a set whose files are content objects (a files index, cas/files-index.ts):
@@ -36,8 +35,6 @@ const LIST_AT_ONCE = 4;
 const READ_AT_ONCE = 2;
 /** Files named per failed object; the rest are counted. */
 const FILES_NAMED = 5;
-/** The most a pack's stored bytes can be: its plaintext, and age's and deflate's overhead with room to spare. */
-const MAX_PACK_STORED = MAX_PACK_PLAIN + 1024 * 1024;
 
 export interface IndexSummary {
   files: number;
@@ -207,20 +204,6 @@ async function listObjects(src: ArtifactSource, packs: PackInfo[], failed: Map<n
   return bytes;
 }
 
-/** Later sets reuse the blobs the primary knows it stored: only the object itself repairs them. */
-export const OBJECT_HINT = 'no set that uses the object can be applied until it is put back (from a copy of the filestore): the primary does not store again blobs it has stored';
-
-const missing = (label: string, info: PackInfo, where: string, cause?: unknown) =>
-  new TandemError('integrity', 'OBJECT_MISSING', `${label}: object ${info.id} is missing from ${where}: the signed index lists it, the filestore does not have it`, {
-    cause,
-    hint: OBJECT_HINT,
-  });
-
-const wrongSize = (label: string, info: PackInfo, size: number) =>
-  new TandemError('integrity', 'OBJECT_SIZE', `${label}: object ${info.id} has ${size} bytes, the signed index says ${info.size} (truncated or replaced)`, {
-    hint: OBJECT_HINT,
-  });
-
 /** Every pack downloaded, opened and every blob used checked, a few packs at a time. */
 async function readObjects(
   src: ArtifactSource,
@@ -238,34 +221,7 @@ async function readObjects(
   await eachAtMost([...packs.keys()], READ_AT_ONCE, async (ord) => {
     const info = packs[ord]!;
     try {
-      if (info.size > MAX_PACK_STORED) {
-        throw new TandemError('integrity', 'OBJECT_SIZE', `${label}: object ${info.id}: the signed index says ${info.size} stored bytes, more than a pack can have (${MAX_PACK_STORED})`, {
-          hint: 'the index is signed, so this set was made by a faulty primary: make a new set',
-        });
-      }
-      let got;
-      try {
-        got = await fs.get(objectKey(manifest.site, info.id), { signal: src.signal });
-      } catch (err) {
-        if (isNotFound(err)) throw missing(label, info, fs.description, err);
-        throw err;
-      }
-      if (got.info.size !== info.size) {
-        got.body.destroy();
-        throw wrongSize(label, info, got.info.size);
-      }
-      // Never more than the signed size in memory, whatever the filestore sends.
-      const stored = Buffer.allocUnsafe(info.size);
-      let len = 0;
-      for await (const c of got.body as AsyncIterable<Buffer>) {
-        if (len + c.length > info.size) {
-          got.body.destroy();
-          throw wrongSize(label, info, len + c.length);
-        }
-        c.copy(stored, len);
-        len += c.length;
-      }
-      if (len !== info.size) throw wrongSize(label, info, len);
+      const stored = Buffer.concat(await fetchPackStored(fs, manifest.site, info, { label, signal: src.signal }));
       const plain = await openPack(stored, info, { identities, label });
       let checked = 0;
       for (const b of grouped.of(ord)) {

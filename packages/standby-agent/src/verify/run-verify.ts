@@ -18,7 +18,8 @@ import { artifactLabel, streamArtifact, type ArtifactSource } from '../apply/art
 import { identitiesFor } from '../apply/keys.js';
 import { resolveSet } from '../apply/resolve-set.js';
 import { artifactEntries, type ArtifactEntries } from '../apply/stage.js';
-import { OBJECT_HINT, checkFilesIndex, type IndexSummary, type ObjectsCheck } from './files-index.js';
+import { OBJECT_HINT } from '../apply/pack-fetch.js';
+import { checkFilesIndex, type IndexSummary, type ObjectsCheck } from './files-index.js';
 import { listDump } from './list-dump.js';
 
 export interface ArtifactCheck {

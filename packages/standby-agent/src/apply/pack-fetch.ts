@@ -1,0 +1,58 @@
+import { MAX_PACK_PLAIN, TandemError, isNotFound, objectKey, type Filestore, type PackInfo } from '@tandem/shared';
+
+/**
+ * Fetching a pack's stored bytes, the same for an apply, a files delta and `verify --read-data`:
+ * bounded by the size the signed index lists (never more than that in memory, whatever the
+ * filestore sends), a missing or wrongly sized object named as such. Checking the SHA-256 before a
+ * byte is decrypted, and the rest, is openPack's.
+ */
+
+/** What to do about an object that is missing or damaged in the filestore. */
+export const OBJECT_HINT =
+  'restore the object from a copy of the filestore, or have the primary store the content again: `tandem-primary backup --repair-objects` makes a new set with new objects (run `tandem-standby verify --read-data` to find every damaged object of a set)';
+
+/** The most stored bytes a pack can have: its largest plaintext, and age's and deflate's overhead with room to spare. */
+export const MAX_PACK_STORED = MAX_PACK_PLAIN + 1024 * 1024;
+
+export const objectMissing = (label: string, info: PackInfo, where: string, cause?: unknown): TandemError =>
+  new TandemError('integrity', 'OBJECT_MISSING', `${label}: object ${info.id} is missing from ${where}: the signed index lists it, the filestore does not have it`, {
+    cause,
+    hint: OBJECT_HINT,
+  });
+
+export const objectWrongSize = (label: string, info: PackInfo, size: number): TandemError =>
+  new TandemError('integrity', 'OBJECT_SIZE', `${label}: object ${info.id} has ${size} bytes, the signed index says ${info.size} (truncated or replaced)`, {
+    hint: OBJECT_HINT,
+  });
+
+/** The stored bytes of the pack `info` of `site`, as the filestore sent them (pieces, not joined). */
+export async function fetchPackStored(fs: Filestore, site: string, info: PackInfo, o: { label: string; signal?: AbortSignal }): Promise<Buffer[]> {
+  if (info.size > MAX_PACK_STORED) {
+    throw new TandemError('integrity', 'OBJECT_SIZE', `${o.label}: object ${info.id}: the signed index says ${info.size} stored bytes, more than a pack can have (${MAX_PACK_STORED})`, {
+      hint: 'the index is signed, so this set was made by a faulty primary: make a new set',
+    });
+  }
+  let got;
+  try {
+    got = await fs.get(objectKey(site, info.id), { signal: o.signal });
+  } catch (err) {
+    if (isNotFound(err)) throw objectMissing(o.label, info, fs.description, err);
+    throw err;
+  }
+  if (got.info.size !== info.size) {
+    got.body.destroy();
+    throw objectWrongSize(o.label, info, got.info.size);
+  }
+  const pieces: Buffer[] = [];
+  let len = 0;
+  for await (const c of got.body as AsyncIterable<Buffer>) {
+    if (len + c.length > info.size) {
+      got.body.destroy();
+      throw objectWrongSize(o.label, info, len + c.length);
+    }
+    pieces.push(c);
+    len += c.length;
+  }
+  if (len !== info.size) throw objectWrongSize(o.label, info, len);
+  return pieces;
+}
