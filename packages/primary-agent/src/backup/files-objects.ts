@@ -56,7 +56,11 @@ import {
  * lines of every pack it uses. The index, and so the set, never names an object that is not stored.
  */
 export const FILES_CACHE = 'files-cache.ndjson';
-/** Packs being sealed or uploaded at once: each is up to MAX_PACK_PLAIN in memory, twice (plain and stored). */
+/**
+ * Packs uploading while the next fills: each is sealed as it uploads, from its arena, which it holds
+ * until then. One keeps a directory filestore busy (the walk fills 8 MiB faster than a pack is
+ * written and fsynced); two cost another arena for no gain measured.
+ */
 const UPLOADS_IN_FLIGHT = 1;
 /** A file up to this is read whole and cut in memory; a larger one is read a chunk window at a time. */
 const READ_WHOLE = DEFAULT_CHUNK_SIZES.max;
@@ -220,9 +224,15 @@ async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
       // A line at a time: the cache of 100,000 files is ~20 MB, not read into one string.
       const lines = textLines(createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>);
       const first = await lines.next();
-      const head = JSON.parse(first.done ? '' : first.value) as { t: string; setId?: string; site?: string };
-      if (head.t !== 'h' || head.site !== o.site || typeof head.setId !== 'string') throw new Error('no header');
-      if (o.committed.has(head.setId)) {
+      let head: { t?: string; setId?: string; site?: string };
+      try {
+        head = JSON.parse(first.done ? '' : first.value) as typeof head;
+        if (head.t !== 'h' || head.site !== o.site || typeof head.setId !== 'string') throw new Error('no header');
+      } catch (err) {
+        await lines.return(undefined); // closes the file
+        throw err;
+      }
+      if (o.committed.has(head.setId!)) {
         for await (const line of lines) {
           if (line === '') continue;
           const l = JSON.parse(line) as (IndexLine & { ns?: string; ino?: string });
@@ -240,6 +250,7 @@ async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
         known.source = 'used';
         return known;
       }
+      await lines.return(undefined);
       o.logger.info({ cache: file, cacheSet: head.setId }, 'the files cache describes a set that is no longer in the filestore: rebuilding it from the newest set');
     } catch (err) {
       o.logger.warn({ err, cache: file }, 'the files cache cannot be read: rebuilding it from the newest set');

@@ -145,13 +145,8 @@ export function compressible(plain: Buffer): boolean {
   return deflateRawSync(sample, { level: 1 }).length < sample.length * 0.9;
 }
 
-/**
- * Seals blobs (each with its id) into a pack; recipients null: the set is unencrypted. `plain`, when
- * the caller has the blobs end to end in one buffer already (a packing arena), is that buffer: it is
- * compressed and encrypted as it is, with no join; the pieces returned are then views of it when the
- * set is unencrypted and uncompressed (the caller keeps it until they are stored).
- */
-export async function sealPack(blobs: Array<{ id: string; data: Buffer }>, o: { hmacKey: Buffer; recipients: string[] | null; attempt?: number; plain?: Buffer }): Promise<SealedPack> {
+/** Seals blobs (each with its id) into a pack; recipients null: the set is unencrypted. */
+export async function sealPack(blobs: Array<{ id: string; data: Buffer }>, o: { hmacKey: Buffer; recipients: string[] | null; attempt?: number }): Promise<SealedPack> {
   const placed: PackedBlob[] = [];
   let offset = 0;
   for (const b of blobs) {
@@ -162,9 +157,7 @@ export async function sealPack(blobs: Array<{ id: string; data: Buffer }>, o: { 
   // A sample from the blob at the middle of the pack decides; only a pack that compresses is joined.
   const middle = placed.find((b) => b.offset + b.length > offset / 2) ?? placed[0];
   const deflate = middle !== undefined && compressible(blobs[placed.indexOf(middle)]!.data);
-  if (o.plain !== undefined && o.plain.length !== offset) throw new RangeError(`pack plaintext of ${o.plain.length} bytes for blobs of ${offset}`);
-  const joined_ = o.plain ?? (deflate ? Buffer.concat(blobs.map((b) => b.data), offset) : undefined);
-  const body = deflate ? [await deflateRawAsync(joined_!, { level: 1 })] : joined_ !== undefined ? [joined_] : blobs.map((b) => b.data);
+  const body = deflate ? [await deflateRawAsync(Buffer.concat(blobs.map((b) => b.data), offset), { level: 1 })] : blobs.map((b) => b.data);
   const pieces = o.recipients ? await runTransformPieces(createAgeEncryptStream(o.recipients), body) : body;
   const hash = createHash('sha256');
   let size = 0;
