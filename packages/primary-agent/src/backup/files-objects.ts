@@ -89,6 +89,8 @@ interface OpenPack {
 
 /** A pack as the walk knows it: stored before (from the cache), or being made by this run. */
 interface PackRecord {
+  /** Its place in Known.packs: what the blob table names it by. */
+  no: number;
   info?: PackInfo;
   /** Resolved once the pack is in the filestore (at once for a pack of the cache). */
   stored: Promise<void>;
@@ -202,7 +204,7 @@ async function collect(body: Readable, size: number): Promise<Buffer> {
   return Buffer.concat(pieces);
 }
 
-const storedPack = (info: PackInfo): PackRecord => ({ info, stored: Promise.resolve(), done: true });
+const storedPack = (info: PackInfo, no: number): PackRecord => ({ no, info, stored: Promise.resolve(), done: true });
 
 /** What is stored, as the walk needs it: files by path, and every blob's place (the packs by number). */
 interface Known {
@@ -236,7 +238,7 @@ async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
         for await (const line of lines) {
           if (line === '') continue;
           const l = JSON.parse(line) as (IndexLine & { ns?: string; ino?: string });
-          if (l.t === 'o') known.packs.push(storedPack({ id: l.id, size: l.size, sha256: l.sha256, plain: l.plain, c: l.c }));
+          if (l.t === 'o') known.packs.push(storedPack({ id: l.id, size: l.size, sha256: l.sha256, plain: l.plain, c: l.c }, known.packs.length));
           else if (l.t === 'f') {
             const locs = l.b.map(([p, offset, length, id]) => {
               const pack = known.packs[p];
@@ -265,7 +267,7 @@ async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
     const packs: PackInfo[] = [];
     const gen = readFilesIndex(plain, { label: "the newest set's files index", site: o.site, setId: '*', maxEntries: Number.MAX_SAFE_INTEGER, anySet: true }, packs);
     for await (const e of gen) {
-      while (known.packs.length < packs.length) known.packs.push(storedPack(packs[known.packs.length]!));
+      while (known.packs.length < packs.length) known.packs.push(storedPack(packs[known.packs.length]!, known.packs.length));
       if (e.t === 'f') for (const [p, offset, length, id] of e.b) addBlob(known, p, offset, length, id);
     }
     known.source = 'rebuilt';
@@ -364,8 +366,6 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     if (o.repair) known = { ...known, blobs: new BlobTable(), packs: [] };
     /** Every blob stored before and stored by this run (dedup within the tree too), by id. */
     const table = known.blobs;
-    const packNumbers = new Map<PackRecord, number>();
-    known.packs.forEach((r, n) => packNumbers.set(r, n));
     cacheOut = createWriteStream(cacheNew, { mode: 0o600 });
     writeCache({ t: 'h', site: o.site, setId: o.setId });
     let open_: OpenPack | null = null;
@@ -410,12 +410,13 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         const blobIds = p.blobs;
         // Never over an existing object (packId): one stat per new pack.
         let attempt = 0;
-        while ((await o.filestore.stat(objectKey(o.site, packId(o.filesKey.hmacKey, blobIds, attempt)), { signal: o.signal })) !== null) attempt++;
+        let key = objectKey(o.site, packId(o.filesKey.hmacKey, blobIds));
+        while ((await o.filestore.stat(key, { signal: o.signal })) !== null) key = objectKey(o.site, packId(o.filesKey.hmacKey, blobIds, ++attempt));
         o.signal?.throwIfAborted();
         // Sealed as it is uploaded: the stored bytes are never held whole.
         const sealing = sealPackStream(blobIds, p.arena.subarray(0, p.bytes), { hmacKey: o.filesKey.hmacKey, recipients: o.recipients, attempt });
         try {
-          await o.filestore.put(objectKey(o.site, packId(o.filesKey.hmacKey, blobIds, attempt)), sealing.stream, { signal: o.signal, contentType: 'application/octet-stream' });
+          await o.filestore.put(key, sealing.stream, { signal: o.signal, contentType: 'application/octet-stream' });
         } finally {
           sealing.stream.destroy();
         }
@@ -444,8 +445,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         reject = rej;
       });
       stored.catch(() => undefined);
-      const record: PackRecord = { stored, done: false };
-      packNumbers.set(record, known.packs.length);
+      const record: PackRecord = { no: known.packs.length, stored, done: false };
       known.packs.push(record);
       open_ = { record, blobs: [], bytes: 0, arena: take(), resolve, reject };
       return open_;
@@ -459,36 +459,33 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       while (inFlight.length > 0 && inFlight[0]!.done) inFlight.shift();
     };
     /**
-     * The blob at arena[at, at + len) of the open pack `p`, the file's bytes not yet cut lying at
-     * [at + len, end): known, it is only looked up; new, it is moved to the end of the pack (when
-     * earlier blobs of its file were known) or, when the pack is full, the file's bytes from `at` go
-     * to a new pack's arena and this pack is sealed. Returns the blob, the pack now open and by how
-     * much the file's bytes moved down (`shift`).
+     * The blob at arena[p.bytes, p.bytes + len) of the open pack `p`, the file's bytes not yet cut
+     * lying after it up to `end`: known, it is only looked up (the caller moves what follows down
+     * over it); new, it stays where it is, or, when the pack is full, the file's bytes from the blob
+     * on go to a new pack's arena and this pack is sealed. Returns the blob, the pack now open and by
+     * how much the file's bytes moved down (`shift`).
      */
-    const placeBlob = async (p: OpenPack, at: number, len: number, end: number): Promise<{ loc: BlobLoc; p: OpenPack; shift: number }> => {
+    const placeBlob = async (p: OpenPack, len: number, end: number): Promise<{ loc: BlobLoc; p: OpenPack; shift: number }> => {
+      const at = p.bytes;
       const idBytes = objectIdBytes(o.filesKey.hmacKey, p.arena.subarray(at, at + len));
       const e = table.find(idBytes);
       if (e >= 0) return { loc: { pack: known.packs[table.pack(e)]!, offset: table.offset(e), length: table.length(e), id: table.idHex(e) }, p, shift: 0 };
-      const id = idBytes.toString('hex');
       let shift = 0;
-      if (p.bytes + len > PACK_TARGET && p.blobs.length > 0) {
+      if (at + len > PACK_TARGET && p.blobs.length > 0) {
         await makeRoom();
         const q = newPack();
         p.arena.copy(q.arena, 0, at, end);
         shift = at;
-        at = 0;
         open_ = p;
         sealOpen();
         open_ = q;
         p = q;
-      } else if (at !== p.bytes) {
-        p.arena.copyWithin(p.bytes, at, at + len); // below the bytes not yet cut: they stay where they are
-        at = p.bytes;
       }
+      const id = idBytes.toString('hex');
       const loc: BlobLoc = { pack: p.record, offset: p.bytes, length: len, id };
       p.blobs.push(id);
       p.bytes += len;
-      table.add(idBytes, packNumbers.get(p.record)!, loc.offset, len);
+      table.add(idBytes, p.record.no, loc.offset, len);
       stats.blobsUploaded++;
       stats.newBytes += len;
       return { loc, p, shift };
@@ -497,7 +494,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     const addBlob = async (data: Buffer): Promise<BlobLoc> => {
       const p = open_ ?? newPack();
       data.copy(p.arena, p.bytes);
-      return (await placeBlob(p, p.bytes, data.length, p.bytes + data.length)).loc;
+      return (await placeBlob(p, data.length, p.bytes + data.length)).loc;
     };
     /** Reads into buf[at, at + want) until that is full or the file ends; returns the bytes read. */
     const readInto = (fd: number, buf: Buffer, at: number, want: number): number => {
@@ -555,7 +552,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
           }
           if (end === at) break;
           const len = cutPoint(p.arena, at, end);
-          const placed = await placeBlob(p, at, len, end);
+          const placed = await placeBlob(p, len, end);
           out.push(placed.loc);
           at += len - placed.shift;
           end -= placed.shift;

@@ -149,8 +149,9 @@ const LARGE_WRITES_IN_FLIGHT = 2;
 
 /**
  * Larger files stream through, written in batches of about 1 MiB at their offsets, up to
- * LARGE_WRITES_IN_FLIGHT at a time on the libuv pool: the thread that decrypts and parses the archive does
- * not wait for each write to finish, and the pieces are written as they came (writev, no join).
+ * LARGE_WRITES_IN_FLIGHT at a time on the libuv pool: the thread that decrypts and parses the
+ * archive does not wait for each write to finish, and the pieces are written as they came (writev,
+ * no join).
  */
 async function writeLargeFile(e: ReadEntry, abs: string, mode: number): Promise<number> {
   const fh = await fsp.open(abs, OPEN_NEW_FILE, 0o600);

@@ -78,7 +78,6 @@ async function readSmall(fh: FileHandle, st: BigIntStats, max: number, p: string
   return Buffer.concat(chunks, total);
 }
 
-
 export interface DirFilestoreOptions {
   /** A conditional-write lock older than this is presumed left by a crashed writer and taken over. */
   lockStaleMs?: number;
