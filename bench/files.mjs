@@ -246,7 +246,7 @@ try {
       run.incBackup = await tandemBackup(site);
       const ib = run.incBackup;
       log(`     incremental backup: files ${fmtS(ib.files)}, whole backup ${fmtS(ib.durations.total)} (wall ${fmtS(ib.wall)}), read ${ib.stats.filesRead} files (${ib.stats.bytesRead} B), ` +
-        `${ib.stats.blobsUploaded} blobs (${ib.stats.newBytes} B plain) in ${ib.stats.packsUploaded} packs: ${ib.stats.storedBytes} B + index ${ib.indexStored} B uploaded, cache ${ib.stats.cache}, peak RSS ${ib.peakRssMiB?.toFixed(0)} MiB`);
+        `${ib.stats.blobsUploaded} blobs (${ib.stats.newBytes} B plain) in ${ib.stats.packsUploaded} packs (${ib.stats.pagesUploaded ?? '?'} of the index's ${ib.stats.pages ?? '?'} pages among them): ${ib.stats.storedBytes} B + index root ${ib.indexStored} B uploaded, cache ${ib.stats.cache}, peak RSS ${ib.peakRssMiB?.toFixed(0)} MiB`);
       run.resticInc = await resticBackup(repo, cache, workTree, { init: false });
       const ri = run.resticInc;
       log(`     restic second backup (same repo, warm cache): ${fmtS(ri.seconds)}, ${ri.summary.files_new} new and ${ri.summary.files_changed} changed files, ` +

@@ -1,8 +1,9 @@
 /**
  * Garbage collection of content objects by `tandem-primary prune`, and what `tandem-primary list`
  * says each set takes of them, with the real CLIs and a directory filestore. Which objects each set
- * references is known here from the filestore alone (the objects each backup added), not from the
- * agent's own reading of the indexes. The grace is passed by setting an object's mtime back, which
+ * references is read here from its index by the tests' own reader (content and pages: a set whose
+ * pages did not change shares the pack of pages of the set before), and checked against the objects
+ * each backup added to the filestore. The grace is passed by setting an object's mtime back, which
  * is the modified time the directory filestore's LIST reports.
  */
 import { randomBytes } from 'node:crypto';
@@ -10,7 +11,8 @@ import { mkdir, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/p
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { layout } from '@tandem/shared';
+import { layout, objectKey } from '@tandem/shared';
+import { indexContents } from './support/objects.js';
 import { apply, backup, createStandbySite, dropSiteDatabases, removeStandbySite, show, writeSitePrimaryConfig, type StandbySite } from './support/standby-helpers.js';
 import { ensurePostgres, runPrimary, snapshotTree, tmpDir } from './support/site.js';
 
@@ -63,6 +65,12 @@ describe('prune collects content objects no set references; list shows what each
   const added: string[][] = [];
   const sets: string[] = [];
   let tarSet: string;
+  /** The object keys each set references (its content and its pages), from its index. */
+  const refs: Array<Set<string>> = [];
+  /** Of `keys`, those no set but `i` references (in `among`: by default every set). */
+  const onlyOf = (i: number, among = refs.map((_, j) => j)): string[] => [...refs[i]!].filter((k) => among.every((j) => j === i || !refs[j]!.has(k)));
+  const sharedOf = (i: number): string[] => [...refs[i]!].filter((k) => refs.some((r, j) => j !== i && r.has(k)));
+  const minus = (a: string[], b: Set<string>): string[] => a.filter((k) => !b.has(k));
 
   /** Every object key under the site's objects/, from the store directory. */
   async function objectKeys(): Promise<string[]> {
@@ -86,6 +94,7 @@ describe('prune collects content objects no set references; list shows what each
     const id = await backup(s);
     added.push((await objectKeys()).filter((k) => !before.has(k)));
     sets.push(id);
+    refs.push(new Set((await indexContents(s, id)).packs.map((p) => objectKey(s.site, p.id))));
     return id;
   }
   const prune = (...args: string[]) => runPrimary(['prune', '--config', s.primary.configFile, ...args], { env: s.env });
@@ -124,6 +133,13 @@ describe('prune collects content objects no set references; list shows what each
       await backupAdding();
     }
     for (const a of added) expect(a.length).toBeGreaterThan(0);
+    // Every object a set references was stored by it or a set before it; each set stored some of its own.
+    for (let i = 0; i < sets.length; i++) {
+      for (const k of refs[i]!) expect(added.slice(0, i + 1).some((a) => a.includes(k)), k).toBe(true);
+      expect(onlyOf(i).length).toBeGreaterThan(0);
+    }
+    // S0's content is shared with every later set.
+    for (let i = 1; i < sets.length; i++) expect(sharedOf(i).length).toBeGreaterThan(0);
   }, 240_000);
 
   afterAll(async () => {
@@ -133,12 +149,12 @@ describe('prune collects content objects no set references; list shows what each
 
   it('list shows the bytes only each set references and those it shares, and totals that add up', async () => {
     const l = await listJson();
-    const shared = await bytesOf(added[0]!);
-    const own = await Promise.all(added.map(bytesOf));
     const byId = new Map(l.sets.map((x) => [x.setId, x]));
     expect(byId.get(tarSet)).toMatchObject({ committed: true, filesAs: 'tar', uniqueBytes: 0, sharedBytes: 0 });
-    expect(byId.get(sets[0]!)).toMatchObject({ filesAs: 'objects', uniqueBytes: 0, sharedBytes: shared });
-    for (let i = 1; i < sets.length; i++) expect(byId.get(sets[i]!), sets[i]).toMatchObject({ uniqueBytes: own[i], sharedBytes: shared });
+    for (let i = 0; i < sets.length; i++) {
+      expect(byId.get(sets[i]!), sets[i]).toMatchObject({ filesAs: 'objects', uniqueBytes: await bytesOf(onlyOf(i)), sharedBytes: await bytesOf(sharedOf(i)) });
+    }
+    const shared = await bytesOf([...new Set(refs.flatMap((_, i) => sharedOf(i)))]);
 
     const all = added.flat();
     const referenced = await bytesOf(all);
@@ -170,8 +186,8 @@ describe('prune collects content objects no set references; list shows what each
     const r = await pruneJson();
     expect(r.code, r.stderr).toBe(0);
     expect(r.out.deleted.sort()).toEqual([tarSet, ...sets.slice(0, 3)].sort());
-    const young = [...added[1]!, ...added[2]!];
-    const kept = [...added[0]!, ...added[3]!];
+    const kept = [...refs[3]!];
+    const young = minus(added.flat(), refs[3]!);
     expect(r.out.objects).toMatchObject({
       dryRun: false,
       sets: 1,
@@ -186,20 +202,23 @@ describe('prune collects content objects no set references; list shows what each
   });
 
   it('--dry-run reports the objects past the grace that would go, and deletes nothing', async () => {
-    // S1's objects are now 7 hours old; S2's stay young.
+    // S1's objects are now 7 hours old; the others stay young.
     const old = new Date(Date.now() - 7 * HOUR);
     for (const k of added[1]!) await utimes(join(store, k), old, old);
+    const garbage = minus(added[1]!, refs[3]!);
+    const young = minus(minus(added.flat(), refs[3]!), new Set(garbage));
+    expect(garbage.length).toBeGreaterThan(0);
     const r = await pruneJson('--dry-run');
     expect(r.code, r.stderr).toBe(0);
     expect(r.out.objects).toMatchObject({
       dryRun: true,
-      garbage: { objects: added[1]!.length, bytes: await bytesOf(added[1]!) },
-      young: { objects: added[2]!.length, bytes: await bytesOf(added[2]!) },
+      garbage: { objects: garbage.length, bytes: await bytesOf(garbage) },
+      young: { objects: young.length, bytes: await bytesOf(young) },
       deleted: { objects: 0, bytes: 0 },
     });
     const text = await prune('--dry-run');
     expect(text.code, show(text)).toBe(0);
-    expect(text.stdout).toMatch(new RegExp(`^objects: would delete ${added[1]!.length} unreferenced \\(\\S+ \\S+\\)$`, 'm'));
+    expect(text.stdout).toMatch(new RegExp(`^objects: would delete ${garbage.length} unreferenced \\(\\S+ \\S+\\)$`, 'm'));
     for (const k of added.flat()) expect(await exists(k), k).toBe(true);
   });
 
@@ -244,11 +263,12 @@ describe('prune collects content objects no set references; list shows what each
   it('prune deletes the objects only deleted sets referenced once past the grace; the newest set still applies', async () => {
     const text = await prune();
     expect(text.code, show(text)).toBe(0);
-    const gone = added[1]!;
+    const gone = minus(added[1]!, refs[3]!);
     expect(text.stdout).toMatch(new RegExp(`^objects: deleted ${gone.length} unreferenced \\(\\S+ \\S+\\)$`, 'm'));
     for (const k of gone) expect(await exists(k), k).toBe(false);
-    // Younger than the grace (S2's), and referenced (S0's and S3's): still there.
-    for (const k of [...added[2]!, ...added[0]!, ...added[3]!]) expect(await exists(k), k).toBe(true);
+    // Younger than the grace, or referenced by the set kept: still there.
+    const left = minus(added.flat(), new Set(gone));
+    for (const k of left) expect(await exists(k), k).toBe(true);
 
     const a = await apply(s);
     expect(a.code, show(a)).toBe(0);
@@ -256,16 +276,17 @@ describe('prune collects content objects no set references; list shows what each
 
     // What is left: one set, whose objects are all its own; S2's young ones unreferenced.
     const l = await listJson();
-    const mine = [...added[0]!, ...added[3]!];
+    const mine = [...refs[3]!];
+    const unreferenced = minus(left, refs[3]!);
     expect(l.sets.map((x) => x.setId)).toEqual([sets[3]]);
     expect(l.sets[0]).toMatchObject({ uniqueBytes: await bytesOf(mine), sharedBytes: 0 });
     expect(l.storage).toMatchObject({
       referencedObjects: mine.length,
       referencedBytes: await bytesOf(mine),
       setsBytes: await setBytes(sets[3]!),
-      storedObjects: mine.length + added[2]!.length,
-      unreferencedObjects: added[2]!.length,
-      unreferencedBytes: await bytesOf(added[2]!),
+      storedObjects: left.length,
+      unreferencedObjects: unreferenced.length,
+      unreferencedBytes: await bytesOf(unreferenced),
       complete: true,
     });
   }, 120_000);

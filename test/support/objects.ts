@@ -8,6 +8,9 @@ import { Readable } from 'node:stream';
 import {
   filesKeyFromIdentity,
   generateAgeKeyPair,
+  loadFilesKeyFile,
+  loadIdentities,
+  pageLoader,
   objectKey,
   readFilesIndex,
   sealPack,
@@ -17,22 +20,35 @@ import {
 } from '@tandem/shared';
 import { readPlain, type StandbySite } from './standby-helpers.js';
 
-/** What a set's files index lists: its packs (by ordinal) and its files. */
+/** What a set's files index lists: its packs (by ordinal: content and pages), its files, and which packs hold its pages. */
 export interface IndexContents {
   packs: PackInfo[];
   files: FileEntry[];
+  /** Ordinals of the packs that hold the index's pages. */
+  pagePacks: Set<number>;
 }
 
-/** The files index of a set, read (and checked) with the site's keys. */
+/** The files index of a set, read (and checked) with the site's keys, its pages loaded from the filestore. */
 export async function indexContents(s: StandbySite, setId: string): Promise<IndexContents> {
   const plain = await readPlain(s, setId, 'files');
   const packs: PackInfo[] = [];
   const files: FileEntry[] = [];
-  for await (const e of readFilesIndex(Readable.from([plain]), { label: `set ${setId}`, site: s.site, setId, maxEntries: 1_000_000 }, packs)) {
-    if (e.t === 'f') files.push(e);
+  const pagePacks = new Set<number>();
+  const fs = s.openStore();
+  try {
+    const pages = pageLoader(fs, s.site, { identities: loadIdentities(s.keys.identityFile), hmacKey: loadFilesKeyFile(s.keys.filesKeyFile).hmacKey, label: `set ${setId}` });
+    const onPage = (pack: number) => void pagePacks.add(pack);
+    for await (const e of readFilesIndex(Readable.from([plain]), { label: `set ${setId}`, site: s.site, setId, maxEntries: 1_000_000, pages, onPage }, packs)) {
+      if (e.t === 'f') files.push(e);
+    }
+  } finally {
+    await fs.close();
   }
-  return { packs, files };
+  return { packs, files, pagePacks };
 }
+
+/** The packs of an index that hold file content (not its pages). */
+export const contentPacks = (c: IndexContents): PackInfo[] => c.packs.filter((_, i) => !c.pagePacks.has(i));
 
 /** The files of an index that use a pack. */
 export const filesUsing = (c: IndexContents, id: string): string[] => {
@@ -40,10 +56,16 @@ export const filesUsing = (c: IndexContents, id: string): string[] => {
   return c.files.filter((f) => f.b.some((b) => ords.has(b[0]))).map((f) => f.p);
 };
 
-/** Packs of `after` that `before` does not list. */
+/** Packs of file content of `after` that `before` does not list (pages: newPagePacks). */
 export const newPacks = (before: IndexContents, after: IndexContents): PackInfo[] => {
   const had = new Set(before.packs.map((p) => p.id));
-  return after.packs.filter((p) => !had.has(p.id));
+  return contentPacks(after).filter((p) => !had.has(p.id));
+};
+
+/** Packs of pages of `after` that `before` does not list. */
+export const newPagePacks = (before: IndexContents, after: IndexContents): PackInfo[] => {
+  const had = new Set(before.packs.map((p) => p.id));
+  return after.packs.filter((p, i) => after.pagePacks.has(i) && !had.has(p.id));
 };
 
 const PACK_READ_MAX = 64 * 1024 * 1024;

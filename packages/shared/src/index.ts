@@ -41,6 +41,8 @@ export * from './tls.js';
 export * from './tls-server.js';
 export * from './cas/files-key.js';
 export * from './cas/pack.js';
+export * from './cas/pack-fetch.js';
+export * from './cas/pages.js';
 export * from './cas/files-index.js';
 export * from './cas/delta.js';
 export * from './wal/wal-file.js';

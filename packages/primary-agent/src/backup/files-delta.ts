@@ -5,9 +5,11 @@ import { lstat, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   ChunkerStream,
-  DEFAULT_CHUNK_SIZES,
+  MAX_CHUNK,
+  SMALL_CHUNK_SIZES,
+  chunkSizesFor,
   FILES_INDEX_FORMAT,
-  FILES_INDEX_VERSION,
+  FILES_INDEX_V1,
   PACK_TARGET,
   RESERVED_NAME,
   TandemError,
@@ -162,7 +164,7 @@ export class FilesDeltaWriter {
       await flush();
 
       const ordinals = new Map<string, number>();
-      const out: Buffer[] = [indexLine({ t: 'h', format: FILES_INDEX_FORMAT, version: FILES_INDEX_VERSION, site: config.site, setId: deltaIndexId(latest.setId, n), chunking: DEFAULT_CHUNK_SIZES })];
+      const out: Buffer[] = [indexLine({ t: 'h', format: FILES_INDEX_FORMAT, version: FILES_INDEX_V1, site: config.site, setId: deltaIndexId(latest.setId, n), chunking: SMALL_CHUNK_SIZES })];
       let bytes = 0;
       for (const l of lines) {
         for (const b of l.blobs) {
@@ -253,14 +255,15 @@ export class FilesDeltaWriter {
 
 /** A file's blobs as it is read: whole when small, through the chunker when large (bounded memory). */
 async function* blobsOf(full: string, size: number): AsyncGenerator<Buffer> {
-  if (size <= DEFAULT_CHUNK_SIZES.max) {
+  const sizes = chunkSizesFor(size);
+  if (size <= MAX_CHUNK) {
     const data = await readFile(full);
     for (let start = 0; start < data.length; ) {
-      const len = cutPoint(data, start, data.length);
+      const len = cutPoint(data, start, data.length, sizes);
       yield data.subarray(start, start + len);
       start += len;
     }
     return;
   }
-  yield* createReadStream(full, { highWaterMark: 1 << 20 }).pipe(new ChunkerStream()) as AsyncIterable<Buffer>;
+  yield* createReadStream(full, { highWaterMark: 1 << 20 }).pipe(new ChunkerStream(sizes)) as AsyncIterable<Buffer>;
 }

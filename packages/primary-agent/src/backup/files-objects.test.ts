@@ -3,9 +3,10 @@
  * out must be what the stream chunker would cut (so that blobs stored by earlier versions are found
  * again), every blob's bytes in its pack must be the file's, and a changed file must cost only its
  * new chunks: across pack boundaries (a file's window moved to a new pack's arena), after known
- * chunks (a new chunk moved down to the end of the pack), and when every file is read again.
+ * chunks (a new chunk moved down to the end of the pack), and when every file is read again. The
+ * index is paged: an unchanged page is found stored, so a small change uploads a page or two.
  */
-import { createReadStream, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { createReadStream, statSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,12 +15,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   ChunkerStream,
   blobAt,
+  chunkSizesFor,
   createLogger,
   filesKeyFromIdentity,
   generateAgeKeyPair,
   objectKey,
   openFilestore,
   openPack,
+  pageLoader,
   readFilesIndex,
   type FileEntry,
   type Filestore,
@@ -34,7 +37,7 @@ const logger = createLogger({ name: 'test', level: 'silent' });
 
 async function streamCuts(file: string): Promise<number[]> {
   const out: number[] = [];
-  for await (const c of createReadStream(file).pipe(new ChunkerStream()) as AsyncIterable<Buffer>) out.push(c.length);
+  for await (const c of createReadStream(file).pipe(new ChunkerStream(chunkSizesFor(statSync(file).size))) as AsyncIterable<Buffer>) out.push(c.length);
   return out;
 }
 
@@ -86,9 +89,14 @@ describe('filesObjects packing', () => {
     const packs: PackInfo[] = [];
     const opened = new Map<number, Buffer>();
     let files = 0;
-    for await (const e of readFilesIndex(Readable.from([plain]), { label: 'test', site: SITE, setId, maxEntries: 10_000 }, packs)) {
+    const ids = new Set<string>();
+    const pages = pageLoader(store, SITE, { identities: [pair.identity], hmacKey: filesKey.hmacKey, label: 'test' });
+    let pageCount = 0;
+    const onPage = () => void pageCount++;
+    for await (const e of readFilesIndex(Readable.from([plain]), { label: 'test', site: SITE, setId, maxEntries: 10_000, pages, onPage }, packs)) {
       if (e.t !== 'f') continue;
       files++;
+      for (const b of e.b) ids.add(b[3]);
       const f = e as FileEntry;
       const full = join(tree, f.p);
       expect(f.b.map((b) => b[2]), f.p).toEqual(await streamCuts(full));
@@ -107,15 +115,19 @@ describe('filesObjects packing', () => {
       expect(at).toBe(bytes.length);
     }
     expect(files).toBe(405);
+    expect(run.stats.pages).toBe(pageCount);
+    expect(pageCount).toBeGreaterThan(1);
+    if (setNo === 1) expect(run.stats.blobsUploaded).toBe(ids.size);
     return run.stats;
   }
 
   it('cuts as the stream chunker does, and every blob in its pack is the file\'s bytes', async () => {
     const st = await backupAndCheck();
     expect(st.filesRead).toBe(405);
-    // Three packs at least for 31 MiB; the twin is stored once.
-    expect(st.packsUploaded).toBeGreaterThanOrEqual(3);
-    expect(st.blobsUploaded).toBeLessThan(st.files + 40);
+    // Three packs of content at least for 31 MiB and one of pages; the twin is stored once (blobs
+    // uploaded = distinct blob ids, checked above), every page is new.
+    expect(st.packsUploaded).toBeGreaterThanOrEqual(4);
+    expect(st.pagesUploaded).toBe(st.pages);
   }, 120_000);
 
   it('an edit in the middle of a large file and an appended small file cost only their new chunks', async () => {
@@ -126,10 +138,14 @@ describe('filesObjects packing', () => {
     writeFileSync(join(tree, 'small', 'f002.bin'), Buffer.concat([readFileSync(join(tree, 'small', 'f002.bin')), randomBytes(10)]));
     const st = await backupAndCheck();
     expect(st.filesRead).toBe(2);
-    // The edit touches one or two chunks (its neighbours are cut where they were); f002 is one blob.
+    // The edit touches a few 64 KiB chunks (its neighbours are cut where they were); f002 is one blob.
     expect(st.blobsUploaded).toBeGreaterThanOrEqual(2);
-    expect(st.blobsUploaded).toBeLessThanOrEqual(4);
-    expect(st.newBytes).toBeLessThan(9 * 1024 * 1024);
+    expect(st.blobsUploaded).toBeLessThanOrEqual(7);
+    expect(st.newBytes).toBeLessThan(1024 * 1024);
+    // Two entries changed: their pages (one or two, and the directory entries are unchanged), and no other.
+    expect(st.pagesUploaded).toBeGreaterThanOrEqual(1);
+    expect(st.pagesUploaded).toBeLessThanOrEqual(2);
+    expect(st.pages).toBeGreaterThan(st.pagesUploaded * 4);
   }, 120_000);
 
   it('--reread reads every file again and uploads nothing', async () => {
@@ -137,5 +153,6 @@ describe('filesObjects packing', () => {
     expect(st.filesRead).toBe(405);
     expect(st.blobsUploaded).toBe(0);
     expect(st.packsUploaded).toBe(0);
+    expect(st.pagesUploaded).toBe(0);
   }, 120_000);
 });

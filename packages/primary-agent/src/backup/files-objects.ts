@@ -5,11 +5,15 @@ import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import {
   ChunkerStream,
-  DEFAULT_CHUNK_SIZES,
   FILES_INDEX_FORMAT,
   FILES_INDEX_VERSION,
+  MAX_CHUNK,
   MAX_INDEX_LINE,
+  MAX_PAGE,
   PACK_TARGET,
+  PageBuilder,
+  SMALL_CHUNK_SIZES,
+  chunkSizesFor,
   RESERVED_NAME,
   TandemError,
   comparePaths,
@@ -25,14 +29,15 @@ import {
   objectKey,
   packId,
   readFilesIndex,
+  sealPack,
   sealPackStream,
   textLines,
-  type BlobRef,
   type FilesKey,
   type Filestore,
   type IndexLine,
   type Logger,
   type PackInfo,
+  type PageLoader,
   type ProgressMeter,
   type TreeEntry,
 } from '@tandem/shared';
@@ -63,7 +68,9 @@ export const FILES_CACHE = 'files-cache.ndjson';
  */
 const UPLOADS_IN_FLIGHT = 1;
 /** A file up to this is read whole and cut in memory; a larger one is read a chunk window at a time. */
-const READ_WHOLE = DEFAULT_CHUNK_SIZES.max;
+const READ_WHOLE = MAX_CHUNK;
+/** Pages of the index are gathered into packs of about this much (one pack per set when few changed). */
+const PAGES_PACK_TARGET = 1024 * 1024;
 /**
  * The pack being filled lives in an arena: one buffer of PACK_TARGET plus a largest chunk, into
  * which files are read directly, so that their blobs are already end to end when the pack is sealed.
@@ -72,7 +79,7 @@ const READ_WHOLE = DEFAULT_CHUNK_SIZES.max;
  * files allocates a few 12 MiB buffers, not a buffer per file (which the collector frees late:
  * they were most of the memory such a backup held).
  */
-const ARENA = PACK_TARGET + DEFAULT_CHUNK_SIZES.max;
+const ARENA = PACK_TARGET + MAX_CHUNK;
 /** The open pack's, and one per upload in flight (a pack is sealed as it is uploaded, from its arena). */
 const SPARE_ARENAS = UPLOADS_IN_FLIGHT + 1;
 
@@ -95,8 +102,6 @@ interface PackRecord {
   /** Resolved once the pack is in the filestore (at once for a pack of the cache). */
   stored: Promise<void>;
   done: boolean;
-  /** Its ordinal in the index being written, once its line was written. */
-  ordinal?: number;
 }
 
 interface BlobLoc {
@@ -111,6 +116,12 @@ interface CachedFile {
   ns: string;
   ino: string;
   blobs: BlobLoc[];
+}
+
+/** A page of the index in the cache: the blob's pack (a cache ordinal) and place. */
+interface CachedPage {
+  t: 'g';
+  b: [pack: number, offset: number, length: number, id: string];
 }
 
 interface QueuedEntry {
@@ -134,8 +145,11 @@ export interface FilesObjectsStats {
   blobsUploaded: number;
   /** Plain bytes of the blobs uploaded: what changed. */
   newBytes: number;
-  /** Stored bytes uploaded (packs). */
+  /** Stored bytes uploaded (packs of content and of pages). */
   storedBytes: number;
+  /** Pages of the index, and those of them uploaded (the others were stored before, unchanged). */
+  pages: number;
+  pagesUploaded: number;
   cache: 'used' | 'rebuilt' | 'none';
 }
 
@@ -168,7 +182,7 @@ export interface FilesObjectsOptions {
   /** Committed sets (ids) in the filestore, to tell whether the cache still describes one of them. */
   committed: Set<string>;
   /** Rebuilds what is stored from the newest committed set's index, when the cache cannot be used. */
-  rebuild?: () => Promise<AsyncIterable<Buffer> | null>;
+  rebuild?: () => Promise<{ plain: AsyncIterable<Buffer>; pages: PageLoader } | null>;
   signal?: AbortSignal;
   progress?: ProgressMeter;
 }
@@ -237,9 +251,13 @@ async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
       if (o.committed.has(head.setId!)) {
         for await (const line of lines) {
           if (line === '') continue;
-          const l = JSON.parse(line) as (IndexLine & { ns?: string; ino?: string });
+          const l = JSON.parse(line) as (IndexLine & { ns?: string; ino?: string }) | CachedPage;
           if (l.t === 'o') known.packs.push(storedPack({ id: l.id, size: l.size, sha256: l.sha256, plain: l.plain, c: l.c }, known.packs.length));
-          else if (l.t === 'f') {
+          else if (l.t === 'g') {
+            const [p, offset, length, id] = l.b;
+            if (!known.packs[p]) throw new Error(`pack ${p} unknown`);
+            addBlob(known, p, offset, length, id);
+          } else if (l.t === 'f') {
             const locs = l.b.map(([p, offset, length, id]) => {
               const pack = known.packs[p];
               if (!pack) throw new Error(`pack ${p} unknown`);
@@ -262,12 +280,31 @@ async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
   // Rebuilt, what is stored is known again (nothing stored before is uploaded again); every file is
   // read, as no inode was recorded. A rebuild that fails costs only that: every blob is uploaded.
   try {
-    const plain = o.rebuild ? await o.rebuild() : null;
-    if (plain === null) return known;
+    const got = o.rebuild ? await o.rebuild() : null;
+    if (got === null) return known;
     const packs: PackInfo[] = [];
-    const gen = readFilesIndex(plain, { label: "the newest set's files index", site: o.site, setId: '*', maxEntries: Number.MAX_SAFE_INTEGER, anySet: true }, packs);
-    for await (const e of gen) {
+    const sync = () => {
       while (known.packs.length < packs.length) known.packs.push(storedPack(packs[known.packs.length]!, known.packs.length));
+    };
+    const gen = readFilesIndex(
+      got.plain,
+      {
+        label: "the newest set's files index",
+        site: o.site,
+        setId: '*',
+        maxEntries: Number.MAX_SAFE_INTEGER,
+        anySet: true,
+        pages: got.pages,
+        // The pages are blobs too: unchanged, they are not uploaded again.
+        onPage: (p, offset, length, id) => {
+          sync();
+          addBlob(known, p, offset, length, id);
+        },
+      },
+      packs,
+    );
+    for await (const e of gen) {
+      sync();
       if (e.t === 'f') for (const [p, offset, length, id] of e.b) addBlob(known, p, offset, length, id);
     }
     known.source = 'rebuilt';
@@ -338,7 +375,21 @@ export async function appendDeltaToCache(
 }
 
 export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
-  const stats: FilesObjectsStats = { files: 0, dirs: 0, links: 0, filesRead: 0, bytesRead: 0, bytes: 0, packsUploaded: 0, blobsUploaded: 0, newBytes: 0, storedBytes: 0, cache: 'none' };
+  const stats: FilesObjectsStats = {
+    files: 0,
+    dirs: 0,
+    links: 0,
+    filesRead: 0,
+    bytesRead: 0,
+    bytes: 0,
+    packsUploaded: 0,
+    blobsUploaded: 0,
+    newBytes: 0,
+    storedBytes: 0,
+    pages: 0,
+    pagesUploaded: 0,
+    cache: 'none',
+  };
   const cacheFile = join(o.stateDir, FILES_CACHE);
   const cacheNew = `${cacheFile}.new`;
   let cacheOut: WriteStream | undefined;
@@ -391,8 +442,56 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       // packs, what waits to be written must not pile up in memory.
       if (cacheOut?.writableNeedDrain) await new Promise<void>((resolve) => cacheOut!.once('drain', resolve));
     };
-    let ordinals = 0;
     let entries = 0;
+    /** Every pack the index names (content and pages): the end line counts them. */
+    const packIds = new Set<string>();
+    const pager = new PageBuilder();
+    /** The pages of the index, in order, where they are stored. */
+    const pageLocs: BlobLoc[] = [];
+    /** The pack of pages being gathered (its record is made with it). */
+    let pagesPack: { record: PackRecord; blobs: Array<{ id: string; data: Buffer }>; bytes: number } | null = null;
+    /** Uploads the pack of pages gathered so far: sealed whole (it is small), encrypted to the files key too. */
+    const sealPages = async () => {
+      const pp = pagesPack;
+      if (pp === null) return;
+      pagesPack = null;
+      const ids = pp.blobs.map((b) => b.id);
+      let attempt = 0;
+      let key = objectKey(o.site, packId(o.filesKey.hmacKey, ids));
+      while ((await o.filestore.stat(key, { signal: o.signal })) !== null) key = objectKey(o.site, packId(o.filesKey.hmacKey, ids, ++attempt));
+      // The primary reads its pages back (its cache, garbage collection, `list`) with the files key.
+      const sealed = await sealPack(pp.blobs, { hmacKey: o.filesKey.hmacKey, recipients: o.recipients ? [...o.recipients, o.filesKey.recipient] : null, attempt });
+      await o.filestore.put(key, Readable.from(sealed.pieces), { signal: o.signal, contentType: 'application/octet-stream' });
+      pp.record.info = sealed.info;
+      pp.record.done = true;
+      for (const b of sealed.blobs) table.add(Buffer.from(b.id, 'hex'), pp.record.no, b.offset, b.length);
+      stats.packsUploaded++;
+      stats.storedBytes += sealed.info.size;
+      faultPoint('files-pack-uploaded');
+    };
+    /** A page of the index: found stored (unchanged since a set before), or added to the pack of pages. */
+    const storePage = async (page: Buffer) => {
+      stats.pages++;
+      const idBytes = objectIdBytes(o.filesKey.hmacKey, page);
+      const e = table.find(idBytes);
+      if (e >= 0) {
+        const pack = known.packs[table.pack(e)]!;
+        await pack.stored;
+        pageLocs.push({ pack, offset: table.offset(e), length: table.length(e), id: table.idHex(e) });
+        return;
+      }
+      if (pagesPack !== null && pagesPack.bytes + page.length > PAGES_PACK_TARGET) await sealPages();
+      if (pagesPack === null) {
+        const record: PackRecord = { no: known.packs.length, stored: Promise.resolve(), done: false };
+        known.packs.push(record);
+        pagesPack = { record, blobs: [], bytes: 0 };
+      }
+      const id = idBytes.toString('hex');
+      pageLocs.push({ pack: pagesPack.record, offset: pagesPack.bytes, length: page.length, id });
+      pagesPack.blobs.push({ id, data: page });
+      pagesPack.bytes += page.length;
+      stats.pagesUploaded++;
+    };
 
     const sealOpen = () => {
       if (open_ === null) return;
@@ -511,14 +610,15 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       const out: BlobLoc[] = [];
       stats.filesRead++;
       if (open) {
+        const sizes = chunkSizesFor(size);
         const whole = size <= READ_WHOLE ? await collect(await open(), size) : undefined;
-        const pieces = whole ? [whole] : ((await open()).pipe(new ChunkerStream()) as AsyncIterable<Buffer>);
+        const pieces = whole ? [whole] : ((await open()).pipe(new ChunkerStream(sizes)) as AsyncIterable<Buffer>);
         for await (const piece of pieces) {
           stats.bytesRead += piece.length;
           o.progress?.add(piece.length);
           if (whole === undefined) out.push(await addBlob(piece));
           else for (let start = 0; start < whole.length; ) {
-            const len = cutPoint(whole, start, whole.length);
+            const len = cutPoint(whole, start, whole.length, sizes);
             out.push(await addBlob(whole.subarray(start, start + len)));
             start += len;
           }
@@ -529,7 +629,8 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       // from a full window or at the end of the file: the cuts of ChunkerStream, byte for byte (a
       // small file is one window). A new blob stays where it was read; the window after a known one
       // moves down to the end of the pack.
-      const { max } = DEFAULT_CHUNK_SIZES;
+      const sizes = chunkSizesFor(size);
+      const { max } = sizes;
       const fd = openSync(path, 'r');
       try {
         let p = open_ ?? newPack();
@@ -551,7 +652,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
             o.progress?.add(n);
           }
           if (end === at) break;
-          const len = cutPoint(p.arena, at, end);
+          const len = cutPoint(p.arena, at, end, sizes);
           const placed = await placeBlob(p, len, end);
           out.push(placed.loc);
           at += len - placed.shift;
@@ -564,8 +665,8 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       }
     };
 
-    /** The lines of every queued entry whose packs are all stored, in order. */
-    function* flush(): Generator<Buffer> {
+    /** Every queued entry whose packs are all stored, in order, into the pages (and the cache). */
+    async function* flush(): AsyncGenerator<Buffer> {
       if (failure !== undefined) throw failure;
       while (qHead < queue.length) {
         const q = queue[qHead]!;
@@ -576,25 +677,19 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
           qHead = 0;
         }
         for (const b of q.blobs) {
-          if (b.pack.ordinal === undefined) {
-            b.pack.ordinal = ordinals++;
-            yield indexLine({ t: 'o', ...b.pack.info! });
-          }
+          packIds.add(b.pack.info!.id);
           if (!cachePack.has(b.pack)) {
             cachePack.set(b.pack, cacheOrdinals++);
             writeCache({ t: 'o', ...b.pack.info! });
           }
         }
         entries++;
-        if (q.entry.t === 'f') {
-          const e: TreeEntry = { ...q.entry, b: q.blobs.map((b): BlobRef => [b.pack.ordinal!, b.offset, b.length, b.id]) };
-          writeCache({ t: 'f', p: e.p, s: e.s, ns: q.ns, ino: q.ino, b: q.blobs.map((b) => [cachePack.get(b.pack)!, b.offset, b.length, b.id]) });
-          yield indexLine(e);
-        } else yield indexLine(q.entry);
+        if (q.entry.t === 'f') writeCache({ t: 'f', p: q.entry.p, s: q.entry.s, ns: q.ns, ino: q.ino, b: q.blobs.map((b) => [cachePack.get(b.pack)!, b.offset, b.length, b.id]) });
+        const page = pager.add(q.entry, q.blobs.map((b) => ({ info: b.pack.info!, offset: b.offset, length: b.length, id: b.id })));
+        if (page !== null) await storePage(page);
       }
     }
 
-    yield indexLine({ t: 'h', format: FILES_INDEX_FORMAT, version: FILES_INDEX_VERSION, site: o.site, setId: o.setId, chunking: DEFAULT_CHUNK_SIZES });
     let bytes = 0;
     // Depth first, names sorted: the order readers check (comparePaths).
     const walk = async function* (rel: string): AsyncGenerator<Buffer> {
@@ -655,7 +750,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
             size = blobs.reduce((n, b) => n + b.length, 0);
             if (size !== s) o.logger.warn({ path: full, size: s, read: size }, 'a file changed while it was backed up: the set has what was read');
           }
-          if (blobs.length * 100 + p.length * 6 > MAX_INDEX_LINE) {
+          if (PageBuilder.fileBound(p, blobs.length, new Set(blobs.map((b) => b.pack)).size) > Math.min(MAX_INDEX_LINE, MAX_PAGE)) {
             throw new TandemError('permanent', 'FILE_TOO_LARGE', `${o.label}: ${full} is ${size} bytes in ${blobs.length} chunks, more than one index line holds (files up to ~180 GiB)`, {
               hint: 'split the file, or keep it outside paths.files: no set was committed',
             });
@@ -726,7 +821,28 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       inFlight.length = 0;
       yield* flush();
       if (queue.length > qHead) throw new TandemError('internal', 'FILES_QUEUE', `${queue.length - qHead} entries of the files index were never written`);
-      yield indexLine({ t: 'e', entries, objects: ordinals, bytes });
+      const last = pager.take();
+      if (last !== null) await storePage(last);
+      await sealPages();
+      // The root, once every page is stored: its packs, a line per page, the end.
+      yield indexLine({ t: 'h', format: FILES_INDEX_FORMAT, version: FILES_INDEX_VERSION, site: o.site, setId: o.setId, chunking: SMALL_CHUNK_SIZES });
+      const rootOrdinals = new Map<PackRecord, number>();
+      for (const g of pageLocs) {
+        let n = rootOrdinals.get(g.pack);
+        if (n === undefined) {
+          n = rootOrdinals.size;
+          rootOrdinals.set(g.pack, n);
+          packIds.add(g.pack.info!.id);
+          yield indexLine({ t: 'o', ...g.pack.info! });
+          if (!cachePack.has(g.pack)) {
+            cachePack.set(g.pack, cacheOrdinals++);
+            writeCache({ t: 'o', ...g.pack.info! });
+          }
+        }
+        writeCache({ t: 'g', b: [cachePack.get(g.pack)!, g.offset, g.length, g.id] });
+        yield indexLine({ t: 'p', b: [n, g.offset, g.length, g.id] });
+      }
+      yield indexLine({ t: 'e', entries, objects: packIds.size, bytes });
     } finally {
       // Nothing may still be uploading when the caller cleans up.
       await Promise.allSettled(inFlight.map((r) => r.stored));

@@ -6,6 +6,7 @@ import {
   createAgeDecryptStream,
   isNotFound,
   layout,
+  pageLoader,
   readFilesIndex,
   zstdDecompress,
   type ArtifactEntry,
@@ -13,6 +14,7 @@ import {
   type Filestore,
   type Manifest,
   type PackInfo,
+  type PageLoader,
   type TreeEntry,
 } from '@tandem/shared';
 
@@ -59,7 +61,20 @@ export async function readStoredFilesIndex(fs: Filestore, manifest: Manifest, en
   return out;
 }
 
-/** Every pack and entry of a set's files index, checked as a standby checks it. */
+/**
+ * The pages of a set's index, read with the files key (pages are encrypted to it as well as to the
+ * site's recipients), each pack checked against its signed SHA-256 and each page against its id.
+ */
+export function setPageLoader(fs: Filestore, manifest: Manifest, entry: ArtifactEntry, filesKey: FilesKey, signal?: AbortSignal): PageLoader {
+  return pageLoader(fs, manifest.site, {
+    identities: entry.encryption === 'age' ? [filesKey.identity] : null,
+    hmacKey: filesKey.hmacKey,
+    label: `set ${manifest.setId}: files index`,
+    signal,
+  });
+}
+
+/** Every pack (of content and of pages) and entry of a set's files index, checked as a standby checks it. */
 export async function readSetFilesIndex(
   fs: Filestore,
   manifest: Manifest,
@@ -71,7 +86,8 @@ export async function readSetFilesIndex(
   if (entry === null) return null;
   const packs: PackInfo[] = [];
   const plain = await readStoredFilesIndex(fs, manifest, entry, filesKey, signal);
-  const gen = readFilesIndex(plain, { label: `set ${manifest.setId}: files index`, site: manifest.site, setId: manifest.setId, maxEntries: Number.MAX_SAFE_INTEGER }, packs);
+  const pages = setPageLoader(fs, manifest, entry, filesKey, signal);
+  const gen = readFilesIndex(plain, { label: `set ${manifest.setId}: files index`, site: manifest.site, setId: manifest.setId, maxEntries: Number.MAX_SAFE_INTEGER, pages }, packs);
   for await (const e of gen) onEntry?.(e, packs);
   return packs;
 }

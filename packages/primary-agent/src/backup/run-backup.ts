@@ -19,6 +19,7 @@ import {
   verifyLatest,
   verifyManifest,
   type FilesKey,
+  type PageLoader,
   createTarCheck,
   createTarStream,
   databaseName,
@@ -53,7 +54,7 @@ import { configArchiveExcludes, refuseInBackupMode } from './sentinel.js';
 import { uploadArtifact } from './upload-artifact.js';
 import { baseBackupSource, clusterSystemId, labelMissing, type BackupLabelSniffer } from './base-backup.js';
 import { filesObjects, type FilesObjectsRun, type FilesObjectsStats } from './files-objects.js';
-import { filesIndexEntry, readStoredFilesIndex } from './read-files-index.js';
+import { filesIndexEntry, readStoredFilesIndex, setPageLoader } from './read-files-index.js';
 
 export interface BackupResult {
   setId: string;
@@ -118,7 +119,7 @@ function loadKeys(config: PrimaryConfig, logger: Logger): Keys {
  * when there is none to read (no set, a set of tar files). Verified as a standby verifies:
  * latest.json and the manifest by signature, the index by its signed size and SHA-256.
  */
-async function newestFilesIndex(fs: Filestore, config: PrimaryConfig, keys: Keys): Promise<AsyncIterable<Buffer> | null> {
+async function newestFilesIndex(fs: Filestore, config: PrimaryConfig, keys: Keys): Promise<{ plain: AsyncIterable<Buffer>; pages: PageLoader } | null> {
   const verifyKey = createPublicKey(keys.signingKey);
   let raw: Buffer;
   try {
@@ -129,7 +130,8 @@ async function newestFilesIndex(fs: Filestore, config: PrimaryConfig, keys: Keys
   const latest = verifyLatest(raw, verifyKey, 'latest.json');
   const manifest = verifyManifest((await fs.getBuffer(layout.manifest(config.site, latest.setId))).body, verifyKey, `set ${latest.setId}: manifest`);
   const entry = filesIndexEntry(manifest);
-  return entry === null ? null : readStoredFilesIndex(fs, manifest, entry, keys.filesKey!);
+  if (entry === null) return null;
+  return { plain: await readStoredFilesIndex(fs, manifest, entry, keys.filesKey!), pages: setPageLoader(fs, manifest, entry, keys.filesKey!) };
 }
 
 /** Every configured directory must exist before anything is uploaded; report all that do not. */

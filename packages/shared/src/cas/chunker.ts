@@ -20,8 +20,24 @@ export interface ChunkSizes {
   max: number;
 }
 
-/** 256 KiB / 1 MiB / 4 MiB: restic's order of magnitude (512 KiB / 1 MiB / 8 MiB). */
+/** 256 KiB / 1 MiB / 4 MiB: restic's order of magnitude (512 KiB / 1 MiB / 8 MiB). Files over LARGE_FILE. */
 export const DEFAULT_CHUNK_SIZES: ChunkSizes = { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 };
+/**
+ * 16 KiB / 64 KiB / 256 KiB: files up to LARGE_FILE. An edit costs the chunks around it (each edge
+ * of a change ~1.5 chunks: ~100 KB here, ~1.5 MB at 1 MiB), and an append the file's old last chunk.
+ * With a paged index a chunk's cost in the index is paid only where its file changed.
+ */
+export const SMALL_CHUNK_SIZES: ChunkSizes = { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 };
+/**
+ * Files larger than this are cut into DEFAULT_CHUNK_SIZES: a file's blob list is one line of the
+ * index (MAX_INDEX_LINE), and 1 GiB in 64 KiB chunks is already ~1.5 MB of it. A file that grows past
+ * it is cut afresh once (its chunks stored again).
+ */
+export const LARGE_FILE = 1024 * 1024 * 1024;
+/** The chunk sizes for a file of `size` bytes (as it is read). */
+export const chunkSizesFor = (size: number): ChunkSizes => (size > LARGE_FILE ? DEFAULT_CHUNK_SIZES : SMALL_CHUNK_SIZES);
+/** The largest chunk of either size class: what a read window or an arena must hold. */
+export const MAX_CHUNK = DEFAULT_CHUNK_SIZES.max;
 
 const GEAR = (() => {
   const t = new Int32Array(256);

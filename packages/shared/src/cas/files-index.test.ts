@@ -170,7 +170,7 @@ describe('the files index reader', () => {
 
     it('no header, a newer version, an empty index', async () => {
       expect(await refusal(indexText(body(), { head: null }))).toMatch(/line 1 .*no header line/);
-      expect(await refusal(indexText(body(), { head: header({ version: 2 }) }))).toMatch(/version 2, this tandem reads version 1: upgrade this agent/);
+      expect(await refusal(indexText(body(), { head: header({ version: 3 }) }))).toMatch(/version 3, this tandem reads versions 1 and 2: upgrade this agent/);
       expect(await refusal('')).toMatch(/line 0 .*: empty/);
       expect(await refusal('null\n')).toMatch(/not an object/);
       expect(await refusal(`${JSON.stringify(header())}\n{"t":"d",`)).toMatch(/line 2 .*not JSON/);

@@ -10,22 +10,35 @@ import type { ChunkSizes } from './chunker.js';
  * 2, artifact kind `files-index`). Newline-delimited JSON, compressed and encrypted like every
  * artifact (and also to the files key's recipient, files-key.ts), covered by the signed manifest.
  *
- *   {"t":"h","format":"tandem-files-index","version":1,"site":..,"setId":..,"chunking":{min,avg,max}}
+ *   {"t":"h","format":"tandem-files-index","version":2,"site":..,"setId":..,"chunking":{min,avg,max}}
  *   {"t":"o","id":..,"size":..,"sha256":..,"plain":..,"c":"none"|"deflate"}     a pack (pack.ts)
  *   {"t":"d","p":"media","m":493,"mt":1700000000000.5}                           a directory
  *   {"t":"f","p":"media/a.jpg","m":420,"mt":..,"s":1234,"b":[[0,0,1234,"<blob id>"]]}  a file: its
  *        blobs in order, each [pack ordinal, offset, length, blob id]
  *   {"t":"l","p":"media/cover.jpg","m":511,"mt":..,"l":"/mnt/shared/cover.jpg"}  a symlink, carried
  *        as a link whatever its target
+ *   {"t":"p","b":[0,0,4711,"<blob id>"]}                                         a page (version 2)
  *   {"t":"e","entries":..,"objects":..,"bytes":..}                               the end
+ *
+ * Version 2 (paged): the root (this artifact) holds the header, the lines of the packs its pages
+ * are in, a line per page and the end; the entries are in the pages, each a blob stored in packs of
+ * pages (pages.ts) like file content: its own pack lines (ordinals from 0 within the page) and its
+ * entries. A page unchanged since an earlier set is the same bytes, so the same blob, and is not
+ * uploaded again: a set costs the pages that changed and a root of a line per page, not the whole
+ * index. Version 1 (every pack and entry in the root) is still read: sets made before, and files
+ * deltas, which are small.
  *
  * A pack's line comes before the first entry that uses it (ordinals count "o" lines from 0). Entries
  * are in depth-first order with the names of a directory sorted (comparePaths), each directory
  * before what it holds: a reader checks every entry against the ones before it with memory in
- * proportion to the depth of the tree and the number of packs, not the number of files.
+ * proportion to the depth of the tree, the number of packs and one page, not the number of files.
  */
 export const FILES_INDEX_FORMAT = 'tandem-files-index';
-export const FILES_INDEX_VERSION = 1;
+export const FILES_INDEX_VERSION = 2;
+/** Files deltas (and sets made before pages) use version 1: entries and packs in one artifact. */
+export const FILES_INDEX_V1 = 1;
+/** The largest page: it is a blob, so it fits a pack (a file's line is bounded below this, files-objects.ts). */
+export const MAX_PAGE = MAX_PACK_PLAIN;
 /** Names a set's files tree may not use: what tandem itself keeps beside or inside it. */
 export const RESERVED_NAME = /^\.tandem-/;
 /**
@@ -50,7 +63,8 @@ export interface FileEntry { t: 'f'; p: string; m: number; mt: number; s: number
 export interface LinkEntry { t: 'l'; p: string; m: number; mt: number; l: string }
 export type TreeEntry = DirEntry | FileEntry | LinkEntry;
 export interface IndexEnd { t: 'e'; entries: number; objects: number; bytes: number }
-export type IndexLine = IndexHeader | IndexObject | TreeEntry | IndexEnd;
+export interface IndexPage { t: 'p'; b: BlobRef }
+export type IndexLine = IndexHeader | IndexObject | TreeEntry | IndexPage | IndexEnd;
 
 export const indexLine = (l: IndexLine): Buffer => Buffer.from(`${JSON.stringify(l)}\n`);
 
@@ -81,6 +95,13 @@ export function indexPathProblem(p: string): string | undefined {
   return undefined;
 }
 
+/**
+ * A page of a version-2 index, as its root names it: the blob's pack, place and id. The loader
+ * returns the page's plain bytes only after they matched the id (the HMAC under the files key),
+ * and the pack's stored bytes the signed SHA-256 before that (pages.ts, pageLoader).
+ */
+export type PageLoader = (pack: PackInfo, offset: number, length: number, id: string) => Promise<Buffer>;
+
 export interface ReadIndexOptions {
   label: string;
   site: string;
@@ -89,6 +110,10 @@ export interface ReadIndexOptions {
   maxBytes?: number;
   /** Accept the index of any set of the site (the primary rebuilding its cache from the newest one). */
   anySet?: boolean;
+  /** Loads a page of a version-2 index; without it such an index is refused. */
+  pages?: PageLoader;
+  /** Each page as it is read: its pack (an ordinal of `packs`), place and id (the primary's cache learns where pages are). */
+  onPage?: (pack: number, offset: number, length: number, id: string) => void;
 }
 
 export interface IndexItem {
@@ -99,19 +124,28 @@ export interface IndexItem {
  * The entries of an index from its plain bytes, every line checked against the ones before it: a
  * hostile index (paths that escape or repeat, an entry under a symlink or a file, blobs outside
  * their packs, a pack referenced before its line, a missing end) is refused naming the line.
- * `packs` grows as the pack lines pass.
+ * `packs` grows as the pack lines pass; the entries' blob references are ordinals of it, whatever
+ * the version (a version-2 page's own ordinals are mapped to it, and its root's packs are in it
+ * too: every object a set needs is in `packs`).
  */
 export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Readable, o: ReadIndexOptions, packs: PackInfo[] = []): AsyncGenerator<TreeEntry, IndexEnd> {
   let lineNo = 0;
+  /** Where the line being read is, for messages: the root, or a page of it. */
+  let where = '';
   let header: IndexHeader | undefined;
   let end: IndexEnd | undefined;
   let entries = 0;
   let bytes = 0;
   let prev: string | undefined;
+  let pages = 0;
+  /** Every pack's place in `packs`, by id: a pack listed by several pages is one pack. */
+  const byId = new Map<string, number>();
+  /** The root's pack lines (its ordinals) as places in `packs`: the same numbers in version 1. */
+  const rootPacks: number[] = [];
   /** The directories enclosing the current entry ('' is the root). */
   const stack: string[] = [''];
   const fail = (why: string): never => {
-    throw new TandemError('integrity', 'INDEX_INVALID', `${o.label}: line ${lineNo} of the files index: ${why}`, {
+    throw new TandemError('integrity', 'INDEX_INVALID', `${o.label}: ${where}line ${lineNo} of the files index: ${why}`, {
       hint: 'the index is signed, so this set was made by a faulty primary: make a new set; nothing was written to the live files',
     });
   };
@@ -119,69 +153,135 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
     lineNo++;
     return fail(`a line longer than ${MAX_LINE} bytes`);
   };
-  for await (const text of textLines(plain as AsyncIterable<Buffer | string>, MAX_LINE, tooLong)) {
-    lineNo++;
-    if (end) fail('a line after the end line');
+  /** A pack line's fields checked; its place in `packs` (added once, whoever lists it). */
+  const packLine = (l: IndexObject): number => {
+    const ok =
+      typeof l.id === 'string' && OBJECT_ID_PATTERN.test(l.id) && isCount(l.size) && typeof l.sha256 === 'string' && /^[0-9a-f]{64}$/.test(l.sha256) &&
+      isCount(l.plain) && l.plain <= MAX_PACK_PLAIN && (l.c === 'none' || l.c === 'deflate');
+    if (!ok) fail('a pack line with missing or invalid fields');
+    // Version 1 lists each pack once (its ordinals count the lines); version 2 may list a pack in
+    // several pages, and it is one pack.
+    const seen = header!.version === 1 ? undefined : byId.get(l.id);
+    if (seen !== undefined) {
+      const p = packs[seen]!;
+      if (p.size !== l.size || p.sha256 !== l.sha256 || p.plain !== l.plain || p.c !== l.c) fail(`pack ${l.id} is listed again with other fields`);
+      return seen;
+    }
+    byId.set(l.id, packs.length);
+    packs.push({ id: l.id, size: l.size, sha256: l.sha256, plain: l.plain, c: l.c });
+    return packs.length - 1;
+  };
+  /** A blob reference checked against the packs `local` maps it through (the root's or a page's); returned with the ordinal in `packs`. */
+  const blobRef = (ref: unknown, local: number[], what: string): BlobRef => {
+    if (!Array.isArray(ref) || ref.length !== 4) fail(`${what}: a blob reference is not [pack, offset, length, id]`);
+    const [pack, off, len, id] = ref as BlobRef;
+    const g = Number.isInteger(pack) && pack >= 0 ? local[pack] : undefined;
+    const info = g === undefined ? undefined : packs[g];
+    if (info === undefined) fail(`${what}: refers to pack ${pack}, which no line before it describes`);
+    if (!isCount(off) || !isCount(len) || len === 0 || off + len > info!.plain) fail(`${what}: a blob outside its pack (${off}+${len} of ${info!.plain} bytes)`);
+    if (typeof id !== 'string' || !OBJECT_ID_PATTERN.test(id)) fail(`${what}: a blob id that is not one`);
+    return [g!, off, len, id];
+  };
+  /** A tree entry checked against the ones before it; `local` maps its pack ordinals (the root's or a page's). */
+  const treeEntry = (l: TreeEntry, local: number[]): TreeEntry => {
+    const why = indexPathProblem(l.p);
+    if (why !== undefined) fail(`path ${JSON.stringify(typeof l.p === 'string' && l.p.length > 200 ? `${l.p.slice(0, 200)}…` : l.p)} ${why}`);
+    if (prev !== undefined && comparePaths(prev, l.p) >= 0) fail(`path ${JSON.stringify(l.p)} is out of order or repeated (after ${JSON.stringify(prev)})`);
+    prev = l.p;
+    if (!Number.isInteger(l.m) || l.m < 0 || l.m > 0o7777) fail(`${JSON.stringify(l.p)}: mode ${l.m} is not a permission mode`);
+    if (typeof l.mt !== 'number' || !Number.isFinite(l.mt)) fail(`${JSON.stringify(l.p)}: no valid mtime`);
+    const slash = l.p.lastIndexOf('/');
+    const parent = slash < 0 ? '' : l.p.slice(0, slash);
+    while (stack.length > 1 && stack.at(-1) !== parent) stack.pop();
+    if (stack.at(-1) !== parent) fail(`${JSON.stringify(l.p)}: its directory ${JSON.stringify(parent)} is not a directory entry before it`);
+    if (++entries > o.maxEntries) fail(`more than ${o.maxEntries} entries (limits.maxEntries)`);
+    if (l.t === 'd') stack.push(l.p);
+    else if (l.t === 'l') {
+      if (typeof l.l !== 'string' || l.l === '' || l.l.includes('\0')) fail(`${JSON.stringify(l.p)}: a symlink without a valid target`);
+    } else {
+      if (!isCount(l.s) || !Array.isArray(l.b)) fail(`${JSON.stringify(l.p)}: a file without a valid size or blob list`);
+      let sum = 0;
+      const what = JSON.stringify(l.p);
+      for (let i = 0; i < l.b.length; i++) {
+        const ref = blobRef(l.b[i], local, what);
+        l.b[i] = ref;
+        sum += ref[2];
+      }
+      if (sum !== l.s) fail(`${JSON.stringify(l.p)}: its blobs hold ${sum} bytes, its size says ${l.s}`);
+      bytes += l.s;
+      if (o.maxBytes !== undefined && bytes > o.maxBytes) fail(`more than ${o.maxBytes} bytes of file data (limits.maxBytes, or the free space where they go)`);
+    }
+    return l;
+  };
+  const parse = (text: string): IndexLine => {
     let l: IndexLine;
     try {
       l = JSON.parse(text) as IndexLine;
     } catch {
       return fail('not JSON');
     }
-    if (l === null || typeof l !== 'object') fail('not an object');
+    if (l === null || typeof l !== 'object' || Array.isArray(l)) fail('not an object');
+    return l;
+  };
+  /** The entries of one page: its own pack lines (ordinals from 0) and entries, nothing else. */
+  const readPage = function* (page: Buffer, n: number): Generator<TreeEntry> {
+    const rootLine = lineNo;
+    where = `page ${n} (root line ${rootLine}), `;
+    lineNo = 0;
+    const local: number[] = [];
+    let inPage = 0;
+    if (page.length === 0 || page[page.length - 1] !== 0x0a) fail('the page does not end with a newline');
+    let at = 0;
+    while (at < page.length) {
+      const nl = page.indexOf(0x0a, at);
+      lineNo++;
+      if (nl - at > MAX_LINE) fail(`a line longer than ${MAX_LINE} bytes`);
+      const l = parse(page.toString('utf8', at, nl));
+      at = nl + 1;
+      if (l.t === 'o') local.push(packLine(l));
+      else if (l.t === 'd' || l.t === 'f' || l.t === 'l') {
+        inPage++;
+        yield treeEntry(l, local);
+      } else fail(`a ${JSON.stringify((l as { t?: unknown }).t)} line in a page (pages hold pack lines and entries only)`);
+    }
+    if (inPage === 0) fail('a page without entries');
+    where = '';
+    lineNo = rootLine;
+  };
+
+  for await (const text of textLines(plain as AsyncIterable<Buffer | string>, MAX_LINE, tooLong)) {
+    lineNo++;
+    if (end) fail('a line after the end line');
+    const l = parse(text);
     if (header === undefined) {
       if (l.t !== 'h' || l.format !== FILES_INDEX_FORMAT) fail('no header line');
       const h = l as IndexHeader;
-      if (h.version !== FILES_INDEX_VERSION) fail(`version ${h.version}, this tandem reads version ${FILES_INDEX_VERSION}: ${h.version > FILES_INDEX_VERSION ? 'upgrade this agent' : 'unknown'}`);
+      if (h.version !== 1 && h.version !== 2) fail(`version ${h.version}, this tandem reads versions 1 and 2: ${h.version > FILES_INDEX_VERSION ? 'upgrade this agent' : 'unknown'}`);
       if (h.site !== o.site || (h.setId !== o.setId && !o.anySet)) fail(`it says site ${JSON.stringify(h.site)}, set ${JSON.stringify(h.setId)}; the manifest is of site ${JSON.stringify(o.site)}, set ${o.setId}`);
+      if (h.version === 2 && o.pages === undefined) fail('a paged index (version 2), and this reader was given no way to load its pages');
       header = h;
       continue;
     }
     switch (l.t) {
-      case 'o': {
-        const ok =
-          typeof l.id === 'string' && OBJECT_ID_PATTERN.test(l.id) && isCount(l.size) && typeof l.sha256 === 'string' && /^[0-9a-f]{64}$/.test(l.sha256) &&
-          isCount(l.plain) && l.plain <= MAX_PACK_PLAIN && (l.c === 'none' || l.c === 'deflate');
-        if (!ok) fail('a pack line with missing or invalid fields');
-        packs.push({ id: l.id, size: l.size, sha256: l.sha256, plain: l.plain, c: l.c });
+      case 'o':
+        rootPacks.push(packLine(l));
+        break;
+      case 'p': {
+        if (header.version !== 2) fail('a page line in a version-1 index');
+        const [pack, off, len, id] = blobRef((l as IndexPage).b, rootPacks, 'a page');
+        if (len > MAX_PAGE) fail(`a page of ${len} bytes, more than ${MAX_PAGE}`);
+        o.onPage?.(pack, off, len, id);
+        const page = await o.pages!(packs[pack]!, off, len, id);
+        if (page.length !== len) fail(`page ${pages + 1}: ${page.length} bytes loaded, the root says ${len}`);
+        yield* readPage(page, ++pages);
         break;
       }
       case 'd':
       case 'f':
-      case 'l': {
-        const why = indexPathProblem(l.p);
-        if (why !== undefined) fail(`path ${JSON.stringify(typeof l.p === 'string' && l.p.length > 200 ? `${l.p.slice(0, 200)}…` : l.p)} ${why}`);
-        if (prev !== undefined && comparePaths(prev, l.p) >= 0) fail(`path ${JSON.stringify(l.p)} is out of order or repeated (after ${JSON.stringify(prev)})`);
-        prev = l.p;
-        if (!Number.isInteger(l.m) || l.m < 0 || l.m > 0o7777) fail(`${JSON.stringify(l.p)}: mode ${l.m} is not a permission mode`);
-        if (typeof l.mt !== 'number' || !Number.isFinite(l.mt)) fail(`${JSON.stringify(l.p)}: no valid mtime`);
-        const slash = l.p.lastIndexOf('/');
-        const parent = slash < 0 ? '' : l.p.slice(0, slash);
-        while (stack.length > 1 && stack.at(-1) !== parent) stack.pop();
-        if (stack.at(-1) !== parent) fail(`${JSON.stringify(l.p)}: its directory ${JSON.stringify(parent)} is not a directory entry before it`);
-        if (++entries > o.maxEntries) fail(`more than ${o.maxEntries} entries (limits.maxEntries)`);
-        if (l.t === 'd') stack.push(l.p);
-        else if (l.t === 'l') {
-          if (typeof l.l !== 'string' || l.l === '' || l.l.includes('\0')) fail(`${JSON.stringify(l.p)}: a symlink without a valid target`);
-        } else {
-          if (!isCount(l.s) || !Array.isArray(l.b)) fail(`${JSON.stringify(l.p)}: a file without a valid size or blob list`);
-          let sum = 0;
-          for (const ref of l.b) {
-            if (!Array.isArray(ref) || ref.length !== 4) fail(`${JSON.stringify(l.p)}: a blob reference is not [pack, offset, length, id]`);
-            const [pack, off, len, id] = ref;
-            const info = Number.isInteger(pack) ? packs[pack] : undefined;
-            if (info === undefined) fail(`${JSON.stringify(l.p)}: refers to pack ${pack}, which no line before it describes`);
-            if (!isCount(off) || !isCount(len) || len === 0 || off + len > info!.plain) fail(`${JSON.stringify(l.p)}: a blob outside its pack (${off}+${len} of ${info!.plain} bytes)`);
-            if (typeof id !== 'string' || !OBJECT_ID_PATTERN.test(id)) fail(`${JSON.stringify(l.p)}: a blob id that is not one`);
-            sum += len;
-          }
-          if (sum !== l.s) fail(`${JSON.stringify(l.p)}: its blobs hold ${sum} bytes, its size says ${l.s}`);
-          bytes += l.s;
-          if (o.maxBytes !== undefined && bytes > o.maxBytes) fail(`more than ${o.maxBytes} bytes of file data (limits.maxBytes, or the free space where they go)`);
-        }
-        yield l;
+      case 'l':
+        if (header.version !== 1) fail('an entry in the root of a paged index (entries are in its pages)');
+        yield treeEntry(l, rootPacks);
         break;
-      }
       case 'e':
         if (l.entries !== entries || l.objects !== packs.length || l.bytes !== bytes) {
           fail(`the end line counts ${l.entries} entries, ${l.objects} packs, ${l.bytes} bytes; the index holds ${entries}, ${packs.length}, ${bytes}`);

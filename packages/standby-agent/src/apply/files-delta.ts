@@ -22,10 +22,10 @@ import {
   type PackInfo,
   type StandbyConfig,
   type TreeEntry,
+  fetchPackStored,
 } from '@tandem/shared';
 import type { KeyObject } from 'node:crypto';
 import { FILES_RECORD, blobsDigest, lstatOrNull, recordBlobs, utimeOf } from './files-objects.js';
-import { fetchPackStored } from './pack-fetch.js';
 import { readApplied, stateFiles } from './state.js';
 import { targetsFor } from './targets.js';
 

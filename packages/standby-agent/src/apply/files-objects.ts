@@ -12,6 +12,7 @@ import {
   freeBytes,
   objectMatches,
   openPackPieces,
+  pageLoader,
   type PackPlain,
   readFilesIndex,
   isS3Url,
@@ -23,10 +24,10 @@ import {
   type Manifest,
   type PackInfo,
   type ArtifactEntry,
+  fetchPackStored,
 } from '@tandem/shared';
 import { artifactLabel, decodeStored, type StoredInput } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
-import { fetchPackStored } from './pack-fetch.js';
 import type { Names } from './targets.js';
 
 /**
@@ -216,7 +217,8 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     o.input,
     o.identities,
     async (plain) => {
-      const entries = readFilesIndex(plain, { label, site: manifest.site, setId: manifest.setId, maxEntries: o.limits.maxEntries, maxBytes }, packs);
+      const pages = pageLoader(o.filestore, manifest.site, { identities: entry.encryption === 'age' ? o.identities : null, hmacKey: filesKey.hmacKey, label, signal: o.signal });
+      const entries = readFilesIndex(plain, { label, site: manifest.site, setId: manifest.setId, maxEntries: o.limits.maxEntries, maxBytes, pages }, packs);
       for await (const e of entries) {
         indexPaths.add(e.p);
         if (e.t === 'd') {

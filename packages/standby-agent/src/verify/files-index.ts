@@ -9,9 +9,13 @@ import {
   type FilesKey,
   type Logger,
   type PackInfo,
+  type ReadIndexOptions,
+  fetchPackStored,
+  objectMissing as missing,
+  objectWrongSize as wrongSize,
+  pageLoader,
 } from '@tandem/shared';
 import { artifactLabel, streamArtifact, type ArtifactSource } from '../apply/artifact-stream.js';
-import { fetchPackStored, objectMissing as missing, objectWrongSize as wrongSize } from '../apply/pack-fetch.js';
 
 /**
  * The restore drill of a set whose files are content objects (a files index, cas/files-index.ts):
@@ -104,7 +108,7 @@ export async function checkFilesIndex(src: ArtifactSource, o: FilesIndexOptions)
   let entries = 0;
   let fileBytes = 0;
   const read = await streamArtifact(src, o.scratch, async (plain) => {
-    const gen = readFilesIndex(plain, indexOptions(label, src, o), packs);
+    const gen = readFilesIndex(plain, indexOptions(label, src, o, refs), packs);
     for await (const e of gen) {
       entries++;
       if (e.t === 'd') index.directories++;
@@ -156,12 +160,21 @@ export async function checkFilesIndex(src: ArtifactSource, o: FilesIndexOptions)
   return { entries, fileBytes, seconds: Math.round((read.seconds + objects.seconds) * 1000) / 1000, index, objects, firstError };
 }
 
-const indexOptions = (label: string, src: ArtifactSource, o: FilesIndexOptions) => ({
+/** How the index is read: as an apply reads it, its pages loaded (and checked) as it goes. */
+const indexOptions = (label: string, src: ArtifactSource, o: FilesIndexOptions, refs?: BlobRefs): ReadIndexOptions => ({
   label,
   site: src.manifest.site,
   setId: src.manifest.setId,
   maxEntries: o.maxEntries,
   ...(o.maxBytes === undefined ? {} : { maxBytes: o.maxBytes }),
+  pages: pageLoader(src.filestore, src.manifest.site, {
+    identities: src.entry.encryption === 'age' ? src.identities : null,
+    hmacKey: o.filesKey!.hmacKey,
+    label,
+    signal: src.signal,
+  }),
+  // With --read-data the pages are read again with the rest, as objects the set references.
+  ...(refs ? { onPage: (pack: number, off: number, len: number, id: string) => refs.add(pack, off, len, id) } : {}),
 });
 
 /** Runs `fn` on each item, at most `n` at once. */

@@ -13,12 +13,12 @@ import {
   type Logger,
   type Manifest,
   type StandbyConfig,
+  OBJECT_HINT,
 } from '@tandem/shared';
 import { artifactLabel, streamArtifact, type ArtifactSource } from '../apply/artifact-stream.js';
 import { identitiesFor } from '../apply/keys.js';
 import { resolveSet } from '../apply/resolve-set.js';
 import { artifactEntries, type ArtifactEntries } from '../apply/stage.js';
-import { OBJECT_HINT } from '../apply/pack-fetch.js';
 import { checkFilesIndex, type IndexSummary, type ObjectsCheck } from './files-index.js';
 import { listDump } from './list-dump.js';
 

@@ -1,8 +1,11 @@
-import { MAX_PACK_PLAIN, TandemError, isNotFound, objectKey, type Filestore, type PackInfo } from '@tandem/shared';
+import { TandemError, isNotFound } from '../errors.js';
+import type { Filestore } from '../filestore/filestore.js';
+import { objectKey } from './object-id.js';
+import { MAX_PACK_PLAIN, type PackInfo } from './pack.js';
 
 /**
- * Fetching a pack's stored bytes, the same for an apply, a files delta and `verify --read-data`:
- * bounded by the size the signed index lists (never more than that in memory, whatever the
+ * Fetching a pack's stored bytes, the same for an apply, a files delta, `verify --read-data` and the
+ * pages of an index (either agent): bounded by the size the signed index lists (never more than that in memory, whatever the
  * filestore sends), a missing or wrongly sized object named as such. Checking the SHA-256 before a
  * byte is decrypted, and the rest, is openPack's.
  */
