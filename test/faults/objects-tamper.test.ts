@@ -10,12 +10,14 @@
  * names the object and the files that use it; plain `verify` (a listing, nothing downloaded) finds
  * what changes an object's size or presence, and passes what only its bytes show; and once the
  * object is put back, verify passes and the set applies, the standby's files the primary's.
+ * The same for a pack of the index's pages (altered, missing, foreign): the index cannot be read,
+ * so apply and even plain verify refuse the set naming the object.
  */
 import { appendFile, mkdir, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { indexContents, filesUsing, newPacks, readObject, tamperObject, type IndexContents, type Tamper } from '../support/objects.js';
+import { indexContents, filesUsing, newPacks, newPagePacks, readObject, tamperObject, type IndexContents, type Tamper } from '../support/objects.js';
 import { s3rverEnv, s3rverFilestoreUrl, startS3rver, type S3rverHandle } from '../support/s3rver.js';
 import { ensurePostgres, requireCommands, snapshotTree, tmpDir } from '../support/site.js';
 import { apply, backup, createStandbySite, expectNoLeftovers, liveState, removeStandbySite, runStandby, show, type StandbySite } from '../support/standby-helpers.js';
@@ -144,7 +146,44 @@ function suite(name: string, make: (root: string) => Promise<StandbySite>, teard
         const gf = (JSON.parse(good.stdout) as VerifyJson).artifacts.find((a) => a.name === 'files')!;
         expect(gf.objects).toMatchObject({ mode: 'read', packs: idx.packs.length, problems: [] });
         expect(gf.objects!.bytes).toBe(idx.packs.reduce((n, p) => n + p.size, 0));
-        expect(gf.objects!.blobs).toBe(new Set(idx.files.flatMap((f) => f.b.map((b) => b.join(',')))).size);
+        // Every blob of content and every page of the index, each once.
+        expect(gf.objects!.blobs).toBe(new Set([...idx.files.flatMap((f) => f.b.map((b) => b.join(','))), ...idx.pages.map((g) => g.join(','))]).size);
+        const a = await apply(s);
+        expect(a.code, show(a)).toBe(0);
+        expect(a.stdout).toContain(`applied set ${setId}`);
+        expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+        current = idx;
+      });
+    }
+
+    for (const how of ['altered', 'missing', 'foreign'] as const) {
+      it(`(${how} pack of pages) apply and verify refuse the set naming the object, nothing live changes; put back, it applies`, async () => {
+        round++;
+        await writeFile(join(s.primary.paths.files, 'docs', `page-round-${round}.txt`), `round ${round}\n`);
+        const setId = await backup(s);
+        const idx = await indexContents(s, setId);
+        const fresh = newPagePacks(current, idx);
+        expect(fresh.length).toBe(1);
+        const target = fresh[0]!;
+        const c = CASES.find((x) => x.how === how)!;
+        const before = await liveState(s);
+        const putBack = await tamperObject(s, target.id, how);
+        try {
+          const r = await apply(s);
+          expect(r.code, show(r)).toBe(5);
+          expect(r.stderr).toContain(`object ${target.id}`);
+          expect(r.stderr).toMatch(c.message);
+          expect(await liveState(s)).toEqual(before);
+          expect(await expectNoLeftovers(s)).toEqual([]);
+          // Without the page the index cannot be read at all: plain verify says so too.
+          const v = await verify(s, ['--json']);
+          expect(v.code, show(v)).toBe(5);
+          const files = (JSON.parse(v.stdout) as VerifyJson).artifacts.find((a) => a.name === 'files')!;
+          expect(files.ok).toBe(false);
+          expect(files.error).toContain(`object ${target.id}`);
+        } finally {
+          await putBack();
+        }
         const a = await apply(s);
         expect(a.code, show(a)).toBe(0);
         expect(a.stdout).toContain(`applied set ${setId}`);

@@ -26,6 +26,8 @@ export interface IndexContents {
   files: FileEntry[];
   /** Ordinals of the packs that hold the index's pages. */
   pagePacks: Set<number>;
+  /** The pages, each as [pack ordinal, offset, length, id]. */
+  pages: Array<[number, number, number, string]>;
 }
 
 /** The files index of a set, read (and checked) with the site's keys, its pages loaded from the filestore. */
@@ -34,17 +36,21 @@ export async function indexContents(s: StandbySite, setId: string): Promise<Inde
   const packs: PackInfo[] = [];
   const files: FileEntry[] = [];
   const pagePacks = new Set<number>();
+  const pageRefs: IndexContents['pages'] = [];
   const fs = s.openStore();
   try {
     const pages = pageLoader(fs, s.site, { identities: loadIdentities(s.keys.identityFile), hmacKey: loadFilesKeyFile(s.keys.filesKeyFile).hmacKey, label: `set ${setId}` });
-    const onPage = (pack: number) => void pagePacks.add(pack);
+    const onPage = (pack: number, offset: number, length: number, id: string) => {
+      pagePacks.add(pack);
+      pageRefs.push([pack, offset, length, id]);
+    };
     for await (const e of readFilesIndex(Readable.from([plain]), { label: `set ${setId}`, site: s.site, setId, maxEntries: 1_000_000, pages, onPage }, packs)) {
       if (e.t === 'f') files.push(e);
     }
   } finally {
     await fs.close();
   }
-  return { packs, files, pagePacks };
+  return { packs, files, pagePacks, pages: pageRefs };
 }
 
 /** The packs of an index that hold file content (not its pages). */
