@@ -38,6 +38,7 @@ interface StandbyStatus {
   primaryHeartbeatAgeSeconds: number | null;
   applying: unknown;
   push: { connected: boolean } | null;
+  poll?: { nextAt: string | null } | null;
   lastError: { what: string; message: string } | null;
 }
 
@@ -124,6 +125,11 @@ describe('tandem-primary run and tandem-standby run together (S3, PostgreSQL)', 
     await waitFor(async () => (await primaryStatus()).standbys.some((x) => x.standbyId === 'standby-1' && x.appliedSetId === sets[0]), 'the primary to see the standby');
 
     // The standby polls every 60 s (its next poll is about a minute away): what follows is the push.
+    // Counted from when it sleeps towards that poll (the loop re-checks once after an apply).
+    await waitFor(async () => {
+      const next = (await standbyStatus(standby!)).poll?.nextAt;
+      return next !== null && next !== undefined && Date.parse(next) - Date.now() > 30_000;
+    }, 'the standby to sleep towards its next poll', 20_000, 50);
     const unchangedBefore = metric((await httpGet(standby.listen, '/metrics', SB_TOKEN)).body, 'tandem_standby_polls_total', { result: 'unchanged' })!;
     sets.push(await backupNow());
     const st = await waitFor(async () => {

@@ -69,6 +69,12 @@ export const FILES_CACHE = 'files-cache.ndjson';
 const UPLOADS_IN_FLIGHT = 1;
 /** A file up to this is read whole and cut in memory; a larger one is read a chunk window at a time. */
 const READ_WHOLE = MAX_CHUNK;
+/**
+ * A file is read this much at a time (at least a largest chunk of its size class): 64 KiB chunks
+ * read a window each would be ~16 reads per MiB. At most MAX_CHUNK, so that the pack's arena holds
+ * what it holds (up to PACK_TARGET) and a window.
+ */
+const READ_AHEAD = 1024 * 1024;
 /** Pages of the index are gathered into packs of about this much (one pack per set when few changed). */
 const PAGES_PACK_TARGET = 1024 * 1024;
 /**
@@ -558,28 +564,27 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       while (inFlight.length > 0 && inFlight[0]!.done) inFlight.shift();
     };
     /**
-     * The blob at arena[p.bytes, p.bytes + len) of the open pack `p`, the file's bytes not yet cut
-     * lying after it up to `end`: known, it is only looked up (the caller moves what follows down
-     * over it); new, it stays where it is, or, when the pack is full, the file's bytes from the blob
-     * on go to a new pack's arena and this pack is sealed. Returns the blob, the pack now open and by
-     * how much the file's bytes moved down (`shift`).
+     * The blob at arena[at, at + len) of the open pack `p`, the file's bytes not yet cut lying after
+     * it up to `end` (everything in [p.bytes, at) was consumed): known, it is only looked up; new, it
+     * is moved down to the end of the pack (p.bytes) unless it is there already, or, when the pack
+     * is full, the file's bytes from the blob on go to a new pack's arena and this pack is sealed.
+     * Returns the blob, the pack now open, and where the file's bytes after the blob now lie.
      */
-    const placeBlob = async (p: OpenPack, len: number, end: number): Promise<{ loc: BlobLoc; p: OpenPack; shift: number }> => {
-      const at = p.bytes;
+    const placeBlob = async (p: OpenPack, at: number, len: number, end: number): Promise<{ loc: BlobLoc; p: OpenPack; at: number; end: number }> => {
       const idBytes = objectIdBytes(o.filesKey.hmacKey, p.arena.subarray(at, at + len));
       const e = table.find(idBytes);
-      if (e >= 0) return { loc: { pack: known.packs[table.pack(e)]!, offset: table.offset(e), length: table.length(e), id: table.idHex(e) }, p, shift: 0 };
-      let shift = 0;
-      if (at + len > PACK_TARGET && p.blobs.length > 0) {
+      if (e >= 0) return { loc: { pack: known.packs[table.pack(e)]!, offset: table.offset(e), length: table.length(e), id: table.idHex(e) }, p, at: at + len, end };
+      if (p.bytes + len > PACK_TARGET && p.blobs.length > 0) {
         await makeRoom();
         const q = newPack();
         p.arena.copy(q.arena, 0, at, end);
-        shift = at;
+        end -= at;
+        at = 0;
         open_ = p;
         sealOpen();
         open_ = q;
         p = q;
-      }
+      } else if (at > p.bytes) p.arena.copyWithin(p.bytes, at, at + len);
       const id = idBytes.toString('hex');
       const loc: BlobLoc = { pack: p.record, offset: p.bytes, length: len, id };
       p.blobs.push(id);
@@ -587,13 +592,13 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       table.add(idBytes, p.record.no, loc.offset, len);
       stats.blobsUploaded++;
       stats.newBytes += len;
-      return { loc, p, shift };
+      return { loc, p, at: at + len, end };
     };
     /** A blob from a buffer of its own (an object of an s3:// paths.files), copied into the arena. */
     const addBlob = async (data: Buffer): Promise<BlobLoc> => {
       const p = open_ ?? newPack();
       data.copy(p.arena, p.bytes);
-      return (await placeBlob(p, data.length, p.bytes + data.length)).loc;
+      return (await placeBlob(p, p.bytes, data.length, p.bytes + data.length)).loc;
     };
     /** Reads into buf[at, at + want) until that is full or the file ends; returns the bytes read. */
     const readInto = (fd: number, buf: Buffer, at: number, want: number): number => {
@@ -625,12 +630,14 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         }
         return out;
       }
-      // Read straight into the open pack's arena, a window of up to `max` bytes at a time, cut only
-      // from a full window or at the end of the file: the cuts of ChunkerStream, byte for byte (a
-      // small file is one window). A new blob stays where it was read; the window after a known one
-      // moves down to the end of the pack.
+      // Read straight into the open pack's arena, READ_AHEAD (or a largest chunk) at a time, cut
+      // only from a window of at least `max` bytes or at the end of the file: the cuts of
+      // ChunkerStream, byte for byte (a small file is one window). A new blob is moved down to the
+      // end of the pack when known ones lay before it (often it is there already); the bytes not
+      // yet cut move down only when the arena has no room for the next read.
       const sizes = chunkSizesFor(size);
       const { max } = sizes;
+      const ahead = Math.max(max, READ_AHEAD);
       const fd = openSync(path, 'r');
       try {
         let p = open_ ?? newPack();
@@ -638,13 +645,13 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         let end = at;
         let eof = false;
         for (;;) {
-          if (at > p.bytes) {
-            p.arena.copyWithin(p.bytes, at, end);
-            end -= at - p.bytes;
-            at = p.bytes;
-          }
           if (!eof && end - at < max) {
-            const want = max - (end - at);
+            const want = ahead - (end - at);
+            if (end + want > p.arena.length) {
+              p.arena.copyWithin(p.bytes, at, end);
+              end -= at - p.bytes;
+              at = p.bytes;
+            }
             const n = readInto(fd, p.arena, end, want);
             if (n < want) eof = true;
             end += n;
@@ -653,11 +660,9 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
           }
           if (end === at) break;
           const len = cutPoint(p.arena, at, end, sizes);
-          const placed = await placeBlob(p, len, end);
+          const placed = await placeBlob(p, at, len, end);
           out.push(placed.loc);
-          at += len - placed.shift;
-          end -= placed.shift;
-          p = placed.p;
+          ({ p, at, end } = placed);
         }
         return out;
       } finally {
