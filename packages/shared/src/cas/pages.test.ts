@@ -201,6 +201,30 @@ describe('paged files index (version 2)', () => {
     expect(await refusal(await rootOver([d('a'), d('b')], 3, 1))).toMatch(/the end line counts 3 entries, 1 packs, 0 bytes; the index holds 2, 1, 0/);
   });
 
+  it('a small change reads each pack of pages once, though its pages alternate between packs', async () => {
+    const stored = new Map<string, { info: PackInfo; offset: number; length: number }>();
+    await storeIndex(tree(2000), stored);
+    const edited = new Set(['media/d1/file-00010.jpg', 'media/d4/file-00100.jpg', 'media/d8/file-00150.jpg']);
+    const second = await storeIndex(tree(2000, (p) => edited.has(p)), stored);
+    const roots = second.root.filter((l) => l.t === 'o');
+    expect(roots.length).toBe(2);
+    // Counting what the loader asks the (real) filestore for.
+    let gets = 0;
+    const counting = new Proxy(store, {
+      get(target, prop, recv) {
+        if (prop === 'get') gets++;
+        const v = Reflect.get(target, prop, recv) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const pages = pageLoader(counting, SITE, { identities: [pair.identity], hmacKey: filesKey.hmacKey, label: 'set X' });
+    expect((await readAll(text(second.root), pages)).length).toBe(tree(2000).length);
+    // The root alternates between the two packs at each changed page; each is fetched once.
+    const order = second.root.filter((l) => l.t === 'p').map((l) => (l as IndexLine & { b: [number] }).b[0]);
+    expect(order.filter((x, i) => i > 0 && x !== order[i - 1]).length).toBeGreaterThanOrEqual(4);
+    expect(gets).toBe(2);
+  });
+
   it('refuses a page pack altered in the filestore before decrypting a byte', async () => {
     const t = tree(50);
     const { root } = await storeIndex(t, new Map());

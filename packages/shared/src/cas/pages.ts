@@ -96,20 +96,39 @@ export class PageBuilder {
 }
 
 /**
+ * The plain bytes of opened packs a page loader keeps: the pages of a set after a small change lie
+ * in the pack of the first set and in the packs of the sets since, in root order alternately, and
+ * fetching and opening the first set's pack again for every changed page cost a 1% change's apply
+ * more than the change (40 times 1 MB). Packs of pages are ~1 MiB: this keeps several.
+ */
+export const PAGE_PACKS_KEPT_BYTES = 8 * 1024 * 1024;
+
+/**
  * Loads pages from the filestore: each pack's stored bytes bounded by its signed size and checked
  * against its SHA-256 before a byte is decrypted (openPackPieces), each page against its id before
- * it is parsed (blobSlices). The last pack opened is kept: a root lists its pages in order, and the
- * pages of a set are mostly in few packs.
+ * it is parsed (blobSlices). Opened packs are kept, the least recently used dropped first, up to
+ * PAGE_PACKS_KEPT_BYTES (and always the one in use).
  */
 export function pageLoader(fs: Filestore, site: string, o: { identities: string[] | null; hmacKey: Buffer; label: string; signal?: AbortSignal }): PageLoader {
-  let last: { id: string; plain: PackPlain } | undefined;
+  const kept = new Map<string, PackPlain>();
+  let bytes = 0;
   return async (info, offset, length, id) => {
-    if (last?.id !== info.id) {
-      last = undefined;
+    let plain = kept.get(info.id);
+    if (plain !== undefined) {
+      kept.delete(info.id);
+      kept.set(info.id, plain);
+    } else {
       const stored = await fetchPackStored(fs, site, info, { label: `${o.label}: a page`, signal: o.signal });
-      last = { id: info.id, plain: await openPackPieces(stored, info, { identities: o.identities, label: `${o.label}: a page` }) };
+      plain = await openPackPieces(stored, info, { identities: o.identities, label: `${o.label}: a page` });
+      kept.set(info.id, plain);
+      bytes += plain.length;
+      for (const [k, v] of kept) {
+        if (bytes <= PAGE_PACKS_KEPT_BYTES || k === info.id) break;
+        kept.delete(k);
+        bytes -= v.length;
+      }
     }
-    const slices = blobSlices(last.plain, { id, offset, length }, o.hmacKey, `${o.label}: a page`);
+    const slices = blobSlices(plain, { id, offset, length }, o.hmacKey, `${o.label}: a page`);
     return slices.length === 1 ? slices[0]! : Buffer.concat(slices, length);
   };
 }
