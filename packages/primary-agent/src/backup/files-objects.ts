@@ -11,6 +11,7 @@ import {
   MAX_INDEX_LINE,
   MAX_PAGE,
   PACK_TARGET,
+  PAGE_MAX,
   PageBuilder,
   SMALL_CHUNK_SIZES,
   chunkSizesFor,
@@ -29,7 +30,6 @@ import {
   objectKey,
   packId,
   readFilesIndex,
-  sealPack,
   sealPackStream,
   textLines,
   type FilesKey,
@@ -77,6 +77,8 @@ const READ_WHOLE = MAX_CHUNK;
 const READ_AHEAD = 1024 * 1024;
 /** Pages of the index are gathered into packs of about this much (one pack per set when few changed). */
 const PAGES_PACK_TARGET = 1024 * 1024;
+/** The arena pages are gathered in: a pack of pages and a largest ordinary page. */
+const PAGES_ARENA = PAGES_PACK_TARGET + PAGE_MAX;
 /**
  * The pack being filled lives in an arena: one buffer of PACK_TARGET plus a largest chunk, into
  * which files are read directly, so that their blobs are already end to end when the pack is sealed.
@@ -454,30 +456,53 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     const pager = new PageBuilder();
     /** The pages of the index, in order, where they are stored. */
     const pageLocs: BlobLoc[] = [];
-    /** The pack of pages being gathered (its record is made with it). */
-    let pagesPack: { record: PackRecord; blobs: Array<{ id: string; data: Buffer }>; bytes: number } | null = null;
-    /** Uploads the pack of pages gathered so far: sealed whole (it is small), encrypted to the files key too. */
+    /**
+     * The pack of pages being gathered: the pages end to end in an arena of its own, reused (a
+     * buffer per page, kept until its pack was sealed, outlived the young generation and stayed
+     * until a full collection: 20 MB more at the peak of a backup of 100,000 files).
+     */
+    let pagesArena: Buffer | null = null;
+    let pagesPack: { record: PackRecord; ids: string[]; bytes: number } | null = null;
+    /** Uploads the pack of pages gathered so far, sealed as it uploads, encrypted to the files key too. */
     const sealPages = async () => {
       const pp = pagesPack;
       if (pp === null) return;
       pagesPack = null;
-      const ids = pp.blobs.map((b) => b.id);
       let attempt = 0;
-      let key = objectKey(o.site, packId(o.filesKey.hmacKey, ids));
-      while ((await o.filestore.stat(key, { signal: o.signal })) !== null) key = objectKey(o.site, packId(o.filesKey.hmacKey, ids, ++attempt));
+      let key = objectKey(o.site, packId(o.filesKey.hmacKey, pp.ids));
+      while ((await o.filestore.stat(key, { signal: o.signal })) !== null) key = objectKey(o.site, packId(o.filesKey.hmacKey, pp.ids, ++attempt));
       // The primary reads its pages back (its cache, garbage collection, `list`) with the files key.
-      const sealed = await sealPack(pp.blobs, { hmacKey: o.filesKey.hmacKey, recipients: o.recipients ? [...o.recipients, o.filesKey.recipient] : null, attempt });
-      await o.filestore.put(key, Readable.from(sealed.pieces), { signal: o.signal, contentType: 'application/octet-stream' });
-      pp.record.info = sealed.info;
+      const recipients = o.recipients ? [...o.recipients, o.filesKey.recipient] : null;
+      const sealing = sealPackStream(pp.ids, pagesArena!.subarray(0, pp.bytes), { hmacKey: o.filesKey.hmacKey, recipients, attempt });
+      try {
+        await o.filestore.put(key, sealing.stream, { signal: o.signal, contentType: 'application/octet-stream' });
+      } finally {
+        sealing.stream.destroy();
+      }
+      const info = sealing.info();
+      pp.record.info = info;
       pp.record.done = true;
-      for (const b of sealed.blobs) table.add(Buffer.from(b.id, 'hex'), pp.record.no, b.offset, b.length);
+      // Found from now on (a page is added to the table only once its pack is stored).
+      for (const g of pageLocs) if (g.pack === pp.record) table.add(Buffer.from(g.id, 'hex'), pp.record.no, g.offset, g.length);
+      if (pagesArena!.length > PAGES_ARENA) pagesArena = null; // grown for one large page: not kept
       stats.packsUploaded++;
-      stats.storedBytes += sealed.info.size;
+      stats.storedBytes += info.size;
       faultPoint('files-pack-uploaded');
     };
     /** A page of the index: found stored (unchanged since a set before), or added to the pack of pages. */
-    const storePage = async (page: Buffer) => {
+    const storePage = async (text: string) => {
       stats.pages++;
+      const len = Buffer.byteLength(text);
+      if (pagesPack !== null && pagesPack.bytes + len > PAGES_PACK_TARGET) await sealPages();
+      const at = pagesPack?.bytes ?? 0;
+      if (pagesArena === null || at + len > pagesArena.length) {
+        // Only ever for a page larger than the arena (a file of many chunks), when nothing waits in it.
+        const grown = Buffer.allocUnsafeSlow(Math.max(PAGES_ARENA, at + len));
+        pagesArena?.copy(grown, 0, 0, at);
+        pagesArena = grown;
+      }
+      pagesArena.write(text, at);
+      const page = pagesArena.subarray(at, at + len);
       const idBytes = objectIdBytes(o.filesKey.hmacKey, page);
       const e = table.find(idBytes);
       if (e >= 0) {
@@ -486,16 +511,15 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         pageLocs.push({ pack, offset: table.offset(e), length: table.length(e), id: table.idHex(e) });
         return;
       }
-      if (pagesPack !== null && pagesPack.bytes + page.length > PAGES_PACK_TARGET) await sealPages();
       if (pagesPack === null) {
         const record: PackRecord = { no: known.packs.length, stored: Promise.resolve(), done: false };
         known.packs.push(record);
-        pagesPack = { record, blobs: [], bytes: 0 };
+        pagesPack = { record, ids: [], bytes: 0 };
       }
       const id = idBytes.toString('hex');
-      pageLocs.push({ pack: pagesPack.record, offset: pagesPack.bytes, length: page.length, id });
-      pagesPack.blobs.push({ id, data: page });
-      pagesPack.bytes += page.length;
+      pageLocs.push({ pack: pagesPack.record, offset: at, length: len, id });
+      pagesPack.ids.push(id);
+      pagesPack.bytes += len;
       stats.pagesUploaded++;
     };
 

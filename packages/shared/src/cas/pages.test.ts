@@ -59,10 +59,10 @@ async function storeIndex(entries: Array<{ e: TreeEntry; blobs: PageBlob[] }>, s
   const pages: Buffer[] = [];
   for (const x of entries) {
     const p = b.add(x.e, x.blobs);
-    if (p) pages.push(p);
+    if (p) pages.push(Buffer.from(p));
   }
   const last = b.take();
-  if (last) pages.push(last);
+  if (last) pages.push(Buffer.from(last));
   const fresh = pages.map((data) => ({ id: objectId(filesKey.hmacKey, data), data })).filter((p, i, all) => !stored.has(p.id) && all.findIndex((q) => q.id === p.id) === i);
   let uploaded = 0;
   if (fresh.length > 0) {

@@ -41,7 +41,7 @@ export interface PageBlob {
   id: string;
 }
 
-/** Entries in, pages out (each the plain bytes of one page). */
+/** Entries in, pages out (each the text of one page: the writer encodes it where it stores it). */
 export class PageBuilder {
   #lines: string[] = [];
   #bytes = 0;
@@ -57,7 +57,7 @@ export class PageBuilder {
   }
 
   /** Adds an entry (a file's blobs given by pack); returns a page when this entry ends one. */
-  add(entry: TreeEntry, blobs: readonly PageBlob[] = []): Buffer | null {
+  add(entry: TreeEntry, blobs: readonly PageBlob[] = []): string | null {
     let line: string;
     if (entry.t === 'f') {
       const b = blobs.map((x) => {
@@ -79,9 +79,9 @@ export class PageBuilder {
   }
 
   /** The page being filled, if it holds an entry (the last page of an index). */
-  take(): Buffer | null {
+  take(): string | null {
     if (this.#entries === 0) return null;
-    const page = Buffer.from(this.#lines.join(''));
+    const page = this.#lines.join('');
     this.#lines = [];
     this.#bytes = 0;
     this.#entries = 0;
