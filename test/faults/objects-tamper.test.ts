@@ -71,6 +71,16 @@ function suite(name: string, make: (root: string) => Promise<StandbySite>, teard
       await teardown();
     });
 
+    /** apply refuses the set naming the object (exit 5); nothing live changed, no staging left. */
+    async function applyRefuses(id: string, message: RegExp, before: unknown): Promise<void> {
+      const r = await apply(s);
+      expect(r.code, show(r)).toBe(5);
+      expect(r.stderr).toContain(`object ${id}`);
+      expect(r.stderr).toMatch(message);
+      expect(await liveState(s)).toEqual(before);
+      expect(await expectNoLeftovers(s)).toEqual([]);
+    }
+
     for (const c of CASES) {
       it(`(${c.how}) apply refuses the set naming the object, nothing live changes; verify --read-data names it; put back, it applies`, async () => {
         // New and changed files: their blobs go into a pack no applied set had.
@@ -96,12 +106,7 @@ function suite(name: string, make: (root: string) => Promise<StandbySite>, teard
         const before = await liveState(s);
         const putBack = await tamperObject(s, target.id, c.how, other);
         try {
-          const r = await apply(s);
-          expect(r.code, show(r)).toBe(5);
-          expect(r.stderr).toContain(`object ${target.id}`);
-          expect(r.stderr).toMatch(c.message);
-          expect(await liveState(s)).toEqual(before);
-          expect(await expectNoLeftovers(s)).toEqual([]);
+          await applyRefuses(target.id, c.message, before);
 
           // --read-data: every object downloaded and checked; the failed one named with its files.
           const deep = await verify(s, ['--read-data', '--json']);
@@ -169,12 +174,7 @@ function suite(name: string, make: (root: string) => Promise<StandbySite>, teard
         const before = await liveState(s);
         const putBack = await tamperObject(s, target.id, how);
         try {
-          const r = await apply(s);
-          expect(r.code, show(r)).toBe(5);
-          expect(r.stderr).toContain(`object ${target.id}`);
-          expect(r.stderr).toMatch(c.message);
-          expect(await liveState(s)).toEqual(before);
-          expect(await expectNoLeftovers(s)).toEqual([]);
+          await applyRefuses(target.id, c.message, before);
           // Without the page the index cannot be read at all: plain verify says so too.
           const v = await verify(s, ['--json']);
           expect(v.code, show(v)).toBe(5);

@@ -123,7 +123,11 @@ interface CachedFile {
   s: number;
   ns: string;
   ino: string;
-  blobs: BlobLoc[];
+  /**
+   * Its blobs as entries of the blob table (4 bytes each): objects with a hex id were ~150 bytes a
+   * blob, and 64 KiB chunks make a 50 GB tree ~800,000 blobs.
+   */
+  blobs: Uint32Array;
 }
 
 /** A page of the index in the cache: the blob's pack (a cache ordinal) and place. */
@@ -266,13 +270,12 @@ async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
             if (!known.packs[p]) throw new Error(`pack ${p} unknown`);
             addBlob(known, p, offset, length, id);
           } else if (l.t === 'f') {
-            const locs = l.b.map(([p, offset, length, id]) => {
-              const pack = known.packs[p];
-              if (!pack) throw new Error(`pack ${p} unknown`);
-              addBlob(known, p, offset, length, id);
-              return { pack, offset, length, id };
+            const entries = new Uint32Array(l.b.length);
+            l.b.forEach(([p, offset, length, id], i) => {
+              if (!known.packs[p]) throw new Error(`pack ${p} unknown`);
+              entries[i] = addBlob(known, p, offset, length, id);
             });
-            known.files.set(l.p, { s: l.s, ns: l.ns ?? '', ino: l.ino ?? '', blobs: locs });
+            known.files.set(l.p, { s: l.s, ns: l.ns ?? '', ino: l.ino ?? '', blobs: entries });
           }
         }
         known.source = 'used';
@@ -425,6 +428,9 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     if (o.repair) known = { ...known, blobs: new BlobTable(), packs: [] };
     /** Every blob stored before and stored by this run (dedup within the tree too), by id. */
     const table = known.blobs;
+    /** Where a file the cache lists has its blobs. */
+    const locsOf = (f: CachedFile): BlobLoc[] =>
+      Array.from(f.blobs, (e) => ({ pack: known.packs[table.pack(e)]!, offset: table.offset(e), length: table.length(e), id: table.idHex(e) }));
     cacheOut = createWriteStream(cacheNew, { mode: 0o600 });
     writeCache({ t: 'h', site: o.site, setId: o.setId });
     let open_: OpenPack | null = null;
@@ -450,6 +456,28 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       // packs, what waits to be written must not pile up in memory.
       if (cacheOut?.writableNeedDrain) await new Promise<void>((resolve) => cacheOut!.once('drain', resolve));
     };
+    /**
+     * Stores a pack of these blobs (end to end in `plain`, kept unchanged until this returns), never
+     * over an existing object (packId: one stat per new pack), sealed as it is uploaded: the stored
+     * bytes are never held whole. Its info once stored.
+     */
+    const uploadPack = async (ids: string[], plain: Buffer, recipients: string[] | null): Promise<PackInfo> => {
+      let attempt = 0;
+      let key = objectKey(o.site, packId(o.filesKey.hmacKey, ids));
+      while ((await o.filestore.stat(key, { signal: o.signal })) !== null) key = objectKey(o.site, packId(o.filesKey.hmacKey, ids, ++attempt));
+      o.signal?.throwIfAborted();
+      const sealing = sealPackStream(ids, plain, { hmacKey: o.filesKey.hmacKey, recipients, attempt });
+      try {
+        await o.filestore.put(key, sealing.stream, { signal: o.signal, contentType: 'application/octet-stream' });
+      } finally {
+        sealing.stream.destroy();
+      }
+      const info = sealing.info();
+      stats.packsUploaded++;
+      stats.storedBytes += info.size;
+      faultPoint('files-pack-uploaded');
+      return info;
+    };
     let entries = 0;
     /** Every pack the index names (content and pages): the end line counts them. */
     const packIds = new Set<string>();
@@ -468,26 +496,13 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       const pp = pagesPack;
       if (pp === null) return;
       pagesPack = null;
-      let attempt = 0;
-      let key = objectKey(o.site, packId(o.filesKey.hmacKey, pp.ids));
-      while ((await o.filestore.stat(key, { signal: o.signal })) !== null) key = objectKey(o.site, packId(o.filesKey.hmacKey, pp.ids, ++attempt));
       // The primary reads its pages back (its cache, garbage collection, `list`) with the files key.
       const recipients = o.recipients ? [...o.recipients, o.filesKey.recipient] : null;
-      const sealing = sealPackStream(pp.ids, pagesArena!.subarray(0, pp.bytes), { hmacKey: o.filesKey.hmacKey, recipients, attempt });
-      try {
-        await o.filestore.put(key, sealing.stream, { signal: o.signal, contentType: 'application/octet-stream' });
-      } finally {
-        sealing.stream.destroy();
-      }
-      const info = sealing.info();
-      pp.record.info = info;
+      pp.record.info = await uploadPack(pp.ids, pagesArena!.subarray(0, pp.bytes), recipients);
       pp.record.done = true;
       // Found from now on (a page is added to the table only once its pack is stored).
       for (const g of pageLocs) if (g.pack === pp.record) table.add(Buffer.from(g.id, 'hex'), pp.record.no, g.offset, g.length);
       if (pagesArena!.length > PAGES_ARENA) pagesArena = null; // grown for one large page: not kept
-      stats.packsUploaded++;
-      stats.storedBytes += info.size;
-      faultPoint('files-pack-uploaded');
     };
     /** A page of the index: found stored (unchanged since a set before), or added to the pack of pages. */
     const storePage = async (text: string) => {
@@ -536,25 +551,8 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       }
       inFlight.push(p.record);
       (async () => {
-        const blobIds = p.blobs;
-        // Never over an existing object (packId): one stat per new pack.
-        let attempt = 0;
-        let key = objectKey(o.site, packId(o.filesKey.hmacKey, blobIds));
-        while ((await o.filestore.stat(key, { signal: o.signal })) !== null) key = objectKey(o.site, packId(o.filesKey.hmacKey, blobIds, ++attempt));
-        o.signal?.throwIfAborted();
-        // Sealed as it is uploaded: the stored bytes are never held whole.
-        const sealing = sealPackStream(blobIds, p.arena.subarray(0, p.bytes), { hmacKey: o.filesKey.hmacKey, recipients: o.recipients, attempt });
-        try {
-          await o.filestore.put(key, sealing.stream, { signal: o.signal, contentType: 'application/octet-stream' });
-        } finally {
-          sealing.stream.destroy();
-        }
-        const info = sealing.info();
-        p.record.info = info;
+        p.record.info = await uploadPack(p.blobs, p.arena.subarray(0, p.bytes), o.recipients);
         release(p.arena);
-        stats.packsUploaded++;
-        stats.storedBytes += info.size;
-        faultPoint('files-pack-uploaded');
       })().then(
         () => {
           p.record.done = true;
@@ -765,7 +763,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
           const cached = known.files.get(p);
           let blobs: BlobLoc[];
           let size = s;
-          if (cached && cached.s === s && cached.ns === ns && cached.ino === ino) blobs = cached.blobs;
+          if (cached && cached.s === s && cached.ns === ns && cached.ino === ino) blobs = locsOf(cached);
           else {
             blobs = await readBlobs(full, s).catch((err: NodeJS.ErrnoException) => {
               if (err.code === 'ENOENT') return null as unknown as BlobLoc[];
@@ -829,7 +827,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
           const cached = known.files.get(p);
           const ns = `etag:${x.version}`;
           let blobs: BlobLoc[];
-          if (cached && cached.s === x.size && cached.ns === ns) blobs = cached.blobs;
+          if (cached && cached.s === x.size && cached.ns === ns) blobs = locsOf(cached);
           else blobs = await readBlobs(p, x.size, async () => (await bucket.get(p, { signal: o.signal })).body);
           const size = blobs.reduce((n, b) => n + b.length, 0);
           if (size !== x.size) throw new TandemError('transient', 'FILES_CHANGED', `${o.label}: object ${JSON.stringify(p)} changed while it was read (${x.size} bytes listed, ${size} read)`, { hint: 'the next backup takes it as it is then' });
