@@ -490,7 +490,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
      * until a full collection: 20 MB more at the peak of a backup of 100,000 files).
      */
     let pagesArena: Buffer | null = null;
-    let pagesPack: { record: PackRecord; ids: string[]; bytes: number } | null = null;
+    let pagesPack: { record: PackRecord; ids: string[]; locs: BlobLoc[]; bytes: number } | null = null;
     /** Uploads the pack of pages gathered so far, sealed as it uploads, encrypted to the files key too. */
     const sealPages = async () => {
       const pp = pagesPack;
@@ -501,7 +501,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       pp.record.info = await uploadPack(pp.ids, pagesArena!.subarray(0, pp.bytes), recipients);
       pp.record.done = true;
       // Found from now on (a page is added to the table only once its pack is stored).
-      for (const g of pageLocs) if (g.pack === pp.record) table.add(Buffer.from(g.id, 'hex'), pp.record.no, g.offset, g.length);
+      for (const g of pp.locs) table.add(Buffer.from(g.id, 'hex'), pp.record.no, g.offset, g.length);
       if (pagesArena!.length > PAGES_ARENA) pagesArena = null; // grown for one large page: not kept
     };
     /** A page of the index: found stored (unchanged since a set before), or added to the pack of pages. */
@@ -510,12 +510,9 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       const len = Buffer.byteLength(text);
       if (pagesPack !== null && pagesPack.bytes + len > PAGES_PACK_TARGET) await sealPages();
       const at = pagesPack?.bytes ?? 0;
-      if (pagesArena === null || at + len > pagesArena.length) {
-        // Only ever for a page larger than the arena (a file of many chunks), when nothing waits in it.
-        const grown = Buffer.allocUnsafeSlow(Math.max(PAGES_ARENA, at + len));
-        pagesArena?.copy(grown, 0, 0, at);
-        pagesArena = grown;
-      }
+      // Larger only for a page larger than the arena (a file of many chunks): nothing waits in it
+      // then (at is 0), as a pack of pages is sealed before it would pass PAGES_PACK_TARGET.
+      if (pagesArena === null || at + len > pagesArena.length) pagesArena = Buffer.allocUnsafeSlow(Math.max(PAGES_ARENA, at + len));
       pagesArena.write(text, at);
       const page = pagesArena.subarray(at, at + len);
       const idBytes = objectIdBytes(o.filesKey.hmacKey, page);
@@ -529,10 +526,12 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       if (pagesPack === null) {
         const record: PackRecord = { no: known.packs.length, stored: Promise.resolve(), done: false };
         known.packs.push(record);
-        pagesPack = { record, ids: [], bytes: 0 };
+        pagesPack = { record, ids: [], locs: [], bytes: 0 };
       }
       const id = idBytes.toString('hex');
-      pageLocs.push({ pack: pagesPack.record, offset: at, length: len, id });
+      const loc: BlobLoc = { pack: pagesPack.record, offset: at, length: len, id };
+      pageLocs.push(loc);
+      pagesPack.locs.push(loc);
       pagesPack.ids.push(id);
       pagesPack.bytes += len;
       stats.pagesUploaded++;
@@ -777,8 +776,10 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
             size = blobs.reduce((n, b) => n + b.length, 0);
             if (size !== s) o.logger.warn({ path: full, size: s, read: size }, 'a file changed while it was backed up: the set has what was read');
           }
-          if (PageBuilder.fileBound(p, blobs.length, new Set(blobs.map((b) => b.pack)).size) > Math.min(MAX_INDEX_LINE, MAX_PAGE)) {
-            throw new TandemError('permanent', 'FILE_TOO_LARGE', `${o.label}: ${full} is ${size} bytes in ${blobs.length} chunks, more than one index line holds (files up to ~180 GiB)`, {
+          // The packs counted only for a file that could be near the bound (never more packs than blobs).
+          const bound = Math.min(MAX_INDEX_LINE, MAX_PAGE);
+          if (PageBuilder.fileBound(p, blobs.length, blobs.length) > bound && PageBuilder.fileBound(p, blobs.length, new Set(blobs.map((b) => b.pack)).size) > bound) {
+            throw new TandemError('permanent', 'FILE_TOO_LARGE', `${o.label}: ${full} is ${size} bytes in ${blobs.length} chunks, more than one index line holds (files up to ~125 GiB)`, {
               hint: 'split the file, or keep it outside paths.files: no set was committed',
             });
           }

@@ -42,8 +42,9 @@ export const MAX_PAGE = MAX_PACK_PLAIN;
 /** Names a set's files tree may not use: what tandem itself keeps beside or inside it. */
 export const RESERVED_NAME = /^\.tandem-/;
 /**
- * The longest line: a file's line lists its blobs (~90 bytes each, one per ~1 MiB chunk), so this
- * bounds one file at ~180 GiB (the primary refuses a larger one by name).
+ * The longest line: a file's line lists its blobs (~90 bytes each, one per 1 MiB chunk above 1 GiB),
+ * and its page the lines of its packs too, so this bounds one file at ~125 GiB (the primary refuses
+ * a larger one by name).
  */
 export const MAX_INDEX_LINE = 16 * 1024 * 1024;
 const MAX_LINE = MAX_INDEX_LINE;
@@ -161,7 +162,7 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
     if (!ok) fail('a pack line with missing or invalid fields');
     // Version 1 lists each pack once (its ordinals count the lines); version 2 may list a pack in
     // several pages, and it is one pack.
-    const seen = header!.version === 1 ? undefined : byId.get(l.id);
+    const seen = header!.version === FILES_INDEX_V1 ? undefined : byId.get(l.id);
     if (seen !== undefined) {
       const p = packs[seen]!;
       if (p.size !== l.size || p.sha256 !== l.sha256 || p.plain !== l.plain || p.c !== l.c) fail(`pack ${l.id} is listed again with other fields`);
@@ -256,9 +257,9 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
     if (header === undefined) {
       if (l.t !== 'h' || l.format !== FILES_INDEX_FORMAT) fail('no header line');
       const h = l as IndexHeader;
-      if (h.version !== 1 && h.version !== 2) fail(`version ${h.version}, this tandem reads versions 1 and 2: ${h.version > FILES_INDEX_VERSION ? 'upgrade this agent' : 'unknown'}`);
+      if (h.version !== FILES_INDEX_V1 && h.version !== FILES_INDEX_VERSION) fail(`version ${h.version}, this tandem reads versions 1 and 2: ${h.version > FILES_INDEX_VERSION ? 'upgrade this agent' : 'unknown'}`);
       if (h.site !== o.site || (h.setId !== o.setId && !o.anySet)) fail(`it says site ${JSON.stringify(h.site)}, set ${JSON.stringify(h.setId)}; the manifest is of site ${JSON.stringify(o.site)}, set ${o.setId}`);
-      if (h.version === 2 && o.pages === undefined) fail('a paged index (version 2), and this reader was given no way to load its pages');
+      if (h.version === FILES_INDEX_VERSION && o.pages === undefined) fail('a paged index (version 2), and this reader was given no way to load its pages');
       header = h;
       continue;
     }
@@ -267,7 +268,7 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
         rootPacks.push(packLine(l));
         break;
       case 'p': {
-        if (header.version !== 2) fail('a page line in a version-1 index');
+        if (header.version !== FILES_INDEX_VERSION) fail('a page line in a version-1 index');
         const [pack, off, len, id] = blobRef((l as IndexPage).b, rootPacks, 'a page');
         if (len > MAX_PAGE) fail(`a page of ${len} bytes, more than ${MAX_PAGE}`);
         o.onPage?.(pack, off, len, id);
@@ -279,7 +280,7 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
       case 'd':
       case 'f':
       case 'l':
-        if (header.version !== 1) fail('an entry in the root of a paged index (entries are in its pages)');
+        if (header.version !== FILES_INDEX_V1) fail('an entry in the root of a paged index (entries are in its pages)');
         yield treeEntry(l, rootPacks);
         break;
       case 'e':

@@ -17,7 +17,7 @@ import { blobSlices, openPackPieces, type PackInfo, type PackPlain } from './pac
  * Sizes: a page is the unit re-uploaded when one of its entries changes, and each page costs a line
  * in the root (~150 bytes, uploaded every set). 4 KiB pages make a 1% change to the bench tree
  * (~40 entries changed, scattered over its directories) cost ~100-200 KB of pages where the whole
- * index was ~1 MB; a tree of 100,000 small files has ~5,000 pages, a root of ~0.7 MB.
+ * index was ~1 MB; a tree of 100,000 small files has ~4,000 pages, a root of ~0.5 MB.
  */
 export const PAGE_MIN = 512;
 export const PAGE_AVG = 4096;
