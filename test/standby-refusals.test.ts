@@ -171,7 +171,7 @@ describe('apply refuses bad input and changes nothing', () => {
     const id = await forgeSet(s, first, { plain: { db: Buffer.concat([Buffer.from('PGDMP'), Buffer.alloc(3 << 20, 'x')]) } });
     await expectRefused(await applyOnTinyDisk(), [
       `set ${id} cannot be applied here: not enough free space on the file system of`,
-      /: [\d.]+ (B|KiB|MiB) free, and the apply needs [\d.]+ MiB there \(the dump 3\.0 MiB; the stored copy of the files artifact while it is used [\d.]+ (KiB|MiB)\)/,
+      /: [\d.]+ (B|KiB|MiB) free, and the apply needs [\d.]+ MiB there \(the dump 3\.0 MiB; the stored copy of the security artifact while it is used [\d.]+ (B|KiB)\)/,
       'nothing was downloaded and nothing changed',
     ]);
   });

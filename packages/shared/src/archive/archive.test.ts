@@ -292,6 +292,21 @@ describe('createTarStream + extractTarSafe', () => {
     }
     expect(fs.readdirSync(join(d, 'real'))).toEqual([]);
   });
+
+  it('makes the target (0700) at the first entry: a source that fails before one leaves nothing', async () => {
+    const d = freshDir();
+    const failing = new Readable({ read() {} });
+    const pending = extractTarSafe(failing, join(d, 'never'), { label: 'x' });
+    await new Promise((r) => setTimeout(r, 20));
+    expect(fs.existsSync(join(d, 'never'))).toBe(false); // nothing before a byte arrived
+    failing.destroy(new Error('chunk 1 of 3 did not match'));
+    await expect(pending).rejects.toThrow('chunk 1 of 3 did not match');
+    expect(fs.readdirSync(d)).toEqual([]);
+
+    await extractTarSafe(Readable.from([tarOf([{ path: 'a' }])]), join(d, 'made'), { label: 'x' });
+    expect(fs.readdirSync(join(d, 'made'))).toEqual(['a']);
+    expect(fs.statSync(join(d, 'made')).mode & 0o777).toBe(0o700);
+  });
 });
 
 // ---- hostile archives ------------------------------------------------------------------------
@@ -308,8 +323,8 @@ describe('extractTarSafe refuses unsafe entries', () => {
     fs.writeFileSync(join(outside, 'secret'), 'orig');
   });
   afterEach(() => {
-    // Nothing beside the target, nothing new or changed outside it.
-    expect(fs.readdirSync(base).sort()).toEqual(['outside', 'target']);
+    // Nothing beside the target (made at the first entry the parser hands on), nothing new or changed outside it.
+    expect(fs.readdirSync(base).filter((n) => n !== 'target')).toEqual(['outside']);
     expect(fs.readdirSync(outside)).toEqual(['secret']);
     expect(fs.readFileSync(join(outside, 'secret'), 'utf8')).toBe('orig');
     expect(fs.statSync(join(outside, 'secret')).nlink).toBe(1);

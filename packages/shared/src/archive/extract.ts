@@ -59,15 +59,17 @@ export async function extractTarSafe(
 ): Promise<{ entries: number; bytes: number }> {
   const root = path.resolve(targetDir);
   guardEarlyErrors(source);
-  try {
-    await prepareTarget(root, opts.label);
-  } catch (err) {
-    source.destroy(err as Error); // or whatever feeds it would wait forever
-    throw err;
-  }
+  // The target is made when the first entry arrives, not before: an archive that streams in as it
+  // is verified (artifact-stream.ts) and fails its first check leaves nothing behind.
+  let prepared: Promise<void> | undefined;
+  const prepare = (): Promise<void> => (prepared ??= prepareTarget(root, opts.label));
   const x = new Extractor(root, opts);
   try {
-    await runParser(source, opts.label, (entry) => x.entry(entry));
+    await runParser(source, opts.label, async (entry) => {
+      await prepare();
+      await x.entry(entry);
+    });
+    await prepare(); // an archive without entries still makes its (empty) target
   } catch (err) {
     // No write may still be running when the caller removes what was extracted.
     await x.settle().catch(() => {});

@@ -34,11 +34,11 @@ const configWith = (o: { binDir?: string; restoreJobs?: number; create?: boolean
 const entry = (name: ArtifactName, storedSize: number, plainSize: number, chunks = true): ArtifactEntry =>
   ({ name, kind: 'tar', file: `${name}.x`, storedSize, storedSha256: '0'.repeat(64), plainSize, compression: 'zstd', encryption: 'age', ...(chunks ? { chunks: { size: 8 << 20, sha256: [] } } : {}) }) as unknown as ArtifactEntry;
 
-const manifestWith = (sizes: Partial<Record<ArtifactName, [number, number]>>, serverVersion = '15.8'): Manifest =>
+const manifestWith = (sizes: Partial<Record<ArtifactName, [number, number]>>, serverVersion = '15.8', unchunked: ArtifactName[] = []): Manifest =>
   ({
     setId: '20261122T030000Z-e1-000042',
     database: { name: 'demo', serverVersion },
-    artifacts: (['db', 'config', 'security', 'files'] as const).map((n) => entry(n, sizes[n]?.[0] ?? 1000, sizes[n]?.[1] ?? 2000)),
+    artifacts: (['db', 'config', 'security', 'files'] as const).map((n) => entry(n, sizes[n]?.[0] ?? 1000, sizes[n]?.[1] ?? 2000, !unchunked.includes(n))),
   }) as unknown as Manifest;
 
 const targetsFor = (config: StandbyConfig): Targets => ({
@@ -100,11 +100,17 @@ describe('preflight: free space', () => {
     expect(await checkSpace(config, manifestWith({}), targetsFor(config))).toEqual([]);
 
     const huge = 1 << 30; // a GiB; a million of them below: more than any disk here
-    const problems = await checkSpace(config, manifestWith({ db: [1000, huge * 1_000_000], files: [5000, 9000] }), targetsFor(config));
+    // A files archive without chunk digests (an older primary's set) is downloaded whole first.
+    const problems = await checkSpace(config, manifestWith({ db: [1000, huge * 1_000_000], files: [5000, 9000] }, '15.8', ['files']), targetsFor(config));
     expect(problems).toHaveLength(1); // state dir and site dirs share one file system here: one sum
     expect(problems[0]).toMatchObject({ code: 'DISK_SPACE', kind: 'permanent' });
     expect(problems[0]!.message).toContain(`not enough free space on the file system of ${join(root, 'state', 'staging')}, ${base}: `);
     expect(problems[0]!.message).toMatch(/\(the dump 976\.6 TiB; the stored copy of the files artifact while it is used 4\.9 KiB; the new config dir, up to 2\.0 KiB; .*the new files dir, up to 8\.8 KiB\)$/);
+
+    // With chunk digests it streams into its extraction: no stored copy of it needs room.
+    const streamed = await checkSpace(config, manifestWith({ db: [1000, huge * 1_000_000], files: [5000, 9000] }), targetsFor(config));
+    expect(streamed[0]!.message).toMatch(/\(the dump 976\.6 TiB; the stored copy of the config artifact while it is used 1000 B; the new config dir, up to 2\.0 KiB; .*the new files dir, up to 8\.8 KiB\)$/);
+    expect(streamed[0]!.message).not.toContain('stored copy of the files artifact');
 
     // One job: the dump's stored copy is kept instead of the plain dump.
     const oneJob = configWith({ base, stateDir: join(root, 'state'), restoreJobs: 1 });

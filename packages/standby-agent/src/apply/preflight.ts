@@ -335,8 +335,8 @@ interface SpaceNeed {
 /**
  * What the set puts on disk, from its signed sizes, against the free space of each file system:
  * - the state dir (staging): the dump (plain with restoreJobs > 1, else its stored copy), kept
- *   until the restore, plus the largest stored copy of another artifact (each is downloaded whole,
- *   and removed once used);
+ *   until the restore, plus the largest stored copy of another artifact that is downloaded whole
+ *   (removed once used; the files archive streams when it has chunk digests);
  * - beside each live dir: its archive's plain size (the new copy is unpacked beside the old).
  * Needs on one file system add up. A file system whose free space cannot be read is not judged.
  */
@@ -354,7 +354,9 @@ export async function checkSpace(config: StandbyConfig, manifest: Manifest, targ
   } else {
     needs.push({ where: staging, bytes: db.storedSize, what: "the dump's stored copy" });
   }
-  const transient: ArtifactEntry[] = [entries.dbmeta, entries.config, entries.security, entries.files].filter((e): e is ArtifactEntry => e !== undefined);
+  // A files archive with chunk digests streams into its extraction (stage.ts): no stored copy.
+  const files = canStream(entries.files) ? undefined : entries.files;
+  const transient: ArtifactEntry[] = [entries.dbmeta, entries.config, entries.security, files].filter((e): e is ArtifactEntry => e !== undefined);
   if (config.database.restoreJobs > 1 && !canStream(db) && db.kind !== 'postgres-base') transient.push(db);
   const largest = transient.reduce<ArtifactEntry | undefined>((a, e) => (a === undefined || e.storedSize > a.storedSize ? e : a), undefined);
   if (largest !== undefined) {

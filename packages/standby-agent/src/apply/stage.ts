@@ -37,6 +37,8 @@ import type { Targets } from './targets.js';
  *   still decrypts and decompresses it once, to refuse a bad dump before anything live.
  * - dbmeta: decoded into memory (MAX_DB_META_BYTES at most).
  * - config/security/files: extracted into `<live>.tandem-new` (security: files 0600, dirs 0700).
+ *   The files archive streams from the filestore into its extraction when its manifest entry lists
+ *   chunk digests: no stored copy of it is written (a site's media can be most of its size).
  */
 export type StagedDb =
   | { form: 'plain'; file: string }
@@ -130,14 +132,15 @@ async function checkStagingSpace(
 }
 
 /**
- * The dump streams: with chunk digests in its manifest entry, its download overlaps its own
- * decompression, the longest part of staging (artifact-stream.ts); on a remote filestore that is
- * most of the download's time. The archives (and a dump without chunk digests, or kept stored for
- * a one-job restore) are downloaded and verified whole ahead of their use, one after another in
- * set order, from the end of the dump's download on, so that they are fetched and hashed while
- * zstd decompresses the dump (the node thread is mostly idle then) and their turn is only decoding
- * and unpacking. Each is used only once verified, in set order. The first failure stops
- * everything, and nothing is left running when this returns or throws.
+ * The dump and the files archive stream: with chunk digests in its manifest entry, an artifact's
+ * download overlaps its own decoding (artifact-stream.ts), and the files archive is unpacked as it
+ * arrives, with no stored copy in the staging dir (one write and read less of every byte of it,
+ * and room for it not needed). The small documents (dbmeta, config, security), and an artifact
+ * without chunk digests (sets of an older primary) or the dump kept stored for a one-job restore,
+ * are downloaded and verified whole ahead of their use, one after another in set order, from the
+ * end of the dump's download on, while zstd decompresses the dump. Each is used only once
+ * verified, in set order. The first failure stops everything, and nothing is left running when
+ * this returns or throws.
  * Seconds per artifact are wall time from the end of the previous one, so they add up to the
  * staging's wall time; the download seconds of each downloaded whole are logged.
  */
@@ -156,7 +159,10 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
       hint: 'set database.mode: wal with database.dataDir, startCommand and stopCommand on this standby',
     });
   }
-  const streamed = (name: ArtifactName) => name === 'db' && (opts.restoreJobs > 1 || base) && canStream(entries[name]!);
+  // With one restore job the dump's stored copy is kept (the restore decodes it again); small
+  // documents are fetched whole (dbmeta is read into memory, config and security are a few KB).
+  const streamed = (name: ArtifactName) =>
+    (name === 'files' || (name === 'db' && (opts.restoreJobs > 1 || base))) && canStream(entries[name]!);
   const ac = new AbortController();
   const onAbort = () => ac.abort(opts.signal?.reason);
   opts.signal?.addEventListener('abort', onAbort, { once: true });
@@ -177,11 +183,11 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
     }
   };
 
-  // The archives start downloading once the streamed dump's own download has ended (zstd still
-  // decompressing it): before that they would compete with it for the node thread and the disk.
+  // What is fetched whole starts downloading once the streamed dump's own download has ended (zstd
+  // still decompressing it): before that it would compete with it for the node thread and the disk.
   let dumpDownloaded!: () => void;
   const afterDumpDownload = new Promise<void>((resolve) => (dumpDownloaded = resolve));
-  if (!names.some(streamed)) dumpDownloaded();
+  if (!names.includes('db') || !streamed('db')) dumpDownloaded();
 
   const fetched = new Map<ArtifactName, Promise<VerifiedArtifact>>();
   let previous: Promise<unknown> = afterDumpDownload;
@@ -228,12 +234,15 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
         } else {
           signal.throwIfAborted();
           checkOwn(name, entry);
-          await checkStagingSpace(manifest, entry, stagingDir, { withPlain: true, storedCopy: false, reserved: 0 });
+          // A streamed archive puts nothing into the staging dir (its extraction is bounded by the free space where it goes).
+          if (name === 'db') await checkStagingSpace(manifest, entry, stagingDir, { withPlain: true, storedCopy: false, reserved: 0 });
           progress = opts.progress?.begin(name, entry.storedSize);
           input = await verifiedStream({ filestore: opts.filestore, manifest, entry, identities, signal, progress });
-          const source = input.stages[0]!;
-          source.once('end', dumpDownloaded);
-          source.once('close', dumpDownloaded);
+          if (name === 'db') {
+            const source = input.stages[0]!;
+            source.once('end', dumpDownloaded);
+            source.once('close', dumpDownloaded);
+          }
         }
         await use(name, input, file);
       } catch (err) {
