@@ -111,6 +111,15 @@ const metered = (src: ArtifactSource): Transform[] => (src.progress ? [meterStre
 export const canStream = (entry: ArtifactEntry): boolean => entry.chunks !== undefined;
 
 /**
+ * Whether an apply streams the artifact rather than downloading it whole into staging first: the
+ * dump (unless its stored copy is kept for a one-job restore) and the files archive, when they can
+ * stream. The small documents are fetched whole (dbmeta is read into memory, config and security
+ * are a few KB). The staging (stage.ts) and the preflight's space check both follow this.
+ */
+export const streamsWhenStaged = (entry: ArtifactEntry, restoreJobs: number): boolean =>
+  canStream(entry) && (entry.name === 'files' || (entry.name === 'db' && (restoreJobs > 1 || entry.kind === 'postgres-base')));
+
+/**
  * The stored bytes straight from the filestore, as pipeline stages that pass on only pieces whose
  * signed chunk digest matched (see the top of this file). Only for an entry with chunk digests.
  */

@@ -16,7 +16,7 @@ import {
   type StandbyConfig,
   type ToolVersion,
 } from '@tandem/shared';
-import { canStream } from './artifact-stream.js';
+import { canStream, streamsWhenStaged } from './artifact-stream.js';
 import { readAgentRole, type AgentRole } from './db-prereqs.js';
 import { withMaintenance } from './pg.js';
 import { artifactEntries } from './stage.js';
@@ -354,9 +354,10 @@ export async function checkSpace(config: StandbyConfig, manifest: Manifest, targ
   } else {
     needs.push({ where: staging, bytes: db.storedSize, what: "the dump's stored copy" });
   }
-  // A files archive with chunk digests streams into its extraction (stage.ts): no stored copy.
-  const files = canStream(entries.files) ? undefined : entries.files;
-  const transient: ArtifactEntry[] = [entries.dbmeta, entries.config, entries.security, files].filter((e): e is ArtifactEntry => e !== undefined);
+  // What streams (the files archive with chunk digests) has no stored copy in staging.
+  const transient: ArtifactEntry[] = [entries.dbmeta, entries.config, entries.security, entries.files].filter(
+    (e): e is ArtifactEntry => e !== undefined && !streamsWhenStaged(e, config.database.restoreJobs),
+  );
   if (config.database.restoreJobs > 1 && !canStream(db) && db.kind !== 'postgres-base') transient.push(db);
   const largest = transient.reduce<ArtifactEntry | undefined>((a, e) => (a === undefined || e.storedSize > a.storedSize ? e : a), undefined);
   if (largest !== undefined) {

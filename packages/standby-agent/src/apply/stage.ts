@@ -19,7 +19,7 @@ import {
   type ProgressMeter,
   type ProgressSink,
 } from '@tandem/shared';
-import { artifactLabel, canStream, decodeStored, fetchVerified, fromVerifiedFile, verifiedStream, type StoredInput, type VerifiedArtifact } from './artifact-stream.js';
+import { artifactLabel, decodeStored, fetchVerified, fromVerifiedFile, streamsWhenStaged, verifiedStream, type StoredInput, type VerifiedArtifact } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
 import { stageFilesObjects, type StagedFiles } from './files-objects.js';
 import type { Targets } from './targets.js';
@@ -159,10 +159,7 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
       hint: 'set database.mode: wal with database.dataDir, startCommand and stopCommand on this standby',
     });
   }
-  // With one restore job the dump's stored copy is kept (the restore decodes it again); small
-  // documents are fetched whole (dbmeta is read into memory, config and security are a few KB).
-  const streamed = (name: ArtifactName) =>
-    (name === 'files' || (name === 'db' && (opts.restoreJobs > 1 || base))) && canStream(entries[name]!);
+  const streamed = (name: ArtifactName) => streamsWhenStaged(entries[name]!, opts.restoreJobs);
   const ac = new AbortController();
   const onAbort = () => ac.abort(opts.signal?.reason);
   opts.signal?.addEventListener('abort', onAbort, { once: true });
