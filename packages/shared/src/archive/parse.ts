@@ -126,16 +126,8 @@ export async function runParser(
   );
   const parsed = new Promise<void>((resolve) => parser.on('end', resolve));
 
-  try {
-    for await (const chunk of source) {
-      if (failure !== undefined) break;
-      if (!parser.write(chunk as Buffer)) {
-        await Promise.race([new Promise((resolve) => parser.once('drain', resolve)), failed]);
-      }
-    }
-  } catch (err) {
-    fail(err); // the source's own error (e.g. zstd or decryption failure) is the root cause
-  }
+  // The source's own error (e.g. zstd or decryption failure) is the root cause.
+  await feed(source, parser, failed).catch(fail);
   if (failure === undefined) {
     parser.end();
     await Promise.race([parsed, failed]);
@@ -152,4 +144,39 @@ export async function runParser(
     await tail;
     throw failure;
   }
+}
+
+/**
+ * Writes `source` into the parser chunk by chunk as the source hands them out ('data' events), so
+ * that nothing is joined on the way (an async iterator's read() joins every buffered chunk into one
+ * new buffer), pausing the source while the parser holds back. Resolves at the source's end, or
+ * when `failed` settles; rejects with the source's error.
+ */
+function feed(source: Readable, parser: Parser, failed: Promise<void>): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const done = (err?: unknown): void => {
+      source.off('data', onData);
+      source.off('end', onEnd);
+      source.off('error', onError);
+      source.off('close', onClose);
+      parser.off('drain', onDrain);
+      if (err === undefined) resolve();
+      else reject(err);
+    };
+    const onData = (chunk: Buffer): void => {
+      if (!parser.write(chunk)) source.pause();
+    };
+    const onDrain = (): void => void source.resume();
+    const onEnd = (): void => done();
+    const onError = (err: unknown): void => done(err);
+    // Destroyed without an error before its end: as an async iterator would, fail with that.
+    const onClose = (): void => done(source.readableEnded ? undefined : Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
+    source.on('data', onData);
+    source.once('end', onEnd);
+    source.once('error', onError);
+    source.once('close', onClose);
+    parser.on('drain', onDrain);
+    source.resume(); // a 'data' listener alone does not start a source its owner paused
+    void failed.then(() => done());
+  });
 }
