@@ -3,14 +3,29 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
 import { ChunkHasher, ChunkVerifier, MAX_STORED_CHUNKS, chunksOf, chunksProblem, type ChunkMismatch, type StoredChunks } from './chunks.js';
+import { ChunkVerifierThread } from './chunk-verifier-thread.js';
+import { giveAway } from './given-away.js';
 
 const SIZE = 64 << 10;
 
-/** Feeds `data` in pieces of `step` bytes through a verifier; returns what came out, and the error. */
-async function verify(data: Buffer, chunks: StoredChunks, signed = data.length, step = 10_000): Promise<{ out: Buffer; err?: Error; mismatch?: ChunkMismatch }> {
+type Verifier = typeof ChunkVerifier | typeof ChunkVerifierThread;
+
+/**
+ * Feeds `data` in pieces of `step` bytes through a verifier; returns what came out, and the error.
+ * With `own`, each piece is a buffer of its own, given away (as the directory filestore's reads
+ * are), else a slice of `data` (as an HTTP body gives), which the hashing thread must copy.
+ */
+async function verify(
+  data: Buffer,
+  chunks: StoredChunks,
+  signed = data.length,
+  step = 10_000,
+  V: Verifier = ChunkVerifier,
+  own = false,
+): Promise<{ out: Buffer; err?: Error; mismatch?: ChunkMismatch }> {
   const parts: Buffer[] = [];
   let mismatch: ChunkMismatch | undefined;
-  const v = new ChunkVerifier(
+  const v = new V(
     chunks,
     signed,
     (m) => {
@@ -20,7 +35,15 @@ async function verify(data: Buffer, chunks: StoredChunks, signed = data.length, 
     (pieces, count) => new Error(`short: ${pieces} of ${count}`),
   );
   const pieces = function* () {
-    for (let i = 0; i < data.length; i += step) yield data.subarray(i, i + step);
+    for (let i = 0; i < data.length; i += step) {
+      const slice = data.subarray(i, i + step);
+      if (!own) yield slice;
+      else {
+        const b = Buffer.allocUnsafeSlow(slice.length);
+        slice.copy(b);
+        yield giveAway(b);
+      }
+    }
   };
   const sink = new Writable({
     write(chunk: Buffer, _e, cb) {
@@ -62,13 +85,20 @@ describe('chunk digests', () => {
     await pipeline(Readable.from([data.subarray(0, 1000), data.subarray(1000)]), ok, new Writable({ write: (_c, _e, cb) => cb() }));
     expect(ok.result()).toEqual(chunksOf(data, size));
   });
+});
 
+describe.each([
+  ['in this thread (ChunkVerifier)', ChunkVerifier, false],
+  ['on a hashing thread, from slices (ChunkVerifierThread)', ChunkVerifierThread, false],
+  ['on a hashing thread, from buffers of their own (ChunkVerifierThread)', ChunkVerifierThread, true],
+] as Array<[string, Verifier, boolean]>)('chunk verifier %s', (_name, V, own) => {
   it('passes an intact stream through unchanged, whatever the read sizes', async () => {
     const data = randomBytes(3 * SIZE + 1);
     for (const step of [1000, SIZE, SIZE + 1, 5 * SIZE]) {
-      const r = await verify(data, chunksOf(data, SIZE)!, data.length, step);
+      const r = await verify(data, chunksOf(data, SIZE)!, data.length, step, V, own);
       expect(r.err).toBeUndefined();
       expect(r.out.equals(data)).toBe(true);
+      expect(data.length).toBe(3 * SIZE + 1); // nothing the writer holds was taken from it
     }
   });
 
@@ -77,7 +107,7 @@ describe('chunk digests', () => {
     const chunks = chunksOf(data, SIZE)!;
     const bad = Buffer.from(data);
     bad[2 * SIZE + 17]! ^= 1;
-    const r = await verify(bad, chunks);
+    const r = await verify(bad, chunks, bad.length, 10_000, V, own);
     expect(r.err?.message).toBe('chunk 3 of 4');
     expect(r.mismatch).toMatchObject({ index: 2, count: 4, start: 2 * SIZE, end: 3 * SIZE });
     expect(r.out.equals(data.subarray(0, 2 * SIZE))).toBe(true);
@@ -86,11 +116,11 @@ describe('chunk digests', () => {
   it('refuses a stream that ends early, and bytes past the signed pieces', async () => {
     const data = randomBytes(3 * SIZE);
     const chunks = chunksOf(data, SIZE)!;
-    const short = await verify(data.subarray(0, 2 * SIZE), chunks, data.length);
+    const short = await verify(data.subarray(0, 2 * SIZE), chunks, data.length, 10_000, V, own);
     expect(short.err?.message).toBe('short: 2 of 3');
-    const cut = await verify(data.subarray(0, 2 * SIZE + 5), chunks, data.length);
+    const cut = await verify(data.subarray(0, 2 * SIZE + 5), chunks, data.length, 10_000, V, own);
     expect(cut.err?.message).toBe('chunk 3 of 3');
-    const longer = await verify(Buffer.concat([data, Buffer.from('x')]), chunks, data.length);
+    const longer = await verify(Buffer.concat([data, Buffer.from('x')]), chunks, data.length, 10_000, V, own);
     expect(longer.err?.message).toBe('chunk 4 of 3');
     expect(longer.out.equals(data)).toBe(true);
   });

@@ -8,6 +8,7 @@ import { Readable, Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { pathToFileURL } from 'node:url';
 import { TandemError } from '../errors.js';
+import { giveAway } from '../given-away.js';
 import { writevAll } from '../fsutil.js';
 import { pidAlive } from '../net.js';
 import { RESERVED_MARK, abortError, abortableBody, byteOrder, checkKey, checkPrefix, lengthCheck, preconditionError, throwIfAborted } from './common.js';
@@ -140,7 +141,9 @@ export class DirFilestore implements Filestore {
     // trips to the thread pool), which a standby pays on every download.
     const raw = fh.createReadStream({ highWaterMark: 1 << 20 });
     // Read errors (EIO on a failing disk) must be classified like every other filestore error.
-    const body = new Transform({ highWaterMark: 1 << 20, transform: (chunk, _e, cb) => cb(null, chunk) });
+    // Each chunk is a buffer the read stream made for that read alone: given away to whoever reads
+    // the body (ChunkVerifierThread lends it to its worker without a copy).
+    const body = new Transform({ highWaterMark: 1 << 20, transform: (chunk: Buffer, _e, cb) => cb(null, giveAway(chunk)) });
     raw.on('error', (err) => body.destroy(fsError(err, 'read', p) as Error));
     body.on('close', () => raw.destroy());
     raw.pipe(body);
