@@ -37,6 +37,7 @@ import {
   median,
   pgEnv,
   psql,
+  quietDisk,
   runMeasured,
   runOk,
   verdict,
@@ -58,6 +59,7 @@ const resticCache = join(site.dir, 'restic-cache');
 
 async function refRestore(dumpFile) {
   dropDatabase(REF_DB);
+  quietDisk();
   const t0 = performance.now();
   psql('postgres', `CREATE DATABASE "${REF_DB}" TEMPLATE template0`);
   const create = (performance.now() - t0) / 1000;
@@ -68,6 +70,7 @@ async function refRestore(dumpFile) {
 }
 
 async function tandemApply(bin = STANDBY_BIN, extraArgs = []) {
+  quietDisk();
   const r = await runMeasured(process.execPath, [bin, 'apply', '--config', site.standbyConfig, '--force', '--json', ...extraArgs], { env: agentEnv() });
   if (r.code !== 0) throw new Error(`tandem-standby apply exited ${r.code ?? r.signal}:\n${r.stderr.trim()}`);
   const out = parseJsonOut(r.stdout, 'tandem-standby apply');
@@ -82,6 +85,7 @@ async function tandemApply(bin = STANDBY_BIN, extraArgs = []) {
 
 async function resticRestore(i) {
   const target = join(site.dir, `restic-restore-${i}`);
+  quietDisk();
   const t = await runOk('restic', ['restore', 'latest', '--quiet', '--cache-dir', resticCache, '--target', target], { env: restic });
   rmSync(target, { recursive: true, force: true });
   return { seconds: t.seconds };

@@ -43,6 +43,7 @@ import {
   machine,
   printMachine,
   printResults,
+  quietDisk,
   runMeasured,
   runOk,
   treeStats,
@@ -105,6 +106,7 @@ console.log(`         ${runs} timed run(s) of each measurement; ratios use the b
 // ---- the measured commands
 
 async function measured(what, cmd, args, env) {
+  quietDisk();
   const r = await runMeasured(cmd, args, { env });
   if (r.code !== 0) throw new Error(`${what} exited ${r.code ?? r.signal}:\n${r.stderr.trim().slice(-4000)}`);
   return r;

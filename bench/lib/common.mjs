@@ -37,6 +37,23 @@ export function psql(db, sql) {
   return r.stdout.trim();
 }
 
+/**
+ * Untimed, before every timed step of either side: a CHECKPOINT of the local PostgreSQL and
+ * sync(1), so that no step pays for what the step before it left to write back (the checkpoint a
+ * restore's WAL asks for, the dirty pages of a restored tree). On a 2-core VM with one disk that
+ * carry-over moved single runs of either side by up to two times (the first timed run after the
+ * warm-up was always the slow one). BENCH_QUIET=0 leaves it out.
+ */
+export function quietDisk() {
+  if (process.env.BENCH_QUIET === '0') return;
+  try {
+    psql('postgres', 'CHECKPOINT');
+  } catch {
+    // a server without the rights or not running: sync alone
+  }
+  spawnSync('sync');
+}
+
 export function databaseExists(db) {
   return psql('postgres', `SELECT 1 FROM pg_database WHERE datname = '${db.replace(/'/g, "''")}'`) === '1';
 }
