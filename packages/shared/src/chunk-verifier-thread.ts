@@ -1,11 +1,10 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import { Worker } from 'node:worker_threads';
-import { chunkCount, type ChunkMismatch, type StoredChunks } from './chunks.js';
+import { SignedPieces, type ChunkMismatch, type StoredChunks } from './chunks.js';
 import { TandemError } from './errors.js';
 import type { FromHasher, ToHasher } from './chunk-hasher-worker.js';
 import { takeGiven } from './given-away.js';
 
-const DIGEST = 32;
 /** Buffers lent to the hashing thread at a time (2: measured as fast as 4, with ~20 MiB less at the peak). */
 const MAX_LENT = 2;
 /** Chunks that are not given away are copied into batches of this size. */
@@ -27,17 +26,12 @@ const BATCH = 1 << 20;
  * imports only node:crypto (~3 MB).
  */
 export class ChunkVerifierThread extends Transform {
-  readonly #size: number;
-  readonly #want: Buffer;
-  readonly #count: number;
-  readonly #mismatch: (m: ChunkMismatch) => Error;
-  readonly #short: (pieces: number, count: number) => Error;
+  readonly #pieces: SignedPieces;
   readonly #worker: Worker;
   /** Bytes back from the worker, not yet released (they belong to pieces not yet verified). */
   #held: Buffer[] = [];
   /** Stored bytes released so far (the end of the last verified piece). */
   #released = 0;
-  #index = 0;
   #lent = 0;
   #blocked: (() => void) | undefined;
   #batch: Buffer | undefined;
@@ -47,12 +41,8 @@ export class ChunkVerifierThread extends Transform {
 
   constructor(chunks: StoredChunks, storedSize: number, onMismatch: (m: ChunkMismatch) => Error, onShort: (pieces: number, count: number) => Error) {
     super({ highWaterMark: 1 << 20 });
-    this.#size = chunks.size;
-    this.#want = Buffer.from(chunks.sha256, 'base64');
-    this.#count = chunkCount(storedSize, chunks.size);
-    this.#mismatch = onMismatch;
-    this.#short = onShort;
-    this.#worker = new Worker(workerUrl(), { workerData: { size: this.#size }, resourceLimits: { maxYoungGenerationSizeMb: 2 } });
+    this.#pieces = new SignedPieces(chunks, storedSize, onMismatch, onShort);
+    this.#worker = new Worker(workerUrl(), { workerData: { size: chunks.size }, resourceLimits: { maxYoungGenerationSizeMb: 2 } });
     this.#worker.on('message', (m: FromHasher) => this.#onMessage(m));
     this.#worker.on('error', (err) => this.destroy(new TandemError('internal', 'HASH_THREAD_FAILED', `the hashing thread failed: ${err.message}`, { cause: err })));
     this.#worker.on('exit', (code) => {
@@ -120,7 +110,7 @@ export class ChunkVerifierThread extends Transform {
       void this.#worker.terminate();
       const cb = this.#flushCb;
       this.#flushCb = undefined;
-      cb?.(this.#index === this.#count ? null : this.#short(this.#index, this.#count));
+      cb?.(this.#pieces.ended());
       return;
     }
     const go = this.#blocked;
@@ -132,15 +122,13 @@ export class ChunkVerifierThread extends Transform {
 
   /** The digest of the next piece arrived: compare, and pass the piece's bytes on if it matched. */
   #verified(got: Buffer): Error | undefined {
-    const i = this.#index;
-    const want = this.#want.subarray(i * DIGEST, (i + 1) * DIGEST);
-    const start = i * this.#size;
-    let end = start;
-    for (const b of this.#held) end += b.length;
-    end = Math.min(end, start + this.#size);
-    if (i >= this.#count || !got.equals(want)) {
+    let held = 0;
+    for (const b of this.#held) held += b.length;
+    const end = this.#released + Math.min(held, this.#pieces.size);
+    const err = this.#pieces.check(got, end - this.#released);
+    if (err) {
       this.#held = [];
-      return this.#mismatch({ index: i, count: this.#count, start, end, got: got.toString('hex'), want: want.toString('hex') });
+      return err;
     }
     // Release the bytes up to the piece's end; a buffer across the boundary is split.
     let left = end - this.#released;
@@ -157,7 +145,6 @@ export class ChunkVerifierThread extends Transform {
       }
     }
     this.#released = end;
-    this.#index++;
     return undefined;
   }
 }

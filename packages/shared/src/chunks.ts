@@ -107,40 +107,72 @@ export interface ChunkMismatch {
 }
 
 /**
+ * The signed digests of an artifact's pieces, checked in order: what both verifiers (ChunkVerifier
+ * here, ChunkVerifierThread with its hashing on a second thread) compare against, and the error a
+ * failed piece, or a stream short of the signed pieces, gets.
+ */
+export class SignedPieces {
+  readonly size: number;
+  readonly count: number;
+  readonly #want: Buffer;
+  readonly #mismatch: (m: ChunkMismatch) => Error;
+  readonly #short: (pieces: number, count: number) => Error;
+  /** Pieces that matched so far. */
+  index = 0;
+
+  constructor(chunks: StoredChunks, storedSize: number, onMismatch: (m: ChunkMismatch) => Error, onShort: (pieces: number, count: number) => Error) {
+    this.size = chunks.size;
+    this.#want = Buffer.from(chunks.sha256, 'base64');
+    this.count = chunkCount(storedSize, chunks.size);
+    this.#mismatch = onMismatch;
+    this.#short = onShort;
+  }
+
+  /** The next piece, of `bytes` bytes, hashed to `got`: its error, or undefined (and counted) if it matched. */
+  check(got: Buffer, bytes: number): Error | undefined {
+    const i = this.index;
+    const want = this.#want.subarray(i * DIGEST, (i + 1) * DIGEST);
+    const start = i * this.size;
+    if (i >= this.count || !got.equals(want)) {
+      return this.#mismatch({ index: i, count: this.count, start, end: start + bytes, got: got.toString('hex'), want: want.toString('hex') });
+    }
+    this.index++;
+    return undefined;
+  }
+
+  /** At the end of the stream: the error if pieces are missing. */
+  ended(): Error | null {
+    return this.index === this.count ? null : this.#short(this.index, this.count);
+  }
+}
+
+/**
  * Holds each piece of the stored bytes until its SHA-256 matched the signed digest, and only then
  * passes it on: nothing downstream (age, zstd, a parser) sees a byte of a piece that failed. It
  * does not bound the length (put the signed-size bound before it); a stream that ends short of the
  * signed pieces fails in flush with `short`. Holds at most one piece (`chunks.size` bytes).
  */
 export class ChunkVerifier extends Transform {
-  readonly #size: number;
-  readonly #want: Buffer;
-  readonly #count: number;
-  readonly #mismatch: (m: ChunkMismatch) => Error;
-  readonly #short: (pieces: number, count: number) => Error;
+  readonly #pieces: SignedPieces;
   #held: Buffer[] = [];
   #hash = createHash('sha256');
   #inChunk = 0;
-  #index = 0;
 
   constructor(chunks: StoredChunks, storedSize: number, onMismatch: (m: ChunkMismatch) => Error, onShort: (pieces: number, count: number) => Error) {
     super({ highWaterMark: 1 << 20 });
-    this.#size = chunks.size;
-    this.#want = Buffer.from(chunks.sha256, 'base64');
-    this.#count = chunkCount(storedSize, chunks.size);
-    this.#mismatch = onMismatch;
-    this.#short = onShort;
+    this.#pieces = new SignedPieces(chunks, storedSize, onMismatch, onShort);
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    const size = this.#pieces.size;
     for (let off = 0; off < chunk.length; ) {
-      const take = Math.min(chunk.length - off, this.#size - this.#inChunk);
+      const take = Math.min(chunk.length - off, size - this.#inChunk);
       const piece = off === 0 && take === chunk.length ? chunk : chunk.subarray(off, off + take);
       this.#hash.update(piece);
       this.#held.push(piece);
       this.#inChunk += take;
       off += take;
-      if (this.#inChunk === this.#size) {
+      if (this.#inChunk === size) {
         const err = this.#release();
         if (err) return cb(err);
       }
@@ -153,23 +185,19 @@ export class ChunkVerifier extends Transform {
       const err = this.#release();
       if (err) return cb(err);
     }
-    cb(this.#index === this.#count ? null : this.#short(this.#index, this.#count));
+    cb(this.#pieces.ended());
   }
 
   #release(): Error | undefined {
-    const i = this.#index;
-    const got = this.#hash.digest();
-    const want = this.#want.subarray(i * DIGEST, (i + 1) * DIGEST);
-    const start = i * this.#size;
-    if (i >= this.#count || !got.equals(want)) {
+    const err = this.#pieces.check(this.#hash.digest(), this.#inChunk);
+    if (err) {
       this.#held = [];
-      return this.#mismatch({ index: i, count: this.#count, start, end: start + this.#inChunk, got: got.toString('hex'), want: want.toString('hex') });
+      return err;
     }
     for (const b of this.#held) this.push(b);
     this.#held = [];
     this.#hash = createHash('sha256');
     this.#inChunk = 0;
-    this.#index++;
     return undefined;
   }
 }
