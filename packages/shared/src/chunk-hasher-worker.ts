@@ -1,7 +1,8 @@
 /**
- * The worker thread of ChunkVerifier (chunks.ts): SHA-256 of each piece of the stored bytes it is
- * lent, the buffer sent straight back with the digests of the pieces that ended inside it. It
- * imports nothing but node:crypto and allocates nothing large: the buffers belong to the main thread.
+ * The worker thread of ChunkVerifierThread (chunk-verifier-thread.ts): SHA-256 of each piece of the
+ * stored bytes it is lent, the buffer sent straight back with the digests of the pieces that ended
+ * inside it. It imports nothing but node:crypto (so it cuts pieces itself rather than load
+ * ChunkHasher, whose module loads zod) and allocates nothing large: the buffers are the main thread's.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
