@@ -22,7 +22,7 @@
 //   the previous commit, with node_modules, after `npx tsc -b`): each run then also times that
 //   version's `tandem-standby apply` of the same set, right after this one's, and the report ends
 //   with what this version costs or saves against it, per stage, in the same run.
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
   STANDBY_BIN,
@@ -47,7 +47,9 @@ import { finishBench, resticEnv, setUpBench } from './lib/setup.mjs';
 import { decryptThroughput } from './lib/age-throughput.mjs';
 
 const RESTORE_JOBS = 2;
-const BASELINE = process.env.BENCH_APPLY_BASELINE ? resolve(process.env.BENCH_APPLY_BASELINE, 'packages/standby-agent/dist/main.js') : undefined;
+// A checkout of another revision, built: its bundled command, or (a revision from before the bundle) its compiled one.
+const baselineBin = (dir) => [resolve(dir, 'packages/standby-agent/dist/bundle/tandem-standby.js'), resolve(dir, 'packages/standby-agent/dist/main.js')].find((f) => existsSync(f)) ?? resolve(dir, 'packages/standby-agent/dist/main.js');
+const BASELINE = process.env.BENCH_APPLY_BASELINE ? baselineBin(process.env.BENCH_APPLY_BASELINE) : undefined;
 
 const bench = await setUpBench('apply');
 const { runs, filesDir, site } = bench;

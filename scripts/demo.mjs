@@ -12,8 +12,8 @@ const root = resolve(process.env.TANDEM_DEMO_DIR ?? 'demo-site');
 const pgUrl = (db) => `postgres://postgres@127.0.0.1:5432/${db}`;
 const PRIMARY_DB = process.env.TANDEM_DEMO_DB ?? 'tandem_demo';
 const STANDBY_DB = `${PRIMARY_DB}_standby`;
-const primaryBin = resolve('packages/primary-agent/dist/main.js');
-const standbyBin = resolve('packages/standby-agent/dist/main.js');
+const primaryBin = resolve('packages/primary-agent/dist/bundle/tandem-primary.js');
+const standbyBin = resolve('packages/standby-agent/dist/bundle/tandem-standby.js');
 
 const step = (text) => console.log(`\n== ${text}`);
 function psql(db, sql) {

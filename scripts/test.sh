@@ -5,6 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test || exit 1
 npx tsc -b || exit 1
+node scripts/bundle.mjs > /dev/null || exit 1   # the commands as shipped, which the tests run
 npx tsc -p test || exit 1   # the tests themselves are type-checked too (no output)
 mkdir -p .tmp
 rm -f .tmp/vitest-report.json

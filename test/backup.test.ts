@@ -5,7 +5,7 @@
  * use in an emergency: `age -d`, `zstd -d`, `pg_restore`, `tar` (test/support/primary-site.ts).
  * `init` is tested in primary-init.test.ts, usage and --help in primary-cli.test.ts.
  *
- * Needs: `npx tsc -b` first (the CLI runs from packages/primary-agent/dist), PostgreSQL on
+ * Needs: `npm run build` first (the CLI runs from packages/primary-agent/dist/bundle), PostgreSQL on
  * 127.0.0.1:5432 (or TANDEM_TEST_PG), and age, zstd, tar, pg_restore, pg_dump on PATH.
  */
 import { spawnSync } from 'node:child_process';

@@ -121,6 +121,12 @@ describe('scripts/install.sh', () => {
     expect(files).toContain('node_modules/@tandem/shared/dist/index.js');
     expect(files).toContain('node_modules/@tandem/primary-agent/dist/main.js');
     expect(files).toContain('node_modules/@tandem/standby-agent/dist/main.js');
+    // The commands are the bundles (scripts/bundle.mjs), with the hashing thread's worker beside; the build's metafile stays behind.
+    for (const [ws, bin] of [['primary-agent', 'tandem-primary'], ['standby-agent', 'tandem-standby']] as const) {
+      expect(realpathSync(join(prefix, 'bin', bin))).toBe(join(pkg, 'node_modules', '@tandem', ws, 'dist', 'bundle', `${bin}.js`));
+      expect(files).toContain(`node_modules/@tandem/${ws}/dist/bundle/chunk-hasher-worker.js`);
+      expect(files).not.toContain(`node_modules/@tandem/${ws}/dist/bundle/meta.json`);
+    }
     expect(files.filter((f) => f.startsWith('node_modules/@tandem/') && /\/src\/|\.map$|\.tsbuildinfo$/.test(f))).toEqual([]);
     for (const ws of ['shared', 'primary-agent', 'standby-agent']) {
       const assets = join(REPO_ROOT, 'packages', ws, 'assets');

@@ -6,7 +6,7 @@
  * the primary daemon for `tandem-primary backup`, pushed to and applied by the standby daemon), then
  * stopped.
  *
- * Needs: `npx tsc -b` first, PostgreSQL on 127.0.0.1:5432, pg_dump/pg_restore, zstd.
+ * Needs: `npm run build` first, PostgreSQL on 127.0.0.1:5432, pg_dump/pg_restore, zstd.
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';

@@ -5,7 +5,7 @@
  * writable for everyone) gets no backup encrypted to their key: the primary refuses the file, names
  * it, and commits nothing.
  *
- * Needs: `npx tsc -b` first, PostgreSQL on 127.0.0.1:5432 (or TANDEM_TEST_PG), pg_dump on PATH.
+ * Needs: `npm run build` first, PostgreSQL on 127.0.0.1:5432 (or TANDEM_TEST_PG), pg_dump on PATH.
  */
 import { statSync } from 'node:fs';
 import { chmod, chown, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';

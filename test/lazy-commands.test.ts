@@ -4,11 +4,11 @@
  * WebSocket server, metrics registry, file watcher and scheduler (memory and start-up time). The
  * built CLI is run with a module-resolution hook that lists every module it loads.
  *
- * Needs: `npx tsc -b` first.
+ * Needs: `npm run build` first.
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PRIMARY_MAIN, STANDBY_MAIN, requireBuilt, tmpDir } from './support/site.js';
@@ -38,15 +38,40 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-/** The npm packages a run of the CLI loaded (from its resolved module URLs). */
+/** The npm packages each file of a command's bundle holds (from the metafile scripts/bundle.mjs writes). */
+function packagesByFile(main: string): Map<string, Set<string>> {
+  const meta = JSON.parse(readFileSync(join(dirname(main), 'meta.json'), 'utf8')) as { outputs: Record<string, { inputs: Record<string, unknown> }> };
+  const out = new Map<string, Set<string>>();
+  for (const [file, o] of Object.entries(meta.outputs)) {
+    const pkgs = new Set<string>();
+    for (const input of Object.keys(o.inputs)) {
+      const m = /(?:^|\/)node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(input);
+      if (m) pkgs.add(m[1]!);
+    }
+    out.set(basename(file), pkgs);
+  }
+  return out;
+}
+
+/** The npm packages a run of the command loaded: in the bundle's files it loaded, or from node_modules itself. */
 function packagesLoaded(main: string, args: string[]): Set<string> {
   const r = spawnSync(process.execPath, ['--import', register, main, ...args], { encoding: 'utf8' });
   expect(r.status, r.stderr).toBe(0);
+  const byFile = packagesByFile(main);
   const found = new Set<string>();
+  let bundleFiles = 0;
   for (const line of r.stderr.split('\n')) {
     const m = /^LOADED .*\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(line);
     if (m) found.add(m[1]!);
+    const b = /^LOADED file:\/\/(.*)$/.exec(line);
+    if (b && dirname(b[1]!) === dirname(main)) {
+      const pkgs = byFile.get(basename(b[1]!));
+      expect(pkgs, `${b[1]} is not in the bundle's metafile`).toBeDefined();
+      bundleFiles++;
+      for (const p of pkgs!) found.add(p);
+    }
   }
+  expect(bundleFiles, 'no file of the bundle was seen loading').toBeGreaterThan(0);
   return found;
 }
 

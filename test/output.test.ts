@@ -6,7 +6,7 @@
  * sizes in one human unit; nothing of that without a terminal; decrypt refuses to write binary to
  * a terminal. Terminals are pseudo-terminals made by util-linux `script`.
  *
- * Needs: `npx tsc -b` first, PostgreSQL on 127.0.0.1:5432, pg_dump/pg_restore, zstd, script.
+ * Needs: `npm run build` first, PostgreSQL on 127.0.0.1:5432, pg_dump/pg_restore, zstd, script.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';

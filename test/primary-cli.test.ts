@@ -3,7 +3,7 @@
  * command, exit 0 with nothing on stderr; usage errors (no command, an unknown command or flag, a
  * missing --config) exit 2 and point at --help.
  *
- * Needs: `npx tsc -b` first (the CLI runs from packages/primary-agent/dist).
+ * Needs: `npm run build` first (the CLI runs from packages/primary-agent/dist/bundle).
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { requireBuilt, runPrimary } from './support/site.js';

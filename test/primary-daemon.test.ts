@@ -4,7 +4,7 @@
  * to the daemon, and `prune`. Everything is real: the built CLI, PostgreSQL, a directory filestore,
  * a raw `ws` client playing the standby, raw TCP for the upgrade refusals.
  *
- * Needs: `npx tsc -b` first, PostgreSQL on 127.0.0.1:5432 (or TANDEM_TEST_PG), pg_dump on PATH.
+ * Needs: `npm run build` first, PostgreSQL on 127.0.0.1:5432 (or TANDEM_TEST_PG), pg_dump on PATH.
  */
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, open, readFile, readdir, rm, utimes, writeFile } from 'node:fs/promises';

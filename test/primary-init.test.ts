@@ -2,7 +2,7 @@
  * `tandem-primary init`, run as the built CLI: the key files and the daemon tokens it writes (modes,
  * formats, usable by the real `age`), and its refusal to overwrite them without --force.
  *
- * Needs: `npx tsc -b` first (the CLI runs from packages/primary-agent/dist), and age, age-keygen on PATH.
+ * Needs: `npm run build` first (the CLI runs from packages/primary-agent/dist/bundle), and age, age-keygen on PATH.
  */
 import { statSync } from 'node:fs';
 import { chmod, readFile, rm, stat } from 'node:fs/promises';

@@ -10,7 +10,7 @@
  * run; with every site refused the daemon exits 2. Everything real: the built CLI, PostgreSQL,
  * pg_dump, a directory filestore, `ws` clients with a listed standby's token.
  *
- * Needs: `npx tsc -b` first, PostgreSQL on 127.0.0.1:5432 (or TANDEM_TEST_PG), pg_dump, promtool
+ * Needs: `npm run build` first, PostgreSQL on 127.0.0.1:5432 (or TANDEM_TEST_PG), pg_dump, promtool
  * and chromium on PATH (scripts/setup.sh --test).
  */
 import { existsSync } from 'node:fs';

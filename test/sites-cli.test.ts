@@ -3,7 +3,7 @@
  * command works on (`tandem-primary list`, `tandem-standby status --json`), without it a config of
  * two sites is a usage error (exit 2) listing both names, and `check` reports each site.
  *
- * Needs: `npx tsc -b` first (the CLIs run from packages/*-agent/dist).
+ * Needs: `npm run build` first (the CLIs run from packages/*-agent/dist/bundle).
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';

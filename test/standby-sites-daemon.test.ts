@@ -26,7 +26,7 @@ import { stringify } from 'yaml';
 import { SiteMux, encodeMessage, isMuxRequest, parseMessage, parseSetId, plainChannel, type SiteChannel, type StandbyHello } from '@tandem/shared';
 import { startS3rver, s3rverEnv, s3rverFilestoreUrl, type S3rverHandle } from './support/s3rver.js';
 import { schemaState } from './support/schema-state.js';
-import { createSiteTree, dbUrl, ensurePostgres, logRecords, messageLines, requireCommands, runCommand, runPrimary, sleep, tmpDir, waitFor, withDb, type KeyFiles, makeKeys } from './support/site.js';
+import { closedPort, createSiteTree, dbUrl, ensurePostgres, logRecords, messageLines, requireCommands, runCommand, runPrimary, sleep, tmpDir, waitFor, withDb, type KeyFiles, makeKeys } from './support/site.js';
 import { httpGet, metric, startStandbyDaemon, writeToken, type RunningStandby } from './support/standby-daemon.js';
 import { runStandby, show, uid } from './support/standby-helpers.js';
 
@@ -648,6 +648,8 @@ async function tcpProxy(targetPort: number): Promise<Proxy> {
     sockets.clear();
     if (srv !== null) await new Promise<void>((r) => srv.close(() => r()));
   };
-  const port = await listen(0);
+  // Not port 0: the restore listens on the same port again, and a port out of the ephemeral range
+  // cannot have been taken by a client socket meanwhile.
+  const port = await listen(await closedPort());
   return { port, cut: stop, restore: async () => void (await listen(port)), close: stop };
 }

@@ -10,7 +10,7 @@
  * restore fails calls the switchover off (onResume, the primary backs up again); finally the real
  * switchover, with a writer inserting rows until onFenced stops it: every row is on the new primary.
  *
- * Needs: `npx tsc -b` first, PostgreSQL on 127.0.0.1:5432 (or TANDEM_TEST_PG), pg_dump on PATH.
+ * Needs: `npm run build` first, PostgreSQL on 127.0.0.1:5432 (or TANDEM_TEST_PG), pg_dump on PATH.
  */
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -124,7 +124,7 @@ async function rawClient(id: string) {
 const switchover = (config: string, extra: string[] = []) => runStandby(['switchover', '--config', config, '--timeout', '2m', ...extra], { timeoutMs: 90_000 });
 
 beforeAll(async () => {
-  if (!existsSync(PRIMARY_MAIN) || !existsSync(STANDBY_MAIN)) throw new Error('build first with `npx tsc -b`');
+  if (!existsSync(PRIMARY_MAIN) || !existsSync(STANDBY_MAIN)) throw new Error('build first with `npm run build`');
   await ensurePostgres();
   work = await tmpDir('tandem-switchover-');
   s = await createStandbySite(work);

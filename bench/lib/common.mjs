@@ -7,8 +7,9 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const PRIMARY_BIN = resolve(ROOT, 'packages/primary-agent/dist/main.js');
-export const STANDBY_BIN = resolve(ROOT, 'packages/standby-agent/dist/main.js');
+// The commands as shipped (scripts/bundle.mjs; npm run build makes them).
+export const PRIMARY_BIN = resolve(ROOT, 'packages/primary-agent/dist/bundle/tandem-primary.js');
+export const STANDBY_BIN = resolve(ROOT, 'packages/standby-agent/dist/bundle/tandem-standby.js');
 export const PG_HOST = process.env.BENCH_PGHOST ?? '127.0.0.1';
 export const PG_PORT = process.env.BENCH_PGPORT ?? '5432';
 export const PG_USER = process.env.BENCH_PGUSER ?? 'postgres';

@@ -11,7 +11,7 @@
  * - CLI runs:    configFor(), backup(), backupOk(), listJson()
  * - Assertions:  expectOneErrorLine(), expectStoreHasNoSets(), verifySet()
  *
- * Needs: `npx tsc -b` first (the CLI runs from packages/primary-agent/dist), PostgreSQL on
+ * Needs: `npm run build` first (the CLI runs from packages/primary-agent/dist/bundle), PostgreSQL on
  * 127.0.0.1:5432 (or TANDEM_TEST_PG), and age, zstd, tar, pg_restore, pg_dump on PATH.
  */
 import { existsSync } from 'node:fs';

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { closedPort } from './ports.js';
 
 const LAUNCHER = fileURLToPath(new URL('./s3rver-launcher.mjs', import.meta.url));
 
@@ -32,13 +33,14 @@ export interface S3rverHandle {
 }
 
 /**
- * Starts s3rver as a separate process on 127.0.0.1 (a random port unless given), so tests talk
+ * Starts s3rver as a separate process on 127.0.0.1 (a free port unless given), so tests talk
  * to it over real HTTP through the real SDK and can stop it to simulate an outage.
  */
 export async function startS3rver(opts: { buckets?: string[]; port?: number } = {}): Promise<S3rverHandle> {
   const buckets = opts.buckets ?? ['tandem'];
   const dir = await mkdtemp(path.join(tmpdir(), 'tandem-s3rver-'));
-  const first = await launch(dir, opts.port ?? 0, buckets);
+  // A port out of the ephemeral range (closedPort), so a restart finds it still free.
+  const first = await launch(dir, opts.port ?? (await closedPort()), buckets);
   const port = first.port;
   let child: ChildProcess | undefined = first.child;
 

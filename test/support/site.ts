@@ -2,8 +2,8 @@
  * Fixtures shared by the scenario tests (backup, standby apply, promote ...).
  *
  * Everything here works on REAL things: a real PostgreSQL database on the local server, real
- * directory trees on disk, and the real `tandem-primary` CLI as built by `npx tsc -b`
- * (packages/primary-agent/dist/main.js). Nothing is mocked, so a scenario test that uses these
+ * directory trees on disk, and the real `tandem-primary` CLI as built by `npm run build`
+ * (packages/primary-agent/dist/bundle/tandem-primary.js, what the package installs). Nothing is mocked, so a scenario test that uses these
  * fixtures proves what an operator would see.
  *
  * Overview:
@@ -20,8 +20,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve, sep } from 'node:path';
@@ -36,10 +35,10 @@ import { stringify as toYaml } from 'yaml';
 /** The monorepo root (the directory holding package.json and packages/). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-/** The built primary CLI; `npx tsc -b` makes it. */
-export const PRIMARY_MAIN = join(REPO_ROOT, 'packages', 'primary-agent', 'dist', 'main.js');
-/** The built standby CLI (for the standby's scenario tests; see startAgent/runAgent). */
-export const STANDBY_MAIN = join(REPO_ROOT, 'packages', 'standby-agent', 'dist', 'main.js');
+/** The primary's command as shipped (its bundle); `npm run build` makes it. */
+export const PRIMARY_MAIN = join(REPO_ROOT, 'packages', 'primary-agent', 'dist', 'bundle', 'tandem-primary.js');
+/** The standby's command as shipped (for the standby's scenario tests; see startAgent/runAgent). */
+export const STANDBY_MAIN = join(REPO_ROOT, 'packages', 'standby-agent', 'dist', 'bundle', 'tandem-standby.js');
 
 /** Base URL of the PostgreSQL server the scenario tests use (no database name). */
 export const PG_BASE_URL = (process.env.TANDEM_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432').replace(/\/+$/, '');
@@ -65,15 +64,7 @@ export async function waitFor<T>(fn: () => T | Promise<T>, what: string, timeout
   }
 }
 
-/** A TCP port on 127.0.0.1 that nothing listens on (bound, then released). */
-export async function closedPort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((res, rej) => srv.listen(0, '127.0.0.1', res).once('error', rej));
-  const addr = srv.address();
-  await new Promise<void>((res) => srv.close(() => res()));
-  if (addr === null || typeof addr === 'string') throw new Error('closedPort: no address');
-  return addr.port;
-}
+export { closedPort } from './ports.js';
 
 /** Fail loudly (not skip) when a CLI the scenario tests depend on is missing. */
 export function requireCommands(names: string[]): void {
@@ -85,9 +76,20 @@ export function requireCommands(names: string[]): void {
   }
 }
 
-/** Fail loudly (not skip) when an agent's CLI has not been built; `npx tsc -b` builds it. */
+/**
+ * Fail loudly (not skip) when an agent's command has not been built, or was bundled before the
+ * last compile (`npx tsc -b` alone leaves the bundle as it was): `npm run build` does both.
+ */
 export function requireBuilt(mainJs = PRIMARY_MAIN): void {
-  if (!existsSync(mainJs)) throw new Error(`${mainJs} is missing: build first with \`npx tsc -b\``);
+  if (!existsSync(mainJs)) throw new Error(`${mainJs} is missing: build first with \`npm run build\``);
+  const bundled = statSync(mainJs).mtimeMs;
+  for (const pkg of ['shared', 'primary-agent', 'standby-agent']) {
+    const dist = join(REPO_ROOT, 'packages', pkg, 'dist');
+    for (const f of readdirSync(dist, { recursive: true }) as string[]) {
+      if (!f.endsWith('.js') || f.startsWith('bundle')) continue;
+      if (statSync(join(dist, f)).mtimeMs > bundled) throw new Error(`${mainJs} is older than ${join(dist, f)}: build again with \`npm run build\``);
+    }
+  }
 }
 
 export interface CommandResult {
@@ -577,7 +579,7 @@ export interface RunningPrimary {
   stderrSoFar(): string;
 }
 
-/** Start `node packages/primary-agent/dist/main.js ...args` without waiting (for kill/lock tests). */
+/** Start `node PRIMARY_MAIN ...args` without waiting (for kill/lock tests). */
 export function startPrimary(args: string[], opts: RunOptions = {}): RunningPrimary {
   return startAgent(PRIMARY_MAIN, args, opts);
 }

@@ -1,5 +1,8 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { dirname, join, sep } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { TandemError, describeError } from './errors.js';
@@ -23,7 +26,25 @@ import { tokensEqual } from './token.js';
  * session made with the primary's control token starts no backup and opens no push channel.
  * The files are in the package's assets/status-page directory, read when first asked for.
  */
-export const STATUS_PAGE_DIR = fileURLToPath(new URL('../assets/status-page/', import.meta.url));
+let foundStatusPageDir: string | undefined;
+/**
+ * Where the page's files are: the shared package's assets/status-page/. Beside this module's
+ * package when it runs compiled (dist/) or from source; from a command's bundle (which lives in an
+ * agent's package, scripts/bundle.mjs), through the shared package it is installed with.
+ */
+export function statusPageDir(): string {
+  if (foundStatusPageDir !== undefined) return foundStatusPageDir;
+  const beside = fileURLToPath(new URL('../assets/status-page/', import.meta.url));
+  if (existsSync(`${beside}common.js`)) return (foundStatusPageDir = beside);
+  try {
+    const sharedMain = createRequire(import.meta.url).resolve('@tandem/shared');
+    const dir = join(dirname(sharedMain), '..', 'assets', 'status-page') + sep;
+    if (existsSync(`${dir}common.js`)) return (foundStatusPageDir = dir);
+  } catch {
+    // not resolvable: the error below names the first place looked
+  }
+  return beside;
+}
 export const SESSION_COOKIE = 'tandem_session';
 export const SESSION_TTL_MS = 12 * 3_600_000;
 export const HISTORY_PATH = '/status/history';
@@ -255,7 +276,7 @@ export class StatusPage {
   async #file(name: string): Promise<string> {
     const cached = this.#files.get(name);
     if (cached !== undefined) return cached;
-    const file = `${STATUS_PAGE_DIR}${name}`;
+    const file = `${statusPageDir()}${name}`;
     let text: string;
     try {
       text = await readFile(file, 'utf8');
