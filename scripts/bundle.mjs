@@ -62,6 +62,7 @@ for (const { dir, bin } of AGENTS) {
     // CommonJS dependencies (pg, pino, yaml) call require() for Node's own modules: give every
     // chunk a real one.
     banner: { js: "import { createRequire as __tandemRequire } from 'node:module'; const require = __tandemRequire(import.meta.url);" },
+    plugins: [zodEnglishOnly()],
     metafile: true,
     logLevel: 'warning',
     legalComments: 'none',
@@ -72,6 +73,26 @@ for (const { dir, bin } of AGENTS) {
   if (existsSync(outdir)) renameSync(outdir, old);
   renameSync(building, outdir);
   rmSync(old, { recursive: true, force: true });
+}
+
+/**
+ * zod exports its messages in some 60 languages (z.locales), 366 KB of the 2.2 MB every command
+ * compiles at start; tandem's messages are English (zod's default, `en`, which zod imports by
+ * itself). Its locale index is replaced by one that has English only.
+ */
+function zodEnglishOnly() {
+  return {
+  name: 'zod-english-only',
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      /[\\/]node_modules[\\/]zod[\\/]/.test(args.importer) ? { path: join(dirname(args.importer), '..', 'locales', 'index.js'), namespace: 'zod-locales' } : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: 'zod-locales' }, (args) => ({
+      contents: `export { default as en } from ${JSON.stringify(join(dirname(args.path), 'en.js'))};\n`,
+      resolveDir: dirname(args.path),
+    }));
+  },
+  };
 }
 
 /** The bundle is newer than every file that went into it (its metafile lists them) and than this script. */
