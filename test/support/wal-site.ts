@@ -136,18 +136,18 @@ export async function createWalSite(root: string, opts: { filestoreUrl?: string;
     .join('');
   const archive = (configFile: string) => `'${envPrefix === '' ? '' : `env ${envPrefix}`}${process.execPath} ${PRIMARY_MAIN} wal-push --config ${configFile} %p %f'`;
   // wal_log_hints: pg_rewind can wind either back once the other was promoted.
-  // wal_retrieve_retry_interval: how soon a waiting standby runs restore_command again. Without a
-  // standby daemon each ask is a whole agent's start (~0.5 s of CPU): at 500 ms one scenario's
-  // waiting standby kept a core busy; at 2 s (the default is 5 s) the dir scenario of
-  // wal-mode.test.ts took 20% less CPU (53 against 66 s) and no longer (65 against 69 s).
+  // wal_retrieve_retry_interval: how soon a waiting standby runs restore_command again (500 ms: the
+  // scenarios wait for replay often). Without a standby daemon each ask is a whole agent's start
+  // (~0.5 s of CPU); 2 s took 20% of the CPU of wal-mode.test.ts's dir scenario but nothing off the
+  // suite's wall time (docs/benchmarks.md, "Command start-up").
   const primaryCluster = await createCluster({
     name: `${site}-primary`,
-    conf: { archive_mode: 'on', archive_command: archive(primaryConfigFile), wal_log_hints: 'on', wal_retrieve_retry_interval: "'2s'" },
+    conf: { archive_mode: 'on', archive_command: archive(primaryConfigFile), wal_log_hints: 'on', wal_retrieve_retry_interval: "'500ms'" },
   });
   const standbyCluster = await createCluster({
     name: `${site}-standby`,
     // The same archiving on the standby's server: used once it is promoted (a standby archives nothing).
-    conf: { archive_mode: 'on', archive_command: archive(standbyPrimaryConfigFile), wal_log_hints: 'on', wal_retrieve_retry_interval: "'2s'" },
+    conf: { archive_mode: 'on', archive_command: archive(standbyPrimaryConfigFile), wal_log_hints: 'on', wal_retrieve_retry_interval: "'500ms'" },
   });
   const asPg = (main: string) => (args: string[], e: NodeJS.ProcessEnv = {}) => runAsPostgresAgent(main, args, { env: { ...env, ...e } });
   const r = await asPg(PRIMARY_MAIN)(['init', '--keys-dir', keysDir]);
