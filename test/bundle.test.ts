@@ -9,16 +9,16 @@
  * Needs: `npm run build` first.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { STANDBY_MAIN, requireBuilt } from './support/site.js';
+import { STANDBY_MAIN, readBundleMeta, requireBuilt } from './support/site.js';
 
 /** The bundle file that exports `name` (from the metafile scripts/bundle.mjs writes beside). */
 function fileExporting(main: string, name: string): string {
-  const meta = JSON.parse(readFileSync(join(dirname(main), 'meta.json'), 'utf8')) as { outputs: Record<string, { exports: string[] }> };
+  const meta = readBundleMeta(main);
   const hits = Object.entries(meta.outputs).filter(([, o]) => o.exports.includes(name));
   expect(hits.length, `files exporting ${name}`).toBe(1);
   return join(dirname(main), hits[0]![0].split('/').pop()!);

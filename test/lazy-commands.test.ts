@@ -2,16 +2,18 @@
  * A command loads only what it needs: PostgreSQL runs `wal-push` and `wal-fetch` once per WAL file,
  * cron or an operator runs `backup` and `apply`, and none of them may pay for the daemon's
  * WebSocket server, metrics registry, file watcher and scheduler (memory and start-up time). The
- * built CLI is run with a module-resolution hook that lists every module it loads.
+ * commands as shipped are bundles (scripts/bundle.mjs): each is run with a module-resolution hook
+ * that lists every file it loads, and the bundle's metafile says which npm packages went into each
+ * of those files.
  *
  * Needs: `npm run build` first.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PRIMARY_MAIN, STANDBY_MAIN, requireBuilt, tmpDir } from './support/site.js';
+import { PRIMARY_MAIN, STANDBY_MAIN, readBundleMeta, requireBuilt, tmpDir } from './support/site.js';
 import { rm } from 'node:fs/promises';
 
 /** What only the daemons use (cron-parser is not here: every config's schedule is checked with it). */
@@ -40,7 +42,7 @@ afterAll(async () => {
 
 /** The npm packages each file of a command's bundle holds (from the metafile scripts/bundle.mjs writes). */
 function packagesByFile(main: string): Map<string, Set<string>> {
-  const meta = JSON.parse(readFileSync(join(dirname(main), 'meta.json'), 'utf8')) as { outputs: Record<string, { inputs: Record<string, unknown> }> };
+  const meta = readBundleMeta(main);
   const out = new Map<string, Set<string>>();
   for (const [file, o] of Object.entries(meta.outputs)) {
     const pkgs = new Set<string>();

@@ -3,8 +3,8 @@
  *
  * Everything here works on REAL things: a real PostgreSQL database on the local server, real
  * directory trees on disk, and the real `tandem-primary` CLI as built by `npm run build`
- * (packages/primary-agent/dist/bundle/tandem-primary.js, what the package installs). Nothing is mocked, so a scenario test that uses these
- * fixtures proves what an operator would see.
+ * (packages/primary-agent/dist/bundle/tandem-primary.js, what the package installs). Nothing is
+ * mocked, so a scenario test that uses these fixtures proves what an operator would see.
  *
  * Overview:
  * - PostgreSQL:  ensurePostgres(), createDemoDatabase(), mutateDemoDatabase(), dumpDatabaseState(), createEmptyDatabase(),
@@ -20,7 +20,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve, sep } from 'node:path';
@@ -74,6 +74,14 @@ export function requireCommands(names: string[]): void {
       `the scenario tests need ${missing.join(', ')} on PATH (Debian: apt-get install age zstd tar postgresql-client); .ci/run installs them`,
     );
   }
+}
+
+/** A bundle's metafile (scripts/bundle.mjs writes it beside the command): each output file's sources and exports. */
+export interface BundleMeta {
+  outputs: Record<string, { inputs: Record<string, unknown>; exports: string[] }>;
+}
+export function readBundleMeta(mainJs: string): BundleMeta {
+  return JSON.parse(readFileSync(join(dirname(mainJs), 'meta.json'), 'utf8')) as BundleMeta;
 }
 
 /**
