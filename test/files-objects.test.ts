@@ -27,13 +27,26 @@ async function backupJson(s: StandbySite, extra: string[] = []) {
 }
 
 /** The apply's "files staged" log line (JSON logs: stderr is not a terminal). */
-function stagedLine(stderr: string): { changed: number; bytesWritten: number; bytesReused: number; packs: number } {
+function stagedLine(stderr: string): { changed: number; bytesWritten: number; bytesReused: number; bytesCopied: number; packs: number; pagesCached: number } {
   for (const l of stderr.split('\n')) {
     if (!l.startsWith('{')) continue;
     const o = JSON.parse(l) as { msg?: string };
     if (o.msg === 'files staged: only what changed') return o as never;
   }
   throw new Error(`no "files staged" line in the apply's log:\n${stderr}`);
+}
+
+/** The first file named `name` under `dir`. */
+async function findFile(dir: string, name: string): Promise<string | undefined> {
+  for (const d of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, d.name);
+    if (d.isFile() && d.name === name) return p;
+    if (d.isDirectory()) {
+      const found = await findFile(p, name);
+      if (found) return found;
+    }
+  }
+  return undefined;
 }
 
 describe('files as content objects', () => {
@@ -103,6 +116,8 @@ describe('files as content objects', () => {
     expect(staged2).toMatchObject({ changed: 1 });
     expect(staged2.bytesReused).toBeGreaterThan(2 * 1024 * 1024);
     expect(staged2.bytesWritten - staged2.bytesReused).toBeLessThan(r2.files!.newBytes + 1);
+    // Appended to: the blobs it kept are where they were, copied by the kernel, not read and written.
+    expect(staged2.bytesCopied).toBe(staged2.bytesReused);
 
     // The standby's copy changed since this standby wrote it (its ctime moved): nothing is taken from it.
     await writeFile(join(s.standby.paths.files, 'big', 'video.bin'), randomBytes(6 * 1024 * 1024));
@@ -111,9 +126,62 @@ describe('files as content objects', () => {
     expect(r3.files!.filesRead).toBe(1);
     const a3 = await apply(s);
     expect(a3.code, show(a3)).toBe(0);
-    expect(stagedLine(a3.stderr)).toMatchObject({ changed: 1, bytesReused: 0 });
+    expect(stagedLine(a3.stderr)).toMatchObject({ changed: 1, bytesReused: 0, bytesCopied: 0 });
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     void big;
+  }, 180_000);
+
+  it('a file edited in the middle is copied by the kernel and patched; pages of the last index are not fetched again, and a damaged copy of them costs a fetch', async () => {
+    const f = s.primary.paths.files;
+    // Enough entries for an index of several pages.
+    await mkdir(join(f, 'many'), { recursive: true });
+    for (let i = 0; i < 300; i++) await writeFile(join(f, 'many', `thumb-${String(i).padStart(3, '0')}.jpg`), `thumbnail ${i}\n`);
+    const middle = join(f, 'big', 'middle.bin');
+    await writeFile(middle, randomBytes(3 * 1024 * 1024));
+    await backupJson(s);
+    const a1 = await apply(s);
+    expect(a1.code, show(a1)).toBe(0);
+    const cache = await findFile(s.standby.stateDir, 'index-pages.bin');
+    expect(cache, 'the standby keeps the pages of the index it read').toBeDefined();
+    expect((await stat(cache!)).mode & 0o777).toBe(0o600);
+
+    // 64 KiB overwritten in the middle, same size: the blobs before and after stay where they were.
+    const data = await readFile(middle);
+    randomBytes(64 * 1024).copy(data, 1536 * 1024);
+    await writeFile(middle, data);
+    await backupJson(s);
+    const a2 = await apply(s);
+    expect(a2.code, show(a2)).toBe(0);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect((await readFile(join(s.standby.paths.files, 'big', 'middle.bin'))).equals(data)).toBe(true);
+    const st2 = stagedLine(a2.stderr);
+    expect(st2).toMatchObject({ changed: 1 });
+    // Most of the file came from the standby's own copy through the kernel; little was fetched.
+    expect(st2.bytesCopied).toBeGreaterThan(2 * 1024 * 1024);
+    expect(st2.bytesWritten - st2.bytesReused).toBeLessThan(1024 * 1024);
+    expect(st2.pagesCached).toBeGreaterThan(3);
+
+    // The copy of the pages damaged (bytes of its pages flipped): those pages are fetched again,
+    // the apply is the same. Then cut short (no table): every page fetched.
+    const bytes = await readFile(cache!);
+    for (let i = 0; i < 4000 && i < bytes.length - 8; i += 97) bytes[i] = bytes[i]! ^ 0xff;
+    await writeFile(cache!, bytes);
+    await writeFile(join(f, 'many', 'thumb-150.jpg'), 'changed\n');
+    await backupJson(s);
+    const a3 = await apply(s);
+    expect(a3.code, show(a3)).toBe(0);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    const st3 = stagedLine(a3.stderr);
+    expect(st3.pagesCached).toBeLessThan(st2.pagesCached);
+    await writeFile(cache!, bytes.subarray(0, 3));
+    await writeFile(join(f, 'many', 'thumb-151.jpg'), 'changed too\n');
+    await backupJson(s);
+    const a4 = await apply(s);
+    expect(a4.code, show(a4)).toBe(0);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect(stagedLine(a4.stderr).pagesCached).toBe(0);
+    // Written whole again by that apply, for the next one.
+    expect((await stat(cache!)).size).toBeGreaterThan(bytes.length / 2);
   }, 180_000);
 
   it('types that change place (a file becomes a directory, a directory a symlink) and --reread', async () => {

@@ -45,6 +45,7 @@ export * from './cas/files-key.js';
 export * from './cas/pack.js';
 export * from './cas/pack-fetch.js';
 export * from './cas/pages.js';
+export * from './cas/page-cache.js';
 export * from './cas/files-index.js';
 export * from './cas/delta.js';
 export * from './wal/wal-file.js';

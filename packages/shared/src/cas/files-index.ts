@@ -232,12 +232,16 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
     const local: number[] = [];
     let inPage = 0;
     if (page.length === 0 || page[page.length - 1] !== 0x0a) fail('the page does not end with a newline');
+    // Decoded once (a newline byte is never inside a UTF-8 sequence): a decode per line cost more
+    // than the parse.
+    const text = page.toString('utf8');
     let at = 0;
-    while (at < page.length) {
-      const nl = page.indexOf(0x0a, at);
+    while (at < text.length) {
+      const nl = text.indexOf('\n', at);
       lineNo++;
-      if (nl - at > MAX_LINE) fail(`a line longer than ${MAX_LINE} bytes`);
-      const l = parse(page.toString('utf8', at, nl));
+      // Characters, then bytes when they could be too many (a character is at most 3 bytes per UTF-16 unit).
+      if (nl - at > MAX_LINE || ((nl - at) * 3 > MAX_LINE && Buffer.byteLength(text.slice(at, nl)) > MAX_LINE)) fail(`a line longer than ${MAX_LINE} bytes`);
+      const l = parse(text.slice(at, nl));
       at = nl + 1;
       if (l.t === 'o') local.push(packLine(l));
       else if (l.t === 'd' || l.t === 'f' || l.t === 'l') {

@@ -1,6 +1,7 @@
 import type { Filestore } from '../filestore/filestore.js';
 import type { FileEntry, PageLoader, TreeEntry } from './files-index.js';
 import { fetchPackStored } from './pack-fetch.js';
+import type { PageCache } from './page-cache.js';
 import { blobSlices, openPackPieces, type PackInfo, type PackPlain } from './pack.js';
 
 /**
@@ -107,12 +108,19 @@ export const PAGE_PACKS_KEPT_BYTES = 8 * 1024 * 1024;
  * Loads pages from the filestore: each pack's stored bytes bounded by its signed size and checked
  * against its SHA-256 before a byte is decrypted (openPackPieces), each page against its id before
  * it is parsed (blobSlices). Opened packs are kept, the least recently used dropped first, up to
- * PAGE_PACKS_KEPT_BYTES (and always the one in use).
+ * PAGE_PACKS_KEPT_BYTES (and always the one in use). With a cache (page-cache.ts: a standby's pages
+ * of the index it read last), a page it has and that still matches its id is not fetched, and every
+ * page read goes into the cache's next version.
  */
-export function pageLoader(fs: Filestore, site: string, o: { identities: string[] | null; hmacKey: Buffer; label: string; signal?: AbortSignal }): PageLoader {
+export function pageLoader(fs: Filestore, site: string, o: { identities: string[] | null; hmacKey: Buffer; label: string; signal?: AbortSignal; cache?: PageCache }): PageLoader {
   const kept = new Map<string, PackPlain>();
   let bytes = 0;
   return async (info, offset, length, id) => {
+    const cached = o.cache?.get(id, length);
+    if (cached) {
+      o.cache!.add(id, cached);
+      return cached;
+    }
     let plain = kept.get(info.id);
     if (plain !== undefined) {
       kept.delete(info.id);
@@ -129,6 +137,8 @@ export function pageLoader(fs: Filestore, site: string, o: { identities: string[
       }
     }
     const slices = blobSlices(plain, { id, offset, length }, o.hmacKey, `${o.label}: a page`);
-    return slices.length === 1 ? slices[0]! : Buffer.concat(slices, length);
+    const page = slices.length === 1 ? slices[0]! : Buffer.concat(slices, length);
+    o.cache?.add(id, page);
+    return page;
   };
 }

@@ -1,11 +1,13 @@
-import { createHash } from 'node:crypto';
-import { closeSync, constants as fsConstants, createReadStream, createWriteStream, fchmodSync, futimesSync, lstatSync, openSync, readSync, readdirSync, renameSync, writeSync, type Stats, type WriteStream } from 'node:fs';
+import * as nodeCrypto from 'node:crypto';
+import { closeSync, constants as fsConstants, copyFileSync, createReadStream, createWriteStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, openSync, readSync, readdirSync, renameSync, rmSync, writeSync, type Stats, type WriteStream } from 'node:fs';
 import { chmod, lstat, lutimes, mkdir, open, readdir, readFile, readlink, rename, rm, symlink, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { finished } from 'node:stream/promises';
 import {
   OPEN_NEW_FILE,
+  PAGE_CACHE_FILE,
+  PageCache,
   TandemError,
   blobSlices,
   formatBytes,
@@ -96,7 +98,10 @@ type PlanOp =
 export const utimeOf = (mt: number): number => mt / 1000 + 5e-7;
 
 /** The record's digest of a file's blob ids (files deltas record theirs the same way). */
-export const blobsDigest = (e: Pick<FileEntry, 'b'>): string => createHash('sha256').update(e.b.map((b) => b[3]).join(',')).digest('hex').slice(0, 32);
+export const blobsDigest = (e: Pick<FileEntry, 'b'>): string => sha256Hex(e.b.length === 1 ? e.b[0]![3] : e.b.map((b) => b[3]).join(',')).slice(0, 32);
+/** One-shot crypto.hash where Node has it (20.12 on): a Hash object per file of the tree cost more than the hashing. */
+const sha256Hex: (s: string) => string =
+  typeof nodeCrypto.hash === 'function' ? (s) => nodeCrypto.hash('sha256', s, 'hex') : (s) => nodeCrypto.createHash('sha256').update(s).digest('hex');
 const recordFile = (stateDir: string) => join(stateDir, FILES_RECORD);
 
 /** The record's blob list of a file (RecordLine.b): only for a file of several blobs. */
@@ -131,9 +136,37 @@ function lstatBig(p: string) {
   }
 }
 
+/**
+ * A line of the record as read: its fields but the blob list, which stays text until a changed
+ * file needs it (blob lists are most of the record's bytes, and an apply of a small change needs a
+ * few), and the line itself (a kept file's line is written back as it is).
+ */
+interface ReadRecordLine extends Omit<RecordLine, 'b'> {
+  line: string;
+  bText?: string;
+}
+
+/** The record writes `b` last, and no other field can hold `,"b":[` (a quote in the path is escaped). */
+function parseRecordLine(line: string): ReadRecordLine {
+  const i = line.lastIndexOf(',"b":[');
+  if (i < 0) return { ...(JSON.parse(line) as RecordLine), line };
+  return { ...(JSON.parse(`${line.slice(0, i)}}`) as RecordLine), line, bText: line.slice(i + 5, -1) };
+}
+
+/** A recorded file's blob list (RecordLine.b); undefined when it has none or it cannot be read (nothing is then taken from the live file). */
+function recordedBlobs(r: ReadRecordLine): Array<[number, string]> | undefined {
+  if (r.bText === undefined) return undefined;
+  try {
+    const b = JSON.parse(r.bText) as unknown;
+    return Array.isArray(b) && b.every((x) => Array.isArray(x) && Number.isSafeInteger(x[0]) && typeof x[1] === 'string') ? (b as Array<[number, string]>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
-async function readRecord(stateDir: string, live: string, logger: Logger): Promise<Map<string, RecordLine>> {
-  const out = new Map<string, RecordLine>();
+async function readRecord(stateDir: string, live: string, logger: Logger): Promise<Map<string, ReadRecordLine>> {
+  const out = new Map<string, ReadRecordLine>();
   let text: string;
   try {
     text = await readFile(recordFile(stateDir), 'utf8');
@@ -145,8 +178,8 @@ async function readRecord(stateDir: string, live: string, logger: Logger): Promi
     const lines = text.split('\n');
     const head = JSON.parse(lines[0] ?? '') as { live?: string };
     if (head.live !== live) return out;
-    for (const line of lines.slice(1)) if (line !== '') {
-      const r = JSON.parse(line) as RecordLine;
+    for (let i = 1; i < lines.length; i++) if (lines[i] !== '') {
+      const r = parseRecordLine(lines[i]!);
       out.set(r.p, r);
     }
   } catch (err) {
@@ -177,7 +210,11 @@ export interface StagedFiles {
   bytesWritten: number;
   /** Of bytesWritten, the bytes read from the live files (blobs a changed file kept) rather than fetched. */
   bytesReused: number;
+  /** Of bytesReused, the bytes the kernel copied (blobs a changed file kept at the same place: copyKept). */
+  bytesCopied: number;
   packs: number;
+  /** Pages of the index taken from the standby's copy of the last index's pages rather than fetched. */
+  pagesCached: number;
 }
 
 export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFiles> {
@@ -197,13 +234,15 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const bucket = isS3Url(names.live) ? openFilestore(names.live) : null;
   const listing = bucket ? new Map((await bucket.list('', { signal: o.signal }).finally(() => bucket.close())).map((x) => [x.key, x])) : null;
   const liveExists = listing !== null || (await lstatOrNull(names.live))?.isDirectory() === true;
+  // The index's paths are checked relative paths (no '.', '..' or empty part): joined by hand, not by path.join's normalizing, once per entry.
+  const liveSlash = names.live.endsWith('/') ? names.live : `${names.live}/`;
 
   // Pass 1: the plan, from the index and what the live tree has.
   const ops: PlanOp[] = [];
-  const kept: RecordLine[] = [];
+  const kept: ReadRecordLine[] = [];
   // `reuse`: the live file is the one this standby wrote (record, inode, ctime, size), and these
   // of its blobs are still in the new content: read from it rather than downloaded.
-  const toWrite: Array<{ e: FileEntry; n: number; reuse?: Map<string, { offset: number; length: number }> }> = [];
+  const toWrite: Array<{ e: FileEntry; n: number; reuse?: Map<string, { offset: number; length: number }>; rec?: ReadRecordLine; old?: Array<[number, string]> }> = [];
   const indexPaths = new Set<string>();
   // Directories: made (missing, or something else in their place), and those already as the set has them.
   const created = new Set<string>();
@@ -213,58 +252,69 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   let n = 0;
   const free = await freeBytes(dirname(names.next));
   const maxBytes = Math.min(o.limits.maxBytes ?? Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
-  await decodeStored(
-    o.input,
-    o.identities,
-    async (plain) => {
-      const pages = pageLoader(o.filestore, manifest.site, { identities: entry.encryption === 'age' ? o.identities : null, hmacKey: filesKey.hmacKey, label, signal: o.signal });
-      const entries = readFilesIndex(plain, { label, site: manifest.site, setId: manifest.setId, maxEntries: o.limits.maxEntries, maxBytes, pages }, packs);
-      for await (const e of entries) {
-        indexPaths.add(e.p);
-        if (e.t === 'd') {
-          ops.push({ o: 'd', p: e.p, m: e.m, mt: e.mt });
-          // A directory as the set has it (type, mode, mtime) needs no step, unless something
-          // changes inside it (decided below, once every change is known).
-          const st = listing === null && liveExists ? lstatBig(join(names.live, e.p)) : null;
-          if (st === null || !st.isDirectory()) created.add(e.p);
-          else if (Number(st.mode & 0o7777n) === e.m && Number(st.mtimeNs / 1000n) === Math.round(e.mt * 1000)) asIs.add(e.p);
-        }
-        else if (e.t === 'l') {
-          if (listing !== null) {
-            throw new TandemError('config', 'FILES_BUCKET_SYMLINK', `${label}: ${JSON.stringify(e.p)} is a symlink, and this standby's paths.files is a bucket, which cannot hold one`, {
-              hint: 'give this standby a directory as paths.files, or remove the symlink on the primary',
-            });
+  // The pages of the index read last (pages a small change left as they were are not fetched
+  // again), and those of this one for the next apply.
+  let pagesCached = 0;
+  const pageCache = new PageCache(join(o.stateDir, PAGE_CACHE_FILE), filesKey.hmacKey, { write: true });
+  try {
+    await decodeStored(
+      o.input,
+      o.identities,
+      async (plain) => {
+        const pages = pageLoader(o.filestore, manifest.site, { identities: entry.encryption === 'age' ? o.identities : null, hmacKey: filesKey.hmacKey, label, signal: o.signal, cache: pageCache });
+        const entries = readFilesIndex(plain, { label, site: manifest.site, setId: manifest.setId, maxEntries: o.limits.maxEntries, maxBytes, pages }, packs);
+        for await (const e of entries) {
+          indexPaths.add(e.p);
+          if (e.t === 'd') {
+            ops.push({ o: 'd', p: e.p, m: e.m, mt: e.mt });
+            // A directory as the set has it (type, mode, mtime) needs no step, unless something
+            // changes inside it (decided below, once every change is known).
+            const st = listing === null && liveExists ? lstatBig(liveSlash + e.p) : null;
+            if (st === null || !st.isDirectory()) created.add(e.p);
+            else if (Number(st.mode & 0o7777n) === e.m && Number(st.mtimeNs / 1000n) === Math.round(e.mt * 1000)) asIs.add(e.p);
           }
-          ops.push({ o: 'l', p: e.p, n: n++, l: e.l, mt: e.mt });
-        } else {
-          files++;
-          const d = blobsDigest(e);
-          const rec = record.get(e.p);
-          if (listing !== null) {
-            const x = listing.get(e.p);
-            if (rec && x && rec.d === d && rec.ino === x.version && x.size === e.s) kept.push(rec);
-            else {
-              const k = n++;
-              toWrite.push({ e, n: k });
-              ops.push({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s });
+          else if (e.t === 'l') {
+            if (listing !== null) {
+              throw new TandemError('config', 'FILES_BUCKET_SYMLINK', `${label}: ${JSON.stringify(e.p)} is a symlink, and this standby's paths.files is a bucket, which cannot hold one`, {
+                hint: 'give this standby a directory as paths.files, or remove the symlink on the primary',
+              });
             }
-            continue;
-          }
-          const st = rec && liveExists ? lstatBig(join(names.live, e.p)) : null;
-          if (rec && st && st.isFile() && rec.d === d && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === e.s) {
-            kept.push(rec);
-            if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
+            ops.push({ o: 'l', p: e.p, n: n++, l: e.l, mt: e.mt });
           } else {
-            const k = n++;
-            const same = rec?.b !== undefined && st !== null && st.isFile() && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === rec.s;
-            toWrite.push({ e, n: k, reuse: same ? blobOffsets(rec!.b!) : undefined });
-            ops.push({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s, b: recordBlobs(e) });
+            files++;
+            const d = blobsDigest(e);
+            const rec = record.get(e.p);
+            if (listing !== null) {
+              const x = listing.get(e.p);
+              if (rec && x && rec.d === d && rec.ino === x.version && x.size === e.s) kept.push(rec);
+              else {
+                const k = n++;
+                toWrite.push({ e, n: k });
+                ops.push({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s });
+              }
+              continue;
+            }
+            const st = rec && liveExists ? lstatBig(liveSlash + e.p) : null;
+            if (rec && st && st.isFile() && rec.d === d && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === e.s) {
+              kept.push(rec);
+              if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
+            } else {
+              const k = n++;
+              const same = rec?.bText !== undefined && st !== null && st.isFile() && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === rec.s;
+              const old = same ? recordedBlobs(rec!) : undefined;
+              toWrite.push(old ? { e, n: k, reuse: blobOffsets(old), rec, old } : { e, n: k });
+              ops.push({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s, b: recordBlobs(e) });
+            }
           }
         }
-      }
-    },
-    { signal: o.signal },
-  );
+      },
+      { signal: o.signal },
+    );
+    pageCache.commit();
+    pagesCached = pageCache.hits;
+  } finally {
+    pageCache.close();
+  }
 
   // What the live tree has that the set does not: removed first in the switch.
   const removals: PlanOp[] = [];
@@ -351,41 +401,85 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   };
   let bytesWritten = 0;
   let bytesReused = 0;
+  let bytesCopied = 0;
+  /** A blob from its pack, written at `at` of `fd` (undefined: where the file is). */
+  const writeFromPack = async (fd: number, w: { e: FileEntry }, ord: number, off: number, len: number, id: string, at?: number): Promise<void> => {
+    const plain = await packPlain(ord);
+    let pos = at;
+    for (const data of blobSlices(plain, { id, offset: off, length: len }, filesKey.hmacKey, `${label}: ${JSON.stringify(w.e.p)}`)) {
+      writeAll(fd, data, pos);
+      if (pos !== undefined) pos += data.length;
+    }
+    bytesWritten += len;
+    const left = (uses.get(ord) ?? 1) - 1;
+    uses.set(ord, left);
+    if (left === 0) held.delete(ord);
+  };
   try {
     for (const w of toWrite) {
       o.signal?.throwIfAborted();
       prefetch();
+      const staged = join(names.next, 'data', String(w.n));
       // Synchronous file calls: a promise per open/write/chmod/utimes/close cost more than the
       // calls themselves, thousands of times over for a tree of small files.
-      const fd = openSync(join(names.next, 'data', String(w.n)), OPEN_NEW_FILE, 0o600);
       const liveFd = w.reuse ? openLiveOrNull(join(names.live, w.e.p)) : null;
       try {
-        for (const [ord, off, len, id] of w.e.b) {
-          const at = liveFd === null ? undefined : w.reuse!.get(id);
-          if (at !== undefined && at.length === len) {
-            const data = readBlobIfSame(liveFd!, at.offset, len, id, filesKey.hmacKey);
-            if (data !== null) {
-              for (let i = 0; i < data.length; ) i += writeSync(fd, data, i, data.length - i);
-              bytesWritten += len;
-              bytesReused += len;
-              continue;
+        const copy = liveFd === null ? null : copyKept(liveFd, w.rec!, w.old!, w.e, staged);
+        if (copy !== null) {
+          // The live file copied by the kernel: the blobs it holds at the same places stay, every
+          // other blob is written over it at its place, and the end cut at the new size.
+          const fd = openSync(staged, fsConstants.O_WRONLY | fsConstants.O_NOFOLLOW);
+          try {
+            bytesWritten += copy.bytes;
+            bytesReused += copy.bytes;
+            bytesCopied += copy.bytes;
+            let at = 0;
+            for (const [ord, off, len, id] of w.e.b) {
+              const here = at;
+              at += len;
+              if (copy.inPlace.has(here)) continue;
+              const old = w.reuse!.get(id);
+              const data = old !== undefined && old.length === len ? readBlobIfSame(liveFd!, old.offset, len, id, filesKey.hmacKey) : null;
+              if (data !== null) {
+                writeAll(fd, data, here);
+                bytesWritten += len;
+                bytesReused += len;
+                continue;
+              }
+              if (old !== undefined && old.length === len) logger.warn({ file: w.e.p, blob: id }, 'a blob of the live file does not match its id any more: fetched from the filestore instead');
+              await writeFromPack(fd, w, ord, off, len, id, here);
             }
-            logger.warn({ file: w.e.p, blob: id }, 'a blob of the live file does not match its id any more: fetched from the filestore instead');
+            ftruncateSync(fd, w.e.s);
+            fchmodSync(fd, w.e.m);
+            futimesSync(fd, utimeOf(w.e.mt), utimeOf(w.e.mt));
+          } finally {
+            closeSync(fd);
           }
-          const plain = await packPlain(ord);
-          for (const data of blobSlices(plain, { id, offset: off, length: len }, filesKey.hmacKey, `${label}: ${JSON.stringify(w.e.p)}`)) {
-            for (let at = 0; at < data.length; ) at += writeSync(fd, data, at, data.length - at);
-          }
-          bytesWritten += len;
-          const left = (uses.get(ord) ?? 1) - 1;
-          uses.set(ord, left);
-          if (left === 0) held.delete(ord);
+          continue;
         }
-        // Mode and mtime now, through the descriptor: the switch only renames.
-        fchmodSync(fd, w.e.m);
-        futimesSync(fd, utimeOf(w.e.mt), utimeOf(w.e.mt));
+        const fd = openSync(staged, OPEN_NEW_FILE, 0o600);
+        try {
+          for (const [ord, off, len, id] of w.e.b) {
+            const at = liveFd === null ? undefined : w.reuse!.get(id);
+            if (at !== undefined && at.length === len) {
+              const data = readBlobIfSame(liveFd!, at.offset, len, id, filesKey.hmacKey);
+              if (data !== null) {
+                writeAll(fd, data);
+                bytesWritten += len;
+                bytesReused += len;
+                continue;
+              }
+              logger.warn({ file: w.e.p, blob: id }, 'a blob of the live file does not match its id any more: fetched from the filestore instead');
+            }
+            await writeFromPack(fd, w, ord, off, len, id);
+          }
+          // Mode and mtime now, through the descriptor: the switch only renames.
+          fchmodSync(fd, w.e.m);
+          futimesSync(fd, utimeOf(w.e.mt), utimeOf(w.e.mt));
+        } finally {
+          closeSync(fd);
+        }
       } finally {
-        closeSync(fd);
         if (liveFd !== null) closeSync(liveFd);
       }
     }
@@ -400,11 +494,67 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   plan.end();
   await finished(plan);
   const keptOut = createWriteStream(join(names.next, 'kept.ndjson'), { mode: 0o600 });
-  for (const r of kept) keptOut.write(`${JSON.stringify(r)}\n`);
+  for (const r of kept) keptOut.write(`${r.line}\n`);
   keptOut.end();
   await finished(keptOut);
-  logger.info({ files, changed: toWrite.length, removed: removals.length, bytesWritten, bytesReused, packs: fetched }, 'files staged: only what changed');
-  return { files, changed: toWrite.length, removed: removals.length, bytesWritten, bytesReused, packs: fetched };
+  logger.info({ files, changed: toWrite.length, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached }, 'files staged: only what changed');
+  return { files, changed: toWrite.length, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached };
+}
+
+const writeAll = (fd: number, data: Buffer, position?: number): void => {
+  for (let i = 0; i < data.length; ) {
+    const n = writeSync(fd, data, i, data.length - i, position === undefined ? null : position + i);
+    i += n;
+  }
+};
+
+/**
+ * A changed file whose blobs mostly stay where they were (a video edited in the middle, or
+ * appended to): the live file, when it still is the one this standby wrote (the same inode, ctime
+ * and size as recorded, before and after), copied whole by the kernel to `staged`
+ * (copy_file_range, or a reflink where the file system has them): `inPlace` are the offsets in the
+ * new file whose blob is already there, `bytes` their total. Those bytes are trusted as every
+ * unchanged file of the tree is, by the record (a write to the file moves its ctime, which cannot
+ * be set back); they are not read into the process or hashed again. Null when not worth it (less
+ * than half of the new file stays in place), when the live file is not the recorded one any more,
+ * or where /proc/self/fd is not there: the blobs are then read and checked one by one.
+ */
+function copyKept(liveFd: number, rec: ReadRecordLine, oldBlobs: Array<[number, string]>, e: FileEntry, staged: string): { inPlace: Set<number>; bytes: number } | null {
+  const old = new Map<number, { id: string; length: number }>();
+  let at = 0;
+  for (const [length, id] of oldBlobs) {
+    old.set(at, { id, length });
+    at += length;
+  }
+  const inPlace = new Set<number>();
+  let bytes = 0;
+  at = 0;
+  for (const [, , len, id] of e.b) {
+    const was = old.get(at);
+    if (was !== undefined && was.id === id && was.length === len) {
+      inPlace.add(at);
+      bytes += len;
+    }
+    at += len;
+  }
+  if (bytes * 2 < e.s) return null;
+  const same = (): boolean => {
+    const st = fstatSync(liveFd, { bigint: true });
+    return st.isFile() && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === rec.s;
+  };
+  if (!same()) return null;
+  try {
+    // The descriptor's own file (opened without following a link), not whatever the path names now.
+    copyFileSync(`/proc/self/fd/${liveFd}`, staged, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' && existsSync(staged) === false) return null;
+    throw err;
+  }
+  if (!same()) {
+    rmSync(staged, { force: true });
+    return null;
+  }
+  return { inPlace, bytes };
 }
 
 /** The live file, read-only and not following a symlink; null when it is not there any more. */
@@ -454,6 +604,8 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
   const rec: WriteStream = createWriteStream(recNew, { mode: 0o600 });
   rec.write(`${JSON.stringify({ live })}\n`);
   let renamed = 0;
+  /** Kept files whose mode or mtime this switch set. */
+  const restamped = new Set<string>();
   for await (const line of lines(join(names.next, 'plan.ndjson'))) {
     const op = JSON.parse(line) as PlanOp;
     const target = join(live, op.p);
@@ -482,6 +634,7 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
         break;
       }
       case 'm':
+        restamped.add(op.p);
         await chmod(target, op.m);
         await utimes(target, utimeOf(op.mt), utimeOf(op.mt));
         break;
@@ -498,8 +651,13 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
       }
     }
   }
-  // Kept files: as they were (their inode and ctime did not change), after the written ones.
+  // Kept files, after the written ones: as recorded (staging found them with the inode and ctime
+  // the record has), but those whose mode or mtime was set above (their ctime moved).
   for await (const line of lines(join(names.next, 'kept.ndjson'))) {
+    if (restamped.size === 0 || !restamped.has(parseRecordLine(line).p)) {
+      rec.write(`${line}\n`);
+      continue;
+    }
     const r = JSON.parse(line) as RecordLine;
     const now = lstatBig(join(live, r.p));
     if (now) rec.write(`${JSON.stringify({ ...r, ino: String(now.ino), ct: String(now.ctimeNs) })}\n`);

@@ -91,14 +91,27 @@ function encodeRecipient(publicRaw: Buffer): string {
   return bech32.encode(RECIPIENT_HRP, bech32.toWords(publicRaw), false);
 }
 
+/**
+ * Identities already parsed, by their text: an apply opens every pack (and page pack) with the same
+ * identities, and parsing one (bech32, key import, the public key derived) cost ~1.5 ms a pack. The
+ * same strings the caller holds; a few at most.
+ */
+const parsedIdentities = new Map<string, X25519Identity>();
+const PARSED_IDENTITIES_MAX = 16;
+
 export function identityFromString(identity: string, where: string): X25519Identity {
+  const known = parsedIdentities.get(identity);
+  if (known !== undefined) return known;
   const raw = decodeBech32(identity.trim(), IDENTITY_HRP);
   if (!raw) {
     throw new TandemError('config', 'AGE_BAD_IDENTITY', `${where}: ${expectation('identity', classify(identity.trim()))}`);
   }
   const privateKey = x25519PrivateKey(raw);
   const publicRaw = rawPublic(privateKey);
-  return { privateKey, publicRaw, recipient: encodeRecipient(publicRaw) };
+  const id = { privateKey, publicRaw, recipient: encodeRecipient(publicRaw) };
+  if (parsedIdentities.size >= PARSED_IDENTITIES_MAX) parsedIdentities.delete(parsedIdentities.keys().next().value!);
+  parsedIdentities.set(identity, id);
+  return id;
 }
 
 export function recipientFromString(recipient: string, where: string): { publicKey: KeyObject; publicRaw: Buffer } {
