@@ -16,6 +16,8 @@ import { objectMatches } from './object-id.js';
 export const PAGE_CACHE_FILE = 'index-pages.bin';
 /** A table larger than this is not read (a tree of millions of files has ~150 bytes per page of ~30 entries). */
 const MAX_TABLE = 64 * 1024 * 1024;
+/** Bytes read from the old cache, and written to the new one, per call. */
+const WINDOW = 1024 * 1024;
 
 export class PageCache {
   #fd: number | null = null;
@@ -24,6 +26,13 @@ export class PageCache {
   #outTable: Array<[string, number, number]> = [];
   #outAt = 0;
   #outIds = new Set<string>();
+  /** Pages to write, gathered up to WINDOW bytes per write. */
+  #pending: Buffer[] = [];
+  #pendingBytes = 0;
+  /** The part of the old cache read last: pages are asked for mostly in the order they were written. */
+  #window: Buffer | null = null;
+  #windowAt = 0;
+  #windowLen = 0;
   readonly #path: string;
   readonly #hmacKey: Buffer;
   /** Pages taken from the cache, and bytes. */
@@ -63,30 +72,51 @@ export class PageCache {
   get(id: string, length: number): Buffer | null {
     const at = this.#table.get(id);
     if (this.#fd === null || at === undefined || at.length !== length) return null;
-    const buf = Buffer.allocUnsafe(length);
-    let got = 0;
-    while (got < length) {
-      const n = readSync(this.#fd, buf, got, length - got, at.offset + got);
-      if (n === 0) return null;
-      got += n;
+    if (at.offset < this.#windowAt || at.offset + length > this.#windowAt + this.#windowLen) {
+      // Read from this page on, a window at a time (one read for a run of pages, not one each).
+      const size = Math.max(WINDOW, length);
+      if (this.#window === null || this.#window.length < size) this.#window = Buffer.allocUnsafe(size);
+      let got = 0;
+      while (got < size) {
+        const n = readSync(this.#fd, this.#window, got, size - got, at.offset + got);
+        if (n === 0) break;
+        got += n;
+      }
+      this.#windowAt = at.offset;
+      this.#windowLen = got;
+      if (got < length) return null;
     }
-    if (!objectMatches(this.#hmacKey, id, buf)) return null;
+    const start = at.offset - this.#windowAt;
+    const page = Buffer.allocUnsafe(length);
+    this.#window!.copy(page, 0, start, start + length);
+    if (!objectMatches(this.#hmacKey, id, page)) return null;
     this.hits++;
-    return buf;
+    return page;
   }
 
   /** A page of the index being read, for the next reader (once per id). */
   add(id: string, page: Buffer): void {
     if (this.#out === null || this.#outIds.has(id)) return;
-    for (let i = 0; i < page.length; ) i += writeSync(this.#out, page, i, page.length - i, null);
+    this.#pending.push(Buffer.from(page));
+    this.#pendingBytes += page.length;
+    if (this.#pendingBytes >= WINDOW) this.#flush();
     this.#outTable.push([id, this.#outAt, page.length]);
     this.#outIds.add(id);
     this.#outAt += page.length;
   }
 
+  #flush(): void {
+    if (this.#out === null || this.#pending.length === 0) return;
+    const b = this.#pending.length === 1 ? this.#pending[0]! : Buffer.concat(this.#pending, this.#pendingBytes);
+    for (let i = 0; i < b.length; ) i += writeSync(this.#out, b, i, b.length - i, null);
+    this.#pending = [];
+    this.#pendingBytes = 0;
+  }
+
   /** The new cache replaces the old one (call once the whole index was read). */
   commit(): void {
     if (this.#out === null) return;
+    this.#flush();
     const table = Buffer.from(JSON.stringify(this.#outTable));
     const len = Buffer.alloc(4);
     len.writeUInt32BE(table.length, 0);

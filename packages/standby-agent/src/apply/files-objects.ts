@@ -148,8 +148,21 @@ interface ReadRecordLine extends Omit<RecordLine, 'b'> {
 /** The record writes `b` last, and no other field can hold `,"b":[` (a quote in the path is escaped). */
 function parseRecordLine(line: string): ReadRecordLine {
   const i = line.lastIndexOf(',"b":[');
-  if (i < 0) return { ...(JSON.parse(line) as RecordLine), line };
-  return { ...(JSON.parse(`${line.slice(0, i)}}`) as RecordLine), line, bText: line.slice(i + 5, -1) };
+  const r = JSON.parse(i < 0 ? line : `${line.slice(0, i)}}`) as ReadRecordLine;
+  r.line = line;
+  if (i >= 0) r.bText = line.slice(i + 5, -1);
+  return r;
+}
+
+/**
+ * The path of a record line, without parsing the rest (each line is parsed when its file comes up,
+ * and dropped: a tree of 100,000 files holds its lines, not 100,000 parsed records). The path is
+ * the first field, and `","d":"` cannot be inside it (its quotes are escaped).
+ */
+function recordPath(line: string): string {
+  const end = line.indexOf('","d":"');
+  if (!line.startsWith('{"p":"') || end < 0) throw new Error(`not a record line: ${line.slice(0, 80)}`);
+  return JSON.parse(line.slice(5, end + 1)) as string;
 }
 
 /** A recorded file's blob list (RecordLine.b); undefined when it has none or it cannot be read (nothing is then taken from the live file). */
@@ -164,8 +177,8 @@ function recordedBlobs(r: ReadRecordLine): Array<[number, string]> | undefined {
 }
 
 /** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
-async function readRecord(stateDir: string, live: string, logger: Logger): Promise<Map<string, ReadRecordLine>> {
-  const out = new Map<string, ReadRecordLine>();
+async function readRecord(stateDir: string, live: string, logger: Logger): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
   let text: string;
   try {
     text = await readFile(recordFile(stateDir), 'utf8');
@@ -178,8 +191,8 @@ async function readRecord(stateDir: string, live: string, logger: Logger): Promi
     const head = JSON.parse(lines[0] ?? '') as { live?: string };
     if (head.live !== live) return out;
     for (let i = 1; i < lines.length; i++) if (lines[i] !== '') {
-      const r = parseRecordLine(lines[i]!);
-      out.set(r.p, r);
+      const line = lines[i]!;
+      out.set(recordPath(line), line);
     }
   } catch (err) {
     logger.warn({ err, record: recordFile(stateDir) }, 'the files record cannot be read: every file of the set is written again');
@@ -238,7 +251,8 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
 
   // Pass 1: the plan, from the index and what the live tree has.
   const ops: PlanOp[] = [];
-  const kept: ReadRecordLine[] = [];
+  /** The record lines of files kept as they are. */
+  const kept: string[] = [];
   // `reuse`: the live file is the one this standby wrote (record, inode, ctime, size), and these
   // of its blobs are still in the new content: read from it rather than downloaded.
   const toWrite: Array<{ e: FileEntry; n: number; reuse?: Map<string, { offset: number; length: number }>; rec?: ReadRecordLine; old?: Array<[number, string]> }> = [];
@@ -282,10 +296,13 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
           } else {
             files++;
             const d = blobsDigest(e);
-            const rec = record.get(e.p);
+            const recLine = record.get(e.p);
+            // Each line is used once: dropped as it is, so the record's memory goes as the index is read.
+            if (recLine !== undefined) record.delete(e.p);
+            const rec = recLine === undefined ? undefined : parseRecordLine(recLine);
             if (listing !== null) {
               const x = listing.get(e.p);
-              if (rec && x && rec.d === d && rec.ino === x.version && x.size === e.s) kept.push(rec);
+              if (rec && x && rec.d === d && rec.ino === x.version && x.size === e.s) kept.push(rec.line);
               else {
                 const k = n++;
                 toWrite.push({ e, n: k });
@@ -295,7 +312,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             }
             const st = rec && liveExists ? lstatBig(liveSlash + e.p) : null;
             if (rec && st && st.isFile() && rec.d === d && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === e.s) {
-              kept.push(rec);
+              kept.push(rec.line);
               if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
             } else {
               const k = n++;
@@ -497,7 +514,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   }
   const keptOut = new LineSink(join(names.next, 'kept.ndjson'));
   try {
-    for (const r of kept) keptOut.write(r.line);
+    for (const line of kept) keptOut.write(line);
   } finally {
     keptOut.close();
   }
