@@ -1,10 +1,15 @@
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
+import { constants, writeSync } from 'node:fs';
 import { mkdir, open, rename, rm, statfs, type FileHandle } from 'node:fs/promises';
 import { dirname, join, basename, resolve } from 'node:path';
 
 /** open() flags for creating a file that must not exist yet, never through a symlink. */
 export const OPEN_NEW_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+
+/** All of `data` written to `fd` (writeSync may write less than asked), at `position` or where the file is. */
+export function writeAllSync(fd: number, data: Buffer, position?: number): void {
+  for (let i = 0; i < data.length; ) i += writeSync(fd, data, i, data.length - i, position === undefined ? null : position + i);
+}
 
 /**
  * `mkdir -p` that reports the real reason it failed. Node 20's recursive mkdir says ENOENT when a

@@ -20,7 +20,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { ReadEntry } from 'tar';
 import { TandemError, describeError } from '../errors.js';
-import { OPEN_NEW_FILE, mkdirp, writevAll } from '../fsutil.js';
+import { OPEN_NEW_FILE, mkdirp, writeAllSync, writevAll } from '../fsutil.js';
 import { EntryRules, normalize, unsafe } from './entry-rules.js';
 import { guardEarlyErrors, limitError, runParser } from './parse.js';
 
@@ -125,7 +125,7 @@ async function readSmallFile(e: ReadEntry): Promise<Buffer> {
 function writeNewFile(abs: string, data: Buffer, mode: number, times: [number, number] | undefined): void {
   const fd = fs.openSync(abs, OPEN_NEW_FILE, 0o600);
   try {
-    for (let off = 0; off < data.length; ) off += fs.writeSync(fd, data, off, data.length - off);
+    writeAllSync(fd, data);
     fs.fchmodSync(fd, mode);
     if (times) fs.futimesSync(fd, times[0], times[1]);
   } finally {

@@ -1,5 +1,5 @@
-import { closeSync, fstatSync, openSync, readSync, renameSync, rmSync, writeSync, constants } from 'node:fs';
-import { OPEN_NEW_FILE } from '../fsutil.js';
+import { closeSync, fstatSync, openSync, readSync, renameSync, rmSync, constants } from 'node:fs';
+import { OPEN_NEW_FILE, writeAllSync } from '../fsutil.js';
 import { objectMatches } from './object-id.js';
 
 /**
@@ -35,7 +35,7 @@ export class PageCache {
   #windowLen = 0;
   readonly #path: string;
   readonly #hmacKey: Buffer;
-  /** Pages taken from the cache, and bytes. */
+  /** Pages taken from the cache. */
   hits = 0;
 
   /** The cache at `path` (none, or unreadable: empty); `write` starts a new one beside, for commit(). */
@@ -108,7 +108,7 @@ export class PageCache {
   #flush(): void {
     if (this.#out === null || this.#pending.length === 0) return;
     const b = this.#pending.length === 1 ? this.#pending[0]! : Buffer.concat(this.#pending, this.#pendingBytes);
-    for (let i = 0; i < b.length; ) i += writeSync(this.#out, b, i, b.length - i, null);
+    writeAllSync(this.#out, b);
     this.#pending = [];
     this.#pendingBytes = 0;
   }
@@ -120,7 +120,8 @@ export class PageCache {
     const table = Buffer.from(JSON.stringify(this.#outTable));
     const len = Buffer.alloc(4);
     len.writeUInt32BE(table.length, 0);
-    for (const b of [table, len]) for (let i = 0; i < b.length; ) i += writeSync(this.#out, b, i, b.length - i, null);
+    writeAllSync(this.#out, table);
+    writeAllSync(this.#out, len);
     closeSync(this.#out);
     this.#out = null;
     renameSync(`${this.#path}.new`, this.#path);

@@ -1,10 +1,11 @@
 import * as nodeCrypto from 'node:crypto';
-import { closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, openSync, readSync, readdirSync, renameSync, rmSync, writeSync, type Stats } from 'node:fs';
+import { closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, openSync, readSync, readdirSync, renameSync, rmSync, type Stats } from 'node:fs';
 import { chmod, lstat, lutimes, mkdir, open, readdir, readFile, readlink, rename, rm, symlink, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import {
   OPEN_NEW_FILE,
+  writeAllSync,
   PAGE_CACHE_FILE,
   PageCache,
   TandemError,
@@ -423,7 +424,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     const plain = await packPlain(ord);
     let pos = at;
     for (const data of blobSlices(plain, { id, offset: off, length: len }, filesKey.hmacKey, `${label}: ${JSON.stringify(w.e.p)}`)) {
-      writeAll(fd, data, pos);
+      writeAllSync(fd, data, pos);
       if (pos !== undefined) pos += data.length;
     }
     bytesWritten += len;
@@ -441,54 +442,36 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
       const liveFd = w.reuse ? openLiveOrNull(join(names.live, w.e.p)) : null;
       try {
         const copy = liveFd === null ? null : copyKept(liveFd, w.rec!, w.old!, w.e, staged);
-        if (copy !== null) {
-          // The live file copied by the kernel: the blobs it holds at the same places stay, every
-          // other blob is written over it at its place, and the end cut at the new size.
-          const fd = openSync(staged, fsConstants.O_WRONLY | fsConstants.O_NOFOLLOW);
-          try {
+        // With a copy of the live file (copyKept), the blobs it holds at the same places stay, every
+        // other blob is written over it at its place, and the end is cut at the new size; without,
+        // the file is written from its start.
+        const fd = copy === null ? openSync(staged, OPEN_NEW_FILE, 0o600) : openSync(staged, fsConstants.O_WRONLY | fsConstants.O_NOFOLLOW);
+        try {
+          if (copy !== null) {
             bytesWritten += copy.bytes;
             bytesReused += copy.bytes;
             bytesCopied += copy.bytes;
-            let at = 0;
-            for (const [ord, off, len, id] of w.e.b) {
-              const here = at;
-              at += len;
-              if (copy.inPlace.has(here)) continue;
-              const old = w.reuse!.get(id);
-              const data = old !== undefined && old.length === len ? readBlobIfSame(liveFd!, old.offset, len, id, filesKey.hmacKey) : null;
-              if (data !== null) {
-                writeAll(fd, data, here);
-                bytesWritten += len;
-                bytesReused += len;
-                continue;
-              }
-              if (old !== undefined && old.length === len) logger.warn({ file: w.e.p, blob: id }, 'a blob of the live file does not match its id any more: fetched from the filestore instead');
-              await writeFromPack(fd, w, ord, off, len, id, here);
-            }
-            ftruncateSync(fd, w.e.s);
-            fchmodSync(fd, w.e.m);
-            futimesSync(fd, utimeOf(w.e.mt), utimeOf(w.e.mt));
-          } finally {
-            closeSync(fd);
           }
-          continue;
-        }
-        const fd = openSync(staged, OPEN_NEW_FILE, 0o600);
-        try {
+          let at = 0;
           for (const [ord, off, len, id] of w.e.b) {
-            const at = liveFd === null ? undefined : w.reuse!.get(id);
-            if (at !== undefined && at.length === len) {
-              const data = readBlobIfSame(liveFd!, at.offset, len, id, filesKey.hmacKey);
+            const here = at;
+            at += len;
+            if (copy?.inPlace.has(here)) continue;
+            const pos = copy === null ? undefined : here;
+            const old = liveFd === null ? undefined : w.reuse!.get(id);
+            if (old !== undefined && old.length === len) {
+              const data = readBlobIfSame(liveFd!, old.offset, len, id, filesKey.hmacKey);
               if (data !== null) {
-                writeAll(fd, data);
+                writeAllSync(fd, data, pos);
                 bytesWritten += len;
                 bytesReused += len;
                 continue;
               }
               logger.warn({ file: w.e.p, blob: id }, 'a blob of the live file does not match its id any more: fetched from the filestore instead');
             }
-            await writeFromPack(fd, w, ord, off, len, id);
+            await writeFromPack(fd, w, ord, off, len, id, pos);
           }
+          if (copy !== null) ftruncateSync(fd, w.e.s);
           // Mode and mtime now, through the descriptor: the switch only renames.
           fchmodSync(fd, w.e.m);
           futimesSync(fd, utimeOf(w.e.mt), utimeOf(w.e.mt));
@@ -521,13 +504,6 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   logger.info({ files, changed: toWrite.length, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached }, 'files staged: only what changed');
   return { files, changed: toWrite.length, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached };
 }
-
-const writeAll = (fd: number, data: Buffer, position?: number): void => {
-  for (let i = 0; i < data.length; ) {
-    const n = writeSync(fd, data, i, data.length - i, position === undefined ? null : position + i);
-    i += n;
-  }
-};
 
 /**
  * A changed file whose blobs mostly stay where they were (a video edited in the middle, or
@@ -643,7 +619,7 @@ class LineSink {
   #flush(): void {
     if (this.#lines.length === 0) return;
     this.#lines.push('');
-    writeAll(this.#fd, Buffer.from(this.#lines.join('\n')));
+    writeAllSync(this.#fd, Buffer.from(this.#lines.join('\n')));
     this.#lines = [];
     this.#size = 0;
   }
