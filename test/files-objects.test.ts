@@ -3,7 +3,7 @@
  * filestore with the real CLIs, what a second set costs (only what changed is read, uploaded,
  * downloaded and written), and the switch in place.
  */
-import { readFile, readdir, rm, writeFile, appendFile, rename, mkdir, stat } from 'node:fs/promises';
+import { readFile, readdir, rm, writeFile, appendFile, rename, mkdir, stat, utimes } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -128,6 +128,21 @@ describe('files as content objects', () => {
     expect(a3.code, show(a3)).toBe(0);
     expect(stagedLine(a3.stderr)).toMatchObject({ changed: 1, bytesReused: 0, bytesCopied: 0 });
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+
+    // A file the set leaves as it was, altered on the standby (same size, same mtime put back: only
+    // its ctime says so): applying the same set again writes it again, and only it.
+    const local = join(s.standby.paths.files, 'big', 'random-1mb.bin');
+    const localStat = await stat(local);
+    await writeFile(local, Buffer.alloc(localStat.size, 7));
+    await utimes(local, localStat.atime, localStat.mtime);
+    const a4 = await apply(s, ['--force']);
+    expect(a4.code, show(a4)).toBe(0);
+    expect(stagedLine(a4.stderr)).toMatchObject({ changed: 1, removed: 0 });
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    // And once more with nothing altered: nothing written.
+    const a5 = await apply(s, ['--force']);
+    expect(a5.code, show(a5)).toBe(0);
+    expect(stagedLine(a5.stderr)).toMatchObject({ changed: 0, removed: 0 });
     void big;
   }, 180_000);
 

@@ -1,5 +1,5 @@
 import * as nodeCrypto from 'node:crypto';
-import { closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, openSync, readSync, readdirSync, renameSync, rmSync, type Stats } from 'node:fs';
+import { closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, openSync, readSync, readdirSync, renameSync, rmSync, type BigIntStats, type Stats } from 'node:fs';
 import { chmod, lstat, lutimes, mkdir, open, readdir, readFile, readlink, rename, rm, symlink, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
@@ -166,6 +166,22 @@ function recordPath(line: string): string {
   return JSON.parse(line.slice(5, end + 1)) as string;
 }
 
+/**
+ * Whether a record line says exactly this: blobs of digest `d`, `s` bytes, the inode and ctime
+ * given. The line is compared as text with what the record writes for them (JSON.stringify of
+ * RecordLine, fields in that order): a line that says anything else, or says it otherwise, is not a
+ * match, and the file is then looked at as any changed one (parseRecordLine). Parsing every line of
+ * an unchanged tree cost most of what reading the record costs.
+ */
+function recordSays(line: string, d: string, s: number, ino: bigint, ctimeNs: bigint): boolean {
+  const at = line.indexOf('","d":"');
+  if (at < 0 || !line.startsWith('{"p":"')) return false;
+  const head = `","d":"${d}","s":${s},"ino":"${ino}","ct":"${ctimeNs}"`;
+  if (!line.startsWith(head, at)) return false;
+  const next = line.charCodeAt(at + head.length);
+  return next === 0x7d /* } */ || next === 0x2c; /* , */
+}
+
 /** A recorded file's blob list (RecordLine.b); undefined when it has none or it cannot be read (nothing is then taken from the live file). */
 function recordedBlobs(r: ReadRecordLine): Array<[number, string]> | undefined {
   if (r.bText === undefined) return undefined;
@@ -300,6 +316,16 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             const recLine = record.get(e.p);
             // Each line is used once: dropped as it is, so the record's memory goes as the index is read.
             if (recLine !== undefined) record.delete(e.p);
+            let seen: BigIntStats | null | undefined;
+            if (listing === null && recLine !== undefined && liveExists) {
+              // The common case, without parsing the line: the file as recorded, unchanged since.
+              const st = (seen = lstatBig(liveSlash + e.p));
+              if (st !== null && st.isFile() && Number(st.size) === e.s && recordSays(recLine, d, e.s, st.ino, st.ctimeNs)) {
+                kept.push(recLine);
+                if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
+                continue;
+              }
+            }
             const rec = recLine === undefined ? undefined : parseRecordLine(recLine);
             if (listing !== null) {
               const x = listing.get(e.p);
@@ -311,7 +337,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
               }
               continue;
             }
-            const st = rec && liveExists ? lstatBig(liveSlash + e.p) : null;
+            const st = rec && liveExists ? (seen === undefined ? lstatBig(liveSlash + e.p) : seen) : null;
             if (rec && st && st.isFile() && rec.d === d && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === e.s) {
               kept.push(rec.line);
               if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
