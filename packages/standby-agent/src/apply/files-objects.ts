@@ -669,6 +669,28 @@ async function ensureDir(p: string, m: number): Promise<void> {
 }
 
 /**
+ * A staged file renamed over `target` (a directory there is removed first); false when the staged
+ * copy is gone (an earlier run of this switch renamed it: the caller checks the target). The rename
+ * is tried first and the two paths looked at only when it fails: for a full apply of a tree, two
+ * lstat calls per file were a third of the switch.
+ */
+async function renameInto(staged: string, target: string): Promise<boolean> {
+  try {
+    renameSync(staged, target);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if ((code === 'EISDIR' || code === 'ENOTEMPTY' || code === 'EEXIST') && lstatBig(target)?.isDirectory() && lstatBig(staged)?.isFile()) {
+      await rm(target, { recursive: true, force: true });
+      renameSync(staged, target);
+      return true;
+    }
+    if (code === 'ENOENT' && lstatBig(staged) === null) return false;
+    throw err;
+  }
+}
+
+/**
  * The switch of the files part (see the top of this file): idempotent, so that a roll-forward after
  * a kill runs it again from the start.
  */
@@ -697,17 +719,14 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
           break;
         case 'f': {
           const staged = join(names.next, 'data', String(op.n));
-          const st = lstatBig(staged);
-          if (st) {
-            const there = lstatBig(target);
-            if (there?.isDirectory()) await rm(target, { recursive: true, force: true });
-            renameSync(staged, target);
+          if (await renameInto(staged, target)) {
             renamed++;
             faultPoint('files-renamed-one');
-          } else if (!lstatBig(target)) {
+          }
+          const now = lstatBig(target);
+          if (now === null) {
             throw new TandemError('internal', 'FILES_SWITCH_LOST', `neither ${target} nor its staged copy ${staged} exists`, { hint: 'apply the set again with --force' });
           }
-          const now = lstatSync(target, { bigint: true });
           rec.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: String(now.ino), ct: String(now.ctimeNs), b: op.b } satisfies RecordLine)}`);
           break;
         }
