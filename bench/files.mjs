@@ -24,7 +24,9 @@
 //      the apply of that set against the full apply's files part; the storage the site needs (every
 //      object and set artifact in the filestore) against restic's repository
 //   4. BENCH_SMALL_FILES small files: a backup on a fresh site (the files part, and the objects it
-//      created in the filestore: its PUT count) | `restic backup` into a fresh repository
+//      created in the filestore: its PUT count) | `restic backup` into a fresh repository; then the
+//      standby's apply of that set into an empty files dir (its time printed, its peak RSS in the
+//      standby's memory row, its tree compared)
 // Every agent run is measured for peak RSS (node's VmHWM). After each apply, the standby's files dir
 // is compared with the primary's tree (entries and sizes; content of the changed files).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -291,6 +293,12 @@ try {
       run.resticSmall = await resticBackup(sRepo, sCache, smallTree, { init: true });
       run.resticSmall.repo = dirUsage(sRepo);
       log(`     restic backup (fresh repo, fresh cache): ${fmtS(run.resticSmall.seconds)}, ${run.resticSmall.repo.files} files in the repository`);
+      // The standby's side of many small files: its memory is the target here (every file's entry
+      // passes through the apply), and the tree must come out the same.
+      run.smallApply = await tandemApply(smallSite, ['--create-database']);
+      log(`     tandem-standby apply of it (empty files dir): files part ${fmtS(run.smallApply.filesPart)} (stage ${fmtS(run.smallApply.durations.files)} + switch ${fmtS(run.smallApply.durations.switch_files ?? 0)}), ` +
+        `${stagedText(run.smallApply)}, peak RSS ${run.smallApply.peakRssMiB?.toFixed(0)} MiB`);
+      checkApplied('the apply of the small files', i, smallTree, smallSite.standbyFilesDir);
     } finally {
       dropSite(smallSite);
       if (process.env.BENCH_KEEP_TMP !== '1') for (const p of [sRepo, sCache]) rmSync(p, { recursive: true, force: true });
@@ -331,11 +339,12 @@ try {
   console.log(`     restic backup                         ${col((r) => r.resticSmall.seconds)} s  [best ${fmtS(best(R.map((r) => r.resticSmall.seconds)))}]`);
   console.log(`     tandem PUTs (objects + set's files)   ${col((r) => r.small.puts.count, String)}: objects ${col((r) => r.small.puts.objects, String)}, the set's files ${col((r) => r.small.puts.setArtifacts, String)} ` +
     `(files created in all, latest.json and epoch.json too: ${col((r) => r.small.puts.created, String)}); restic repository files ${col((r) => r.resticSmall.repo.files, String)}`);
+  console.log(`     tandem-standby apply (empty dir)      ${col((r) => r.smallApply.filesPart)} s (stage ${col((r) => r.smallApply.durations.files)}, switch ${col((r) => r.smallApply.durations.switch_files ?? 0)})`);
   const backups = R.flatMap((r) => [r.backup, r.incBackup, r.small]);
-  const applies = R.flatMap((r) => [r.apply, r.incApply]);
+  const applies = R.flatMap((r) => [r.apply, r.incApply, r.smallApply]);
   console.log('  5. peak RSS (node VmHWM), MiB');
   console.log(`     tandem-primary backup: initial ${col((r) => r.backup.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; incremental ${col((r) => r.incBackup.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; small files ${col((r) => r.small.peakRssMiB ?? NaN, (x) => x.toFixed(1))}`);
-  console.log(`     tandem-standby apply:  full ${col((r) => r.apply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; change ${col((r) => r.incApply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}`);
+  console.log(`     tandem-standby apply:  full ${col((r) => r.apply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; change ${col((r) => r.incApply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; small files ${col((r) => r.smallApply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}`);
   console.log(`     restic (for reference): backup ${col((r) => r.resticBackup.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; restore ${col((r) => r.resticRestore.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; small ${col((r) => r.resticSmall.peakRssMiB ?? NaN, (x) => x.toFixed(1))}`);
   console.log(`  load average now: ${loadavg()}`);
 

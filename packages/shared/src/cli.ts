@@ -194,12 +194,13 @@ export function main(p: Program): void {
  * generation grow to up to four times what was live at the last full collection before it collects
  * again: ~70 MB of heap there, most of it garbage. Three times is set here: that backup peaks ~25 MB
  * lower, and a backup of large files (few objects, many buffers) still runs ~4 full collections, not
- * the ~40 that twice what is live costs it. TANDEM_HEAP_GROWTH=v8 leaves V8's own policy.
+ * the ~40 that twice what is live costs it. TANDEM_HEAP_GROWTH=v8 leaves V8's own policy; a number
+ * sets the percentage (100: twice what is live, for a machine short of memory, at the cost of time).
  */
 function boundHeapGrowth(): void {
   if (process.env.TANDEM_HEAP_GROWTH === 'v8') return;
   try {
-    setFlagsFromString('--heap-growing-percent=200');
+    setFlagsFromString(`--heap-growing-percent=${/^\d+$/.test(process.env.TANDEM_HEAP_GROWTH ?? '') ? process.env.TANDEM_HEAP_GROWTH : 200}`);
   } catch {
     // A runtime without the flag: V8's own policy.
   }

@@ -266,13 +266,50 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   // The index's paths are checked relative paths (no '.', '..' or empty part): joined by hand, not by path.join's normalizing, once per entry.
   const liveSlash = names.live.endsWith('/') ? names.live : `${names.live}/`;
 
-  // Pass 1: the plan, from the index and what the live tree has.
-  const ops: PlanOp[] = [];
-  /** The record lines of files kept as they are. */
-  const kept: string[] = [];
+  // Pass 1: the plan, from the index and what the live tree has. What it decides goes to files in
+  // the staging dir as it is decided (the steps in index order, the files to write, the kept
+  // record lines), not into memory: a tree of 100,000 files held as parsed entries and steps took
+  // the agent to ~280 MiB. In memory: the index's paths (for the removals), directories, packs.
+  const opsOut = new LineSink(join(names.next, 'ops.ndjson'));
+  const workOut = new LineSink(join(names.next, 'work.ndjson'));
+  const keptOut = new LineSink(join(names.next, 'kept.ndjson'));
+  let toWrite = 0;
+  let need = 0;
   // `reuse`: the live file is the one this standby wrote (record, inode, ctime, size), and these
-  // of its blobs are still in the new content: read from it rather than downloaded.
-  const toWrite: Array<{ e: FileEntry; n: number; reuse?: Map<string, { offset: number; length: number }>; rec?: ReadRecordLine; old?: Array<[number, string]> }> = [];
+  // of its blobs are still in the new content: read from it rather than downloaded (few files: held).
+  const reuseOf = new Map<number, { reuse: Map<string, { offset: number; length: number }>; rec: ReadRecordLine; old: Array<[number, string]> }>();
+  // Blobs each pack gives to the files written (a pack is dropped once its last one is written), in
+  // the order of first use.
+  const uses = new Map<number, number>();
+  const order: number[] = [];
+  const write = (e: FileEntry, k: number, reused?: { reuse: Map<string, { offset: number; length: number }>; rec: ReadRecordLine; old: Array<[number, string]> }): void => {
+    toWrite++;
+    need += e.s;
+    if (reused) reuseOf.set(k, reused);
+    workOut.write(JSON.stringify({ n: k, p: e.p, s: e.s, m: e.m, mt: e.mt, b: e.b } satisfies WorkLine));
+    for (const b of e.b) {
+      if (reused?.reuse.has(b[3])) continue;
+      if (!uses.has(b[0])) order.push(b[0]);
+      uses.set(b[0], (uses.get(b[0]) ?? 0) + 1);
+    }
+  };
+  // A directory step is needed where the directory is made or differs, and on every directory
+  // above a path that changes (an entry made, replaced or removed in a directory moves its mtime,
+  // which the step sets back; and the switch checks each directory on the way before it writes
+  // through it). An unchanged directory of an unchanged subtree is left alone: a 1% change does
+  // not cost a chmod and a utimes of every directory of the tree.
+  const touched = new Set<string>();
+  const above = (p: string) => {
+    for (let i = p.lastIndexOf('/'); i > 0; i = p.lastIndexOf('/', i - 1)) {
+      const dir = p.slice(0, i);
+      if (touched.has(dir)) break;
+      touched.add(dir);
+    }
+  };
+  const op = (x: PlanOp): void => {
+    if (x.o === 'f' || x.o === 'l') above(x.p);
+    opsOut.write(JSON.stringify(x));
+  };
   const indexPaths = new Set<string>();
   // Directories: made (missing, or something else in their place), and those already as the set has them.
   const created = new Set<string>();
@@ -286,6 +323,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   // again), and those of this one for the next apply.
   let pagesCached = 0;
   const pageCache = new PageCache(join(o.stateDir, PAGE_CACHE_FILE), filesKey.hmacKey, { write: true });
+  let passed = false;
   try {
     await decodeStored(
       o.input,
@@ -294,13 +332,17 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         const pages = pageLoader(o.filestore, manifest.site, { identities: entry.encryption === 'age' ? o.identities : null, hmacKey: filesKey.hmacKey, label, signal: o.signal, cache: pageCache });
         const entries = readFilesIndex(plain, { label, site: manifest.site, setId: manifest.setId, maxEntries: o.limits.maxEntries, maxBytes, pages }, packs);
         for await (const e of entries) {
-          indexPaths.add(e.p);
+          // Only where something could be removed: a live tree, or a bucket's listing.
+          if (liveExists) indexPaths.add(e.p);
           if (e.t === 'd') {
-            ops.push({ o: 'd', p: e.p, m: e.m, mt: e.mt });
+            op({ o: 'd', p: e.p, m: e.m, mt: e.mt });
             // A directory as the set has it (type, mode, mtime) needs no step, unless something
             // changes inside it (decided below, once every change is known).
             const st = listing === null && liveExists ? lstatBig(liveSlash + e.p) : null;
-            if (st === null || !st.isDirectory()) created.add(e.p);
+            if (st === null || !st.isDirectory()) {
+              created.add(e.p);
+              above(e.p);
+            }
             else if (Number(st.mode & 0o7777n) === e.m && Number(st.mtimeNs / 1000n) === Math.round(e.mt * 1000)) asIs.add(e.p);
           }
           else if (e.t === 'l') {
@@ -309,7 +351,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
                 hint: 'give this standby a directory as paths.files, or remove the symlink on the primary',
               });
             }
-            ops.push({ o: 'l', p: e.p, n: n++, l: e.l, mt: e.mt });
+            op({ o: 'l', p: e.p, n: n++, l: e.l, mt: e.mt });
           } else {
             files++;
             const d = blobsDigest(e);
@@ -321,32 +363,32 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
               // The common case, without parsing the line: the file as recorded, unchanged since.
               const st = (seen = lstatBig(liveSlash + e.p));
               if (st !== null && st.isFile() && Number(st.size) === e.s && recordSays(recLine, d, e.s, st.ino, st.ctimeNs)) {
-                kept.push(recLine);
-                if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
+                keptOut.write(recLine);
+                if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) op({ o: 'm', p: e.p, m: e.m, mt: e.mt });
                 continue;
               }
             }
             const rec = recLine === undefined ? undefined : parseRecordLine(recLine);
             if (listing !== null) {
               const x = listing.get(e.p);
-              if (rec && x && rec.d === d && rec.ino === x.version && x.size === e.s) kept.push(rec.line);
+              if (rec && x && rec.d === d && rec.ino === x.version && x.size === e.s) keptOut.write(rec.line);
               else {
                 const k = n++;
-                toWrite.push({ e, n: k });
-                ops.push({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s });
+                write(e, k);
+                op({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s });
               }
               continue;
             }
             const st = rec && liveExists ? (seen === undefined ? lstatBig(liveSlash + e.p) : seen) : null;
             if (rec && st && st.isFile() && rec.d === d && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === e.s) {
-              kept.push(rec.line);
-              if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) ops.push({ o: 'm', p: e.p, m: e.m, mt: e.mt });
+              keptOut.write(rec.line);
+              if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) op({ o: 'm', p: e.p, m: e.m, mt: e.mt });
             } else {
               const k = n++;
               const same = rec?.bText !== undefined && st !== null && st.isFile() && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === rec.s;
               const old = same ? recordedBlobs(rec!) : undefined;
-              toWrite.push(old ? { e, n: k, reuse: blobOffsets(old), rec, old } : { e, n: k });
-              ops.push({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s, b: recordBlobs(e) });
+              write(e, k, old ? { reuse: blobOffsets(old), rec: rec!, old } : undefined);
+              op({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s, b: recordBlobs(e) });
             }
           }
         }
@@ -355,8 +397,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     );
     pageCache.commit();
     pagesCached = pageCache.hits;
+    passed = true;
   } finally {
     pageCache.close();
+    closeSinks([opsOut, workOut, keptOut], !passed);
   }
 
   // What the live tree has that the set does not: removed first in the switch.
@@ -376,43 +420,16 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     walk('');
   }
   indexPaths.clear();
-
-  // A directory step is needed where the directory is made or differs, and on every directory
-  // above a path that changes (an entry made, replaced or removed in a directory moves its mtime,
-  // which the step sets back; and the switch checks each directory on the way before it writes
-  // through it). An unchanged directory of an unchanged subtree is left alone: a 1% change does
-  // not cost a chmod and a utimes of every directory of the tree.
-  const touched = new Set<string>();
-  const above = (p: string) => {
-    for (let i = p.lastIndexOf('/'); i > 0; i = p.lastIndexOf('/', i - 1)) {
-      const dir = p.slice(0, i);
-      if (touched.has(dir)) break;
-      touched.add(dir);
-    }
-  };
-  for (const op of ops) if (op.o === 'f' || op.o === 'l' || (op.o === 'd' && created.has(op.p))) above(op.p);
-  for (const op of removals) above(op.p);
-  const needed = ops.filter((op) => op.o !== 'd' || !asIs.has(op.p) || touched.has(op.p));
-  ops.length = 0;
-  ops.push(...needed);
+  for (const x of removals) above(x.p);
   created.clear();
-  asIs.clear();
 
-  const need = toWrite.reduce((s, w) => s + w.e.s, 0);
   if (free !== undefined && need > free) {
-    throw new TandemError('permanent', 'DISK_FULL', `disk full while staging set ${manifest.setId} (files): ${toWrite.length} new or changed files need ${formatBytes(need)}, ${formatBytes(free)} are free in ${dirname(names.next)}: the staging was removed and the live site is untouched`, {
+    throw new TandemError('permanent', 'DISK_FULL', `disk full while staging set ${manifest.setId} (files): ${toWrite} new or changed files need ${formatBytes(need)}, ${formatBytes(free)} are free in ${dirname(names.next)}: the staging was removed and the live site is untouched`, {
       hint: `free space on the file system of ${names.live}`,
     });
   }
 
-  // Pass 2: the new and changed files, built in full from their packs.
-  const uses = new Map<number, number>();
-  const order: number[] = [];
-  for (const w of toWrite) for (const b of w.e.b) {
-    if (w.reuse?.has(b[3])) continue;
-    if (!uses.has(b[0])) order.push(b[0]);
-    uses.set(b[0], (uses.get(b[0]) ?? 0) + 1);
-  }
+  // Pass 2: the new and changed files, built in full from their packs, read back one at a time.
   const held = new Map<number, Promise<PackPlain>>();
   let next = 0;
   let fetched = 0;
@@ -446,7 +463,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   let bytesReused = 0;
   let bytesCopied = 0;
   /** A blob from its pack, written at `at` of `fd` (undefined: where the file is). */
-  const writeFromPack = async (fd: number, w: { e: FileEntry }, ord: number, off: number, len: number, id: string, at?: number): Promise<void> => {
+  const writeFromPack = async (fd: number, w: { e: WorkLine }, ord: number, off: number, len: number, id: string, at?: number): Promise<void> => {
     const plain = await packPlain(ord);
     let pos = at;
     for (const data of blobSlices(plain, { id, offset: off, length: len }, filesKey.hmacKey, `${label}: ${JSON.stringify(w.e.p)}`)) {
@@ -459,7 +476,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     if (left === 0) held.delete(ord);
   };
   try {
-    for (const w of toWrite) {
+    for (const line of lines(join(names.next, 'work.ndjson'))) {
+      const e = JSON.parse(line) as WorkLine;
+      const w = { e, n: e.n, ...reuseOf.get(e.n) };
+      reuseOf.delete(e.n);
       o.signal?.throwIfAborted();
       prefetch();
       const staged = join(names.next, 'data', String(w.n));
@@ -513,22 +533,43 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   }
   faultPoint('files-staged');
 
-  // The plan: removals first, then the entries in index order.
+  // The plan: removals first, then the steps in index order, but the directories that need none.
   const plan = new LineSink(join(names.next, 'plan.ndjson'));
+  let planned = false;
   try {
-    for (const op of removals) plan.write(JSON.stringify(op));
-    for (const op of ops) plan.write(JSON.stringify(op));
+    for (const x of removals) plan.write(JSON.stringify(x));
+    for (const line of lines(join(names.next, 'ops.ndjson'))) {
+      if (line.startsWith('{"o":"d"')) {
+        const d = JSON.parse(line) as PlanOp;
+        if (asIs.has(d.p) && !touched.has(d.p)) continue;
+      }
+      plan.write(line);
+    }
+    planned = true;
   } finally {
-    plan.close();
+    plan.close(!planned);
   }
-  const keptOut = new LineSink(join(names.next, 'kept.ndjson'));
-  try {
-    for (const line of kept) keptOut.write(line);
-  } finally {
-    keptOut.close();
+  asIs.clear();
+  rmSync(join(names.next, 'ops.ndjson'), { force: true });
+  rmSync(join(names.next, 'work.ndjson'), { force: true });
+  logger.info({ files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached }, 'files staged: only what changed');
+  return { files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached };
+}
+
+/** A file to write, as pass 1 leaves it for pass 2 (work.ndjson): the entry's fields pass 2 uses. */
+type WorkLine = Pick<FileEntry, 'p' | 's' | 'm' | 'mt' | 'b'> & { n: number };
+
+/** Closes each sink (abandon: without writing what it holds), each whatever the others did. */
+function closeSinks(sinks: LineSink[], abandon: boolean): void {
+  let first: unknown;
+  for (const x of sinks) {
+    try {
+      x.close(abandon);
+    } catch (err) {
+      first ??= err;
+    }
   }
-  logger.info({ files, changed: toWrite.length, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached }, 'files staged: only what changed');
-  return { files, changed: toWrite.length, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached };
+  if (first !== undefined && !abandon) throw first;
 }
 
 /**
@@ -542,7 +583,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
  * than half of the new file stays in place), when the live file is not the recorded one any more,
  * or where /proc/self/fd is not there: the blobs are then read and checked one by one.
  */
-function copyKept(liveFd: number, rec: ReadRecordLine, oldBlobs: Array<[number, string]>, e: FileEntry, staged: string): { inPlace: Set<number>; bytes: number } | null {
+function copyKept(liveFd: number, rec: ReadRecordLine, oldBlobs: Array<[number, string]>, e: Pick<FileEntry, 'b' | 's'>, staged: string): { inPlace: Set<number>; bytes: number } | null {
   const old = new Map<number, { id: string; length: number }>();
   let at = 0;
   for (const [length, id] of oldBlobs) {
