@@ -206,6 +206,24 @@ function boundHeapGrowth(): void {
   }
 }
 
+/**
+ * For a command about to make an object or a line for each of very many entries (an apply of an
+ * index of tens of thousands of files): the heap is collected when it reaches twice what lives,
+ * not three times, from now on in this process. Per-entry garbage, not buffers, is then what grows
+ * the heap, and the extra collections are cheap: the first apply of 100,000 small files peaked at
+ * 202-208 MiB with three times and 160-167 MiB with twice, in about the same time (a tree of large
+ * files, whose buffers make the collections many, stays with three times). Left alone when
+ * TANDEM_HEAP_GROWTH is set.
+ */
+export function tightenHeapGrowth(): void {
+  if (process.env.TANDEM_HEAP_GROWTH !== undefined && process.env.TANDEM_HEAP_GROWTH !== '') return;
+  try {
+    setFlagsFromString('--heap-growing-percent=100');
+  } catch {
+    // A runtime without the flag: as it was.
+  }
+}
+
 /** How long a finished command's process may stay alive before it is ended with the command's exit code. */
 const EXIT_GRACE_MS = 5_000;
 

@@ -25,6 +25,7 @@ import {
   type Logger,
   type Manifest,
   type PackInfo,
+  tightenHeapGrowth,
   type ArtifactEntry,
   fetchPackStored,
 } from '@tandem/shared';
@@ -67,6 +68,8 @@ export const FILES_RECORD = 'files-record.ndjson';
  */
 const prefetchFrom = (fs: Filestore): number => (fs.description.startsWith('file:') ? 0 : 1);
 const HELD_PACKS = 3;
+/** An index of this many files makes the agent collect its heap sooner (tightenHeapGrowth). */
+const MANY_FILES = 20_000;
 
 interface RecordLine {
   p: string;
@@ -353,7 +356,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             }
             op({ o: 'l', p: e.p, n: n++, l: e.l, mt: e.mt });
           } else {
-            files++;
+            if (++files === MANY_FILES) tightenHeapGrowth();
             const d = blobsDigest(e);
             const recLine = record.get(e.p);
             // Each line is used once: dropped as it is, so the record's memory goes as the index is read.
