@@ -3,7 +3,7 @@
  * filestore with the real CLIs, what a second set costs (only what changed is read, uploaded,
  * downloaded and written), and the switch in place.
  */
-import { readFile, readdir, rm, writeFile, appendFile, rename, mkdir, stat, utimes } from 'node:fs/promises';
+import { chmod, readFile, readdir, rm, writeFile, appendFile, rename, mkdir, stat, utimes } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -36,6 +36,19 @@ function stagedLine(stderr: string): { changed: number; bytesWritten: number; by
   throw new Error(`no "files staged" line in the apply's log:\n${stderr}`);
 }
 
+/** Every directory under `dir` (not itself): its mode and mtime in milliseconds. */
+async function dirTimes(dir: string, rel = ''): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const d of await readdir(join(dir, rel), { withFileTypes: true })) {
+    if (!d.isDirectory()) continue;
+    const p = rel === '' ? d.name : `${rel}/${d.name}`;
+    const st = await stat(join(dir, p));
+    out[p] = `${(st.mode & 0o7777).toString(8)} ${Math.floor(st.mtimeMs)}`;
+    Object.assign(out, await dirTimes(dir, p));
+  }
+  return out;
+}
+
 /** The first file named `name` under `dir`. */
 async function findFile(dir: string, name: string): Promise<string | undefined> {
   for (const d of await readdir(dir, { withFileTypes: true })) {
@@ -60,11 +73,19 @@ describe('files as content objects', () => {
   }, 60_000);
 
   afterAll(async () => {
+    for (const t of [s?.primary.paths.files, s?.standby.paths.files]) if (t) await chmod(join(t, 'docs', 'frozen'), 0o755).catch(() => undefined);
     if (s) await dropSiteDatabases(s);
     await removeStandbySite(s, root);
   });
 
   it('backs up the files as an index and packs, and a standby applies them exactly', async () => {
+    // A directory the standby must not be able to write in once applied (0555), and a file at the
+    // top: the first apply stages the tree whole and renames only its top-level entries.
+    await mkdir(join(s.primary.paths.files, 'docs', 'frozen'), { recursive: true });
+    await writeFile(join(s.primary.paths.files, 'docs', 'frozen', 'terms.txt'), 'the terms as they were\n');
+    await chmod(join(s.primary.paths.files, 'docs', 'frozen'), 0o555);
+    await writeFile(join(s.primary.paths.files, 'robots.txt'), 'User-agent: *\n');
+    await utimes(join(s.primary.paths.files, 'docs'), new Date('2021-03-04T05:06:07.891Z'), new Date('2021-03-04T05:06:07.891Z'));
     const r = await backupJson(s);
     const files = r.artifacts.find((a) => a.name === 'files')!;
     expect(files.kind).toBe('files-index');
@@ -77,9 +98,23 @@ describe('files as content objects', () => {
     expect(objects.length).toBeLessThan(r.files!.files);
     for (const k of objects) expect(k).toMatch(new RegExp(`^${s.site}/objects/[0-9a-f]{2}/[0-9a-f]{64}$`));
 
-    const a = await apply(s);
+    await rm(s.standby.paths.files, { recursive: true, force: true });
+    const a = await apply(s, [], { TANDEM_LOG_LEVEL: 'debug' });
     expect(a.code, show(a)).toBe(0);
+    // Into an empty dir: one rename per top-level entry, not one per file.
+    const switched = a.stderr.split('\n').filter((l) => l.includes('"files switched in place"')).map((l) => JSON.parse(l) as { renamed: number });
+    expect(switched).toEqual([expect.objectContaining({ renamed: (await readdir(s.primary.paths.files)).length })]);
+    expect(stagedLine(a.stderr).changed).toBeGreaterThan((await readdir(s.primary.paths.files)).length);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    // Directories too: modes (the 0555 one made, its file in it) and mtimes to the millisecond.
+    expect(await dirTimes(s.standby.paths.files)).toEqual(await dirTimes(s.primary.paths.files));
+    expect((await stat(join(s.standby.paths.files, 'docs', 'frozen'))).mode & 0o7777).toBe(0o555);
+    // What the first apply recorded holds (the top-level file's too, renamed after it was staged):
+    // the same set again writes nothing.
+    const again = await apply(s, ['--force']);
+    expect(again.code, show(again)).toBe(0);
+    expect(stagedLine(again.stderr)).toMatchObject({ changed: 0, removed: 0 });
+    expect(await dirTimes(s.standby.paths.files)).toEqual(await dirTimes(s.primary.paths.files));
   }, 120_000);
 
   it('a second set reads and uploads only what changed, and the standby writes only that', async () => {

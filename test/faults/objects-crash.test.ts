@@ -7,7 +7,7 @@
  * next apply finishes the job exactly, leaving nothing behind. A killed backup commits nothing,
  * and the next one makes a set a standby applies.
  */
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -55,6 +55,8 @@ interface Kill {
   recovery?: string;
   /** Where the live files may be right after the kill. */
   after: 'prev' | 'mix' | 'next';
+  /** The killed apply is the first, into an empty files dir (the tree staged whole, its top-level entries renamed). */
+  fresh?: boolean;
 }
 
 const KILLS: Kill[] = [
@@ -66,29 +68,45 @@ const KILLS: Kill[] = [
   { label: 'files-renamed-one, then again while rolling forward', point: 'files-renamed-one', recovery: 'files-renamed-one', after: 'mix' },
   { label: 'files-staged, then recovery at files-staged', point: 'files-staged', recovery: 'files-staged', after: 'prev' },
   { label: 'recorded', point: 'recorded', after: 'next' },
+  { label: 'files-staged (first apply, empty dir)', point: 'files-staged', after: 'prev', fresh: true },
+  { label: 'files-renamed-one (first apply, empty dir)', point: 'files-renamed-one', after: 'mix', fresh: true },
+  { label: 'files-renamed-one (first apply, empty dir), then again while rolling forward', point: 'files-renamed-one', recovery: 'files-renamed-one', after: 'mix', fresh: true },
 ];
 
+/** The live files dir as a tree; empty when it is not there. */
+async function liveTree(s: StandbySite): Promise<TreeEntry[]> {
+  return (await readdir(s.standby.paths.files).catch(() => null)) === null ? [] : snapshotTree(s.standby.paths.files);
+}
+
 async function killStandby(s: StandbySite, sets: Sets, k: Kill): Promise<void> {
-  // Start from A (older), apply B with the kill.
-  const back = await apply(s, ['--set', sets.a.id, '--allow-older']);
-  expect(back.code, show(back)).toBe(0);
-  expect(await snapshotTree(s.standby.paths.files)).toEqual(sets.a.files);
-  const first = await apply(s, [], { TANDEM_FAULT_KILL_AT: k.point });
+  // Start from A (older), or from nothing, and apply B with the kill.
+  const from = k.fresh ? [] : sets.a.files;
+  if (k.fresh) {
+    await rm(s.standby.paths.files, { recursive: true, force: true });
+    await rm(join(s.standby.stateDir, 'files-record.ndjson'), { force: true });
+  } else {
+    const back = await apply(s, ['--set', sets.a.id, '--allow-older']);
+    expect(back.code, show(back)).toBe(0);
+  }
+  expect(await liveTree(s)).toEqual(from);
+  // B is this standby's set already when it starts from nothing: applied again (--force).
+  const first = await apply(s, k.fresh ? ['--force'] : [], { TANDEM_FAULT_KILL_AT: k.point });
   expect(first.signal, `${k.label}: apply was to be killed\n${show(first)}`).toBe('SIGKILL');
   if (k.recovery) {
     const second = await apply(s, [], { TANDEM_FAULT_KILL_AT: k.recovery });
     expect(second.signal, `${k.label}: the recovering apply was to be killed\n${show(second)}`).toBe('SIGKILL');
   }
-  const tree = await snapshotTree(s.standby.paths.files);
-  if (k.after === 'prev') expect(tree, `${k.label}: live files are the previous set's`).toEqual(sets.a.files);
+  const tree = await liveTree(s);
+  if (k.after === 'prev') expect(tree, `${k.label}: live files are the previous set's`).toEqual(from);
   else if (k.after === 'next') expect(tree, `${k.label}: live files are the new set's`).toEqual(sets.b.files);
   else {
     // Killed mid-switch: some files are the new set's already, none is a part of one.
-    expect(tree).not.toEqual(sets.a.files);
+    expect(tree).not.toEqual(from);
     expect(tree).not.toEqual(sets.b.files);
-    expect(eachFromOneSet(tree, sets.a.files, sets.b.files), `${k.label}: entries that are neither set's`).toEqual([]);
+    expect(eachFromOneSet(tree, from, sets.b.files), `${k.label}: entries that are neither set's`).toEqual([]);
   }
-  const done = await apply(s);
+  // Killed before its switch, a --force apply leaves the set this standby's: applied again the same way.
+  const done = await apply(s, k.fresh && k.after === 'prev' ? ['--force'] : []);
   expect(done.code, `${k.label}\n${show(done)}`).toBe(0);
   expect(await snapshotTree(s.standby.paths.files), `${k.label}: after recovery`).toEqual(sets.b.files);
   expect(await expectNoLeftovers(s)).toEqual([]);

@@ -1,5 +1,5 @@
 import * as nodeCrypto from 'node:crypto';
-import { closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, openSync, readSync, readdirSync, renameSync, rmSync, type BigIntStats, type Stats } from 'node:fs';
+import { chmodSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, lutimesSync, mkdirSync, openSync, readSync, readdirSync, renameSync, rmSync, symlinkSync, utimesSync, type BigIntStats, type Stats } from 'node:fs';
 import { chmod, lstat, lutimes, mkdir, open, readdir, readFile, readlink, rename, rm, symlink, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
@@ -52,7 +52,8 @@ import type { Names } from './targets.js';
  * changed file renamed into place, so a reader sees the old file or the new one, never a part;
  * symlinks made beside and renamed over; modes and mtimes set, directories' last, deepest first; the
  * record rewritten. Time and bytes are in proportion to the files that changed, not to the tree
- * (lstat of each file and readdir of each directory aside).
+ * (lstat of each file and readdir of each directory aside). A first apply into an empty dir stages
+ * the tree whole under `tree/` and the switch renames only its top-level entries.
  *
  * Why update in place rather than build a whole new tree and swap it (as for the tar format): a
  * new tree costs a copy or a hard link of every unchanged file and a removal of the old tree, in
@@ -91,7 +92,9 @@ type PlanOp =
   | { o: 'd'; p: string; m: number; mt: number }
   | { o: 'f'; p: string; n: number; m: number; mt: number; d: string; s: number; b?: Array<[number, string]> }
   | { o: 'm'; p: string; m: number; mt: number }
-  | { o: 'l'; p: string; n: number; l: string; mt: number };
+  | { o: 'l'; p: string; n: number; l: string; mt: number }
+  /** A first apply into an empty dir: a top-level entry staged whole in tree/ (m, mt: a directory's). */
+  | { o: 't'; p: string; m?: number; mt?: number };
 
 /**
  * Seconds for utimes from the index's milliseconds (µs precision): rounded to the nearest
@@ -106,6 +109,8 @@ export const blobsDigest = (e: Pick<FileEntry, 'b'>): string => sha256Hex(e.b.le
 const sha256Hex: (s: string) => string =
   typeof nodeCrypto.hash === 'function' ? (s) => nodeCrypto.hash('sha256', s, 'hex') : (s) => nodeCrypto.createHash('sha256').update(s).digest('hex');
 const recordFile = (stateDir: string) => join(stateDir, FILES_RECORD);
+/** In the staging dir of a first apply into an empty dir: the record lines of the files staged in tree/. */
+const TREE_RECORD = 'tree-record.ndjson';
 
 /** The record's blob list of a file (RecordLine.b): only for a file of several blobs. */
 export const recordBlobs = (e: Pick<FileEntry, 'b'>): Array<[number, string]> | undefined =>
@@ -268,6 +273,14 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const liveExists = listing !== null || (await lstatOrNull(names.live))?.isDirectory() === true;
   // The index's paths are checked relative paths (no '.', '..' or empty part): joined by hand, not by path.join's normalizing, once per entry.
   const liveSlash = names.live.endsWith('/') ? names.live : `${names.live}/`;
+  // A first apply into an empty (or absent) dir: the tree is staged as it will be, under tree/, and
+  // the switch renames its top-level entries into place, not each file (renaming 100,000 files one by
+  // one was ~2.5-3 s of such an apply). Nothing is there to keep, compare or remove.
+  const fresh = listing === null && (!liveExists || readdirSync(names.live).length === 0);
+  const treeSlash = `${join(names.next, 'tree')}/`;
+  /** fresh: the directories staged under tree/, in index order (their modes and mtimes are set last). */
+  const treeDirs: Array<{ p: string; m: number; mt: number }> = [];
+  if (fresh) await mkdir(treeSlash, { mode: 0o700 });
 
   // Pass 1: the plan, from the index and what the live tree has. What it decides goes to files in
   // the staging dir as it is decided (the steps in index order, the files to write, the kept
@@ -335,6 +348,26 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         const pages = pageLoader(o.filestore, manifest.site, { identities: entry.encryption === 'age' ? o.identities : null, hmacKey: filesKey.hmacKey, label, signal: o.signal, cache: pageCache });
         const entries = readFilesIndex(plain, { label, site: manifest.site, setId: manifest.setId, maxEntries: o.limits.maxEntries, maxBytes, pages }, packs);
         for await (const e of entries) {
+          if (fresh) {
+            // Each entry's directory is a directory entry before it (the index reader checks it), made
+            // here: nothing is written through a symlink. Directories stay 0700 until staged whole.
+            const top = !e.p.includes('/');
+            if (e.t === 'd') {
+              mkdirSync(treeSlash + e.p, { mode: 0o700 });
+              treeDirs.push({ p: e.p, m: e.m, mt: e.mt });
+              if (top) opsOut.write(JSON.stringify({ o: 't', p: e.p, m: e.m, mt: e.mt } satisfies PlanOp));
+              continue;
+            }
+            if (e.t === 'l') {
+              symlinkSync(e.l, treeSlash + e.p);
+              lutimesSync(treeSlash + e.p, utimeOf(e.mt), utimeOf(e.mt));
+            } else {
+              if (++files === MANY_FILES) tightenHeapGrowth();
+              write(e, n++);
+            }
+            if (top) opsOut.write(JSON.stringify({ o: 't', p: e.p } satisfies PlanOp));
+            continue;
+          }
           // Only where something could be removed: a live tree, or a bucket's listing.
           if (liveExists) indexPaths.add(e.p);
           if (e.t === 'd') {
@@ -411,7 +444,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   if (listing !== null) {
     // Only objects the primary's listing (the index) does not have.
     for (const key of listing.keys()) if (!indexPaths.has(key)) removals.push({ o: 'x', p: key });
-  } else if (liveExists) {
+  } else if (liveExists && !fresh) {
     // Synchronous, as lstat above: one call per directory of the tree.
     const walk = (rel: string): void => {
       for (const d of readdirSync(rel === '' ? names.live : join(names.live, rel), { withFileTypes: true })) {
@@ -478,6 +511,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     uses.set(ord, left);
     if (left === 0) held.delete(ord);
   };
+  // fresh: the record's lines, written as each file is staged (the switch renames only the top-level
+  // entries; a file's inode and ctime stay as they are when its directory is renamed).
+  const treeRecord = fresh ? new LineSink(join(names.next, TREE_RECORD)) : null;
+  let staged2 = false;
   try {
     for (const line of lines(join(names.next, 'work.ndjson'))) {
       const e = JSON.parse(line) as WorkLine;
@@ -485,7 +522,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
       reuseOf.delete(e.n);
       o.signal?.throwIfAborted();
       prefetch();
-      const staged = join(names.next, 'data', String(w.n));
+      const staged = fresh ? treeSlash + e.p : join(names.next, 'data', String(w.n));
       // Synchronous file calls: a promise per open/write/chmod/utimes/close cost more than the
       // calls themselves, thousands of times over for a tree of small files.
       const liveFd = w.reuse ? openLiveOrNull(join(names.live, w.e.p)) : null;
@@ -524,6 +561,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
           // Mode and mtime now, through the descriptor: the switch only renames.
           fchmodSync(fd, w.e.m);
           futimesSync(fd, utimeOf(w.e.mt), utimeOf(w.e.mt));
+          if (treeRecord !== null) {
+            const st = fstatSync(fd, { bigint: true });
+            treeRecord.write(JSON.stringify({ p: e.p, d: blobsDigest(e), s: e.s, ino: String(st.ino), ct: String(st.ctimeNs), b: recordBlobs(e) } satisfies RecordLine));
+          }
         } finally {
           closeSync(fd);
         }
@@ -531,9 +572,20 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         if (liveFd !== null) closeSync(liveFd);
       }
     }
+    staged2 = true;
   } finally {
     await Promise.allSettled(held.values());
+    treeRecord?.close(!staged2);
   }
+  // fresh: the directories' modes and mtimes, deepest first, now that nothing more is made in them;
+  // the top-level ones in the switch, after their rename (moving a directory updates its '..').
+  for (let i = treeDirs.length - 1; i >= 0; i--) {
+    const d = treeDirs[i]!;
+    if (!d.p.includes('/')) continue;
+    chmodSync(treeSlash + d.p, d.m);
+    utimesSync(treeSlash + d.p, utimeOf(d.mt), utimeOf(d.mt));
+  }
+  treeDirs.length = 0;
   faultPoint('files-staged');
 
   // The plan: removals first, then the steps in index order, but the directories that need none.
@@ -735,6 +787,27 @@ async function renameInto(staged: string, target: string): Promise<boolean> {
 }
 
 /**
+ * A top-level entry staged whole (a first apply into an empty dir) renamed to `target`, whatever is
+ * there removed first (the dir was empty when staged); false when the staged entry is gone (an
+ * earlier run of this switch moved it).
+ */
+function moveWhole(staged: string, target: string): boolean {
+  try {
+    renameSync(staged, target);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && lstatBig(staged) === null) return false;
+    if (code === 'EISDIR' || code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR') {
+      rmSync(target, { recursive: true, force: true });
+      renameSync(staged, target);
+      return true;
+    }
+    throw err;
+  }
+}
+
+/**
  * The switch of the files part (see the top of this file): idempotent, so that a roll-forward after
  * a kill runs it again from the start.
  */
@@ -779,6 +852,19 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
           await chmod(target, op.m);
           await utimes(target, utimeOf(op.mt), utimeOf(op.mt));
           break;
+        case 't': {
+          if (moveWhole(join(names.next, 'tree', op.p), target)) {
+            renamed++;
+            faultPoint('files-renamed-one');
+          } else if (lstatBig(target) === null) {
+            throw new TandemError('internal', 'FILES_SWITCH_LOST', `neither ${target} nor its staged copy in ${join(names.next, 'tree')} exists`, { hint: 'apply the set again with --force' });
+          }
+          if (op.m !== undefined && op.mt !== undefined) {
+            await chmod(target, op.m);
+            await utimes(target, utimeOf(op.mt), utimeOf(op.mt));
+          }
+          break;
+        }
         case 'l': {
           const there = await lstatOrNull(target);
           if (there?.isSymbolicLink() && (await readlink(target)) === op.l) break;
@@ -804,6 +890,20 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
       if (now) rec.write(`${JSON.stringify({ ...r, ino: String(now.ino), ct: String(now.ctimeNs) })}`);
     }
     for (const d of dirs.reverse()) await utimes(d.p, utimeOf(d.mt), utimeOf(d.mt));
+    // A first apply into an empty dir: the lines written as the files were staged; a top-level
+    // file's ctime moved with its rename.
+    const treeRecord = join(names.next, TREE_RECORD);
+    if (existsSync(treeRecord)) {
+      for (const line of lines(treeRecord)) {
+        const p = recordPath(line);
+        if (p.includes('/')) {
+          rec.write(line);
+          continue;
+        }
+        const now = lstatBig(join(live, p));
+        if (now) rec.write(`${JSON.stringify({ ...(JSON.parse(line) as RecordLine), ino: String(now.ino), ct: String(now.ctimeNs) })}`);
+      }
+    }
   } catch (err) {
     rec.close(true);
     throw err;
