@@ -195,6 +195,9 @@ function suite(name: string, make: (root: string) => Promise<StandbySite>, teard
 }
 
 suite('a directory', (root) => createStandbySite(root, { filesObjects: true }));
+// The same attacks with every pack read and hashed on the apply's second thread (PackReadThread),
+// which an apply of a few packs does not start.
+suite('a directory, packs read on a second thread', (root) => createStandbySite(root, { filesObjects: true, env: { TANDEM_PACK_THREAD_MIN: '1' } }));
 
 let s3: S3rverHandle | undefined;
 suite(

@@ -1,14 +1,20 @@
 /**
- * The worker thread of ChunkVerifierThread (chunk-verifier-thread.ts): SHA-256 of each piece of the
- * stored bytes it is lent, the buffer sent straight back with the digests of the pieces that ended
- * inside it. It imports nothing but node:crypto (so it cuts pieces itself rather than load
+ * The worker thread of ChunkVerifierThread and PackReadThread (chunk-verifier-thread.ts).
+ * - ChunkVerifierThread: SHA-256 of each piece of the stored bytes it is lent, the buffer sent
+ *   straight back with the digests of the pieces that ended inside it.
+ * - PackReadThread: a pack of a directory filestore read whole into the buffer it is lent (the file
+ *   opened, checked to be a regular file of the signed size, read, closed here), and its SHA-256.
+ * It imports nothing but node:crypto and node:fs (so it cuts pieces itself rather than load
  * ChunkHasher, whose module loads zod) and allocates nothing large: the buffers are the main thread's.
  */
 import { createHash, type Hash } from 'node:crypto';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 
-export type ToHasher = { t: 'in'; buf: ArrayBuffer; len: number } | { t: 'end' };
-export type FromHasher = { t: 'back'; buf: ArrayBuffer; len: number; digests: ArrayBuffer[] } | { t: 'end'; digests: ArrayBuffer[] };
+export type ToHasher = { t: 'in'; buf: ArrayBuffer; len: number } | { t: 'end' } | { t: 'pack'; n: number; path: string; size: number; buf: ArrayBuffer };
+/** A pack read: `got` the bytes read (the file's size when it is not the one asked for), `err` an errno code and message. */
+export type PackRead = { t: 'pack'; n: number; buf: ArrayBuffer; got: number; digest?: ArrayBuffer; err?: { code: string; message: string }; notFile?: boolean };
+export type FromHasher = { t: 'back'; buf: ArrayBuffer; len: number; digests: ArrayBuffer[] } | { t: 'end'; digests: ArrayBuffer[] } | PackRead;
 
 const port = parentPort!;
 const size = (workerData as { size: number }).size;
@@ -22,7 +28,41 @@ const cut = (digests: ArrayBuffer[]): void => {
   inPiece = 0;
 };
 
+/** Reads the file at `path` whole into `buf` when it is a regular file of exactly `size` bytes, and hashes it. */
+function readPack(m: Extract<ToHasher, { t: 'pack' }>): PackRead {
+  const out: PackRead = { t: 'pack', n: m.n, buf: m.buf, got: 0 };
+  let fd: number | undefined;
+  try {
+    fd = openSync(m.path, 'r');
+    const st = fstatSync(fd);
+    if (!st.isFile()) return { ...out, notFile: true };
+    if (st.size !== m.size) return { ...out, got: st.size };
+    const b = Buffer.from(m.buf, 0, m.size);
+    let got = 0;
+    while (got < m.size) {
+      const n = readSync(fd, b, got, m.size - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    // One byte more: a file that grew since fstat is not the object the index lists either.
+    if (got === m.size && readSync(fd, Buffer.alloc(1), 0, 1, got) > 0) got++;
+    if (got !== m.size) return { ...out, got };
+    const d = createHash('sha256').update(b).digest();
+    return { ...out, got, digest: d.buffer.slice(d.byteOffset, d.byteOffset + d.length) as ArrayBuffer };
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return { ...out, err: { code: e.code ?? 'UNKNOWN', message: e.message } };
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
 port.on('message', (m: ToHasher) => {
+  if (m.t === 'pack') {
+    const r = readPack(m);
+    port.postMessage(r, [m.buf]);
+    return;
+  }
   const digests: ArrayBuffer[] = [];
   if (m.t === 'end') {
     if (inPiece > 0) cut(digests);

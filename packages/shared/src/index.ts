@@ -11,7 +11,7 @@ export * from './logger.js';
 export * from './fsutil.js';
 export * from './manifest.js';
 export * from './chunks.js';
-export { ChunkVerifierThread } from './chunk-verifier-thread.js';
+export { ChunkVerifierThread, PackReadThread, PackReadError, type LocalPack } from './chunk-verifier-thread.js';
 export { giveAway } from './given-away.js';
 export * from './cli.js';
 export * from './keys.js';

@@ -1,4 +1,7 @@
+import type { PackReadThread } from '../chunk-verifier-thread.js';
+import { PackReadError } from '../chunk-verifier-thread.js';
 import { TandemError, isNotFound } from '../errors.js';
+import { fsError } from '../filestore/dir-errors.js';
 import type { Filestore } from '../filestore/filestore.js';
 import { objectKey } from './object-id.js';
 import { MAX_PACK_PLAIN, type PackInfo } from './pack.js';
@@ -28,13 +31,37 @@ export const objectWrongSize = (label: string, info: PackInfo, size: number): Ta
     hint: OBJECT_HINT,
   });
 
-/** The stored bytes of the pack `info` of `site`, as the filestore sent them (pieces, not joined). */
-export async function fetchPackStored(fs: Filestore, site: string, info: PackInfo, o: { label: string; signal?: AbortSignal }): Promise<Buffer[]> {
+function checkPackSize(info: PackInfo, label: string): void {
   if (info.size > MAX_PACK_STORED) {
-    throw new TandemError('integrity', 'OBJECT_SIZE', `${o.label}: object ${info.id}: the signed index says ${info.size} stored bytes, more than a pack can have (${MAX_PACK_STORED})`, {
+    throw new TandemError('integrity', 'OBJECT_SIZE', `${label}: object ${info.id}: the signed index says ${info.size} stored bytes, more than a pack can have (${MAX_PACK_STORED})`, {
       hint: 'the index is signed, so this set was made by a faulty primary: make a new set',
     });
   }
+}
+
+/**
+ * The stored bytes of the pack `info` of `site` from a directory filestore, read whole and hashed on
+ * the reader's thread: the bytes (the reader's buffer: give it back with reader.release once they
+ * are decrypted) and their SHA-256, for openPackPieces to compare. The same bounds and errors as
+ * fetchPackStored.
+ */
+export async function fetchPackLocal(fs: Filestore & { localPath(key: string): string }, reader: PackReadThread, site: string, info: PackInfo, o: { label: string }): Promise<{ bytes: Buffer; sha256: Buffer }> {
+  checkPackSize(info, o.label);
+  const path = fs.localPath(objectKey(site, info.id));
+  try {
+    return await reader.read(path, info.size);
+  } catch (err) {
+    if (!(err instanceof PackReadError)) throw err;
+    if (err.reason.missing) throw objectMissing(o.label, info, fs.description, new TandemError('not-found', 'FILESTORE_NOT_FOUND', err.message));
+    if (err.reason.notFile) throw objectMissing(o.label, info, fs.description, new TandemError('not-found', 'FILESTORE_NOT_FOUND', err.message));
+    if (err.reason.size !== undefined) throw objectWrongSize(o.label, info, err.reason.size);
+    throw fsError(Object.assign(new Error(err.message), { code: err.reason.code }), 'read', path);
+  }
+}
+
+/** The stored bytes of the pack `info` of `site`, as the filestore sent them (pieces, not joined). */
+export async function fetchPackStored(fs: Filestore, site: string, info: PackInfo, o: { label: string; signal?: AbortSignal }): Promise<Buffer[]> {
+  checkPackSize(info, o.label);
   let got;
   try {
     got = await fs.get(objectKey(site, info.id), { signal: o.signal });

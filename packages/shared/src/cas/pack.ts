@@ -242,15 +242,21 @@ export async function openPack(stored: Buffer, info: PackInfo, o: { identities: 
   return p.pieces.length === 1 ? p.pieces[0]! : Buffer.concat(p.pieces, p.length);
 }
 
-/** openPack over the stored bytes as they were read (pieces), to the plaintext as pieces. */
-export async function openPackPieces(stored: Buffer[], info: PackInfo, o: { identities: string[] | null; label: string }): Promise<PackPlain> {
+/**
+ * openPack over the stored bytes as they were read (pieces), to the plaintext as pieces. `sha256`:
+ * the digest of exactly these bytes, computed where they were read (PackReadThread), else here.
+ */
+export async function openPackPieces(stored: Buffer[], info: PackInfo, o: { identities: string[] | null; label: string; sha256?: Buffer }): Promise<PackPlain> {
   const size = stored.reduce((n, p) => n + p.length, 0);
   if (size !== info.size) {
     throw new TandemError('integrity', 'OBJECT_SIZE', `${o.label}: object ${info.id} has ${size} bytes, the signed index says ${info.size} (truncated or replaced)`);
   }
-  const h = createHash('sha256');
-  for (const p of stored) h.update(p);
-  const digest = h.digest();
+  let digest = o.sha256;
+  if (digest === undefined) {
+    const h = createHash('sha256');
+    for (const p of stored) h.update(p);
+    digest = h.digest();
+  }
   if (!timingSafeEqual(digest, Buffer.from(info.sha256, 'hex'))) {
     throw new TandemError('integrity', 'OBJECT_CHECKSUM', `${o.label}: object ${info.id} does not match the SHA-256 in the signed index: it was altered or swapped`, {
       hint: 'run `tandem-standby verify --read-data` to find every damaged object of the set; then `tandem-primary backup --repair-objects` stores the content again in new objects',

@@ -110,6 +110,10 @@ export class DirFilestore implements Filestore {
     return path.join(this.root, ...checkKey(key));
   }
 
+  localPath(key: string): string {
+    return this.pathOf(key);
+  }
+
   async put(key: string, body: Readable, opts: PutOptions = {}): Promise<ObjectInfo> {
     let final: string;
     try {

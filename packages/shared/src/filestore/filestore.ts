@@ -74,5 +74,11 @@ export interface Filestore {
   list(prefix: string, opts?: OpOptions): Promise<ObjectInfo[]>;
   delete(key: string, opts?: OpOptions): Promise<void>;
   writeConditional(key: string, body: Buffer, cond: WriteCondition, opts?: OpOptions): Promise<ObjectInfo>;
+  /**
+   * A directory filestore only: the file that holds `key` (the key checked as for get), for a
+   * reader on another thread (an apply's packs, PackReadThread). Whoever reads it checks what it
+   * reads as it checks what get returns.
+   */
+  localPath?(key: string): string;
   close(): Promise<void>;
 }

@@ -28,6 +28,8 @@ import {
   tightenHeapGrowth,
   type ArtifactEntry,
   fetchPackStored,
+  fetchPackLocal,
+  PackReadThread,
 } from '@tandem/shared';
 import { artifactLabel, decodeStored, type StoredInput } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
@@ -69,6 +71,15 @@ export const FILES_RECORD = 'files-record.ndjson';
  */
 const prefetchFrom = (fs: Filestore): number => (fs.description.startsWith('file:') ? 0 : 1);
 const HELD_PACKS = 3;
+/**
+ * Packs to fetch from a directory filestore from which on they are read on a second thread
+ * (PackReadThread): a change of a few packs does not pay for starting it. TANDEM_PACK_THREAD_MIN
+ * sets it (0 or 1: always; a large number: never).
+ */
+const readerMinPacks = (): number => {
+  const v = process.env.TANDEM_PACK_THREAD_MIN;
+  return v !== undefined && /^\d+$/.test(v) ? Number(v) : 8;
+};
 /** An index of this many files makes the agent collect its heap sooner (tightenHeapGrowth). */
 const MANY_FILES = 20_000;
 
@@ -469,17 +480,34 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const held = new Map<number, Promise<PackPlain>>();
   let next = 0;
   let fetched = 0;
+  const identities = entry.encryption === 'age' ? o.identities : null;
+  // From a directory filestore, packs are read and hashed on a second thread (PackReadThread) when
+  // there are enough of them to pay for starting it (~20 ms).
+  const fs = o.filestore;
+  const reader = fs.localPath !== undefined && order.length > 0 && order.length >= readerMinPacks() ? new PackReadThread() : null;
   const fetchPack = (ordinal: number): Promise<PackPlain> => {
     const info = packs[ordinal]!;
     const p = (async () => {
-      const pieces = await fetchPackStored(o.filestore, manifest.site, info, { label });
+      if (reader !== null && fs.localPath !== undefined) {
+        const got = await fetchPackLocal(fs as Filestore & { localPath(key: string): string }, reader, manifest.site, info, { label });
+        fetched++;
+        try {
+          // The plaintext must not be the pool's buffer: a pack stored as it is (no encryption, no
+          // compression) is copied out of it.
+          const stored = identities === null && info.c === 'none' ? Buffer.from(got.bytes) : got.bytes;
+          return await openPackPieces([stored], info, { identities, label, sha256: got.sha256 });
+        } finally {
+          reader.release(got.bytes);
+        }
+      }
+      const pieces = await fetchPackStored(fs, manifest.site, info, { label });
       fetched++;
-      return openPackPieces(pieces, info, { identities: entry.encryption === 'age' ? o.identities : null, label });
+      return openPackPieces(pieces, info, { identities, label });
     })();
     p.catch(() => undefined);
     return p;
   };
-  const ahead = prefetchFrom(o.filestore);
+  const ahead = reader !== null ? 1 : prefetchFrom(o.filestore);
   const prefetch = () => {
     while (next < order.length && held.size <= ahead) {
       const ord = order[next++]!;
@@ -575,6 +603,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     staged2 = true;
   } finally {
     await Promise.allSettled(held.values());
+    await reader?.close();
     treeRecord?.close(!staged2);
   }
   // fresh: the directories' modes and mtimes, deepest first, now that nothing more is made in them;
