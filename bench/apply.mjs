@@ -41,6 +41,7 @@ import {
   runMeasured,
   runOk,
   verdict,
+  agentCommand,
 } from './lib/common.mjs';
 import { BENCH_DB, REF_DB, STANDBY_DB, agentEnv, parseJsonOut, removeSite } from './lib/site.mjs';
 import { finishBench, resticEnv, setUpBench } from './lib/setup.mjs';
@@ -73,7 +74,7 @@ async function refRestore(dumpFile) {
 
 async function tandemApply(bin = STANDBY_BIN, extraArgs = []) {
   quietDisk();
-  const r = await runMeasured(process.execPath, [bin, 'apply', '--config', site.standbyConfig, '--force', '--json', ...extraArgs], { env: agentEnv() });
+  const r = await runMeasured(...agentCommand(bin, ['apply', '--config', site.standbyConfig, '--force', '--json', ...extraArgs]), { env: agentEnv() });
   if (r.code !== 0) throw new Error(`tandem-standby apply exited ${r.code ?? r.signal}:\n${r.stderr.trim()}`);
   const out = parseJsonOut(r.stdout, 'tandem-standby apply');
   const d = out.durations ?? {};

@@ -31,6 +31,7 @@ import {
   runMeasured,
   runOk,
   verdict,
+  agentCommand,
 } from './lib/common.mjs';
 import { BENCH_DB, agentEnv, parseJsonOut, removeSite } from './lib/site.mjs';
 import { finishBench, resticEnv, setUpBench } from './lib/setup.mjs';
@@ -49,7 +50,7 @@ async function pgDumpToNull() {
 }
 
 async function tandemBackup() {
-  const r = await runMeasured(process.execPath, [PRIMARY_BIN, 'backup', '--config', site.primaryConfig, '--json'], { env: agentEnv() });
+  const r = await runMeasured(...agentCommand(PRIMARY_BIN, ['backup', '--config', site.primaryConfig, '--json']), { env: agentEnv() });
   if (r.code !== 0) throw new Error(`tandem-primary backup exited ${r.code ?? r.signal}:\n${r.stderr.trim()}`);
   const out = parseJsonOut(r.stdout, 'tandem-primary backup');
   const db = out.artifacts.find((a) => a.name === 'db');

@@ -49,6 +49,7 @@ import {
   runMeasured,
   runOk,
   treeStats,
+  agentCommand,
 } from './lib/common.mjs';
 import { ensureFilesTree } from './lib/dataset.mjs';
 import { CACHE_DIR, agentEnv, benchFilesMb, benchRuns, filesTreeDir, parseJsonOut, removeSite } from './lib/site.mjs';
@@ -115,7 +116,7 @@ async function measured(what, cmd, args, env) {
 }
 
 async function tandemBackup(site, extra = []) {
-  const r = await measured('tandem-primary backup', process.execPath, [PRIMARY_BIN, 'backup', '--config', site.primaryConfig, '--json', ...extra], agentEnv());
+  const r = await measured('tandem-primary backup', ...agentCommand(PRIMARY_BIN, ['backup', '--config', site.primaryConfig, '--json', ...extra]), agentEnv());
   const out = parseJsonOut(r.stdout, 'tandem-primary backup');
   if (!out.files) throw new Error(`tandem-primary backup --json has no "files" figures: the files were not backed up as content objects (keys.filesKeyFile in ${site.primaryConfig}?)\n${r.stdout.slice(0, 800)}`);
   const index = out.artifacts.find((a) => a.name === 'files');
@@ -137,7 +138,7 @@ async function tandemBackup(site, extra = []) {
 /** The apply logs at info (a dozen lines): its "files staged" line says what it wrote and fetched. */
 async function tandemApply(site, extra = []) {
   const env = { ...agentEnv(), TANDEM_LOG_LEVEL: 'info' };
-  const r = await measured('tandem-standby apply', process.execPath, [STANDBY_BIN, 'apply', '--config', site.standbyConfig, '--json', ...extra], env);
+  const r = await measured('tandem-standby apply', ...agentCommand(STANDBY_BIN, ['apply', '--config', site.standbyConfig, '--json', ...extra]), env);
   const out = parseJsonOut(r.stdout, 'tandem-standby apply');
   const d = out.durations ?? {};
   if (typeof d.files !== 'number') throw new Error(`tandem-standby apply --json has no durations.files: ${JSON.stringify(out)}`);

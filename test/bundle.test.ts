@@ -9,12 +9,13 @@
  * Needs: `npm run build` first.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { STANDBY_MAIN, readBundleMeta, requireBuilt } from './support/site.js';
+import { PRIMARY_MAIN, STANDBY_MAIN, readBundleMeta, requireBuilt } from './support/site.js';
 
 /** The bundle file that exports `name` (from the metafile scripts/bundle.mjs writes beside). */
 function fileExporting(main: string, name: string): string {
@@ -51,7 +52,49 @@ const bad = Buffer.from(data); bad[(2 << 20) + 5] ^= 1;
 console.log(JSON.stringify([await run(data), await run(bad)]));
 `;
 
+const PACK_CHILD = `
+const [threadFile, file] = process.argv.slice(2);
+const { PackReadThread } = await import(threadFile);
+const { createHash } = await import('node:crypto');
+const { readFileSync } = await import('node:fs');
+const r = new PackReadThread(2);
+const data = readFileSync(file);
+const got = await r.read(file, data.length);
+let short;
+try { await r.read(file, data.length + 1); } catch (err) { short = err.message; }
+await r.close();
+console.log(JSON.stringify([got.sha256.toString('hex') === createHash('sha256').update(data).digest('hex'), got.bytes.equals(data), short]));
+`;
+
 describe('the bundled commands', () => {
+  it('run by their first line (as installed), with malloc asking for huge pages for the agent alone', () => {
+    for (const main of [STANDBY_MAIN, PRIMARY_MAIN]) {
+      requireBuilt(main);
+      const bin = main;
+      expect(readFileSync(bin, 'utf8').split('\n')[0]).toBe('#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.hugetlb=1:${GLIBC_TUNABLES} node');
+      for (const env of [{}, { GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }]) {
+        const r = spawnSync(bin, ['--version'], { encoding: 'utf8', env: { ...process.env, ...env } });
+        expect(r.status, r.stderr).toBe(0);
+        expect(r.stdout).toMatch(/\d+\.\d+\.\d+/);
+      }
+    }
+  });
+
+  it('tandem-standby: the pack reading thread starts from the bundle, reads and hashes a file, refuses a wrong size', () => {
+    requireBuilt(STANDBY_MAIN);
+    const file = pathToFileURL(fileExporting(STANDBY_MAIN, 'PackReadThread')).href;
+    const dir = mkdtempSync(join(tmpdir(), 'tandem-bundle-'));
+    try {
+      writeFileSync(join(dir, 'child.mjs'), PACK_CHILD);
+      writeFileSync(join(dir, 'pack'), randomBytes(5 << 20));
+      const r = spawnSync(process.execPath, [join(dir, 'child.mjs'), file, join(dir, 'pack')], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toEqual([true, true, `${join(dir, 'pack')} has ${5 << 20} bytes, not ${(5 << 20) + 1}`]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('tandem-standby: the hashing thread starts from the bundle and checks every piece', () => {
     requireBuilt(STANDBY_MAIN);
     const file = pathToFileURL(fileExporting(STANDBY_MAIN, 'ChunkVerifierThread')).href;

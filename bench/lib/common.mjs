@@ -1,7 +1,7 @@
 // Shared helpers for the benchmarks: running and timing commands, peak RSS, the machine, and the
 // report lines. Plain ESM, no dependencies beyond Node and the system tools the benchmarks name.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -123,6 +123,21 @@ function vmHwmKiB(pid) {
 }
 
 export const HAVE_GNU_TIME = existsSync('/usr/bin/time');
+
+/**
+ * An agent's command as it is installed and run (by an operator, cron or a systemd unit): the bin
+ * executed by its first line (`#!/usr/bin/env -S GLIBC_TUNABLES=... node`: `node` from PATH), so
+ * that what that line sets is measured too. A bin that is not executable (a compiled main.js of
+ * an older version) runs as `node BIN`.
+ */
+export function agentCommand(bin, args) {
+  try {
+    accessSync(bin, fsConstants.X_OK);
+    return [bin, args];
+  } catch {
+    return [process.execPath, [bin, ...args]];
+  }
+}
 
 /**
  * Runs a command, returning wall seconds, stdout, stderr and memory figures:
