@@ -99,6 +99,8 @@ if ! [[ "$major" =~ ^[0-9]+$ ]] || [ "$major" -lt 20 ]; then
   die "tandem needs Node.js 20 or later; $(command -v node) is $(node --version 2>/dev/null || echo 'unknown')" "$node_hint"
 fi
 command -v npm >/dev/null || die 'npm is not installed' "NodeSource's nodejs package includes it; with Debian's own, apt-get install npm"
+# The commands' first line is `#!/usr/bin/env -S GLIBC_TUNABLES=... node`.
+/usr/bin/env -S true 2>/dev/null || die "/usr/bin/env does not take -S, which tandem's commands start with" 'install GNU coreutils 8.30 or later (Debian 10 and Ubuntu 19.04 on have it)'
 
 # Commands of an earlier, hand-made install (links into a checkout) would make npm refuse: say so first.
 for b in tandem-primary tandem-standby; do
