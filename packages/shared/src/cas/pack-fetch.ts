@@ -1,7 +1,7 @@
 import type { PackReadThread } from '../chunk-verifier-thread.js';
 import { PackReadError } from '../chunk-verifier-thread.js';
 import { TandemError, isNotFound } from '../errors.js';
-import { fsError } from '../filestore/dir-errors.js';
+import { fsError, notAFile } from '../filestore/dir-errors.js';
 import type { Filestore } from '../filestore/filestore.js';
 import { objectKey } from './object-id.js';
 import { MAX_PACK_PLAIN, type PackInfo } from './pack.js';
@@ -52,8 +52,8 @@ export async function fetchPackLocal(fs: Filestore & { localPath(key: string): s
     return await reader.read(path, info.size);
   } catch (err) {
     if (!(err instanceof PackReadError)) throw err;
-    if (err.reason.missing) throw objectMissing(o.label, info, fs.description, new TandemError('not-found', 'FILESTORE_NOT_FOUND', err.message));
-    if (err.reason.notFile) throw objectMissing(o.label, info, fs.description, new TandemError('not-found', 'FILESTORE_NOT_FOUND', err.message));
+    if (err.reason.missing) throw objectMissing(o.label, info, fs.description, fsError(Object.assign(new Error(err.message), { code: 'ENOENT' }), 'read', path));
+    if (err.reason.notFile) throw objectMissing(o.label, info, fs.description, notAFile(path));
     if (err.reason.size !== undefined) throw objectWrongSize(o.label, info, err.reason.size);
     throw fsError(Object.assign(new Error(err.message), { code: err.reason.code }), 'read', path);
   }

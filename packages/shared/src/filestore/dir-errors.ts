@@ -50,3 +50,7 @@ export function rootMissingError(root: string): TandemError {
     { hint: 'mount the file system the filestore lives on, or create the filestore with `tandem-primary init --filestore --config FILE`' },
   );
 }
+
+/** A path in the filestore's directory that is not a regular file where an object should be. */
+export const notAFile = (p: string, key?: string): TandemError =>
+  new TandemError('not-found', 'FILESTORE_NOT_FOUND', key === undefined ? `${p} is not a file` : `${p} is not a file (key ${key})`);

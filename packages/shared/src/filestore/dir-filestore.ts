@@ -12,7 +12,7 @@ import { giveAway } from '../given-away.js';
 import { writevAll } from '../fsutil.js';
 import { pidAlive } from '../net.js';
 import { RESERVED_MARK, abortError, abortableBody, byteOrder, checkKey, checkPrefix, lengthCheck, preconditionError, throwIfAborted } from './common.js';
-import { fsError } from './dir-errors.js';
+import { fsError, notAFile } from './dir-errors.js';
 import { createExclusive, lockBeside } from './dir-lock.js';
 import { capOf, docTooLarge } from './small-doc.js';
 import type {
@@ -361,7 +361,7 @@ export class DirFilestore implements Filestore {
     }
     try {
       const st = await fh.stat({ bigint: true });
-      if (!st.isFile()) throw new TandemError('not-found', 'FILESTORE_NOT_FOUND', `${p} is not a file (key ${key})`);
+      if (!st.isFile()) throw notAFile(p, key);
       return { fh, st };
     } catch (err) {
       await fh.close().catch(() => {});
