@@ -248,7 +248,7 @@ export class PackReadThread {
     if (m.digest !== undefined) return p.resolve({ bytes: buf.subarray(0, p.size), sha256: Buffer.from(m.digest) });
     this.release(buf);
     if (m.err?.code === 'ENOENT') return p.reject(new PackReadError(p.path, { missing: true }, `${p.path} does not exist`));
-    if (m.err) return p.reject(Object.assign(new PackReadError(p.path, { code: m.err.code }, `cannot read ${p.path}: ${m.err.message}`), { code: m.err.code }));
+    if (m.err) return p.reject(new PackReadError(p.path, { code: m.err.code }, `cannot read ${p.path}: ${m.err.message}`));
     if (m.notFile) return p.reject(new PackReadError(p.path, { notFile: true }, `${p.path} is not a file`));
     p.reject(new PackReadError(p.path, { size: m.got }, `${p.path} has ${m.got} bytes, not ${p.size}`));
   }

@@ -159,7 +159,6 @@ export async function runCli(p: Program, argv: string[]): Promise<number> {
   }
 }
 
-/** Entry point helper: run, flush, exit with the code. */
 /**
  * What the commands' first line adds to GLIBC_TUNABLES for their own process (`#!/usr/bin/env -S
  * GLIBC_TUNABLES=glibc.malloc.hugetlb=1:${GLIBC_TUNABLES} node`): malloc asks for transparent huge
@@ -182,6 +181,7 @@ export function operatorTunables(v: string | undefined): string | undefined {
   return rest === '' ? undefined : rest;
 }
 
+/** Entry point helper: run, flush, exit with the code. */
 export function main(p: Program): void {
   const tunables = operatorTunables(process.env.GLIBC_TUNABLES);
   if (tunables === undefined) delete process.env.GLIBC_TUNABLES;

@@ -45,8 +45,9 @@ function checkPackSize(info: PackInfo, label: string): void {
  * are decrypted) and their SHA-256, for openPackPieces to compare. The same bounds and errors as
  * fetchPackStored.
  */
-export async function fetchPackLocal(fs: Filestore & { localPath(key: string): string }, reader: PackReadThread, site: string, info: PackInfo, o: { label: string }): Promise<{ bytes: Buffer; sha256: Buffer }> {
+export async function fetchPackLocal(fs: Filestore, reader: PackReadThread, site: string, info: PackInfo, o: { label: string }): Promise<{ bytes: Buffer; sha256: Buffer }> {
   checkPackSize(info, o.label);
+  if (fs.localPath === undefined) throw new TandemError('internal', 'NOT_LOCAL', `${o.label}: ${fs.description} has no local files to read packs from`);
   const path = fs.localPath(objectKey(site, info.id));
   try {
     return await reader.read(path, info.size);

@@ -486,15 +486,15 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   let next = 0;
   let fetched = 0;
   const identities = entry.encryption === 'age' ? o.identities : null;
-  // From a directory filestore, packs are read and hashed on a second thread (PackReadThread) when
-  // there are enough of them to pay for starting it (~20 ms).
+  // From a directory filestore, packs are read and hashed on a second thread (PackReadThread) where
+  // that pays (useReader).
   const fs = o.filestore;
   const reader = fs.localPath !== undefined && useReader(order.length, toWrite, need) ? new PackReadThread(2) : null;
   const fetchPack = (ordinal: number): Promise<PackPlain> => {
     const info = packs[ordinal]!;
     const p = (async () => {
-      if (reader !== null && fs.localPath !== undefined) {
-        const got = await fetchPackLocal(fs as Filestore & { localPath(key: string): string }, reader, manifest.site, info, { label });
+      if (reader !== null) {
+        const got = await fetchPackLocal(fs, reader, manifest.site, info, { label });
         fetched++;
         try {
           // The plaintext must not be the pool's buffer: a pack stored as it is (no encryption, no
