@@ -8,7 +8,7 @@
  * ChunkHasher, whose module loads zod) and allocates nothing large: the buffers are the main thread's.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 
 export type ToHasher = { t: 'in'; buf: ArrayBuffer; len: number } | { t: 'end' } | { t: 'pack'; n: number; path: string; size: number; buf: ArrayBuffer };
@@ -33,7 +33,9 @@ function readPack(m: Extract<ToHasher, { t: 'pack' }>): PackRead {
   const out: PackRead = { t: 'pack', n: m.n, buf: m.buf, got: 0 };
   let fd: number | undefined;
   try {
-    fd = openSync(m.path, 'r');
+    // O_NONBLOCK: a FIFO in the object's place opens at once and is refused below as not a file,
+    // instead of blocking this thread until someone writes to it (regular files ignore the flag).
+    fd = openSync(m.path, constants.O_RDONLY | constants.O_NONBLOCK);
     const st = fstatSync(fd);
     if (!st.isFile()) return { ...out, notFile: true };
     if (st.size !== m.size) return { ...out, got: st.size };

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -80,7 +81,7 @@ describe('PackReadThread: packs of a directory filestore read and hashed on a se
     }
   });
 
-  it('refuses what is not the object the index lists: missing, not a file, shorter, longer', async () => {
+  it('refuses what is not the object the index lists: missing, not a file (a directory, a FIFO), shorter, longer', async () => {
     const r = new PackReadThread(2);
     try {
       const data = randomBytes(100_000);
@@ -89,6 +90,9 @@ describe('PackReadThread: packs of a directory filestore read and hashed on a se
       expect(await reason(r.read(join(dir, 'nope'), 10))).toEqual({ missing: true });
       mkdirSync(join(dir, 'adir'));
       expect(await reason(r.read(join(dir, 'adir'), 10))).toEqual({ notFile: true });
+      // A FIFO opens at once and is refused; the thread is not left waiting for a writer.
+      execFileSync('mkfifo', [join(dir, 'afifo')]);
+      expect(await reason(r.read(join(dir, 'afifo'), 10))).toEqual({ notFile: true });
       expect(await reason(r.read(p, data.length + 1))).toEqual({ size: data.length });
       expect(await reason(r.read(p, data.length - 1))).toEqual({ size: data.length });
       // After refusals the pool still serves reads.

@@ -1,5 +1,6 @@
 // One file on purpose (over 400 lines): the contract runs the same cases against both stores (a
 // directory and a real S3 server process); the store-specific cases share its fixtures.
+import { execFileSync } from 'node:child_process';
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
@@ -397,6 +398,19 @@ describe('DirFilestore specifics', () => {
     await rejection(fs.writeConditional('s/epoch.json', Buffer.from('2'), { ifAbsent: true }));
     await rejection(fs.writeConditional('s/epoch.json', Buffer.from('3'), { ifVersion: 'stale' }));
     expect((await allFiles(root)).sort()).toEqual(['epoch.json', 'manifest.json']);
+  });
+
+  it('refuses a FIFO where an object should be at once, as not a file, on every read (no thread blocked until someone writes to it)', async () => {
+    const root = freshDir();
+    const fs = new DirFilestore(root);
+    await mkdir(path.join(root, 's/objects/ab'), { recursive: true });
+    execFileSync('mkfifo', [path.join(root, 's/objects/ab/x')]);
+    const t0 = performance.now();
+    for (const read of [() => fs.get('s/objects/ab/x'), () => fs.getBuffer('s/objects/ab/x'), () => fs.getIfChanged('s/objects/ab/x', undefined)]) {
+      const err = await rejectedWith(read(), { code: 'FILESTORE_NOT_FOUND' });
+      expect(err.message).toContain('is not a file');
+    }
+    expect(performance.now() - t0).toBeLessThan(5_000);
   });
 
   it('changes the version even when a replacement has the same content', async () => {

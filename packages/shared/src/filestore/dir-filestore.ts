@@ -1,5 +1,6 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import type { BigIntStats } from 'node:fs';
+import { constants as fsConstants } from 'node:fs';
 import { hostname } from 'node:os';
 import { link, mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
@@ -355,7 +356,10 @@ export class DirFilestore implements Filestore {
     throwIfAborted(signal);
     let fh: FileHandle;
     try {
-      fh = await open(p, 'r');
+      // O_NONBLOCK: a FIFO where an object should be (anyone who can write the directory can make
+      // one) opens at once and is refused as not a file, instead of blocking a thread for ever
+      // until someone writes to it. Reads of a regular file ignore the flag.
+      fh = await open(p, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
     } catch (err) {
       throw fsError(err, 'read', p);
     }
