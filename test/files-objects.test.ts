@@ -27,7 +27,7 @@ async function backupJson(s: StandbySite, extra: string[] = []) {
 }
 
 /** The apply's "files staged" log line (JSON logs: stderr is not a terminal). */
-function stagedLine(stderr: string): { changed: number; bytesWritten: number; bytesReused: number; bytesCopied: number; packs: number; pagesCached: number } {
+function stagedLine(stderr: string): { changed: number; removed: number; bytesWritten: number; bytesReused: number; bytesCopied: number; packs: number; pagesCached: number; pagesSkipped: number } {
   for (const l of stderr.split('\n')) {
     if (!l.startsWith('{')) continue;
     const o = JSON.parse(l) as { msg?: string };
@@ -189,7 +189,8 @@ describe('files as content objects', () => {
     const middle = join(f, 'big', 'middle.bin');
     await writeFile(middle, randomBytes(3 * 1024 * 1024));
     await backupJson(s);
-    const a1 = await apply(s);
+    // --force: every page read (none skipped as the last apply had it), so each goes through the copy.
+    const a1 = await apply(s, ['--force']);
     expect(a1.code, show(a1)).toBe(0);
     const cache = await findFile(s.standby.stateDir, 'index-pages.bin');
     expect(cache, 'the standby keeps the pages of the index it read').toBeDefined();
@@ -200,7 +201,7 @@ describe('files as content objects', () => {
     randomBytes(64 * 1024).copy(data, 1536 * 1024);
     await writeFile(middle, data);
     await backupJson(s);
-    const a2 = await apply(s);
+    const a2 = await apply(s, ['--force']);
     expect(a2.code, show(a2)).toBe(0);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     expect((await readFile(join(s.standby.paths.files, 'big', 'middle.bin'))).equals(data)).toBe(true);
@@ -218,7 +219,7 @@ describe('files as content objects', () => {
     await writeFile(cache!, bytes);
     await writeFile(join(f, 'many', 'thumb-150.jpg'), 'changed\n');
     await backupJson(s);
-    const a3 = await apply(s);
+    const a3 = await apply(s, ['--force']);
     expect(a3.code, show(a3)).toBe(0);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     const st3 = stagedLine(a3.stderr);
@@ -226,12 +227,93 @@ describe('files as content objects', () => {
     await writeFile(cache!, bytes.subarray(0, 3));
     await writeFile(join(f, 'many', 'thumb-151.jpg'), 'changed too\n');
     await backupJson(s);
-    const a4 = await apply(s);
+    const a4 = await apply(s, ['--force']);
     expect(a4.code, show(a4)).toBe(0);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     expect(stagedLine(a4.stderr).pagesCached).toBe(0);
     // Written whole again by that apply, for the next one.
     expect((await stat(cache!)).size).toBeGreaterThan(bytes.length / 2);
+  }, 180_000);
+
+  it('pages the last apply had are skipped whole, their files kept as recorded; a files delta since, or --force, has them read', async () => {
+    const f = s.primary.paths.files;
+    await mkdir(join(f, 'skip'), { recursive: true });
+    for (let i = 0; i < 400; i++) await writeFile(join(f, 'skip', `t-${String(i).padStart(3, '0')}.txt`), `file ${i}\n`);
+    await backupJson(s);
+    const a0 = await apply(s, ['--force']);
+    expect(a0.code, show(a0)).toBe(0);
+    expect(stagedLine(a0.stderr).pagesSkipped).toBe(0);
+
+    // One file changed, one added, one removed: the pages around them are read, the others skipped.
+    await writeFile(join(f, 'skip', 't-200.txt'), 'changed 200\n');
+    await writeFile(join(f, 'skip', 't-100a.txt'), 'new\n');
+    await rm(join(f, 'skip', 't-300.txt'));
+    await backupJson(s);
+    const a1 = await apply(s);
+    expect(a1.code, show(a1)).toBe(0);
+    const st1 = stagedLine(a1.stderr);
+    expect(st1.pagesSkipped).toBeGreaterThan(5);
+    expect(st1).toMatchObject({ changed: 2, removed: 1 });
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+
+    // A file on a skipped page altered on the standby (its mtime put back): not looked at by an
+    // apply of another change, written again by --force, which looks at every file.
+    const local = join(s.standby.paths.files, 'skip', 't-010.txt');
+    const was = await stat(local);
+    await writeFile(local, 'file XX\n');
+    await utimes(local, was.atime, was.mtime);
+    await writeFile(join(f, 'skip', 't-390.txt'), 'changed 390\n');
+    await backupJson(s);
+    const a2 = await apply(s);
+    expect(a2.code, show(a2)).toBe(0);
+    expect(stagedLine(a2.stderr)).toMatchObject({ changed: 1 });
+    expect(stagedLine(a2.stderr).pagesSkipped).toBeGreaterThan(5);
+    expect(await readFile(local, 'utf8')).toBe('file XX\n');
+    const a3 = await apply(s, ['--force']);
+    expect(a3.code, show(a3)).toBe(0);
+    expect(stagedLine(a3.stderr)).toMatchObject({ changed: 1, pagesSkipped: 0 });
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+
+    // A file a files delta wrote since the last set (the record then says the delta's blobs, as
+    // files-delta.ts appends it), back on the primary as the last set had it: its page is the same
+    // page, and is read, not skipped: the file is written as the set has it.
+    const recordPath = join(s.standby.stateDir, 'files-record.ndjson');
+    const deltaFile = join(s.standby.paths.files, 'skip', 't-020.txt');
+    await writeFile(deltaFile, 'from a delta\n');
+    const dst = await stat(deltaFile, { bigint: true });
+    await appendFile(recordPath, `${JSON.stringify({ p: 'skip/t-020.txt', d: 'f'.repeat(32), s: 13, ino: String(dst.ino), ct: String(dst.ctimeNs) })}\n`);
+    await writeFile(join(f, 'skip', 't-391.txt'), 'changed 391\n');
+    await backupJson(s);
+    const a4 = await apply(s);
+    expect(a4.code, show(a4)).toBe(0);
+    expect(stagedLine(a4.stderr)).toMatchObject({ changed: 2 });
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+
+    // The page shapes damaged (a digit changed: still JSON): not used, every page read.
+    const shapesFile = join(s.standby.stateDir, 'files-pages.ndjson');
+    const shapes = await readFile(shapesFile, 'utf8');
+    await writeFile(shapesFile, shapes.replace(/"n":(\d)/, (_m, d: string) => `"n":${(Number(d) + 1) % 10}`));
+    await writeFile(join(f, 'skip', 't-393.txt'), 'changed 393\n');
+    await backupJson(s);
+    const a6 = await apply(s);
+    expect(a6.code, show(a6)).toBe(0);
+    expect(stagedLine(a6.stderr)).toMatchObject({ changed: 1, pagesSkipped: 0 });
+    expect(a6.stderr).toContain('do not match the SHA-256 the record has for them');
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+
+    // (Every file of this test has content no other file has: the next test counts bytes stored once.)
+    // A day after the last apply that looked at every file, one looks again (the record's clock).
+    const text = await readFile(recordPath, 'utf8');
+    const head = JSON.parse(text.slice(0, text.indexOf('\n'))) as { checked: number };
+    expect(head.checked).toBeGreaterThan(Date.now() - 600_000);
+    await writeFile(recordPath, `${JSON.stringify({ ...head, checked: Date.now() - 25 * 3600 * 1000 })}${text.slice(text.indexOf('\n'))}`);
+    await writeFile(join(f, 'skip', 't-392.txt'), 'changed 392\n');
+    await backupJson(s);
+    const a5 = await apply(s);
+    expect(a5.code, show(a5)).toBe(0);
+    expect(stagedLine(a5.stderr)).toMatchObject({ changed: 1, pagesSkipped: 0 });
+    const after = await readFile(recordPath, 'utf8');
+    expect((JSON.parse(after.slice(0, after.indexOf('\n'))) as { checked: number }).checked).toBeGreaterThan(Date.now() - 600_000);
   }, 180_000);
 
   it('types that change place (a file becomes a directory, a directory a symlink) and --reread', async () => {

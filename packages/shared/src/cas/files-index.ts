@@ -115,6 +115,37 @@ export interface ReadIndexOptions {
   pages?: PageLoader;
   /** Each page as it is read: its pack (an ordinal of `packs`), place and id (the primary's cache learns where pages are). */
   onPage?: (pack: number, offset: number, length: number, id: string) => void;
+  /**
+   * A page the caller has read before in full (the standby's last applied index): its shape, or
+   * undefined to read it. A page given is not loaded or parsed; its shape stands in for it in every
+   * check against the rest of the index (order, directories, packs, counts, limits).
+   */
+  skipPage?: (id: string, length: number) => PageShape | undefined;
+  /** After each page of a version-2 index: its shape (as read, or as skipPage gave it). */
+  pageDone?: (shape: PageShape, skipped: boolean) => void;
+}
+
+/**
+ * What the rest of an index needs to know of one page to check it: everything here follows from
+ * the page's bytes alone, so it holds for the same page (the same id) in any index. `x1` is the
+ * directory of the page's first entry, `xk` that of its last entry whose directory is not in the
+ * page; in depth-first order every entry's directory outside the page is an ancestor of (or is)
+ * `x1`, so the page fits where it is when `x1` encloses the entry before it, and after it the
+ * enclosing directories are those up to `xk`, then `open` (the page's own, still open).
+ */
+export interface PageShape {
+  id: string;
+  /** Entries, and bytes of file data. */
+  n: number;
+  by: number;
+  /** The first and last paths. */
+  f: string;
+  z: string;
+  x1: string;
+  xk: string;
+  open: string[];
+  /** Its pack lines, in order. */
+  o: PackInfo[];
 }
 
 export interface IndexItem {
@@ -225,12 +256,19 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
     return l;
   };
   /** The entries of one page: its own pack lines (ordinals from 0) and entries, nothing else. */
-  const readPage = function* (page: Buffer, n: number): Generator<TreeEntry> {
+  const readPage = function* (page: Buffer, n: number, id: string): Generator<TreeEntry> {
     const rootLine = lineNo;
     where = `page ${n} (root line ${rootLine}), `;
     lineNo = 0;
     const local: number[] = [];
     let inPage = 0;
+    const entries0 = entries;
+    const bytes0 = bytes;
+    // The page's shape (PageShape), as its entries pass: stack[inPageFrom..] are its own directories.
+    let inPageFrom = stack.length;
+    let x1: string | undefined;
+    let xk = '';
+    let firstPath: string | undefined;
     if (page.length === 0 || page[page.length - 1] !== 0x0a) fail('the page does not end with a newline');
     // Decoded once (a newline byte is never inside a UTF-8 sequence): a decode per line cost more
     // than the parse.
@@ -246,12 +284,42 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
       if (l.t === 'o') local.push(packLine(l));
       else if (l.t === 'd' || l.t === 'f' || l.t === 'l') {
         inPage++;
-        yield treeEntry(l, local);
+        const e = treeEntry(l, local);
+        // treeEntry left the entry's directory on top (and pushed the entry, a directory).
+        const depth = stack.length - (e.t === 'd' ? 1 : 0);
+        if (depth <= inPageFrom) {
+          inPageFrom = depth;
+          xk = stack[depth - 1]!;
+          x1 ??= xk;
+        }
+        firstPath ??= e.p;
+        yield e;
       } else fail(`a ${JSON.stringify((l as { t?: unknown }).t)} line in a page (pages hold pack lines and entries only)`);
     }
     if (inPage === 0) fail('a page without entries');
+    o.pageDone?.({ id, n: entries - entries0, by: bytes - bytes0, f: firstPath!, z: prev!, x1: x1!, xk, open: stack.slice(inPageFrom), o: local.map((g) => packs[g]!) }, false);
     where = '';
     lineNo = rootLine;
+  };
+
+  /** A page known by its shape (ReadIndexOptions.skipPage): checked against the rest as its entries would be. */
+  const skipPage = (sh: PageShape, n: number): void => {
+    const at = `page ${n} (${sh.n} entries, as read before)`;
+    if (prev !== undefined && comparePaths(prev, sh.f) >= 0) fail(`${at}: path ${JSON.stringify(sh.f)} is out of order or repeated (after ${JSON.stringify(prev)})`);
+    const toDir = (d: string): void => {
+      while (stack.length > 1 && stack.at(-1) !== d) stack.pop();
+      if (stack.at(-1) !== d) fail(`${at}: ${JSON.stringify(sh.f)}: its directory ${JSON.stringify(d)} is not a directory entry before it`);
+    };
+    toDir(sh.x1);
+    toDir(sh.xk);
+    stack.push(...sh.open);
+    for (const p of sh.o) packLine({ t: 'o', ...p });
+    entries += sh.n;
+    if (entries > o.maxEntries) fail(`more than ${o.maxEntries} entries (limits.maxEntries)`);
+    bytes += sh.by;
+    if (o.maxBytes !== undefined && bytes > o.maxBytes) fail(`more than ${o.maxBytes} bytes of file data (limits.maxBytes, or the free space where they go)`);
+    prev = sh.z;
+    o.pageDone?.(sh, true);
   };
 
   for await (const text of textLines(plain as AsyncIterable<Buffer | string>, MAX_LINE, tooLong)) {
@@ -276,9 +344,14 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
         const [pack, off, len, id] = blobRef((l as IndexPage).b, rootPacks, 'a page');
         if (len > MAX_PAGE) fail(`a page of ${len} bytes, more than ${MAX_PAGE}`);
         o.onPage?.(pack, off, len, id);
+        const shape = o.skipPage?.(id, len);
+        if (shape !== undefined) {
+          skipPage(shape, ++pages);
+          break;
+        }
         const page = await o.pages!(packs[pack]!, off, len, id);
         if (page.length !== len) fail(`page ${pages + 1}: ${page.length} bytes loaded, the root says ${len}`);
-        yield* readPage(page, ++pages);
+        yield* readPage(page, ++pages, id);
         break;
       }
       case 'd':

@@ -14,10 +14,11 @@ import { openFilestore } from '../filestore/open.js';
 import { removeTempDirs, tempDirSync } from '../testing/helpers.js';
 import { SMALL_CHUNK_SIZES } from './chunker.js';
 import { filesKeyFromIdentity } from './files-key.js';
-import { FILES_INDEX_FORMAT, readFilesIndex, type IndexLine, type PageLoader, type ReadIndexOptions, type TreeEntry } from './files-index.js';
+import { FILES_INDEX_FORMAT, readFilesIndex, type IndexLine, type PageLoader, type PageShape, type ReadIndexOptions, type TreeEntry } from './files-index.js';
 import { objectId, objectKey } from './object-id.js';
 import { sealPack, type PackInfo } from './pack.js';
 import { PAGE_MAX, PageBuilder, pageLoader, type PageBlob } from './pages.js';
+import { comparePaths as cmpPaths } from './files-index.js';
 
 const SITE = 'paged';
 const SET = '20260101T000000Z-e1-000001';
@@ -199,6 +200,58 @@ describe('paged files index (version 2)', () => {
     for (const [what, pages, why] of cases) expect(await refusal(await rootOver(pages, 9, 9)), what).toMatch(why);
     // The end line counts entries and packs across every page.
     expect(await refusal(await rootOver([d('a'), d('b')], 3, 1))).toMatch(/the end line counts 3 entries, 1 packs, 0 bytes; the index holds 2, 1, 0/);
+  });
+
+  it('a page read before is skipped by its shape: not loaded, and checked against the rest as its entries would be', async () => {
+    const stored = new Map<string, { info: PackInfo; offset: number; length: number }>();
+    // Deeper directories too, so that pages open and close them across their edges.
+    const deep = (n: number, edit?: (p: string) => boolean) =>
+      tree(n, edit).flatMap((x) => (x.e.t === 'd' && x.e.p !== 'media' ? [x, { e: { t: 'd' as const, p: `${x.e.p}/a`, m: 0o755, mt: 4 }, blobs: [] }] : x.e.t === 'f' && Number(x.e.p.slice(-9, -4)) % 3 === 0 ? [{ ...x, e: { ...x.e, p: x.e.p.replace(/\/file-/, '/a/file-') } }] : [x])).sort((a, b) => (a.e.p < b.e.p ? -1 : 1));
+    const sortDepthFirst = (xs: ReturnType<typeof deep>) => xs.sort((a, b) => cmpPaths(a.e.p, b.e.p));
+    const first = await storeIndex(sortDepthFirst(deep(2000)), stored);
+    const shapes = new Map<string, PageShape>();
+    const fullPacks: PackInfo[] = [];
+    for await (const _ of readFilesIndex(Readable.from([Buffer.from(text(first.root))]), { ...OPTS(loader()), pageDone: (sh) => void shapes.set(sh.id, sh) }, fullPacks));
+    expect(shapes.size).toBe(first.pages.length);
+    // One file in media/d3, one in media/d7/a (a file whose number divides by 3 is moved there).
+    const edited = new Set(['media/d3/file-00017.jpg', 'media/d7/file-00150.jpg']);
+    const second = await storeIndex(sortDepthFirst(deep(2000, (p) => edited.has(p))), stored);
+    let loaded = 0;
+    const counting: PageLoader = (...a) => {
+      loaded++;
+      return loader()(...a);
+    };
+    const read = async (root: IndexLine[], skip: (id: string) => PageShape | undefined) => {
+      const out: { entries: TreeEntry[]; skipped: PageShape[]; packs: PackInfo[] } = { entries: [], skipped: [], packs: [] };
+      const o = { ...OPTS(counting), skipPage: skip, pageDone: (sh: PageShape, skipped: boolean) => void (skipped && out.skipped.push(sh)) };
+      for await (const e of readFilesIndex(Readable.from([Buffer.from(text(root))]), o, out.packs)) out.entries.push(e);
+      return out;
+    };
+    const got = await read(second.root, (id) => shapes.get(id));
+    expect(got.skipped.length).toBeGreaterThan(first.pages.length - 5);
+    expect(loaded).toBe(second.pages.length - got.skipped.length);
+    expect(loaded).toBeGreaterThanOrEqual(2);
+    // Every entry is either read or in a skipped page; the packs are those of a full read.
+    expect(got.entries.length + got.skipped.reduce((n, sh) => n + sh.n, 0)).toBe(second.root.at(-1)!.t === 'e' ? (second.root.at(-1) as { entries: number }).entries : -1);
+    expect(got.entries.map((e) => e.p)).toEqual(expect.arrayContaining(['media/d3/file-00017.jpg', 'media/d7/a/file-00150.jpg']));
+    const again: PackInfo[] = [];
+    for await (const _ of readFilesIndex(Readable.from([Buffer.from(text(second.root))]), OPTS(loader()), again));
+    expect(got.packs.map((p) => p.id)).toEqual(again.map((p) => p.id));
+
+    // A root that moves a skipped page, or drops the page that holds a skipped page's directory,
+    // is refused as its entries would be.
+    const pageLines = second.root.map((l, i) => [l, i] as const).filter(([l]) => l.t === 'p');
+    const swapped = [...second.root];
+    const [a, b] = [pageLines[3]![1], pageLines[4]![1]];
+    [swapped[a], swapped[b]] = [swapped[b]!, swapped[a]!];
+    await expect(read(swapped, (id) => shapes.get(id))).rejects.toThrow(/line \d+ of the files index: page 5 \(\d+ entries, as read before\): path "media\/[^"]+" is out of order or repeated \(after "media\/[^"]+"\)/);
+    // The page whose entries open media/d5 (the first with an entry in it), dropped.
+    const d5 = second.pages.findIndex((pg) => pg.toString().includes('"p":"media/d5"'));
+    expect(d5).toBeGreaterThan(0);
+    const dropped = second.root.filter((l) => l !== pageLines[d5]![0]);
+    const after = shapes.get(objectId(filesKey.hmacKey, second.pages[d5 + 1]!));
+    expect(after, 'the page after it is one the reader skips').toBeDefined();
+    await expect(read(dropped, (id) => shapes.get(id))).rejects.toThrow(/as read before\): .*its directory "media\/d5(\/a)?" is not a directory entry before it/);
   });
 
   it('a small change reads each pack of pages once, though its pages alternate between packs', async () => {

@@ -1,5 +1,5 @@
 import * as nodeCrypto from 'node:crypto';
-import { chmodSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, lutimesSync, mkdirSync, openSync, readSync, readdirSync, renameSync, rmSync, symlinkSync, utimesSync, type BigIntStats, type Stats } from 'node:fs';
+import { chmodSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, lutimesSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync, type BigIntStats, type Stats } from 'node:fs';
 import { chmod, lstat, lutimes, mkdir, open, readdir, readFile, readlink, rename, rm, symlink, utimes } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
@@ -25,6 +25,7 @@ import {
   type Logger,
   type Manifest,
   type PackInfo,
+  type PageShape,
   tightenHeapGrowth,
   type ArtifactEntry,
   fetchPackStored,
@@ -122,11 +123,13 @@ export const utimeOf = (mt: number): number => mt / 1000 + 5e-7;
 /** The record's digest of a file's blob ids (files deltas record theirs the same way). */
 export const blobsDigest = (e: Pick<FileEntry, 'b'>): string => sha256Hex(e.b.length === 1 ? e.b[0]![3] : e.b.map((b) => b[3]).join(',')).slice(0, 32);
 /** One-shot crypto.hash where Node has it (20.12 on): a Hash object per file of the tree cost more than the hashing. */
-const sha256Hex: (s: string) => string =
+const sha256Hex: (s: string | Buffer) => string =
   typeof nodeCrypto.hash === 'function' ? (s) => nodeCrypto.hash('sha256', s, 'hex') : (s) => nodeCrypto.createHash('sha256').update(s).digest('hex');
 const recordFile = (stateDir: string) => join(stateDir, FILES_RECORD);
 /** In the staging dir of a first apply into an empty dir: the record lines of the files staged in tree/. */
 const TREE_RECORD = 'tree-record.ndjson';
+/** In the staging dir: the token of its page shapes (PAGES_FILE, staged beside) and when an apply last looked at every file. */
+const CHECKED_FILE = 'checked.json';
 
 /** The record's blob list of a file (RecordLine.b): only for a file of several blobs. */
 export const recordBlobs = (e: Pick<FileEntry, 'b'>): Array<[number, string]> | undefined =>
@@ -217,29 +220,97 @@ function recordedBlobs(r: ReadRecordLine): Array<[number, string]> | undefined {
   }
 }
 
+/**
+ * The record's first line: the live dir; the token of the page shapes written with it (PAGES_FILE);
+ * when (ms) an apply last looked at every live file (none skipped by page).
+ */
+interface RecordHead {
+  live: string;
+  token?: string;
+  /** The SHA-256 of PAGES_FILE as the switch wrote it: a damaged copy is not used. */
+  pagesSha256?: string;
+  checked?: number;
+}
+
 /** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
-async function readRecord(stateDir: string, live: string, logger: Logger): Promise<Map<string, string>> {
+async function readRecord(stateDir: string, live: string, logger: Logger): Promise<{ lines: Map<string, string>; head: RecordHead | null }> {
   const out = new Map<string, string>();
   let text: string;
   try {
     text = await readFile(recordFile(stateDir), 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return out;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { lines: out, head: null };
     throw err;
   }
   try {
     const lines = text.split('\n');
-    const head = JSON.parse(lines[0] ?? '') as { live?: string };
-    if (head.live !== live) return out;
+    const head = JSON.parse(lines[0] ?? '') as RecordHead;
+    if (head.live !== live) return { lines: out, head: null };
     for (let i = 1; i < lines.length; i++) if (lines[i] !== '') {
       const line = lines[i]!;
       out.set(recordPath(line), line);
     }
+    return { lines: out, head };
   } catch (err) {
     logger.warn({ err, record: recordFile(stateDir) }, 'the files record cannot be read: every file of the set is written again');
     out.clear();
+    return { lines: out, head: null };
+  }
+}
+
+/**
+ * The shapes of the pages of the index last applied (files-pages.ndjson in the state dir, written
+ * by the switch with the record, under the same token): each page's PageShape and its entries, for
+ * the next apply to skip the pages it finds again (see stageFilesObjects). An entry: a directory
+ * [path, 'd', mode, mtime], a file [path, 'f', blobs digest, size], a symlink [path, 'l'].
+ */
+export const PAGES_FILE = 'files-pages.ndjson';
+type ShapeEntry = [string, 'd', number, number] | [string, 'f', string, number] | [string, 'l'];
+interface PageLine extends PageShape {
+  e: ShapeEntry[];
+}
+/**
+ * An apply looks at every live file (none skipped with its page) when the last that did is older
+ * than this, and with --force: a file altered on the standby behind tandem's back, on a page the
+ * sets since have not changed, is written again within a day.
+ */
+export const FULL_CHECK_MS = 24 * 3600 * 1000;
+
+function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): Map<string, PageLine> {
+  const out = new Map<string, PageLine>();
+  if (head.token === undefined || head.pagesSha256 === undefined) return out;
+  const file = join(stateDir, PAGES_FILE);
+  try {
+    // Read whole (a line per page: ~150 bytes and ~50 per entry) to check it before a line is used.
+    const bytes = readFileSync(file);
+    if (sha256Hex(bytes) !== head.pagesSha256) {
+      logger.warn({ file }, 'the page shapes of the last apply do not match the SHA-256 the record has for them: every page of the index is read');
+      return out;
+    }
+    let first = true;
+    for (const line of bytes.toString('utf8').split('\n')) {
+      if (line === '') continue;
+      if (first) {
+        first = false;
+        const h = JSON.parse(line) as { live?: string; token?: string };
+        if (h.live !== head.live || h.token !== head.token) return out;
+        continue;
+      }
+      const pl = JSON.parse(line) as PageLine;
+      if (typeof pl.id !== 'string' || !Array.isArray(pl.e) || !Array.isArray(pl.open) || !Array.isArray(pl.o)) throw new Error(`not a page line: ${line.slice(0, 80)}`);
+      out.set(pl.id, pl);
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') logger.warn({ err, file: join(stateDir, PAGES_FILE) }, 'the page shapes of the last apply cannot be read: every page of the index is read');
+    out.clear();
   }
   return out;
+}
+
+/** Whether a record line says blobs of digest `d`, `s` bytes (a file a files delta wrote since says its own). */
+function recordHas(line: string, d: string, s: number): boolean {
+  const at = line.indexOf('","d":"');
+  return at > 0 && line.startsWith(`","d":"${d}","s":${s},"ino":"`, at);
 }
 
 export interface StageFilesOptions {
@@ -254,6 +325,8 @@ export interface StageFilesOptions {
   limits: { maxEntries: number; maxBytes?: number };
   logger: Logger;
   signal?: AbortSignal;
+  /** Look at every live file, none skipped with its page (apply --force). */
+  checkAll?: boolean;
 }
 
 export interface StagedFiles {
@@ -268,6 +341,8 @@ export interface StagedFiles {
   packs: number;
   /** Pages of the index taken from the standby's copy of the last index's pages rather than fetched. */
   pagesCached: number;
+  /** Pages the last apply applied as they are: not read, their files not looked at. */
+  pagesSkipped: number;
 }
 
 export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFiles> {
@@ -281,7 +356,8 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const filesKey = o.filesKey;
   await rm(names.next, { recursive: true, force: true });
   await mkdir(join(names.next, 'data'), { recursive: true, mode: 0o700 });
-  const record = await readRecord(o.stateDir, names.live, logger);
+  const startedAt = Date.now();
+  const { lines: record, head } = await readRecord(o.stateDir, names.live, logger);
   // paths.files may be a bucket (s3://): what it holds is one LIST; a file is unchanged when the
   // record says this standby put these blobs there and the object still has the ETag it got then.
   const bucket = isS3Url(names.live) ? openFilestore(names.live) : null;
@@ -297,6 +373,21 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   /** fresh: the directories staged under tree/, in index order (their modes and mtimes are set last). */
   const treeDirs: Array<{ p: string; m: number; mt: number }> = [];
   if (fresh) await mkdir(treeSlash, { mode: 0o700 });
+  // Pages of the index last applied that this one has again (the same id: the same bytes) are
+  // skipped whole: not loaded or parsed, their files not looked at on disk but kept as recorded, their
+  // shape standing in for them in the reader's checks (PageShape). Each file's record line must still
+  // say the page's blobs (a files delta since wrote its own), or the page is read. Only in place into
+  // a directory, never with --force, and only while the last apply that looked at every file is less
+  // than FULL_CHECK_MS old: an apply of a small change then costs what changed, not the tree.
+  const skipping =
+    !fresh && listing === null && liveExists && o.checkAll !== true && head?.checked !== undefined && head.checked <= startedAt && startedAt - head.checked < FULL_CHECK_MS;
+  const shapes = skipping ? readPageShapes(o.stateDir, head!, logger) : new Map<string, PageLine>();
+  let pagesSkipped = 0;
+  // This index's page shapes, for the next apply (the switch puts them beside the record).
+  const token = nodeCrypto.randomBytes(12).toString('hex');
+  const pagesOut = listing === null ? new LineSink(join(names.next, PAGES_FILE)) : null;
+  pagesOut?.write(JSON.stringify({ live: names.live, token }));
+  let pageEntries: ShapeEntry[] = [];
 
   // Pass 1: the plan, from the index and what the live tree has. What it decides goes to files in
   // the staging dir as it is decided (the steps in index order, the files to write, the kept
@@ -305,6 +396,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const opsOut = new LineSink(join(names.next, 'ops.ndjson'));
   const workOut = new LineSink(join(names.next, 'work.ndjson'));
   const keptOut = new LineSink(join(names.next, 'kept.ndjson'));
+  const sinks = pagesOut === null ? [opsOut, workOut, keptOut] : [opsOut, workOut, keptOut, pagesOut];
   let toWrite = 0;
   let need = 0;
   // `reuse`: the live file is the one this standby wrote (record, inode, ctime, size), and these
@@ -355,6 +447,38 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   // again), and those of this one for the next apply.
   let pagesCached = 0;
   const pageCache = new PageCache(join(o.stateDir, PAGE_CACHE_FILE), filesKey.hmacKey, { write: true });
+  const skipPage = (id: string): PageShape | undefined => {
+    const pl = shapes.get(id);
+    if (pl === undefined) return undefined;
+    for (const x of pl.e) {
+      if (x[1] !== 'f') continue;
+      const line = record.get(x[0]);
+      if (line === undefined || !recordHas(line, x[2], x[3])) return undefined;
+    }
+    return pl;
+  };
+  const pageDone = (shape: PageShape, skipped: boolean): void => {
+    if (!skipped) {
+      pagesOut?.write(JSON.stringify({ ...shape, e: pageEntries } satisfies PageLine));
+      pageEntries = [];
+      return;
+    }
+    // As the entries would have gone below, for files kept and directories as they are.
+    const pl = shape as PageLine;
+    pagesSkipped++;
+    for (const x of pl.e) {
+      if (liveExists) indexPaths.add(x[0]);
+      if (x[1] === 'd') {
+        op({ o: 'd', p: x[0], m: x[2], mt: x[3] });
+        asIs.add(x[0]);
+      } else if (x[1] === 'f') {
+        if (++files === MANY_FILES) tightenHeapGrowth();
+        keptOut.write(record.get(x[0])!);
+        record.delete(x[0]);
+      }
+    }
+    pagesOut?.write(JSON.stringify(pl));
+  };
   let passed = false;
   try {
     await decodeStored(
@@ -362,8 +486,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
       o.identities,
       async (plain) => {
         const pages = pageLoader(o.filestore, manifest.site, { identities: entry.encryption === 'age' ? o.identities : null, hmacKey: filesKey.hmacKey, label, signal: o.signal, cache: pageCache });
-        const entries = readFilesIndex(plain, { label, site: manifest.site, setId: manifest.setId, maxEntries: o.limits.maxEntries, maxBytes, pages }, packs);
+        const entries = readFilesIndex(plain, { label, site: manifest.site, setId: manifest.setId, maxEntries: o.limits.maxEntries, maxBytes, pages, pageDone, ...(skipping ? { skipPage } : {}) }, packs);
         for await (const e of entries) {
+          const d = e.t === 'f' ? blobsDigest(e) : '';
+          if (pagesOut !== null) pageEntries.push(e.t === 'f' ? [e.p, 'f', d, e.s] : e.t === 'd' ? [e.p, 'd', e.m, e.mt] : [e.p, 'l']);
           if (fresh) {
             // Each entry's directory is a directory entry before it (the index reader checks it), made
             // here: nothing is written through a symlink. Directories stay 0700 until staged whole.
@@ -406,7 +532,6 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             op({ o: 'l', p: e.p, n: n++, l: e.l, mt: e.mt });
           } else {
             if (++files === MANY_FILES) tightenHeapGrowth();
-            const d = blobsDigest(e);
             const recLine = record.get(e.p);
             // Each line is used once: dropped as it is, so the record's memory goes as the index is read.
             if (recLine !== undefined) record.delete(e.p);
@@ -452,8 +577,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     passed = true;
   } finally {
     pageCache.close();
-    closeSinks([opsOut, workOut, keptOut], !passed);
+    closeSinks(sinks, !passed);
   }
+  // When the last apply looked at every file: this one, unless it skipped a page.
+  writeFileSync(join(names.next, CHECKED_FILE), JSON.stringify({ token, checked: pagesSkipped > 0 ? head!.checked : startedAt }), { mode: 0o600 });
 
   // What the live tree has that the set does not: removed first in the switch.
   const removals: PlanOp[] = [];
@@ -641,8 +768,8 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   asIs.clear();
   rmSync(join(names.next, 'ops.ndjson'), { force: true });
   rmSync(join(names.next, 'work.ndjson'), { force: true });
-  logger.info({ files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached }, 'files staged: only what changed');
-  return { files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached };
+  logger.info({ files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached, pagesSkipped }, 'files staged: only what changed');
+  return { files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached, pagesSkipped };
 }
 
 /** A file to write, as pass 1 leaves it for pass 2 (work.ndjson): the entry's fields pass 2 uses. */
@@ -731,6 +858,31 @@ function readBlobIfSame(fd: number, offset: number, length: number, id: string, 
   return objectMatches(hmacKey, id, buf) ? buf : null;
 }
 
+/** `from` copied to `to` (0600, written beside and renamed), 1 MiB at a time; its SHA-256. */
+function copyHashed(from: string, to: string): string {
+  const hash = nodeCrypto.createHash('sha256');
+  const src = openSync(from, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+  try {
+    rmSync(`${to}.new`, { force: true });
+    const dst = openSync(`${to}.new`, OPEN_NEW_FILE, 0o600);
+    try {
+      const buf = Buffer.allocUnsafe(1 << 20);
+      for (;;) {
+        const n = readSync(src, buf, 0, buf.length, null);
+        if (n === 0) break;
+        hash.update(buf.subarray(0, n));
+        writeAllSync(dst, buf.subarray(0, n));
+      }
+    } finally {
+      closeSync(dst);
+    }
+  } finally {
+    closeSync(src);
+  }
+  renameSync(`${to}.new`, to);
+  return hash.digest('hex');
+}
+
 /**
  * The lines of a plan or record file, read 1 MiB at a time (memory bounded by the longest line):
  * synchronous, as the other per-file calls here (a stream and a promise per line cost more than
@@ -790,12 +942,15 @@ class LineSink {
   }
 }
 
-/** Whatever is at `p` that is not a directory goes, then a directory is there (mode m). */
-async function ensureDir(p: string, m: number): Promise<void> {
-  const st = await lstatOrNull(p);
-  if (st && !st.isDirectory()) await rm(p, { recursive: true, force: true });
-  if (!st || !st.isDirectory()) await mkdir(p, { mode: m });
-  await chmod(p, m);
+/**
+ * Whatever is at `p` that is not a directory goes, then a directory is there (mode m).
+ * Synchronous, as the other per-entry calls of the switch (a promise each cost more than the call).
+ */
+function ensureDir(p: string, m: number): void {
+  const st = lstatBig(p);
+  if (st && !st.isDirectory()) rmSync(p, { recursive: true, force: true });
+  if (!st || !st.isDirectory()) mkdirSync(p, { mode: m });
+  chmodSync(p, m);
 }
 
 /**
@@ -851,10 +1006,15 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
   await mkdir(live, { recursive: true });
   const dirs: Array<{ p: string; mt: number }> = [];
   const recNew = `${recordFile(stateDir)}.new`;
+  // The page shapes staged go beside the record first, the record names their token: a kill
+  // between the two renames leaves them not matching, and nothing is skipped by them.
+  const shapesStaged = join(names.next, PAGES_FILE);
+  const checked = existsSync(shapesStaged) ? (JSON.parse(readFileSync(join(names.next, CHECKED_FILE), 'utf8')) as { token: string; checked: number; pagesSha256?: string }) : null;
+  if (checked !== null) checked.pagesSha256 = copyHashed(shapesStaged, join(stateDir, PAGES_FILE));
   const rec = new LineSink(recNew);
   let renamed = 0;
   try {
-    rec.write(`${JSON.stringify({ live })}`);
+    rec.write(`${JSON.stringify({ live, ...(checked ?? {}) } satisfies RecordHead)}`);
     /** Kept files whose mode or mtime this switch set. */
     const restamped = new Set<string>();
     for (const line of lines(join(names.next, 'plan.ndjson'))) {
@@ -865,7 +1025,7 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
           await rm(target, { recursive: true, force: true });
           break;
         case 'd':
-          await ensureDir(target, op.m);
+          ensureDir(target, op.m);
           dirs.push({ p: target, mt: op.mt });
           break;
         case 'f': {
@@ -883,8 +1043,8 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
         }
         case 'm':
           restamped.add(op.p);
-          await chmod(target, op.m);
-          await utimes(target, utimeOf(op.mt), utimeOf(op.mt));
+          chmodSync(target, op.m);
+          utimesSync(target, utimeOf(op.mt), utimeOf(op.mt));
           break;
         case 't': {
           if (moveWhole(join(names.next, 'tree', op.p), target)) {
@@ -923,7 +1083,7 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
       const now = lstatBig(join(live, r.p));
       if (now) rec.write(`${JSON.stringify({ ...r, ino: String(now.ino), ct: String(now.ctimeNs) })}`);
     }
-    for (const d of dirs.reverse()) await utimes(d.p, utimeOf(d.mt), utimeOf(d.mt));
+    for (const d of dirs.reverse()) utimesSync(d.p, utimeOf(d.mt), utimeOf(d.mt));
     // A first apply into an empty dir: the lines written as the files were staged; a top-level
     // file's ctime moved with its rename.
     const treeRecord = join(names.next, TREE_RECORD);
@@ -994,4 +1154,7 @@ async function switchIntoBucket(names: Names, stateDir: string, logger: Logger):
 }
 
 /** After an apply of the tar format the record no longer describes the live files. */
-export const forgetFilesRecord = (stateDir: string): Promise<void> => rm(recordFile(stateDir), { force: true });
+export const forgetFilesRecord = async (stateDir: string): Promise<void> => {
+  await rm(recordFile(stateDir), { force: true });
+  await rm(join(stateDir, PAGES_FILE), { force: true });
+};

@@ -164,6 +164,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
         stateDir: config.stateDir,
         limits: config.limits,
         skipDb: keepCluster,
+        checkAllFiles: opts.force === true,
         logger: log,
         signal: opts.signal,
         progress: opts.progress,

@@ -76,6 +76,8 @@ export interface StageOptions {
   progress?: ProgressSink;
   /** WAL mode, the cluster seeded already and replaying: the base backup is not needed. */
   skipDb?: boolean;
+  /** Files as content objects: look at every live file, none skipped with a page the last apply had (apply --force). */
+  checkAllFiles?: boolean;
 }
 
 export type ArtifactEntries = Record<Exclude<ArtifactName, 'dbmeta'>, ArtifactEntry> & { dbmeta?: ArtifactEntry };
@@ -320,6 +322,7 @@ export async function stageSet(opts: StageOptions): Promise<StagedSet> {
         limits: { maxEntries: opts.limits?.maxEntries ?? 1_000_000, ...(opts.limits?.maxBytes !== undefined ? { maxBytes: opts.limits.maxBytes } : {}) },
         logger,
         signal,
+        checkAll: opts.checkAllFiles === true,
       });
     } else {
       const dir = targets.dirs[name].next;
