@@ -187,18 +187,18 @@ export async function* readFilesIndex(plain: AsyncIterable<Buffer | string> | Re
   };
   /** A pack line's fields checked; its place in `packs` (added once, whoever lists it). */
   const packLine = (l: IndexObject): number => {
-    const ok =
-      typeof l.id === 'string' && OBJECT_ID_PATTERN.test(l.id) && isCount(l.size) && typeof l.sha256 === 'string' && /^[0-9a-f]{64}$/.test(l.sha256) &&
-      isCount(l.plain) && l.plain <= MAX_PACK_PLAIN && (l.c === 'none' || l.c === 'deflate');
-    if (!ok) fail('a pack line with missing or invalid fields');
     // Version 1 lists each pack once (its ordinals count the lines); version 2 may list a pack in
-    // several pages, and it is one pack.
+    // several pages, and it is one pack: the fields of a pack seen before must be the same.
     const seen = header!.version === FILES_INDEX_V1 ? undefined : byId.get(l.id);
     if (seen !== undefined) {
       const p = packs[seen]!;
       if (p.size !== l.size || p.sha256 !== l.sha256 || p.plain !== l.plain || p.c !== l.c) fail(`pack ${l.id} is listed again with other fields`);
       return seen;
     }
+    const ok =
+      typeof l.id === 'string' && OBJECT_ID_PATTERN.test(l.id) && isCount(l.size) && typeof l.sha256 === 'string' && /^[0-9a-f]{64}$/.test(l.sha256) &&
+      isCount(l.plain) && l.plain <= MAX_PACK_PLAIN && (l.c === 'none' || l.c === 'deflate');
+    if (!ok) fail('a pack line with missing or invalid fields');
     byId.set(l.id, packs.length);
     packs.push({ id: l.id, size: l.size, sha256: l.sha256, plain: l.plain, c: l.c });
     return packs.length - 1;

@@ -262,12 +262,14 @@ async function readRecord(stateDir: string, live: string, logger: Logger): Promi
  * The shapes of the pages of the index last applied (files-pages.ndjson in the state dir, written
  * by the switch with the record, under the same token): each page's PageShape and its entries, for
  * the next apply to skip the pages it finds again (see stageFilesObjects). An entry: a directory
- * [path, 'd', mode, mtime], a file [path, 'f', blobs digest, size], a symlink [path, 'l'].
+ * [path, 'd', mode, mtime], a file [path, 'f', blobs digest, size, mode, mtime], a symlink [path, 'l'].
  */
 export const PAGES_FILE = 'files-pages.ndjson';
-type ShapeEntry = [string, 'd', number, number] | [string, 'f', string, number] | [string, 'l'];
+type ShapeEntry = [string, 'd', number, number] | [string, 'f', string, number, number, number] | [string, 'l'];
 interface PageLine extends PageShape {
   e: ShapeEntry[];
+  /** As read from PAGES_FILE (written again as it is when the page is skipped); not in the file. */
+  raw?: string;
 }
 /**
  * An apply looks at every live file (none skipped with its page) when the last that did is older
@@ -298,6 +300,7 @@ function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): Map
       }
       const pl = JSON.parse(line) as PageLine;
       if (typeof pl.id !== 'string' || !Array.isArray(pl.e) || !Array.isArray(pl.open) || !Array.isArray(pl.o)) throw new Error(`not a page line: ${line.slice(0, 80)}`);
+      pl.raw = line;
       out.set(pl.id, pl);
     }
   } catch (err) {
@@ -307,10 +310,17 @@ function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): Map
   return out;
 }
 
-/** Whether a record line says blobs of digest `d`, `s` bytes (a file a files delta wrote since says its own). */
+/**
+ * Whether a record line says blobs of digest `d`, `s` bytes (a file a files delta wrote since says
+ * its own): compared in place, without a string made per line (once per file of every page skipped).
+ */
 function recordHas(line: string, d: string, s: number): boolean {
   const at = line.indexOf('","d":"');
-  return at > 0 && line.startsWith(`","d":"${d}","s":${s},"ino":"`, at);
+  if (at < 0 || !line.startsWith(d, at + 7) || !line.startsWith('","s":', at + 7 + d.length)) return false;
+  let i = at + 13 + d.length;
+  let n = 0;
+  for (let c = line.charCodeAt(i); c >= 0x30 && c <= 0x39; c = line.charCodeAt(++i)) n = n * 10 + (c - 0x30);
+  return n === s && i > at + 13 + d.length && line.startsWith(',"ino":"', i);
 }
 
 export interface StageFilesOptions {
@@ -382,6 +392,12 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const skipping =
     !fresh && listing === null && liveExists && o.checkAll !== true && head?.checked !== undefined && head.checked <= startedAt && startedAt - head.checked < FULL_CHECK_MS;
   const shapes = skipping ? readPageShapes(o.stateDir, head!, logger) : new Map<string, PageLine>();
+  // And on a page that changed, an entry the last apply left as this index has it (the same type,
+  // mode and mtime; for a file the same blobs and size, and a record line saying so) is taken as it
+  // is, without looking at it on disk: the same trust, entry by entry (pages do not line up once a
+  // cut point moved).
+  const lastEntries = new Map<string, ShapeEntry>();
+  for (const pl of shapes.values()) for (const x of pl.e) lastEntries.set(x[0], x);
   let pagesSkipped = 0;
   // This index's page shapes, for the next apply (the switch puts them beside the record).
   const token = nodeCrypto.randomBytes(12).toString('hex');
@@ -477,7 +493,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         record.delete(x[0]);
       }
     }
-    pagesOut?.write(JSON.stringify(pl));
+    pagesOut?.write(pl.raw!);
   };
   let passed = false;
   try {
@@ -489,7 +505,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         const entries = readFilesIndex(plain, { label, site: manifest.site, setId: manifest.setId, maxEntries: o.limits.maxEntries, maxBytes, pages, pageDone, ...(skipping ? { skipPage } : {}) }, packs);
         for await (const e of entries) {
           const d = e.t === 'f' ? blobsDigest(e) : '';
-          if (pagesOut !== null) pageEntries.push(e.t === 'f' ? [e.p, 'f', d, e.s] : e.t === 'd' ? [e.p, 'd', e.m, e.mt] : [e.p, 'l']);
+          if (pagesOut !== null) pageEntries.push(e.t === 'f' ? [e.p, 'f', d, e.s, e.m, e.mt] : e.t === 'd' ? [e.p, 'd', e.m, e.mt] : [e.p, 'l']);
           if (fresh) {
             // Each entry's directory is a directory entry before it (the index reader checks it), made
             // here: nothing is written through a symlink. Directories stay 0700 until staged whole.
@@ -512,8 +528,13 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
           }
           // Only where something could be removed: a live tree, or a bucket's listing.
           if (liveExists) indexPaths.add(e.p);
+          const last = lastEntries.size === 0 ? undefined : lastEntries.get(e.p);
           if (e.t === 'd') {
             op({ o: 'd', p: e.p, m: e.m, mt: e.mt });
+            if (last !== undefined && last[1] === 'd' && last[2] === e.m && last[3] === e.mt) {
+              asIs.add(e.p);
+              continue;
+            }
             // A directory as the set has it (type, mode, mtime) needs no step, unless something
             // changes inside it (decided below, once every change is known).
             const st = listing === null && liveExists ? lstatBig(liveSlash + e.p) : null;
@@ -535,6 +556,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             const recLine = record.get(e.p);
             // Each line is used once: dropped as it is, so the record's memory goes as the index is read.
             if (recLine !== undefined) record.delete(e.p);
+            if (last !== undefined && recLine !== undefined && last[1] === 'f' && last[2] === d && last[3] === e.s && last[4] === e.m && last[5] === e.mt && recordHas(recLine, d, e.s)) {
+              keptOut.write(recLine);
+              continue;
+            }
             let seen: BigIntStats | null | undefined;
             if (listing === null && recLine !== undefined && liveExists) {
               // The common case, without parsing the line: the file as recorded, unchanged since.

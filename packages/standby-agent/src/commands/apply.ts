@@ -71,7 +71,9 @@ Options:
                    with --force to follow the primary once more)
   --allow-older    with --set or --at: allow a set older than the applied one (a deliberate
                    roll-back to a point in time)
-  --force          apply the set even if it is the one applied already
+  --force          apply the set even if it is the one applied already; with files as content
+                   objects, look at every live file (an apply otherwise skips the pages of the
+                   files index the last one had, and their files, for up to a day)
   --create-database
                    create the site's database (database.url) if it does not exist; without
                    it (or database.create: true in the config, which counts on the first apply
