@@ -43,6 +43,8 @@ import type { Names } from './targets.js';
  * standby's record (`files-record.ndjson` in the state dir, written by the last apply of this kind)
  * says this apply's predecessor wrote these very blobs at that path, and the live file still has the
  * inode, ctime and size it had then (ctime cannot be set back: any later change to the file shows).
+ * Pages of the index the last apply had, and entries it left as they are, are not looked at on disk
+ * (PAGES_FILE, stageFilesObjects): every file is, with --force and at least once a day.
  * Every other file is built in full in `<files>.tandem-new/data/` from the packs it needs: each pack
  * downloaded, checked against the size and SHA-256 of the signed index before a byte is decrypted,
  * inflated to exactly its signed plain size, each blob checked against its id, one pack fetched
@@ -55,8 +57,9 @@ import type { Names } from './targets.js';
  * changed file renamed into place, so a reader sees the old file or the new one, never a part;
  * symlinks made beside and renamed over; modes and mtimes set, directories' last, deepest first; the
  * record rewritten. Time and bytes are in proportion to the files that changed, not to the tree
- * (lstat of each file and readdir of each directory aside). A first apply into an empty dir stages
- * the tree whole under `tree/` and the switch renames only its top-level entries.
+ * (a readdir of each directory, and the record and page shapes read and written again, aside). A
+ * first apply into an empty dir stages the tree whole under `tree/` and the switch renames only its
+ * top-level entries.
  *
  * Why update in place rather than build a whole new tree and swap it (as for the tar format): a
  * new tree costs a copy or a hard link of every unchanged file and a removal of the old tree, in
