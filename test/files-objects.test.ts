@@ -262,6 +262,14 @@ describe('files as content objects', () => {
     const was = await stat(local);
     await writeFile(local, 'file XX\n');
     await utimes(local, was.atime, was.mtime);
+    // And one on the page that changes (t-390's), taken as the last apply left it, entry by entry.
+    const shapeLine = (await readFile(join(s.standby.stateDir, 'files-pages.ndjson'), 'utf8')).split('\n').find((l) => l.includes('"skip/t-390.txt"'))!;
+    const neighbour = (JSON.parse(shapeLine) as { e: Array<[string, string]> }).e.find((x) => x[1] === 'f' && x[0] !== 'skip/t-390.txt')![0];
+    const near = join(s.standby.paths.files, neighbour);
+    const nearWas = await stat(near);
+    const nearText = await readFile(near, 'utf8');
+    await writeFile(near, nearText.replace(/\d/, 'X'));
+    await utimes(near, nearWas.atime, nearWas.mtime);
     await writeFile(join(f, 'skip', 't-390.txt'), 'changed 390\n');
     await backupJson(s);
     const a2 = await apply(s);
@@ -269,9 +277,11 @@ describe('files as content objects', () => {
     expect(stagedLine(a2.stderr)).toMatchObject({ changed: 1 });
     expect(stagedLine(a2.stderr).pagesSkipped).toBeGreaterThan(5);
     expect(await readFile(local, 'utf8')).toBe('file XX\n');
+    expect(await readFile(near, 'utf8')).not.toBe(nearText);
     const a3 = await apply(s, ['--force']);
     expect(a3.code, show(a3)).toBe(0);
-    expect(stagedLine(a3.stderr)).toMatchObject({ changed: 1, pagesSkipped: 0 });
+    expect(stagedLine(a3.stderr)).toMatchObject({ changed: 2, pagesSkipped: 0 });
+    expect(await readFile(near, 'utf8')).toBe(nearText);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
 
     // A file a files delta wrote since the last set (the record then says the delta's blobs, as

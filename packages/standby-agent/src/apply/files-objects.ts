@@ -19,6 +19,7 @@ import {
   readFilesIndex,
   isS3Url,
   openFilestore,
+  comparePaths,
   type FileEntry,
   type FilesKey,
   type Filestore,
@@ -281,8 +282,66 @@ interface PageLine extends PageShape {
  */
 export const FULL_CHECK_MS = 24 * 3600 * 1000;
 
-function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): Map<string, PageLine> {
-  const out = new Map<string, PageLine>();
+/**
+ * The page shapes of the last apply, each line kept as text and parsed only when asked for (a tree
+ * of 100,000 files has ~4,000 pages and 100,000 entries: held parsed, they cost ~40 MiB): by page
+ * id (skipPage), and entry by path in index order (a cursor that only moves forward, one page
+ * parsed at a time).
+ */
+class LastShapes {
+  readonly #byId = new Map<string, string>();
+  readonly #order: string[] = [];
+  #at = 0;
+  #page: PageLine | null = null;
+  #entry = 0;
+
+  get size(): number {
+    return this.#byId.size;
+  }
+
+  /** From the lines of PAGES_FILE but its first: a line starts with its page's id. */
+  add(line: string): void {
+    const id = line.startsWith('{"id":"') ? line.slice(7, 7 + 64) : '';
+    if (!/^[0-9a-f]{64}$/.test(id) || line.charCodeAt(71) !== 0x22) throw new Error(`not a page line: ${line.slice(0, 80)}`);
+    this.#byId.set(id, line);
+    this.#order.push(id);
+  }
+
+  clear(): void {
+    this.#byId.clear();
+    this.#order.length = 0;
+  }
+
+  /** The page `id` of the last apply, parsed (its line kept as `raw`), or undefined. */
+  page(id: string): PageLine | undefined {
+    const raw = this.#byId.get(id);
+    if (raw === undefined) return undefined;
+    const pl = JSON.parse(raw) as PageLine;
+    if (pl.id !== id || !Array.isArray(pl.e) || !Array.isArray(pl.open) || !Array.isArray(pl.o) || typeof pl.f !== 'string' || typeof pl.z !== 'string') return undefined;
+    pl.raw = raw;
+    return pl;
+  }
+
+  /** The last apply's entry at `p`; asked in index order (each path after the one asked before). */
+  entry(p: string): ShapeEntry | undefined {
+    for (;;) {
+      if (this.#page === null) {
+        if (this.#at >= this.#order.length) return undefined;
+        this.#page = this.page(this.#order[this.#at++]!) ?? null;
+        this.#entry = 0;
+        continue;
+      }
+      if (comparePaths(this.#page.z, p) >= 0) break;
+      this.#page = null;
+    }
+    const e = this.#page.e;
+    while (this.#entry < e.length && comparePaths(e[this.#entry]![0], p) < 0) this.#entry++;
+    return this.#entry < e.length && e[this.#entry]![0] === p ? e[this.#entry] : undefined;
+  }
+}
+
+function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): LastShapes {
+  const out = new LastShapes();
   if (head.token === undefined || head.pagesSha256 === undefined) return out;
   const file = join(stateDir, PAGES_FILE);
   try {
@@ -301,10 +360,7 @@ function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): Map
         if (h.live !== head.live || h.token !== head.token) return out;
         continue;
       }
-      const pl = JSON.parse(line) as PageLine;
-      if (typeof pl.id !== 'string' || !Array.isArray(pl.e) || !Array.isArray(pl.open) || !Array.isArray(pl.o)) throw new Error(`not a page line: ${line.slice(0, 80)}`);
-      pl.raw = line;
-      out.set(pl.id, pl);
+      out.add(line);
     }
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') logger.warn({ err, file: join(stateDir, PAGES_FILE) }, 'the page shapes of the last apply cannot be read: every page of the index is read');
@@ -394,13 +450,11 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   // than FULL_CHECK_MS old: an apply of a small change then costs what changed, not the tree.
   const skipping =
     !fresh && listing === null && liveExists && o.checkAll !== true && head?.checked !== undefined && head.checked <= startedAt && startedAt - head.checked < FULL_CHECK_MS;
-  const shapes = skipping ? readPageShapes(o.stateDir, head!, logger) : new Map<string, PageLine>();
   // And on a page that changed, an entry the last apply left as this index has it (the same type,
   // mode and mtime; for a file the same blobs and size, and a record line saying so) is taken as it
   // is, without looking at it on disk: the same trust, entry by entry (pages do not line up once a
   // cut point moved).
-  const lastEntries = new Map<string, ShapeEntry>();
-  for (const pl of shapes.values()) for (const x of pl.e) lastEntries.set(x[0], x);
+  const shapes = skipping ? readPageShapes(o.stateDir, head!, logger) : new LastShapes();
   let pagesSkipped = 0;
   // This index's page shapes, for the next apply (the switch puts them beside the record).
   const token = nodeCrypto.randomBytes(12).toString('hex');
@@ -467,7 +521,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   let pagesCached = 0;
   const pageCache = new PageCache(join(o.stateDir, PAGE_CACHE_FILE), filesKey.hmacKey, { write: true });
   const skipPage = (id: string): PageShape | undefined => {
-    const pl = shapes.get(id);
+    const pl = shapes.page(id);
     if (pl === undefined) return undefined;
     for (const x of pl.e) {
       if (x[1] !== 'f') continue;
@@ -531,7 +585,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
           }
           // Only where something could be removed: a live tree, or a bucket's listing.
           if (liveExists) indexPaths.add(e.p);
-          const last = lastEntries.size === 0 ? undefined : lastEntries.get(e.p);
+          const last = shapes.size === 0 ? undefined : shapes.entry(e.p);
           if (e.t === 'd') {
             op({ o: 'd', p: e.p, m: e.m, mt: e.mt });
             if (last !== undefined && last[1] === 'd' && last[2] === e.m && last[3] === e.mt) {
