@@ -237,6 +237,7 @@ interface RecordHead {
 }
 
 /** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
+/** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
 async function readRecord(stateDir: string, live: string, logger: Logger): Promise<{ lines: Map<string, string>; head: RecordHead | null }> {
   const out = new Map<string, string>();
   let text: string;
@@ -345,15 +346,10 @@ function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): Las
   if (head.token === undefined || head.pagesSha256 === undefined) return out;
   const file = join(stateDir, PAGES_FILE);
   try {
-    // Read whole (a line per page: ~150 bytes and ~50 per entry) to check it before a line is used.
-    const bytes = readFileSync(file);
-    if (sha256Hex(bytes) !== head.pagesSha256) {
-      logger.warn({ file }, 'the page shapes of the last apply do not match the SHA-256 the record has for them: every page of the index is read');
-      return out;
-    }
+    // A MiB at a time (see readRecord), hashed as read: no line is used before the whole file matched.
+    const hash = nodeCrypto.createHash('sha256');
     let first = true;
-    for (const line of bytes.toString('utf8').split('\n')) {
-      if (line === '') continue;
+    for (const line of lines(file, hash)) {
       if (first) {
         first = false;
         const h = JSON.parse(line) as { live?: string; token?: string };
@@ -361,6 +357,10 @@ function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): Las
         continue;
       }
       out.add(line);
+    }
+    if (hash.digest('hex') !== head.pagesSha256) {
+      logger.warn({ file }, 'the page shapes of the last apply do not match the SHA-256 the record has for them: every page of the index is read');
+      out.clear();
     }
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') logger.warn({ err, file: join(stateDir, PAGES_FILE) }, 'the page shapes of the last apply cannot be read: every page of the index is read');
@@ -970,7 +970,7 @@ function copyHashed(from: string, to: string): string {
  * synchronous, as the other per-file calls here (a stream and a promise per line cost more than
  * the line's own work, thousands of times over).
  */
-function* lines(file: string): Generator<string> {
+function* lines(file: string, hash?: nodeCrypto.Hash): Generator<string> {
   const fd = openSync(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
   try {
     const buf = Buffer.allocUnsafe(1 << 20);
@@ -979,6 +979,7 @@ function* lines(file: string): Generator<string> {
     for (;;) {
       const n = readSync(fd, buf, 0, buf.length, null);
       if (n === 0) break;
+      hash?.update(buf.subarray(0, n));
       const parts = (rest + decoder.write(buf.subarray(0, n))).split('\n');
       rest = parts.pop()!;
       for (const l of parts) if (l !== '') yield l;
