@@ -26,7 +26,8 @@
 //   4. BENCH_SMALL_FILES small files: a backup on a fresh site (the files part, and the objects it
 //      created in the filestore: its PUT count) | `restic backup` into a fresh repository; then the
 //      standby's apply of that set into an empty files dir (its time printed, its peak RSS in the
-//      standby's memory row, its tree compared)
+//      standby's memory row, its tree compared); then 1% of those files rewritten (every 100th),
+//      backed up and applied (time and peak RSS printed, in the memory row too, tree compared)
 // Every agent run is measured for peak RSS (node's VmHWM). After each apply, the standby's files dir
 // is compared with the primary's tree (entries and sizes; content of the changed files).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -61,6 +62,7 @@ import {
   ensureTinyDatabase,
   fileSet,
   makeFilesSite,
+  replaceEveryNth,
   revertChange,
   treeDifferences,
   workingCopy,
@@ -275,8 +277,10 @@ try {
       for (const p of [repo, cache, restoreDir]) if (process.env.BENCH_KEEP_TMP !== '1') rmSync(p, { recursive: true, force: true });
     }
 
-    // 4. Many small files, on a fresh site.
-    const smallSite = newSite(smallTree);
+    // 4. Many small files, on a fresh site (a working copy: step 4's change replaces some of them).
+    const smallWork = join(work, `small-${i}`);
+    workingCopy(smallTree, smallWork);
+    const smallSite = newSite(smallWork);
     const sRepo = join(work, `restic-small-${i}`);
     const sCache = join(work, `restic-small-cache-${i}`);
     try {
@@ -301,9 +305,17 @@ try {
       log(`     tandem-standby apply of it (empty files dir): files part ${fmtS(run.smallApply.filesPart)} (stage ${fmtS(run.smallApply.durations.files)} + switch ${fmtS(run.smallApply.durations.switch_files ?? 0)}), ` +
         `${stagedText(run.smallApply)}, peak RSS ${run.smallApply.peakRssMiB?.toFixed(0)} MiB`);
       checkApplied('the apply of the small files', i, smallTree, smallSite.standbyFilesDir);
+      // 1% of them rewritten: the apply of that change, its memory above all (every file's record
+      // line and every entry of the index pass through it).
+      const rewritten = replaceEveryNth(smallWork, 100);
+      run.smallIncBackup = await tandemBackup(smallSite);
+      run.smallIncApply = await tandemApply(smallSite);
+      log(`     ${rewritten.length} of them rewritten: incremental backup files ${fmtS(run.smallIncBackup.files)}, apply files part ${fmtS(run.smallIncApply.filesPart)} ` +
+        `(stage ${fmtS(run.smallIncApply.durations.files)} + switch ${fmtS(run.smallIncApply.durations.switch_files ?? 0)}), ${stagedText(run.smallIncApply)}, peak RSS ${run.smallIncApply.peakRssMiB?.toFixed(0)} MiB`);
+      checkApplied('the apply of the small files changed', i, smallWork, smallSite.standbyFilesDir, rewritten);
     } finally {
       dropSite(smallSite);
-      if (process.env.BENCH_KEEP_TMP !== '1') for (const p of [sRepo, sCache]) rmSync(p, { recursive: true, force: true });
+      if (process.env.BENCH_KEEP_TMP !== '1') for (const p of [sRepo, sCache, smallWork]) rmSync(p, { recursive: true, force: true });
     }
   }
 
@@ -342,11 +354,12 @@ try {
   console.log(`     tandem PUTs (objects + set's files)   ${col((r) => r.small.puts.count, String)}: objects ${col((r) => r.small.puts.objects, String)}, the set's files ${col((r) => r.small.puts.setArtifacts, String)} ` +
     `(files created in all, latest.json and epoch.json too: ${col((r) => r.small.puts.created, String)}); restic repository files ${col((r) => r.resticSmall.repo.files, String)}`);
   console.log(`     tandem-standby apply (empty dir)      ${col((r) => r.smallApply.filesPart)} s (stage ${col((r) => r.smallApply.durations.files)}, switch ${col((r) => r.smallApply.durations.switch_files ?? 0)})`);
-  const backups = R.flatMap((r) => [r.backup, r.incBackup, r.small]);
-  const applies = R.flatMap((r) => [r.apply, r.incApply, r.smallApply]);
+  console.log(`     1% rewritten: backup / apply          ${col((r) => r.smallIncBackup.files)} / ${col((r) => r.smallIncApply.filesPart)} s`);
+  const backups = R.flatMap((r) => [r.backup, r.incBackup, r.small, r.smallIncBackup]);
+  const applies = R.flatMap((r) => [r.apply, r.incApply, r.smallApply, r.smallIncApply]);
   console.log('  5. peak RSS (node VmHWM), MiB');
-  console.log(`     tandem-primary backup: initial ${col((r) => r.backup.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; incremental ${col((r) => r.incBackup.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; small files ${col((r) => r.small.peakRssMiB ?? NaN, (x) => x.toFixed(1))}`);
-  console.log(`     tandem-standby apply:  full ${col((r) => r.apply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; change ${col((r) => r.incApply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; small files ${col((r) => r.smallApply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}`);
+  console.log(`     tandem-primary backup: initial ${col((r) => r.backup.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; incremental ${col((r) => r.incBackup.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; small files ${col((r) => r.small.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; small files, 1% rewritten ${col((r) => r.smallIncBackup.peakRssMiB ?? NaN, (x) => x.toFixed(1))}`);
+  console.log(`     tandem-standby apply:  full ${col((r) => r.apply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; change ${col((r) => r.incApply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; small files ${col((r) => r.smallApply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; small files, 1% rewritten ${col((r) => r.smallIncApply.peakRssMiB ?? NaN, (x) => x.toFixed(1))}`);
   console.log(`     restic (for reference): backup ${col((r) => r.resticBackup.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; restore ${col((r) => r.resticRestore.peakRssMiB ?? NaN, (x) => x.toFixed(1))}; small ${col((r) => r.resticSmall.peakRssMiB ?? NaN, (x) => x.toFixed(1))}`);
   console.log(`  load average now: ${loadavg()}`);
 

@@ -108,6 +108,22 @@ export function listFiles(root) {
 }
 
 /**
+ * Every `every`-th file of the tree at `root` (a working copy: each is replaced by a new file, so a
+ * hard-linked original stays as it was) rewritten with as many new random bytes; returns the paths.
+ */
+export function replaceEveryNth(root, every) {
+  const changed = [];
+  for (const [k, f] of listFiles(root).entries()) {
+    if (k % every !== 0) continue;
+    const abs = join(root, f.p);
+    rmSync(abs);
+    writeFileSync(abs, randomBytes(f.size), { flag: 'wx' });
+    changed.push(f.p);
+  }
+  return changed;
+}
+
+/**
  * The change a run makes to the working copy at `root` (the cached tree `orig` unchanged), about
  * `fraction` of the tree's bytes, half of it each way:
  * - new files: small and medium ones (4-256 KB, random bytes), some in existing directories, some in
