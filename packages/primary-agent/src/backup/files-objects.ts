@@ -92,6 +92,8 @@ const PAGES_ARENA = PAGES_PACK_TARGET + PAGE_MAX;
  * they were most of the memory such a backup held).
  */
 const ARENA = PACK_TARGET + MAX_CHUNK;
+/** Entries waiting for the open pack at which it is sealed before it is full (see unblock). */
+const QUEUE_SEAL = 20_000;
 /** The open pack's, and one per upload in flight (a pack is sealed as it is uploaded, from its arena). */
 const SPARE_ARENAS = UPLOADS_IN_FLIGHT + 1;
 
@@ -449,10 +451,13 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     let qHead = 0;
     /**
      * Entries wait for the pack holding their new blobs; a pack still filling (few changes in a
-     * large tree) is sealed early rather than holding up the whole tree behind it.
+     * large tree) is sealed early rather than holding up the whole tree behind it: when
+     * QUEUE_SEAL entries wait. With 2,000 a 1% change spread over 100,000 small files sealed 139-149
+     * packs for 4.6 MB (each a PUT, and a pack the standby fetches); with 20,000, 26 packs, the
+     * backup 3.5-3.8 s instead of 4.2-4.4 s, its peak RSS the same (the queue holds ~8 MB then).
      */
     const unblock = async () => {
-      if (queue.length - qHead > 2000 && open_ !== null && open_.blobs.length > 0) {
+      if (queue.length - qHead > QUEUE_SEAL && open_ !== null && open_.blobs.length > 0) {
         await makeRoom(open_);
         sealOpen();
       }
