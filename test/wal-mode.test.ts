@@ -246,7 +246,9 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
 
       // The old primary rejoins as a standby of the new one: pg_rewind, then replay from the filestore.
       await p.stop('immediate');
-      const rj = await s.standbyCli(['rejoin', '--config', s.primary.standbyConfigFile, '--source', sb.url, '--json']);
+      // Its server's start replays WAL fetched one file per wal-fetch process: on a loaded machine
+      // (the whole suite on two cores) that took over two minutes once.
+      const rj = await s.standbyCli(['rejoin', '--config', s.primary.standbyConfigFile, '--source', sb.url, '--json'], {}, 240_000);
       expect(rj.code, show(rj)).toBe(0);
       expect(JSON.parse(rj.stdout)).toMatchObject({ method: 'pg_rewind' });
       expect((await p.query<{ r: boolean }>('select pg_is_in_recovery() as r'))[0]!.r).toBe(true);
@@ -310,5 +312,5 @@ describe.each(['dir', 's3'] as const)('WAL mode (%s filestore)', (kind) => {
     } finally {
       await fs2.close();
     }
-  }, 300_000);
+  }, 420_000);
 });

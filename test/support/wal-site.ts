@@ -96,7 +96,8 @@ export interface WalSite {
     primaryConfigFile: string;
   };
   primaryCli(args: string[], env?: NodeJS.ProcessEnv): Promise<RunResult>;
-  standbyCli(args: string[], env?: NodeJS.ProcessEnv): Promise<RunResult>;
+  /** `timeoutMs`: how long before the command is killed (120 s unless given). */
+  standbyCli(args: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number): Promise<RunResult>;
   /** The new primary's CLI on the standby server (after a promote). */
   standbyPrimaryCli(args: string[], env?: NodeJS.ProcessEnv): Promise<RunResult>;
   destroy(): Promise<void>;
@@ -149,7 +150,8 @@ export async function createWalSite(root: string, opts: { filestoreUrl?: string;
     // The same archiving on the standby's server: used once it is promoted (a standby archives nothing).
     conf: { archive_mode: 'on', archive_command: archive(standbyPrimaryConfigFile), wal_log_hints: 'on', wal_retrieve_retry_interval: "'500ms'" },
   });
-  const asPg = (main: string) => (args: string[], e: NodeJS.ProcessEnv = {}) => runAsPostgresAgent(main, args, { env: { ...env, ...e } });
+  const asPg = (main: string) => (args: string[], e: NodeJS.ProcessEnv = {}, timeoutMs?: number) =>
+    runAsPostgresAgent(main, args, { env: { ...env, ...e }, ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
   const r = await asPg(PRIMARY_MAIN)(['init', '--keys-dir', keysDir]);
   if (r.code !== 0) throw new Error(`init --keys-dir: ${r.stderr}`);
   const keys: KeyFiles = {
