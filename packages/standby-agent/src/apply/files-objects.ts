@@ -132,7 +132,7 @@ const sha256Hex: (s: string | Buffer) => string =
 const recordFile = (stateDir: string) => join(stateDir, FILES_RECORD);
 /** In the staging dir of a first apply into an empty dir: the record lines of the files staged in tree/. */
 const TREE_RECORD = 'tree-record.ndjson';
-/** In the staging dir: the token of its page shapes (PAGES_FILE, staged beside) and when an apply last looked at every file. */
+/** In the staging dir: when an apply last looked at every file (for the record's first line). */
 const CHECKED_FILE = 'checked.json';
 
 /** The record's blob list of a file (RecordLine.b): only for a file of several blobs. */
@@ -225,18 +225,16 @@ function recordedBlobs(r: ReadRecordLine): Array<[number, string]> | undefined {
 }
 
 /**
- * The record's first line: the live dir; the token of the page shapes written with it (PAGES_FILE);
- * when (ms) an apply last looked at every live file (none skipped by page).
+ * The record's first line: the live dir; the SHA-256 of the page shapes written with it
+ * (PAGES_FILE); when (ms) an apply last looked at every live file (none skipped by page).
  */
 interface RecordHead {
   live: string;
-  token?: string;
-  /** The SHA-256 of PAGES_FILE as the switch wrote it: a damaged copy is not used. */
+  /** The SHA-256 of PAGES_FILE as the switch wrote it: a damaged or stale copy is not used. */
   pagesSha256?: string;
   checked?: number;
 }
 
-/** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
 /** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
 async function readRecord(stateDir: string, live: string, logger: Logger): Promise<{ lines: Map<string, string>; head: RecordHead | null }> {
   const out = new Map<string, string>();
@@ -265,7 +263,7 @@ async function readRecord(stateDir: string, live: string, logger: Logger): Promi
 
 /**
  * The shapes of the pages of the index last applied (files-pages.ndjson in the state dir, written
- * by the switch with the record, under the same token): each page's PageShape and its entries, for
+ * by the switch with the record, which names their SHA-256): each page's PageShape and its entries, for
  * the next apply to skip the pages it finds again (see stageFilesObjects). An entry: a directory
  * [path, 'd', mode, mtime], a file [path, 'f', blobs digest, size, mode, mtime], a symlink [path, 'l'].
  */
@@ -343,17 +341,17 @@ class LastShapes {
 
 function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): LastShapes {
   const out = new LastShapes();
-  if (head.token === undefined || head.pagesSha256 === undefined) return out;
+  if (head.pagesSha256 === undefined) return out;
   const file = join(stateDir, PAGES_FILE);
   try {
-    // A MiB at a time (see readRecord), hashed as read: no line is used before the whole file matched.
+    // A MiB at a time (no Buffer the size of the file), hashed as read: no line is used before the
+    // whole file matched.
     const hash = nodeCrypto.createHash('sha256');
     let first = true;
     for (const line of lines(file, hash)) {
       if (first) {
         first = false;
-        const h = JSON.parse(line) as { live?: string; token?: string };
-        if (h.live !== head.live || h.token !== head.token) return out;
+        if ((JSON.parse(line) as { live?: string }).live !== head.live) return out;
         continue;
       }
       out.add(line);
@@ -457,9 +455,8 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const shapes = skipping ? readPageShapes(o.stateDir, head!, logger) : new LastShapes();
   let pagesSkipped = 0;
   // This index's page shapes, for the next apply (the switch puts them beside the record).
-  const token = nodeCrypto.randomBytes(12).toString('hex');
   const pagesOut = listing === null ? new LineSink(join(names.next, PAGES_FILE)) : null;
-  pagesOut?.write(JSON.stringify({ live: names.live, token }));
+  pagesOut?.write(JSON.stringify({ live: names.live }));
   let pageEntries: ShapeEntry[] = [];
 
   // Pass 1: the plan, from the index and what the live tree has. What it decides goes to files in
@@ -662,7 +659,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     closeSinks(sinks, !passed);
   }
   // When the last apply looked at every file: this one, unless it skipped a page.
-  writeFileSync(join(names.next, CHECKED_FILE), JSON.stringify({ token, checked: pagesSkipped > 0 ? head!.checked : startedAt }), { mode: 0o600 });
+  writeFileSync(join(names.next, CHECKED_FILE), JSON.stringify({ checked: pagesSkipped > 0 ? head!.checked : startedAt }), { mode: 0o600 });
 
   // What the live tree has that the set does not: removed first in the switch.
   const removals: PlanOp[] = [];
@@ -1089,10 +1086,10 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
   await mkdir(live, { recursive: true });
   const dirs: Array<{ p: string; mt: number }> = [];
   const recNew = `${recordFile(stateDir)}.new`;
-  // The page shapes staged go beside the record first, the record names their token: a kill
+  // The page shapes staged go beside the record first, the record names their SHA-256: a kill
   // between the two renames leaves them not matching, and nothing is skipped by them.
   const shapesStaged = join(names.next, PAGES_FILE);
-  const checked = existsSync(shapesStaged) ? (JSON.parse(readFileSync(join(names.next, CHECKED_FILE), 'utf8')) as { token: string; checked: number; pagesSha256?: string }) : null;
+  const checked = existsSync(shapesStaged) ? (JSON.parse(readFileSync(join(names.next, CHECKED_FILE), 'utf8')) as { checked: number; pagesSha256?: string }) : null;
   if (checked !== null) checked.pagesSha256 = copyHashed(shapesStaged, join(stateDir, PAGES_FILE));
   const rec = new LineSink(recNew);
   let renamed = 0;
