@@ -3,7 +3,7 @@
  * filestore with the real CLIs, what a second set costs (only what changed is read, uploaded,
  * downloaded and written), and the switch in place.
  */
-import { chmod, readFile, readdir, rm, writeFile, appendFile, rename, mkdir, stat, utimes } from 'node:fs/promises';
+import { chmod, cp, readFile, readdir, rm, writeFile, appendFile, rename, mkdir, stat, utimes } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -324,6 +324,19 @@ describe('files as content objects', () => {
     expect(stagedLine(a5.stderr)).toMatchObject({ changed: 1, pagesSkipped: 0 });
     const after = await readFile(recordPath, 'utf8');
     expect((JSON.parse(after.slice(0, after.indexOf('\n'))) as { checked: number }).checked).toBeGreaterThan(Date.now() - 600_000);
+
+    // The files dir copied and put in its place (a restore by hand, or a standby cloned from
+    // another's image, state dir and all): another dir, so nothing is taken as recorded.
+    const live = s.standby.paths.files;
+    await cp(live, `${live}.copy`, { recursive: true, preserveTimestamps: true });
+    await rm(live, { recursive: true, force: true });
+    await rename(`${live}.copy`, live);
+    await writeFile(join(f, 'skip', 't-394.txt'), 'changed 394\n');
+    await backupJson(s);
+    const a7 = await apply(s);
+    expect(a7.code, show(a7)).toBe(0);
+    expect(stagedLine(a7.stderr).pagesSkipped).toBe(0);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
   }, 180_000);
 
   it('types that change place (a file becomes a directory, a directory a symlink) and --reread', async () => {

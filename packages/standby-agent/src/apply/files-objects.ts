@@ -233,7 +233,16 @@ interface RecordHead {
   /** The SHA-256 of PAGES_FILE as the switch wrote it: a damaged or stale copy is not used. */
   pagesSha256?: string;
   checked?: number;
+  /**
+   * The live dir's device and inode when the switch wrote the record: a files dir copied or restored
+   * into place (or a standby cloned from another's image, state dir and all) is another dir, and
+   * nothing of it is taken as recorded without a look.
+   */
+  dir?: string;
 }
+
+/** A directory's identity for RecordHead.dir. */
+const dirId = (st: BigIntStats): string => `${st.dev}:${st.ino}`;
 
 /** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
 async function readRecord(stateDir: string, live: string, logger: Logger): Promise<{ lines: Map<string, string>; head: RecordHead | null }> {
@@ -429,7 +438,8 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   // record says this standby put these blobs there and the object still has the ETag it got then.
   const bucket = isS3Url(names.live) ? openFilestore(names.live) : null;
   const listing = bucket ? new Map((await bucket.list('', { signal: o.signal }).finally(() => bucket.close())).map((x) => [x.key, x])) : null;
-  const liveExists = listing !== null || (await lstatOrNull(names.live))?.isDirectory() === true;
+  const liveDir = listing === null ? lstatBig(names.live) : null;
+  const liveExists = listing !== null || liveDir?.isDirectory() === true;
   // The index's paths are checked relative paths (no '.', '..' or empty part): joined by hand, not by path.join's normalizing, once per entry.
   const liveSlash = names.live.endsWith('/') ? names.live : `${names.live}/`;
   // A first apply into an empty (or absent) dir: the tree is staged as it will be, under tree/, and
@@ -447,7 +457,8 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   // a directory, never with --force, and only while the last apply that looked at every file is less
   // than FULL_CHECK_MS old: an apply of a small change then costs what changed, not the tree.
   const skipping =
-    !fresh && listing === null && liveExists && o.checkAll !== true && head?.checked !== undefined && head.checked <= startedAt && startedAt - head.checked < FULL_CHECK_MS;
+    !fresh && listing === null && liveExists && o.checkAll !== true && head?.checked !== undefined && head.checked <= startedAt && startedAt - head.checked < FULL_CHECK_MS &&
+    head.dir === dirId(liveDir!);
   // And on a page that changed, an entry the last apply left as this index has it (the same type,
   // mode and mtime; for a file the same blobs and size, and a record line saying so) is taken as it
   // is, without looking at it on disk: the same trust, entry by entry (pages do not line up once a
@@ -1094,7 +1105,7 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
   const rec = new LineSink(recNew);
   let renamed = 0;
   try {
-    rec.write(`${JSON.stringify({ live, ...(checked ?? {}) } satisfies RecordHead)}`);
+    rec.write(`${JSON.stringify({ live, ...(checked ?? {}), ...(checked !== null ? { dir: dirId(lstatBig(live)!) } : {}) } satisfies RecordHead)}`);
     /** Kept files whose mode or mtime this switch set. */
     const restamped = new Set<string>();
     for (const line of lines(join(names.next, 'plan.ndjson'))) {
