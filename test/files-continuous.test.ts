@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, readdir, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { comparePaths } from '@tandem/shared';
 import { closedPort, ensurePostgres, runPrimary, sleep, snapshotTree, startPrimary, tmpDir, waitFor, type RunningPrimary } from './support/site.js';
 import { httpGet, metric, startStandbyDaemon, writeDaemonConfig, writeToken, type RunningStandby } from './support/standby-daemon.js';
 import { createStandbySite, dropSiteDatabases, runStandby, show, writeSitePrimaryConfig, type StandbySite } from './support/standby-helpers.js';
@@ -192,6 +193,14 @@ describe('files sent on as they change (both daemons)', () => {
   });
 
   it('the next set makes the trees equal, deletions included, and reads nothing the deltas stored', async () => {
+    // The standby recorded what the deltas wrote beside its record, under the record's generation;
+    // the set's switch writes a new record (in index order, the deltas' files in it) and drops them.
+    const recordFile = join(s.standby.stateDir, 'files-record.ndjson');
+    const deltaRecord = join(s.standby.stateDir, 'files-record-delta.ndjson');
+    const gen = (JSON.parse((await readFile(recordFile, 'utf8')).split('\n')[0]!) as { gen: string }).gen;
+    const deltaLines = (await readFile(deltaRecord, 'utf8')).trim().split('\n');
+    expect(JSON.parse(deltaLines[0]!)).toEqual({ gen });
+    expect(deltaLines.map((l) => (JSON.parse(l) as { p?: string }).p)).toContain('renamed.jpg');
     const r = await runPrimary(['backup', '--config', s.primary.configFile, '--local', '--json'], { env: s.env });
     expect(r.code, show(r)).toBe(0);
     const out = JSON.parse(r.stdout) as { setId: string; files: { filesRead: number; blobsUploaded: number; cache: string } };
@@ -204,6 +213,12 @@ describe('files sent on as they change (both daemons)', () => {
     }, 'the standby to apply the new set', 60_000, 100);
     expect(await snapshotTree(standbyFiles)).toEqual(await snapshotTree(primaryFiles));
     expect(await readOrNull(join(standbyFiles, 'upload-1.jpg'))).toBeNull();
+    expect(await readOrNull(deltaRecord)).toBeNull();
+    const record = (await readFile(recordFile, 'utf8')).trim().split('\n');
+    expect((JSON.parse(record[0]!) as { gen: string }).gen).not.toBe(gen);
+    const paths = record.slice(1).map((l) => (JSON.parse(l) as { p: string }).p);
+    expect(paths).toContain('renamed.jpg');
+    expect(paths).toEqual([...paths].sort(comparePaths));
   }, 120_000);
 
   it('garbage collection keeps what the files deltas of a kept set need', async () => {

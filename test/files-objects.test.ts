@@ -3,10 +3,11 @@
  * filestore with the real CLIs, what a second set costs (only what changed is read, uploaded,
  * downloaded and written), and the switch in place.
  */
-import { chmod, cp, readFile, readdir, rm, writeFile, appendFile, rename, mkdir, stat, utimes } from 'node:fs/promises';
+import { appendFile, chmod, cp, lstat, readFile, readdir, rm, symlink, writeFile, rename, mkdir, stat, utimes } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { comparePaths } from '@tandem/shared';
 import { apply, backup, createStandbySite, dropSiteDatabases, removeStandbySite, show, type StandbySite } from './support/standby-helpers.js';
 import { ensurePostgres, mutateSiteTree, runPrimary, snapshotTree, tmpDir } from './support/site.js';
 
@@ -284,19 +285,82 @@ describe('files as content objects', () => {
     expect(await readFile(near, 'utf8')).toBe(nearText);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
 
-    // A file a files delta wrote since the last set (the record then says the delta's blobs, as
-    // files-delta.ts appends it), back on the primary as the last set had it: its page is the same
-    // page, and is read, not skipped: the file is written as the set has it.
+    // The record: its lines in index order, each path once, under a generation of its own.
     const recordPath = join(s.standby.stateDir, 'files-record.ndjson');
+    const recordLines = (await readFile(recordPath, 'utf8')).trim().split('\n');
+    const { gen } = JSON.parse(recordLines[0]!) as { gen: string };
+    expect(gen).toMatch(/^[0-9a-f]{16}$/);
+    const recorded = recordLines.slice(1).map((l) => (JSON.parse(l) as { p: string }).p);
+    expect(recorded).toEqual([...new Set(recorded)].sort(comparePaths));
+    expect(recorded).toContain('skip/t-020.txt');
+
+    // A file a files delta wrote since the last set (the delta's blobs recorded beside the record
+    // under its generation, as files-delta.ts does), back on the primary as the last set had it:
+    // its page is the same page, and is read, not skipped: the file is written as the set has it.
+    // A delta record of another generation (stale: a switch since) is not used.
+    const deltaRecord = join(s.standby.stateDir, 'files-record-delta.ndjson');
     const deltaFile = join(s.standby.paths.files, 'skip', 't-020.txt');
+    const staleFile = join(s.standby.paths.files, 'skip', 't-021.txt');
+    const staleText = await readFile(staleFile, 'utf8');
     await writeFile(deltaFile, 'from a delta\n');
     const dst = await stat(deltaFile, { bigint: true });
-    await appendFile(recordPath, `${JSON.stringify({ p: 'skip/t-020.txt', d: 'f'.repeat(32), s: 13, ino: String(dst.ino), ct: String(dst.ctimeNs) })}\n`);
+    await writeFile(deltaRecord, `${JSON.stringify({ gen })}\n${JSON.stringify({ p: 'skip/t-020.txt', d: 'f'.repeat(32), s: 13, ino: String(dst.ino), ct: String(dst.ctimeNs) })}\n`);
     await writeFile(join(f, 'skip', 't-391.txt'), 'changed 391\n');
     await backupJson(s);
     const a4 = await apply(s);
     expect(a4.code, show(a4)).toBe(0);
     expect(stagedLine(a4.stderr)).toMatchObject({ changed: 2 });
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect(await readFile(deltaRecord).catch(() => null)).toBeNull();
+    // Stale: it says t-021 was written by a delta (so its page would be read, and the file with the
+    // standby's own text kept only if the record's line held): it is not used, the page is skipped.
+    const gen4 = (JSON.parse((await readFile(recordPath, 'utf8')).split('\n')[0]!) as { gen: string }).gen;
+    expect(gen4).not.toBe(gen);
+    await writeFile(staleFile, 'XX standby text\n');
+    await utimes(staleFile, (await stat(join(f, 'skip', 't-021.txt'))).atime, (await stat(join(f, 'skip', 't-021.txt'))).mtime);
+    const sst = await stat(staleFile, { bigint: true });
+    await writeFile(deltaRecord, `${JSON.stringify({ gen })}\n${JSON.stringify({ p: 'skip/t-021.txt', d: 'f'.repeat(32), s: 16, ino: String(sst.ino), ct: String(sst.ctimeNs) })}\n`);
+    await writeFile(join(f, 'skip', 't-395.txt'), 'changed 395\n');
+    await backupJson(s);
+    const a8 = await apply(s);
+    expect(a8.code, show(a8)).toBe(0);
+    expect(stagedLine(a8.stderr)).toMatchObject({ changed: 1 });
+    expect(await readFile(staleFile, 'utf8')).toBe('XX standby text\n');
+    await writeFile(staleFile, staleText);
+    await utimes(staleFile, (await stat(join(f, 'skip', 't-021.txt'))).atime, (await stat(join(f, 'skip', 't-021.txt'))).mtime);
+
+    // A record written before it was kept in order (no generation, lines in any order, a line
+    // appended after them wins): read whole and put in order, what it says is kept.
+    const now = (await readFile(recordPath, 'utf8')).trim().split('\n');
+    const oldHead = JSON.parse(now[0]!) as { gen?: string };
+    delete oldHead.gen;
+    const body = now.slice(1).reverse();
+    const restored = await stat(staleFile, { bigint: true });
+    body.push(JSON.stringify({ p: 'skip/t-021.txt', d: body.map((l) => JSON.parse(l) as { p: string; d: string }).find((x) => x.p === 'skip/t-021.txt')!.d, s: staleText.length, ino: String(restored.ino), ct: String(restored.ctimeNs) }));
+    await writeFile(recordPath, `${[JSON.stringify(oldHead), ...body].join('\n')}\n`);
+    await writeFile(join(f, 'skip', 't-396.txt'), 'changed 396\n');
+    await backupJson(s);
+    const a9 = await apply(s, ['--force']);
+    expect(a9.code, show(a9)).toBe(0);
+    expect(stagedLine(a9.stderr)).toMatchObject({ changed: 1 });
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    const rewritten = (await readFile(recordPath, 'utf8')).trim().split('\n');
+    expect(JSON.parse(rewritten[0]!)).toHaveProperty('gen');
+    const again = rewritten.slice(1).map((l) => (JSON.parse(l) as { p: string }).p);
+    expect(again).toEqual([...new Set(again)].sort(comparePaths));
+
+    // A record damaged half-way (a line out of order): read up to it, with a warning; the files
+    // after it are looked at as new (written again, not trusted), and the tree comes out right.
+    const cut = (await readFile(recordPath, 'utf8')).trim().split('\n');
+    const half = Math.floor(cut.length / 2);
+    [cut[half], cut[half + 1]] = [cut[half + 1]!, cut[half]!];
+    await writeFile(recordPath, `${cut.join('\n')}\n`);
+    await writeFile(join(f, 'skip', 't-397.txt'), 'changed 397\n');
+    await backupJson(s);
+    const a10 = await apply(s);
+    expect(a10.code, show(a10)).toBe(0);
+    expect(a10.stderr).toContain('the files record cannot be read past this point');
+    expect(stagedLine(a10.stderr).changed).toBeGreaterThan(1);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
 
     // The page shapes damaged (a digit changed: still JSON): not used, every page read.
@@ -354,7 +418,21 @@ describe('files as content objects', () => {
     expect(a.code, show(a)).toBe(0);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     expect(await readdir(join(root, 'standby'))).not.toContain('files.tandem-new');
-    void readFile;
+
+    // On the standby, a symlink where the set has a directory, to a directory outside the files dir
+    // holding what the set does not have: the link is replaced by the directory, nothing is
+    // listed or removed through it (the removals are found by listing directories, never a link).
+    const outside = join(root, 'outside-dir');
+    await mkdir(outside, { recursive: true });
+    await writeFile(join(outside, 'keep-me.txt'), 'not the standby files dir\n');
+    await writeFile(join(outside, 'inside'), 'x');
+    await rm(join(s.standby.paths.files, 'bin', 'resize.sh'), { recursive: true });
+    await symlink(outside, join(s.standby.paths.files, 'bin', 'resize.sh'));
+    const l = await apply(s, ['--force']);
+    expect(l.code, show(l)).toBe(0);
+    expect(await readFile(join(outside, 'keep-me.txt'), 'utf8')).toBe('not the standby files dir\n');
+    expect((await lstat(join(s.standby.paths.files, 'bin', 'resize.sh'))).isDirectory()).toBe(true);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
   }, 120_000);
 
   it('an object lost from the filestore: the apply refuses naming it, and --repair-objects stores the content again', async () => {

@@ -69,17 +69,22 @@ export type IndexLine = IndexHeader | IndexObject | TreeEntry | IndexPage | Inde
 
 export const indexLine = (l: IndexLine): Buffer => Buffer.from(`${JSON.stringify(l)}\n`);
 
-/** Component-wise order of '/'-separated paths: the order of a depth-first walk with sorted names. */
+/**
+ * Component-wise order of '/'-separated paths: the order of a depth-first walk with sorted names.
+ * The same as comparing the strings with '/' below every other character (no name holds one), so
+ * it is done in place, without splitting (a reader compares every entry with the one before it).
+ */
 export function comparePaths(a: string, b: string): number {
-  const pa = a.split('/');
-  const pb = b.split('/');
-  const n = Math.min(pa.length, pb.length);
+  const n = Math.min(a.length, b.length);
   for (let i = 0; i < n; i++) {
-    const x = pa[i]!;
-    const y = pb[i]!;
-    if (x !== y) return x < y ? -1 : 1;
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x === 0x2f) return -1;
+    if (y === 0x2f) return 1;
+    return x - y;
   }
-  return pa.length - pb.length;
+  return a.length - b.length;
 }
 
 /** Why a path may not be in an index, or undefined. */

@@ -1,4 +1,4 @@
-import { appendFile, chmod, lstat, mkdir, open, readFile, readlink, rename, rm, symlink, lutimes, utimes } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readFile, readlink, rename, rm, symlink, lutimes, utimes } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import {
@@ -25,7 +25,7 @@ import {
   fetchPackStored,
 } from '@tandem/shared';
 import type { KeyObject } from 'node:crypto';
-import { FILES_RECORD, blobsDigest, lstatOrNull, recordBlobs, utimeOf } from './files-objects.js';
+import { blobsDigest, lstatOrNull, recordBlobs, recordDeltaLines, utimeOf } from './files-objects.js';
 import { readApplied, stateFiles } from './state.js';
 import { targetsFor } from './targets.js';
 
@@ -167,8 +167,8 @@ export async function applyFilesDeltas(config: StandbyConfig, o: { filestore: Fi
           files++;
         }
       }
-      // The record learns the new files (the last line of a path wins when it is read).
-      if (record.length > 0 && (await lstatOrNull(join(config.stateDir, FILES_RECORD)))) await appendFile(join(config.stateDir, FILES_RECORD), `${record.join('\n')}\n`);
+      // The record learns the new files (each line wins over the record's of its path when read).
+      await recordDeltaLines(config.stateDir, record);
       await writeFileAtomic(join(config.stateDir, DELTA_STATE), `${JSON.stringify({ setId: latest.setId, n, committedAt: doc.committedAt, appliedAt: new Date().toISOString() } satisfies DeltaState)}\n`);
       await rm(work, { recursive: true, force: true });
       o.logger.info({ setId: latest.setId, delta: n, entries: doc.entries }, 'files delta applied');

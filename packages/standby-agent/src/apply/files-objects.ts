@@ -1,6 +1,6 @@
 import * as nodeCrypto from 'node:crypto';
 import { chmodSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, lutimesSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync, type BigIntStats, type Stats } from 'node:fs';
-import { chmod, lstat, lutimes, mkdir, open, readdir, readFile, readlink, rename, rm, symlink, utimes } from 'node:fs/promises';
+import { appendFile, chmod, lstat, lutimes, mkdir, open,  readlink, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import {
@@ -188,13 +188,14 @@ function parseRecordLine(line: string): ReadRecordLine {
 
 /**
  * The path of a record line, without parsing the rest (each line is parsed when its file comes up,
- * and dropped: a tree of 100,000 files holds its lines, not 100,000 parsed records). The path is
- * the first field, and `","d":"` cannot be inside it (its quotes are escaped).
+ * and dropped). The path is the first field, and `","d":"` cannot be inside it (its quotes are
+ * escaped); a path without a backslash in its JSON is that text as it is.
  */
 function recordPath(line: string): string {
   const end = line.indexOf('","d":"');
   if (!line.startsWith('{"p":"') || end < 0) throw new Error(`not a record line: ${line.slice(0, 80)}`);
-  return JSON.parse(line.slice(5, end + 1)) as string;
+  const text = line.slice(6, end);
+  return text.includes('\\') ? (JSON.parse(`"${text}"`) as string) : text;
 }
 
 /**
@@ -239,35 +240,211 @@ interface RecordHead {
    * nothing of it is taken as recorded without a look.
    */
   dir?: string;
+  /**
+   * Set by every switch: the lines after this one are in index order (comparePaths), each path
+   * once, and files deltas applied since record theirs in RECORD_DELTA under the same `gen`. A
+   * record without it (written before) is read whole and put in order once.
+   */
+  gen?: string;
 }
+
+/**
+ * Beside the record: the lines of the files that files deltas wrote since the record was written
+ * (its first line `{"gen":...}`: the record's RecordHead.gen; a stale file is not used). Read
+ * first, into a map: each wins over the record's line of its path.
+ */
+const RECORD_DELTA = 'files-record-delta.ndjson';
 
 /** A directory's identity for RecordHead.dir. */
 const dirId = (st: BigIntStats): string => `${st.dev}:${st.ino}`;
 
+/**
+ * The record's lines, taken by path in index order as the index is read (take), with a look
+ * ahead over a page's files that takes nothing (peek, after mark): the record is read through, a
+ * page's worth held at a time, not the tree's (a tree of 100,000 files held as a map of lines was
+ * ~30 MiB of a stage's heap). A line out of order, or one that cannot be read, ends the record
+ * there, with a warning: the files after it are looked at as files it does not have.
+ */
+class RecordCursor {
+  #src: Iterator<string> | null;
+  readonly #delta: Map<string, string>;
+  readonly #logger: Logger;
+  readonly #file: string;
+  /** [path, line], from the first not taken (#at) on. */
+  #buf: Array<[string, string]> = [];
+  #at = 0;
+  #peek = 0;
+  #last: string | undefined;
+
+  constructor(src: Iterator<string> | null, delta: Map<string, string>, file: string, logger: Logger) {
+    this.#src = src;
+    this.#delta = delta;
+    this.#file = file;
+    this.#logger = logger;
+  }
+
+  static empty(logger: Logger): RecordCursor {
+    return new RecordCursor(null, new Map(), '', logger);
+  }
+
+  /** One more line into the buffer; false at the end. */
+  #fill(): boolean {
+    if (this.#src === null) return false;
+    let why: string;
+    try {
+      const r = this.#src.next();
+      if (r.done === true) {
+        this.#src = null;
+        return false;
+      }
+      const p = recordPath(r.value);
+      if (this.#last === undefined || comparePaths(this.#last, p) < 0) {
+        this.#last = p;
+        this.#buf.push([p, r.value]);
+        return true;
+      }
+      why = `${JSON.stringify(p)} is out of order (after ${JSON.stringify(this.#last)})`;
+    } catch (err) {
+      why = (err as Error).message;
+    }
+    this.#logger.warn({ record: this.#file, why }, 'the files record cannot be read past this point: the files after it are looked at as new');
+    this.close();
+    return false;
+  }
+
+  /** The first place from `k` on whose path is `p` or after it. */
+  #find(k: number, p: string): number {
+    for (;;) {
+      if (k === this.#buf.length && !this.#fill()) return k;
+      if (comparePaths(this.#buf[k]![0], p) >= 0) return k;
+      k++;
+    }
+  }
+
+  /** The line of `p`, the lines before it dropped: asked in index order. */
+  take(p: string): string | undefined {
+    const k = this.#find(this.#at, p);
+    const hit = k < this.#buf.length && this.#buf[k]![0] === p;
+    this.#at = hit ? k + 1 : k;
+    const line = hit ? this.#buf[k]![1] : undefined;
+    if (this.#at >= 1024) {
+      this.#buf.splice(0, this.#at);
+      this.#at = 0;
+    }
+    this.#peek = this.#at;
+    if (this.#delta.size > 0) {
+      const d = this.#delta.get(p);
+      if (d !== undefined) {
+        this.#delta.delete(p);
+        return d;
+      }
+    }
+    return line;
+  }
+
+  /** A look ahead from where take is starts here. */
+  mark(): void {
+    this.#peek = this.#at;
+  }
+
+  /** The line of `p`, nothing taken: asked in index order since mark. */
+  peek(p: string): string | undefined {
+    const d = this.#delta.size > 0 ? this.#delta.get(p) : undefined;
+    const k = (this.#peek = this.#find(this.#peek, p));
+    if (d !== undefined) return d;
+    return k < this.#buf.length && this.#buf[k]![0] === p ? this.#buf[k]![1] : undefined;
+  }
+
+  close(): void {
+    const src = this.#src;
+    this.#src = null;
+    src?.return?.();
+  }
+}
+
 /** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
-async function readRecord(stateDir: string, live: string, logger: Logger): Promise<{ lines: Map<string, string>; head: RecordHead | null }> {
-  const out = new Map<string, string>();
-  let text: string;
+function openRecord(stateDir: string, live: string, logger: Logger): { record: RecordCursor; head: RecordHead | null } {
+  const file = recordFile(stateDir);
+  let src: Generator<string> | undefined;
   try {
-    text = await readFile(recordFile(stateDir), 'utf8');
+    src = lines(file);
+    const first = src.next();
+    const head = first.done === true ? null : (JSON.parse(first.value) as RecordHead);
+    if (head === null || head.live !== live) {
+      src.return(undefined);
+      return { record: RecordCursor.empty(logger), head: null };
+    }
+    const delta = new Map<string, string>();
+    if (typeof head.gen === 'string') {
+      const deltaFile = join(stateDir, RECORD_DELTA);
+      if (existsSync(deltaFile)) {
+        let ours = false;
+        for (const line of lines(deltaFile)) {
+          if (!ours) {
+            if ((JSON.parse(line) as { gen?: unknown }).gen !== head.gen) break;
+            ours = true;
+            continue;
+          }
+          delta.set(recordPath(line), line);
+        }
+      }
+      return { record: new RecordCursor(src, delta, file, logger), head };
+    }
+    // Written before the record was kept in order: read whole (the last line of a path wins, as
+    // files deltas appended theirs), and put in order.
+    const all = new Map<string, string>();
+    for (const line of src) all.set(recordPath(line), line);
+    const sorted = [...all].sort((a, b) => comparePaths(a[0], b[0])).map((x) => x[1]);
+    all.clear();
+    return { record: new RecordCursor(sorted.values(), delta, file, logger), head };
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { lines: out, head: null };
+    src?.return(undefined);
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { record: RecordCursor.empty(logger), head: null };
+    logger.warn({ err, record: file }, 'the files record cannot be read: every file of the set is written again');
+    return { record: RecordCursor.empty(logger), head: null };
+  }
+}
+
+/**
+ * Lines a files delta wrote (the files it put in place) for the next stage to read with the
+ * record (RECORD_DELTA); into the record itself when the record was written before RecordHead.gen.
+ * Nothing when there is no record (the next apply looks at every file anyway).
+ */
+export async function recordDeltaLines(stateDir: string, add: string[]): Promise<void> {
+  if (add.length === 0) return;
+  const file = recordFile(stateDir);
+  let head: RecordHead;
+  try {
+    const src = lines(file);
+    const first = src.next();
+    src.return(undefined);
+    if (first.done === true) return;
+    head = JSON.parse(first.value) as RecordHead;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw err;
   }
-  try {
-    const lines = text.split('\n');
-    const head = JSON.parse(lines[0] ?? '') as RecordHead;
-    if (head.live !== live) return { lines: out, head: null };
-    for (let i = 1; i < lines.length; i++) if (lines[i] !== '') {
-      const line = lines[i]!;
-      out.set(recordPath(line), line);
-    }
-    return { lines: out, head };
-  } catch (err) {
-    logger.warn({ err, record: recordFile(stateDir) }, 'the files record cannot be read: every file of the set is written again');
-    out.clear();
-    return { lines: out, head: null };
+  const text = `${add.join('\n')}\n`;
+  if (typeof head.gen !== 'string') {
+    await appendFile(file, text);
+    return;
   }
+  const deltaFile = join(stateDir, RECORD_DELTA);
+  let ours = false;
+  try {
+    const src = lines(deltaFile);
+    const first = src.next();
+    src.return(undefined);
+    ours = first.done !== true && (JSON.parse(first.value) as { gen?: unknown }).gen === head.gen;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  if (ours) {
+    await appendFile(deltaFile, text);
+    return;
+  }
+  await writeFile(`${deltaFile}.new`, `${JSON.stringify({ gen: head.gen })}\n${text}`, { mode: 0o600 });
+  await rename(`${deltaFile}.new`, deltaFile);
 }
 
 /**
@@ -291,14 +468,16 @@ interface PageLine extends PageShape {
 export const FULL_CHECK_MS = 24 * 3600 * 1000;
 
 /**
- * The page shapes of the last apply, each line kept as text and parsed only when asked for (a tree
- * of 100,000 files has ~4,000 pages and 100,000 entries: held parsed, they cost ~40 MiB): by page
- * id (skipPage), and entry by path in index order (a cursor that only moves forward, one page
- * parsed at a time).
+ * The page shapes of the last apply, each line read from the file only when asked for, and parsed
+ * then (a tree of 100,000 files has ~4,000 pages and 100,000 entries: held parsed, they cost ~40
+ * MiB, held as text ~15): by page id (skipPage), and entry by path in index order (a cursor that
+ * only moves forward, one page parsed at a time). Only where each line lies is held, and the file
+ * stays open from the read that checked its SHA-256.
  */
 class LastShapes {
-  readonly #byId = new Map<string, string>();
+  readonly #byId = new Map<string, { at: number; length: number }>();
   readonly #order: string[] = [];
+  #fd: number | null = null;
   #at = 0;
   #page: PageLine | null = null;
   #entry = 0;
@@ -307,11 +486,16 @@ class LastShapes {
     return this.#byId.size;
   }
 
-  /** From the lines of PAGES_FILE but its first: a line starts with its page's id. */
-  add(line: string): void {
+  /** The file the lines are read from (open: the one hashed). */
+  open(fd: number): void {
+    this.#fd = fd;
+  }
+
+  /** A line of PAGES_FILE but its first (a line starts with its page's id), at byte `at`, `length` bytes. */
+  add(line: string, at: number, length: number): void {
     const id = line.startsWith('{"id":"') ? line.slice(7, 7 + 64) : '';
     if (!/^[0-9a-f]{64}$/.test(id) || line.charCodeAt(71) !== 0x22) throw new Error(`not a page line: ${line.slice(0, 80)}`);
-    this.#byId.set(id, line);
+    this.#byId.set(id, { at, length });
     this.#order.push(id);
   }
 
@@ -320,14 +504,27 @@ class LastShapes {
     this.#order.length = 0;
   }
 
+  close(): void {
+    this.clear();
+    if (this.#fd !== null) closeSync(this.#fd);
+    this.#fd = null;
+  }
+
   /** The page `id` of the last apply, parsed (its line kept as `raw`), or undefined. */
   page(id: string): PageLine | undefined {
-    const raw = this.#byId.get(id);
-    if (raw === undefined) return undefined;
-    const pl = JSON.parse(raw) as PageLine;
-    if (pl.id !== id || !Array.isArray(pl.e) || !Array.isArray(pl.open) || !Array.isArray(pl.o) || typeof pl.f !== 'string' || typeof pl.z !== 'string') return undefined;
-    pl.raw = raw;
-    return pl;
+    const where = this.#byId.get(id);
+    if (where === undefined || this.#fd === null) return undefined;
+    const buf = Buffer.allocUnsafe(where.length);
+    if (readSync(this.#fd, buf, 0, where.length, where.at) !== where.length) return undefined;
+    const raw = buf.toString('utf8');
+    try {
+      const pl = JSON.parse(raw) as PageLine;
+      if (pl.id !== id || !Array.isArray(pl.e) || !Array.isArray(pl.open) || !Array.isArray(pl.o) || typeof pl.f !== 'string' || typeof pl.z !== 'string') return undefined;
+      pl.raw = raw;
+      return pl;
+    } catch {
+      return undefined;
+    }
   }
 
   /** The last apply's entry at `p`; asked in index order (each path after the one asked before). */
@@ -352,26 +549,37 @@ function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): Las
   const out = new LastShapes();
   if (head.pagesSha256 === undefined) return out;
   const file = join(stateDir, PAGES_FILE);
+  let fd: number | null = null;
   try {
+    fd = openSync(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
     // A MiB at a time (no Buffer the size of the file), hashed as read: no line is used before the
-    // whole file matched.
+    // whole file matched. The lines are read again from this descriptor when asked for.
     const hash = nodeCrypto.createHash('sha256');
+    let at = 0;
     let first = true;
-    for (const line of lines(file, hash)) {
+    for (const line of lines(fd, hash)) {
+      const length = Buffer.byteLength(line);
       if (first) {
         first = false;
-        if ((JSON.parse(line) as { live?: string }).live !== head.live) return out;
-        continue;
-      }
-      out.add(line);
+        if ((JSON.parse(line) as { live?: string }).live !== head.live) {
+          closeSync(fd);
+          return out;
+        }
+      } else out.add(line, at, length);
+      at += length + 1;
     }
     if (hash.digest('hex') !== head.pagesSha256) {
       logger.warn({ file }, 'the page shapes of the last apply do not match the SHA-256 the record has for them: every page of the index is read');
       out.clear();
+      closeSync(fd);
+      return out;
     }
+    out.open(fd);
+    fd = null;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') logger.warn({ err, file: join(stateDir, PAGES_FILE) }, 'the page shapes of the last apply cannot be read: every page of the index is read');
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') logger.warn({ err, file }, 'the page shapes of the last apply cannot be read: every page of the index is read');
     out.clear();
+    if (fd !== null) closeSync(fd);
   }
   return out;
 }
@@ -387,6 +595,56 @@ function recordHas(line: string, d: string, s: number): boolean {
   let n = 0;
   for (let c = line.charCodeAt(i); c >= 0x30 && c <= 0x39; c = line.charCodeAt(++i)) n = n * 10 + (c - 0x30);
   return n === s && i > at + 13 + d.length && line.startsWith(',"ino":"', i);
+}
+
+/**
+ * What the live dir holds that the index does not, found as the index is read: a directory of the
+ * index is listed when its entry comes (if the live dir has a directory there: a symlink is not
+ * followed), each entry of the index in it is crossed off, and what is left when the index moves
+ * past the directory is to be removed. In depth-first order (each directory before what it holds)
+ * only the directories open on the way down are held, not every path of the tree. Synchronous, as
+ * the lstat calls beside it: one readdir per directory.
+ */
+class RemovalWalk {
+  /** The open directories, the root first: each with what the live dir holds in it not yet crossed off (name → a directory). */
+  readonly #open: Array<{ p: string; left: Map<string, boolean> | null }>;
+  readonly #live: string;
+  readonly #out: PlanOp[];
+
+  constructor(live: string, out: PlanOp[]) {
+    this.#live = live;
+    this.#out = out;
+    this.#open = [{ p: '', left: this.#list(live) }];
+  }
+
+  #list(dir: string): Map<string, boolean> {
+    const left = new Map<string, boolean>();
+    for (const d of readdirSync(dir, { withFileTypes: true })) left.set(d.name, d.isDirectory());
+    return left;
+  }
+
+  /** An entry of the index, in index order. */
+  see(p: string, dir: boolean): void {
+    let top = this.#open.at(-1)!;
+    while (this.#open.length > 1 && !(p.startsWith(top.p) && p.charCodeAt(top.p.length) === 0x2f)) {
+      this.#close(this.#open.pop()!);
+      top = this.#open.at(-1)!;
+    }
+    const name = top.p === '' ? p : p.slice(top.p.length + 1);
+    const isDir = top.left?.get(name);
+    top.left?.delete(name);
+    if (dir) this.#open.push({ p, left: isDir === true ? this.#list(`${this.#live}/${p}`) : null });
+  }
+
+  #close(d: { p: string; left: Map<string, boolean> | null }): void {
+    if (d.left === null) return;
+    for (const name of d.left.keys()) this.#out.push({ o: 'x', p: d.p === '' ? name : `${d.p}/${name}` });
+  }
+
+  /** The end of the index: what is left in every directory still open. */
+  end(): void {
+    while (this.#open.length > 0) this.#close(this.#open.pop()!);
+  }
 }
 
 export interface StageFilesOptions {
@@ -433,7 +691,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   await rm(names.next, { recursive: true, force: true });
   await mkdir(join(names.next, 'data'), { recursive: true, mode: 0o700 });
   const startedAt = Date.now();
-  const { lines: record, head } = await readRecord(o.stateDir, names.live, logger);
+  const { record, head } = openRecord(o.stateDir, names.live, logger);
   // paths.files may be a bucket (s3://): what it holds is one LIST; a file is unchanged when the
   // record says this standby put these blobs there and the object still has the ETag it got then.
   const bucket = isS3Url(names.live) ? openFilestore(names.live) : null;
@@ -515,7 +773,16 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     if (x.o === 'f' || x.o === 'l') above(x.p);
     opsOut.write(JSON.stringify(x));
   };
-  const indexPaths = new Set<string>();
+  // What the live tree has that the set does not (removed first in the switch): from a bucket's
+  // listing, the keys the index does not have; from a directory, what each directory holds that the
+  // index does not, found as the index is read (RemovalWalk).
+  const removals: PlanOp[] = [];
+  const indexKeys = listing !== null ? new Set<string>() : null;
+  const walk = listing === null && liveExists && !fresh ? new RemovalWalk(names.live, removals) : null;
+  const seen = (p: string, dir: boolean): void => {
+    indexKeys?.add(p);
+    walk?.see(p, dir);
+  };
   // Directories: made (missing, or something else in their place), and those already as the set has them.
   const created = new Set<string>();
   const asIs = new Set<string>();
@@ -531,9 +798,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const skipPage = (id: string): PageShape | undefined => {
     const pl = shapes.page(id);
     if (pl === undefined) return undefined;
+    record.mark();
     for (const x of pl.e) {
       if (x[1] !== 'f') continue;
-      const line = record.get(x[0]);
+      const line = record.peek(x[0]);
       if (line === undefined || !recordHas(line, x[2], x[3])) return undefined;
     }
     return pl;
@@ -548,14 +816,13 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     const pl = shape as PageLine;
     pagesSkipped++;
     for (const x of pl.e) {
-      if (liveExists) indexPaths.add(x[0]);
+      seen(x[0], x[1] === 'd');
       if (x[1] === 'd') {
         op({ o: 'd', p: x[0], m: x[2], mt: x[3] });
         asIs.add(x[0]);
       } else if (x[1] === 'f') {
         if (++files === MANY_FILES) tightenHeapGrowth();
-        keptOut.write(record.get(x[0])!);
-        record.delete(x[0]);
+        keptOut.write(record.take(x[0])!);
       }
     }
     pagesOut?.write(pl.raw!);
@@ -591,8 +858,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             if (top) opsOut.write(JSON.stringify({ o: 't', p: e.p } satisfies PlanOp));
             continue;
           }
-          // Only where something could be removed: a live tree, or a bucket's listing.
-          if (liveExists) indexPaths.add(e.p);
+          seen(e.p, e.t === 'd');
           const last = shapes.size === 0 ? undefined : shapes.entry(e.p);
           if (e.t === 'd') {
             op({ o: 'd', p: e.p, m: e.m, mt: e.mt });
@@ -618,9 +884,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             op({ o: 'l', p: e.p, n: n++, l: e.l, mt: e.mt });
           } else {
             if (++files === MANY_FILES) tightenHeapGrowth();
-            const recLine = record.get(e.p);
-            // Each line is used once: dropped as it is, so the record's memory goes as the index is read.
-            if (recLine !== undefined) record.delete(e.p);
+            const recLine = record.take(e.p);
             if (last !== undefined && recLine !== undefined && last[1] === 'f' && last[2] === d && last[3] === e.s && last[4] === e.m && last[5] === e.mt && recordHas(recLine, d, e.s)) {
               keptOut.write(recLine);
               continue;
@@ -662,33 +926,24 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
       },
       { signal: o.signal },
     );
+    walk?.end();
     pageCache.commit();
     pagesCached = pageCache.hits;
     passed = true;
   } finally {
     pageCache.close();
+    record.close();
+    shapes.close();
     closeSinks(sinks, !passed);
   }
   // When the last apply looked at every file: this one, unless it skipped a page.
   writeFileSync(join(names.next, CHECKED_FILE), JSON.stringify({ checked: pagesSkipped > 0 ? head!.checked : startedAt }), { mode: 0o600 });
 
-  // What the live tree has that the set does not: removed first in the switch.
-  const removals: PlanOp[] = [];
   if (listing !== null) {
     // Only objects the primary's listing (the index) does not have.
-    for (const key of listing.keys()) if (!indexPaths.has(key)) removals.push({ o: 'x', p: key });
-  } else if (liveExists && !fresh) {
-    // Synchronous, as lstat above: one call per directory of the tree.
-    const walk = (rel: string): void => {
-      for (const d of readdirSync(rel === '' ? names.live : join(names.live, rel), { withFileTypes: true })) {
-        const p = rel === '' ? d.name : `${rel}/${d.name}`;
-        if (!indexPaths.has(p)) removals.push({ o: 'x', p });
-        else if (d.isDirectory()) walk(p);
-      }
-    };
-    walk('');
+    for (const key of listing.keys()) if (!indexKeys!.has(key)) removals.push({ o: 'x', p: key });
+    indexKeys!.clear();
   }
-  indexPaths.clear();
   for (const x of removals) above(x.p);
   created.clear();
 
@@ -865,6 +1120,39 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
 /** A file to write, as pass 1 leaves it for pass 2 (work.ndjson): the entry's fields pass 2 uses. */
 type WorkLine = Pick<FileEntry, 'p' | 's' | 'm' | 'mt' | 'b'> & { n: number };
 
+/** In the staging dir, while the switch runs: the record lines of the files it put in place. */
+const WRITTEN_FILE = 'written.ndjson';
+
+/** A new RecordHead.gen. */
+const newGen = (): string => nodeCrypto.randomBytes(8).toString('hex');
+
+/**
+ * Record lines from two sources, each in index order, merged in index order (a path in both: the
+ * first source's line, the file this switch wrote).
+ */
+function* mergeRecordLines(a: Iterator<string>, b: Iterator<string>): Generator<string> {
+  let x = a.next();
+  let y = b.next();
+  let px = x.done === true ? '' : recordPath(x.value);
+  let py = y.done === true ? '' : recordPath(y.value);
+  while (x.done !== true || y.done !== true) {
+    const c = x.done === true ? 1 : y.done === true ? -1 : comparePaths(px, py);
+    if (c <= 0) {
+      yield x.value as string;
+      if (c === 0) {
+        y = b.next();
+        if (y.done !== true) py = recordPath(y.value);
+      }
+      x = a.next();
+      if (x.done !== true) px = recordPath(x.value);
+    } else {
+      yield y.value as string;
+      y = b.next();
+      if (y.done !== true) py = recordPath(y.value);
+    }
+  }
+}
+
 /** Closes each sink (abandon: without writing what it holds), each whatever the others did. */
 function closeSinks(sinks: LineSink[], abandon: boolean): void {
   let first: unknown;
@@ -974,12 +1262,13 @@ function copyHashed(from: string, to: string): string {
 }
 
 /**
- * The lines of a plan or record file, read 1 MiB at a time (memory bounded by the longest line):
+ * The lines of a plan or record file (or of an open descriptor, from where it is, left open), read
+ * 1 MiB at a time (memory bounded by the longest line):
  * synchronous, as the other per-file calls here (a stream and a promise per line cost more than
  * the line's own work, thousands of times over).
  */
-function* lines(file: string, hash?: nodeCrypto.Hash): Generator<string> {
-  const fd = openSync(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+function* lines(file: string | number, hash?: nodeCrypto.Hash): Generator<string> {
+  const fd = typeof file === 'number' ? file : openSync(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
   try {
     const buf = Buffer.allocUnsafe(1 << 20);
     const decoder = new StringDecoder('utf8');
@@ -995,7 +1284,7 @@ function* lines(file: string, hash?: nodeCrypto.Hash): Generator<string> {
     rest += decoder.end();
     if (rest !== '') yield rest;
   } finally {
-    closeSync(fd);
+    if (typeof file !== 'number') closeSync(fd);
   }
 }
 
@@ -1004,6 +1293,7 @@ class LineSink {
   readonly #fd: number;
   #lines: string[] = [];
   #size = 0;
+  #closed = false;
 
   constructor(file: string) {
     this.#fd = openSync(file, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW, 0o600);
@@ -1023,11 +1313,13 @@ class LineSink {
     this.#size = 0;
   }
 
-  /** Writes what is left and closes; `abandon` only closes (the file is left as it is). */
+  /** Writes what is left and closes; `abandon` only closes (the file is left as it is). Once. */
   close(abandon = false): void {
+    if (this.#closed) return;
     try {
       if (!abandon) this.#flush();
     } finally {
+      this.#closed = true;
       closeSync(this.#fd);
     }
   }
@@ -1103,9 +1395,12 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
   const checked = existsSync(shapesStaged) ? (JSON.parse(readFileSync(join(names.next, CHECKED_FILE), 'utf8')) as { checked: number; pagesSha256?: string }) : null;
   if (checked !== null) checked.pagesSha256 = copyHashed(shapesStaged, join(stateDir, PAGES_FILE));
   const rec = new LineSink(recNew);
+  // The lines of the files this switch puts in place, in index order as the plan has them: merged
+  // with the kept files' lines (in index order too) into the record at the end.
+  const written = new LineSink(join(names.next, WRITTEN_FILE));
   let renamed = 0;
   try {
-    rec.write(`${JSON.stringify({ live, ...(checked ?? {}), ...(checked !== null ? { dir: dirId(lstatBig(live)!) } : {}) } satisfies RecordHead)}`);
+    rec.write(`${JSON.stringify({ live, ...(checked ?? {}), ...(checked !== null ? { dir: dirId(lstatBig(live)!) } : {}), gen: newGen() } satisfies RecordHead)}`);
     /** Kept files whose mode or mtime this switch set. */
     const restamped = new Set<string>();
     for (const line of lines(join(names.next, 'plan.ndjson'))) {
@@ -1129,7 +1424,7 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
           if (now === null) {
             throw new TandemError('internal', 'FILES_SWITCH_LOST', `neither ${target} nor its staged copy ${staged} exists`, { hint: 'apply the set again with --force' });
           }
-          rec.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: String(now.ino), ct: String(now.ctimeNs), b: op.b } satisfies RecordLine)}`);
+          written.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: String(now.ino), ct: String(now.ctimeNs), b: op.b } satisfies RecordLine)}`);
           break;
         }
         case 'm':
@@ -1163,17 +1458,21 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
         }
       }
     }
-    // Kept files, after the written ones: as recorded (staging found them with the inode and ctime
-    // the record has), but those whose mode or mtime was set above (their ctime moved).
-    for (const line of lines(join(names.next, 'kept.ndjson'))) {
-      if (restamped.size === 0 || !restamped.has(parseRecordLine(line).p)) {
-        rec.write(line);
-        continue;
+    written.close();
+    // Kept files: as recorded (staging found them with the inode and ctime the record has), but
+    // those whose mode or mtime was set above (their ctime moved).
+    const kept = function* (): Generator<string> {
+      for (const line of lines(join(names.next, 'kept.ndjson'))) {
+        if (restamped.size === 0 || !restamped.has(recordPath(line))) {
+          yield line;
+          continue;
+        }
+        const r = JSON.parse(line) as RecordLine;
+        const now = lstatBig(join(live, r.p));
+        if (now) yield JSON.stringify({ ...r, ino: String(now.ino), ct: String(now.ctimeNs) });
       }
-      const r = JSON.parse(line) as RecordLine;
-      const now = lstatBig(join(live, r.p));
-      if (now) rec.write(`${JSON.stringify({ ...r, ino: String(now.ino), ct: String(now.ctimeNs) })}`);
-    }
+    };
+    for (const line of mergeRecordLines(lines(join(names.next, WRITTEN_FILE)), kept())) rec.write(line);
     for (const d of dirs.reverse()) utimesSync(d.p, utimeOf(d.mt), utimeOf(d.mt));
     // A first apply into an empty dir: the lines written as the files were staged; a top-level
     // file's ctime moved with its rename.
@@ -1190,11 +1489,12 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
       }
     }
   } catch (err) {
-    rec.close(true);
+    closeSinks([written, rec], true);
     throw err;
   }
   rec.close();
   await rename(recNew, recordFile(stateDir));
+  await rm(join(stateDir, RECORD_DELTA), { force: true });
   logger.debug({ renamed }, 'files switched in place');
   return 'updated';
 }
@@ -1209,9 +1509,10 @@ async function switchIntoBucket(names: Names, stateDir: string, logger: Logger):
   try {
     const recNew = `${recordFile(stateDir)}.new`;
     const rec = new LineSink(recNew);
+    const written = new LineSink(join(names.next, WRITTEN_FILE));
     let put = 0;
     try {
-      rec.write(`${JSON.stringify({ live: names.live })}`);
+      rec.write(`${JSON.stringify({ live: names.live, gen: newGen() } satisfies RecordHead)}`);
       for (const line of lines(join(names.next, 'plan.ndjson'))) {
         const op = JSON.parse(line) as PlanOp;
         if (op.o === 'x') await bucket.delete(op.p);
@@ -1227,16 +1528,18 @@ async function switchIntoBucket(names: Names, stateDir: string, logger: Logger):
             info = await bucket.stat(op.p);
             if (info === null) throw new TandemError('internal', 'FILES_SWITCH_LOST', `neither ${names.live}/${op.p} nor its staged copy exists`, { hint: 'apply the set again with --force' });
           }
-          rec.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: info.version, ct: 's3' } satisfies RecordLine)}`);
+          written.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: info.version, ct: 's3' } satisfies RecordLine)}`);
         }
       }
-      for (const line of lines(join(names.next, 'kept.ndjson'))) rec.write(line);
+      written.close();
+      for (const line of mergeRecordLines(lines(join(names.next, WRITTEN_FILE)), lines(join(names.next, 'kept.ndjson')))) rec.write(line);
     } catch (err) {
-      rec.close(true);
+      closeSinks([written, rec], true);
       throw err;
     }
     rec.close();
     await rename(recNew, recordFile(stateDir));
+    await rm(join(stateDir, RECORD_DELTA), { force: true });
     logger.debug({ put }, 'files switched into the bucket');
     return 'updated';
   } finally {
@@ -1247,5 +1550,6 @@ async function switchIntoBucket(names: Names, stateDir: string, logger: Logger):
 /** After an apply of the tar format the record no longer describes the live files. */
 export const forgetFilesRecord = async (stateDir: string): Promise<void> => {
   await rm(recordFile(stateDir), { force: true });
+  await rm(join(stateDir, RECORD_DELTA), { force: true });
   await rm(join(stateDir, PAGES_FILE), { force: true });
 };
