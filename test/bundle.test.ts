@@ -67,11 +67,11 @@ console.log(JSON.stringify([got.sha256.toString('hex') === createHash('sha256').
 `;
 
 describe('the bundled commands', () => {
-  it('run by their first line (as installed), with malloc asking for huge pages for the agent alone', () => {
+  it('run by their first line (as installed), with malloc asking for huge pages for the agent alone, and a young generation of 8 MiB', () => {
     for (const main of [STANDBY_MAIN, PRIMARY_MAIN]) {
       requireBuilt(main);
       const bin = main;
-      expect(readFileSync(bin, 'utf8').split('\n')[0]).toBe('#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.hugetlb=1:${GLIBC_TUNABLES} node');
+      expect(readFileSync(bin, 'utf8').split('\n')[0]).toBe('#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.hugetlb=1:${GLIBC_TUNABLES} node --max-semi-space-size=8');
       for (const env of [{}, { GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }]) {
         const r = spawnSync(bin, ['--version'], { encoding: 'utf8', env: { ...process.env, ...env } });
         expect(r.status, r.stderr).toBe(0);
