@@ -1,6 +1,6 @@
 import * as nodeCrypto from 'node:crypto';
 import { chmodSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, lstatSync, lutimesSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync, type BigIntStats, type Stats } from 'node:fs';
-import { appendFile, chmod, lstat, lutimes, mkdir, open,  readlink, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, lstat, lutimes, mkdir, open, readlink, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import {
