@@ -17,6 +17,9 @@ import {
   layout,
   meterStream,
   zstdDecompress,
+  zstdDecompressSmall,
+  SMALL_ZSTD_PLAIN_MAX,
+  SMALL_ZSTD_STORED_MAX,
   type ArtifactEntry,
   type ChildStream,
   type ChunkMismatch,
@@ -207,13 +210,25 @@ export async function fetchVerified(src: ArtifactSource, dir: string): Promise<V
 }
 
 /**
+ * The zstd stage of an artifact: a small one (the files index's root, config, security, dbmeta) is
+ * decoded in this process (zstdDecompressSmall: no zstd process to start, ~50 ms each), bounded by
+ * the signed plain size; any other by the zstd process.
+ */
+function zstdFor(entry: ArtifactEntry, label: string): Duplex {
+  if (entry.storedSize <= SMALL_ZSTD_STORED_MAX && entry.plainSize <= SMALL_ZSTD_PLAIN_MAX) {
+    return zstdDecompressSmall(entry.plainSize, (n) => plainSizeError(label, n, entry.plainSize, true));
+  }
+  return zstdDecompress();
+}
+
+/**
  * The plain bytes of a verified stored file as pipeline stages: read → age → zstd → the plain-size
  * bound (which also refuses a stream that ends short of the signed size).
  */
 export function plainStages(file: string, entry: ArtifactEntry, identities: string[], label: string): Array<Readable | Duplex> {
   const stages: Array<Readable | Duplex> = [createReadStream(file, { highWaterMark: 1 << 20 })];
   if (entry.encryption === 'age') stages.push(createAgeDecryptStream(identities, { label }));
-  if (entry.compression === 'zstd') stages.push(zstdDecompress());
+  if (entry.compression === 'zstd') stages.push(zstdFor(entry, label));
   stages.push(new Bounded(entry.plainSize, (n) => plainSizeError(label, n, entry.plainSize, true), (n) => plainSizeError(label, n, entry.plainSize)));
   return stages;
 }
@@ -245,7 +260,7 @@ export async function decodeStored(
   if (entry.compression === 'none' && opts.plainFd !== undefined) {
     throw new TandemError('internal', 'PLAIN_FD_UNCOMPRESSED', `${label}: an uncompressed artifact cannot be decoded to a file descriptor`);
   }
-  const zstd = entry.compression === 'zstd' ? zstdDecompress({ toFd: opts.plainFd, maxBytes: opts.plainFd === undefined ? undefined : entry.plainSize }) : undefined;
+  const zstd = entry.compression !== 'zstd' ? undefined : opts.plainFd === undefined ? zstdFor(entry, label) : zstdDecompress({ toFd: opts.plainFd, maxBytes: entry.plainSize });
   if (zstd) stages.push(zstd);
   const plain = new Bounded(entry.plainSize, (n) => plainSizeError(label, n, entry.plainSize, true));
 
