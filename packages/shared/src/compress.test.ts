@@ -192,7 +192,7 @@ describe('zstd', () => {
       // A block's contents damaged (the headers intact): decoded here, and refused, or at least not
       // the same bytes (zstd's frame checksum is the caller's: the stored SHA-256 and plain size).
       const bad = Buffer.from(packed);
-      for (let i = 40; i < bad.length - 40; i += 97) bad[i] ^= 0x5a;
+      for (let i = 40; i < bad.length - 40; i += 97) bad[i] = bad[i]! ^ 0x5a;
       expect(zstdFrameBounds(bad)).not.toBeNull();
       const got = await small(bad, text.length, true).catch((err: Error) => err);
       if (got instanceof Buffer) expect(got.equals(text)).toBe(false);
