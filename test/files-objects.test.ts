@@ -244,6 +244,24 @@ describe('files as content objects', () => {
     const a0 = await apply(s, ['--force']);
     expect(a0.code, show(a0)).toBe(0);
     expect(stagedLine(a0.stderr).pagesSkipped).toBe(0);
+    /** skip/t-N.txt changed on the primary, a set made and applied: the apply, which succeeded. */
+    const changeAndApply = async (n: number, args: string[] = []) => {
+      await writeFile(join(f, 'skip', `t-${n}.txt`), `changed ${n}\n`);
+      await backupJson(s);
+      const a = await apply(s, args);
+      expect(a.code, show(a)).toBe(0);
+      return a;
+    };
+    /** A standby file's atime and mtime set to the primary's copy's (its ctime still moves). */
+    const timesAsOnPrimary = async (rel: string) => {
+      const st = await stat(join(f, rel));
+      await utimes(join(s.standby.paths.files, rel), st.atime, st.mtime);
+    };
+    /** The files-delta record beside the record: one line saying a delta wrote `rel` (blobs no set has), under `g`. */
+    const deltaRecordSays = async (g: string, rel: string) => {
+      const st = await stat(join(s.standby.paths.files, rel), { bigint: true });
+      await writeFile(join(s.standby.stateDir, 'files-record-delta.ndjson'), `${JSON.stringify({ gen: g })}\n${JSON.stringify({ p: rel, d: 'f'.repeat(32), s: Number(st.size), ino: String(st.ino), ct: String(st.ctimeNs) })}\n`);
+    };
 
     // One file changed, one added, one removed: the pages around them are read, the others skipped.
     await writeFile(join(f, 'skip', 't-200.txt'), 'changed 200\n');
@@ -271,10 +289,7 @@ describe('files as content objects', () => {
     const nearText = await readFile(near, 'utf8');
     await writeFile(near, nearText.replace(/\d/, 'X'));
     await utimes(near, nearWas.atime, nearWas.mtime);
-    await writeFile(join(f, 'skip', 't-390.txt'), 'changed 390\n');
-    await backupJson(s);
-    const a2 = await apply(s);
-    expect(a2.code, show(a2)).toBe(0);
+    const a2 = await changeAndApply(390);
     expect(stagedLine(a2.stderr)).toMatchObject({ changed: 1 });
     expect(stagedLine(a2.stderr).pagesSkipped).toBeGreaterThan(5);
     expect(await readFile(local, 'utf8')).toBe('file XX\n');
@@ -303,12 +318,8 @@ describe('files as content objects', () => {
     const staleFile = join(s.standby.paths.files, 'skip', 't-021.txt');
     const staleText = await readFile(staleFile, 'utf8');
     await writeFile(deltaFile, 'from a delta\n');
-    const dst = await stat(deltaFile, { bigint: true });
-    await writeFile(deltaRecord, `${JSON.stringify({ gen })}\n${JSON.stringify({ p: 'skip/t-020.txt', d: 'f'.repeat(32), s: 13, ino: String(dst.ino), ct: String(dst.ctimeNs) })}\n`);
-    await writeFile(join(f, 'skip', 't-391.txt'), 'changed 391\n');
-    await backupJson(s);
-    const a4 = await apply(s);
-    expect(a4.code, show(a4)).toBe(0);
+    await deltaRecordSays(gen, 'skip/t-020.txt');
+    const a4 = await changeAndApply(391);
     expect(stagedLine(a4.stderr)).toMatchObject({ changed: 2 });
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     expect(await readFile(deltaRecord).catch(() => null)).toBeNull();
@@ -317,17 +328,13 @@ describe('files as content objects', () => {
     const gen4 = (JSON.parse((await readFile(recordPath, 'utf8')).split('\n')[0]!) as { gen: string }).gen;
     expect(gen4).not.toBe(gen);
     await writeFile(staleFile, 'XX standby text\n');
-    await utimes(staleFile, (await stat(join(f, 'skip', 't-021.txt'))).atime, (await stat(join(f, 'skip', 't-021.txt'))).mtime);
-    const sst = await stat(staleFile, { bigint: true });
-    await writeFile(deltaRecord, `${JSON.stringify({ gen })}\n${JSON.stringify({ p: 'skip/t-021.txt', d: 'f'.repeat(32), s: 16, ino: String(sst.ino), ct: String(sst.ctimeNs) })}\n`);
-    await writeFile(join(f, 'skip', 't-395.txt'), 'changed 395\n');
-    await backupJson(s);
-    const a8 = await apply(s);
-    expect(a8.code, show(a8)).toBe(0);
+    await timesAsOnPrimary('skip/t-021.txt');
+    await deltaRecordSays(gen, 'skip/t-021.txt');
+    const a8 = await changeAndApply(395);
     expect(stagedLine(a8.stderr)).toMatchObject({ changed: 1 });
     expect(await readFile(staleFile, 'utf8')).toBe('XX standby text\n');
     await writeFile(staleFile, staleText);
-    await utimes(staleFile, (await stat(join(f, 'skip', 't-021.txt'))).atime, (await stat(join(f, 'skip', 't-021.txt'))).mtime);
+    await timesAsOnPrimary('skip/t-021.txt');
 
     // A record written before it was kept in order (no generation, lines in any order, a line
     // appended after them wins): read whole and put in order, what it says is kept.
@@ -338,10 +345,7 @@ describe('files as content objects', () => {
     const restored = await stat(staleFile, { bigint: true });
     body.push(JSON.stringify({ p: 'skip/t-021.txt', d: body.map((l) => JSON.parse(l) as { p: string; d: string }).find((x) => x.p === 'skip/t-021.txt')!.d, s: staleText.length, ino: String(restored.ino), ct: String(restored.ctimeNs) }));
     await writeFile(recordPath, `${[JSON.stringify(oldHead), ...body].join('\n')}\n`);
-    await writeFile(join(f, 'skip', 't-396.txt'), 'changed 396\n');
-    await backupJson(s);
-    const a9 = await apply(s, ['--force']);
-    expect(a9.code, show(a9)).toBe(0);
+    const a9 = await changeAndApply(396, ['--force']);
     expect(stagedLine(a9.stderr)).toMatchObject({ changed: 1 });
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     const rewritten = (await readFile(recordPath, 'utf8')).trim().split('\n');
@@ -355,10 +359,7 @@ describe('files as content objects', () => {
     const half = Math.floor(cut.length / 2);
     [cut[half], cut[half + 1]] = [cut[half + 1]!, cut[half]!];
     await writeFile(recordPath, `${cut.join('\n')}\n`);
-    await writeFile(join(f, 'skip', 't-397.txt'), 'changed 397\n');
-    await backupJson(s);
-    const a10 = await apply(s);
-    expect(a10.code, show(a10)).toBe(0);
+    const a10 = await changeAndApply(397);
     expect(a10.stderr).toContain('the files record cannot be read past this point');
     expect(stagedLine(a10.stderr).changed).toBeGreaterThan(1);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
@@ -367,10 +368,7 @@ describe('files as content objects', () => {
     const shapesFile = join(s.standby.stateDir, 'files-pages.ndjson');
     const shapes = await readFile(shapesFile, 'utf8');
     await writeFile(shapesFile, shapes.replace(/"n":(\d)/, (_m, d: string) => `"n":${(Number(d) + 1) % 10}`));
-    await writeFile(join(f, 'skip', 't-393.txt'), 'changed 393\n');
-    await backupJson(s);
-    const a6 = await apply(s);
-    expect(a6.code, show(a6)).toBe(0);
+    const a6 = await changeAndApply(393);
     expect(stagedLine(a6.stderr)).toMatchObject({ changed: 1, pagesSkipped: 0 });
     expect(a6.stderr).toContain('do not match the SHA-256 the record has for them');
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
@@ -381,10 +379,7 @@ describe('files as content objects', () => {
     const head = JSON.parse(text.slice(0, text.indexOf('\n'))) as { checked: number };
     expect(head.checked).toBeGreaterThan(Date.now() - 600_000);
     await writeFile(recordPath, `${JSON.stringify({ ...head, checked: Date.now() - 25 * 3600 * 1000 })}${text.slice(text.indexOf('\n'))}`);
-    await writeFile(join(f, 'skip', 't-392.txt'), 'changed 392\n');
-    await backupJson(s);
-    const a5 = await apply(s);
-    expect(a5.code, show(a5)).toBe(0);
+    const a5 = await changeAndApply(392);
     expect(stagedLine(a5.stderr)).toMatchObject({ changed: 1, pagesSkipped: 0 });
     const after = await readFile(recordPath, 'utf8');
     expect((JSON.parse(after.slice(0, after.indexOf('\n'))) as { checked: number }).checked).toBeGreaterThan(Date.now() - 600_000);
@@ -395,10 +390,7 @@ describe('files as content objects', () => {
     await cp(live, `${live}.copy`, { recursive: true, preserveTimestamps: true });
     await rm(live, { recursive: true, force: true });
     await rename(`${live}.copy`, live);
-    await writeFile(join(f, 'skip', 't-394.txt'), 'changed 394\n');
-    await backupJson(s);
-    const a7 = await apply(s);
-    expect(a7.code, show(a7)).toBe(0);
+    const a7 = await changeAndApply(394);
     expect(stagedLine(a7.stderr).pagesSkipped).toBe(0);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
   }, 180_000);

@@ -13,7 +13,7 @@
 import { Readable, Transform, Writable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Decompress } from 'fzstd';
-import { TandemError } from './errors.js';
+import { TandemError, asError } from './errors.js';
 import { spawnFilter, type ChildStream } from './streams.js';
 
 export const DEFAULT_ZSTD_LEVEL = 1;
@@ -158,35 +158,31 @@ export function zstdDecompressSmall(maxBytes: number, tooLong: (bytes: number) =
       const data = Buffer.concat(chunks, stored);
       chunks.length = 0;
       let out = 0;
+      /** A piece of the plain bytes passed on, or the error once they run past maxBytes. */
+      const emit = (piece: Buffer): Error | undefined => {
+        out += piece.length;
+        if (out > maxBytes) return tooLong(out);
+        if (piece.length > 0) this.push(piece);
+        return undefined;
+      };
       // Windows narrowed in a copy: the zstd process, if it comes to that, gets the bytes as stored.
       const narrowed = Buffer.from(data);
       const bounds = zstdFrameBounds(narrowed, maxBytes);
       if (bounds !== null && bounds.window <= SMALL_WINDOW_MAX && bounds.declared <= maxBytes) {
         try {
-          const d = new Decompress((piece) => {
-            out += piece.length;
-            if (out > maxBytes) throw tooLong(out);
-            if (piece.length > 0) this.push(Buffer.from(piece));
-          });
-          d.push(narrowed, true);
+          // Synchronous: the count stops the decoder itself, before a later stage could.
+          new Decompress((piece) => {
+            const err = emit(Buffer.from(piece));
+            if (err) throw err;
+          }).push(narrowed, true);
           cb();
         } catch (err) {
-          cb(err instanceof Error ? err : new Error(String(err)));
+          cb(asError(err));
         }
         return;
       }
-      const z = zstdDecompress();
-      const sink = new Writable({
-        write: (piece: Buffer, _enc, next) => {
-          out += piece.length;
-          if (out > maxBytes) next(tooLong(out));
-          else {
-            this.push(piece);
-            next();
-          }
-        },
-      });
-      pipeline(Readable.from([data]), z, sink).then(() => cb(), (err: unknown) => cb(err instanceof Error ? err : new Error(String(err))));
+      const sink = new Writable({ write: (piece: Buffer, _enc, next) => next(emit(piece)) });
+      pipeline(Readable.from([data]), zstdDecompress(), sink).then(() => cb(), (err: unknown) => cb(asError(err)));
     },
   });
 }

@@ -65,3 +65,6 @@ export function describeError(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);
 }
+
+/** A stream is destroyed with an Error: a thrown value that is none (a bug) becomes one, with its text. */
+export const asError = (err: unknown): Error => (err instanceof Error ? err : new TandemError('internal', 'INTERNAL', String(err), { cause: err }));

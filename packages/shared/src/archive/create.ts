@@ -12,10 +12,10 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { PassThrough, Transform, type TransformCallback } from 'node:stream';
 import type { ReadEntry } from 'tar';
-import { TandemError } from '../errors.js';
+import { TandemError, asError } from '../errors.js';
 import { spawnSource } from '../streams.js';
 import { EntryRules, normalize } from './entry-rules.js';
-import { asError, guardEarlyErrors, runParser } from './parse.js';
+import { guardEarlyErrors, runParser } from './parse.js';
 
 /**
  * A tar (pax) stream of the contents of `dir`: modes, mtimes (sub-second), symlinks as symlinks,

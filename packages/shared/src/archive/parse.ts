@@ -4,7 +4,7 @@
  */
 import type { Readable } from 'node:stream';
 import { Parser, type ReadEntry } from 'tar';
-import { TandemError } from '../errors.js';
+import { TandemError, asError } from '../errors.js';
 import { unsafe } from './entry-rules.js';
 
 export interface TarListEntry {
@@ -67,8 +67,6 @@ function paxMtimeMs(meta: string): number | undefined {
   return Number(m[1]) * 1000 + Number(`${m[2] ?? ''}000`.slice(0, 3));
 }
 
-/** A stream is destroyed with an Error: a thrown value that is none (a bug) becomes one, with its text. */
-export const asError = (err: unknown): Error => (err instanceof Error ? err : new TandemError('internal', 'INTERNAL', String(err), { cause: err }));
 
 /**
  * Feed `source` to a strict node-tar Parser and run `onEntry` for each entry, one at a time and in

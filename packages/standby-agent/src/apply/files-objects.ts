@@ -413,38 +413,34 @@ function openRecord(stateDir: string, live: string, logger: Logger): { record: R
 export async function recordDeltaLines(stateDir: string, add: string[]): Promise<void> {
   if (add.length === 0) return;
   const file = recordFile(stateDir);
-  let head: RecordHead;
-  try {
-    const src = lines(file);
-    const first = src.next();
-    src.return(undefined);
-    if (first.done === true) return;
-    head = JSON.parse(first.value) as RecordHead;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw err;
-  }
+  const head = firstLine(file) as RecordHead | undefined;
+  if (head === undefined) return;
   const text = `${add.join('\n')}\n`;
   if (typeof head.gen !== 'string') {
     await appendFile(file, text);
     return;
   }
   const deltaFile = join(stateDir, RECORD_DELTA);
-  let ours = false;
-  try {
-    const src = lines(deltaFile);
-    const first = src.next();
-    src.return(undefined);
-    ours = first.done !== true && (JSON.parse(first.value) as { gen?: unknown }).gen === head.gen;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  if (ours) {
+  if ((firstLine(deltaFile) as { gen?: unknown } | undefined)?.gen === head.gen) {
     await appendFile(deltaFile, text);
     return;
   }
   await writeFile(`${deltaFile}.new`, `${JSON.stringify({ gen: head.gen })}\n${text}`, { mode: 0o600 });
   await rename(`${deltaFile}.new`, deltaFile);
+}
+
+/** A file's first line, parsed; undefined when there is no such file (or it is empty). */
+function firstLine(file: string): unknown {
+  const src = lines(file);
+  try {
+    const first = src.next();
+    return first.done === true ? undefined : (JSON.parse(first.value) as unknown);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  } finally {
+    src.return(undefined);
+  }
 }
 
 /**
@@ -561,17 +557,13 @@ function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): Las
       const length = Buffer.byteLength(line);
       if (first) {
         first = false;
-        if ((JSON.parse(line) as { live?: string }).live !== head.live) {
-          closeSync(fd);
-          return out;
-        }
+        if ((JSON.parse(line) as { live?: string }).live !== head.live) return out;
       } else out.add(line, at, length);
       at += length + 1;
     }
     if (hash.digest('hex') !== head.pagesSha256) {
       logger.warn({ file }, 'the page shapes of the last apply do not match the SHA-256 the record has for them: every page of the index is read');
       out.clear();
-      closeSync(fd);
       return out;
     }
     out.open(fd);
@@ -579,6 +571,8 @@ function readPageShapes(stateDir: string, head: RecordHead, logger: Logger): Las
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') logger.warn({ err, file }, 'the page shapes of the last apply cannot be read: every page of the index is read');
     out.clear();
+  } finally {
+    // Kept open only by the shapes that use it.
     if (fd !== null) closeSync(fd);
   }
   return out;
