@@ -1,0 +1,103 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { WriteBehind, openNewAsync } from './write-behind.js';
+
+const NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL;
+const isClosed = (fd: number): boolean => {
+  try {
+    fstatSync(fd);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EBADF';
+  }
+};
+
+describe('WriteBehind', () => {
+  let dir: string;
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('writes large files on the thread pool and small ones at once, finishing files in the order begun', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
+    const w = new WriteBehind(64 << 20);
+    const finished: string[] = [];
+    const big = [randomBytes(300_000), randomBytes(200_000), randomBytes(100)];
+    const a = openSync(join(dir, 'a'), NEW, 0o600);
+    const sa = w.begin(a, 500_100, () => finished.push(`a ${fstatSync(a).size}`));
+    // Out of order: the file's end first.
+    w.write(sa, [big[2]!], 500_000);
+    w.write(sa, [big[1]!.subarray(0, 50_000), big[1]!.subarray(50_000)], 300_000);
+    w.write(sa, [big[0]!], 0);
+    expect(w.inFlight).toBe(500_100);
+    w.end(sa);
+    const b = openSync(join(dir, 'b'), NEW, 0o600);
+    const sb = w.begin(b, 5, () => finished.push(`b ${fstatSync(b).size}`));
+    w.write(sb, [Buffer.from('small')], 0);
+    // A small file is written at once; it is finished only after the file begun before it.
+    expect(readFileSync(join(dir, 'b'), 'utf8')).toBe('small');
+    w.end(sb);
+    expect(finished).toEqual([]);
+    await w.flush();
+    expect(finished).toEqual(['a 500100', 'b 5']);
+    expect(readFileSync(join(dir, 'a')).equals(Buffer.concat(big))).toBe(true);
+    expect(isClosed(a) && isClosed(b)).toBe(true);
+    expect(w.inFlight).toBe(0);
+  });
+
+  it('keeps the bytes in flight near its bound when the caller waits for room', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
+    const w = new WriteBehind(512 << 10);
+    const fd = openSync(join(dir, 'f'), NEW, 0o600);
+    const s = w.begin(fd, 40 * 131_072, () => undefined);
+    const blobs = Array.from({ length: 40 }, () => randomBytes(131_072));
+    let most = 0;
+    let waited = 0;
+    for (const [i, blob] of blobs.entries()) {
+      w.write(s, [blob], i * blob.length);
+      most = Math.max(most, w.inFlight);
+      if (w.full) {
+        waited++;
+        await w.room();
+      }
+    }
+    w.end(s);
+    await w.flush();
+    expect(waited).toBeGreaterThan(0);
+    expect(most).toBeLessThanOrEqual((512 << 10) + 131_072);
+    expect(readFileSync(join(dir, 'f')).equals(Buffer.concat(blobs))).toBe(true);
+  });
+
+  it('a write that fails (no space) fails the next call and flush; settle closes every file not finished', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
+    const w = new WriteBehind();
+    const finished: string[] = [];
+    const ok = openSync(join(dir, 'ok'), NEW, 0o600);
+    const s1 = w.begin(ok, 200_000, () => finished.push('ok'));
+    w.write(s1, [randomBytes(200_000)], 0);
+    const full = openSync('/dev/full', constants.O_WRONLY);
+    const s2 = w.begin(full, 200_000, () => finished.push('full'));
+    w.write(s2, [randomBytes(200_000)], 0);
+    w.end(s2);
+    const later = openSync(join(dir, 'later'), NEW, 0o600);
+    await expect(w.flush()).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(() => w.begin(later, 10, () => undefined)).toThrow(/ENOSPC|no space/i);
+    expect(finished).toEqual([]);
+    await w.settle();
+    expect(isClosed(ok) && isClosed(full)).toBe(true);
+    closeSync(later);
+  });
+
+  it('openNewAsync creates a new file 0600 and refuses one that exists or a symlink', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
+    const fd = await openNewAsync(join(dir, 'n'));
+    expect(fstatSync(fd).mode & 0o777).toBe(0o600);
+    closeSync(fd);
+    await expect(openNewAsync(join(dir, 'n'))).rejects.toMatchObject({ code: 'EEXIST' });
+    writeFileSync(join(dir, 'elsewhere'), 'not to be written through a link');
+    symlinkSync(join(dir, 'elsewhere'), join(dir, 'l'));
+    await expect(openNewAsync(join(dir, 'l'))).rejects.toMatchObject({ code: 'EEXIST' });
+    expect(readFileSync(join(dir, 'elsewhere'), 'utf8')).toBe('not to be written through a link');
+  });
+});
