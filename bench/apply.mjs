@@ -22,7 +22,7 @@
 //   the previous commit, with node_modules, after `npx tsc -b`): each run then also times that
 //   version's `tandem-standby apply` of the same set, right after this one's, and the report ends
 //   with what this version costs or saves against it, per stage, in the same run.
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import {
   STANDBY_BIN,
@@ -42,6 +42,7 @@ import {
   runOk,
   verdict,
   agentCommand,
+  Discard,
 } from './lib/common.mjs';
 import { BENCH_DB, REF_DB, STANDBY_DB, agentEnv, parseJsonOut, removeSite } from './lib/site.mjs';
 import { finishBench, resticEnv, setUpBench } from './lib/setup.mjs';
@@ -59,6 +60,8 @@ const standbyDbs = [STANDBY_DB, `${STANDBY_DB}__tandem_new`, `${STANDBY_DB}__tan
 const dropAll = () => standbyDbs.forEach((d) => dropDatabase(d));
 const restic = resticEnv({ RESTIC_REPOSITORY: join(site.dir, 'restic') });
 const resticCache = join(site.dir, 'restic-cache');
+// Restored trees moved aside, removed with the site at the end (Discard).
+const discard = new Discard(join(site.dir, 'discarded'));
 
 async function refRestore(dumpFile) {
   dropDatabase(REF_DB);
@@ -90,7 +93,7 @@ async function resticRestore(i) {
   const target = join(site.dir, `restic-restore-${i}`);
   quietDisk();
   const t = await runOk('restic', ['restore', 'latest', '--quiet', '--cache-dir', resticCache, '--target', target], { env: restic });
-  rmSync(target, { recursive: true, force: true });
+  discard.put(target);
   return { seconds: t.seconds };
 }
 

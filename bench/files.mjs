@@ -51,6 +51,7 @@ import {
   runOk,
   treeStats,
   agentCommand,
+  Discard,
 } from './lib/common.mjs';
 import { ensureFilesTree } from './lib/dataset.mjs';
 import { CACHE_DIR, agentEnv, benchFilesMb, benchRuns, filesTreeDir, parseJsonOut, removeSite } from './lib/site.mjs';
@@ -96,6 +97,9 @@ const small = treeStats(smallTree);
 
 const work = mkdtempSync(join(os.tmpdir(), 'tandem-bench-files-'));
 const workTree = join(work, 'files');
+// What the runs are done with is moved aside and removed at the end (Discard: removing it between
+// timed steps slows the next step's creation of files on some file systems).
+const discard = new Discard(join(work, 'discarded'));
 let copyMode;
 try {
   copyMode = workingCopy(cachedTree, workTree);
@@ -171,7 +175,7 @@ async function resticBackup(repo, cache, dir, { init }) {
 }
 
 async function resticRestore(repo, cache, target) {
-  rmSync(target, { recursive: true, force: true });
+  discard.put(target);
   const r = await measured('restic restore', 'restic', ['restore', 'latest', '--quiet', '--cache-dir', cache, '--target', target], restic(repo));
   return { seconds: r.seconds, peakRssMiB: r.peakRssMiB };
 }
@@ -205,7 +209,8 @@ const newSite = (filesDir) => {
 };
 const dropSite = (site) => {
   liveSites.delete(site);
-  removeSite(site);
+  if (process.env.BENCH_KEEP_TMP === '1') removeSite(site);
+  else discard.put(site.dir);
 };
 try {
   // Through a pipe: GNU tar writing to /dev/null itself does not read the files' contents at all.
@@ -243,7 +248,7 @@ try {
         `whole apply ${fmtS(run.apply.durations.total ?? NaN)} (wall ${fmtS(run.apply.wall)}), ${stagedText(run.apply)}, peak RSS ${run.apply.peakRssMiB?.toFixed(0)} MiB`);
       checkApplied('the full apply', i, workTree, site.standbyFilesDir);
       run.resticRestore = await resticRestore(repo, cache, restoreDir);
-      rmSync(restoreDir, { recursive: true, force: true });
+      discard.put(restoreDir);
       log(`     restic restore latest (empty target): ${fmtS(run.resticRestore.seconds)}`);
 
       // 3. The 1% change.
@@ -274,7 +279,7 @@ try {
     } finally {
       if (change) revertChange(workTree, cachedTree, change, copyMode);
       dropSite(site);
-      for (const p of [repo, cache, restoreDir]) if (process.env.BENCH_KEEP_TMP !== '1') rmSync(p, { recursive: true, force: true });
+      for (const p of [repo, cache, restoreDir]) if (process.env.BENCH_KEEP_TMP !== '1') discard.put(p);
     }
 
     // 4. Many small files, on a fresh site (a working copy: step 4's change replaces some of them).
@@ -315,7 +320,7 @@ try {
       checkApplied('the apply of the small files changed', i, smallWork, smallSite.standbyFilesDir, rewritten);
     } finally {
       dropSite(smallSite);
-      if (process.env.BENCH_KEEP_TMP !== '1') for (const p of [sRepo, sCache, smallWork]) rmSync(p, { recursive: true, force: true });
+      if (process.env.BENCH_KEEP_TMP !== '1') for (const p of [sRepo, sCache, smallWork]) discard.put(p);
     }
   }
 

@@ -4,7 +4,8 @@
  * (mode, mtime, its record line) once its writes are done. What must hold whatever order the writes
  * complete in: the tree is the primary's, the record names each file's final inode and ctime in index
  * order, and a set that fails part-way (a pack missing after files were written and others opened
- * ahead) leaves the live files as they were and no staging behind.
+ * ahead) leaves the live files as they were and no staging behind. The files of 64 KiB or more
+ * are written with O_DIRECT (where the file system takes it, as this machine's temp dir does).
  */
 import { lstat, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
@@ -14,6 +15,16 @@ import { comparePaths } from '@tandem/shared';
 import { contentPacks, filesUsing, indexContents, tamperObject } from './support/objects.js';
 import { apply, backup, createStandbySite, dropSiteDatabases, expectNoLeftovers, liveState, removeStandbySite, show, type StandbySite } from './support/standby-helpers.js';
 import { ensurePostgres, snapshotTree, tmpDir } from './support/site.js';
+
+/** The apply's "files staged" log line. */
+function stagedLine(stderr: string): { bytesDirect: number; bytesWritten: number } {
+  for (const l of stderr.split('\n')) {
+    if (!l.startsWith('{')) continue;
+    const o = JSON.parse(l) as { msg?: string };
+    if (o.msg === 'files staged: only what changed') return o as never;
+  }
+  throw new Error(`no "files staged" line in the apply's log:\n${stderr}`);
+}
 
 /** The record's file lines (after its first line) whose paths are under `under`. */
 async function recordLines(s: StandbySite): Promise<Array<{ p: string; ino: string; ct: string; s: number }>> {
@@ -80,6 +91,8 @@ describe('files as content objects: a tree of media', () => {
     const a = await apply(s, ['--create-database']);
     expect(a.code, show(a)).toBe(0);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    // Every file of 64 KiB or more went to the disk directly (this machine's temp file system takes O_DIRECT).
+    expect(stagedLine(a.stderr).bytesDirect).toBe(idx.files.filter((f) => f.s >= 65_536).reduce((n, f) => n + f.s, 0));
     expect((await recordLines(s)).length).toBe(idx.files.length);
     expect(await recordMatchesLive(s)).toEqual([]);
   }, 180_000);

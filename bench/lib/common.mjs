@@ -1,9 +1,9 @@
 // Shared helpers for the benchmarks: running and timing commands, peak RSS, the machine, and the
 // report lines. Plain ESM, no dependencies beyond Node and the system tools the benchmarks name.
 import { spawn, spawnSync } from 'node:child_process';
-import { accessSync, constants as fsConstants, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -36,6 +36,33 @@ export function psql(db, sql) {
   });
   if (r.status !== 0) throw new Error(`psql on ${db} failed: ${r.stderr || r.error}\n  SQL: ${sql.slice(0, 300)}`);
   return r.stdout.trim();
+}
+
+/**
+ * Trees a bench is done with, moved aside (a rename) while timed steps remain, and removed at its end
+ * (clear). On ext4 without a journal, as on the machines measured, the inode allocator passes over
+ * every inode freed in the last 60 s (360 s while its inode table block is unwritten), a buffer
+ * lookup each, for every file it creates: removing a tree of a few thousand files between two timed
+ * restores made the next one spend up to half its CPU there (perf: ext4_create, recently_deleted),
+ * whichever tool it was, by how long ago the bench had removed what. A rename frees no inode.
+ */
+export class Discard {
+  #n = 0;
+  constructor(dir) {
+    this.dir = dir;
+  }
+
+  /** `path` (if it is there) out of the way, on the same file system. */
+  put(path) {
+    if (!existsSync(path)) return;
+    mkdirSync(this.dir, { recursive: true });
+    renameSync(path, join(this.dir, String(this.#n++)));
+  }
+
+  /** Everything put aside removed (after the last timed step). */
+  clear() {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
 }
 
 /**
