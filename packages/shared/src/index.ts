@@ -9,6 +9,7 @@ export * from './streams.js';
 export * from './config.js';
 export * from './logger.js';
 export * from './fsutil.js';
+export * from './write-behind.js';
 export * from './manifest.js';
 export * from './chunks.js';
 export { ChunkVerifierThread, PackReadThread, PackReadError, type LocalPack } from './chunk-verifier-thread.js';

@@ -144,11 +144,17 @@ function buildTree(src: string): number {
   bytes += w('new\nline.txt', 'newline in name\n', 0o644);
   bytes += w(LONG_FILE, 'long\n', 0o600);
   bytes += w('media/big.bin', randomBytes(3 * 1024 * 1024), 0o644);
+  // Written behind (64 KiB or more: the thread pool, O_DIRECT where the file system takes it): sizes
+  // off the 4 KiB alignment, an odd mode, and a hard link to one that may still be being written.
+  bytes += w('media/mid.bin', randomBytes(70_001), 0o640);
+  bytes += w('media/edge.bin', randomBytes(65_536), 0o600);
+  bytes += w('media/odd.bin', randomBytes(1_000_003), 0o755);
   bytes += w('media/empty.bin', '', 0o644);
   fs.mkdirSync(join(src, 'empty'));
   fs.chmodSync(join(src, 'empty'), 0o700);
   fs.mkdirSync(join(src, 'hard'));
   fs.linkSync(join(src, 'bin/run.sh'), join(src, 'hard/hl'));
+  fs.linkSync(join(src, 'media/odd.bin'), join(src, 'hard/odd-link'));
   fs.mkdirSync(join(src, 'links'));
   fs.symlinkSync('../config/site.conf', join(src, 'links/to-conf'));
   fs.symlinkSync('nowhere', join(src, 'links/dangling'));

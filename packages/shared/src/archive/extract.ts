@@ -20,7 +20,8 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { ReadEntry } from 'tar';
 import { TandemError, describeError } from '../errors.js';
-import { OPEN_NEW_FILE, mkdirp, writeAllSync, writevAll } from '../fsutil.js';
+import { OPEN_NEW_FILE, mkdirp, writeAllSync } from '../fsutil.js';
+import { DIRECT_OPEN, WriteBehind, openNewAsync } from '../write-behind.js';
 import { EntryRules, normalize, unsafe } from './entry-rules.js';
 import { guardEarlyErrors, limitError, runParser } from './parse.js';
 
@@ -65,12 +66,16 @@ export async function extractTarSafe(
   let prepared: Promise<void> | undefined;
   const prepare = (): Promise<void> => (prepared ??= prepareTarget(root, opts.label));
   const x = new Extractor(root, opts);
-  await runParser(source, opts.label, async (entry) => {
-    await prepare();
-    await x.entry(entry);
-  });
-  await prepare(); // an archive without entries still makes its (empty) target
-  await x.finish();
+  try {
+    await runParser(source, opts.label, async (entry) => {
+      await prepare();
+      await x.entry(entry);
+    });
+    await prepare(); // an archive without entries still makes its (empty) target
+    await x.finish();
+  } finally {
+    await x.settle();
+  }
   return { entries: x.entries, bytes: x.bytes };
 }
 
@@ -104,10 +109,14 @@ const utime = (d: Date): number => d.getTime() / 1000 + 5e-7;
 /** Opens a directory for fchmod/futimes; fails (ELOOP, ENOTDIR) rather than follow a symlink. */
 const OPEN_DIR_NOFOLLOW = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW;
 
-const SMALL_FILE = 1024 * 1024;
-const WRITE_BATCH = 1024 * 1024;
+/**
+ * Files of this size or more are written behind (WriteBehind: on the thread pool, with O_DIRECT
+ * where the target's file system takes it), while the archive is decrypted and parsed further;
+ * smaller ones are gathered and written at once on this thread.
+ */
+const BEHIND_MIN = 64 * 1024;
 
-/** The data of a file up to SMALL_FILE bytes, gathered from its entry. */
+/** The data of a file under BEHIND_MIN bytes, gathered from its entry. */
 async function readSmallFile(e: ReadEntry): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of e as AsyncIterable<Buffer>) chunks.push(chunk);
@@ -133,49 +142,6 @@ function writeNewFile(abs: string, data: Buffer, mode: number, times: [number, n
   }
 }
 
-/** Batches of a large file written while the next ones are decrypted and parsed. */
-const LARGE_WRITES_IN_FLIGHT = 2;
-
-/**
- * Larger files stream through, written in batches of about 1 MiB at their offsets, up to
- * LARGE_WRITES_IN_FLIGHT at a time on the libuv pool: the thread that decrypts and parses the
- * archive does not wait for each write to finish, and the pieces are written as they came (writev,
- * no join).
- */
-async function writeLargeFile(e: ReadEntry, abs: string, mode: number): Promise<number> {
-  const fh = await fsp.open(abs, OPEN_NEW_FILE, 0o600);
-  const inFlight: Array<Promise<void>> = [];
-  try {
-    let written = 0;
-    let batch: Buffer[] = [];
-    let batched = 0;
-    const issue = () => {
-      const w = writevAll(fh, batch, written);
-      w.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
-      inFlight.push(w);
-      written += batched;
-      batch = [];
-      batched = 0;
-    };
-    for await (const chunk of e as AsyncIterable<Buffer>) {
-      batch.push(chunk);
-      batched += chunk.length;
-      if (batched >= WRITE_BATCH) {
-        issue();
-        if (inFlight.length >= LARGE_WRITES_IN_FLIGHT) await inFlight.shift();
-      }
-    }
-    if (batched > 0) issue();
-    while (inFlight.length > 0) await inFlight.shift();
-    await fh.chmod(mode);
-    if (e.mtime) await fh.utimes(utime(e.atime ?? e.mtime), utime(e.mtime));
-    return written;
-  } finally {
-    await Promise.allSettled(inFlight);
-    await fh.close();
-  }
-}
-
 interface DirAttrs {
   abs: string;
   depth: number;
@@ -194,6 +160,9 @@ class Extractor {
    * read-only dir mode would stop us creating its children. */
   readonly #dirs: DirAttrs[] = [];
   #lastParent = '';
+  /** The larger files' writes, finished (mode, times, closed) in archive order as they complete. */
+  readonly #behind = new WriteBehind(4 << 20);
+  #directTried = false;
 
   constructor(root: string, opts: ExtractOptions) {
     this.#root = root;
@@ -247,6 +216,11 @@ class Extractor {
    * O_NOFOLLOW: a path that is not (or no longer) a directory fails here instead of being followed.
    */
   async finish(): Promise<void> {
+    try {
+      await this.#behind.flush();
+    } catch (err) {
+      throw new TandemError('permanent', 'EXTRACT_FAILED', `${this.#opts.label}: cannot write the extracted files: ${describeError(err)}`, { cause: err });
+    }
     this.#dirs.sort((a, b) => b.depth - a.depth);
     for (const d of this.#dirs) {
       const fh = await fsp.open(d.abs, OPEN_DIR_NOFOLLOW);
@@ -257,6 +231,40 @@ class Extractor {
         await fh.close();
       }
     }
+  }
+
+  /** Waits for the writes in flight and closes the files not finished (after a failure). */
+  async settle(): Promise<void> {
+    await this.#behind.settle();
+  }
+
+  /** A file of BEHIND_MIN bytes or more: its chunks handed to the writer as they come. */
+  async #fileBehind(e: ReadEntry, abs: string, mode: number, times: [number, number] | undefined): Promise<number> {
+    if (!this.#directTried) {
+      this.#directTried = true;
+      this.#behind.enableDirect(this.#root);
+    }
+    const fd = await openNewAsync(abs, this.#behind.direct ? DIRECT_OPEN : OPEN_NEW_FILE);
+    const slot = this.#behind.begin(
+      fd,
+      e.size,
+      () => {
+        fs.fchmodSync(fd, mode);
+        if (times) fs.futimesSync(fd, times[0], times[1]);
+      },
+      { direct: true },
+    );
+    let written = 0;
+    try {
+      for await (const chunk of e as AsyncIterable<Buffer>) {
+        this.#behind.write(slot, [chunk], written);
+        written += chunk.length;
+        if (this.#behind.full) await this.#behind.room();
+      }
+    } finally {
+      this.#behind.end(slot);
+    }
+    return written;
   }
 
   async #parent(abs: string): Promise<void> {
@@ -278,8 +286,9 @@ class Extractor {
     const mode = fileMode ?? (e.mode ?? 0o644) & 0o777;
     const truncated = (written: number) =>
       new TandemError('integrity', 'ARCHIVE_CORRUPT', `${label}: ${JSON.stringify(e.path)} is truncated (${written} of ${e.size} bytes)`);
-    if (e.size > SMALL_FILE) {
-      const written = await writeLargeFile(e, abs, mode);
+    const times = e.mtime ? ([utime(e.atime ?? e.mtime), utime(e.mtime)] as [number, number]) : undefined;
+    if (e.size >= BEHIND_MIN) {
+      const written = await this.#fileBehind(e, abs, mode, times);
       if (written !== e.size) throw truncated(written);
       this.bytes += written;
       return;
@@ -287,7 +296,6 @@ class Extractor {
     const data = await readSmallFile(e);
     if (data.length !== e.size) throw truncated(data.length);
     this.bytes += data.length;
-    const times = e.mtime ? ([utime(e.atime ?? e.mtime), utime(e.mtime)] as [number, number]) : undefined;
     writeNewFile(abs, data, mode, times);
   }
 

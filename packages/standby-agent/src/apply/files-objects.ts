@@ -32,11 +32,15 @@ import {
   fetchPackStored,
   fetchPackLocal,
   PackReadThread,
+  DIRECT_OPEN,
+  type FileSlot,
+  WriteBehind,
+  openNewAsync,
 } from '@tandem/shared';
 import { artifactLabel, decodeStored, type StoredInput } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
 import type { Names } from './targets.js';
-import { DIRECT_OPEN, type FileSlot, WriteBehind, openNewAsync } from './write-behind.js';
+
 
 /**
  * Applying a set whose files are content objects (cas/), at the cost of what changed.
@@ -1007,6 +1011,8 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     const plain = await packPlain(ord);
     writer.write(slot, blobSlices(plain, { id, offset: off, length: len }, filesKey.hmacKey, `${label}: ${JSON.stringify(w.e.p)}`), at);
     bytesWritten += len;
+    // Bounded after each blob, not each file: a file of 25 MB would otherwise be in flight whole.
+    if (writer.full) await writer.room();
     const left = (uses.get(ord) ?? 1) - 1;
     uses.set(ord, left);
     if (left === 0) held.delete(ord);
@@ -1084,6 +1090,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
               writer.write(slot, [data], here);
               bytesWritten += len;
               bytesReused += len;
+              if (writer.full) await writer.room();
               continue;
             }
             logger.warn({ file: w.e.p, blob: id }, 'a blob of the live file does not match its id any more: fetched from the filestore instead');

@@ -1,6 +1,6 @@
 import { closeSync, constants, ftruncateSync, open, openSync, rmSync, write, writeSync, writev } from 'node:fs';
 import { join } from 'node:path';
-import { OPEN_NEW_FILE, writeAllSync } from '@tandem/shared';
+import { OPEN_NEW_FILE, writeAllSync } from './fsutil.js';
 
 /**
  * The writes of an apply's files, the large ones handed to libuv's thread pool, so that they run on
