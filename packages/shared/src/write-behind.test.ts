@@ -134,6 +134,15 @@ describe('WriteBehind, direct writes', () => {
     expect(readdirSync(dir).sort()).toEqual(['f0', 'f1', 'f2', 'f3']);
   });
 
+  it('the probe leaves the dir as it found it (an extraction target holds the archive\'s files)', () => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
+    writeFileSync(join(dir, '.direct-probe'), 'an entry of the archive');
+    writeFileSync(join(dir, 'photo.jpg'), 'another');
+    expect(new WriteBehind().enableDirect(dir)).toBeUndefined();
+    expect(readdirSync(dir).sort()).toEqual(['.direct-probe', 'photo.jpg']);
+    expect(readFileSync(join(dir, '.direct-probe'), 'utf8')).toBe('an entry of the archive');
+  });
+
   it('a direct file written out of order is refused', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     const w = new WriteBehind();

@@ -1,4 +1,5 @@
 import { closeSync, constants, ftruncateSync, open, openSync, rmSync, write, writeSync, writev } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { OPEN_NEW_FILE, writeAllSync } from './fsutil.js';
 
@@ -281,9 +282,13 @@ class DirectBlocks {
 /** Why `dir` cannot take direct writes (a file opened with O_DIRECT, one aligned block written), or undefined. */
 function probeDirect(dir: string): string | undefined {
   if (constants.O_DIRECT === undefined) return 'this platform has no O_DIRECT';
-  const file = join(dir, '.direct-probe');
+  // A name nothing else uses (the dir may be an extraction target holding the archive's entries),
+  // and removed only when this made it.
+  const file = join(dir, `.tandem-direct-probe-${randomBytes(8).toString('hex')}`);
+  let made = false;
   try {
     const fd = openSync(file, DIRECT_OPEN, 0o600);
+    made = true;
     try {
       const block = new DirectBlocks().take();
       if (writeSync(fd, block, 0, DIRECT_ALIGN, 0) !== DIRECT_ALIGN) return 'a direct write was short';
@@ -294,7 +299,7 @@ function probeDirect(dir: string): string | undefined {
   } catch (err) {
     return (err as Error).message;
   } finally {
-    rmSync(file, { force: true });
+    if (made) rmSync(file, { force: true });
   }
 }
 
