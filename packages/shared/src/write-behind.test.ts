@@ -143,6 +143,24 @@ describe('WriteBehind, direct writes', () => {
     expect(readFileSync(join(dir, '.direct-probe'), 'utf8')).toBe('an entry of the archive');
   });
 
+  it('copies a file with direct reads and writes, exactly, whatever its size', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
+    const w = new WriteBehind();
+    expect(w.enableDirect(dir)).toBeUndefined();
+    for (const size of [0, 4096, 262_144, 1_000_003, 5 * 262_144 + 17]) {
+      const data = randomBytes(size);
+      writeFileSync(join(dir, `src-${size}`), data);
+      await w.copyDirect(join(dir, `src-${size}`), join(dir, `dst-${size}`), size);
+      expect(readFileSync(join(dir, `dst-${size}`)).equals(data), `${size} bytes`).toBe(true);
+      expect(fstatSync(openSync(join(dir, `dst-${size}`), 'r')).mode & 0o777).toBe(0o600);
+    }
+    // A source shorter than said (changed while copied) is an error, not a short copy.
+    writeFileSync(join(dir, 'short'), randomBytes(300_000));
+    await expect(w.copyDirect(join(dir, 'short'), join(dir, 'short-copy'), 400_000)).rejects.toThrow(/read 300000 of its 400000 bytes/);
+    // An existing target is not written over.
+    await expect(w.copyDirect(join(dir, 'short'), join(dir, 'dst-4096'), 300_000)).rejects.toMatchObject({ code: 'EEXIST' });
+  });
+
   it('a direct file written out of order is refused', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     const w = new WriteBehind();

@@ -1,4 +1,4 @@
-import { closeSync, constants, ftruncateSync, open, openSync, rmSync, write, writeSync, writev } from 'node:fs';
+import { closeSync, constants, ftruncateSync, open, openSync, read, rmSync, write, writeSync, writev } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { OPEN_NEW_FILE, writeAllSync } from './fsutil.js';
@@ -141,6 +141,61 @@ export class WriteBehind {
     return this.#blocks !== null;
   }
 
+  /**
+   * The file open as `from` (a path; /proc/self/fd/N names a descriptor's own file) copied into a new
+   * file at `to`, `size` bytes, both read and written with O_DIRECT, COPY_AHEAD blocks at a time on
+   * the thread pool: neither file's bytes go through the page cache, so a file that a direct write
+   * put on the disk costs the disk's time to copy, not the cache's (a kernel copy reads it into the
+   * cache first: 60-70 ms for 24 MB here, against ~20 with the blocks in parallel). Only when
+   * `direct`. Throws what the file system said; `to` may then be left, partly written.
+   */
+  async copyDirect(from: string, to: string, size: number): Promise<void> {
+    const blocks = this.#blocks;
+    if (blocks === null) throw new Error('WriteBehind.copyDirect: direct writes are not enabled');
+    const src = openSync(from, constants.O_RDONLY | (constants.O_DIRECT ?? 0));
+    let dst: number | undefined;
+    const inFlight = new Set<Promise<void>>();
+    let copied = 0;
+    let failed: unknown;
+    try {
+      dst = openSync(to, DIRECT_OPEN, 0o600);
+      const out = dst;
+      const one = async (at: number): Promise<void> => {
+        const b = blocks.take();
+        try {
+          // A short read is the end of the file (the next direct read would start unaligned).
+          const n = await ioAsync(read, src, b, Math.min(DIRECT_BLOCK, Math.ceil((size - at) / DIRECT_ALIGN) * DIRECT_ALIGN), at);
+          copied += n;
+          if (n === 0) return;
+          const len = Math.ceil(n / DIRECT_ALIGN) * DIRECT_ALIGN;
+          if (len > n) b.fill(0, n, len);
+          if ((await ioAsync(write, out, b, len, at)) !== len) throw Object.assign(new Error(`a direct write of ${len} bytes was short`), { code: 'EIO' });
+        } finally {
+          blocks.give(b);
+        }
+      };
+      for (let at = 0; at < size && failed === undefined; at += DIRECT_BLOCK) {
+        while (inFlight.size >= COPY_AHEAD) await Promise.race(inFlight);
+        const p: Promise<void> = one(at).then(
+          () => void inFlight.delete(p),
+          (err: unknown) => {
+            inFlight.delete(p);
+            failed ??= err;
+          },
+        );
+        inFlight.add(p);
+      }
+      await Promise.all(inFlight);
+      if (failed !== undefined) throw failed;
+      if (copied !== size) throw Object.assign(new Error(`${from}: read ${copied} of its ${size} bytes (changed while copied?)`), { code: 'EIO' });
+      ftruncateSync(out, size);
+    } finally {
+      await Promise.allSettled(inFlight);
+      closeSync(src);
+      if (dst !== undefined) closeSync(dst);
+    }
+  }
+
   /** A direct slot's bytes gathered into aligned blocks, each written whole when full. */
   #gather(slot: FileSlot, pieces: Buffer[], position: number): void {
     if (position !== slot.next) throw new Error(`WriteBehind: a direct write at ${position} of a file written up to ${slot.next}`);
@@ -250,6 +305,14 @@ export interface FileSlot {
 
 /** Node's WebAssembly.Memory (the compiler's libraries here have no WebAssembly types). */
 declare const WebAssembly: { Memory: new (d: { initial: number }) => { buffer: ArrayBuffer } };
+
+/** fs.read or fs.write of `len` bytes of `buf` at `position`, as a promise of the bytes done. */
+function ioAsync(op: typeof read | typeof write, fd: number, buf: Buffer, len: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => (op as (fd: number, b: Buffer, o: number, l: number, p: number, cb: (err: NodeJS.ErrnoException | null, n: number) => void) => void)(fd, buf, 0, len, position, (err, n) => (err === null ? resolve(n) : reject(err))));
+}
+
+/** Blocks of a direct copy read or written at once (COPY_AHEAD × 256 KiB). */
+const COPY_AHEAD = 16;
 
 /** Offsets, lengths and memory of a direct write are multiples of this. */
 const DIRECT_ALIGN = 4096;
