@@ -173,6 +173,19 @@ describe('WriteBehind, direct writes', () => {
     expect(isClosed(fd)).toBe(true);
   });
 
+  it('TANDEM_DIRECT_WRITES=0 turns direct writes off', () => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
+    process.env.TANDEM_DIRECT_WRITES = '0';
+    try {
+      const w = new WriteBehind();
+      expect(w.enableDirect(dir)).toBe('TANDEM_DIRECT_WRITES=0');
+      expect(w.direct).toBe(false);
+    } finally {
+      delete process.env.TANDEM_DIRECT_WRITES;
+    }
+    expect(new WriteBehind().enableDirect(dir)).toBeUndefined();
+  });
+
   it('where a probe file cannot be written directly, files go through the page cache as before', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     const w = new WriteBehind();
