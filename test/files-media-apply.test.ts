@@ -13,18 +13,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { comparePaths } from '@tandem/shared';
 import { contentPacks, filesUsing, indexContents, tamperObject } from './support/objects.js';
-import { apply, backup, createStandbySite, dropSiteDatabases, expectNoLeftovers, liveState, removeStandbySite, show, type StandbySite } from './support/standby-helpers.js';
+import { apply, backup, createStandbySite, dropSiteDatabases, expectNoLeftovers, liveState, removeStandbySite, show, type StandbySite, stagedLine } from './support/standby-helpers.js';
 import { ensurePostgres, snapshotTree, tmpDir } from './support/site.js';
-
-/** The apply's "files staged" log line. */
-function stagedLine(stderr: string): { bytesDirect: number; bytesWritten: number; bytesCopied: number; copiedDirect: number } {
-  for (const l of stderr.split('\n')) {
-    if (!l.startsWith('{')) continue;
-    const o = JSON.parse(l) as { msg?: string };
-    if (o.msg === 'files staged: only what changed') return o as never;
-  }
-  throw new Error(`no "files staged" line in the apply's log:\n${stderr}`);
-}
 
 /** The record's file lines (after its first line) whose paths are under `under`. */
 async function recordLines(s: StandbySite): Promise<Array<{ p: string; ino: string; ct: string; s: number }>> {

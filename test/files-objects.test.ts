@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { comparePaths } from '@tandem/shared';
-import { apply, backup, createStandbySite, dropSiteDatabases, removeStandbySite, show, type StandbySite } from './support/standby-helpers.js';
+import { apply, backup, createStandbySite, dropSiteDatabases, removeStandbySite, show, type StandbySite, stagedLine } from './support/standby-helpers.js';
 import { ensurePostgres, mutateSiteTree, runPrimary, snapshotTree, tmpDir } from './support/site.js';
 
 async function listObjects(s: StandbySite): Promise<string[]> {
@@ -25,16 +25,6 @@ async function backupJson(s: StandbySite, extra: string[] = []) {
   if (r.code !== 0) throw new Error(`backup failed: ${r.stderr}`);
   if (process.env.DEBUG_OBJECTS) console.log(r.stderr);
   return JSON.parse(r.stdout) as { setId: string; artifacts: Array<{ name: string; kind: string; file: string }>; files?: { filesRead: number; blobsUploaded: number; newBytes: number; bytesRead: number; packsUploaded: number; files: number; cache: string } };
-}
-
-/** The apply's "files staged" log line (JSON logs: stderr is not a terminal). */
-function stagedLine(stderr: string): { changed: number; removed: number; bytesWritten: number; bytesReused: number; bytesCopied: number; packs: number; pagesCached: number; pagesSkipped: number } {
-  for (const l of stderr.split('\n')) {
-    if (!l.startsWith('{')) continue;
-    const o = JSON.parse(l) as { msg?: string };
-    if (o.msg === 'files staged: only what changed') return o as never;
-  }
-  throw new Error(`no "files staged" line in the apply's log:\n${stderr}`);
 }
 
 /** Every directory under `dir` (not itself): its mode and mtime in milliseconds. */

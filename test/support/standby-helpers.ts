@@ -506,3 +506,24 @@ export function rawTar(entries: RawTarEntry[]): Buffer {
   blocks.push(Buffer.alloc(1024));
   return Buffer.concat(blocks);
 }
+
+/** The apply's "files staged" log line (JSON logs: stderr is not a terminal): what it wrote, kept, copied and fetched. */
+export function stagedLine(stderr: string): {
+  changed: number;
+  removed: number;
+  bytesWritten: number;
+  bytesReused: number;
+  bytesCopied: number;
+  copiedDirect: number;
+  bytesDirect: number;
+  packs: number;
+  pagesCached: number;
+  pagesSkipped: number;
+} {
+  for (const l of stderr.split('\n')) {
+    if (!l.startsWith('{')) continue;
+    const o = JSON.parse(l) as { msg?: string };
+    if (o.msg === 'files staged: only what changed') return o as never;
+  }
+  throw new Error(`no "files staged" line in the apply's log:\n${stderr}`);
+}

@@ -90,16 +90,21 @@ export async function writevAll(fh: FileHandle, bufs: Buffer[], position: number
   let left = bufs;
   let at = position;
   while (left.length > 0) {
-    let { bytesWritten: n } = await fh.writev(left, at ?? undefined);
+    const { bytesWritten: n } = await fh.writev(left, at ?? undefined);
     if (at !== null) at += n;
-    const rest: Buffer[] = [];
-    for (const b of left) {
-      if (n >= b.length) n -= b.length;
-      else {
-        rest.push(n > 0 ? b.subarray(n) : b);
-        n = 0;
-      }
-    }
-    left = rest;
+    left = piecesAfter(left, n);
   }
+}
+
+/** What is left of `bufs` (pieces written in order) after their first `n` bytes, without copying. */
+export function piecesAfter(bufs: Buffer[], n: number): Buffer[] {
+  const rest: Buffer[] = [];
+  for (const b of bufs) {
+    if (n >= b.length) n -= b.length;
+    else {
+      rest.push(n > 0 ? b.subarray(n) : b);
+      n = 0;
+    }
+  }
+  return rest;
 }

@@ -15,10 +15,11 @@ const isClosed = (fd: number): boolean => {
   }
 };
 
-describe('WriteBehind', () => {
-  let dir: string;
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+/** Each test's temp dir, removed after it. */
+let dir: string;
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
+describe('WriteBehind', () => {
   it('writes large files on the thread pool and small ones at once, finishing files in the order begun', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     const w = new WriteBehind(64 << 20);
@@ -103,9 +104,6 @@ describe('WriteBehind', () => {
 });
 
 describe('WriteBehind, direct writes', () => {
-  let dir: string;
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
-
   it('writes files of any size from aligned blocks (O_DIRECT) and cuts each to its size', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     const w = new WriteBehind(1 << 20);

@@ -1,7 +1,7 @@
 import { closeSync, constants, ftruncateSync, open, openSync, read, rmSync, write, writeSync, writev } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { OPEN_NEW_FILE, writeAllSync } from './fsutil.js';
+import { OPEN_NEW_FILE, piecesAfter, writeAllSync } from './fsutil.js';
 
 /**
  * The writes of an apply's files, the large ones handed to libuv's thread pool, so that they run on
@@ -224,14 +224,8 @@ export class WriteBehind {
     slot.pending++;
     this.#inFlight += len;
     write(slot.fd, block, 0, len, at, (err, written) => {
-      this.#inFlight -= len;
-      slot.pending--;
       this.#blocks?.give(block);
-      if (err !== null) this.#failed ??= err;
-      else if (written !== len) this.#failed ??= Object.assign(new Error(`a direct write of ${len} bytes wrote ${written}`), { code: 'EIO' });
-      const wake = this.#wake;
-      this.#wake = undefined;
-      wake?.();
+      this.#done(slot, len, err ?? (written !== len ? Object.assign(new Error(`a direct write of ${len} bytes wrote ${written}`), { code: 'EIO' }) : null));
     });
   }
 
@@ -239,27 +233,22 @@ export class WriteBehind {
     writev(slot.fd, pieces, position, (err, written) => {
       if (err === null && written < len && written > 0) {
         // A short write (rare on a regular file): the rest from where it stopped.
-        let skip = written;
-        const rest: Buffer[] = [];
-        for (const p of pieces) {
-          if (skip >= p.length) skip -= p.length;
-          else {
-            rest.push(skip > 0 ? p.subarray(skip) : p);
-            skip = 0;
-          }
-        }
         this.#inFlight -= written;
-        this.#pwritev(slot, rest, position + written, len - written);
+        this.#pwritev(slot, piecesAfter(pieces, written), position + written, len - written);
         return;
       }
-      this.#inFlight -= len;
-      slot.pending--;
-      if (err !== null) this.#failed ??= err;
-      else if (written === 0) this.#failed ??= Object.assign(new Error(`write returned 0 of ${len} bytes`), { code: 'EIO' });
-      const wake = this.#wake;
-      this.#wake = undefined;
-      wake?.();
+      this.#done(slot, len, err ?? (written === 0 ? Object.assign(new Error(`write returned 0 of ${len} bytes`), { code: 'EIO' }) : null));
     });
+  }
+
+  /** A write of `len` bytes of the slot's file completed (failed with `err`): whoever waits is woken. */
+  #done(slot: FileSlot, len: number, err: Error | null): void {
+    this.#inFlight -= len;
+    slot.pending--;
+    if (err !== null) this.#failed ??= err;
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
   }
 
   #next(): Promise<void> {
