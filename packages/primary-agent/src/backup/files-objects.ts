@@ -3,6 +3,7 @@ import { appendFile, lstat, open, readFile, readlink, rename, rm } from 'node:fs
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import { CachedFiles } from './cached-files.js';
 import {
   ChunkerStream,
   FILES_INDEX_FORMAT,
@@ -125,18 +126,7 @@ interface BlobLoc {
   id: string;
 }
 
-interface CachedFile {
-  s: number;
-  ns: string;
-  ino: string;
-  /**
-   * Its blobs as entries of the blob table (4 bytes each): objects with a hex id were ~150 bytes a
-   * blob, and 64 KiB chunks make a 50 GB tree ~800,000 blobs. A file of one blob (most files of a
-   * tree of small ones) holds its entry as a number: a typed array each, with its own buffer, was
-   * ~200 bytes a file (20 MB of 100,000 small files).
-   */
-  blobs: Uint32Array | number;
-}
+const NO_BLOBS: BlobLoc[] = [];
 
 /** A page of the index in the cache: the blob's pack (a cache ordinal) and place. */
 interface CachedPage {
@@ -147,9 +137,16 @@ interface CachedPage {
 interface QueuedEntry {
   entry: TreeEntry;
   blobs: BlobLoc[];
+  /**
+   * A file as the cache has it: its blobs as entries of the blob table (all in stored packs), made
+   * into BlobLocs only when the entry leaves the queue. Up to QUEUE_SEAL entries wait, long enough
+   * to outlive the young generation: a BlobLoc and its hex id each were most of what they left to
+   * the full collections of a backup of 100,000 small files.
+   */
+  cached?: Uint32Array | number;
   /** For the cache: the file's mtime (ns) and inode. */
-  ns?: string;
-  ino?: string;
+  ns?: string | bigint;
+  ino?: string | bigint;
 }
 
 export interface FilesObjectsStats {
@@ -242,7 +239,7 @@ const storedPack = (info: PackInfo, no: number): PackRecord => ({ no, info, stor
 
 /** What is stored, as the walk needs it: files by path, and every blob's place (the packs by number). */
 interface Known {
-  files: Map<string, CachedFile>;
+  files: CachedFiles;
   blobs: BlobTable;
   /** The packs the table's entries name, by number; this run's packs are added as they open. */
   packs: PackRecord[];
@@ -251,7 +248,7 @@ interface Known {
 
 /** The cache (or a rebuilt index) as what the walk needs. */
 async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
-  const fresh = (): Known => ({ files: new Map(), blobs: new BlobTable(), packs: [], source: 'none' });
+  const fresh = (): Known => ({ files: new CachedFiles(), blobs: new BlobTable(), packs: [], source: 'none' });
   let known = fresh();
   const file = join(o.stateDir, FILES_CACHE);
   const addBlob = (k: Known, pack: number, offset: number, length: number, id: string) => k.blobs.add(Buffer.from(id, 'hex'), pack, offset, length);
@@ -283,7 +280,7 @@ async function loadKnown(o: FilesObjectsOptions): Promise<Known> {
               if (!known.packs[p]) throw new Error(`pack ${p} unknown`);
               entries[i] = addBlob(known, p, offset, length, id);
             });
-            known.files.set(l.p, { s: l.s, ns: l.ns ?? '', ino: l.ino ?? '', blobs: entries.length === 1 ? entries[0]! : entries });
+            known.files.set(l.p, l.s, l.ns ?? '', l.ino ?? '', entries);
           }
         }
         known.source = 'used';
@@ -438,7 +435,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
     const table = known.blobs;
     /** Where a file the cache lists has its blobs. */
     const locOf = (e: number): BlobLoc => ({ pack: known.packs[table.pack(e)]!, offset: table.offset(e), length: table.length(e), id: table.idHex(e) });
-    const locsOf = (f: CachedFile): BlobLoc[] => (typeof f.blobs === 'number' ? [locOf(f.blobs)] : Array.from(f.blobs, locOf));
+    const locsOf = (entries: Uint32Array | number): BlobLoc[] => (typeof entries === 'number' ? [locOf(entries)] : Array.from(entries, locOf));
     cacheOut = createWriteStream(cacheNew, { mode: 0o600 });
     writeCache({ t: 'h', site: o.site, setId: o.setId });
     let open_: OpenPack | null = null;
@@ -708,7 +705,8 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
       if (failure !== undefined) throw failure;
       while (qHead < queue.length) {
         const q = queue[qHead]!;
-        if (!q.blobs.every((b) => b.pack.done)) return;
+        if (q.cached !== undefined) q.blobs = locsOf(q.cached);
+        else if (!q.blobs.every((b) => b.pack.done)) return;
         queue[qHead++] = undefined as unknown as QueuedEntry;
         if (qHead > 4096 && qHead * 2 > queue.length) {
           queue.splice(0, qHead); // drained from the front without shift(), which is linear
@@ -722,7 +720,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
           }
         }
         entries++;
-        if (q.entry.t === 'f') writeCache({ t: 'f', p: q.entry.p, s: q.entry.s, ns: q.ns, ino: q.ino, b: q.blobs.map((b) => [cachePack.get(b.pack)!, b.offset, b.length, b.id]) });
+        if (q.entry.t === 'f') writeCache({ t: 'f', p: q.entry.p, s: q.entry.s, ns: String(q.ns), ino: String(q.ino), b: q.blobs.map((b) => [cachePack.get(b.pack)!, b.offset, b.length, b.id]) });
         const page = pager.add(q.entry, q.blobs.map((b) => ({ info: b.pack.info!, offset: b.offset, length: b.length, id: b.id })));
         if (page !== null) await storePage(page);
       }
@@ -769,25 +767,27 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
         } else {
           stats.files++;
           const s = Number(st.size);
-          const ns = String(st.mtimeNs);
-          const ino = String(st.ino);
-          const cached = known.files.get(p);
-          let blobs: BlobLoc[];
-          let size = s;
-          if (cached && cached.s === s && cached.ns === ns && cached.ino === ino) blobs = locsOf(cached);
-          else {
-            blobs = await readBlobs(full, s).catch((err: NodeJS.ErrnoException) => {
-              if (err.code === 'ENOENT') return null as unknown as BlobLoc[];
-              throw err;
-            });
-            if (blobs === null) {
-              o.logger.warn({ path: full }, 'a file vanished while the files were backed up: left out of this set');
-              stats.files--;
-              continue;
-            }
-            size = blobs.reduce((n, b) => n + b.length, 0);
-            if (size !== s) o.logger.warn({ path: full, size: s, read: size }, 'a file changed while it was backed up: the set has what was read');
+          const cached = known.files.unchanged(p, s, st.mtimeNs, st.ino);
+          if (cached !== undefined) {
+            // As the last set has it (its line fitted an index then): queued as blob-table entries.
+            bytes += s;
+            stats.bytes += s;
+            queue.push({ entry: { t: 'f', p, m, mt, s, b: [] }, blobs: NO_BLOBS, cached, ns: st.mtimeNs, ino: st.ino });
+            await unblock();
+            yield* flush();
+            continue;
           }
+          const blobs = await readBlobs(full, s).catch((err: NodeJS.ErrnoException) => {
+            if (err.code === 'ENOENT') return null;
+            throw err;
+          });
+          if (blobs === null) {
+            o.logger.warn({ path: full }, 'a file vanished while the files were backed up: left out of this set');
+            stats.files--;
+            continue;
+          }
+          const size = blobs.reduce((n, b) => n + b.length, 0);
+          if (size !== s) o.logger.warn({ path: full, size: s, read: size }, 'a file changed while it was backed up: the set has what was read');
           // The packs counted only for a file that could be near the bound (never more packs than blobs).
           const bound = Math.min(MAX_INDEX_LINE, MAX_PAGE);
           if (PageBuilder.fileBound(p, blobs.length, blobs.length) > bound && PageBuilder.fileBound(p, blobs.length, new Set(blobs.map((b) => b.pack)).size) > bound) {
@@ -797,7 +797,7 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
           }
           bytes += size;
           stats.bytes += size;
-          queue.push({ entry: { t: 'f', p, m, mt, s: size, b: [] }, blobs, ns, ino });
+          queue.push({ entry: { t: 'f', p, m, mt, s: size, b: [] }, blobs, ns: st.mtimeNs, ino: st.ino });
           await unblock();
           yield* flush();
         }
@@ -837,10 +837,10 @@ export function filesObjects(o: FilesObjectsOptions): FilesObjectsRun {
             continue;
           }
           stats.files++;
-          const cached = known.files.get(p);
           const ns = `etag:${x.version}`;
+          const cached = known.files.unchanged(p, x.size, ns, 's3');
           let blobs: BlobLoc[];
-          if (cached && cached.s === x.size && cached.ns === ns) blobs = locsOf(cached);
+          if (cached !== undefined) blobs = locsOf(cached);
           else blobs = await readBlobs(p, x.size, async () => (await bucket.get(p, { signal: o.signal })).body);
           const size = blobs.reduce((n, b) => n + b.length, 0);
           if (size !== x.size) throw new TandemError('transient', 'FILES_CHANGED', `${o.label}: object ${JSON.stringify(p)} changed while it was read (${x.size} bytes listed, ${size} read)`, { hint: 'the next backup takes it as it is then' });
