@@ -43,6 +43,7 @@ import {
   verdict,
   agentCommand,
   Discard,
+  settleRemovals,
 } from './lib/common.mjs';
 import { BENCH_DB, REF_DB, STANDBY_DB, agentEnv, parseJsonOut, removeSite } from './lib/site.mjs';
 import { finishBench, resticEnv, setUpBench } from './lib/setup.mjs';
@@ -113,6 +114,7 @@ try {
 
   // Warm-up, untimed: one apply (the standby then has a live database and files dir to replace, as
   // in steady state) and one reference restore.
+  await settleRemovals();
   log('warm-up (untimed): one tandem-standby apply, one pg_restore, one restic restore');
   const first = await tandemApply(STANDBY_BIN, ['--create-database']); // the first apply creates the standby database
   await refRestore(dumpFile);

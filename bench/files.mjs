@@ -52,6 +52,8 @@ import {
   treeStats,
   agentCommand,
   Discard,
+  removeTree,
+  settleRemovals,
 } from './lib/common.mjs';
 import { ensureFilesTree } from './lib/dataset.mjs';
 import { CACHE_DIR, agentEnv, benchFilesMb, benchRuns, filesTreeDir, parseJsonOut, removeSite } from './lib/site.mjs';
@@ -223,6 +225,7 @@ try {
   const resticOpen = (await runOk('restic', ['cat', 'config', '--no-cache'], { env: restic(probeRepo) })).seconds;
   rmSync(probeRepo, { recursive: true, force: true });
 
+  await settleRemovals();
   for (let i = 1; i <= runs; i++) {
     log(`run ${i}/${runs} (load ${loadavg()})`);
     const run = { i };
@@ -428,5 +431,5 @@ try {
 } finally {
   dropStandbyDbs();
   if (process.env.BENCH_KEEP_TMP === '1') log(`BENCH_KEEP_TMP=1: leaving ${work}`);
-  else rmSync(work, { recursive: true, force: true });
+  else removeTree(work);
 }

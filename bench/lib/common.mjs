@@ -1,7 +1,7 @@
 // Shared helpers for the benchmarks: running and timing commands, peak RSS, the machine, and the
 // report lines. Plain ESM, no dependencies beyond Node and the system tools the benchmarks name.
 import { spawn, spawnSync } from 'node:child_process';
-import { accessSync, constants as fsConstants, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -63,6 +63,45 @@ export class Discard {
   clear() {
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** When a bench last removed a tree (ms since the epoch), for the next bench to wait out (settleRemovals). */
+const REMOVED_AT = join(os.tmpdir(), 'tandem-bench-removed-at');
+/**
+ * How long a removal is felt by the creation of files: 60 s after the inode table block was written
+ * (the removal is followed by sync(1)), with a margin.
+ */
+const REMOVAL_FELT_MS = 65_000;
+
+/**
+ * Removes a tree a bench made (its sites, restic's repositories and restored trees at the end), then
+ * sync(1), and notes the time: a bench started right after waits that removal out (settleRemovals).
+ */
+export function removeTree(path) {
+  if (!existsSync(path)) return;
+  rmSync(path, { recursive: true, force: true });
+  spawnSync('sync');
+  writeFileSync(REMOVED_AT, String(Date.now()));
+}
+
+/**
+ * Before a bench's first timed step: if a bench removed its trees less than REMOVAL_FELT_MS ago (two
+ * benches run back to back), waits until then. The first timed steps of both sides would otherwise
+ * create their files among the inodes it freed (see Discard), by how recently: the second bench of
+ * a pair measured the first one's clean-up. BENCH_SETTLE=0 leaves it out.
+ */
+export async function settleRemovals() {
+  if (process.env.BENCH_SETTLE === '0') return;
+  let at;
+  try {
+    at = Number(readFileSync(REMOVED_AT, 'utf8'));
+  } catch {
+    return;
+  }
+  const wait = at + REMOVAL_FELT_MS - Date.now();
+  if (!(wait > 0) || wait > REMOVAL_FELT_MS) return;
+  log(`waiting ${(wait / 1000).toFixed(0)} s: a bench removed its trees ${((Date.now() - at) / 1000).toFixed(0)} s ago, and creating files is slower on some file systems for a minute after (BENCH_SETTLE=0: no wait)`);
+  await new Promise((r) => setTimeout(r, wait));
 }
 
 /**

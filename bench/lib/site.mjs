@@ -2,10 +2,10 @@
 // security dirs, the (cached) files tree, a directory filestore, and primary/standby configs, all
 // in one temp dir that the benchmark removes at the end.
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { MIB, PRIMARY_BIN, STANDBY_BIN, log, pgUrl } from './common.mjs';
+import { MIB, PRIMARY_BIN, STANDBY_BIN, log, pgUrl, removeTree } from './common.mjs';
 
 /** Where generated inputs are cached between runs (the files tree). */
 export const CACHE_DIR = process.env.BENCH_CACHE_DIR ?? '/var/tmp/tandem-bench';
@@ -117,7 +117,7 @@ export function removeSite(site) {
     log(`BENCH_KEEP_TMP=1: leaving ${site.dir}`);
     return;
   }
-  rmSync(site.dir, { recursive: true, force: true });
+  removeTree(site.dir);
 }
 
 /** Parses the agent's --json stdout (the last line that is a JSON object). */
