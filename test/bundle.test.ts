@@ -67,11 +67,16 @@ console.log(JSON.stringify([got.sha256.toString('hex') === createHash('sha256').
 `;
 
 describe('the bundled commands', () => {
-  it('run by their first line (as installed), with malloc asking for huge pages for the agent alone, and a young generation of 8 MiB', () => {
-    for (const main of [STANDBY_MAIN, PRIMARY_MAIN]) {
+  it('run by their first line (as installed), with malloc asking for huge pages (the primary: and a fixed mmap threshold) for the agent alone, and a young generation of 8 MiB', () => {
+    const own = new Map([
+      [STANDBY_MAIN, 'glibc.malloc.hugetlb=1:'],
+      // The primary fixes malloc's mmap threshold too (cli.ts, PRIMARY_OWN_TUNABLES).
+      [PRIMARY_MAIN, 'glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576:'],
+    ]);
+    for (const [main, tunables] of own) {
       requireBuilt(main);
       const bin = main;
-      expect(readFileSync(bin, 'utf8').split('\n')[0]).toBe('#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.hugetlb=1:${GLIBC_TUNABLES} node --max-semi-space-size=8');
+      expect(readFileSync(bin, 'utf8').split('\n')[0]).toBe(`#!/usr/bin/env -S GLIBC_TUNABLES=${tunables}\${GLIBC_TUNABLES} node --max-semi-space-size=8`);
       for (const env of [{}, { GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }]) {
         const r = spawnSync(bin, ['--version'], { encoding: 'utf8', env: { ...process.env, ...env } });
         expect(r.status, r.stderr).toBe(0);

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.hugetlb=1:${GLIBC_TUNABLES} node --max-semi-space-size=8
+#!/usr/bin/env -S GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576:${GLIBC_TUNABLES} node --max-semi-space-size=8
 import { TOOL_VERSION, main } from '@tandem/shared';
 
 // Each command's module is loaded when it runs: `backup` and `wal-push` do not load the daemon.
