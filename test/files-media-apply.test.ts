@@ -7,7 +7,7 @@
  * ahead) leaves the live files as they were and no staging behind. The files of 64 KiB or more
  * are written with O_DIRECT (where the file system takes it, as this machine's temp dir does).
  */
-import { lstat, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -117,5 +117,34 @@ describe('files as content objects: a tree of media', () => {
     expect((await readFile(join(s.standby.paths.files, 'media', 'album-2', 'clip.mp4'))).equals(content)).toBe(true);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
     expect(await recordMatchesLive(s)).toEqual([]);
+  }, 180_000);
+
+  it('what the switch replaces or removes is freed after it: kept in the staging until then, and a kill in the switch leaves it there for the next apply to finish', async () => {
+    const video = join(s.primary.paths.files, 'media', 'album-3', 'reel.mp4');
+    await writeFile(video, randomBytes(2_500_000));
+    await backup(s);
+    const first = await apply(s);
+    expect(first.code, show(first)).toBe(0);
+    const liveVideo = join(s.standby.paths.files, 'media', 'album-3', 'reel.mp4');
+    const oldIno = (await lstat(liveVideo)).ino;
+    // The next set replaces the video and drops a whole album.
+    await writeFile(video, randomBytes(2_600_000));
+    await rm(join(s.primary.paths.files, 'media', 'album-0'), { recursive: true });
+    await backup(s);
+    const killed = await apply(s, [], { TANDEM_FAULT_KILL_AT: 'files-renamed-one' });
+    expect(killed.code, show(killed)).not.toBe(0);
+    // Killed after the first file renamed in: the album was moved aside (removals come first), not
+    // removed, and the replaced video's inode (the live one, or a link to it) is still there.
+    const aside = join(`${s.standby.paths.files}.tandem-new`, 'replaced');
+    const held = await readdir(aside);
+    const inodes = await Promise.all(held.map(async (n) => ({ n, st: await lstat(join(aside, n)) })));
+    expect(inodes.some(({ st }) => st.isDirectory())).toBe(true);
+    const videoNow = await lstat(liveVideo);
+    expect(videoNow.ino === oldIno || inodes.some(({ st }) => st.isFile() && st.ino === oldIno)).toBe(true);
+    const a = await apply(s);
+    expect(a.code, show(a)).toBe(0);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect(await recordMatchesLive(s)).toEqual([]);
+    expect(await expectNoLeftovers(s)).toEqual([]);
   }, 180_000);
 });
