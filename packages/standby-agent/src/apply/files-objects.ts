@@ -41,7 +41,6 @@ import { artifactLabel, decodeStored, type StoredInput } from './artifact-stream
 import { faultPoint } from './fault.js';
 import type { Names } from './targets.js';
 
-
 /**
  * Applying a set whose files are content objects (cas/), at the cost of what changed.
  *
@@ -1170,8 +1169,11 @@ type WorkLine = Pick<FileEntry, 'p' | 's' | 'm' | 'mt' | 'b'> & { n: number };
 const WRITTEN_FILE = 'written.ndjson';
 /** In the staging dir: what the switch removed or replaced, until the staging is removed after it. */
 const REPLACED_DIR = 'replaced';
-/** A file replaced in the switch from this size on keeps a link in REPLACED_DIR (smaller ones cost less to free than to link). */
-const LINK_ASIDE_MIN = 1n << 20n;
+/**
+ * A file of this size or more that replaces one of this size or more keeps the old one linked in
+ * REPLACED_DIR during the switch (smaller ones cost less to free than to link).
+ */
+const LINK_ASIDE_MIN = 1 << 20;
 
 /** A new RecordHead.gen. */
 const newGen = (): string => nodeCrypto.randomBytes(8).toString('hex');
@@ -1503,10 +1505,13 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
           break;
         case 'f': {
           const staged = join(names.next, 'data', String(op.n));
-          // Only while the staged copy is there to replace it: a link made to (and later removed from)
-          // the file a switch before a kill already put in place would move that file's ctime.
-          const replaced = lstatBig(target);
-          if (replaced?.isFile() === true && replaced.size >= LINK_ASIDE_MIN && lstatBig(staged) !== null) moveAside(target, 'link');
+          // A large file replacing one (looked at only then: no lstat per small file), and only while
+          // the staged copy is there to replace it: a link made to (and later removed from) the file
+          // a switch before a kill already put in place would move that file's ctime.
+          if (op.s >= LINK_ASIDE_MIN) {
+            const replaced = lstatBig(target);
+            if (replaced?.isFile() === true && Number(replaced.size) >= LINK_ASIDE_MIN && lstatBig(staged) !== null) moveAside(target, 'link');
+          }
           if (await renameInto(staged, target)) {
             renamed++;
             faultPoint('files-renamed-one');
