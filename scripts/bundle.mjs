@@ -62,7 +62,7 @@ for (const { dir, bin } of AGENTS) {
     // CommonJS dependencies (pg, pino, yaml) call require() for Node's own modules: give every
     // chunk a real one.
     banner: { js: "import { createRequire as __tandemRequire } from 'node:module'; const require = __tandemRequire(import.meta.url);" },
-    plugins: [zodEnglishOnly()],
+    plugins: [zodEnglishOnly(), pgNoCloudflareProbe()],
     metafile: true,
     logLevel: 'warning',
     legalComments: 'none',
@@ -92,6 +92,27 @@ function zodEnglishOnly() {
       resolveDir: dirname(args.path),
     }));
   },
+  };
+}
+
+/**
+ * pg asks, as it loads, whether it runs on Cloudflare Workers: on Node 20 (no `navigator`) by
+ * constructing a fetch Response, which loads Node's fetch implementation (undici): some 20-60 ms of
+ * CPU at the start of every command that loads pg, wal-push and wal-fetch run by PostgreSQL
+ * included. These commands run on Node, never on Workers: the probe says so without asking. The
+ * build fails if pg's source no longer has the function (the replacement would silently not apply).
+ */
+function pgNoCloudflareProbe() {
+  return {
+    name: 'pg-no-cloudflare-probe',
+    setup(b) {
+      b.onLoad({ filter: /[\\/]node_modules[\\/]pg[\\/]lib[\\/]stream\.js$/ }, (args) => {
+        const text = readFileSync(args.path, 'utf8');
+        const probe = 'function isCloudflareRuntime() {';
+        if (!text.includes(probe)) throw new Error(`${args.path}: no "${probe}" to replace (a new pg version?): look at scripts/bundle.mjs`);
+        return { contents: text.replace(probe, `${probe}\n  return false;`), loader: 'js' };
+      });
+    },
   };
 }
 

@@ -32,7 +32,9 @@ beforeAll(async () => {
   writeFileSync(
     register,
     `import { createRequire, register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hook).href)});\n` +
-      "const require = createRequire(import.meta.url);\nprocess.on('exit', () => { for (const k of Object.keys(require('node:module')._cache)) process.stderr.write(`LOADED ${k}\\n`); });\n",
+      "const require = createRequire(import.meta.url);\nprocess.on('exit', () => { for (const k of Object.keys(require('node:module')._cache)) process.stderr.write(`LOADED ${k}\\n`); " +
+      // Node's own modules too: its fetch implementation (undici) is ~30 ms and ~5 MiB of a start.
+      "for (const m of process.moduleLoadList) if (m.includes('undici')) process.stderr.write(`BUILTIN ${m}\\n`); });\n",
   );
 });
 
@@ -55,16 +57,22 @@ function packagesByFile(main: string): Map<string, Set<string>> {
   return out;
 }
 
-/** The npm packages a run of the command loaded: in the bundle's files it loaded, or from node_modules itself. */
+/** The npm packages a run of the command loaded: in the bundle's files it loaded, or from node_modules itself; `node:undici` when Node's fetch was loaded. */
 function packagesLoaded(main: string, args: string[]): Set<string> {
   const r = spawnSync(process.execPath, ['--import', register, main, ...args], { encoding: 'utf8' });
   expect(r.status, r.stderr).toBe(0);
+  return packagesIn(main, r.stderr);
+}
+
+function packagesIn(main: string, stderr: string): Set<string> {
+  const r = { stderr };
   const byFile = packagesByFile(main);
   const found = new Set<string>();
   let bundleFiles = 0;
   for (const line of r.stderr.split('\n')) {
     const m = /^LOADED .*\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(line);
     if (m) found.add(m[1]!);
+    if (line.startsWith('BUILTIN ')) found.add('node:undici');
     const b = /^LOADED file:\/\/(.*)$/.exec(line);
     if (b && dirname(b[1]!) === dirname(main)) {
       const pkgs = byFile.get(basename(b[1]!));
@@ -88,6 +96,18 @@ describe('commands load only what they need', () => {
     // It did load packages (the hook works): the config schema library at least.
     expect(loaded.has('zod')).toBe(true);
     for (const p of DAEMON_ONLY) expect(loaded.has(p), `${p} loaded`).toBe(false);
+    // pg asks whether it runs on Cloudflare Workers by making a fetch Response: answered at build
+    // time (scripts/bundle.mjs), not by loading Node's fetch in every command.
+    expect(loaded.has('pg'), 'pg loaded').toBe(true);
+    expect(loaded.has('node:undici'), "Node's fetch (undici) loaded").toBe(false);
+  });
+
+  it("a Response made in the same run loads Node's fetch (the check above would see it)", () => {
+    const probe = join(dir, 'probe.mjs');
+    writeFileSync(probe, 'new Response(null);\n');
+    const r = spawnSync(process.execPath, ['--import', register, probe], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain('BUILTIN ');
   });
 
   it('the daemon still loads them (the check above would see them)', () => {
