@@ -119,6 +119,44 @@ describe('files as content objects: a tree of media', () => {
     expect(await recordMatchesLive(s)).toEqual([]);
   }, 180_000);
 
+  it('an edited large file is copied while the new files are written; a pack missing meanwhile: refused, nothing live changed, no staging left', async () => {
+    const video = join(s.primary.paths.files, 'media', 'album-2', 'clip.mp4');
+    const content = await readFile(video);
+    randomBytes(200_000).copy(content, 600_000);
+    await writeFile(video, content);
+    // New files after it in index order: written while its copy runs.
+    await mkdir(join(s.primary.paths.files, 'media', 'album-9'), { recursive: true });
+    for (let f = 0; f < 6; f++) await writeFile(join(s.primary.paths.files, 'media', 'album-9', `new-${f}.jpg`), randomBytes(150_000 + f));
+    const setId = await backup(s);
+    const idx = await indexContents(s, setId);
+    const newPacks = new Set(idx.files.filter((f) => f.p.startsWith('media/album-9/')).flatMap((f) => f.b.map((b) => idx.packs[b[0]]!.id)));
+    expect(newPacks.size).toBeGreaterThan(0);
+    // The index's pages (a cache of verified pages, not live state) aside, nothing may change.
+    const live = async () => {
+      const st = await liveState(s);
+      return { ...st, state: st.state.filter((n) => n !== 'index-pages.bin') };
+    };
+    const before = await live();
+    const putBack = await tamperObject(s, [...newPacks][0]!, 'missing');
+    try {
+      const r = await apply(s);
+      expect(r.code, show(r)).toBe(5);
+      expect(r.stderr).toContain(`object ${[...newPacks][0]!}`);
+      expect(await live()).toEqual(before);
+      expect(await expectNoLeftovers(s)).toEqual([]);
+    } finally {
+      await putBack();
+    }
+    const a = await apply(s);
+    expect(a.code, show(a)).toBe(0);
+    const staged = stagedLine(a.stderr);
+    expect(staged.copiedDirect).toBe(1);
+    expect(staged.changed).toBe(7);
+    expect((await readFile(join(s.standby.paths.files, 'media', 'album-2', 'clip.mp4'))).equals(content)).toBe(true);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect(await recordMatchesLive(s)).toEqual([]);
+  }, 180_000);
+
   it('what the switch replaces or removes is freed after it: kept in the staging until then, and a kill in the switch leaves it there for the next apply to finish', async () => {
     const video = join(s.primary.paths.files, 'media', 'album-3', 'reel.mp4');
     await writeFile(video, randomBytes(2_500_000));
