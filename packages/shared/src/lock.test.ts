@@ -1,14 +1,25 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { TandemError } from './errors.js';
 import { acquireLock } from './lock.js';
 
+/** A lock file in a temp dir of its own (removed at the end). */
+const dirs: string[] = [];
+const lockFile = (): string => {
+  const dir = mkdtempSync(join(tmpdir(), 'tandem-lock-'));
+  dirs.push(dir);
+  return join(dir, 'backup.lock');
+};
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
 describe('acquireLock', () => {
   it('refuses a second holder while the first lives, and frees on release', async () => {
-    const file = join(mkdtempSync(join(tmpdir(), 'tandem-lock-')), 'backup.lock');
+    const file = lockFile();
     const first = await acquireLock(file, 'backup', 'a backup of site "demo"');
     const err = await acquireLock(file, 'backup', 'a backup of site "demo"').catch((e: unknown) => e);
     expect(err).toBeInstanceOf(TandemError);
@@ -21,7 +32,7 @@ describe('acquireLock', () => {
   });
 
   it('takes over a lock whose process is gone', async () => {
-    const file = join(mkdtempSync(join(tmpdir(), 'tandem-lock-')), 'backup.lock');
+    const file = lockFile();
     const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']).stdout.toString();
     writeFileSync(file, JSON.stringify({ pid: Number(dead), host: hostname(), startedAt: '2026-01-01T00:00:00Z', purpose: 'backup' }));
     const lock = await acquireLock(file, 'backup', 'x');

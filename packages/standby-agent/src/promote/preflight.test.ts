@@ -1,8 +1,8 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { layout, openFilestore, signHeartbeat, type Heartbeat } from '@tandem/shared';
 import { checkPrimarySilent } from './preflight.js';
 
@@ -22,8 +22,16 @@ const set = (seq: number) => ({
 });
 const STALE_AFTER = 10 * 60_000;
 
+/** The filestores' temp dirs, removed at the end. */
+const dirs: string[] = [];
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
 async function storeWith(hb: Partial<Heartbeat>) {
-  const fs = openFilestore(`file://${mkdtempSync(join(tmpdir(), 'tandem-preflight-'))}`);
+  const dir = mkdtempSync(join(tmpdir(), 'tandem-preflight-'));
+  dirs.push(dir);
+  const fs = openFilestore(`file://${dir}`);
   const doc: Heartbeat = {
     format: 'tandem-heartbeat',
     version: 1,
