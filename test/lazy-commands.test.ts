@@ -61,11 +61,6 @@ function packagesByFile(main: string): Map<string, Set<string>> {
 function packagesLoaded(main: string, args: string[]): Set<string> {
   const r = spawnSync(process.execPath, ['--import', register, main, ...args], { encoding: 'utf8' });
   expect(r.status, r.stderr).toBe(0);
-  return packagesIn(main, r.stderr);
-}
-
-function packagesIn(main: string, stderr: string): Set<string> {
-  const r = { stderr };
   const byFile = packagesByFile(main);
   const found = new Set<string>();
   let bundleFiles = 0;

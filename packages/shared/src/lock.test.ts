@@ -1,21 +1,15 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { hostname, tmpdir } from 'node:os';
+import { writeFileSync, existsSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { TandemError } from './errors.js';
 import { acquireLock } from './lock.js';
+import { removeTempDirs, tempDirSync } from './testing/helpers.js';
 
 /** A lock file in a temp dir of its own (removed at the end). */
-const dirs: string[] = [];
-const lockFile = (): string => {
-  const dir = mkdtempSync(join(tmpdir(), 'tandem-lock-'));
-  dirs.push(dir);
-  return join(dir, 'backup.lock');
-};
-afterAll(() => {
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
+const lockFile = (): string => join(tempDirSync('tandem-lock-'), 'backup.lock');
+afterAll(removeTempDirs);
 
 describe('acquireLock', () => {
   it('refuses a second holder while the first lives, and frees on release', async () => {
