@@ -119,8 +119,10 @@ interface RecordLine {
 type PlanOp =
   | { o: 'x'; p: string }
   | { o: 'd'; p: string; m: number; mt: number }
-  | { o: 'f'; p: string; n: number; m: number; mt: number; d: string; s: number; b?: Array<[number, string]> }
-  | { o: 'm'; p: string; m: number; mt: number }
+  /** k: the kept files' lines (kept.ndjson) before this file's in the record (none in a plan staged before k). */
+  | { o: 'f'; p: string; n: number; m: number; mt: number; d: string; s: number; k?: number; b?: Array<[number, string]> }
+  /** k: this kept file's line in kept.ndjson (counted from 0), which the switch writes again. */
+  | { o: 'm'; p: string; m: number; mt: number; k?: number }
   | { o: 'l'; p: string; n: number; l: string; mt: number }
   /** A first apply into an empty dir: a top-level entry staged whole in tree/ (m, mt: a directory's). */
   | { o: 't'; p: string; m?: number; mt?: number };
@@ -272,9 +274,14 @@ const dirId = (st: BigIntStats): string => `${st.dev}:${st.ino}`;
  * page's worth held at a time, not the tree's (a tree of 100,000 files held as a map of lines was
  * ~30 MiB of a stage's heap). A line out of order, or one that cannot be read, ends the record
  * there, with a warning: the files after it are looked at as files it does not have.
+ *
+ * A page skipped whole (skipRun, then takeRun) has its files' lines copied as bytes, not parsed:
+ * see skipRun.
  */
 class RecordCursor {
   #src: Iterator<string> | null;
+  /** The record as bytes (a record in index order): where #src reads its lines, and runs are taken whole. */
+  #bytes: ByteLines | null;
   readonly #delta: Map<string, string>;
   readonly #logger: Logger;
   readonly #file: string;
@@ -283,9 +290,12 @@ class RecordCursor {
   #at = 0;
   #peek = 0;
   #last: string | undefined;
+  /** A run skipRun found: the first line's place in #buf, and where its bytes end in #bytes. */
+  #run: { k: number; end: number; last: string; lines: number } | null = null;
 
-  constructor(src: Iterator<string> | null, delta: Map<string, string>, file: string, logger: Logger) {
-    this.#src = src;
+  constructor(src: Iterator<string> | ByteLines | null, delta: Map<string, string>, file: string, logger: Logger) {
+    this.#bytes = src instanceof ByteLines ? src : null;
+    this.#src = src instanceof ByteLines ? src.iterator() : src;
     this.#delta = delta;
     this.#file = file;
     this.#logger = logger;
@@ -353,6 +363,7 @@ class RecordCursor {
   /** A look ahead from where take is starts here. */
   mark(): void {
     this.#peek = this.#at;
+    this.#run = null;
   }
 
   /** The line of `p`, nothing taken: asked in index order since mark. */
@@ -363,23 +374,229 @@ class RecordCursor {
     return k < this.#buf.length && this.#buf[k]![0] === p ? this.#buf[k]![1] : undefined;
   }
 
+  /**
+   * Whether the lines of a skipped page's files (`files`: path, blobs digest, size, in index order)
+   * are the next lines of the record, to be taken whole by takeRun (after mark, and nothing else
+   * asked before takeRun). The first and the last line are read and must say their file's blobs
+   * and size; the lines between are counted, not parsed. That is enough: the switch that wrote the
+   * record wrote the page shapes beside it (the record names their SHA-256), one line per file of
+   * that index, in index order and saying its blobs (a kept file's line said them when it was kept),
+   * so the lines from the page's first file to its last are that page's files. Not for a page with a
+   * file a files delta wrote since (its line is in the delta, not here), nor for a record not kept
+   * in order (read whole, before RecordHead.gen): each file is then peeked at as before.
+   */
+  skipRun(files: ReadonlyArray<readonly [string, string, number]>): boolean {
+    const bytes = this.#bytes;
+    const n = files.length;
+    if (bytes === null || n < 2) return false;
+    if (this.#delta.size > 0) for (const f of files) if (this.#delta.has(f[0])) return false;
+    const first = files[0]!;
+    const last = files[n - 1]!;
+    const k = this.#find(this.#at, first[0]);
+    if (k >= this.#buf.length || this.#buf[k]![0] !== first[0] || !recordHas(this.#buf[k]![1], first[1], first[2])) return false;
+    // Lines already read (a look ahead that found a page not to skip): each as take would see it.
+    let i = 1;
+    for (let j = k + 1; j < this.#buf.length; j++, i++) {
+      if (i >= n) return false;
+      const [p, line] = this.#buf[j]!;
+      if (p !== files[i]![0] || !recordHas(line, files[i]![1], files[i]![2])) return false;
+    }
+    if (this.#src === null) return false;
+    const left = n - i;
+    if (left === 0) {
+      this.#run = { k, end: -1, last: last[0], lines: n };
+      return true;
+    }
+    const span = bytes.span(left);
+    if (span === null) return false;
+    let p: string;
+    try {
+      p = recordPath(span.last);
+    } catch {
+      return false;
+    }
+    if (p !== last[0] || !recordHas(span.last, last[1], last[2])) return false;
+    this.#run = { k, end: span.end, last: last[0], lines: n };
+    return true;
+  }
+
+  /** Whether skipRun found a run since mark. */
+  hasRun(): boolean {
+    return this.#run !== null;
+  }
+
+  /** The run skipRun found, its lines written to `out` (those read as text, then the bytes); how many lines. */
+  takeRun(out: LineSink): number {
+    const run = this.#run!;
+    this.#run = null;
+    for (let j = run.k; j < this.#buf.length; j++) out.write(this.#buf[j]![1]);
+    this.#buf.length = 0;
+    this.#at = 0;
+    this.#peek = 0;
+    if (run.end >= 0) out.writeRaw(this.#bytes!.consume(run.end));
+    this.#last = run.last;
+    return run.lines;
+  }
+
   close(): void {
     const src = this.#src;
     this.#src = null;
+    this.#run = null;
     src?.return?.();
+    this.#bytes?.close();
+    this.#bytes = null;
+  }
+}
+
+/**
+ * The lines of a file read as bytes a MiB at a time (or more, for a span longer than that): each
+ * line decoded only when asked for (next); a span of lines found by counting newlines and taken as
+ * bytes (span, consume). Empty lines are skipped by next and end a span (none is written).
+ */
+class ByteLines {
+  readonly #fd: number;
+  #buf = Buffer.allocUnsafe(1 << 20);
+  /** The bytes read and not yet taken: #buf[#pos, #end). */
+  #pos = 0;
+  #end = 0;
+  /** #buf up to #end: what indexOf looks in. */
+  #view = this.#buf.subarray(0, 0);
+  #eof = false;
+  #closed = false;
+
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+
+  /**
+   * The next `n` lines written to `out` as bytes, a buffer's worth at a time (not held whole: a
+   * switch copies most of a large tree's record this way); how many there were (fewer at the end).
+   */
+  copyLines(n: number, out: LineSink): number {
+    let left = n;
+    while (left > 0) {
+      let q = this.#pos;
+      while (left > 0) {
+        const nl = this.#view.indexOf(10, q);
+        if (nl < 0) break;
+        q = nl + 1;
+        left--;
+      }
+      if (q > this.#pos) {
+        out.writeRaw(this.#buf.subarray(this.#pos, q));
+        this.#pos = q;
+      }
+      if (left > 0 && !this.#more()) break;
+    }
+    return n - left;
+  }
+
+  /** What is left, written to `out` as bytes (a last line without a newline gets one). */
+  copyRest(out: LineSink): void {
+    do {
+      if (this.#end > this.#pos) out.writeRaw(this.#buf.subarray(this.#pos, this.#end));
+      const lastByte = this.#end > this.#pos ? this.#buf[this.#end - 1] : 10;
+      this.#pos = this.#end;
+      if (!this.#more()) {
+        if (lastByte !== 10) out.writeRaw(Buffer.from('\n'));
+        return;
+      }
+    } while (true);
+  }
+
+  /** More bytes after #end (what was taken dropped first, the buffer grown when full); false at the end of the file. */
+  #more(): boolean {
+    if (this.#eof || this.#closed) return false;
+    if (this.#pos > 0) {
+      this.#buf.copy(this.#buf, 0, this.#pos, this.#end);
+      this.#end -= this.#pos;
+      this.#pos = 0;
+    }
+    if (this.#end === this.#buf.length) {
+      const bigger = Buffer.allocUnsafe(this.#buf.length * 2);
+      this.#buf.copy(bigger, 0, 0, this.#end);
+      this.#buf = bigger;
+    }
+    const n = readSync(this.#fd, this.#buf, this.#end, this.#buf.length - this.#end, null);
+    if (n === 0) {
+      this.#eof = true;
+      this.#view = this.#buf.subarray(0, this.#end);
+      return false;
+    }
+    this.#end += n;
+    this.#view = this.#buf.subarray(0, this.#end);
+    return true;
+  }
+
+  /** Where the newline ending the line at `from` is; -1 when the file ends first (`from` may move: what was taken is dropped). */
+  #newline(rel: number): number {
+    for (;;) {
+      const nl = this.#view.indexOf(10, this.#pos + rel);
+      if (nl >= 0) return nl - this.#pos;
+      if (!this.#more()) return -1;
+    }
+  }
+
+  /** The next line, decoded; undefined at the end. */
+  next(): string | undefined {
+    for (;;) {
+      const nl = this.#newline(0);
+      if (nl < 0) {
+        if (this.#pos === this.#end) return undefined;
+        const rest = this.#buf.toString('utf8', this.#pos, this.#end);
+        this.#pos = this.#end;
+        return rest;
+      }
+      const start = this.#pos;
+      this.#pos += nl + 1;
+      if (nl > 0) return this.#buf.toString('utf8', start, start + nl);
+    }
+  }
+
+  *iterator(): Generator<string> {
+    for (let l = this.next(); l !== undefined; l = this.next()) yield l;
+  }
+
+  /**
+   * The next `n` lines, nothing taken: the last of them decoded, and where their bytes end (for
+   * consume); null when the file has fewer whole lines, or an empty one among them.
+   */
+  span(n: number): { last: string; end: number } | null {
+    let rel = 0;
+    let lastAt = 0;
+    for (let i = 0; i < n; i++) {
+      const nl = this.#newline(rel);
+      if (nl <= rel) return null;
+      lastAt = rel;
+      rel = nl + 1;
+    }
+    return { last: this.#buf.toString('utf8', this.#pos + lastAt, this.#pos + rel - 1), end: rel };
+  }
+
+  /** The bytes of the lines a span found (valid until the next call), taken. */
+  consume(end: number): Buffer {
+    const out = this.#buf.subarray(this.#pos, this.#pos + end);
+    this.#pos += end;
+    return out;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeSync(this.#fd);
   }
 }
 
 /** The standby's record of the files it wrote, for the live dir it wrote them to; empty when there is none (or for another dir). */
 function openRecord(stateDir: string, live: string, logger: Logger): { record: RecordCursor; head: RecordHead | null } {
   const file = recordFile(stateDir);
-  let src: Generator<string> | undefined;
+  let src: ByteLines | undefined;
   try {
-    src = lines(file);
+    src = new ByteLines(openSync(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW));
     const first = src.next();
-    const head = first.done === true ? null : (JSON.parse(first.value) as RecordHead);
+    const head = first === undefined ? null : (JSON.parse(first) as RecordHead);
     if (head === null || head.live !== live) {
-      src.return(undefined);
+      src.close();
       return { record: RecordCursor.empty(logger), head: null };
     }
     const delta = new Map<string, string>();
@@ -401,12 +618,13 @@ function openRecord(stateDir: string, live: string, logger: Logger): { record: R
     // Written before the record was kept in order: read whole (the last line of a path wins, as
     // files deltas appended theirs), and put in order.
     const all = new Map<string, string>();
-    for (const line of src) all.set(recordPath(line), line);
+    for (const line of src.iterator()) all.set(recordPath(line), line);
+    src.close();
     const sorted = [...all].sort((a, b) => comparePaths(a[0], b[0])).map((x) => x[1]);
     all.clear();
     return { record: new RecordCursor(sorted.values(), delta, file, logger), head };
   } catch (err) {
-    src?.return(undefined);
+    src?.close();
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { record: RecordCursor.empty(logger), head: null };
     logger.warn({ err, record: file }, 'the files record cannot be read: every file of the set is written again');
     return { record: RecordCursor.empty(logger), head: null };
@@ -738,6 +956,12 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const opsOut = new LineSink(join(names.next, 'ops.ndjson'));
   const workOut = new LineSink(join(names.next, 'work.ndjson'));
   const keptOut = new LineSink(join(names.next, 'kept.ndjson'));
+  /** Lines in keptOut: a file's step in the plan says how many come before its line (PlanOp k). */
+  let keptLines = 0;
+  const keep = (line: string): void => {
+    keptOut.write(line);
+    keptLines++;
+  };
   const sinks = pagesOut === null ? [opsOut, workOut, keptOut] : [opsOut, workOut, keptOut, pagesOut];
   let toWrite = 0;
   let need = 0;
@@ -802,6 +1026,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     const pl = shapes.page(id);
     if (pl === undefined) return undefined;
     record.mark();
+    // Its files' record lines taken whole (RecordCursor.skipRun), or each looked at.
+    const files: Array<[string, string, number]> = [];
+    for (const x of pl.e) if (x[1] === 'f') files.push([x[0], x[2], x[3]]);
+    if (record.skipRun(files)) return pl;
     for (const x of pl.e) {
       if (x[1] !== 'f') continue;
       const line = record.peek(x[0]);
@@ -818,6 +1046,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     // As the entries would have gone below, for files kept and directories as they are.
     const pl = shape as PageLine;
     pagesSkipped++;
+    const run = record.hasRun();
     for (const x of pl.e) {
       seen(x[0], x[1] === 'd');
       if (x[1] === 'd') {
@@ -825,9 +1054,10 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         asIs.add(x[0]);
       } else if (x[1] === 'f') {
         if (++files === MANY_FILES) tightenHeapGrowth();
-        keptOut.write(record.take(x[0])!);
+        if (!run) keep(record.take(x[0])!);
       }
     }
+    if (run) keptLines += record.takeRun(keptOut);
     pagesOut?.write(pl.raw!);
   };
   let passed = false;
@@ -890,7 +1120,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             if (++files === MANY_FILES) tightenHeapGrowth();
             const recLine = record.take(e.p);
             if (last !== undefined && recLine !== undefined && last[1] === 'f' && last[2] === d && last[3] === e.s && last[4] === e.m && last[5] === e.mt && recordHas(recLine, d, e.s)) {
-              keptOut.write(recLine);
+              keep(recLine);
               continue;
             }
             let seen: BigIntStats | null | undefined;
@@ -898,32 +1128,32 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
               // The common case, without parsing the line: the file as recorded, unchanged since.
               const st = (seen = lstatBig(liveSlash + e.p));
               if (st !== null && st.isFile() && Number(st.size) === e.s && recordSays(recLine, d, e.s, st.ino, st.ctimeNs)) {
-                keptOut.write(recLine);
-                if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) op({ o: 'm', p: e.p, m: e.m, mt: e.mt });
+                keep(recLine);
+                if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) op({ o: 'm', p: e.p, m: e.m, mt: e.mt, k: keptLines - 1 });
                 continue;
               }
             }
             const rec = recLine === undefined ? undefined : parseRecordLine(recLine);
             if (listing !== null) {
               const x = listing.get(e.p);
-              if (rec && x && rec.d === d && rec.ino === x.version && x.size === e.s) keptOut.write(rec.line);
+              if (rec && x && rec.d === d && rec.ino === x.version && x.size === e.s) keep(rec.line);
               else {
                 const k = n++;
                 write(e, k);
-                op({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s });
+                op({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s, k: keptLines });
               }
               continue;
             }
             const st = rec && liveExists ? (seen === undefined ? lstatBig(liveSlash + e.p) : seen) : null;
             if (rec && st && st.isFile() && rec.d === d && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === e.s) {
-              keptOut.write(rec.line);
-              if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) op({ o: 'm', p: e.p, m: e.m, mt: e.mt });
+              keep(rec.line);
+              if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) op({ o: 'm', p: e.p, m: e.m, mt: e.mt, k: keptLines - 1 });
             } else {
               const k = n++;
               const same = rec?.bText !== undefined && st !== null && st.isFile() && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === rec.s;
               const old = same ? recordedBlobs(rec!) : undefined;
               write(e, k, old ? { reuse: blobOffsets(old), rec: rec!, old } : undefined);
-              op({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s, b: recordBlobs(e) });
+              op({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s, k: keptLines, b: recordBlobs(e) });
             }
           }
         }
@@ -1445,6 +1675,12 @@ class LineSink {
     if (this.#size >= 1 << 20) this.#flush();
   }
 
+  /** Whole lines as bytes (each ending in a newline), after the lines written before. */
+  writeRaw(bytes: Buffer): void {
+    this.#flush();
+    writeAllSync(this.#fd, bytes);
+  }
+
   #flush(): void {
     if (this.#lines.length === 0) return;
     this.#lines.push('');
@@ -1555,6 +1791,26 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
       return false;
     }
   };
+  // The record in index order as the steps go: the kept files' lines copied as bytes from
+  // kept.ndjson up to each file this switch writes or restamps (its step says how many come before:
+  // PlanOp k), no line parsed or compared. A plan staged before k: the lines written merged with the
+  // kept ones at the end, as before.
+  let kept: ByteLines | null = null;
+  let keptAt = 0;
+  let ordered: boolean | undefined;
+  const keptUpTo = (k: number): void => {
+    kept ??= new ByteLines(openSync(join(names.next, 'kept.ndjson'), fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW));
+    if (k > keptAt && kept.copyLines(k - keptAt, rec) !== k - keptAt) {
+      throw new TandemError('internal', 'FILES_PLAN_KEPT', `the staged plan in ${names.next} names kept line ${k}, and kept.ndjson has fewer`, { hint: 'apply the set again with --force' });
+    }
+    keptAt = Math.max(keptAt, k);
+  };
+  const inOrder = (op: { k?: number }): boolean => {
+    const has = op.k !== undefined;
+    if (ordered !== undefined && ordered !== has) throw new TandemError('internal', 'FILES_PLAN_KEPT', `the staged plan in ${names.next} has steps with and without kept-line places`, { hint: 'apply the set again with --force' });
+    ordered = has;
+    return has;
+  };
   try {
     rec.write(`${JSON.stringify({ live, ...(checked ?? {}), ...(checked !== null ? { dir: dirId(lstatBig(live)!) } : {}), gen: newGen() } satisfies RecordHead)}`);
     /** Kept files whose mode or mtime this switch set. */
@@ -1587,13 +1843,29 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
           if (now === null) {
             throw new TandemError('internal', 'FILES_SWITCH_LOST', `neither ${target} nor its staged copy ${staged} exists`, { hint: 'apply the set again with --force' });
           }
-          written.write(`${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: String(now.ino), ct: String(now.ctimeNs), b: op.b } satisfies RecordLine)}`);
+          const line = `${JSON.stringify({ p: op.p, d: op.d, s: op.s, ino: String(now.ino), ct: String(now.ctimeNs), b: op.b } satisfies RecordLine)}`;
+          if (inOrder(op)) {
+            keptUpTo(op.k!);
+            rec.write(line);
+          } else written.write(line);
           break;
         }
         case 'm':
-          restamped.add(op.p);
           chmodSync(target, op.m);
           utimesSync(target, utimeOf(op.mt), utimeOf(op.mt));
+          if (!inOrder(op)) {
+            restamped.add(op.p);
+            break;
+          }
+          keptUpTo(op.k!);
+          {
+            const was = kept!.next();
+            keptAt++;
+            const r = was === undefined ? undefined : (JSON.parse(was) as RecordLine);
+            if (r?.p !== op.p) throw new TandemError('internal', 'FILES_PLAN_KEPT', `the staged plan in ${names.next} has kept line ${op.k} for ${JSON.stringify(op.p)}, and kept.ndjson has ${JSON.stringify(r?.p)} there`, { hint: 'apply the set again with --force' });
+            const now = lstatBig(target);
+            if (now) rec.write(JSON.stringify({ ...r, ino: String(now.ino), ct: String(now.ctimeNs) }));
+          }
           break;
         case 't': {
           if (moveWhole(join(names.next, 'tree', op.p), target)) {
@@ -1624,7 +1896,7 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
     written.close();
     // Kept files: as recorded (staging found them with the inode and ctime the record has), but
     // those whose mode or mtime was set above (their ctime moved).
-    const kept = function* (): Generator<string> {
+    const keptMerged = function* (): Generator<string> {
       for (const line of lines(join(names.next, 'kept.ndjson'))) {
         if (restamped.size === 0 || !restamped.has(recordPath(line))) {
           yield line;
@@ -1635,7 +1907,11 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
         if (now) yield JSON.stringify({ ...r, ino: String(now.ino), ct: String(now.ctimeNs) });
       }
     };
-    for (const line of mergeRecordLines(lines(join(names.next, WRITTEN_FILE)), kept())) rec.write(line);
+    if (ordered === false) for (const line of mergeRecordLines(lines(join(names.next, WRITTEN_FILE)), keptMerged())) rec.write(line);
+    else {
+      keptUpTo(0);
+      kept!.copyRest(rec);
+    }
     for (const d of dirs.reverse()) utimesSync(d.p, utimeOf(d.mt), utimeOf(d.mt));
     // A first apply into an empty dir: the lines written as the files were staged; a top-level
     // file's ctime moved with its rename.
@@ -1654,6 +1930,8 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
   } catch (err) {
     closeSinks([written, rec], true);
     throw err;
+  } finally {
+    (kept as ByteLines | null)?.close();
   }
   rec.close();
   await rename(recNew, recordFile(stateDir));
