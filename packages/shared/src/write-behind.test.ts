@@ -3,7 +3,7 @@ import { closeSync, constants, fstatSync, mkdtempSync, openSync, readFileSync, r
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DIRECT_OPEN, WriteBehind, openNewAsync } from './write-behind.js';
+import { DIRECT_OPEN, WriteBehind, openNewAsync, probeDirectAsync } from './write-behind.js';
 
 const NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL;
 const isClosed = (fd: number): boolean => {
@@ -198,5 +198,23 @@ describe('WriteBehind, direct writes', () => {
     await w.flush();
     expect(readFileSync(join(dir, 'f')).equals(data)).toBe(true);
     expect(w.directBytes).toBe(0);
+  });
+});
+
+describe('probeDirectAsync', () => {
+  it('answers as the probe on this thread does, on the thread pool, and leaves the dir as it found it', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
+    writeFileSync(join(dir, 'photo.jpg'), 'an entry');
+    expect(await probeDirectAsync(dir)).toBe(new WriteBehind().enableDirect(dir));
+    expect(await probeDirectAsync(dir)).toBeUndefined();
+    expect(readdirSync(dir)).toEqual(['photo.jpg']);
+    // A dir it cannot write in: the reason, not a rejection; and direct writes stay off.
+    const why = await probeDirectAsync(join(dir, 'missing'));
+    expect(why).toMatch(/ENOENT/);
+    const w = new WriteBehind();
+    expect(w.enableDirectProbed(why)).toBe(why);
+    expect(w.direct).toBe(false);
+    expect(w.enableDirectProbed(undefined)).toBeUndefined();
+    expect(w.direct).toBe(true);
   });
 });
