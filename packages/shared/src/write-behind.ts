@@ -1,4 +1,4 @@
-import { closeSync, constants, ftruncateSync, open, openSync, read, rmSync, write, writeSync, writev } from 'node:fs';
+import { closeSync, constants, ftruncate, ftruncateSync, open, openSync, read, rmSync, write, writeSync, writev } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { open as openAsync, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -29,6 +29,8 @@ export class WriteBehind {
   #wake: (() => void) | undefined;
   #blocks: DirectBlocks | null = null;
   #directBytes = 0;
+  /** Direct files' cuts to their size in flight (end). */
+  #cuts = 0;
 
   constructor(
     private readonly maxBytes = 8 << 20,
@@ -44,7 +46,7 @@ export class WriteBehind {
   begin(fd: number, size: number, finish: () => void, o: { direct?: boolean } = {}): FileSlot {
     this.#check();
     const async = size >= this.asyncMin;
-    const slot: FileSlot = { fd, size, pending: 0, ended: false, finish, async, direct: async && o.direct === true && this.#blocks !== null, next: 0, block: null, used: 0, blockAt: 0 };
+    const slot: FileSlot = { fd, size, pending: 0, ended: false, finish, async, direct: async && o.direct === true && this.#blocks !== null, next: 0, block: null, used: 0, blockAt: 0, cut: false };
     this.#queue.push(slot);
     return slot;
   }
@@ -69,14 +71,32 @@ export class WriteBehind {
 
   /** No more writes for this file: it is finished once those in flight completed. */
   end(slot: FileSlot): void {
-    if (slot.direct && slot.block !== null) {
-      // The last block, its tail zeroed to the alignment; the file is cut to its size when finished.
-      const len = Math.ceil(slot.used / DIRECT_ALIGN) * DIRECT_ALIGN;
-      slot.block.fill(0, slot.used, len);
-      this.#issueBlock(slot, len);
+    if (slot.direct) {
+      if (slot.block !== null) {
+        // The last block, its tail zeroed to the alignment.
+        const len = Math.ceil(slot.used / DIRECT_ALIGN) * DIRECT_ALIGN;
+        slot.block.fill(0, slot.used, len);
+        this.#issueBlock(slot, len);
+      }
+      // The file cut to its size once its writes are done, on the thread pool too: ext4 took ~75 us
+      // a file, ~0.2 s of this thread in a first apply of 2,805 files.
+      slot.cut = true;
+      slot.pending++;
+      this.#cutWhenWritten(slot);
     }
     slot.ended = true;
     this.#drain();
+  }
+
+  /** A direct file's cut (end) once it is all that is pending of the file. */
+  #cutWhenWritten(slot: FileSlot): void {
+    if (!slot.cut || slot.pending !== 1) return;
+    slot.cut = false;
+    this.#cuts++;
+    ftruncate(slot.fd, slot.size, (err) => {
+      this.#cuts--;
+      this.#done(slot, 0, err);
+    });
   }
 
   /** Bytes handed to the thread pool and not yet written. */
@@ -98,7 +118,7 @@ export class WriteBehind {
 
   /** Waits for every write and finishes every file (throws the first write that failed). */
   async flush(): Promise<void> {
-    while (this.#inFlight > 0 && this.#failed === undefined) await this.#next();
+    while ((this.#inFlight > 0 || this.#cuts > 0) && this.#failed === undefined) await this.#next();
     this.#check();
     this.#drain();
     if (this.#head < this.#queue.length) throw new Error('WriteBehind.flush: a file was begun and not ended');
@@ -106,7 +126,7 @@ export class WriteBehind {
 
   /** After a failure: waits for the writes in flight, then closes every descriptor not finished. */
   async settle(): Promise<void> {
-    while (this.#inFlight > 0) await this.#next();
+    while (this.#inFlight > 0 || this.#cuts > 0) await this.#next();
     for (; this.#head < this.#queue.length; this.#head++) {
       const s = this.#queue[this.#head]!;
       if (s.block !== null) this.#blocks?.give(s.block);
@@ -255,6 +275,7 @@ export class WriteBehind {
     this.#inFlight -= len;
     slot.pending--;
     if (err !== null) this.#failed ??= err;
+    this.#cutWhenWritten(slot);
     const wake = this.#wake;
     this.#wake = undefined;
     wake?.();
@@ -274,7 +295,6 @@ export class WriteBehind {
       if (!s.ended || s.pending > 0) break;
       this.#head++;
       try {
-        if (s.direct) ftruncateSync(s.fd, s.size);
         s.finish();
       } finally {
         closeSync(s.fd);
@@ -301,6 +321,8 @@ export interface FileSlot {
   block: Buffer | null;
   used: number;
   blockAt: number;
+  /** A direct file's cut to its size, counted in `pending`, not yet begun (it begins once the writes are done). */
+  cut: boolean;
 }
 
 /** Node's WebAssembly.Memory (the compiler's libraries here have no WebAssembly types). */
