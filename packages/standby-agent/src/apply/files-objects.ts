@@ -454,19 +454,22 @@ class RecordCursor {
  * line decoded only when asked for (next); a span of lines found by counting newlines and taken as
  * bytes (span, consume). Empty lines are skipped by next and end a span (none is written).
  */
-class ByteLines {
+export class ByteLines {
   readonly #fd: number;
-  #buf = Buffer.allocUnsafe(1 << 20);
+  #buf: Buffer;
   /** The bytes read and not yet taken: #buf[#pos, #end). */
   #pos = 0;
   #end = 0;
   /** #buf up to #end: what indexOf looks in. */
-  #view = this.#buf.subarray(0, 0);
+  #view: Buffer;
   #eof = false;
   #closed = false;
 
-  constructor(fd: number) {
+  /** `bufferBytes`: the buffer to begin with (grown for a span longer than it). */
+  constructor(fd: number, bufferBytes = 1 << 20) {
     this.#fd = fd;
+    this.#buf = Buffer.allocUnsafe(bufferBytes);
+    this.#view = this.#buf.subarray(0, 0);
   }
 
   /**
@@ -1667,7 +1670,7 @@ function* lines(file: string | number, hash?: nodeCrypto.Hash): Generator<string
 }
 
 /** Lines written to a new file (0600), gathered up to 1 MiB per write: see lines(). */
-class LineSink {
+export class LineSink {
   readonly #fd: number;
   #lines: string[] = [];
   /** What is gathered before #lines, in order: lines joined, and bytes (writeRaw). */
