@@ -108,7 +108,7 @@ describe('WriteBehind, direct writes', () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     const w = new WriteBehind(1 << 20);
     // This machine's temp file system takes direct writes; elsewhere the test says so and stops.
-    const why = w.enableDirect(dir);
+    const why = await w.enableDirect(dir);
     expect(why, `direct writes are not possible in ${dir}`).toBeUndefined();
     expect(w.direct).toBe(true);
     const sizes = [70_000, 262_144, 1_000_003, 4 * 262_144 + 1];
@@ -132,11 +132,11 @@ describe('WriteBehind, direct writes', () => {
     expect(readdirSync(dir).sort()).toEqual(['f0', 'f1', 'f2', 'f3']);
   });
 
-  it('the probe leaves the dir as it found it (an extraction target holds the archive\'s files)', () => {
+  it('the probe leaves the dir as it found it (an extraction target holds the archive\'s files)', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     writeFileSync(join(dir, '.direct-probe'), 'an entry of the archive');
     writeFileSync(join(dir, 'photo.jpg'), 'another');
-    expect(new WriteBehind().enableDirect(dir)).toBeUndefined();
+    expect(await new WriteBehind().enableDirect(dir)).toBeUndefined();
     expect(readdirSync(dir).sort()).toEqual(['.direct-probe', 'photo.jpg']);
     expect(readFileSync(join(dir, '.direct-probe'), 'utf8')).toBe('an entry of the archive');
   });
@@ -144,7 +144,7 @@ describe('WriteBehind, direct writes', () => {
   it('copies a file with direct reads and writes, exactly, whatever its size', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     const w = new WriteBehind();
-    expect(w.enableDirect(dir)).toBeUndefined();
+    expect(await w.enableDirect(dir)).toBeUndefined();
     for (const size of [0, 4096, 262_144, 1_000_003, 5 * 262_144 + 17]) {
       const data = randomBytes(size);
       writeFileSync(join(dir, `src-${size}`), data);
@@ -162,7 +162,7 @@ describe('WriteBehind, direct writes', () => {
   it('a direct file written out of order is refused', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     const w = new WriteBehind();
-    expect(w.enableDirect(dir)).toBeUndefined();
+    expect(await w.enableDirect(dir)).toBeUndefined();
     const fd = await openNewAsync(join(dir, 'f'), DIRECT_OPEN);
     const s = w.begin(fd, 200_000, () => undefined, { direct: true });
     w.write(s, [randomBytes(100_000)], 0);
@@ -171,23 +171,23 @@ describe('WriteBehind, direct writes', () => {
     expect(isClosed(fd)).toBe(true);
   });
 
-  it('TANDEM_DIRECT_WRITES=0 turns direct writes off', () => {
+  it('TANDEM_DIRECT_WRITES=0 turns direct writes off', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     process.env.TANDEM_DIRECT_WRITES = '0';
     try {
       const w = new WriteBehind();
-      expect(w.enableDirect(dir)).toBe('TANDEM_DIRECT_WRITES=0');
+      expect(await w.enableDirect(dir)).toBe('TANDEM_DIRECT_WRITES=0');
       expect(w.direct).toBe(false);
     } finally {
       delete process.env.TANDEM_DIRECT_WRITES;
     }
-    expect(new WriteBehind().enableDirect(dir)).toBeUndefined();
+    expect(await new WriteBehind().enableDirect(dir)).toBeUndefined();
   });
 
   it('where a probe file cannot be written directly, files go through the page cache as before', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     const w = new WriteBehind();
-    expect(w.enableDirect(join(dir, 'missing'))).toMatch(/ENOENT/);
+    expect(await w.enableDirect(join(dir, 'missing'))).toMatch(/ENOENT/);
     expect(w.direct).toBe(false);
     const fd = openSync(join(dir, 'f'), NEW, 0o600);
     const s = w.begin(fd, 100_001, () => undefined, { direct: true });
@@ -205,7 +205,7 @@ describe('probeDirectAsync', () => {
   it('answers as the probe on this thread does, on the thread pool, and leaves the dir as it found it', async () => {
     dir = mkdtempSync(join(tmpdir(), 'tandem-wb-'));
     writeFileSync(join(dir, 'photo.jpg'), 'an entry');
-    expect(await probeDirectAsync(dir)).toBe(new WriteBehind().enableDirect(dir));
+    expect(await probeDirectAsync(dir)).toBe(await new WriteBehind().enableDirect(dir));
     expect(await probeDirectAsync(dir)).toBeUndefined();
     expect(readdirSync(dir)).toEqual(['photo.jpg']);
     // A dir it cannot write in: the reason, not a rejection; and direct writes stay off.

@@ -1,4 +1,4 @@
-import { closeSync, constants, ftruncate, ftruncateSync, open, openSync, read, rmSync, write, writeSync, writev } from 'node:fs';
+import { closeSync, constants, ftruncate, ftruncateSync, open, openSync, read, write, writev } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { open as openAsync, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -147,9 +147,8 @@ export class WriteBehind {
    * through the page cache. Returns why not, or undefined. TANDEM_DIRECT_WRITES=0 in the
    * environment turns them off (a file system that takes O_DIRECT but serves it slowly).
    */
-  enableDirect(dir: string): string | undefined {
-    if (process.env.TANDEM_DIRECT_WRITES === '0') return 'TANDEM_DIRECT_WRITES=0';
-    return this.enableDirectProbed(probeDirect(dir));
+  async enableDirect(dir: string): Promise<string | undefined> {
+    return this.enableDirectProbed(await probeDirectAsync(dir));
   }
 
   /**
@@ -364,36 +363,15 @@ class DirectBlocks {
   }
 }
 
-/** Why `dir` cannot take direct writes (a file opened with O_DIRECT, one aligned block written), or undefined. */
-function probeDirect(dir: string): string | undefined {
-  if (constants.O_DIRECT === undefined) return 'this platform has no O_DIRECT';
-  // A name nothing else uses (the dir may be an extraction target holding the archive's entries),
-  // and removed only when this made it.
-  const file = join(dir, `.tandem-direct-probe-${randomBytes(8).toString('hex')}`);
-  let made = false;
-  try {
-    const fd = openSync(file, DIRECT_OPEN, 0o600);
-    made = true;
-    try {
-      const block = new DirectBlocks().take();
-      if (writeSync(fd, block, 0, DIRECT_ALIGN, 0) !== DIRECT_ALIGN) return 'a direct write was short';
-    } finally {
-      closeSync(fd);
-    }
-    return undefined;
-  } catch (err) {
-    return (err as Error).message;
-  } finally {
-    if (made) rmSync(file, { force: true });
-  }
-}
-
 /**
- * probeDirect on the thread pool: why files in `dir` cannot be written directly, or undefined when
- * they can (for enableDirectProbed). Never rejects; its probe file is gone when it resolves.
+ * Why files in `dir` cannot be written directly (a file opened with O_DIRECT, one aligned block
+ * written), or undefined when they can (for enableDirectProbed); on the thread pool. Never rejects;
+ * its probe file is gone when it resolves.
  */
 export async function probeDirectAsync(dir: string): Promise<string | undefined> {
   if (constants.O_DIRECT === undefined) return 'this platform has no O_DIRECT';
+  // A name nothing else uses (the dir may be an extraction target holding the archive's entries),
+  // and removed only when this made it.
   const file = join(dir, `.tandem-direct-probe-${randomBytes(8).toString('hex')}`);
   let fh: FileHandle | undefined;
   try {

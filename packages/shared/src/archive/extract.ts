@@ -242,7 +242,7 @@ class Extractor {
   async #fileBehind(e: ReadEntry, abs: string, mode: number, times: [number, number] | undefined): Promise<number> {
     if (!this.#directTried) {
       this.#directTried = true;
-      this.#behind.enableDirect(this.#root);
+      await this.#behind.enableDirect(this.#root);
     }
     const fd = await openNewAsync(abs, this.#behind.direct ? DIRECT_OPEN : OPEN_NEW_FILE);
     const slot = this.#behind.begin(
