@@ -2,7 +2,6 @@ import * as nodeCrypto from 'node:crypto';
 import { chmodSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, fchmodSync, fstatSync, ftruncateSync, futimesSync, linkSync, lstatSync, lutimesSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, symlinkSync, utimesSync, writeFileSync, type BigIntStats, type Stats } from 'node:fs';
 import { appendFile, chmod, lstat, lutimes, mkdir, open, readlink, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { StringDecoder } from 'node:string_decoder';
 import {
   OPEN_NEW_FILE,
   writeAllSync,
@@ -465,11 +464,14 @@ export class ByteLines {
   #eof = false;
   #closed = false;
 
-  /** `bufferBytes`: the buffer to begin with (grown for a span longer than it). */
-  constructor(fd: number, bufferBytes = 1 << 20) {
+  readonly #hash: nodeCrypto.Hash | undefined;
+
+  /** `bufferBytes`: the buffer to begin with (grown for a span longer than it); `hash`: given every byte read. */
+  constructor(fd: number, bufferBytes = 1 << 20, hash?: nodeCrypto.Hash) {
     this.#fd = fd;
     this.#buf = Buffer.allocUnsafe(bufferBytes);
     this.#view = this.#buf.subarray(0, 0);
+    this.#hash = hash;
   }
 
   /**
@@ -527,6 +529,7 @@ export class ByteLines {
       this.#view = this.#buf.subarray(0, this.#end);
       return false;
     }
+    this.#hash?.update(this.#buf.subarray(this.#end, this.#end + n));
     this.#end += n;
     this.#view = this.#buf.subarray(0, this.#end);
     return true;
@@ -1649,23 +1652,12 @@ function copyHashed(from: string, to: string): string {
  * the line's own work, thousands of times over).
  */
 function* lines(file: string | number, hash?: nodeCrypto.Hash): Generator<string> {
-  const fd = typeof file === 'number' ? file : openSync(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+  const own = typeof file !== 'number';
+  const src = new ByteLines(own ? openSync(file, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW) : file, 1 << 20, hash);
   try {
-    const buf = Buffer.allocUnsafe(1 << 20);
-    const decoder = new StringDecoder('utf8');
-    let rest = '';
-    for (;;) {
-      const n = readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      hash?.update(buf.subarray(0, n));
-      const parts = (rest + decoder.write(buf.subarray(0, n))).split('\n');
-      rest = parts.pop()!;
-      for (const l of parts) if (l !== '') yield l;
-    }
-    rest += decoder.end();
-    if (rest !== '') yield rest;
+    yield* src.iterator();
   } finally {
-    if (typeof file !== 'number') closeSync(fd);
+    if (own) src.close();
   }
 }
 
