@@ -83,6 +83,8 @@ describe('JSON logs (TANDEM_LOG_FORMAT=json, TANDEM_LOG_LEVEL=debug)', () => {
     // The apply logs what it does, bound to the set (child loggers) and naming it again in calls.
     expect(records).toBeGreaterThan(15);
     expect(runs[2]![1].stderr).toMatch(/"msg":"set applied"/);
+    // The primary's pg_dump wrote into a pipe; the staged dump gets its data offsets before pg_restore -j2 reads it.
+    expect(runs[2]![1].stderr).toMatch(/"entries":[1-9]\d*,"msg":"data offsets written into the staged dump"/);
   });
 
   it('both daemons, a backup through the primary daemon applied by the standby daemon, and their stop', async () => {

@@ -15,6 +15,7 @@ import {
   type StandbyConfig,
 } from '@tandem/shared';
 import { isPrivileged, type AgentRole } from './db-prereqs.js';
+import { writeDataOffsets } from './dump-offsets.js';
 import { applyDatabaseProperties, preinstallExtensions, refuseSiteCodeInDataLoad } from './db-props.js';
 import { plainStages } from './artifact-stream.js';
 import { faultPoint } from './fault.js';
@@ -41,10 +42,21 @@ export async function restoreDatabase(
   opts: { setId: string; identities: string[]; logger: Logger; meta?: DbMeta; agent: AgentRole },
 ): Promise<number> {
   const t0 = performance.now();
-  await createNext(config, names, opts.meta, opts.logger);
+  // The staged dump's data offsets (dump-offsets.ts) are written while the new database is created
+  // (a parallel restore of a dump without them reads through it to find each table's data); they
+  // are in before pg_restore first opens the file.
+  const offsets = staged.form === 'plain' && config.database.restoreJobs > 1 ? dataOffsets(staged.file, opts.logger) : undefined;
+  offsets?.catch(() => undefined); // awaited below; not an unhandled rejection meanwhile
+  try {
+    await createNext(config, names, opts.meta, opts.logger);
+  } catch (err) {
+    await offsets?.catch(() => undefined);
+    throw err;
+  }
   faultPoint('restore-db-created');
   try {
     if (opts.meta) await preinstallExtensions(config, names, opts.meta);
+    await offsets;
     if (isPrivileged(opts.agent)) {
       await runPgRestore(config, names, staged, opts, ['--section=pre-data']);
       await refuseSiteCodeInDataLoad(config, names, opts.setId, opts.agent.name);
@@ -60,6 +72,14 @@ export async function restoreDatabase(
     throw err;
   }
   return Math.round(performance.now() - t0) / 1000;
+}
+
+async function dataOffsets(file: string, logger: Logger): Promise<void> {
+  const t0 = performance.now();
+  const r = await writeDataOffsets(file);
+  const seconds = Math.round(performance.now() - t0) / 1000;
+  if (r.skipped !== undefined) logger.debug({ file, seconds, why: r.skipped }, 'the staged dump was left without data offsets; pg_restore finds the data by reading through it');
+  else logger.debug({ file, seconds, entries: r.written }, 'data offsets written into the staged dump');
 }
 
 async function createNext(config: StandbyConfig, names: Names, meta: DbMeta | undefined, logger: Logger): Promise<void> {
