@@ -8,6 +8,7 @@ import {
   configVerdict,
   filestoreCheck,
   isTandemError,
+  judge,
   keyId,
   known,
   layout,
@@ -35,12 +36,13 @@ import {
   verdict,
   withPg,
   withWarnings,
+  inDatabaseMode,
   type CheckDef,
   type Filestore,
+  type Finding,
   type PrimaryConfig,
   type ServerInfo,
   type Verdict,
-  inDatabaseMode,
 } from '@tandem/shared';
 import { readDbMeta } from '../backup/db-meta.js';
 import { checkPaths } from '../backup/run-backup.js';
@@ -82,21 +84,6 @@ function addressInUse(listen: string): Promise<string | null> {
 
 const walMode = inDatabaseMode('wal');
 const dumpMode = inDatabaseMode('dump');
-
-/** One thing a check found wrong: a failure, or a warning. */
-interface Finding {
-  level: 'fail' | 'warn';
-  message: string;
-  hint: string;
-}
-
-/** A failure listing every finding when one fails; else a warning after what is fine; else ok. */
-function judge(fine: string[], found: Finding[]): Verdict {
-  const hint = [...new Set(found.map((f) => f.hint))].join('; ');
-  if (found.some((f) => f.level === 'fail')) return verdict.fail(found.map((f) => f.message).join('; '), hint);
-  if (found.length > 0) return verdict.warn(`${fine.length > 0 ? `${fine.join(', ')}; but ` : ''}${found.map((f) => f.message).join('; ')}`, hint);
-  return verdict.ok(fine.join(', '));
-}
 
 /** The PostgreSQL error of a query the role may not run (a superuser-only view or setting). */
 const isPermissionDenied = (err: unknown): boolean => (err as { code?: unknown }).code === '42501';

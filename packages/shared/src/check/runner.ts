@@ -29,6 +29,21 @@ export const verdict = {
   notApplicable: (detail: string): Verdict => ({ status: 'skip', detail }),
 };
 
+/** One thing a check found wrong: a failure, or a warning. */
+export interface Finding {
+  level: 'fail' | 'warn';
+  message: string;
+  hint: string;
+}
+
+/** A failure listing every finding when one fails; else a warning after what is fine; else ok. */
+export function judge(fine: string[], found: Finding[]): Verdict {
+  const hint = [...new Set(found.map((f) => f.hint))].join('; ');
+  if (found.some((f) => f.level === 'fail')) return verdict.fail(found.map((f) => f.message).join('; '), hint);
+  if (found.length > 0) return verdict.warn(`${fine.length > 0 ? `${fine.join(', ')}; but ` : ''}${found.map((f) => f.message).join('; ')}`, hint);
+  return verdict.ok(fine.join(', '));
+}
+
 export interface CheckDef<Ctx> {
   /** Short, lowercase, shown in the first column ("config", "postgres", "filestore"). */
   name: string;

@@ -3,6 +3,7 @@ import type { Stats } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
+  judge,
   TandemError,
   captureWarnings,
   checkWritableDir,
@@ -33,14 +34,15 @@ import {
   withDatabase,
   withPg,
   withWarnings,
+  inDatabaseMode,
   type CheckDef,
   type Filestore,
+  type Finding,
   type LatestPointer,
   type Manifest,
   type ServerInfo,
   type StandbyConfig,
   type Verdict,
-  inDatabaseMode,
 } from '@tandem/shared';
 import { readWalSeed } from '../apply/cluster.js';
 import { isPrivileged, ownerSafeRestore } from '../apply/db-prereqs.js';
@@ -87,21 +89,6 @@ const noSetYet = verdict.notApplicable('no set to check against yet (see the lat
 
 const walMode = inDatabaseMode('wal');
 const dumpMode = inDatabaseMode('dump');
-
-/** One thing a check found wrong: a failure, or a warning. */
-interface Finding {
-  level: 'fail' | 'warn';
-  message: string;
-  hint: string;
-}
-
-/** A failure listing every finding when one fails; else a warning after what is fine; else ok. */
-function judge(fine: string[], found: Finding[]): Verdict {
-  const hint = [...new Set(found.map((f) => f.hint))].join('; ');
-  if (found.some((f) => f.level === 'fail')) return verdict.fail(found.map((f) => f.message).join('; '), hint);
-  if (found.length > 0) return verdict.warn(`${fine.length > 0 ? `${fine.join(', ')}; but ` : ''}${found.map((f) => f.message).join('; ')}`, hint);
-  return verdict.ok(fine.join(', '));
-}
 
 /** A user id's name (/etc/passwd), else "uid N". */
 async function userName(uid: number): Promise<string> {
