@@ -157,6 +157,35 @@ describe('files as content objects: a tree of media', () => {
     expect(await recordMatchesLive(s)).toEqual([]);
   }, 180_000);
 
+  it('packs read and opened on the reading thread, their plaintext kept in its few buffers while held: exact whether the writes go directly or through the page cache', async () => {
+    // ~40 MB of media in five packs or more (more packs than the reader has buffers), and text that deflates (a pack of its own kind).
+    const album = join(s.primary.paths.files, 'media', 'album-big');
+    await mkdir(album, { recursive: true });
+    const text = join(s.primary.paths.files, 'notes');
+    await mkdir(text, { recursive: true });
+    const writeAll = async (round: number) => {
+      for (let f = 0; f < 9; f++) await writeFile(join(album, `take-${f}.mov`), randomBytes(4_500_000 + f * 1_000 + round));
+      for (let f = 0; f < 4; f++) await writeFile(join(text, `note-${f}.txt`), `round ${round}, note ${f}: ${'the quick brown fox jumps over the lazy dog. '.repeat(8_000 + f)}`);
+    };
+    for (const [round, env] of [
+      [1, {}],
+      [2, { TANDEM_DIRECT_WRITES: '0' }],
+    ] as const) {
+      await writeAll(round);
+      await backup(s);
+      const a = await apply(s, [], { TANDEM_PACK_THREAD_MIN: '1', ...env });
+      expect(a.code, show(a)).toBe(0);
+      const staged = stagedLine(a.stderr);
+      expect(staged.packsOpenedInPlace, `round ${round}`).toBe(staged.packs);
+      // More packs than the reader has buffers (four): each given back and used again.
+      expect(staged.packs, `round ${round}`).toBeGreaterThan(4);
+      expect(staged.bytesDirect > 0, `round ${round}: direct writes`).toBe(round === 1);
+      expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+      for (let f = 0; f < 9; f++) expect((await readFile(join(s.standby.paths.files, 'media', 'album-big', `take-${f}.mov`))).equals(await readFile(join(album, `take-${f}.mov`))), `round ${round}: take-${f}`).toBe(true);
+      expect(await recordMatchesLive(s)).toEqual([]);
+    }
+  }, 180_000);
+
   it('what the switch replaces or removes is freed after it: kept in the staging until then, and a kill in the switch leaves it there for the next apply to finish', async () => {
     const video = join(s.primary.paths.files, 'media', 'album-3', 'reel.mp4');
     await writeFile(video, randomBytes(2_500_000));

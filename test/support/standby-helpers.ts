@@ -517,6 +517,8 @@ export function stagedLine(stderr: string): {
   copiedDirect: number;
   bytesDirect: number;
   packs: number;
+  /** Packs read and opened on the reading thread, their plaintext kept in its buffers. */
+  packsOpenedInPlace: number;
   pagesCached: number;
   pagesSkipped: number;
 } {

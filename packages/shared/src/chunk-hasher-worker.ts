@@ -4,17 +4,27 @@
  *   straight back with the digests of the pieces that ended inside it.
  * - PackReadThread: a pack of a directory filestore read whole into the buffer it is lent (the file
  *   opened, checked to be a regular file of the signed size, read, closed here), and its SHA-256.
- * It imports nothing but node:crypto and node:fs (so it cuts pieces itself rather than load
- * ChunkHasher, whose module loads zod) and allocates nothing large: the buffers are the main thread's.
+ *   On request it then opens the pack's age payload in place (its STREAM chunks, with the payload
+ *   key the main thread unwrapped from the header once the SHA-256 matched the signed one).
+ * It imports nothing but node:crypto, node:fs and the age STREAM rules (crypto/age/stream.ts, which
+ * imports node:crypto alone), so it cuts pieces itself rather than load ChunkHasher, whose module
+ * loads zod, and allocates nothing large: the buffers are the main thread's.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
+import { openPayloadInPlace, type PayloadProblem } from './crypto/age/stream.js';
 
-export type ToHasher = { t: 'in'; buf: ArrayBuffer; len: number } | { t: 'end' } | { t: 'pack'; n: number; path: string; size: number; buf: ArrayBuffer };
+export type ToHasher =
+  | { t: 'in'; buf: ArrayBuffer; len: number }
+  | { t: 'end' }
+  | { t: 'pack'; n: number; path: string; size: number; buf: ArrayBuffer }
+  | { t: 'open'; n: number; buf: ArrayBuffer; start: number; end: number; key: ArrayBuffer };
+/** A payload opened: the plaintext's length at the front of `buf`, or why it was refused. */
+export type PayloadOpened = { t: 'opened'; n: number; buf: ArrayBuffer; plain?: number; problem?: PayloadProblem };
 /** A pack read: `got` the bytes read (the file's size when it is not the one asked for), `err` an errno code and message. */
 export type PackRead = { t: 'pack'; n: number; buf: ArrayBuffer; got: number; digest?: ArrayBuffer; err?: { code: string; message: string }; notFile?: boolean };
-export type FromHasher = { t: 'back'; buf: ArrayBuffer; len: number; digests: ArrayBuffer[] } | { t: 'end'; digests: ArrayBuffer[] } | PackRead;
+export type FromHasher = { t: 'back'; buf: ArrayBuffer; len: number; digests: ArrayBuffer[] } | { t: 'end'; digests: ArrayBuffer[] } | PackRead | PayloadOpened;
 
 const port = parentPort!;
 const size = (workerData as { size: number }).size;
@@ -63,6 +73,11 @@ port.on('message', (m: ToHasher) => {
   if (m.t === 'pack') {
     const r = readPack(m);
     port.postMessage(r, [m.buf]);
+    return;
+  }
+  if (m.t === 'open') {
+    const r = openPayloadInPlace(Buffer.from(m.buf), m.start, m.end, Buffer.from(m.key));
+    port.postMessage({ t: 'opened', n: m.n, buf: m.buf, ...('plain' in r ? { plain: r.plain } : { problem: r }) } satisfies PayloadOpened, [m.buf]);
     return;
   }
   const digests: ArrayBuffer[] = [];

@@ -2,7 +2,8 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { SignedPieces, type ChunkMismatch, type StoredChunks } from './chunks.js';
 import { TandemError } from './errors.js';
-import type { FromHasher, PackRead, ToHasher } from './chunk-hasher-worker.js';
+import type { FromHasher, PackRead, PayloadOpened, ToHasher } from './chunk-hasher-worker.js';
+import type { PayloadProblem } from './crypto/age/stream.js';
 import { takeGiven } from './given-away.js';
 
 /** Buffers lent to the hashing thread at a time (2: measured as fast as 4, with ~20 MiB less at the peak). */
@@ -96,7 +97,7 @@ export class ChunkVerifierThread extends Transform {
   }
 
   #onMessage(m: FromHasher): void {
-    if (this.destroyed || m.t === 'pack') return;
+    if (this.destroyed || m.t === 'pack' || m.t === 'opened') return;
     if (m.t === 'back') {
       this.#held.push(Buffer.from(m.buf, 0, m.len));
       this.#lent--;
@@ -155,6 +156,13 @@ export interface LocalPack {
   sha256: Buffer;
 }
 
+/** A payload openPayload opened in place: the buffer back (to release), the plaintext's length at its front, or why not. */
+export interface OpenedPayload {
+  bytes: Buffer;
+  plain?: number;
+  problem?: PayloadProblem;
+}
+
 /** Why a local pack could not be read: the file missing or not one, another size, or an errno. */
 export class PackReadError extends Error {
   constructor(
@@ -186,6 +194,7 @@ export class PackReadThread {
   #allocated = 0;
   #n = 0;
   readonly #pending = new Map<number, { resolve: (p: LocalPack) => void; reject: (e: Error) => void; path: string; size: number }>();
+  readonly #opening = new Map<number, { resolve: (r: OpenedPayload) => void; reject: (e: Error) => void }>();
   readonly #waiting: Array<() => void> = [];
   #failed: Error | undefined;
 
@@ -193,15 +202,18 @@ export class PackReadThread {
     this.#worker = new Worker(workerUrl(), { workerData: { size: 1 }, resourceLimits: { maxYoungGenerationSizeMb: 2 } });
     this.#worker.on('message', (m: FromHasher) => {
       if (m.t === 'pack') this.#onRead(m);
+      else if (m.t === 'opened') this.#onOpened(m);
     });
     const fail = (err: Error) => {
       this.#failed = err;
       for (const p of this.#pending.values()) p.reject(err);
       this.#pending.clear();
+      for (const p of this.#opening.values()) p.reject(err);
+      this.#opening.clear();
     };
     this.#worker.on('error', (err) => fail(new TandemError('internal', 'HASH_THREAD_FAILED', `the pack reading thread failed: ${err.message}`, { cause: err })));
     this.#worker.on('exit', (code) => {
-      if (this.#pending.size > 0) fail(new TandemError('internal', 'HASH_THREAD_FAILED', `the pack reading thread exited (code ${code}) with reads pending`));
+      if (this.#pending.size + this.#opening.size > 0) fail(new TandemError('internal', 'HASH_THREAD_FAILED', `the pack reading thread exited (code ${code}) with reads pending`));
     });
     // Idle, the worker does not keep the process alive; reads pending do (their promises are awaited).
     this.#worker.unref();
@@ -228,6 +240,30 @@ export class PackReadThread {
     return done;
   }
 
+  /**
+   * The age payload `bytes[start, bytes.length)` of a pack read() returned (its SHA-256 already
+   * matched) opened in place on the worker with `payloadKey`: the plaintext lands at the front of
+   * the same memory. `bytes` is away (detached) meanwhile; the result's `bytes` is that memory again,
+   * given back whether or not the payload opened, and is what to release().
+   */
+  async openPayload(bytes: Buffer, start: number, payloadKey: Buffer): Promise<OpenedPayload> {
+    if (this.#failed) throw this.#failed;
+    const n = this.#n++;
+    const done = new Promise<OpenedPayload>((resolve, reject) => this.#opening.set(n, { resolve, reject }));
+    this.#worker.ref();
+    const msg: ToHasher = { t: 'open', n, buf: bytes.buffer as ArrayBuffer, start: bytes.byteOffset + start, end: bytes.byteOffset + bytes.length, key: Uint8Array.from(payloadKey).buffer };
+    this.#worker.postMessage(msg, [bytes.buffer as ArrayBuffer]);
+    return done;
+  }
+
+  #onOpened(m: PayloadOpened): void {
+    const p = this.#opening.get(m.n);
+    if (p === undefined) return;
+    this.#opening.delete(m.n);
+    if (this.#pending.size + this.#opening.size === 0) this.#worker.unref();
+    p.resolve({ bytes: Buffer.from(m.buf), ...(m.plain !== undefined ? { plain: m.plain } : {}), ...(m.problem !== undefined ? { problem: m.problem } : {}) });
+  }
+
   /** Buffers allocated so far (a released one serves the next read that fits in it). */
   get allocated(): number {
     return this.#allocated;
@@ -243,7 +279,7 @@ export class PackReadThread {
     const p = this.#pending.get(m.n);
     if (p === undefined) return;
     this.#pending.delete(m.n);
-    if (this.#pending.size === 0) this.#worker.unref();
+    if (this.#pending.size + this.#opening.size === 0) this.#worker.unref();
     const buf = Buffer.from(m.buf);
     if (m.digest !== undefined) return p.resolve({ bytes: buf.subarray(0, p.size), sha256: Buffer.from(m.digest) });
     this.release(buf);

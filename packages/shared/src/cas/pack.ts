@@ -2,7 +2,8 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { Readable, Transform, pipeline, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';
 import { createDeflateRaw, deflateRaw, deflateRawSync, inflateRawSync } from 'node:zlib';
-import { createAgeDecryptStream, createAgeEncryptStream } from '../crypto/age/index.js';
+import type { LocalPack, OpenedPayload, PackReadThread } from '../chunk-verifier-thread.js';
+import { createAgeDecryptStream, createAgeEncryptStream, payloadOf } from '../crypto/age/index.js';
 import { TandemError } from '../errors.js';
 import { objectId } from './object-id.js';
 
@@ -247,38 +248,91 @@ export async function openPack(stored: Buffer, info: PackInfo, o: { identities: 
  * the digest of exactly these bytes, computed where they were read (PackReadThread), else here.
  */
 export async function openPackPieces(stored: Buffer[], info: PackInfo, o: { identities: string[] | null; label: string; sha256?: Buffer }): Promise<PackPlain> {
-  const size = stored.reduce((n, p) => n + p.length, 0);
-  if (size !== info.size) {
-    throw new TandemError('integrity', 'OBJECT_SIZE', `${o.label}: object ${info.id} has ${size} bytes, the signed index says ${info.size} (truncated or replaced)`);
-  }
   let digest = o.sha256;
   if (digest === undefined) {
     const h = createHash('sha256');
     for (const p of stored) h.update(p);
     digest = h.digest();
   }
-  if (!timingSafeEqual(digest, Buffer.from(info.sha256, 'hex'))) {
-    throw new TandemError('integrity', 'OBJECT_CHECKSUM', `${o.label}: object ${info.id} does not match the SHA-256 in the signed index: it was altered or swapped`, {
-      hint: 'run `tandem-standby verify --read-data` to find every damaged object of the set; then `tandem-primary backup --repair-objects` stores the content again in new objects',
-    });
-  }
+  checkStored(stored.reduce((n, p) => n + p.length, 0), digest, info, o.label);
   let body: Buffer[];
   try {
     body = o.identities ? await runTransformPieces(createAgeDecryptStream(o.identities, { label: `${o.label}: object ${info.id}` }), stored) : stored;
   } catch (err) {
-    throw new TandemError('integrity', 'OBJECT_DECRYPT', `${o.label}: object ${info.id} matched its checksum but could not be decrypted: ${(err as Error).message}`, { cause: err });
+    throw undecryptable(info, o.label, err);
   }
+  return plainOf(body, info, o.label);
+}
+
+/**
+ * An encrypted pack read whole on the reading thread (PackReadThread.read: its bytes, in a buffer
+ * of the thread's pool, and their SHA-256), opened there too: once its size and SHA-256 match the
+ * signed index, its header is read here (the file key unwrapped with the site's identity), and the
+ * payload is opened in place on that thread (openPayloadInPlace). The plaintext stays in the pool's
+ * buffer: no copy, and none of the 64 KiB buffers a stream decryptor makes (500 MB of them for the
+ * bench tree, whose freeing was most of the collector's work). The same checks and errors as
+ * openPackPieces. `release` gives the buffer back to the pool: call it once nothing refers to the
+ * plaintext's bytes any more (a deflated pack is inflated into memory of its own, and its buffer
+ * released before this returns; on an error it is released too).
+ */
+export async function openPackLocal(got: LocalPack, info: PackInfo, o: { identities: string[]; label: string; reader: PackReadThread }): Promise<{ plain: PackPlain; release: () => void }> {
+  let bytes = got.bytes;
+  let released = false;
+  const release = () => {
+    if (released) return;
+    released = true;
+    o.reader.release(bytes);
+  };
+  try {
+    checkStored(bytes.length, got.sha256, info, o.label);
+    let opened: OpenedPayload;
+    try {
+      const { start, payloadKey } = payloadOf(o.identities, bytes, `${o.label}: object ${info.id}`);
+      opened = await o.reader.openPayload(bytes, start, payloadKey);
+    } catch (err) {
+      throw undecryptable(info, o.label, err);
+    }
+    bytes = opened.bytes;
+    if (opened.problem !== undefined) {
+      throw undecryptable(info, o.label, new TandemError('integrity', opened.problem.code, `${o.label}: object ${info.id}: ${opened.problem.message}`));
+    }
+    const plain = plainOf([bytes.subarray(0, opened.plain)], info, o.label);
+    if (info.c !== 'none') release();
+    return { plain, release };
+  } catch (err) {
+    release();
+    throw err;
+  }
+}
+
+/** The stored bytes' size and SHA-256 against the signed index, before a byte of them is used. */
+function checkStored(size: number, digest: Buffer, info: PackInfo, label: string): void {
+  if (size !== info.size) {
+    throw new TandemError('integrity', 'OBJECT_SIZE', `${label}: object ${info.id} has ${size} bytes, the signed index says ${info.size} (truncated or replaced)`);
+  }
+  if (!timingSafeEqual(digest, Buffer.from(info.sha256, 'hex'))) {
+    throw new TandemError('integrity', 'OBJECT_CHECKSUM', `${label}: object ${info.id} does not match the SHA-256 in the signed index: it was altered or swapped`, {
+      hint: 'run `tandem-standby verify --read-data` to find every damaged object of the set; then `tandem-primary backup --repair-objects` stores the content again in new objects',
+    });
+  }
+}
+
+const undecryptable = (info: PackInfo, label: string, err: unknown): TandemError =>
+  new TandemError('integrity', 'OBJECT_DECRYPT', `${label}: object ${info.id} matched its checksum but could not be decrypted: ${(err as Error).message}`, { cause: err });
+
+/** The decrypted body of a pack, inflated when it was deflated, checked against its signed plain size. */
+function plainOf(body: Buffer[], info: PackInfo, label: string): PackPlain {
   let plain: PackPlain;
   if (info.c === 'none') plain = new PackPlain(body);
   else {
     try {
       plain = new PackPlain([inflateRawSync(body.length === 1 ? body[0]! : Buffer.concat(body), { maxOutputLength: Math.max(1, info.plain) })]);
     } catch (err) {
-      throw new TandemError('integrity', 'OBJECT_DECOMPRESS', `${o.label}: object ${info.id} does not inflate to its signed plain size ${info.plain}: ${(err as Error).message}`, { cause: err });
+      throw new TandemError('integrity', 'OBJECT_DECOMPRESS', `${label}: object ${info.id} does not inflate to its signed plain size ${info.plain}: ${(err as Error).message}`, { cause: err });
     }
   }
   if (plain.length !== info.plain) {
-    throw new TandemError('integrity', 'OBJECT_PLAIN_SIZE', `${o.label}: object ${info.id} holds ${plain.length} plain bytes, the signed index says ${info.plain}`);
+    throw new TandemError('integrity', 'OBJECT_PLAIN_SIZE', `${label}: object ${info.id} holds ${plain.length} plain bytes, the signed index says ${info.plain}`);
   }
   return plain;
 }

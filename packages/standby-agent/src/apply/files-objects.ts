@@ -12,6 +12,7 @@ import {
   formatBytes,
   freeBytes,
   objectMatches,
+  openPackLocal,
   openPackPieces,
   pageLoader,
   type PackPlain,
@@ -1210,13 +1211,27 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   // From a directory filestore, packs are read and hashed on a second thread (PackReadThread) where
   // that pays (useReader).
   const fs = o.filestore;
-  const reader = fs.localPath !== undefined && useReader(order.length, toWrite, need) ? new PackReadThread(2) : null;
+  // An encrypted pack's plaintext stays in the reader's buffer (openPackLocal) while the pack is
+  // held: one buffer a held pack, one more for the read ahead.
+  const reader = fs.localPath !== undefined && useReader(order.length, toWrite, need) ? new PackReadThread(HELD_PACKS + 1) : null;
+  /** Packs whose plaintext is a buffer of the reader's: given back when the pack is no longer held. */
+  const releaseOf = new Map<Promise<PackPlain>, () => void>();
+  let openedInPlace = 0;
+  const pooled = new WeakSet<PackPlain>();
   const fetchPack = (ordinal: number): Promise<PackPlain> => {
     const info = packs[ordinal]!;
-    const p = (async () => {
+    let p!: Promise<PackPlain>;
+    p = (async () => {
       if (reader !== null) {
         const got = await fetchPackLocal(fs, reader, manifest.site, info, { label });
         fetched++;
+        if (identities !== null) {
+          const opened = await openPackLocal(got, info, { identities, label, reader });
+          openedInPlace++;
+          releaseOf.set(p, opened.release);
+          pooled.add(opened.plain);
+          return opened.plain;
+        }
         try {
           // The plaintext must not be the pool's buffer: a pack stored as it is (no encryption, no
           // compression) is copied out of it.
@@ -1240,10 +1255,27 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
       if (!held.has(ord)) held.set(ord, fetchPack(ord));
     }
   };
+  /**
+   * A pack no longer held: its reader's buffer, if its plaintext is one, goes back once the fetch
+   * has settled. Nothing refers to its bytes by then: each blob was written from it before control
+   * came back here (the writer copies into its blocks, or writes at once, or is given copies).
+   */
+  const drop = (ord: number): void => {
+    const p = held.get(ord);
+    if (p === undefined) return;
+    held.delete(ord);
+    void p.then(
+      () => {
+        releaseOf.get(p)?.();
+        releaseOf.delete(p);
+      },
+      () => undefined,
+    );
+  };
   const packPlain = async (ord: number): Promise<PackPlain> => {
     let p = held.get(ord);
     if (!p) {
-      if (held.size >= HELD_PACKS) held.delete(held.keys().next().value!);
+      if (held.size >= HELD_PACKS) drop(held.keys().next().value!);
       p = fetchPack(ord);
       held.set(ord, p);
     }
@@ -1259,13 +1291,16 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   /** A blob from its pack, written at `at` of the slot's file. */
   const writeFromPack = async (slot: FileSlot, w: { e: WorkLine }, ord: number, off: number, len: number, id: string, at: number): Promise<void> => {
     const plain = await packPlain(ord);
-    writer.write(slot, blobSlices(plain, { id, offset: off, length: len }, filesKey.hmacKey, `${label}: ${JSON.stringify(w.e.p)}`), at);
+    const slices = blobSlices(plain, { id, offset: off, length: len }, filesKey.hmacKey, `${label}: ${JSON.stringify(w.e.p)}`);
+    // The thread pool's writes through the page cache hold their buffers until done: a reader's
+    // buffer goes back to its pool before that, so they get copies.
+    writer.write(slot, slot.async && !slot.direct && pooled.has(plain) ? slices.map((b) => Buffer.from(b)) : slices, at);
     bytesWritten += len;
-    // Bounded after each blob, not each file: a file of 25 MB would otherwise be in flight whole.
-    if (writer.full) await writer.room();
     const left = (uses.get(ord) ?? 1) - 1;
     uses.set(ord, left);
-    if (left === 0) held.delete(ord);
+    if (left === 0) drop(ord);
+    // Bounded after each blob, not each file: a file of 25 MB would otherwise be in flight whole.
+    if (writer.full) await writer.room();
   };
   // fresh: the record's lines, written as each file is staged (the switch renames only the top-level
   // entries; a file's inode and ctime stay as they are when its directory is renamed).
@@ -1447,7 +1482,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const tEnd = performance.now();
   // Where the time went: the record and last shapes opened, pass 1 (the plan), pass 2 (the writes), the plan's file.
   const stepsMs = { open: ms(t0, tPlan), plan: ms(tPlan, tWrite), write: ms(tWrite, tFinish), finish: ms(tFinish, tEnd) };
-  logger.info({ files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, copiedDirect, bytesDirect: writer.directBytes, packs: fetched, pagesCached, pagesSkipped, stepsMs }, 'files staged: only what changed');
+  logger.info({ files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, copiedDirect, bytesDirect: writer.directBytes, packs: fetched, packsOpenedInPlace: openedInPlace, pagesCached, pagesSkipped, stepsMs }, 'files staged: only what changed');
   return { files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached, pagesSkipped };
 }
 

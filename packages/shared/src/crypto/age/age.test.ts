@@ -24,7 +24,9 @@ import {
   createAgeEncryptStream,
   formatIdentityFile,
   generateAgeKeyPair,
+  openPayloadInPlace,
   parseIdentityFile,
+  payloadOf,
   parseRecipientFile,
   recipientFromIdentity,
   type AgeKeyPair,
@@ -691,5 +693,80 @@ describe('age edge cases from a hand-built file', () => {
     expect(ageAccepts(ct)).toBeUndefined();
     const { err } = await decrypt(ct, [kp.identity]);
     expect(expectIntegrity(err, ['AGE_BAD_HEADER']).message).toMatch(/invalid X25519 share/);
+  });
+});
+
+/**
+ * A payload held whole in memory and opened in place (payloadOf + openPayloadInPlace: how a pack
+ * read on the reading thread is opened there). The same files, the same plaintext; and every file
+ * the stream decryptor refuses, refused with the same error code and message.
+ */
+describe('age payload opened in place', () => {
+  const kp = generateAgeKeyPair();
+  const label = 'object x';
+  const inPlace = (ct: Buffer, identities = [kp.identity]): { out?: Buffer; err?: TandemError } => {
+    const buf = Buffer.from(ct);
+    try {
+      const { start, payloadKey } = payloadOf(identities, buf, label);
+      const r = openPayloadInPlace(buf, start, buf.length, payloadKey);
+      return 'plain' in r ? { out: buf.subarray(0, r.plain) } : { err: new TandemError('integrity', r.code, `${label}: ${r.message}`) };
+    } catch (err) {
+      return { err: err as TandemError };
+    }
+  };
+
+  it('opens what age and tandem encrypt, of every size around a chunk', async () => {
+    const key = ageKeygen('in-place.key');
+    for (const size of SIZES) {
+      const pt = randomBytes(size);
+      const ours = await encrypt(pt, [key.recipient]);
+      const theirs = execFileSync('age', ['-e', '-r', key.recipient], { input: pt, maxBuffer: 64 << 20 });
+      for (const ct of [ours, theirs]) {
+        const r = inPlace(ct, [key.identity]);
+        expect(r.err, `${size} bytes`).toBeUndefined();
+        expect(r.out!.equals(pt), `${size} bytes`).toBe(true);
+      }
+    }
+  });
+
+  it('refuses every damaged file the stream refuses, with the same code and message', async () => {
+    const pt = randomBytes(3 * CHUNK + 100);
+    const ct = await encrypt(pt, [kp.recipient]);
+    const h = headerLength(ct);
+    const full = await encrypt(randomBytes(2 * CHUNK), [kp.recipient]);
+    const cases: Array<[string, Buffer]> = [
+      ['a header byte', flip(ct, 30)],
+      ['the MAC', flip(ct, h - 5)],
+      ['the payload nonce', flip(ct, h + 3)],
+      ['chunk 0', flip(ct, h + 16 + 10)],
+      ['a middle chunk', flip(ct, h + 16 + ENC_CHUNK + 10)],
+      ['the last chunk', flip(ct, ct.length - 20)],
+      ['the last tag', flip(ct, ct.length - 1)],
+      ['cut inside the header', ct.subarray(0, h - 10)],
+      ['cut before the payload', ct.subarray(0, h + 8)],
+      ['cut before the first chunk', ct.subarray(0, h + 16)],
+      ['cut inside chunk 0 before a tag', ct.subarray(0, h + 16 + 10)],
+      ['cut at a chunk boundary', ct.subarray(0, h + 16 + ENC_CHUNK)],
+      ['cut at the last boundary', ct.subarray(0, h + 16 + 3 * ENC_CHUNK)],
+      ['cut inside the last chunk', ct.subarray(0, ct.length - 5)],
+      ['a full final chunk cut off', full.subarray(0, full.length - ENC_CHUNK)],
+      ['a byte appended', Buffer.concat([ct, Buffer.from([0])])],
+      ['a chunk appended', Buffer.concat([full, full.subarray(full.length - ENC_CHUNK)])],
+      ['an empty final chunk after data', buildAgeFile(kp.recipient, [[randomBytes(CHUNK), false], [Buffer.alloc(0), true]])],
+      ['a short non-final chunk', buildAgeFile(kp.recipient, [[randomBytes(100), false], [randomBytes(10), true]])],
+      ['not age at all', Buffer.from('hello, this is not an age file\n')],
+      ['empty', Buffer.alloc(0)],
+    ];
+    for (const [what, bad] of cases) {
+      const stream = await decrypt(bad, [kp.identity], { label });
+      expect(stream.err, `${what}: the stream refuses it`).toBeDefined();
+      const mine = inPlace(bad);
+      expect(mine.out, `${what}: opened in place`).toBeUndefined();
+      expect({ code: mine.err?.code, message: mine.err?.message }, what).toEqual({ code: (stream.err as TandemError).code, message: (stream.err as TandemError).message });
+    }
+    // A wrong identity too.
+    const other = generateAgeKeyPair();
+    const stream = await decrypt(ct, [other.identity], { label });
+    expect(inPlace(ct, [other.identity]).err?.message).toBe((stream.err as TandemError).message);
   });
 });

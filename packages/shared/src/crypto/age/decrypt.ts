@@ -158,3 +158,20 @@ class AgeDecryptStream extends Transform {
 export function createAgeDecryptStream(identities: string[], opts: { label?: string } = {}): Transform {
   return new AgeDecryptStream(identities, opts.label);
 }
+
+/**
+ * The header of the age file held whole in `data` read and its file key unwrapped: where the
+ * payload's STREAM chunks start and the key that opens them (openPayloadInPlace opens a payload
+ * held in memory, on another thread). Errors are createAgeDecryptStream's, prefixed by `label`.
+ */
+export function payloadOf(identities: string[], data: Buffer, label: string): { start: number; payloadKey: Buffer } {
+  if (identities.length === 0) throw new TandemError('config', 'AGE_NO_IDENTITIES', 'age decryption needs at least one identity');
+  const prefix = `${label}: `;
+  const ids = identities.map((id, i) => identityFromString(id, `age identity #${i + 1}`));
+  const opened = new HeaderReader(ids, prefix).feed(data);
+  if (opened === undefined) {
+    throw new TandemError('integrity', 'AGE_TRUNCATED', prefix + (data.length === 0 ? 'empty input where an age file was expected' : 'the age file ends inside its header'));
+  }
+  if (opened.rest.length < PAYLOAD_NONCE_SIZE) throw new TandemError('integrity', 'AGE_TRUNCATED', `${prefix}the age file ends before its payload`);
+  return { start: data.length - opened.rest.length + PAYLOAD_NONCE_SIZE, payloadKey: hkdf(opened.fileKey, opened.rest.subarray(0, PAYLOAD_NONCE_SIZE), 'payload') };
+}

@@ -22,4 +22,5 @@ export {
   type AgeKeyPair,
 } from './keys.js';
 export { createAgeEncryptStream } from './encrypt.js';
-export { createAgeDecryptStream } from './decrypt.js';
+export { createAgeDecryptStream, payloadOf } from './decrypt.js';
+export { openPayloadInPlace, type PayloadProblem } from './stream.js';
