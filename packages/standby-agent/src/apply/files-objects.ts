@@ -1214,22 +1214,19 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   // An encrypted pack's plaintext stays in the reader's buffer (openPackLocal) while the pack is
   // held: one buffer a held pack, one more for the read ahead.
   const reader = fs.localPath !== undefined && useReader(order.length, toWrite, need) ? new PackReadThread(HELD_PACKS + 1) : null;
-  /** Packs whose plaintext is a buffer of the reader's: given back when the pack is no longer held. */
-  const releaseOf = new Map<Promise<PackPlain>, () => void>();
+  /** Plaintexts that are a buffer of the reader's, and how each is given back when its pack is no longer held. */
+  const releaseOf = new WeakMap<PackPlain, () => void>();
   let openedInPlace = 0;
-  const pooled = new WeakSet<PackPlain>();
   const fetchPack = (ordinal: number): Promise<PackPlain> => {
     const info = packs[ordinal]!;
-    let p!: Promise<PackPlain>;
-    p = (async () => {
+    const p = (async () => {
       if (reader !== null) {
         const got = await fetchPackLocal(fs, reader, manifest.site, info, { label });
         fetched++;
         if (identities !== null) {
           const opened = await openPackLocal(got, info, { identities, label, reader });
           openedInPlace++;
-          releaseOf.set(p, opened.release);
-          pooled.add(opened.plain);
+          releaseOf.set(opened.plain, opened.release);
           return opened.plain;
         }
         try {
@@ -1265,9 +1262,9 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     if (p === undefined) return;
     held.delete(ord);
     void p.then(
-      () => {
-        releaseOf.get(p)?.();
-        releaseOf.delete(p);
+      (plain) => {
+        releaseOf.get(plain)?.();
+        releaseOf.delete(plain);
       },
       () => undefined,
     );
@@ -1294,7 +1291,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
     const slices = blobSlices(plain, { id, offset: off, length: len }, filesKey.hmacKey, `${label}: ${JSON.stringify(w.e.p)}`);
     // The thread pool's writes through the page cache hold their buffers until done: a reader's
     // buffer goes back to its pool before that, so they get copies.
-    writer.write(slot, slot.async && !slot.direct && pooled.has(plain) ? slices.map((b) => Buffer.from(b)) : slices, at);
+    writer.write(slot, slot.async && !slot.direct && releaseOf.has(plain) ? slices.map((b) => Buffer.from(b)) : slices, at);
     bytesWritten += len;
     const left = (uses.get(ord) ?? 1) - 1;
     uses.set(ord, left);
