@@ -7,7 +7,7 @@ import { TandemError } from '../../errors.js';
 import { HeaderReader } from './header.js';
 import { identityFromString } from './keys.js';
 import { EMPTY, TAG_SIZE, aeadOpen, hkdf } from './primitives.js';
-import { CHUNK_SIZE, ChunkSplitter, ENC_CHUNK_SIZE, PAYLOAD_NONCE_SIZE, setNonce } from './stream.js';
+import { ChunkSplitter, ENC_CHUNK_SIZE, PAYLOAD_NONCE_SIZE, openChunk, setNonce } from './stream.js';
 
 type DecryptState = 'header' | 'nonce' | 'payload' | 'done' | 'failed';
 
@@ -76,17 +76,8 @@ class AgeDecryptStream extends Transform {
   }
 
   private openNonFinal(sealed: Buffer): void {
-    const pt = this.open(sealed, false);
-    if (!pt) {
-      // Distinguish "a complete file with junk appended" from a damaged chunk, for the message only.
-      const trailing = this.open(sealed, true) !== undefined;
-      throw this.fail(
-        'AGE_CORRUPT',
-        trailing
-          ? `unexpected data after the final chunk (chunk ${this.counter})`
-          : `chunk ${this.counter} (plaintext offset ${this.counter * CHUNK_SIZE}) failed authentication: the file is corrupt or was tampered with`,
-      );
-    }
+    const pt = openChunk((last) => this.open(sealed, last), this.counter, false, sealed.length);
+    if (!Buffer.isBuffer(pt)) throw this.fail(pt.code, pt.message);
     this.counter++;
     this.push(pt);
   }
@@ -117,30 +108,8 @@ class AgeDecryptStream extends Transform {
         break;
     }
     const rest = this.splitter.rest();
-    if (rest.length < TAG_SIZE) {
-      throw this.fail(
-        'AGE_TRUNCATED',
-        rest.length === 0 && this.counter === 0
-          ? 'the age file ends before its first chunk'
-          : `the age file ends inside chunk ${this.counter}`,
-      );
-    }
-    const pt = this.open(rest, true);
-    if (!pt) {
-      // A full chunk that only authenticates as non-final means the real final chunk was cut off
-      // at a chunk boundary: report that as truncation, and still emit nothing from it.
-      if (rest.length === ENC_CHUNK_SIZE && this.open(rest, false)) {
-        throw this.fail('AGE_TRUNCATED', `the age file ends after chunk ${this.counter}, before its final chunk`);
-      }
-      throw this.fail(
-        'AGE_CORRUPT',
-        `final chunk ${this.counter} failed authentication: the file is truncated, corrupt or was tampered with`,
-      );
-    }
-    if (pt.length === 0 && this.counter > 0) {
-      // Spec: only an empty plaintext may end in an empty chunk. Authentic, but not conforming.
-      throw this.fail('AGE_CORRUPT', 'empty final chunk after data: not a conforming age file');
-    }
+    const pt = openChunk((last) => this.open(rest, last), this.counter, true, rest.length);
+    if (!Buffer.isBuffer(pt)) throw this.fail(pt.code, pt.message);
     this.state = 'done';
     this.counter++;
     this.push(pt);

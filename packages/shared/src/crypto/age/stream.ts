@@ -79,19 +79,46 @@ export interface PayloadProblem {
 }
 
 /**
+ * One sealed STREAM chunk (`sealedLength` bytes, number `counter`) opened by the rules both
+ * decryptors follow, `open(last)` trying its tag with the last-chunk flag as given: a chunk with more
+ * after it must open as non-final (one that opens only as final has data after it); the last must
+ * open as final (a full one that opens only as non-final had its final chunk cut off) and may be
+ * empty only when it is the first. The plaintext, or why not.
+ */
+export function openChunk(open: (last: boolean) => Buffer | undefined, counter: number, last: boolean, sealedLength: number): Buffer | PayloadProblem {
+  if (!last) {
+    const pt = open(false);
+    if (pt !== undefined) return pt;
+    // Distinguish "a complete file with junk appended" from a damaged chunk, for the message only.
+    return open(true) !== undefined
+      ? { code: 'AGE_CORRUPT', message: `unexpected data after the final chunk (chunk ${counter})` }
+      : { code: 'AGE_CORRUPT', message: `chunk ${counter} (plaintext offset ${counter * CHUNK_SIZE}) failed authentication: the file is corrupt or was tampered with` };
+  }
+  if (sealedLength < TAG_SIZE) {
+    return { code: 'AGE_TRUNCATED', message: sealedLength === 0 && counter === 0 ? 'the age file ends before its first chunk' : `the age file ends inside chunk ${counter}` };
+  }
+  const pt = open(true);
+  if (pt === undefined) {
+    if (sealedLength === ENC_CHUNK_SIZE && open(false) !== undefined) {
+      return { code: 'AGE_TRUNCATED', message: `the age file ends after chunk ${counter}, before its final chunk` };
+    }
+    return { code: 'AGE_CORRUPT', message: `final chunk ${counter} failed authentication: the file is truncated, corrupt or was tampered with` };
+  }
+  // Spec: only an empty plaintext may end in an empty chunk. Authentic, but not conforming.
+  if (pt.length === 0 && counter > 0) return { code: 'AGE_CORRUPT', message: 'empty final chunk after data: not a conforming age file' };
+  return pt;
+}
+
+/**
  * The STREAM payload `buf[start, end)` (the chunks after the header and the payload nonce) opened
  * with `payloadKey` in place: each chunk's plaintext is written to the front of `buf` once its tag
- * has been checked, and the plaintext's length is returned, or why the payload is refused in the
- * words of createAgeDecryptStream (the same rules, where the end is known). For a payload held
- * whole in memory (a pack read on the hashing thread, chunk-hasher-worker.ts). A chunk's plaintext
- * lands before its ciphertext (64 KiB against 64 KiB + 16 bytes a chunk): no sealed byte is
- * overwritten before it is read.
+ * has been checked (openChunk: the stream decryptor's rules and words, where the end is known), and
+ * the plaintext's length is returned, or why the payload is refused. For a payload held whole in
+ * memory (a pack read on the hashing thread, chunk-hasher-worker.ts). A chunk's plaintext lands
+ * before its ciphertext (64 KiB against 64 KiB + 16 bytes a chunk): no sealed byte is overwritten
+ * before it is read.
  */
 export function openPayloadInPlace(buf: Buffer, start: number, end: number, payloadKey: Buffer): { plain: number } | PayloadProblem {
-  const n = end - start;
-  if (n < TAG_SIZE) {
-    return { code: 'AGE_TRUNCATED', message: n === 0 ? 'the age file ends before its first chunk' : 'the age file ends inside chunk 0' };
-  }
   const nonce = Buffer.alloc(12);
   const open = (s: number, e: number, counter: number, last: boolean): Buffer | undefined => {
     setNonce(nonce, counter, last);
@@ -105,30 +132,14 @@ export function openPayloadInPlace(buf: Buffer, start: number, end: number, payl
     }
     return pt;
   };
-  const count = Math.ceil(n / ENC_CHUNK_SIZE);
+  // At least one chunk: an empty payload is the final chunk cut off before it began.
+  const count = Math.max(1, Math.ceil((end - start) / ENC_CHUNK_SIZE));
   let out = 0;
   for (let i = 0; i < count; i++) {
     const s = start + i * ENC_CHUNK_SIZE;
     const e = Math.min(s + ENC_CHUNK_SIZE, end);
-    const last = i === count - 1;
-    if (last && e - s < TAG_SIZE) return { code: 'AGE_TRUNCATED', message: `the age file ends inside chunk ${i}` };
-    const pt = open(s, e, i, last);
-    if (pt === undefined) {
-      if (!last) {
-        const trailing = open(s, e, i, true) !== undefined;
-        return {
-          code: 'AGE_CORRUPT',
-          message: trailing
-            ? `unexpected data after the final chunk (chunk ${i})`
-            : `chunk ${i} (plaintext offset ${i * CHUNK_SIZE}) failed authentication: the file is corrupt or was tampered with`,
-        };
-      }
-      if (e - s === ENC_CHUNK_SIZE && open(s, e, i, false) !== undefined) {
-        return { code: 'AGE_TRUNCATED', message: `the age file ends after chunk ${i}, before its final chunk` };
-      }
-      return { code: 'AGE_CORRUPT', message: `final chunk ${i} failed authentication: the file is truncated, corrupt or was tampered with` };
-    }
-    if (last && pt.length === 0 && i > 0) return { code: 'AGE_CORRUPT', message: 'empty final chunk after data: not a conforming age file' };
+    const pt = openChunk((last) => open(s, e, i, last), i, i === count - 1, e - s);
+    if (!Buffer.isBuffer(pt)) return pt;
     pt.copy(buf, out);
     out += pt.length;
   }
