@@ -214,4 +214,31 @@ describe('files as content objects: a tree of media', () => {
     expect(await recordMatchesLive(s)).toEqual([]);
     expect(await expectNoLeftovers(s)).toEqual([]);
   }, 180_000);
+
+  it('a small file the next set rewrites is linked aside too: freed after the switch, not inside its rename', async () => {
+    const thumb = join(s.primary.paths.files, 'media', 'album-3', 'thumb.jpg');
+    await writeFile(thumb, randomBytes(6_000));
+    await backup(s);
+    const first = await apply(s);
+    expect(first.code, show(first)).toBe(0);
+    const liveThumb = join(s.standby.paths.files, 'media', 'album-3', 'thumb.jpg');
+    const oldIno = (await lstat(liveThumb)).ino;
+    await writeFile(thumb, randomBytes(7_000));
+    await backup(s);
+    // Killed right after the change's one file is renamed in: the file it replaced is not freed
+    // yet, its inode still linked in the staging (a rename over it would have freed it).
+    const killed = await apply(s, [], { TANDEM_FAULT_KILL_AT: 'files-renamed-one' });
+    expect(killed.code, show(killed)).not.toBe(0);
+    expect((await lstat(liveThumb)).ino).not.toBe(oldIno);
+    const aside = join(`${s.standby.paths.files}.tandem-new`, 'replaced');
+    const held = await Promise.all((await readdir(aside).catch(() => [] as string[])).map((n) => lstat(join(aside, n))));
+    expect(held.filter((st) => st.isFile() && st.ino === oldIno)).toHaveLength(1);
+    // The roll-forward finishes the switch (the staged copy is gone: nothing more is linked) and frees it.
+    const a = await apply(s);
+    expect(a.code, show(a)).toBe(0);
+    expect(await readFile(join(s.standby.paths.files, 'media', 'album-3', 'thumb.jpg'))).toEqual(await readFile(thumb));
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect(await recordMatchesLive(s)).toEqual([]);
+    expect(await expectNoLeftovers(s)).toEqual([]);
+  }, 180_000);
 });
