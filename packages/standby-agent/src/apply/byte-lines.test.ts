@@ -98,3 +98,41 @@ describe('ByteLines: a file of lines read as bytes', () => {
     f.close();
   });
 });
+
+describe('LineSink', () => {
+  it('writes lines and raw bytes in order, whatever their sizes against its 1 MiB buffer', () => {
+    const lines = sample(40_000); // ~3 MB of text: several flushes of joined lines
+    const small = Buffer.from(`${sample(20).join('\n')}\n`);
+    const big = Buffer.from(`${sample(30_000).join('\n')}\n`); // over 1 MiB: written as it is
+    const nearly = Buffer.alloc((1 << 20) - 10, 'x'); // fills the buffer but for a few bytes
+    const expected: string[] = [];
+    const out = sunk((sink) => {
+      for (const [i, l] of lines.entries()) {
+        sink.write(l);
+        expected.push(`${l}\n`);
+        if (i % 997 === 0) {
+          sink.writeRaw(small);
+          expected.push(small.toString());
+        }
+        if (i === 20_000) {
+          sink.writeRaw(big);
+          expected.push(big.toString());
+          sink.writeRaw(nearly);
+          expected.push(nearly.toString());
+          // Multi-byte text joined into a nearly full buffer: fewer UTF-16 units than bytes free, more bytes.
+          sink.write('é'.repeat(6));
+          expected.push(`${'é'.repeat(6)}\n`);
+          sink.writeRaw(small);
+          expected.push(small.toString());
+        }
+      }
+      // The caller's buffer is reused after writeRaw returns: what was written must not change with it.
+      const reused = Buffer.from('{"reused":1}\n');
+      sink.writeRaw(reused);
+      reused.fill(0x21);
+      expected.push('{"reused":1}\n');
+    });
+    expect(out.length).toBe(expected.join('').length);
+    expect(out).toBe(expected.join(''));
+  });
+});
