@@ -712,6 +712,7 @@ class LastShapes {
   #at = 0;
   #page: PageLine | null = null;
   #entry = 0;
+  #buf = Buffer.allocUnsafe(64 << 10);
 
   get size(): number {
     return this.#byId.size;
@@ -745,9 +746,12 @@ class LastShapes {
   page(id: string): PageLine | undefined {
     const where = this.#byId.get(id);
     if (where === undefined || this.#fd === null) return undefined;
-    const buf = Buffer.allocUnsafe(where.length);
+    // One buffer for every line read (the line is kept as a string), not one each (two a page):
+    // buffers outside the heap are collected late (see PageCache.add), the peak RSS grows by them.
+    if (this.#buf.length < where.length) this.#buf = Buffer.allocUnsafe(Math.max(where.length, this.#buf.length * 2));
+    const buf = this.#buf;
     if (readSync(this.#fd, buf, 0, where.length, where.at) !== where.length) return undefined;
-    const raw = buf.toString('utf8');
+    const raw = buf.toString('utf8', 0, where.length);
     try {
       const pl = JSON.parse(raw) as PageLine;
       if (pl.id !== id || !Array.isArray(pl.e) || !Array.isArray(pl.open) || !Array.isArray(pl.o) || typeof pl.f !== 'string' || typeof pl.z !== 'string') return undefined;
@@ -1717,7 +1721,9 @@ export class LineSink {
   write(line: string): void {
     this.#lines.push(line);
     this.#size += line.length + 1;
-    if (this.#size >= LINE_SINK_BUFFER) this.#flush();
+    // A quarter of the buffer in UTF-16 units: at 3 bytes a unit at most, the joined text is
+    // encoded straight into the buffer (no buffer of its own to join and drop).
+    if (this.#size >= LINE_SINK_BUFFER / 4) this.#flush();
   }
 
   /**
