@@ -147,10 +147,12 @@ describe('filesObjects packing', () => {
     const newChunks = [...(await chunkDigests(video))].filter((d) => !chunksBefore.has(d)).length;
     const st = await backupAndCheck();
     expect(st.filesRead).toBe(2);
-    // The edit's chunks and no other (its neighbours are cut where they were: a few of the file's
-    // ~340), and f002 as one blob.
+    // The edit's chunks and no other, and f002 as one blob. No chunk is under 16 KiB, so the
+    // 100,000 edited bytes meet at most 8 chunks; after them the cuts may differ for a chunk or two
+    // (a cut is looked for only 16 KiB past the one before) until they fall where they were: a few
+    // of the file's ~340 (9 seen once with random data; 8 had been the bound).
     expect(newChunks).toBeGreaterThanOrEqual(1);
-    expect(newChunks).toBeLessThanOrEqual(8);
+    expect(newChunks).toBeLessThanOrEqual(12);
     expect(st.blobsUploaded).toBe(newChunks + 1);
     expect(st.newBytes).toBeLessThan(1024 * 1024);
     // Two entries changed: their pages, and no other but where a line's new length moved a page's
