@@ -12,6 +12,56 @@ export function writeAllSync(fd: number, data: Buffer, position?: number): void 
 }
 
 /**
+ * Bytes and text bound for `fd`, copied once into one buffer and written when it is full; a piece
+ * as large as the buffer is written as it is. A buffer per piece, joined again to be written, was
+ * two copies of everything and many buffers outside V8's heap, which it collects only tens of MB
+ * later: a standby's peak RSS moved with them (the record's lines and the page cache of an apply
+ * of 100,000 files, tens of MB).
+ */
+export class GatherWriter {
+  readonly #fd: number;
+  readonly #buf: Buffer;
+  #used = 0;
+
+  constructor(fd: number, size: number) {
+    this.#fd = fd;
+    this.#buf = Buffer.allocUnsafe(size);
+  }
+
+  /** `bytes` after what was given before (copied: the caller may reuse its buffer). */
+  bytes(bytes: Buffer): void {
+    if (bytes.length > this.#buf.length - this.#used) {
+      this.flush();
+      if (bytes.length >= this.#buf.length) {
+        writeAllSync(this.#fd, bytes);
+        return;
+      }
+    }
+    bytes.copy(this.#buf, this.#used);
+    this.#used += bytes.length;
+  }
+
+  /** `text` as UTF-8, encoded straight into the buffer when it fits (at 3 bytes a UTF-16 unit at most). */
+  text(text: string): void {
+    if (text.length * 3 > this.#buf.length - this.#used) {
+      this.flush();
+      if (text.length * 3 > this.#buf.length) {
+        writeAllSync(this.#fd, Buffer.from(text));
+        return;
+      }
+    }
+    this.#used += this.#buf.write(text, this.#used);
+  }
+
+  /** What is gathered, written. */
+  flush(): void {
+    if (this.#used === 0) return;
+    writeAllSync(this.#fd, this.#buf.subarray(0, this.#used));
+    this.#used = 0;
+  }
+}
+
+/**
  * `mkdir -p` that reports the real reason it failed. Node 20's recursive mkdir says ENOENT when a
  * component cannot be created on a read-only file system (EROFS), which callers then report as
  * "does not exist". On ENOENT this creates the missing components one by one, so the error that

@@ -1,5 +1,5 @@
 import { closeSync, fstatSync, openSync, readSync, renameSync, rmSync, constants } from 'node:fs';
-import { OPEN_NEW_FILE, writeAllSync } from '../fsutil.js';
+import { GatherWriter, OPEN_NEW_FILE, writeAllSync } from '../fsutil.js';
 import { objectMatches } from './object-id.js';
 
 /**
@@ -26,9 +26,8 @@ export class PageCache {
   #outTable: Array<[string, number, number]> = [];
   #outAt = 0;
   #outIds = new Set<string>();
-  /** The new cache's bytes not written yet (a buffer of WINDOW bytes once there is a new cache). */
-  #pending: Buffer = Buffer.alloc(0);
-  #pendingBytes = 0;
+  /** The new cache's pages, gathered up to WINDOW bytes per write. */
+  #pending: GatherWriter | null = null;
   /** The part of the old cache read last: pages are asked for mostly in the order they were written. */
   #window: Buffer | null = null;
   #windowAt = 0;
@@ -65,7 +64,7 @@ export class PageCache {
     if (o.write) {
       rmSync(`${path}.new`, { force: true });
       this.#out = openSync(`${path}.new`, OPEN_NEW_FILE, 0o600);
-      this.#pending = Buffer.allocUnsafe(WINDOW);
+      this.#pending = new GatherWriter(this.#out, WINDOW);
     }
   }
 
@@ -98,34 +97,16 @@ export class PageCache {
   /** A page of the index being read, for the next reader (once per id). */
   add(id: string, page: Buffer): void {
     if (this.#out === null || this.#outIds.has(id)) return;
-    // Copied once into one buffer, written when it is full; a page as large as the buffer is
-    // written as it is. A copy of each page, joined again to be written, was ~35 MB of buffers for
-    // the apply of a change of 100,000 small files: memory outside V8's heap, which it collects
-    // only after tens of MB more, so the apply's peak RSS moved with it (145-154 MiB now, five
-    // applies, against 146-187 with the copies).
-    if (page.length > this.#pending.length - this.#pendingBytes) {
-      this.#flush();
-      if (page.length >= this.#pending.length) writeAllSync(this.#out, page);
-    }
-    if (page.length < this.#pending.length) {
-      page.copy(this.#pending, this.#pendingBytes);
-      this.#pendingBytes += page.length;
-    }
+    this.#pending!.bytes(page);
     this.#outTable.push([id, this.#outAt, page.length]);
     this.#outIds.add(id);
     this.#outAt += page.length;
   }
 
-  #flush(): void {
-    if (this.#out === null || this.#pendingBytes === 0) return;
-    writeAllSync(this.#out, this.#pending.subarray(0, this.#pendingBytes));
-    this.#pendingBytes = 0;
-  }
-
   /** The new cache replaces the old one (call once the whole index was read). */
   commit(): void {
     if (this.#out === null) return;
-    this.#flush();
+    this.#pending!.flush();
     const table = Buffer.from(JSON.stringify(this.#outTable));
     const len = Buffer.alloc(4);
     len.writeUInt32BE(table.length, 0);

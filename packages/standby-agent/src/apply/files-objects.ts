@@ -4,6 +4,7 @@ import { appendFile, chmod, lstat, lutimes, mkdir, open, readlink, rename, rm, s
 import { dirname, join } from 'node:path';
 import {
   OPEN_NEW_FILE,
+  GatherWriter,
   writeAllSync,
   PAGE_CACHE_FILE,
   PageCache,
@@ -1703,19 +1704,15 @@ function* lines(file: string | number, hash?: nodeCrypto.Hash): Generator<string
 export class LineSink {
   readonly #fd: number;
   #lines: string[] = [];
-  /** Text of #lines, counted in UTF-16 units (a unit is at most 3 bytes of UTF-8). */
+  /** Text of #lines, counted in UTF-16 units. */
   #size = 0;
-  /**
-   * What is gathered before #lines, in order (lines joined, and bytes from writeRaw), copied once
-   * into this buffer and written when it is full: a buffer per piece, joined again to be written,
-   * was two copies of every kept line (~20 MB for a change of 100,000 small files).
-   */
-  readonly #buf = Buffer.allocUnsafe(LINE_SINK_BUFFER);
-  #used = 0;
+  /** What is gathered before #lines, in order: lines joined, and bytes from writeRaw. */
+  readonly #out: GatherWriter;
   #closed = false;
 
   constructor(file: string) {
     this.#fd = openSync(file, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW, 0o600);
+    this.#out = new GatherWriter(this.#fd, LINE_SINK_BUFFER);
   }
 
   write(line: string): void {
@@ -1729,48 +1726,25 @@ export class LineSink {
   /**
    * Whole lines as bytes (each ending in a newline), after the lines written before: copied (the
    * caller's buffer is reused), and written with them (a skipped page's lines are a few KB: a write
-   * each was ~50 us, ~10 ms for the pages of a 2,800-file tree). As many bytes as the buffer holds,
-   * or more, are written at once, not copied.
+   * each was ~50 us, ~10 ms for the pages of a 2,800-file tree).
    */
   writeRaw(bytes: Buffer): void {
     this.#joinLines();
-    if (bytes.length > this.#buf.length - this.#used) {
-      this.#writeOut();
-      if (bytes.length >= this.#buf.length) {
-        writeAllSync(this.#fd, bytes);
-        return;
-      }
-    }
-    bytes.copy(this.#buf, this.#used);
-    this.#used += bytes.length;
+    this.#out.bytes(bytes);
   }
 
   /** The lines written so far, into the buffer. */
   #joinLines(): void {
     if (this.#lines.length === 0) return;
     this.#lines.push('');
-    const text = this.#lines.join('\n');
+    this.#out.text(this.#lines.join('\n'));
     this.#lines = [];
     this.#size = 0;
-    if (text.length * 3 > this.#buf.length - this.#used) {
-      this.#writeOut();
-      if (text.length * 3 > this.#buf.length) {
-        writeAllSync(this.#fd, Buffer.from(text));
-        return;
-      }
-    }
-    this.#used += this.#buf.write(text, this.#used);
-  }
-
-  #writeOut(): void {
-    if (this.#used === 0) return;
-    writeAllSync(this.#fd, this.#buf.subarray(0, this.#used));
-    this.#used = 0;
   }
 
   #flush(): void {
     this.#joinLines();
-    this.#writeOut();
+    this.#out.flush();
   }
 
   /** Writes what is left and closes; `abandon` only closes (the file is left as it is). Once. */
