@@ -241,4 +241,84 @@ describe('files as content objects: a tree of media', () => {
     expect(await recordMatchesLive(s)).toEqual([]);
     expect(await expectNoLeftovers(s)).toEqual([]);
   }, 180_000);
+
+  /** A 6 MB file applied, then edited in the middle and appended to on the primary and backed up: its live path and inode on the standby. */
+  async function editedLargeFile(name: string): Promise<{ video: string; content: Buffer; live: string; ino: bigint }> {
+    const video = join(s.primary.paths.files, 'media', 'album-4', name);
+    await mkdir(join(s.primary.paths.files, 'media', 'album-4'), { recursive: true });
+    const content = randomBytes(6_000_000);
+    await writeFile(video, content);
+    await backup(s);
+    const first = await apply(s);
+    expect(first.code, show(first)).toBe(0);
+    const live = join(s.standby.paths.files, 'media', 'album-4', name);
+    const ino = (await lstat(live, { bigint: true })).ino;
+    randomBytes(300_000).copy(content, 2_500_000);
+    const grown = Buffer.concat([content, randomBytes(200_000)]);
+    await writeFile(video, grown);
+    await backup(s);
+    return { video, content: grown, live, ino };
+  }
+
+  it('a large file edited in the middle and appended to is patched in place: only the bytes that changed are staged and written, its inode stays', async () => {
+    const f = await editedLargeFile('long.mov');
+    const a = await apply(s);
+    expect(a.code, show(a)).toBe(0);
+    const staged = stagedLine(a.stderr);
+    expect(staged.filesPatched).toBe(1);
+    // The 500 KB changed, and the chunks their edges fall in (at most 256 KiB each side): not the 6 MB.
+    expect(staged.bytesPatched).toBeGreaterThanOrEqual(500_000);
+    expect(staged.bytesPatched).toBeLessThan(1_100_000);
+    expect(staged.bytesCopied).toBe(0);
+    expect((await lstat(f.live, { bigint: true })).ino).toBe(f.ino);
+    expect((await readFile(f.live)).equals(f.content)).toBe(true);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect(await recordMatchesLive(s)).toEqual([]);
+    expect(await expectNoLeftovers(s)).toEqual([]);
+    // The next apply of a set that changes nothing there keeps it as recorded.
+    await backup(s);
+    const again = await apply(s);
+    expect(again.code, show(again)).toBe(0);
+    expect(stagedLine(again.stderr).changed).toBe(0);
+  }, 180_000);
+
+  it('a switch killed part-way through patching a file in place: the roll-forward writes every range again, and the file and its record are exact', async () => {
+    const f = await editedLargeFile('cut.mov');
+    const killed = await apply(s, [], { TANDEM_FAULT_KILL_AT: 'files-patched-part' });
+    expect(killed.signal, show(killed)).toBe('SIGKILL');
+    // Killed after its first range: the staged bytes are marked as being written, the file is neither set's.
+    const data = join(`${s.standby.paths.files}.tandem-new`, 'data');
+    expect((await readdir(data)).filter((n) => n.endsWith('.patching'))).toHaveLength(1);
+    const mid = await readFile(f.live);
+    expect(mid.equals(f.content)).toBe(false);
+    const a = await apply(s);
+    expect(a.code, show(a)).toBe(0);
+    expect((await lstat(f.live, { bigint: true })).ino).toBe(f.ino);
+    expect((await readFile(f.live)).equals(f.content)).toBe(true);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect(await recordMatchesLive(s)).toEqual([]);
+    expect(await expectNoLeftovers(s)).toEqual([]);
+  }, 180_000);
+
+  it('a file changed on the standby between staging and the patch: left as it is and not recorded, said so; the next apply writes it whole', async () => {
+    const f = await editedLargeFile('touched.mov');
+    // Killed with the set staged and the switch begun before the files (the roll-forward switches them).
+    const killed = await apply(s, [], { TANDEM_FAULT_KILL_AT: 'security-swapped' });
+    expect(killed.signal, show(killed)).toBe('SIGKILL');
+    await writeFile(f.live, 'written on the standby\n', { flag: 'a' });
+    const changed = await readFile(f.live);
+    const a = await apply(s);
+    expect(a.code, show(a)).toBe(0);
+    expect(a.stderr).toContain('was changed on this standby after staging');
+    expect(a.stderr).toContain(f.live);
+    expect((await readFile(f.live)).equals(changed)).toBe(true);
+    expect((await recordLines(s)).some((r) => r.p === 'media/album-4/touched.mov')).toBe(false);
+    expect(await recordMatchesLive(s)).toEqual([]);
+    expect(await expectNoLeftovers(s)).toEqual([]);
+    const again = await apply(s, ['--force']);
+    expect(again.code, show(again)).toBe(0);
+    expect((await readFile(f.live)).equals(f.content)).toBe(true);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
+    expect(await recordMatchesLive(s)).toEqual([]);
+  }, 180_000);
 });

@@ -132,6 +132,7 @@ describe('files as content objects', () => {
     const docsCtime = (await stat(join(s.standby.paths.files, 'docs'), { bigint: true })).ctimeNs;
     expect(r2.files!.newBytes).toBeLessThan(5 * 1024 * 1024);
     expect(r2.files!.newBytes).toBeGreaterThan(1000);
+    const videoIno = (await stat(join(s.standby.paths.files, 'big', 'video.bin'))).ino;
     const a2 = await apply(s);
     expect(a2.code, show(a2)).toBe(0);
     expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
@@ -142,8 +143,24 @@ describe('files as content objects', () => {
     expect(staged2).toMatchObject({ changed: 1 });
     expect(staged2.bytesReused).toBeGreaterThan(2 * 1024 * 1024);
     expect(staged2.bytesWritten - staged2.bytesReused).toBeLessThan(r2.files!.newBytes + 1);
-    // Appended to: the blobs it kept are where they were, copied by the kernel, not read and written.
-    expect(staged2.bytesCopied).toBe(staged2.bytesReused);
+    // Appended to (6 MiB, 4 MiB or more): patched in place, the blobs it kept left where they were,
+    // neither copied nor read; only the new bytes staged, and the live file's inode stays.
+    expect(staged2).toMatchObject({ filesPatched: 1, bytesCopied: 0 });
+    expect(staged2.bytesPatched).toBeGreaterThanOrEqual(1000);
+    expect(staged2.bytesPatched).toBeLessThan(r2.files!.newBytes + 1);
+    expect((await stat(join(s.standby.paths.files, 'big', 'video.bin'))).ino).toBe(videoIno);
+    // A smaller file appended to (1 MiB): its live copy copied whole by the kernel, the new blobs
+    // written over it, and the copy renamed into place (a new inode).
+    await appendFile(big, randomBytes(1000));
+    await backupJson(s);
+    const a2b = await apply(s);
+    expect(a2b.code, show(a2b)).toBe(0);
+    const staged2b = stagedLine(a2b.stderr);
+    expect(staged2b).toMatchObject({ changed: 1, filesPatched: 0 });
+    expect(staged2b.bytesCopied).toBeGreaterThan(900_000);
+    expect(staged2b.bytesCopied).toBe(staged2b.bytesReused);
+    expect((await stat(join(s.standby.paths.files, 'big', 'random-1mb.bin'))).ino).not.toBe(bigIno);
+    expect(await snapshotTree(s.standby.paths.files, { mtimes: true })).toEqual(await snapshotTree(s.primary.paths.files, { mtimes: true }));
 
     // The standby's copy changed since this standby wrote it (its ctime moved): nothing is taken from it.
     await writeFile(join(s.standby.paths.files, 'big', 'video.bin'), randomBytes(6 * 1024 * 1024));

@@ -3,11 +3,13 @@
  * killed while it stages the files, while it switches them in place (after the first file renamed
  * into the live tree), and again while recovering; the primary killed after its first pack was
  * uploaded. After a kill in staging the live files are wholly the previous set's; after one in the
- * switch each file is wholly one set's or the other's (renamed, never written in place), and the
+ * switch each file is wholly one set's or the other's (renamed, never written in place), but for the
+ * one large file set B edits in its middle, which the switch patches in place: a kill while its
+ * ranges are written leaves it between the two, and the roll-forward writes them all again. The
  * next apply finishes the job exactly, leaving nothing behind. A killed backup commits nothing,
  * and the next one makes a set a standby applies.
  */
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -30,6 +32,10 @@ async function prepare(s: StandbySite): Promise<Sets> {
   const a = { id: idA, files: await snapshotTree(s.standby.paths.files) };
   await mutateSiteTree(join(s.root, 'primary'));
   for (let i = 0; i < 40; i += 3) await writeFile(join(f, 'archive', `thumb-${i}.jpg`), randomBytes(1_500));
+  // Edited in its middle: 5 MiB, most of it kept where it is, so the switch patches it in place.
+  const video = await readFile(join(f, PATCHED));
+  randomBytes(200_000).copy(video, 2_000_000);
+  await writeFile(join(f, PATCHED), video);
   await mkdir(join(f, 'uploads', '2026'), { recursive: true });
   for (let i = 0; i < 20; i++) await writeFile(join(f, 'uploads', '2026', `u${i}.png`), randomBytes(3_000));
   await rm(join(f, 'empty-dir'), { recursive: true });
@@ -49,6 +55,9 @@ function eachFromOneSet(tree: TreeEntry[], a: TreeEntry[], b: TreeEntry[]): stri
   return tree.filter((e) => !ok.has(key(e))).map((e) => e.path);
 }
 
+/** The file set B edits in place (PlanOp pt): a kill at files-patched-part leaves it part-written. */
+const PATCHED = 'big/video.bin';
+
 interface Kill {
   label: string;
   point: string;
@@ -57,6 +66,8 @@ interface Kill {
   after: 'prev' | 'mix' | 'next';
   /** The killed apply is the first, into an empty files dir (the tree staged whole, its top-level entries renamed). */
   fresh?: boolean;
+  /** Killed while PATCHED was being patched in place: it may be neither set's (between its ranges) until the roll-forward. */
+  patching?: boolean;
 }
 
 const KILLS: Kill[] = [
@@ -66,6 +77,8 @@ const KILLS: Kill[] = [
   { label: 'switching', point: 'switching', after: 'prev' },
   { label: 'files-renamed-one', point: 'files-renamed-one', after: 'mix' },
   { label: 'files-renamed-one, then again while rolling forward', point: 'files-renamed-one', recovery: 'files-renamed-one', after: 'mix' },
+  { label: 'files-patched-part', point: 'files-patched-part', after: 'mix', patching: true },
+  { label: 'files-patched-part, then again while rolling forward', point: 'files-patched-part', recovery: 'files-patched-part', after: 'mix', patching: true },
   { label: 'files-staged, then recovery at files-staged', point: 'files-staged', recovery: 'files-staged', after: 'prev' },
   { label: 'recorded', point: 'recorded', after: 'next' },
   { label: 'files-staged (first apply, empty dir)', point: 'files-staged', after: 'prev', fresh: true },
@@ -103,7 +116,9 @@ async function killStandby(s: StandbySite, sets: Sets, k: Kill): Promise<void> {
     // Killed mid-switch: some files are the new set's already, none is a part of one.
     expect(tree).not.toEqual(from);
     expect(tree).not.toEqual(sets.b.files);
-    expect(eachFromOneSet(tree, from, sets.b.files), `${k.label}: entries that are neither set's`).toEqual([]);
+    expect(eachFromOneSet(tree, from, sets.b.files).filter((p) => !k.patching || p !== PATCHED), `${k.label}: entries that are neither set's`).toEqual([]);
+    // Killed with the file's bytes staged and being written into it.
+    if (k.patching) expect((await readdir(join(`${s.standby.paths.files}.tandem-new`, 'data'))).filter((n) => n.endsWith('.patching')), k.label).toHaveLength(1);
   }
   // Killed before its switch, a --force apply leaves the set this standby's: applied again the same way.
   const done = await apply(s, k.fresh && k.after === 'prev' ? ['--force'] : []);

@@ -521,6 +521,9 @@ export function stagedLine(stderr: string): {
   packsOpenedInPlace: number;
   pagesCached: number;
   pagesSkipped: number;
+  /** Files the switch patches in place, and the bytes staged for them (only those not in place). */
+  filesPatched: number;
+  bytesPatched: number;
 } {
   for (const l of stderr.split('\n')) {
     if (!l.startsWith('{')) continue;

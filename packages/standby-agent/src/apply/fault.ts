@@ -32,6 +32,7 @@ export type FaultPoint =
   | 'files-swapped'
   | 'files-staged'
   | 'files-renamed-one'
+  | 'files-patched-part'
   | 'recorded'
   | 'before-restart'
   | 'restart-running';

@@ -123,12 +123,33 @@ type PlanOp =
   | { o: 'd'; p: string; m: number; mt: number }
   /** k: the kept files' lines (kept.ndjson) before this file's in the record (none in a plan staged before k). */
   /** r: a regular file was at the path when the plan was made (the switch links it aside: REPLACED_DIR). */
-  | { o: 'f'; p: string; n: number; m: number; mt: number; d: string; s: number; k?: number; b?: Array<[number, string]>; r?: 1 }
+  /** pt: the live file is patched in place with the staged bytes (PatchStep), not replaced by a staged copy. */
+  | { o: 'f'; p: string; n: number; m: number; mt: number; d: string; s: number; k?: number; b?: Array<[number, string]>; r?: 1; pt?: PatchStep }
   /** k: this kept file's line in kept.ndjson (counted from 0), which the switch writes again. */
   | { o: 'm'; p: string; m: number; mt: number; k?: number }
   | { o: 'l'; p: string; n: number; l: string; mt: number }
   /** A first apply into an empty dir: a top-level entry staged whole in tree/ (m, mt: a directory's). */
   | { o: 't'; p: string; m?: number; mt?: number };
+
+/**
+ * A changed file patched in place (PlanOp pt): the live file as staging found it (the recorded
+ * inode, ctime and size, one link), and the ranges of the new file, [offset, length] in order,
+ * whose bytes the staged file holds end to end; every other byte is already in place.
+ */
+interface PatchStep {
+  ino: string;
+  ct: string;
+  s: number;
+  r: Array<[number, number]>;
+}
+
+/**
+ * A changed file this large or larger, whose live copy is the one this standby wrote and keeps at
+ * least half of the new bytes in place, is patched in place by the switch: only the bytes that
+ * changed are written (to the staging, then into the live file), not a copy of the whole file.
+ * Below it the copy costs a few ms and the file is replaced whole (see design.md).
+ */
+const PATCH_MIN = 4 << 20;
 
 /**
  * Seconds for utimes from the index's milliseconds (µs precision): rounded to the nearest
@@ -1289,6 +1310,9 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   let bytesCopied = 0;
   /** Kept files copied with direct reads and writes (copyKept). */
   let copiedDirect = 0;
+  /** Files the switch patches in place (copyKept's `patch`), and the bytes staged for them. */
+  const patches = new Map<number, PatchStep>();
+  let bytesPatched = 0;
   // The large writes go to the thread pool, the files finished in order as their writes complete.
   const writer = new WriteBehind(4 << 20);
   /** A blob from its pack, written at `at` of the slot's file. */
@@ -1392,10 +1416,23 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         // With a copy of the live file (copyKept), the blobs it holds at the same places stay, every
         // other blob is written over it at its place, and the end is cut at the new size; without,
         // the file is written from its start.
-        const fd = opening !== undefined ? await opening : copy === null ? openSync(staged, OPEN_NEW_FILE, 0o600) : openSync(staged, fsConstants.O_WRONLY | fsConstants.O_NOFOLLOW);
+        // Patched in place (copy.patch): the staged file holds only the bytes not in place, end to end.
+        const patch = copy?.patch === true;
+        const ranges: Array<[number, number]> = [];
+        let patchAt = 0;
+        const place = (here: number, len: number): number => {
+          if (!patch) return here;
+          const last = ranges.at(-1);
+          if (last !== undefined && last[0] + last[1] === here) last[1] += len;
+          else ranges.push([here, len]);
+          patchAt += len;
+          return patchAt - len;
+        };
+        const fd = opening !== undefined ? await opening : copy === null || patch ? openSync(staged, OPEN_NEW_FILE, 0o600) : openSync(staged, fsConstants.O_WRONLY | fsConstants.O_NOFOLLOW);
         // Mode and mtime through the descriptor once its writes are done (the switch only renames);
         // the descriptor is the writer's from here.
-        const slot = writer.begin(fd, e.s, () => {
+        const slot = writer.begin(fd, patch ? e.s - copy!.bytes : e.s, () => {
+          if (patch) return;
           if (copy !== null) ftruncateSync(fd, e.s);
           fchmodSync(fd, e.m);
           futimesSync(fd, utimeOf(e.mt), utimeOf(e.mt));
@@ -1405,9 +1442,11 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
           }
         }, { direct });
         if (copy !== null) {
-          bytesWritten += copy.bytes;
           bytesReused += copy.bytes;
-          bytesCopied += copy.bytes;
+          if (!patch) {
+            bytesWritten += copy.bytes;
+            bytesCopied += copy.bytes;
+          }
           if (copy.direct) copiedDirect++;
         }
         let at = 0;
@@ -1419,7 +1458,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
           if (old !== undefined && old.length === len) {
             const data = readBlobIfSame(liveFd!, old.offset, len, id, filesKey.hmacKey);
             if (data !== null) {
-              writer.write(slot, [data], here);
+              writer.write(slot, [data], place(here, len));
               bytesWritten += len;
               bytesReused += len;
               if (writer.full) await writer.room();
@@ -1427,9 +1466,13 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
             }
             logger.warn({ file: w.e.p, blob: id }, 'a blob of the live file does not match its id any more: fetched from the filestore instead');
           }
-          await writeFromPack(slot, w, ord, off, len, id, here);
+          await writeFromPack(slot, w, ord, off, len, id, place(here, len));
         }
         writer.end(slot);
+        if (patch) {
+          patches.set(e.n, { ...copy!.pre!, r: ranges });
+          bytesPatched += patchAt;
+        }
       } finally {
         if (liveFd !== null) closeSync(liveFd);
       }
@@ -1471,6 +1514,13 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
       if (line.startsWith('{"o":"d"')) {
         const d = JSON.parse(line) as PlanOp;
         if (asIs.has(d.p) && !touched.has(d.p)) continue;
+      } else if (patches.size > 0 && line.startsWith('{"o":"f"')) {
+        const f = JSON.parse(line) as Extract<PlanOp, { o: 'f' }>;
+        const pt = patches.get(f.n);
+        if (pt !== undefined) {
+          plan.write(JSON.stringify({ ...f, pt } satisfies PlanOp));
+          continue;
+        }
       }
       plan.write(line);
     }
@@ -1485,7 +1535,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   const tEnd = performance.now();
   // Where the time went: the record and last shapes opened, pass 1 (the plan), pass 2 (the writes), the plan's file.
   const stepsMs = { open: ms(t0, tPlan), plan: ms(tPlan, tWrite), write: ms(tWrite, tFinish), finish: ms(tFinish, tEnd) };
-  logger.info({ files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, copiedDirect, bytesDirect: writer.directBytes, packs: fetched, packsOpenedInPlace: openedInPlace, pagesCached, pagesSkipped, stepsMs }, 'files staged: only what changed');
+  logger.info({ files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, copiedDirect, filesPatched: patches.size, bytesPatched, bytesDirect: writer.directBytes, packs: fetched, packsOpenedInPlace: openedInPlace, pagesCached, pagesSkipped, stepsMs }, 'files staged: only what changed');
   return { files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached, pagesSkipped };
 }
 
@@ -1507,7 +1557,19 @@ interface Reused {
 /** A kept copy (copyKept's result) and the descriptor of the live file it was made from (null: gone). */
 interface KeptCopy {
   liveFd: number | null;
-  copy: { inPlace: Set<number>; bytes: number; direct: boolean } | null;
+  copy: KeptBytes | null;
+}
+/**
+ * What a changed file keeps of its live copy: the offsets in the new file whose blob is already
+ * there and their bytes; copied whole to the staged file (`direct`: with direct reads and writes),
+ * or, with `patch`, left where they are for the switch to patch the live file (`pre`: as found).
+ */
+interface KeptBytes {
+  inPlace: Set<number>;
+  bytes: number;
+  direct: boolean;
+  patch?: boolean;
+  pre?: Omit<PatchStep, 'r'>;
 }
 const NOT_KEPT: KeptCopy = { liveFd: null, copy: null };
 
@@ -1570,8 +1632,10 @@ function closeSinks(sinks: LineSink[], abandon: boolean): void {
 
 /**
  * A changed file whose blobs mostly stay where they were (a video edited in the middle, or
- * appended to): the live file, when it still is the one this standby wrote (the same inode, ctime
- * and size as recorded, before and after), copied whole by the kernel to `staged`
+ * appended to): when it is PATCH_MIN or more and the live file is the one this standby wrote (the
+ * same inode, ctime and size as recorded) with one link, nothing is copied (`patch`: the staged
+ * file gets the other bytes alone, and the switch writes them into the live file); else the live
+ * file, when it still is the one this standby wrote (before and after), copied whole by the kernel to `staged`
  * (copy_file_range, or a reflink where the file system has them): `inPlace` are the offsets in the
  * new file whose blob is already there, `bytes` their total. Those bytes are trusted as every
  * unchanged file of the tree is, by the record (a write to the file moves its ctime, which cannot
@@ -1579,7 +1643,7 @@ function closeSinks(sinks: LineSink[], abandon: boolean): void {
  * than half of the new file stays in place), when the live file is not the recorded one any more,
  * or where /proc/self/fd is not there: the blobs are then read and checked one by one.
  */
-async function copyKept(liveFd: number, rec: ReadRecordLine, oldBlobs: Array<[number, string]>, e: Pick<FileEntry, 'b' | 's'>, staged: string, writer: WriteBehind): Promise<{ inPlace: Set<number>; bytes: number; direct: boolean } | null> {
+async function copyKept(liveFd: number, rec: ReadRecordLine, oldBlobs: Array<[number, string]>, e: Pick<FileEntry, 'b' | 's'>, staged: string, writer: WriteBehind): Promise<KeptBytes | null> {
   const old = new Map<number, { id: string; length: number }>();
   let at = 0;
   for (const [length, id] of oldBlobs) {
@@ -1603,6 +1667,9 @@ async function copyKept(liveFd: number, rec: ReadRecordLine, oldBlobs: Array<[nu
     return st.isFile() && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === rec.s;
   };
   if (!same()) return null;
+  // Large, and its only link (a patch in place would change what another name shows too): the
+  // switch patches it, nothing is copied.
+  if (e.s >= PATCH_MIN && fstatSync(liveFd, { bigint: true }).nlink === 1n) return { inPlace, bytes, direct: false, patch: true, pre: { ino: rec.ino, ct: rec.ct, s: rec.s } };
   // The descriptor's own file (opened without following a link), not whatever the path names now.
   const own = `/proc/self/fd/${liveFd}`;
   let direct = false;
@@ -1820,6 +1887,78 @@ function moveWhole(staged: string, target: string): boolean {
  * The switch of the files part (see the top of this file): idempotent, so that a roll-forward after
  * a kill runs it again from the start.
  */
+type PatchOp = Extract<PlanOp, { o: 'f' }> & { pt: PatchStep };
+
+/**
+ * A patch step of the switch (PlanOp pt): the staged bytes written into the live file at their
+ * ranges, the file cut to its size, its mode and mtime set. Run again by a roll-forward, it does
+ * the same again: the staged file is renamed to `<n>.patching` before the first write and removed
+ * after the last, so a switch killed in between writes every range again (the same bytes at the
+ * same places), and one killed after finds neither and takes the file as patched. The live file
+ * must still be the one staging found (inode, ctime, size, one link) before the first write; if
+ * something changed it since, it is left as it is and not recorded (`<n>.skipped` says so to a
+ * roll-forward), so the next apply writes it whole. Returns whether the file is the set's.
+ */
+function patchLive(target: string, staged: string, op: PatchOp, logger: Logger): boolean {
+  const begun = `${staged}.patching`;
+  const skipped = `${staged}.skipped`;
+  const leave = (from: string, why: string): false => {
+    logger.warn({ file: target, why }, 'a file this apply was to patch in place was changed on this standby after staging: it is left as it is, and the next apply writes it whole (tandem-standby apply --force does so now)');
+    renameSync(from, skipped);
+    return false;
+  };
+  if (lstatBig(skipped) !== null) return false;
+  if (lstatBig(staged) !== null) {
+    const st = lstatBig(target);
+    if (st === null || !st.isFile()) return leave(staged, 'not a file any more');
+    if (String(st.ino) !== op.pt.ino || String(st.ctimeNs) !== op.pt.ct || Number(st.size) !== op.pt.s || st.nlink !== 1n) {
+      return leave(staged, `inode ${st.ino}, ctime ${st.ctimeNs}, ${st.size} bytes, ${st.nlink} links; staging found inode ${op.pt.ino}, ctime ${op.pt.ct}, ${op.pt.s} bytes, one link`);
+    }
+    renameSync(staged, begun);
+  }
+  if (lstatBig(begun) === null) {
+    if (lstatBig(target) === null) throw new TandemError('internal', 'FILES_SWITCH_LOST', `neither ${target} nor the bytes staged to patch it (${staged}) exist`, { hint: 'apply the set again with --force' });
+    return true;
+  }
+  // O_NONBLOCK: a FIFO put in its place since does not block this (ENXIO without a reader).
+  let fd: number;
+  try {
+    fd = openSync(target, fsConstants.O_WRONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ELOOP' || code === 'EISDIR' || code === 'ENXIO') return leave(begun, `it cannot be opened to be written (${code})`);
+    throw err;
+  }
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    if (!st.isFile() || String(st.ino) !== op.pt.ino) return leave(begun, `inode ${st.ino}, staging found ${op.pt.ino}`);
+    const src = openSync(begun, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+    try {
+      const buf = Buffer.allocUnsafe(Math.min(1 << 20, op.s));
+      let from = 0;
+      for (const [at, len] of op.pt.r) {
+        for (let done = 0; done < len; ) {
+          const n = readSync(src, buf, 0, Math.min(buf.length, len - done), from + done);
+          if (n === 0) throw new TandemError('internal', 'FILES_PATCH_SHORT', `${begun} holds ${from + done} bytes; the plan patches ${target} with more`, { hint: 'apply the set again with --force' });
+          writeAllSync(fd, buf.subarray(0, n), at + done);
+          done += n;
+        }
+        from += len;
+        faultPoint('files-patched-part');
+      }
+    } finally {
+      closeSync(src);
+    }
+    ftruncateSync(fd, op.s);
+    fchmodSync(fd, op.m);
+    futimesSync(fd, utimeOf(op.mt), utimeOf(op.mt));
+  } finally {
+    closeSync(fd);
+  }
+  rmSync(begun);
+  return true;
+}
+
 export async function switchFilesObjects(names: Names, stateDir: string, logger: Logger): Promise<'updated'> {
   if (isS3Url(names.live)) return switchIntoBucket(names, stateDir, logger);
   const live = names.live;
@@ -1836,6 +1975,7 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
   // with the kept files' lines (in index order too) into the record at the end.
   const written = new LineSink(join(names.next, WRITTEN_FILE));
   let renamed = 0;
+  let patched = 0;
   // What the switch removes or replaces is moved (a removed entry) or linked (a large file replaced)
   // into the staging dir, and its blocks are freed when the staging is removed after the switch,
   // not inside it: ext4 freed the 24 MB of an edited video in ~18 ms of a 45 ms switch. Where that
@@ -1889,19 +2029,29 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
           break;
         case 'f': {
           const staged = join(names.next, 'data', String(op.n));
+          if (op.pt !== undefined) {
+            if (patchLive(target, staged, op as PatchOp, logger)) patched++;
+            else {
+              // Left as it is: no record line, so the next apply writes it whole.
+              if (inOrder(op)) keptUpTo(op.k!);
+              break;
+            }
+          }
           // A file the plan saw replacing one (PlanOp r), only while the staged copy is there to
           // replace it: a link made to (and later removed from) the file a switch before a kill
           // already put in place would move that file's ctime. Whatever its size: freeing even a
           // small file inside the rename cost ~140 us on ext4 (no journal, discard), against ~25 us
           // to link it aside and rename over it (tmpfs: 9 against 12), so the 1,000 files of a 1%
           // change of 100,000 small files were ~0.2 s of their switch. A new file costs nothing here.
-          if (op.r === 1) {
+          if (op.pt !== undefined) {
+            // patched above
+          } else if (op.r === 1) {
             if (lstatBig(staged) !== null) moveAside(target, 'link');
           } else if (op.s >= LINK_ASIDE_MIN) {
             const replaced = lstatBig(target);
             if (replaced?.isFile() === true && Number(replaced.size) >= LINK_ASIDE_MIN && lstatBig(staged) !== null) moveAside(target, 'link');
           }
-          if (await renameInto(staged, target)) {
+          if (op.pt === undefined && (await renameInto(staged, target))) {
             renamed++;
             faultPoint('files-renamed-one');
           }
@@ -2002,7 +2152,7 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
   rec.close();
   await rename(recNew, recordFile(stateDir));
   await rm(join(stateDir, RECORD_DELTA), { force: true });
-  logger.debug({ renamed }, 'files switched in place');
+  logger.debug({ renamed, patched }, 'files switched in place');
   return 'updated';
 }
 
