@@ -291,6 +291,8 @@ describe('files as content objects: a tree of media', () => {
     expect((await readdir(data)).filter((n) => n.endsWith('.patching'))).toHaveLength(1);
     const mid = await readFile(f.live);
     expect(mid.equals(f.content)).toBe(false);
+    // Its journal is one a version that cannot patch refuses to roll forward (it would rename the staged bytes over the file).
+    expect((JSON.parse(await readFile(join(s.standby.stateDir, 'journal.json'), 'utf8')) as { version: number }).version).toBe(2);
     const a = await apply(s);
     expect(a.code, show(a)).toBe(0);
     expect((await lstat(f.live, { bigint: true })).ino).toBe(f.ino);

@@ -923,10 +923,12 @@ export interface StagedFiles {
   changed: number;
   removed: number;
   bytesWritten: number;
-  /** Of bytesWritten, the bytes read from the live files (blobs a changed file kept) rather than fetched. */
+  /** The bytes changed files kept from their live copies rather than fetched: read, copied, or left in place by a patch. */
   bytesReused: number;
   /** Of bytesReused, the bytes the kernel copied (blobs a changed file kept at the same place: copyKept). */
   bytesCopied: number;
+  /** Files the switch patches in place (PlanOp pt): their kept bytes are in bytesReused, not in bytesWritten. */
+  patched: number;
   packs: number;
   /** Pages of the index taken from the standby's copy of the last index's pages rather than fetched. */
   pagesCached: number;
@@ -1536,7 +1538,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
   // Where the time went: the record and last shapes opened, pass 1 (the plan), pass 2 (the writes), the plan's file.
   const stepsMs = { open: ms(t0, tPlan), plan: ms(tPlan, tWrite), write: ms(tWrite, tFinish), finish: ms(tFinish, tEnd) };
   logger.info({ files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, copiedDirect, filesPatched: patches.size, bytesPatched, bytesDirect: writer.directBytes, packs: fetched, packsOpenedInPlace: openedInPlace, pagesCached, pagesSkipped, stepsMs }, 'files staged: only what changed');
-  return { files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, packs: fetched, pagesCached, pagesSkipped };
+  return { files, changed: toWrite, removed: removals.length, bytesWritten, bytesReused, bytesCopied, patched: patches.size, packs: fetched, pagesCached, pagesSkipped };
 }
 
 /** A file to write, as pass 1 leaves it for pass 2 (work.ndjson): the entry's fields pass 2 uses. */

@@ -17,7 +17,11 @@ import type { WalSeed } from './cluster.js';
  */
 export interface Journal extends SetIdentity {
   format: 'tandem-apply-journal';
-  version: 1;
+  /**
+   * 2: the files' staged plan patches files in place (PlanOp pt), which a version that knows only 1
+   * would rename over them: it refuses this journal instead.
+   */
+  version: 1 | 2;
   phase: 'staging' | 'switching';
   startedAt: string;
   stagingDir: string;
@@ -42,7 +46,7 @@ export interface Journal extends SetIdentity {
 export async function readJournal(stateDir: string): Promise<Journal | null> {
   const file = stateFiles(stateDir).journal;
   const j = await readJsonFile<Journal>(file, 'apply journal');
-  if (j !== null && (j.format !== 'tandem-apply-journal' || j.version !== 1 || (j.phase !== 'staging' && j.phase !== 'switching'))) {
+  if (j !== null && (j.format !== 'tandem-apply-journal' || (j.version !== 1 && j.version !== 2) || (j.phase !== 'staging' && j.phase !== 'switching'))) {
     throw new TandemError('internal', 'JOURNAL_UNKNOWN', `apply journal ${file}: not a journal this version of tandem understands`, {
       hint: 'finish it with the tandem version that wrote it',
     });

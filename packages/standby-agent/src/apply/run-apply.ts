@@ -171,6 +171,7 @@ export async function runApply(config: StandbyConfig, opts: ApplyOptions): Promi
       });
       Object.assign(journal.durations, staged.durations);
       if (staged.filesObjects) journal.filesObjects = true;
+      if ((staged.filesObjects?.patched ?? 0) > 0) journal.version = 2;
       if (walSet) {
         // WAL mode: the cluster carries its roles, grants and settings itself.
         if (await ensureSentinel(config.paths.sentinel, config.site, manifest.setId)) {
