@@ -3,6 +3,7 @@
 // way test/daemons.test.ts starts them; a small site (a ~1 MB database, a ~0.3 MB files tree).
 //
 //   BENCH_PUSH_SETS=20        sets committed one after another in part 1
+//   BENCH_FILES_DELTAS=20     new 1 MB files sent one after another in part 3
 //   BENCH_IDLE_SECONDS=180    the counting window of part 2
 //   BENCH_PUSH_FILESTORE=dir  part 1's filestore: dir (a directory) or s3 (s3rver, no proxy)
 //   BENCH_DB, BENCH_KEEP_TMP  as for bench/backup.mjs; the databases are <BENCH_DB>_push*
@@ -16,6 +17,14 @@
 // (both processes log JSON lines with epoch-ms times from the same clock). Also broken down by
 // the primary's "set-committed pushed" and the standby's "push: set committed" lines.
 //
+// Part 3, files between sets. A site whose files are content objects (keys.filesKeyFile), both
+// daemons, `filesWatch` at its defaults (settle 2 s). BENCH_FILES_DELTAS times, one after another: a
+// new 1 MB file of random bytes is written into the primary's paths.files, and the benchmark reads
+// the standby's paths.files every 20 ms until the file is there with the same bytes (the standby
+// renames it into place whole; any other content there fails the benchmark). Measured from the
+// write's return (the file closed) to the first read that found it: the settle time, the delta's
+// upload and commit, the push, the standby's apply. Runs while part 2's window runs on.
+//
 // Part 2, idle filestore requests. A second site on s3rver, its primary daemon running, and two
 // idle standby daemons of it, each reaching s3rver through its own counting HTTP proxy on
 // 127.0.0.1 (an independent count of the requests, by kind: conditional GET, GET, LIST, PUT ...):
@@ -26,11 +35,12 @@
 // count over the window is the cross-check. The window runs while part 1 runs (another site, another
 // filestore, another database), so that the whole benchmark takes about four minutes.
 import { randomFillSync } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { PRIMARY_BIN, STANDBY_BIN, dropDatabase, fmtS, loadavg, log, machine, median, printMachine, printResults, psql, runOk, verdict } from './lib/common.mjs';
 import { BENCH_DB, addStandby, makeSite, parseJsonOut, removeSite } from './lib/site.mjs';
+import { makeFilesSite } from './lib/files-tree.mjs';
 import {
   classify,
   daemonInfo,
@@ -48,6 +58,7 @@ import {
 } from './lib/daemons.mjs';
 
 const SETS = intEnv('BENCH_PUSH_SETS', 20, 1, 1000);
+const DELTAS = intEnv('BENCH_FILES_DELTAS', 20, 1, 1000);
 const IDLE_SECONDS = intEnv('BENCH_IDLE_SECONDS', 180, 10, 3600);
 const PART1_STORE = process.env.BENCH_PUSH_FILESTORE ?? 'dir';
 if (!['dir', 's3'].includes(PART1_STORE)) throw new Error(`BENCH_PUSH_FILESTORE must be dir or s3, got ${PART1_STORE}`);
@@ -55,7 +66,7 @@ const FAST_POLL_SECONDS = 2;
 const DEFAULT_POLL_SECONDS = 60;
 
 const PUSH_DB = `${BENCH_DB}_push`;
-const STANDBY_DBS = { follow: `${PUSH_DB}_standby`, idle60: `${PUSH_DB}_idle60`, idle2: `${PUSH_DB}_idle2` };
+const STANDBY_DBS = { follow: `${PUSH_DB}_standby`, idle60: `${PUSH_DB}_idle60`, idle2: `${PUSH_DB}_idle2`, files: `${PUSH_DB}_files` };
 const TOKEN = Buffer.from(randomFillSync(new Uint8Array(24))).toString('hex');
 // The daemons log at info (the lines this benchmark reads), as JSON.
 const daemonEnv = (extra = {}) => ({ ...process.env, TANDEM_LOG_LEVEL: 'info', TANDEM_LOG_FORMAT: 'json', ...extra });
@@ -134,8 +145,8 @@ ${pollInterval ? `pollInterval: ${pollInterval}\n` : ''}`;
  * A site (makeSite) with the daemon keys and the token; one --local backup (so that the primary
  * daemon has no missed run to make up and the standbys something to apply), then the primary daemon.
  */
-async function startPrimarySite({ filesDir, filestoreUrl, env, name }) {
-  const site = makeSite({ db: PUSH_DB, filesDir, standbyDb: STANDBY_DBS.follow, filestoreUrl, primaryExtra: PRIMARY_DAEMON_YAML, env });
+async function startPrimarySite({ filesDir, filestoreUrl, env, name, filesObjects = false, standbyDb = STANDBY_DBS.follow }) {
+  const site = (filesObjects ? makeFilesSite : makeSite)({ db: PUSH_DB, filesDir, standbyDb, filestoreUrl, primaryExtra: PRIMARY_DAEMON_YAML, env });
   // TOKEN is the monitoring token (what the bench reads /status and /metrics with); the others differ.
   writeFileSync(join(site.dir, 'keys', 'read.token'), `${TOKEN}\n`, { mode: 0o600 });
   writeFileSync(join(site.dir, 'keys', 'control.token'), `${TOKEN}-control\n`, { mode: 0o600 });
@@ -183,6 +194,7 @@ try {
   console.log(`data:    database ${PUSH_DB}: ${(dbBytes / 1e6).toFixed(1)} MB (pg_database_size, 2,000 rows); files: ${tree.files} files, ${(tree.bytes / 1e3).toFixed(0)} kB`);
   console.log(`         part 1: ${SETS} sets, filestore ${PART1_STORE === 'dir' ? 'a directory' : 's3rver'}, standby pollInterval default (60 s)`);
   console.log(`         part 2: idle standbys on s3rver behind counting proxies, pollInterval 60 s and ${FAST_POLL_SECONDS} s, window ${IDLE_SECONDS} s`);
+  console.log(`         part 3: ${DELTAS} new 1 MB files on a site whose files are content objects, filesWatch at its defaults, a directory filestore`);
 
   // ---- part 2 set-up: s3rver, the idle site, its primary and two idle standbys, then the window opens.
   log('part 2 set-up: s3rver, two counting proxies, a site on s3rver, its primary daemon and two idle standby daemons');
@@ -275,6 +287,50 @@ try {
   }
   const part1Load = loadavg();
 
+  // ---- part 3: files between sets.
+  log('part 3 set-up: a site whose files are content objects, both daemons');
+  const filesTree = createSmallTree();
+  cleanups.push(() => rmSync(filesTree.dir, { recursive: true, force: true }));
+  const fsite = await startPrimarySite({ filesDir: filesTree.dir, env: {}, name: 'files-site', filesObjects: true, standbyDb: STANDBY_DBS.files });
+  cleanups.push(() => removeSite(fsite.site));
+  daemons.push(fsite.primary);
+  appendFileSync(fsite.site.standbyConfig, standbyDaemonYaml({ primaryListen: fsite.listen, standbyId: 'follow' }));
+  const fstandby = await startStandby({ config: fsite.site.standbyConfig, stateDir: join(fsite.site.dir, 'state', 'standby'), env: {}, name: 'files standby', setId: fsite.firstSet });
+  daemons.push(fstandby.daemon);
+  await waitFor(
+    async () => (JSON.parse((await httpRequest(fsite.listen, '/status', { token: TOKEN })).body).filesWatch?.mode ?? 'stopped') !== 'stopped',
+    "the primary's files watch to start",
+    30_000,
+    50,
+  );
+  log(`part 3: ${DELTAS} new 1 MB files, one after another (load ${loadavg()})`);
+  const deltaMs = [];
+  for (let i = 1; i <= DELTAS; i++) {
+    const rel = join('d0', `upload-${i}.bin`);
+    const data = randomFillSync(Buffer.alloc(1_000_000));
+    writeFileSync(join(filesTree.dir, rel), data);
+    const t0 = performance.now();
+    const there = join(fsite.site.dir, 'standby', 'files', rel);
+    await waitFor(
+      async () => {
+        let got;
+        try {
+          got = readFileSync(there);
+        } catch {
+          return false;
+        }
+        if (!got.equals(data)) throw new Error(`${there}: ${got.length} bytes that are not the primary's ${data.length}`);
+        return true;
+      },
+      `${rel} on the standby`,
+      60_000,
+      20,
+    );
+    deltaMs.push(performance.now() - t0);
+    log(`  ${String(i).padStart(2)} ${rel}: on the standby after ${ms(deltaMs.at(-1))}`);
+    await sleep(200);
+  }
+
   // ---- part 2: close the window.
   const left = window.startedAt + IDLE_SECONDS * 1000 - Date.now();
   if (left > 0) {
@@ -346,15 +402,22 @@ try {
       `(${slow.gaps.map((g) => g.toFixed(1)).join(', ')} s by the proxy's clock; ${fast.meanGapSeconds.toFixed(2)} s for the ${FAST_POLL_SECONDS}-s one) = ${slowPerHour.toFixed(0)} requests/h`,
   );
 
+  console.log(`\nraw figures, part 3 (ms; a new 1 MB file written on the primary -> the same bytes on the standby):`);
+  console.log(`  in order                       ${deltaMs.map(Math.round).join(', ')}`);
+  console.log(`  sorted                         ${[...deltaMs].sort((a, b) => a - b).map(Math.round).join(', ')}`);
+  const d50 = percentile(deltaMs, 50);
+  const d99 = percentile(deltaMs, 99);
+
   const results = [
     verdict('push: committedAt -> apply started, p99', p99, '<=', 1000, 'ms', `p50 ${ms(p50)}, ${rows.length} sets, ${Object.entries(byReason).map(([k, v]) => `${v} by ${k}`).join(', ')}`),
+    verdict('files delta: new 1 MB file -> on the standby, p99', d99 / 1000, '<=', 10, 's', `p50 ${(d50 / 1000).toFixed(1)} s, ${deltaMs.length} files, settle 2 s (the default) included`),
     verdict('idle standby: filestore requests per poll', fast.perPoll, '<=', 1, 'ratio', `${fast.requests} requests / ${fast.polls} polls at ${FAST_POLL_SECONDS} s, counted by the proxy`),
     verdict(`idle standby: requests/hour at ${DEFAULT_POLL_SECONDS} s`, perHour, '<=', 60, '/h', `from ${FAST_POLL_SECONDS} s; at ${DEFAULT_POLL_SECONDS} s itself: ${slowPerHour.toFixed(0)}/h (${slow.requests} in ${windowSeconds.toFixed(0)} s)`),
     verdict('idle standby: LIST requests', fast.lists + slow.lists, '<=', 0, 'req', 'both idle standbys, whole window'),
     verdict('idle standby: not a conditional GET of latest.json', fast.other + slow.other, '<=', 0, 'req', 'both idle standbys, whole window'),
   ];
   printResults(`bench:push results (${SETS} sets; idle window ${windowSeconds.toFixed(0)} s):`, results);
-  if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, JSON.stringify({ machine: m, rows, idleResults, results, load: loadavg() }, null, 2));
+  if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, JSON.stringify({ machine: m, rows, deltaMs, idleResults, results, load: loadavg() }, null, 2));
 } finally {
   for (const d of daemons.reverse()) {
     const r = await d.stop().catch(() => null);
