@@ -47,6 +47,7 @@ import {
   httpRequest,
   metric,
   metricSum,
+  peakRssMiB,
   s3FilestoreUrl,
   s3rverEnv,
   sleep,
@@ -330,6 +331,7 @@ try {
     log(`  ${String(i).padStart(2)} ${rel}: on the standby after ${ms(deltaMs.at(-1))}`);
     await sleep(200);
   }
+  const deltaRss = { primary: peakRssMiB(fsite.primary.child.pid), standby: peakRssMiB(fstandby.daemon.child.pid) };
 
   // ---- part 2: close the window.
   const left = window.startedAt + IDLE_SECONDS * 1000 - Date.now();
@@ -405,12 +407,14 @@ try {
   console.log(`\nraw figures, part 3 (ms; a new 1 MB file written on the primary -> the same bytes on the standby):`);
   console.log(`  in order                       ${deltaMs.map(Math.round).join(', ')}`);
   console.log(`  sorted                         ${[...deltaMs].sort((a, b) => a - b).map(Math.round).join(', ')}`);
+  console.log(`  peak RSS (VmHWM) of the daemons: tandem-primary run ${deltaRss.primary.toFixed(1)} MiB, tandem-standby run ${deltaRss.standby.toFixed(1)} MiB`);
   const d50 = percentile(deltaMs, 50);
   const d99 = percentile(deltaMs, 99);
 
   const results = [
     verdict('push: committedAt -> apply started, p99', p99, '<=', 1000, 'ms', `p50 ${ms(p50)}, ${rows.length} sets, ${Object.entries(byReason).map(([k, v]) => `${v} by ${k}`).join(', ')}`),
     verdict('files delta: new 1 MB file -> on the standby, p99', d99 / 1000, '<=', 10, 's', `p50 ${(d50 / 1000).toFixed(1)} s, ${deltaMs.length} files, settle 2 s (the default) included`),
+    verdict("files delta: the daemons' peak RSS", Math.max(deltaRss.primary, deltaRss.standby), '<=', 200, 'MiB', `primary ${deltaRss.primary.toFixed(1)}, standby ${deltaRss.standby.toFixed(1)} MiB (VmHWM, from their start through part 3)`),
     verdict('idle standby: filestore requests per poll', fast.perPoll, '<=', 1, 'ratio', `${fast.requests} requests / ${fast.polls} polls at ${FAST_POLL_SECONDS} s, counted by the proxy`),
     verdict(`idle standby: requests/hour at ${DEFAULT_POLL_SECONDS} s`, perHour, '<=', 60, '/h', `from ${FAST_POLL_SECONDS} s; at ${DEFAULT_POLL_SECONDS} s itself: ${slowPerHour.toFixed(0)}/h (${slow.requests} in ${windowSeconds.toFixed(0)} s)`),
     verdict('idle standby: LIST requests', fast.lists + slow.lists, '<=', 0, 'req', 'both idle standbys, whole window'),

@@ -106,6 +106,16 @@ export function startDaemon(bin, args, { env, name }) {
   };
 }
 
+/** A running process's peak resident set so far (VmHWM in /proc), in MiB; NaN when it cannot be read. */
+export function peakRssMiB(pid) {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
 /** Waits for <stateDir>/daemon.json naming this pid; returns its {pid, listen}. */
 export async function daemonInfo(stateDir, daemon, timeoutMs = 30_000) {
   return waitFor(
