@@ -191,6 +191,11 @@ export async function lstatOrNull(p: string): Promise<Stats | null> {
   });
 }
 
+/** Whether `st` is the regular file a record line (or a patch step) names: the same inode, ctime and size. */
+function isRecorded(st: BigIntStats, r: { ino: string; ct: string; s: number }): boolean {
+  return st.isFile() && String(st.ino) === r.ino && String(st.ctimeNs) === r.ct && Number(st.size) === r.s;
+}
+
 /** Synchronous: one call per file of the tree, where a promise costs several times the call. */
 function lstatBig(p: string) {
   try {
@@ -1190,7 +1195,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
               if (Number(st.mode & 0o7777n) !== e.m || Number(st.mtimeNs / 1000n) !== Math.round(e.mt * 1000)) op({ o: 'm', p: e.p, m: e.m, mt: e.mt, k: keptLines - 1 });
             } else {
               const k = n++;
-              const same = rec?.bText !== undefined && st !== null && st.isFile() && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === rec.s;
+              const same = rec?.bText !== undefined && st !== null && isRecorded(st, rec);
               const old = same ? recordedBlobs(rec!) : undefined;
               write(e, k, old ? { reuse: blobOffsets(old), rec: rec!, old } : undefined);
               op({ o: 'f', p: e.p, n: k, m: e.m, mt: e.mt, d, s: e.s, k: keptLines, b: recordBlobs(e), ...(st?.isFile() === true ? { r: 1 as const } : {}) });
@@ -1419,7 +1424,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         // other blob is written over it at its place, and the end is cut at the new size; without,
         // the file is written from its start.
         // Patched in place (copy.patch): the staged file holds only the bytes not in place, end to end.
-        const patch = copy?.patch === true;
+        const patch = copy?.patch !== undefined;
         const ranges: Array<[number, number]> = [];
         let patchAt = 0;
         const place = (here: number, len: number): number => {
@@ -1472,7 +1477,7 @@ export async function stageFilesObjects(o: StageFilesOptions): Promise<StagedFil
         }
         writer.end(slot);
         if (patch) {
-          patches.set(e.n, { ...copy!.pre!, r: ranges });
+          patches.set(e.n, { ...copy!.patch!, r: ranges });
           bytesPatched += patchAt;
         }
       } finally {
@@ -1564,14 +1569,13 @@ interface KeptCopy {
 /**
  * What a changed file keeps of its live copy: the offsets in the new file whose blob is already
  * there and their bytes; copied whole to the staged file (`direct`: with direct reads and writes),
- * or, with `patch`, left where they are for the switch to patch the live file (`pre`: as found).
+ * or, with `patch` (the live file as found), left where they are for the switch to patch it.
  */
 interface KeptBytes {
   inPlace: Set<number>;
   bytes: number;
   direct: boolean;
-  patch?: boolean;
-  pre?: Omit<PatchStep, 'r'>;
+  patch?: Omit<PatchStep, 'r'>;
 }
 const NOT_KEPT: KeptCopy = { liveFd: null, copy: null };
 
@@ -1664,14 +1668,12 @@ async function copyKept(liveFd: number, rec: ReadRecordLine, oldBlobs: Array<[nu
     at += len;
   }
   if (bytes * 2 < e.s) return null;
-  const same = (): boolean => {
-    const st = fstatSync(liveFd, { bigint: true });
-    return st.isFile() && String(st.ino) === rec.ino && String(st.ctimeNs) === rec.ct && Number(st.size) === rec.s;
-  };
-  if (!same()) return null;
+  const same = (): boolean => isRecorded(fstatSync(liveFd, { bigint: true }), rec);
+  const found = fstatSync(liveFd, { bigint: true });
+  if (!isRecorded(found, rec)) return null;
   // Large, and its only link (a patch in place would change what another name shows too): the
   // switch patches it, nothing is copied.
-  if (e.s >= PATCH_MIN && fstatSync(liveFd, { bigint: true }).nlink === 1n) return { inPlace, bytes, direct: false, patch: true, pre: { ino: rec.ino, ct: rec.ct, s: rec.s } };
+  if (e.s >= PATCH_MIN && found.nlink === 1n) return { inPlace, bytes, direct: false, patch: { ino: rec.ino, ct: rec.ct, s: rec.s } };
   // The descriptor's own file (opened without following a link), not whatever the path names now.
   const own = `/proc/self/fd/${liveFd}`;
   let direct = false;
@@ -1885,10 +1887,6 @@ function moveWhole(staged: string, target: string): boolean {
   }
 }
 
-/**
- * The switch of the files part (see the top of this file): idempotent, so that a roll-forward after
- * a kill runs it again from the start.
- */
 type PatchOp = Extract<PlanOp, { o: 'f' }> & { pt: PatchStep };
 
 /**
@@ -1913,7 +1911,7 @@ function patchLive(target: string, staged: string, op: PatchOp, logger: Logger):
   if (lstatBig(staged) !== null) {
     const st = lstatBig(target);
     if (st === null || !st.isFile()) return leave(staged, 'not a file any more');
-    if (String(st.ino) !== op.pt.ino || String(st.ctimeNs) !== op.pt.ct || Number(st.size) !== op.pt.s || st.nlink !== 1n) {
+    if (!isRecorded(st, op.pt) || st.nlink !== 1n) {
       return leave(staged, `inode ${st.ino}, ctime ${st.ctimeNs}, ${st.size} bytes, ${st.nlink} links; staging found inode ${op.pt.ino}, ctime ${op.pt.ct}, ${op.pt.s} bytes, one link`);
     }
     renameSync(staged, begun);
@@ -1961,6 +1959,10 @@ function patchLive(target: string, staged: string, op: PatchOp, logger: Logger):
   return true;
 }
 
+/**
+ * The switch of the files part (see the top of this file): idempotent, so that a roll-forward after
+ * a kill runs it again from the start.
+ */
 export async function switchFilesObjects(names: Names, stateDir: string, logger: Logger): Promise<'updated'> {
   if (isS3Url(names.live)) return switchIntoBucket(names, stateDir, logger);
   const live = names.live;
@@ -2032,30 +2034,29 @@ export async function switchFilesObjects(names: Names, stateDir: string, logger:
         case 'f': {
           const staged = join(names.next, 'data', String(op.n));
           if (op.pt !== undefined) {
-            if (patchLive(target, staged, op as PatchOp, logger)) patched++;
-            else {
+            if (!patchLive(target, staged, op as PatchOp, logger)) {
               // Left as it is: no record line, so the next apply writes it whole.
               if (inOrder(op)) keptUpTo(op.k!);
               break;
             }
-          }
-          // A file the plan saw replacing one (PlanOp r), only while the staged copy is there to
-          // replace it: a link made to (and later removed from) the file a switch before a kill
-          // already put in place would move that file's ctime. Whatever its size: freeing even a
-          // small file inside the rename cost ~140 us on ext4 (no journal, discard), against ~25 us
-          // to link it aside and rename over it (tmpfs: 9 against 12), so the 1,000 files of a 1%
-          // change of 100,000 small files were ~0.2 s of their switch. A new file costs nothing here.
-          if (op.pt !== undefined) {
-            // patched above
-          } else if (op.r === 1) {
-            if (lstatBig(staged) !== null) moveAside(target, 'link');
-          } else if (op.s >= LINK_ASIDE_MIN) {
-            const replaced = lstatBig(target);
-            if (replaced?.isFile() === true && Number(replaced.size) >= LINK_ASIDE_MIN && lstatBig(staged) !== null) moveAside(target, 'link');
-          }
-          if (op.pt === undefined && (await renameInto(staged, target))) {
-            renamed++;
-            faultPoint('files-renamed-one');
+            patched++;
+          } else {
+            // A file the plan saw replacing one (PlanOp r), only while the staged copy is there to
+            // replace it: a link made to (and later removed from) the file a switch before a kill
+            // already put in place would move that file's ctime. Whatever its size: freeing even a
+            // small file inside the rename cost ~140 us on ext4 (no journal, discard), against ~25 us
+            // to link it aside and rename over it (tmpfs: 9 against 12), so the 1,000 files of a 1%
+            // change of 100,000 small files were ~0.2 s of their switch. A new file costs nothing here.
+            if (op.r === 1) {
+              if (lstatBig(staged) !== null) moveAside(target, 'link');
+            } else if (op.s >= LINK_ASIDE_MIN) {
+              const replaced = lstatBig(target);
+              if (replaced?.isFile() === true && Number(replaced.size) >= LINK_ASIDE_MIN && lstatBig(staged) !== null) moveAside(target, 'link');
+            }
+            if (await renameInto(staged, target)) {
+              renamed++;
+              faultPoint('files-renamed-one');
+            }
           }
           const now = lstatBig(target);
           if (now === null) {
